@@ -1,0 +1,1 @@
+"""raylane's Ray actors: request handler, queue consumer, executor and status keeper."""

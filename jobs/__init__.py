@@ -1,0 +1,1 @@
+"""Batch jobs users run with ``ray job submit`` / ``ray submit``."""

@@ -1,0 +1,1 @@
+"""raylane: asynchronous tasks on Ray, queued in Kafka, tracked in OpenSearch."""

@@ -1,0 +1,133 @@
+"""Typed settings for raylane, read from ``RAYLANE_*`` environment variables once.
+
+With no addresses configured, raylane uses the local stack (``raylane stack up``);
+with ``RAYLANE_KAFKA_BOOTSTRAP`` / ``RAYLANE_OPENSEARCH_URL`` / ``RAYLANE_RAY_ADDRESS``
+set it uses those clusters and starts nothing of its own.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from raylane.errors import ConfigError
+
+_PREFIX = "RAYLANE_"
+
+
+def _default_home() -> Path:
+    return Path.home() / ".cache" / "raylane"
+
+
+class OpenSearchAuth(BaseModel):
+    """How to reach an OpenSearch cluster: URL plus optional basic auth and TLS."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str
+    username: Optional[str] = None
+    password: Optional[str] = None
+    verify_certs: bool = True
+    ca_certs: Optional[str] = None
+
+
+class Settings(BaseSettings):
+    """All of raylane's options; each maps to the environment variable ``RAYLANE_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix=_PREFIX, extra="forbid", frozen=True)
+
+    home: Path = Field(default_factory=_default_home,
+                       description="Cache and state folder of the local stack (downloads, pid files, logs).")
+    # --- existing clusters; None means "use the local stack"
+    kafka_bootstrap: Optional[str] = Field(None, description="Kafka bootstrap servers, host:port[,host:port].")
+    opensearch_url: Optional[str] = Field(None, description="OpenSearch URL, e.g. https://search:9200.")
+    opensearch_username: Optional[str] = Field(None, description="OpenSearch basic-auth user.")
+    opensearch_password: Optional[str] = Field(None, description="OpenSearch basic-auth password.")
+    opensearch_verify_certs: bool = Field(True, description="Verify OpenSearch TLS certificates.")
+    opensearch_ca_certs: Optional[str] = Field(None, description="CA bundle for OpenSearch TLS.")
+    ray_address: Optional[str] = Field(None, description="Ray cluster address (host:port or 'auto').")
+    # --- local stack
+    kafka_port: int = Field(29092, ge=1, le=65535, description="Local Kafka broker port.")
+    kafka_controller_port: int = Field(29093, ge=1, le=65535, description="Local Kafka KRaft controller port.")
+    kafka_version: str = Field("4.3.1", description="Kafka release fetched from Maven Central.")
+    kafka_heap_mb: int = Field(384, ge=128, le=512, description="Local Kafka JVM heap (MiB).")
+    opensearch_port: int = Field(29200, ge=1, le=65535, description="Local OpenSearch HTTP port.")
+    opensearch_transport_port: int = Field(29300, ge=1, le=65535, description="Local OpenSearch transport port.")
+    opensearch_version: str = Field("2.19.6", description="OpenSearch release fetched from Maven Central.")
+    opensearch_heap_mb: int = Field(512, ge=256, le=1024, description="Local OpenSearch JVM heap (MiB).")
+    opensearch_user: str = Field("raylane", description="Unprivileged user that runs OpenSearch when raylane runs as root.")
+    opensearch_root_dir: Path = Field(Path("/var/lib/raylane"),
+                                      description="Where OpenSearch lives when raylane runs as root (not under /root).")
+    ray_port: int = Field(26379, ge=1, le=65535, description="Local Ray GCS port.")
+    ray_dashboard_port: int = Field(28265, ge=1, le=65535, description="Local Ray dashboard port.")
+    ray_num_cpus: int = Field(4, ge=1, description="Logical CPUs the local Ray node offers.")
+    ray_object_store_mb: int = Field(512, ge=75, description="Local Ray object store size (MiB).")
+    start_timeout_s: float = Field(180.0, gt=0, description="Deadline for each local service to become ready.")
+    # --- task system
+    default_queue: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="Queue used when none is given.")
+    partitions: int = Field(4, ge=1, le=1024, description="Partitions of a newly created queue topic.")
+    max_payload_bytes: int = Field(1 << 20, ge=1024, description="Largest accepted JSON payload (args+kwargs).")
+    max_in_flight: int = Field(64, ge=1, description="Tasks a queue consumer holds between poll and RUNNING.")
+    max_running: int = Field(32, ge=1, description="Tasks an executor runs at once.")
+    consumers: int = Field(1, ge=1, le=64, description="QueueConsumer actors per deployment.")
+    index_alias: str = Field("raylane-tasks", description="OpenSearch alias of the status index.")
+    topic_prefix: str = Field("raylane.tasks.", description="Prefix of the per-queue Kafka topics.")
+    dlq_topic: str = Field("raylane.dlq", description="Kafka topic for malformed task messages.")
+    namespace: str = Field("raylane", description="Ray namespace of raylane's actors.")
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        """Read settings from the environment, rejecting unknown ``RAYLANE_*`` names."""
+        known = {_PREFIX + name.upper() for name in cls.model_fields}
+        unknown = sorted(k for k in os.environ if k.startswith(_PREFIX) and k not in known)
+        if unknown:
+            raise ConfigError(f"unknown raylane setting(s) in the environment: {', '.join(unknown)}; "
+                              f"known ones are {', '.join(sorted(known))}")
+        try:
+            return cls(**overrides)
+        except ValidationError as e:
+            raise ConfigError(f"invalid raylane settings: {e}") from e
+
+    @property
+    def uses_local_stack(self) -> bool:
+        """True when no external Kafka or OpenSearch is configured."""
+        return self.kafka_bootstrap is None and self.opensearch_url is None
+
+    @property
+    def state_dir(self) -> Path:
+        """Pid files and logs of the local stack."""
+        return self.home / "run"
+
+    def opensearch(self, url: Optional[str] = None) -> OpenSearchAuth:
+        """Connection options for OpenSearch (the configured one, or ``url``)."""
+        return OpenSearchAuth(url=url or self.opensearch_url or f"http://127.0.0.1:{self.opensearch_port}",
+                              username=self.opensearch_username, password=self.opensearch_password,
+                              verify_certs=self.opensearch_verify_certs, ca_certs=self.opensearch_ca_certs)
+
+
+class Endpoints(BaseModel):
+    """Resolved addresses of the three services raylane talks to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kafka_bootstrap: str
+    opensearch: OpenSearchAuth
+    ray_address: Optional[str]
+
+
+def running_as_root() -> bool:
+    """Whether this process runs as uid 0 (OpenSearch then runs as an unprivileged user)."""
+    return os.geteuid() == 0
+
+
+def user_exists(name: str) -> bool:
+    """Whether a local user account exists."""
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False

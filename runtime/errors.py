@@ -1,0 +1,116 @@
+"""raylane's exception tree; every error a user or an actor sees derives from ``RaylaneError``."""
+from __future__ import annotations
+
+from typing import Optional
+
+
+class RaylaneError(Exception):
+    """Base class of every raylane error."""
+
+
+class ConfigError(RaylaneError):
+    """A setting is unknown or invalid."""
+
+
+class StackError(RaylaneError):
+    """A local service could not be fetched, started or stopped."""
+
+    def __init__(self, message: str, service: Optional[str] = None, log_file: Optional[str] = None):
+        if log_file:
+            message = f"{message} (see {log_file})"
+        super().__init__(message)
+        self.service = service
+        self.log_file = log_file
+
+
+class NotInitialized(RaylaneError):
+    """The SDK was used before ``raylane.init()``."""
+
+
+class ServiceUnavailable(RaylaneError):
+    """Kafka, OpenSearch or Ray could not be reached."""
+
+
+class QueueUnavailable(ServiceUnavailable):
+    """Kafka refused or timed out a produce; the task was not enqueued."""
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """OpenSearch refused or timed out a request."""
+
+
+class InvalidTaskInput(RaylaneError):
+    """A submit was rejected before anything was written: bad name, arguments or size."""
+
+
+class UnknownTaskName(InvalidTaskInput):
+    """No task of that name is registered."""
+
+    def __init__(self, name: str, known: list[str] | None = None):
+        hint = f"; registered tasks: {', '.join(sorted(known))}" if known else ""
+        super().__init__(f"no task named {name!r} is registered{hint}. Define it with @raylane.task(name=...) "
+                         f"and call raylane.init() in the process that defines it.")
+        self.name = name
+
+
+class PayloadTooLarge(InvalidTaskInput):
+    """The task's JSON arguments exceed the configured payload limit."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(f"task arguments are {size} bytes of JSON, over the limit of {limit} bytes "
+                         f"(RAYLANE_MAX_PAYLOAD_BYTES); pass a reference (path, URL, id) instead of the data")
+        self.size = size
+        self.limit = limit
+
+
+class TaskNotFound(RaylaneError):
+    """No task has this id."""
+
+    def __init__(self, task_id: str):
+        super().__init__(f"no task with id {task_id!r}")
+        self.task_id = task_id
+
+
+class TaskAlreadyFinished(RaylaneError):
+    """A cancel came after the task had already reached a terminal state."""
+
+    def __init__(self, task_id: str, state: str):
+        super().__init__(f"task {task_id} already finished as {state}; nothing to cancel")
+        self.task_id = task_id
+        self.state = state
+
+
+class TaskFailed(RaylaneError):
+    """The task raised; carries the exception type, message and traceback."""
+
+    def __init__(self, task_id: str, error_type: str | None, message: str | None, traceback: str | None):
+        super().__init__(f"task {task_id} failed: {error_type}: {message}")
+        self.task_id = task_id
+        self.error_type = error_type
+        self.message = message
+        self.traceback = traceback
+
+
+class TaskCancelled(RaylaneError):
+    """The task was cancelled before it produced a result."""
+
+    def __init__(self, task_id: str):
+        super().__init__(f"task {task_id} was cancelled")
+        self.task_id = task_id
+
+
+class TaskTimedOut(RaylaneError):
+    """The task ran past its timeout and was killed."""
+
+    def __init__(self, task_id: str, message: str | None = None):
+        super().__init__(message or f"task {task_id} timed out")
+        self.task_id = task_id
+
+
+class WaitTimeout(RaylaneError, TimeoutError):
+    """A wait for a task's result ended before the task did."""
+
+    def __init__(self, task_id: str, timeout: float, state: str):
+        super().__init__(f"task {task_id} still {state} after waiting {timeout:g}s")
+        self.task_id = task_id
+        self.state = state

@@ -1,0 +1,130 @@
+"""Child processes of the local stack: start detached, track by pid file, stop gracefully."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterable, Optional
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live (non-zombie) process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def read_pid(pid_file: Path) -> Optional[int]:
+    """The pid recorded in ``pid_file`` if that process still lives, else None."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def spawn(cmd: list[str], *, log_file: Path, pid_file: Path, env: Optional[dict] = None,
+          cwd: Optional[Path] = None, user: Optional[str] = None) -> int:
+    """Start ``cmd`` in its own session (it outlives the caller), logging to ``log_file``."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=cwd, user=user, start_new_session=True)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(str(proc.pid))
+    return proc.pid
+
+
+def exited_early(pid: int) -> bool:
+    """Reap ``pid`` if it is our exited child; True when it is gone."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return True
+    except ChildProcessError:
+        pass
+    return not pid_alive(pid)
+
+
+def process_group(pgid: int) -> list[int]:
+    """Live pids whose process group is ``pgid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid and pid_alive(int(entry.name)):
+                    out.append(int(entry.name))
+            except (ProcessLookupError, PermissionError):
+                continue
+    return out
+
+
+def processes_with_env(key: str, values: Iterable[str]) -> list[int]:
+    """Live pids whose environment has ``key`` set to one of ``values``."""
+    wanted = {f"{key}={v}".encode() for v in values}
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            continue
+        if wanted.intersection(env) and pid_alive(int(entry.name)):
+            out.append(int(entry.name))
+    return out
+
+
+def _signal_all(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def terminate(pids: list[int], grace_s: float, leader: Optional[int] = None) -> list[int]:
+    """SIGTERM ``pids`` (only ``leader`` if given, which stops the rest itself), wait up to
+    ``grace_s`` for all of them, then SIGKILL the rest; returns those killed forcibly."""
+    _signal_all([leader] if leader else pids, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        for pid in pids:
+            exited_early(pid)
+        if not any(pid_alive(p) for p in pids):
+            return []
+        time.sleep(0.1)
+    left = [p for p in pids if pid_alive(p)]
+    _signal_all(left, signal.SIGKILL)
+    for pid in left:
+        for _ in range(50):
+            if exited_early(pid):
+                break
+            time.sleep(0.1)
+    return left
+
+
+def rss_bytes(pids: Iterable[int]) -> int:
+    """Summed resident set size of ``pids``."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def log_tail(log_file: Path, lines: int = 15) -> str:
+    """The last ``lines`` lines of a log file, for error messages."""
+    try:
+        return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
