@@ -4,8 +4,20 @@ from __future__ import annotations
 from typing import Optional
 
 
+def _rebuild(cls: type, message: str, attrs: dict) -> "RaylaneError":
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(attrs)
+    return err
+
+
 class RaylaneError(Exception):
     """Base class of every raylane error."""
+
+    def __reduce__(self):
+        # Subclasses take their ids as constructor arguments; rebuild from message and
+        # attributes so an error crosses Ray process boundaries intact.
+        return _rebuild, (type(self), str(self), dict(self.__dict__))
 
 
 class ConfigError(RaylaneError):

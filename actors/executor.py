@@ -1,0 +1,125 @@
+"""The Executor: takes a task from a consumer, claims it with a RUNNING write, runs it as a Ray task.
+
+The RUNNING write is the claim: if the store rejects it (the task was cancelled, or
+another executor took it) the task is skipped. The result or error becomes the
+terminal write; if that is rejected (a cancel or timeout won) the result is discarded.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import traceback
+from typing import Any
+
+import ray
+from ray.exceptions import RayError
+
+from raylane import registry
+from raylane.actors.common import STATUS_KEEPER, ActorConfig
+from raylane.errors import StoreUnavailable
+from raylane.models import TaskMessage, TaskRecord
+from raylane.states import TaskState
+
+log = logging.getLogger("raylane.executor")
+
+
+def invoke(name: str, args: list, kwargs: dict) -> dict[str, Any]:
+    """Run a registered task in this Ray worker; returns ``{"ok": ...}`` with the result or the error."""
+    try:
+        defn = registry.load(name)
+        result = defn.fn(*args, **kwargs)
+        try:
+            json.dumps(result, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"task {name} returned a value that is not JSON: {e}") from e
+        return {"ok": True, "result": result}
+    except Exception as e:  # the task's own error is data for its record
+        return {"ok": False, "error_type": type(e).__qualname__, "error": str(e), "traceback": traceback.format_exc()}
+
+
+_remote_invoke = ray.remote(max_retries=0, retry_exceptions=False)(invoke)
+
+
+class Executor:
+    """Runs tasks as Ray tasks named ``raylane:<task name>:<task id>``, at most ``max_running`` at once."""
+
+    def __init__(self, config: ActorConfig):
+        self.config = config
+        self._slots = asyncio.Semaphore(config.max_running)
+        self._refs: dict[str, ray.ObjectRef] = {}
+        self._keeper = ray.get_actor(STATUS_KEEPER, namespace=config.namespace)
+        self._worker = f"{ray.get_runtime_context().get_node_id()[:12]}/{os.getpid()}"
+        self.stats = {"started": 0, "skipped": 0, "succeeded": 0, "failed": 0, "discarded_results": 0, "killed": 0}
+
+    async def start(self, message: dict) -> str:
+        """Claim and launch one task; returns once its RUNNING write is settled: "started" or "skipped"."""
+        msg = TaskMessage.model_validate(message)
+        await self._slots.acquire()
+        try:
+            running = TaskRecord.pending(msg).moved_to(TaskState.RUNNING, worker=self._worker)
+            [outcome] = await self._keeper.write.remote([running])
+        except BaseException:
+            self._slots.release()
+            raise
+        if not outcome.accepted:
+            self._slots.release()
+            self.stats["skipped"] += 1
+            return "skipped"
+        r = msg.resources
+        opts: dict[str, Any] = {"name": f"raylane:{msg.name}:{msg.id}", "num_cpus": r.num_cpus, "num_gpus": r.num_gpus}
+        if r.memory_mb:
+            opts["memory"] = r.memory_mb * 1024 * 1024
+        ref = _remote_invoke.options(**opts).remote(msg.name, msg.args, msg.kwargs)
+        self._refs[msg.id] = ref
+        await self._keeper.track.remote(running)
+        self.stats["started"] += 1
+        asyncio.create_task(self._finish(running, ref))
+        return "started"
+
+    async def _finish(self, running: TaskRecord, ref: ray.ObjectRef) -> None:
+        try:
+            try:
+                reply = await ref
+            except (RayError, asyncio.CancelledError) as e:
+                # Killed by a cancel or timeout (whose terminal write already won), or the worker died.
+                reply = {"ok": False, "error_type": type(e).__name__, "error": f"Ray task ended abnormally: {e}",
+                         "traceback": None}
+            if reply["ok"]:
+                final = running.moved_to(TaskState.SUCCEEDED, result=reply["result"])
+            else:
+                final = running.moved_to(TaskState.FAILED, error=reply["error"], error_type=reply["error_type"],
+                                         traceback=reply["traceback"])
+            for attempt in range(30):
+                try:
+                    [outcome] = await self._keeper.write.remote([final])
+                    break
+                except StoreUnavailable:
+                    await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
+            else:
+                log.error("could not record the end of task %s", running.id)
+                return
+            if outcome.accepted:
+                self.stats["succeeded" if final.state is TaskState.SUCCEEDED else "failed"] += 1
+            else:
+                self.stats["discarded_results"] += 1
+                log.info("task %s: %s discarded, a cancel or timeout was recorded first", running.id, final.state.value)
+        except Exception:
+            log.exception("finishing task %s failed", running.id)
+        finally:
+            self._refs.pop(running.id, None)
+            self._slots.release()
+
+    async def kill(self, task_id: str) -> bool:
+        """Force-kill the Ray task of ``task_id`` (its terminal state is already written); True if it was running."""
+        ref = self._refs.get(task_id)
+        if ref is None:
+            return False
+        ray.cancel(ref, force=True)
+        self.stats["killed"] += 1
+        return True
+
+    async def get_stats(self) -> dict:
+        """Counters: started, skipped (claim rejected), succeeded, failed, discarded results, killed."""
+        return dict(self.stats, running=len(self._refs))

@@ -1,0 +1,162 @@
+"""The QueueConsumer: a Kafka consumer-group member that feeds tasks to the Executor.
+
+It holds at most ``max_in_flight`` messages between poll and settlement, and commits a
+partition's offset only up to the first message whose RUNNING write is not yet settled,
+so a crash re-delivers every task that was not claimed. Malformed messages go to the
+dead-letter topic with the reason, and the consumer keeps running.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Optional
+
+import ray
+from pydantic import ValidationError
+
+from raylane import registry
+from raylane.actors.common import EXECUTOR, ActorConfig
+from raylane.errors import RaylaneError, UnknownTaskName
+from raylane.models import TaskMessage
+from raylane.queue import Consumed, KafkaQueueReader, KafkaTaskQueue
+
+log = logging.getLogger("raylane.queue_consumer")
+
+_HAND_OFF_TRIES = 5
+
+
+class _PartitionProgress:
+    """Offsets of one partition: which are settled, and how far it is safe to commit."""
+
+    def __init__(self) -> None:
+        self.open: dict[int, bool] = {}  # offset -> settled
+        self.committable: Optional[int] = None
+
+    def add(self, offset: int) -> None:
+        self.open.setdefault(offset, False)
+
+    def settle(self, offset: int) -> None:
+        if offset in self.open:
+            self.open[offset] = True
+        for off in sorted(self.open):
+            if not self.open[off]:
+                break
+            del self.open[off]
+            self.committable = off + 1
+
+
+class QueueConsumer:
+    """Polls every queue topic as a member of the workers' consumer group."""
+
+    def __init__(self, config: ActorConfig, index: int = 0):
+        self.config = config
+        self.index = index
+        self._executor = ray.get_actor(EXECUTOR, namespace=config.namespace)
+        self._producer = KafkaTaskQueue(config.kafka_bootstrap, prefix=config.topic_prefix, dlq_topic=config.dlq_topic,
+                                        partitions=config.partitions, max_payload_bytes=config.max_payload_bytes)
+        self._reader: Optional[KafkaQueueReader] = None
+        self._progress: dict[tuple[str, int], _PartitionProgress] = {}
+        self._committed: dict[tuple[str, int], int] = {}
+        self._in_flight: set[asyncio.Task] = set()
+        self._known_names: set[str] = set()
+        self._loop_task: Optional[asyncio.Task] = None
+        self.stats = {"consumed": 0, "dead_lettered": 0, "started": 0, "skipped": 0, "errors": 0, "commits": 0}
+
+    async def ensure_running(self) -> bool:
+        """Start the poll loop if it is not running (idempotent); True when it runs."""
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.create_task(self._run())
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if self._reader is None:
+                    self._reader = await asyncio.to_thread(
+                        KafkaQueueReader, self.config.kafka_bootstrap, prefix=self.config.topic_prefix,
+                        group=self.config.consumer_group, max_message=self.config.max_payload_bytes + 65536)
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except RaylaneError as e:
+                self.stats["errors"] += 1
+                log.warning("consumer %d: %s; retrying", self.index, e)
+                await asyncio.sleep(1.0)
+            except Exception:
+                self.stats["errors"] += 1
+                log.exception("consumer %d: unexpected error; retrying", self.index)
+                await asyncio.sleep(1.0)
+
+    async def _step(self) -> None:
+        room = self.config.max_in_flight - len(self._in_flight)
+        if room <= 0:
+            await asyncio.wait(self._in_flight, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+        else:
+            items = await asyncio.to_thread(self._reader.poll, room, 0.1 if self._in_flight else 0.5)
+            for item in items:
+                self.stats["consumed"] += 1
+                self._progress.setdefault((item.topic, item.partition), _PartitionProgress()).add(item.offset)
+                task = asyncio.create_task(self._handle(item))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+            if not items and self._in_flight:
+                await asyncio.wait(self._in_flight, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
+        await self._commit()
+
+    async def _commit(self) -> None:
+        offsets = {tp: p.committable for tp, p in self._progress.items()
+                   if p.committable is not None and self._committed.get(tp) != p.committable}
+        if offsets:
+            await asyncio.to_thread(self._reader.commit, offsets)
+            self._committed.update(offsets)
+            self.stats["commits"] += 1
+
+    def _parse(self, item: Consumed) -> TaskMessage:
+        if item.value is None:
+            raise ValueError("empty message")
+        try:
+            msg = TaskMessage.model_validate_json(item.value)
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'message'}: {err['msg']}" for err in e.errors()[:5])
+            raise ValueError(f"not a valid task message: {problems}") from e
+        if msg.name not in self._known_names:
+            registry.load(msg.name)  # raises UnknownTaskName
+            self._known_names.add(msg.name)
+        return msg
+
+    async def _handle(self, item: Consumed) -> None:
+        try:
+            msg = self._parse(item)
+        except (ValueError, UnknownTaskName) as e:
+            await self._dead_letter(item, str(e))
+            return
+        for attempt in range(_HAND_OFF_TRIES):
+            try:
+                outcome = await self._executor.start.remote(msg.model_dump(mode="json"))
+                self.stats[outcome] += 1
+                self._settle(item)
+                return
+            except Exception as e:
+                self.stats["errors"] += 1
+                log.warning("handing %s to the executor failed (try %d): %r", msg.id, attempt + 1, e)
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
+        await self._dead_letter(item, f"the executor failed to take task {msg.id} {_HAND_OFF_TRIES} times")
+
+    async def _dead_letter(self, item: Consumed, reason: str) -> None:
+        log.warning("dead-lettering %s[%d]@%d: %s", item.topic, item.partition, item.offset, reason)
+        while True:
+            try:
+                await asyncio.to_thread(self._producer.dead_letter, item, reason)
+                break
+            except RaylaneError as e:
+                log.warning("dead-letter write failed, retrying: %s", e)
+                await asyncio.sleep(1.0)
+        self.stats["dead_lettered"] += 1
+        self._settle(item)
+
+    def _settle(self, item: Consumed) -> None:
+        self._progress[(item.topic, item.partition)].settle(item.offset)
+
+    async def get_stats(self) -> dict:
+        """Counters: consumed, dead-lettered, started, skipped, errors, commits, and messages in flight."""
+        return dict(self.stats, in_flight=len(self._in_flight))

@@ -1,0 +1,162 @@
+"""The RequestHandler: validates and creates tasks, and answers queries, waits and cancels.
+
+A submit is checked completely (name, JSON, size, signature and type hints) before
+anything is written; then the PENDING record is written and the message produced. If
+the produce fails, the record is closed as FAILED so no half task is left waiting.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Optional
+
+import ray
+from pydantic import ValidationError
+
+from raylane import registry
+from raylane.actors.common import STATUS_KEEPER, ActorConfig, replies_errors
+from raylane.errors import (InvalidTaskInput, QueueUnavailable, StoreUnavailable, TaskAlreadyFinished,
+                            TaskNotFound)
+from raylane.models import SubmitRequest, TaskMessage, TaskRecord, new_task_id, utcnow
+from raylane.queue import KafkaTaskQueue
+from raylane.states import TaskState
+from raylane.store import OpenSearchStore, TaskQuery
+
+log = logging.getLogger("raylane.request_handler")
+
+_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _validated(model, raw, what: str):
+    if isinstance(raw, model):
+        return raw
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5])
+        raise InvalidTaskInput(f"invalid {what}: {problems}") from e
+
+
+def _request(raw: dict | SubmitRequest) -> SubmitRequest:
+    return _validated(SubmitRequest, raw, "submit request")
+
+
+class RequestHandler:
+    """Front door of raylane: every SDK, CLI and job call lands here."""
+
+    def __init__(self, config: ActorConfig):
+        self.config = config
+        self.store = OpenSearchStore(config.opensearch, config.index_alias)
+        self.store.ensure_schema()
+        self.queue = KafkaTaskQueue(config.kafka_bootstrap, prefix=config.topic_prefix, dlq_topic=config.dlq_topic,
+                                    partitions=config.partitions, max_payload_bytes=config.max_payload_bytes)
+        self.queue.ensure_queue(config.default_queue)
+        self._keeper = ray.get_actor(STATUS_KEEPER, namespace=config.namespace)
+
+    def _message(self, req: SubmitRequest) -> TaskMessage:
+        defn = registry.load(req.name)
+        registry.encode_arguments(req.args, req.kwargs, self.config.max_payload_bytes)
+        defn.validate_call(req.args, req.kwargs)
+        return TaskMessage(id=new_task_id(), name=req.name, queue=req.queue or defn.queue or self.config.default_queue,
+                           args=req.args, kwargs=req.kwargs,
+                           timeout_s=req.timeout_s if req.timeout_s is not None else defn.timeout_s,
+                           resources=req.resources or defn.resources,
+                           tags=req.tags if req.tags is not None else list(defn.tags), created_at=utcnow())
+
+    async def _create(self, messages: list[TaskMessage]) -> list[str]:
+        records = [TaskRecord.pending(m) for m in messages]
+        outcomes = await self._keeper.write.remote(records)
+        refused = [o for o in outcomes if not o.accepted]
+        if refused:
+            raise StoreUnavailable(f"{len(refused)} PENDING record(s) were refused: {refused[0].reason}")
+        try:
+            await asyncio.to_thread(self.queue.produce_many, messages)
+        except QueueUnavailable:
+            failed = [r.moved_to(TaskState.FAILED, error_type="QueueUnavailable",
+                                 error="the task could not be enqueued; Kafka did not acknowledge it") for r in records]
+            await self._keeper.write.remote(failed)
+            raise
+        return [m.id for m in messages]
+
+    @replies_errors
+    async def submit(self, request: dict) -> str:
+        """Validate and enqueue one task; returns its id."""
+        [task_id] = await self._create([self._message(_request(request))])
+        return task_id
+
+    @replies_errors
+    async def submit_many(self, requests: list[dict]) -> list[str]:
+        """Validate all, then enqueue all; if any is invalid nothing is written. Returns ids in order."""
+        messages = []
+        for i, raw in enumerate(requests):
+            try:
+                messages.append(self._message(_request(raw)))
+            except InvalidTaskInput as e:
+                e.args = (f"task #{i}: {e}",)
+                raise
+        return await self._create(messages) if messages else []
+
+    async def _get(self, task_id: str) -> TaskRecord:
+        if not isinstance(task_id, str) or not _ID.match(task_id):
+            raise TaskNotFound(str(task_id))
+        record = await asyncio.to_thread(self.store.get, task_id)
+        if record is None:
+            raise TaskNotFound(task_id)
+        return record
+
+    @replies_errors
+    async def get(self, task_id: str) -> TaskRecord:
+        """The current record of a task (real-time)."""
+        return await self._get(task_id)
+
+    @replies_errors
+    async def cancel(self, task_id: str) -> TaskRecord:
+        """Cancel a task that has not finished; raises ``TaskAlreadyFinished`` if it has."""
+        for _ in range(5):
+            record = await self._get(task_id)
+            if record.terminal:
+                raise TaskAlreadyFinished(task_id, record.state.value)
+            cancelled = record.moved_to(TaskState.CANCELLED, error_type="Cancelled", error="cancelled by request")
+            [outcome] = await self._keeper.write.remote([cancelled])
+            if outcome.accepted:
+                return cancelled
+            # Rejected: the task finished first, or moved to a new attempt; look again.
+        record = await self._get(task_id)
+        raise TaskAlreadyFinished(task_id, record.state.value)
+
+    @replies_errors
+    async def wait(self, task_id: str, timeout_s: float) -> TaskRecord:
+        """The task's record once it is terminal, or its current record after ``timeout_s``."""
+        record = await self._get(task_id)
+        if record.terminal or timeout_s <= 0:
+            return record
+        final = await self._keeper.wait.remote(task_id, timeout_s)
+        return final if final is not None else await self._get(task_id)
+
+    @replies_errors
+    async def search(self, query: dict, limit: int = 100, after: Optional[list] = None) -> tuple[list[TaskRecord], Optional[list]]:
+        """Records matching ``query`` (see ``TaskQuery``), newest first, and the cursor of the next page."""
+        q = self._query(query)
+        if limit < 0:
+            raise InvalidTaskInput(f"limit must be >= 0, got {limit}")
+        return await asyncio.to_thread(self.store.search, q, limit, after)
+
+    @replies_errors
+    async def counts(self, query: dict) -> dict[str, int]:
+        """Number of tasks per state among those matching ``query``."""
+        return await asyncio.to_thread(self.store.counts, self._query(query))
+
+    @replies_errors
+    async def refresh(self) -> None:
+        """Make every accepted write visible to search now."""
+        await asyncio.to_thread(self.store.refresh)
+
+    @replies_errors
+    async def task_names(self) -> list[str]:
+        """Names of the registered tasks."""
+        return registry.registered_names()
+
+    @staticmethod
+    def _query(query: dict) -> TaskQuery:
+        return _validated(TaskQuery, query, "query")

@@ -1,0 +1,189 @@
+"""The StatusKeeper: the single path of every status write, and the keeper of running tasks' deadlines.
+
+Writes from all actors are batched into OpenSearch bulk requests; each writer learns
+whether its write was accepted or rejected. For running tasks it watches deadlines and
+has the Executor kill the Ray task of a task that timed out or was cancelled while running.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional
+
+import ray
+
+from raylane.actors.common import EXECUTOR, ActorConfig
+from raylane.errors import StoreUnavailable
+from raylane.models import TaskRecord, WriteOutcome
+from raylane.states import TaskState
+from raylane.store import OpenSearchStore
+
+log = logging.getLogger("raylane.status_keeper")
+
+_RECENT_TERMINAL = 100_000
+_KILL_STATES = (TaskState.CANCELLED, TaskState.TIMED_OUT)
+
+
+@dataclass
+class _Running:
+    record: TaskRecord
+    deadline: Optional[float]  # monotonic
+
+
+class StatusKeeper:
+    """Batches versioned status writes and enforces timeouts and cancels of running tasks."""
+
+    def __init__(self, config: ActorConfig, flush_interval_s: float = 0.003, max_batch: int = 1000):
+        self.config = config
+        self.store = OpenSearchStore(config.opensearch, config.index_alias)
+        self.store.ensure_schema()
+        self.flush_interval_s = flush_interval_s
+        self.max_batch = max_batch
+        self._pending: list[tuple[TaskRecord, asyncio.Future]] = []
+        self._wakeup: Optional[asyncio.Event] = None
+        self._running: dict[str, _Running] = {}
+        self._recent: OrderedDict[str, tuple[int, TaskState]] = OrderedDict()  # id -> (attempt, terminal state)
+        self._waiters: dict[str, list[asyncio.Future]] = {}
+        self._loops: list[asyncio.Task] = []
+        self._executor = None
+        self.stats = {"writes": 0, "accepted": 0, "rejected": 0, "bulk_requests": 0, "timeouts": 0, "kills": 0}
+
+    def _ensure_loops(self) -> None:
+        if not self._loops:
+            self._wakeup = asyncio.Event()
+            self._loops = [asyncio.create_task(self._flush_loop()), asyncio.create_task(self._deadline_loop())]
+
+    # ----- writes
+    async def write(self, records: list[TaskRecord]) -> list[WriteOutcome]:
+        """Versioned writes of whole records; one outcome per record, in order."""
+        self._ensure_loops()
+        loop = asyncio.get_running_loop()
+        futures = []
+        for r in records:
+            fut = loop.create_future()
+            self._pending.append((r, fut))
+            futures.append(fut)
+        self._wakeup.set()
+        return list(await asyncio.gather(*futures))
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            # A short pause lets concurrent writers join the same bulk request.
+            await asyncio.sleep(self.flush_interval_s)
+            while self._pending:
+                batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+                await self._flush(batch)
+
+    async def _flush(self, batch: list[tuple[TaskRecord, asyncio.Future]]) -> None:
+        records = [r for r, _ in batch]
+        try:
+            outcomes = await asyncio.to_thread(self.store.write_many, records)
+        except StoreUnavailable as e:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
+            return
+        except Exception as e:  # never let one bad batch stop the keeper
+            log.exception("bulk write failed")
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(StoreUnavailable(f"bulk write failed: {e!r}"))
+            return
+        self.stats["bulk_requests"] += 1
+        for (record, fut), outcome in zip(batch, outcomes):
+            self.stats["writes"] += 1
+            self.stats["accepted" if outcome.accepted else "rejected"] += 1
+            if record.terminal:
+                self._after_terminal(record, outcome.accepted)
+            if not fut.done():
+                fut.set_result(outcome)
+
+    def _after_terminal(self, record: TaskRecord, accepted: bool) -> None:
+        running = self._running.get(record.id)
+        if not accepted:
+            # A rejected terminal write from the executor still means its Ray task is over.
+            if running and record.state not in _KILL_STATES and running.record.attempt == record.attempt:
+                self._running.pop(record.id, None)
+            return
+        self._recent[record.id] = (record.attempt, record.state)
+        self._recent.move_to_end(record.id)
+        while len(self._recent) > _RECENT_TERMINAL:
+            self._recent.popitem(last=False)
+        if running and running.record.attempt == record.attempt:
+            self._running.pop(record.id, None)
+            if record.state in _KILL_STATES:
+                self._kill(record.id)
+        for fut in self._waiters.pop(record.id, []):
+            if not fut.done():
+                fut.set_result(record)
+
+    # ----- running tasks
+    async def track(self, running: TaskRecord) -> None:
+        """Watch a task whose RUNNING write was accepted and whose Ray task has started."""
+        self._ensure_loops()
+        recent = self._recent.get(running.id)
+        if recent and recent[0] == running.attempt:
+            # Cancelled (or timed out) between its RUNNING write and this call: kill at once.
+            if recent[1] in _KILL_STATES:
+                self._kill(running.id)
+            return
+        deadline = time.monotonic() + running.timeout_s if running.timeout_s else None
+        self._running[running.id] = _Running(running, deadline)
+
+    async def _deadline_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            now = time.monotonic()
+            expired = [r for r in self._running.values() if r.deadline is not None and r.deadline <= now]
+            if not expired:
+                continue
+            for r in expired:
+                r.deadline = None  # one TIMED_OUT write per task
+            records = [r.record.moved_to(TaskState.TIMED_OUT, error_type="TimeoutError",
+                                         error=f"task ran past its timeout of {r.record.timeout_s:g}s and was killed")
+                       for r in expired]
+            try:
+                outcomes = await self.write(records)
+            except StoreUnavailable:
+                log.warning("could not write TIMED_OUT for %d task(s); will retry", len(records))
+                for r in expired:
+                    r.deadline = now
+                continue
+            self.stats["timeouts"] += sum(o.accepted for o in outcomes)
+
+    def _kill(self, task_id: str) -> None:
+        if self._executor is None:
+            self._executor = ray.get_actor(EXECUTOR, namespace=self.config.namespace)
+        self.stats["kills"] += 1
+        self._executor.kill.remote(task_id)
+
+    # ----- waiting
+    async def wait(self, task_id: str, timeout_s: float) -> Optional[TaskRecord]:
+        """The terminal record of ``task_id`` once a terminal write is accepted, or None after ``timeout_s``.
+
+        Returns None at once if the task already finished before this call (read the store then).
+        """
+        self._ensure_loops()
+        if task_id in self._recent:
+            return None
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(task_id, []).append(fut)
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            waiters = self._waiters.get(task_id)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    self._waiters.pop(task_id, None)
+
+    async def get_stats(self) -> dict:
+        """Counters of writes, rejections, timeouts and kills, plus tasks being watched."""
+        return dict(self.stats, running=len(self._running), waiters=len(self._waiters))

@@ -1,0 +1,12 @@
+"""Tasks every raylane deployment has."""
+from __future__ import annotations
+
+from typing import Any
+
+from raylane.tasks import task
+
+
+@task(name="raylane.echo", num_cpus=0.1)
+def echo(*args: Any, **kwargs: Any) -> dict:
+    """Return the arguments as given; for health checks and smoke tests."""
+    return {"args": list(args), "kwargs": kwargs}

@@ -1,0 +1,277 @@
+"""The Python SDK: connect, submit, look up, search, count, wait for and cancel tasks.
+
+``init()`` attaches to the configured clusters, or starts the local stack when none are
+configured, and deploys raylane's actors if they are not running yet. Every call then
+goes to the RequestHandler actor; its errors are raised here as raylane's own.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from datetime import datetime
+from typing import Any, Iterable, Optional, Sequence, Union
+
+from raylane.config import Endpoints, Settings
+from raylane.errors import (NotInitialized, TaskCancelled, TaskFailed, TaskTimedOut, WaitTimeout)
+from raylane.models import SubmitRequest, TaskRecord
+from raylane.registry import TaskDefinition
+from raylane.states import TaskState
+
+log = logging.getLogger("raylane")
+
+_lock = threading.RLock()
+_conn: Optional["_Connection"] = None
+
+
+class _Connection:
+    def __init__(self, settings: Settings, handler, owns_ray: bool):
+        self.settings = settings
+        self.handler = handler
+        self.owns_ray = owns_ray
+        self.published: set[int] = set()
+
+    def call(self, method: str, *args: Any) -> Any:
+        import ray
+        from raylane.actors.common import unwrap
+        return unwrap(ray.get(getattr(self.handler, method).remote(*args)))
+
+
+def _actor_config(settings: Settings, endpoints: Endpoints):
+    from raylane.actors.common import ActorConfig
+    return ActorConfig(kafka_bootstrap=endpoints.kafka_bootstrap, opensearch=endpoints.opensearch,
+                       namespace=settings.namespace, index_alias=settings.index_alias,
+                       topic_prefix=settings.topic_prefix, dlq_topic=settings.dlq_topic,
+                       default_queue=settings.default_queue, partitions=settings.partitions,
+                       max_payload_bytes=settings.max_payload_bytes, max_in_flight=settings.max_in_flight,
+                       max_running=settings.max_running)
+
+
+def _endpoints(settings: Settings, start_missing: bool) -> Endpoints:
+    """Configured addresses, with the local stack filling in (and, if asked, starting) what is not configured."""
+    from raylane.stack import LocalStack
+    stack = LocalStack(settings)
+    local = {"kafka": settings.kafka_bootstrap is None, "opensearch": settings.opensearch_url is None,
+             "ray": settings.ray_address is None and not _ray_address_from_env()}
+    needed = [name for name, is_local in local.items() if is_local]
+    if start_missing and needed and not all(stack.get(n).pid() for n in needed):
+        stack.up(only=needed)
+    return Endpoints(kafka_bootstrap=settings.kafka_bootstrap or stack.kafka.address,
+                     opensearch=settings.opensearch(settings.opensearch_url or stack.opensearch.address),
+                     ray_address=settings.ray_address or (stack.ray.address if local["ray"] else None))
+
+
+def _ray_address_from_env() -> bool:
+    import ray
+    return ray.is_initialized() or bool(os.environ.get("RAY_ADDRESS"))
+
+
+def _use_token_auth() -> None:
+    """Connect with token authentication, as the local Ray head runs (``ray start`` with RAY_AUTH_MODE=token)."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    # Ray caches its config at import; this refreshes it for the new mode (Ray 2.60).
+    from ray._private.authentication.authentication_token_setup import _enable_token_auth
+    _enable_token_auth()
+
+
+def deploy_on_local_stack(stack) -> None:
+    """Deploy raylane's actors on a running local stack (used by ``raylane stack up``)."""
+    init(_settings=stack.settings)
+    shutdown()
+
+
+def init(**overrides: Any) -> None:
+    """Attach to the configured stack, or start the local one; deploy raylane's actors if missing.
+
+    Keyword arguments override settings read from ``RAYLANE_*`` environment variables.
+    Safe to call more than once, and from inside a Ray task or job.
+    """
+    import ray
+    from raylane import registry
+    from raylane.actors.deploy import deploy, find_request_handler
+    from raylane.tasks import defined_here
+    global _conn
+    with _lock:
+        if _conn is not None:
+            return
+        settings = overrides.pop("_settings", None) or Settings.from_env(**overrides)
+        owns_ray = False
+        endpoints: Optional[Endpoints] = None
+        if not ray.is_initialized():
+            if settings.ray_address is None and not os.environ.get("RAY_ADDRESS"):
+                endpoints = _endpoints(settings, start_missing=True)
+            if endpoints is not None and endpoints.ray_address:
+                _use_token_auth()
+            address = settings.ray_address or os.environ.get("RAY_ADDRESS") or endpoints.ray_address
+            ray.init(address=address, namespace=settings.namespace, logging_level=logging.WARNING)
+            owns_ray = True
+        handler = find_request_handler(settings.namespace)
+        if handler is None:
+            endpoints = endpoints or _endpoints(settings, start_missing=False)
+            handler = deploy(_actor_config(settings, endpoints), consumers=settings.consumers)
+        conn = _Connection(settings, handler, owns_ray)
+        from raylane.builtin import echo
+        for defn in [echo.definition, *defined_here()]:
+            registry.publish(defn)
+            conn.published.add(id(defn))
+        _conn = conn
+
+
+def published_if_connected(defn: TaskDefinition) -> None:
+    """Publish a task defined after ``init()`` right away."""
+    from raylane import registry
+    with _lock:
+        if _conn is not None and id(defn) not in _conn.published:
+            registry.publish(defn)
+            _conn.published.add(id(defn))
+
+
+def shutdown() -> None:
+    """Detach from raylane (and from Ray, if ``init`` connected it). The actors keep running."""
+    import ray
+    global _conn
+    with _lock:
+        if _conn is not None and _conn.owns_ray and ray.is_initialized():
+            ray.shutdown()
+        _conn = None
+
+
+def _connection() -> _Connection:
+    if _conn is None:
+        raise NotInitialized("call raylane.init() first")
+    return _conn
+
+
+def is_initialized() -> bool:
+    """Whether ``init()`` has connected this process."""
+    return _conn is not None
+
+
+class TaskHandle:
+    """A submitted task: look it up, wait for it, or cancel it by id."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, task_id: str):
+        self.id = task_id
+
+    def __repr__(self) -> str:
+        return f"TaskHandle({self.id!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TaskHandle) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def record(self) -> TaskRecord:
+        """The task's current record."""
+        return get(self.id)
+
+    def status(self) -> TaskState:
+        """The task's current state."""
+        return self.record().state
+
+    def wait(self, timeout: Optional[float] = None) -> TaskRecord:
+        """Block until the task is terminal and return its record; ``WaitTimeout`` after ``timeout`` seconds."""
+        return wait(self.id, timeout)
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        """The task's result; raises ``TaskFailed``, ``TaskCancelled``, ``TaskTimedOut`` or ``WaitTimeout``."""
+        return result_of(self.wait(timeout))
+
+    def cancel(self) -> TaskRecord:
+        """Cancel the task; ``TaskAlreadyFinished`` if it had already finished."""
+        return cancel(self.id)
+
+
+def result_of(record: TaskRecord) -> Any:
+    """The result of a terminal record, or the error its end corresponds to."""
+    if record.state is TaskState.SUCCEEDED:
+        return record.result
+    if record.state is TaskState.FAILED:
+        raise TaskFailed(record.id, record.error_type, record.error, record.traceback)
+    if record.state is TaskState.CANCELLED:
+        raise TaskCancelled(record.id)
+    if record.state is TaskState.TIMED_OUT:
+        raise TaskTimedOut(record.id, f"task {record.id} timed out: {record.error}")
+    raise WaitTimeout(record.id, 0, record.state.value)
+
+
+def submit_requests(requests: Sequence[SubmitRequest], definitions: Iterable[TaskDefinition] = ()) -> list[TaskHandle]:
+    """Submit prepared requests in one call; all are validated before any is written."""
+    conn = _connection()
+    for defn in definitions:
+        published_if_connected(defn)
+    payload = [r.model_dump(exclude_none=True) for r in requests]
+    if len(payload) == 1:
+        return [TaskHandle(conn.call("submit", payload[0]))]
+    return [TaskHandle(i) for i in conn.call("submit_many", payload)]
+
+
+def submit(name: str, *args: Any, **kwargs: Any) -> TaskHandle:
+    """Submit a registered task by name (for tasks defined elsewhere in the cluster)."""
+    return submit_requests([SubmitRequest(name=name, args=list(args), kwargs=kwargs)])[0]
+
+
+def get(task_id: str) -> TaskRecord:
+    """The current record of a task; ``TaskNotFound`` for an unknown id."""
+    return _connection().call("get", task_id)
+
+
+def cancel(task_id: str) -> TaskRecord:
+    """Cancel a task that has not finished (killing it if it runs); returns the CANCELLED record."""
+    return _connection().call("cancel", task_id)
+
+
+def wait(task_id: str, timeout: Optional[float] = None) -> TaskRecord:
+    """Block until a task is terminal; returns its record, or raises ``WaitTimeout``."""
+    conn = _connection()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = 30.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        record = conn.call("wait", task_id, min(left, 30.0))
+        if record.terminal:
+            return record
+        if deadline is not None and time.monotonic() >= deadline:
+            raise WaitTimeout(task_id, timeout, record.state.value)
+
+
+StateFilter = Union[TaskState, str, Iterable[Union[TaskState, str]], None]
+
+
+def _query(state: StateFilter = None, name: Optional[str] = None, queue: Optional[str] = None,
+           tags: Iterable[str] = (), tag: Optional[str] = None, since: Optional[datetime] = None,
+           until: Optional[datetime] = None, text: Optional[str] = None) -> dict:
+    states = None
+    if state is not None:
+        states = [state] if isinstance(state, (str, TaskState)) else list(state)
+    q: dict[str, Any] = {"state": states, "name": name, "queue": queue, "tags": list(tags) + ([tag] if tag else []),
+                         "since": since, "until": until, "text": text}
+    return {k: v for k, v in q.items() if v not in (None, [])}
+
+
+def search(state: StateFilter = None, name: Optional[str] = None, since: Optional[datetime] = None,
+           text: Optional[str] = None, limit: int = 100, *, until: Optional[datetime] = None,
+           tags: Iterable[str] = (), tag: Optional[str] = None, queue: Optional[str] = None) -> list[TaskRecord]:
+    """Tasks matching every given filter, newest first, at most ``limit`` (any number: it pages past 10,000).
+
+    ``text`` matches words of the error message; ``since``/``until`` bound the creation time.
+    Results reflect writes up to about a second old.
+    """
+    records, _ = _connection().call("search", _query(state, name, queue, tags, tag, since, until, text), limit, None)
+    return records
+
+
+def counts(state: StateFilter = None, name: Optional[str] = None, since: Optional[datetime] = None,
+           text: Optional[str] = None, *, until: Optional[datetime] = None, tags: Iterable[str] = (),
+           tag: Optional[str] = None, queue: Optional[str] = None) -> dict[str, int]:
+    """Number of tasks per state among those matching the filters (as for ``search``)."""
+    return _connection().call("counts", _query(state, name, queue, tags, tag, since, until, text))
+
+
+def refresh() -> None:
+    """Make every status write so far visible to ``search`` and ``counts`` (normally within a second)."""
+    _connection().call("refresh")

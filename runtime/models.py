@@ -1,0 +1,147 @@
+"""Pydantic models that cross process boundaries: task messages on Kafka and records in OpenSearch."""
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from raylane.states import TaskState, version_of
+
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$"
+QUEUE_PATTERN = r"^[A-Za-z0-9_.-]{1,100}$"
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+def new_task_id() -> str:
+    """A fresh task id (32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+class Resources(BaseModel):
+    """Ray resources a task's Ray task asks for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    memory_mb: Optional[int] = Field(None, ge=1)
+
+
+class TaskMessage(BaseModel):
+    """What a queue message carries: the task's name and JSON arguments, never code."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    name: str = Field(pattern=NAME_PATTERN)
+    queue: str = Field(pattern=QUEUE_PATTERN)
+    attempt: int = Field(0, ge=0)
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    timeout_s: Optional[float] = Field(None, gt=0)
+    resources: Resources = Field(default_factory=Resources)
+    tags: list[str] = Field(default_factory=list)
+    created_at: datetime
+
+    def to_bytes(self) -> bytes:
+        """The message as UTF-8 JSON for Kafka."""
+        return self.model_dump_json().encode()
+
+
+class TaskRecord(BaseModel):
+    """A task's status document in OpenSearch; each write replaces the whole record."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    name: str
+    queue: str
+    state: TaskState
+    level: int
+    attempt: int = 0
+    version: int
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    result: Any = None
+    error: Optional[str] = None
+    error_type: Optional[str] = None
+    traceback: Optional[str] = None
+    created_at: datetime
+    started_at: Optional[datetime] = None
+    finished_at: Optional[datetime] = None
+    updated_at: datetime = Field(default_factory=utcnow)
+    timeout_s: Optional[float] = None
+    resources: Resources = Field(default_factory=Resources)
+    tags: list[str] = Field(default_factory=list)
+    worker: Optional[str] = None
+
+    @field_validator("result")
+    @classmethod
+    def _json_result(cls, v: Any) -> Any:
+        json.dumps(v)
+        return v
+
+    @classmethod
+    def pending(cls, msg: TaskMessage) -> "TaskRecord":
+        """The first record of a task just accepted."""
+        return cls(id=msg.id, name=msg.name, queue=msg.queue, state=TaskState.PENDING, level=1,
+                   attempt=msg.attempt, version=version_of(TaskState.PENDING, msg.attempt), args=msg.args,
+                   kwargs=msg.kwargs, created_at=msg.created_at, timeout_s=msg.timeout_s,
+                   resources=msg.resources, tags=msg.tags)
+
+    def moved_to(self, state: TaskState, **changes: Any) -> "TaskRecord":
+        """A copy of this record in ``state``, with the version the state machine gives it."""
+        attempt = changes.pop("attempt", self.attempt)
+        now = utcnow()
+        if state is TaskState.RUNNING:
+            changes.setdefault("started_at", now)
+        if state.terminal:
+            changes.setdefault("finished_at", now)
+        return self.model_copy(update=dict(state=state, level=state.level, attempt=attempt,
+                                           version=version_of(state, attempt), updated_at=now, **changes))
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the task has finished (in any way)."""
+        return self.state.terminal
+
+    def to_doc(self) -> dict:
+        """The record as an OpenSearch document."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> "TaskRecord":
+        """A record from an OpenSearch ``_source``."""
+        return cls.model_validate(doc)
+
+
+class WriteOutcome(BaseModel):
+    """The store's answer to one versioned write."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_id: str
+    version: int
+    accepted: bool
+    reason: Optional[str] = None  # "conflict" when a newer version was already stored, else an error
+
+
+class SubmitRequest(BaseModel):
+    """One task to submit: a registered name, JSON arguments, and optional overrides of its defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    queue: Optional[str] = Field(None, pattern=QUEUE_PATTERN)
+    timeout_s: Optional[float] = Field(None, gt=0)
+    tags: Optional[list[str]] = None
+    resources: Optional[Resources] = None

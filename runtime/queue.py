@@ -1,0 +1,214 @@
+"""The task queue: one Kafka topic per queue, ``raylane.tasks.<queue>``, keyed by task id.
+
+``TaskQueue`` (producing) and ``QueueReader`` (a consumer-group member) are the contract;
+the Kafka classes implement them and translate kafka-python's errors into raylane's.
+"""
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from raylane.errors import QueueUnavailable
+from raylane.models import TaskMessage
+
+log = logging.getLogger(__name__)
+
+_ENVELOPE_BYTES = 64 * 1024  # room for the message's own fields next to its arguments
+
+
+@dataclass(frozen=True)
+class Consumed:
+    """One message as read from a queue topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: Optional[bytes]
+    value: Optional[bytes]
+
+
+class TaskQueue(abc.ABC):
+    """Contract of the producing side.
+
+    - ``produce_many`` returns only once every message is acknowledged by all in-sync
+      replicas; it raises ``QueueUnavailable`` if any is not, in which case the caller
+      must treat all of them as not enqueued.
+    - Producing is idempotent per producer session (no duplicates from internal retries).
+    """
+
+    @abc.abstractmethod
+    def ensure_queue(self, queue: str) -> str:
+        """Create the queue's topic if missing; returns the topic name."""
+
+    @abc.abstractmethod
+    def produce_many(self, messages: Sequence[TaskMessage]) -> None:
+        """Enqueue messages, keyed by task id, and wait for their acknowledgement."""
+
+    @abc.abstractmethod
+    def dead_letter(self, item: Consumed, reason: str) -> None:
+        """Move a message that cannot be processed to the dead-letter topic, with the reason."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Flush and release connections."""
+
+
+class QueueReader(abc.ABC):
+    """Contract of a consumer-group member: poll, then commit what has been settled.
+
+    Offsets are committed only by ``commit``; a message not committed is delivered again
+    after a crash or a rebalance.
+    """
+
+    @abc.abstractmethod
+    def poll(self, max_records: int, timeout_s: float) -> list[Consumed]:
+        """Up to ``max_records`` messages, waiting at most ``timeout_s``."""
+
+    @abc.abstractmethod
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit ``{(topic, partition): next offset to read}``."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Leave the group."""
+
+
+def topic_of(prefix: str, queue: str) -> str:
+    """The Kafka topic of ``queue``."""
+    return f"{prefix}{queue}"
+
+
+class KafkaTaskQueue(TaskQueue):
+    """Producer side on Kafka: ``acks=all``, idempotent producer, topics created on first use."""
+
+    def __init__(self, bootstrap: str, *, prefix: str, dlq_topic: str, partitions: int, max_payload_bytes: int,
+                 produce_timeout_s: float = 15.0):
+        self.bootstrap = bootstrap
+        self.prefix = prefix
+        self.dlq_topic = dlq_topic
+        self.partitions = partitions
+        self.max_message = max_payload_bytes + _ENVELOPE_BYTES
+        self.produce_timeout_s = produce_timeout_s
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
+        self._producer = None
+        self._admin = None
+
+    def _get_producer(self):
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+        if self._producer is None:
+            try:
+                self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
+                                               linger_ms=2, max_request_size=self.max_message,
+                                               request_timeout_ms=int(self.produce_timeout_s * 1000),
+                                               max_block_ms=int(self.produce_timeout_s * 1000))
+            except (KafkaError, OSError) as e:
+                raise QueueUnavailable(f"Kafka at {self.bootstrap} unreachable: {e}") from e
+        return self._producer
+
+    def _ensure_topic(self, topic: str) -> str:
+        from kafka import KafkaAdminClient
+        from kafka.admin import NewTopic
+        from kafka.errors import KafkaError, TopicAlreadyExistsError
+        with self._lock:
+            if topic in self._known:
+                return topic
+            try:
+                if self._admin is None:
+                    self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap,
+                                                   request_timeout_ms=int(self.produce_timeout_s * 1000))
+                if topic not in set(self._admin.list_topics()):
+                    try:
+                        self._admin.create_topics([NewTopic(topic, num_partitions=self.partitions, replication_factor=1,
+                                                            topic_configs={"max.message.bytes": str(self.max_message)})])
+                    except TopicAlreadyExistsError:
+                        pass
+            except (KafkaError, OSError) as e:
+                raise QueueUnavailable(f"could not create Kafka topic {topic}: {e}") from e
+            self._known.add(topic)
+            return topic
+
+    def ensure_queue(self, queue: str) -> str:
+        return self._ensure_topic(topic_of(self.prefix, queue))
+
+    def produce_many(self, messages: Sequence[TaskMessage]) -> None:
+        from kafka.errors import KafkaError
+        for topic in {topic_of(self.prefix, m.queue) for m in messages}:
+            self._ensure_topic(topic)
+        producer = self._get_producer()
+        try:
+            futures = [producer.send(topic_of(self.prefix, m.queue), key=m.id.encode(), value=m.to_bytes())
+                       for m in messages]
+            producer.flush(timeout=self.produce_timeout_s)
+            for f in futures:
+                f.get(timeout=self.produce_timeout_s)
+        except (KafkaError, OSError) as e:
+            raise QueueUnavailable(f"Kafka did not acknowledge {len(messages)} task message(s): {e}") from e
+
+    def dead_letter(self, item: Consumed, reason: str) -> None:
+        from kafka.errors import KafkaError
+        self._ensure_topic(self.dlq_topic)
+        value = item.value or b""
+        body = {"reason": reason, "topic": item.topic, "partition": item.partition, "offset": item.offset,
+                "key": item.key.decode(errors="replace") if item.key else None,
+                "value": value.decode(errors="replace")}
+        try:
+            self._get_producer().send(self.dlq_topic, key=item.key, value=json.dumps(body).encode()).get(
+                timeout=self.produce_timeout_s)
+        except (KafkaError, OSError) as e:
+            raise QueueUnavailable(f"could not write to {self.dlq_topic}: {e}") from e
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+            self._producer = None
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+
+
+class KafkaQueueReader(QueueReader):
+    """A consumer-group member subscribed to every queue topic (``<prefix>*``), committing by hand."""
+
+    def __init__(self, bootstrap: str, *, prefix: str, group: str, max_message: int):
+        from kafka import KafkaConsumer
+        from kafka.errors import KafkaError
+        pattern = "^" + prefix.replace(".", r"\.") + ".+"
+        try:
+            self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                                           auto_offset_reset="earliest", metadata_max_age_ms=2000,
+                                           max_partition_fetch_bytes=max(max_message, 1 << 20),
+                                           session_timeout_ms=30000, max_poll_interval_ms=600000)
+            self._consumer.subscribe(pattern=pattern)
+        except (KafkaError, OSError) as e:
+            raise QueueUnavailable(f"Kafka at {bootstrap} unreachable: {e}") from e
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Consumed]:
+        from kafka.errors import KafkaError
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except (KafkaError, OSError) as e:
+            raise QueueUnavailable(f"Kafka poll failed: {e}") from e
+        out = []
+        for tp, records in batches.items():
+            for r in records:
+                out.append(Consumed(tp.topic, tp.partition, r.offset, r.key, r.value))
+        return out
+
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        from kafka.errors import KafkaError
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+        if not offsets:
+            return
+        try:
+            self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+        except (KafkaError, OSError) as e:
+            raise QueueUnavailable(f"Kafka offset commit failed: {e}") from e
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)

@@ -1,0 +1,167 @@
+"""The task registry: task functions by name, shared through the Ray cluster's own KV store.
+
+A driver that defines a task (``__main__`` included) publishes the pickled function to
+Ray's GCS, Ray's trusted channel; Kafka and HTTP only ever carry the name and JSON
+arguments. Any process in the cluster can then load the function by name.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import sys
+import sysconfig
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from pydantic import TypeAdapter, ValidationError
+
+from raylane.errors import InvalidTaskInput, PayloadTooLarge, UnknownTaskName
+from raylane.models import NAME_PATTERN, QUEUE_PATTERN, Resources
+
+_KV_NAMESPACE = "raylane"
+_NAME_KEY = "task:"
+_BLOB_KEY = "blob:"
+
+
+@dataclass
+class TaskDefinition:
+    """A registered task: its function and the defaults of its submissions."""
+
+    name: str
+    fn: Callable
+    timeout_s: Optional[float] = None
+    max_retries: int = 0
+    queue: Optional[str] = None
+    resources: Resources = field(default_factory=Resources)
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        import re
+        if not re.match(NAME_PATTERN, self.name):
+            raise InvalidTaskInput(f"task name {self.name!r} must match {NAME_PATTERN}")
+        if self.queue is not None and not re.match(QUEUE_PATTERN, self.queue):
+            raise InvalidTaskInput(f"queue name {self.queue!r} must match {QUEUE_PATTERN}")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise InvalidTaskInput(f"timeout must be positive, got {self.timeout_s}")
+
+    def validate_call(self, args: list, kwargs: dict) -> None:
+        """Check arguments against the function's signature and type hints; raises ``InvalidTaskInput``."""
+        check_arguments(self.name, self.fn, args, kwargs)
+
+
+def _importable_elsewhere(module_name: str) -> bool:
+    """Whether a Ray worker can import this module by name (an installed package)."""
+    if module_name == "__main__":
+        return False
+    mod = sys.modules.get(module_name)
+    path = getattr(mod, "__file__", None) or ""
+    roots = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], sysconfig.get_paths()["stdlib"]}
+    return module_name.split(".")[0] == "raylane" or any(path.startswith(r) for r in roots)
+
+
+def dumps_definition(defn: TaskDefinition) -> bytes:
+    """Pickle a definition; functions of modules that workers cannot import are pickled by value."""
+    from ray import cloudpickle
+    module_name = getattr(defn.fn, "__module__", "__main__")
+    by_value = not _importable_elsewhere(module_name) and module_name in sys.modules and module_name != "__main__"
+    if by_value:
+        cloudpickle.register_pickle_by_value(sys.modules[module_name])
+    try:
+        return cloudpickle.dumps(defn)
+    finally:
+        if by_value:
+            cloudpickle.unregister_pickle_by_value(sys.modules[module_name])
+
+
+def publish(defn: TaskDefinition) -> None:
+    """Make ``defn`` loadable by name anywhere in the connected Ray cluster."""
+    from ray.experimental import internal_kv as kv
+    blob = dumps_definition(defn)
+    digest = hashlib.sha256(blob).hexdigest()
+    kv._internal_kv_put(_BLOB_KEY + digest, blob, overwrite=True, namespace=_KV_NAMESPACE)
+    kv._internal_kv_put(_NAME_KEY + defn.name, digest, overwrite=True, namespace=_KV_NAMESPACE)
+
+
+_loaded: dict[str, TaskDefinition] = {}  # digest -> definition, per process
+
+
+def load(name: str) -> TaskDefinition:
+    """The definition registered under ``name``; raises ``UnknownTaskName``."""
+    from ray import cloudpickle
+    from ray.experimental import internal_kv as kv
+    digest = kv._internal_kv_get(_NAME_KEY + name, namespace=_KV_NAMESPACE)
+    if digest is None:
+        raise UnknownTaskName(name, registered_names())
+    digest = digest.decode()
+    defn = _loaded.get(digest)
+    if defn is None:
+        blob = kv._internal_kv_get(_BLOB_KEY + digest, namespace=_KV_NAMESPACE)
+        if blob is None:
+            raise UnknownTaskName(name)
+        defn = cloudpickle.loads(blob)
+        _loaded[digest] = defn
+    return defn
+
+
+def registered_names() -> list[str]:
+    """Names of every task registered in the cluster."""
+    from ray.experimental import internal_kv as kv
+    keys = kv._internal_kv_list(_NAME_KEY, namespace=_KV_NAMESPACE)
+    return sorted(k.decode()[len(_NAME_KEY):] for k in keys)
+
+
+def encode_arguments(args: list, kwargs: dict, limit: int) -> int:
+    """Size in bytes of the arguments as JSON; raises if they are not JSON or exceed ``limit``."""
+    try:
+        size = len(json.dumps([args, kwargs], allow_nan=False, separators=(",", ":")).encode())
+    except (TypeError, ValueError) as e:
+        raise InvalidTaskInput(f"task arguments must be JSON (str, int, float, bool, None, list, dict): {e}") from e
+    if size > limit:
+        raise PayloadTooLarge(size, limit)
+    return size
+
+
+_adapters: dict[Any, TypeAdapter] = {}
+
+
+def _adapter(tp: Any) -> TypeAdapter:
+    try:
+        return _adapters[tp]
+    except (KeyError, TypeError):
+        adapter = TypeAdapter(tp)
+        try:
+            _adapters[tp] = adapter
+        except TypeError:
+            pass
+        return adapter
+
+
+def check_arguments(name: str, fn: Callable, args: list, kwargs: dict) -> None:
+    """Bind ``args``/``kwargs`` to ``fn``'s signature and check each against its type hint (strictly)."""
+    sig = inspect.signature(fn)
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError as e:
+        raise InvalidTaskInput(f"arguments do not fit {name}{sig}: {e}") from e
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: the signature check above still applies
+        hints = {}
+    for pname, value in bound.arguments.items():
+        tp = hints.get(pname)
+        if tp is None:
+            continue
+        kind = sig.parameters[pname].kind
+        values = value if kind is inspect.Parameter.VAR_POSITIONAL else (
+            value.values() if kind is inspect.Parameter.VAR_KEYWORD else [value])
+        for v in values:
+            try:
+                _adapter(tp).validate_python(v, strict=True)
+            except ValidationError as e:
+                first = e.errors()[0]
+                raise InvalidTaskInput(f"argument {pname!r} of {name}{sig}: {first['msg']} "
+                                       f"(got {type(v).__name__} {v!r:.80})") from e
+            except Exception:  # a hint pydantic cannot check (e.g. a plain class): skip it
+                continue

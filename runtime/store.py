@@ -1,0 +1,226 @@
+"""The status store: where every task's record lives, written only by versioned writes.
+
+``StatusStore`` is the contract; ``OpenSearchStore`` its implementation. Every write is
+an ``index`` with ``version_type=external``: the store accepts it only if its version is
+higher than the stored one, and says so per write. Writes never read first.
+"""
+from __future__ import annotations
+
+import abc
+from datetime import datetime
+from typing import Any, Optional, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from raylane.config import OpenSearchAuth
+from raylane.errors import StoreUnavailable
+from raylane.models import TaskRecord, WriteOutcome
+from raylane.states import TaskState
+
+MAX_PAGE = 1000
+
+
+class TaskQuery(BaseModel):
+    """Filters of a search or a count; all given filters must match."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: Optional[list[TaskState]] = None
+    name: Optional[str] = None
+    queue: Optional[str] = None
+    tags: list[str] = Field(default_factory=list)
+    since: Optional[datetime] = None
+    until: Optional[datetime] = None
+    text: Optional[str] = Field(None, description="words that must appear in the error message")
+
+
+class StatusStore(abc.ABC):
+    """Contract of a status store.
+
+    - ``write_many`` is idempotent per (id, version) and never reads; a write whose version
+      is not higher than the stored one is rejected with reason "conflict".
+    - ``get`` is real-time: it sees every accepted write.
+    - Searches and counts see writes after the store's refresh (about a second).
+    - Every method raises ``StoreUnavailable`` when the store cannot be reached.
+    """
+
+    @abc.abstractmethod
+    def ensure_schema(self) -> None:
+        """Create the index template, the index and its alias if missing (idempotent)."""
+
+    @abc.abstractmethod
+    def write_many(self, records: Sequence[TaskRecord]) -> list[WriteOutcome]:
+        """Versioned writes, one outcome per record, in order."""
+
+    @abc.abstractmethod
+    def get(self, task_id: str) -> Optional[TaskRecord]:
+        """The current record of ``task_id``, or None."""
+
+    @abc.abstractmethod
+    def search(self, query: TaskQuery, limit: int = 100, after: Optional[list] = None) -> tuple[list[TaskRecord], Optional[list]]:
+        """Up to ``limit`` records, newest first, and the cursor to pass as ``after`` for the next page."""
+
+    @abc.abstractmethod
+    def counts(self, query: TaskQuery) -> dict[str, int]:
+        """Number of tasks per state among those matching ``query``."""
+
+    @abc.abstractmethod
+    def refresh(self) -> None:
+        """Make every accepted write visible to search."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections."""
+
+
+def _mappings() -> dict:
+    kw = {"type": "keyword"}
+    date = {"type": "date"}
+    stored_only = {"type": "object", "enabled": False}
+    return {
+        "dynamic": "strict",
+        "properties": {
+            "id": kw, "name": kw, "queue": kw, "state": kw, "tags": kw, "worker": kw, "error_type": kw,
+            "level": {"type": "byte"}, "attempt": {"type": "integer"}, "version": {"type": "long"},
+            "created_at": date, "started_at": date, "finished_at": date, "updated_at": date,
+            "timeout_s": {"type": "float"},
+            "error": {"type": "text"},
+            "traceback": {"type": "text", "index": False},
+            # Arbitrary user JSON: kept in _source, never mapped, so it cannot explode the mapping.
+            "args": stored_only, "kwargs": stored_only, "result": stored_only, "resources": stored_only,
+        },
+    }
+
+
+class OpenSearchStore(StatusStore):
+    """Task records in OpenSearch behind the alias ``alias`` (document id = task id, ``_version`` = state version)."""
+
+    def __init__(self, conn: OpenSearchAuth, alias: str = "raylane-tasks", timeout_s: float = 30.0):
+        from opensearchpy import OpenSearch
+
+        self.alias = alias
+        auth = (conn.username, conn.password) if conn.username else None
+        self._client = OpenSearch(hosts=[conn.url], http_auth=auth, verify_certs=conn.verify_certs,
+                                  ca_certs=conn.ca_certs, timeout=timeout_s, max_retries=2,
+                                  retry_on_timeout=True, http_compress=False)
+
+    @property
+    def client(self):
+        """The underlying opensearch-py client (for tests and operators)."""
+        return self._client
+
+    def _call(self, fn, *args, **kwargs):
+        from opensearchpy.exceptions import ConnectionError as OSConnectionError, TransportError
+        try:
+            return fn(*args, **kwargs)
+        except OSConnectionError as e:
+            raise StoreUnavailable(f"OpenSearch unreachable: {e}") from e
+        except TransportError as e:
+            if isinstance(e.status_code, int) and e.status_code == 404:
+                raise
+            raise StoreUnavailable(f"OpenSearch error {e.status_code}: {e.error}") from e
+
+    def ensure_schema(self) -> None:
+        from opensearchpy.exceptions import RequestError
+        c = self._client
+        self._call(c.indices.put_index_template, name=f"{self.alias}-template", body={
+            "index_patterns": [f"{self.alias}-*"],
+            "template": {"settings": {"number_of_shards": 1, "number_of_replicas": 0,
+                                      "refresh_interval": "1s", "max_result_window": 10000},
+                         "mappings": _mappings()},
+        })
+        if not self._call(c.indices.exists_alias, name=self.alias):
+            try:
+                self._call(c.indices.create, index=f"{self.alias}-000001",
+                           body={"aliases": {self.alias: {"is_write_index": True}}})
+            except RequestError as e:
+                if "resource_already_exists" not in str(e):
+                    raise StoreUnavailable(f"could not create the index of {self.alias}: {e}") from e
+
+    def write_many(self, records: Sequence[TaskRecord]) -> list[WriteOutcome]:
+        if not records:
+            return []
+        body: list[dict] = []
+        for r in records:
+            body.append({"index": {"_index": self.alias, "_id": r.id, "version": r.version,
+                                   "version_type": "external"}})
+            body.append(r.to_doc())
+        resp = self._call(self._client.bulk, body=body)
+        out = []
+        for r, item in zip(records, resp["items"]):
+            res = item["index"]
+            status = res.get("status", 500)
+            if status in (200, 201):
+                out.append(WriteOutcome(task_id=r.id, version=r.version, accepted=True))
+            elif status == 409:
+                out.append(WriteOutcome(task_id=r.id, version=r.version, accepted=False, reason="conflict"))
+            else:
+                err = res.get("error", {})
+                out.append(WriteOutcome(task_id=r.id, version=r.version, accepted=False,
+                                        reason=f"{err.get('type', status)}: {err.get('reason', '')}"))
+        return out
+
+    def get(self, task_id: str) -> Optional[TaskRecord]:
+        from opensearchpy.exceptions import NotFoundError
+        try:
+            doc = self._call(self._client.get, index=self.alias, id=task_id, realtime=True)
+        except NotFoundError:
+            return None
+        return TaskRecord.from_doc(doc["_source"])
+
+    def _filter(self, q: TaskQuery) -> dict:
+        must: list[dict] = []
+        if q.state:
+            must.append({"terms": {"state": [s.value for s in q.state]}})
+        for field in ("name", "queue"):
+            if getattr(q, field):
+                must.append({"term": {field: getattr(q, field)}})
+        for tag in q.tags:
+            must.append({"term": {"tags": tag}})
+        if q.since or q.until:
+            rng: dict[str, Any] = {}
+            if q.since:
+                rng["gte"] = q.since.isoformat()
+            if q.until:
+                rng["lt"] = q.until.isoformat()
+            must.append({"range": {"created_at": rng}})
+        query: dict = {"bool": {"filter": must}}
+        if q.text:
+            query["bool"]["must"] = [{"match": {"error": {"query": q.text, "operator": "and"}}}]
+        return query
+
+    def search(self, query: TaskQuery, limit: int = 100, after: Optional[list] = None) -> tuple[list[TaskRecord], Optional[list]]:
+        out: list[TaskRecord] = []
+        cursor = after
+        while len(out) < limit:
+            size = min(MAX_PAGE, limit - len(out))
+            body: dict = {"query": self._filter(query), "size": size, "track_total_hits": False,
+                          "sort": [{"created_at": "desc"}, {"id": "desc"}]}
+            if cursor:
+                body["search_after"] = cursor
+            hits = self._call(self._client.search, index=self.alias, body=body)["hits"]["hits"]
+            out.extend(TaskRecord.from_doc(h["_source"]) for h in hits)
+            if len(hits) < size:
+                return out, None
+            cursor = hits[-1]["sort"]
+        return out, cursor
+
+    def counts(self, query: TaskQuery) -> dict[str, int]:
+        body = {"query": self._filter(query), "size": 0, "track_total_hits": False,
+                "aggs": {"states": {"terms": {"field": "state", "size": len(TaskState)}}}}
+        resp = self._call(self._client.search, index=self.alias, body=body)
+        return {b["key"]: b["doc_count"] for b in resp["aggregations"]["states"]["buckets"]}
+
+    def refresh(self) -> None:
+        self._call(self._client.indices.refresh, index=self.alias)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def open_store(conn: OpenSearchAuth, alias: str) -> StatusStore:
+    """The status store for ``conn``, schema ensured."""
+    store = OpenSearchStore(conn, alias)
+    store.ensure_schema()
+    return store
+

@@ -1,0 +1,92 @@
+"""``@raylane.task``: turn a function into a task that can be submitted by name."""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Optional
+
+from raylane.models import Resources, SubmitRequest
+from raylane.registry import TaskDefinition
+
+_defined: dict[str, TaskDefinition] = {}  # tasks defined in this process, published on init
+
+
+def defined_here() -> list[TaskDefinition]:
+    """Every task defined in this process so far."""
+    return list(_defined.values())
+
+
+class TaskFunction:
+    """A registered task. Call it to run it here; ``submit`` to run it later on the cluster."""
+
+    def __init__(self, definition: TaskDefinition, overrides: Optional[dict] = None):
+        self.definition = definition
+        self._overrides = overrides or {}
+        self.__doc__ = definition.fn.__doc__
+        self.__name__ = getattr(definition.fn, "__name__", definition.name)
+        self.__wrapped__ = definition.fn
+
+    @property
+    def name(self) -> str:
+        """The registered name of the task."""
+        return self.definition.name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.definition.fn(*args, **kwargs)
+
+    def options(self, *, timeout: Optional[float] = None, queue: Optional[str] = None,
+                tags: Optional[list[str]] = None, num_cpus: Optional[float] = None) -> "TaskFunction":
+        """The same task with per-submit overrides of its timeout, queue, tags or CPUs."""
+        over = dict(self._overrides)
+        if timeout is not None:
+            over["timeout_s"] = timeout
+        if queue is not None:
+            over["queue"] = queue
+        if tags is not None:
+            over["tags"] = list(tags)
+        if num_cpus is not None:
+            over["resources"] = self.definition.resources.model_copy(update={"num_cpus": num_cpus})
+        return TaskFunction(self.definition, over)
+
+    def request(self, args: Iterable[Any] = (), kwargs: Optional[dict] = None) -> SubmitRequest:
+        """The submit request for these arguments (not yet validated against the signature)."""
+        return SubmitRequest(name=self.name, args=list(args), kwargs=dict(kwargs or {}), **self._overrides)
+
+    def submit(self, *args: Any, **kwargs: Any):
+        """Enqueue one run; returns a ``TaskHandle`` at once."""
+        from raylane.client import submit_requests
+        return submit_requests([self.request(args, kwargs)], [self.definition])[0]
+
+    def submit_many(self, items: Iterable[Any]) -> list:
+        """Enqueue many runs at once: each item is a tuple of positional arguments, a dict of
+        keyword arguments, or a single argument. All are validated before any is written."""
+        from raylane.client import submit_requests
+        reqs = []
+        for item in items:
+            if isinstance(item, tuple):
+                reqs.append(self.request(item))
+            elif isinstance(item, dict):
+                reqs.append(self.request((), item))
+            else:
+                reqs.append(self.request((item,)))
+        return submit_requests(reqs, [self.definition])
+
+
+def task(fn: Optional[Callable] = None, *, name: Optional[str] = None, timeout: Optional[float] = None,
+         max_retries: int = 0, queue: Optional[str] = None, num_cpus: float = 1.0, num_gpus: float = 0.0,
+         memory_mb: Optional[int] = None, tags: Iterable[str] = ()) -> Any:
+    """Declare a task: ``@raylane.task(name="demo.add", timeout=5)``.
+
+    The function's arguments and result must be JSON; its signature and type hints
+    are checked on every submit. ``name`` defaults to ``module.qualname``.
+    """
+    def wrap(f: Callable) -> TaskFunction:
+        defn = TaskDefinition(name=name or f"{f.__module__}.{f.__qualname__}", fn=f, timeout_s=timeout,
+                              max_retries=max_retries, queue=queue,
+                              resources=Resources(num_cpus=num_cpus, num_gpus=num_gpus, memory_mb=memory_mb),
+                              tags=tuple(tags))
+        _defined[defn.name] = defn
+        from raylane.client import published_if_connected
+        published_if_connected(defn)
+        return TaskFunction(defn)
+
+    return wrap(fn) if fn is not None else wrap
+
