@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Optional
 
 import ray
 from pydantic import ValidationError
 
-from raylane import registry
+from raylane import control, registry
 from raylane.actors.common import EXECUTOR, ActorConfig
 from raylane.errors import RaylaneError, UnknownTaskName
 from raylane.models import TaskMessage
-from raylane.queue import Consumed, KafkaQueueReader, KafkaTaskQueue
+from raylane.queue import Consumed, KafkaQueueReader, KafkaTaskQueue, topic_of
 
 log = logging.getLogger("raylane.queue_consumer")
 
@@ -60,6 +61,8 @@ class QueueConsumer:
         self._in_flight: set[asyncio.Task] = set()
         self._known_names: set[str] = set()
         self._loop_task: Optional[asyncio.Task] = None
+        self._paused_topics: set[str] = set()
+        self._paused_checked = 0.0
         self.stats = {"consumed": 0, "dead_lettered": 0, "started": 0, "skipped": 0, "errors": 0, "commits": 0}
 
     async def ensure_running(self) -> bool:
@@ -92,7 +95,7 @@ class QueueConsumer:
         if room <= 0:
             await asyncio.wait(self._in_flight, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
         else:
-            items = await asyncio.to_thread(self._reader.poll, room, 0.1 if self._in_flight else 0.5)
+            items = await asyncio.to_thread(self._poll, room, 0.1 if self._in_flight else 0.5)
             for item in items:
                 self.stats["consumed"] += 1
                 self._progress.setdefault((item.topic, item.partition), _PartitionProgress()).add(item.offset)
@@ -102,6 +105,15 @@ class QueueConsumer:
             if not items and self._in_flight:
                 await asyncio.wait(self._in_flight, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
         await self._commit()
+
+    def _poll(self, max_records: int, timeout_s: float) -> list[Consumed]:
+        now = time.monotonic()
+        if now - self._paused_checked > 1.0:
+            self._paused_checked = now
+            self._paused_topics = {topic_of(self.config.topic_prefix, q) for q in control.paused()}
+        items = self._reader.poll(max_records, timeout_s)
+        # Applied after every poll: a rebalance may have assigned partitions of a paused queue.
+        return self._reader.hold(self._paused_topics, items)
 
     async def _commit(self) -> None:
         offsets = {tp: p.committable for tp, p in self._progress.items()

@@ -10,8 +10,8 @@
     h = add.submit(1, 2)
     h.result(timeout=30)  # 3
 """
-from raylane.client import (TaskHandle, cancel, counts, get, init, is_initialized, refresh, search, shutdown,
-                            submit, wait)
+from raylane.client import (TaskHandle, cancel, counts, get, init, is_initialized, pause, refresh, resume, search,
+                            shutdown, submit, wait)
 from raylane.config import Settings
 from raylane.errors import (ConfigError, InvalidTaskInput, NotInitialized, PayloadTooLarge, QueueUnavailable,
                             RaylaneError, ServiceUnavailable, StackError, StoreUnavailable, TaskAlreadyFinished,
@@ -27,6 +27,8 @@ __all__ = [
     "task", "TaskFunction", "submit", "TaskHandle",
     # looking up
     "get", "wait", "cancel", "search", "counts", "refresh", "TaskRecord", "TaskState",
+    # operating
+    "pause", "resume",
     # errors
     "RaylaneError", "ConfigError", "StackError", "NotInitialized", "ServiceUnavailable", "QueueUnavailable",
     "StoreUnavailable", "InvalidTaskInput", "UnknownTaskName", "PayloadTooLarge", "TaskNotFound",

@@ -14,12 +14,12 @@ def _stack(args: argparse.Namespace) -> int:
 
     stack = LocalStack(Settings.from_env(), quiet=getattr(args, "json", False))
     if args.stack_cmd == "up":
-        statuses = stack.up()
+        statuses = stack.up(only=args.services or None)
         if not args.no_actors:
             from raylane.client import deploy_on_local_stack
             deploy_on_local_stack(stack)
     elif args.stack_cmd == "down":
-        stack.down(grace_s=args.grace)
+        stack.down(grace_s=args.grace, only=args.services or None)
         statuses = stack.status()
     else:
         statuses = stack.status()
@@ -45,9 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
         "fetched once from Maven Central into RAYLANE_HOME (default ~/.cache/raylane)."))
     st_sub = st.add_subparsers(dest="stack_cmd", required=True, metavar="ACTION")
     up = st_sub.add_parser("up", help="start what is not running and wait until ready (idempotent)")
+    up.add_argument("services", nargs="*", choices=["kafka", "opensearch", "ray", []], metavar="SERVICE",
+                    help="start only these (kafka, opensearch, ray); default all")
     up.add_argument("--json", action="store_true", help="print the resulting status as JSON")
     up.add_argument("--no-actors", action="store_true", help="start only the services, not raylane's actors")
     down = st_sub.add_parser("down", help="stop the processes the stack started")
+    down.add_argument("services", nargs="*", choices=["kafka", "opensearch", "ray", []], metavar="SERVICE",
+                      help="stop only these (kafka, opensearch, ray); default all")
     down.add_argument("--grace", type=float, default=20.0, help="seconds to wait after SIGTERM before SIGKILL (default 20)")
     status = st_sub.add_parser("status", help="show each service's state, pid, address and memory; exit 3 unless all run")
     status.add_argument("--json", action="store_true", help="print as JSON")

@@ -275,3 +275,17 @@ def counts(state: StateFilter = None, name: Optional[str] = None, since: Optiona
 def refresh() -> None:
     """Make every status write so far visible to ``search`` and ``counts`` (normally within a second)."""
     _connection().call("refresh")
+
+
+def pause(queue: str) -> None:
+    """Stop consumers from taking new tasks of ``queue`` (submits still succeed; tasks wait PENDING)."""
+    from raylane import control
+    _connection()
+    control.pause(queue)
+
+
+def resume(queue: str) -> None:
+    """Let consumers take tasks of ``queue`` again."""
+    from raylane import control
+    _connection()
+    control.resume(queue)

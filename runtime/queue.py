@@ -210,5 +210,27 @@ class KafkaQueueReader(QueueReader):
         except (KafkaError, OSError) as e:
             raise QueueUnavailable(f"Kafka offset commit failed: {e}") from e
 
+    def hold(self, topics: set[str], returned: list[Consumed]) -> list[Consumed]:
+        """Pause the assigned partitions of ``topics`` (resuming all others), and give back the
+        messages of ``returned`` that belong to them: they will be read again once resumed."""
+        from kafka.structs import TopicPartition
+        assigned = self._consumer.assignment()
+        held = {tp for tp in assigned if tp.topic in topics}
+        to_resume = set(self._consumer.paused()) - held
+        if to_resume:
+            self._consumer.resume(*to_resume)
+        if held:
+            self._consumer.pause(*held)
+        keep, first_held = [], {}
+        for item in returned:
+            if item.topic in topics:
+                tp = TopicPartition(item.topic, item.partition)
+                first_held[tp] = min(first_held.get(tp, item.offset), item.offset)
+            else:
+                keep.append(item)
+        for tp, offset in first_held.items():
+            self._consumer.seek(tp, offset)
+        return keep
+
     def close(self) -> None:
         self._consumer.close(autocommit=False)

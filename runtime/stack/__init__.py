@@ -88,10 +88,12 @@ class LocalStack:
             st.started_in_s = timings.get(st.name)
         return statuses
 
-    def down(self, grace_s: float = 20.0) -> list[str]:
+    def down(self, grace_s: float = 20.0, only: Optional[list[str]] = None) -> list[str]:
         """Stop the stack's own processes (Ray first); returns the names of the services stopped."""
         stopped = []
         for svc in [self.ray, self.kafka, self.opensearch]:
+            if only and svc.name not in only:
+                continue
             if svc.pid():
                 self._say(f"stopping {svc.name} ...")
             if svc.stop(grace_s):

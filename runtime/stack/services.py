@@ -72,6 +72,7 @@ class Service(ABC):
     def start(self) -> int:
         """Start the service detached; returns its pid."""
         cmd, env, user = self._command()
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "a") as log:
             log.write(f"\n--- raylane starting {self.name} at {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
         return proc.spawn(cmd, log_file=self.log_file, pid_file=self.pid_file, env=env, user=user)

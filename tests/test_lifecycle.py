@@ -1,0 +1,163 @@
+"""A task's life through real Kafka, OpenSearch and Ray: results, versions, cancels, timeouts, failures."""
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+import raylane
+from raylane.actors.deploy import actor_stats
+from raylane.errors import TaskAlreadyFinished, TaskCancelled, TaskFailed, TaskTimedOut
+from raylane.states import TaskState, version_of
+from raylane.stack import proc
+
+from conftest import wait_until
+
+
+@raylane.task(name="test.add", timeout=30)
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@raylane.task(name="test.sleep_then_mark", timeout=60)
+def sleep_then_mark(seconds: float, marker_dir: str) -> str:
+    """Record its pid, sleep, then leave a marker: the side effect a kill must prevent."""
+    Path(marker_dir, "pid").write_text(str(os.getpid()))
+    time.sleep(seconds)
+    Path(marker_dir, "done").write_text("ran to the end")
+    return "finished"
+
+
+@raylane.task(name="test.boom")
+def boom(message: str) -> None:
+    raise ValueError(message)
+
+
+@raylane.task(name="test.short_sleep", num_cpus=0.25)
+def short_sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def _doc_version(store, task_id: str) -> int:
+    return store.client.get(index=store.alias, id=task_id)["_version"]
+
+
+def test_submit_to_result_with_versions(rl, store, unique):
+    queue = f"q-{unique}"
+    rl.pause(queue)
+    h = add.options(queue=queue).submit(2, 3)
+    # While the queue is paused the task is PENDING at version 1.
+    rec = h.record()
+    assert rec.state is TaskState.PENDING and rec.version == 1 == _doc_version(store, h.id)
+    rl.resume(queue)
+    assert h.result(timeout=60) == 5
+    rec = h.record()
+    assert rec.state is TaskState.SUCCEEDED and rec.level == 3 and rec.attempt == 0
+    assert rec.version == version_of(TaskState.SUCCEEDED, 0) == _doc_version(store, h.id)
+    assert rec.started_at and rec.finished_at and rec.created_at <= rec.started_at <= rec.finished_at
+    assert rec.args == [2, 3] and rec.result == 5 and rec.queue == queue
+
+
+def test_running_state_and_version_observed(rl, store, tmp_path):
+    h = sleep_then_mark.submit(1.0, str(tmp_path))
+    wait_until(lambda: h.status() is TaskState.RUNNING, what="RUNNING")
+    assert _doc_version(store, h.id) == version_of(TaskState.RUNNING, 0)
+    assert h.result(timeout=60) == "finished"
+
+
+def test_builtin_echo(rl):
+    assert rl.submit("raylane.echo", 1, "two", three=3).result(timeout=60) == {"args": [1, "two"], "kwargs": {"three": 3}}
+
+
+def test_cancel_while_pending_never_runs(rl, unique, tmp_path):
+    queue = f"q-{unique}"
+    rl.pause(queue)
+    h = sleep_then_mark.options(queue=queue).submit(0.0, str(tmp_path))
+    cancelled = h.cancel()
+    assert cancelled.state is TaskState.CANCELLED
+    rl.resume(queue)
+    # Once resumed, the message is consumed and its RUNNING claim rejected: the executor skips it.
+    before = ray.get(ray.get_actor("Executor", namespace="raylane").get_stats.remote())["skipped"]
+    marker = add.options(queue=queue).submit(1, 1)
+    assert marker.result(timeout=60) == 2  # the queue has moved past the cancelled task
+    wait_until(lambda: ray.get(ray.get_actor("Executor", namespace="raylane").get_stats.remote())["skipped"] > before,
+               what="the executor to skip the cancelled task")
+    assert not (tmp_path / "pid").exists() and not (tmp_path / "done").exists()
+    assert h.record().state is TaskState.CANCELLED
+    with pytest.raises(TaskCancelled):
+        h.result(timeout=5)
+
+
+def test_cancel_while_running_kills_it(rl, tmp_path):
+    h = sleep_then_mark.submit(4.0, str(tmp_path))
+    pid = int(wait_until(lambda: (tmp_path / "pid").exists() and (tmp_path / "pid").read_text(), what="task start"))
+    assert h.status() is TaskState.RUNNING
+    rec = h.cancel()
+    assert rec.state is TaskState.CANCELLED
+    # The Ray worker running it is killed.
+    wait_until(lambda: not proc.pid_alive(pid), timeout=20, what="the task's worker to be killed")
+    assert not (tmp_path / "done").exists()
+    assert h.wait(timeout=10).state is TaskState.CANCELLED
+    assert h.record().version == 3
+
+
+def test_timeout_kills_and_records_timed_out(rl, tmp_path):
+    h = sleep_then_mark.options(timeout=1.5).submit(30.0, str(tmp_path))
+    with pytest.raises(TaskTimedOut) as exc:
+        h.result(timeout=60)
+    assert "1.5s" in str(exc.value)
+    rec = h.record()
+    assert rec.state is TaskState.TIMED_OUT and rec.version == 3 and "1.5s" in rec.error
+    pid = int((tmp_path / "pid").read_text())
+    wait_until(lambda: not proc.pid_alive(pid), timeout=20, what="the timed-out worker to be killed")
+    assert not (tmp_path / "done").exists()
+
+
+def test_failure_records_type_message_traceback(rl):
+    h = boom.submit("the disk is on fire")
+    with pytest.raises(TaskFailed) as exc:
+        h.result(timeout=60)
+    err = exc.value
+    assert err.error_type == "ValueError" and err.message == "the disk is on fire"
+    assert "raise ValueError(message)" in err.traceback and "in boom" in err.traceback
+    rec = h.record()
+    assert rec.state is TaskState.FAILED and rec.error_type == "ValueError" and rec.result is None
+    assert rec.traceback == err.traceback
+
+
+def test_cancel_racing_completion(rl, store):
+    """Given 240 short tasks cancelled at random moments, each ends in exactly one terminal state."""
+    n = 240
+    stats_before = actor_stats("raylane")["Executor"]
+    rng = random.Random(7)
+    handles = short_sleep.submit_many([rng.choice([0.0, 0.01, 0.03]) for _ in range(n)])
+    cancel_won, cancel_lost = set(), {}
+    for h in handles:
+        time.sleep(rng.choice([0, 0, 0.002, 0.01]))
+        try:
+            assert h.cancel().state is TaskState.CANCELLED
+            cancel_won.add(h.id)
+        except TaskAlreadyFinished as e:
+            cancel_lost[h.id] = e.state
+    assert len(cancel_won) + len(cancel_lost) == n
+    records = {h.id: h.wait(timeout=120) for h in handles}
+    for task_id, rec in records.items():
+        assert rec.terminal and rec.version == 3 == _doc_version(store, task_id)
+        assert (rec.result is not None) == (rec.state is TaskState.SUCCEEDED)
+        if task_id in cancel_won:
+            assert rec.state is TaskState.CANCELLED
+        else:
+            assert rec.state is TaskState.SUCCEEDED and cancel_lost[task_id] == "SUCCEEDED"
+    # Every cancel that won was answered to the executor as a rejection: either its RUNNING
+    # claim (cancelled while PENDING) or its final write (cancelled while RUNNING).
+    def settled():
+        after = actor_stats("raylane")["Executor"]
+        return (after["skipped"] - stats_before["skipped"]) + \
+            (after["discarded_results"] - stats_before["discarded_results"]) == len(cancel_won)
+    wait_until(settled, timeout=60, what="the executor to report every rejected write")
+    assert cancel_won and cancel_lost, "the race should produce both outcomes"

@@ -1,0 +1,84 @@
+"""``raylane stack up|down|status`` on a second, private stack (own ports and folders), and the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from raylane.config import Settings
+from raylane.stack import LocalStack, proc
+
+
+@pytest.fixture(scope="module")
+def private_stack(settings: Settings, tmp_path_factory):
+    """A second stack that shares only the download cache with the session's stack."""
+    home = tmp_path_factory.mktemp("stack-home")
+    # Reuse fetched distributions; everything else (data, pid files, logs) is private.
+    (home / "dist").symlink_to(settings.home / "dist")
+    (home / "m2").symlink_to(settings.home / "m2")
+    private = settings.model_copy(update=dict(
+        home=home, kafka_port=39092, kafka_controller_port=39093, opensearch_port=39200,
+        opensearch_transport_port=39300, ray_port=36379, ray_dashboard_port=38265,
+        opensearch_root_dir=settings.opensearch_root_dir.parent / f"{settings.opensearch_root_dir.name}-test"))
+    st = LocalStack(private, quiet=True)
+    yield st
+    st.down(grace_s=10)
+
+
+def _stack_processes(st: LocalStack) -> dict[str, list[int]]:
+    return {svc.name: svc.pids() for svc in st.services}
+
+
+def test_up_status_idempotent_restart_down(stack, private_stack):
+    st = private_stack
+    # Given a stopped private stack
+    assert not any(s.running for s in st.status())
+
+    # When it is brought up, every service answers and reports its address
+    statuses = {s.name: s for s in st.up()}
+    assert all(s.running and s.pid for s in statuses.values())
+    assert statuses["kafka"].address == "127.0.0.1:39092"
+    assert statuses["opensearch"].address == "http://127.0.0.1:39200"
+    assert statuses["ray"].address == "127.0.0.1:36379"
+    pids = {name: s.pid for name, s in statuses.items()}
+
+    # A second `up` leaves what runs alone
+    again = {s.name: s for s in st.up()}
+    assert {n: s.pid for n, s in again.items()} == pids
+    assert all(s.started_in_s is None for s in again.values())
+
+    # Restarting one service touches only that one
+    assert st.down(only=["kafka"]) == ["kafka"]
+    assert not proc.pid_alive(pids["kafka"])
+    restarted = {s.name: s for s in st.up()}
+    assert restarted["kafka"].running and restarted["kafka"].pid != pids["kafka"]
+    assert restarted["opensearch"].pid == pids["opensearch"] and restarted["ray"].pid == pids["ray"]
+
+    # `down` stops everything it started and leaves no process behind
+    everything = [p for ps in _stack_processes(st).values() for p in ps]
+    assert len(everything) >= 3
+    assert sorted(st.down(grace_s=10)) == ["kafka", "opensearch", "ray"]
+    assert [p for p in everything if proc.pid_alive(p)] == []
+    assert not any(s.running for s in st.status())
+
+
+def test_cli_status_json_reports_the_session_stack(stack):
+    out = subprocess.run([sys.executable, "-m", "raylane.cli", "stack", "status", "--json"], capture_output=True,
+                         text=True, timeout=60, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    assert set(status) == {"kafka", "opensearch", "ray"}
+    assert status["kafka"]["address"] == stack.kafka.address
+    assert status["opensearch"]["address"] == stack.opensearch.address
+    assert status["ray"]["address"] == stack.ray.address
+    assert all(s["running"] and s["pid"] for s in status.values())
+
+
+def test_cli_rejects_unknown_settings():
+    out = subprocess.run([sys.executable, "-m", "raylane.cli", "stack", "status"], capture_output=True, text=True,
+                         timeout=60, env=dict(os.environ, RAYLANE_KAFKA_PORTT="1"))
+    assert out.returncode == 2
+    assert "RAYLANE_KAFKA_PORTT" in out.stderr
