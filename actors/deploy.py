@@ -1,7 +1,14 @@
 """Start raylane's actors in the connected Ray cluster, or find the ones already running."""
 from __future__ import annotations
 
+import shlex
+import sys
+import time
+import uuid
+
 import ray
+
+from raylane.errors import StackError
 
 from raylane.actors.common import EXECUTOR, QUEUE_CONSUMER, REQUEST_HANDLER, STATUS_KEEPER, ActorConfig
 from raylane.actors.executor import Executor
@@ -12,8 +19,8 @@ from raylane.actors.status_keeper import StatusKeeper
 
 def _options(config: ActorConfig, name: str) -> dict:
     # Actors coordinate and wait; they reserve no CPU so tasks get all of it.
-    return dict(name=name, namespace=config.namespace, lifetime="detached", get_if_exists=True,
-                max_restarts=-1, num_cpus=0, max_concurrency=10_000)
+    return dict(name=name, namespace=config.namespace, get_if_exists=True, max_restarts=-1, num_cpus=0,
+                max_concurrency=10_000)
 
 
 def find_request_handler(namespace: str):
@@ -24,8 +31,11 @@ def find_request_handler(namespace: str):
         return None
 
 
-def deploy(config: ActorConfig, consumers: int = 1):
-    """Create (or find) every actor; returns the RequestHandler once all are ready."""
+def create_actors(config: ActorConfig, consumers: int = 1) -> list:
+    """Create (or find) every actor, owned by the calling driver, and wait until all are ready.
+
+    Returns every handle, RequestHandler first; the actors live as long as the caller holds them.
+    """
     keeper = ray.remote(StatusKeeper).options(**_options(config, STATUS_KEEPER)).remote(config)
     ray.get(keeper.get_stats.remote())
     executor = ray.remote(Executor).options(**_options(config, EXECUTOR)).remote(config)
@@ -34,10 +44,33 @@ def deploy(config: ActorConfig, consumers: int = 1):
     members = [ray.remote(QueueConsumer).options(**_options(config, f"{QUEUE_CONSUMER}-{i}")).remote(config, i)
                for i in range(consumers)]
     ray.get([m.ensure_running.remote() for m in members] + [handler.task_names.remote()])
-    return handler
+    return [handler, keeper, executor, *members]
 
 
 def actor_stats(namespace: str, consumers: int = 1) -> dict:
     """Counters of every actor, by actor name (for operators, tests and benchmarks)."""
     names = [STATUS_KEEPER, EXECUTOR] + [f"{QUEUE_CONSUMER}-{i}" for i in range(consumers)]
     return {n: ray.get(ray.get_actor(n, namespace=namespace).get_stats.remote()) for n in names}
+
+
+def deploy(config: ActorConfig, dashboard_url: str, consumers: int = 1, timeout_s: float = 180.0):
+    """Run the raylane service job (which owns the actors) and return the RequestHandler once it answers."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    client = JobSubmissionClient(dashboard_url)
+    entrypoint = " ".join([shlex.quote(sys.executable), "-m", "raylane.actors.service",
+                           "--consumers", str(consumers), "--config", shlex.quote(config.model_dump_json())])
+    job_id = client.submit_job(entrypoint=entrypoint, submission_id=f"raylane-service-{uuid.uuid4().hex[:8]}",
+                               metadata={"raylane": "service"})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        handler = find_request_handler(config.namespace)
+        if handler is not None:
+            ray.get(handler.task_names.remote())
+            return handler
+        status = client.get_job_status(job_id)
+        if status in (JobStatus.FAILED, JobStatus.STOPPED):
+            logs = client.get_job_logs(job_id)[-3000:]
+            raise StackError(f"the raylane service job {job_id} ended ({status}) before its actors were ready:\n{logs}",
+                             service="raylane")
+        time.sleep(0.2)
+    raise StackError(f"raylane's actors were not ready within {timeout_s:.0f}s (Ray job {job_id})", service="raylane")

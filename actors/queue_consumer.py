@@ -15,11 +15,12 @@ from typing import Optional
 import ray
 from pydantic import ValidationError
 
-from raylane import control, registry
+from raylane import registry
 from raylane.actors.common import EXECUTOR, ActorConfig
 from raylane.errors import RaylaneError, UnknownTaskName
 from raylane.models import TaskMessage
 from raylane.queue import Consumed, KafkaQueueReader, KafkaTaskQueue, topic_of
+from raylane.store import OpenSearchStore
 
 log = logging.getLogger("raylane.queue_consumer")
 
@@ -56,6 +57,7 @@ class QueueConsumer:
         self._producer = KafkaTaskQueue(config.kafka_bootstrap, prefix=config.topic_prefix, dlq_topic=config.dlq_topic,
                                         partitions=config.partitions, max_payload_bytes=config.max_payload_bytes)
         self._reader: Optional[KafkaQueueReader] = None
+        self._store = OpenSearchStore(config.opensearch, config.index_alias)
         self._progress: dict[tuple[str, int], _PartitionProgress] = {}
         self._committed: dict[tuple[str, int], int] = {}
         self._in_flight: set[asyncio.Task] = set()
@@ -110,7 +112,7 @@ class QueueConsumer:
         now = time.monotonic()
         if now - self._paused_checked > 1.0:
             self._paused_checked = now
-            self._paused_topics = {topic_of(self.config.topic_prefix, q) for q in control.paused()}
+            self._paused_topics = {topic_of(self.config.topic_prefix, q) for q in self._store.paused_queues()}
         items = self._reader.poll(max_records, timeout_s)
         # Applied after every poll: a rebalance may have assigned partitions of a paused queue.
         return self._reader.hold(self._paused_topics, items)

@@ -18,7 +18,7 @@ from raylane import registry
 from raylane.actors.common import STATUS_KEEPER, ActorConfig, replies_errors
 from raylane.errors import (InvalidTaskInput, QueueUnavailable, StoreUnavailable, TaskAlreadyFinished,
                             TaskNotFound)
-from raylane.models import SubmitRequest, TaskMessage, TaskRecord, new_task_id, utcnow
+from raylane.models import QUEUE_PATTERN, SubmitRequest, TaskMessage, TaskRecord, new_task_id, utcnow
 from raylane.queue import KafkaTaskQueue
 from raylane.states import TaskState
 from raylane.store import OpenSearchStore, TaskQuery
@@ -151,6 +151,18 @@ class RequestHandler:
     async def refresh(self) -> None:
         """Make every accepted write visible to search now."""
         await asyncio.to_thread(self.store.refresh)
+
+    @replies_errors
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        """Pause or resume a queue; consumers see the change within about a second."""
+        if not isinstance(queue, str) or not re.match(QUEUE_PATTERN, queue):
+            raise InvalidTaskInput(f"queue name {queue!r} must match {QUEUE_PATTERN}")
+        await asyncio.to_thread(self.store.set_paused, queue, paused)
+
+    @replies_errors
+    async def paused_queues(self) -> list[str]:
+        """Names of the paused queues."""
+        return sorted(await asyncio.to_thread(self.store.paused_queues))
 
     @replies_errors
     async def task_names(self) -> list[str]:

@@ -110,7 +110,10 @@ def init(**overrides: Any) -> None:
         handler = find_request_handler(settings.namespace)
         if handler is None:
             endpoints = endpoints or _endpoints(settings, start_missing=False)
-            handler = deploy(_actor_config(settings, endpoints), consumers=settings.consumers)
+            dashboard = settings.ray_dashboard_url or ray._private.worker.get_dashboard_url()
+            if not dashboard.startswith("http"):
+                dashboard = f"http://{dashboard}"
+            handler = deploy(_actor_config(settings, endpoints), dashboard, consumers=settings.consumers)
         conn = _Connection(settings, handler, owns_ray)
         from raylane.builtin import echo
         for defn in [echo.definition, *defined_here()]:
@@ -277,15 +280,15 @@ def refresh() -> None:
     _connection().call("refresh")
 
 
+
 def pause(queue: str) -> None:
-    """Stop consumers from taking new tasks of ``queue`` (submits still succeed; tasks wait PENDING)."""
-    from raylane import control
-    _connection()
-    control.pause(queue)
+    """Stop consumers from taking new tasks of ``queue`` (submits still succeed; tasks wait PENDING).
+
+    The switch is stored with the task records, so it survives restarts of Ray and of raylane.
+    """
+    _connection().call("set_paused", queue, True)
 
 
 def resume(queue: str) -> None:
     """Let consumers take tasks of ``queue`` again."""
-    from raylane import control
-    _connection()
-    control.resume(queue)
+    _connection().call("set_paused", queue, False)

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     opensearch_verify_certs: bool = Field(True, description="Verify OpenSearch TLS certificates.")
     opensearch_ca_certs: Optional[str] = Field(None, description="CA bundle for OpenSearch TLS.")
     ray_address: Optional[str] = Field(None, description="Ray cluster address (host:port or 'auto').")
+    ray_dashboard_url: Optional[str] = Field(None, description="Ray dashboard / job API URL, if Ray does not report it.")
     # --- local stack
     kafka_port: int = Field(29092, ge=1, le=65535, description="Local Kafka broker port.")
     kafka_controller_port: int = Field(29093, ge=1, le=65535, description="Local Kafka KRaft controller port.")

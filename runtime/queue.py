@@ -183,7 +183,8 @@ class KafkaQueueReader(QueueReader):
             self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
                                            auto_offset_reset="earliest", metadata_max_age_ms=2000,
                                            max_partition_fetch_bytes=max(max_message, 1 << 20),
-                                           session_timeout_ms=30000, max_poll_interval_ms=600000)
+                                           session_timeout_ms=10000, heartbeat_interval_ms=2000,
+                                           max_poll_interval_ms=600000)
             self._consumer.subscribe(pattern=pattern)
         except (KafkaError, OSError) as e:
             raise QueueUnavailable(f"Kafka at {bootstrap} unreachable: {e}") from e

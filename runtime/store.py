@@ -65,6 +65,14 @@ class StatusStore(abc.ABC):
         """Number of tasks per state among those matching ``query``."""
 
     @abc.abstractmethod
+    def set_paused(self, queue: str, paused: bool) -> None:
+        """Record durably whether consumers may take tasks of ``queue``."""
+
+    @abc.abstractmethod
+    def paused_queues(self) -> set[str]:
+        """The queues currently paused."""
+
+    @abc.abstractmethod
     def refresh(self) -> None:
         """Make every accepted write visible to search."""
 
@@ -75,7 +83,7 @@ class StatusStore(abc.ABC):
 
 def _mappings() -> dict:
     kw = {"type": "keyword"}
-    date = {"type": "date"}
+    date = {"type": "date_nanos"}
     stored_only = {"type": "object", "enabled": False}
     return {
         "dynamic": "strict",
@@ -210,6 +218,31 @@ class OpenSearchStore(StatusStore):
                 "aggs": {"states": {"terms": {"field": "state", "size": len(TaskState)}}}}
         resp = self._call(self._client.search, index=self.alias, body=body)
         return {b["key"]: b["doc_count"] for b in resp["aggregations"]["states"]["buckets"]}
+
+    @property
+    def _control_index(self) -> str:
+        # Outside the task index pattern, so the strict task mapping does not apply.
+        return f"{self.alias}_control"
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        from opensearchpy.exceptions import NotFoundError
+        if paused:
+            self._call(self._client.index, index=self._control_index, id=f"paused:{queue}",
+                       body={"kind": "paused", "queue": queue}, refresh="true")
+        else:
+            try:
+                self._call(self._client.delete, index=self._control_index, id=f"paused:{queue}", refresh="true")
+            except NotFoundError:
+                pass
+
+    def paused_queues(self) -> set[str]:
+        from opensearchpy.exceptions import NotFoundError
+        try:
+            resp = self._call(self._client.search, index=self._control_index,
+                              body={"query": {"term": {"kind.keyword": "paused"}}, "size": 1000})
+        except NotFoundError:
+            return set()
+        return {h["_source"]["queue"] for h in resp["hits"]["hits"]}
 
     def refresh(self) -> None:
         self._call(self._client.indices.refresh, index=self.alias)

@@ -80,6 +80,28 @@ def processes_with_env(key: str, values: Iterable[str]) -> list[int]:
     return out
 
 
+def descendants(pids: Iterable[int]) -> list[int]:
+    """Live pids that descend from ``pids`` (children, grandchildren, ...), ``pids`` included."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    seen: set[int] = set()
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        todo.extend(children.get(pid, []))
+    return sorted(p for p in seen if pid_alive(p))
+
+
 def _signal_all(pids: Iterable[int], sig: int) -> None:
     for pid in pids:
         try:
@@ -88,24 +110,29 @@ def _signal_all(pids: Iterable[int], sig: int) -> None:
             pass
 
 
-def terminate(pids: list[int], grace_s: float, leader: Optional[int] = None) -> list[int]:
-    """SIGTERM ``pids`` (only ``leader`` if given, which stops the rest itself), wait up to
-    ``grace_s`` for all of them, then SIGKILL the rest; returns those killed forcibly."""
-    _signal_all([leader] if leader else pids, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
+def _wait_gone(pids: list[int], until: float) -> list[int]:
+    while True:
         for pid in pids:
             exited_early(pid)
-        if not any(pid_alive(p) for p in pids):
-            return []
+        alive = [p for p in pids if pid_alive(p)]
+        if not alive or time.monotonic() >= until:
+            return alive
         time.sleep(0.1)
-    left = [p for p in pids if pid_alive(p)]
+
+
+def terminate(pids: list[int], grace_s: float, leader: Optional[int] = None) -> list[int]:
+    """Stop ``pids``: SIGTERM (to ``leader`` alone first, if given, which stops the rest itself,
+    then to whatever it left), wait up to ``grace_s`` in all, then SIGKILL the rest.
+    Returns the pids killed forcibly."""
+    deadline = time.monotonic() + grace_s
+    if leader:
+        _signal_all([leader], signal.SIGTERM)
+        _wait_gone([leader], deadline)
+    alive = [p for p in pids if pid_alive(p)]
+    _signal_all(alive, signal.SIGTERM)
+    left = _wait_gone(alive, deadline)
     _signal_all(left, signal.SIGKILL)
-    for pid in left:
-        for _ in range(50):
-            if exited_early(pid):
-                break
-            time.sleep(0.1)
+    _wait_gone(left, time.monotonic() + 5)
     return left
 
 

@@ -295,7 +295,8 @@ class RayHead(Service):
         group = proc.process_group(pid)
         # Ray workers start their own sessions; they name their raylet in the environment.
         workers = proc.processes_with_env("RAY_RAYLET_PID", [str(p) for p in group])
-        return sorted(set(group) | set(workers))
+        # Job drivers (the raylane service among them) are children of their job's supervisor worker.
+        return proc.descendants(set(group) | set(workers))
 
     def _command(self):
         s = self.settings
@@ -304,8 +305,15 @@ class RayHead(Service):
                f"--ray-client-server-port={s.ray_port + 1}",
                "--dashboard-host=127.0.0.1", f"--dashboard-port={s.ray_dashboard_port}",
                f"--num-cpus={s.ray_num_cpus}", f"--object-store-memory={s.ray_object_store_mb * 1024 * 1024}",
-               f"--temp-dir={self.temp_dir}", "--disable-usage-stats"]
-        env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
+               f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
+               # Keep idle workers warm: raylane's executor runs many short tasks, and a worker
+               # started per task would cost far more than the task itself.
+               "--system-config=" + json.dumps({"idle_worker_killing_time_threshold_ms": 300_000,
+                                                "num_workers_soft_limit": 2 * s.ray_num_cpus})]
+        # The raylane service job would hold a node drain for its full 30 s default; its work
+        # is safe in Kafka and OpenSearch, so a short drain is enough.
+        env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0",
+                   RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="3")
         env.pop("RAY_ADDRESS", None)
         return cmd, env, None
 

@@ -1,0 +1,39 @@
+"""The raylane service: a Ray job whose driver owns raylane's actors for as long as it runs.
+
+Owning the actors from a live job matters: Ray reuses task workers only while the job
+that owns them lives, so actors left behind by an exited driver would start a fresh
+worker process for every task. ``deploy`` submits this job; ``ray job stop`` ends it.
+
+    python -m raylane.actors.service --config '<ActorConfig JSON>' [--consumers N]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+
+import ray
+
+from raylane.actors.common import ActorConfig
+from raylane.actors.deploy import create_actors, find_request_handler
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Create raylane's actors (unless another service runs them) and keep them alive."""
+    ap = argparse.ArgumentParser(prog="python -m raylane.actors.service", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True, help="ActorConfig as JSON")
+    ap.add_argument("--consumers", type=int, default=1, help="QueueConsumer actors to run (default 1)")
+    args = ap.parse_args(argv)
+    config = ActorConfig.model_validate_json(args.config)
+    ray.init(namespace=config.namespace)
+    if find_request_handler(config.namespace) is not None:
+        print("raylane actors already run under another service job; nothing to do", flush=True)
+        return 0
+    handles = create_actors(config, args.consumers)
+    print(f"raylane actors ready in namespace {config.namespace!r}: {len(handles)} actors", flush=True)
+    threading.Event().wait()  # until the job is stopped; holding `handles` keeps the actors alive
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Checksum and word statistics for every file of a directory tree, one raylane task per file.
+
+Without ``--path`` the job first generates a reproducible tree of text and binary files.
+To show the whole lifecycle it also cancels some tasks right after submitting them and
+gives a few tasks a deliberate stall longer than their timeout, so they are killed.
+It prints a progress bar, the final count per state, and the throughput.
+
+Run it on the local stack (``raylane stack up`` first):
+
+    RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:28265 --working-dir . \\
+        -- python -m raylane.jobs.checksums --files 3000
+
+or directly: ``python -m raylane.jobs.checksums``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import random
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from tqdm import tqdm
+
+import raylane
+from raylane.errors import TaskAlreadyFinished
+from raylane.states import TERMINAL_STATES
+
+
+@raylane.task(name="jobs.checksum_file", timeout=60)
+def checksum_file(path: str, stall_s: float = 0.0) -> dict:
+    """SHA-256, size, and line/word counts of one file; ``stall_s`` simulates a stuck worker."""
+    if stall_s:
+        time.sleep(stall_s)
+    digest = hashlib.sha256()
+    size = lines = words = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 16), b""):
+            digest.update(chunk)
+            size += len(chunk)
+            lines += chunk.count(b"\n")
+            words += len(chunk.split())
+    return {"path": path, "sha256": digest.hexdigest(), "bytes": size, "lines": lines, "words": words}
+
+
+_WORDS = "raylane kafka opensearch ray task queue status version cancel timeout retry result".split()
+
+
+def generate_tree(root: Path, files: int, seed: int = 1) -> list[Path]:
+    """A reproducible tree of ``files`` small text and binary files under ``root``."""
+    rng = random.Random(seed)
+    paths = []
+    for i in range(files):
+        d = root / f"d{i % 17:02d}" / f"e{i % 5}"
+        d.mkdir(parents=True, exist_ok=True)
+        p = d / f"f{i:05d}.{'txt' if i % 3 else 'bin'}"
+        if i % 3:
+            p.write_text("\n".join(" ".join(rng.choices(_WORDS, k=rng.randint(3, 12)))
+                                   for _ in range(rng.randint(5, 200))))
+        else:
+            p.write_bytes(rng.randbytes(rng.randint(256, 32768)))
+        paths.append(p)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the job; exit status 0 when every task reached a terminal state and results check out."""
+    ap = argparse.ArgumentParser(prog="python -m raylane.jobs.checksums", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--path", type=Path, help="directory tree to checksum (default: generate one)")
+    ap.add_argument("--files", type=int, default=3000, help="files to generate when --path is not given (default 3000)")
+    ap.add_argument("--cancel-every", type=int, default=100, help="cancel every Nth task right after submitting it (0: none)")
+    ap.add_argument("--stalled", type=int, default=5, help="tasks made to stall past their timeout (default 5)")
+    ap.add_argument("--timeout", type=float, default=2.0, help="timeout of the stalled tasks in seconds (default 2)")
+    ap.add_argument("--batch", type=int, default=500, help="tasks per submit_many call (default 500)")
+    ap.add_argument("--deadline", type=float, default=900.0, help="give up waiting after this many seconds")
+    args = ap.parse_args(argv)
+
+    tmp = None
+    if args.path:
+        paths = sorted(p for p in args.path.rglob("*") if p.is_file())
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix="raylane-checksums-"))
+        print(f"generating {args.files} files under {tmp} ...", flush=True)
+        paths = generate_tree(tmp, args.files)
+    if not paths:
+        print("no files to checksum", file=sys.stderr)
+        return 2
+
+    raylane.init()
+    run_tag = f"checksums-{uuid.uuid4().hex[:8]}"
+    stalled = set(random.Random(2).sample(range(len(paths)), min(args.stalled, len(paths))))
+    normal = checksum_file.options(tags=[run_tag])
+    slow = checksum_file.options(tags=[run_tag], timeout=args.timeout)
+
+    handles: list[raylane.TaskHandle] = []
+    cancelled = too_late = 0
+    started = time.monotonic()
+    with tqdm(total=len(paths), desc="submit", unit="task", file=sys.stdout) as bar:
+        for start in range(0, len(paths), args.batch):
+            chunk = range(start, min(len(paths), start + args.batch))
+            plain = [i for i in chunk if i not in stalled]
+            handles.extend(normal.submit_many([(str(paths[i]),) for i in plain]))
+            handles.extend(slow.submit(str(paths[i]), args.timeout * 15) for i in chunk if i in stalled)
+            bar.update(len(chunk))
+    if args.cancel_every:
+        for h in handles[::args.cancel_every]:
+            try:
+                h.cancel()
+                cancelled += 1
+            except TaskAlreadyFinished:
+                too_late += 1
+    submitted_in = time.monotonic() - started
+
+    terminal = 0
+    counts: dict[str, int] = {}
+    with tqdm(total=len(handles), desc="done  ", unit="task", file=sys.stdout) as bar:
+        while time.monotonic() - started < args.deadline:
+            raylane.refresh()
+            counts = raylane.counts(tag=run_tag)
+            now_terminal = sum(n for s, n in counts.items() if s in {t.value for t in TERMINAL_STATES})
+            bar.update(now_terminal - terminal)
+            terminal = now_terminal
+            if terminal >= len(handles):
+                break
+            time.sleep(0.5)
+    elapsed = time.monotonic() - started
+
+    # Check results against checksums computed here.
+    sample = [r for r in raylane.search(tag=run_tag, state="SUCCEEDED", limit=50)]
+    mismatches = [r.id for r in sample if hashlib.sha256(Path(r.result["path"]).read_bytes()).hexdigest() != r.result["sha256"]]
+
+    print(f"\nrun {run_tag}: {len(handles)} tasks, submitted in {submitted_in:.1f}s")
+    print(f"cancel requests: {cancelled} cancelled, {too_late} already finished")
+    for state in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT", "RUNNING", "PENDING"):
+        print(f"  {state:<10} {counts.get(state, 0):>6}")
+    print(f"throughput: {terminal / elapsed:.1f} tasks/s ({terminal} terminal in {elapsed:.1f}s)")
+    print(f"checked {len(sample)} results against local checksums: {len(mismatches)} mismatches")
+    if tmp:
+        shutil.rmtree(tmp, ignore_errors=True)
+    raylane.shutdown()
+    ok = terminal == len(handles) and not mismatches and counts.get("FAILED", 0) == 0
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Bad input gets a typed error and leaves nothing behind; malformed queue messages go to the DLQ."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.structs import TopicPartition
+
+import raylane
+from raylane.client import submit_requests
+from raylane.errors import (InvalidTaskInput, PayloadTooLarge, TaskAlreadyFinished, TaskNotFound,
+                            UnknownTaskName)
+from raylane.models import SubmitRequest
+
+
+@raylane.task(name="test.typed")
+def typed(count: int, label: str, weights: list[float] | None = None) -> str:
+    return f"{label}:{count}"
+
+
+@raylane.task(name="test.blob")
+def blob(data: str) -> int:
+    return len(data)
+
+
+def _nothing_written(rl, stack, queue: str) -> None:
+    rl.refresh()
+    assert rl.counts(queue=queue) == {}
+    admin = KafkaAdminClient(bootstrap_servers=stack.kafka.address)
+    try:
+        assert f"raylane.tasks.{queue}" not in admin.list_topics()
+    finally:
+        admin.close()
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda q: submit_requests([SubmitRequest(name="no.such.task", queue=q)]), UnknownTaskName, "no task named 'no.such.task'"),
+    (lambda q: typed.options(queue=q).submit(1, object()), InvalidTaskInput, "must be JSON"),
+    (lambda q: typed.options(queue=q).submit(1, float("nan")), InvalidTaskInput, "must be JSON"),
+    (lambda q: typed.options(queue=q).submit(1), InvalidTaskInput, "missing a required argument: 'label'"),
+    (lambda q: typed.options(queue=q).submit(1, "x", nope=1), InvalidTaskInput, "unexpected keyword argument 'nope'"),
+    (lambda q: typed.options(queue=q).submit("1", "x"), InvalidTaskInput, "argument 'count'"),
+    (lambda q: typed.options(queue=q).submit(1, "x", ["a"]), InvalidTaskInput, "argument 'weights'"),
+    (lambda q: blob.options(queue=q).submit("x" * (1 << 20)), PayloadTooLarge, "over the limit of 1048576 bytes"),
+    (lambda q: typed.options(queue=q).submit_many([(1, "ok"), (2, 3)]), InvalidTaskInput, "task #1"),
+], ids=["unknown-name", "not-json", "nan", "missing-arg", "extra-kwarg", "wrong-type", "wrong-item-type",
+        "too-large", "one-bad-in-batch"])
+def test_bad_submit_is_refused_and_writes_nothing(rl, stack, unique, call, error, words):
+    queue = f"bad-{unique}"
+    with pytest.raises(error) as exc:
+        call(queue)
+    assert words in str(exc.value)
+    _nothing_written(rl, stack, queue)
+
+
+def test_valid_typed_call_runs(rl):
+    assert typed.submit(3, "n", [0.5, 1]).result(timeout=60) == "n:3"
+
+
+def test_unknown_ids(rl):
+    for bad in ("0" * 32, "not-an-id", ""):
+        with pytest.raises(TaskNotFound):
+            rl.get(bad)
+        with pytest.raises(TaskNotFound):
+            rl.cancel(bad)
+
+
+def test_cancel_of_finished_task_says_so(rl):
+    h = typed.submit(1, "done")
+    h.result(timeout=60)
+    with pytest.raises(TaskAlreadyFinished) as exc:
+        h.cancel()
+    assert "already finished as SUCCEEDED" in str(exc.value) and exc.value.state == "SUCCEEDED"
+
+
+def test_malformed_messages_go_to_the_dlq(rl, stack, settings):
+    topic = f"{settings.topic_prefix}{settings.default_queue}"
+    dlq = KafkaConsumer(bootstrap_servers=stack.kafka.address, enable_auto_commit=False, consumer_timeout_ms=1000)
+    admin = KafkaAdminClient(bootstrap_servers=stack.kafka.address)
+    if settings.dlq_topic in admin.list_topics():
+        parts = [TopicPartition(settings.dlq_topic, p) for p in dlq.partitions_for_topic(settings.dlq_topic)]
+        dlq.assign(parts)
+        dlq.seek_to_end()
+        start = {tp: dlq.position(tp) for tp in parts}
+    else:
+        start = {}
+    admin.close()
+
+    bad = {
+        b"this is not json": "not a valid task message",
+        json.dumps({"id": "f" * 32, "name": "no.such.task", "queue": "default",
+                    "created_at": "2026-01-01T00:00:00Z"}).encode(): "no task named 'no.such.task'",
+        json.dumps({"name": "test.typed"}).encode(): "id: Field required",
+    }
+    producer = KafkaProducer(bootstrap_servers=stack.kafka.address, acks="all")
+    for value in bad:
+        producer.send(topic, key=b"bad", value=value)
+    producer.flush()
+    producer.close()
+
+    found: dict[bytes, str] = {}
+    deadline = time.monotonic() + 60
+    while len(found) < len(bad) and time.monotonic() < deadline:
+        parts = dlq.partitions_for_topic(settings.dlq_topic)
+        if not parts:
+            time.sleep(0.2)
+            continue
+        tps = [TopicPartition(settings.dlq_topic, p) for p in parts]
+        dlq.assign(tps)
+        for tp in tps:
+            dlq.seek(tp, start.get(tp, 0))
+        for record in dlq:
+            body = json.loads(record.value)
+            if body["value"].encode() in bad:
+                found[body["value"].encode()] = body["reason"]
+    dlq.close()
+    assert set(found) == set(bad)
+    for value, reason in found.items():
+        assert bad[value] in reason
+    # The consumer kept running.
+    assert typed.submit(2, "still alive").result(timeout=60) == "still alive:2"
+
+
+def test_task_defined_in_main_runs(rl, tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent("""
+        import raylane
+
+        @raylane.task(name="test.main_square")
+        def square(x: int) -> int:
+            return x * x
+
+        if __name__ == "__main__":
+            raylane.init()
+            print("RESULT", square.submit(12).result(timeout=60))
+            raylane.shutdown()
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "RESULT 144" in out.stdout
