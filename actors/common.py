@@ -60,3 +60,47 @@ def unwrap(value: Any) -> Any:
     if isinstance(value, ErrorReply):
         raise value.error
     return value
+
+
+class GroupCommit:
+    """Coalesces concurrent calls into batches: one ``flush(batch)`` in flight at a time, and
+    items that arrive meanwhile form the next batch. Batches grow with load; an idle caller
+    is flushed at once."""
+
+    def __init__(self, flush: Callable[[list], Awaitable[list]], max_batch: int = 1000):
+        import asyncio
+        self._asyncio = asyncio
+        self._flush = flush
+        self._max_batch = max_batch
+        self._pending: list = []
+        self._wakeup = None
+        self._loop_task = None
+
+    async def submit_many(self, items: list) -> list:
+        """Results of ``flush`` for ``items``, in order; a failed flush raises in every caller of that batch."""
+        asyncio = self._asyncio
+        if self._loop_task is None or self._loop_task.done():
+            self._wakeup = asyncio.Event()
+            self._loop_task = asyncio.create_task(self._run())
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        self._pending.extend(zip(items, futures))
+        self._wakeup.set()
+        return list(await asyncio.gather(*futures))
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch, self._pending = self._pending[:self._max_batch], self._pending[self._max_batch:]
+                try:
+                    results = await self._flush([item for item, _ in batch])
+                except Exception as e:  # every waiter of the batch learns of the failure
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(e)
+                    continue
+                for (_, fut), result in zip(batch, results):
+                    if not fut.done():
+                        fut.set_result(result)

@@ -17,7 +17,7 @@ import ray
 from ray.exceptions import RayError
 
 from raylane import registry
-from raylane.actors.common import STATUS_KEEPER, ActorConfig
+from raylane.actors.common import STATUS_KEEPER, ActorConfig, GroupCommit
 from raylane.errors import StoreUnavailable
 from raylane.models import TaskMessage, TaskRecord
 from raylane.states import TaskState
@@ -49,34 +49,60 @@ class Executor:
         self.config = config
         self._slots = asyncio.Semaphore(config.max_running)
         self._refs: dict[str, ray.ObjectRef] = {}
+        self._kill_requested: dict[str, bool] = {}  # insertion-ordered, bounded
         self._keeper = ray.get_actor(STATUS_KEEPER, namespace=config.namespace)
+        self._finals = GroupCommit(self._write_finals)
         self._worker = f"{ray.get_runtime_context().get_node_id()[:12]}/{os.getpid()}"
         self.stats = {"started": 0, "skipped": 0, "succeeded": 0, "failed": 0, "discarded_results": 0, "killed": 0}
 
-    async def start(self, message: dict) -> str:
-        """Claim and launch one task; returns once its RUNNING write is settled: "started" or "skipped"."""
-        msg = TaskMessage.model_validate(message)
-        await self._slots.acquire()
+    async def start_many(self, messages: list[dict]) -> list[str]:
+        """Claim and launch tasks, each once a run slot is free; returns once every RUNNING write is
+        settled, one outcome per message: "started" or "skipped" (the claim was rejected)."""
+        msgs = [TaskMessage.model_validate(m) for m in messages]
+        outcomes: list[str] = []
+        i = 0
+        while i < len(msgs):
+            # Wait for one free slot, then take every other slot free right now: one claim per group.
+            await self._slots.acquire()
+            group = [msgs[i]]
+            i += 1
+            while i < len(msgs) and not self._slots.locked():
+                await self._slots.acquire()
+                group.append(msgs[i])
+                i += 1
+            outcomes.extend(await self._claim_and_launch(group))
+        return outcomes
+
+    async def _claim_and_launch(self, msgs: list[TaskMessage]) -> list[str]:
+        records = [TaskRecord.pending(m).moved_to(TaskState.RUNNING, worker=self._worker) for m in msgs]
         try:
-            running = TaskRecord.pending(msg).moved_to(TaskState.RUNNING, worker=self._worker)
-            [outcome] = await self._keeper.write.remote([running])
+            claims = await self._keeper.claim.remote(records)
         except BaseException:
-            self._slots.release()
+            for _ in msgs:
+                self._slots.release()
             raise
-        if not outcome.accepted:
-            self._slots.release()
-            self.stats["skipped"] += 1
-            return "skipped"
-        r = msg.resources
-        opts: dict[str, Any] = {"name": f"raylane:{msg.name}:{msg.id}", "num_cpus": r.num_cpus, "num_gpus": r.num_gpus}
-        if r.memory_mb:
-            opts["memory"] = r.memory_mb * 1024 * 1024
-        ref = _remote_invoke.options(**opts).remote(msg.name, msg.args, msg.kwargs)
-        self._refs[msg.id] = ref
-        await self._keeper.track.remote(running)
-        self.stats["started"] += 1
-        asyncio.create_task(self._finish(running, ref))
-        return "started"
+        out = []
+        for msg, running, claim in zip(msgs, records, claims):
+            # A kill that arrived before the claim's answer means a cancel was written after it.
+            if not claim.accepted or self._kill_requested.pop(msg.id, None) is not None:
+                self._slots.release()
+                self.stats["skipped"] += 1
+                out.append("skipped")
+                continue
+            r = msg.resources
+            opts: dict[str, Any] = {"name": f"raylane:{msg.name}:{msg.id}", "num_cpus": r.num_cpus,
+                                    "num_gpus": r.num_gpus}
+            if r.memory_mb:
+                opts["memory"] = r.memory_mb * 1024 * 1024
+            ref = _remote_invoke.options(**opts).remote(msg.name, msg.args, msg.kwargs)
+            self._refs[msg.id] = ref
+            self.stats["started"] += 1
+            asyncio.create_task(self._finish(running, ref))
+            out.append("started")
+        return out
+
+    async def _write_finals(self, records: list[TaskRecord]) -> list:
+        return await self._keeper.write.remote(records)
 
     async def _finish(self, running: TaskRecord, ref: ray.ObjectRef) -> None:
         try:
@@ -93,7 +119,7 @@ class Executor:
                                          traceback=reply["traceback"])
             for attempt in range(30):
                 try:
-                    [outcome] = await self._keeper.write.remote([final])
+                    [outcome] = await self._finals.submit_many([final])
                     break
                 except StoreUnavailable:
                     await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
@@ -115,6 +141,10 @@ class Executor:
         """Force-kill the Ray task of ``task_id`` (its terminal state is already written); True if it was running."""
         ref = self._refs.get(task_id)
         if ref is None:
+            # Not launched yet (its claim's answer is still on its way): do not launch it.
+            self._kill_requested[task_id] = True
+            while len(self._kill_requested) > 10_000:
+                self._kill_requested.pop(next(iter(self._kill_requested)))
             return False
         ray.cancel(ref, force=True)
         self.stats["killed"] += 1

@@ -61,6 +61,7 @@ class QueueConsumer:
         self._progress: dict[tuple[str, int], _PartitionProgress] = {}
         self._committed: dict[tuple[str, int], int] = {}
         self._in_flight: set[asyncio.Task] = set()
+        self._holding = 0  # messages polled and not yet settled
         self._known_names: set[str] = set()
         self._loop_task: Optional[asyncio.Task] = None
         self._paused_topics: set[str] = set()
@@ -93,18 +94,20 @@ class QueueConsumer:
                 await asyncio.sleep(1.0)
 
     async def _step(self) -> None:
-        room = self.config.max_in_flight - len(self._in_flight)
+        room = self.config.max_in_flight - self._holding
         if room <= 0:
             await asyncio.wait(self._in_flight, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
         else:
             items = await asyncio.to_thread(self._poll, room, 0.1 if self._in_flight else 0.5)
-            for item in items:
-                self.stats["consumed"] += 1
-                self._progress.setdefault((item.topic, item.partition), _PartitionProgress()).add(item.offset)
-                task = asyncio.create_task(self._handle(item))
+            if items:
+                self.stats["consumed"] += len(items)
+                for item in items:
+                    self._progress.setdefault((item.topic, item.partition), _PartitionProgress()).add(item.offset)
+                self._holding += len(items)
+                task = asyncio.create_task(self._handle_batch(items))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
-            if not items and self._in_flight:
+            elif self._in_flight:
                 await asyncio.wait(self._in_flight, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
         await self._commit()
 
@@ -138,23 +141,29 @@ class QueueConsumer:
             self._known_names.add(msg.name)
         return msg
 
-    async def _handle(self, item: Consumed) -> None:
-        try:
-            msg = self._parse(item)
-        except (ValueError, UnknownTaskName) as e:
-            await self._dead_letter(item, str(e))
+    async def _handle_batch(self, items: list[Consumed]) -> None:
+        good: list[tuple[Consumed, TaskMessage]] = []
+        for item in items:
+            try:
+                good.append((item, self._parse(item)))
+            except (ValueError, UnknownTaskName) as e:
+                await self._dead_letter(item, str(e))
+        if not good:
             return
+        payload = [msg.model_dump(mode="json") for _, msg in good]
         for attempt in range(_HAND_OFF_TRIES):
             try:
-                outcome = await self._executor.start.remote(msg.model_dump(mode="json"))
-                self.stats[outcome] += 1
-                self._settle(item)
+                outcomes = await self._executor.start_many.remote(payload)
+                for (item, _), outcome in zip(good, outcomes):
+                    self.stats[outcome] += 1
+                    self._settle(item)
                 return
             except Exception as e:
                 self.stats["errors"] += 1
-                log.warning("handing %s to the executor failed (try %d): %r", msg.id, attempt + 1, e)
+                log.warning("handing %d task(s) to the executor failed (try %d): %r", len(good), attempt + 1, e)
                 await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
-        await self._dead_letter(item, f"the executor failed to take task {msg.id} {_HAND_OFF_TRIES} times")
+        for item, msg in good:
+            await self._dead_letter(item, f"the executor failed to take task {msg.id} {_HAND_OFF_TRIES} times")
 
     async def _dead_letter(self, item: Consumed, reason: str) -> None:
         log.warning("dead-lettering %s[%d]@%d: %s", item.topic, item.partition, item.offset, reason)
@@ -169,8 +178,9 @@ class QueueConsumer:
         self._settle(item)
 
     def _settle(self, item: Consumed) -> None:
+        self._holding -= 1
         self._progress[(item.topic, item.partition)].settle(item.offset)
 
     async def get_stats(self) -> dict:
         """Counters: consumed, dead-lettered, started, skipped, errors, commits, and messages in flight."""
-        return dict(self.stats, in_flight=len(self._in_flight))
+        return dict(self.stats, in_flight=self._holding)

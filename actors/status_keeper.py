@@ -15,7 +15,7 @@ from typing import Optional
 
 import ray
 
-from raylane.actors.common import EXECUTOR, ActorConfig
+from raylane.actors.common import EXECUTOR, ActorConfig, GroupCommit
 from raylane.errors import StoreUnavailable
 from raylane.models import TaskRecord, WriteOutcome
 from raylane.states import TaskState
@@ -36,72 +36,43 @@ class _Running:
 class StatusKeeper:
     """Batches versioned status writes and enforces timeouts and cancels of running tasks."""
 
-    def __init__(self, config: ActorConfig, flush_interval_s: float = 0.003, max_batch: int = 1000):
+    def __init__(self, config: ActorConfig, max_batch: int = 1000):
         self.config = config
         self.store = OpenSearchStore(config.opensearch, config.index_alias)
         self.store.ensure_schema()
-        self.flush_interval_s = flush_interval_s
-        self.max_batch = max_batch
-        self._pending: list[tuple[TaskRecord, asyncio.Future]] = []
-        self._wakeup: Optional[asyncio.Event] = None
+        self._writes = GroupCommit(self._flush, max_batch)
+        self._deadline_task: Optional[asyncio.Task] = None
         self._running: dict[str, _Running] = {}
         self._recent: OrderedDict[str, tuple[int, TaskState]] = OrderedDict()  # id -> (attempt, terminal state)
         self._waiters: dict[str, list[asyncio.Future]] = {}
-        self._loops: list[asyncio.Task] = []
         self._executor = None
         self.stats = {"writes": 0, "accepted": 0, "rejected": 0, "bulk_requests": 0, "timeouts": 0, "kills": 0}
 
     def _ensure_loops(self) -> None:
-        if not self._loops:
-            self._wakeup = asyncio.Event()
-            self._loops = [asyncio.create_task(self._flush_loop()), asyncio.create_task(self._deadline_loop())]
+        if self._deadline_task is None or self._deadline_task.done():
+            self._deadline_task = asyncio.create_task(self._deadline_loop())
 
     # ----- writes
     async def write(self, records: list[TaskRecord]) -> list[WriteOutcome]:
         """Versioned writes of whole records; one outcome per record, in order."""
         self._ensure_loops()
-        loop = asyncio.get_running_loop()
-        futures = []
-        for r in records:
-            fut = loop.create_future()
-            self._pending.append((r, fut))
-            futures.append(fut)
-        self._wakeup.set()
-        return list(await asyncio.gather(*futures))
+        return await self._writes.submit_many(records)
 
-    async def _flush_loop(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            # A short pause lets concurrent writers join the same bulk request.
-            await asyncio.sleep(self.flush_interval_s)
-            while self._pending:
-                batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
-                await self._flush(batch)
-
-    async def _flush(self, batch: list[tuple[TaskRecord, asyncio.Future]]) -> None:
-        records = [r for r, _ in batch]
+    async def _flush(self, records: list[TaskRecord]) -> list[WriteOutcome]:
         try:
             outcomes = await asyncio.to_thread(self.store.write_many, records)
-        except StoreUnavailable as e:
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(e)
-            return
+        except StoreUnavailable:
+            raise
         except Exception as e:  # never let one bad batch stop the keeper
             log.exception("bulk write failed")
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(StoreUnavailable(f"bulk write failed: {e!r}"))
-            return
+            raise StoreUnavailable(f"bulk write failed: {e!r}") from e
         self.stats["bulk_requests"] += 1
-        for (record, fut), outcome in zip(batch, outcomes):
+        for record, outcome in zip(records, outcomes):
             self.stats["writes"] += 1
             self.stats["accepted" if outcome.accepted else "rejected"] += 1
             if record.terminal:
                 self._after_terminal(record, outcome.accepted)
-            if not fut.done():
-                fut.set_result(outcome)
+        return outcomes
 
     def _after_terminal(self, record: TaskRecord, accepted: bool) -> None:
         running = self._running.get(record.id)
@@ -123,17 +94,21 @@ class StatusKeeper:
                 fut.set_result(record)
 
     # ----- running tasks
-    async def track(self, running: TaskRecord) -> None:
-        """Watch a task whose RUNNING write was accepted and whose Ray task has started."""
-        self._ensure_loops()
-        recent = self._recent.get(running.id)
-        if recent and recent[0] == running.attempt:
-            # Cancelled (or timed out) between its RUNNING write and this call: kill at once.
-            if recent[1] in _KILL_STATES:
-                self._kill(running.id)
-            return
-        deadline = time.monotonic() + running.timeout_s if running.timeout_s else None
-        self._running[running.id] = _Running(running, deadline)
+    async def claim(self, records: list[TaskRecord]) -> list[WriteOutcome]:
+        """Write RUNNING records; watch each accepted task's deadline and cancels from then on."""
+        outcomes = await self.write(records)
+        for running, outcome in zip(records, outcomes):
+            if not outcome.accepted:
+                continue
+            recent = self._recent.get(running.id)
+            if recent and recent[0] == running.attempt:
+                # A cancel or timeout was accepted in the same batch, after the claim.
+                if recent[1] in _KILL_STATES:
+                    self._kill(running.id)
+            else:
+                deadline = time.monotonic() + running.timeout_s if running.timeout_s else None
+                self._running[running.id] = _Running(running, deadline)
+        return outcomes
 
     async def _deadline_loop(self) -> None:
         while True:

@@ -35,6 +35,95 @@ def _stack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _connect():
+    import raylane
+    raylane.init()
+    return raylane
+
+
+def _json_arg(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # a bare word is taken as a string
+
+
+def _print_record(rec, as_json: bool) -> None:
+    if as_json:
+        print(rec.model_dump_json(indent=2))
+        return
+    print(f"{rec.id}  {rec.state.value:<9} {rec.name}  queue={rec.queue} attempt={rec.attempt} version={rec.version}")
+    print(f"  created {rec.created_at:%Y-%m-%d %H:%M:%S}  started {rec.started_at or '-'}  finished {rec.finished_at or '-'}")
+    if rec.result is not None:
+        print(f"  result: {json.dumps(rec.result)[:500]}")
+    if rec.error:
+        print(f"  error: {rec.error_type}: {rec.error}")
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from raylane.client import submit_requests
+    from raylane.models import SubmitRequest
+    kwargs = json.loads(args.kwargs) if args.kwargs else {}
+    if not isinstance(kwargs, dict):
+        raise SystemExit("raylane: error: --kwargs must be a JSON object")
+    req = SubmitRequest(name=args.name, args=[_json_arg(a) for a in args.args], kwargs=kwargs, queue=args.queue,
+                        timeout_s=args.timeout, tags=args.tag or None)
+    _connect()
+    [handle] = submit_requests([req])
+    print(handle.id)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    rl = _connect()
+    _print_record(rl.get(args.id), args.json)
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    rl = _connect()
+    rec = rl.cancel(args.id)
+    print(f"{rec.id} {rec.state.value}")
+    return 0
+
+
+def _wait(args: argparse.Namespace) -> int:
+    rl = _connect()
+    rec = rl.wait(args.id, args.timeout)
+    _print_record(rec, args.json)
+    return 0 if rec.state.value == "SUCCEEDED" else 1
+
+
+def _ls(args: argparse.Namespace) -> int:
+    rl = _connect()
+    records = rl.search(state=args.state, name=args.name, text=args.text, limit=args.limit, tags=args.tag or (),
+                        queue=args.queue, since=args.since)
+    if args.json:
+        print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+    else:
+        for r in records:
+            print(f"{r.id}  {r.state.value:<9}  {r.created_at:%Y-%m-%d %H:%M:%S}  {r.name}  {(r.error or '')[:60]}")
+    return 0
+
+
+def _counts(args: argparse.Namespace) -> int:
+    rl = _connect()
+    counts = rl.counts(name=args.name, tags=args.tag or (), queue=args.queue)
+    if args.json:
+        print(json.dumps(counts))
+    else:
+        for state, n in sorted(counts.items()):
+            print(f"{state:<10} {n}")
+    return 0
+
+
+def _pause(args: argparse.Namespace) -> int:
+    rl = _connect()
+    (rl.pause if args.cmd == "pause" else rl.resume)(args.queue)
+    print(f"queue {args.queue} {'paused' if args.cmd == 'pause' else 'resumed'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``raylane`` command."""
     p = argparse.ArgumentParser(prog="raylane", description="Asynchronous tasks on Ray, queued in Kafka, tracked in OpenSearch.")
@@ -56,16 +145,72 @@ def build_parser() -> argparse.ArgumentParser:
     status = st_sub.add_parser("status", help="show each service's state, pid, address and memory; exit 3 unless all run")
     status.add_argument("--json", action="store_true", help="print as JSON")
     st.set_defaults(func=_stack)
+
+    from datetime import datetime
+    from raylane.states import TaskState
+    states = [s.value for s in TaskState]
+
+    sp = sub.add_parser("submit", help="submit a registered task; prints its id",
+                        description="Submit a task by name. Each ARG is parsed as JSON, or taken as a string.")
+    sp.add_argument("name", help="registered task name, e.g. raylane.echo")
+    sp.add_argument("args", nargs="*", metavar="ARG", help="positional arguments (JSON)")
+    sp.add_argument("--kwargs", help="keyword arguments as a JSON object")
+    sp.add_argument("--queue", help="queue to use (default: the task's, else 'default')")
+    sp.add_argument("--timeout", type=float, help="seconds before the task is killed")
+    sp.add_argument("--tag", action="append", help="tag the task (repeatable)")
+    sp.set_defaults(func=_submit)
+
+    sp = sub.add_parser("status", help="show a task's record")
+    sp.add_argument("id", help="task id")
+    sp.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    sp.set_defaults(func=_status)
+
+    sp = sub.add_parser("cancel", help="cancel a task that has not finished")
+    sp.add_argument("id", help="task id")
+    sp.set_defaults(func=_cancel)
+
+    sp = sub.add_parser("wait", help="wait for a task to finish; exit 0 if it SUCCEEDED, else 1")
+    sp.add_argument("id", help="task id")
+    sp.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 2)")
+    sp.add_argument("--json", action="store_true", help="print the record as JSON")
+    sp.set_defaults(func=_wait)
+
+    sp = sub.add_parser("ls", help="search tasks, newest first")
+    sp.add_argument("--state", action="append", choices=states, help="only tasks in this state (repeatable)")
+    sp.add_argument("--name", help="only tasks of this name")
+    sp.add_argument("--queue", help="only tasks of this queue")
+    sp.add_argument("--tag", action="append", help="only tasks with this tag (repeatable: all must match)")
+    sp.add_argument("--text", help="words that must appear in the error message")
+    sp.add_argument("--since", type=datetime.fromisoformat, help="created at or after (ISO 8601)")
+    sp.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    sp.add_argument("--json", action="store_true", help="print records as JSON")
+    sp.set_defaults(func=_ls)
+
+    sp = sub.add_parser("counts", help="number of tasks per state")
+    sp.add_argument("--name", help="only tasks of this name")
+    sp.add_argument("--queue", help="only tasks of this queue")
+    sp.add_argument("--tag", action="append", help="only tasks with this tag")
+    sp.add_argument("--json", action="store_true", help="print as JSON")
+    sp.set_defaults(func=_counts)
+
+    for verb, text in (("pause", "stop consumers taking tasks of a queue"), ("resume", "resume a paused queue")):
+        sp = sub.add_parser(verb, help=text)
+        sp.add_argument("queue", help="queue name")
+        sp.set_defaults(func=_pause)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``raylane`` command."""
+    from pydantic import ValidationError
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except RaylaneError as e:
         print(f"raylane: error: {e}", file=sys.stderr)
+        return 2
+    except (ValidationError, json.JSONDecodeError) as e:
+        print(f"raylane: error: invalid input: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
