@@ -288,6 +288,16 @@ class RayHead(Service):
         # Ray's unix socket paths must stay short, so this is not under RAYLANE_HOME.
         return Path(tempfile.gettempdir()) / f"raylane-ray-{os.getuid()}-{self.settings.ray_port}"
 
+    def prepare(self) -> None:
+        # Token authentication needs a token before the head starts; make one on first use.
+        if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+            return
+        if not (Path.home() / ".ray" / "auth_token").exists():
+            out = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "get-auth-token", "--generate"],
+                                 env=dict(os.environ, RAY_AUTH_MODE="token"), capture_output=True, text=True)
+            if out.returncode != 0:
+                raise StackError(f"could not create a Ray auth token: {out.stderr.strip()[-500:]}", service="ray")
+
     def pids(self) -> list[int]:
         pid = self.pid()
         if not pid:
