@@ -103,16 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         for start in range(0, len(paths), args.batch):
             chunk = range(start, min(len(paths), start + args.batch))
             plain = [i for i in chunk if i not in stalled]
-            handles.extend(normal.submit_many([(str(paths[i]),) for i in plain]))
-            handles.extend(slow.submit(str(paths[i]), args.timeout * 15) for i in chunk if i in stalled)
+            batch = normal.submit_many([(str(paths[i]),) for i in plain])
+            batch += [slow.submit(str(paths[i]), args.timeout * 15) for i in chunk if i in stalled]
+            for h in batch[::args.cancel_every] if args.cancel_every else []:
+                try:
+                    h.cancel()
+                    cancelled += 1
+                except TaskAlreadyFinished:
+                    too_late += 1
+            handles.extend(batch)
             bar.update(len(chunk))
-    if args.cancel_every:
-        for h in handles[::args.cancel_every]:
-            try:
-                h.cancel()
-                cancelled += 1
-            except TaskAlreadyFinished:
-                too_late += 1
     submitted_in = time.monotonic() - started
 
     terminal = 0
