@@ -10,8 +10,9 @@ import asyncio
 import json
 import logging
 import os
+import random
 import traceback
-from typing import Any
+from typing import Any, Optional
 
 import ray
 from ray.exceptions import RayError
@@ -19,7 +20,8 @@ from ray.exceptions import RayError
 from raylane import registry
 from raylane.actors.common import STATUS_KEEPER, ActorConfig, GroupCommit
 from raylane.errors import StoreUnavailable
-from raylane.models import TaskMessage, TaskRecord
+from raylane.models import TaskMessage, TaskRecord, WriteOutcome, utcnow
+from raylane.queue import KafkaTaskQueue
 from raylane.states import TaskState
 
 log = logging.getLogger("raylane.executor")
@@ -52,13 +54,32 @@ class Executor:
         self._kill_requested: dict[str, bool] = {}  # insertion-ordered, bounded
         self._keeper = ray.get_actor(STATUS_KEEPER, namespace=config.namespace)
         self._finals = GroupCommit(self._write_finals)
+        self._queue = KafkaTaskQueue(config.kafka_bootstrap, prefix=config.topic_prefix, dlq_topic=config.dlq_topic,
+                                     partitions=config.partitions, max_payload_bytes=config.max_payload_bytes)
         self._worker = f"{ray.get_runtime_context().get_node_id()[:12]}/{os.getpid()}"
-        self.stats = {"started": 0, "skipped": 0, "succeeded": 0, "failed": 0, "discarded_results": 0, "killed": 0}
+        self.stats = {"started": 0, "skipped": 0, "succeeded": 0, "failed": 0, "discarded_results": 0, "killed": 0,
+                      "retried": 0}
 
     async def start_many(self, messages: list[dict]) -> list[str]:
-        """Claim and launch tasks, each once a run slot is free; returns once every RUNNING write is
-        settled, one outcome per message: "started" or "skipped" (the claim was rejected)."""
+        """Claim and launch tasks, each once a run slot is free (and a retry once its backoff is over);
+        returns once every RUNNING write is settled, one outcome per message: "started" or "skipped"
+        (the claim was rejected)."""
         msgs = [TaskMessage.model_validate(m) for m in messages]
+        now = utcnow()
+        later = [i for i, m in enumerate(msgs) if m.not_before and m.not_before > now]
+        if not later:
+            return await self._start_ready(msgs)
+        ready = [m for i, m in enumerate(msgs) if i not in set(later)]
+        results = await asyncio.gather(self._start_ready(ready), *[self._start_after_backoff(msgs[i]) for i in later])
+        by_id = dict(zip((m.id for m in ready), results[0]))
+        by_id.update({msgs[i].id: r[0] for i, r in zip(later, results[1:])})
+        return [by_id[m.id] for m in msgs]
+
+    async def _start_after_backoff(self, msg: TaskMessage) -> list[str]:
+        await asyncio.sleep(max(0.0, (msg.not_before - utcnow()).total_seconds()))
+        return await self._start_ready([msg])
+
+    async def _start_ready(self, msgs: list[TaskMessage]) -> list[str]:
         outcomes: list[str] = []
         i = 0
         while i < len(msgs):
@@ -116,26 +137,43 @@ class Executor:
                 final = running.moved_to(TaskState.SUCCEEDED, result=reply["result"])
             else:
                 final = running.moved_to(TaskState.FAILED, error=reply["error"], error_type=reply["error_type"],
-                                         traceback=reply["traceback"])
-            for attempt in range(30):
-                try:
-                    [outcome] = await self._finals.submit_many([final])
-                    break
-                except StoreUnavailable:
-                    await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
-            else:
-                log.error("could not record the end of task %s", running.id)
+                                         traceback=reply["traceback"],
+                                         will_retry=running.retry.retries(running.attempt, reply["error_type"]))
+            outcome = await self._record(final)
+            if outcome is None:
                 return
-            if outcome.accepted:
-                self.stats["succeeded" if final.state is TaskState.SUCCEEDED else "failed"] += 1
-            else:
+            if not outcome.accepted:
                 self.stats["discarded_results"] += 1
                 log.info("task %s: %s discarded, a cancel or timeout was recorded first", running.id, final.state.value)
+            elif final.will_retry:
+                await self._retry(final)
+            else:
+                self.stats["succeeded" if final.state is TaskState.SUCCEEDED else "failed"] += 1
         except Exception:
             log.exception("finishing task %s failed", running.id)
         finally:
             self._refs.pop(running.id, None)
             self._slots.release()
+
+    async def _record(self, record: TaskRecord) -> Optional[WriteOutcome]:
+        """Write a record through the keeper, riding out a store outage; None if it never got through."""
+        for attempt in range(30):
+            try:
+                [outcome] = await self._finals.submit_many([record])
+                return outcome
+            except StoreUnavailable:
+                await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
+        log.error("could not record %s of task %s", record.state.value, record.id)
+        return None
+
+    async def _retry(self, failed: TaskRecord) -> None:
+        """Start the next attempt of a failed task: its PENDING record, then its message after the backoff."""
+        pending, msg = failed.retried(failed.retry.delay_s(failed.attempt, random.random()))
+        outcome = await self._record(pending)
+        if outcome is None or not outcome.accepted:
+            return  # cancelled meanwhile
+        self.stats["retried"] += 1
+        await asyncio.to_thread(self._queue.produce_many, [msg])
 
     async def kill(self, task_id: str) -> bool:
         """Force-kill the Ray task of ``task_id`` (its terminal state is already written); True if it was running."""

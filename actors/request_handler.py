@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from typing import Optional
 
 import ray
@@ -62,7 +63,9 @@ class RequestHandler:
                            args=req.args, kwargs=req.kwargs,
                            timeout_s=req.timeout_s if req.timeout_s is not None else defn.timeout_s,
                            resources=req.resources or defn.resources,
-                           tags=req.tags if req.tags is not None else list(defn.tags), created_at=utcnow())
+                           tags=req.tags if req.tags is not None else list(defn.tags), created_at=utcnow(),
+                           retry=defn.retry if req.max_retries is None else
+                           defn.retry.model_copy(update={"max_retries": req.max_retries}))
 
     async def _create(self, messages: list[TaskMessage]) -> list[str]:
         records = [TaskRecord.pending(m) for m in messages]
@@ -115,9 +118,12 @@ class RequestHandler:
         """Cancel a task that has not finished; raises ``TaskAlreadyFinished`` if it has."""
         for _ in range(5):
             record = await self._get(task_id)
-            if record.terminal:
+            if record.finished:
                 raise TaskAlreadyFinished(task_id, record.state.value)
-            cancelled = record.moved_to(TaskState.CANCELLED, error_type="Cancelled", error="cancelled by request")
+            # A failed attempt with a retry coming: cancel the coming attempt.
+            attempt = record.attempt + 1 if record.will_retry else record.attempt
+            cancelled = record.moved_to(TaskState.CANCELLED, attempt=attempt, will_retry=False,
+                                        error_type="Cancelled", error="cancelled by request")
             [outcome] = await self._keeper.write.remote([cancelled])
             if outcome.accepted:
                 return cancelled
@@ -128,11 +134,17 @@ class RequestHandler:
     @replies_errors
     async def wait(self, task_id: str, timeout_s: float) -> TaskRecord:
         """The task's record once it is terminal, or its current record after ``timeout_s``."""
-        record = await self._get(task_id)
-        if record.terminal or timeout_s <= 0:
-            return record
-        final = await self._keeper.wait.remote(task_id, timeout_s)
-        return final if final is not None else await self._get(task_id)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            record = await self._get(task_id)
+            left = deadline - time.monotonic()
+            if record.finished or left <= 0:
+                return record
+            final = await self._keeper.wait.remote(task_id, left)
+            if final is not None and final.finished:
+                return final
+            if final is None:
+                await asyncio.sleep(0.05)  # the keeper had no news; read the store again shortly
 
     @replies_errors
     async def search(self, query: dict, limit: int = 100, after: Optional[list] = None) -> tuple[list[TaskRecord], Optional[list]]:

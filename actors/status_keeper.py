@@ -76,19 +76,22 @@ class StatusKeeper:
 
     def _after_terminal(self, record: TaskRecord, accepted: bool) -> None:
         running = self._running.get(record.id)
+        same_attempt = running is not None and running.record.attempt == record.attempt
         if not accepted:
             # A rejected terminal write from the executor still means its Ray task is over.
-            if running and record.state not in _KILL_STATES and running.record.attempt == record.attempt:
+            if same_attempt and record.state not in _KILL_STATES:
                 self._running.pop(record.id, None)
             return
+        if same_attempt:
+            self._running.pop(record.id, None)
+            if record.state in _KILL_STATES:
+                self._kill(record.id)
+        if record.will_retry:
+            return  # not over: a new attempt follows
         self._recent[record.id] = (record.attempt, record.state)
         self._recent.move_to_end(record.id)
         while len(self._recent) > _RECENT_TERMINAL:
             self._recent.popitem(last=False)
-        if running and running.record.attempt == record.attempt:
-            self._running.pop(record.id, None)
-            if record.state in _KILL_STATES:
-                self._kill(record.id)
         for fut in self._waiters.pop(record.id, []):
             if not fut.done():
                 fut.set_result(record)

@@ -236,7 +236,7 @@ def wait(task_id: str, timeout: Optional[float] = None) -> TaskRecord:
     while True:
         left = 30.0 if deadline is None else max(0.0, deadline - time.monotonic())
         record = conn.call("wait", task_id, min(left, 30.0))
-        if record.terminal:
+        if record.finished:
             return record
         if deadline is not None and time.monotonic() >= deadline:
             raise WaitTimeout(task_id, timeout, record.state.value)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -34,6 +34,41 @@ class Resources(BaseModel):
     memory_mb: Optional[int] = Field(None, ge=1)
 
 
+class RetryPolicy(BaseModel):
+    """When a failed attempt is tried again: up to ``max_retries`` times, for the listed
+    exception types (all when empty), after an exponential backoff with jitter (between
+    half and all of the capped exponential delay)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_retries: int = Field(0, ge=0, le=100)
+    retry_on: list[str] = Field(default_factory=list, description="exception type names; empty = any")
+    backoff_s: float = Field(0.5, ge=0, description="base delay before the first retry")
+    backoff_max_s: float = Field(30.0, ge=0, description="cap of the delay")
+
+    def retries(self, attempt: int, error_type: Optional[str]) -> bool:
+        """Whether a failure of ``attempt`` with ``error_type`` is tried again."""
+        return attempt < self.max_retries and (not self.retry_on or error_type in self.retry_on)
+
+    def delay_s(self, attempt: int, rand: float) -> float:
+        """Delay before attempt ``attempt + 1``, given a uniform random number in [0, 1)."""
+        delay = min(self.backoff_max_s, self.backoff_s * 2 ** attempt)
+        return delay / 2 + rand * delay / 2
+
+
+class AttemptSummary(BaseModel):
+    """How one earlier attempt ended."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attempt: int
+    state: str
+    error_type: Optional[str] = None
+    error: Optional[str] = None
+    started_at: Optional[datetime] = None
+    finished_at: Optional[datetime] = None
+
+
 class TaskMessage(BaseModel):
     """What a queue message carries: the task's name and JSON arguments, never code."""
 
@@ -49,6 +84,9 @@ class TaskMessage(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     tags: list[str] = Field(default_factory=list)
     created_at: datetime
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    not_before: Optional[datetime] = None  # a retry waits for its backoff until then
+    attempts: list[AttemptSummary] = Field(default_factory=list)
 
     def to_bytes(self) -> bytes:
         """The message as UTF-8 JSON for Kafka."""
@@ -81,6 +119,9 @@ class TaskRecord(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     tags: list[str] = Field(default_factory=list)
     worker: Optional[str] = None
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    attempts: list[AttemptSummary] = Field(default_factory=list)
+    will_retry: bool = False  # a FAILED attempt that a new attempt follows
 
     @field_validator("result")
     @classmethod
@@ -94,7 +135,7 @@ class TaskRecord(BaseModel):
         return cls(id=msg.id, name=msg.name, queue=msg.queue, state=TaskState.PENDING, level=1,
                    attempt=msg.attempt, version=version_of(TaskState.PENDING, msg.attempt), args=msg.args,
                    kwargs=msg.kwargs, created_at=msg.created_at, timeout_s=msg.timeout_s,
-                   resources=msg.resources, tags=msg.tags)
+                   resources=msg.resources, tags=msg.tags, retry=msg.retry, attempts=msg.attempts)
 
     def moved_to(self, state: TaskState, **changes: Any) -> "TaskRecord":
         """A copy of this record in ``state``, with the version the state machine gives it."""
@@ -109,8 +150,25 @@ class TaskRecord(BaseModel):
 
     @property
     def terminal(self) -> bool:
-        """Whether the task has finished (in any way)."""
+        """Whether this record ends its attempt (in any way)."""
         return self.state.terminal
+
+    @property
+    def finished(self) -> bool:
+        """Whether the task is over: its attempt ended and no retry follows."""
+        return self.state.terminal and not self.will_retry
+
+    def retried(self, delay_s: float) -> tuple["TaskRecord", TaskMessage]:
+        """The PENDING record of the next attempt after this failed one, and its queue message."""
+        summary = AttemptSummary(attempt=self.attempt, state=self.state.value, error_type=self.error_type,
+                                 error=self.error, started_at=self.started_at, finished_at=self.finished_at)
+        nxt = self.moved_to(TaskState.PENDING, attempt=self.attempt + 1, will_retry=False, started_at=None,
+                            finished_at=None, worker=None, attempts=[*self.attempts, summary])
+        msg = TaskMessage(id=nxt.id, name=nxt.name, queue=nxt.queue, attempt=nxt.attempt, args=nxt.args,
+                          kwargs=nxt.kwargs, timeout_s=nxt.timeout_s, resources=nxt.resources, tags=nxt.tags,
+                          created_at=nxt.created_at, retry=nxt.retry, attempts=nxt.attempts,
+                          not_before=utcnow() + timedelta(seconds=delay_s))
+        return nxt, msg
 
     def to_doc(self) -> dict:
         """The record as an OpenSearch document."""
@@ -145,3 +203,4 @@ class SubmitRequest(BaseModel):
     timeout_s: Optional[float] = Field(None, gt=0)
     tags: Optional[list[str]] = None
     resources: Optional[Resources] = None
+    max_retries: Optional[int] = Field(None, ge=0, le=100)

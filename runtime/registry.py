@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 from pydantic import TypeAdapter, ValidationError
 
 from raylane.errors import InvalidTaskInput, PayloadTooLarge, UnknownTaskName
-from raylane.models import NAME_PATTERN, QUEUE_PATTERN, Resources
+from raylane.models import NAME_PATTERN, QUEUE_PATTERN, Resources, RetryPolicy
 
 _KV_NAMESPACE = "raylane"
 _NAME_KEY = "task:"
@@ -32,7 +32,7 @@ class TaskDefinition:
     name: str
     fn: Callable
     timeout_s: Optional[float] = None
-    max_retries: int = 0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     queue: Optional[str] = None
     resources: Resources = field(default_factory=Resources)
     tags: tuple[str, ...] = ()

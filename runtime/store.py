@@ -96,6 +96,7 @@ def _mappings() -> dict:
             "traceback": {"type": "text", "index": False},
             # Arbitrary user JSON: kept in _source, never mapped, so it cannot explode the mapping.
             "args": stored_only, "kwargs": stored_only, "result": stored_only, "resources": stored_only,
+            "retry": stored_only, "attempts": stored_only, "will_retry": {"type": "boolean"},
         },
     }
 

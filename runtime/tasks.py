@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Optional
 
-from raylane.models import Resources, SubmitRequest
+from raylane.models import Resources, RetryPolicy, SubmitRequest
 from raylane.registry import TaskDefinition
 
 _defined: dict[str, TaskDefinition] = {}  # tasks defined in this process, published on init
@@ -33,9 +33,12 @@ class TaskFunction:
         return self.definition.fn(*args, **kwargs)
 
     def options(self, *, timeout: Optional[float] = None, queue: Optional[str] = None,
-                tags: Optional[list[str]] = None, num_cpus: Optional[float] = None) -> "TaskFunction":
-        """The same task with per-submit overrides of its timeout, queue, tags or CPUs."""
+                tags: Optional[list[str]] = None, num_cpus: Optional[float] = None,
+                max_retries: Optional[int] = None) -> "TaskFunction":
+        """The same task with per-submit overrides of its timeout, queue, tags, CPUs or retries."""
         over = dict(self._overrides)
+        if max_retries is not None:
+            over["max_retries"] = max_retries
         if timeout is not None:
             over["timeout_s"] = timeout
         if queue is not None:
@@ -71,16 +74,23 @@ class TaskFunction:
 
 
 def task(fn: Optional[Callable] = None, *, name: Optional[str] = None, timeout: Optional[float] = None,
-         max_retries: int = 0, queue: Optional[str] = None, num_cpus: float = 1.0, num_gpus: float = 0.0,
-         memory_mb: Optional[int] = None, tags: Iterable[str] = ()) -> Any:
-    """Declare a task: ``@raylane.task(name="demo.add", timeout=5)``.
+         max_retries: int = 0, retry_on: Iterable[type | str] = (), retry_backoff: float = 0.5,
+         retry_backoff_max: float = 30.0, queue: Optional[str] = None, num_cpus: float = 1.0,
+         num_gpus: float = 0.0, memory_mb: Optional[int] = None, tags: Iterable[str] = ()) -> Any:
+    """Declare a task: ``@raylane.task(name="demo.add", timeout=5, max_retries=3)``.
 
     The function's arguments and result must be JSON; its signature and type hints
-    are checked on every submit. ``name`` defaults to ``module.qualname``.
+    are checked on every submit. ``name`` defaults to ``module.qualname``. A failed
+    attempt is retried up to ``max_retries`` times (only for the exception types in
+    ``retry_on``, if given; a lost worker counts as ``WorkerCrashedError``), after an
+    exponential backoff from ``retry_backoff`` seconds, capped at ``retry_backoff_max``,
+    with jitter (each delay lies between half and all of that). Timeouts and cancels are never retried.
     """
     def wrap(f: Callable) -> TaskFunction:
-        defn = TaskDefinition(name=name or f"{f.__module__}.{f.__qualname__}", fn=f, timeout_s=timeout,
-                              max_retries=max_retries, queue=queue,
+        retry = RetryPolicy(max_retries=max_retries, backoff_s=retry_backoff, backoff_max_s=retry_backoff_max,
+                            retry_on=[t if isinstance(t, str) else t.__qualname__ for t in retry_on])
+        defn = TaskDefinition(name=name or f"{f.__module__}.{f.__qualname__}", fn=f, timeout_s=timeout, retry=retry,
+                              queue=queue,
                               resources=Resources(num_cpus=num_cpus, num_gpus=num_gpus, memory_mb=memory_mb),
                               tags=tuple(tags))
         _defined[defn.name] = defn

@@ -161,3 +161,71 @@ def test_cancel_racing_completion(rl, store):
             (after["discarded_results"] - stats_before["discarded_results"]) == len(cancel_won)
     wait_until(settled, timeout=60, what="the executor to report every rejected write")
     assert cancel_won and cancel_lost, "the race should produce both outcomes"
+
+
+@raylane.task(name="test.flaky", max_retries=2, retry_backoff=0.05)
+def flaky(marker_dir: str, failures: int) -> int:
+    """Fail the first ``failures`` attempts, counting runs in a file."""
+    runs = Path(marker_dir, "runs")
+    n = int(runs.read_text()) + 1 if runs.exists() else 1
+    runs.write_text(str(n))
+    if n <= failures:
+        raise KeyError(f"attempt {n} fails")
+    return n
+
+
+@raylane.task(name="test.die_once", max_retries=1, retry_backoff=0.05)
+def die_once(marker_dir: str) -> str:
+    """The first attempt records its pid and hangs (to be killed -9); the second returns."""
+    first = Path(marker_dir, "pid")
+    if first.exists():
+        return "second attempt"
+    first.write_text(str(os.getpid()))
+    time.sleep(60)
+    return "never"
+
+
+def test_retry_until_success(rl, store, tmp_path):
+    h = flaky.submit(str(tmp_path), 2)
+    assert h.result(timeout=60) == 3
+    rec = h.record()
+    assert rec.state is TaskState.SUCCEEDED and rec.attempt == 2
+    assert rec.version == version_of(TaskState.SUCCEEDED, 2) == _doc_version(store, h.id)
+    assert [(a.attempt, a.error_type) for a in rec.attempts] == [(0, "KeyError"), (1, "KeyError")]
+
+
+def test_retries_spent_then_failed(rl, tmp_path):
+    h = flaky.options(max_retries=1).submit(str(tmp_path), 5)
+    with pytest.raises(TaskFailed):
+        h.result(timeout=60)
+    rec = h.record()
+    assert rec.state is TaskState.FAILED and rec.attempt == 1 and rec.version == 13 and not rec.will_retry
+    assert (tmp_path / "runs").read_text() == "2"
+
+
+def test_no_retry_for_unlisted_errors(rl, tmp_path):
+    picky = raylane.task(name="test.picky", max_retries=3, retry_on=[ValueError])(flaky.__wrapped__)
+    h = picky.submit(str(tmp_path), 1)
+    with pytest.raises(TaskFailed):
+        h.result(timeout=60)
+    assert h.record().attempt == 0 and (tmp_path / "runs").read_text() == "1"
+
+
+def test_worker_killed_is_retried(rl, tmp_path):
+    h = die_once.submit(str(tmp_path))
+    pid = int(wait_until(lambda: (tmp_path / "pid").exists() and (tmp_path / "pid").read_text(), what="first attempt"))
+    os.kill(pid, 9)
+    assert h.result(timeout=60) == "second attempt"
+    rec = h.record()
+    assert rec.attempt == 1 and rec.attempts[0].error_type == "WorkerCrashedError"
+
+
+def test_cancel_during_backoff(rl, tmp_path):
+    slow = raylane.task(name="test.slow_retry", max_retries=3, retry_backoff=20, retry_backoff_max=20)(
+        flaky.__wrapped__)
+    h = slow.submit(str(tmp_path), 3)
+    wait_until(lambda: h.record().attempt == 1, what="the retry to be scheduled")
+    rec = h.cancel()
+    assert rec.state is TaskState.CANCELLED and rec.attempt == 1
+    assert h.wait(timeout=10).state is TaskState.CANCELLED
+    assert (tmp_path / "runs").read_text() == "1"

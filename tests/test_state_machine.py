@@ -45,3 +45,25 @@ def test_result_must_be_json():
     running = TaskRecord.pending(_msg()).moved_to(TaskState.RUNNING)
     with pytest.raises(Exception):
         TaskRecord.model_validate(dict(running.model_dump(), result=object()))
+
+
+def test_retry_policy():
+    from raylane.models import RetryPolicy
+    p = RetryPolicy(max_retries=2, retry_on=["KeyError"], backoff_s=1.0, backoff_max_s=3.0)
+    assert p.retries(0, "KeyError") and p.retries(1, "KeyError")
+    assert not p.retries(2, "KeyError")  # spent
+    assert not p.retries(0, "ValueError")  # not listed
+    assert RetryPolicy(max_retries=1).retries(0, "Anything")
+    assert [p.delay_s(a, 1.0) for a in range(4)] == [1.0, 2.0, 3.0, 3.0]  # exponential, capped
+    assert [p.delay_s(a, 0.0) for a in range(4)] == [0.5, 1.0, 1.5, 1.5]  # jitter keeps at least half
+
+
+def test_a_retry_is_a_new_attempt_with_a_higher_version():
+    failed = TaskRecord.pending(_msg()).moved_to(TaskState.RUNNING).moved_to(
+        TaskState.FAILED, error_type="KeyError", error="'x'", will_retry=True)
+    assert failed.terminal and not failed.finished
+    pending, msg = failed.retried(0.5)
+    assert (failed.version, pending.version) == (3, 11)
+    assert pending.attempt == msg.attempt == 1 and not pending.will_retry
+    assert [a.error_type for a in pending.attempts] == ["KeyError"] == [a.error_type for a in msg.attempts]
+    assert msg.not_before is not None and msg.not_before > pending.updated_at
