@@ -43,7 +43,7 @@ def create_actors(config: ActorConfig, consumers: int = 1) -> list:
     handler = ray.remote(RequestHandler).options(**_options(config, REQUEST_HANDLER)).remote(config)
     members = [ray.remote(QueueConsumer).options(**_options(config, f"{QUEUE_CONSUMER}-{i}")).remote(config, i)
                for i in range(consumers)]
-    ray.get([m.ensure_running.remote() for m in members] + [handler.task_names.remote()])
+    ray.get([a.ensure_running.remote() for a in [keeper, executor, *members]] + [handler.task_names.remote()])
     return [handler, keeper, executor, *members]
 
 

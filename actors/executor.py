@@ -12,6 +12,8 @@ import logging
 import os
 import random
 import traceback
+import uuid
+from datetime import timedelta
 from typing import Any, Optional
 
 import ray
@@ -22,9 +24,13 @@ from raylane.actors.common import STATUS_KEEPER, ActorConfig, GroupCommit
 from raylane.errors import StoreUnavailable
 from raylane.models import TaskMessage, TaskRecord, WriteOutcome, utcnow
 from raylane.queue import KafkaTaskQueue
+from raylane.store import OpenSearchStore
 from raylane.states import TaskState
 
 log = logging.getLogger("raylane.executor")
+
+LEASE_TTL_S = 10.0  # a RUNNING task whose executor has not renewed its heartbeat for this long is lost
+SWEEP_INTERVAL_S = 5.0
 
 
 def invoke(name: str, args: list, kwargs: dict) -> dict[str, Any]:
@@ -44,6 +50,11 @@ def invoke(name: str, args: list, kwargs: dict) -> dict[str, Any]:
 _remote_invoke = ray.remote(max_retries=0, retry_exceptions=False)(invoke)
 
 
+def _own_claim(stored: Optional[TaskRecord], mine: TaskRecord) -> bool:
+    return (stored is not None and stored.state is TaskState.RUNNING and stored.attempt == mine.attempt
+            and stored.lease_owner == mine.lease_owner)
+
+
 class Executor:
     """Runs tasks as Ray tasks named ``raylane:<task name>:<task id>``, at most ``max_running`` at once."""
 
@@ -56,14 +67,66 @@ class Executor:
         self._finals = GroupCommit(self._write_finals)
         self._queue = KafkaTaskQueue(config.kafka_bootstrap, prefix=config.topic_prefix, dlq_topic=config.dlq_topic,
                                      partitions=config.partitions, max_payload_bytes=config.max_payload_bytes)
+        # A new incarnation on every (re)start: RUNNING records name it as their lease owner, and
+        # its heartbeat in the store keeps them alive. Tasks of a lapsed owner are recovered.
+        self._incarnation = uuid.uuid4().hex[:16]
         self._worker = f"{ray.get_runtime_context().get_node_id()[:12]}/{os.getpid()}"
+        self._store = OpenSearchStore(config.opensearch, config.index_alias)
+        self._loops: list[asyncio.Task] = []
         self.stats = {"started": 0, "skipped": 0, "succeeded": 0, "failed": 0, "discarded_results": 0, "killed": 0,
-                      "retried": 0}
+                      "retried": 0, "recovered": 0}
+
+    async def ensure_running(self) -> str:
+        """Start the heartbeat and the sweep for lost tasks if not running (idempotent); returns the incarnation."""
+        if not self._loops or any(t.done() for t in self._loops):
+            for t in self._loops:
+                t.cancel()
+            await asyncio.to_thread(self._store.heartbeat, self._incarnation, LEASE_TTL_S)
+            self._loops = [asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self._sweep_loop())]
+        return self._incarnation
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_TTL_S / 4)
+            try:
+                await asyncio.to_thread(self._store.heartbeat, self._incarnation, LEASE_TTL_S)
+            except StoreUnavailable as e:
+                log.warning("heartbeat failed: %s", e)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("sweep for lost tasks failed")
+
+    async def sweep(self, limit: int = 500) -> int:
+        """Recover RUNNING tasks whose executor's lease lapsed: a new attempt if retries remain,
+        else FAILED as lost. Safe to run from many executors at once (versioned writes). Returns
+        how many this call recovered."""
+        live = await asyncio.to_thread(self._store.live_owners)
+        live.add(self._incarnation)
+        before = utcnow() - timedelta(seconds=LEASE_TTL_S)
+        orphans = await asyncio.to_thread(self._store.orphaned_running, live, before, limit)
+        recovered = 0
+        for rec in orphans:
+            lost = rec.moved_to(TaskState.FAILED, error_type="WorkerLost",
+                                error=f"the executor running attempt {rec.attempt} stopped (lease of {rec.lease_owner} lapsed)",
+                                will_retry=rec.retry.retries(rec.attempt, "WorkerLost"))
+            outcome = await self._record(lost)
+            if outcome is not None and outcome.accepted:
+                recovered += 1
+                if lost.will_retry:
+                    await self._retry(lost)
+        self.stats["recovered"] += recovered
+        return recovered
 
     async def start_many(self, messages: list[dict]) -> list[str]:
         """Claim and launch tasks, each once a run slot is free (and a retry once its backoff is over);
         returns once every RUNNING write is settled, one outcome per message: "started" or "skipped"
         (the claim was rejected)."""
+        await self.ensure_running()
         msgs = [TaskMessage.model_validate(m) for m in messages]
         now = utcnow()
         later = [i for i, m in enumerate(msgs) if m.not_before and m.not_before > now]
@@ -95,13 +158,21 @@ class Executor:
         return outcomes
 
     async def _claim_and_launch(self, msgs: list[TaskMessage]) -> list[str]:
-        records = [TaskRecord.pending(m).moved_to(TaskState.RUNNING, worker=self._worker) for m in msgs]
+        records = [TaskRecord.pending(m).moved_to(TaskState.RUNNING, worker=self._worker, lease_owner=self._incarnation)
+                   for m in msgs]
         try:
             claims = await self._keeper.claim.remote(records)
         except BaseException:
             for _ in msgs:
                 self._slots.release()
             raise
+        rejected = [r.id for r, c in zip(records, claims) if not c.accepted]
+        if rejected:
+            # A rejected claim normally means cancelled or taken; but if a retried hand-off finds
+            # this incarnation's own earlier claim (its answer was lost), the task is ours to run.
+            stored = await asyncio.to_thread(self._store.get_many, rejected)
+            claims = [c if c.accepted or not _own_claim(stored.get(r.id), r) else c.model_copy(update={"accepted": True})
+                      for r, c in zip(records, claims)]
         out = []
         for msg, running, claim in zip(msgs, records, claims):
             # A kill that arrived before the claim's answer means a cancel was written after it.
@@ -156,12 +227,14 @@ class Executor:
             self._slots.release()
 
     async def _record(self, record: TaskRecord) -> Optional[WriteOutcome]:
-        """Write a record through the keeper, riding out a store outage; None if it never got through."""
+        """Write a record through the keeper, riding out a store outage or a keeper restart;
+        None if it never got through."""
         for attempt in range(30):
             try:
                 [outcome] = await self._finals.submit_many([record])
                 return outcome
-            except StoreUnavailable:
+            except (StoreUnavailable, RayError) as e:
+                log.warning("writing %s of %s failed (try %d): %r", record.state.value, record.id, attempt + 1, e)
                 await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
         log.error("could not record %s of task %s", record.state.value, record.id)
         return None

@@ -31,8 +31,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     handles = create_actors(config, args.consumers)
     print(f"raylane actors ready in namespace {config.namespace!r}: {len(handles)} actors", flush=True)
-    threading.Event().wait()  # until the job is stopped; holding `handles` keeps the actors alive
+    supervise(handles[1:])  # until the job is stopped; holding `handles` keeps the actors alive
     return 0
+
+
+def supervise(loopers: list, every_s: float = 2.0) -> None:
+    """Keep the loops of the StatusKeeper, Executor and QueueConsumers running: an actor that Ray
+    restarted after a crash starts with none, and resumes from the records and committed offsets."""
+    stop = threading.Event()
+    while not stop.wait(every_s):
+        for actor in loopers:
+            try:
+                ray.get(actor.ensure_running.remote(), timeout=30)
+            except Exception as e:  # restarting, or briefly unreachable: try again next round
+                print(f"raylane service: {e!r}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ import ray
 
 from raylane.actors.common import EXECUTOR, ActorConfig, GroupCommit
 from raylane.errors import StoreUnavailable
-from raylane.models import TaskRecord, WriteOutcome
+from raylane.models import TaskRecord, WriteOutcome, utcnow
 from raylane.states import TaskState
-from raylane.store import OpenSearchStore
+from raylane.store import OpenSearchStore, TaskQuery
 
 log = logging.getLogger("raylane.status_keeper")
 
@@ -42,6 +42,7 @@ class StatusKeeper:
         self.store.ensure_schema()
         self._writes = GroupCommit(self._flush, max_batch)
         self._deadline_task: Optional[asyncio.Task] = None
+        self._resumed = False
         self._running: dict[str, _Running] = {}
         self._recent: OrderedDict[str, tuple[int, TaskState]] = OrderedDict()  # id -> (attempt, terminal state)
         self._waiters: dict[str, list[asyncio.Future]] = {}
@@ -51,6 +52,22 @@ class StatusKeeper:
     def _ensure_loops(self) -> None:
         if self._deadline_task is None or self._deadline_task.done():
             self._deadline_task = asyncio.create_task(self._deadline_loop())
+
+    async def ensure_running(self) -> int:
+        """Start the deadline loop (idempotent). The first call after a (re)start also takes up the
+        deadlines of tasks already RUNNING, from their records. Returns the tasks being watched."""
+        self._ensure_loops()
+        if not self._resumed:
+            records, _ = await asyncio.to_thread(self.store.search, TaskQuery(state=[TaskState.RUNNING]), 10_000)
+            now_wall, now = utcnow(), time.monotonic()
+            for r in records:
+                if r.id not in self._running:
+                    deadline = None
+                    if r.timeout_s and r.started_at:
+                        deadline = now + (r.started_at - now_wall).total_seconds() + r.timeout_s
+                    self._running[r.id] = _Running(r, deadline)
+            self._resumed = True
+        return len(self._running)
 
     # ----- writes
     async def write(self, records: list[TaskRecord]) -> list[WriteOutcome]:

@@ -14,13 +14,15 @@ from datetime import datetime
 from typing import Any, Iterable, Optional, Sequence, Union
 
 from raylane.config import Endpoints, Settings
-from raylane.errors import (NotInitialized, TaskCancelled, TaskFailed, TaskTimedOut, WaitTimeout)
+from raylane.errors import (NotInitialized, ServiceUnavailable, TaskCancelled, TaskFailed, TaskTimedOut,
+                            WaitTimeout)
 from raylane.models import SubmitRequest, TaskRecord
 from raylane.registry import TaskDefinition
 from raylane.states import TaskState
 
 log = logging.getLogger("raylane")
 
+_IDEMPOTENT = {"get", "wait", "search", "counts", "refresh", "set_paused", "task_names"}
 _lock = threading.RLock()
 _conn: Optional["_Connection"] = None
 
@@ -33,9 +35,19 @@ class _Connection:
         self.published: set[int] = set()
 
     def call(self, method: str, *args: Any) -> Any:
+        """Call the RequestHandler. Read-only calls ride out a restart of the actor; a submit or
+        cancel that fails on the way is reported, never repeated blindly."""
         import ray
+        from ray.exceptions import RayActorError
         from raylane.actors.common import unwrap
-        return unwrap(ray.get(getattr(self.handler, method).remote(*args)))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return unwrap(ray.get(getattr(self.handler, method).remote(*args)))
+            except RayActorError as e:
+                if method not in _IDEMPOTENT or time.monotonic() > deadline:
+                    raise ServiceUnavailable(f"raylane's RequestHandler failed during {method}: {e}") from e
+                time.sleep(0.5)
 
 
 def _actor_config(settings: Settings, endpoints: Endpoints):

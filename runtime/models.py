@@ -119,6 +119,7 @@ class TaskRecord(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     tags: list[str] = Field(default_factory=list)
     worker: Optional[str] = None
+    lease_owner: Optional[str] = None  # the executor incarnation whose heartbeat keeps a RUNNING task alive
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     attempts: list[AttemptSummary] = Field(default_factory=list)
     will_retry: bool = False  # a FAILED attempt that a new attempt follows
@@ -163,7 +164,7 @@ class TaskRecord(BaseModel):
         summary = AttemptSummary(attempt=self.attempt, state=self.state.value, error_type=self.error_type,
                                  error=self.error, started_at=self.started_at, finished_at=self.finished_at)
         nxt = self.moved_to(TaskState.PENDING, attempt=self.attempt + 1, will_retry=False, started_at=None,
-                            finished_at=None, worker=None, attempts=[*self.attempts, summary])
+                            finished_at=None, worker=None, lease_owner=None, attempts=[*self.attempts, summary])
         msg = TaskMessage(id=nxt.id, name=nxt.name, queue=nxt.queue, attempt=nxt.attempt, args=nxt.args,
                           kwargs=nxt.kwargs, timeout_s=nxt.timeout_s, resources=nxt.resources, tags=nxt.tags,
                           created_at=nxt.created_at, retry=nxt.retry, attempts=nxt.attempts,

@@ -7,7 +7,7 @@ higher than the stored one, and says so per write. Writes never read first.
 from __future__ import annotations
 
 import abc
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -57,6 +57,10 @@ class StatusStore(abc.ABC):
         """The current record of ``task_id``, or None."""
 
     @abc.abstractmethod
+    def get_many(self, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
+        """Current records of the ids that exist (real-time)."""
+
+    @abc.abstractmethod
     def search(self, query: TaskQuery, limit: int = 100, after: Optional[list] = None) -> tuple[list[TaskRecord], Optional[list]]:
         """Up to ``limit`` records, newest first, and the cursor to pass as ``after`` for the next page."""
 
@@ -71,6 +75,18 @@ class StatusStore(abc.ABC):
     @abc.abstractmethod
     def paused_queues(self) -> set[str]:
         """The queues currently paused."""
+
+    @abc.abstractmethod
+    def heartbeat(self, owner: str, ttl_s: float) -> None:
+        """Declare executor incarnation ``owner`` alive for ``ttl_s`` more seconds."""
+
+    @abc.abstractmethod
+    def live_owners(self) -> set[str]:
+        """Executor incarnations whose heartbeat has not lapsed."""
+
+    @abc.abstractmethod
+    def orphaned_running(self, live: set[str], before: datetime, limit: int) -> list[TaskRecord]:
+        """RUNNING records last written before ``before`` whose lease owner is not in ``live``."""
 
     @abc.abstractmethod
     def refresh(self) -> None:
@@ -89,6 +105,7 @@ def _mappings() -> dict:
         "dynamic": "strict",
         "properties": {
             "id": kw, "name": kw, "queue": kw, "state": kw, "tags": kw, "worker": kw, "error_type": kw,
+            "lease_owner": kw,
             "level": {"type": "byte"}, "attempt": {"type": "integer"}, "version": {"type": "long"},
             "created_at": date, "started_at": date, "finished_at": date, "updated_at": date,
             "timeout_s": {"type": "float"},
@@ -177,6 +194,12 @@ class OpenSearchStore(StatusStore):
             return None
         return TaskRecord.from_doc(doc["_source"])
 
+    def get_many(self, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
+        if not task_ids:
+            return {}
+        resp = self._call(self._client.mget, index=self.alias, body={"ids": list(task_ids)}, realtime=True)
+        return {d["_id"]: TaskRecord.from_doc(d["_source"]) for d in resp["docs"] if d.get("found")}
+
     def _filter(self, q: TaskQuery) -> dict:
         must: list[dict] = []
         if q.state:
@@ -244,6 +267,30 @@ class OpenSearchStore(StatusStore):
         except NotFoundError:
             return set()
         return {h["_source"]["queue"] for h in resp["hits"]["hits"]}
+
+    def heartbeat(self, owner: str, ttl_s: float) -> None:
+        expires = datetime.now(timezone.utc) + timedelta(seconds=ttl_s)
+        self._call(self._client.index, index=self._control_index, id=f"executor:{owner}",
+                   body={"kind": "executor", "owner": owner, "expires_at": expires.isoformat()}, refresh="true")
+
+    def live_owners(self) -> set[str]:
+        from opensearchpy.exceptions import NotFoundError
+        now = datetime.now(timezone.utc).isoformat()
+        body = {"query": {"bool": {"filter": [{"term": {"kind.keyword": "executor"}},
+                                              {"range": {"expires_at": {"gt": now}}}]}}, "size": 1000}
+        try:
+            resp = self._call(self._client.search, index=self._control_index, body=body)
+        except NotFoundError:
+            return set()
+        return {h["_source"]["owner"] for h in resp["hits"]["hits"]}
+
+    def orphaned_running(self, live: set[str], before: datetime, limit: int) -> list[TaskRecord]:
+        body = {"query": {"bool": {"filter": [{"term": {"state": TaskState.RUNNING.value}},
+                                              {"range": {"updated_at": {"lt": before.isoformat()}}}],
+                                   "must_not": [{"terms": {"lease_owner": sorted(live)}}]}},
+                "size": limit, "sort": [{"updated_at": "asc"}]}
+        hits = self._call(self._client.search, index=self.alias, body=body)["hits"]["hits"]
+        return [TaskRecord.from_doc(h["_source"]) for h in hits]
 
     def refresh(self) -> None:
         self._call(self._client.indices.refresh, index=self.alias)
