@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import random
+import time
 import traceback
 import uuid
 from datetime import timedelta
@@ -21,7 +22,7 @@ from ray.exceptions import RayError
 
 from raylane import registry
 from raylane.actors.common import STATUS_KEEPER, ActorConfig, GroupCommit
-from raylane.errors import StoreUnavailable
+from raylane.errors import QueueUnavailable, StoreUnavailable
 from raylane.models import TaskMessage, TaskRecord, WriteOutcome, utcnow
 from raylane.queue import KafkaTaskQueue
 from raylane.store import OpenSearchStore
@@ -73,6 +74,7 @@ class Executor:
         self._worker = f"{ray.get_runtime_context().get_node_id()[:12]}/{os.getpid()}"
         self._store = OpenSearchStore(config.opensearch, config.index_alias)
         self._loops: list[asyncio.Task] = []
+        self._healthy_since: Optional[float] = None  # since when heartbeats succeed without a gap
         self.stats = {"started": 0, "skipped": 0, "succeeded": 0, "failed": 0, "discarded_results": 0, "killed": 0,
                       "retried": 0, "recovered": 0}
 
@@ -82,6 +84,7 @@ class Executor:
             for t in self._loops:
                 t.cancel()
             await asyncio.to_thread(self._store.heartbeat, self._incarnation, LEASE_TTL_S)
+            self._healthy_since = self._healthy_since or time.monotonic()
             self._loops = [asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self._sweep_loop())]
         return self._incarnation
 
@@ -90,7 +93,10 @@ class Executor:
             await asyncio.sleep(LEASE_TTL_S / 4)
             try:
                 await asyncio.to_thread(self._store.heartbeat, self._incarnation, LEASE_TTL_S)
+                if self._healthy_since is None:
+                    self._healthy_since = time.monotonic()
             except StoreUnavailable as e:
+                self._healthy_since = None
                 log.warning("heartbeat failed: %s", e)
 
     async def _sweep_loop(self) -> None:
@@ -105,6 +111,10 @@ class Executor:
         """Recover RUNNING tasks whose executor's lease lapsed: a new attempt if retries remain,
         else FAILED as lost. Safe to run from many executors at once (versioned writes). Returns
         how many this call recovered."""
+        if self._healthy_since is None or time.monotonic() - self._healthy_since < LEASE_TTL_S:
+            # After a store outage every executor's heartbeat looks lapsed; give them a full
+            # lease period to renew before judging any task lost.
+            return 0
         live = await asyncio.to_thread(self._store.live_owners)
         live.add(self._incarnation)
         before = utcnow() - timedelta(seconds=LEASE_TTL_S)
@@ -115,7 +125,7 @@ class Executor:
                                 error=f"the executor running attempt {rec.attempt} stopped (lease of {rec.lease_owner} lapsed)",
                                 will_retry=rec.retry.retries(rec.attempt, "WorkerLost"))
             outcome = await self._record(lost)
-            if outcome is not None and outcome.accepted:
+            if outcome.accepted:
                 recovered += 1
                 if lost.will_retry:
                     await self._retry(lost)
@@ -162,17 +172,17 @@ class Executor:
                    for m in msgs]
         try:
             claims = await self._keeper.claim.remote(records)
+            rejected = [r.id for r, c in zip(records, claims) if not c.accepted]
+            if rejected:
+                # A rejected claim normally means cancelled or taken; but if a retried hand-off finds
+                # this incarnation's own earlier claim (its answer was lost), the task is ours to run.
+                stored = await asyncio.to_thread(self._store.get_many, rejected)
+                claims = [c if c.accepted or not _own_claim(stored.get(r.id), r) else
+                          c.model_copy(update={"accepted": True}) for r, c in zip(records, claims)]
         except BaseException:
             for _ in msgs:
                 self._slots.release()
             raise
-        rejected = [r.id for r, c in zip(records, claims) if not c.accepted]
-        if rejected:
-            # A rejected claim normally means cancelled or taken; but if a retried hand-off finds
-            # this incarnation's own earlier claim (its answer was lost), the task is ours to run.
-            stored = await asyncio.to_thread(self._store.get_many, rejected)
-            claims = [c if c.accepted or not _own_claim(stored.get(r.id), r) else c.model_copy(update={"accepted": True})
-                      for r, c in zip(records, claims)]
         out = []
         for msg, running, claim in zip(msgs, records, claims):
             # A kill that arrived before the claim's answer means a cancel was written after it.
@@ -211,8 +221,6 @@ class Executor:
                                          traceback=reply["traceback"],
                                          will_retry=running.retry.retries(running.attempt, reply["error_type"]))
             outcome = await self._record(final)
-            if outcome is None:
-                return
             if not outcome.accepted:
                 self.stats["discarded_results"] += 1
                 log.info("task %s: %s discarded, a cancel or timeout was recorded first", running.id, final.state.value)
@@ -226,27 +234,37 @@ class Executor:
             self._refs.pop(running.id, None)
             self._slots.release()
 
-    async def _record(self, record: TaskRecord) -> Optional[WriteOutcome]:
-        """Write a record through the keeper, riding out a store outage or a keeper restart;
-        None if it never got through."""
-        for attempt in range(30):
+    async def _record(self, record: TaskRecord) -> WriteOutcome:
+        """Write a record through the keeper, riding out a store outage or a keeper restart
+        (the task keeps its run slot meanwhile, so outages apply backpressure)."""
+        attempt = 0
+        while True:
             try:
                 [outcome] = await self._finals.submit_many([record])
                 return outcome
             except (StoreUnavailable, RayError) as e:
-                log.warning("writing %s of %s failed (try %d): %r", record.state.value, record.id, attempt + 1, e)
+                attempt += 1
+                if attempt == 1 or attempt % 30 == 0:
+                    log.warning("writing %s of %s failed (try %d): %r", record.state.value, record.id, attempt, e)
                 await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
-        log.error("could not record %s of task %s", record.state.value, record.id)
-        return None
 
     async def _retry(self, failed: TaskRecord) -> None:
         """Start the next attempt of a failed task: its PENDING record, then its message after the backoff."""
         pending, msg = failed.retried(failed.retry.delay_s(failed.attempt, random.random()))
         outcome = await self._record(pending)
-        if outcome is None or not outcome.accepted:
+        if not outcome.accepted:
             return  # cancelled meanwhile
         self.stats["retried"] += 1
-        await asyncio.to_thread(self._queue.produce_many, [msg])
+        attempt = 0
+        while True:
+            try:
+                await asyncio.to_thread(self._queue.produce_many, [msg])
+                return
+            except QueueUnavailable as e:
+                if attempt % 30 == 0:
+                    log.warning("re-queueing %s waits for Kafka: %s", msg.id, e)
+                attempt += 1
+                await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
 
     async def kill(self, task_id: str) -> bool:
         """Force-kill the Ray task of ``task_id`` (its terminal state is already written); True if it was running."""

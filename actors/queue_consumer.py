@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from raylane import registry
 from raylane.actors.common import EXECUTOR, ActorConfig
-from raylane.errors import RaylaneError, UnknownTaskName
+from raylane.errors import RaylaneError, ServiceUnavailable, UnknownTaskName
 from raylane.models import TaskMessage
 from raylane.queue import Consumed, KafkaQueueReader, KafkaTaskQueue, topic_of
 from raylane.store import OpenSearchStore
@@ -151,17 +151,30 @@ class QueueConsumer:
         if not good:
             return
         payload = [msg.model_dump(mode="json") for _, msg in good]
-        for attempt in range(_HAND_OFF_TRIES):
+        poison_tries = 0
+        outage = 0
+        while True:
             try:
                 outcomes = await self._executor.start_many.remote(payload)
                 for (item, _), outcome in zip(good, outcomes):
                     self.stats[outcome] += 1
                     self._settle(item)
                 return
+            except ServiceUnavailable as e:
+                # Kafka or OpenSearch is down: hold these messages (which stops further polling
+                # once the in-flight window is full) and try again; an outage is not the tasks' fault.
+                self.stats["errors"] += 1
+                outage += 1
+                if outage == 1 or outage % 20 == 0:
+                    log.warning("waiting for the store/queue to return (%d tasks held): %s", len(good), e)
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** min(outage, 5)))
             except Exception as e:
                 self.stats["errors"] += 1
-                log.warning("handing %d task(s) to the executor failed (try %d): %r", len(good), attempt + 1, e)
-                await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
+                poison_tries += 1
+                log.warning("handing %d task(s) to the executor failed (try %d): %r", len(good), poison_tries, e)
+                if poison_tries >= _HAND_OFF_TRIES:
+                    break
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** poison_tries))
         for item, msg in good:
             await self._dead_letter(item, f"the executor failed to take task {msg.id} {_HAND_OFF_TRIES} times")
 

@@ -86,7 +86,7 @@ class KafkaTaskQueue(TaskQueue):
     """Producer side on Kafka: ``acks=all``, idempotent producer, topics created on first use."""
 
     def __init__(self, bootstrap: str, *, prefix: str, dlq_topic: str, partitions: int, max_payload_bytes: int,
-                 produce_timeout_s: float = 15.0):
+                 produce_timeout_s: float = 10.0):
         self.bootstrap = bootstrap
         self.prefix = prefix
         self.dlq_topic = dlq_topic
