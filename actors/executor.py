@@ -64,6 +64,7 @@ class Executor:
         self._slots = asyncio.Semaphore(config.max_running)
         self._refs: dict[str, ray.ObjectRef] = {}
         self._kill_requested: dict[str, bool] = {}  # insertion-ordered, bounded
+        self._launched: dict[tuple[str, int], bool] = {}  # (id, attempt) launched here; insertion-ordered, bounded
         self._keeper = ray.get_actor(STATUS_KEEPER, namespace=config.namespace)
         self._finals = GroupCommit(self._write_finals)
         self._queue = KafkaTaskQueue(config.kafka_bootstrap, prefix=config.topic_prefix, dlq_topic=config.dlq_topic,
@@ -185,6 +186,10 @@ class Executor:
             raise
         out = []
         for msg, running, claim in zip(msgs, records, claims):
+            if (msg.id, msg.attempt) in self._launched:
+                out.append("started")  # a repeated hand-off of a task this incarnation already runs
+                self._slots.release()
+                continue
             # A kill that arrived before the claim's answer means a cancel was written after it.
             if not claim.accepted or self._kill_requested.pop(msg.id, None) is not None:
                 self._slots.release()
@@ -198,6 +203,9 @@ class Executor:
                 opts["memory"] = r.memory_mb * 1024 * 1024
             ref = _remote_invoke.options(**opts).remote(msg.name, msg.args, msg.kwargs)
             self._refs[msg.id] = ref
+            self._launched[(msg.id, msg.attempt)] = True
+            while len(self._launched) > 100_000:
+                self._launched.pop(next(iter(self._launched)))
             self.stats["started"] += 1
             asyncio.create_task(self._finish(running, ref))
             out.append("started")
