@@ -16,6 +16,7 @@ import pytest
 import ray
 
 import raylane
+from raylane.actors.deploy import actor_stats
 from raylane.states import TaskState
 
 from conftest import wait_until
@@ -133,8 +134,9 @@ def test_workers_killed_mid_run(rl, store, tmp_path):
     assert summary["succeeded"] == len(handles) and summary["retries"] >= 1
 
 
-def test_opensearch_outage_mid_run(rl, store, stack, tmp_path):
-    handles = _batch(tmp_path, n=40, seconds=0.3)
+def test_opensearch_outage_mid_run(rl, store, stack, settings, tmp_path):
+    # More tasks than the consumer's in-flight window and the executor's run slots together.
+    handles = _batch(tmp_path, n=150, seconds=0.3)
     watch = VersionWatch(store, [h.id for h in handles])
     wait_until(lambda: _started(tmp_path) >= 5, what="the batch to start")
     fault_at = time.monotonic()
@@ -145,6 +147,10 @@ def test_opensearch_outage_mid_run(rl, store, stack, tmp_path):
         # Then a submit is refused with a clear error, before anything reaches Kafka
         with pytest.raises(raylane.StoreUnavailable):
             work.submit(str(tmp_path), 999, 0.0)
+        # And what waits is bounded: the consumer stops polling once its window is full
+        stats = actor_stats("raylane")
+        assert stats["QueueConsumer-0"]["in_flight"] <= settings.max_in_flight
+        assert stats["Executor"]["running"] <= settings.max_running
     finally:
         stack.up()
     # And once it is back, every task ends exactly once
