@@ -32,6 +32,8 @@ log = logging.getLogger("raylane.executor")
 
 LEASE_TTL_S = 10.0  # a RUNNING task whose executor has not renewed its heartbeat for this long is lost
 SWEEP_INTERVAL_S = 5.0
+REQUEUE_AFTER_S = 300.0  # a PENDING task this old may have lost its queue message
+REQUEUE_CHECK_S = 30.0
 
 
 def invoke(name: str, args: list, kwargs: dict) -> dict[str, Any]:
@@ -76,8 +78,10 @@ class Executor:
         self._store = OpenSearchStore(config.opensearch, config.index_alias)
         self._loops: list[asyncio.Task] = []
         self._healthy_since: Optional[float] = None  # since when heartbeats succeed without a gap
+        self._last_requeue = 0.0
+        self._requeued: dict[tuple[str, int], bool] = {}  # insertion-ordered, bounded
         self.stats = {"started": 0, "skipped": 0, "succeeded": 0, "failed": 0, "discarded_results": 0, "killed": 0,
-                      "retried": 0, "recovered": 0}
+                      "retried": 0, "recovered": 0, "requeued": 0}
 
     async def ensure_running(self) -> str:
         """Start the heartbeat and the sweep for lost tasks if not running (idempotent); returns the incarnation."""
@@ -109,9 +113,10 @@ class Executor:
                 log.exception("sweep for lost tasks failed")
 
     async def sweep(self, limit: int = 500) -> int:
-        """Recover RUNNING tasks whose executor's lease lapsed: a new attempt if retries remain,
-        else FAILED as lost. Safe to run from many executors at once (versioned writes). Returns
-        how many this call recovered."""
+        """Recover RUNNING tasks whose executor's lease lapsed (a new attempt if retries remain,
+        else FAILED as lost) and, every ``REQUEUE_CHECK_S``, PENDING tasks that may have lost
+        their queue message. Safe to run from many executors at once (versioned writes, and
+        duplicate messages lose their claim). Returns how many tasks this call recovered."""
         if self._healthy_since is None or time.monotonic() - self._healthy_since < LEASE_TTL_S:
             # After a store outage every executor's heartbeat looks lapsed; give them a full
             # lease period to renew before judging any task lost.
@@ -131,7 +136,29 @@ class Executor:
                 if lost.will_retry:
                     await self._retry(lost)
         self.stats["recovered"] += recovered
+        if time.monotonic() - self._last_requeue >= REQUEUE_CHECK_S:
+            self._last_requeue = time.monotonic()
+            recovered += await self._requeue_stale_pending(limit)
         return recovered
+
+    async def _requeue_stale_pending(self, limit: int) -> int:
+        """Produce again the message of PENDING tasks that waited past ``REQUEUE_AFTER_S``: their
+        submit may have died between the PENDING write and the produce. A duplicate message is
+        harmless (its RUNNING claim is rejected), and each task is re-queued at most once per
+        executor incarnation, so the cost stays bounded."""
+        paused = await asyncio.to_thread(self._store.paused_queues)
+        before = utcnow() - timedelta(seconds=REQUEUE_AFTER_S)
+        stale = [r for r in await asyncio.to_thread(self._store.stale_pending, before, paused, limit)
+                 if (r.id, r.attempt) not in self._requeued]
+        if stale:
+            await asyncio.to_thread(self._queue.produce_many, [r.message() for r in stale])
+            for r in stale:
+                self._requeued[(r.id, r.attempt)] = True
+            while len(self._requeued) > 100_000:
+                self._requeued.pop(next(iter(self._requeued)))
+            self.stats["requeued"] += len(stale)
+            log.warning("re-queued %d task(s) PENDING since before %s", len(stale), before.isoformat())
+        return len(stale)
 
     async def start_many(self, messages: list[dict]) -> list[str]:
         """Claim and launch tasks, each once a run slot is free (and a retry once its backoff is over);

@@ -159,17 +159,19 @@ class TaskRecord(BaseModel):
         """Whether the task is over: its attempt ended and no retry follows."""
         return self.state.terminal and not self.will_retry
 
+    def message(self, not_before: Optional[datetime] = None) -> TaskMessage:
+        """The queue message that runs this record's attempt."""
+        return TaskMessage(id=self.id, name=self.name, queue=self.queue, attempt=self.attempt, args=self.args,
+                           kwargs=self.kwargs, timeout_s=self.timeout_s, resources=self.resources, tags=self.tags,
+                           created_at=self.created_at, retry=self.retry, attempts=self.attempts, not_before=not_before)
+
     def retried(self, delay_s: float) -> tuple["TaskRecord", TaskMessage]:
         """The PENDING record of the next attempt after this failed one, and its queue message."""
         summary = AttemptSummary(attempt=self.attempt, state=self.state.value, error_type=self.error_type,
                                  error=self.error, started_at=self.started_at, finished_at=self.finished_at)
         nxt = self.moved_to(TaskState.PENDING, attempt=self.attempt + 1, will_retry=False, started_at=None,
                             finished_at=None, worker=None, lease_owner=None, attempts=[*self.attempts, summary])
-        msg = TaskMessage(id=nxt.id, name=nxt.name, queue=nxt.queue, attempt=nxt.attempt, args=nxt.args,
-                          kwargs=nxt.kwargs, timeout_s=nxt.timeout_s, resources=nxt.resources, tags=nxt.tags,
-                          created_at=nxt.created_at, retry=nxt.retry, attempts=nxt.attempts,
-                          not_before=utcnow() + timedelta(seconds=delay_s))
-        return nxt, msg
+        return nxt, nxt.message(not_before=utcnow() + timedelta(seconds=delay_s))
 
     def to_doc(self) -> dict:
         """The record as an OpenSearch document."""

@@ -89,6 +89,10 @@ class StatusStore(abc.ABC):
         """RUNNING records last written before ``before`` whose lease owner is not in ``live``."""
 
     @abc.abstractmethod
+    def stale_pending(self, before: datetime, skip_queues: set[str], limit: int) -> list[TaskRecord]:
+        """PENDING records last written before ``before``, outside ``skip_queues``, oldest first."""
+
+    @abc.abstractmethod
     def refresh(self) -> None:
         """Make every accepted write visible to search."""
 
@@ -288,6 +292,14 @@ class OpenSearchStore(StatusStore):
         body = {"query": {"bool": {"filter": [{"term": {"state": TaskState.RUNNING.value}},
                                               {"range": {"updated_at": {"lt": before.isoformat()}}}],
                                    "must_not": [{"terms": {"lease_owner": sorted(live)}}]}},
+                "size": limit, "sort": [{"updated_at": "asc"}]}
+        hits = self._call(self._client.search, index=self.alias, body=body)["hits"]["hits"]
+        return [TaskRecord.from_doc(h["_source"]) for h in hits]
+
+    def stale_pending(self, before: datetime, skip_queues: set[str], limit: int) -> list[TaskRecord]:
+        body = {"query": {"bool": {"filter": [{"term": {"state": TaskState.PENDING.value}},
+                                              {"range": {"updated_at": {"lt": before.isoformat()}}}],
+                                   "must_not": [{"terms": {"queue": sorted(skip_queues)}}]}},
                 "size": limit, "sort": [{"updated_at": "asc"}]}
         hits = self._call(self._client.search, index=self.alias, body=body)["hits"]["hits"]
         return [TaskRecord.from_doc(h["_source"]) for h in hits]

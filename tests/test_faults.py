@@ -192,3 +192,20 @@ def test_whole_stack_restart_mid_run(rl, store, stack, tmp_path):
     # Then queued tasks run, lost running ones are retried, and none runs twice per attempt
     summary = check_history(store, handles, tmp_path, watch, fault_at)
     assert summary["succeeded"] == len(handles)
+
+
+def test_pending_task_without_message_is_requeued(rl, store, tmp_path):
+    # Given a PENDING record whose submit died before producing its message
+    from datetime import timedelta
+
+    from raylane.models import TaskMessage, TaskRecord, new_task_id, utcnow
+    long_ago = utcnow() - timedelta(minutes=10)
+    msg = TaskMessage(id=new_task_id(), name="test.fault.work", queue="default", args=[str(tmp_path), 7, 0.0],
+                      created_at=long_ago)
+    orphan = TaskRecord.pending(msg).model_copy(update={"updated_at": long_ago})
+    [outcome] = store.write_many([orphan])
+    assert outcome.accepted
+    # When the executors' sweep finds it, it is queued again and runs once
+    record = rl.wait(orphan.id, timeout=120)
+    assert record.state is TaskState.SUCCEEDED and record.result == 7 and record.attempt == 0
+    assert len((tmp_path / "7.runs").read_text().split()) == 1
