@@ -289,17 +289,16 @@ class OpenSearchStore(StatusStore):
         return {h["_source"]["owner"] for h in resp["hits"]["hits"]}
 
     def orphaned_running(self, live: set[str], before: datetime, limit: int) -> list[TaskRecord]:
-        body = {"query": {"bool": {"filter": [{"term": {"state": TaskState.RUNNING.value}},
-                                              {"range": {"updated_at": {"lt": before.isoformat()}}}],
-                                   "must_not": [{"terms": {"lease_owner": sorted(live)}}]}},
-                "size": limit, "sort": [{"updated_at": "asc"}]}
-        hits = self._call(self._client.search, index=self.alias, body=body)["hits"]["hits"]
-        return [TaskRecord.from_doc(h["_source"]) for h in hits]
+        return self._unchanged_since(TaskState.RUNNING, before, {"lease_owner": sorted(live)}, limit)
 
     def stale_pending(self, before: datetime, skip_queues: set[str], limit: int) -> list[TaskRecord]:
-        body = {"query": {"bool": {"filter": [{"term": {"state": TaskState.PENDING.value}},
+        return self._unchanged_since(TaskState.PENDING, before, {"queue": sorted(skip_queues)}, limit)
+
+    def _unchanged_since(self, state: TaskState, before: datetime, exclude: dict, limit: int) -> list[TaskRecord]:
+        """Records in ``state`` last written before ``before``, oldest first, none matching ``exclude``."""
+        body = {"query": {"bool": {"filter": [{"term": {"state": state.value}},
                                               {"range": {"updated_at": {"lt": before.isoformat()}}}],
-                                   "must_not": [{"terms": {"queue": sorted(skip_queues)}}]}},
+                                   "must_not": [{"terms": exclude}]}},
                 "size": limit, "sort": [{"updated_at": "asc"}]}
         hits = self._call(self._client.search, index=self.alias, body=body)["hits"]["hits"]
         return [TaskRecord.from_doc(h["_source"]) for h in hits]
