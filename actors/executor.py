@@ -228,7 +228,13 @@ class Executor:
                                     "num_gpus": r.num_gpus}
             if r.memory_mb:
                 opts["memory"] = r.memory_mb * 1024 * 1024
-            ref = _remote_invoke.options(**opts).remote(msg.name, msg.args, msg.kwargs)
+            try:
+                ref = _remote_invoke.options(**opts).remote(msg.name, msg.args, msg.kwargs)
+            except Exception as e:  # e.g. resources Ray refuses: the claimed task fails, it is not left RUNNING
+                self._launched[(msg.id, msg.attempt)] = True
+                asyncio.create_task(self._fail_launch(running, e))
+                out.append("started")
+                continue
             self._refs[msg.id] = ref
             self._launched[(msg.id, msg.attempt)] = True
             while len(self._launched) > 100_000:
@@ -237,6 +243,15 @@ class Executor:
             asyncio.create_task(self._finish(running, ref))
             out.append("started")
         return out
+
+    async def _fail_launch(self, running: TaskRecord, error: Exception) -> None:
+        try:
+            failed = running.moved_to(TaskState.FAILED, error_type=type(error).__name__,
+                                      error=f"Ray refused to start the task: {error}")
+            outcome = await self._record(failed)
+            self.stats["failed" if outcome.accepted else "discarded_results"] += 1
+        finally:
+            self._slots.release()
 
     async def _write_finals(self, records: list[TaskRecord]) -> list:
         return await self._keeper.write.remote(records)

@@ -33,6 +33,13 @@ class Resources(BaseModel):
     num_gpus: float = Field(0.0, ge=0)
     memory_mb: Optional[int] = Field(None, ge=1)
 
+    @field_validator("num_cpus", "num_gpus")
+    @classmethod
+    def _ray_precision(cls, v: float) -> float:
+        if abs(round(v, 4) - v) > 1e-12:
+            raise ValueError(f"{v} has more than 4 decimal places, which Ray does not accept")
+        return v
+
 
 class RetryPolicy(BaseModel):
     """When a failed attempt is tried again: up to ``max_retries`` times, for the listed

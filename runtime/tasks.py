@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Optional
 
+from pydantic import ValidationError
+
+from raylane.errors import InvalidTaskInput
 from raylane.models import Resources, RetryPolicy, SubmitRequest
 from raylane.registry import TaskDefinition
 
@@ -12,6 +15,15 @@ _defined: dict[str, TaskDefinition] = {}  # tasks defined in this process, publi
 def defined_here() -> list[TaskDefinition]:
     """Every task defined in this process so far."""
     return list(_defined.values())
+
+
+def _checked(model: Any, **fields: Any) -> Any:
+    """``model(**fields)``, with invalid fields reported as ``InvalidTaskInput``."""
+    try:
+        return model(**fields)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5])
+        raise InvalidTaskInput(f"invalid task options: {problems}") from e
 
 
 class TaskFunction:
@@ -46,12 +58,12 @@ class TaskFunction:
         if tags is not None:
             over["tags"] = list(tags)
         if num_cpus is not None:
-            over["resources"] = self.definition.resources.model_copy(update={"num_cpus": num_cpus})
+            over["resources"] = _checked(Resources, **dict(self.definition.resources.model_dump(), num_cpus=num_cpus))
         return TaskFunction(self.definition, over)
 
     def request(self, args: Iterable[Any] = (), kwargs: Optional[dict] = None) -> SubmitRequest:
         """The submit request for these arguments (not yet validated against the signature)."""
-        return SubmitRequest(name=self.name, args=list(args), kwargs=dict(kwargs or {}), **self._overrides)
+        return _checked(SubmitRequest, name=self.name, args=list(args), kwargs=dict(kwargs or {}), **self._overrides)
 
     def submit(self, *args: Any, **kwargs: Any):
         """Enqueue one run; returns a ``TaskHandle`` at once."""

@@ -143,3 +143,12 @@ def test_task_defined_in_main_runs(rl, tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "RESULT 144" in out.stdout
+
+
+def test_resources_ray_would_refuse_are_rejected_at_submit(rl, stack, unique):
+    queue = f"bad-{unique}"
+    with pytest.raises(InvalidTaskInput) as exc:
+        typed.options(queue=queue, num_cpus=0.00001).submit(1, "x")
+    assert "4 decimal places" in str(exc.value)
+    _nothing_written(rl, stack, queue)
+
