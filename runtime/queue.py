@@ -18,6 +18,9 @@ from raylane.models import TaskMessage
 log = logging.getLogger(__name__)
 
 _ENVELOPE_BYTES = 64 * 1024  # room for the message's own fields next to its arguments
+# kafka-python backs off up to 30 s between reconnects; after a broker restart raylane
+# should be back within about a second.
+_RECONNECT = {"reconnect_backoff_ms": 50, "reconnect_backoff_max_ms": 1000}
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ class KafkaTaskQueue(TaskQueue):
                 self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
                                                linger_ms=2, max_request_size=self.max_message,
                                                request_timeout_ms=int(self.produce_timeout_s * 1000),
-                                               max_block_ms=int(self.produce_timeout_s * 1000))
+                                               max_block_ms=int(self.produce_timeout_s * 1000), **_RECONNECT)
             except (KafkaError, OSError) as e:
                 raise QueueUnavailable(f"Kafka at {self.bootstrap} unreachable: {e}") from e
         return self._producer
@@ -121,7 +124,7 @@ class KafkaTaskQueue(TaskQueue):
             try:
                 if self._admin is None:
                     self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap,
-                                                   request_timeout_ms=int(self.produce_timeout_s * 1000))
+                                                   request_timeout_ms=int(self.produce_timeout_s * 1000), **_RECONNECT)
                 if topic not in set(self._admin.list_topics()):
                     try:
                         self._admin.create_topics([NewTopic(topic, num_partitions=self.partitions, replication_factor=1,
@@ -184,7 +187,7 @@ class KafkaQueueReader(QueueReader):
                                            auto_offset_reset="earliest", metadata_max_age_ms=2000,
                                            max_partition_fetch_bytes=max(max_message, 1 << 20),
                                            session_timeout_ms=10000, heartbeat_interval_ms=2000,
-                                           max_poll_interval_ms=600000)
+                                           max_poll_interval_ms=600000, **_RECONNECT)
             self._consumer.subscribe(pattern=pattern)
         except (KafkaError, OSError) as e:
             raise QueueUnavailable(f"Kafka at {bootstrap} unreachable: {e}") from e
