@@ -32,6 +32,7 @@ log = logging.getLogger("raylane.executor")
 
 LEASE_TTL_S = 10.0  # a RUNNING task whose executor has not renewed its heartbeat for this long is lost
 SWEEP_INTERVAL_S = 5.0
+KILL_GRACE_S = 1.0  # a cancelled or timed-out task that ignores the interrupt this long is killed
 REQUEUE_AFTER_S = 300.0  # a PENDING task this old may have lost its queue message
 REQUEUE_CHECK_S = 30.0
 
@@ -317,7 +318,9 @@ class Executor:
                 await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
 
     async def kill(self, task_id: str) -> bool:
-        """Force-kill the Ray task of ``task_id`` (its terminal state is already written); True if it was running."""
+        """Stop the Ray task of ``task_id`` (its terminal state is already written): interrupt it, and
+        kill its worker with ``ray.cancel(force=True)`` if it still runs after ``KILL_GRACE_S``.
+        True if it was running."""
         ref = self._refs.get(task_id)
         if ref is None:
             # Not launched yet (its claim's answer is still on its way): do not launch it.
@@ -325,9 +328,22 @@ class Executor:
             while len(self._kill_requested) > 10_000:
                 self._kill_requested.pop(next(iter(self._kill_requested)))
             return False
-        ray.cancel(ref, force=True)
+        ready, _ = ray.wait([ref], timeout=0)
+        if ready:
+            return False  # already over; its final write loses to the cancel or timeout
+        # Interrupt the task first. A forced cancel ends the worker process, and if the task
+        # finished an instant before, that process may already run another task; so force only
+        # a task that is still running after a grace period (one that ignores the interrupt).
+        ray.cancel(ref, force=False)
+        asyncio.create_task(self._force_if_still_running(ref))
         self.stats["killed"] += 1
         return True
+
+    async def _force_if_still_running(self, ref: ray.ObjectRef) -> None:
+        await asyncio.sleep(KILL_GRACE_S)
+        ready, _ = ray.wait([ref], timeout=0)
+        if not ready:
+            ray.cancel(ref, force=True)
 
     async def get_stats(self) -> dict:
         """Counters: started, skipped (claim rejected), succeeded, failed, discarded results, killed."""

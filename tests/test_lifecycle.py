@@ -25,9 +25,15 @@ def add(a: int, b: int) -> int:
 
 @raylane.task(name="test.sleep_then_mark", timeout=60)
 def sleep_then_mark(seconds: float, marker_dir: str) -> str:
-    """Record its pid, sleep, then leave a marker: the side effect a kill must prevent."""
+    """Record its pid, sleep, then leave a marker: the side effect a kill must prevent.
+    It ignores interrupts, so only a forced kill of its worker stops it."""
     Path(marker_dir, "pid").write_text(str(os.getpid()))
-    time.sleep(seconds)
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            time.sleep(max(0.0, deadline - time.time()))
+        except KeyboardInterrupt:
+            pass
     Path(marker_dir, "done").write_text("ran to the end")
     return "finished"
 
@@ -37,7 +43,7 @@ def boom(message: str) -> None:
     raise ValueError(message)
 
 
-@raylane.task(name="test.short_sleep", num_cpus=0.25)
+@raylane.task(name="test.short_sleep")
 def short_sleep(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
@@ -152,7 +158,8 @@ def test_cancel_racing_completion(rl, store):
         if task_id in cancel_won:
             assert rec.state is TaskState.CANCELLED
         else:
-            assert rec.state is TaskState.SUCCEEDED and cancel_lost[task_id] == "SUCCEEDED"
+            assert rec.state is TaskState.SUCCEEDED and cancel_lost[task_id] == "SUCCEEDED", \
+                f"{task_id}: {rec.state.value} {rec.error_type}: {rec.error}"
     # Every cancel that won was answered to the executor as a rejection: either its RUNNING
     # claim (cancelled while PENDING) or its final write (cancelled while RUNNING).
     def settled():
