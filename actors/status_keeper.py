@@ -80,7 +80,7 @@ class StatusKeeper:
             outcomes = await asyncio.to_thread(self.store.write_many, records)
         except StoreUnavailable:
             raise
-        except Exception as e:  # never let one bad batch stop the keeper
+        except Exception as e:  # report anything else as the store failing, so writers retry
             log.exception("bulk write failed")
             raise StoreUnavailable(f"bulk write failed: {e!r}") from e
         self.stats["bulk_requests"] += 1

@@ -308,11 +308,3 @@ class OpenSearchStore(StatusStore):
 
     def close(self) -> None:
         self._client.close()
-
-
-def open_store(conn: OpenSearchAuth, alias: str) -> StatusStore:
-    """The status store for ``conn``, schema ensured."""
-    store = OpenSearchStore(conn, alias)
-    store.ensure_schema()
-    return store
-

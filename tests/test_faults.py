@@ -101,12 +101,18 @@ def _started(tmp_path: Path) -> int:
     return len(list(tmp_path.glob("*.runs")))
 
 
+def _running_batch(store, tmp_path: Path, n: int = 40, seconds: float = 0.5, started: int = 5):
+    """Submit a batch, watch its versions, and return once ``started`` of its tasks have begun."""
+    handles = _batch(tmp_path, n=n, seconds=seconds)
+    watch = VersionWatch(store, [h.id for h in handles])
+    wait_until(lambda: _started(tmp_path) >= started, what="the batch to start")
+    return handles, watch
+
+
 @pytest.mark.parametrize("actor", ["QueueConsumer-0", "Executor", "StatusKeeper", "RequestHandler"])
 def test_actor_killed_mid_run(rl, store, tmp_path, actor):
     # Given a batch that is partly running
-    handles = _batch(tmp_path)
-    watch = VersionWatch(store, [h.id for h in handles])
-    wait_until(lambda: _started(tmp_path) >= 5, what="the batch to start")
+    handles, watch = _running_batch(store, tmp_path, started=5)
     # When the actor is killed (Ray restarts it)
     fault_at = time.monotonic()
     ray.kill(ray.get_actor(actor, namespace="raylane"), no_restart=False)
@@ -117,9 +123,7 @@ def test_actor_killed_mid_run(rl, store, tmp_path, actor):
 
 
 def test_workers_killed_mid_run(rl, store, tmp_path):
-    handles = _batch(tmp_path, n=30, seconds=2.0)
-    watch = VersionWatch(store, [h.id for h in handles])
-    wait_until(lambda: _started(tmp_path) >= 3, what="the batch to start")
+    handles, watch = _running_batch(store, tmp_path, n=30, seconds=2.0, started=3)
     killed = set()
     fault_at = time.monotonic()
     for runs in list(tmp_path.glob("*.runs"))[:3]:
@@ -136,9 +140,7 @@ def test_workers_killed_mid_run(rl, store, tmp_path):
 
 def test_opensearch_outage_mid_run(rl, store, stack, settings, tmp_path):
     # More tasks than the consumer's in-flight window and the executor's run slots together.
-    handles = _batch(tmp_path, n=150, seconds=0.3)
-    watch = VersionWatch(store, [h.id for h in handles])
-    wait_until(lambda: _started(tmp_path) >= 5, what="the batch to start")
+    handles, watch = _running_batch(store, tmp_path, n=150, seconds=0.3, started=5)
     fault_at = time.monotonic()
     try:
         # Given OpenSearch gone for a while mid-run
@@ -159,9 +161,7 @@ def test_opensearch_outage_mid_run(rl, store, stack, settings, tmp_path):
 
 
 def test_kafka_outage_mid_run(rl, store, stack, tmp_path):
-    handles = _batch(tmp_path, n=40, seconds=0.3)
-    watch = VersionWatch(store, [h.id for h in handles])
-    wait_until(lambda: _started(tmp_path) >= 5, what="the batch to start")
+    handles, watch = _running_batch(store, tmp_path, n=40, seconds=0.3, started=5)
     fault_at = time.monotonic()
     try:
         assert stack.kafka.stop(grace_s=10)
@@ -180,9 +180,7 @@ def test_kafka_outage_mid_run(rl, store, stack, tmp_path):
 
 def test_whole_stack_restart_mid_run(rl, store, stack, tmp_path):
     # Given a batch with tasks queued and running
-    handles = _batch(tmp_path, n=60, seconds=0.5)
-    watch = VersionWatch(store, [h.id for h in handles])
-    wait_until(lambda: _started(tmp_path) >= 5, what="the batch to start")
+    handles, watch = _running_batch(store, tmp_path, n=60, seconds=0.5, started=5)
     # When the whole stack stops and starts again
     fault_at = time.monotonic()
     stack.down(grace_s=10)

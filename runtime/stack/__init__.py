@@ -114,7 +114,3 @@ class LocalStack:
         """The addresses clients use to reach the local services."""
         return Endpoints(kafka_bootstrap=self.kafka.address, opensearch=self.settings.opensearch(self.opensearch.address),
                          ray_address=self.ray.address)
-
-    def is_up(self) -> bool:
-        """Whether all three services have a live process."""
-        return all(svc.pid() for svc in self.services)
