@@ -14,6 +14,9 @@ STATUS_KEEPER = "StatusKeeper"
 EXECUTOR = "Executor"
 REQUEST_HANDLER = "RequestHandler"
 QUEUE_CONSUMER = "QueueConsumer"
+# Prefix of a hand-off outcome whose RUNNING claim the store refused outright (not a version
+# conflict): the task's record can never be written, so its message is dead-lettered.
+REFUSED = "refused: "
 
 
 class ActorConfig(BaseModel):
@@ -32,6 +35,7 @@ class ActorConfig(BaseModel):
     max_payload_bytes: int
     max_in_flight: int
     max_running: int
+    consumers: int = 1
     consumer_group: str = "raylane-workers"
 
 

@@ -31,7 +31,7 @@ def find_request_handler(namespace: str):
         return None
 
 
-def create_actors(config: ActorConfig, consumers: int = 1) -> list:
+def create_actors(config: ActorConfig) -> list:
     """Create (or find) every actor, owned by the calling driver, and wait until all are ready.
 
     Returns every handle, RequestHandler first; the actors live as long as the caller holds them.
@@ -42,7 +42,7 @@ def create_actors(config: ActorConfig, consumers: int = 1) -> list:
     ray.get(executor.get_stats.remote())
     handler = ray.remote(RequestHandler).options(**_options(config, REQUEST_HANDLER)).remote(config)
     members = [ray.remote(QueueConsumer).options(**_options(config, f"{QUEUE_CONSUMER}-{i}")).remote(config, i)
-               for i in range(consumers)]
+               for i in range(config.consumers)]
     ray.get([a.ensure_running.remote() for a in [keeper, executor, *members]] + [handler.task_names.remote()])
     return [handler, keeper, executor, *members]
 
@@ -53,12 +53,12 @@ def actor_stats(namespace: str, consumers: int = 1) -> dict:
     return {n: ray.get(ray.get_actor(n, namespace=namespace).get_stats.remote()) for n in names}
 
 
-def deploy(config: ActorConfig, dashboard_url: str, consumers: int = 1, timeout_s: float = 180.0):
+def deploy(config: ActorConfig, dashboard_url: str, timeout_s: float = 180.0):
     """Run the raylane service job (which owns the actors) and return the RequestHandler once it answers."""
     from ray.job_submission import JobStatus, JobSubmissionClient
     client = JobSubmissionClient(dashboard_url)
     entrypoint = " ".join([shlex.quote(sys.executable), "-m", "raylane.actors.service",
-                           "--consumers", str(consumers), "--config", shlex.quote(config.model_dump_json())])
+                           "--config", shlex.quote(config.model_dump_json())])
     job_id = client.submit_job(entrypoint=entrypoint, submission_id=f"raylane-service-{uuid.uuid4().hex[:8]}",
                                metadata={"raylane": "service"})
     deadline = time.monotonic() + timeout_s

@@ -21,7 +21,7 @@ import ray
 from ray.exceptions import RayError
 
 from raylane import registry
-from raylane.actors.common import STATUS_KEEPER, ActorConfig, GroupCommit
+from raylane.actors.common import REFUSED, STATUS_KEEPER, ActorConfig, GroupCommit
 from raylane.errors import QueueUnavailable, StoreUnavailable
 from raylane.models import TaskMessage, TaskRecord, WriteOutcome, utcnow
 from raylane.queue import KafkaTaskQueue
@@ -163,8 +163,8 @@ class Executor:
 
     async def start_many(self, messages: list[dict]) -> list[str]:
         """Claim and launch tasks, each once a run slot is free (and a retry once its backoff is over);
-        returns once every RUNNING write is settled, one outcome per message: "started" or "skipped"
-        (the claim was rejected)."""
+        returns once every RUNNING write is settled, one outcome per message: "started", "skipped"
+        (the claim lost to a newer version), or ``REFUSED`` and the store's reason."""
         await self.ensure_running()
         msgs = [TaskMessage.model_validate(m) for m in messages]
         now = utcnow()
@@ -217,6 +217,10 @@ class Executor:
             if (msg.id, msg.attempt) in self._launched:
                 out.append("started")  # a repeated hand-off of a task this incarnation already runs
                 self._slots.release()
+                continue
+            if not claim.accepted and claim.reason != "conflict":
+                self._slots.release()
+                out.append(REFUSED + (claim.reason or "unknown error"))
                 continue
             # A kill that arrived before the claim's answer means a cancel was written after it.
             if not claim.accepted or self._kill_requested.pop(msg.id, None) is not None:

@@ -1,4 +1,4 @@
-"""The QueueConsumer: a Kafka consumer-group member that feeds tasks to the Executor.
+"""The QueueConsumer: reads its share of the queue topics and feeds tasks to the Executor.
 
 It holds at most ``max_in_flight`` messages between poll and settlement, and commits a
 partition's offset only up to the first message whose RUNNING write is not yet settled,
@@ -16,7 +16,7 @@ import ray
 from pydantic import ValidationError
 
 from raylane import registry
-from raylane.actors.common import EXECUTOR, ActorConfig
+from raylane.actors.common import EXECUTOR, REFUSED, ActorConfig
 from raylane.errors import RaylaneError, ServiceUnavailable, UnknownTaskName
 from raylane.models import TaskMessage
 from raylane.queue import Consumed, KafkaQueueReader, KafkaTaskQueue, topic_of
@@ -48,7 +48,7 @@ class _PartitionProgress:
 
 
 class QueueConsumer:
-    """Polls every queue topic as a member of the workers' consumer group."""
+    """Reads partitions of every queue topic (its share when several run) and hands their tasks over."""
 
     def __init__(self, config: ActorConfig, index: int = 0):
         self.config = config
@@ -80,7 +80,8 @@ class QueueConsumer:
                 if self._reader is None:
                     self._reader = await asyncio.to_thread(
                         KafkaQueueReader, self.config.kafka_bootstrap, prefix=self.config.topic_prefix,
-                        group=self.config.consumer_group, max_message=self.config.max_payload_bytes + 65536)
+                        group=self.config.consumer_group, max_message=self.config.max_payload_bytes + 65536,
+                        member=self.index, members=self.config.consumers)
                 await self._step()
             except asyncio.CancelledError:
                 raise
@@ -117,7 +118,7 @@ class QueueConsumer:
             self._paused_checked = now
             self._paused_topics = {topic_of(self.config.topic_prefix, q) for q in self._store.paused_queues()}
         items = self._reader.poll(max_records, timeout_s)
-        # Applied after every poll: a rebalance may have assigned partitions of a paused queue.
+        # Applied after every poll: a refreshed assignment may bring partitions of a paused queue.
         return self._reader.hold(self._paused_topics, items)
 
     async def _commit(self) -> None:
@@ -141,13 +142,26 @@ class QueueConsumer:
             self._known_names.add(msg.name)
         return msg
 
-    async def _handle_batch(self, items: list[Consumed]) -> None:
-        good: list[tuple[Consumed, TaskMessage]] = []
-        for item in items:
+    async def _prepare(self, item: Consumed) -> Optional[TaskMessage]:
+        """The message's task, or None once it is dead-lettered: at once if malformed, or after
+        ``_HAND_OFF_TRIES`` failures of another kind (say, a task definition that cannot be loaded)."""
+        for attempt in range(1, _HAND_OFF_TRIES + 1):
             try:
-                good.append((item, self._parse(item)))
+                return self._parse(item)
             except (ValueError, UnknownTaskName) as e:
                 await self._dead_letter(item, str(e))
+                return None
+            except Exception as e:
+                self.stats["errors"] += 1
+                log.warning("reading %s[%d]@%d failed (try %d): %r", item.topic, item.partition, item.offset, attempt, e)
+                if attempt == _HAND_OFF_TRIES:
+                    await self._dead_letter(item, f"reading the message failed {_HAND_OFF_TRIES} times: {e!r}")
+                    return None
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
+
+    async def _handle_batch(self, items: list[Consumed]) -> None:
+        prepared = await asyncio.gather(*(self._prepare(item) for item in items))
+        good = [(item, msg) for item, msg in zip(items, prepared) if msg is not None]
         if not good:
             return
         payload = [msg.model_dump(mode="json") for _, msg in good]
@@ -156,7 +170,12 @@ class QueueConsumer:
         while True:
             try:
                 outcomes = await self._executor.start_many.remote(payload)
-                for (item, _), outcome in zip(good, outcomes):
+                for (item, msg), outcome in zip(good, outcomes):
+                    if outcome.startswith(REFUSED):
+                        # The store will never accept this task's record: retrying cannot help.
+                        await self._dead_letter(item, f"the store refused the record of task {msg.id}: "
+                                                      f"{outcome[len(REFUSED):]}")
+                        continue
                     self.stats[outcome] += 1
                     self._settle(item)
                 return
@@ -197,3 +216,11 @@ class QueueConsumer:
     async def get_stats(self) -> dict:
         """Counters: consumed, dead-lettered, started, skipped, errors, commits, and messages in flight."""
         return dict(self.stats, in_flight=self._holding)
+
+    async def partitions(self) -> list[dict]:
+        """The partitions this consumer reads: topic, partition, position, end, lag, paused."""
+        if self._reader is None:
+            return []
+        states = await asyncio.to_thread(self._reader.partitions)
+        return [dict(topic=p.topic, partition=p.partition, position=p.position, end=p.end, lag=p.lag,
+                     paused=p.paused) for p in states]

@@ -4,7 +4,7 @@ Owning the actors from a live job matters: Ray reuses task workers only while th
 that owns them lives, so actors left behind by an exited driver would start a fresh
 worker process for every task. ``deploy`` submits this job; ``ray job stop`` ends it.
 
-    python -m raylane.actors.service --config '<ActorConfig JSON>' [--consumers N]
+    python -m raylane.actors.service --config '<ActorConfig JSON>'
 """
 from __future__ import annotations
 
@@ -22,14 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     """Create raylane's actors (unless another service runs them) and keep them alive."""
     ap = argparse.ArgumentParser(prog="python -m raylane.actors.service", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="ActorConfig as JSON")
-    ap.add_argument("--consumers", type=int, default=1, help="QueueConsumer actors to run (default 1)")
     args = ap.parse_args(argv)
     config = ActorConfig.model_validate_json(args.config)
     ray.init(namespace=config.namespace)
     if find_request_handler(config.namespace) is not None:
         print("raylane actors already run under another service job; nothing to do", flush=True)
         return 0
-    handles = create_actors(config, args.consumers)
+    handles = create_actors(config)
     print(f"raylane actors ready in namespace {config.namespace!r}: {len(handles)} actors", flush=True)
     supervise(handles[1:])  # until the job is stopped; holding `handles` keeps the actors alive
     return 0

@@ -57,7 +57,7 @@ def _actor_config(settings: Settings, endpoints: Endpoints):
                        topic_prefix=settings.topic_prefix, dlq_topic=settings.dlq_topic,
                        default_queue=settings.default_queue, partitions=settings.partitions,
                        max_payload_bytes=settings.max_payload_bytes, max_in_flight=settings.max_in_flight,
-                       max_running=settings.max_running)
+                       max_running=settings.max_running, consumers=settings.consumers)
 
 
 def _endpoints(settings: Settings, start_missing: bool) -> Endpoints:
@@ -125,7 +125,7 @@ def init(**overrides: Any) -> None:
             dashboard = settings.ray_dashboard_url or ray._private.worker.get_dashboard_url()
             if not dashboard.startswith("http"):
                 dashboard = f"http://{dashboard}"
-            handler = deploy(_actor_config(settings, endpoints), dashboard, consumers=settings.consumers)
+            handler = deploy(_actor_config(settings, endpoints), dashboard)
         conn = _Connection(settings, handler, owns_ray)
         from raylane.builtin import echo
         for defn in [echo.definition, *defined_here()]:

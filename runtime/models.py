@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from raylane.states import TaskState, version_of
 
@@ -84,15 +84,15 @@ class TaskMessage(BaseModel):
     id: str = Field(pattern=r"^[0-9a-f]{32}$")
     name: str = Field(pattern=NAME_PATTERN)
     queue: str = Field(pattern=QUEUE_PATTERN)
-    attempt: int = Field(0, ge=0)
+    attempt: int = Field(0, ge=0, le=100)  # never more than RetryPolicy.max_retries allows
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
     timeout_s: Optional[float] = Field(None, gt=0)
     resources: Resources = Field(default_factory=Resources)
     tags: list[str] = Field(default_factory=list)
-    created_at: datetime
+    created_at: AwareDatetime
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
-    not_before: Optional[datetime] = None  # a retry waits for its backoff until then
+    not_before: Optional[AwareDatetime] = None  # a retry waits for its backoff until then
     attempts: list[AttemptSummary] = Field(default_factory=list)
 
     def to_bytes(self) -> bytes:

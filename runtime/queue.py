@@ -9,6 +9,8 @@ import abc
 import json
 import logging
 import threading
+import time
+import zlib
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -32,6 +34,21 @@ class Consumed:
     offset: int
     key: Optional[bytes]
     value: Optional[bytes]
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """One assigned partition as a reader sees it; ``lag`` is None until both offsets are known."""
+
+    topic: str
+    partition: int
+    position: Optional[int]
+    end: Optional[int]
+    paused: bool
+
+    @property
+    def lag(self) -> Optional[int]:
+        return None if self.position is None or self.end is None else max(0, self.end - self.position)
 
 
 class TaskQueue(abc.ABC):
@@ -61,10 +78,10 @@ class TaskQueue(abc.ABC):
 
 
 class QueueReader(abc.ABC):
-    """Contract of a consumer-group member: poll, then commit what has been settled.
+    """Contract of a queue reader: poll, then commit what has been settled.
 
     Offsets are committed only by ``commit``; a message not committed is delivered again
-    after a crash or a rebalance.
+    after a crash or when its partition moves to another reader.
     """
 
     @abc.abstractmethod
@@ -175,27 +192,61 @@ class KafkaTaskQueue(TaskQueue):
             self._admin = None
 
 
-class KafkaQueueReader(QueueReader):
-    """A consumer-group member subscribed to every queue topic (``<prefix>*``), committing by hand."""
+def owner_of(topic: str, partition: int, members: int) -> int:
+    """Which of ``members`` readers reads a partition: a topic's partitions go round-robin,
+    starting at a member chosen by the topic's name, so that every reader computes the same split."""
+    return (zlib.crc32(topic.encode()) + partition) % members
 
-    def __init__(self, bootstrap: str, *, prefix: str, group: str, max_message: int):
+
+class KafkaQueueReader(QueueReader):
+    """Reads every queue topic (``<prefix>*``) as reader ``member`` of ``members``, committing by hand
+    under the consumer group's name.
+
+    Partitions are split by ``owner_of`` and assigned explicitly rather than by the group
+    protocol: a new queue then costs no group-wide rebalance (which stops every member), and a
+    reader whose process dies is restarted by Ray and takes up the same partitions from their
+    committed offsets. Topics are rediscovered every ``refresh_s``.
+    """
+
+    def __init__(self, bootstrap: str, *, prefix: str, group: str, max_message: int, member: int = 0,
+                 members: int = 1, refresh_s: float = 1.0):
         from kafka import KafkaConsumer
         from kafka.errors import KafkaError
-        pattern = "^" + prefix.replace(".", r"\.") + ".+"
+        if not 0 <= member < members:
+            raise ValueError(f"member {member} is not one of {members} readers")
+        self.prefix, self.member, self.members, self.refresh_s = prefix, member, members, refresh_s
+        self._refreshed = 0.0
+        # KafkaConsumer is not thread-safe; polls and inspection may come from different threads.
+        self._lock = threading.Lock()
         try:
             self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-                                           auto_offset_reset="earliest", metadata_max_age_ms=2000,
-                                           max_partition_fetch_bytes=max(max_message, 1 << 20),
-                                           session_timeout_ms=10000, heartbeat_interval_ms=2000,
-                                           max_poll_interval_ms=600000, **_RECONNECT)
-            self._consumer.subscribe(pattern=pattern)
+                                           auto_offset_reset="earliest",
+                                           max_partition_fetch_bytes=max(max_message, 1 << 20), **_RECONNECT)
         except (KafkaError, OSError) as e:
             raise QueueUnavailable(f"Kafka at {bootstrap} unreachable: {e}") from e
+
+    def _refresh_assignment(self) -> None:
+        from kafka.structs import TopicPartition
+        mine = set()
+        for topic in self._consumer.topics():
+            if topic.startswith(self.prefix) and len(topic) > len(self.prefix):
+                for p in self._consumer.partitions_for_topic(topic) or ():
+                    if owner_of(topic, p, self.members) == self.member:
+                        mine.add(TopicPartition(topic, p))
+        if mine != self._consumer.assignment():
+            self._consumer.assign(sorted(mine))
+        self._refreshed = time.monotonic()
 
     def poll(self, max_records: int, timeout_s: float) -> list[Consumed]:
         from kafka.errors import KafkaError
         try:
-            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+            with self._lock:
+                if time.monotonic() - self._refreshed >= self.refresh_s:
+                    self._refresh_assignment()
+                if not self._consumer.assignment():
+                    time.sleep(timeout_s)  # nothing to read yet; kafka-python refuses to poll without partitions
+                    return []
+                batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         except (KafkaError, OSError) as e:
             raise QueueUnavailable(f"Kafka poll failed: {e}") from e
         out = []
@@ -235,6 +286,23 @@ class KafkaQueueReader(QueueReader):
         for tp, offset in first_held.items():
             self._consumer.seek(tp, offset)
         return keep
+
+    def partitions(self) -> list[PartitionState]:
+        """The partitions assigned to this member: where it reads, how far the log goes, whether paused.
+        Uses only what the consumer already knows (no broker round trip)."""
+        with self._lock:
+            return self._partitions()
+
+    def _partitions(self) -> list[PartitionState]:
+        paused = self._consumer.paused()
+        out = []
+        for tp in sorted(self._consumer.assignment()):
+            try:
+                position = self._consumer.position(tp, timeout_ms=0)
+            except Exception:  # no position yet (just assigned): unknown, not an error
+                position = None
+            out.append(PartitionState(tp.topic, tp.partition, position, self._consumer.highwater(tp), tp in paused))
+        return out
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)

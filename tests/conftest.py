@@ -51,13 +51,15 @@ def unique() -> str:
     return uuid.uuid4().hex[:10]
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
-    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout`` seconds."""
+def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
+               what: str | Callable[[], str] = "condition"):
+    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout`` seconds
+    (``what`` may be a callable, to describe the state seen last)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+            pytest.fail(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
         time.sleep(interval)

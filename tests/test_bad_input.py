@@ -6,12 +6,15 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 import raylane
+from raylane import registry
+from raylane.actors.deploy import actor_stats
 from raylane.client import submit_requests
 from raylane.errors import (InvalidTaskInput, PayloadTooLarge, TaskAlreadyFinished, TaskNotFound,
                             UnknownTaskName)
@@ -78,7 +81,8 @@ def test_cancel_of_finished_task_says_so(rl):
     assert "already finished as SUCCEEDED" in str(exc.value) and exc.value.state == "SUCCEEDED"
 
 
-def test_malformed_messages_go_to_the_dlq(rl, stack, settings):
+def _dead_letter_reasons(stack, settings, values: list[bytes], timeout: float = 60) -> dict[bytes, str]:
+    """Produce ``values`` to the default queue's topic; return the DLQ's reason for each, as they arrive."""
     topic = f"{settings.topic_prefix}{settings.default_queue}"
     dlq = KafkaConsumer(bootstrap_servers=stack.kafka.address, enable_auto_commit=False, consumer_timeout_ms=1000)
     admin = KafkaAdminClient(bootstrap_servers=stack.kafka.address)
@@ -90,22 +94,15 @@ def test_malformed_messages_go_to_the_dlq(rl, stack, settings):
     else:
         start = {}
     admin.close()
-
-    bad = {
-        b"this is not json": "not a valid task message",
-        json.dumps({"id": "f" * 32, "name": "no.such.task", "queue": "default",
-                    "created_at": "2026-01-01T00:00:00Z"}).encode(): "no task named 'no.such.task'",
-        json.dumps({"name": "test.typed"}).encode(): "id: Field required",
-    }
     producer = KafkaProducer(bootstrap_servers=stack.kafka.address, acks="all")
-    for value in bad:
+    for value in values:
         producer.send(topic, key=b"bad", value=value)
     producer.flush()
     producer.close()
 
     found: dict[bytes, str] = {}
-    deadline = time.monotonic() + 60
-    while len(found) < len(bad) and time.monotonic() < deadline:
+    deadline = time.monotonic() + timeout
+    while len(found) < len(values) and time.monotonic() < deadline:
         parts = dlq.partitions_for_topic(settings.dlq_topic)
         if not parts:
             time.sleep(0.2)
@@ -116,14 +113,64 @@ def test_malformed_messages_go_to_the_dlq(rl, stack, settings):
             dlq.seek(tp, start.get(tp, 0))
         for record in dlq:
             body = json.loads(record.value)
-            if body["value"].encode() in bad:
+            if body["value"].encode() in values:
                 found[body["value"].encode()] = body["reason"]
     dlq.close()
+    return found
+
+
+def _message(**fields) -> bytes:
+    body = {"id": uuid.uuid4().hex, "name": "test.typed", "queue": "default", "args": [1, "x"],
+            "created_at": "2026-01-01T00:00:00Z"}
+    body.update(fields)
+    return json.dumps(body).encode()
+
+
+def test_malformed_messages_go_to_the_dlq(rl, stack, settings):
+    bad = {
+        b"this is not json": "not a valid task message",
+        _message(name="no.such.task"): "no task named 'no.such.task'",
+        json.dumps({"name": "test.typed"}).encode(): "id: Field required",
+        _message(created_at="2026-01-01T00:00:00"): "created_at: Input should have timezone info",
+        _message(attempt=10**18): "attempt: Input should be less than or equal to 100",
+    }
+    found = _dead_letter_reasons(stack, settings, list(bad))
     assert set(found) == set(bad)
     for value, reason in found.items():
         assert bad[value] in reason
     # The consumer kept running.
     assert typed.submit(2, "still alive").result(timeout=60) == "still alive:2"
+
+
+def test_record_the_store_refuses_goes_to_the_dlq(rl, stack, settings, store):
+    """A message whose record OpenSearch refuses (a date past what it can store) is not retried
+    forever nor silently dropped: it is dead-lettered with the store's reason, and nothing is written."""
+    value = _message(created_at="2300-01-01T00:00:00Z")
+    found = _dead_letter_reasons(stack, settings, [value])
+    assert "the store refused the record" in found.get(value, "") and "date" in found[value]
+    task_id = json.loads(value)["id"]
+    assert store.get(task_id) is None
+    assert typed.submit(3, "still alive").result(timeout=60) == "still alive:3"
+
+
+def test_message_that_keeps_failing_is_dead_lettered_after_bounded_tries(rl, stack, settings, unique):
+    """A task whose definition cannot be loaded (corrupted in Ray's KV store) fails every hand-off;
+    after a bounded number of tries its message goes to the DLQ and the consumer carries on."""
+    from ray.experimental import internal_kv as kv
+    name = f"test.corrupt_{unique}"
+    digest = f"corrupt-{unique}"
+    kv._internal_kv_put(registry._BLOB_KEY + digest, b"\x80\x05 not a pickle", namespace=registry._KV_NAMESPACE)
+    kv._internal_kv_put(registry._NAME_KEY + name, digest.encode(), namespace=registry._KV_NAMESPACE)
+    try:
+        value = _message(name=name)
+        errors_before = actor_stats("raylane")["QueueConsumer-0"]["errors"]
+        found = _dead_letter_reasons(stack, settings, [value], timeout=90)
+        assert "reading the message failed 5 times" in found.get(value, ""), found
+        assert actor_stats("raylane")["QueueConsumer-0"]["errors"] - errors_before >= 5
+    finally:
+        kv._internal_kv_del(registry._NAME_KEY + name, namespace=registry._KV_NAMESPACE)
+        kv._internal_kv_del(registry._BLOB_KEY + digest, namespace=registry._KV_NAMESPACE)
+    assert typed.submit(4, "still alive").result(timeout=60) == "still alive:4"
 
 
 def test_task_defined_in_main_runs(rl, tmp_path):

@@ -162,11 +162,15 @@ def test_cancel_racing_completion(rl, store):
                 f"{task_id}: {rec.state.value} {rec.error_type}: {rec.error}"
     # Every cancel that won was answered to the executor as a rejection: either its RUNNING
     # claim (cancelled while PENDING) or its final write (cancelled while RUNNING).
+    rejected = []
+
     def settled():
         after = actor_stats("raylane")["Executor"]
-        return (after["skipped"] - stats_before["skipped"]) + \
-            (after["discarded_results"] - stats_before["discarded_results"]) == len(cancel_won)
-    wait_until(settled, timeout=60, what="the executor to report every rejected write")
+        rejected.append((after["skipped"] - stats_before["skipped"],
+                         after["discarded_results"] - stats_before["discarded_results"]))
+        return sum(rejected[-1]) == len(cancel_won)
+    wait_until(settled, timeout=60, what=lambda: f"the executor to report {len(cancel_won)} rejected writes "
+                                                 f"(skipped, discarded so far: {rejected[-1]})")
     assert cancel_won and cancel_lost, "the race should produce both outcomes"
 
 
@@ -228,11 +232,16 @@ def test_worker_killed_is_retried(rl, tmp_path):
 
 
 def test_cancel_during_backoff(rl, tmp_path):
-    slow = raylane.task(name="test.slow_retry", max_retries=3, retry_backoff=20, retry_backoff_max=20)(
+    slow = raylane.task(name="test.slow_retry", max_retries=3, retry_backoff=3, retry_backoff_max=3)(
         flaky.__wrapped__)
+    def skipped() -> int:
+        return actor_stats("raylane")["Executor"]["skipped"]
+    before = skipped()
     h = slow.submit(str(tmp_path), 3)
     wait_until(lambda: h.record().attempt == 1, what="the retry to be scheduled")
     rec = h.cancel()
     assert rec.state is TaskState.CANCELLED and rec.attempt == 1
     assert h.wait(timeout=10).state is TaskState.CANCELLED
+    # After its backoff the retry's message reaches the executor, whose claim is rejected.
+    wait_until(lambda: skipped() > before, timeout=30, what="the cancelled retry's claim to be rejected")
     assert (tmp_path / "runs").read_text() == "1"
