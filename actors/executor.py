@@ -22,6 +22,7 @@ from ray.exceptions import RayError
 
 from raylane import registry
 from raylane.actors.common import REFUSED, STATUS_KEEPER, ActorConfig, GroupCommit
+from raylane.actors.metrics import ExecutorMetrics
 from raylane.errors import QueueUnavailable, StoreUnavailable
 from raylane.models import TaskMessage, TaskRecord, WriteOutcome, utcnow
 from raylane.queue import KafkaTaskQueue
@@ -81,6 +82,7 @@ class Executor:
         self._healthy_since: Optional[float] = None  # since when heartbeats succeed without a gap
         self._last_requeue = 0.0
         self._requeued: dict[tuple[str, int], bool] = {}  # insertion-ordered, bounded
+        self.metrics = ExecutorMetrics()
         self.stats = {"started": 0, "skipped": 0, "succeeded": 0, "failed": 0, "discarded_results": 0, "killed": 0,
                       "retried": 0, "recovered": 0, "requeued": 0}
 
@@ -241,6 +243,7 @@ class Executor:
                 out.append("started")
                 continue
             self._refs[msg.id] = ref
+            self.metrics.running(len(self._refs))
             self._launched[(msg.id, msg.attempt)] = True
             while len(self._launched) > 100_000:
                 self._launched.pop(next(iter(self._launched)))
@@ -287,6 +290,7 @@ class Executor:
             log.exception("finishing task %s failed", running.id)
         finally:
             self._refs.pop(running.id, None)
+            self.metrics.running(len(self._refs))
             self._slots.release()
 
     async def _record(self, record: TaskRecord) -> WriteOutcome:

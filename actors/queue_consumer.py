@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from raylane import registry
 from raylane.actors.common import EXECUTOR, REFUSED, ActorConfig
+from raylane.actors.metrics import ConsumerMetrics
 from raylane.errors import RaylaneError, ServiceUnavailable, UnknownTaskName
 from raylane.models import TaskMessage
 from raylane.queue import Consumed, KafkaQueueReader, KafkaTaskQueue, topic_of
@@ -25,6 +26,7 @@ from raylane.store import OpenSearchStore
 log = logging.getLogger("raylane.queue_consumer")
 
 _HAND_OFF_TRIES = 5
+_REPORT_EVERY_S = 5.0
 
 
 class _PartitionProgress:
@@ -66,6 +68,8 @@ class QueueConsumer:
         self._loop_task: Optional[asyncio.Task] = None
         self._paused_topics: set[str] = set()
         self._paused_checked = 0.0
+        self.metrics = ConsumerMetrics(index)
+        self._reported = 0.0
         self.stats = {"consumed": 0, "dead_lettered": 0, "started": 0, "skipped": 0, "errors": 0, "commits": 0}
 
     async def ensure_running(self) -> bool:
@@ -111,6 +115,10 @@ class QueueConsumer:
             elif self._in_flight:
                 await asyncio.wait(self._in_flight, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
         await self._commit()
+        if time.monotonic() - self._reported >= _REPORT_EVERY_S:
+            self._reported = time.monotonic()
+            self.metrics.held(self._holding)
+            self.metrics.lag(await self.partitions())
 
     def _poll(self, max_records: int, timeout_s: float) -> list[Consumed]:
         now = time.monotonic()
@@ -207,6 +215,7 @@ class QueueConsumer:
                 log.warning("dead-letter write failed, retrying: %s", e)
                 await asyncio.sleep(1.0)
         self.stats["dead_lettered"] += 1
+        self.metrics.dead_lettered(item.topic)
         self._settle(item)
 
     def _settle(self, item: Consumed) -> None:

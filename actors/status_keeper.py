@@ -16,6 +16,7 @@ from typing import Optional
 import ray
 
 from raylane.actors.common import EXECUTOR, ActorConfig, GroupCommit
+from raylane.actors.metrics import KeeperMetrics
 from raylane.errors import StoreUnavailable
 from raylane.models import TaskRecord, WriteOutcome, utcnow
 from raylane.states import TaskState
@@ -48,6 +49,7 @@ class StatusKeeper:
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._executor = None
         self.stats = {"writes": 0, "accepted": 0, "rejected": 0, "bulk_requests": 0, "timeouts": 0, "kills": 0}
+        self.metrics = KeeperMetrics()
 
     def _ensure_loops(self) -> None:
         if self._deadline_task is None or self._deadline_task.done():
@@ -76,6 +78,7 @@ class StatusKeeper:
         return await self._writes.submit_many(records)
 
     async def _flush(self, records: list[TaskRecord]) -> list[WriteOutcome]:
+        began = time.perf_counter()
         try:
             outcomes = await asyncio.to_thread(self.store.write_many, records)
         except StoreUnavailable:
@@ -84,6 +87,7 @@ class StatusKeeper:
             log.exception("bulk write failed")
             raise StoreUnavailable(f"bulk write failed: {e!r}") from e
         self.stats["bulk_requests"] += 1
+        self.metrics.flushed(records, outcomes, time.perf_counter() - began)
         for record, outcome in zip(records, outcomes):
             self.stats["writes"] += 1
             self.stats["accepted" if outcome.accepted else "rejected"] += 1

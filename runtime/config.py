@@ -65,6 +65,8 @@ class Settings(BaseSettings):
                                       description="Where OpenSearch lives when raylane runs as root (not under /root).")
     ray_port: int = Field(26379, ge=1, le=65535, description="Local Ray GCS port.")
     ray_dashboard_port: int = Field(28265, ge=1, le=65535, description="Local Ray dashboard port.")
+    ray_metrics_port: int = Field(28080, ge=1, le=65535,
+                                  description="Local Ray node's Prometheus endpoint, where raylane's metrics appear.")
     ray_num_cpus: int = Field(4, ge=1, description="Logical CPUs the local Ray node offers.")
     ray_object_store_mb: int = Field(512, ge=75, description="Local Ray object store size (MiB).")
     start_timeout_s: float = Field(180.0, gt=0, description="Deadline for each local service to become ready.")

@@ -21,7 +21,7 @@ def private_stack(settings: Settings, tmp_path_factory):
     (home / "m2").symlink_to(settings.home / "m2")
     private = settings.model_copy(update=dict(
         home=home, kafka_port=39092, kafka_controller_port=39093, opensearch_port=39200,
-        opensearch_transport_port=39300, ray_port=36379, ray_dashboard_port=38265,
+        opensearch_transport_port=39300, ray_port=36379, ray_dashboard_port=38265, ray_metrics_port=38080,
         opensearch_root_dir=settings.opensearch_root_dir.parent / f"{settings.opensearch_root_dir.name}-test"))
     st = LocalStack(private, quiet=True)
     yield st

@@ -284,6 +284,11 @@ class RayHead(Service):
         return f"http://127.0.0.1:{self.settings.ray_dashboard_port}"
 
     @property
+    def metrics_url(self) -> str:
+        """The node's Prometheus endpoint (Ray's metrics and raylane's)."""
+        return f"http://127.0.0.1:{self.settings.ray_metrics_port}/metrics"
+
+    @property
     def temp_dir(self) -> Path:
         # Ray's unix socket paths must stay short, so this is not under RAYLANE_HOME.
         return Path(tempfile.gettempdir()) / f"raylane-ray-{os.getuid()}-{self.settings.ray_port}"
@@ -315,11 +320,14 @@ class RayHead(Service):
                f"--ray-client-server-port={s.ray_port + 1}",
                "--dashboard-host=127.0.0.1", f"--dashboard-port={s.ray_dashboard_port}",
                f"--num-cpus={s.ray_num_cpus}", f"--object-store-memory={s.ray_object_store_mb * 1024 * 1024}",
+               f"--metrics-export-port={s.ray_metrics_port}",
                f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
                # Keep idle workers warm: raylane's executor runs many short tasks, and a worker
                # started per task would cost far more than the task itself.
                "--system-config=" + json.dumps({"idle_worker_killing_time_threshold_ms": 300_000,
-                                                "num_workers_soft_limit": 2 * s.ray_num_cpus})]
+                                                "num_workers_soft_limit": 2 * s.ray_num_cpus,
+                                                # metrics reach the Prometheus endpoint within seconds
+                                                "metrics_report_interval_ms": 2000})]
         # The raylane service job would hold a node drain for its full 30 s default; its work
         # is safe in Kafka and OpenSearch, so a short drain is enough.
         env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0",
