@@ -35,15 +35,20 @@ def create_actors(config: ActorConfig) -> list:
     """Create (or find) every actor, owned by the calling driver, and wait until all are ready.
 
     Returns every handle, RequestHandler first; the actors live as long as the caller holds them.
+    The RequestHandler is created last: once it exists, the deployment is complete.
     """
     keeper = ray.remote(StatusKeeper).options(**_options(config, STATUS_KEEPER)).remote(config)
     ray.get(keeper.get_stats.remote())
     executor = ray.remote(Executor).options(**_options(config, EXECUTOR)).remote(config)
     ray.get(executor.get_stats.remote())
-    handler = ray.remote(RequestHandler).options(**_options(config, REQUEST_HANDLER)).remote(config)
-    members = [ray.remote(QueueConsumer).options(**_options(config, f"{QUEUE_CONSUMER}-{i}")).remote(config, i)
+    # Consumers are spread over the nodes, so that one node's loss stops only its share until Ray
+    # restarts them elsewhere. Ray spreads only actors that reserve something, hence a sliver of CPU.
+    members = [ray.remote(QueueConsumer).options(**dict(_options(config, f"{QUEUE_CONSUMER}-{i}"), num_cpus=0.001),
+                                                 scheduling_strategy="SPREAD").remote(config, i)
                for i in range(config.consumers)]
-    ray.get([a.ensure_running.remote() for a in [keeper, executor, *members]] + [handler.task_names.remote()])
+    ray.get([a.ensure_running.remote() for a in [keeper, executor, *members]])
+    handler = ray.remote(RequestHandler).options(**_options(config, REQUEST_HANDLER)).remote(config)
+    ray.get(handler.task_names.remote())
     return [handler, keeper, executor, *members]
 
 
@@ -53,14 +58,25 @@ def actor_stats(namespace: str, consumers: int = 1) -> dict:
     return {n: ray.get(ray.get_actor(n, namespace=namespace).get_stats.remote()) for n in names}
 
 
+def actor_node_ids(namespace: str) -> dict[str, str]:
+    """The node each live raylane actor runs on, by actor name."""
+    from ray.util.state import list_actors
+    actors = list_actors(address=ray.get_runtime_context().gcs_address, limit=1000,
+                         filters=[("ray_namespace", "=", namespace), ("state", "=", "ALIVE")])
+    return {a.name: a.node_id for a in actors if a.name}
+
+
 def deploy(config: ActorConfig, dashboard_url: str, timeout_s: float = 180.0):
     """Run the raylane service job (which owns the actors) and return the RequestHandler once it answers."""
     from ray.job_submission import JobStatus, JobSubmissionClient
     client = JobSubmissionClient(dashboard_url)
     entrypoint = " ".join([shlex.quote(sys.executable), "-m", "raylane.actors.service",
                            "--config", shlex.quote(config.model_dump_json())])
-    job_id = client.submit_job(entrypoint=entrypoint, submission_id=f"raylane-service-{uuid.uuid4().hex[:8]}",
-                               metadata={"raylane": "service"})
+    try:
+        job_id = client.submit_job(entrypoint=entrypoint, submission_id=f"raylane-service-{uuid.uuid4().hex[:8]}",
+                                   metadata={"raylane": "service"})
+    except RuntimeError as e:  # the job API answered with an error
+        raise StackError(f"Ray at {dashboard_url} did not accept the raylane service job: {e}", service="raylane") from e
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         handler = find_request_handler(config.namespace)

@@ -14,6 +14,7 @@ from typing import Optional
 
 import ray
 from pydantic import ValidationError
+from ray.exceptions import RayActorError
 
 from raylane import registry
 from raylane.actors.common import EXECUTOR, REFUSED, ActorConfig
@@ -26,6 +27,7 @@ from raylane.store import OpenSearchStore
 log = logging.getLogger("raylane.queue_consumer")
 
 _HAND_OFF_TRIES = 5
+_EXECUTOR_DOWN_TRIES = 120  # about ten minutes of an Executor that does not come back
 _REPORT_EVERY_S = 5.0
 
 
@@ -187,13 +189,17 @@ class QueueConsumer:
                     self.stats[outcome] += 1
                     self._settle(item)
                 return
-            except ServiceUnavailable as e:
-                # Kafka or OpenSearch is down: hold these messages (which stops further polling
-                # once the in-flight window is full) and try again; an outage is not the tasks' fault.
+            except (ServiceUnavailable, RayActorError) as e:
+                # Kafka or OpenSearch is down, or the Executor is restarting (its node may have died):
+                # hold these messages (which stops further polling once the in-flight window is
+                # full) and try again; an outage is not the tasks' fault. An Executor that keeps
+                # dying on these messages, though, is: they are dead-lettered after a long while.
                 self.stats["errors"] += 1
                 outage += 1
                 if outage == 1 or outage % 20 == 0:
-                    log.warning("waiting for the store/queue to return (%d tasks held): %s", len(good), e)
+                    log.warning("waiting for the store/queue/executor to return (%d tasks held): %r", len(good), e)
+                if isinstance(e, RayActorError) and outage >= _EXECUTOR_DOWN_TRIES:
+                    break
                 await asyncio.sleep(min(5.0, 0.2 * 2 ** min(outage, 5)))
             except Exception as e:
                 self.stats["errors"] += 1
@@ -203,7 +209,7 @@ class QueueConsumer:
                     break
                 await asyncio.sleep(min(5.0, 0.2 * 2 ** poison_tries))
         for item, msg in good:
-            await self._dead_letter(item, f"the executor failed to take task {msg.id} {_HAND_OFF_TRIES} times")
+            await self._dead_letter(item, f"the executor failed to take task {msg.id} {max(poison_tries, outage)} times")
 
     async def _dead_letter(self, item: Consumed, reason: str) -> None:
         log.warning("dead-lettering %s[%d]@%d: %s", item.topic, item.partition, item.offset, reason)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import time
 
 import ray
 
@@ -34,16 +35,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def supervise(loopers: list, every_s: float = 2.0) -> None:
+def supervise(loopers: list, every_s: float = 2.0, give_up_s: float = 300.0) -> None:
     """Keep the loops of the StatusKeeper, Executor and QueueConsumers running: an actor that Ray
-    restarted after a crash starts with none, and resumes from the records and committed offsets."""
+    restarted after a crash starts with none, and resumes from the records and committed offsets.
+    Returns when no actor has answered for ``give_up_s`` (the cluster is gone)."""
     stop = threading.Event()
+    last_answer = time.monotonic()
     while not stop.wait(every_s):
         for actor in loopers:
             try:
                 ray.get(actor.ensure_running.remote(), timeout=30)
+                last_answer = time.monotonic()
             except Exception as e:  # restarting, or briefly unreachable: try again next round
                 print(f"raylane service: {e!r}", file=sys.stderr, flush=True)
+        if time.monotonic() - last_answer > give_up_s:
+            print(f"raylane service: no actor answered for {give_up_s:.0f}s; the cluster is gone, exiting",
+                  file=sys.stderr, flush=True)
+            return
 
 
 if __name__ == "__main__":

@@ -68,13 +68,16 @@ def generate_tree(root: Path, files: int, seed: int = 1) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the job; exit status 0 when every task reached a terminal state and results check out."""
+    """Run the job. Exit status 0 when every task ended as intended (SUCCEEDED, or CANCELLED or
+    TIMED_OUT where the job cancelled or stalled it on purpose) and the results check out; 1 otherwise."""
     ap = argparse.ArgumentParser(prog="python -m raylane.jobs.checksums", description=__doc__.split("\n\n")[0])
     ap.add_argument("--path", type=Path, help="directory tree to checksum (default: generate one)")
     ap.add_argument("--files", type=int, default=3000, help="files to generate when --path is not given (default 3000)")
     ap.add_argument("--cancel-every", type=int, default=100, help="cancel every Nth task right after submitting it (0: none)")
     ap.add_argument("--stalled", type=int, default=5, help="tasks made to stall past their timeout (default 5)")
     ap.add_argument("--timeout", type=float, default=2.0, help="timeout of the stalled tasks in seconds (default 2)")
+    ap.add_argument("--missing", type=int, default=0,
+                    help="also submit this many paths that do not exist; their tasks fail (default 0)")
     ap.add_argument("--batch", type=int, default=500, help="tasks per submit_many call (default 500)")
     ap.add_argument("--deadline", type=float, default=900.0, help="give up waiting after this many seconds")
     args = ap.parse_args(argv)
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print("no files to checksum", file=sys.stderr)
         return 2
+    paths += [Path(tempfile.gettempdir(), f"raylane-missing-{uuid.uuid4().hex}") for _ in range(args.missing)]
 
     raylane.init()
     run_tag = f"checksums-{uuid.uuid4().hex[:8]}"
@@ -97,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     slow = checksum_file.options(tags=[run_tag], timeout=args.timeout)
 
     handles: list[raylane.TaskHandle] = []
+    stalled_ids: set[str] = set()
+    cancelled_ids: set[str] = set()
     cancelled = too_late = 0
     started = time.monotonic()
     with tqdm(total=len(paths), desc="submit", unit="task", file=sys.stdout) as bar:
@@ -104,11 +110,14 @@ def main(argv: list[str] | None = None) -> int:
             chunk = range(start, min(len(paths), start + args.batch))
             plain = [i for i in chunk if i not in stalled]
             batch = normal.submit_many([(str(paths[i]),) for i in plain])
-            batch += [slow.submit(str(paths[i]), args.timeout * 15) for i in chunk if i in stalled]
+            slow_batch = [slow.submit(str(paths[i]), args.timeout * 15) for i in chunk if i in stalled]
+            stalled_ids.update(h.id for h in slow_batch)
+            batch += slow_batch
             for h in batch[::args.cancel_every] if args.cancel_every else []:
                 try:
                     h.cancel()
                     cancelled += 1
+                    cancelled_ids.add(h.id)
                 except TaskAlreadyFinished:
                     too_late += 1
             handles.extend(batch)
@@ -139,11 +148,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {state:<10} {counts.get(state, 0):>6}")
     print(f"throughput: {terminal / elapsed:.1f} tasks/s ({terminal} terminal in {elapsed:.1f}s)")
     print(f"checked {len(sample)} results against local checksums: {len(mismatches)} mismatches")
+    unintended = _unintended_states(run_tag, len(handles), cancelled_ids, stalled_ids - cancelled_ids)
+    for state, ids in unintended.items():
+        print(f"unintended {state}: {len(ids)} task(s), e.g. {', '.join(sorted(ids)[:3])}")
     if tmp:
         shutil.rmtree(tmp, ignore_errors=True)
     raylane.shutdown()
-    ok = terminal == len(handles) and not mismatches and counts.get("FAILED", 0) == 0
+    ok = terminal == len(handles) and not mismatches and not unintended
+    print("all tasks ended as intended" if ok else "some tasks did not end as intended", flush=True)
     return 0 if ok else 1
+
+
+def _unintended_states(tag: str, total: int, cancelled: set[str], stalled: set[str]) -> dict[str, set[str]]:
+    """Tasks of the run whose final state is not the intended one, by state."""
+    out: dict[str, set[str]] = {}
+    for state in ("FAILED", "CANCELLED", "TIMED_OUT", "RUNNING", "PENDING"):
+        ids = {r.id for r in raylane.search(tag=tag, state=state, limit=total)}
+        allowed = cancelled if state == "CANCELLED" else stalled if state == "TIMED_OUT" else set()
+        if ids - allowed:
+            out[state] = ids - allowed
+    # A stalled task must have been stopped by its timeout (or by a cancel, which is in `cancelled`).
+    missed = stalled - {r.id for r in raylane.search(tag=tag, state="TIMED_OUT", limit=total)}
+    if missed:
+        out["stalled but not TIMED_OUT"] = missed
+    return out
 
 
 if __name__ == "__main__":

@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     opensearch_root_dir: Path = Field(Path("/var/lib/raylane"),
                                       description="Where OpenSearch lives when raylane runs as root (not under /root).")
     ray_port: int = Field(26379, ge=1, le=65535, description="Local Ray GCS port.")
-    ray_dashboard_port: int = Field(28265, ge=1, le=65535, description="Local Ray dashboard port.")
+    ray_dashboard_port: int = Field(28265, ge=1, le=65532,
+                                    description="Local Ray dashboard port; the node's agents use the next three.")
     ray_metrics_port: int = Field(28080, ge=1, le=65535,
                                   description="Local Ray node's Prometheus endpoint, where raylane's metrics appear.")
     ray_num_cpus: int = Field(4, ge=1, description="Logical CPUs the local Ray node offers.")

@@ -319,6 +319,11 @@ class RayHead(Service):
                "--node-ip-address=127.0.0.1", f"--port={s.ray_port}",
                f"--ray-client-server-port={s.ray_port + 1}",
                "--dashboard-host=127.0.0.1", f"--dashboard-port={s.ray_dashboard_port}",
+               # The node's agents get ports next to the dashboard's, so that two stacks on one
+               # machine (or a stack beside another Ray) do not fight over Ray's fixed defaults.
+               f"--dashboard-agent-listen-port={s.ray_dashboard_port + 1}",
+               f"--dashboard-agent-grpc-port={s.ray_dashboard_port + 2}",
+               f"--runtime-env-agent-port={s.ray_dashboard_port + 3}",
                f"--num-cpus={s.ray_num_cpus}", f"--object-store-memory={s.ray_object_store_mb * 1024 * 1024}",
                f"--metrics-export-port={s.ray_metrics_port}",
                f"--temp-dir={self.temp_dir}", "--disable-usage-stats",

@@ -1,0 +1,190 @@
+"""raylane on a Ray cluster of two nodes, with Kafka and OpenSearch given as existing services.
+
+A private Ray head and a worker node (own ports) run on this machine; a driver process
+configured only by ``RAYLANE_*`` addresses deploys raylane there with two QueueConsumers
+spread over the nodes, submits a batch whose tasks run on both, and the worker node is
+killed mid-run. Every task must end in exactly one terminal state.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from raylane.stack import proc
+from raylane.stack.services import RayHead
+
+from conftest import wait_until
+
+HEAD_PORT, DASHBOARD_PORT, METRICS_PORT = 37379, 37265, 37080
+
+DRIVER = textwrap.dedent('''
+    import json, os, sys, time
+    from pathlib import Path
+    import ray
+    import raylane
+    from raylane.actors.deploy import actor_node_ids
+
+    marker_dir = sys.argv[1]
+
+    @raylane.task(name="test.multinode.work", max_retries=3, retry_backoff=0.1, num_cpus=1)
+    def work(i: int) -> str:
+        node = ray.get_runtime_context().get_node_id()
+        Path(marker_dir, f"{i}-{os.getpid()}-{time.time_ns()}").write_text(node)
+        time.sleep(1.5)
+        return node
+
+    # Both nodes must be able to start workers before raylane places its actors over them.
+    ray.init(address=os.environ["RAYLANE_RAY_ADDRESS"], logging_level="WARNING")
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    probe = ray.remote(num_cpus=0)(lambda: ray.get_runtime_context().get_node_id())
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    assert sorted(ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote()
+                           for n in nodes])) == sorted(nodes)
+    raylane.init()
+    placement = actor_node_ids(os.environ["RAYLANE_NAMESPACE"])
+    head = [n["NodeID"] for n in ray.nodes() if "node:__internal_head__" in n["Resources"]][0]
+    print(json.dumps({"actors": placement, "head": head}), flush=True)
+    handles = work.submit_many([(i,) for i in range(int(sys.argv[2]))])
+    records = [h.wait(timeout=300) for h in handles]
+    print(json.dumps({"records": [{"id": r.id, "state": r.state.value, "attempt": r.attempt,
+                                   "result": r.result, "errors": [a.error_type for a in r.attempts]}
+                                  for r in records]}), flush=True)
+''')
+
+
+def _start_worker_node(run_dir: Path) -> int:
+    """``ray start --block`` joining the private head, on ports of its own; returns its pid."""
+    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", f"--address=127.0.0.1:{HEAD_PORT}",
+           "--node-ip-address=127.0.0.1", "--num-cpus=2", f"--object-store-memory={128 * 1024 * 1024}",
+           "--node-manager-port=37400", "--object-manager-port=37401", "--metrics-export-port=37402",
+           "--dashboard-agent-listen-port=37403", "--dashboard-agent-grpc-port=37404",
+           "--runtime-env-agent-port=37405", "--min-worker-port=37500", "--max-worker-port=37699",
+           "--disable-usage-stats"]
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    return proc.spawn(cmd, log_file=run_dir / "ray-worker.log", pid_file=run_dir / "ray-worker.pid", env=env)
+
+
+def _node_processes(leader: int) -> list[int]:
+    group = proc.process_group(leader)
+    workers = proc.processes_with_env("RAY_RAYLET_PID", [str(p) for p in group])
+    return proc.descendants(set(group) | set(workers))
+
+
+@pytest.fixture(scope="module")
+def two_nodes(settings, tmp_path_factory):
+    """A private Ray head and one worker node; both are stopped at the end."""
+    home = tmp_path_factory.mktemp("multinode-home")
+    private = settings.model_copy(update=dict(home=home, ray_port=HEAD_PORT, ray_dashboard_port=DASHBOARD_PORT,
+                                              ray_metrics_port=METRICS_PORT, ray_num_cpus=2,
+                                              ray_object_store_mb=128))
+    for port in (HEAD_PORT, DASHBOARD_PORT):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.fail(f"port {port} is taken (a Ray left over from an earlier run?); stop it first")
+    head = RayHead(private)
+    head.prepare()
+    head.wait_ready(head.start(), private.start_timeout_s)
+    nodes = {"head": head, "worker": _start_worker_node(private.state_dir)}
+    # On a loaded machine a worker node can time out while starting; it gets a second chance.
+    deadline = time.monotonic() + 120
+    while _alive_nodes() < 2 and time.monotonic() < deadline:
+        if proc.exited_early(nodes["worker"]):
+            nodes["worker"] = _start_worker_node(private.state_dir)
+        time.sleep(1.0)
+    yield nodes
+    worker = nodes["worker"]
+    for pid in _node_processes(worker) if proc.pid_alive(worker) else []:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    head.stop(grace_s=10)
+
+
+def _alive_nodes() -> int:
+    out = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "list", "nodes", "--filter", "state=ALIVE",
+                          "--format", "json", f"--address=http://127.0.0.1:{DASHBOARD_PORT}"],
+                         capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, RAY_AUTH_MODE="token"))
+    try:
+        return len(json.loads(out.stdout))
+    except json.JSONDecodeError:  # "No resource in the cluster" while none has registered
+        return 0
+
+
+@pytest.mark.timeout(500)
+def test_tasks_spread_over_two_nodes_survive_losing_one(stack, store, two_nodes, unique, tmp_path):
+    head, worker = two_nodes["head"], two_nodes["worker"]
+    assert _alive_nodes() == 2, "the worker node did not join"
+    marker_dir = tmp_path / "runs"
+    marker_dir.mkdir()
+    n = 24
+    env = dict(os.environ, RAY_AUTH_MODE="token",
+               RAYLANE_RAY_ADDRESS=head.address, RAYLANE_RAY_DASHBOARD_URL=head.dashboard_url,
+               RAYLANE_KAFKA_BOOTSTRAP=stack.kafka.address, RAYLANE_OPENSEARCH_URL=stack.opensearch.address,
+               RAYLANE_NAMESPACE=f"mn-{unique}", RAYLANE_TOPIC_PREFIX=f"mn-{unique}.tasks.",
+               RAYLANE_DLQ_TOPIC=f"mn-{unique}.dlq", RAYLANE_INDEX_ALIAS=f"mn-{unique}-tasks",
+               RAYLANE_CONSUMERS="2", RAYLANE_MAX_RUNNING="8")
+    env.pop("RAY_ADDRESS", None)
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(marker_dir), str(n)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Once tasks have started on both nodes, the worker node dies (raylet and workers, SIGKILL).
+        def nodes_started() -> set[str]:
+            if driver.poll() is not None:
+                out, err = driver.communicate()
+                pytest.fail(f"the driver exited early ({driver.returncode}):\n{out[-2000:]}\n{err[-3000:]}")
+            return {p.read_text() for p in marker_dir.iterdir() if p.stat().st_size}
+        wait_until(lambda: len(nodes_started()) == 2, timeout=120, interval=0.1,
+                   what="tasks to start on both nodes")
+        for pid in _node_processes(worker):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        killed_at = time.monotonic()
+        try:
+            out, err = driver.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            driver.kill()
+            out, err = driver.communicate()
+            pytest.fail(f"the driver did not finish:\n{out[-3000:]}\n{err[-5000:]}")
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, err[-3000:]
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    placement = next(x["actors"] for x in lines if "actors" in x)
+    head_node = next(x["head"] for x in lines if "head" in x)
+    records = next(x["records"] for x in lines if "records" in x)
+    recovered_in = time.monotonic() - killed_at
+
+    # The two consumers were spread over the two nodes.
+    assert placement.get("QueueConsumer-0") != placement.get("QueueConsumer-1"), placement
+    on_worker = sorted(a for a, node in placement.items() if node != head_node)
+    # Every task reached exactly one terminal state, SUCCEEDED (retries absorb the lost node).
+    assert len(records) == n and {r["state"] for r in records} == {"SUCCEEDED"}, records
+    for r in records:
+        stored = store.client.get(index=f"mn-{unique}-tasks", id=r["id"])
+        assert stored["_source"]["state"] == "SUCCEEDED" and stored["_version"] == r["attempt"] * 10 + 3
+    # Tasks ran on both nodes; the ones caught on the dead node were retried, and no attempt ran twice.
+    runs = sorted(p.name.split("-")[0] for p in marker_dir.iterdir())
+    assert len({p.read_text() for p in marker_dir.iterdir()}) == 2
+    retried = [r for r in records if r["attempt"] > 0]
+    assert retried, "some task was running on the killed node"
+    for r in records:
+        i = str(records.index(r))
+        assert runs.count(i) <= r["attempt"] + 1
+    print(f"\nmulti-node: actors on the killed node: {on_worker}; {n} tasks, {len(retried)} retried after the "
+          f"node loss, all SUCCEEDED {recovered_in:.1f}s after the kill; errors of retried attempts: "
+          f"{sorted({e for r in retried for e in r['errors']})}")
