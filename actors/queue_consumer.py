@@ -17,16 +17,18 @@ from pydantic import ValidationError
 from ray.exceptions import RayActorError
 
 from raylane import registry
-from raylane.actors.common import EXECUTOR, REFUSED, ActorConfig
+from raylane.actors.common import EXECUTOR, REFUSED, STATUS_KEEPER, ActorConfig
 from raylane.actors.metrics import ConsumerMetrics
 from raylane.errors import RaylaneError, ServiceUnavailable, UnknownTaskName
 from raylane.models import TaskMessage
+from raylane.states import TaskState
 from raylane.queue import Consumed, KafkaQueueReader, KafkaTaskQueue, topic_of
 from raylane.store import OpenSearchStore
 
 log = logging.getLogger("raylane.queue_consumer")
 
 _HAND_OFF_TRIES = 5
+_UNKNOWN_NAME_GRACE_S = 20.0
 _EXECUTOR_DOWN_TRIES = 120  # about ten minutes of an Executor that does not come back
 _REPORT_EVERY_S = 5.0
 
@@ -58,6 +60,7 @@ class QueueConsumer:
         self.config = config
         self.index = index
         self._executor = ray.get_actor(EXECUTOR, namespace=config.namespace)
+        self._keeper = ray.get_actor(STATUS_KEEPER, namespace=config.namespace)
         self._producer = KafkaTaskQueue(config.kafka_bootstrap, prefix=config.topic_prefix, dlq_topic=config.dlq_topic,
                                         partitions=config.partitions, max_payload_bytes=config.max_payload_bytes)
         self._reader: Optional[KafkaQueueReader] = None
@@ -147,27 +150,41 @@ class QueueConsumer:
         except ValidationError as e:
             problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'message'}: {err['msg']}" for err in e.errors()[:5])
             raise ValueError(f"not a valid task message: {problems}") from e
-        if msg.name not in self._known_names:
-            registry.load(msg.name)  # raises UnknownTaskName
-            self._known_names.add(msg.name)
         return msg
 
+    def _check_name(self, name: str) -> None:
+        if name not in self._known_names:
+            registry.load(name)  # raises UnknownTaskName
+            self._known_names.add(name)
+
     async def _prepare(self, item: Consumed) -> Optional[TaskMessage]:
-        """The message's task, or None once it is dead-lettered: at once if malformed, or after
-        ``_HAND_OFF_TRIES`` failures of another kind (say, a task definition that cannot be loaded)."""
-        for attempt in range(1, _HAND_OFF_TRIES + 1):
+        """The message's task, or None once it is dead-lettered: at once if malformed; if its task
+        name is unknown, after ``_UNKNOWN_NAME_GRACE_S`` (right after Ray restarts, definitions
+        return only when a driver calls ``raylane.init()`` again); after ``_HAND_OFF_TRIES``
+        failures of another kind (say, a task definition that cannot be loaded)."""
+        try:
+            msg = self._parse(item)
+        except ValueError as e:
+            await self._dead_letter(item, str(e))
+            return None
+        first_try = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                return self._parse(item)
-            except (ValueError, UnknownTaskName) as e:
-                await self._dead_letter(item, str(e))
-                return None
+                self._check_name(msg.name)
+                return msg
+            except UnknownTaskName as e:
+                if time.monotonic() - first_try >= _UNKNOWN_NAME_GRACE_S:
+                    await self._dead_letter(item, str(e), msg)
+                    return None
             except Exception as e:
                 self.stats["errors"] += 1
                 log.warning("reading %s[%d]@%d failed (try %d): %r", item.topic, item.partition, item.offset, attempt, e)
-                if attempt == _HAND_OFF_TRIES:
-                    await self._dead_letter(item, f"reading the message failed {_HAND_OFF_TRIES} times: {e!r}")
+                if attempt >= _HAND_OFF_TRIES:
+                    await self._dead_letter(item, f"reading the message failed {attempt} times: {e!r}", msg)
                     return None
-                await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
+            await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
 
     async def _handle_batch(self, items: list[Consumed]) -> None:
         prepared = await asyncio.gather(*(self._prepare(item) for item in items))
@@ -184,7 +201,7 @@ class QueueConsumer:
                     if outcome.startswith(REFUSED):
                         # The store will never accept this task's record: retrying cannot help.
                         await self._dead_letter(item, f"the store refused the record of task {msg.id}: "
-                                                      f"{outcome[len(REFUSED):]}")
+                                                      f"{outcome[len(REFUSED):]}", msg)
                         continue
                     self.stats[outcome] += 1
                     self._settle(item)
@@ -209,9 +226,12 @@ class QueueConsumer:
                     break
                 await asyncio.sleep(min(5.0, 0.2 * 2 ** poison_tries))
         for item, msg in good:
-            await self._dead_letter(item, f"the executor failed to take task {msg.id} {max(poison_tries, outage)} times")
+            await self._dead_letter(item, f"the executor failed to take task {msg.id} {max(poison_tries, outage)} times",
+                                    msg)
 
-    async def _dead_letter(self, item: Consumed, reason: str) -> None:
+    async def _dead_letter(self, item: Consumed, reason: str, msg: Optional[TaskMessage] = None) -> None:
+        """Move a message to the DLQ with the reason; a task still PENDING there is then recorded
+        FAILED (error type ``DeadLettered``), so that no accepted task is left waiting forever."""
         log.warning("dead-lettering %s[%d]@%d: %s", item.topic, item.partition, item.offset, reason)
         while True:
             try:
@@ -220,9 +240,25 @@ class QueueConsumer:
             except RaylaneError as e:
                 log.warning("dead-letter write failed, retrying: %s", e)
                 await asyncio.sleep(1.0)
+        if msg is not None:
+            await self._fail_pending(msg, reason)
         self.stats["dead_lettered"] += 1
         self.metrics.dead_lettered(item.topic)
         self._settle(item)
+
+    async def _fail_pending(self, msg: TaskMessage, reason: str) -> None:
+        for attempt in range(1, 6):
+            try:
+                stored = await asyncio.to_thread(self._store.get, msg.id)
+                if stored is None or stored.state is not TaskState.PENDING or stored.attempt != msg.attempt:
+                    return  # not submitted through raylane, or already past this message
+                failed = stored.moved_to(TaskState.FAILED, error_type="DeadLettered",
+                                         error=f"moved to {self.config.dlq_topic}: {reason}")
+                await self._keeper.write.remote([failed])
+                return
+            except Exception as e:  # the store or the keeper is briefly away
+                log.warning("recording dead-lettered task %s as FAILED failed (try %d): %r", msg.id, attempt, e)
+                await asyncio.sleep(0.5 * attempt)
 
     def _settle(self, item: Consumed) -> None:
         self._holding -= 1

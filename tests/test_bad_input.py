@@ -16,7 +16,7 @@ import raylane
 from raylane import registry
 from raylane.actors.deploy import actor_stats
 from raylane.client import submit_requests
-from raylane.errors import (InvalidTaskInput, PayloadTooLarge, TaskAlreadyFinished, TaskNotFound,
+from raylane.errors import (InvalidTaskInput, PayloadTooLarge, TaskAlreadyFinished, TaskFailed, TaskNotFound,
                             UnknownTaskName)
 from raylane.models import SubmitRequest
 
@@ -199,3 +199,23 @@ def test_resources_ray_would_refuse_are_rejected_at_submit(rl, stack, unique):
     assert "4 decimal places" in str(exc.value)
     _nothing_written(rl, stack, queue)
 
+
+
+def test_task_whose_definition_vanished_fails_via_the_dlq(rl, unique):
+    """A submitted task whose definition is gone when it is consumed (as after a Ray restart that no
+    driver followed) is dead-lettered after a grace period, and its record ends FAILED, not PENDING."""
+    from ray.experimental import internal_kv as kv
+
+    @raylane.task(name=f"test.vanishing_{unique}")
+    def vanishing() -> int:
+        return 1
+
+    queue = f"q-{unique}"
+    rl.pause(queue)
+    h = vanishing.options(queue=queue).submit()
+    kv._internal_kv_del(registry._NAME_KEY + f"test.vanishing_{unique}", namespace=registry._KV_NAMESPACE)
+    rl.resume(queue)
+    with pytest.raises(TaskFailed):
+        h.result(timeout=90)
+    rec = h.record()
+    assert rec.error_type == "DeadLettered" and "raylane.dlq" in rec.error and "test.vanishing_" in rec.error
