@@ -14,6 +14,13 @@ STATUS_KEEPER = "StatusKeeper"
 EXECUTOR = "Executor"
 REQUEST_HANDLER = "RequestHandler"
 QUEUE_CONSUMER = "QueueConsumer"
+
+
+def executor_name(index: int) -> str:
+    """Actor name of executor ``index``: ``Executor``, then ``Executor-1``, ``Executor-2``..."""
+    return EXECUTOR if index == 0 else f"{EXECUTOR}-{index}"
+
+
 # Prefix of a hand-off outcome whose RUNNING claim the store refused outright (not a version
 # conflict): the task's record can never be written, so its message is dead-lettered.
 REFUSED = "refused: "
@@ -36,6 +43,7 @@ class ActorConfig(BaseModel):
     max_in_flight: int
     max_running: int
     consumers: int = 1
+    executors: int = 1
     consumer_group: str = "raylane-workers"
 
 

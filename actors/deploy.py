@@ -10,7 +10,7 @@ import ray
 
 from raylane.errors import StackError
 
-from raylane.actors.common import EXECUTOR, QUEUE_CONSUMER, REQUEST_HANDLER, STATUS_KEEPER, ActorConfig
+from raylane.actors.common import QUEUE_CONSUMER, REQUEST_HANDLER, STATUS_KEEPER, ActorConfig, executor_name
 from raylane.actors.executor import Executor
 from raylane.actors.queue_consumer import QueueConsumer
 from raylane.actors.request_handler import RequestHandler
@@ -39,22 +39,24 @@ def create_actors(config: ActorConfig) -> list:
     """
     keeper = ray.remote(StatusKeeper).options(**_options(config, STATUS_KEEPER)).remote(config)
     ray.get(keeper.get_stats.remote())
-    executor = ray.remote(Executor).options(**_options(config, EXECUTOR)).remote(config)
-    ray.get(executor.get_stats.remote())
+    executors = [ray.remote(Executor).options(**_options(config, executor_name(j))).remote(config)
+                 for j in range(config.executors)]
+    ray.get([e.get_stats.remote() for e in executors])
     # Consumers are spread over the nodes, so that one node's loss stops only its share until Ray
     # restarts them elsewhere. Ray spreads only actors that reserve something, hence a sliver of CPU.
     members = [ray.remote(QueueConsumer).options(**dict(_options(config, f"{QUEUE_CONSUMER}-{i}"), num_cpus=0.001),
                                                  scheduling_strategy="SPREAD").remote(config, i)
                for i in range(config.consumers)]
-    ray.get([a.ensure_running.remote() for a in [keeper, executor, *members]])
+    ray.get([a.ensure_running.remote() for a in [keeper, *executors, *members]])
     handler = ray.remote(RequestHandler).options(**_options(config, REQUEST_HANDLER)).remote(config)
     ray.get(handler.task_names.remote())
-    return [handler, keeper, executor, *members]
+    return [handler, keeper, *executors, *members]
 
 
-def actor_stats(namespace: str, consumers: int = 1) -> dict:
-    """Counters of every actor, by actor name (for operators, tests and benchmarks)."""
-    names = [STATUS_KEEPER, EXECUTOR] + [f"{QUEUE_CONSUMER}-{i}" for i in range(consumers)]
+def actor_stats(namespace: str) -> dict:
+    """Counters of every raylane actor that keeps them (all but the RequestHandler), by actor name."""
+    names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                   if a["namespace"] == namespace and a["name"] != REQUEST_HANDLER)
     return {n: ray.get(ray.get_actor(n, namespace=namespace).get_stats.remote()) for n in names}
 
 

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from ray.exceptions import RayActorError
 
 from raylane import registry
-from raylane.actors.common import EXECUTOR, REFUSED, STATUS_KEEPER, ActorConfig
+from raylane.actors.common import REFUSED, STATUS_KEEPER, ActorConfig, executor_name
 from raylane.actors.metrics import ConsumerMetrics
 from raylane.errors import RaylaneError, ServiceUnavailable, UnknownTaskName
 from raylane.models import TaskMessage
@@ -59,7 +59,8 @@ class QueueConsumer:
     def __init__(self, config: ActorConfig, index: int = 0):
         self.config = config
         self.index = index
-        self._executor = ray.get_actor(EXECUTOR, namespace=config.namespace)
+        # Consumers are spread over the executors; each hands its tasks to one.
+        self._executor = ray.get_actor(executor_name(index % config.executors), namespace=config.namespace)
         self._keeper = ray.get_actor(STATUS_KEEPER, namespace=config.namespace)
         self._producer = KafkaTaskQueue(config.kafka_bootstrap, prefix=config.topic_prefix, dlq_topic=config.dlq_topic,
                                         partitions=config.partitions, max_payload_bytes=config.max_payload_bytes)

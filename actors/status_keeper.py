@@ -15,7 +15,7 @@ from typing import Optional
 
 import ray
 
-from raylane.actors.common import EXECUTOR, ActorConfig, GroupCommit
+from raylane.actors.common import ActorConfig, GroupCommit, executor_name
 from raylane.actors.metrics import KeeperMetrics
 from raylane.errors import StoreUnavailable
 from raylane.models import TaskRecord, WriteOutcome, utcnow
@@ -47,7 +47,7 @@ class StatusKeeper:
         self._running: dict[str, _Running] = {}
         self._recent: OrderedDict[str, tuple[int, TaskState]] = OrderedDict()  # id -> (attempt, terminal state)
         self._waiters: dict[str, list[asyncio.Future]] = {}
-        self._executor = None
+        self._executors: Optional[list] = None
         self.stats = {"writes": 0, "accepted": 0, "rejected": 0, "bulk_requests": 0, "timeouts": 0, "kills": 0}
         self.metrics = KeeperMetrics()
 
@@ -156,10 +156,14 @@ class StatusKeeper:
             self.stats["timeouts"] += sum(o.accepted for o in outcomes)
 
     def _kill(self, task_id: str) -> None:
-        if self._executor is None:
-            self._executor = ray.get_actor(EXECUTOR, namespace=self.config.namespace)
+        # Every executor hears it: the one running the task stops it, and one that has its claim
+        # in flight will not launch it; the others have nothing of it.
+        if self._executors is None:
+            self._executors = [ray.get_actor(executor_name(j), namespace=self.config.namespace)
+                               for j in range(self.config.executors)]
         self.stats["kills"] += 1
-        self._executor.kill.remote(task_id)
+        for executor in self._executors:
+            executor.kill.remote(task_id)
 
     # ----- waiting
     async def wait(self, task_id: str, timeout_s: float) -> Optional[TaskRecord]:

@@ -57,7 +57,8 @@ def _actor_config(settings: Settings, endpoints: Endpoints):
                        topic_prefix=settings.topic_prefix, dlq_topic=settings.dlq_topic,
                        default_queue=settings.default_queue, partitions=settings.partitions,
                        max_payload_bytes=settings.max_payload_bytes, max_in_flight=settings.max_in_flight,
-                       max_running=settings.max_running, consumers=settings.consumers)
+                       max_running=settings.max_running, consumers=settings.consumers,
+                       executors=settings.executors)
 
 
 def _endpoints(settings: Settings, start_missing: bool) -> Endpoints:

@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(64, ge=1, description="Tasks a queue consumer holds between poll and RUNNING.")
     max_running: int = Field(32, ge=1, description="Tasks an executor runs at once.")
     consumers: int = Field(1, ge=1, le=64, description="QueueConsumer actors per deployment.")
+    executors: int = Field(1, ge=1, le=16, description="Executor actors per deployment (consumers are spread over them).")
     index_alias: str = Field("raylane-tasks", description="OpenSearch alias of the status index.")
     topic_prefix: str = Field("raylane.tasks.", description="Prefix of the per-queue Kafka topics.")
     dlq_topic: str = Field("raylane.dlq", description="Kafka topic for malformed task messages.")

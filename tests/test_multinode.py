@@ -2,7 +2,7 @@
 
 A private Ray head and a worker node (own ports) run on this machine; a driver process
 configured only by ``RAYLANE_*`` addresses deploys raylane there with two QueueConsumers
-spread over the nodes, submits a batch whose tasks run on both, and the worker node is
+spread over the nodes and two Executors, submits a batch whose tasks run on both, and the worker node is
 killed mid-run. Every task must end in exactly one terminal state.
 """
 from __future__ import annotations
@@ -56,6 +56,7 @@ DRIVER = textwrap.dedent('''
     handles = work.submit_many([(i,) for i in range(int(sys.argv[2]))])
     records = [h.wait(timeout=300) for h in handles]
     print(json.dumps({"records": [{"id": r.id, "state": r.state.value, "attempt": r.attempt,
+                                   "executor": r.lease_owner,
                                    "result": r.result, "errors": [a.error_type for a in r.attempts]}
                                   for r in records]}), flush=True)
 ''')
@@ -134,7 +135,7 @@ def test_tasks_spread_over_two_nodes_survive_losing_one(stack, store, two_nodes,
                RAYLANE_KAFKA_BOOTSTRAP=stack.kafka.address, RAYLANE_OPENSEARCH_URL=stack.opensearch.address,
                RAYLANE_NAMESPACE=f"mn-{unique}", RAYLANE_TOPIC_PREFIX=f"mn-{unique}.tasks.",
                RAYLANE_DLQ_TOPIC=f"mn-{unique}.dlq", RAYLANE_INDEX_ALIAS=f"mn-{unique}-tasks",
-               RAYLANE_CONSUMERS="2", RAYLANE_MAX_RUNNING="8")
+               RAYLANE_CONSUMERS="2", RAYLANE_EXECUTORS="2", RAYLANE_MAX_RUNNING="8")
     env.pop("RAY_ADDRESS", None)
     driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(marker_dir), str(n)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -169,8 +170,10 @@ def test_tasks_spread_over_two_nodes_survive_losing_one(stack, store, two_nodes,
     records = next(x["records"] for x in lines if "records" in x)
     recovered_in = time.monotonic() - killed_at
 
-    # The two consumers were spread over the two nodes.
+    # The two consumers were spread over the two nodes, and each fed its own executor.
     assert placement.get("QueueConsumer-0") != placement.get("QueueConsumer-1"), placement
+    assert {"Executor", "Executor-1"} <= set(placement)
+    assert len({r["executor"] for r in records}) >= 2, "tasks ran under both executors"
     on_worker = sorted(a for a, node in placement.items() if node != head_node)
     # Every task reached exactly one terminal state, SUCCEEDED (retries absorb the lost node).
     assert len(records) == n and {r["state"] for r in records} == {"SUCCEEDED"}, records
