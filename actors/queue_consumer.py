@@ -154,15 +154,24 @@ class QueueConsumer:
         return msg
 
     def _check_name(self, name: str) -> None:
-        if name not in self._known_names:
-            registry.load(name)  # raises UnknownTaskName
-            self._known_names.add(name)
+        if name in self._known_names:
+            return
+        try:
+            registry.load(name)
+        except UnknownTaskName:
+            # Ray forgets definitions when it restarts; the store keeps a copy of each published one.
+            kept = self._store.load_definition(name)
+            if kept is None:
+                raise
+            registry.restore(name, *kept)
+            registry.load(name)
+        self._known_names.add(name)
 
     async def _prepare(self, item: Consumed) -> Optional[TaskMessage]:
         """The message's task, or None once it is dead-lettered: at once if malformed; if its task
-        name is unknown, after ``_UNKNOWN_NAME_GRACE_S`` (right after Ray restarts, definitions
-        return only when a driver calls ``raylane.init()`` again); after ``_HAND_OFF_TRIES``
-        failures of another kind (say, a task definition that cannot be loaded)."""
+        name is unknown to Ray and to the store's kept definitions, after ``_UNKNOWN_NAME_GRACE_S``
+        (a driver may be about to publish it); after ``_HAND_OFF_TRIES`` failures of another kind
+        (say, a task definition that cannot be loaded)."""
         try:
             msg = self._parse(item)
         except ValueError as e:

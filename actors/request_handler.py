@@ -19,7 +19,7 @@ from raylane import registry
 from raylane.actors.common import STATUS_KEEPER, ActorConfig, replies_errors
 from raylane.errors import (InvalidTaskInput, QueueUnavailable, StoreUnavailable, TaskAlreadyFinished,
                             TaskNotFound)
-from raylane.models import QUEUE_PATTERN, SubmitRequest, TaskMessage, TaskRecord, new_task_id, utcnow
+from raylane.models import NAME_PATTERN, QUEUE_PATTERN, SubmitRequest, TaskMessage, TaskRecord, new_task_id, utcnow
 from raylane.queue import KafkaTaskQueue
 from raylane.states import TaskState
 from raylane.store import OpenSearchStore, TaskQuery
@@ -163,6 +163,13 @@ class RequestHandler:
     async def refresh(self) -> None:
         """Make every accepted write visible to search now."""
         await asyncio.to_thread(self.store.refresh)
+
+    @replies_errors
+    async def keep_definition(self, name: str, digest: str, blob: bytes) -> None:
+        """Keep a published task definition in the store, so that queued tasks outlive a Ray restart."""
+        if not isinstance(name, str) or not re.match(NAME_PATTERN, name) or not isinstance(blob, bytes):
+            raise InvalidTaskInput(f"not a task definition: {name!r}")
+        await asyncio.to_thread(self.store.save_definition, name, digest, blob)
 
     @replies_errors
     async def set_paused(self, queue: str, paused: bool) -> None:

@@ -22,7 +22,7 @@ from raylane.states import TaskState
 
 log = logging.getLogger("raylane")
 
-_IDEMPOTENT = {"get", "wait", "search", "counts", "refresh", "set_paused", "task_names"}
+_IDEMPOTENT = {"get", "wait", "search", "counts", "refresh", "set_paused", "task_names", "keep_definition"}
 _lock = threading.RLock()
 _conn: Optional["_Connection"] = None
 
@@ -33,6 +33,14 @@ class _Connection:
         self.handler = handler
         self.owns_ray = owns_ray
         self.published: set[int] = set()
+
+    def publish(self, defn: TaskDefinition) -> None:
+        """Register ``defn`` in Ray and keep a copy in the store, so queued tasks of it can still
+        run after the Ray cluster restarts."""
+        from raylane import registry
+        digest, blob = registry.publish(defn)
+        self.call("keep_definition", defn.name, digest, blob)
+        self.published.add(id(defn))
 
     def call(self, method: str, *args: Any) -> Any:
         """Call the RequestHandler. Read-only calls ride out a restart of the actor; a submit or
@@ -130,8 +138,7 @@ def init(**overrides: Any) -> None:
         conn = _Connection(settings, handler, owns_ray)
         from raylane.builtin import echo
         for defn in [echo.definition, *defined_here()]:
-            registry.publish(defn)
-            conn.published.add(id(defn))
+            conn.publish(defn)
         _conn = conn
 
 
@@ -140,8 +147,7 @@ def published_if_connected(defn: TaskDefinition) -> None:
     from raylane import registry
     with _lock:
         if _conn is not None and id(defn) not in _conn.published:
-            registry.publish(defn)
-            _conn.published.add(id(defn))
+            _conn.publish(defn)
 
 
 def shutdown() -> None:

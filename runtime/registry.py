@@ -75,13 +75,19 @@ def dumps_definition(defn: TaskDefinition) -> bytes:
             cloudpickle.unregister_pickle_by_value(sys.modules[module_name])
 
 
-def publish(defn: TaskDefinition) -> None:
-    """Make ``defn`` loadable by name anywhere in the connected Ray cluster."""
-    from ray.experimental import internal_kv as kv
+def publish(defn: TaskDefinition) -> tuple[str, bytes]:
+    """Make ``defn`` loadable by name anywhere in the connected Ray cluster; returns its digest and pickle."""
     blob = dumps_definition(defn)
     digest = hashlib.sha256(blob).hexdigest()
+    restore(defn.name, digest, blob)
+    return digest, blob
+
+
+def restore(name: str, digest: str, blob: bytes) -> None:
+    """Register a pickled definition under ``name`` (as ``publish`` does, or from a kept copy)."""
+    from ray.experimental import internal_kv as kv
     kv._internal_kv_put(_BLOB_KEY + digest, blob, overwrite=True, namespace=_KV_NAMESPACE)
-    kv._internal_kv_put(_NAME_KEY + defn.name, digest, overwrite=True, namespace=_KV_NAMESPACE)
+    kv._internal_kv_put(_NAME_KEY + name, digest, overwrite=True, namespace=_KV_NAMESPACE)
 
 
 _loaded: dict[str, TaskDefinition] = {}  # digest -> definition, per process

@@ -7,6 +7,7 @@ higher than the stored one, and says so per write. Writes never read first.
 from __future__ import annotations
 
 import abc
+import base64
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional, Sequence
 
@@ -77,6 +78,14 @@ class StatusStore(abc.ABC):
         """The queues currently paused."""
 
     @abc.abstractmethod
+    def save_definition(self, name: str, digest: str, blob: bytes) -> None:
+        """Keep a published task definition (pickled), so that it outlives the Ray cluster."""
+
+    @abc.abstractmethod
+    def load_definition(self, name: str) -> Optional[tuple[str, bytes]]:
+        """The kept definition of ``name``: its digest and pickle; None if there is none."""
+
+    @abc.abstractmethod
     def heartbeat(self, owner: str, ttl_s: float) -> None:
         """Declare executor incarnation ``owner`` alive for ``ttl_s`` more seconds."""
 
@@ -133,6 +142,7 @@ class OpenSearchStore(StatusStore):
         self._client = OpenSearch(hosts=[conn.url], http_auth=auth, verify_certs=conn.verify_certs,
                                   ca_certs=conn.ca_certs, timeout=timeout_s, max_retries=2,
                                   retry_on_timeout=True, http_compress=False)
+        self._blob_mapped = False
 
     @property
     def client(self):
@@ -271,6 +281,35 @@ class OpenSearchStore(StatusStore):
         except NotFoundError:
             return set()
         return {h["_source"]["queue"] for h in resp["hits"]["hits"]}
+
+    def save_definition(self, name: str, digest: str, blob: bytes) -> None:
+        if not self._blob_mapped:
+            self._map_blob()
+        self._call(self._client.index, index=self._control_index, id=f"definition:{name}",
+                   body={"kind": "definition", "name": name, "digest": digest,
+                         "blob": base64.b64encode(blob).decode()})
+
+    def _map_blob(self) -> None:
+        # A pickle is kept, never searched: map it as binary (not indexed) before the first one.
+        from opensearchpy.exceptions import NotFoundError, RequestError
+        mapping = {"properties": {"blob": {"type": "binary"}}}
+        try:
+            self._call(self._client.indices.put_mapping, index=self._control_index, body=mapping)
+        except NotFoundError:
+            try:
+                self._call(self._client.indices.create, index=self._control_index, body={"mappings": mapping})
+            except RequestError as e:
+                if "resource_already_exists" not in str(e):
+                    raise StoreUnavailable(f"could not create {self._control_index}: {e}") from e
+        self._blob_mapped = True
+
+    def load_definition(self, name: str) -> Optional[tuple[str, bytes]]:
+        from opensearchpy.exceptions import NotFoundError
+        try:
+            doc = self._call(self._client.get, index=self._control_index, id=f"definition:{name}")
+        except NotFoundError:
+            return None
+        return doc["_source"]["digest"], base64.b64decode(doc["_source"]["blob"])
 
     def heartbeat(self, owner: str, ttl_s: float) -> None:
         expires = datetime.now(timezone.utc) + timedelta(seconds=ttl_s)

@@ -201,19 +201,42 @@ def test_resources_ray_would_refuse_are_rejected_at_submit(rl, stack, unique):
 
 
 
-def test_task_whose_definition_vanished_fails_via_the_dlq(rl, unique):
-    """A submitted task whose definition is gone when it is consumed (as after a Ray restart that no
-    driver followed) is dead-lettered after a grace period, and its record ends FAILED, not PENDING."""
+def _forget_in_ray(name: str) -> None:
     from ray.experimental import internal_kv as kv
+    kv._internal_kv_del(registry._NAME_KEY + name, namespace=registry._KV_NAMESPACE)
 
-    @raylane.task(name=f"test.vanishing_{unique}")
+
+def test_definition_lost_by_ray_is_restored_from_the_store(rl, unique):
+    """Ray forgets task definitions when it restarts; the consumer restores a queued task's
+    definition from the copy kept in OpenSearch, and the task runs."""
+    name = f"test.restored_{unique}"
+
+    @raylane.task(name=name)
+    def restored(x: int) -> int:
+        return x * 2
+
+    queue = f"q-{unique}"
+    rl.pause(queue)
+    h = restored.options(queue=queue).submit(21)
+    _forget_in_ray(name)
+    rl.resume(queue)
+    assert h.result(timeout=60) == 42
+
+
+def test_task_whose_definition_vanished_fails_via_the_dlq(rl, store, unique):
+    """A submitted task whose definition is gone from Ray and from the store when it is consumed
+    is dead-lettered after a grace period, and its record ends FAILED, not PENDING."""
+    name = f"test.vanishing_{unique}"
+
+    @raylane.task(name=name)
     def vanishing() -> int:
         return 1
 
     queue = f"q-{unique}"
     rl.pause(queue)
     h = vanishing.options(queue=queue).submit()
-    kv._internal_kv_del(registry._NAME_KEY + f"test.vanishing_{unique}", namespace=registry._KV_NAMESPACE)
+    _forget_in_ray(name)
+    store.client.delete(index=f"{store.alias}_control", id=f"definition:{name}", refresh="true")
     rl.resume(queue)
     with pytest.raises(TaskFailed):
         h.result(timeout=90)
