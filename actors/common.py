@@ -1,6 +1,7 @@
 """What every raylane actor shares: its configuration, names, and how errors cross to callers."""
 from __future__ import annotations
 
+import asyncio
 import functools
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -80,8 +81,6 @@ class GroupCommit:
     is flushed at once."""
 
     def __init__(self, flush: Callable[[list], Awaitable[list]], max_batch: int = 1000):
-        import asyncio
-        self._asyncio = asyncio
         self._flush = flush
         self._max_batch = max_batch
         self._pending: list = []
@@ -90,7 +89,6 @@ class GroupCommit:
 
     async def submit_many(self, items: list) -> list:
         """Results of ``flush`` for ``items``, in order; a failed flush raises in every caller of that batch."""
-        asyncio = self._asyncio
         if self._loop_task is None or self._loop_task.done():
             self._wakeup = asyncio.Event()
             self._loop_task = asyncio.create_task(self._run())

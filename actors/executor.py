@@ -173,11 +173,15 @@ class Executor:
         later = [i for i, m in enumerate(msgs) if m.not_before and m.not_before > now]
         if not later:
             return await self._start_ready(msgs)
-        ready = [m for i, m in enumerate(msgs) if i not in set(later)]
-        results = await asyncio.gather(self._start_ready(ready), *[self._start_after_backoff(msgs[i]) for i in later])
-        by_id = dict(zip((m.id for m in ready), results[0]))
-        by_id.update({msgs[i].id: r[0] for i, r in zip(later, results[1:])})
-        return [by_id[m.id] for m in msgs]
+        ready = [i for i, m in enumerate(msgs) if not (m.not_before and m.not_before > now)]
+        results = await asyncio.gather(self._start_ready([msgs[i] for i in ready]),
+                                       *[self._start_after_backoff(msgs[i]) for i in later])
+        out: list[str] = [""] * len(msgs)
+        for i, outcome in zip(ready, results[0]):
+            out[i] = outcome
+        for i, [outcome] in zip(later, results[1:]):
+            out[i] = outcome
+        return out
 
     async def _start_after_backoff(self, msg: TaskMessage) -> list[str]:
         await asyncio.sleep(max(0.0, (msg.not_before - utcnow()).total_seconds()))

@@ -165,11 +165,13 @@ class RequestHandler:
         await asyncio.to_thread(self.store.refresh)
 
     @replies_errors
-    async def keep_definition(self, name: str, digest: str, blob: bytes) -> None:
-        """Keep a published task definition in the store, so that queued tasks outlive a Ray restart."""
-        if not isinstance(name, str) or not re.match(NAME_PATTERN, name) or not isinstance(blob, bytes):
-            raise InvalidTaskInput(f"not a task definition: {name!r}")
-        await asyncio.to_thread(self.store.save_definition, name, digest, blob)
+    async def keep_definitions(self, definitions: list[tuple[str, str, bytes]]) -> None:
+        """Keep published task definitions (name, digest, pickle) in the store, so that queued
+        tasks outlive a Ray restart."""
+        for name, _, blob in definitions:
+            if not isinstance(name, str) or not re.match(NAME_PATTERN, name) or not isinstance(blob, bytes):
+                raise InvalidTaskInput(f"not a task definition: {name!r}")
+        await asyncio.to_thread(self.store.save_definitions, definitions)
 
     @replies_errors
     async def set_paused(self, queue: str, paused: bool) -> None:

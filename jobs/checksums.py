@@ -162,13 +162,14 @@ def main(argv: list[str] | None = None) -> int:
 def _unintended_states(tag: str, total: int, cancelled: set[str], stalled: set[str]) -> dict[str, set[str]]:
     """Tasks of the run whose final state is not the intended one, by state."""
     out: dict[str, set[str]] = {}
+    found: dict[str, set[str]] = {}
     for state in ("FAILED", "CANCELLED", "TIMED_OUT", "RUNNING", "PENDING"):
-        ids = {r.id for r in raylane.search(tag=tag, state=state, limit=total)}
+        found[state] = {r.id for r in raylane.search(tag=tag, state=state, limit=total)}
         allowed = cancelled if state == "CANCELLED" else stalled if state == "TIMED_OUT" else set()
-        if ids - allowed:
-            out[state] = ids - allowed
+        if found[state] - allowed:
+            out[state] = found[state] - allowed
     # A stalled task must have been stopped by its timeout (or by a cancel, which is in `cancelled`).
-    missed = stalled - {r.id for r in raylane.search(tag=tag, state="TIMED_OUT", limit=total)}
+    missed = stalled - found["TIMED_OUT"]
     if missed:
         out["stalled but not TIMED_OUT"] = missed
     return out

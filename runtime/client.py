@@ -22,7 +22,7 @@ from raylane.states import TaskState
 
 log = logging.getLogger("raylane")
 
-_IDEMPOTENT = {"get", "wait", "search", "counts", "refresh", "set_paused", "task_names", "keep_definition"}
+_IDEMPOTENT = {"get", "wait", "search", "counts", "refresh", "set_paused", "task_names", "keep_definitions"}
 _lock = threading.RLock()
 _conn: Optional["_Connection"] = None
 
@@ -34,13 +34,13 @@ class _Connection:
         self.owns_ray = owns_ray
         self.published: set[int] = set()
 
-    def publish(self, defn: TaskDefinition) -> None:
-        """Register ``defn`` in Ray and keep a copy in the store, so queued tasks of it can still
-        run after the Ray cluster restarts."""
+    def publish(self, *definitions: TaskDefinition) -> None:
+        """Register definitions in Ray and keep a copy of each in the store (one call for all), so
+        queued tasks can still run after the Ray cluster restarts."""
         from raylane import registry
-        digest, blob = registry.publish(defn)
-        self.call("keep_definition", defn.name, digest, blob)
-        self.published.add(id(defn))
+        kept = [(defn.name, *registry.publish(defn)) for defn in definitions]
+        self.call("keep_definitions", kept)
+        self.published.update(id(defn) for defn in definitions)
 
     def call(self, method: str, *args: Any) -> Any:
         """Call the RequestHandler. Read-only calls ride out a restart of the actor; a submit or
@@ -110,7 +110,6 @@ def init(**overrides: Any) -> None:
     Safe to call more than once, and from inside a Ray task or job.
     """
     import ray
-    from raylane import registry
     from raylane.actors.deploy import deploy, find_request_handler
     from raylane.tasks import defined_here
     global _conn
@@ -137,14 +136,12 @@ def init(**overrides: Any) -> None:
             handler = deploy(_actor_config(settings, endpoints), dashboard)
         conn = _Connection(settings, handler, owns_ray)
         from raylane.builtin import echo
-        for defn in [echo.definition, *defined_here()]:
-            conn.publish(defn)
+        conn.publish(echo.definition, *defined_here())
         _conn = conn
 
 
 def published_if_connected(defn: TaskDefinition) -> None:
     """Publish a task defined after ``init()`` right away."""
-    from raylane import registry
     with _lock:
         if _conn is not None and id(defn) not in _conn.published:
             _conn.publish(defn)

@@ -78,8 +78,8 @@ class StatusStore(abc.ABC):
         """The queues currently paused."""
 
     @abc.abstractmethod
-    def save_definition(self, name: str, digest: str, blob: bytes) -> None:
-        """Keep a published task definition (pickled), so that it outlives the Ray cluster."""
+    def save_definitions(self, definitions: Sequence[tuple[str, str, bytes]]) -> None:
+        """Keep published task definitions (name, digest, pickle), so that they outlive the Ray cluster."""
 
     @abc.abstractmethod
     def load_definition(self, name: str) -> Optional[tuple[str, bytes]]:
@@ -282,12 +282,19 @@ class OpenSearchStore(StatusStore):
             return set()
         return {h["_source"]["queue"] for h in resp["hits"]["hits"]}
 
-    def save_definition(self, name: str, digest: str, blob: bytes) -> None:
+    def save_definitions(self, definitions: Sequence[tuple[str, str, bytes]]) -> None:
+        if not definitions:
+            return
         if not self._blob_mapped:
             self._map_blob()
-        self._call(self._client.index, index=self._control_index, id=f"definition:{name}",
-                   body={"kind": "definition", "name": name, "digest": digest,
-                         "blob": base64.b64encode(blob).decode()})
+        body: list[dict] = []
+        for name, digest, blob in definitions:
+            body.append({"index": {"_index": self._control_index, "_id": f"definition:{name}"}})
+            body.append({"kind": "definition", "name": name, "digest": digest, "blob": base64.b64encode(blob).decode()})
+        resp = self._call(self._client.bulk, body=body)
+        if resp.get("errors"):
+            failed = [i["index"].get("error") for i in resp["items"] if i["index"].get("error")]
+            raise StoreUnavailable(f"could not keep {len(failed)} task definition(s): {failed[0]}")
 
     def _map_blob(self) -> None:
         # A pickle is kept, never searched: map it as binary (not indexed) before the first one.
