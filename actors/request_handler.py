@@ -57,6 +57,9 @@ class RequestHandler:
 
     def _message(self, req: SubmitRequest) -> TaskMessage:
         defn = registry.load(req.name)
+        if req.tenant is not None and req.queue is not None and not self.queue.queue_exists(req.queue):
+            # Tenants (HTTP clients) use the queues there are; they do not make Kafka topics.
+            raise InvalidTaskInput(f"queue {req.queue!r} does not exist; tenants can use existing queues only")
         registry.encode_arguments(req.args, req.kwargs, self.config.max_payload_bytes)
         defn.validate_call(req.args, req.kwargs)
         return TaskMessage(id=new_task_id(), name=req.name, queue=req.queue or defn.queue or self.config.default_queue,
@@ -65,7 +68,7 @@ class RequestHandler:
                            resources=req.resources or defn.resources,
                            tags=req.tags if req.tags is not None else list(defn.tags), created_at=utcnow(),
                            retry=defn.retry if req.max_retries is None else
-                           defn.retry.model_copy(update={"max_retries": req.max_retries}))
+                           defn.retry.model_copy(update={"max_retries": req.max_retries}), tenant=req.tenant)
 
     async def _create(self, messages: list[TaskMessage]) -> list[str]:
         records = [TaskRecord.pending(m) for m in messages]
@@ -100,24 +103,26 @@ class RequestHandler:
                 raise
         return await self._create(messages) if messages else []
 
-    async def _get(self, task_id: str) -> TaskRecord:
+    async def _get(self, task_id: str, tenant: Optional[str] = None) -> TaskRecord:
         if not isinstance(task_id, str) or not _ID.match(task_id):
             raise TaskNotFound(str(task_id))
         record = await asyncio.to_thread(self.store.get, task_id)
-        if record is None:
+        # Another tenant's task is reported exactly like a missing one, so ids reveal nothing.
+        if record is None or (tenant is not None and record.tenant != tenant):
             raise TaskNotFound(task_id)
         return record
 
     @replies_errors
-    async def get(self, task_id: str) -> TaskRecord:
-        """The current record of a task (real-time)."""
-        return await self._get(task_id)
+    async def get(self, task_id: str, tenant: Optional[str] = None) -> TaskRecord:
+        """The current record of a task (real-time); with ``tenant``, only if the task is that tenant's."""
+        return await self._get(task_id, tenant)
 
     @replies_errors
-    async def cancel(self, task_id: str) -> TaskRecord:
-        """Cancel a task that has not finished; raises ``TaskAlreadyFinished`` if it has."""
+    async def cancel(self, task_id: str, tenant: Optional[str] = None) -> TaskRecord:
+        """Cancel a task that has not finished; raises ``TaskAlreadyFinished`` if it has.
+        With ``tenant``, only that tenant's task (any other is ``TaskNotFound``)."""
         for _ in range(5):
-            record = await self._get(task_id)
+            record = await self._get(task_id, tenant)
             if record.finished:
                 raise TaskAlreadyFinished(task_id, record.state.value)
             # A failed attempt with a retry coming: cancel the coming attempt.
@@ -132,11 +137,12 @@ class RequestHandler:
         raise TaskAlreadyFinished(task_id, record.state.value)
 
     @replies_errors
-    async def wait(self, task_id: str, timeout_s: float) -> TaskRecord:
-        """The task's record once it is terminal, or its current record after ``timeout_s``."""
+    async def wait(self, task_id: str, timeout_s: float, tenant: Optional[str] = None) -> TaskRecord:
+        """The task's record once it is terminal, or its current record after ``timeout_s``
+        (with ``tenant``, only that tenant's task)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            record = await self._get(task_id)
+            record = await self._get(task_id, tenant)
             left = deadline - time.monotonic()
             if record.finished or left <= 0:
                 return record

@@ -17,7 +17,9 @@ def _stack(args: argparse.Namespace) -> int:
         statuses = stack.up(only=args.services or None)
         if not args.no_actors:
             from raylane.client import deploy_on_local_stack
-            deploy_on_local_stack(stack)
+            url = deploy_on_local_stack(stack, http=args.http)
+            if url:
+                print(f"raylane HTTP API and web page: {url}  (OpenAPI: {url}/openapi.json)", file=sys.stderr)
     elif args.stack_cmd == "down":
         stack.down(grace_s=args.grace, only=args.services or None)
         statuses = stack.status()
@@ -32,6 +34,41 @@ def _stack(args: argparse.Namespace) -> int:
             print(f"{s.name:<11} {state:<8} pid {pid!s:<8} {s.address:<28} rss {s.rss_bytes / 2**20:7.1f} MiB  log {s.log_file}")
     if args.stack_cmd == "status" and not all(s.running for s in statuses):
         return 3
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import raylane
+    from raylane.api import deploy_http, remove_http
+    from raylane.client import current_settings
+    overrides = {k: v for k, v in (("http_host", args.host), ("http_port", args.port)) if v is not None}
+    raylane.init(**overrides)
+    if args.stop:
+        remove_http()
+        print("raylane HTTP API removed")
+        return 0
+    url = deploy_http(current_settings())
+    print(url)
+    print(f"  web page {url}/ui   OpenAPI {url}/openapi.json   tokens {current_settings().tokens_path}", file=sys.stderr)
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from raylane.tokens import TokenFile
+    tokens = TokenFile(Settings.from_env().tokens_path)
+    if args.token_cmd == "create":
+        entry, token = tokens.create(args.tenant, "read" if args.read_only else "write", args.note or "")
+        print(token)
+        print(f"token {entry.id} for tenant {entry.tenant} ({entry.scope}); it is shown only now, "
+              f"{tokens.path} keeps its hash", file=sys.stderr)
+    elif args.token_cmd == "list":
+        for e in tokens.entries():
+            print(f"{e.id}  {e.tenant:<20} {e.scope:<5} {e.created_at:%Y-%m-%d %H:%M:%S}  {e.note}")
+    else:
+        if not tokens.revoke(args.id):
+            print(f"raylane: error: no token with id {args.id!r}", file=sys.stderr)
+            return 2
+        print(f"token {args.id} revoked")
     return 0
 
 
@@ -138,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start only these (kafka, opensearch, ray); default all")
     up.add_argument("--json", action="store_true", help="print the resulting status as JSON")
     up.add_argument("--no-actors", action="store_true", help="start only the services, not raylane's actors")
+    up.add_argument("--http", action="store_true",
+                    help="also serve the HTTP API and web page with Ray Serve (RAYLANE_HTTP_PORT, default 28000)")
     down = st_sub.add_parser("down", help="stop the processes the stack started")
     down.add_argument("services", nargs="*", choices=["kafka", "opensearch", "ray", []], metavar="SERVICE",
                       help="stop only these (kafka, opensearch, ray); default all")
@@ -192,6 +231,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tag", action="append", help="only tasks with this tag")
     sp.add_argument("--json", action="store_true", help="print as JSON")
     sp.set_defaults(func=_counts)
+
+    sp = sub.add_parser("serve", help="serve the HTTP API and web page with Ray Serve; prints the URL",
+                        description="Deploy raylane's HTTP API (FastAPI on Ray Serve) on the connected Ray cluster, "
+                                    "starting the local stack if nothing is configured. It keeps running after this "
+                                    "command returns; tokens come from `raylane token create`.")
+    sp.add_argument("--host", help="listen address (default RAYLANE_HTTP_HOST, 127.0.0.1)")
+    sp.add_argument("--port", type=int, help="listen port (default RAYLANE_HTTP_PORT, 28000)")
+    sp.add_argument("--stop", action="store_true", help="remove the HTTP API instead")
+    sp.set_defaults(func=_serve)
+
+    tk = sub.add_parser("token", help="manage the HTTP API's tokens", description=(
+        "Tokens of the HTTP API, each bound to a tenant. The token file (RAYLANE_TOKEN_FILE, default "
+        "RAYLANE_HOME/tokens.json) keeps only their SHA-256; a running API sees changes at once."))
+    tk_sub = tk.add_subparsers(dest="token_cmd", required=True, metavar="ACTION")
+    tc = tk_sub.add_parser("create", help="make a token for a tenant and print it (only this once)")
+    tc.add_argument("--tenant", required=True, help="tenant the token acts for (lowercase letters, digits, _ and -)")
+    tc.add_argument("--read-only", action="store_true", help="may look up, search and wait, not submit or cancel")
+    tc.add_argument("--note", help="a note kept with the token, e.g. who has it")
+    tk_sub.add_parser("list", help="list tokens (id, tenant, scope, creation time; never the token)")
+    tr = tk_sub.add_parser("revoke", help="revoke a token by id")
+    tr.add_argument("id", help="token id (the 12 hex digits after rl_)")
+    tk.set_defaults(func=_token)
 
     for verb, text in (("pause", "stop consumers taking tasks of a queue"), ("resume", "resume a paused queue")):
         sp = sub.add_parser(verb, help=text)

@@ -97,10 +97,22 @@ def _use_token_auth() -> None:
     _enable_token_auth()
 
 
-def deploy_on_local_stack(stack) -> None:
-    """Deploy raylane's actors on a running local stack (used by ``raylane stack up``)."""
+def deploy_on_local_stack(stack, http: bool = False) -> Optional[str]:
+    """Deploy raylane's actors on a running local stack (used by ``raylane stack up``), and
+    with ``http`` the HTTP API too; returns the API's URL when it was deployed."""
     init(_settings=stack.settings)
-    shutdown()
+    try:
+        if http:
+            from raylane.api import deploy_http
+            return deploy_http(stack.settings)
+        return None
+    finally:
+        shutdown()
+
+
+def current_settings() -> Settings:
+    """The settings ``init()`` connected with."""
+    return _connection().settings
 
 
 def init(**overrides: Any) -> None:

@@ -83,6 +83,16 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("raylane.tasks.", description="Prefix of the per-queue Kafka topics.")
     dlq_topic: str = Field("raylane.dlq", description="Kafka topic for malformed task messages.")
     namespace: str = Field("raylane", description="Ray namespace of raylane's actors.")
+    # --- HTTP API
+    http_host: str = Field("127.0.0.1", description="Address the HTTP API (Ray Serve's proxy) listens on.")
+    http_port: int = Field(28000, ge=1, le=65535, description="Port of the HTTP API.")
+    http_max_body_bytes: int = Field(4 << 20, ge=1024, description="Largest accepted HTTP request body (413 above).")
+    token_file: Optional[Path] = Field(None, description="Hashed API tokens (default: <home>/tokens.json).")
+
+    @property
+    def tokens_path(self) -> Path:
+        """Where the HTTP API's hashed tokens are kept."""
+        return self.token_file or self.home / "tokens.json"
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":

@@ -12,6 +12,7 @@ from raylane.states import TaskState, version_of
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$"
 QUEUE_PATTERN = r"^[A-Za-z0-9_.-]{1,100}$"
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 
 def utcnow() -> datetime:
@@ -94,6 +95,7 @@ class TaskMessage(BaseModel):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     not_before: Optional[AwareDatetime] = None  # a retry waits for its backoff until then
     attempts: list[AttemptSummary] = Field(default_factory=list)
+    tenant: Optional[str] = Field(None, pattern=TENANT_PATTERN)
 
     def to_bytes(self) -> bytes:
         """The message as UTF-8 JSON for Kafka."""
@@ -130,6 +132,7 @@ class TaskRecord(BaseModel):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     attempts: list[AttemptSummary] = Field(default_factory=list)
     will_retry: bool = False  # a FAILED attempt that a new attempt follows
+    tenant: Optional[str] = None  # set for tasks submitted over HTTP; None for the SDK inside the cluster
 
     @field_validator("result")
     @classmethod
@@ -143,7 +146,8 @@ class TaskRecord(BaseModel):
         return cls(id=msg.id, name=msg.name, queue=msg.queue, state=TaskState.PENDING, level=1,
                    attempt=msg.attempt, version=version_of(TaskState.PENDING, msg.attempt), args=msg.args,
                    kwargs=msg.kwargs, created_at=msg.created_at, timeout_s=msg.timeout_s,
-                   resources=msg.resources, tags=msg.tags, retry=msg.retry, attempts=msg.attempts)
+                   resources=msg.resources, tags=msg.tags, retry=msg.retry, attempts=msg.attempts,
+                   tenant=msg.tenant)
 
     def moved_to(self, state: TaskState, **changes: Any) -> "TaskRecord":
         """A copy of this record in ``state``, with the version the state machine gives it."""
@@ -170,7 +174,8 @@ class TaskRecord(BaseModel):
         """The queue message that runs this record's attempt."""
         return TaskMessage(id=self.id, name=self.name, queue=self.queue, attempt=self.attempt, args=self.args,
                            kwargs=self.kwargs, timeout_s=self.timeout_s, resources=self.resources, tags=self.tags,
-                           created_at=self.created_at, retry=self.retry, attempts=self.attempts, not_before=not_before)
+                           created_at=self.created_at, retry=self.retry, attempts=self.attempts, not_before=not_before,
+                           tenant=self.tenant)
 
     def retried(self, delay_s: float) -> tuple["TaskRecord", TaskMessage]:
         """The PENDING record of the next attempt after this failed one, and its queue message."""
@@ -214,3 +219,4 @@ class SubmitRequest(BaseModel):
     tags: Optional[list[str]] = None
     resources: Optional[Resources] = None
     max_retries: Optional[int] = Field(None, ge=0, le=100)
+    tenant: Optional[str] = Field(None, pattern=TENANT_PATTERN)

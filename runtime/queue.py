@@ -65,6 +65,10 @@ class TaskQueue(abc.ABC):
         """Create the queue's topic if missing; returns the topic name."""
 
     @abc.abstractmethod
+    def queue_exists(self, queue: str) -> bool:
+        """Whether the queue's topic exists already."""
+
+    @abc.abstractmethod
     def produce_many(self, messages: Sequence[TaskMessage]) -> None:
         """Enqueue messages, keyed by task id, and wait for their acknowledgement."""
 
@@ -131,18 +135,21 @@ class KafkaTaskQueue(TaskQueue):
                 raise QueueUnavailable(f"Kafka at {self.bootstrap} unreachable: {e}") from e
         return self._producer
 
-    def _ensure_topic(self, topic: str) -> str:
+    def _admin_client(self):
         from kafka import KafkaAdminClient
+        if self._admin is None:
+            self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap,
+                                           request_timeout_ms=int(self.produce_timeout_s * 1000), **_RECONNECT)
+        return self._admin
+
+    def _ensure_topic(self, topic: str) -> str:
         from kafka.admin import NewTopic
         from kafka.errors import KafkaError, TopicAlreadyExistsError
         with self._lock:
             if topic in self._known:
                 return topic
             try:
-                if self._admin is None:
-                    self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap,
-                                                   request_timeout_ms=int(self.produce_timeout_s * 1000), **_RECONNECT)
-                if topic not in set(self._admin.list_topics()):
+                if topic not in set(self._admin_client().list_topics()):
                     try:
                         self._admin.create_topics([NewTopic(topic, num_partitions=self.partitions, replication_factor=1,
                                                             topic_configs={"max.message.bytes": str(self.max_message)})])
@@ -155,6 +162,20 @@ class KafkaTaskQueue(TaskQueue):
 
     def ensure_queue(self, queue: str) -> str:
         return self._ensure_topic(topic_of(self.prefix, queue))
+
+    def queue_exists(self, queue: str) -> bool:
+        from kafka.errors import KafkaError
+        topic = topic_of(self.prefix, queue)
+        with self._lock:
+            if topic in self._known:
+                return True
+            try:
+                exists = topic in set(self._admin_client().list_topics())
+            except (KafkaError, OSError) as e:
+                raise QueueUnavailable(f"could not list Kafka topics: {e}") from e
+            if exists:
+                self._known.add(topic)
+            return exists
 
     def produce_many(self, messages: Sequence[TaskMessage]) -> None:
         from kafka.errors import KafkaError

@@ -33,6 +33,7 @@ class TaskQuery(BaseModel):
     since: Optional[datetime] = None
     until: Optional[datetime] = None
     text: Optional[str] = Field(None, description="words that must appear in the error message")
+    tenant: Optional[str] = Field(None, description="only this tenant's tasks (None: every task)")
 
 
 class StatusStore(abc.ABC):
@@ -110,6 +111,11 @@ class StatusStore(abc.ABC):
         """Release connections."""
 
 
+def _utc(t: datetime) -> str:
+    """``t`` in ISO 8601 at UTC (a naive time is taken as UTC); OpenSearch refuses offsets beyond ±18:00."""
+    return (t.astimezone(timezone.utc) if t.tzinfo else t.replace(tzinfo=timezone.utc)).isoformat()
+
+
 def _mappings() -> dict:
     kw = {"type": "keyword"}
     date = {"type": "date_nanos"}
@@ -118,7 +124,7 @@ def _mappings() -> dict:
         "dynamic": "strict",
         "properties": {
             "id": kw, "name": kw, "queue": kw, "state": kw, "tags": kw, "worker": kw, "error_type": kw,
-            "lease_owner": kw,
+            "lease_owner": kw, "tenant": kw,
             "level": {"type": "byte"}, "attempt": {"type": "integer"}, "version": {"type": "long"},
             "created_at": date, "started_at": date, "finished_at": date, "updated_at": date,
             "timeout_s": {"type": "float"},
@@ -169,7 +175,10 @@ class OpenSearchStore(StatusStore):
                                       "refresh_interval": "1s", "max_result_window": 10000},
                          "mappings": _mappings()},
         })
-        if not self._call(c.indices.exists_alias, name=self.alias):
+        if self._call(c.indices.exists_alias, name=self.alias):
+            # An index made by an older raylane gains the fields added since (adding is allowed; nothing changes type).
+            self._call(c.indices.put_mapping, index=self.alias, body=_mappings())
+        else:
             try:
                 self._call(c.indices.create, index=f"{self.alias}-000001",
                            body={"aliases": {self.alias: {"is_write_index": True}}})
@@ -218,7 +227,7 @@ class OpenSearchStore(StatusStore):
         must: list[dict] = []
         if q.state:
             must.append({"terms": {"state": [s.value for s in q.state]}})
-        for field in ("name", "queue"):
+        for field in ("name", "queue", "tenant"):
             if getattr(q, field):
                 must.append({"term": {field: getattr(q, field)}})
         for tag in q.tags:
@@ -226,9 +235,9 @@ class OpenSearchStore(StatusStore):
         if q.since or q.until:
             rng: dict[str, Any] = {}
             if q.since:
-                rng["gte"] = q.since.isoformat()
+                rng["gte"] = _utc(q.since)
             if q.until:
-                rng["lt"] = q.until.isoformat()
+                rng["lt"] = _utc(q.until)
             must.append({"range": {"created_at": rng}})
         query: dict = {"bool": {"filter": must}}
         if q.text:

@@ -63,3 +63,34 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
         time.sleep(interval)
+
+
+class HttpApi:
+    """The HTTP API deployed for the session, with its token file."""
+
+    def __init__(self, url: str, tokens):
+        self.url = url
+        self.tokens = tokens
+
+    def token(self, tenant: str, scope: str = "write") -> str:
+        """A new token of ``tenant``."""
+        return self.tokens.create(tenant, scope)[1]
+
+    def client(self, token: str | None):
+        """A requests session that sends ``token`` as bearer token (none if None)."""
+        import requests
+        s = requests.Session()
+        if token:
+            s.headers["Authorization"] = f"Bearer {token}"
+        return s
+
+
+@pytest.fixture(scope="session")
+def http_api(rl, settings, tmp_path_factory):
+    """raylane's HTTP API on Ray Serve, deployed once for the session with a token file of its own."""
+    from raylane.api import deploy_http, remove_http
+    from raylane.tokens import TokenFile
+    token_file = tmp_path_factory.mktemp("http") / "tokens.json"
+    url = deploy_http(settings.model_copy(update={"token_file": token_file}))
+    yield HttpApi(url, TokenFile(token_file))
+    remove_http()

@@ -1,0 +1,114 @@
+"""The web page in headless Chromium (Debian's chromium and chromium-driver): sign in, watch the
+counts change live, search, open a task, cancel it; a screenshot is saved in tests/artifacts."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_until
+
+API = "/api/v1"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
+                "--disable-gpu", "--no-first-run"):
+        options.add_argument(arg)
+    driver_path = shutil.which("chromedriver")
+    assert driver_path, "chromedriver is missing: ./dev test installs Debian's chromium and chromium-driver"
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.implicitly_wait(0)
+    yield driver
+    driver.quit()
+
+
+def test_sign_in_search_open_and_cancel(browser, http_api, unique, rl):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    def text_of(element_id: str) -> str:
+        found = browser.find_elements(By.ID, element_id)
+        return found[0].text if found else ""
+
+    tenant = f"w-{unique}"
+    token = http_api.token(tenant)
+    api = http_api.client(token)
+    tag = f"web{unique}"
+    post = lambda **t: api.post(f"{http_api.url}{API}/tasks", json={**t, "tags": [tag]}).json()["id"]
+    failed = post(name="test.http.fail", args=[f"disk quota exceeded on volume {unique}"])
+    post(name="raylane.echo", args=["hello"])
+    sleeper = post(name="test.http.sleep", args=[60])
+    api.get(f"{http_api.url}{API}/tasks/{failed}/wait")
+    wait_until(lambda: rl.get(sleeper).state.value == "RUNNING", timeout=60, what="the sleeper to run")
+    rl.refresh()
+
+    # Unsigned visitors are sent to sign in; a wrong token is refused.
+    browser.get(f"{http_api.url}/ui")
+    assert browser.current_url.endswith("/login")
+    browser.find_element(By.ID, "token").send_keys("rl_000000000000_" + "x" * 43)
+    browser.find_element(By.ID, "sign-in").click()
+    wait_until(lambda: text_of("login-failed"), timeout=10, what="the refusal")
+    browser.find_element(By.ID, "token").send_keys(token)
+    browser.find_element(By.ID, "sign-in").click()
+    wait_until(lambda: browser.current_url.endswith("/ui"), timeout=10, what="the task page")
+    assert text_of("tenant") == tenant
+    assert text_of("count-total") == "3" and text_of("count-FAILED") == "1" and text_of("count-RUNNING") == "1"
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#tasks tr.task")) == 3
+
+    # The counts follow new tasks without a reload.
+    post(name="raylane.echo", args=["live"])
+    wait_until(lambda: text_of("count-total") == "4", timeout=20, what=lambda: f"live total 4, saw {text_of('count-total')}")
+
+    # Search by words of the error: only the failed task; open it.
+    browser.find_element(By.ID, "f-text").send_keys(f"quota {unique}")
+    browser.find_element(By.ID, "f-go").click()
+    wait_until(lambda: "text=" in browser.current_url, timeout=10, what="the search")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#tasks tr.task")
+    assert len(rows) == 1 and failed in rows[0].text
+    rows[0].find_element(By.TAG_NAME, "a").click()
+    wait_until(lambda: text_of("state") == "FAILED", timeout=10, what="the failed task's page")
+    assert "disk quota exceeded" in text_of("error") and "ValueError" in text_of("error")
+    assert "Traceback" in text_of("traceback")
+    assert f"disk quota exceeded on volume {unique}" in text_of("args")
+    assert not browser.find_elements(By.ID, "cancel")  # a finished task has no cancel button
+
+    # Search by state and tag, open the running task, cancel it.
+    browser.get(f"{http_api.url}/ui")
+    Select(browser.find_element(By.ID, "f-state")).select_by_value("RUNNING")
+    browser.find_element(By.ID, "f-tag").send_keys(tag)
+    browser.find_element(By.ID, "f-go").click()
+    wait_until(lambda: "state=RUNNING" in browser.current_url, timeout=10, what="the state search")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#tasks tr.task")
+    assert len(rows) == 1 and sleeper in rows[0].text
+    rows[0].find_element(By.TAG_NAME, "a").click()
+    wait_until(lambda: text_of("state") == "RUNNING", timeout=10, what="the running task's page")
+    assert text_of("d-started") != "–"
+    browser.find_element(By.ID, "cancel").click()
+    wait_until(lambda: text_of("state") == "CANCELLED", timeout=15, what="the cancelled state")
+    assert "cancelled" in text_of("message")
+    assert rl.get(sleeper).state.value == "CANCELLED"
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.get(f"{http_api.url}/ui?tag={tag}")
+    wait_until(lambda: text_of("count-CANCELLED") == "1", timeout=10, what="the counts")
+    assert browser.save_screenshot(str(ARTIFACTS / "web-page.png"))
+    browser.get(f"{http_api.url}/ui/tasks/{sleeper}")
+    assert browser.save_screenshot(str(ARTIFACTS / "web-task.png"))
+
+    # Another tenant's page shows none of it.
+    other = http_api.token(f"x-{unique}")
+    browser.delete_all_cookies()
+    browser.get(f"{http_api.url}/login")
+    browser.find_element(By.ID, "token").send_keys(other)
+    browser.find_element(By.ID, "sign-in").click()
+    wait_until(lambda: browser.current_url.endswith("/ui"), timeout=10, what="the other tenant's page")
+    assert text_of("count-total") == "0" and text_of("no-tasks")
+    browser.get(f"{http_api.url}/ui/tasks/{failed}")
+    assert "no task with id" in browser.page_source and text_of("state") == ""
