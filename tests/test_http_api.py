@@ -264,3 +264,15 @@ def test_cancel_a_running_task_over_http(api, rl):
     assert view["state"] == "CANCELLED" and view["finished"] is True
     final = api.get(f"{api.base}{API}/tasks/{task_id}/wait", params={"timeout": 5}).json()
     assert final["state"] == "CANCELLED"
+
+
+def test_serve_command_prints_the_url(http_api, settings):
+    env = {**os.environ, "RAYLANE_TOKEN_FILE": str(http_api.tokens.path)}
+    run = subprocess.run([sys.executable, "-m", "raylane.cli", "serve"], env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    url = run.stdout.strip().splitlines()[-1]
+    assert url == f"http://{settings.http_host}:{settings.http_port}" == http_api.url
+    token = http_api.token("served")
+    wait_until(lambda: http_api.client(token).get(f"{url}{API}/counts").status_code == 200, timeout=60,
+               what="the redeployed API to answer")
