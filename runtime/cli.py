@@ -53,6 +53,18 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+    from raylane.bench.suite import RESULTS, run
+    parts = {p.strip() for p in args.only.split(",")} if args.only else None
+    known = {"ray", "celery", "rtt", "burst", "lookup", "scale"}
+    if parts and not parts <= known:
+        print(f"raylane: error: unknown part(s) {sorted(parts - known)}; known: {sorted(known)}", file=sys.stderr)
+        return 2
+    run(quick=args.quick, parts=parts, out_dir=Path(args.out) if args.out else RESULTS)
+    return 0
+
+
 def _token(args: argparse.Namespace) -> int:
     from raylane.tokens import TokenFile
     tokens = TokenFile(Settings.from_env().tokens_path)
@@ -240,6 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, help="listen port (default RAYLANE_HTTP_PORT, 28000)")
     sp.add_argument("--stop", action="store_true", help="remove the HTTP API instead")
     sp.set_defaults(func=_serve)
+
+    sp = sub.add_parser("bench", help="run the benchmark suite; writes bench/results/latest.{json,md,png}",
+                        description="Benchmarks in one sequence on this machine: raw Ray, Celery with Redis, and "
+                                    "raylane end to end (throughput, latency, CPU per task, OpenSearch requests per "
+                                    "transition, Kafka bytes per task), lookup latency as the index grows, and "
+                                    "throughput by consumers. Numbers only; nothing is asserted.")
+    sp.add_argument("--quick", action="store_true", help="smaller sizes, about five minutes")
+    sp.add_argument("--only", help="comma-separated parts: ray,celery,rtt,burst,lookup,scale")
+    sp.add_argument("--out", help="directory for the results (default bench/results)")
+    sp.set_defaults(func=_bench)
 
     tk = sub.add_parser("token", help="manage the HTTP API's tokens", description=(
         "Tokens of the HTTP API, each bound to a tenant. The token file (RAYLANE_TOKEN_FILE, default "

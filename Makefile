@@ -1,0 +1,10 @@
+bench:  ## run the benchmark suite (writes bench/results/latest.*)
+	./dev bench
+
+bench-quick:  ## the suite at smaller sizes, about five minutes
+	./dev bench --quick
+
+test:  ## the test suite
+	./dev test
+
+.PHONY: bench bench-quick test

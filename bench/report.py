@@ -1,0 +1,92 @@
+"""Writes a run's results: ``latest.json``, a markdown table (``latest.md``) and a plot (``latest.png``)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.3f}".rstrip("0").rstrip(".") if abs(v) < 10 else f"{v:,.1f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def markdown(r: dict) -> str:
+    """The results as markdown: headline against targets, then every part."""
+    from raylane.bench.suite import TARGETS
+    lines = [f"# raylane benchmarks ({r['mode']} run, {r['started_at'][:19]} UTC)", "",
+             f"Machine: {r['machine']['cpus']} CPUs, Python {r['machine']['python']}, Ray {r['machine']['ray']}.", "",
+             "| figure | value |", "|---|---|"]
+    for key in ("raylane_tasks_per_s", "ray_tasks_per_s", "celery_tasks_per_s", "cpu_ms_per_task",
+                "os_requests_per_transition", "rtt_p50_ms", "rtt_p99_ms", "kafka_bytes_per_task"):
+        lines.append(f"| `{key}` | {_fmt(r.get(key))} |")
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    for key, label, target, op in TARGETS:
+        v = r.get(key)
+        t = target(r)
+        met = "–" if v is None else ("yes" if (v >= t if op == ">=" else v <= t) else "no")
+        lines.append(f"| {label} | {_fmt(v)} | {met} |")
+    for part in ("ray", "celery", "rtt", "burst"):
+        if part in r:
+            lines += ["", f"## {part}", "", "| | |", "|---|---|"]
+            lines += [f"| {k} | {_fmt(v) if not isinstance(v, dict) else json.dumps(v)} |" for k, v in r[part].items()]
+    for part, title in (("lookup", "Lookup latency as the index grows (ms)"),
+                        ("scale", "Throughput by consumers and partitions")):
+        rows = r.get(part) or []
+        if rows:
+            keys = list(dict.fromkeys(k for row in rows for k in row if not isinstance(row[k], dict)))
+            lines += ["", f"## {title}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+            lines += ["| " + " | ".join(_fmt(row.get(k)) for k in keys) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict, path: Path) -> bool:
+    """Throughput of the three systems, lookup latency by index size, and consumer scaling; False without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    names = ["raw Ray", "Celery + Redis", "raylane"]
+    values = [r.get("ray_tasks_per_s") or 0, r.get("celery_tasks_per_s") or 0, r.get("raylane_tasks_per_s") or 0]
+    bars = axes[0].bar(names, values, color=["#8c8c8c", "#4e79a7", "#e15759"])
+    axes[0].bar_label(bars, fmt="%.0f")
+    axes[0].set_title("no-op tasks per second, end to end")
+    lookup = r.get("lookup") or []
+    if lookup:
+        xs = [row["records"] for row in lookup]
+        for key, label in (("get_p50_ms", "get p50"), ("get_p99_ms", "get p99"), ("search_p50_ms", "search p50"),
+                           ("search_p99_ms", "search p99"), ("text_search_p50_ms", "text search p50")):
+            axes[1].plot(xs, [row[key] for row in lookup], marker="o", label=label)
+        axes[1].set_xscale("log")
+        axes[1].set_xlabel("records in the index")
+        axes[1].set_ylabel("ms")
+        axes[1].legend()
+    axes[1].set_title("lookup latency")
+    scale = [row for row in (r.get("scale") or []) if "tasks_per_s" in row]
+    if scale:
+        axes[2].plot([row["consumers"] for row in scale], [row["tasks_per_s"] for row in scale], marker="o")
+        axes[2].set_xticks([row["consumers"] for row in scale])
+        axes[2].set_xlabel("consumers = partitions")
+    axes[2].set_title("raylane tasks/s by consumers")
+    fig.suptitle(f"raylane benchmarks, {r['mode']} run, {r['started_at'][:16]} UTC")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write(r: dict, out_dir: Path) -> None:
+    """Write latest.json, latest.md and latest.png into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "latest.json").write_text(json.dumps(r, indent=2) + "\n")
+    (out_dir / "latest.md").write_text(markdown(r))
+    plot(r, out_dir / "latest.png")
+    print((out_dir / "latest.md").read_text())

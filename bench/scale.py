@@ -1,0 +1,55 @@
+"""One point of the consumer scaling curve: a deployment configured by RAYLANE_* (its own
+namespace, topics and index), one burst, its figures as JSON on stdout; then the
+deployment is removed (its service job stopped, its index deleted)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main() -> int:
+    """Entry point: ``python -m raylane.bench.scale --n 10000``."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--n", type=int, default=10_000, help="tasks in the burst")
+    args = p.parse_args()
+    import raylane
+    from raylane.bench.suite import bench_burst
+    from raylane.client import _connection
+    raylane.init()
+    settings = _connection().settings
+    try:
+        row = bench_burst(args.n, progress=False)
+    finally:
+        remove_deployment(settings)
+    print(json.dumps(row))
+    return 0
+
+
+def remove_deployment(settings) -> None:
+    """Stop the service job of the deployment in ``settings.namespace`` and delete its index and topics."""
+    import ray
+    from ray.job_submission import JobSubmissionClient
+    from raylane.client import _endpoints
+    from raylane.store import OpenSearchStore
+    dashboard = ray._private.worker.get_dashboard_url()
+    client = JobSubmissionClient(dashboard if dashboard.startswith("http") else f"http://{dashboard}")
+    for job in client.list_jobs():
+        if (job.metadata or {}).get("raylane") == "service" and f'"namespace":"{settings.namespace}"' in job.entrypoint \
+                and job.status.value in ("PENDING", "RUNNING"):
+            client.stop_job(job.submission_id)
+    endpoints = _endpoints(settings, start_missing=False)
+    store = OpenSearchStore(endpoints.opensearch, settings.index_alias)
+    store.client.indices.delete(index=f"{settings.index_alias}-*", ignore_unavailable=True)
+    store.client.indices.delete(index=f"{settings.index_alias}_control", ignore_unavailable=True)
+    store.close()
+    from kafka import KafkaAdminClient
+    admin = KafkaAdminClient(bootstrap_servers=endpoints.kafka_bootstrap)
+    topics = [t for t in admin.list_topics() if t.startswith(settings.topic_prefix) or t == settings.dlq_topic]
+    if topics:
+        admin.delete_topics(topics)
+    admin.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,442 @@
+"""The benchmark sequence. Every figure is measured here, in this run, on this machine.
+
+CPU is the machine's busy time from ``/proc/stat`` over the measured window (every process:
+the Kafka and OpenSearch JVMs, Ray's processes, Redis and Celery, and this driver), divided
+by the tasks finished in it. OpenSearch requests come from the node's own REST action
+counters (``_nodes/usage``); Kafka bytes from the sizes of the queue topic's log segments.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import raylane
+
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
+RESULTS = Path(__file__).parent / "results"
+
+
+@raylane.task(name="bench.noop", num_cpus=1)
+def noop(i: int) -> int:
+    """Return the argument: the work is nothing, so the cost measured is raylane's."""
+    return i
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each part of the suite does."""
+
+    burst: int
+    ray: int
+    celery: int
+    rtt: int
+    lookup_steps: tuple[int, ...]
+    scale_burst: int
+    scale_configs: tuple[int, ...] = (1, 2, 4)
+
+
+FULL = Sizes(burst=20_000, ray=20_000, celery=10_000, rtt=200, lookup_steps=(10_000, 100_000, 1_000_000),
+             scale_burst=10_000)
+QUICK = Sizes(burst=5_000, ray=5_000, celery=3_000, rtt=50, lookup_steps=(10_000, 100_000), scale_burst=3_000)
+
+
+def say(text: str) -> None:
+    """Progress on stderr, so stdout stays for results."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], p: float) -> Optional[float]:
+    """The ``p``-th percentile (nearest rank) of ``values``."""
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, int(round(p / 100 * len(values) + 0.5)) - 1))]
+
+
+def cpu_busy_ms() -> float:
+    """Busy CPU time of the whole machine since boot, in milliseconds."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+class Meter:
+    """Wall time and machine CPU over a window."""
+
+    def __enter__(self) -> "Meter":
+        self.t0, self.c0 = time.perf_counter(), cpu_busy_ms()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.t0
+        self.cpu_ms = cpu_busy_ms() - self.c0
+
+
+def _r(x: Optional[float], digits: int = 1) -> Optional[float]:
+    return None if x is None else round(x, digits)
+
+
+# ---------------------------------------------------------------- raw Ray
+
+def bench_ray(n: int) -> dict:
+    """No-op Ray tasks, submitted at once and gathered: the ceiling of one task = one Ray task."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def ray_noop(i: int) -> int:
+        return i
+
+    ray.get([ray_noop.remote(i) for i in range(200)])  # warm the worker pool
+    with Meter() as m:
+        ray.get([ray_noop.remote(i) for i in range(n)])
+    return {"n": n, "tasks_per_s": _r(n / m.seconds), "cpu_ms_per_task": _r(m.cpu_ms / n, 3), "seconds": _r(m.seconds, 2)}
+
+
+# ---------------------------------------------------------------- Celery
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_celery(n: int) -> dict:
+    """Celery 5 with Redis as broker and result backend, 2 prefork worker processes, ``delay`` per task."""
+    redis = shutil.which("redis-server")
+    if redis is None:
+        return {"skipped": "redis-server is not installed (./dev bench installs Debian's redis-server)"}
+    port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    env = {**os.environ, "RAYLANE_BENCH_REDIS": url}
+    work = Path(tempfile.mkdtemp(prefix="raylane-bench-redis-"))
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(subprocess.Popen([redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                       "--appendonly", "no", "--dir", str(work)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen([sys.executable, "-m", "celery", "-A", "raylane.bench.celery_app", "worker",
+                                       "-c", "2", "-P", "prefork", "--loglevel", "WARNING", "--without-gossip",
+                                       "--without-mingle", "--without-heartbeat"],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        os.environ["RAYLANE_BENCH_REDIS"] = url
+        import importlib
+        import raylane.bench.celery_app as celery_app
+        importlib.reload(celery_app)  # bind to this run's Redis
+        deadline = time.monotonic() + 90
+        while not celery_app.app.control.ping(timeout=0.5):
+            if time.monotonic() > deadline:
+                return {"skipped": "the Celery worker did not answer within 90 s"}
+        [r.get(timeout=60) for r in [celery_app.noop.delay(i) for i in range(200)]]  # warm
+        with Meter() as m:
+            results = [celery_app.noop.delay(i) for i in range(n)]
+            values = [r.get(timeout=600) for r in results]
+        assert values == list(range(n))
+        return {"n": n, "workers": 2, "tasks_per_s": _r(n / m.seconds), "cpu_ms_per_task": _r(m.cpu_ms / n, 3),
+                "seconds": _r(m.seconds, 2)}
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        os.environ.pop("RAYLANE_BENCH_REDIS", None)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- raylane
+
+def _os_client():
+    from raylane.client import _connection
+    from raylane.store import OpenSearchStore
+    from raylane.client import _endpoints
+    conn = _connection()
+    return OpenSearchStore(_endpoints(conn.settings, start_missing=False).opensearch, conn.settings.index_alias)
+
+
+def os_requests(client) -> int:
+    """HTTP requests OpenSearch has served since it started (all REST actions, all nodes)."""
+    usage = client.transport.perform_request("GET", "/_nodes/usage")
+    return sum(sum(node.get("rest_actions", {}).values()) for node in usage["nodes"].values())
+
+
+def kafka_log_bytes(settings, topic_prefix: str) -> Optional[int]:
+    """Bytes in the log segments of topics starting with ``topic_prefix`` (local stack only)."""
+    if settings.kafka_bootstrap is not None:
+        return None
+    data = settings.home / "kafka" / "data"
+    total = 0
+    for d in data.glob(f"{topic_prefix}*"):
+        total += sum(f.stat().st_size for f in d.glob("*.log"))
+    return total
+
+
+def task_times(store, tag: str) -> list[dict]:
+    """created/started/finished of every task with ``tag`` (read straight from the index)."""
+    out, after = [], None
+    while True:
+        body: dict[str, Any] = {"query": {"term": {"tags": tag}}, "size": 5000, "sort": [{"id": "asc"}],
+                                "_source": ["created_at", "started_at", "finished_at", "state"]}
+        if after:
+            body["search_after"] = after
+        hits = store.client.search(index=store.alias, body=body)["hits"]["hits"]
+        out += [h["_source"] for h in hits]
+        if len(hits) < 5000:
+            return out
+        after = hits[-1]["sort"]
+
+
+def _ts(text: Optional[str]) -> Optional[float]:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() if text else None
+
+
+def bench_rtt(n: int) -> dict:
+    """Submit-to-result of one task at a time on an idle system."""
+    for i in range(10):
+        noop.submit(i).result(timeout=60)
+    lat = []
+    for i in range(n):
+        t = time.perf_counter()
+        assert noop.submit(i).result(timeout=60) == i
+        lat.append((time.perf_counter() - t) * 1000)
+    return {"n": n, "p50_ms": _r(pct(lat, 50)), "p99_ms": _r(pct(lat, 99)), "mean_ms": _r(statistics.fmean(lat))}
+
+
+def bench_burst(n: int, chunk: int = 1000, progress: bool = True) -> dict:
+    """``n`` no-op tasks submitted as fast as ``submit_many`` takes them, run to the end."""
+    from raylane.client import _connection
+    settings = _connection().settings
+    store = _os_client()
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    tag = f"burst-{uuid.uuid4().hex[:8]}"
+    topic_prefix = f"{settings.topic_prefix}{queue}-"
+    noop.options(queue=queue).submit(-1).result(timeout=120)  # creates the queue's topic before the window
+    fn = noop.options(queue=queue, tags=[tag])
+    bar = _bar(n, "raylane burst", progress)
+    req0, kb0 = os_requests(store.client), kafka_log_bytes(settings, topic_prefix)
+    wall0 = time.time()
+    with Meter() as m:
+        for i in range(0, n, chunk):
+            fn.submit_many([(j,) for j in range(i, min(n, i + chunk))])
+        submitted_s = time.perf_counter() - m.t0
+        done = 0
+        while done < n:
+            time.sleep(0.2)
+            raylane.refresh()
+            counts = raylane.counts(tag=tag)
+            now_done = sum(counts.get(s, 0) for s in TERMINAL)
+            bar.update(now_done - done)
+            done = now_done
+    bar.close()
+    requests = os_requests(store.client) - req0 - 1  # the closing usage call itself
+    kb1 = kafka_log_bytes(settings, topic_prefix)
+    times = task_times(store, tag)
+    store.close()
+    created = [_ts(t["created_at"]) for t in times]
+    started = [_ts(t["started_at"]) for t in times if t.get("started_at")]
+    finished = [_ts(t["finished_at"]) for t in times if t.get("finished_at")]
+    last = max(finished)
+    to_start = [(_ts(t["started_at"]) - _ts(t["created_at"])) * 1000 for t in times if t.get("started_at")]
+    to_end = [(_ts(t["finished_at"]) - _ts(t["created_at"])) * 1000 for t in times if t.get("finished_at")]
+    states = {s: sum(1 for t in times if t["state"] == s) for s in TERMINAL}
+    # Polling the counts costs OpenSearch requests too (refresh + count, 5 a second); they are counted,
+    # since a user waiting for a burst makes them as well.
+    return {
+        "n": n, "states": {k: v for k, v in states.items() if v},
+        "tasks_per_s": _r(n / (last - wall0)), "submit_per_s": _r(n / submitted_s),
+        "seconds": _r(last - wall0, 2),
+        "submit_to_start_p50_ms": _r(pct(to_start, 50)), "submit_to_start_p99_ms": _r(pct(to_start, 99)),
+        "submit_to_result_p50_ms": _r(pct(to_end, 50)), "submit_to_result_p99_ms": _r(pct(to_end, 99)),
+        "cpu_ms_per_task": _r(m.cpu_ms / n, 3),
+        "os_requests": requests, "os_requests_per_transition": _r(requests / (3 * n), 4),
+        "kafka_bytes_per_task": None if kb0 is None else _r((kb1 - kb0) / n, 1),
+        "first_created_to_last_finished_s": _r(last - min(created), 2), "started": len(started),
+    }
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="task", disable=not enabled, file=sys.stderr, leave=False)
+
+
+# ---------------------------------------------------------------- cost growth: records
+
+_WORDS = ("timeout disk quota network refused reset broken pipe permission denied missing file key value "
+          "checksum mismatch overflow underflow parse error invalid token connection lost retry later").split()
+
+
+def _fake_docs(start: int, count: int, rnd: random.Random) -> list[dict]:
+    from raylane.models import TaskRecord
+    from raylane.states import TaskState, version_of
+    base = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    states = [TaskState.SUCCEEDED] * 8 + [TaskState.FAILED, TaskState.CANCELLED]
+    out = []
+    for k in range(start, start + count):
+        st = rnd.choice(states)
+        created = base + timedelta(seconds=k)
+        error = " ".join(rnd.choices(_WORDS, k=6)) if st is TaskState.FAILED else None
+        rec = TaskRecord(id=f"{k:032x}", name=f"bench.job{k % 20}", queue="default", state=st, level=st.level,
+                         version=version_of(st, 0), args=[k], created_at=created, started_at=created,
+                         finished_at=created + timedelta(milliseconds=40), updated_at=created,
+                         tags=[f"t{k % 100}"], error=error, error_type="ValueError" if error else None,
+                         result=k if st is TaskState.SUCCEEDED else None)
+        out.append(rec.to_doc())
+    return out
+
+
+def bench_lookup(steps: tuple[int, ...], progress: bool = True, samples: int = 300) -> list[dict]:
+    """Lookup by id, search and count latency as the index grows through ``steps`` records."""
+    from opensearchpy import helpers
+    from raylane.client import _connection, _endpoints
+    from raylane.store import OpenSearchStore, TaskQuery
+    from raylane.states import TaskState
+    alias = f"raylane-bench-lookup-{uuid.uuid4().hex[:6]}"
+    store = OpenSearchStore(_endpoints(_connection().settings, start_missing=False).opensearch, alias)
+    store.ensure_schema()
+    c = store.client
+    index = f"{alias}-000001"
+    rnd = random.Random(7)
+    out, have = [], 0
+    try:
+        c.indices.put_settings(index=index, body={"index": {"refresh_interval": "-1"}})
+        for target in steps:
+            bar = _bar(target - have, f"loading to {target:,} records", progress)
+            while have < target:
+                batch = min(5000, target - have)
+                actions = ({"_index": index, "_id": d["id"], "_source": d} for d in _fake_docs(have, batch, rnd))
+                helpers.bulk(c, actions, chunk_size=batch, request_timeout=120)
+                have += batch
+                bar.update(batch)
+            bar.close()
+            c.indices.refresh(index=index)
+            ids = [f"{rnd.randrange(have):032x}" for _ in range(samples)]
+            get_ms, search_ms, text_ms, count_ms = [], [], [], []
+            for i, task_id in enumerate(ids):
+                t = time.perf_counter()
+                assert store.get(task_id) is not None
+                get_ms.append((time.perf_counter() - t) * 1000)
+                q = TaskQuery(tags=[f"t{rnd.randrange(100)}"], state=[TaskState.FAILED])
+                t = time.perf_counter()
+                store.search(q, limit=50)
+                search_ms.append((time.perf_counter() - t) * 1000)
+                q = TaskQuery(text=" ".join(rnd.choices(_WORDS, k=2)), name=f"bench.job{rnd.randrange(20)}")
+                t = time.perf_counter()
+                store.search(q, limit=50)
+                text_ms.append((time.perf_counter() - t) * 1000)
+                t = time.perf_counter()
+                store.counts(TaskQuery(tags=[f"t{rnd.randrange(100)}"]))
+                count_ms.append((time.perf_counter() - t) * 1000)
+            row = {"records": have}
+            for name, vals in (("get", get_ms), ("search", search_ms), ("text_search", text_ms), ("counts", count_ms)):
+                row[f"{name}_p50_ms"], row[f"{name}_p99_ms"] = _r(pct(vals, 50), 2), _r(pct(vals, 99), 2)
+            say(f"lookup at {have:,} records: {row}")
+            out.append(row)
+    finally:
+        c.indices.delete(index=index, ignore_unavailable=True)
+        c.indices.delete_index_template(name=f"{alias}-template", ignore=[404])
+        store.close()
+    return out
+
+
+# ---------------------------------------------------------------- cost growth: consumers
+
+def bench_scale(counts: tuple[int, ...], n: int) -> list[dict]:
+    """Throughput with N consumers over N partitions, each a deployment of its own (own namespace,
+    topics and index), run in a child process and removed afterwards."""
+    out = []
+    for k in counts:
+        tag = uuid.uuid4().hex[:6]
+        env = {**os.environ, "RAYLANE_CONSUMERS": str(k), "RAYLANE_PARTITIONS": str(k),
+               "RAYLANE_NAMESPACE": f"raylane-bench-{tag}", "RAYLANE_TOPIC_PREFIX": f"raylane-bench-{tag}.",
+               "RAYLANE_INDEX_ALIAS": f"raylane-bench-{tag}", "RAYLANE_DLQ_TOPIC": f"raylane-bench-{tag}.dlq"}
+        say(f"{k} consumer(s) over {k} partition(s): {n:,} tasks")
+        run = subprocess.run([sys.executable, "-m", "raylane.bench.scale", "--n", str(n)], env=env,
+                             capture_output=True, text=True, timeout=1800)
+        if run.returncode != 0:
+            out.append({"consumers": k, "partitions": k, "error": run.stderr[-2000:]})
+            continue
+        row = json.loads(run.stdout.strip().splitlines()[-1])
+        out.append({"consumers": k, "partitions": k, **row})
+        say(f"  {row.get('tasks_per_s')} tasks/s")
+    return out
+
+
+# ---------------------------------------------------------------- the run
+
+TARGETS = [
+    # key, label, how the target is computed from the results, comparison
+    ("celery_ratio", "raylane tasks/s ≥ 2× Celery's", lambda r: 2.0, ">="),
+    ("ray_ratio", "raylane tasks/s ≥ 0.8× raw Ray's", lambda r: 0.8, ">="),
+    ("cpu_ms_per_task", "CPU per task ≤ 1.5 ms, all processes", lambda r: 1.5, "<="),
+    ("os_requests_per_transition", "OpenSearch requests per transition ≤ 0.05", lambda r: 0.05, "<="),
+    ("rtt_p50_ms", "unloaded submit-to-result p50 ≤ 15 ms", lambda r: 15.0, "<="),
+    ("rtt_p99_ms", "unloaded submit-to-result p99 ≤ 50 ms", lambda r: 50.0, "<="),
+    ("lookup_growth", "lookup p50 within 2× from 10^4 to 10^6 records", lambda r: 2.0, "<="),
+]
+
+
+def run(quick: bool = False, parts: Optional[set[str]] = None, progress: bool = True,
+        out_dir: Path = RESULTS) -> dict:
+    """Run the suite (every part unless ``parts`` names some) and write the results; returns them."""
+    sizes = QUICK if quick else FULL
+    want = lambda p: parts is None or p in parts
+    raylane.init()
+    import ray
+    results: dict[str, Any] = {"mode": "quick" if quick else "full", "started_at": datetime.now(timezone.utc).isoformat(),
+                               "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                                           "ray": ray.__version__}}
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("ray", lambda: bench_ray(sizes.ray)),
+        ("celery", lambda: bench_celery(sizes.celery)),
+        ("rtt", lambda: bench_rtt(sizes.rtt)),
+        ("burst", lambda: bench_burst(sizes.burst, progress=progress)),
+        ("lookup", lambda: bench_lookup(sizes.lookup_steps, progress=progress)),
+        ("scale", lambda: bench_scale(sizes.scale_configs, sizes.scale_burst)),
+    ]
+    for name, step in steps:
+        if want(name):
+            say(f"{name} ...")
+            results[name] = step()
+            say(f"{name}: {json.dumps(results[name])[:400]}")
+    results.update(headline(results))
+    results["finished_at"] = datetime.now(timezone.utc).isoformat()
+    from raylane.bench.report import write
+    write(results, out_dir)
+    return results
+
+
+def headline(r: dict) -> dict:
+    """The figures the targets are stated in."""
+    burst, ray_, celery, rtt = r.get("burst", {}), r.get("ray", {}), r.get("celery", {}), r.get("rtt", {})
+    h: dict[str, Any] = {
+        "raylane_tasks_per_s": burst.get("tasks_per_s"), "ray_tasks_per_s": ray_.get("tasks_per_s"),
+        "celery_tasks_per_s": celery.get("tasks_per_s"), "cpu_ms_per_task": burst.get("cpu_ms_per_task"),
+        "os_requests_per_transition": burst.get("os_requests_per_transition"),
+        "rtt_p50_ms": rtt.get("p50_ms"), "rtt_p99_ms": rtt.get("p99_ms"),
+        "kafka_bytes_per_task": burst.get("kafka_bytes_per_task"),
+    }
+    if h["raylane_tasks_per_s"] and h["celery_tasks_per_s"]:
+        h["celery_ratio"] = round(h["raylane_tasks_per_s"] / h["celery_tasks_per_s"], 2)
+    if h["raylane_tasks_per_s"] and h["ray_tasks_per_s"]:
+        h["ray_ratio"] = round(h["raylane_tasks_per_s"] / h["ray_tasks_per_s"], 3)
+    lookup = r.get("lookup") or []
+    if len(lookup) >= 2:
+        # The worst growth of the median, over lookups by id and filtered searches.
+        h["lookup_growth"] = round(max(max(row[k] for row in lookup) / lookup[0][k]
+                                       for k in ("get_p50_ms", "search_p50_ms")), 2)
+    return h
