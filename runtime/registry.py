@@ -11,6 +11,7 @@ import inspect
 import json
 import sys
 import sysconfig
+import time
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -88,19 +89,37 @@ def restore(name: str, digest: str, blob: bytes) -> None:
     from ray.experimental import internal_kv as kv
     kv._internal_kv_put(_BLOB_KEY + digest, blob, overwrite=True, namespace=_KV_NAMESPACE)
     kv._internal_kv_put(_NAME_KEY + name, digest, overwrite=True, namespace=_KV_NAMESPACE)
+    _names[name] = (digest, time.monotonic() + NAME_TTL_S)
 
 
 _loaded: dict[str, TaskDefinition] = {}  # digest -> definition, per process
+# name -> (digest, until when it is trusted): saves a GCS round trip per submit and per run.
+# A definition published again under the same name takes effect within NAME_TTL_S everywhere.
+_names: dict[str, tuple[str, float]] = {}
+NAME_TTL_S = 1.0
+
+
+def _digest_of(name: str) -> Optional[str]:
+    from ray.experimental import internal_kv as kv
+    hit = _names.get(name)
+    now = time.monotonic()
+    if hit is not None and hit[1] > now:
+        return hit[0]
+    raw = kv._internal_kv_get(_NAME_KEY + name, namespace=_KV_NAMESPACE)
+    if raw is None:
+        _names.pop(name, None)
+        return None
+    _names[name] = (raw.decode(), now + NAME_TTL_S)
+    return raw.decode()
 
 
 def load(name: str) -> TaskDefinition:
     """The definition registered under ``name``; raises ``UnknownTaskName``."""
     from ray import cloudpickle
     from ray.experimental import internal_kv as kv
-    digest = kv._internal_kv_get(_NAME_KEY + name, namespace=_KV_NAMESPACE)
+    digest = _digest_of(name)
     if digest is None:
         raise UnknownTaskName(name, registered_names())
-    digest = digest.decode()
     defn = _loaded.get(digest)
     if defn is None:
         blob = kv._internal_kv_get(_BLOB_KEY + digest, namespace=_KV_NAMESPACE)
@@ -144,17 +163,28 @@ def _adapter(tp: Any) -> TypeAdapter:
         return adapter
 
 
+_signatures: dict[Callable, tuple[inspect.Signature, dict]] = {}
+
+
+def _signature(fn: Callable) -> tuple[inspect.Signature, dict]:
+    """``fn``'s signature and type hints, worked out once per function."""
+    found = _signatures.get(fn)
+    if found is None:
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:  # unresolvable annotations: the signature check still applies
+            hints = {}
+        found = _signatures[fn] = (inspect.signature(fn), hints)
+    return found
+
+
 def check_arguments(name: str, fn: Callable, args: list, kwargs: dict) -> None:
     """Bind ``args``/``kwargs`` to ``fn``'s signature and check each against its type hint (strictly)."""
-    sig = inspect.signature(fn)
+    sig, hints = _signature(fn)
     try:
         bound = sig.bind(*args, **kwargs)
     except TypeError as e:
         raise InvalidTaskInput(f"arguments do not fit {name}{sig}: {e}") from e
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:  # unresolvable annotations: the signature check above still applies
-        hints = {}
     for pname, value in bound.arguments.items():
         tp = hints.get(pname)
         if tp is None:
