@@ -8,6 +8,9 @@ import json
 import sys
 
 
+RESULT_PREFIX = "raylane-bench-result: "  # Ray may print to stdout too; the result line is marked
+
+
 def main() -> int:
     """Entry point: ``python -m raylane.bench.scale --n 10000``."""
     p = argparse.ArgumentParser(description=__doc__)
@@ -22,7 +25,7 @@ def main() -> int:
         row = bench_burst(args.n, progress=False)
     finally:
         remove_deployment(settings)
-    print(json.dumps(row))
+    print(RESULT_PREFIX + json.dumps(row), flush=True)
     return 0
 
 

@@ -367,10 +367,13 @@ def bench_scale(counts: tuple[int, ...], n: int) -> list[dict]:
         say(f"{k} consumer(s) over {k} partition(s): {n:,} tasks")
         run = subprocess.run([sys.executable, "-m", "raylane.bench.scale", "--n", str(n)], env=env,
                              capture_output=True, text=True, timeout=1800)
-        if run.returncode != 0:
-            out.append({"consumers": k, "partitions": k, "error": run.stderr[-2000:]})
+        from raylane.bench.scale import RESULT_PREFIX
+        lines = [line[len(RESULT_PREFIX):] for line in run.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+        if run.returncode != 0 or not lines:
+            out.append({"consumers": k, "partitions": k, "error": (run.stdout + run.stderr)[-2000:]})
+            say(f"  failed: {(run.stdout + run.stderr)[-2000:]}")
             continue
-        row = json.loads(run.stdout.strip().splitlines()[-1])
+        row = json.loads(lines[-1])
         out.append({"consumers": k, "partitions": k, **row})
         say(f"  {row.get('tasks_per_s')} tasks/s")
     return out
