@@ -54,6 +54,48 @@ def invoke(name: str, args: list, kwargs: dict) -> dict[str, Any]:
 
 _remote_invoke = ray.remote(max_retries=0, retry_exceptions=False)(invoke)
 
+RAN, NOT_STARTED = "ran", "not_started"
+
+
+def invoke_group(items: list[tuple[str, str, list, dict]], signal_box: list):
+    """Run several tasks one after another in this Ray worker, yielding ``(task id, RAN, reply)``
+    as each ends. Before each task it looks at the executor's signal (a reference that resolves
+    when a member is cancelled); once it has fired, the rest are yielded ``NOT_STARTED``, for the
+    executor to start again without the cancelled ones."""
+    [signal] = signal_box
+    stopped = False
+    for task_id, name, args, kwargs in items:
+        if not stopped:
+            ready, _ = ray.wait([signal], timeout=0)
+            stopped = bool(ready)
+        if stopped:
+            yield task_id, NOT_STARTED, None
+        else:
+            yield task_id, RAN, invoke(name, args, kwargs)
+
+
+_remote_group = ray.remote(max_retries=0, retry_exceptions=False, num_returns="streaming")(invoke_group)
+GROUP_MAX = 64  # tasks in one Ray task at most
+
+
+def groupable(msg: TaskMessage) -> bool:
+    """Whether a task may share a Ray task with others of its name: no timeout (its clock starts
+    with its RUNNING record, so it must not wait behind others) and at most one CPU, nothing else."""
+    r = msg.resources
+    return msg.timeout_s is None and 0 < r.num_cpus <= 1 and r.num_gpus == 0 and r.memory_mb is None
+
+
+class _Group:
+    """A Ray task running several claimed tasks in turn."""
+
+    def __init__(self, members: list[tuple[TaskMessage, TaskRecord]]):
+        self.members = members
+        self.index = {msg.id: i for i, (msg, _) in enumerate(members)}
+        self.done = 0  # members whose outcome has arrived, in order
+        self.cancelled: set[str] = set()
+        self.signal = asyncio.Event()
+        self.gen = None
+
 
 def _own_claim(stored: Optional[TaskRecord], mine: TaskRecord) -> bool:
     return (stored is not None and stored.state is TaskState.RUNNING and stored.attempt == mine.attempt
@@ -61,12 +103,17 @@ def _own_claim(stored: Optional[TaskRecord], mine: TaskRecord) -> bool:
 
 
 class Executor:
-    """Runs tasks as Ray tasks named ``raylane:<task name>:<task id>``, at most ``max_running`` at once."""
+    """Runs tasks as Ray tasks named ``raylane:<task name>:<task id>``, at most ``max_running`` Ray tasks
+    at once. Under load, tasks of one name without a timeout share Ray tasks
+    (``raylane:<task name>:group-of-<n>:<first id>``), each keeping its own record and cancel."""
 
     def __init__(self, config: ActorConfig):
         self.config = config
         self._slots = asyncio.Semaphore(config.max_running)
         self._refs: dict[str, ray.ObjectRef] = {}
+        self._groups: dict[str, _Group] = {}  # task id -> the group running it
+        self._cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self._self = ray.get_runtime_context().current_actor
         self._kill_requested: dict[str, bool] = {}  # insertion-ordered, bounded
         self._launched: dict[tuple[str, int], bool] = {}  # (id, attempt) launched here; insertion-ordered, bounded
         self._keeper = ray.get_actor(STATUS_KEEPER, namespace=config.namespace)
@@ -84,7 +131,7 @@ class Executor:
         self._requeued: dict[tuple[str, int], bool] = {}  # insertion-ordered, bounded
         self.metrics = ExecutorMetrics()
         self.stats = {"started": 0, "skipped": 0, "succeeded": 0, "failed": 0, "discarded_results": 0, "killed": 0,
-                      "retried": 0, "recovered": 0, "requeued": 0}
+                      "retried": 0, "recovered": 0, "requeued": 0, "groups": 0, "grouped": 0, "restarted_unstarted": 0}
 
     async def ensure_running(self) -> str:
         """Start the heartbeat and the sweep for lost tasks if not running (idempotent); returns the incarnation."""
@@ -188,21 +235,57 @@ class Executor:
         return await self._start_ready([msg])
 
     async def _start_ready(self, msgs: list[TaskMessage]) -> list[str]:
-        outcomes: list[str] = []
-        i = 0
-        while i < len(msgs):
-            # Wait for one free slot, then take every other slot free right now: one claim per group.
-            await self._slots.acquire()
-            group = [msgs[i]]
-            i += 1
-            while i < len(msgs) and not self._slots.locked():
+        outcomes = [""] * len(msgs)
+        for grouped, idx in self._plan(msgs):
+            if grouped:
+                await self._slots.acquire()  # a group is one Ray task: one run slot for all its members
+                for i, outcome in zip(idx, await self._claim_and_launch([msgs[i] for i in idx], grouped=True)):
+                    outcomes[i] = outcome
+                continue
+            k = 0
+            while k < len(idx):
+                # Wait for one free slot, then take every other slot free right now: one claim per batch.
                 await self._slots.acquire()
-                group.append(msgs[i])
-                i += 1
-            outcomes.extend(await self._claim_and_launch(group))
+                batch = [idx[k]]
+                k += 1
+                while k < len(idx) and not self._slots.locked():
+                    await self._slots.acquire()
+                    batch.append(idx[k])
+                    k += 1
+                for i, outcome in zip(batch, await self._claim_and_launch([msgs[i] for i in batch])):
+                    outcomes[i] = outcome
         return outcomes
 
-    async def _claim_and_launch(self, msgs: list[TaskMessage]) -> list[str]:
+    def _group_size(self, n: int) -> int:
+        # As many Ray tasks as the cluster has CPUs, each with a share of the tasks.
+        return min(GROUP_MAX, max(2, -(-n // self._cpus)))
+
+    def _plan(self, msgs: list[TaskMessage]) -> list[tuple[bool, list[int]]]:
+        """How to run ``msgs``: groups of tasks of one name that may share a Ray task (when several
+        arrive at once, which saves Ray's cost per task), and the rest alone; in arrival order."""
+        buckets: dict[tuple, list[int]] = {}
+        alone: list[int] = []
+        for i, m in enumerate(msgs):
+            if groupable(m):
+                buckets.setdefault((m.name, m.resources), []).append(i)
+            else:
+                alone.append(i)
+        runs: list[tuple[bool, list[int]]] = []
+        for idx in buckets.values():
+            size = self._group_size(len(idx))
+            for k in range(0, len(idx), size):
+                chunk = idx[k:k + size]
+                if len(chunk) > 1:
+                    runs.append((True, chunk))
+                else:
+                    alone.extend(chunk)
+        if alone:
+            runs.append((False, sorted(alone)))
+        return sorted(runs, key=lambda run: run[1][0])
+
+    async def _claim_and_launch(self, msgs: list[TaskMessage], grouped: bool = False) -> list[str]:
+        """Claim ``msgs`` with RUNNING writes and start the claimed ones: alone (each holding a run
+        slot) or, with ``grouped``, together in one Ray task holding one slot."""
         records = [TaskRecord.pending(m).moved_to(TaskState.RUNNING, worker=self._worker, lease_owner=self._incarnation)
                    for m in msgs]
         try:
@@ -215,67 +298,163 @@ class Executor:
                 claims = [c if c.accepted or not _own_claim(stored.get(r.id), r) else
                           c.model_copy(update={"accepted": True}) for r, c in zip(records, claims)]
         except BaseException:
-            for _ in msgs:
+            for _ in range(1 if grouped else len(msgs)):
                 self._slots.release()
             raise
+        unused = (lambda: None) if grouped else self._slots.release
         out = []
+        launch: list[tuple[TaskMessage, TaskRecord]] = []
         for msg, running, claim in zip(msgs, records, claims):
             if (msg.id, msg.attempt) in self._launched:
                 out.append("started")  # a repeated hand-off of a task this incarnation already runs
-                self._slots.release()
+                unused()
                 continue
             if not claim.accepted and claim.reason != "conflict":
-                self._slots.release()
+                unused()
                 out.append(REFUSED + (claim.reason or "unknown error"))
                 continue
             # A kill that arrived before the claim's answer means a cancel was written after it.
             if not claim.accepted or self._kill_requested.pop(msg.id, None) is not None:
-                self._slots.release()
+                unused()
                 self.stats["skipped"] += 1
                 out.append("skipped")
                 continue
-            r = msg.resources
-            opts: dict[str, Any] = {"name": f"raylane:{msg.name}:{msg.id}", "num_cpus": r.num_cpus,
-                                    "num_gpus": r.num_gpus}
-            if r.memory_mb:
-                opts["memory"] = r.memory_mb * 1024 * 1024
-            try:
-                ref = _remote_invoke.options(**opts).remote(msg.name, msg.args, msg.kwargs)
-            except Exception as e:  # e.g. resources Ray refuses: the claimed task fails, it is not left RUNNING
-                self._launched[(msg.id, msg.attempt)] = True
-                asyncio.create_task(self._fail_launch(running, e))
-                out.append("started")
-                continue
-            self._refs[msg.id] = ref
-            self.metrics.running(len(self._refs))
             self._launched[(msg.id, msg.attempt)] = True
             while len(self._launched) > 100_000:
                 self._launched.pop(next(iter(self._launched)))
             self.stats["started"] += 1
-            asyncio.create_task(self._finish(running, ref))
+            launch.append((msg, running))
             out.append("started")
+        if not grouped:
+            for msg, running in launch:
+                self._launch_one(msg, running)
+        elif not launch:
+            self._slots.release()
+        elif len(launch) == 1:
+            self._launch_one(*launch[0])
+        else:
+            self._start_group(launch)
         return out
+
+    def _start_group(self, members: list[tuple[TaskMessage, TaskRecord]]) -> None:
+        group = _Group(members)
+        for msg, _ in members:  # registered at once, so a kill arriving before it starts finds it
+            self._groups[msg.id] = group
+        asyncio.create_task(self._run_group(group))
+
+    def _launch_one(self, msg: TaskMessage, running: TaskRecord) -> None:
+        r = msg.resources
+        opts: dict[str, Any] = {"name": f"raylane:{msg.name}:{msg.id}", "num_cpus": r.num_cpus, "num_gpus": r.num_gpus}
+        if r.memory_mb:
+            opts["memory"] = r.memory_mb * 1024 * 1024
+        try:
+            ref = _remote_invoke.options(**opts).remote(msg.name, msg.args, msg.kwargs)
+        except Exception as e:  # e.g. resources Ray refuses: the claimed task fails, it is not left RUNNING
+            asyncio.create_task(self._fail_launch(running, e))
+            return
+        self._refs[msg.id] = ref
+        self.metrics.running(len(self._refs) + len(self._groups))
+        asyncio.create_task(self._finish(running, ref))
+
+    async def group_signal(self, task_id: str) -> bool:
+        """Resolves once a member of the group of ``task_id`` is cancelled (or the group is over);
+        the group's Ray task looks at it before starting each member."""
+        group = self._groups.get(task_id)
+        if group is not None:
+            await group.signal.wait()
+        return True
+
+    async def _run_group(self, group: _Group) -> None:
+        msgs = [m for m, _ in group.members]
+        first = msgs[0]
+        self.stats["groups"] += 1
+        self.stats["grouped"] += len(msgs)
+        self.metrics.running(len(self._refs) + len(self._groups))
+        items = [(m.id, m.name, m.args, m.kwargs) for m in msgs]
+        settled: set[str] = set()
+        crash: Optional[BaseException] = None
+        try:
+            signal = self._self.group_signal.remote(first.id)
+            group.gen = _remote_group.options(name=f"raylane:{first.name}:group-of-{len(msgs)}:{first.id}",
+                                              num_cpus=first.resources.num_cpus).remote(items, [signal])
+        except Exception as e:  # Ray refused to start it: each member fails as a lone launch would
+            for m in msgs:
+                self._groups.pop(m.id, None)
+            for _, running in group.members:
+                asyncio.create_task(self._record_launch_failure(running, e))
+            self._slots.release()
+            return
+        try:
+            async for ref in group.gen:
+                task_id, kind, reply = await ref
+                group.done += 1
+                if kind == RAN:
+                    settled.add(task_id)
+                    msg, running = group.members[group.index[task_id]]
+                    asyncio.create_task(self._settle(running, reply, release=False))
+        except (RayError, asyncio.CancelledError) as e:
+            crash = e  # the worker died or was interrupted while running member number group.done
+        finally:
+            group.signal.set()  # lets the pending group_signal call return
+            for m in msgs:
+                self._groups.pop(m.id, None)
+            self.metrics.running(len(self._refs) + len(self._groups))
+            self._slots.release()
+        again = []
+        for i, (msg, running) in enumerate(group.members):
+            if msg.id in settled:
+                continue
+            if crash is not None and i == group.done:
+                # The member that was running: it ends as a lone task whose worker died would.
+                reply = {"ok": False, "error_type": type(crash).__name__, "error": f"Ray task ended abnormally: {crash}",
+                         "traceback": None}
+                asyncio.create_task(self._settle(running, reply, release=False))
+            elif msg.id in group.cancelled:
+                self.stats["skipped"] += 1  # cancelled before it started; its CANCELLED record is written
+            else:
+                again.append((msg, running))
+        if again:
+            # Members the group never started run again; they are still claimed by this executor.
+            self.stats["restarted_unstarted"] += len(again)
+            size = self._group_size(len(again))
+            for k in range(0, len(again), size):
+                await self._slots.acquire()
+                chunk = again[k:k + size]
+                if len(chunk) == 1:
+                    self._launch_one(*chunk[0])
+                else:
+                    self._start_group(chunk)
 
     async def _fail_launch(self, running: TaskRecord, error: Exception) -> None:
         try:
-            failed = running.moved_to(TaskState.FAILED, error_type=type(error).__name__,
-                                      error=f"Ray refused to start the task: {error}")
-            outcome = await self._record(failed)
-            self.stats["failed" if outcome.accepted else "discarded_results"] += 1
+            await self._record_launch_failure(running, error)
         finally:
             self._slots.release()
+
+    async def _record_launch_failure(self, running: TaskRecord, error: Exception) -> None:
+        failed = running.moved_to(TaskState.FAILED, error_type=type(error).__name__,
+                                  error=f"Ray refused to start the task: {error}")
+        outcome = await self._record(failed)
+        self.stats["failed" if outcome.accepted else "discarded_results"] += 1
 
     async def _write_finals(self, records: list[TaskRecord]) -> list:
         return await self._keeper.write.remote(records)
 
     async def _finish(self, running: TaskRecord, ref: ray.ObjectRef) -> None:
         try:
-            try:
-                reply = await ref
-            except (RayError, asyncio.CancelledError) as e:
-                # Killed by a cancel or timeout (whose terminal write already won), or the worker died.
-                reply = {"ok": False, "error_type": type(e).__name__, "error": f"Ray task ended abnormally: {e}",
-                         "traceback": None}
+            reply = await ref
+        except (RayError, asyncio.CancelledError) as e:
+            # Killed by a cancel or timeout (whose terminal write already won), or the worker died.
+            reply = {"ok": False, "error_type": type(e).__name__, "error": f"Ray task ended abnormally: {e}",
+                     "traceback": None}
+        finally:
+            self._refs.pop(running.id, None)
+        await self._settle(running, reply)
+
+    async def _settle(self, running: TaskRecord, reply: dict, release: bool = True) -> None:
+        """Write a task's end from its reply (retrying if its policy says so) and free its run slot
+        (a grouped task's slot is its group's, freed when the group ends)."""
+        try:
             if reply["ok"]:
                 final = running.moved_to(TaskState.SUCCEEDED, result=reply["result"])
             else:
@@ -293,9 +472,9 @@ class Executor:
         except Exception:
             log.exception("finishing task %s failed", running.id)
         finally:
-            self._refs.pop(running.id, None)
-            self.metrics.running(len(self._refs))
-            self._slots.release()
+            self.metrics.running(len(self._refs) + len(self._groups))
+            if release:
+                self._slots.release()
 
     async def _record(self, record: TaskRecord) -> WriteOutcome:
         """Write a record through the keeper, riding out a store outage or a keeper restart
@@ -333,6 +512,9 @@ class Executor:
         """Stop the Ray task of ``task_id`` (its terminal state is already written): interrupt it, and
         kill its worker with ``ray.cancel(force=True)`` if it still runs after ``KILL_GRACE_S``.
         True if it was running."""
+        group = self._groups.get(task_id)
+        if group is not None:
+            return self._kill_in_group(group, task_id)
         ref = self._refs.get(task_id)
         if ref is None:
             # Not launched yet (its claim's answer is still on its way): do not launch it.
@@ -351,6 +533,27 @@ class Executor:
         self.stats["killed"] += 1
         return True
 
+    def _kill_in_group(self, group: _Group, task_id: str) -> bool:
+        """Stop a grouped task: the group starts no further member (those still waiting are started
+        again elsewhere), and if this one is the member in progress, it is interrupted, then killed,
+        like a lone task, unless it ends within the grace period."""
+        group.cancelled.add(task_id)
+        group.signal.set()
+        position = group.index[task_id]
+        if position < group.done:
+            return False  # already over
+        if position == group.done:
+            asyncio.create_task(self._stop_group_member(group, position))
+        self.stats["killed"] += 1
+        return True
+
+    async def _stop_group_member(self, group: _Group, position: int) -> None:
+        for force in (False, True):
+            await asyncio.sleep(KILL_GRACE_S)
+            if group.done != position or group.gen is None or self._groups.get(group.members[position][0].id) is not group:
+                return  # it ended, or the group stopped before starting it
+            ray.cancel(group.gen, force=force)
+
     async def _force_if_still_running(self, ref: ray.ObjectRef) -> None:
         await asyncio.sleep(KILL_GRACE_S)
         ready, _ = ray.wait([ref], timeout=0)
@@ -359,4 +562,4 @@ class Executor:
 
     async def get_stats(self) -> dict:
         """Counters: started, skipped (claim rejected), succeeded, failed, discarded results, killed."""
-        return dict(self.stats, running=len(self._refs))
+        return dict(self.stats, running=len(self._refs) + len(self._groups))

@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     default_queue: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="Queue used when none is given.")
     partitions: int = Field(4, ge=1, le=1024, description="Partitions of a newly created queue topic.")
     max_payload_bytes: int = Field(1 << 20, ge=1024, description="Largest accepted JSON payload (args+kwargs).")
-    max_in_flight: int = Field(64, ge=1, description="Tasks a queue consumer holds between poll and RUNNING.")
+    max_in_flight: int = Field(256, ge=1, description="Tasks a queue consumer holds between poll and RUNNING.")
     max_running: int = Field(32, ge=1, description="Tasks an executor runs at once.")
     consumers: int = Field(1, ge=1, le=64, description="QueueConsumer actors per deployment.")
     executors: int = Field(1, ge=1, le=16, description="Executor actors per deployment (consumers are spread over them).")

@@ -1,0 +1,100 @@
+"""Tasks that share a Ray task under load (no timeout, one CPU or less) keep their own record,
+run exactly once, and can be cancelled one by one, whether waiting in the group or running."""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import raylane
+from raylane.actors.deploy import actor_stats
+from conftest import wait_until
+
+
+@raylane.task(name="test.group.mark")
+def mark(runs_dir: str, key: int, seconds: float) -> int:
+    Path(runs_dir, f"{key}.{uuid.uuid4().hex}").touch()
+    time.sleep(seconds)
+    return key * 2
+
+
+@raylane.task(name="test.group.die_once", max_retries=1, retry_backoff=0.05)
+def die_once(runs_dir: str, key: int) -> int:
+    Path(runs_dir, f"{key}.{uuid.uuid4().hex}").touch()
+    if key == 0 and len(list(Path(runs_dir).glob("0.*"))) == 1:
+        os._exit(1)  # the worker dies while this member of its group runs
+    return key
+
+
+def runs(runs_dir: Path) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for f in runs_dir.iterdir():
+        key = int(f.name.split(".")[0])
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def executor_stats() -> dict:
+    return actor_stats("raylane")["Executor"]
+
+
+def submit_held(rl, fn, queue: str, items: list[tuple]):
+    """Submit while the queue is paused, then resume: the consumer hands them over in one batch."""
+    rl.pause(queue)
+    try:
+        handles = fn.options(queue=queue).submit_many(items)
+    finally:
+        rl.resume(queue)
+    return handles
+
+
+def test_a_burst_runs_grouped_each_task_once(rl, tmp_path, unique):
+    before = executor_stats()
+    items = [(str(tmp_path), i, 0.0) for i in range(60)]
+    handles = submit_held(rl, mark, f"g-{unique}", items)
+    assert [h.result(timeout=120) for h in handles] == [i * 2 for i in range(60)]
+    assert runs(tmp_path) == {i: 1 for i in range(60)}
+    after = executor_stats()
+    assert after["groups"] > before["groups"] and after["grouped"] - before["grouped"] >= 30, (before, after)
+    assert {rl.get(h.id).version for h in handles} == {3}
+
+
+def test_cancel_a_task_waiting_in_its_group(rl, tmp_path, unique):
+    before = executor_stats()
+    items = [(str(tmp_path), i, 0.3) for i in range(24)]
+    handles = submit_held(rl, mark, f"gw-{unique}", items)
+    target = handles[-1]  # the last member of the last group: it waits behind five others
+    wait_until(lambda: rl.get(target.id).state.value == "RUNNING", timeout=60, what="the claim of the target")
+    assert target.cancel().state.value == "CANCELLED"
+    for h in handles[:-1]:
+        assert h.wait(timeout=120).state.value == "SUCCEEDED"
+    assert target.wait(timeout=10).state.value == "CANCELLED"
+    seen = runs(tmp_path)
+    assert 23 not in seen, "a task cancelled while waiting in its group ran"
+    assert seen == {i: 1 for i in range(23)}
+    after = executor_stats()
+    assert after["grouped"] - before["grouped"] >= 20
+    assert after["restarted_unstarted"] > before["restarted_unstarted"]  # siblings not yet started ran elsewhere
+
+
+def test_cancel_the_running_member_of_a_group(rl, tmp_path, unique):
+    items = [(str(tmp_path), 0, 60.0)] + [(str(tmp_path), i, 0.0) for i in range(1, 8)]
+    handles = submit_held(rl, mark, f"gr-{unique}", items)
+    wait_until(lambda: runs(tmp_path).get(0) == 1, timeout=60, what="the long member to start")
+    assert handles[0].cancel().state.value == "CANCELLED"
+    for h in handles[1:]:
+        assert h.wait(timeout=60).state.value == "SUCCEEDED"
+    assert runs(tmp_path) == {i: 1 for i in range(8)}  # the sibling behind it ran once, elsewhere
+    wait_until(lambda: executor_stats()["running"] == 0, timeout=30, what="the killed group to end")
+
+
+def test_a_worker_dying_in_a_group_retries_only_its_task(rl, tmp_path, unique):
+    items = [(str(tmp_path), i) for i in range(8)]
+    handles = submit_held(rl, die_once, f"gd-{unique}", items)
+    assert [h.result(timeout=120) for h in handles] == list(range(8))
+    first = handles[0].record()
+    assert first.attempt == 1 and first.attempts[0].state == "FAILED"
+    seen = runs(tmp_path)
+    assert seen[0] == 2 and all(seen[i] == 1 for i in range(1, 8)), seen
+    assert all(h.record().attempt == 0 for h in handles[1:])
