@@ -55,19 +55,23 @@ def invoke(name: str, args: list, kwargs: dict) -> dict[str, Any]:
 _remote_invoke = ray.remote(max_retries=0, retry_exceptions=False)(invoke)
 
 RAN, NOT_STARTED = "ran", "not_started"
+SIGNAL_CHECK_S = 0.002  # a cancel reaches a group's waiting members within this (plus the signal's trip)
 
 
 def invoke_group(items: list[tuple[str, str, list, dict]], signal_box: list):
     """Run several tasks one after another in this Ray worker, yielding ``(task id, RAN, reply)``
-    as each ends. Before each task it looks at the executor's signal (a reference that resolves
-    when a member is cancelled); once it has fired, the rest are yielded ``NOT_STARTED``, for the
+    as each ends. Before starting a task it looks at the executor's signal (a reference that
+    resolves when a member is cancelled), at most every ``SIGNAL_CHECK_S`` (a look costs a round
+    trip to the executor); once it has fired, the rest are yielded ``NOT_STARTED``, for the
     executor to start again without the cancelled ones."""
     [signal] = signal_box
     stopped = False
+    checked = float("-inf")
     for task_id, name, args, kwargs in items:
-        if not stopped:
+        if not stopped and time.monotonic() - checked >= SIGNAL_CHECK_S:
             ready, _ = ray.wait([signal], timeout=0)
             stopped = bool(ready)
+            checked = time.monotonic()
         if stopped:
             yield task_id, NOT_STARTED, None
         else:
