@@ -164,9 +164,7 @@ def bench_celery(n: int) -> dict:
 def _os_client():
     from raylane.client import _connection
     from raylane.store import OpenSearchStore
-    from raylane.client import _endpoints
-    conn = _connection()
-    return OpenSearchStore(_endpoints(conn.settings, start_missing=False).opensearch, conn.settings.index_alias)
+    return OpenSearchStore(_connection_endpoints().opensearch, _connection().settings.index_alias)
 
 
 def os_requests(client) -> int:
@@ -245,7 +243,7 @@ def bench_burst(n: int, chunk: int = 1000, progress: bool = True) -> dict:
     requests = os_requests(store.client) - req0 - 1  # the closing usage call itself
     kb1 = kafka_log_bytes(settings, topic_prefix)
     times = task_times(store, tag)
-    store.close()
+    _remove_burst(store, settings, queue, tag)
     created = [_ts(t["created_at"]) for t in times]
     started = [_ts(t["started_at"]) for t in times if t.get("started_at")]
     finished = [_ts(t["finished_at"]) for t in times if t.get("finished_at")]
@@ -266,6 +264,26 @@ def bench_burst(n: int, chunk: int = 1000, progress: bool = True) -> dict:
         "kafka_bytes_per_task": None if kb0 is None else _r((kb1 - kb0) / n, 1),
         "first_created_to_last_finished_s": _r(last - min(created), 2), "started": len(started),
     }
+
+
+def _remove_burst(store, settings, queue: str, tag: str) -> None:
+    """Delete a burst's records and its queue topic, so that runs do not pile up work for the
+    consumers (every topic's partitions are polled) or records in the index."""
+    from kafka import KafkaAdminClient
+    from raylane.queue import topic_of
+    store.client.delete_by_query(index=store.alias, body={"query": {"term": {"tags": tag}}}, refresh=True,
+                                 conflicts="proceed")
+    store.close()
+    admin = KafkaAdminClient(bootstrap_servers=_connection_endpoints().kafka_bootstrap)
+    try:
+        admin.delete_topics([topic_of(settings.topic_prefix, queue)])
+    finally:
+        admin.close()
+
+
+def _connection_endpoints():
+    from raylane.client import _connection, _endpoints
+    return _endpoints(_connection().settings, start_missing=False)
 
 
 def _bar(total: int, desc: str, enabled: bool):
@@ -301,11 +319,10 @@ def _fake_docs(start: int, count: int, rnd: random.Random) -> list[dict]:
 def bench_lookup(steps: tuple[int, ...], progress: bool = True, samples: int = 300) -> list[dict]:
     """Lookup by id, search and count latency as the index grows through ``steps`` records."""
     from opensearchpy import helpers
-    from raylane.client import _connection, _endpoints
     from raylane.store import OpenSearchStore, TaskQuery
     from raylane.states import TaskState
     alias = f"raylane-bench-lookup-{uuid.uuid4().hex[:6]}"
-    store = OpenSearchStore(_endpoints(_connection().settings, start_missing=False).opensearch, alias)
+    store = OpenSearchStore(_connection_endpoints().opensearch, alias)
     store.ensure_schema()
     c = store.client
     index = f"{alias}-000001"
