@@ -141,9 +141,10 @@ def bench_celery(n: int) -> dict:
             if time.monotonic() > deadline:
                 return {"skipped": "the Celery worker did not answer within 90 s"}
         [r.get(timeout=60) for r in [celery_app.noop.delay(i) for i in range(200)]]  # warm
+        from celery.result import ResultSet
         with Meter() as m:
-            results = [celery_app.noop.delay(i) for i in range(n)]
-            values = [r.get(timeout=600) for r in results]
+            results = ResultSet([celery_app.noop.delay(i) for i in range(n)])
+            values = results.join_native(timeout=600)  # Celery's fastest way to collect many results
         assert values == list(range(n))
         return {"n": n, "workers": 2, "tasks_per_s": _r(n / m.seconds), "cpu_ms_per_task": _r(m.cpu_ms / n, 3),
                 "seconds": _r(m.seconds, 2)}
