@@ -396,8 +396,10 @@ class Executor:
                     settled.add(task_id)
                     msg, running = group.members[group.index[task_id]]
                     asyncio.create_task(self._settle(running, reply, release=False))
-        except (RayError, asyncio.CancelledError) as e:
-            crash = e  # the worker died or was interrupted while running member number group.done
+        except (Exception, asyncio.CancelledError) as e:
+            # The worker died or was interrupted while running member number group.done (or its
+            # outcome could not be read): that member ends as a lone task would, the rest run again.
+            crash = e
         finally:
             group.signal.set()  # lets the pending group_signal call return
             for m in msgs:
