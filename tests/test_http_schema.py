@@ -22,6 +22,7 @@ def test_schemathesis_finds_no_failure(http_api, unique):
     out = run.stdout + run.stderr
     summary = [line for line in out.splitlines() if re.search(r"\d+ generated|Selected:|Tested:|API Links|✅|❌", line)]
     print("\n".join(summary))
+    (HERE / "artifacts" / "schemathesis-summary.txt").write_text(out)
     assert run.returncode == 0, out[-6000:]
     generated = re.search(r"(\d+) generated, (\d+) passed", out)
     assert generated and generated.group(1) == generated.group(2) and int(generated.group(1)) > 300, summary
