@@ -23,7 +23,8 @@ def markdown(r: dict) -> str:
              f"Machine: {r['machine']['cpus']} CPUs, Python {r['machine']['python']}, Ray {r['machine']['ray']}.", "",
              "| figure | value |", "|---|---|"]
     for key in ("raylane_tasks_per_s", "ray_tasks_per_s", "celery_tasks_per_s", "cpu_ms_per_task",
-                "os_requests_per_transition", "rtt_p50_ms", "rtt_p99_ms", "kafka_bytes_per_task"):
+                "os_requests_per_transition", "rtt_p50_ms", "rtt_p99_ms", "kafka_bytes_per_task", "lookup_growth",
+                "search_growth"):
         lines.append(f"| `{key}` | {_fmt(r.get(key))} |")
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for key, label, target, op in TARGETS:
