@@ -1,7 +1,7 @@
 bench:  ## run the benchmark suite (writes bench/results/latest.*)
 	./dev bench
 
-bench-quick:  ## the suite at smaller sizes, about five minutes
+bench-quick:  ## the suite at smaller sizes, a few minutes
 	./dev bench --quick
 
 test:  ## the test suite

@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "raylane end to end (throughput, latency, CPU per task, OpenSearch requests per "
                                     "transition, Kafka bytes per task), lookup latency as the index grows, and "
                                     "throughput by consumers. Numbers only; nothing is asserted.")
-    sp.add_argument("--quick", action="store_true", help="smaller sizes, about five minutes")
+    sp.add_argument("--quick", action="store_true", help="smaller sizes: a few minutes instead of about ten")
     sp.add_argument("--only", help="comma-separated parts: ray,celery,rtt,burst,lookup,scale")
     sp.add_argument("--out", help="directory for the results (default bench/results)")
     sp.set_defaults(func=_bench)
