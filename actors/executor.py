@@ -357,8 +357,14 @@ class Executor:
             asyncio.create_task(self._fail_launch(running, e))
             return
         self._refs[msg.id] = ref
-        self.metrics.running(len(self._refs) + len(self._groups))
+        self._report_running()
         asyncio.create_task(self._finish(running, ref))
+
+    def _running_now(self) -> int:
+        return len(self._refs) + len(self._groups)  # lone Ray tasks, and tasks in groups
+
+    def _report_running(self) -> None:
+        self.metrics.running(self._running_now())
 
     async def group_signal(self, task_id: str) -> bool:
         """Resolves once a member of the group of ``task_id`` is cancelled (or the group is over);
@@ -373,7 +379,7 @@ class Executor:
         first = msgs[0]
         self.stats["groups"] += 1
         self.stats["grouped"] += len(msgs)
-        self.metrics.running(len(self._refs) + len(self._groups))
+        self._report_running()
         items = [(m.id, m.name, m.args, m.kwargs) for m in msgs]
         settled: set[str] = set()
         crash: Optional[BaseException] = None
@@ -394,7 +400,7 @@ class Executor:
                 group.done += 1
                 if kind == RAN:
                     settled.add(task_id)
-                    msg, running = group.members[group.index[task_id]]
+                    _, running = group.members[group.index[task_id]]
                     asyncio.create_task(self._settle(running, reply, release=False))
         except (Exception, asyncio.CancelledError) as e:
             # The worker died or was interrupted while running member number group.done (or its
@@ -404,7 +410,7 @@ class Executor:
             group.signal.set()  # lets the pending group_signal call return
             for m in msgs:
                 self._groups.pop(m.id, None)
-            self.metrics.running(len(self._refs) + len(self._groups))
+            self._report_running()
             self._slots.release()
         again = []
         for i, (msg, running) in enumerate(group.members):
@@ -478,7 +484,7 @@ class Executor:
         except Exception:
             log.exception("finishing task %s failed", running.id)
         finally:
-            self.metrics.running(len(self._refs) + len(self._groups))
+            self._report_running()
             if release:
                 self._slots.release()
 
@@ -568,4 +574,4 @@ class Executor:
 
     async def get_stats(self) -> dict:
         """Counters: started, skipped (claim rejected), succeeded, failed, discarded results, killed."""
-        return dict(self.stats, running=len(self._refs) + len(self._groups))
+        return dict(self.stats, running=self._running_now())

@@ -98,16 +98,18 @@ def _to_login() -> RedirectResponse:
     return RedirectResponse("/login", status_code=303)
 
 
-def _filters(request: Request) -> dict:
+def _filters(request: Request) -> tuple[dict, Optional[str]]:
+    """The search form's filters, and what was wrong with it if something was (that field is left out)."""
     from raylane.api import ApiProblem, task_filters
     q = request.query_params
-    states = [s for s in q.getlist("state") if s in TaskState.__members__]
+    states = [TaskState(s) for s in q.getlist("state") if s in TaskState.__members__]
+    fields = dict(state=states or None, name=q.get("name"), queue=q.get("queue"),
+                  tag=[t for t in q.getlist("tag") if t] or None, since=q.get("since") or None, until=None,
+                  text=q.get("text"))
     try:
-        return task_filters(state=[TaskState(s) for s in states] or None, name=q.get("name"),
-                            queue=q.get("queue"), tag=[t for t in q.getlist("tag") if t] or None,
-                            since=q.get("since") or None, until=None, text=q.get("text"))
-    except (ValueError, ApiProblem):
-        return task_filters(state=None, name=None, queue=None, tag=None, since=None, until=None, text=None)
+        return task_filters(**fields), None
+    except ApiProblem as e:
+        return task_filters(**{**fields, "since": None}), f"{e.message}; searched without it"
 
 
 def add_pages(app: FastAPI) -> None:
@@ -149,7 +151,7 @@ def add_pages(app: FastAPI) -> None:
         who = _who(request)
         if who is None:
             return JSONResponse({"error": "sign in"}, status_code=401)
-        counts = await context(request).call("counts", tenant_query(_filters(request), who).model_dump())
+        counts = await context(request).call("counts", tenant_query(_filters(request)[0], who).model_dump())
         return {"counts": counts, "total": sum(counts.values())}
 
     @app.get("/ui", include_in_schema=False)
@@ -159,7 +161,7 @@ def add_pages(app: FastAPI) -> None:
             return _to_login()
         ctx = context(request)
         q = request.query_params
-        filters = _filters(request)
+        filters, problem = _filters(request)
         query = tenant_query(filters, who).model_dump()
         try:
             after = decode_cursor(q.get("cursor"))
@@ -194,7 +196,8 @@ def add_pages(app: FastAPI) -> None:
             pager += f'<a id="next-page" href="/ui?{_e(urlencode(keep + [("cursor", encode_cursor(nxt))]))}">next page</a>'
         pager += "</div>"
         live = _LIVE % json.dumps([s.value for s in TaskState])
-        return _page("Tasks", f'<h1>Tasks</h1><div class="counts" id="counts">{boxes}</div>{form}{table}{pager}',
+        note = f'<p class="note" id="search-problem">{_e(problem)}</p>' if problem else ""
+        return _page("Tasks", f'<h1>Tasks</h1><div class="counts" id="counts">{boxes}</div>{form}{note}{table}{pager}',
                      who, live)
 
     @app.get("/ui/tasks/{task_id}", include_in_schema=False)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_until
+from test_http_api import fail_with, sleep_for  # noqa: F401  (the tasks this test submits over HTTP)
 
 API = "/api/v1"
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -67,29 +68,35 @@ def test_sign_in_search_open_and_cancel(browser, http_api, unique, rl):
     post(name="raylane.echo", args=["live"])
     wait_until(lambda: text_of("count-total") == "4", timeout=20, what=lambda: f"live total 4, saw {text_of('count-total')}")
 
+    def search_and_open_only_match(fields: dict[str, str], state: str, task_id: str) -> None:
+        """Fill the search form, expect exactly ``task_id``, and open its page (showing ``state``)."""
+        browser.get(f"{http_api.url}/ui")
+        for field, value in fields.items():
+            if field == "state":
+                Select(browser.find_element(By.ID, "f-state")).select_by_value(value)
+            else:
+                browser.find_element(By.ID, f"f-{field}").send_keys(value)
+        browser.find_element(By.ID, "f-go").click()
+        wait_until(lambda: "?" in browser.current_url, timeout=10, what="the search")
+        rows = browser.find_elements(By.CSS_SELECTOR, "#tasks tr.task")
+        assert len(rows) == 1 and task_id in rows[0].text
+        rows[0].find_element(By.TAG_NAME, "a").click()
+        wait_until(lambda: text_of("state") == state, timeout=10, what=f"the {state} task's page")
+
     # Search by words of the error: only the failed task; open it.
-    browser.find_element(By.ID, "f-text").send_keys(f"quota {unique}")
-    browser.find_element(By.ID, "f-go").click()
-    wait_until(lambda: "text=" in browser.current_url, timeout=10, what="the search")
-    rows = browser.find_elements(By.CSS_SELECTOR, "#tasks tr.task")
-    assert len(rows) == 1 and failed in rows[0].text
-    rows[0].find_element(By.TAG_NAME, "a").click()
-    wait_until(lambda: text_of("state") == "FAILED", timeout=10, what="the failed task's page")
+    search_and_open_only_match({"text": f"quota {unique}"}, "FAILED", failed)
     assert "disk quota exceeded" in text_of("error") and "ValueError" in text_of("error")
     assert "Traceback" in text_of("traceback")
     assert f"disk quota exceeded on volume {unique}" in text_of("args")
     assert not browser.find_elements(By.ID, "cancel")  # a finished task has no cancel button
 
+    # A date that is not one is named, and the search runs without it.
+    browser.get(f"{http_api.url}/ui?tag={tag}&since=yesterday")
+    assert "not an ISO 8601 date-time" in text_of("search-problem")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#tasks tr.task")) == 4
+
     # Search by state and tag, open the running task, cancel it.
-    browser.get(f"{http_api.url}/ui")
-    Select(browser.find_element(By.ID, "f-state")).select_by_value("RUNNING")
-    browser.find_element(By.ID, "f-tag").send_keys(tag)
-    browser.find_element(By.ID, "f-go").click()
-    wait_until(lambda: "state=RUNNING" in browser.current_url, timeout=10, what="the state search")
-    rows = browser.find_elements(By.CSS_SELECTOR, "#tasks tr.task")
-    assert len(rows) == 1 and sleeper in rows[0].text
-    rows[0].find_element(By.TAG_NAME, "a").click()
-    wait_until(lambda: text_of("state") == "RUNNING", timeout=10, what="the running task's page")
+    search_and_open_only_match({"state": "RUNNING", "tag": tag}, "RUNNING", sleeper)
     assert text_of("d-started") != "–"
     browser.find_element(By.ID, "cancel").click()
     wait_until(lambda: text_of("state") == "CANCELLED", timeout=15, what="the cancelled state")
