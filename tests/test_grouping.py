@@ -39,20 +39,40 @@ def executor_stats() -> dict:
     return actor_stats("raylane")["Executor"]
 
 
-def submit_held(rl, fn, queue: str, items: list[tuple]):
-    """Submit while the queue is paused, then resume: the consumer hands them over in one batch."""
+def submit_held(rl, settings, fn, queue: str, items: list[tuple]):
+    """Submit to a queue the consumer already holds paused, then resume: it hands them over in one batch.
+
+    The queue's topic has one partition, so they come in one fetch; a probe task lets the test see
+    the consumer hold it paused (it has seen the pause), so nothing submitted after is taken early."""
+    import ray
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from raylane.client import submit_requests
+    from raylane.models import SubmitRequest
+    consumer = ray.get_actor("QueueConsumer-0", namespace=settings.namespace)
+    topic = f"{settings.topic_prefix}{queue}"
+    admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{settings.kafka_port}")
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    admin.close()
     rl.pause(queue)
     try:
+        submit_requests([SubmitRequest(name="raylane.echo", queue=queue)])
+
+        def holding() -> bool:
+            parts = [p for p in ray.get(consumer.partitions.remote()) if p["topic"] == topic]
+            return len(parts) == 1 and parts[0]["paused"]
+
+        wait_until(holding, timeout=60, what=f"the consumer to hold {topic}")
         handles = fn.options(queue=queue).submit_many(items)
     finally:
         rl.resume(queue)
     return handles
 
 
-def test_a_burst_runs_grouped_each_task_once(rl, tmp_path, unique):
+def test_a_burst_runs_grouped_each_task_once(rl, settings, tmp_path, unique):
     before = executor_stats()
     items = [(str(tmp_path), i, 0.0) for i in range(60)]
-    handles = submit_held(rl, mark, f"g-{unique}", items)
+    handles = submit_held(rl, settings, mark, f"g-{unique}", items)
     assert [h.result(timeout=120) for h in handles] == [i * 2 for i in range(60)]
     assert runs(tmp_path) == {i: 1 for i in range(60)}
     after = executor_stats()
@@ -60,10 +80,10 @@ def test_a_burst_runs_grouped_each_task_once(rl, tmp_path, unique):
     assert {rl.get(h.id).version for h in handles} == {3}
 
 
-def test_cancel_a_task_waiting_in_its_group(rl, tmp_path, unique):
+def test_cancel_a_task_waiting_in_its_group(rl, settings, tmp_path, unique):
     before = executor_stats()
     items = [(str(tmp_path), i, 0.3) for i in range(24)]
-    handles = submit_held(rl, mark, f"gw-{unique}", items)
+    handles = submit_held(rl, settings, mark, f"gw-{unique}", items)
     target = handles[-1]  # the last member of the last group: it waits behind five others
     wait_until(lambda: rl.get(target.id).state.value == "RUNNING", timeout=60, what="the claim of the target")
     assert target.cancel().state.value == "CANCELLED"
@@ -78,9 +98,9 @@ def test_cancel_a_task_waiting_in_its_group(rl, tmp_path, unique):
     assert after["restarted_unstarted"] > before["restarted_unstarted"]  # siblings not yet started ran elsewhere
 
 
-def test_cancel_the_running_member_of_a_group(rl, tmp_path, unique):
+def test_cancel_the_running_member_of_a_group(rl, settings, tmp_path, unique):
     items = [(str(tmp_path), 0, 60.0)] + [(str(tmp_path), i, 0.0) for i in range(1, 8)]
-    handles = submit_held(rl, mark, f"gr-{unique}", items)
+    handles = submit_held(rl, settings, mark, f"gr-{unique}", items)
     wait_until(lambda: runs(tmp_path).get(0) == 1, timeout=60, what="the long member to start")
     assert handles[0].cancel().state.value == "CANCELLED"
     for h in handles[1:]:
@@ -89,9 +109,9 @@ def test_cancel_the_running_member_of_a_group(rl, tmp_path, unique):
     wait_until(lambda: executor_stats()["running"] == 0, timeout=30, what="the killed group to end")
 
 
-def test_a_worker_dying_in_a_group_retries_only_its_task(rl, tmp_path, unique):
+def test_a_worker_dying_in_a_group_retries_only_its_task(rl, settings, tmp_path, unique):
     items = [(str(tmp_path), i) for i in range(8)]
-    handles = submit_held(rl, die_once, f"gd-{unique}", items)
+    handles = submit_held(rl, settings, die_once, f"gd-{unique}", items)
     assert [h.result(timeout=120) for h in handles] == list(range(8))
     first = handles[0].record()
     assert first.attempt == 1 and first.attempts[0].state == "FAILED"
