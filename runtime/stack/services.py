@@ -157,7 +157,9 @@ class Kafka(Service):
             "",
         ]))
         if not (data / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = "-"
+            while cluster_id.startswith("-"):  # one in 64 would be read as an option by the tool, as Kafka's own ids avoid
+                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             out = subprocess.run(self._java() + ["kafka.tools.StorageTool", "format", "-t", cluster_id,
                                                  "-c", str(self._dir / "server.properties")],
                                  capture_output=True, text=True)
