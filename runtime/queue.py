@@ -190,6 +190,8 @@ class KafkaTaskQueue(TaskQueue):
                 f.get(timeout=self.produce_timeout_s)
         except (KafkaError, OSError) as e:
             raise QueueUnavailable(f"Kafka did not acknowledge {len(messages)} task message(s): {e}") from e
+        finally:
+            _forget_empty_partitions(producer)
 
     def dead_letter(self, item: Consumed, reason: str) -> None:
         from kafka.errors import KafkaError
@@ -211,6 +213,22 @@ class KafkaTaskQueue(TaskQueue):
         if self._admin is not None:
             self._admin.close()
             self._admin = None
+
+
+def _forget_empty_partitions(producer) -> None:
+    """Drop the producer's empty per-partition queues. kafka-python (3.0.12) keeps one for every
+    partition ever written and asks for new metadata in a busy loop while any of them has no
+    leader, so a queue topic deleted under a running producer would cost a full core forever.
+    A queue is made again on the next send to its partition. Only the library's internals allow
+    this; if they change, nothing is dropped."""
+    acc = getattr(producer, "_accumulator", None)
+    batches, lock_of = getattr(acc, "_batches", None), getattr(acc, "_tp_lock", None)
+    if not isinstance(batches, dict) or lock_of is None:
+        return
+    for tp in list(batches):
+        with lock_of(tp):
+            if tp in batches and not batches[tp]:
+                del batches[tp]
 
 
 def owner_of(topic: str, partition: int, members: int) -> int:

@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import ConflictError
+
+from conftest import wait_until
 
 
 def test_kafka_produce_consume_round_trip(stack, unique):
@@ -52,3 +57,35 @@ def test_opensearch_external_versions(stack, unique):
     finally:
         client.indices.delete(index=index)
         client.close()
+
+
+def _thread_cpu_s(native_id: int) -> float:
+    fields = open(f"/proc/self/task/{native_id}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_producer_idles_after_its_queue_topic_is_deleted(stack, settings, unique):
+    # kafka-python's sender spins on a deleted topic's partitions if it keeps their (empty) queues.
+    from raylane.models import TaskMessage, new_task_id, utcnow
+    from raylane.queue import KafkaTaskQueue
+    queue = KafkaTaskQueue(stack.kafka.address, prefix=f"test.deleted.{unique}.", dlq_topic=f"test.dlq.{unique}",
+                           partitions=2, max_payload_bytes=1024)
+    try:
+        topic = queue.ensure_queue("q")
+        def produce(q: str) -> None:
+            queue.produce_many([TaskMessage(id=new_task_id(), name="raylane.echo", queue=q, created_at=utcnow())
+                                for _ in range(10)])
+
+        produce("q")
+        [sender] = [t for t in threading.enumerate() if t.name.startswith("kafka-python-producer")]
+        admin = KafkaAdminClient(bootstrap_servers=stack.kafka.address)
+        admin.delete_topics([topic])
+        wait_until(lambda: topic not in admin.list_topics(), what=f"{topic} deleted")
+        admin.close()
+        produce("other")  # the producer refreshes its metadata and learns that the topic is gone
+        window_start, cpu_start = time.monotonic(), _thread_cpu_s(sender.native_id)
+        time.sleep(2.0)  # the measuring window: a spinning sender burns about this much CPU in it
+        used = _thread_cpu_s(sender.native_id) - cpu_start
+        assert used < 0.25 * (time.monotonic() - window_start), f"producer thread used {used:.2f}s of CPU while idle"
+    finally:
+        queue.close()
