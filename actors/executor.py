@@ -10,7 +10,9 @@ import asyncio
 import json
 import logging
 import os
+import _thread
 import random
+import threading
 import time
 import traceback
 import uuid
@@ -55,27 +57,81 @@ def invoke(name: str, args: list, kwargs: dict) -> dict[str, Any]:
 _remote_invoke = ray.remote(max_retries=0, retry_exceptions=False)(invoke)
 
 RAN, NOT_STARTED = "ran", "not_started"
-SIGNAL_CHECK_S = 0.002  # a cancel reaches a group's waiting members within this (plus the signal's trip)
+FLUSH_S = 0.002  # a group's worker reports ended members at most this long after the previous report
 
 
-def invoke_group(items: list[tuple[str, str, list, dict]], signal_box: list):
-    """Run several tasks one after another in this Ray worker, yielding ``(task id, RAN, reply)``
-    as each ends. Before starting a task it looks at the executor's signal (a reference that
-    resolves when a member is cancelled), at most every ``SIGNAL_CHECK_S`` (a look costs a round
-    trip to the executor); once it has fired, the rest are yielded ``NOT_STARTED``, for the
-    executor to start again without the cancelled ones."""
+_INTERRUPTED = {"ok": False, "error_type": "TaskCancelledError", "error": "interrupted: the task was cancelled",
+                "traceback": None}
+
+
+class _MemberControl:
+    """The cancel side of a group's worker. A thread waits for the executor's signal (the ids
+    cancelled, or none when the group is over): from then on no further member starts, and
+    the member running, if it is one of those cancelled, is interrupted as ``ray.cancel`` would
+    (``KeyboardInterrupt`` in the main thread). The executor hears which member was running, so
+    that it can kill the worker if that member ignores the interrupt."""
+
+    def __init__(self, signal: ray.ObjectRef, executor, group_key: str):
+        self._lock = threading.Lock()
+        self._current: Optional[str] = None
+        self.cancelled: Optional[frozenset] = None  # None until the signal resolves
+        threading.Thread(target=self._watch, args=(signal, executor, group_key), daemon=True,
+                         name="raylane-group-signal").start()
+
+    def _watch(self, signal: ray.ObjectRef, executor, group_key: str) -> None:
+        try:
+            cancelled = frozenset(ray.get(signal))
+        except Exception:  # the executor is gone: start nothing more
+            cancelled = frozenset()
+        with self._lock:
+            self.cancelled = cancelled
+            running = self._current
+            interrupted = running is not None and running in cancelled
+            if interrupted:
+                _thread.interrupt_main()
+        if cancelled:
+            executor.group_running.remote(group_key, running, interrupted)
+
+    def run(self, task_id: str, name: str, args: list, kwargs: dict) -> Optional[dict]:
+        """The member's reply; None if the group was stopped before it started."""
+        try:
+            with self._lock:
+                if self.cancelled is not None:
+                    return None
+                self._current = task_id
+            try:
+                return invoke(name, args, kwargs)
+            finally:
+                with self._lock:
+                    self._current = None
+        except KeyboardInterrupt:
+            return _INTERRUPTED
+
+
+def invoke_group(items: list[tuple[str, str, list, dict]], signal_box: list, executor, group_key: str):
+    """Run several tasks one after another in this Ray worker, yielding lists of
+    ``(task id, RAN, reply)`` as they end: a report at most every ``FLUSH_S`` (each report is a
+    message to the executor, so many small tasks share one). Once the executor's signal (a
+    reference in ``signal_box``) says members were cancelled, no further member starts and the
+    rest are reported ``NOT_STARTED``, for the executor to start again without the cancelled ones."""
     [signal] = signal_box
-    stopped = False
-    checked = float("-inf")
-    for task_id, name, args, kwargs in items:
-        if not stopped and time.monotonic() - checked >= SIGNAL_CHECK_S:
-            ready, _ = ray.wait([signal], timeout=0)
-            stopped = bool(ready)
-            checked = time.monotonic()
-        if stopped:
-            yield task_id, NOT_STARTED, None
-        else:
-            yield task_id, RAN, invoke(name, args, kwargs)
+    control = _MemberControl(signal, executor, group_key)
+    pending: list[tuple[str, str, Optional[dict]]] = []
+    reported = time.monotonic()
+    for i, (task_id, name, args, kwargs) in enumerate(items):
+        if pending and time.monotonic() - reported >= FLUSH_S:
+            yield pending
+            pending, reported = [], time.monotonic()
+        try:
+            reply = control.run(task_id, name, args, kwargs)
+        except KeyboardInterrupt:  # an interrupt meant for this member that landed as it returned
+            reply = _INTERRUPTED
+        if reply is None:
+            pending.extend((later[0], NOT_STARTED, None) for later in items[i:])
+            break
+        pending.append((task_id, RAN, reply))
+    if pending:
+        yield pending
 
 
 _remote_group = ray.remote(max_retries=0, retry_exceptions=False, num_returns="streaming")(invoke_group)
@@ -99,6 +155,8 @@ class _Group:
         self.cancelled: set[str] = set()
         self.signal = asyncio.Event()
         self.gen = None
+        self.running: Optional[str] = None  # the member its worker ran when the signal came
+        self.interrupted: set[str] = set()
 
 
 def _own_claim(stored: Optional[TaskRecord], mine: TaskRecord) -> bool:
@@ -366,13 +424,23 @@ class Executor:
     def _report_running(self) -> None:
         self.metrics.running(self._running_now())
 
-    async def group_signal(self, task_id: str) -> bool:
-        """Resolves once a member of the group of ``task_id`` is cancelled (or the group is over);
-        the group's Ray task looks at it before starting each member."""
+    async def group_signal(self, task_id: str) -> list[str]:
+        """Resolves once members of the group of ``task_id`` are cancelled, with their ids (or,
+        with none, once the group is over); the group's worker then starts no further member."""
+        group = self._groups.get(task_id)
+        if group is None:
+            return []
+        await group.signal.wait()
+        return sorted(group.cancelled)
+
+    async def group_running(self, task_id: str, running: Optional[str], interrupted: bool) -> None:
+        """From the worker of the group of ``task_id``: the member it was running when the signal
+        came (None: between members), and whether it interrupted it."""
         group = self._groups.get(task_id)
         if group is not None:
-            await group.signal.wait()
-        return True
+            group.running = running
+            if interrupted:
+                group.interrupted.add(running)
 
     async def _run_group(self, group: _Group) -> None:
         msgs = [m for m, _ in group.members]
@@ -386,7 +454,8 @@ class Executor:
         try:
             signal = self._self.group_signal.remote(first.id)
             group.gen = _remote_group.options(name=f"raylane:{first.name}:group-of-{len(msgs)}:{first.id}",
-                                              num_cpus=first.resources.num_cpus).remote(items, [signal])
+                                              num_cpus=first.resources.num_cpus).remote(items, [signal], self._self,
+                                                                                        first.id)
         except Exception as e:  # Ray refused to start it: each member fails as a lone launch would
             for m in msgs:
                 self._groups.pop(m.id, None)
@@ -396,15 +465,17 @@ class Executor:
             return
         try:
             async for ref in group.gen:
-                task_id, kind, reply = await ref
-                group.done += 1
-                if kind == RAN:
-                    settled.add(task_id)
-                    _, running = group.members[group.index[task_id]]
-                    asyncio.create_task(self._settle(running, reply, release=False))
+                ended = []
+                for task_id, kind, reply in await ref:
+                    group.done += 1
+                    if kind == RAN:
+                        settled.add(task_id)
+                        ended.append((group.members[group.index[task_id]][1], reply))
+                if ended:
+                    asyncio.create_task(self._settle_many(ended))
         except (Exception, asyncio.CancelledError) as e:
-            # The worker died or was interrupted while running member number group.done (or its
-            # outcome could not be read): that member ends as a lone task would, the rest run again.
+            # The worker died or was killed (or its report could not be read): the member it ran
+            # ends as a lone task would, the rest run again.
             crash = e
         finally:
             group.signal.set()  # lets the pending group_signal call return
@@ -412,15 +483,21 @@ class Executor:
                 self._groups.pop(m.id, None)
             self._report_running()
             self._slots.release()
+        blamed = None
+        if crash is not None:
+            # After a signal the worker names the member it ran; otherwise it is taken to be the first
+            # one not reported, so a member that ended within FLUSH_S of a crash may take the blame.
+            blamed = group.running if group.running is not None else \
+                next((m.id for m, _ in group.members[group.done:]), None)
         again = []
-        for i, (msg, running) in enumerate(group.members):
+        for msg, running in group.members:
             if msg.id in settled:
                 continue
-            if crash is not None and i == group.done:
+            if msg.id == blamed:
                 # The member that was running: it ends as a lone task whose worker died would.
                 reply = {"ok": False, "error_type": type(crash).__name__, "error": f"Ray task ended abnormally: {crash}",
                          "traceback": None}
-                asyncio.create_task(self._settle(running, reply, release=False))
+                asyncio.create_task(self._settle_many([(running, reply)]))
             elif msg.id in group.cancelled:
                 self.stats["skipped"] += 1  # cancelled before it started; its CANCELLED record is written
             else:
@@ -463,43 +540,57 @@ class Executor:
             self._refs.pop(running.id, None)
         await self._settle(running, reply)
 
-    async def _settle(self, running: TaskRecord, reply: dict, release: bool = True) -> None:
-        """Write a task's end from its reply (retrying if its policy says so) and free its run slot
-        (a grouped task's slot is its group's, freed when the group ends)."""
+    async def _settle(self, running: TaskRecord, reply: dict) -> None:
+        """Write a lone task's end from its reply and free its run slot (a grouped task's slot
+        is its group's, freed when the group ends)."""
         try:
-            if reply["ok"]:
-                final = running.moved_to(TaskState.SUCCEEDED, result=reply["result"])
-            else:
-                final = running.moved_to(TaskState.FAILED, error=reply["error"], error_type=reply["error_type"],
-                                         traceback=reply["traceback"],
-                                         will_retry=running.retry.retries(running.attempt, reply["error_type"]))
-            outcome = await self._record(final)
-            if not outcome.accepted:
-                self.stats["discarded_results"] += 1
-                log.info("task %s: %s discarded, a cancel or timeout was recorded first", running.id, final.state.value)
-            elif final.will_retry:
-                await self._retry(final)
-            else:
-                self.stats["succeeded" if final.state is TaskState.SUCCEEDED else "failed"] += 1
+            await self._settle_many([(running, reply)])
+        finally:
+            self._slots.release()
+
+    async def _settle_many(self, ended: list[tuple[TaskRecord, dict]]) -> None:
+        """Write the ends of tasks from their replies, in one batch, and start the retries their policies ask for."""
+        try:
+            finals = []
+            for running, reply in ended:
+                if reply["ok"]:
+                    finals.append(running.moved_to(TaskState.SUCCEEDED, result=reply["result"]))
+                else:
+                    finals.append(running.moved_to(
+                        TaskState.FAILED, error=reply["error"], error_type=reply["error_type"],
+                        traceback=reply["traceback"], will_retry=running.retry.retries(running.attempt,
+                                                                                       reply["error_type"])))
+            for final, outcome in zip(finals, await self._record_many(finals)):
+                if not outcome.accepted:
+                    self.stats["discarded_results"] += 1
+                    log.info("task %s: %s discarded, a cancel or timeout was recorded first", final.id,
+                             final.state.value)
+                elif final.will_retry:
+                    await self._retry(final)
+                else:
+                    self.stats["succeeded" if final.state is TaskState.SUCCEEDED else "failed"] += 1
         except Exception:
-            log.exception("finishing task %s failed", running.id)
+            log.exception("finishing task(s) %s failed", ", ".join(r.id for r, _ in ended))
         finally:
             self._report_running()
-            if release:
-                self._slots.release()
 
     async def _record(self, record: TaskRecord) -> WriteOutcome:
-        """Write a record through the keeper, riding out a store outage or a keeper restart
-        (the task keeps its run slot meanwhile, so outages apply backpressure)."""
+        """Write one record through the keeper (see ``_record_many``)."""
+        [outcome] = await self._record_many([record])
+        return outcome
+
+    async def _record_many(self, records: list[TaskRecord]) -> list[WriteOutcome]:
+        """Write records through the keeper, riding out a store outage or a keeper restart
+        (the tasks keep their run slots meanwhile, so outages apply backpressure)."""
         attempt = 0
         while True:
             try:
-                [outcome] = await self._finals.submit_many([record])
-                return outcome
+                return await self._finals.submit_many(records)
             except (StoreUnavailable, RayError) as e:
                 attempt += 1
                 if attempt == 1 or attempt % 30 == 0:
-                    log.warning("writing %s of %s failed (try %d): %r", record.state.value, record.id, attempt, e)
+                    log.warning("writing %d record(s) (%s of %s first) failed (try %d): %r", len(records),
+                                records[0].state.value, records[0].id, attempt, e)
                 await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
 
     async def _retry(self, failed: TaskRecord) -> None:
@@ -547,24 +638,29 @@ class Executor:
 
     def _kill_in_group(self, group: _Group, task_id: str) -> bool:
         """Stop a grouped task: the group starts no further member (those still waiting are started
-        again elsewhere), and if this one is the member in progress, it is interrupted, then killed,
-        like a lone task, unless it ends within the grace period."""
+        again elsewhere), and if this one is the member in progress, its worker interrupts it at
+        once; one that is still running after ``KILL_GRACE_S`` is killed with its worker."""
+        if group.index[task_id] < group.done:
+            return False  # already over
         group.cancelled.add(task_id)
         group.signal.set()
-        position = group.index[task_id]
-        if position < group.done:
-            return False  # already over
-        if position == group.done:
-            asyncio.create_task(self._stop_group_member(group, position))
+        asyncio.create_task(self._stop_group_member(group, task_id))
         self.stats["killed"] += 1
         return True
 
-    async def _stop_group_member(self, group: _Group, position: int) -> None:
-        for force in (False, True):
+    async def _stop_group_member(self, group: _Group, task_id: str) -> None:
+        # A member runs on only if it was the one running when the signal reached the worker;
+        # a cancel that came after the signal is the executor's to interrupt.
+        for _ in range(3):
             await asyncio.sleep(KILL_GRACE_S)
-            if group.done != position or group.gen is None or self._groups.get(group.members[position][0].id) is not group:
-                return  # it ended, or the group stopped before starting it
-            ray.cancel(group.gen, force=force)
+            if (self._groups.get(task_id) is not group or group.index[task_id] < group.done
+                    or group.running != task_id or group.gen is None):
+                return
+            if task_id in group.interrupted:
+                ray.cancel(group.gen, force=True)
+                return
+            ray.cancel(group.gen, force=False)
+            group.interrupted.add(task_id)
 
     async def _force_if_still_running(self, ref: ray.ObjectRef) -> None:
         await asyncio.sleep(KILL_GRACE_S)
