@@ -272,12 +272,13 @@ class Executor:
             log.warning("re-queued %d task(s) PENDING since before %s", len(stale), before.isoformat())
         return len(stale)
 
-    async def start_many(self, messages: list[dict]) -> list[str]:
-        """Claim and launch tasks, each once a run slot is free (and a retry once its backoff is over);
-        returns once every RUNNING write is settled, one outcome per message: "started", "skipped"
-        (the claim lost to a newer version), or ``REFUSED`` and the store's reason."""
+    async def start_many(self, messages: list[bytes]) -> list[str]:
+        """Claim and launch tasks (their queue messages, JSON), each once a run slot is free (and a
+        retry once its backoff is over); returns once every RUNNING write is settled, one outcome
+        per message: "started", "skipped" (the claim lost to a newer version), or ``REFUSED`` and
+        the store's reason."""
         await self.ensure_running()
-        msgs = [TaskMessage.model_validate(m) for m in messages]
+        msgs = [TaskMessage.model_validate_json(m) for m in messages]
         now = utcnow()
         later = [i for i, m in enumerate(msgs) if m.not_before and m.not_before > now]
         if not later:
@@ -298,23 +299,19 @@ class Executor:
 
     async def _start_ready(self, msgs: list[TaskMessage]) -> list[str]:
         outcomes = [""] * len(msgs)
-        for grouped, idx in self._plan(msgs):
-            if grouped:
-                await self._slots.acquire()  # a group is one Ray task: one run slot for all its members
-                for i, outcome in zip(idx, await self._claim_and_launch([msgs[i] for i in idx], grouped=True)):
-                    outcomes[i] = outcome
-                continue
-            k = 0
-            while k < len(idx):
-                # Wait for one free slot, then take every other slot free right now: one claim per batch.
+        units = self._plan(msgs)
+        k = 0
+        while k < len(units):
+            # Wait for one free slot, then take every other slot free right now: one claim for them all.
+            await self._slots.acquire()
+            batch = [units[k]]
+            k += 1
+            while k < len(units) and not self._slots.locked():
                 await self._slots.acquire()
-                batch = [idx[k]]
+                batch.append(units[k])
                 k += 1
-                while k < len(idx) and not self._slots.locked():
-                    await self._slots.acquire()
-                    batch.append(idx[k])
-                    k += 1
-                for i, outcome in zip(batch, await self._claim_and_launch([msgs[i] for i in batch])):
+            for idx, outs in zip(batch, await self._claim_and_launch([[msgs[i] for i in idx] for idx in batch])):
+                for i, outcome in zip(idx, outs):
                     outcomes[i] = outcome
         return outcomes
 
@@ -322,80 +319,72 @@ class Executor:
         # As many Ray tasks as the cluster has CPUs, each with a share of the tasks.
         return min(GROUP_MAX, max(2, -(-n // self._cpus)))
 
-    def _plan(self, msgs: list[TaskMessage]) -> list[tuple[bool, list[int]]]:
-        """How to run ``msgs``: groups of tasks of one name that may share a Ray task (when several
-        arrive at once, which saves Ray's cost per task), and the rest alone; in arrival order."""
+    def _plan(self, msgs: list[TaskMessage]) -> list[list[int]]:
+        """How to run ``msgs``, in units that each hold one run slot: groups of tasks of one name
+        that may share a Ray task (when several arrive at once, which saves Ray's cost per task),
+        and tasks alone; in arrival order."""
         buckets: dict[tuple, list[int]] = {}
-        alone: list[int] = []
+        units: list[list[int]] = []
         for i, m in enumerate(msgs):
             if groupable(m):
                 buckets.setdefault((m.name, m.resources), []).append(i)
             else:
-                alone.append(i)
-        runs: list[tuple[bool, list[int]]] = []
+                units.append([i])
         for idx in buckets.values():
             size = self._group_size(len(idx))
             for k in range(0, len(idx), size):
                 chunk = idx[k:k + size]
-                if len(chunk) > 1:
-                    runs.append((True, chunk))
-                else:
-                    alone.extend(chunk)
-        if alone:
-            runs.append((False, sorted(alone)))
-        return sorted(runs, key=lambda run: run[1][0])
+                units.extend([chunk] if len(chunk) > 1 else [[i] for i in chunk])
+        return sorted(units)
 
-    async def _claim_and_launch(self, msgs: list[TaskMessage], grouped: bool = False) -> list[str]:
-        """Claim ``msgs`` with RUNNING writes and start the claimed ones: alone (each holding a run
-        slot) or, with ``grouped``, together in one Ray task holding one slot."""
-        records = [TaskRecord.pending(m).moved_to(TaskState.RUNNING, worker=self._worker, lease_owner=self._incarnation)
-                   for m in msgs]
+    async def _claim_and_launch(self, units: list[list[TaskMessage]]) -> list[list[str]]:
+        """Claim the tasks of ``units`` with RUNNING writes (one call for all) and start the claimed
+        ones. Each unit holds one run slot: a task alone, or several that share one Ray task."""
+        records = [[TaskRecord.pending(m).moved_to(TaskState.RUNNING, worker=self._worker,
+                                                   lease_owner=self._incarnation) for m in unit] for unit in units]
+        flat = [r for unit in records for r in unit]
         try:
-            claims = await self._keeper.claim.remote(records)
-            rejected = [r.id for r, c in zip(records, claims) if not c.accepted]
+            claims = await self._keeper.claim.remote(flat)
+            rejected = [r.id for r, c in zip(flat, claims) if not c.accepted]
             if rejected:
                 # A rejected claim normally means cancelled or taken; but if a retried hand-off finds
                 # this incarnation's own earlier claim (its answer was lost), the task is ours to run.
                 stored = await asyncio.to_thread(self._store.get_many, rejected)
                 claims = [c if c.accepted or not _own_claim(stored.get(r.id), r) else
-                          c.model_copy(update={"accepted": True}) for r, c in zip(records, claims)]
+                          c.model_copy(update={"accepted": True}) for r, c in zip(flat, claims)]
         except BaseException:
-            for _ in range(1 if grouped else len(msgs)):
+            for _ in units:
                 self._slots.release()
             raise
-        unused = (lambda: None) if grouped else self._slots.release
+        answers = iter(claims)
         out = []
-        launch: list[tuple[TaskMessage, TaskRecord]] = []
-        for msg, running, claim in zip(msgs, records, claims):
-            if (msg.id, msg.attempt) in self._launched:
-                out.append("started")  # a repeated hand-off of a task this incarnation already runs
-                unused()
-                continue
-            if not claim.accepted and claim.reason != "conflict":
-                unused()
-                out.append(REFUSED + (claim.reason or "unknown error"))
-                continue
-            # A kill that arrived before the claim's answer means a cancel was written after it.
-            if not claim.accepted or self._kill_requested.pop(msg.id, None) is not None:
-                unused()
-                self.stats["skipped"] += 1
-                out.append("skipped")
-                continue
-            self._launched[(msg.id, msg.attempt)] = True
-            while len(self._launched) > 100_000:
-                self._launched.pop(next(iter(self._launched)))
-            self.stats["started"] += 1
-            launch.append((msg, running))
-            out.append("started")
-        if not grouped:
-            for msg, running in launch:
-                self._launch_one(msg, running)
-        elif not launch:
-            self._slots.release()
-        elif len(launch) == 1:
-            self._launch_one(*launch[0])
-        else:
-            self._start_group(launch)
+        for unit, unit_records in zip(units, records):
+            outcomes: list[str] = []
+            launch: list[tuple[TaskMessage, TaskRecord]] = []
+            for msg, running in zip(unit, unit_records):
+                claim = next(answers)
+                if (msg.id, msg.attempt) in self._launched:
+                    outcomes.append("started")  # a repeated hand-off of a task this incarnation already runs
+                elif not claim.accepted and claim.reason != "conflict":
+                    outcomes.append(REFUSED + (claim.reason or "unknown error"))
+                # A kill that arrived before the claim's answer means a cancel was written after it.
+                elif not claim.accepted or self._kill_requested.pop(msg.id, None) is not None:
+                    self.stats["skipped"] += 1
+                    outcomes.append("skipped")
+                else:
+                    self._launched[(msg.id, msg.attempt)] = True
+                    while len(self._launched) > 100_000:
+                        self._launched.pop(next(iter(self._launched)))
+                    self.stats["started"] += 1
+                    launch.append((msg, running))
+                    outcomes.append("started")
+            out.append(outcomes)
+            if not launch:
+                self._slots.release()
+            elif len(launch) == 1:
+                self._launch_one(*launch[0])
+            else:
+                self._start_group(launch)
         return out
 
     def _start_group(self, members: list[tuple[TaskMessage, TaskRecord]]) -> None:

@@ -201,7 +201,8 @@ class QueueConsumer:
         good = [(item, msg) for item, msg in zip(items, prepared) if msg is not None]
         if not good:
             return
-        payload = [msg.model_dump(mode="json") for _, msg in good]
+        # The messages as read: parsing the JSON again costs the executor less than a dump and a validation.
+        payload = [item.value for item, _ in good]
         poison_tries = 0
         outage = 0
         while True:

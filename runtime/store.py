@@ -194,7 +194,8 @@ class OpenSearchStore(StatusStore):
             body.append({"index": {"_index": self.alias, "_id": r.id, "version": r.version,
                                    "version_type": "external"}})
             body.append(r.to_doc())
-        resp = self._call(self._client.bulk, body=body)
+        # Only what is read back: a full answer per write is about ten times as long to make and parse.
+        resp = self._call(self._client.bulk, body=body, filter_path="items.*.status,items.*.error")
         out = []
         for r, item in zip(records, resp["items"]):
             res = item["index"]
