@@ -26,7 +26,7 @@ from raylane import registry
 from raylane.actors.common import REFUSED, STATUS_KEEPER, ActorConfig, GroupCommit
 from raylane.actors.metrics import ExecutorMetrics
 from raylane.errors import QueueUnavailable, StoreUnavailable
-from raylane.models import TaskMessage, TaskRecord, WriteOutcome, utcnow
+from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, utcnow
 from raylane.queue import KafkaTaskQueue
 from raylane.store import OpenSearchStore
 from raylane.states import TaskState
@@ -344,7 +344,7 @@ class Executor:
                                                    lease_owner=self._incarnation) for m in unit] for unit in units]
         flat = [r for unit in records for r in unit]
         try:
-            claims = await self._keeper.claim.remote(flat)
+            claims = await self._keeper.claim.remote([PackedRecord.of(r) for r in flat])
             rejected = [r.id for r, c in zip(flat, claims) if not c.accepted]
             if rejected:
                 # A rejected claim normally means cancelled or taken; but if a retried hand-off finds
@@ -516,7 +516,7 @@ class Executor:
         self.stats["failed" if outcome.accepted else "discarded_results"] += 1
 
     async def _write_finals(self, records: list[TaskRecord]) -> list:
-        return await self._keeper.write.remote(records)
+        return await self._keeper.write.remote([PackedRecord.of(r) for r in records])
 
     async def _finish(self, running: TaskRecord, ref: ray.ObjectRef) -> None:
         try:

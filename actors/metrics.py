@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Sequence
 
-from raylane.models import TaskRecord, WriteOutcome
+from raylane.models import PackedRecord, TaskRecord, WriteOutcome
 from raylane.states import TaskState
 
 _BATCH_SIZES = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
@@ -42,7 +42,8 @@ class KeeperMetrics:
                                  boundaries=_SECONDS),
         }
 
-    def flushed(self, records: Sequence[TaskRecord], outcomes: Sequence[WriteOutcome], seconds: float) -> None:
+    def flushed(self, records: Sequence[TaskRecord | PackedRecord], outcomes: Sequence[WriteOutcome],
+                seconds: float) -> None:
         """Record one bulk write and the state changes it made."""
         m = self._m
         m["batch"].observe(len(records))

@@ -19,7 +19,8 @@ from raylane import registry
 from raylane.actors.common import STATUS_KEEPER, ActorConfig, replies_errors
 from raylane.errors import (InvalidTaskInput, QueueUnavailable, StoreUnavailable, TaskAlreadyFinished,
                             TaskNotFound)
-from raylane.models import NAME_PATTERN, QUEUE_PATTERN, SubmitRequest, TaskMessage, TaskRecord, new_task_id, utcnow
+from raylane.models import (NAME_PATTERN, QUEUE_PATTERN, PackedRecord, SubmitRequest, TaskMessage, TaskRecord,
+                            new_task_id, utcnow)
 from raylane.queue import KafkaTaskQueue
 from raylane.states import TaskState
 from raylane.store import OpenSearchStore, TaskQuery
@@ -72,7 +73,7 @@ class RequestHandler:
 
     async def _create(self, messages: list[TaskMessage]) -> list[str]:
         records = [TaskRecord.pending(m) for m in messages]
-        outcomes = await self._keeper.write.remote(records)
+        outcomes = await self._keeper.write.remote([PackedRecord.of(r) for r in records])
         refused = [o for o in outcomes if not o.accepted]
         if refused:
             raise StoreUnavailable(f"{len(refused)} PENDING record(s) were refused: {refused[0].reason}")

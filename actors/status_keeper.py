@@ -18,7 +18,7 @@ import ray
 from raylane.actors.common import ActorConfig, GroupCommit, executor_name
 from raylane.actors.metrics import KeeperMetrics
 from raylane.errors import StoreUnavailable
-from raylane.models import TaskRecord, WriteOutcome, utcnow
+from raylane.models import PackedRecord, TaskRecord, WriteOutcome, utcnow
 from raylane.states import TaskState
 from raylane.store import OpenSearchStore, TaskQuery
 
@@ -30,7 +30,7 @@ _KILL_STATES = (TaskState.CANCELLED, TaskState.TIMED_OUT)
 
 @dataclass
 class _Running:
-    record: TaskRecord
+    record: PackedRecord
     deadline: Optional[float]  # monotonic
 
 
@@ -67,17 +67,17 @@ class StatusKeeper:
                     deadline = None
                     if r.timeout_s and r.started_at:
                         deadline = now + (r.started_at - now_wall).total_seconds() + r.timeout_s
-                    self._running[r.id] = _Running(r, deadline)
+                    self._running[r.id] = _Running(PackedRecord.of(r), deadline)
             self._resumed = True
         return len(self._running)
 
     # ----- writes
-    async def write(self, records: list[TaskRecord]) -> list[WriteOutcome]:
-        """Versioned writes of whole records; one outcome per record, in order."""
+    async def write(self, records: list[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
+        """Versioned writes of whole records (packed or not); one outcome per record, in order."""
         self._ensure_loops()
-        return await self._writes.submit_many(records)
+        return await self._writes.submit_many([PackedRecord.of(r) for r in records])
 
-    async def _flush(self, records: list[TaskRecord]) -> list[WriteOutcome]:
+    async def _flush(self, records: list[PackedRecord]) -> list[WriteOutcome]:
         began = time.perf_counter()
         try:
             outcomes = await asyncio.to_thread(self.store.write_many, records)
@@ -95,7 +95,7 @@ class StatusKeeper:
                 self._after_terminal(record, outcome.accepted)
         return outcomes
 
-    def _after_terminal(self, record: TaskRecord, accepted: bool) -> None:
+    def _after_terminal(self, record: PackedRecord, accepted: bool) -> None:
         running = self._running.get(record.id)
         same_attempt = running is not None and running.record.attempt == record.attempt
         if not accepted:
@@ -113,13 +113,17 @@ class StatusKeeper:
         self._recent.move_to_end(record.id)
         while len(self._recent) > _RECENT_TERMINAL:
             self._recent.popitem(last=False)
-        for fut in self._waiters.pop(record.id, []):
-            if not fut.done():
-                fut.set_result(record)
+        waiters = self._waiters.pop(record.id, [])
+        if waiters:
+            final = record.unpack()
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(final)
 
     # ----- running tasks
-    async def claim(self, records: list[TaskRecord]) -> list[WriteOutcome]:
+    async def claim(self, records: list[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
         """Write RUNNING records; watch each accepted task's deadline and cancels from then on."""
+        records = [PackedRecord.of(r) for r in records]
         outcomes = await self.write(records)
         for running, outcome in zip(records, outcomes):
             if not outcome.accepted:
@@ -143,9 +147,9 @@ class StatusKeeper:
                 continue
             for r in expired:
                 r.deadline = None  # one TIMED_OUT write per task
-            records = [r.record.moved_to(TaskState.TIMED_OUT, error_type="TimeoutError",
-                                         error=f"task ran past its timeout of {r.record.timeout_s:g}s and was killed")
-                       for r in expired]
+            records = [r.record.unpack().moved_to(
+                TaskState.TIMED_OUT, error_type="TimeoutError",
+                error=f"task ran past its timeout of {r.record.timeout_s:g}s and was killed") for r in expired]
             try:
                 outcomes = await self.write(records)
             except StoreUnavailable:
