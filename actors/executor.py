@@ -351,7 +351,7 @@ class Executor:
                 # this incarnation's own earlier claim (its answer was lost), the task is ours to run.
                 stored = await asyncio.to_thread(self._store.get_many, rejected)
                 claims = [c if c.accepted or not _own_claim(stored.get(r.id), r) else
-                          c.model_copy(update={"accepted": True}) for r, c in zip(flat, claims)]
+                          c._replace(accepted=True) for r, c in zip(flat, claims)]
         except BaseException:
             for _ in units:
                 self._slots.release()

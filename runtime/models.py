@@ -229,10 +229,8 @@ class PackedRecord(NamedTuple):
         return TaskRecord.model_validate_json(self.doc)
 
 
-class WriteOutcome(BaseModel):
-    """The store's answer to one versioned write."""
-
-    model_config = ConfigDict(frozen=True)
+class WriteOutcome(NamedTuple):
+    """The store's answer to one versioned write (a tuple: they travel back by the thousand)."""
 
     task_id: str
     version: int
