@@ -76,6 +76,7 @@ def plot(r: dict, path: Path) -> bool:
         axes[2].plot([row["consumers"] for row in scale], [row["tasks_per_s"] for row in scale], marker="o")
         axes[2].set_xticks([row["consumers"] for row in scale])
         axes[2].set_xlabel("consumers = partitions")
+        axes[2].set_ylim(bottom=0)  # from zero, so that run-to-run noise does not look like a trend
     axes[2].set_title("raylane tasks/s by consumers")
     fig.suptitle(f"raylane benchmarks, {r['mode']} run, {r['started_at'][:16]} UTC")
     fig.tight_layout()
