@@ -19,9 +19,11 @@ def private_stack(settings: Settings, tmp_path_factory):
     # Reuse fetched distributions; everything else (data, pid files, logs) is private.
     (home / "dist").symlink_to(settings.home / "dist")
     (home / "m2").symlink_to(settings.home / "m2")
+    # Below Linux's ephemeral range (32768-60999), where any outgoing connection may hold a
+    # port; and apart from the session stack's 26xxx-29xxx ports.
     private = settings.model_copy(update=dict(
-        home=home, kafka_port=39092, kafka_controller_port=39093, opensearch_port=39200,
-        opensearch_transport_port=39300, ray_port=36379, ray_dashboard_port=38265, ray_metrics_port=38080,
+        home=home, kafka_port=27092, kafka_controller_port=27093, opensearch_port=27200,
+        opensearch_transport_port=27300, ray_port=27379, ray_dashboard_port=27265, ray_metrics_port=27080,
         opensearch_root_dir=settings.opensearch_root_dir.parent / f"{settings.opensearch_root_dir.name}-test"))
     st = LocalStack(private, quiet=True)
     yield st
@@ -40,9 +42,9 @@ def test_up_status_idempotent_restart_down(stack, private_stack):
     # When it is brought up, every service answers and reports its address
     statuses = {s.name: s for s in st.up()}
     assert all(s.running and s.pid for s in statuses.values())
-    assert statuses["kafka"].address == "127.0.0.1:39092"
-    assert statuses["opensearch"].address == "http://127.0.0.1:39200"
-    assert statuses["ray"].address == "127.0.0.1:36379"
+    assert statuses["kafka"].address == "127.0.0.1:27092"
+    assert statuses["opensearch"].address == "http://127.0.0.1:27200"
+    assert statuses["ray"].address == "127.0.0.1:27379"
     pids = {name: s.pid for name, s in statuses.items()}
 
     # A second `up` leaves what runs alone
