@@ -58,6 +58,7 @@ _remote_invoke = ray.remote(max_retries=0, retry_exceptions=False)(invoke)
 
 RAN, NOT_STARTED = "ran", "not_started"
 FLUSH_S = 0.002  # a group's worker reports ended members at most this long after the previous report
+HELD_REPORT_S = 0.05  # replies waiting behind a member running longer than this are sent on their own
 
 
 _INTERRUPTED = {"ok": False, "error_type": "TaskCancelledError", "error": "interrupted: the task was cancelled",
@@ -65,20 +66,30 @@ _INTERRUPTED = {"ok": False, "error_type": "TaskCancelledError", "error": "inter
 
 
 class _MemberControl:
-    """The cancel side of a group's worker. A thread waits for the executor's signal (the ids
-    cancelled, or none when the group is over): from then on no further member starts, and
-    the member running, if it is one of those cancelled, is interrupted as ``ray.cancel`` would
-    (``KeyboardInterrupt`` in the main thread). The executor hears which member was running, so
-    that it can kill the worker if that member ignores the interrupt."""
+    """The executor's side of a group's worker, run by two threads beside the members.
+
+    One waits for the executor's signal (the ids cancelled, or none when the group is over):
+    from then on no further member starts, and the member running, if it is one of those
+    cancelled, is interrupted as ``ray.cancel`` would (``KeyboardInterrupt`` in the main
+    thread); the executor hears which member was running, so that it can kill the worker if
+    that member ignores the interrupt. The other sends ended members' replies that wait
+    unreported behind a long member (the main thread reports only between members), so a
+    quick task's end is not held up by a slow sibling."""
 
     def __init__(self, signal: ray.ObjectRef, executor, group_key: str):
         self._lock = threading.Lock()
         self._current: Optional[str] = None
+        self._started = 0.0
+        self.pending: list[tuple[str, str, Optional[dict]]] = []  # ended, not yet reported
         self.cancelled: Optional[frozenset] = None  # None until the signal resolves
-        threading.Thread(target=self._watch, args=(signal, executor, group_key), daemon=True,
-                         name="raylane-group-signal").start()
+        self._over = threading.Event()
+        self._sent: list[ray.ObjectRef] = []
+        self._executor, self._key = executor, group_key
+        threading.Thread(target=self._watch, args=(signal,), daemon=True, name="raylane-group-signal").start()
+        self._sender = threading.Thread(target=self._send_held, daemon=True, name="raylane-group-report")
+        self._sender.start()
 
-    def _watch(self, signal: ray.ObjectRef, executor, group_key: str) -> None:
+    def _watch(self, signal: ray.ObjectRef) -> None:
         try:
             cancelled = frozenset(ray.get(signal))
         except Exception:  # the executor is gone: start nothing more
@@ -90,7 +101,36 @@ class _MemberControl:
             if interrupted:
                 _thread.interrupt_main()
         if cancelled:
-            executor.group_running.remote(group_key, running, interrupted)
+            self._executor.group_running.remote(self._key, running, interrupted)
+
+    def _send_held(self) -> None:
+        while not self._over.wait(HELD_REPORT_S):
+            with self._lock:
+                held = self.pending if self.pending and time.monotonic() - self._started >= HELD_REPORT_S else []
+                if held:
+                    self.pending = []
+            if held:
+                self._sent.append(self._executor.group_report.remote(self._key, held))
+
+    def take(self) -> list[tuple[str, str, Optional[dict]]]:
+        """The replies not yet reported, which the caller now reports."""
+        with self._lock:
+            out, self.pending = self.pending, []
+            return out
+
+    def add(self, item: tuple[str, str, Optional[dict]]) -> None:
+        with self._lock:
+            self.pending.append(item)
+
+    def close(self) -> None:
+        """Stop sending, and wait until the executor has taken what was sent: it must know every
+        member that ran before it learns that the group is over."""
+        self._over.set()
+        self._sender.join()
+        try:
+            ray.get(self._sent)
+        except Exception:  # the executor is gone; its successor recovers the tasks from their records
+            pass
 
     def run(self, task_id: str, name: str, args: list, kwargs: dict) -> Optional[dict]:
         """The member's reply; None if the group was stopped before it started."""
@@ -98,7 +138,7 @@ class _MemberControl:
             with self._lock:
                 if self.cancelled is not None:
                     return None
-                self._current = task_id
+                self._current, self._started = task_id, time.monotonic()
             try:
                 return invoke(name, args, kwargs)
             finally:
@@ -111,27 +151,35 @@ class _MemberControl:
 def invoke_group(items: list[tuple[str, str, list, dict]], signal_box: list, executor, group_key: str):
     """Run several tasks one after another in this Ray worker, yielding lists of
     ``(task id, RAN, reply)`` as they end: a report at most every ``FLUSH_S`` (each report is a
-    message to the executor, so many small tasks share one). Once the executor's signal (a
-    reference in ``signal_box``) says members were cancelled, no further member starts and the
-    rest are reported ``NOT_STARTED``, for the executor to start again without the cancelled ones."""
+    message to the executor, so many small tasks share one); replies held behind a member that
+    runs longer than ``HELD_REPORT_S`` go to the executor's ``group_report`` instead. Once the
+    executor's signal (a reference in ``signal_box``) says members were cancelled, no further
+    member starts and the rest are reported ``NOT_STARTED``, for the executor to start again
+    without the cancelled ones."""
     [signal] = signal_box
     control = _MemberControl(signal, executor, group_key)
-    pending: list[tuple[str, str, Optional[dict]]] = []
     reported = time.monotonic()
-    for i, (task_id, name, args, kwargs) in enumerate(items):
-        if pending and time.monotonic() - reported >= FLUSH_S:
-            yield pending
-            pending, reported = [], time.monotonic()
-        try:
-            reply = control.run(task_id, name, args, kwargs)
-        except KeyboardInterrupt:  # an interrupt meant for this member that landed as it returned
-            reply = _INTERRUPTED
-        if reply is None:
-            pending.extend((later[0], NOT_STARTED, None) for later in items[i:])
-            break
-        pending.append((task_id, RAN, reply))
-    if pending:
-        yield pending
+    try:
+        for i, (task_id, name, args, kwargs) in enumerate(items):
+            if time.monotonic() - reported >= FLUSH_S:
+                ended = control.take()
+                if ended:
+                    yield ended
+                reported = time.monotonic()
+            try:
+                reply = control.run(task_id, name, args, kwargs)
+            except KeyboardInterrupt:  # an interrupt meant for this member that landed as it returned
+                reply = _INTERRUPTED
+            if reply is None:
+                for later in items[i:]:
+                    control.add((later[0], NOT_STARTED, None))
+                break
+            control.add((task_id, RAN, reply))
+        ended = control.take()
+        if ended:
+            yield ended
+    finally:
+        control.close()
 
 
 _remote_group = ray.remote(max_retries=0, retry_exceptions=False, num_returns="streaming")(invoke_group)
@@ -151,7 +199,8 @@ class _Group:
     def __init__(self, members: list[tuple[TaskMessage, TaskRecord]]):
         self.members = members
         self.index = {msg.id: i for i, (msg, _) in enumerate(members)}
-        self.done = 0  # members whose outcome has arrived, in order
+        self.reported: set[str] = set()  # members whose outcome has arrived
+        self.ran: set[str] = set()  # ... of those, the ones that ran
         self.cancelled: set[str] = set()
         self.signal = asyncio.Event()
         self.gen = None
@@ -422,6 +471,22 @@ class Executor:
         await group.signal.wait()
         return sorted(group.cancelled)
 
+    async def group_report(self, task_id: str, items: list[tuple[str, str, Optional[dict]]]) -> None:
+        """From the worker of the group of ``task_id``: members that ended while a long one runs."""
+        group = self._groups.get(task_id)
+        if group is not None:
+            self._take_report(group, items)
+
+    def _take_report(self, group: _Group, items: list[tuple[str, str, Optional[dict]]]) -> None:
+        ended = []
+        for task_id, kind, reply in items:
+            group.reported.add(task_id)
+            if kind == RAN:
+                group.ran.add(task_id)
+                ended.append((group.members[group.index[task_id]][1], reply))
+        if ended:
+            asyncio.create_task(self._settle_many(ended))
+
     async def group_running(self, task_id: str, running: Optional[str], interrupted: bool) -> None:
         """From the worker of the group of ``task_id``: the member it was running when the signal
         came (None: between members), and whether it interrupted it."""
@@ -438,7 +503,6 @@ class Executor:
         self.stats["grouped"] += len(msgs)
         self._report_running()
         items = [(m.id, m.name, m.args, m.kwargs) for m in msgs]
-        settled: set[str] = set()
         crash: Optional[BaseException] = None
         try:
             signal = self._self.group_signal.remote(first.id)
@@ -454,14 +518,7 @@ class Executor:
             return
         try:
             async for ref in group.gen:
-                ended = []
-                for task_id, kind, reply in await ref:
-                    group.done += 1
-                    if kind == RAN:
-                        settled.add(task_id)
-                        ended.append((group.members[group.index[task_id]][1], reply))
-                if ended:
-                    asyncio.create_task(self._settle_many(ended))
+                self._take_report(group, await ref)
         except (Exception, asyncio.CancelledError) as e:
             # The worker died or was killed (or its report could not be read): the member it ran
             # ends as a lone task would, the rest run again.
@@ -477,10 +534,10 @@ class Executor:
             # After a signal the worker names the member it ran; otherwise it is taken to be the first
             # one not reported, so a member that ended within FLUSH_S of a crash may take the blame.
             blamed = group.running if group.running is not None else \
-                next((m.id for m, _ in group.members[group.done:]), None)
+                next((m.id for m, _ in group.members if m.id not in group.reported), None)
         again = []
         for msg, running in group.members:
-            if msg.id in settled:
+            if msg.id in group.ran:
                 continue
             if msg.id == blamed:
                 # The member that was running: it ends as a lone task whose worker died would.
@@ -629,7 +686,7 @@ class Executor:
         """Stop a grouped task: the group starts no further member (those still waiting are started
         again elsewhere), and if this one is the member in progress, its worker interrupts it at
         once; one that is still running after ``KILL_GRACE_S`` is killed with its worker."""
-        if group.index[task_id] < group.done:
+        if task_id in group.reported:
             return False  # already over
         group.cancelled.add(task_id)
         group.signal.set()
@@ -642,7 +699,7 @@ class Executor:
         # a cancel that came after the signal is the executor's to interrupt.
         for _ in range(3):
             await asyncio.sleep(KILL_GRACE_S)
-            if (self._groups.get(task_id) is not group or group.index[task_id] < group.done
+            if (self._groups.get(task_id) is not group or task_id in group.reported
                     or group.running != task_id or group.gen is None):
                 return
             if task_id in group.interrupted:

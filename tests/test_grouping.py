@@ -118,3 +118,22 @@ def test_a_worker_dying_in_a_group_retries_only_its_task(rl, settings, tmp_path,
     seen = runs(tmp_path)
     assert seen[0] == 2 and all(seen[i] == 1 for i in range(1, 8)), seen
     assert all(h.record().attempt == 0 for h in handles[1:])
+
+
+@raylane.task(name="test.group.nap")
+def nap(seconds: float) -> float:
+    if seconds:
+        time.sleep(seconds)
+    return seconds
+
+
+def test_a_quick_task_ends_while_its_slow_sibling_runs(rl, settings, unique):
+    # Two groups of eight; in the second, seven tasks that take microseconds, then a slow one.
+    # The quick ones' ends are reported while the slow one still runs, not after it.
+    handles = submit_held(rl, settings, nap, f"gq-{unique}", [(0.0,)] * 15 + [(30.0,)])
+    slow = handles[-1]
+    for h in handles[:-1]:
+        assert h.wait(timeout=60).state.value == "SUCCEEDED"
+    assert slow.record().state.value == "RUNNING", "the quick tasks' ends waited for their slow sibling"
+    slow.cancel()
+    wait_until(lambda: executor_stats()["running"] == 0, timeout=30, what="the cancelled group to end")
