@@ -80,7 +80,7 @@ class _MemberControl:
         self._lock = threading.Lock()
         self._current: Optional[str] = None
         self._started = 0.0
-        self.pending: list[tuple[str, str, Optional[dict]]] = []  # ended, not yet reported
+        self._pending: list[tuple[str, str, Optional[dict]]] = []  # ended, not yet reported
         self.cancelled: Optional[frozenset] = None  # None until the signal resolves
         self._over = threading.Event()
         self._sent: list[ray.ObjectRef] = []
@@ -106,21 +106,21 @@ class _MemberControl:
     def _send_held(self) -> None:
         while not self._over.wait(HELD_REPORT_S):
             with self._lock:
-                held = self.pending if self.pending and time.monotonic() - self._started >= HELD_REPORT_S else []
+                held = self._pending if self._pending and time.monotonic() - self._started >= HELD_REPORT_S else []
                 if held:
-                    self.pending = []
+                    self._pending = []
             if held:
                 self._sent.append(self._executor.group_report.remote(self._key, held))
 
     def take(self) -> list[tuple[str, str, Optional[dict]]]:
         """The replies not yet reported, which the caller now reports."""
         with self._lock:
-            out, self.pending = self.pending, []
+            out, self._pending = self._pending, []
             return out
 
     def add(self, item: tuple[str, str, Optional[dict]]) -> None:
         with self._lock:
-            self.pending.append(item)
+            self._pending.append(item)
 
     def close(self) -> None:
         """Stop sending, and wait until the executor has taken what was sent: it must know every
@@ -532,7 +532,8 @@ class Executor:
         blamed = None
         if crash is not None:
             # After a signal the worker names the member it ran; otherwise it is taken to be the first
-            # one not reported, so a member that ended within FLUSH_S of a crash may take the blame.
+            # one not reported, so if the worker died in a member's first HELD_REPORT_S, one that
+            # ended just before may take the blame (and the others not reported run again).
             blamed = group.running if group.running is not None else \
                 next((m.id for m, _ in group.members if m.id not in group.reported), None)
         again = []
@@ -697,7 +698,7 @@ class Executor:
     async def _stop_group_member(self, group: _Group, task_id: str) -> None:
         # A member runs on only if it was the one running when the signal reached the worker;
         # a cancel that came after the signal is the executor's to interrupt.
-        for _ in range(3):
+        for _ in range(2):  # interrupt (unless the worker did), then kill
             await asyncio.sleep(KILL_GRACE_S)
             if (self._groups.get(task_id) is not group or task_id in group.reported
                     or group.running != task_id or group.gen is None):
