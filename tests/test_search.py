@@ -52,10 +52,31 @@ def test_filters_and_order(rl, unique):
     assert rl.counts(tag=tag, state="FAILED") == {"FAILED": 2}
 
 
-def test_search_and_counts_past_ten_thousand(rl, unique):
-    # Given 10,500 tasks held PENDING on a paused queue
-    n, queue, tag = 10_500, f"big-{unique}", f"big-{unique}"
+@pytest.fixture
+def big_queue(rl, store, stack, settings, unique):
+    """A paused queue whose records and topic are removed afterwards, so that 10,500 held tasks
+    do not stay behind in the stack the suite ran on."""
+    from kafka import KafkaAdminClient
+    from opensearchpy import helpers
+    from raylane.queue import topic_of
+    queue = f"big-{unique}"
     rl.pause(queue)
+    yield queue
+    query = {"query": {"term": {"queue": queue}}, "_source": False}
+    ids = [h["_id"] for h in helpers.scan(store.client, index=store.alias, query=query)]
+    index = next(iter(store.client.indices.get_alias(name=store.alias)))
+    helpers.bulk(store.client, ({"_op_type": "delete", "_index": index, "_id": i} for i in ids), chunk_size=5000)
+    admin = KafkaAdminClient(bootstrap_servers=stack.endpoints().kafka_bootstrap)
+    try:
+        admin.delete_topics([topic_of(settings.topic_prefix, queue)])
+    finally:
+        admin.close()
+    rl.resume(queue)
+
+
+def test_search_and_counts_past_ten_thousand(rl, big_queue):
+    # Given 10,500 tasks held PENDING on a paused queue
+    n, queue, tag = 10_500, big_queue, big_queue
     from raylane.client import submit_requests
     from raylane.models import SubmitRequest
     ids: list[str] = []
