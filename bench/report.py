@@ -23,7 +23,7 @@ def markdown(r: dict) -> str:
              f"Machine: {r['machine']['cpus']} CPUs, Python {r['machine']['python']}, Ray {r['machine']['ray']}.", "",
              "| figure | value |", "|---|---|"]
     for key in ("raylane_tasks_per_s", "ray_tasks_per_s", "celery_tasks_per_s", "cpu_ms_per_task",
-                "os_requests_per_transition", "rtt_p50_ms", "rtt_p99_ms", "kafka_bytes_per_task", "lookup_growth",
+                "os_requests_per_transition", "rtt_p50_ms", "rtt_p99_ms", "rtt_floor_ms", "kafka_bytes_per_task", "lookup_growth",
                 "search_growth"):
         lines.append(f"| `{key}` | {_fmt(r.get(key))} |")
     lines += ["", "| target | measured | met |", "|---|---|---|"]
@@ -32,7 +32,7 @@ def markdown(r: dict) -> str:
         t = target(r)
         met = "–" if v is None else ("yes" if (v >= t if op == ">=" else v <= t) else "no")
         lines.append(f"| {label} | {_fmt(v)} | {met} |")
-    for part in ("ray", "celery", "rtt", "burst"):
+    for part in ("ray", "celery", "rtt", "floor", "burst"):
         if part in r:
             lines += ["", f"## {part}", "", "| | |", "|---|---|"]
             lines += [f"| {k} | {_fmt(v) if not isinstance(v, dict) else json.dumps(v)} |" for k, v in r[part].items()]

@@ -217,6 +217,123 @@ def bench_rtt(n: int) -> dict:
     return {"n": n, "p50_ms": _r(pct(lat, 50)), "p99_ms": _r(pct(lat, 99)), "mean_ms": _r(statistics.fmean(lat))}
 
 
+# The steps DESIGN.md puts on one task's way from submit to result, one after another:
+# actor messages (SDK -> RequestHandler -> StatusKeeper -> RequestHandler; QueueConsumer ->
+# Executor -> StatusKeeper -> Executor; Executor -> StatusKeeper -> RequestHandler -> SDK),
+# three durable status writes (PENDING, RUNNING, the end), the queue, and the Ray task.
+# The RequestHandler's answer to the submit and the SDK's wait call run beside this path.
+PATH_HOPS, PATH_WRITES = 9, 3
+FLOOR_GAP_S = 0.005  # each step on the path follows an idle moment of its actor, not a busy loop
+
+
+def _median_ms(step: Callable[[], Optional[float]], n: int, gap_s: float) -> float:
+    """Median duration of ``step`` (its wall time, or the milliseconds it returns) after a pause of ``gap_s``."""
+    for _ in range(5):
+        step()
+    lat = []
+    for _ in range(n):
+        if gap_s:
+            time.sleep(gap_s)
+        t = time.perf_counter()
+        took = step()
+        lat.append(took if took is not None else (time.perf_counter() - t) * 1000)
+    return pct(lat, 50)
+
+
+def bench_floor(n: int) -> dict:
+    """The least a round trip can take here under raylane's design: each step of its path
+    measured alone from this driver (a no-op actor call, a one-record bulk write into an index
+    with raylane's mapping, a Kafka message from send to a polling consumer, a no-op Ray task),
+    summed as the path has them. How far ``rtt`` is above it is what raylane's own code costs."""
+    import threading
+
+    import ray
+    from kafka import KafkaAdminClient, KafkaConsumer
+    from raylane.client import _connection
+    from raylane.models import PackedRecord, TaskMessage, TaskRecord, new_task_id, utcnow
+    from raylane.queue import KafkaTaskQueue
+    from raylane.store import OpenSearchStore
+    endpoints = _connection_endpoints()
+    out: dict[str, Any] = {"n": n, "gap_ms": FLOOR_GAP_S * 1000}
+
+    @ray.remote(num_cpus=0)
+    class Echo:
+        async def ping(self) -> None:
+            return None
+
+    echo = Echo.remote()
+    ray.get(echo.ping.remote())
+    out["actor_call_ms"] = _r(_median_ms(lambda: ray.get(echo.ping.remote()), n, FLOOR_GAP_S), 2)
+    out["actor_call_busy_ms"] = _r(_median_ms(lambda: ray.get(echo.ping.remote()), n, 0), 2)  # back to back
+    ray.kill(echo)
+
+    @ray.remote
+    def nothing() -> None:
+        return None
+
+    out["ray_task_ms"] = _r(_median_ms(lambda: ray.get(nothing.remote()), n, FLOOR_GAP_S), 2)
+
+    store = OpenSearchStore(endpoints.opensearch, f"raylane-bench-floor-{uuid.uuid4().hex[:6]}")
+    store.ensure_schema()
+    try:
+        def write() -> None:
+            msg = TaskMessage(id=new_task_id(), name="bench.floor", queue="floor", args=[1], created_at=utcnow())
+            [outcome] = store.write_many([PackedRecord.of(TaskRecord.pending(msg))])
+            assert outcome.accepted, outcome
+        out["status_write_ms"] = _r(_median_ms(write, n, FLOOR_GAP_S), 2)
+    finally:
+        _drop_index(store)
+
+    queue_name = f"bench-floor-{uuid.uuid4().hex[:6]}"
+    cfg = _connection().settings
+    producer = KafkaTaskQueue(endpoints.kafka_bootstrap, prefix=cfg.topic_prefix, dlq_topic=cfg.dlq_topic, partitions=1,
+                              max_payload_bytes=cfg.max_payload_bytes)
+    topic = producer.ensure_queue(queue_name)
+    consumer = KafkaConsumer(topic, bootstrap_servers=endpoints.kafka_bootstrap, auto_offset_reset="latest",
+                             enable_auto_commit=False, group_id=None)
+    arrived = threading.Event()
+    stop = threading.Event()
+    arrival = [0.0]
+
+    def poll_loop() -> None:
+        while not stop.is_set():
+            if consumer.poll(timeout_ms=500):
+                arrival[0] = time.perf_counter()
+                arrived.set()
+
+    while not consumer.assignment():
+        consumer.poll(timeout_ms=100)
+    consumer.poll(timeout_ms=100)
+    poller = threading.Thread(target=poll_loop, daemon=True)
+    poller.start()
+    try:
+        def through_queue() -> float:
+            # From the send to the consumer's poll returning it (the producer's acknowledgement may come later).
+            arrived.clear()
+            sent = time.perf_counter()
+            producer.produce_many([TaskMessage(id=new_task_id(), name="bench.floor", queue=queue_name, args=[1],
+                                               created_at=utcnow())])
+            if not arrived.wait(10):
+                raise RuntimeError("a message sent to the floor topic did not arrive within 10 s")
+            return (arrival[0] - sent) * 1000
+        out["queue_ms"] = _r(_median_ms(through_queue, n, FLOOR_GAP_S), 2)
+    finally:
+        stop.set()
+        poller.join()
+        consumer.close()
+        producer.close()
+        admin = KafkaAdminClient(bootstrap_servers=endpoints.kafka_bootstrap)
+        try:
+            admin.delete_topics([topic])
+        finally:
+            admin.close()
+
+    out["path"] = f"{PATH_HOPS} actor messages (half a call each) + {PATH_WRITES} status writes + queue + Ray task"
+    out["floor_ms"] = _r(PATH_HOPS * out["actor_call_ms"] / 2 + PATH_WRITES * out["status_write_ms"]
+                         + out["queue_ms"] + out["ray_task_ms"], 1)
+    return out
+
+
 def bench_burst(n: int, chunk: int = 1000, progress: bool = True) -> dict:
     """``n`` no-op tasks submitted as fast as ``submit_many`` takes them, run to the end."""
     from raylane.client import _connection
@@ -371,10 +488,15 @@ def bench_lookup(steps: tuple[int, ...], progress: bool = True, samples: int = 3
             say(f"lookup at {have:,} records: {row}")
             out.append(row)
     finally:
-        c.indices.delete(index=index, ignore_unavailable=True)
-        c.indices.delete_index_template(name=f"{alias}-template", ignore=[404])
-        store.close()
+        _drop_index(store)
     return out
+
+
+def _drop_index(store) -> None:
+    """Remove a scratch store's index and template, and close it."""
+    store.client.indices.delete(index=f"{store.alias}-000001", ignore_unavailable=True)
+    store.client.indices.delete_index_template(name=f"{store.alias}-template", ignore=[404])
+    store.close()
 
 
 # ---------------------------------------------------------------- cost growth: consumers
@@ -417,6 +539,9 @@ TARGETS = [
 ]
 
 
+PARTS = ("rtt", "floor", "ray", "celery", "burst", "lookup", "scale")  # in the order they run
+
+
 def run(quick: bool = False, parts: Optional[set[str]] = None, progress: bool = True,
         out_dir: Path = RESULTS) -> dict:
     """Run the suite (every part unless ``parts`` names some) and write the results; returns them."""
@@ -429,12 +554,14 @@ def run(quick: bool = False, parts: Optional[set[str]] = None, progress: bool = 
                                            "ray": ray.__version__}}
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("rtt", lambda: bench_rtt(sizes.rtt)),  # first, on a machine nothing else has just loaded
+        ("floor", lambda: bench_floor(sizes.rtt)),
         ("ray", lambda: bench_ray(sizes.ray)),
         ("celery", lambda: bench_celery(sizes.celery)),
         ("burst", lambda: bench_burst(sizes.burst, progress=progress)),
         ("lookup", lambda: bench_lookup(sizes.lookup_steps, progress=progress)),
         ("scale", lambda: bench_scale(sizes.scale_configs, sizes.scale_burst)),
     ]
+    assert [name for name, _ in steps] == list(PARTS)
     for name, step in steps:
         if want(name):
             say(f"{name} ...")
@@ -455,6 +582,7 @@ def headline(r: dict) -> dict:
         "celery_tasks_per_s": celery.get("tasks_per_s"), "cpu_ms_per_task": burst.get("cpu_ms_per_task"),
         "os_requests_per_transition": burst.get("os_requests_per_transition"),
         "rtt_p50_ms": rtt.get("p50_ms"), "rtt_p99_ms": rtt.get("p99_ms"),
+        "rtt_floor_ms": r.get("floor", {}).get("floor_ms"),
         "kafka_bytes_per_task": burst.get("kafka_bytes_per_task"),
     }
     if h["raylane_tasks_per_s"] and h["celery_tasks_per_s"]:

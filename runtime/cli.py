@@ -55,9 +55,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from pathlib import Path
-    from raylane.bench.suite import RESULTS, run
+    from raylane.bench.suite import PARTS, RESULTS, run
     parts = {p.strip() for p in args.only.split(",")} if args.only else None
-    known = {"ray", "celery", "rtt", "burst", "lookup", "scale"}
+    known = set(PARTS)
     if parts and not parts <= known:
         print(f"raylane: error: unknown part(s) {sorted(parts - known)}; known: {sorted(known)}", file=sys.stderr)
         return 2
@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "transition, Kafka bytes per task), lookup latency as the index grows, and "
                                     "throughput by consumers. Numbers only; nothing is asserted.")
     sp.add_argument("--quick", action="store_true", help="smaller sizes: a few minutes instead of about ten")
-    sp.add_argument("--only", help="comma-separated parts: ray,celery,rtt,burst,lookup,scale")
+    sp.add_argument("--only", help="comma-separated parts: rtt,floor,ray,celery,burst,lookup,scale")
     sp.add_argument("--out", help="directory for the results (default bench/results)")
     sp.set_defaults(func=_bench)
 
