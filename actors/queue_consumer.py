@@ -139,8 +139,11 @@ class QueueConsumer:
         offsets = {tp: p.committable for tp, p in self._progress.items()
                    if p.committable is not None and self._committed.get(tp) != p.committable}
         if offsets:
-            await asyncio.to_thread(self._reader.commit, offsets)
-            self._committed.update(offsets)
+            gone = await asyncio.to_thread(self._reader.commit, offsets)
+            for tp in gone:  # its topic was deleted: nothing of it is left to commit
+                self._progress.pop(tp, None)
+                self._committed.pop(tp, None)
+            self._committed.update((tp, o) for tp, o in offsets.items() if tp not in gone)
             self.stats["commits"] += 1
 
     def _parse(self, item: Consumed) -> TaskMessage:
@@ -273,7 +276,9 @@ class QueueConsumer:
 
     def _settle(self, item: Consumed) -> None:
         self._holding -= 1
-        self._progress[(item.topic, item.partition)].settle(item.offset)
+        progress = self._progress.get((item.topic, item.partition))
+        if progress is not None:  # None: the partition's topic was deleted meanwhile
+            progress.settle(item.offset)
 
     async def get_stats(self) -> dict:
         """Counters: consumed, dead-lettered, started, skipped, errors, commits, and messages in flight."""

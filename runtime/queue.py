@@ -20,6 +20,7 @@ from raylane.models import TaskMessage
 log = logging.getLogger(__name__)
 
 _ENVELOPE_BYTES = 64 * 1024  # room for the message's own fields next to its arguments
+COMMIT_TIMEOUT_MS = 5000  # an offset commit takes milliseconds; kafka-python would wait up to 30 s
 # kafka-python backs off up to 30 s between reconnects; after a broker restart raylane
 # should be back within about a second.
 _RECONNECT = {"reconnect_backoff_ms": 50, "reconnect_backoff_max_ms": 1000}
@@ -93,8 +94,9 @@ class QueueReader(abc.ABC):
         """Up to ``max_records`` messages, waiting at most ``timeout_s``."""
 
     @abc.abstractmethod
-    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
-        """Commit ``{(topic, partition): next offset to read}``."""
+    def commit(self, offsets: dict[tuple[str, int], int]) -> set[tuple[str, int]]:
+        """Commit ``{(topic, partition): next offset to read}``; returns the partitions left out
+        because this reader no longer reads them."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -294,15 +296,30 @@ class KafkaQueueReader(QueueReader):
                 out.append(Consumed(tp.topic, tp.partition, r.offset, r.key, r.value))
         return out
 
-    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+    def commit(self, offsets: dict[tuple[str, int], int]) -> set[tuple[str, int]]:
+        """Commit ``offsets`` of the partitions this reader still reads; returns the partitions
+        it left out because they are no longer its own (their topic was deleted). Kafka would
+        neither take nor quickly refuse a commit to a deleted topic: kafka-python retries it
+        until its timeout, and every later commit that carried it would wait as long."""
         from kafka.errors import KafkaError
+        with self._lock:
+            try:
+                return self._commit_assigned(offsets)
+            except (KafkaError, OSError):
+                pass  # a topic deleted since the assignment was last refreshed fails the commit: look again, once
+            try:
+                self._refresh_assignment()
+                return self._commit_assigned(offsets)
+            except (KafkaError, OSError) as e:
+                raise QueueUnavailable(f"Kafka offset commit failed: {e}") from e
+
+    def _commit_assigned(self, offsets: dict[tuple[str, int], int]) -> set[tuple[str, int]]:
         from kafka.structs import OffsetAndMetadata, TopicPartition
-        if not offsets:
-            return
-        try:
-            self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
-        except (KafkaError, OSError) as e:
-            raise QueueUnavailable(f"Kafka offset commit failed: {e}") from e
+        assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        mine = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items() if (t, p) in assigned}
+        if mine:
+            self._consumer.commit(mine, timeout_ms=COMMIT_TIMEOUT_MS)
+        return offsets.keys() - assigned
 
     def hold(self, topics: set[str], returned: list[Consumed]) -> list[Consumed]:
         """Pause the assigned partitions of ``topics`` (resuming all others), and give back the

@@ -89,3 +89,44 @@ def test_producer_idles_after_its_queue_topic_is_deleted(stack, settings, unique
         assert used < 0.25 * (time.monotonic() - window_start), f"producer thread used {used:.2f}s of CPU while idle"
     finally:
         queue.close()
+
+
+def test_reader_commit_leaves_out_a_deleted_topic(stack, unique):
+    # Given a reader that read from two queue topics, one of which is then deleted
+    from raylane.models import TaskMessage, new_task_id, utcnow
+    from raylane.queue import KafkaQueueReader, KafkaTaskQueue
+    prefix = f"test.commit.{unique}."
+    queue = KafkaTaskQueue(stack.kafka.address, prefix=prefix, dlq_topic=f"test.dlq.{unique}", partitions=1,
+                           max_payload_bytes=1024)
+    reader = KafkaQueueReader(stack.kafka.address, prefix=prefix, group=f"test-commit-{unique}", max_message=1 << 20,
+                              refresh_s=0.2)
+    admin = KafkaAdminClient(bootstrap_servers=stack.kafka.address)
+    try:
+        gone_topic, kept_topic = queue.ensure_queue("gone"), queue.ensure_queue("kept")
+        queue.produce_many([TaskMessage(id=new_task_id(), name="raylane.echo", queue=q, created_at=utcnow())
+                            for q in ("gone", "kept")])
+        read: list = []
+        wait_until(lambda: read.extend(reader.poll(10, 0.2)) or {c.topic for c in read} == {gone_topic, kept_topic},
+                   what=lambda: f"both messages read (read {read})")
+        offsets = {(c.topic, c.partition): c.offset + 1 for c in read}
+        admin.delete_topics([gone_topic])
+        wait_until(lambda: gone_topic not in admin.list_topics(), what=f"{gone_topic} deleted")
+
+        # When the reader commits both before it has looked at the topics again
+        left_out = reader.commit(offsets)
+
+        # Then the deleted topic's offset is left out, and the other one is committed
+        assert left_out == {(gone_topic, 0)}
+        committed = KafkaConsumer(bootstrap_servers=stack.kafka.address, group_id=f"test-commit-{unique}",
+                                  enable_auto_commit=False)
+        try:
+            from kafka.structs import TopicPartition
+            assert committed.committed(TopicPartition(kept_topic, 0)) == offsets[(kept_topic, 0)]
+        finally:
+            committed.close()
+        # And a later commit of the remaining partition goes through on its own
+        assert reader.commit({(kept_topic, 0): offsets[(kept_topic, 0)]}) == set()
+    finally:
+        admin.close()
+        reader.close()
+        queue.close()
