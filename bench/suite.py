@@ -284,10 +284,11 @@ def bench_floor(n: int) -> dict:
     finally:
         _drop_index(store)
 
-    queue_name = f"bench-floor-{uuid.uuid4().hex[:6]}"
+    # raylane's producer, on a topic outside the queue prefix, so that no QueueConsumer reads it.
+    queue_name = "floor"
     cfg = _connection().settings
-    producer = KafkaTaskQueue(endpoints.kafka_bootstrap, prefix=cfg.topic_prefix, dlq_topic=cfg.dlq_topic, partitions=1,
-                              max_payload_bytes=cfg.max_payload_bytes)
+    producer = KafkaTaskQueue(endpoints.kafka_bootstrap, prefix=f"raylane-bench-floor-{uuid.uuid4().hex[:6]}.",
+                              dlq_topic=cfg.dlq_topic, partitions=1, max_payload_bytes=cfg.max_payload_bytes)
     topic = producer.ensure_queue(queue_name)
     consumer = KafkaConsumer(topic, bootstrap_servers=endpoints.kafka_bootstrap, auto_offset_reset="latest",
                              enable_auto_commit=False, group_id=None)
