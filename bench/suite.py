@@ -1,8 +1,9 @@
 """The benchmark sequence. Every figure is measured here, in this run, on this machine.
 
-CPU is the machine's busy time from ``/proc/stat`` over the measured window (every process:
-the Kafka and OpenSearch JVMs, Ray's processes, Redis and Celery, and this driver), divided
-by the tasks finished in it. OpenSearch requests come from the node's own REST action
+CPU is the CPU time the whole machine used over the measured window, from ``/proc/stat``
+(every process: the Kafka and OpenSearch JVMs, Ray's processes, Redis and Celery, and this
+driver; time stolen by the hypervisor is not counted), divided by the tasks finished in it.
+Each system gets a 200-task warm-up before its window. OpenSearch requests come from the node's own REST action
 counters (``_nodes/usage``); Kafka bytes from the sizes of the queue topic's log segments.
 """
 from __future__ import annotations
