@@ -3,8 +3,9 @@
 CPU is the CPU time the whole machine used over the measured window, from ``/proc/stat``
 (every process: the Kafka and OpenSearch JVMs, Ray's processes, Redis and Celery, and this
 driver; time stolen by the hypervisor is not counted), divided by the tasks finished in it.
-Each system gets a 200-task warm-up before its window. OpenSearch requests come from the node's own REST action
-counters (``_nodes/usage``); Kafka bytes from the sizes of the queue topic's log segments.
+Each system gets a 200-task warm-up before its window. OpenSearch requests come from the
+node's own REST action counters (``_nodes/usage``); Kafka bytes from the sizes of the queue
+topic's log segments.
 """
 from __future__ import annotations
 
@@ -249,7 +250,7 @@ def bench_floor(n: int) -> dict:
     import threading
 
     import ray
-    from kafka import KafkaAdminClient, KafkaConsumer
+    from kafka import KafkaConsumer
     from raylane.client import _connection
     from raylane.models import PackedRecord, TaskMessage, TaskRecord, new_task_id, utcnow
     from raylane.queue import KafkaTaskQueue
@@ -324,11 +325,7 @@ def bench_floor(n: int) -> dict:
         poller.join()
         consumer.close()
         producer.close()
-        admin = KafkaAdminClient(bootstrap_servers=endpoints.kafka_bootstrap)
-        try:
-            admin.delete_topics([topic])
-        finally:
-            admin.close()
+        _delete_topic(topic)
 
     out["path"] = f"{PATH_HOPS} actor messages (half a call each) + {PATH_WRITES} status writes + queue + Ray task"
     out["floor_ms"] = _r(PATH_HOPS * out["actor_call_ms"] / 2 + PATH_WRITES * out["status_write_ms"]
@@ -393,7 +390,6 @@ def bench_burst(n: int, chunk: int = 1000, progress: bool = True) -> dict:
 def _remove_burst(store, settings, queue: str, ids: list[str]) -> None:
     """Delete a burst's records and its queue topic, so that runs do not pile up work for the
     consumers (every topic's partitions are polled) or records in the index."""
-    from kafka import KafkaAdminClient
     from opensearchpy import helpers
     from raylane.queue import topic_of
     index = store.client.indices.get_alias(name=store.alias)
@@ -401,9 +397,14 @@ def _remove_burst(store, settings, queue: str, ids: list[str]) -> None:
     helpers.bulk(store.client, ({"_op_type": "delete", "_index": write_index, "_id": i} for i in ids),
                  chunk_size=5000, raise_on_error=False, request_timeout=120)
     store.close()
+    _delete_topic(topic_of(settings.topic_prefix, queue))
+
+
+def _delete_topic(topic: str) -> None:
+    from kafka import KafkaAdminClient
     admin = KafkaAdminClient(bootstrap_servers=_connection_endpoints().kafka_bootstrap)
     try:
-        admin.delete_topics([topic_of(settings.topic_prefix, queue)])
+        admin.delete_topics([topic])
     finally:
         admin.close()
 
@@ -541,7 +542,8 @@ TARGETS = [
 ]
 
 
-PARTS = ("rtt", "floor", "ray", "celery", "burst", "lookup", "scale")  # in the order they run
+# The parts in the order they run: the round trip first, on a machine nothing else has just loaded.
+PARTS = ("rtt", "floor", "ray", "celery", "burst", "lookup", "scale")
 
 
 def run(quick: bool = False, parts: Optional[set[str]] = None, progress: bool = True,
@@ -554,20 +556,19 @@ def run(quick: bool = False, parts: Optional[set[str]] = None, progress: bool = 
     results: dict[str, Any] = {"mode": "quick" if quick else "full", "started_at": datetime.now(timezone.utc).isoformat(),
                                "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                                            "ray": ray.__version__}}
-    steps: list[tuple[str, Callable[[], Any]]] = [
-        ("rtt", lambda: bench_rtt(sizes.rtt)),  # first, on a machine nothing else has just loaded
-        ("floor", lambda: bench_floor(sizes.rtt)),
-        ("ray", lambda: bench_ray(sizes.ray)),
-        ("celery", lambda: bench_celery(sizes.celery)),
-        ("burst", lambda: bench_burst(sizes.burst, progress=progress)),
-        ("lookup", lambda: bench_lookup(sizes.lookup_steps, progress=progress)),
-        ("scale", lambda: bench_scale(sizes.scale_configs, sizes.scale_burst)),
-    ]
-    assert [name for name, _ in steps] == list(PARTS)
-    for name, step in steps:
+    steps: dict[str, Callable[[], Any]] = {
+        "rtt": lambda: bench_rtt(sizes.rtt),
+        "floor": lambda: bench_floor(sizes.rtt),
+        "ray": lambda: bench_ray(sizes.ray),
+        "celery": lambda: bench_celery(sizes.celery),
+        "burst": lambda: bench_burst(sizes.burst, progress=progress),
+        "lookup": lambda: bench_lookup(sizes.lookup_steps, progress=progress),
+        "scale": lambda: bench_scale(sizes.scale_configs, sizes.scale_burst),
+    }
+    for name in PARTS:
         if want(name):
             say(f"{name} ...")
-            results[name] = step()
+            results[name] = steps[name]()
             say(f"{name}: {json.dumps(results[name])[:400]}")
     results.update(headline(results))
     results["finished_at"] = datetime.now(timezone.utc).isoformat()
