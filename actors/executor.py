@@ -23,7 +23,7 @@ import ray
 from ray.exceptions import RayError
 
 from raylane import registry
-from raylane.actors.common import REFUSED, STATUS_KEEPER, ActorConfig, GroupCommit
+from raylane.actors.common import LEASE_TTL_S, REFUSED, STATUS_KEEPER, ActorConfig, GroupCommit
 from raylane.actors.metrics import ExecutorMetrics
 from raylane.errors import QueueUnavailable, StoreUnavailable
 from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, utcnow
@@ -33,7 +33,6 @@ from raylane.states import TaskState
 
 log = logging.getLogger("raylane.executor")
 
-LEASE_TTL_S = 10.0  # a RUNNING task whose executor has not renewed its heartbeat for this long is lost
 SWEEP_INTERVAL_S = 5.0
 KILL_GRACE_S = 1.0  # a cancelled or timed-out task that ignores the interrupt this long is killed
 REQUEUE_AFTER_S = 300.0  # a PENDING task this old may have lost its queue message

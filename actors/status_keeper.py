@@ -15,7 +15,7 @@ from typing import Optional
 
 import ray
 
-from raylane.actors.common import ActorConfig, GroupCommit, executor_name
+from raylane.actors.common import LEASE_TTL_S, ActorConfig, GroupCommit, executor_name
 from raylane.actors.metrics import KeeperMetrics
 from raylane.errors import StoreUnavailable
 from raylane.models import PackedRecord, TaskRecord, WriteOutcome, utcnow
@@ -60,6 +60,8 @@ class StatusKeeper:
         deadlines of tasks already RUNNING, from their records. Returns the tasks being watched."""
         self._ensure_loops()
         if not self._resumed:
+            # Claims written just before a crash may not be searchable yet.
+            await asyncio.to_thread(self.store.refresh)
             records, _ = await asyncio.to_thread(self.store.search, TaskQuery(state=[TaskState.RUNNING]), 10_000)
             now_wall, now = utcnow(), time.monotonic()
             for r in records:
@@ -143,21 +145,36 @@ class StatusKeeper:
             await asyncio.sleep(0.05)
             now = time.monotonic()
             expired = [r for r in self._running.values() if r.deadline is not None and r.deadline <= now]
-            if not expired:
-                continue
-            for r in expired:
-                r.deadline = None  # one TIMED_OUT write per task
-            records = [r.record.unpack().moved_to(
+            if expired:
+                await self._time_out(expired, now)
+
+    async def _time_out(self, expired: list[_Running], now: float) -> None:
+        """Write TIMED_OUT for tasks past their deadline whose executor is alive. A task whose
+        executor's lease lapsed did not run on: it is lost, and the executors' sweep retries it
+        (or fails it as WorkerLost), so its deadline is looked at again later instead; after a
+        whole-cluster restart this keeper takes up deadlines that ran on while nothing ran."""
+        for r in expired:
+            r.deadline = None  # one TIMED_OUT write per task
+        records = [r.record.unpack() for r in expired]
+        try:
+            live = await asyncio.to_thread(self.store.live_owners)
+            due = [(r, rec) for r, rec in zip(expired, records) if rec.lease_owner in live]
+            for r, rec in zip(expired, records):
+                if rec.lease_owner not in live:
+                    r.deadline = now + LEASE_TTL_S / 2
+                    log.info("task %s is past its timeout, but its executor %s is gone: left to the sweep",
+                             rec.id, rec.lease_owner)
+            if not due:
+                return
+            outcomes = await self.write([rec.moved_to(
                 TaskState.TIMED_OUT, error_type="TimeoutError",
-                error=f"task ran past its timeout of {r.record.timeout_s:g}s and was killed") for r in expired]
-            try:
-                outcomes = await self.write(records)
-            except StoreUnavailable:
-                log.warning("could not write TIMED_OUT for %d task(s); will retry", len(records))
-                for r in expired:
-                    r.deadline = now
-                continue
-            self.stats["timeouts"] += sum(o.accepted for o in outcomes)
+                error=f"task ran past its timeout of {rec.timeout_s:g}s and was killed") for _, rec in due])
+        except StoreUnavailable:
+            log.warning("could not write TIMED_OUT for %d task(s); will retry", len(expired))
+            for r in expired:
+                r.deadline = now + 1.0
+            return
+        self.stats["timeouts"] += sum(o.accepted for o in outcomes)
 
     def _kill(self, task_id: str) -> None:
         # Every executor hears it: the one running the task stops it, and one that has its claim

@@ -17,6 +17,7 @@ import ray
 
 import raylane
 from raylane.actors.deploy import actor_stats
+from raylane.stack import proc
 from raylane.states import TaskState
 
 from conftest import wait_until
@@ -88,6 +89,8 @@ def check_history(store, handles, runs_dir: Path, watch: VersionWatch, fault_at:
         "duplicated": duplicated,
         "recover_s": round(recovered_in, 1),
     }
+    summary["other"] = {task_id: f"{r.state.value} attempt {r.attempt}: {r.error_type}: {r.error}"
+                        for task_id, r in records.items() if r.state is not TaskState.SUCCEEDED}
     print(f"\nhistory: {summary}")
     assert summary["lost"] == 0 and duplicated == 0
     return summary
@@ -118,7 +121,7 @@ def test_actor_killed_mid_run(rl, store, tmp_path, actor):
     ray.kill(ray.get_actor(actor, namespace="raylane"), no_restart=False)
     # Then every task still ends exactly once, and new work is accepted
     summary = check_history(store, handles, tmp_path, watch, fault_at)
-    assert summary["succeeded"] == len(handles)
+    assert summary["succeeded"] == len(handles), summary["other"]
     assert work.submit(str(tmp_path), 1000, 0.0).result(timeout=60) == 1000
 
 
@@ -135,7 +138,7 @@ def test_workers_killed_mid_run(rl, store, tmp_path):
             pass
     assert killed
     summary = check_history(store, handles, tmp_path, watch, fault_at)
-    assert summary["succeeded"] == len(handles) and summary["retries"] >= 1
+    assert summary["succeeded"] == len(handles) and summary["retries"] >= 1, summary
 
 
 def test_opensearch_outage_mid_run(rl, store, stack, settings, tmp_path):
@@ -157,7 +160,7 @@ def test_opensearch_outage_mid_run(rl, store, stack, settings, tmp_path):
         stack.up()
     # And once it is back, every task ends exactly once
     summary = check_history(store, handles, tmp_path, watch, fault_at)
-    assert summary["succeeded"] == len(handles)
+    assert summary["succeeded"] == len(handles), summary["other"]
 
 
 def test_kafka_outage_mid_run(rl, store, stack, tmp_path):
@@ -174,7 +177,7 @@ def test_kafka_outage_mid_run(rl, store, stack, tmp_path):
     finally:
         stack.up()
     summary = check_history(store, handles, tmp_path, watch, fault_at)
-    assert summary["succeeded"] == len(handles)
+    assert summary["succeeded"] == len(handles), summary["other"]
     assert work.submit(str(tmp_path), 1001, 0.0).result(timeout=90) == 1001
 
 
@@ -189,7 +192,7 @@ def test_whole_stack_restart_mid_run(rl, store, stack, tmp_path):
     raylane.init()
     # Then queued tasks run, lost running ones are retried, and none runs twice per attempt
     summary = check_history(store, handles, tmp_path, watch, fault_at)
-    assert summary["succeeded"] == len(handles)
+    assert summary["succeeded"] == len(handles), summary["other"]
 
 
 def test_pending_task_without_message_is_requeued(rl, store, tmp_path):
@@ -207,3 +210,55 @@ def test_pending_task_without_message_is_requeued(rl, store, tmp_path):
     record = rl.wait(orphan.id, timeout=120)
     assert record.state is TaskState.SUCCEEDED and record.result == 7 and record.attempt == 0
     assert len((tmp_path / "7.runs").read_text().split()) == 1
+
+
+def _restart_keeper() -> None:
+    """Kill the StatusKeeper and return once its restart has taken up the deadlines of running tasks."""
+    keeper = ray.get_actor("StatusKeeper", namespace="raylane")
+    ray.kill(keeper, no_restart=False)
+
+    def resumed() -> bool:
+        try:
+            ray.get(keeper.ensure_running.remote(), timeout=30)
+            return True
+        except ray.exceptions.ActorUnavailableError:  # still restarting
+            return False
+    wait_until(resumed, timeout=60, what="the restarted StatusKeeper to take up running tasks")
+
+
+def test_timeout_outlives_a_keeper_restart(rl, tmp_path):
+    # Given a running task with a short timeout
+    h = work.options(timeout=4).submit(str(tmp_path), 9, 60.0)
+    wait_until(lambda: (tmp_path / "9.runs").exists(), what="the task to start")
+    # When the StatusKeeper, which watches its deadline, restarts
+    _restart_keeper()
+    # Then the new keeper takes the deadline up from the record: the task ends TIMED_OUT (not
+    # retried), and its worker is killed
+    rec = h.wait(timeout=90)
+    assert (rec.state, rec.attempt) == (TaskState.TIMED_OUT, 0), (rec.state, rec.error)
+    pid = int((tmp_path / "9.runs").read_text().split()[0])
+    wait_until(lambda: not proc.pid_alive(pid), timeout=20, what="the timed-out worker to be killed")
+    assert len((tmp_path / "9.runs").read_text().split()) == 1
+
+
+def test_lost_task_past_its_timeout_is_retried_not_timed_out(rl, store, tmp_path):
+    # Given a RUNNING record whose executor is gone and whose timeout ran out while nothing ran
+    # it, as after the whole cluster was down for longer than the timeout
+    from datetime import timedelta
+
+    from raylane.models import RetryPolicy, TaskMessage, TaskRecord, new_task_id, utcnow
+    msg = TaskMessage(id=new_task_id(), name="test.fault.work", queue="default", args=[str(tmp_path), 8, 0.0],
+                      timeout_s=60, retry=RetryPolicy(max_retries=3, backoff_s=0.2), created_at=utcnow())
+    claimed = TaskRecord.pending(msg).moved_to(TaskState.RUNNING, worker="gone/1", lease_owner="an-executor-gone")
+    claimed = claimed.model_copy(update={"started_at": utcnow() - timedelta(minutes=2)})
+    [outcome] = store.write_many([claimed])
+    assert outcome.accepted
+    store.refresh()  # the restarted keeper finds running tasks by a search
+    # When the StatusKeeper restarts and takes up the deadlines of RUNNING tasks (well before the
+    # sweep judges the record lost: it was written just now)
+    _restart_keeper()
+    # Then the task is recovered as lost and runs again, instead of ending TIMED_OUT
+    record = rl.wait(claimed.id, timeout=120)
+    assert (record.state, record.attempt) == (TaskState.SUCCEEDED, 1), (record.state, record.error)
+    assert [a.error_type for a in record.attempts] == ["WorkerLost"]
+    assert len((tmp_path / "8.runs").read_text().split()) == 1
