@@ -169,8 +169,11 @@ class StatusKeeper:
             outcomes = await self.write([rec.moved_to(
                 TaskState.TIMED_OUT, error_type="TimeoutError",
                 error=f"task ran past its timeout of {rec.timeout_s:g}s and was killed") for _, rec in due])
-        except StoreUnavailable:
-            log.warning("could not write TIMED_OUT for %d task(s); will retry", len(expired))
+        except Exception as e:  # the deadlines stay watched whatever failed
+            if isinstance(e, StoreUnavailable):
+                log.warning("could not time out %d task(s): %s; will retry", len(expired), e)
+            else:
+                log.exception("timing out %d task(s) failed; will retry", len(expired))
             for r in expired:
                 r.deadline = now + 1.0
             return
