@@ -158,17 +158,18 @@ class StatusKeeper:
         records = [r.record.unpack() for r in expired]
         try:
             live = await asyncio.to_thread(self.store.live_owners)
-            due = [(r, rec) for r, rec in zip(expired, records) if rec.lease_owner in live]
+            due = []
             for r, rec in zip(expired, records):
-                if rec.lease_owner not in live:
+                if rec.lease_owner in live:
+                    due.append(rec.moved_to(TaskState.TIMED_OUT, error_type="TimeoutError",
+                                            error=f"task ran past its timeout of {rec.timeout_s:g}s and was killed"))
+                else:
                     r.deadline = now + LEASE_TTL_S / 2
                     log.info("task %s is past its timeout, but its executor %s is gone: left to the sweep",
                              rec.id, rec.lease_owner)
             if not due:
                 return
-            outcomes = await self.write([rec.moved_to(
-                TaskState.TIMED_OUT, error_type="TimeoutError",
-                error=f"task ran past its timeout of {rec.timeout_s:g}s and was killed") for _, rec in due])
+            outcomes = await self.write(due)
         except Exception as e:  # the deadlines stay watched whatever failed
             if isinstance(e, StoreUnavailable):
                 log.warning("could not time out %d task(s): %s; will retry", len(expired), e)

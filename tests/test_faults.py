@@ -227,9 +227,10 @@ def _restart_keeper() -> None:
 
 
 def test_timeout_outlives_a_keeper_restart(rl, tmp_path):
-    # Given a running task with a short timeout
-    h = work.options(timeout=4).submit(str(tmp_path), 9, 60.0)
+    # Given a running task with a short timeout, not yet reached
+    h = work.options(timeout=8).submit(str(tmp_path), 9, 60.0)
     wait_until(lambda: (tmp_path / "9.runs").exists(), what="the task to start")
+    assert h.status() is TaskState.RUNNING
     # When the StatusKeeper, which watches its deadline, restarts
     _restart_keeper()
     # Then the new keeper takes the deadline up from the record: the task ends TIMED_OUT (not
