@@ -4,12 +4,14 @@ from __future__ import annotations
 import asyncio
 import functools
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Optional
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr, SerializationInfo, field_serializer
 
-from raylane.config import OpenSearchAuth
+from raylane.config import OpenSearchAuth, reveal_secret
 from raylane.errors import RaylaneError
+from raylane.limits import Limits
+from raylane.signing import Signer
 
 STATUS_KEEPER = "StatusKeeper"
 EXECUTOR = "Executor"
@@ -45,11 +47,26 @@ class ActorConfig(BaseModel):
     default_queue: str
     partitions: int
     max_payload_bytes: int
+    max_result_bytes: int = 1 << 20
+    max_depth: int = 16
     max_in_flight: int
     max_running: int
     consumers: int = 1
     executors: int = 1
     consumer_group: str = "raylane-workers"
+    secret: SecretStr  # the cluster secret: signs queue messages and kept task definitions
+
+    @field_serializer("secret")
+    def _dump_secret(self, value: SecretStr, info: SerializationInfo) -> Optional[str]:
+        return reveal_secret(value, info)
+
+    def limits(self) -> Limits:
+        """The input limits in force for submissions and results."""
+        return Limits(self.max_payload_bytes, self.max_result_bytes, self.max_depth)
+
+    def signer(self) -> Signer:
+        """Signs and checks queue messages and task definitions under the cluster secret."""
+        return Signer(self.secret.get_secret_value().encode())
 
 
 @dataclass(frozen=True)

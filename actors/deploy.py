@@ -8,6 +8,7 @@ import uuid
 
 import ray
 
+from raylane.config import REVEAL
 from raylane.errors import StackError
 
 from raylane.actors.common import QUEUE_CONSUMER, REQUEST_HANDLER, STATUS_KEEPER, ActorConfig, executor_name
@@ -68,12 +69,38 @@ def actor_node_ids(namespace: str) -> dict[str, str]:
     return {a.name: a.node_id for a in actors if a.name}
 
 
+_CONFIG_KEY = "service-config:"
+
+
+def put_service_config(config: ActorConfig) -> str:
+    """Keep ``config`` (secrets included) in Ray's KV store for the service job; returns its key."""
+    from ray.experimental import internal_kv as kv
+    key = _CONFIG_KEY + uuid.uuid4().hex
+    kv._internal_kv_put(key, config.model_dump_json(context=REVEAL), namespace=config.namespace)
+    return key
+
+
+def take_service_config(key: str, namespace: str) -> ActorConfig:
+    """The configuration ``put_service_config`` kept under ``key``; it is removed from the KV store."""
+    from ray.experimental import internal_kv as kv
+    if not key.startswith(_CONFIG_KEY):
+        raise StackError(f"not a raylane service configuration key: {key!r}", service="raylane")
+    raw = kv._internal_kv_get(key, namespace=namespace)
+    if raw is None:
+        raise StackError(f"no raylane service configuration under {key!r} in Ray's KV store", service="raylane")
+    kv._internal_kv_del(key, namespace=namespace)
+    return ActorConfig.model_validate_json(raw)
+
+
 def deploy(config: ActorConfig, dashboard_url: str, timeout_s: float = 180.0):
     """Run the raylane service job (which owns the actors) and return the RequestHandler once it answers."""
     from ray.job_submission import JobStatus, JobSubmissionClient
     client = JobSubmissionClient(dashboard_url)
-    entrypoint = " ".join([shlex.quote(sys.executable), "-m", "raylane.actors.service",
-                           "--config", shlex.quote(config.model_dump_json())])
+    # The configuration carries secrets (the cluster secret, the OpenSearch password): it goes
+    # through Ray's own KV store, never on the job's command line or in its metadata.
+    key = put_service_config(config)
+    entrypoint = " ".join([shlex.quote(sys.executable), "-m", "raylane.actors.service", "--config-key", key,
+                           "--namespace", shlex.quote(config.namespace)])
     try:
         job_id = client.submit_job(entrypoint=entrypoint, submission_id=f"raylane-service-{uuid.uuid4().hex[:8]}",
                                    metadata={"raylane": "service"})

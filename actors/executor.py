@@ -26,6 +26,7 @@ from raylane import registry
 from raylane.actors.common import LEASE_TTL_S, REFUSED, STATUS_KEEPER, ActorConfig, GroupCommit
 from raylane.actors.metrics import ExecutorMetrics
 from raylane.errors import QueueUnavailable, StoreUnavailable
+from raylane.limits import Limits, clip_text, encode_result
 from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, utcnow
 from raylane.queue import KafkaTaskQueue
 from raylane.store import OpenSearchStore
@@ -39,18 +40,22 @@ REQUEUE_AFTER_S = 300.0  # a PENDING task this old may have lost its queue messa
 REQUEUE_CHECK_S = 30.0
 
 
-def invoke(name: str, args: list, kwargs: dict) -> dict[str, Any]:
-    """Run a registered task in this Ray worker; returns ``{"ok": ...}`` with the result or the error."""
+def invoke(name: str, args: list, kwargs: dict, limits: Limits = Limits()) -> dict[str, Any]:
+    """Run a registered task in this Ray worker; returns ``{"ok": ...}`` with the result or the error.
+    A result that cannot be stored (not JSON, too deep, over ``limits.max_result_bytes``) fails
+    the task here, where it is made, so it never travels to the executor or the store."""
     try:
         defn = registry.load(name)
         result = defn.fn(*args, **kwargs)
-        try:
-            json.dumps(result, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"task {name} returned a value that is not JSON: {e}") from e
+        encode_result(result, limits)
         return {"ok": True, "result": result}
     except Exception as e:  # the task's own error is data for its record
-        return {"ok": False, "error_type": type(e).__qualname__, "error": str(e), "traceback": traceback.format_exc()}
+        try:
+            message = str(e)
+        except Exception as str_failed:  # an exception whose __str__ raises is still reported
+            message = f"<{type(e).__qualname__} could not be shown: {str_failed!r}>"
+        return {"ok": False, "error_type": type(e).__qualname__, "error": clip_text(message),
+                "traceback": clip_text(traceback.format_exc())}
 
 
 _remote_invoke = ray.remote(max_retries=0, retry_exceptions=False)(invoke)
@@ -75,7 +80,8 @@ class _MemberControl:
     unreported behind a long member (the main thread reports only between members), so a
     quick task's end is not held up by a slow sibling."""
 
-    def __init__(self, signal: ray.ObjectRef, executor, group_key: str):
+    def __init__(self, signal: ray.ObjectRef, executor, group_key: str, limits: Limits):
+        self._limits = limits
         self._lock = threading.Lock()
         self._current: Optional[str] = None
         self._started = 0.0
@@ -139,7 +145,7 @@ class _MemberControl:
                     return None
                 self._current, self._started = task_id, time.monotonic()
             try:
-                return invoke(name, args, kwargs)
+                return invoke(name, args, kwargs, self._limits)
             finally:
                 with self._lock:
                     self._current = None
@@ -147,7 +153,8 @@ class _MemberControl:
             return _INTERRUPTED
 
 
-def invoke_group(items: list[tuple[str, str, list, dict]], signal_box: list, executor, group_key: str):
+def invoke_group(items: list[tuple[str, str, list, dict]], signal_box: list, executor, group_key: str,
+                 limits: Limits = Limits()):
     """Run several tasks one after another in this Ray worker, yielding lists of
     ``(task id, RAN, reply)`` as they end: a report at most every ``FLUSH_S`` (each report is a
     message to the executor, so many small tasks share one); replies held behind a member that
@@ -156,7 +163,7 @@ def invoke_group(items: list[tuple[str, str, list, dict]], signal_box: list, exe
     member starts and the rest are reported ``NOT_STARTED``, for the executor to start again
     without the cancelled ones."""
     [signal] = signal_box
-    control = _MemberControl(signal, executor, group_key)
+    control = _MemberControl(signal, executor, group_key, limits)
     reported = time.monotonic()
     try:
         for i, (task_id, name, args, kwargs) in enumerate(items):
@@ -207,6 +214,23 @@ class _Group:
         self.interrupted: set[str] = set()
 
 
+def _final_record(running: TaskRecord, reply: dict) -> tuple[TaskRecord, PackedRecord]:
+    """The terminal record of a task from its worker's reply, and the record packed. A reply that
+    cannot be made into a record fails only its own task, never the batch it came with."""
+    try:
+        if reply["ok"]:
+            final = running.moved_to(TaskState.SUCCEEDED, result=reply["result"])
+        else:
+            final = running.moved_to(
+                TaskState.FAILED, error=reply["error"], error_type=reply["error_type"], traceback=reply["traceback"],
+                will_retry=running.retry.retries(running.attempt, reply["error_type"]))
+        return final, PackedRecord.of(final)
+    except Exception as e:
+        final = running.moved_to(TaskState.FAILED, error_type="ResultNotSerializable",
+                                 error=clip_text(f"the task's end could not be recorded: {e!r}"))
+        return final, PackedRecord.of(final)
+
+
 def _own_claim(stored: Optional[TaskRecord], mine: TaskRecord) -> bool:
     return (stored is not None and stored.state is TaskState.RUNNING and stored.attempt == mine.attempt
             and stored.lease_owner == mine.lease_owner)
@@ -227,9 +251,11 @@ class Executor:
         self._kill_requested: dict[str, bool] = {}  # insertion-ordered, bounded
         self._launched: dict[tuple[str, int], bool] = {}  # (id, attempt) launched here; insertion-ordered, bounded
         self._keeper = ray.get_actor(STATUS_KEEPER, namespace=config.namespace)
+        self._limits = config.limits()
         self._finals = GroupCommit(self._write_finals)
         self._queue = KafkaTaskQueue(config.kafka_bootstrap, prefix=config.topic_prefix, dlq_topic=config.dlq_topic,
-                                     partitions=config.partitions, max_payload_bytes=config.max_payload_bytes)
+                                     partitions=config.partitions, max_payload_bytes=config.max_payload_bytes,
+                                     signer=config.signer())
         # A new incarnation on every (re)start: RUNNING records name it as their lease owner, and
         # its heartbeat in the store keeps them alive. Tasks of a lapsed owner are recovered.
         self._incarnation = uuid.uuid4().hex[:16]
@@ -447,7 +473,7 @@ class Executor:
         if r.memory_mb:
             opts["memory"] = r.memory_mb * 1024 * 1024
         try:
-            ref = _remote_invoke.options(**opts).remote(msg.name, msg.args, msg.kwargs)
+            ref = _remote_invoke.options(**opts).remote(msg.name, msg.args, msg.kwargs, self._limits)
         except Exception as e:  # e.g. resources Ray refuses: the claimed task fails, it is not left RUNNING
             asyncio.create_task(self._fail_launch(running, e))
             return
@@ -507,7 +533,7 @@ class Executor:
             signal = self._self.group_signal.remote(first.id)
             group.gen = _remote_group.options(name=f"raylane:{first.name}:group-of-{len(msgs)}:{first.id}",
                                               num_cpus=first.resources.num_cpus).remote(items, [signal], self._self,
-                                                                                        first.id)
+                                                                                        first.id, self._limits)
         except Exception as e:  # Ray refused to start it: each member fails as a lone launch would
             for m in msgs:
                 self._groups.pop(m.id, None)
@@ -572,7 +598,7 @@ class Executor:
         outcome = await self._record(failed)
         self.stats["failed" if outcome.accepted else "discarded_results"] += 1
 
-    async def _write_finals(self, records: list[TaskRecord]) -> list:
+    async def _write_finals(self, records: list[TaskRecord | PackedRecord]) -> list:
         return await self._keeper.write.remote([PackedRecord.of(r) for r in records])
 
     async def _finish(self, running: TaskRecord, ref: ray.ObjectRef) -> None:
@@ -597,16 +623,16 @@ class Executor:
     async def _settle_many(self, ended: list[tuple[TaskRecord, dict]]) -> None:
         """Write the ends of tasks from their replies, in one batch, and start the retries their policies ask for."""
         try:
-            finals = []
-            for running, reply in ended:
-                if reply["ok"]:
-                    finals.append(running.moved_to(TaskState.SUCCEEDED, result=reply["result"]))
-                else:
-                    finals.append(running.moved_to(
-                        TaskState.FAILED, error=reply["error"], error_type=reply["error_type"],
-                        traceback=reply["traceback"], will_retry=running.retry.retries(running.attempt,
-                                                                                       reply["error_type"])))
-            for final, outcome in zip(finals, await self._record_many(finals)):
+            finals = [_final_record(running, reply) for running, reply in ended]
+            outcomes = await self._record_many([packed for _, packed in finals])
+            for (final, _), outcome in zip(finals, outcomes):
+                if outcome.refused_for_content:
+                    # The store will never take this end as it is (a result it cannot hold): the
+                    # task fails with the store's reason instead of staying RUNNING.
+                    final = final.moved_to(TaskState.FAILED, result=None, will_retry=False, error_type="RecordRefused",
+                                           error=clip_text(f"the status store refused the task's {final.state.value} "
+                                                           f"record: {outcome.reason}"), traceback=None)
+                    outcome = await self._record(final)
                 if not outcome.accepted:
                     self.stats["discarded_results"] += 1
                     log.info("task %s: %s discarded, a cancel or timeout was recorded first", final.id,
@@ -625,7 +651,7 @@ class Executor:
         [outcome] = await self._record_many([record])
         return outcome
 
-    async def _record_many(self, records: list[TaskRecord]) -> list[WriteOutcome]:
+    async def _record_many(self, records: list[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
         """Write records through the keeper, riding out a store outage or a keeper restart
         (the tasks keep their run slots meanwhile, so outages apply backpressure)."""
         attempt = 0

@@ -19,7 +19,7 @@ from ray.exceptions import RayActorError
 from raylane import registry
 from raylane.actors.common import REFUSED, STATUS_KEEPER, ActorConfig, executor_name
 from raylane.actors.metrics import ConsumerMetrics
-from raylane.errors import RaylaneError, ServiceUnavailable, UnknownTaskName
+from raylane.errors import InvalidSignature, RaylaneError, ServiceUnavailable, UnknownTaskName
 from raylane.models import TaskMessage
 from raylane.states import TaskState
 from raylane.queue import Consumed, KafkaQueueReader, KafkaTaskQueue, topic_of
@@ -28,6 +28,7 @@ from raylane.store import OpenSearchStore
 log = logging.getLogger("raylane.queue_consumer")
 
 _HAND_OFF_TRIES = 5
+_DEAD_LETTER_TRIES = 12  # about a minute of a DLQ write failing
 _UNKNOWN_NAME_GRACE_S = 20.0
 _EXECUTOR_DOWN_TRIES = 120  # about ten minutes of an Executor that does not come back
 _REPORT_EVERY_S = 5.0
@@ -63,9 +64,11 @@ class QueueConsumer:
         self._executor = ray.get_actor(executor_name(index % config.executors), namespace=config.namespace)
         self._keeper = ray.get_actor(STATUS_KEEPER, namespace=config.namespace)
         self._producer = KafkaTaskQueue(config.kafka_bootstrap, prefix=config.topic_prefix, dlq_topic=config.dlq_topic,
-                                        partitions=config.partitions, max_payload_bytes=config.max_payload_bytes)
+                                        partitions=config.partitions, max_payload_bytes=config.max_payload_bytes,
+                                        signer=config.signer())
         self._reader: Optional[KafkaQueueReader] = None
         self._store = OpenSearchStore(config.opensearch, config.index_alias)
+        self._signer = config.signer()
         self._progress: dict[tuple[str, int], _PartitionProgress] = {}
         self._committed: dict[tuple[str, int], int] = {}
         self._in_flight: set[asyncio.Task] = set()
@@ -162,40 +165,58 @@ class QueueConsumer:
         try:
             registry.load(name)
         except UnknownTaskName:
-            # Ray forgets definitions when it restarts; the store keeps a copy of each published one.
+            # Ray forgets definitions when it restarts; the store keeps a signed copy of each published
+            # one. Anyone who can write the store could plant a pickle there, so nothing kept is
+            # unpickled unless the cluster's own signature over it holds.
             kept = self._store.load_definition(name)
             if kept is None:
                 raise
-            registry.restore(name, *kept)
+            digest, blob, signature = kept
+            if not self._signer.definition_ok(name, digest, blob, signature):
+                raise InvalidSignature(f"the kept definition of task {name!r} is not signed with this cluster's "
+                                       f"secret (or its digest does not match its pickle); it was not loaded")
+            registry.restore(name, digest, blob)
             registry.load(name)
         self._known_names.add(name)
 
     async def _prepare(self, item: Consumed) -> Optional[TaskMessage]:
-        """The message's task, or None once it is dead-lettered: at once if malformed; if its task
-        name is unknown to Ray and to the store's kept definitions, after ``_UNKNOWN_NAME_GRACE_S``
-        (a driver may be about to publish it); after ``_HAND_OFF_TRIES`` failures of another kind
-        (say, a task definition that cannot be loaded)."""
+        """The message's task, or None once it is dead-lettered: at once if malformed, not signed
+        by this cluster, or if its kept definition is not; if its task name is unknown to Ray and
+        to the store's kept definitions, after ``_UNKNOWN_NAME_GRACE_S`` (a driver may be about to
+        publish it); after ``_HAND_OFF_TRIES`` failures of another kind (say, a task definition
+        that cannot be loaded). Only a signed message may fail the record of the task it names:
+        a forged one says nothing about that task."""
         try:
             msg = self._parse(item)
         except ValueError as e:
             await self._dead_letter(item, str(e))
             return None
+        signed = self._signer.message_ok(item.value, item.signature)
+        owned = msg if signed else None
         first_try = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
             try:
                 self._check_name(msg.name)
+                if not signed:
+                    await self._dead_letter(item, "the message is not signed with this cluster's secret "
+                                                  f"({'no signature' if item.signature is None else 'bad signature'}); "
+                                                  "only raylane may enqueue tasks")
+                    return None
                 return msg
+            except InvalidSignature as e:
+                await self._dead_letter(item, str(e), owned, error_type="InvalidSignature")
+                return None
             except UnknownTaskName as e:
                 if time.monotonic() - first_try >= _UNKNOWN_NAME_GRACE_S:
-                    await self._dead_letter(item, str(e), msg)
+                    await self._dead_letter(item, str(e), owned)
                     return None
             except Exception as e:
                 self.stats["errors"] += 1
                 log.warning("reading %s[%d]@%d failed (try %d): %r", item.topic, item.partition, item.offset, attempt, e)
                 if attempt >= _HAND_OFF_TRIES:
-                    await self._dead_letter(item, f"reading the message failed {attempt} times: {e!r}", msg)
+                    await self._dead_letter(item, f"reading the message failed {attempt} times: {e!r}", owned)
                     return None
             await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
 
@@ -243,30 +264,36 @@ class QueueConsumer:
             await self._dead_letter(item, f"the executor failed to take task {msg.id} {max(poison_tries, outage)} times",
                                     msg)
 
-    async def _dead_letter(self, item: Consumed, reason: str, msg: Optional[TaskMessage] = None) -> None:
+    async def _dead_letter(self, item: Consumed, reason: str, msg: Optional[TaskMessage] = None,
+                           error_type: str = "DeadLettered") -> None:
         """Move a message to the DLQ with the reason; a task still PENDING there is then recorded
         FAILED (error type ``DeadLettered``), so that no accepted task is left waiting forever."""
         log.warning("dead-lettering %s[%d]@%d: %s", item.topic, item.partition, item.offset, reason)
-        while True:
+        for attempt in range(1, _DEAD_LETTER_TRIES + 1):
             try:
                 await asyncio.to_thread(self._producer.dead_letter, item, reason)
                 break
             except RaylaneError as e:
-                log.warning("dead-letter write failed, retrying: %s", e)
-                await asyncio.sleep(1.0)
+                # Bounded: a message that cannot even be set aside must not hold its partition forever.
+                # Its task's record still says why it ended.
+                log.warning("dead-letter write failed (try %d of %d): %s", attempt, _DEAD_LETTER_TRIES, e)
+                if attempt < _DEAD_LETTER_TRIES:
+                    await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
+        else:
+            log.error("giving up on dead-lettering %s[%d]@%d: %s", item.topic, item.partition, item.offset, reason)
         if msg is not None:
-            await self._fail_pending(msg, reason)
+            await self._fail_pending(msg, reason, error_type)
         self.stats["dead_lettered"] += 1
         self.metrics.dead_lettered(item.topic)
         self._settle(item)
 
-    async def _fail_pending(self, msg: TaskMessage, reason: str) -> None:
+    async def _fail_pending(self, msg: TaskMessage, reason: str, error_type: str) -> None:
         for attempt in range(1, 6):
             try:
                 stored = await asyncio.to_thread(self._store.get, msg.id)
                 if stored is None or stored.state is not TaskState.PENDING or stored.attempt != msg.attempt:
                     return  # not submitted through raylane, or already past this message
-                failed = stored.moved_to(TaskState.FAILED, error_type="DeadLettered",
+                failed = stored.moved_to(TaskState.FAILED, error_type=error_type,
                                          error=f"moved to {self.config.dlq_topic}: {reason}")
                 await self._keeper.write.remote([failed])
                 return

@@ -7,6 +7,7 @@ the produce fails, the record is closed as FAILED so no half task is left waitin
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import time
@@ -17,7 +18,8 @@ from pydantic import ValidationError
 
 from raylane import registry
 from raylane.actors.common import STATUS_KEEPER, ActorConfig, replies_errors
-from raylane.errors import (InvalidTaskInput, QueueUnavailable, StoreUnavailable, TaskAlreadyFinished,
+from raylane.limits import check_arguments_shape, check_tags, check_timeout
+from raylane.errors import (InvalidTaskInput, RecordRefused, QueueUnavailable, StoreUnavailable, TaskAlreadyFinished,
                             TaskNotFound)
 from raylane.models import (NAME_PATTERN, QUEUE_PATTERN, PackedRecord, SubmitRequest, TaskMessage, TaskRecord,
                             new_task_id, utcnow)
@@ -52,31 +54,47 @@ class RequestHandler:
         self.store = OpenSearchStore(config.opensearch, config.index_alias)
         self.store.ensure_schema()
         self.queue = KafkaTaskQueue(config.kafka_bootstrap, prefix=config.topic_prefix, dlq_topic=config.dlq_topic,
-                                    partitions=config.partitions, max_payload_bytes=config.max_payload_bytes)
+                                    partitions=config.partitions, max_payload_bytes=config.max_payload_bytes,
+                                    signer=config.signer())
         self.queue.ensure_queue(config.default_queue)
         self._keeper = ray.get_actor(STATUS_KEEPER, namespace=config.namespace)
+        self._signer = config.signer()
+        self._limits = config.limits()
 
     def _message(self, req: SubmitRequest) -> TaskMessage:
         defn = registry.load(req.name)
         if req.tenant is not None and req.queue is not None and not self.queue.queue_exists(req.queue):
             # Tenants (HTTP clients) use the queues there are; they do not make Kafka topics.
             raise InvalidTaskInput(f"queue {req.queue!r} does not exist; tenants can use existing queues only")
-        registry.encode_arguments(req.args, req.kwargs, self.config.max_payload_bytes)
+        # The shape first: nothing below (type checks, encoding) may meet a value nested without bound.
+        check_arguments_shape(req.args, req.kwargs, self._limits)
+        timeout_s = req.timeout_s if req.timeout_s is not None else defn.timeout_s
+        tags = req.tags if req.tags is not None else list(defn.tags)
+        check_timeout(timeout_s)
+        check_tags(tags)
         defn.validate_call(req.args, req.kwargs)
         return TaskMessage(id=new_task_id(), name=req.name, queue=req.queue or defn.queue or self.config.default_queue,
-                           args=req.args, kwargs=req.kwargs,
-                           timeout_s=req.timeout_s if req.timeout_s is not None else defn.timeout_s,
-                           resources=req.resources or defn.resources,
-                           tags=req.tags if req.tags is not None else list(defn.tags), created_at=utcnow(),
+                           args=req.args, kwargs=req.kwargs, timeout_s=timeout_s,
+                           resources=req.resources or defn.resources, tags=tags, created_at=utcnow(),
                            retry=defn.retry if req.max_retries is None else
                            defn.retry.model_copy(update={"max_retries": req.max_retries}), tenant=req.tenant)
 
     async def _create(self, messages: list[TaskMessage]) -> list[str]:
         records = [TaskRecord.pending(m) for m in messages]
         outcomes = await self._keeper.write.remote([PackedRecord.of(r) for r in records])
-        refused = [o for o in outcomes if not o.accepted]
+        refused = [(i, o) for i, o in enumerate(outcomes) if not o.accepted]
         if refused:
-            raise StoreUnavailable(f"{len(refused)} PENDING record(s) were refused: {refused[0].reason}")
+            # All or none: the accepted records of this submission will never be enqueued.
+            written = [r.moved_to(TaskState.FAILED, error_type="NotEnqueued",
+                                  error="not enqueued: another task of the same submission was refused")
+                       for r, o in zip(records, outcomes) if o.accepted]
+            if written:
+                await self._keeper.write.remote(written)
+            i, first = refused[0]
+            what = f"task #{i}" if len(records) > 1 else "the task"
+            if first.refused_for_content:
+                raise RecordRefused(f"the status store refused the record of {what}: {first.reason}")
+            raise StoreUnavailable(f"{len(refused)} PENDING record(s) were refused: {first.reason}", status=first.status)
         try:
             await asyncio.to_thread(self.queue.produce_many, messages)
         except QueueUnavailable:
@@ -173,12 +191,17 @@ class RequestHandler:
 
     @replies_errors
     async def keep_definitions(self, definitions: list[tuple[str, str, bytes]]) -> None:
-        """Keep published task definitions (name, digest, pickle) in the store, so that queued
-        tasks outlive a Ray restart."""
-        for name, _, blob in definitions:
+        """Keep published task definitions (name, digest, pickle) in the store, signed with the
+        cluster secret, so that queued tasks outlive a Ray restart. Callers reach this method
+        through Ray only (the cluster's trusted channel); the HTTP API has no route to it."""
+        signed = []
+        for name, digest, blob in definitions:
             if not isinstance(name, str) or not re.match(NAME_PATTERN, name) or not isinstance(blob, bytes):
                 raise InvalidTaskInput(f"not a task definition: {name!r}")
-        await asyncio.to_thread(self.store.save_definitions, definitions)
+            if hashlib.sha256(blob).hexdigest() != digest:
+                raise InvalidTaskInput(f"the digest of task definition {name!r} does not match its pickle")
+            signed.append((name, digest, blob, self._signer.sign_definition(name, digest, blob)))
+        await asyncio.to_thread(self.store.save_definitions, signed)
 
     @replies_errors
     async def set_paused(self, queue: str, paused: bool) -> None:

@@ -4,7 +4,10 @@ Owning the actors from a live job matters: Ray reuses task workers only while th
 that owns them lives, so actors left behind by an exited driver would start a fresh
 worker process for every task. ``deploy`` submits this job; ``ray job stop`` ends it.
 
-    python -m raylane.actors.service --config '<ActorConfig JSON>'
+    python -m raylane.actors.service --config-key <key> [--namespace raylane]
+
+The configuration (secrets included) waits under ``<key>`` in Ray's KV store, put there by
+``deploy``; it is never on the command line.
 """
 from __future__ import annotations
 
@@ -15,17 +18,17 @@ import time
 
 import ray
 
-from raylane.actors.common import ActorConfig
-from raylane.actors.deploy import create_actors, find_request_handler
+from raylane.actors.deploy import create_actors, find_request_handler, take_service_config
 
 
 def main(argv: list[str] | None = None) -> int:
     """Create raylane's actors (unless another service runs them) and keep them alive."""
     ap = argparse.ArgumentParser(prog="python -m raylane.actors.service", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", required=True, help="ActorConfig as JSON")
+    ap.add_argument("--config-key", required=True, help="key of the ActorConfig in Ray's KV store")
+    ap.add_argument("--namespace", default="raylane", help="Ray namespace of raylane's actors")
     args = ap.parse_args(argv)
-    config = ActorConfig.model_validate_json(args.config)
-    ray.init(namespace=config.namespace)
+    ray.init(namespace=args.namespace)
+    config = take_service_config(args.config_key, args.namespace)
     if find_request_handler(config.namespace) is not None:
         print("raylane actors already run under another service job; nothing to do", flush=True)
         return 0

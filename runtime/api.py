@@ -27,6 +27,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raylane.errors import (InvalidTaskInput, PayloadTooLarge, RaylaneError, ServiceUnavailable, TaskAlreadyFinished,
                             TaskNotFound, UnknownTaskName)
+from raylane.ratelimit import ConcurrencyLimiter, OverLimit, RateLimiter
+from raylane.limits import MAX_TAG_CHARS, MAX_TAGS, MAX_TIMEOUT_S
 from raylane.models import NAME_PATTERN, QUEUE_PATTERN, SubmitRequest, TaskRecord
 from raylane.states import TaskState
 from raylane.store import TaskQuery
@@ -34,7 +36,7 @@ from raylane.tokens import Principal, TokenFile
 
 API_PREFIX = "/api/v1"
 # Over HTTP a tag starts with a letter, so that no tag can be mistaken for a number in a query string.
-TAG_PATTERN = r"^[A-Za-z][A-Za-z0-9_.:/=@+-]{0,99}$"
+TAG_PATTERN = rf"^[A-Za-z][A-Za-z0-9_.:/=@+-]{{0,{MAX_TAG_CHARS - 1}}}$"
 MAX_BATCH = 1000
 MAX_WAIT_S = 60.0
 # date_nanos, the type of the record's timestamps, spans these years; outside them OpenSearch refuses the query.
@@ -67,8 +69,8 @@ class TaskSubmission(BaseModel):
     args: list[Any] = Field(default_factory=list, max_length=10_000, description="positional arguments (JSON)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments (JSON)")
     queue: Optional[str] = Field(None, pattern=QUEUE_PATTERN, description="an existing queue (default: the task's)")
-    timeout_s: Optional[float] = Field(None, gt=0, le=7 * 86400, description="seconds before the task is killed")
-    tags: Optional[list[Annotated[str, Field(pattern=TAG_PATTERN)]]] = Field(None, max_length=50)
+    timeout_s: Optional[float] = Field(None, gt=0, le=MAX_TIMEOUT_S, description="seconds before the task is killed")
+    tags: Optional[list[Annotated[str, Field(pattern=TAG_PATTERN)]]] = Field(None, max_length=MAX_TAGS)
     max_retries: Optional[int] = Field(None, ge=0, le=100, description="retries after a failed attempt")
 
 
@@ -151,7 +153,8 @@ def problem_of(e: RaylaneError) -> ApiProblem:
 def _responses(*codes: int) -> dict:
     text = {400: "invalid input", 401: "missing or invalid token", 403: "the token may not do this",
             404: "no such task (for this tenant)", 409: "the task already finished", 413: "request too large",
-            422: "the request does not match the schema", 503: "a service raylane needs is unavailable"}
+            422: "the request does not match the schema", 429: "over this token's rate or wait limit (see Retry-After)",
+            503: "a service raylane needs is unavailable"}
     return {c: {"model": ApiError, "description": text[c]} for c in codes}
 
 
@@ -201,11 +204,14 @@ class BodyLimit:
 # ---------------------------------------------------------------- context
 
 class ApiContext:
-    """What the routes use: the RequestHandler and the token file."""
+    """What the routes use: the RequestHandler, the token file, and each token's limits."""
 
-    def __init__(self, handler, tokens: TokenFile):
+    def __init__(self, handler, tokens: TokenFile, rate: Optional[RateLimiter] = None,
+                 waits: Optional[ConcurrencyLimiter] = None):
         self.handler = handler
         self.tokens = tokens
+        self.rate = rate or RateLimiter(50.0, 200)
+        self.waits = waits or ConcurrencyLimiter(4)
 
     async def call(self, method: str, *args: Any) -> Any:
         """Call the RequestHandler; its raylane errors are raised as they are."""
@@ -244,9 +250,11 @@ def principal(request: Request,
     challenge = {"WWW-Authenticate": 'Bearer realm="raylane"'}
     if credentials is None:
         raise ApiProblem(401, "unauthorized", "a bearer token is required (Authorization: Bearer <token>)", challenge)
-    found = context(request).tokens.verify(credentials.credentials)
+    ctx = context(request)
+    found = ctx.tokens.verify(credentials.credentials)
     if found is None:
         raise ApiProblem(401, "unauthorized", "the token is not valid or was revoked", challenge)
+    ctx.rate.take(found.token_id)  # OverLimit: 429
     return found
 
 
@@ -350,6 +358,11 @@ def build_app(max_body_bytes: int = 4 << 20) -> FastAPI:
     async def _problem(_: Request, e: ApiProblem):
         return problem_response(e.status, e.code, e.message, e.headers)
 
+    @app.exception_handler(OverLimit)
+    async def _over(_: Request, e: OverLimit):
+        return problem_response(429, "too_many_requests", f"{e}; retry after {e.retry_after_header} s",
+                                {"Retry-After": e.retry_after_header})
+
     @app.exception_handler(RaylaneError)
     async def _raylane(_: Request, e: RaylaneError):
         p = problem_of(e)
@@ -418,8 +431,10 @@ def build_app(max_body_bytes: int = 4 << 20) -> FastAPI:
                         timeout: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to wait at most")] = 30.0,
                         ) -> TaskView:
         """The task's record once it is finished, or its current record after ``timeout`` seconds
-        (then ``finished`` is false)."""
-        return view_of(await ctx.call("wait", task_id, timeout, who.tenant))
+        (then ``finished`` is false). A token holds at most ``RAYLANE_HTTP_WAITS_PER_TOKEN`` waits
+        at once; another is answered 429."""
+        with ctx.waits.hold(who.token_id, "waits"):
+            return view_of(await ctx.call("wait", task_id, timeout, who.tenant))
 
     @app.post(API_PREFIX + "/tasks/{task_id}/cancel", response_model=TaskView, operation_id="cancel_task", tags=["tasks"],
               responses=_responses(401, 403, 404, 409, 422, 503))
@@ -442,17 +457,21 @@ def _deployment(max_body_bytes: int):
 
     app = build_app(max_body_bytes)
 
-    @serve.deployment(name="HttpApi", num_replicas=1, ray_actor_options={"num_cpus": 0})
+    # Waits are held open for up to a minute: the replica takes many requests at once (Serve's
+    # default of 5 let a few waits queue every other request, /healthz included, behind them);
+    # what one token may hold is limited per token instead.
+    @serve.deployment(name="HttpApi", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
     @serve.ingress(app)
     class HttpApi:
         """The Serve replica: finds raylane's RequestHandler and serves the FastAPI application."""
 
-        def __init__(self, namespace: str, token_file: str):
+        def __init__(self, namespace: str, token_file: str, rate: float, burst: int, waits: int):
             from raylane.actors.deploy import find_request_handler
             handler = find_request_handler(namespace)
             if handler is None:
                 raise ServiceUnavailable(f"raylane is not deployed in Ray namespace {namespace!r}")
-            set_context(ApiContext(handler, TokenFile(Path(token_file))))
+            set_context(ApiContext(handler, TokenFile(Path(token_file)), RateLimiter(rate, burst),
+                                   ConcurrencyLimiter(waits)))
 
     return HttpApi
 
@@ -462,7 +481,9 @@ def deploy_http(settings) -> str:
     returns its URL. Redeploying replaces the running application."""
     from ray import serve
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port}, proxy_location="HeadOnly")
-    api = _deployment(settings.http_max_body_bytes).bind(settings.namespace, str(settings.tokens_path.resolve()))
+    api = _deployment(settings.http_max_body_bytes).bind(settings.namespace, str(settings.tokens_path.resolve()),
+                                                         settings.http_rate_per_token, settings.http_burst_per_token,
+                                                         settings.http_waits_per_token)
     serve.run(api, name=APP_NAME, route_prefix="/")
     return f"http://{settings.http_host}:{settings.http_port}"
 

@@ -64,9 +64,10 @@ def _actor_config(settings: Settings, endpoints: Endpoints):
                        namespace=settings.namespace, index_alias=settings.index_alias,
                        topic_prefix=settings.topic_prefix, dlq_topic=settings.dlq_topic,
                        default_queue=settings.default_queue, partitions=settings.partitions,
-                       max_payload_bytes=settings.max_payload_bytes, max_in_flight=settings.max_in_flight,
+                       max_payload_bytes=settings.max_payload_bytes, max_result_bytes=settings.max_result_bytes,
+                       max_depth=settings.max_depth, max_in_flight=settings.max_in_flight,
                        max_running=settings.max_running, consumers=settings.consumers,
-                       executors=settings.executors)
+                       executors=settings.executors, secret=settings.cluster_secret())
 
 
 def _endpoints(settings: Settings, start_missing: bool) -> Endpoints:

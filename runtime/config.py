@@ -11,7 +11,7 @@ import pwd
 from pathlib import Path
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializationInfo, ValidationError, field_serializer
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from raylane.errors import ConfigError
@@ -23,16 +23,34 @@ def _default_home() -> Path:
     return Path.home() / ".cache" / "raylane"
 
 
+REVEAL = {"reveal_secrets": True}
+"""Serialization context under which secrets are written out in clear (only for Ray's own channel)."""
+
+
+def reveal_secret(value: Optional[SecretStr], info: SerializationInfo) -> Optional[str]:
+    """A secret as serialized: masked, unless the dump was made with ``context=REVEAL``."""
+    if value is None:
+        return None
+    if info.context and info.context.get("reveal_secrets"):
+        return value.get_secret_value()
+    return str(value)
+
+
 class OpenSearchAuth(BaseModel):
-    """How to reach an OpenSearch cluster: URL plus optional basic auth and TLS."""
+    """How to reach an OpenSearch cluster: URL plus optional basic auth and TLS. The password is
+    a ``SecretStr``: it is masked in every dump, log and repr."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     url: str
     username: Optional[str] = None
-    password: Optional[str] = None
+    password: Optional[SecretStr] = None
     verify_certs: bool = True
     ca_certs: Optional[str] = None
+
+    @field_serializer("password")
+    def _dump_password(self, value: Optional[SecretStr], info: SerializationInfo) -> Optional[str]:
+        return reveal_secret(value, info)
 
 
 class Settings(BaseSettings):
@@ -46,7 +64,7 @@ class Settings(BaseSettings):
     kafka_bootstrap: Optional[str] = Field(None, description="Kafka bootstrap servers, host:port[,host:port].")
     opensearch_url: Optional[str] = Field(None, description="OpenSearch URL, e.g. https://search:9200.")
     opensearch_username: Optional[str] = Field(None, description="OpenSearch basic-auth user.")
-    opensearch_password: Optional[str] = Field(None, description="OpenSearch basic-auth password.")
+    opensearch_password: Optional[SecretStr] = Field(None, description="OpenSearch basic-auth password.")
     opensearch_verify_certs: bool = Field(True, description="Verify OpenSearch TLS certificates.")
     opensearch_ca_certs: Optional[str] = Field(None, description="CA bundle for OpenSearch TLS.")
     ray_address: Optional[str] = Field(None, description="Ray cluster address (host:port or 'auto').")
@@ -74,7 +92,12 @@ class Settings(BaseSettings):
     # --- task system
     default_queue: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="Queue used when none is given.")
     partitions: int = Field(4, ge=1, le=1024, description="Partitions of a newly created queue topic.")
-    max_payload_bytes: int = Field(1 << 20, ge=1024, description="Largest accepted JSON payload (args+kwargs).")
+    max_payload_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="Largest accepted JSON payload (args+kwargs).")
+    max_result_bytes: int = Field(1 << 20, ge=1024, le=64 << 20,
+                                  description="Largest result (JSON bytes) a task may return; above it the task "
+                                              "fails with ResultTooLarge.")
+    max_depth: int = Field(16, ge=1, le=18, description="Deepest nesting of lists and dicts in arguments and results "
+                                                        "(the status store refuses arrays nested past 20).")
     max_in_flight: int = Field(256, ge=1, description="Tasks a queue consumer holds between poll and RUNNING.")
     max_running: int = Field(32, ge=1, description="Tasks an executor runs at once.")
     consumers: int = Field(1, ge=1, le=64, description="QueueConsumer actors per deployment.")
@@ -88,11 +111,28 @@ class Settings(BaseSettings):
     http_port: int = Field(28000, ge=1, le=65535, description="Port of the HTTP API.")
     http_max_body_bytes: int = Field(4 << 20, ge=1024, description="Largest accepted HTTP request body (413 above).")
     token_file: Optional[Path] = Field(None, description="Hashed API tokens (default: <home>/tokens.json).")
+    http_rate_per_token: float = Field(50.0, gt=0, description="Requests a second each API token may make on "
+                                                               "average (429 with Retry-After above).")
+    http_burst_per_token: int = Field(200, ge=1, description="Requests an API token may make at once before its rate applies.")
+    http_waits_per_token: int = Field(4, ge=1, description="Waits (GET .../wait) an API token may hold at once (429 above).")
+    secret_file: Optional[Path] = Field(
+        None, description="The cluster secret that signs queue messages and kept task definitions "
+                          "(default: <home>/cluster.key, created on first use; share it between deployers).")
 
     @property
     def tokens_path(self) -> Path:
         """Where the HTTP API's hashed tokens are kept."""
         return self.token_file or self.home / "tokens.json"
+
+    @property
+    def secret_path(self) -> Path:
+        """Where the cluster secret is kept."""
+        return self.secret_file or self.home / "cluster.key"
+
+    def cluster_secret(self) -> SecretStr:
+        """The cluster secret, created on first use."""
+        from raylane.signing import load_or_create_secret
+        return SecretStr(load_or_create_secret(self.secret_path).decode())
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":

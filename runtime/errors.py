@@ -50,6 +50,14 @@ class QueueUnavailable(ServiceUnavailable):
 class StoreUnavailable(ServiceUnavailable):
     """OpenSearch refused or timed out a request."""
 
+    def __init__(self, message: str, status: Optional[int] = None):
+        super().__init__(message)
+        self.status = status  # the HTTP status OpenSearch answered, if it answered
+
+
+class InvalidSignature(RaylaneError):
+    """Something read back from Kafka or OpenSearch is not signed with the cluster's secret; it was not used."""
+
 
 class InvalidTaskInput(RaylaneError):
     """A submit was rejected before anything was written: bad name, arguments or size."""
@@ -73,6 +81,34 @@ class PayloadTooLarge(InvalidTaskInput):
                          f"(RAYLANE_MAX_PAYLOAD_BYTES); pass a reference (path, URL, id) instead of the data")
         self.size = size
         self.limit = limit
+
+
+class ArgumentsTooDeep(InvalidTaskInput):
+    """The task's arguments nest lists and dicts deeper than the limit."""
+
+    def __init__(self, where: str, limit: int):
+        super().__init__(f"{where} nests lists and dicts more than {limit} levels deep (RAYLANE_MAX_DEPTH); "
+                         f"flatten it or pass a reference instead")
+        self.where = where
+        self.limit = limit
+
+
+class RecordRefused(InvalidTaskInput):
+    """The status store refused a task's record for its content (not for an outage)."""
+
+
+class ResultTooLarge(RaylaneError):
+    """A task's result is over the result size limit; the task fails with this error type."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(f"the result is {size} bytes of JSON, over the limit of {limit} bytes "
+                         f"(RAYLANE_MAX_RESULT_BYTES); store large outputs elsewhere and return a reference")
+        self.size = size
+        self.limit = limit
+
+
+class ResultNotSerializable(RaylaneError):
+    """A task's result is not JSON, or nests too deep to store; the task fails with this error type."""
 
 
 class TaskNotFound(RaylaneError):

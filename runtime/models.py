@@ -236,6 +236,14 @@ class WriteOutcome(NamedTuple):
     version: int
     accepted: bool
     reason: Optional[str] = None  # "conflict" when a newer version was already stored, else an error
+    status: Optional[int] = None  # the store's HTTP status for this write
+
+    @property
+    def refused_for_content(self) -> bool:
+        """Whether the store will never accept this record as it is (its content is at fault, not
+        an outage or a newer version): retrying the same write cannot help."""
+        return not self.accepted and self.status is not None and 400 <= self.status < 500 \
+            and self.status not in (409, 429)
 
 
 class SubmitRequest(BaseModel):

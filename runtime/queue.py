@@ -16,10 +16,13 @@ from typing import Optional, Sequence
 
 from raylane.errors import QueueUnavailable
 from raylane.models import TaskMessage
+from raylane.signing import SIGNATURE_HEADER, Signer
 
 log = logging.getLogger(__name__)
 
 _ENVELOPE_BYTES = 64 * 1024  # room for the message's own fields next to its arguments
+DLQ_VALUE_BYTES = 16 * 1024  # a dead letter keeps at most this much of the message it replaces
+DLQ_REASON_CHARS = 2000
 COMMIT_TIMEOUT_MS = 5000  # an offset commit takes milliseconds; kafka-python would wait up to 30 s
 # kafka-python backs off up to 30 s between reconnects; after a broker restart raylane
 # should be back within about a second.
@@ -35,6 +38,7 @@ class Consumed:
     offset: int
     key: Optional[bytes]
     value: Optional[bytes]
+    signature: Optional[bytes] = None  # the ``raylane-signature`` header, if the message has one
 
 
 @dataclass(frozen=True)
@@ -109,11 +113,13 @@ def topic_of(prefix: str, queue: str) -> str:
 
 
 class KafkaTaskQueue(TaskQueue):
-    """Producer side on Kafka: ``acks=all``, idempotent producer, topics created on first use."""
+    """Producer side on Kafka: ``acks=all``, idempotent producer, topics created on first use.
+    Every task message carries its signature under the cluster secret in a header."""
 
     def __init__(self, bootstrap: str, *, prefix: str, dlq_topic: str, partitions: int, max_payload_bytes: int,
-                 produce_timeout_s: float = 10.0):
+                 signer: Signer, produce_timeout_s: float = 10.0):
         self.bootstrap = bootstrap
+        self.signer = signer
         self.prefix = prefix
         self.dlq_topic = dlq_topic
         self.partitions = partitions
@@ -185,8 +191,11 @@ class KafkaTaskQueue(TaskQueue):
             self._ensure_topic(topic)
         producer = self._get_producer()
         try:
-            futures = [producer.send(topic_of(self.prefix, m.queue), key=m.id.encode(), value=m.to_bytes())
-                       for m in messages]
+            futures = []
+            for m in messages:
+                value = m.to_bytes()
+                futures.append(producer.send(topic_of(self.prefix, m.queue), key=m.id.encode(), value=value,
+                                             headers=[(SIGNATURE_HEADER, self.signer.sign_message(value).encode())]))
             producer.flush(timeout=self.produce_timeout_s)
             for f in futures:
                 f.get(timeout=self.produce_timeout_s)
@@ -199,9 +208,11 @@ class KafkaTaskQueue(TaskQueue):
         from kafka.errors import KafkaError
         self._ensure_topic(self.dlq_topic)
         value = item.value or b""
-        body = {"reason": reason, "topic": item.topic, "partition": item.partition, "offset": item.offset,
-                "key": item.key.decode(errors="replace") if item.key else None,
-                "value": value.decode(errors="replace")}
+        # Bounded whatever the message was: a dead letter must always fit where it goes.
+        body = {"reason": reason[:DLQ_REASON_CHARS], "topic": item.topic, "partition": item.partition,
+                "offset": item.offset, "key": (item.key or b"")[:200].decode(errors="replace") or None,
+                "value": value[:DLQ_VALUE_BYTES].decode(errors="replace"), "value_bytes": len(value),
+                "truncated": len(value) > DLQ_VALUE_BYTES}
         try:
             self._get_producer().send(self.dlq_topic, key=item.key, value=json.dumps(body).encode()).get(
                 timeout=self.produce_timeout_s)
@@ -293,7 +304,8 @@ class KafkaQueueReader(QueueReader):
         out = []
         for tp, records in batches.items():
             for r in records:
-                out.append(Consumed(tp.topic, tp.partition, r.offset, r.key, r.value))
+                sig = next((v for k, v in (r.headers or ()) if k == SIGNATURE_HEADER), None)
+                out.append(Consumed(tp.topic, tp.partition, r.offset, r.key, r.value, sig))
         return out
 
     def commit(self, offsets: dict[tuple[str, int], int]) -> set[tuple[str, int]]:

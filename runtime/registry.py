@@ -18,7 +18,8 @@ from typing import Any, Callable, Optional
 
 from pydantic import TypeAdapter, ValidationError
 
-from raylane.errors import InvalidTaskInput, PayloadTooLarge, UnknownTaskName
+from raylane.errors import InvalidTaskInput, UnknownTaskName
+from raylane.limits import check_tags, check_timeout
 from raylane.models import NAME_PATTERN, QUEUE_PATTERN, Resources, RetryPolicy
 
 _KV_NAMESPACE = "raylane"
@@ -44,8 +45,8 @@ class TaskDefinition:
             raise InvalidTaskInput(f"task name {self.name!r} must match {NAME_PATTERN}")
         if self.queue is not None and not re.match(QUEUE_PATTERN, self.queue):
             raise InvalidTaskInput(f"queue name {self.queue!r} must match {QUEUE_PATTERN}")
-        if self.timeout_s is not None and self.timeout_s <= 0:
-            raise InvalidTaskInput(f"timeout must be positive, got {self.timeout_s}")
+        check_timeout(self.timeout_s)
+        check_tags(list(self.tags))
 
     def validate_call(self, args: list, kwargs: dict) -> None:
         """Check arguments against the function's signature and type hints; raises ``InvalidTaskInput``."""
@@ -85,9 +86,13 @@ def publish(defn: TaskDefinition) -> tuple[str, bytes]:
 
 
 def restore(name: str, digest: str, blob: bytes) -> None:
-    """Register a pickled definition under ``name`` (as ``publish`` does, or from a kept copy)."""
+    """Register a pickled definition under ``name`` (as ``publish`` does, or from a kept copy whose
+    signature the caller checked). A blob is stored under its own SHA-256 and never replaced, so
+    content under a digest is always the content that digest names."""
     from ray.experimental import internal_kv as kv
-    kv._internal_kv_put(_BLOB_KEY + digest, blob, overwrite=True, namespace=_KV_NAMESPACE)
+    if hashlib.sha256(blob).hexdigest() != digest:
+        raise InvalidTaskInput(f"the digest of task definition {name!r} does not match its pickle")
+    kv._internal_kv_put(_BLOB_KEY + digest, blob, overwrite=False, namespace=_KV_NAMESPACE)
     kv._internal_kv_put(_NAME_KEY + name, digest, overwrite=True, namespace=_KV_NAMESPACE)
     _names[name] = (digest, time.monotonic() + NAME_TTL_S)
 
@@ -125,6 +130,9 @@ def load(name: str) -> TaskDefinition:
         blob = kv._internal_kv_get(_BLOB_KEY + digest, namespace=_KV_NAMESPACE)
         if blob is None:
             raise UnknownTaskName(name)
+        if hashlib.sha256(blob).hexdigest() != digest:
+            raise InvalidTaskInput(f"the definition of task {name!r} in Ray's KV store does not match its digest; "
+                                   f"it was not loaded")
         defn = cloudpickle.loads(blob)
         _loaded[digest] = defn
     return defn
@@ -135,17 +143,6 @@ def registered_names() -> list[str]:
     from ray.experimental import internal_kv as kv
     keys = kv._internal_kv_list(_NAME_KEY, namespace=_KV_NAMESPACE)
     return sorted(k.decode()[len(_NAME_KEY):] for k in keys)
-
-
-def encode_arguments(args: list, kwargs: dict, limit: int) -> int:
-    """Size in bytes of the arguments as JSON; raises if they are not JSON or exceed ``limit``."""
-    try:
-        size = len(json.dumps([args, kwargs], allow_nan=False, separators=(",", ":")).encode())
-    except (TypeError, ValueError) as e:
-        raise InvalidTaskInput(f"task arguments must be JSON (str, int, float, bool, None, list, dict): {e}") from e
-    if size > limit:
-        raise PayloadTooLarge(size, limit)
-    return size
 
 
 _adapters: dict[Any, TypeAdapter] = {}

@@ -20,6 +20,7 @@ from raylane.models import PackedRecord, TaskRecord, WriteOutcome
 from raylane.states import TaskState
 
 MAX_PAGE = 1000
+MAX_BULK_BYTES = 8 << 20  # per bulk request; OpenSearch refuses bodies over 100 MiB (http.max_content_length)
 
 
 class TaskQuery(BaseModel):
@@ -80,12 +81,14 @@ class StatusStore(abc.ABC):
         """The queues currently paused."""
 
     @abc.abstractmethod
-    def save_definitions(self, definitions: Sequence[tuple[str, str, bytes]]) -> None:
-        """Keep published task definitions (name, digest, pickle), so that they outlive the Ray cluster."""
+    def save_definitions(self, definitions: Sequence[tuple[str, str, bytes, str]]) -> None:
+        """Keep published task definitions (name, digest, pickle, signature), so that they outlive
+        the Ray cluster. The store keeps them as given; checking the signature is the reader's job."""
 
     @abc.abstractmethod
-    def load_definition(self, name: str) -> Optional[tuple[str, bytes]]:
-        """The kept definition of ``name``: its digest and pickle; None if there is none."""
+    def load_definition(self, name: str) -> Optional[tuple[str, bytes, Optional[str]]]:
+        """The kept definition of ``name``: its digest, pickle and signature (None if it has none);
+        None if there is none."""
 
     @abc.abstractmethod
     def heartbeat(self, owner: str, ttl_s: float) -> None:
@@ -141,11 +144,13 @@ def _mappings() -> dict:
 class OpenSearchStore(StatusStore):
     """Task records in OpenSearch behind the alias ``alias`` (document id = task id, ``_version`` = state version)."""
 
-    def __init__(self, conn: OpenSearchAuth, alias: str = "raylane-tasks", timeout_s: float = 30.0):
+    def __init__(self, conn: OpenSearchAuth, alias: str = "raylane-tasks", timeout_s: float = 30.0,
+                 max_bulk_bytes: int = MAX_BULK_BYTES):
         from opensearchpy import OpenSearch
 
         self.alias = alias
-        auth = (conn.username, conn.password) if conn.username else None
+        self.max_bulk_bytes = max_bulk_bytes
+        auth = (conn.username, conn.password.get_secret_value() if conn.password else "") if conn.username else None
         self._client = OpenSearch(hosts=[conn.url], http_auth=auth, verify_certs=conn.verify_certs,
                                   ca_certs=conn.ca_certs, timeout=timeout_s, max_retries=2,
                                   retry_on_timeout=True, http_compress=False)
@@ -165,7 +170,8 @@ class OpenSearchStore(StatusStore):
         except TransportError as e:
             if isinstance(e.status_code, int) and e.status_code == 404:
                 raise
-            raise StoreUnavailable(f"OpenSearch error {e.status_code}: {e.error}") from e
+            raise StoreUnavailable(f"OpenSearch error {e.status_code}: {e.error}",
+                                   status=e.status_code if isinstance(e.status_code, int) else None) from e
 
     def ensure_schema(self) -> None:
         from opensearchpy.exceptions import RequestError
@@ -191,21 +197,49 @@ class OpenSearchStore(StatusStore):
         if not records:
             return []
         index = json.dumps(self.alias)
-        body = b"".join(f'{{"index":{{"_index":{index},"_id":{json.dumps(r.id)},"version":{r.version},'
-                        f'"version_type":"external"}}}}\n'.encode() + PackedRecord.of(r).doc + b"\n" for r in records)
-        # Only what is read back: a full answer per write is about ten times as long to make and parse.
-        resp = self._call(self._client.bulk, body=body, filter_path="items.*.status,items.*.error")
+        lines = [f'{{"index":{{"_index":{index},"_id":{json.dumps(r.id)},"version":{r.version},'
+                 f'"version_type":"external"}}}}\n'.encode() + PackedRecord.of(r).doc + b"\n" for r in records]
+        # Bounded in bytes as well as in count: one huge record must not fail its neighbours.
+        out: list[WriteOutcome] = []
+        chunk: list[int] = []
+        size = 0
+        for i, line in enumerate(lines):
+            if chunk and size + len(line) > self.max_bulk_bytes:
+                out.extend(self._bulk(records, lines, chunk))
+                chunk, size = [], 0
+            chunk.append(i)
+            size += len(line)
+        out.extend(self._bulk(records, lines, chunk))
+        return out
+
+    def _bulk(self, records: Sequence[TaskRecord | PackedRecord], lines: list[bytes], chunk: list[int]) -> list[WriteOutcome]:
+        """One bulk request for the records at ``chunk``; a request the store finds too large is
+        split, down to the one record that is, which alone is refused."""
+        try:
+            # Only what is read back: a full answer per write is about ten times as long to make and parse.
+            resp = self._call(self._client.bulk, body=b"".join(lines[i] for i in chunk),
+                              filter_path="items.*.status,items.*.error")
+        except StoreUnavailable as e:
+            if e.status != 413:
+                raise
+            if len(chunk) > 1:
+                half = len(chunk) // 2
+                return self._bulk(records, lines, chunk[:half]) + self._bulk(records, lines, chunk[half:])
+            r = records[chunk[0]]
+            return [WriteOutcome(task_id=r.id, version=r.version, accepted=False, status=413,
+                                 reason=f"request_entity_too_large: the record is {len(lines[chunk[0]])} bytes")]
         out = []
-        for r, item in zip(records, resp["items"]):
+        for i, item in zip(chunk, resp["items"]):
+            r = records[i]
             res = item["index"]
             status = res.get("status", 500)
             if status in (200, 201):
-                out.append(WriteOutcome(task_id=r.id, version=r.version, accepted=True))
+                out.append(WriteOutcome(task_id=r.id, version=r.version, accepted=True, status=status))
             elif status == 409:
-                out.append(WriteOutcome(task_id=r.id, version=r.version, accepted=False, reason="conflict"))
+                out.append(WriteOutcome(task_id=r.id, version=r.version, accepted=False, reason="conflict", status=409))
             else:
                 err = res.get("error", {})
-                out.append(WriteOutcome(task_id=r.id, version=r.version, accepted=False,
+                out.append(WriteOutcome(task_id=r.id, version=r.version, accepted=False, status=status,
                                         reason=f"{err.get('type', status)}: {err.get('reason', '')}"))
         return out
 
@@ -291,15 +325,16 @@ class OpenSearchStore(StatusStore):
             return set()
         return {h["_source"]["queue"] for h in resp["hits"]["hits"]}
 
-    def save_definitions(self, definitions: Sequence[tuple[str, str, bytes]]) -> None:
+    def save_definitions(self, definitions: Sequence[tuple[str, str, bytes, str]]) -> None:
         if not definitions:
             return
         if not self._blob_mapped:
             self._map_blob()
         body: list[dict] = []
-        for name, digest, blob in definitions:
+        for name, digest, blob, signature in definitions:
             body.append({"index": {"_index": self._control_index, "_id": f"definition:{name}"}})
-            body.append({"kind": "definition", "name": name, "digest": digest, "blob": base64.b64encode(blob).decode()})
+            body.append({"kind": "definition", "name": name, "digest": digest, "signature": signature,
+                         "blob": base64.b64encode(blob).decode()})
         resp = self._call(self._client.bulk, body=body)
         if resp.get("errors"):
             failed = [i["index"].get("error") for i in resp["items"] if i["index"].get("error")]
@@ -319,13 +354,19 @@ class OpenSearchStore(StatusStore):
                     raise StoreUnavailable(f"could not create {self._control_index}: {e}") from e
         self._blob_mapped = True
 
-    def load_definition(self, name: str) -> Optional[tuple[str, bytes]]:
+    def load_definition(self, name: str) -> Optional[tuple[str, bytes, Optional[str]]]:
         from opensearchpy.exceptions import NotFoundError
         try:
             doc = self._call(self._client.get, index=self._control_index, id=f"definition:{name}")
         except NotFoundError:
             return None
-        return doc["_source"]["digest"], base64.b64decode(doc["_source"]["blob"])
+        src = doc["_source"]
+        try:
+            blob = base64.b64decode(src.get("blob") or "", validate=True)
+        except ValueError:
+            blob = b""  # not base64: it cannot match its digest, so the reader refuses it
+        signature = src.get("signature")
+        return str(src.get("digest")), blob, signature if isinstance(signature, str) else None
 
     def heartbeat(self, owner: str, ttl_s: float) -> None:
         expires = datetime.now(timezone.utc) + timedelta(seconds=ttl_s)

@@ -1,6 +1,7 @@
 """Fixtures: the real local stack, brought up once per session (or reused if already running)."""
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Callable
@@ -11,6 +12,15 @@ import raylane
 from raylane.config import Settings
 from raylane.stack import LocalStack
 from raylane.store import OpenSearchStore
+
+
+# Fixtures that need the real stack; a test using none of them belongs to the unit tier.
+_SERVICE_FIXTURES = {"stack", "rl", "store", "http_api"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The unit tier runs first, so that a failure there shows in seconds, before the stack starts."""
+    items.sort(key=lambda item: bool(_SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))))
 
 
 @pytest.fixture(scope="session")
@@ -94,3 +104,49 @@ def http_api(rl, settings, tmp_path_factory):
     url = deploy_http(settings.model_copy(update={"token_file": token_file}))
     yield HttpApi(url, TokenFile(token_file))
     remove_http()
+
+
+def dead_letter_reasons(stack, settings, values: list[bytes], timeout: float = 60, signed: bool = True,
+                        topic: str | None = None) -> dict[bytes, str]:
+    """Produce ``values`` to ``topic`` (the default queue's), signed as raylane signs its messages
+    unless ``signed`` is false; return the DLQ's reason for each, as they arrive."""
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+    from kafka.structs import TopicPartition
+    from raylane.signing import SIGNATURE_HEADER, Signer
+    topic = topic or f"{settings.topic_prefix}{settings.default_queue}"
+    dlq = KafkaConsumer(bootstrap_servers=stack.kafka.address, enable_auto_commit=False, consumer_timeout_ms=1000)
+    admin = KafkaAdminClient(bootstrap_servers=stack.kafka.address)
+    if settings.dlq_topic in admin.list_topics():
+        parts = [TopicPartition(settings.dlq_topic, p) for p in dlq.partitions_for_topic(settings.dlq_topic)]
+        dlq.assign(parts)
+        dlq.seek_to_end()
+        start = {tp: dlq.position(tp) for tp in parts}
+    else:
+        start = {}
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=stack.kafka.address, acks="all")
+    signer = Signer(settings.cluster_secret().get_secret_value().encode())
+    for value in values:
+        # Signed as raylane signs its own messages: what is tested is what comes after the signature.
+        headers = [(SIGNATURE_HEADER, signer.sign_message(value).encode())] if signed else []
+        producer.send(topic, key=b"bad", value=value, headers=headers)
+    producer.flush()
+    producer.close()
+
+    found: dict[bytes, str] = {}
+    deadline = time.monotonic() + timeout
+    while len(found) < len(values) and time.monotonic() < deadline:
+        parts = dlq.partitions_for_topic(settings.dlq_topic)
+        if not parts:
+            time.sleep(0.2)
+            continue
+        tps = [TopicPartition(settings.dlq_topic, p) for p in parts]
+        dlq.assign(tps)
+        for tp in tps:
+            dlq.seek(tp, start.get(tp, 0))
+        for record in dlq:
+            body = json.loads(record.value)
+            if body["value"].encode() in values:
+                found[body["value"].encode()] = body["reason"]
+    dlq.close()
+    return found

@@ -9,8 +9,8 @@ import time
 import uuid
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.structs import TopicPartition
+from conftest import dead_letter_reasons
+from kafka import KafkaAdminClient
 
 import raylane
 from raylane import registry
@@ -81,44 +81,6 @@ def test_cancel_of_finished_task_says_so(rl):
     assert "already finished as SUCCEEDED" in str(exc.value) and exc.value.state == "SUCCEEDED"
 
 
-def _dead_letter_reasons(stack, settings, values: list[bytes], timeout: float = 60) -> dict[bytes, str]:
-    """Produce ``values`` to the default queue's topic; return the DLQ's reason for each, as they arrive."""
-    topic = f"{settings.topic_prefix}{settings.default_queue}"
-    dlq = KafkaConsumer(bootstrap_servers=stack.kafka.address, enable_auto_commit=False, consumer_timeout_ms=1000)
-    admin = KafkaAdminClient(bootstrap_servers=stack.kafka.address)
-    if settings.dlq_topic in admin.list_topics():
-        parts = [TopicPartition(settings.dlq_topic, p) for p in dlq.partitions_for_topic(settings.dlq_topic)]
-        dlq.assign(parts)
-        dlq.seek_to_end()
-        start = {tp: dlq.position(tp) for tp in parts}
-    else:
-        start = {}
-    admin.close()
-    producer = KafkaProducer(bootstrap_servers=stack.kafka.address, acks="all")
-    for value in values:
-        producer.send(topic, key=b"bad", value=value)
-    producer.flush()
-    producer.close()
-
-    found: dict[bytes, str] = {}
-    deadline = time.monotonic() + timeout
-    while len(found) < len(values) and time.monotonic() < deadline:
-        parts = dlq.partitions_for_topic(settings.dlq_topic)
-        if not parts:
-            time.sleep(0.2)
-            continue
-        tps = [TopicPartition(settings.dlq_topic, p) for p in parts]
-        dlq.assign(tps)
-        for tp in tps:
-            dlq.seek(tp, start.get(tp, 0))
-        for record in dlq:
-            body = json.loads(record.value)
-            if body["value"].encode() in values:
-                found[body["value"].encode()] = body["reason"]
-    dlq.close()
-    return found
-
-
 def _message(**fields) -> bytes:
     body = {"id": uuid.uuid4().hex, "name": "test.typed", "queue": "default", "args": [1, "x"],
             "created_at": "2026-01-01T00:00:00Z"}
@@ -134,7 +96,7 @@ def test_malformed_messages_go_to_the_dlq(rl, stack, settings):
         _message(created_at="2026-01-01T00:00:00"): "created_at: Input should have timezone info",
         _message(attempt=10**18): "attempt: Input should be less than or equal to 100",
     }
-    found = _dead_letter_reasons(stack, settings, list(bad))
+    found = dead_letter_reasons(stack, settings, list(bad))
     assert set(found) == set(bad)
     for value, reason in found.items():
         assert bad[value] in reason
@@ -146,7 +108,7 @@ def test_record_the_store_refuses_goes_to_the_dlq(rl, stack, settings, store):
     """A message whose record OpenSearch refuses (a date past what it can store) is not retried
     forever nor silently dropped: it is dead-lettered with the store's reason, and nothing is written."""
     value = _message(created_at="2300-01-01T00:00:00Z")
-    found = _dead_letter_reasons(stack, settings, [value])
+    found = dead_letter_reasons(stack, settings, [value])
     assert "the store refused the record" in found.get(value, "") and "date" in found[value]
     task_id = json.loads(value)["id"]
     assert store.get(task_id) is None
@@ -164,7 +126,7 @@ def test_message_that_keeps_failing_is_dead_lettered_after_bounded_tries(rl, sta
     try:
         value = _message(name=name)
         errors_before = actor_stats("raylane")["QueueConsumer-0"]["errors"]
-        found = _dead_letter_reasons(stack, settings, [value], timeout=90)
+        found = dead_letter_reasons(stack, settings, [value], timeout=90)
         assert "reading the message failed 5 times" in found.get(value, ""), found
         assert actor_stats("raylane")["QueueConsumer-0"]["errors"] - errors_before >= 5
     finally:

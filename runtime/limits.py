@@ -1,0 +1,110 @@
+"""Input limits: one set, applied identically to the SDK, the CLI and the HTTP API.
+
+Every submission passes ``check_submission`` in the RequestHandler before anything is written,
+and every result passes ``encode_result`` in the worker that produced it. What breaks a limit
+is a typed error (``InvalidTaskInput`` and its subclasses; HTTP 4xx), never an outage.
+
+The depth limit keeps every record inside what the status store accepts: OpenSearch refuses
+arrays nested deeper than 20 in a document, and a task's arguments sit one array down.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, NamedTuple, Optional
+
+from raylane.errors import (ArgumentsTooDeep, InvalidTaskInput, PayloadTooLarge, ResultNotSerializable,
+                            ResultTooLarge)
+
+MAX_TIMEOUT_S = 7 * 86400.0  # a week: longer work belongs in several tasks
+MAX_TAGS = 50
+MAX_TAG_CHARS = 100
+MAX_DEPTH_CAP = 18  # the store's array limit (20) less the record's own levels
+ERROR_TEXT_CHARS = 32 * 1024  # an error message or traceback longer than this is cut (its end is kept)
+
+
+class Limits(NamedTuple):
+    """The limits in force (from settings); a tuple, as it travels to every worker."""
+
+    max_payload_bytes: int = 1 << 20
+    max_result_bytes: int = 1 << 20
+    max_depth: int = 16
+
+
+def depth_of(value: Any, stop_after: int) -> int:
+    """How deeply lists and dicts nest in ``value`` (a scalar is 0, ``[1]`` is 1), counted
+    without recursion; counting stops past ``stop_after``, so a hostile value costs little."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (list, tuple)):
+            children: Any = item
+        elif isinstance(item, dict):
+            children = item.values()
+        else:
+            continue
+        level += 1
+        if level > deepest:
+            deepest = level
+            if deepest > stop_after:
+                return deepest
+        stack.extend((child, level) for child in children)
+    return deepest
+
+
+def check_arguments_shape(args: list, kwargs: dict, limits: Limits) -> int:
+    """Check that arguments are JSON, nest at most ``max_depth`` deep and fit ``max_payload_bytes``;
+    returns their size in bytes. Raises ``ArgumentsTooDeep``, ``InvalidTaskInput`` or ``PayloadTooLarge``."""
+    for where, value in [*((f"argument {i}", a) for i, a in enumerate(args)),
+                         *((f"argument {k!r}", v) for k, v in kwargs.items())]:
+        depth = depth_of(value, limits.max_depth)
+        if depth > limits.max_depth:
+            raise ArgumentsTooDeep(where, limits.max_depth)
+    try:
+        size = len(json.dumps([args, kwargs], allow_nan=False, separators=(",", ":")).encode())
+    except (TypeError, ValueError, RecursionError) as e:
+        raise InvalidTaskInput(f"task arguments must be JSON (str, int, float, bool, None, list, dict): {e}") from e
+    if size > limits.max_payload_bytes:
+        raise PayloadTooLarge(size, limits.max_payload_bytes)
+    return size
+
+
+def check_timeout(timeout_s: Optional[float]) -> None:
+    """A timeout is finite, positive and at most ``MAX_TIMEOUT_S``; raises ``InvalidTaskInput``."""
+    if timeout_s is None:
+        return
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s) \
+            or not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise InvalidTaskInput(f"timeout must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], got {timeout_s!r}")
+
+
+def check_tags(tags: list[str]) -> None:
+    """At most ``MAX_TAGS`` tags of at most ``MAX_TAG_CHARS`` characters each; raises ``InvalidTaskInput``."""
+    if len(tags) > MAX_TAGS:
+        raise InvalidTaskInput(f"a task may carry at most {MAX_TAGS} tags, got {len(tags)}")
+    for tag in tags:
+        if not isinstance(tag, str) or not 0 < len(tag) <= MAX_TAG_CHARS:
+            raise InvalidTaskInput(f"a tag is a string of 1 to {MAX_TAG_CHARS} characters, got {tag!r:.120}")
+
+
+def encode_result(result: Any, limits: Limits) -> None:
+    """Check that a task's result can be stored: JSON, at most ``max_depth`` deep and at most
+    ``max_result_bytes`` long. Raises ``ResultNotSerializable`` or ``ResultTooLarge``."""
+    depth = depth_of(result, limits.max_depth)
+    if depth > limits.max_depth:
+        raise ResultNotSerializable(f"the result nests {depth} or more levels deep, over the limit of "
+                                    f"{limits.max_depth} (RAYLANE_MAX_DEPTH)")
+    try:
+        size = len(json.dumps(result, allow_nan=False, separators=(",", ":")).encode())
+    except (TypeError, ValueError, RecursionError) as e:
+        raise ResultNotSerializable(f"the result is not JSON: {e}") from e
+    if size > limits.max_result_bytes:
+        raise ResultTooLarge(size, limits.max_result_bytes)
+
+
+def clip_text(text: Optional[str], limit: int = ERROR_TEXT_CHARS) -> Optional[str]:
+    """``text`` cut to ``limit`` characters, keeping its end (where a traceback says the most)."""
+    if text is None or len(text) <= limit:
+        return text
+    return f"[{len(text) - limit} characters cut] " + text[-limit:]

@@ -1,0 +1,95 @@
+"""The cluster secret, and the signatures that let raylane trust what it reads back.
+
+Kafka and OpenSearch are storage, not sources of code: anyone who can write to them could
+plant a message or a pickled task definition. raylane therefore signs, with a secret only
+the cluster holds, every queue message it produces and every task definition it keeps in
+the store, and checks the signature before it acts on either. A message that fails the
+check is dead-lettered; a definition that fails it is never unpickled.
+
+The secret is 32 random bytes kept in a file readable by its owner only (``RAYLANE_SECRET_FILE``,
+by default ``<home>/cluster.key``, created on first use). Every process that deploys raylane
+onto one cluster must use the same file, or what one signed the others refuse.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from raylane.errors import ConfigError
+
+SIGNATURE_HEADER = "raylane-signature"
+_SECRET_BYTES = 32
+
+
+class Signer:
+    """HMAC-SHA256 signatures under the cluster secret, one domain per kind of thing signed,
+    so that a signature made for a message can never pass for one of a definition."""
+
+    def __init__(self, secret: bytes):
+        if len(secret) < 16:
+            raise ConfigError("the cluster secret must be at least 16 bytes")
+        self._secret = secret
+
+    def _mac(self, domain: bytes, *parts: bytes) -> str:
+        mac = hmac.new(self._secret, domain, hashlib.sha256)
+        for part in parts:
+            # Length-prefixed, so that moving bytes from one part to the next changes the signature.
+            mac.update(len(part).to_bytes(8, "big"))
+            mac.update(part)
+        return mac.hexdigest()
+
+    def sign_message(self, value: bytes) -> str:
+        """The signature of a queue message's bytes."""
+        return self._mac(b"raylane/message/v1", value)
+
+    def message_ok(self, value: bytes, signature: str | bytes | None) -> bool:
+        """Whether ``signature`` is this cluster's signature of ``value``."""
+        return _same(self.sign_message(value), signature)
+
+    def sign_definition(self, name: str, digest: str, blob: bytes) -> str:
+        """The signature of a pickled task definition kept under ``name``."""
+        return self._mac(b"raylane/definition/v1", name.encode(), digest.encode(), blob)
+
+    def definition_ok(self, name: str, digest: str, blob: bytes, signature: str | bytes | None) -> bool:
+        """Whether ``signature`` is this cluster's signature of the definition, and ``digest``
+        is the SHA-256 of ``blob``."""
+        return (hashlib.sha256(blob).hexdigest() == digest
+                and _same(self.sign_definition(name, digest, blob), signature))
+
+
+def _same(expected: str, given: str | bytes | None) -> bool:
+    if given is None:
+        return False
+    if isinstance(given, bytes):
+        try:
+            given = given.decode("ascii")
+        except UnicodeDecodeError:
+            return False
+    return hmac.compare_digest(expected, given)
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The secret kept in ``path``, created (mode 0600) if the file does not exist yet."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = secrets.token_hex(_SECRET_BYTES).encode()
+        try:
+            # O_EXCL: two processes creating it at once end up with the same secret (the loser reads it).
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            data = path.read_bytes()
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(fresh)
+            return fresh
+    except OSError as e:
+        raise ConfigError(f"cannot read the cluster secret {path}: {e}") from e
+    data = data.strip()
+    if len(data) < 16:
+        raise ConfigError(f"the cluster secret in {path} is shorter than 16 bytes")
+    return data

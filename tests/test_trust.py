@@ -1,0 +1,135 @@
+"""Trust boundaries: Kafka and OpenSearch are storage, not sources of code or of orders.
+
+Whoever can write to them (the local ones have no authentication) must not be able to run
+code in the cluster, start a task, or run a finished task again.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import pickle
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import dead_letter_reasons
+
+import raylane
+from raylane.errors import TaskFailed
+
+
+@raylane.task(name="test.trust.mark")
+def mark(path: str, word: str) -> str:
+    """Append ``word`` to the file at ``path``: every run leaves a line."""
+    with open(path, "a") as f:
+        f.write(word + "\n")
+    return word
+
+
+class _Planted:
+    """Unpickling this runs a shell command: what a planted 'definition' would do."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def _forget_in_ray(name: str) -> None:
+    from ray.experimental import internal_kv as kv
+    from raylane import registry
+    kv._internal_kv_del(registry._NAME_KEY + name, namespace=registry._KV_NAMESPACE)
+
+
+@pytest.mark.parametrize("signature", [None, "0" * 64], ids=["unsigned", "forged-signature"])
+def test_planted_definition_is_never_unpickled(rl, store, unique, tmp_path, signature):
+    """A pickle planted as a task's kept definition in the control index (with the right digest,
+    so only the signature can tell) is not loaded: no code runs, and the task ends FAILED with
+    a signature error instead."""
+    name = f"test.planted_{unique}"
+
+    @raylane.task(name=name)
+    def victim() -> int:
+        return 1
+
+    marker = tmp_path / "planted-code-ran"
+    queue = f"q-{unique}"
+    rl.pause(queue)
+    h = victim.options(queue=queue).submit()
+    # Given: Ray forgot the definition (as after a restart) and someone replaced the kept copy.
+    _forget_in_ray(name)
+    blob = pickle.dumps(_Planted(f"touch {marker}"))
+    doc = {"kind": "definition", "name": name, "digest": hashlib.sha256(blob).hexdigest(),
+           "blob": base64.b64encode(blob).decode()}
+    if signature is not None:
+        doc["signature"] = signature
+    store.client.index(index=f"{store.alias}_control", id=f"definition:{name}", body=doc, refresh="true")
+    # When: the task is consumed.
+    rl.resume(queue)
+    # Then: it fails with a signature error, and the planted code never ran.
+    with pytest.raises(TaskFailed):
+        h.result(timeout=60)
+    rec = h.record()
+    assert rec.error_type == "InvalidSignature", rec
+    assert "signed" in rec.error and "raylane.dlq" in rec.error
+    assert not marker.exists()
+
+
+def _forged(task_id: str, attempt: int, path: Path, word: str) -> bytes:
+    return json.dumps({"id": task_id, "name": "test.trust.mark", "queue": "default", "attempt": attempt,
+                       "args": [str(path), word], "created_at": "2026-01-01T00:00:00Z"}).encode()
+
+
+def test_unsigned_message_is_dead_lettered_and_never_runs(rl, stack, settings, tmp_path):
+    """A well-formed message that raylane did not produce (no signature, or a wrong one) starts
+    nothing: it goes to the DLQ with the reason, and no record appears for its id."""
+    path = tmp_path / "runs.txt"
+    unsigned = _forged(uuid.uuid4().hex, 0, path, "unsigned")
+    found = dead_letter_reasons(stack, settings, [unsigned], signed=False)
+    assert "not signed with this cluster's secret" in found.get(unsigned, ""), found
+    assert not path.exists()
+    with pytest.raises(raylane.TaskNotFound):
+        rl.get(json.loads(unsigned)["id"])
+
+
+def test_forged_retry_of_a_finished_task_does_not_run_it_again(rl, stack, settings, tmp_path):
+    """A hand-made message carrying a higher attempt of a finished task would out-version its
+    record; it must not claim it: the task keeps its one run and its terminal record."""
+    path = tmp_path / "runs.txt"
+    h = mark.submit(str(path), "first")
+    assert h.result(timeout=60) == "first"
+    before = h.record()
+    forged = _forged(h.id, 1, path, "again")
+    found = dead_letter_reasons(stack, settings, [forged], signed=False)
+    assert "not signed" in found.get(forged, ""), found
+    after = h.record()
+    assert (after.state, after.attempt, after.version) == (before.state, before.attempt, before.version)
+    assert path.read_text() == "first\n"
+
+
+def test_secrets_are_not_on_any_command_line(rl, settings):
+    """The service job gets its configuration (the cluster secret, the OpenSearch password)
+    through Ray's KV store: neither its entrypoint nor any process's command line holds it."""
+    from ray.job_submission import JobSubmissionClient
+    secret = settings.cluster_secret().get_secret_value()
+    jobs = JobSubmissionClient(f"http://127.0.0.1:{settings.ray_dashboard_port}").list_jobs()
+    service = [j for j in jobs if (j.submission_id or "").startswith("raylane-service-") and j.status == "RUNNING"]
+    assert service, "the raylane service job should be running"
+    for job in service:
+        text = json.dumps([job.entrypoint, job.metadata, job.runtime_env])
+        assert secret not in text and '"opensearch"' not in text, job.entrypoint
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            raw = cmdline.read_bytes()
+        except OSError:
+            continue  # the process ended meanwhile
+        assert secret.encode() not in raw, cmdline
+
+
+def test_cluster_secret_file_is_private(settings):
+    """The secret is kept where only its owner can read it."""
+    settings.cluster_secret()
+    assert settings.secret_path.stat().st_mode & 0o077 == 0

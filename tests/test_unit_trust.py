@@ -1,0 +1,194 @@
+"""Unit tier (no services): signatures, input limits and per-token limits."""
+from __future__ import annotations
+
+import hashlib
+import stat
+
+import pytest
+
+from raylane.errors import (ArgumentsTooDeep, ConfigError, InvalidTaskInput, PayloadTooLarge, ResultNotSerializable,
+                            ResultTooLarge)
+from raylane.limits import (Limits, check_arguments_shape, check_tags, check_timeout, clip_text, depth_of,
+                            encode_result)
+from raylane.models import WriteOutcome
+from raylane.ratelimit import ConcurrencyLimiter, OverLimit, RateLimiter
+from raylane.signing import Signer, load_or_create_secret
+
+SIGNER = Signer(b"k" * 32)
+
+
+def nested(levels: int, inner=1):
+    for _ in range(levels):
+        inner = [inner]
+    return inner
+
+
+# ---------------------------------------------------------------- signatures
+
+def test_message_signature_holds_only_for_the_same_bytes_and_secret():
+    value = b'{"id": "x"}'
+    sig = SIGNER.sign_message(value)
+    assert SIGNER.message_ok(value, sig) and SIGNER.message_ok(value, sig.encode())
+    assert not SIGNER.message_ok(value + b" ", sig)
+    assert not Signer(b"q" * 32).message_ok(value, sig)
+    assert not SIGNER.message_ok(value, None) and not SIGNER.message_ok(value, b"\xff\xfe")
+
+
+def test_definition_signature_covers_name_digest_and_pickle():
+    blob = b"pickle bytes"
+    digest = hashlib.sha256(blob).hexdigest()
+    sig = SIGNER.sign_definition("a.task", digest, blob)
+    assert SIGNER.definition_ok("a.task", digest, blob, sig)
+    assert not SIGNER.definition_ok("other.task", digest, blob, sig)
+    assert not SIGNER.definition_ok("a.task", digest, blob + b"!", sig)  # digest no longer matches
+    planted = b"planted"
+    planted_digest = hashlib.sha256(planted).hexdigest()
+    assert not SIGNER.definition_ok("a.task", planted_digest, planted, sig)
+
+
+def test_signature_domains_are_separate():
+    """A message signature can never pass for a definition's, even over the same bytes."""
+    blob = b"same bytes"
+    digest = hashlib.sha256(blob).hexdigest()
+    assert not SIGNER.definition_ok("n", digest, blob, SIGNER.sign_message(blob))
+
+
+def test_secret_file_is_created_private_and_reused(tmp_path):
+    path = tmp_path / "sub" / "cluster.key"
+    first = load_or_create_secret(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_secret(path) == first and len(first) >= 32
+    path.write_bytes(b"short")
+    with pytest.raises(ConfigError):
+        load_or_create_secret(path)
+    with pytest.raises(ConfigError):
+        Signer(b"short")
+
+
+# ---------------------------------------------------------------- input limits
+
+@pytest.mark.parametrize("value, expected", [(1, 0), ([], 1), ({"a": [1]}, 2), (nested(5), 5),
+                                             ([1, [2, [3]], {"x": {"y": 1}}], 3)])
+def test_depth_of(value, expected):
+    assert depth_of(value, 100) == expected
+
+
+def test_depth_of_stops_early_on_hostile_values():
+    # Far past Python's recursion limit: counted without recursion, and only as far as needed.
+    assert depth_of(nested(100_000), 16) == 17
+
+
+def test_argument_checks():
+    limits = Limits(max_payload_bytes=1024, max_result_bytes=1024, max_depth=4)
+    assert check_arguments_shape([nested(4)], {"k": nested(4)}, limits) > 0
+    with pytest.raises(ArgumentsTooDeep, match="argument 0"):
+        check_arguments_shape([nested(5)], {}, limits)
+    with pytest.raises(ArgumentsTooDeep, match="argument 'k'"):
+        check_arguments_shape([], {"k": nested(5)}, limits)
+    with pytest.raises(PayloadTooLarge):
+        check_arguments_shape(["x" * 2000], {}, limits)
+    with pytest.raises(InvalidTaskInput, match="must be JSON"):
+        check_arguments_shape([float("nan")], {}, limits)
+    with pytest.raises(InvalidTaskInput, match="must be JSON"):
+        check_arguments_shape([{1, 2}], {}, limits)
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan"), 8 * 86400, True, "5"])
+def test_timeouts_outside_the_range(bad):
+    with pytest.raises(InvalidTaskInput):
+        check_timeout(bad)
+
+
+def test_timeouts_inside_the_range():
+    for good in (None, 0.001, 5, 7 * 86400):
+        check_timeout(good)
+
+
+def test_tags():
+    check_tags(["a"] * 50)
+    with pytest.raises(InvalidTaskInput):
+        check_tags(["a"] * 51)
+    with pytest.raises(InvalidTaskInput):
+        check_tags(["x" * 101])
+    with pytest.raises(InvalidTaskInput):
+        check_tags([""])
+
+
+def test_result_checks():
+    limits = Limits(max_payload_bytes=1024, max_result_bytes=100, max_depth=3)
+    encode_result({"a": [1, 2]}, limits)
+    with pytest.raises(ResultTooLarge, match="RAYLANE_MAX_RESULT_BYTES"):
+        encode_result("x" * 200, limits)
+    with pytest.raises(ResultNotSerializable, match="RAYLANE_MAX_DEPTH"):
+        encode_result(nested(4), limits)
+    for bad in ({1}, float("inf"), object()):
+        with pytest.raises(ResultNotSerializable, match="not JSON"):
+            encode_result(bad, limits)
+
+
+def test_clip_text_keeps_the_end():
+    assert clip_text("short") == "short" and clip_text(None) is None
+    clipped = clip_text("a" * 50 + "END", limit=10)
+    assert clipped.endswith("aaaaaaaEND") and clipped.startswith("[43 characters cut]")
+
+
+def test_refusals_for_content_are_told_from_outages_and_conflicts():
+    def outcome(status):
+        return WriteOutcome("t", 1, False, "x", status)
+    assert outcome(400).refused_for_content and outcome(413).refused_for_content
+    for status in (409, 429, 500, 503, None):
+        assert not outcome(status).refused_for_content
+    assert not WriteOutcome("t", 1, True, None, 201).refused_for_content
+
+
+# ---------------------------------------------------------------- per-token limits
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rate_limiter_allows_the_burst_then_the_rate():
+    clock = Clock()
+    limiter = RateLimiter(rate=2.0, burst=3, clock=clock)
+    for _ in range(3):
+        limiter.take("a")
+    with pytest.raises(OverLimit) as exc:
+        limiter.take("a")
+    assert exc.value.retry_after_s == pytest.approx(0.5) and exc.value.retry_after_header == "1"
+    limiter.take("b")  # another key has its own bucket
+    clock.now += 0.5
+    limiter.take("a")
+    with pytest.raises(OverLimit):
+        limiter.take("a")
+    clock.now += 100
+    for _ in range(3):  # refilled up to the burst, not beyond
+        limiter.take("a")
+    with pytest.raises(OverLimit):
+        limiter.take("a")
+
+
+def test_rate_limiter_memory_is_bounded():
+    limiter = RateLimiter(rate=1.0, burst=1, max_keys=10, clock=Clock())
+    for i in range(100):
+        limiter.take(f"k{i}")
+    assert len(limiter._buckets) == 10
+
+
+def test_concurrency_limiter():
+    limiter = ConcurrencyLimiter(2)
+    with limiter.hold("a"), limiter.hold("a"):
+        with pytest.raises(OverLimit, match="at most 2 concurrent waits"):
+            with limiter.hold("a", "waits"):
+                pass
+        with limiter.hold("b"):
+            assert limiter.held("b") == 1
+        assert limiter.held("a") == 2
+    assert limiter.held("a") == 0
+    with pytest.raises(RuntimeError):
+        with limiter.hold("a"):
+            raise RuntimeError("released on the way out")
+    assert limiter.held("a") == 0
