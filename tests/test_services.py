@@ -13,6 +13,7 @@ from opensearchpy import OpenSearch
 from opensearchpy.exceptions import ConflictError
 
 from conftest import wait_until
+from raylane.signing import Signer
 
 
 def test_kafka_produce_consume_round_trip(stack, unique):
@@ -69,7 +70,7 @@ def test_producer_idles_after_its_queue_topic_is_deleted(stack, settings, unique
     from raylane.models import TaskMessage, new_task_id, utcnow
     from raylane.queue import KafkaTaskQueue
     queue = KafkaTaskQueue(stack.kafka.address, prefix=f"test.deleted.{unique}.", dlq_topic=f"test.dlq.{unique}",
-                           partitions=2, max_payload_bytes=1024)
+                           partitions=2, max_payload_bytes=1024, signer=Signer(b"test-secret-of-16-bytes"))
     try:
         topic = queue.ensure_queue("q")
         def produce(q: str) -> None:
@@ -97,7 +98,7 @@ def test_reader_commit_leaves_out_a_deleted_topic(stack, unique):
     from raylane.queue import KafkaQueueReader, KafkaTaskQueue
     prefix = f"test.commit.{unique}."
     queue = KafkaTaskQueue(stack.kafka.address, prefix=prefix, dlq_topic=f"test.dlq.{unique}", partitions=1,
-                           max_payload_bytes=1024)
+                           max_payload_bytes=1024, signer=Signer(b"test-secret-of-16-bytes"))
     reader = KafkaQueueReader(stack.kafka.address, prefix=prefix, group=f"test-commit-{unique}", max_message=1 << 20,
                               refresh_s=0.2)
     admin = KafkaAdminClient(bootstrap_servers=stack.kafka.address)
