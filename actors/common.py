@@ -28,10 +28,6 @@ def executor_name(index: int) -> str:
 # conflict): the task's record can never be written, so its message is dead-lettered.
 REFUSED = "refused: "
 
-# A RUNNING task whose executor has not renewed its heartbeat for this long is lost: the
-# executors' sweep retries it, and the StatusKeeper does not time it out meanwhile.
-LEASE_TTL_S = 10.0
-
 
 class ActorConfig(BaseModel):
     """Everything an actor needs to reach the services; passed at creation, never read from the environment."""

@@ -23,7 +23,9 @@ import ray
 from ray.exceptions import RayError
 
 from raylane import registry
-from raylane.actors.common import LEASE_TTL_S, REFUSED, STATUS_KEEPER, ActorConfig, GroupCommit
+from raylane.actors.common import REFUSED, STATUS_KEEPER, ActorConfig, GroupCommit
+from raylane.actors.fencing import (FENCE_MARGIN_S, HEARTBEAT_EVERY_S, LEASE_TTL_S, LeaseLapsed, LeaseObserver,
+                                    worker_fence)
 from raylane.actors.metrics import ExecutorMetrics
 from raylane.errors import QueueUnavailable, StoreUnavailable
 from raylane.limits import Limits, clip_text, encode_result
@@ -40,10 +42,24 @@ REQUEUE_AFTER_S = 300.0  # a PENDING task this old may have lost its queue messa
 REQUEUE_CHECK_S = 30.0
 
 
-def invoke(name: str, args: list, kwargs: dict, limits: Limits = Limits()) -> dict[str, Any]:
+Lease = tuple  # (executor handle, its lease's end on its monotonic clock, its node id, what runs)
+
+
+def invoke(name: str, args: list, kwargs: dict, limits: Limits = Limits(), lease: Optional[Lease] = None
+           ) -> dict[str, Any]:
     """Run a registered task in this Ray worker; returns ``{"ok": ...}`` with the result or the error.
     A result that cannot be stored (not JSON, too deep, over ``limits.max_result_bytes``) fails
-    the task here, where it is made, so it never travels to the executor or the store."""
+    the task here, where it is made, so it never travels to the executor or the store. With
+    ``lease``, the function runs only while the claiming executor's lease holds (see ``fencing``)."""
+    if lease is not None:
+        try:
+            worker_fence().arm(*lease)
+        except LeaseLapsed as e:
+            return {"ok": False, "error_type": "WorkerLost", "error": str(e), "traceback": None}
+        try:
+            return invoke(name, args, kwargs, limits)
+        finally:
+            worker_fence().disarm()
     try:
         defn = registry.load(name)
         result = defn.fn(*args, **kwargs)
@@ -154,7 +170,7 @@ class _MemberControl:
 
 
 def invoke_group(items: list[tuple[str, str, list, dict]], signal_box: list, executor, group_key: str,
-                 limits: Limits = Limits()):
+                 limits: Limits = Limits(), lease: Optional[Lease] = None):
     """Run several tasks one after another in this Ray worker, yielding lists of
     ``(task id, RAN, reply)`` as they end: a report at most every ``FLUSH_S`` (each report is a
     message to the executor, so many small tasks share one); replies held behind a member that
@@ -163,6 +179,13 @@ def invoke_group(items: list[tuple[str, str, list, dict]], signal_box: list, exe
     member starts and the rest are reported ``NOT_STARTED``, for the executor to start again
     without the cancelled ones."""
     [signal] = signal_box
+    if lease is not None:
+        try:
+            worker_fence().arm(*lease)
+        except LeaseLapsed as e:
+            lost = {"ok": False, "error_type": "WorkerLost", "error": str(e), "traceback": None}
+            yield [(task_id, RAN, lost) for task_id, *_ in items]
+            return
     control = _MemberControl(signal, executor, group_key, limits)
     reported = time.monotonic()
     try:
@@ -186,6 +209,8 @@ def invoke_group(items: list[tuple[str, str, list, dict]], signal_box: list, exe
             yield ended
     finally:
         control.close()
+        if lease is not None:
+            worker_fence().disarm()
 
 
 _remote_group = ray.remote(max_retries=0, retry_exceptions=False, num_returns="streaming")(invoke_group)
@@ -259,7 +284,14 @@ class Executor:
         # A new incarnation on every (re)start: RUNNING records name it as their lease owner, and
         # its heartbeat in the store keeps them alive. Tasks of a lapsed owner are recovered.
         self._incarnation = uuid.uuid4().hex[:16]
-        self._worker = f"{ray.get_runtime_context().get_node_id()[:12]}/{os.getpid()}"
+        self._node_id = ray.get_runtime_context().get_node_id()
+        self._worker = f"{self._node_id[:12]}/{os.getpid()}"
+        # The end of this incarnation's lease on this process's monotonic clock: a full lease
+        # period after the start of the last heartbeat that succeeded.
+        self._lease_until = 0.0
+        self._beat = 0
+        self._leases = LeaseObserver()  # other executors' leases, as this one sees them
+        self._attempt_of: dict[str, int] = {}  # task id -> attempt of the lone Ray task running it
         self._store = OpenSearchStore(config.opensearch, config.index_alias)
         self._loops: list[asyncio.Task] = []
         self._healthy_since: Optional[float] = None  # since when heartbeats succeed without a gap
@@ -274,16 +306,30 @@ class Executor:
         if not self._loops or any(t.done() for t in self._loops):
             for t in self._loops:
                 t.cancel()
-            await asyncio.to_thread(self._store.heartbeat, self._incarnation, LEASE_TTL_S)
+            await self._renew_lease()
             self._healthy_since = self._healthy_since or time.monotonic()
             self._loops = [asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self._sweep_loop())]
         return self._incarnation
 
+    async def _renew_lease(self) -> None:
+        started = time.monotonic()
+        self._beat += 1
+        await asyncio.to_thread(self._store.heartbeat, self._incarnation, self._beat)
+        self._lease_until = max(self._lease_until, started + LEASE_TTL_S)
+
+    async def lease_remaining(self) -> float:
+        """Seconds this incarnation's lease still holds (negative once lapsed); the workers running
+        its tasks ask, and end themselves before it can lapse anywhere else."""
+        return self._lease_until - time.monotonic()
+
+    def _lease_for(self, what: str) -> tuple:
+        return (self._self, self._lease_until, self._node_id, what)
+
     async def _heartbeat_loop(self) -> None:
         while True:
-            await asyncio.sleep(LEASE_TTL_S / 4)
+            await asyncio.sleep(HEARTBEAT_EVERY_S)
             try:
-                await asyncio.to_thread(self._store.heartbeat, self._incarnation, LEASE_TTL_S)
+                await self._renew_lease()
                 if self._healthy_since is None:
                     self._healthy_since = time.monotonic()
             except StoreUnavailable as e:
@@ -307,10 +353,16 @@ class Executor:
             # After a store outage every executor's heartbeat looks lapsed; give them a full
             # lease period to renew before judging any task lost.
             return 0
-        live = await asyncio.to_thread(self._store.live_owners)
-        live.add(self._incarnation)
-        before = utcnow() - timedelta(seconds=LEASE_TTL_S)
-        orphans = await asyncio.to_thread(self._store.orphaned_running, live, before, limit)
+        renewed = {o for o in await asyncio.to_thread(self._store.heartbeats) if not self._leases.lapsed(o)}
+        candidates = await asyncio.to_thread(self._store.running_not_owned_by, renewed | {self._incarnation}, limit)
+        # Read the counters after the candidates: an owner whose claim the search found wrote its
+        # first heartbeat before that claim, so it is seen here (and is not judged unseen).
+        self._leases.observe(await asyncio.to_thread(self._store.heartbeats))
+        orphans = [r for r in candidates if r.lease_owner != self._incarnation and self._leases.lapsed(r.lease_owner)]
+        gone = self._leases.stale(older_than_s=3600.0)
+        if gone:
+            await asyncio.to_thread(self._store.delete_heartbeats, gone)
+            self._leases.forget(gone)
         recovered = 0
         for rec in orphans:
             lost = rec.moved_to(TaskState.FAILED, error_type="WorkerLost",
@@ -352,6 +404,9 @@ class Executor:
         per message: "started", "skipped" (the claim lost to a newer version), or ``REFUSED`` and
         the store's reason."""
         await self.ensure_running()
+        if self._lease_until - time.monotonic() < FENCE_MARGIN_S + HEARTBEAT_EVERY_S:
+            # Nothing is claimed under a lease about to lapse: its workers would end at once.
+            await self._renew_lease()
         msgs = [TaskMessage.model_validate_json(m) for m in messages]
         now = utcnow()
         later = [i for i, m in enumerate(msgs) if m.not_before and m.not_before > now]
@@ -473,11 +528,13 @@ class Executor:
         if r.memory_mb:
             opts["memory"] = r.memory_mb * 1024 * 1024
         try:
-            ref = _remote_invoke.options(**opts).remote(msg.name, msg.args, msg.kwargs, self._limits)
+            ref = _remote_invoke.options(**opts).remote(msg.name, msg.args, msg.kwargs, self._limits,
+                                                        self._lease_for(f"attempt {msg.attempt} of task {msg.id}"))
         except Exception as e:  # e.g. resources Ray refuses: the claimed task fails, it is not left RUNNING
             asyncio.create_task(self._fail_launch(running, e))
             return
         self._refs[msg.id] = ref
+        self._attempt_of[msg.id] = msg.attempt
         self._report_running()
         asyncio.create_task(self._finish(running, ref))
 
@@ -532,8 +589,9 @@ class Executor:
         try:
             signal = self._self.group_signal.remote(first.id)
             group.gen = _remote_group.options(name=f"raylane:{first.name}:group-of-{len(msgs)}:{first.id}",
-                                              num_cpus=first.resources.num_cpus).remote(items, [signal], self._self,
-                                                                                        first.id, self._limits)
+                                              num_cpus=first.resources.num_cpus).remote(
+                items, [signal], self._self, first.id, self._limits,
+                self._lease_for(f"a group of {len(msgs)} tasks from {first.id}"))
         except Exception as e:  # Ray refused to start it: each member fails as a lone launch would
             for m in msgs:
                 self._groups.pop(m.id, None)
@@ -605,11 +663,16 @@ class Executor:
         try:
             reply = await ref
         except (RayError, asyncio.CancelledError) as e:
-            # Killed by a cancel or timeout (whose terminal write already won), or the worker died.
-            reply = {"ok": False, "error_type": type(e).__name__, "error": f"Ray task ended abnormally: {e}",
-                     "traceback": None}
+            # Killed by a cancel or timeout (whose terminal write already won), or the worker died:
+            # with this incarnation's lease lapsed, it ended itself (fenced), and is lost as a sweep
+            # elsewhere would record it.
+            fenced = time.monotonic() >= self._lease_until - FENCE_MARGIN_S
+            reply = {"ok": False, "error_type": "WorkerLost" if fenced else type(e).__name__,
+                     "error": ("the lease of this executor lapsed and the worker ended itself: " if fenced
+                               else "Ray task ended abnormally: ") + clip_text(str(e)), "traceback": None}
         finally:
             self._refs.pop(running.id, None)
+            self._attempt_of.pop(running.id, None)
         await self._settle(running, reply)
 
     async def _settle(self, running: TaskRecord, reply: dict) -> None:
@@ -683,13 +746,17 @@ class Executor:
                 attempt += 1
                 await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
 
-    async def kill(self, task_id: str) -> bool:
-        """Stop the Ray task of ``task_id`` (its terminal state is already written): interrupt it, and
-        kill its worker with ``ray.cancel(force=True)`` if it still runs after ``KILL_GRACE_S``.
-        True if it was running."""
+    async def kill(self, task_id: str, attempt: Optional[int] = None) -> bool:
+        """Stop the Ray task of ``task_id`` (its terminal state, or a newer attempt, is already
+        written): interrupt it, and kill its worker with ``ray.cancel(force=True)`` if it still runs
+        after ``KILL_GRACE_S``. With ``attempt``, only that attempt is stopped. True if it was running."""
         group = self._groups.get(task_id)
         if group is not None:
+            if attempt is not None and group.members[group.index[task_id]][0].attempt != attempt:
+                return False
             return self._kill_in_group(group, task_id)
+        if attempt is not None and self._attempt_of.get(task_id) != attempt:
+            return False  # not that attempt, or not here: nothing of it to stop
         ref = self._refs.get(task_id)
         if ref is None:
             # Not launched yet (its claim's answer is still on its way): do not launch it.

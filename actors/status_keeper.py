@@ -15,7 +15,8 @@ from typing import Optional
 
 import ray
 
-from raylane.actors.common import LEASE_TTL_S, ActorConfig, GroupCommit, executor_name
+from raylane.actors.common import ActorConfig, GroupCommit, executor_name
+from raylane.actors.fencing import HEARTBEAT_EVERY_S, LeaseObserver
 from raylane.actors.metrics import KeeperMetrics
 from raylane.errors import StoreUnavailable
 from raylane.models import PackedRecord, TaskRecord, WriteOutcome, utcnow
@@ -48,6 +49,8 @@ class StatusKeeper:
         self._recent: OrderedDict[str, tuple[int, TaskState]] = OrderedDict()  # id -> (attempt, terminal state)
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._executors: Optional[list] = None
+        self._leases = LeaseObserver()
+        self._observed = 0.0
         self.stats = {"writes": 0, "accepted": 0, "rejected": 0, "bulk_requests": 0, "timeouts": 0, "kills": 0}
         self.metrics = KeeperMetrics()
 
@@ -93,6 +96,12 @@ class StatusKeeper:
         for record, outcome in zip(records, outcomes):
             self.stats["writes"] += 1
             self.stats["accepted" if outcome.accepted else "rejected"] += 1
+            if outcome.accepted:
+                running = self._running.get(record.id)
+                if running is not None and running.record.attempt < record.attempt:
+                    # A newer attempt is on record: the older one must not run on beside it.
+                    self._running.pop(record.id, None)
+                    self._kill(record.id, running.record.attempt)
             if record.terminal:
                 self._after_terminal(record, outcome.accepted)
         return outcomes
@@ -144,6 +153,14 @@ class StatusKeeper:
         while True:
             await asyncio.sleep(0.05)
             now = time.monotonic()
+            if now - self._observed >= HEARTBEAT_EVERY_S and any(r.deadline is not None for r in self._running.values()):
+                # Executors' leases are judged by their heartbeats seen changing, so they are looked
+                # at regularly while a deadline is watched, not only once one passes.
+                self._observed = now
+                try:
+                    self._leases.observe(await asyncio.to_thread(self.store.heartbeats))
+                except Exception as e:
+                    log.warning("reading executors' heartbeats failed: %r", e)
             expired = [r for r in self._running.values() if r.deadline is not None and r.deadline <= now]
             if expired:
                 await self._time_out(expired, now)
@@ -157,16 +174,19 @@ class StatusKeeper:
             r.deadline = None  # one TIMED_OUT write per task
         records = [r.record.unpack() for r in expired]
         try:
-            live = await asyncio.to_thread(self.store.live_owners)
+            self._observed = time.monotonic()
+            self._leases.observe(await asyncio.to_thread(self.store.heartbeats))
             due = []
             for r, rec in zip(expired, records):
-                if rec.lease_owner in live:
+                if self._leases.renewed(rec.lease_owner):
                     due.append(rec.moved_to(TaskState.TIMED_OUT, error_type="TimeoutError",
                                             error=f"task ran past its timeout of {rec.timeout_s:g}s and was killed"))
-                else:
-                    r.deadline = now + LEASE_TTL_S / 2
+                elif self._leases.lapsed(rec.lease_owner):
+                    r.deadline = now + self._leases.ttl_s / 2
                     log.info("task %s is past its timeout, but its executor %s is gone: left to the sweep",
                              rec.id, rec.lease_owner)
+                else:  # not seen renewing yet (this keeper just started): look again shortly
+                    r.deadline = now + HEARTBEAT_EVERY_S / 2
             if not due:
                 return
             outcomes = await self.write(due)
@@ -180,7 +200,7 @@ class StatusKeeper:
             return
         self.stats["timeouts"] += sum(o.accepted for o in outcomes)
 
-    def _kill(self, task_id: str) -> None:
+    def _kill(self, task_id: str, attempt: Optional[int] = None) -> None:
         # Every executor hears it: the one running the task stops it, and one that has its claim
         # in flight will not launch it; the others have nothing of it.
         if self._executors is None:
@@ -188,7 +208,7 @@ class StatusKeeper:
                                for j in range(self.config.executors)]
         self.stats["kills"] += 1
         for executor in self._executors:
-            executor.kill.remote(task_id)
+            executor.kill.remote(task_id, attempt)
 
     # ----- waiting
     async def wait(self, task_id: str, timeout_s: float) -> Optional[TaskRecord]:

@@ -91,16 +91,21 @@ class StatusStore(abc.ABC):
         None if there is none."""
 
     @abc.abstractmethod
-    def heartbeat(self, owner: str, ttl_s: float) -> None:
-        """Declare executor incarnation ``owner`` alive for ``ttl_s`` more seconds."""
+    def heartbeat(self, owner: str, beat: int) -> None:
+        """Record that executor incarnation ``owner`` is alive: its heartbeat counter is now ``beat``
+        (raised on every call; readers judge liveness by seeing it change, on their own clock)."""
 
     @abc.abstractmethod
-    def live_owners(self) -> set[str]:
-        """Executor incarnations whose heartbeat has not lapsed."""
+    def heartbeats(self) -> dict[str, int]:
+        """The heartbeat counter of every executor incarnation that has one."""
 
     @abc.abstractmethod
-    def orphaned_running(self, live: set[str], before: datetime, limit: int) -> list[TaskRecord]:
-        """RUNNING records last written before ``before`` whose lease owner is not in ``live``."""
+    def delete_heartbeats(self, owners: Sequence[str]) -> None:
+        """Remove the heartbeats of long-gone incarnations."""
+
+    @abc.abstractmethod
+    def running_not_owned_by(self, owners: set[str], limit: int) -> list[TaskRecord]:
+        """RUNNING records whose lease owner is not one of ``owners``, oldest first."""
 
     @abc.abstractmethod
     def stale_pending(self, before: datetime, skip_queues: set[str], limit: int) -> list[TaskRecord]:
@@ -368,24 +373,34 @@ class OpenSearchStore(StatusStore):
         signature = src.get("signature")
         return str(src.get("digest")), blob, signature if isinstance(signature, str) else None
 
-    def heartbeat(self, owner: str, ttl_s: float) -> None:
-        expires = datetime.now(timezone.utc) + timedelta(seconds=ttl_s)
+    def heartbeat(self, owner: str, beat: int) -> None:
+        # "at" is for people reading the index; no reader compares it with its own clock.
         self._call(self._client.index, index=self._control_index, id=f"executor:{owner}",
-                   body={"kind": "executor", "owner": owner, "expires_at": expires.isoformat()}, refresh="true")
+                   body={"kind": "executor", "owner": owner, "beat": beat,
+                         "at": datetime.now(timezone.utc).isoformat()}, refresh="true")
 
-    def live_owners(self) -> set[str]:
+    def heartbeats(self) -> dict[str, int]:
         from opensearchpy.exceptions import NotFoundError
-        now = datetime.now(timezone.utc).isoformat()
-        body = {"query": {"bool": {"filter": [{"term": {"kind.keyword": "executor"}},
-                                              {"range": {"expires_at": {"gt": now}}}]}}, "size": 1000}
+        body = {"query": {"term": {"kind.keyword": "executor"}}, "size": 10_000, "_source": ["owner", "beat"]}
         try:
             resp = self._call(self._client.search, index=self._control_index, body=body)
         except NotFoundError:
-            return set()
-        return {h["_source"]["owner"] for h in resp["hits"]["hits"]}
+            return {}
+        return {h["_source"]["owner"]: int(h["_source"].get("beat") or 0) for h in resp["hits"]["hits"]
+                if isinstance(h["_source"].get("owner"), str)}
 
-    def orphaned_running(self, live: set[str], before: datetime, limit: int) -> list[TaskRecord]:
-        return self._unchanged_since(TaskState.RUNNING, before, {"lease_owner": sorted(live)}, limit)
+    def delete_heartbeats(self, owners: Sequence[str]) -> None:
+        if not owners:
+            return
+        body = [{"delete": {"_index": self._control_index, "_id": f"executor:{o}"}} for o in owners]
+        self._call(self._client.bulk, body=body)
+
+    def running_not_owned_by(self, owners: set[str], limit: int) -> list[TaskRecord]:
+        body = {"query": {"bool": {"filter": [{"term": {"state": TaskState.RUNNING.value}}],
+                                   "must_not": [{"terms": {"lease_owner": sorted(owners)}}]}},
+                "size": limit, "sort": [{"updated_at": "asc"}]}
+        hits = self._call(self._client.search, index=self.alias, body=body)["hits"]["hits"]
+        return [TaskRecord.from_doc(h["_source"]) for h in hits]
 
     def stale_pending(self, before: datetime, skip_queues: set[str], limit: int) -> list[TaskRecord]:
         return self._unchanged_since(TaskState.PENDING, before, {"queue": sorted(skip_queues)}, limit)

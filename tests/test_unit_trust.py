@@ -192,3 +192,38 @@ def test_concurrency_limiter():
         with limiter.hold("a"):
             raise RuntimeError("released on the way out")
     assert limiter.held("a") == 0
+
+
+# ---------------------------------------------------------------- leases, on one clock
+
+def test_lease_observer_judges_by_changes_it_saw():
+    from raylane.actors.fencing import LeaseObserver
+    clock = Clock()
+    leases = LeaseObserver(ttl_s=10, clock=clock)
+    assert not leases.lapsed("a") and not leases.renewed("a")  # nothing observed: nothing judged
+    leases.observe({"a": 1, "b": 7})
+    assert not leases.renewed("a")  # first sight is no evidence of renewal
+    clock.now += 3
+    leases.observe({"a": 2, "b": 7})
+    assert leases.renewed("a") and not leases.renewed("b")
+    clock.now += 8  # b unchanged for 11 s as seen here; a changed 8 s ago
+    leases.observe({"a": 2, "b": 7})
+    assert leases.lapsed("b") and not leases.lapsed("a")
+    assert leases.lapsed("never-seen")  # judged from the first observation, 11 s ago
+    clock.now += 2
+    assert leases.lapsed("a") and not leases.renewed("a")
+    assert leases.stale(older_than_s=12) == ["b"]
+    leases.forget(["b"])
+    assert leases.stale(older_than_s=12) == []
+
+
+def test_lease_observer_never_compares_the_owners_clock():
+    """A counter that jumps (the owner's wall clock went back, say) is still a renewal."""
+    from raylane.actors.fencing import LeaseObserver
+    clock = Clock()
+    leases = LeaseObserver(ttl_s=10, clock=clock)
+    leases.observe({"a": 100})
+    clock.now += 9
+    leases.observe({"a": 3})
+    clock.now += 9
+    assert not leases.lapsed("a")

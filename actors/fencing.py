@@ -1,0 +1,189 @@
+"""Fencing: an attempt runs only while the lease of the executor that claimed it holds.
+
+A lease is an executor incarnation's heartbeat in the store: a counter it raises every
+``LEASE_TTL_S / 4``. Its two sides never compare the wall clocks of two machines:
+
+- ``LeaseObserver``, in whoever judges a lease (an executor's sweep for lost tasks, the
+  StatusKeeper before it times a task out), notes on its *own* monotonic clock when it saw
+  each owner's counter change, and calls a lease lapsed only once it has seen no change
+  for ``LEASE_TTL_S``.
+- ``WorkerFence``, in the Ray worker that runs an attempt, ends that worker's process
+  ``FENCE_MARGIN_S`` before its executor's lease could lapse anywhere: the executor's lease
+  runs until ``LEASE_TTL_S`` after the *start* of its last successful heartbeat, and no
+  observer can have seen that heartbeat earlier. An executor that is frozen, cut off from
+  the store, or gone therefore takes its running attempts with it before any sweep may
+  start the next attempt.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Callable, Optional
+
+log = logging.getLogger("raylane.fencing")
+
+# A RUNNING task whose executor has not renewed its heartbeat for this long is lost: the
+# executors' sweep retries it, and the StatusKeeper does not time it out meanwhile.
+LEASE_TTL_S = 10.0
+HEARTBEAT_EVERY_S = LEASE_TTL_S / 4
+FENCE_MARGIN_S = 2.0  # a worker ends this long before its executor's lease ends
+FENCE_REFRESH_S = 1.0  # how often a running worker asks its executor how long its lease holds
+FENCE_CHECK_S = 0.2
+FENCED_EXIT_CODE = 75
+
+
+class LeaseObserver:
+    """Judges other executors' leases by what this process saw, on this process's clock."""
+
+    def __init__(self, ttl_s: float = LEASE_TTL_S, clock: Callable[[], float] = time.monotonic):
+        self.ttl_s = ttl_s
+        self._clock = clock
+        # owner -> (counter, when it was first seen or seen to change, whether it was seen to change)
+        self._seen: dict[str, tuple[int, float, bool]] = {}
+        self._since: Optional[float] = None  # first successful observation
+
+    def observe(self, beats: dict[str, int]) -> None:
+        """Take in the heartbeat counters read from the store just now."""
+        now = self._clock()
+        if self._since is None:
+            self._since = now
+        for owner, beat in beats.items():
+            seen = self._seen.get(owner)
+            if seen is None:
+                self._seen[owner] = (beat, now, False)
+            elif seen[0] != beat:
+                self._seen[owner] = (beat, now, True)
+
+    def renewed(self, owner: Optional[str]) -> bool:
+        """Whether ``owner`` was seen renewing its lease (its counter changing) within ``ttl_s``:
+        positive evidence that it is alive, where ``not lapsed`` may only mean "not judged yet"."""
+        seen = self._seen.get(owner) if owner is not None else None
+        return seen is not None and seen[2] and self._clock() - seen[1] < self.ttl_s
+
+    def lapsed(self, owner: Optional[str]) -> bool:
+        """Whether ``owner``'s lease has lapsed: its counter has not changed for ``ttl_s`` as seen
+        here. An owner never seen is judged from this observer's first observation on."""
+        if self._since is None:
+            return False  # nothing observed yet: nothing can be judged
+        seen = self._seen.get(owner) if owner is not None else None
+        since = seen[1] if seen is not None else self._since
+        return self._clock() - since >= self.ttl_s
+
+    def stale(self, older_than_s: float) -> list[str]:
+        """Owners whose counter has not changed for ``older_than_s``: long dead, their heartbeats can go."""
+        now = self._clock()
+        return [o for o, (_, when, _changed) in self._seen.items() if now - when >= older_than_s]
+
+    def forget(self, owners: list[str]) -> None:
+        """Stop tracking ``owners`` (their heartbeats were removed)."""
+        for owner in owners:
+            self._seen.pop(owner, None)
+
+
+class LeaseLapsed(Exception):
+    """The executor's lease could not be confirmed: the attempt must not start."""
+
+
+class WorkerFence:
+    """The watchdog of a Ray worker: while armed, it ends the process before the lease of the
+    executor that launched the running attempt can lapse, unless that executor keeps saying
+    (through Ray) that its lease holds. One per worker process; a worker runs one attempt
+    (or one group of attempts) at a time."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 exit_process: Callable[[int], None] = os._exit):
+        self._clock = clock
+        self._exit = exit_process
+        self._lock = threading.Lock()
+        self._executor = None
+        self._what = ""
+        self._deadline = 0.0
+        self._asked: Optional[tuple[object, float]] = None  # (reply reference, when asked)
+        self._last_ask = 0.0
+        self._thread: Optional[threading.Thread] = None
+
+    def arm(self, executor, lease_until: Optional[float], executor_node: Optional[str], what: str) -> None:
+        """Before the user's function runs. On the executor's node, ``lease_until`` (its monotonic
+        clock, which this process shares) is the lease's end; elsewhere the executor is asked.
+        Raises ``LeaseLapsed`` if the lease cannot be confirmed to hold past the margin."""
+        import ray
+        here = ray.get_runtime_context().get_node_id()
+        deadline = float("-inf")
+        if lease_until is not None and executor_node == here:
+            deadline = lease_until - FENCE_MARGIN_S
+        if deadline <= self._clock() + FENCE_REFRESH_S:
+            # Another node, or the lease known at launch has (nearly) run out while the task waited
+            # for a CPU: ask the executor how long its lease holds now.
+            asked = self._clock()
+            try:
+                remaining = ray.get(executor.lease_remaining.remote(), timeout=10)
+            except Exception as e:
+                raise LeaseLapsed(f"the executor that claimed {what} could not confirm its lease: {e!r}") from e
+            deadline = asked + remaining - FENCE_MARGIN_S
+        if deadline <= self._clock():
+            raise LeaseLapsed(f"the lease of the executor that claimed {what} has lapsed; it did not start here")
+        with self._lock:
+            self._executor, self._what, self._deadline = executor, what, deadline
+            self._asked, self._last_ask = None, self._clock()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, daemon=True, name="raylane-fence")
+                self._thread.start()
+
+    def disarm(self) -> None:
+        """After the user's function returned: nothing of the attempt runs any more."""
+        with self._lock:
+            self._executor = None
+            self._asked = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(FENCE_CHECK_S)
+            try:
+                self.check()
+            except Exception:  # the watchdog must outlive anything odd in one round
+                log.exception("fence check failed")
+
+    def check(self) -> None:
+        """One round: renew the deadline from the executor's answer, ask again when due, and end
+        the process if the deadline passed."""
+        import ray
+        with self._lock:
+            executor = self._executor
+            if executor is None:
+                return
+            now = self._clock()
+            if self._asked is not None:
+                ref, asked_at = self._asked
+                ready, _ = ray.wait([ref], timeout=0)
+                if ready:
+                    self._asked = None
+                    try:
+                        remaining = ray.get(ref)
+                    except Exception:  # the executor died: its lease is not renewed
+                        remaining = None
+                    if remaining is not None:
+                        # Measured from when we asked: the executor answered later, so this is safe.
+                        self._deadline = max(self._deadline, asked_at + remaining - FENCE_MARGIN_S)
+            if now >= self._deadline:
+                sys.stderr.write(f"raylane: the lease of the executor running {self._what} is not renewed; "
+                                 f"ending this worker so that the attempt cannot run beside a newer one\n")
+                sys.stderr.flush()
+                self._exit(FENCED_EXIT_CODE)
+                return
+            if self._asked is None and now - self._last_ask >= FENCE_REFRESH_S:
+                self._last_ask = now
+                self._asked = (executor.lease_remaining.remote(), now)
+
+
+_fence: Optional[WorkerFence] = None
+
+
+def worker_fence() -> WorkerFence:
+    """This worker process's fence."""
+    global _fence
+    if _fence is None:
+        _fence = WorkerFence()
+    return _fence

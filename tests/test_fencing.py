@@ -1,0 +1,99 @@
+"""Fencing: a task attempt runs at most once, even when its executor freezes."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+import raylane
+from raylane.states import TaskState
+
+from conftest import wait_until
+
+
+@raylane.task(name="test.fence.scribe", max_retries=3, retry_backoff=0.1)
+def scribe(path: str, seconds: float) -> int:
+    """Append this worker's pid and the time to ``path`` every 0.2 s for ``seconds``."""
+    pid = os.getpid()
+    end = time.time() + seconds
+    while time.time() < end:
+        with open(path, "a") as f:
+            f.write(f"{pid} {time.time():.3f}\n")
+        time.sleep(0.2)
+    return pid
+
+
+def _lines(path: Path) -> list[tuple[int, float]]:
+    return [(int(p), float(t)) for p, t in (line.split() for line in path.read_text().splitlines() if line.strip())]
+
+
+@pytest.fixture
+def second_executor(rl, settings):
+    """A second Executor in the deployment, whose sweep recovers the tasks of a lapsed one."""
+    from raylane.actors.deploy import _options
+    from raylane.actors.executor import Executor
+    from raylane.client import _actor_config, _endpoints
+    config = _actor_config(settings, _endpoints(settings, start_missing=False))
+    name = "Executor-fencing-test"
+    actor = ray.remote(Executor).options(**dict(_options(config, name), max_restarts=0)).remote(config)
+    ray.get(actor.ensure_running.remote())
+    yield actor
+    ray.kill(actor, no_restart=True)
+
+
+def test_frozen_executor_cannot_run_an_attempt_beside_the_next(rl, store, tmp_path, second_executor):
+    """Given an executor frozen (SIGSTOP) past its lease while it runs a 20 s task that appends to a
+    file, when the other executor's sweep starts attempt 1, nothing from attempt 0 is written after
+    attempt 1 starts, and the task still ends once, SUCCEEDED."""
+    path = tmp_path / "scribe.log"
+    h = scribe.submit(str(path), 20.0)
+    wait_until(lambda: path.exists() and len(_lines(path)) >= 3, timeout=60, what="attempt 0 to run")
+    running = h.record()
+    assert running.state is TaskState.RUNNING and running.attempt == 0
+    executor_pid = int(running.worker.split("/")[1])
+    os.kill(executor_pid, signal.SIGSTOP)
+    try:
+        # The second executor's sweep finds the lapsed lease and starts attempt 1.
+        wait_until(lambda: h.record().attempt >= 1, timeout=60, what="the sweep to start attempt 1")
+        retried = h.record()
+    finally:
+        os.kill(executor_pid, signal.SIGCONT)
+    final = h.wait(timeout=120)
+    assert final.state is TaskState.SUCCEEDED and final.attempt >= 1, (final.state, final.error)
+    first = retried.attempts[0]
+    assert first.error_type == "WorkerLost", first
+    lines = _lines(path)
+    attempt0_pid = lines[0][0]
+    last_of_attempt0 = max(t for p, t in lines if p == attempt0_pid)
+    # Attempt 0's writes all come before the sweep recorded it lost, which is before attempt 1 began.
+    assert last_of_attempt0 < first.finished_at.timestamp(), (last_of_attempt0, first.finished_at)
+    later = [(p, t) for p, t in lines if p != attempt0_pid]
+    assert later and min(t for _, t in later) > last_of_attempt0
+    # The runs do not overlap: each pid's lines form one unbroken stretch.
+    order = [p for p, _ in sorted(lines, key=lambda x: x[1])]
+    stretches = [p for i, p in enumerate(order) if i == 0 or order[i - 1] != p]
+    assert len(stretches) == len(set(stretches)), stretches
+
+
+def test_a_newer_attempt_on_record_stops_the_older(rl, store, tmp_path):
+    """Once a newer attempt's record is accepted, the older attempt still running is killed
+    (here the newer PENDING record is written as a retry elsewhere would write it)."""
+    path = tmp_path / "scribe.log"
+    h = scribe.submit(str(path), 30.0)
+    wait_until(lambda: path.exists() and len(_lines(path)) >= 2, timeout=60, what="attempt 0 to run")
+    running = h.record()
+    # A newer attempt is recorded (PENDING, attempt 1) through the keeper, as the sweep would.
+    keeper = ray.get_actor("StatusKeeper", namespace="raylane")
+    lost = running.moved_to(TaskState.FAILED, error_type="WorkerLost", error="test", will_retry=True)
+    pending, msg = lost.retried(0.0)
+    [outcome] = ray.get(keeper.write.remote([pending]))
+    assert outcome.accepted
+    written_at = time.time()
+    # Then attempt 0 stops writing (it would go on for half a minute).
+    wait_until(lambda: _lines(path)[-1][1] < time.time() - 2.0, timeout=20, what="attempt 0 to stop")
+    assert _lines(path)[-1][1] < written_at + 3
+    raylane.cancel(h.id)
