@@ -40,6 +40,7 @@ SWEEP_INTERVAL_S = 5.0
 KILL_GRACE_S = 1.0  # a cancelled or timed-out task that ignores the interrupt this long is killed
 REQUEUE_AFTER_S = 300.0  # a PENDING task this old may have lost its queue message
 REQUEUE_CHECK_S = 30.0
+RETRY_OVERDUE_S = 30.0  # a retry not carried on this long after it was due is carried on by the sweep
 
 
 Lease = tuple  # (executor handle, its lease's end on its monotonic clock, its node id, what runs)
@@ -297,6 +298,7 @@ class Executor:
         self._healthy_since: Optional[float] = None  # since when heartbeats succeed without a gap
         self._last_requeue = 0.0
         self._requeued: dict[tuple[str, int], bool] = {}  # insertion-ordered, bounded
+        self._background: set[asyncio.Task] = set()  # retries waiting out their backoff
         self.metrics = ExecutorMetrics()
         self.stats = {"started": 0, "skipped": 0, "succeeded": 0, "failed": 0, "discarded_results": 0, "killed": 0,
                       "retried": 0, "recovered": 0, "requeued": 0, "groups": 0, "grouped": 0, "restarted_unstarted": 0}
@@ -385,9 +387,17 @@ class Executor:
         harmless (its RUNNING claim is rejected), and each task is re-queued at most once per
         executor incarnation, so the cost stays bounded."""
         paused = await asyncio.to_thread(self._store.paused_queues)
-        before = utcnow() - timedelta(seconds=REQUEUE_AFTER_S)
-        stale = [r for r in await asyncio.to_thread(self._store.stale_pending, before, paused, limit)
-                 if (r.id, r.attempt) not in self._requeued]
+        now = utcnow()
+        # A retry whose executor stopped between its FAILED record and its next attempt's: finish it.
+        for failed in await asyncio.to_thread(self._store.unfinished_retries,
+                                              now - timedelta(seconds=RETRY_OVERDUE_S), limit):
+            await self._retry(failed)
+        before = now - timedelta(seconds=REQUEUE_AFTER_S)
+        stale = await asyncio.to_thread(self._store.stale_pending, before, paused, limit)
+        # A SCHEDULED retry whose executor stopped during the backoff never had its message sent.
+        stale += await asyncio.to_thread(self._store.overdue_scheduled, now - timedelta(seconds=RETRY_OVERDUE_S),
+                                         paused, limit)
+        stale = [r for r in stale if (r.id, r.attempt) not in self._requeued]
         if stale:
             await asyncio.to_thread(self._queue.produce_many, [r.message() for r in stale])
             for r in stale:
@@ -729,12 +739,28 @@ class Executor:
                 await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
 
     async def _retry(self, failed: TaskRecord) -> None:
-        """Start the next attempt of a failed task: its PENDING record, then its message after the backoff."""
-        pending, msg = failed.retried(failed.retry.delay_s(failed.attempt, random.random()))
-        outcome = await self._record(pending)
+        """Start the next attempt of a failed task: its record (SCHEDULED during the backoff), then,
+        once the backoff is over, its message. The wait happens here, off the queue: a retry
+        waiting out its backoff holds no place in a consumer's window. Should this executor stop
+        meanwhile, the sweep sends the message of a SCHEDULED attempt that is overdue."""
+        nxt, msg = failed.retried(failed.retry.delay_s(failed.attempt, random.random()))
+        outcome = await self._record(nxt)
         if not outcome.accepted:
-            return  # cancelled meanwhile
+            return  # cancelled meanwhile, or another sweep already took it further
         self.stats["retried"] += 1
+        if nxt.not_before is None:
+            await self._enqueue(msg)
+        else:
+            task = asyncio.create_task(self._enqueue_when_due(msg))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _enqueue_when_due(self, msg: TaskMessage) -> None:
+        await asyncio.sleep(max(0.0, (msg.not_before - utcnow()).total_seconds()))
+        await self._enqueue(msg)
+
+    async def _enqueue(self, msg: TaskMessage) -> None:
+        """Produce ``msg``, riding out a Kafka outage."""
         attempt = 0
         while True:
             try:

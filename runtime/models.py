@@ -11,6 +11,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from raylane.states import TaskState, version_of
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$"
+MAX_BACKOFF_S = 3600.0  # no retry waits longer than an hour
 QUEUE_PATTERN = r"^[A-Za-z0-9_.-]{1,100}$"
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
@@ -51,8 +52,8 @@ class RetryPolicy(BaseModel):
 
     max_retries: int = Field(0, ge=0, le=100)
     retry_on: list[str] = Field(default_factory=list, description="exception type names; empty = any")
-    backoff_s: float = Field(0.5, ge=0, description="base delay before the first retry")
-    backoff_max_s: float = Field(30.0, ge=0, description="cap of the delay")
+    backoff_s: float = Field(0.5, ge=0, le=MAX_BACKOFF_S, description="base delay before the first retry")
+    backoff_max_s: float = Field(30.0, ge=0, le=MAX_BACKOFF_S, description="cap of the delay (at most an hour)")
 
     def retries(self, attempt: int, error_type: Optional[str]) -> bool:
         """Whether a failure of ``attempt`` with ``error_type`` is tried again."""
@@ -133,6 +134,7 @@ class TaskRecord(BaseModel):
     attempts: list[AttemptSummary] = Field(default_factory=list)
     will_retry: bool = False  # a FAILED attempt that a new attempt follows
     tenant: Optional[str] = None  # set for tasks submitted over HTTP; None for the SDK inside the cluster
+    not_before: Optional[datetime] = None  # a SCHEDULED attempt starts no earlier than this
 
     @field_validator("result")
     @classmethod
@@ -147,7 +149,7 @@ class TaskRecord(BaseModel):
                    attempt=msg.attempt, version=version_of(TaskState.PENDING, msg.attempt), args=msg.args,
                    kwargs=msg.kwargs, created_at=msg.created_at, timeout_s=msg.timeout_s,
                    resources=msg.resources, tags=msg.tags, retry=msg.retry, attempts=msg.attempts,
-                   tenant=msg.tenant)
+                   tenant=msg.tenant, not_before=msg.not_before)
 
     def moved_to(self, state: TaskState, **changes: Any) -> "TaskRecord":
         """A copy of this record in ``state``, with the version the state machine gives it."""
@@ -170,20 +172,24 @@ class TaskRecord(BaseModel):
         """Whether the task is over: its attempt ended and no retry follows."""
         return self.state.terminal and not self.will_retry
 
-    def message(self, not_before: Optional[datetime] = None) -> TaskMessage:
-        """The queue message that runs this record's attempt."""
+    def message(self) -> TaskMessage:
+        """The queue message that runs this record's attempt (no earlier than its ``not_before``)."""
         return TaskMessage(id=self.id, name=self.name, queue=self.queue, attempt=self.attempt, args=self.args,
                            kwargs=self.kwargs, timeout_s=self.timeout_s, resources=self.resources, tags=self.tags,
-                           created_at=self.created_at, retry=self.retry, attempts=self.attempts, not_before=not_before,
-                           tenant=self.tenant)
+                           created_at=self.created_at, retry=self.retry, attempts=self.attempts,
+                           not_before=self.not_before, tenant=self.tenant)
 
     def retried(self, delay_s: float) -> tuple["TaskRecord", TaskMessage]:
-        """The PENDING record of the next attempt after this failed one, and its queue message."""
+        """The record of the next attempt after this failed one, and its queue message: SCHEDULED
+        until ``delay_s`` from now (PENDING when there is no delay). The message is to be sent
+        once the delay is over, so that a waiting retry holds no place in a consumer."""
         summary = AttemptSummary(attempt=self.attempt, state=self.state.value, error_type=self.error_type,
                                  error=self.error, started_at=self.started_at, finished_at=self.finished_at)
-        nxt = self.moved_to(TaskState.PENDING, attempt=self.attempt + 1, will_retry=False, started_at=None,
-                            finished_at=None, worker=None, lease_owner=None, attempts=[*self.attempts, summary])
-        return nxt, nxt.message(not_before=utcnow() + timedelta(seconds=delay_s))
+        state = TaskState.SCHEDULED if delay_s > 0 else TaskState.PENDING
+        nxt = self.moved_to(state, attempt=self.attempt + 1, will_retry=False, started_at=None,
+                            finished_at=None, worker=None, lease_owner=None, attempts=[*self.attempts, summary],
+                            not_before=utcnow() + timedelta(seconds=delay_s) if delay_s > 0 else None)
+        return nxt, nxt.message()
 
     def to_doc(self) -> dict:
         """The record as an OpenSearch document."""

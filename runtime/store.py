@@ -112,6 +112,14 @@ class StatusStore(abc.ABC):
         """PENDING records last written before ``before``, outside ``skip_queues``, oldest first."""
 
     @abc.abstractmethod
+    def overdue_scheduled(self, before: datetime, skip_queues: set[str], limit: int) -> list[TaskRecord]:
+        """SCHEDULED records due (``not_before``) before ``before``, outside ``skip_queues``, oldest first."""
+
+    @abc.abstractmethod
+    def unfinished_retries(self, before: datetime, limit: int) -> list[TaskRecord]:
+        """FAILED records with a retry to follow (``will_retry``), last written before ``before``."""
+
+    @abc.abstractmethod
     def refresh(self) -> None:
         """Make every accepted write visible to search."""
 
@@ -135,7 +143,7 @@ def _mappings() -> dict:
             "id": kw, "name": kw, "queue": kw, "state": kw, "tags": kw, "worker": kw, "error_type": kw,
             "lease_owner": kw, "tenant": kw,
             "level": {"type": "byte"}, "attempt": {"type": "integer"}, "version": {"type": "long"},
-            "created_at": date, "started_at": date, "finished_at": date, "updated_at": date,
+            "created_at": date, "started_at": date, "finished_at": date, "updated_at": date, "not_before": date,
             "timeout_s": {"type": "float"},
             "error": {"type": "text"},
             "traceback": {"type": "text", "index": False},
@@ -405,12 +413,20 @@ class OpenSearchStore(StatusStore):
     def stale_pending(self, before: datetime, skip_queues: set[str], limit: int) -> list[TaskRecord]:
         return self._unchanged_since(TaskState.PENDING, before, {"queue": sorted(skip_queues)}, limit)
 
-    def _unchanged_since(self, state: TaskState, before: datetime, exclude: dict, limit: int) -> list[TaskRecord]:
-        """Records in ``state`` last written before ``before``, oldest first, none matching ``exclude``."""
+    def overdue_scheduled(self, before: datetime, skip_queues: set[str], limit: int) -> list[TaskRecord]:
+        return self._unchanged_since(TaskState.SCHEDULED, before, {"queue": sorted(skip_queues)}, limit,
+                                     field="not_before")
+
+    def unfinished_retries(self, before: datetime, limit: int) -> list[TaskRecord]:
+        return self._unchanged_since(TaskState.FAILED, before, {"will_retry": [False]}, limit)
+
+    def _unchanged_since(self, state: TaskState, before: datetime, exclude: dict, limit: int,
+                         field: str = "updated_at") -> list[TaskRecord]:
+        """Records in ``state`` whose ``field`` lies before ``before``, oldest first, none matching ``exclude``."""
         body = {"query": {"bool": {"filter": [{"term": {"state": state.value}},
-                                              {"range": {"updated_at": {"lt": before.isoformat()}}}],
+                                              {"range": {field: {"lt": _utc(before)}}}],
                                    "must_not": [{"terms": exclude}]}},
-                "size": limit, "sort": [{"updated_at": "asc"}]}
+                "size": limit, "sort": [{field: "asc"}]}
         hits = self._call(self._client.search, index=self.alias, body=body)["hits"]["hits"]
         return [TaskRecord.from_doc(h["_source"]) for h in hits]
 
