@@ -24,6 +24,14 @@ def _options(config: ActorConfig, name: str) -> dict:
                 max_concurrency=10_000)
 
 
+# Ray records a metric series per Ray task name in the process that submits a task and in the one
+# that runs it, and never forgets one. raylane names every Ray task after its task
+# (raylane:<name>:<id>), so the Executor and its workers would grow by about 20 KB a task,
+# without bound; they run without Ray's metrics (raylane's own come from the other actors).
+# Child tasks inherit an actor's runtime environment, so this covers the workers too.
+_EXECUTOR_ENV = {"env_vars": {"RAY_enable_metrics_collection": "0"}}
+
+
 def find_request_handler(namespace: str):
     """The running RequestHandler, or None when raylane is not deployed in this cluster."""
     try:
@@ -40,8 +48,8 @@ def create_actors(config: ActorConfig) -> list:
     """
     keeper = ray.remote(StatusKeeper).options(**_options(config, STATUS_KEEPER)).remote(config)
     ray.get(keeper.get_stats.remote())
-    executors = [ray.remote(Executor).options(**_options(config, executor_name(j))).remote(config)
-                 for j in range(config.executors)]
+    executors = [ray.remote(Executor).options(**_options(config, executor_name(j)), runtime_env=_EXECUTOR_ENV)
+                 .remote(config) for j in range(config.executors)]
     ray.get([e.get_stats.remote() for e in executors])
     # Consumers are spread over the nodes, so that one node's loss stops only its share until Ray
     # restarts them elsewhere. Ray spreads only actors that reserve something, hence a sliver of CPU.

@@ -26,7 +26,6 @@ from raylane import registry
 from raylane.actors.common import REFUSED, STATUS_KEEPER, ActorConfig, GroupCommit
 from raylane.actors.fencing import (FENCE_MARGIN_S, HEARTBEAT_EVERY_S, LEASE_TTL_S, LeaseLapsed, LeaseObserver,
                                     worker_fence)
-from raylane.actors.metrics import ExecutorMetrics
 from raylane.errors import QueueUnavailable, StoreUnavailable
 from raylane.limits import Limits, clip_text, encode_result
 from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, utcnow
@@ -299,7 +298,6 @@ class Executor:
         self._last_requeue = 0.0
         self._requeued: dict[tuple[str, int], bool] = {}  # insertion-ordered, bounded
         self._background: set[asyncio.Task] = set()  # retries waiting out their backoff
-        self.metrics = ExecutorMetrics()
         self.stats = {"started": 0, "skipped": 0, "succeeded": 0, "failed": 0, "discarded_results": 0, "killed": 0,
                       "retried": 0, "recovered": 0, "requeued": 0, "groups": 0, "grouped": 0, "restarted_unstarted": 0}
 
@@ -545,14 +543,10 @@ class Executor:
             return
         self._refs[msg.id] = ref
         self._attempt_of[msg.id] = msg.attempt
-        self._report_running()
         asyncio.create_task(self._finish(running, ref))
 
     def _running_now(self) -> int:
         return len(self._refs) + len(self._groups)  # lone Ray tasks, and tasks in groups
-
-    def _report_running(self) -> None:
-        self.metrics.running(self._running_now())
 
     async def group_signal(self, task_id: str) -> list[str]:
         """Resolves once members of the group of ``task_id`` are cancelled, with their ids (or,
@@ -593,7 +587,6 @@ class Executor:
         first = msgs[0]
         self.stats["groups"] += 1
         self.stats["grouped"] += len(msgs)
-        self._report_running()
         items = [(m.id, m.name, m.args, m.kwargs) for m in msgs]
         crash: Optional[BaseException] = None
         try:
@@ -620,7 +613,6 @@ class Executor:
             group.signal.set()  # lets the pending group_signal call return
             for m in msgs:
                 self._groups.pop(m.id, None)
-            self._report_running()
             self._slots.release()
         blamed = None
         if crash is not None:
@@ -716,8 +708,6 @@ class Executor:
                     self.stats["succeeded" if final.state is TaskState.SUCCEEDED else "failed"] += 1
         except Exception:
             log.exception("finishing task(s) %s failed", ", ".join(r.id for r, _ in ended))
-        finally:
-            self._report_running()
 
     async def _record(self, record: TaskRecord) -> WriteOutcome:
         """Write one record through the keeper (see ``_record_many``)."""

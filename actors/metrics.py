@@ -24,8 +24,9 @@ class KeeperMetrics:
 
     @cached_property
     def _m(self):
-        from ray.util.metrics import Counter, Histogram
+        from ray.util.metrics import Counter, Gauge, Histogram
         return {
+            "running": Gauge("raylane_tasks_running", "Tasks RUNNING right now (claimed, not yet ended)."),
             "submitted": Counter("raylane_tasks_submitted", "Tasks accepted for running (PENDING written).",
                                  tag_keys=("name", "queue")),
             "started": Counter("raylane_tasks_started", "Attempts that started running (RUNNING written).",
@@ -41,6 +42,10 @@ class KeeperMetrics:
             "latency": Histogram("raylane_status_write_seconds", "Duration of a bulk status write.",
                                  boundaries=_SECONDS),
         }
+
+    def running(self, n: int) -> None:
+        """The number of RUNNING tasks the keeper watches."""
+        self._m["running"].set(n)
 
     def flushed(self, records: Sequence[TaskRecord | PackedRecord], outcomes: Sequence[WriteOutcome],
                 seconds: float) -> None:
@@ -98,15 +103,3 @@ class ConsumerMetrics:
 
     def dead_lettered(self, topic: str) -> None:
         self._m["dlq"].inc(1, {"topic": topic})
-
-
-class ExecutorMetrics:
-    """Tasks the Executor runs right now."""
-
-    @cached_property
-    def _running(self):
-        from ray.util.metrics import Gauge
-        return Gauge("raylane_tasks_running", "Ray tasks the Executor runs right now.")
-
-    def running(self, n: int) -> None:
-        self._running.set(n)

@@ -51,6 +51,7 @@ class StatusKeeper:
         self._executors: Optional[list] = None
         self._leases = LeaseObserver()
         self._observed = 0.0
+        self._reported = 0.0
         self.stats = {"writes": 0, "accepted": 0, "rejected": 0, "bulk_requests": 0, "timeouts": 0, "kills": 0}
         self.metrics = KeeperMetrics()
 
@@ -153,6 +154,9 @@ class StatusKeeper:
         while True:
             await asyncio.sleep(0.05)
             now = time.monotonic()
+            if now - self._reported >= 1.0:
+                self._reported = now
+                self.metrics.running(len(self._running))
             if now - self._observed >= HEARTBEAT_EVERY_S and any(r.deadline is not None for r in self._running.values()):
                 # Executors' leases are judged by their heartbeats seen changing, so they are looked
                 # at regularly while a deadline is watched, not only once one passes.

@@ -36,6 +36,12 @@ def markdown(r: dict) -> str:
         if part in r:
             lines += ["", f"## {part}", "", "| | |", "|---|---|"]
             lines += [f"| {k} | {_fmt(v) if not isinstance(v, dict) else json.dumps(v)} |" for k, v in r[part].items()]
+    soak = r.get("soak")
+    if soak:
+        lines += ["", f"## Soak: memory over {soak['tasks']:,} timed tasks at {soak['rate_per_s']:g}/s (RSS, MiB)", "",
+                  "| process | start | end (after 10 s idle) | growth per 100,000 tasks |", "|---|---|---|---|"]
+        lines += [f"| {k} | {_fmt(soak['start_mb'].get(k))} | {_fmt(v)} | {_fmt(soak['growth_mb_per_100k'].get(k))} |"
+                  for k, v in soak["end_mb"].items() if not k.endswith(" processes")]
     for part, title in (("lookup", "Lookup latency as the index grows (ms)"),
                         ("scale", "Throughput by consumers and partitions")):
         rows = r.get(part) or []

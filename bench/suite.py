@@ -46,12 +46,14 @@ class Sizes:
     rtt: int
     lookup_steps: tuple[int, ...]
     scale_burst: int
+    soak: int
     scale_configs: tuple[int, ...] = (1, 2, 4)
 
 
 FULL = Sizes(burst=20_000, ray=20_000, celery=10_000, rtt=200, lookup_steps=(10_000, 100_000, 1_000_000),
-             scale_burst=10_000)
-QUICK = Sizes(burst=5_000, ray=5_000, celery=3_000, rtt=50, lookup_steps=(10_000, 100_000), scale_burst=3_000)
+             scale_burst=10_000, soak=100_000)
+QUICK = Sizes(burst=5_000, ray=5_000, celery=3_000, rtt=50, lookup_steps=(10_000, 100_000), scale_burst=3_000,
+              soak=20_000)
 
 
 def say(text: str) -> None:
@@ -545,7 +547,7 @@ TARGETS = [
 
 
 # The parts in the order they run: the round trip first, on a machine nothing else has just loaded.
-PARTS = ("rtt", "floor", "ray", "celery", "burst", "lookup", "scale")
+PARTS = ("rtt", "floor", "ray", "celery", "burst", "lookup", "scale", "soak")
 
 
 def run(quick: bool = False, parts: Optional[set[str]] = None, progress: bool = True,
@@ -566,6 +568,7 @@ def run(quick: bool = False, parts: Optional[set[str]] = None, progress: bool = 
         "burst": lambda: bench_burst(sizes.burst, progress=progress),
         "lookup": lambda: bench_lookup(sizes.lookup_steps, progress=progress),
         "scale": lambda: bench_scale(sizes.scale_configs, sizes.scale_burst),
+        "soak": lambda: _soak(sizes.soak, progress),
     }
     for name in PARTS:
         if want(name):
@@ -577,6 +580,19 @@ def run(quick: bool = False, parts: Optional[set[str]] = None, progress: bool = 
     from raylane.bench.report import write
     write(results, out_dir)
     return results
+
+
+def _soak(tasks: int, progress: bool) -> dict:
+    from raylane.bench.soak import bench_soak
+    from raylane.client import _connection
+    out = bench_soak(tasks, progress=progress)
+    # The soak's records and topic go, as the burst's do.
+    store = _os_client()
+    store.client.delete_by_query(index=store.alias, body={"query": {"term": {"queue": out["queue"]}}},
+                                 conflicts="proceed", wait_for_completion=False)
+    store.close()
+    _delete_topic(f"{_connection().settings.topic_prefix}{out['queue']}")
+    return out
 
 
 def headline(r: dict) -> dict:

@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "transition, Kafka bytes per task), lookup latency as the index grows, and "
                                     "throughput by consumers. Numbers only; nothing is asserted.")
     sp.add_argument("--quick", action="store_true", help="smaller sizes: a few minutes instead of about ten")
-    sp.add_argument("--only", help="comma-separated parts: rtt,floor,ray,celery,burst,lookup,scale")
+    sp.add_argument("--only", help="comma-separated parts: rtt,floor,ray,celery,burst,lookup,scale,soak")
     sp.add_argument("--out", help="directory for the results (default bench/results)")
     sp.set_defaults(func=_bench)
 

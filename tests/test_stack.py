@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +47,12 @@ def test_up_status_idempotent_restart_down(stack, private_stack):
     assert statuses["opensearch"].address == "http://127.0.0.1:27200"
     assert statuses["ray"].address == "127.0.0.1:27379"
     pids = {name: s.pid for name, s in statuses.items()}
+    if os.geteuid() == 0:
+        # OpenSearch runs as the unprivileged user, holding none of root's groups.
+        ids = {line.split(":")[0]: line.split()[1:] for line in
+               Path(f"/proc/{pids['opensearch']}/status").read_text().splitlines()
+               if line.startswith(("Uid:", "Gid:", "Groups:"))}
+        assert "0" not in ids["Uid"] and "0" not in ids["Gid"] and "0" not in ids["Groups"], ids
 
     # A second `up` leaves what runs alone
     again = {s.name: s for s in st.up()}

@@ -30,11 +30,17 @@ def read_pid(pid_file: Path) -> Optional[int]:
 
 def spawn(cmd: list[str], *, log_file: Path, pid_file: Path, env: Optional[dict] = None,
           cwd: Optional[Path] = None, user: Optional[str] = None) -> int:
-    """Start ``cmd`` in its own session (it outlives the caller), logging to ``log_file``."""
+    """Start ``cmd`` in its own session (it outlives the caller), logging to ``log_file``. With
+    ``user``, it runs as that user with that user's own group only: no group of the caller
+    (root's group 0 included) carries over."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    as_user: dict = {}
+    if user is not None:
+        import pwd
+        as_user = dict(user=user, group=pwd.getpwnam(user).pw_gid, extra_groups=[])
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=cwd, user=user, start_new_session=True)
+                                env=env, cwd=cwd, start_new_session=True, **as_user)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(str(proc.pid))
     return proc.pid

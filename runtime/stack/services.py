@@ -270,6 +270,13 @@ class OpenSearch(Service):
         return bool(h) and h.get("status") in ("yellow", "green")
 
 
+# Where Ray's defaults grow with the number of tasks run, bounded. Every raylane task runs as a
+# Ray task named after it (raylane:<name>:<id>), so the Name label of Ray's task metrics would
+# make a new time series per task in every node's agent ("low" drops that label); and the task
+# events kept for the dashboard's task list are capped below Ray's 100,000.
+RAY_MEMORY_BOUNDS = {"RAY_metric_cardinality_level": "low", "RAY_task_events_max_num_task_in_gcs": "20000"}
+
+
 class RayHead(Service):
     """A local Ray head node (``ray start --head --block``) with a bounded object store and token auth."""
 
@@ -338,7 +345,7 @@ class RayHead(Service):
         # The raylane service job would hold a node drain for its full 30 s default; its work
         # is safe in Kafka and OpenSearch, so a short drain is enough.
         env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0",
-                   RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="3")
+                   RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="3", **RAY_MEMORY_BOUNDS)
         env.pop("RAY_ADDRESS", None)
         return cmd, env, None
 
