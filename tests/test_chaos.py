@@ -23,6 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import ray
@@ -37,7 +38,8 @@ from test_faults import VersionWatch
 SEED = int(os.environ.get("CHAOS_SEED", "1"))
 MINUTES = float(os.environ.get("CHAOS_MINUTES", "0"))  # 0: the short CI schedule
 FAULTS = ("kill_worker", "kill_actor", "freeze_executor", "restart_kafka", "restart_opensearch")
-CANCEL_GRACE_S = 3.0  # a run going at the cancel is interrupted, then killed after a second
+CANCEL_GRACE_S = 3.0
+WATCHED = 1000  # tasks whose _version is sampled all along (the newest)  # a run going at the cancel is interrupted, then killed after a second
 
 
 @raylane.task(name="test.chaos.work", max_retries=3, retry_backoff=0.2, retry_backoff_max=1.0)
@@ -98,6 +100,7 @@ class Workload:
                 continue
             self.handles[h.id] = (h, kind, key)
             self.ids.append(h.id)
+            del self.ids[:-WATCHED]  # the watcher samples the newest; older ones have long finished
             if kind == "cancel":
                 time.sleep(self.rnd.uniform(0.0, 2.0))
                 try:
@@ -155,14 +158,17 @@ def inject(fault: str, rnd: random.Random, stack, log_dir: Path) -> str:
     return f"restart {service.name}"
 
 
-def schedule(rnd: random.Random, minutes: float) -> list[str]:
+def schedule(rnd: random.Random, minutes: float) -> Iterator[str]:
     """The faults to inject, in order: every kind once (shuffled) for the short run, or kinds
-    drawn at random for about ``minutes`` minutes."""
+    drawn at random until ``minutes`` minutes have passed."""
     if minutes <= 0:
         faults = list(FAULTS)
         rnd.shuffle(faults)
-        return faults
-    return [rnd.choice(FAULTS) for _ in range(max(1, int(minutes * 60 / 25)))]
+        yield from faults
+        return
+    end = time.monotonic() + minutes * 60
+    while time.monotonic() < end:
+        yield rnd.choice(FAULTS)
 
 
 def check(store, handles: dict, cancelled_at: dict, log_dir: Path, watch: VersionWatch) -> dict:
@@ -208,6 +214,8 @@ def check(store, handles: dict, cancelled_at: dict, log_dir: Path, watch: Versio
 
 @pytest.mark.timeout(1800 + int(MINUTES * 60 * 2))
 def test_randomized_faults_keep_every_promise(rl, store, stack, tmp_path):
+    from raylane.bench.soak import rss_by_process
+    memory_before = rss_by_process()
     rnd = random.Random(SEED)
     log_dir = tmp_path / "runs"
     log_dir.mkdir()
@@ -227,6 +235,8 @@ def test_randomized_faults_keep_every_promise(rl, store, stack, tmp_path):
         stack.up()  # whatever the schedule did, every service is back
     summary = check(store, load.handles, load.cancelled_at, log_dir, watch)
     print(f"chaos: seed {SEED}, faults {done}, refused submits {load.refused}")
+    print(f"chaos: memory (RSS, MiB) at start {memory_before}")
+    print(f"chaos: memory (RSS, MiB) at end {rss_by_process()}")
     assert summary["tasks"] >= 10
     # The service answers normally afterwards.
     assert work.submit(str(log_dir), "after", 0.1, 0).result(timeout=120) == "after"
