@@ -7,7 +7,6 @@ terminal write; if that is rejected (a cancel or timeout won) the result is disc
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import _thread

@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import base64
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field

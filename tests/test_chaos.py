@@ -8,7 +8,9 @@ asks of the whole history:
 
 - exactly one terminal state per task (its version is ``attempt × 10 + 3``, and it is over);
 - at most one run per attempt, and no two runs of a task overlap in time;
-- no run starts after an accepted cancel, and one running then stops within a few seconds;
+- no run starts after an accepted cancel, and one running then stops within the lease period
+  (a cancel is an interrupt, then a kill a second later; if the Executor is frozen meanwhile,
+  the worker's fence ends the run before the lease can lapse);
 - ``_version`` never decreases.
 
 CI runs a short seed; ``make soak SEED=7 MINUTES=30`` runs it long (``CHAOS_SEED``, ``CHAOS_MINUTES``).
@@ -29,6 +31,7 @@ import pytest
 import ray
 
 import raylane
+from raylane.actors.fencing import LEASE_TTL_S
 from raylane.errors import RaylaneError, TaskAlreadyFinished
 from raylane.states import TaskState
 
@@ -38,7 +41,7 @@ from test_faults import VersionWatch
 SEED = int(os.environ.get("CHAOS_SEED", "1"))
 MINUTES = float(os.environ.get("CHAOS_MINUTES", "0"))  # 0: the short CI schedule
 FAULTS = ("kill_worker", "kill_actor", "freeze_executor", "restart_kafka", "restart_opensearch")
-CANCEL_GRACE_S = 3.0
+CANCEL_BOUND_S = LEASE_TTL_S  # the latest a run going at an accepted cancel may still write
 WATCHED = 1000  # tasks whose _version is sampled all along (the newest)  # a run going at the cancel is interrupted, then killed after a second
 
 
@@ -179,6 +182,7 @@ def check(store, handles: dict, cancelled_at: dict, log_dir: Path, watch: Versio
     watch.stop()
     docs = {d["_id"]: d for d in store.client.mget(index=store.alias, body={"ids": list(records)})["docs"]}
     violations = []
+    stop_lags: list[float] = []  # how long runs going at an accepted cancel still wrote
     for task_id, rec in records.items():
         _h, kind, key = handles[task_id]
         if not rec.finished or docs[task_id]["_version"] != rec.version or rec.version != rec.attempt * 10 + 3:
@@ -198,15 +202,19 @@ def check(store, handles: dict, cancelled_at: dict, log_dir: Path, watch: Versio
             tc = cancelled_at[task_id]
             if any(s > tc for s, _ in spans):
                 violations.append(f"{task_id}: a run started after the accepted cancel")
-            if any(e > tc + CANCEL_GRACE_S for _, e in spans):
-                violations.append(f"{task_id}: a run went on {max(e for _, e in spans) - tc:.1f}s after the cancel")
+            lag = max((e - tc for _, e in spans), default=0.0)
+            stop_lags.append(max(0.0, lag))
+            if lag > CANCEL_BOUND_S:
+                violations.append(f"{task_id}: a run went on {lag:.1f}s after the cancel")
     if watch.backwards:
         violations.append(f"_version went backwards: {watch.backwards[:5]}")
     states: dict[str, int] = {}
     for rec in records.values():
         states[rec.state.value] = states.get(rec.state.value, 0) + 1
+    lags = sorted(stop_lags)
     summary = {"tasks": len(records), "states": states, "retries": sum(r.attempt for r in records.values()),
-               "violations": violations}
+               "cancels": len(lags), "cancel_stop_p50_s": round(lags[len(lags) // 2], 2) if lags else None,
+               "cancel_stop_max_s": round(lags[-1], 2) if lags else None, "violations": violations}
     print(f"\nchaos history: {summary}")
     assert not violations, violations
     return summary
