@@ -62,7 +62,7 @@ class ActorConfig(BaseModel):
 
     def signer(self) -> Signer:
         """Signs and checks queue messages and task definitions under the cluster secret."""
-        return Signer(self.secret.get_secret_value().encode())
+        return Signer.of(self.secret)
 
 
 @dataclass(frozen=True)

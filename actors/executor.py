@@ -44,6 +44,11 @@ RETRY_OVERDUE_S = 30.0  # a retry not carried on this long after it was due is c
 Lease = tuple  # (executor handle, its lease's end on its monotonic clock, its node id, what runs)
 
 
+def _not_started(e: LeaseLapsed) -> dict[str, Any]:
+    """The reply of an attempt whose executor's lease could not be confirmed: it did not run."""
+    return {"ok": False, "error_type": "WorkerLost", "error": str(e), "traceback": None}
+
+
 def invoke(name: str, args: list, kwargs: dict, limits: Limits = Limits(), lease: Optional[Lease] = None
            ) -> dict[str, Any]:
     """Run a registered task in this Ray worker; returns ``{"ok": ...}`` with the result or the error.
@@ -54,7 +59,7 @@ def invoke(name: str, args: list, kwargs: dict, limits: Limits = Limits(), lease
         try:
             worker_fence().arm(*lease)
         except LeaseLapsed as e:
-            return {"ok": False, "error_type": "WorkerLost", "error": str(e), "traceback": None}
+            return _not_started(e)
         try:
             return invoke(name, args, kwargs, limits)
         finally:
@@ -182,8 +187,7 @@ def invoke_group(items: list[tuple[str, str, list, dict]], signal_box: list, exe
         try:
             worker_fence().arm(*lease)
         except LeaseLapsed as e:
-            lost = {"ok": False, "error_type": "WorkerLost", "error": str(e), "traceback": None}
-            yield [(task_id, RAN, lost) for task_id, *_ in items]
+            yield [(task_id, RAN, _not_started(e)) for task_id, *_ in items]
             return
     control = _MemberControl(signal, executor, group_key, limits)
     reported = time.monotonic()
@@ -352,8 +356,9 @@ class Executor:
             # After a store outage every executor's heartbeat looks lapsed; give them a full
             # lease period to renew before judging any task lost.
             return 0
-        renewed = {o for o in await asyncio.to_thread(self._store.heartbeats) if not self._leases.lapsed(o)}
-        candidates = await asyncio.to_thread(self._store.running_not_owned_by, renewed | {self._incarnation}, limit)
+        # The owners live at the last sweep only narrow the search; every candidate is judged below.
+        candidates = await asyncio.to_thread(self._store.running_not_owned_by,
+                                             self._leases.live() | {self._incarnation}, limit)
         # Read the counters after the candidates: an owner whose claim the search found wrote its
         # first heartbeat before that claim, so it is seen here (and is not judged unseen).
         self._leases.observe(await asyncio.to_thread(self._store.heartbeats))

@@ -72,6 +72,10 @@ class LeaseObserver:
         since = seen[1] if seen is not None else self._since
         return self._clock() - since >= self.ttl_s
 
+    def live(self) -> set[str]:
+        """Owners seen so far whose lease has not lapsed."""
+        return {owner for owner in self._seen if not self.lapsed(owner)}
+
     def stale(self, older_than_s: float) -> list[str]:
         """Owners whose counter has not changed for ``older_than_s``: long dead, their heartbeats can go."""
         now = self._clock()

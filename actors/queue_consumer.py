@@ -266,8 +266,8 @@ class QueueConsumer:
 
     async def _dead_letter(self, item: Consumed, reason: str, msg: Optional[TaskMessage] = None,
                            error_type: str = "DeadLettered") -> None:
-        """Move a message to the DLQ with the reason; a task still PENDING there is then recorded
-        FAILED (error type ``DeadLettered``), so that no accepted task is left waiting forever."""
+        """Move a message to the DLQ with the reason; with ``msg``, its task, if still PENDING, is then
+        recorded FAILED (``error_type``), so that no accepted task is left waiting forever."""
         log.warning("dead-lettering %s[%d]@%d: %s", item.topic, item.partition, item.offset, reason)
         for attempt in range(1, _DEAD_LETTER_TRIES + 1):
             try:

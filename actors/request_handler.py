@@ -18,9 +18,9 @@ from pydantic import ValidationError
 
 from raylane import registry
 from raylane.actors.common import STATUS_KEEPER, ActorConfig, replies_errors
-from raylane.limits import check_arguments_shape, check_tags, check_timeout
-from raylane.errors import (InvalidTaskInput, RecordRefused, QueueUnavailable, StoreUnavailable, TaskAlreadyFinished,
+from raylane.errors import (InvalidTaskInput, QueueUnavailable, RecordRefused, StoreUnavailable, TaskAlreadyFinished,
                             TaskNotFound)
+from raylane.limits import check_arguments_shape, check_tags, check_timeout
 from raylane.models import (NAME_PATTERN, QUEUE_PATTERN, PackedRecord, SubmitRequest, TaskMessage, TaskRecord,
                             new_task_id, utcnow)
 from raylane.queue import KafkaTaskQueue
@@ -85,11 +85,11 @@ class RequestHandler:
         refused = [(i, o) for i, o in enumerate(outcomes) if not o.accepted]
         if refused:
             # All or none: the accepted records of this submission will never be enqueued.
-            written = [r.moved_to(TaskState.FAILED, error_type="NotEnqueued",
-                                  error="not enqueued: another task of the same submission was refused")
-                       for r, o in zip(records, outcomes) if o.accepted]
-            if written:
-                await self._keeper.write.remote(written)
+            closed = [r.moved_to(TaskState.FAILED, error_type="NotEnqueued",
+                                 error="not enqueued: another task of the same submission was refused")
+                      for r, o in zip(records, outcomes) if o.accepted]
+            if closed:
+                await self._keeper.write.remote(closed)
             i, first = refused[0]
             what = f"task #{i}" if len(records) > 1 else "the task"
             if first.refused_for_content:

@@ -256,7 +256,6 @@ def bench_floor(n: int) -> dict:
     from raylane.client import _connection
     from raylane.models import PackedRecord, TaskMessage, TaskRecord, new_task_id, utcnow
     from raylane.queue import KafkaTaskQueue
-    from raylane.signing import Signer
     from raylane.store import OpenSearchStore
     endpoints = _connection_endpoints()
     out: dict[str, Any] = {"n": n, "gap_ms": FLOOR_GAP_S * 1000}
@@ -294,7 +293,7 @@ def bench_floor(n: int) -> dict:
     cfg = _connection().settings
     producer = KafkaTaskQueue(endpoints.kafka_bootstrap, prefix=f"raylane-bench-floor-{uuid.uuid4().hex[:6]}.",
                               dlq_topic=cfg.dlq_topic, partitions=1, max_payload_bytes=cfg.max_payload_bytes,
-                              signer=Signer(cfg.cluster_secret().get_secret_value().encode()))
+                              signer=cfg.signer())
     topic = producer.ensure_queue(queue_name)
     consumer = KafkaConsumer(topic, bootstrap_servers=endpoints.kafka_bootstrap, auto_offset_reset="latest",
                              enable_auto_commit=False, group_id=None)

@@ -27,9 +27,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raylane.errors import (InvalidTaskInput, PayloadTooLarge, RaylaneError, ServiceUnavailable, TaskAlreadyFinished,
                             TaskNotFound, UnknownTaskName)
-from raylane.ratelimit import ConcurrencyLimiter, OverLimit, RateLimiter
 from raylane.limits import MAX_TAG_CHARS, MAX_TAGS, MAX_TIMEOUT_S
 from raylane.models import NAME_PATTERN, QUEUE_PATTERN, SubmitRequest, TaskRecord
+from raylane.ratelimit import ConcurrencyLimiter, OverLimit, RateLimiter
 from raylane.states import TaskState
 from raylane.store import TaskQuery
 from raylane.tokens import Principal, TokenFile
@@ -206,12 +206,11 @@ class BodyLimit:
 class ApiContext:
     """What the routes use: the RequestHandler, the token file, and each token's limits."""
 
-    def __init__(self, handler, tokens: TokenFile, rate: Optional[RateLimiter] = None,
-                 waits: Optional[ConcurrencyLimiter] = None):
+    def __init__(self, handler, tokens: TokenFile, rate: RateLimiter, waits: ConcurrencyLimiter):
         self.handler = handler
         self.tokens = tokens
-        self.rate = rate or RateLimiter(50.0, 200)
-        self.waits = waits or ConcurrencyLimiter(4)
+        self.rate = rate
+        self.waits = waits
 
     async def call(self, method: str, *args: Any) -> Any:
         """Call the RequestHandler; its raylane errors are raised as they are."""

@@ -134,6 +134,11 @@ class Settings(BaseSettings):
         from raylane.signing import load_or_create_secret
         return SecretStr(load_or_create_secret(self.secret_path).decode())
 
+    def signer(self):
+        """Signs and checks queue messages and task definitions under the cluster secret."""
+        from raylane.signing import Signer
+        return Signer.of(self.cluster_secret())
+
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
         """Read settings from the environment, rejecting unknown ``RAYLANE_*`` names."""

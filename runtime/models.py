@@ -11,9 +11,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from raylane.states import TaskState, version_of
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$"
-MAX_BACKOFF_S = 3600.0  # no retry waits longer than an hour
 QUEUE_PATTERN = r"^[A-Za-z0-9_.-]{1,100}$"
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+MAX_BACKOFF_S = 3600.0  # no retry waits longer than an hour
 
 
 def utcnow() -> datetime:

@@ -17,8 +17,12 @@ import hmac
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from raylane.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
 
 SIGNATURE_HEADER = "raylane-signature"
 _SECRET_BYTES = 32
@@ -32,6 +36,11 @@ class Signer:
         if len(secret) < 16:
             raise ConfigError("the cluster secret must be at least 16 bytes")
         self._secret = secret
+
+    @classmethod
+    def of(cls, secret: "SecretStr") -> "Signer":
+        """A signer under ``secret`` as configuration holds it."""
+        return cls(secret.get_secret_value().encode())
 
     def _mac(self, domain: bytes, *parts: bytes) -> str:
         mac = hmac.new(self._secret, domain, hashlib.sha256)

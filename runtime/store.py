@@ -404,11 +404,7 @@ class OpenSearchStore(StatusStore):
         self._call(self._client.bulk, body=body)
 
     def running_not_owned_by(self, owners: set[str], limit: int) -> list[TaskRecord]:
-        body = {"query": {"bool": {"filter": [{"term": {"state": TaskState.RUNNING.value}}],
-                                   "must_not": [{"terms": {"lease_owner": sorted(owners)}}]}},
-                "size": limit, "sort": [{"updated_at": "asc"}]}
-        hits = self._call(self._client.search, index=self.alias, body=body)["hits"]["hits"]
-        return [TaskRecord.from_doc(h["_source"]) for h in hits]
+        return self._oldest([{"term": {"state": TaskState.RUNNING.value}}], {"lease_owner": sorted(owners)}, limit)
 
     def stale_pending(self, before: datetime, skip_queues: set[str], limit: int) -> list[TaskRecord]:
         return self._unchanged_since(TaskState.PENDING, before, {"queue": sorted(skip_queues)}, limit)
@@ -423,9 +419,12 @@ class OpenSearchStore(StatusStore):
     def _unchanged_since(self, state: TaskState, before: datetime, exclude: dict, limit: int,
                          field: str = "updated_at") -> list[TaskRecord]:
         """Records in ``state`` whose ``field`` lies before ``before``, oldest first, none matching ``exclude``."""
-        body = {"query": {"bool": {"filter": [{"term": {"state": state.value}},
-                                              {"range": {field: {"lt": _utc(before)}}}],
-                                   "must_not": [{"terms": exclude}]}},
+        return self._oldest([{"term": {"state": state.value}}, {"range": {field: {"lt": _utc(before)}}}],
+                            exclude, limit, field)
+
+    def _oldest(self, filters: list[dict], exclude: dict, limit: int, field: str = "updated_at") -> list[TaskRecord]:
+        """Up to ``limit`` records matching ``filters`` and none of ``exclude``, by ``field`` ascending."""
+        body = {"query": {"bool": {"filter": filters, "must_not": [{"terms": exclude}]}},
                 "size": limit, "sort": [{field: "asc"}]}
         hits = self._call(self._client.search, index=self.alias, body=body)["hits"]["hits"]
         return [TaskRecord.from_doc(h["_source"]) for h in hits]

@@ -112,7 +112,7 @@ def dead_letter_reasons(stack, settings, values: list[bytes], timeout: float = 6
     unless ``signed`` is false; return the DLQ's reason for each, as they arrive."""
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
     from kafka.structs import TopicPartition
-    from raylane.signing import SIGNATURE_HEADER, Signer
+    from raylane.signing import SIGNATURE_HEADER
     topic = topic or f"{settings.topic_prefix}{settings.default_queue}"
     dlq = KafkaConsumer(bootstrap_servers=stack.kafka.address, enable_auto_commit=False, consumer_timeout_ms=1000)
     admin = KafkaAdminClient(bootstrap_servers=stack.kafka.address)
@@ -125,7 +125,7 @@ def dead_letter_reasons(stack, settings, values: list[bytes], timeout: float = 6
         start = {}
     admin.close()
     producer = KafkaProducer(bootstrap_servers=stack.kafka.address, acks="all")
-    signer = Signer(settings.cluster_secret().get_secret_value().encode())
+    signer = settings.signer()
     for value in values:
         # Signed as raylane signs its own messages: what is tested is what comes after the signature.
         headers = [(SIGNATURE_HEADER, signer.sign_message(value).encode())] if signed else []

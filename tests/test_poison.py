@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 import raylane
+from conftest import wait_until
 from raylane.client import TaskHandle, _connection
 from raylane.errors import ArgumentsTooDeep, InvalidTaskInput, TaskFailed
 from raylane.limits import depth_of
@@ -183,7 +184,8 @@ def test_http_waits_are_limited_per_token_and_health_stays_fast(http_api, unique
     try:
         with concurrent.futures.ThreadPoolExecutor(n) as pool:
             futures = [pool.submit(wait_once, i) for i in range(n)]
-            time.sleep(1.0)  # let the waits reach the API; the checks below hold whatever their order
+            # The four over the limit are refused at once, which means the other four are held now.
+            wait_until(lambda: sum(f.done() for f in futures) >= 4, timeout=10, what="the waits over the limit")
             began = time.monotonic()
             health = requests.get(f"{http_api.url}/healthz", timeout=10)
             health_s = time.monotonic() - began
