@@ -8,10 +8,13 @@ from typing import Any, Awaitable, Callable, Optional
 
 from pydantic import BaseModel, ConfigDict, SecretStr, SerializationInfo, field_serializer
 
+from raylane.backends import open_queue, open_reader, open_store
 from raylane.config import OpenSearchAuth, reveal_secret
 from raylane.errors import RaylaneError
 from raylane.limits import Limits
+from raylane.queue import QueueReader, TaskQueue
 from raylane.signing import Signer
+from raylane.store import StatusStore
 
 STATUS_KEEPER = "StatusKeeper"
 EXECUTOR = "Executor"
@@ -63,6 +66,20 @@ class ActorConfig(BaseModel):
     def signer(self) -> Signer:
         """Signs and checks queue messages and task definitions under the cluster secret."""
         return Signer.of(self.secret)
+
+    def store(self) -> StatusStore:
+        """A client of the status store."""
+        return open_store(self.opensearch, self.index_alias)
+
+    def queue(self) -> TaskQueue:
+        """A producer to the queues (and the dead-letter topic)."""
+        return open_queue(self.kafka_bootstrap, prefix=self.topic_prefix, dlq_topic=self.dlq_topic,
+                          partitions=self.partitions, max_payload_bytes=self.max_payload_bytes, signer=self.signer())
+
+    def reader(self, member: int) -> QueueReader:
+        """Reader ``member`` of ``consumers`` of every queue topic."""
+        return open_reader(self.kafka_bootstrap, prefix=self.topic_prefix, group=self.consumer_group,
+                           max_payload_bytes=self.max_payload_bytes, member=member, members=self.consumers)
 
 
 @dataclass(frozen=True)

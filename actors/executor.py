@@ -28,8 +28,6 @@ from raylane.actors.fencing import (FENCE_MARGIN_S, HEARTBEAT_EVERY_S, LEASE_TTL
 from raylane.errors import QueueUnavailable, StoreUnavailable
 from raylane.limits import Limits, clip_text, encode_result
 from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, utcnow
-from raylane.queue import KafkaTaskQueue
-from raylane.store import OpenSearchStore
 from raylane.states import TaskState
 
 log = logging.getLogger("raylane.executor")
@@ -281,9 +279,7 @@ class Executor:
         self._keeper = ray.get_actor(STATUS_KEEPER, namespace=config.namespace)
         self._limits = config.limits()
         self._finals = GroupCommit(self._write_finals)
-        self._queue = KafkaTaskQueue(config.kafka_bootstrap, prefix=config.topic_prefix, dlq_topic=config.dlq_topic,
-                                     partitions=config.partitions, max_payload_bytes=config.max_payload_bytes,
-                                     signer=config.signer())
+        self._queue = config.queue()
         # A new incarnation on every (re)start: RUNNING records name it as their lease owner, and
         # its heartbeat in the store keeps them alive. Tasks of a lapsed owner are recovered.
         self._incarnation = uuid.uuid4().hex[:16]
@@ -295,7 +291,7 @@ class Executor:
         self._beat = 0
         self._leases = LeaseObserver()  # other executors' leases, as this one sees them
         self._attempt_of: dict[str, int] = {}  # task id -> attempt of the lone Ray task running it
-        self._store = OpenSearchStore(config.opensearch, config.index_alias)
+        self._store = config.store()
         self._loops: list[asyncio.Task] = []
         self._healthy_since: Optional[float] = None  # since when heartbeats succeed without a gap
         self._last_requeue = 0.0

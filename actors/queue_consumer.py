@@ -22,8 +22,7 @@ from raylane.actors.metrics import ConsumerMetrics
 from raylane.errors import InvalidSignature, RaylaneError, ServiceUnavailable, UnknownTaskName
 from raylane.models import TaskMessage
 from raylane.states import TaskState
-from raylane.queue import Consumed, KafkaQueueReader, KafkaTaskQueue, topic_of
-from raylane.store import OpenSearchStore
+from raylane.queue import Consumed, QueueReader, topic_of
 
 log = logging.getLogger("raylane.queue_consumer")
 
@@ -63,11 +62,9 @@ class QueueConsumer:
         # Consumers are spread over the executors; each hands its tasks to one.
         self._executor = ray.get_actor(executor_name(index % config.executors), namespace=config.namespace)
         self._keeper = ray.get_actor(STATUS_KEEPER, namespace=config.namespace)
-        self._producer = KafkaTaskQueue(config.kafka_bootstrap, prefix=config.topic_prefix, dlq_topic=config.dlq_topic,
-                                        partitions=config.partitions, max_payload_bytes=config.max_payload_bytes,
-                                        signer=config.signer())
-        self._reader: Optional[KafkaQueueReader] = None
-        self._store = OpenSearchStore(config.opensearch, config.index_alias)
+        self._producer = config.queue()
+        self._reader: Optional[QueueReader] = None
+        self._store = config.store()
         self._signer = config.signer()
         self._progress: dict[tuple[str, int], _PartitionProgress] = {}
         self._committed: dict[tuple[str, int], int] = {}
@@ -91,10 +88,7 @@ class QueueConsumer:
         while True:
             try:
                 if self._reader is None:
-                    self._reader = await asyncio.to_thread(
-                        KafkaQueueReader, self.config.kafka_bootstrap, prefix=self.config.topic_prefix,
-                        group=self.config.consumer_group, max_message=self.config.max_payload_bytes + 65536,
-                        member=self.index, members=self.config.consumers)
+                    self._reader = await asyncio.to_thread(self.config.reader, self.index)
                 await self._step()
             except asyncio.CancelledError:
                 raise

@@ -23,9 +23,8 @@ from raylane.errors import (InvalidTaskInput, QueueUnavailable, RecordRefused, S
 from raylane.limits import check_arguments_shape, check_tags, check_timeout
 from raylane.models import (NAME_PATTERN, QUEUE_PATTERN, PackedRecord, SubmitRequest, TaskMessage, TaskRecord,
                             new_task_id, utcnow)
-from raylane.queue import KafkaTaskQueue
 from raylane.states import TaskState
-from raylane.store import OpenSearchStore, TaskQuery
+from raylane.store import TaskQuery
 
 log = logging.getLogger("raylane.request_handler")
 
@@ -51,11 +50,9 @@ class RequestHandler:
 
     def __init__(self, config: ActorConfig):
         self.config = config
-        self.store = OpenSearchStore(config.opensearch, config.index_alias)
+        self.store = config.store()
         self.store.ensure_schema()
-        self.queue = KafkaTaskQueue(config.kafka_bootstrap, prefix=config.topic_prefix, dlq_topic=config.dlq_topic,
-                                    partitions=config.partitions, max_payload_bytes=config.max_payload_bytes,
-                                    signer=config.signer())
+        self.queue = config.queue()
         self.queue.ensure_queue(config.default_queue)
         self._keeper = ray.get_actor(STATUS_KEEPER, namespace=config.namespace)
         self._signer = config.signer()

@@ -21,7 +21,7 @@ from raylane.actors.metrics import KeeperMetrics
 from raylane.errors import StoreUnavailable
 from raylane.models import PackedRecord, TaskRecord, WriteOutcome, utcnow
 from raylane.states import TaskState
-from raylane.store import OpenSearchStore, TaskQuery
+from raylane.store import TaskQuery
 
 log = logging.getLogger("raylane.status_keeper")
 
@@ -40,7 +40,7 @@ class StatusKeeper:
 
     def __init__(self, config: ActorConfig, max_batch: int = 1000):
         self.config = config
-        self.store = OpenSearchStore(config.opensearch, config.index_alias)
+        self.store = config.store()
         self.store.ensure_schema()
         self._writes = GroupCommit(self._flush, max_batch)
         self._deadline_task: Optional[asyncio.Task] = None

@@ -20,7 +20,7 @@ from raylane.signing import SIGNATURE_HEADER, Signer
 
 log = logging.getLogger(__name__)
 
-_ENVELOPE_BYTES = 64 * 1024  # room for the message's own fields next to its arguments
+ENVELOPE_BYTES = 64 * 1024  # room for the message's own fields next to its arguments
 DLQ_VALUE_BYTES = 16 * 1024  # a dead letter keeps at most this much of the message it replaces
 DLQ_REASON_CHARS = 2000
 COMMIT_TIMEOUT_MS = 5000  # an offset commit takes milliseconds; kafka-python would wait up to 30 s
@@ -103,6 +103,15 @@ class QueueReader(abc.ABC):
         because this reader no longer reads them."""
 
     @abc.abstractmethod
+    def hold(self, topics: set[str], returned: list[Consumed]) -> list[Consumed]:
+        """Pause the assigned partitions of ``topics`` (resuming all others), and give back the
+        messages of ``returned`` that belong to them: they are read again once resumed."""
+
+    @abc.abstractmethod
+    def partitions(self) -> list[PartitionState]:
+        """The partitions assigned to this reader: where it reads, how far the log goes, whether paused."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Leave the group."""
 
@@ -123,7 +132,7 @@ class KafkaTaskQueue(TaskQueue):
         self.prefix = prefix
         self.dlq_topic = dlq_topic
         self.partitions = partitions
-        self.max_message = max_payload_bytes + _ENVELOPE_BYTES
+        self.max_message = max_payload_bytes + ENVELOPE_BYTES
         self.produce_timeout_s = produce_timeout_s
         self._known: set[str] = set()
         self._lock = threading.Lock()
@@ -207,15 +216,9 @@ class KafkaTaskQueue(TaskQueue):
     def dead_letter(self, item: Consumed, reason: str) -> None:
         from kafka.errors import KafkaError
         self._ensure_topic(self.dlq_topic)
-        value = item.value or b""
-        # Bounded whatever the message was: a dead letter must always fit where it goes.
-        body = {"reason": reason[:DLQ_REASON_CHARS], "topic": item.topic, "partition": item.partition,
-                "offset": item.offset, "key": (item.key or b"")[:200].decode(errors="replace") or None,
-                "value": value[:DLQ_VALUE_BYTES].decode(errors="replace"), "value_bytes": len(value),
-                "truncated": len(value) > DLQ_VALUE_BYTES}
         try:
-            self._get_producer().send(self.dlq_topic, key=item.key, value=json.dumps(body).encode()).get(
-                timeout=self.produce_timeout_s)
+            body = json.dumps(dead_letter_body(item, reason)).encode()
+            self._get_producer().send(self.dlq_topic, key=item.key, value=body).get(timeout=self.produce_timeout_s)
         except (KafkaError, OSError) as e:
             raise QueueUnavailable(f"could not write to {self.dlq_topic}: {e}") from e
 
@@ -226,6 +229,16 @@ class KafkaTaskQueue(TaskQueue):
         if self._admin is not None:
             self._admin.close()
             self._admin = None
+
+
+def dead_letter_body(item: Consumed, reason: str) -> dict:
+    """The dead letter of ``item``: why it was refused, where it came from, and the start of it.
+    Bounded whatever the message was, so that a dead letter always fits where it goes."""
+    value = item.value or b""
+    return {"reason": reason[:DLQ_REASON_CHARS], "topic": item.topic, "partition": item.partition,
+            "offset": item.offset, "key": (item.key or b"")[:200].decode(errors="replace") or None,
+            "value": value[:DLQ_VALUE_BYTES].decode(errors="replace"), "value_bytes": len(value),
+            "truncated": len(value) > DLQ_VALUE_BYTES}
 
 
 def _forget_empty_partitions(producer) -> None:

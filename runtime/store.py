@@ -401,7 +401,8 @@ class OpenSearchStore(StatusStore):
         if not owners:
             return
         body = [{"delete": {"_index": self._control_index, "_id": f"executor:{o}"}} for o in owners]
-        self._call(self._client.bulk, body=body)
+        # Refreshed as a heartbeat is: a reader must not see a deleted owner again.
+        self._call(self._client.bulk, body=body, refresh="true")
 
     def running_not_owned_by(self, owners: set[str], limit: int) -> list[TaskRecord]:
         return self._oldest([{"term": {"state": TaskState.RUNNING.value}}], {"lease_owner": sorted(owners)}, limit)

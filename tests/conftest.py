@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -16,11 +17,22 @@ from raylane.store import OpenSearchStore
 
 # Fixtures that need the real stack; a test using none of them belongs to the unit tier.
 _SERVICE_FIXTURES = {"stack", "rl", "store", "http_api"}
+_UNIT_DIR = Path(__file__).parent / "unit"
+
+
+def _needs_stack(item) -> bool:
+    return bool(_SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())))
 
 
 def pytest_collection_modifyitems(config, items):
-    """The unit tier runs first, so that a failure there shows in seconds, before the stack starts."""
-    items.sort(key=lambda item: bool(_SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))))
+    """Tests that need the services are marked ``stack``; tests/unit may hold none of them. Tests
+    without services run first, so that a failure there shows in seconds, before the stack starts."""
+    for item in items:
+        if _needs_stack(item):
+            if _UNIT_DIR in Path(item.path).parents:
+                raise pytest.UsageError(f"{item.nodeid} is in the unit tier but needs the services")
+            item.add_marker(pytest.mark.stack)
+    items.sort(key=_needs_stack)
 
 
 @pytest.fixture(scope="session")

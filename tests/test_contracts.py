@@ -1,0 +1,62 @@
+"""The seams' contract suites on OpenSearch and Kafka (the same tests as on the in-memory twins)."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from contracts import QueueContract, StoreContract, VersionProperties
+
+from raylane.queue import KafkaQueueReader, KafkaTaskQueue
+from raylane.store import OpenSearchStore
+
+
+@pytest.fixture
+def opensearch_store(stack):
+    """A store on a fresh alias of the local OpenSearch, removed afterwards."""
+    alias = f"raylane-contract-{uuid.uuid4().hex[:8]}"
+    store = OpenSearchStore(stack.endpoints().opensearch, alias)
+    store.ensure_schema()
+    yield store
+    store.client.indices.delete(index=f"{alias}*", expand_wildcards="all", ignore_unavailable=True)
+    store.client.indices.delete_index_template(name=f"{alias}-template")
+    store.close()
+
+
+class TestOpenSearchStore(StoreContract):
+    @pytest.fixture
+    def contract_store(self, opensearch_store):
+        return opensearch_store
+
+
+class TestOpenSearchVersions(VersionProperties):
+    examples = 25
+
+    @pytest.fixture
+    def contract_store(self, opensearch_store):
+        return opensearch_store
+
+
+class TestKafkaQueue(QueueContract):
+    @pytest.fixture
+    def prefix(self, stack):
+        return f"contract.{uuid.uuid4().hex[:8]}."
+
+    @pytest.fixture
+    def contract_queue(self, stack, prefix):
+        queue = KafkaTaskQueue(stack.kafka.address, prefix=prefix, dlq_topic=f"dlq.{prefix}x", partitions=2,
+                               max_payload_bytes=1 << 20, signer=self.signer)
+        yield queue
+        queue.close()
+
+    @pytest.fixture
+    def contract_reader(self, stack, prefix):
+        readers = []
+
+        def make(member=0, members=1, group=None, prefix=prefix):
+            r = KafkaQueueReader(stack.kafka.address, prefix=prefix, group=group or uuid.uuid4().hex,
+                                 max_message=2 << 20, member=member, members=members)
+            readers.append(r)
+            return r
+        yield make
+        for r in readers:
+            r.close()
