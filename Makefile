@@ -1,4 +1,4 @@
-bench:  ## run the benchmark suite (writes bench/results/latest.*)
+bench:  ## run the benchmark suite (writes ~/.cache/raylane/bench/latest.*)
 	./dev bench
 
 bench-quick:  ## the suite at smaller sizes, a few minutes
@@ -9,7 +9,13 @@ MINUTES ?= 30
 soak:  ## the randomized fault test, long: make soak SEED=7 MINUTES=30
 	CHAOS_SEED=$(SEED) CHAOS_MINUTES=$(MINUTES) ./dev test tests/test_chaos.py -s
 
-test:  ## the test suite
+test:  ## lint, then the unit tier, then the stack tier
 	./dev test
 
-.PHONY: bench bench-quick soak test
+lint:  ## ruff (lint and format check) and mypy
+	./dev lint
+
+unit:  ## the unit tier alone (no services, seconds)
+	./dev test tests/unit
+
+.PHONY: bench bench-quick lint soak test unit

@@ -1,27 +1,37 @@
 """Start raylane's actors in the connected Ray cluster, or find the ones already running."""
+
 from __future__ import annotations
 
 import shlex
 import sys
 import time
 import uuid
+from typing import Any
 
 import ray
 
-from raylane.config import REVEAL
-from raylane.errors import StackError
-
-from raylane.actors.common import QUEUE_CONSUMER, REQUEST_HANDLER, STATUS_KEEPER, ActorConfig, executor_name
 from raylane.actors.executor import Executor
 from raylane.actors.queue_consumer import QueueConsumer
 from raylane.actors.request_handler import RequestHandler
 from raylane.actors.status_keeper import StatusKeeper
+from raylane.compat import kv_del, kv_get, kv_put
+from raylane.config import REVEAL
+from raylane.errors import StackError
+from raylane.protocol import (
+    QUEUE_CONSUMER,
+    REQUEST_HANDLER,
+    STATUS_KEEPER,
+    ActorConfig,
+    executor_name,
+    find_request_handler,
+)
 
 
 def _options(config: ActorConfig, name: str) -> dict:
     # Actors coordinate and wait; they reserve no CPU so tasks get all of it.
-    return dict(name=name, namespace=config.namespace, get_if_exists=True, max_restarts=-1, num_cpus=0,
-                max_concurrency=10_000)
+    return dict(
+        name=name, namespace=config.namespace, get_if_exists=True, max_restarts=-1, num_cpus=0, max_concurrency=10_000
+    )
 
 
 # Ray records a metric series per Ray task name in the process that submits a task and in the one
@@ -32,49 +42,54 @@ def _options(config: ActorConfig, name: str) -> dict:
 _EXECUTOR_ENV = {"env_vars": {"RAY_enable_metrics_collection": "0"}}
 
 
-def find_request_handler(namespace: str):
-    """The running RequestHandler, or None when raylane is not deployed in this cluster."""
-    try:
-        return ray.get_actor(REQUEST_HANDLER, namespace=namespace)
-    except ValueError:
-        return None
-
-
 def create_actors(config: ActorConfig) -> list:
     """Create (or find) every actor, owned by the calling driver, and wait until all are ready.
 
     Returns every handle, RequestHandler first; the actors live as long as the caller holds them.
     The RequestHandler is created last: once it exists, the deployment is complete.
     """
-    keeper = ray.remote(StatusKeeper).options(**_options(config, STATUS_KEEPER)).remote(config)
+    # Actor handles are dynamic (methods are reached through .remote): typed as Any.
+    keeper: Any = ray.remote(StatusKeeper).options(**_options(config, STATUS_KEEPER)).remote(config)
     ray.get(keeper.get_stats.remote())
-    executors = [ray.remote(Executor).options(**_options(config, executor_name(j)), runtime_env=_EXECUTOR_ENV)
-                 .remote(config) for j in range(config.executors)]
+    executors: list[Any] = [
+        ray.remote(Executor).options(**_options(config, executor_name(j)), runtime_env=_EXECUTOR_ENV).remote(config)
+        for j in range(config.executors)
+    ]
     ray.get([e.get_stats.remote() for e in executors])
     # Consumers are spread over the nodes, so that one node's loss stops only its share until Ray
     # restarts them elsewhere. Ray spreads only actors that reserve something, hence a sliver of CPU.
-    members = [ray.remote(QueueConsumer).options(**dict(_options(config, f"{QUEUE_CONSUMER}-{i}"), num_cpus=0.001),
-                                                 scheduling_strategy="SPREAD").remote(config, i)
-               for i in range(config.consumers)]
+    members: list[Any] = [
+        ray.remote(QueueConsumer)
+        .options(**dict(_options(config, f"{QUEUE_CONSUMER}-{i}"), num_cpus=0.001), scheduling_strategy="SPREAD")
+        .remote(config, i)
+        for i in range(config.consumers)
+    ]
     ray.get([a.ensure_running.remote() for a in [keeper, *executors, *members]])
-    handler = ray.remote(RequestHandler).options(**_options(config, REQUEST_HANDLER)).remote(config)
+    handler: Any = ray.remote(RequestHandler).options(**_options(config, REQUEST_HANDLER)).remote(config)
     ray.get(handler.task_names.remote())
     return [handler, keeper, *executors, *members]
 
 
 def actor_stats(namespace: str) -> dict:
     """Counters of every raylane actor that keeps them (all but the RequestHandler), by actor name."""
-    names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                   if a["namespace"] == namespace and a["name"] != REQUEST_HANDLER)
+    names = sorted(
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == namespace and a["name"] != REQUEST_HANDLER
+    )
     return {n: ray.get(ray.get_actor(n, namespace=namespace).get_stats.remote()) for n in names}
 
 
 def actor_node_ids(namespace: str) -> dict[str, str]:
     """The node each live raylane actor runs on, by actor name."""
     from ray.util.state import list_actors
-    actors = list_actors(address=ray.get_runtime_context().gcs_address, limit=1000,
-                         filters=[("ray_namespace", "=", namespace), ("state", "=", "ALIVE")])
-    return {a.name: a.node_id for a in actors if a.name}
+
+    actors = list_actors(
+        address=ray.get_runtime_context().gcs_address,
+        limit=1000,
+        filters=[("ray_namespace", "=", namespace), ("state", "=", "ALIVE")],
+    )
+    return {a.name: a.node_id for a in actors if a.name and a.node_id}
 
 
 _CONFIG_KEY = "service-config:"
@@ -82,38 +97,51 @@ _CONFIG_KEY = "service-config:"
 
 def put_service_config(config: ActorConfig) -> str:
     """Keep ``config`` (secrets included) in Ray's KV store for the service job; returns its key."""
-    from ray.experimental import internal_kv as kv
     key = _CONFIG_KEY + uuid.uuid4().hex
-    kv._internal_kv_put(key, config.model_dump_json(context=REVEAL), namespace=config.namespace)
+    kv_put(key, config.model_dump_json(context=REVEAL), namespace=config.namespace)
     return key
 
 
 def take_service_config(key: str, namespace: str) -> ActorConfig:
     """The configuration ``put_service_config`` kept under ``key``; it is removed from the KV store."""
-    from ray.experimental import internal_kv as kv
     if not key.startswith(_CONFIG_KEY):
         raise StackError(f"not a raylane service configuration key: {key!r}", service="raylane")
-    raw = kv._internal_kv_get(key, namespace=namespace)
+    raw = kv_get(key, namespace=namespace)
     if raw is None:
         raise StackError(f"no raylane service configuration under {key!r} in Ray's KV store", service="raylane")
-    kv._internal_kv_del(key, namespace=namespace)
+    kv_del(key, namespace=namespace)
     return ActorConfig.model_validate_json(raw)
 
 
 def deploy(config: ActorConfig, dashboard_url: str, timeout_s: float = 180.0):
     """Run the raylane service job (which owns the actors) and return the RequestHandler once it answers."""
     from ray.job_submission import JobStatus, JobSubmissionClient
+
     client = JobSubmissionClient(dashboard_url)
     # The configuration carries secrets (the cluster secret, the OpenSearch password): it goes
     # through Ray's own KV store, never on the job's command line or in its metadata.
     key = put_service_config(config)
-    entrypoint = " ".join([shlex.quote(sys.executable), "-m", "raylane.actors.service", "--config-key", key,
-                           "--namespace", shlex.quote(config.namespace)])
+    entrypoint = " ".join(
+        [
+            shlex.quote(sys.executable),
+            "-m",
+            "raylane.actors.service",
+            "--config-key",
+            key,
+            "--namespace",
+            shlex.quote(config.namespace),
+        ]
+    )
     try:
-        job_id = client.submit_job(entrypoint=entrypoint, submission_id=f"raylane-service-{uuid.uuid4().hex[:8]}",
-                                   metadata={"raylane": "service"})
+        job_id = client.submit_job(
+            entrypoint=entrypoint,
+            submission_id=f"raylane-service-{uuid.uuid4().hex[:8]}",
+            metadata={"raylane": "service"},
+        )
     except RuntimeError as e:  # the job API answered with an error
-        raise StackError(f"Ray at {dashboard_url} did not accept the raylane service job: {e}", service="raylane") from e
+        raise StackError(
+            f"Ray at {dashboard_url} did not accept the raylane service job: {e}", service="raylane"
+        ) from e
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         handler = find_request_handler(config.namespace)
@@ -123,7 +151,9 @@ def deploy(config: ActorConfig, dashboard_url: str, timeout_s: float = 180.0):
         status = client.get_job_status(job_id)
         if status in (JobStatus.FAILED, JobStatus.STOPPED):
             logs = client.get_job_logs(job_id)[-3000:]
-            raise StackError(f"the raylane service job {job_id} ended ({status}) before its actors were ready:\n{logs}",
-                             service="raylane")
+            raise StackError(
+                f"the raylane service job {job_id} ended ({status}) before its actors were ready:\n{logs}",
+                service="raylane",
+            )
         time.sleep(0.2)
     raise StackError(f"raylane's actors were not ready within {timeout_s:.0f}s (Ray job {job_id})", service="raylane")

@@ -14,6 +14,7 @@ A lease is an executor incarnation's heartbeat in the store: a counter it raises
   the store, or gone therefore takes its running attempts with it before any sweep may
   start the next attempt.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,7 +22,7 @@ import os
 import sys
 import threading
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 log = logging.getLogger("raylane.fencing")
 
@@ -43,7 +44,7 @@ class LeaseObserver:
         self._clock = clock
         # owner -> (counter, when it was first seen or seen to change, whether it was seen to change)
         self._seen: dict[str, tuple[int, float, bool]] = {}
-        self._since: Optional[float] = None  # first successful observation
+        self._since: float | None = None  # first successful observation
 
     def observe(self, beats: dict[str, int]) -> None:
         """Take in the heartbeat counters read from the store just now."""
@@ -57,13 +58,13 @@ class LeaseObserver:
             elif seen[0] != beat:
                 self._seen[owner] = (beat, now, True)
 
-    def renewed(self, owner: Optional[str]) -> bool:
+    def renewed(self, owner: str | None) -> bool:
         """Whether ``owner`` was seen renewing its lease (its counter changing) within ``ttl_s``:
         positive evidence that it is alive, where ``not lapsed`` may only mean "not judged yet"."""
         seen = self._seen.get(owner) if owner is not None else None
         return seen is not None and seen[2] and self._clock() - seen[1] < self.ttl_s
 
-    def lapsed(self, owner: Optional[str]) -> bool:
+    def lapsed(self, owner: str | None) -> bool:
         """Whether ``owner``'s lease has lapsed: its counter has not changed for ``ttl_s`` as seen
         here. An owner never seen is judged from this observer's first observation on."""
         if self._since is None:
@@ -97,23 +98,23 @@ class WorkerFence:
     (through Ray) that its lease holds. One per worker process; a worker runs one attempt
     (or one group of attempts) at a time."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic,
-                 exit_process: Callable[[int], None] = os._exit):
+    def __init__(self, clock: Callable[[], float] = time.monotonic, exit_process: Callable[[int], None] = os._exit):
         self._clock = clock
         self._exit = exit_process
         self._lock = threading.Lock()
         self._executor = None
         self._what = ""
         self._deadline = 0.0
-        self._asked: Optional[tuple[object, float]] = None  # (reply reference, when asked)
+        self._asked: tuple[object, float] | None = None  # (reply reference, when asked)
         self._last_ask = 0.0
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
-    def arm(self, executor, lease_until: Optional[float], executor_node: Optional[str], what: str) -> None:
+    def arm(self, executor, lease_until: float | None, executor_node: str | None, what: str) -> None:
         """Before the user's function runs. On the executor's node, ``lease_until`` (its monotonic
         clock, which this process shares) is the lease's end; elsewhere the executor is asked.
         Raises ``LeaseLapsed`` if the lease cannot be confirmed to hold past the margin."""
         import ray
+
         here = ray.get_runtime_context().get_node_id()
         deadline = float("-inf")
         if lease_until is not None and executor_node == here:
@@ -154,6 +155,7 @@ class WorkerFence:
         """One round: renew the deadline from the executor's answer, ask again when due, and end
         the process if the deadline passed."""
         import ray
+
         with self._lock:
             executor = self._executor
             if executor is None:
@@ -172,8 +174,10 @@ class WorkerFence:
                         # Measured from when we asked: the executor answered later, so this is safe.
                         self._deadline = max(self._deadline, asked_at + remaining - FENCE_MARGIN_S)
             if now >= self._deadline:
-                sys.stderr.write(f"raylane: the lease of the executor running {self._what} is not renewed; "
-                                 f"ending this worker so that the attempt cannot run beside a newer one\n")
+                sys.stderr.write(
+                    f"raylane: the lease of the executor running {self._what} is not renewed; "
+                    f"ending this worker so that the attempt cannot run beside a newer one\n"
+                )
                 sys.stderr.flush()
                 self._exit(FENCED_EXIT_CODE)
                 return
@@ -182,7 +186,7 @@ class WorkerFence:
                 self._asked = (executor.lease_remaining.remote(), now)
 
 
-_fence: Optional[WorkerFence] = None
+_fence: WorkerFence | None = None
 
 
 def worker_fence() -> WorkerFence:

@@ -7,10 +7,11 @@ the dashboard's Metrics view shows them once Prometheus scrapes that endpoint.
 Every status write passes through the StatusKeeper, so task counts are taken there from the
 writes the store accepted: a task counted as finished finished exactly once.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cached_property
-from typing import Sequence
 
 from raylane.models import PackedRecord, TaskRecord, WriteOutcome
 from raylane.states import TaskState
@@ -25,36 +26,49 @@ class KeeperMetrics:
     @cached_property
     def _m(self):
         from ray.util.metrics import Counter, Gauge, Histogram
+
         return {
             "running": Gauge("raylane_tasks_running", "Tasks RUNNING right now (claimed, not yet ended)."),
-            "submitted": Counter("raylane_tasks_submitted", "Tasks accepted for running (PENDING written).",
-                                 tag_keys=("name", "queue")),
-            "started": Counter("raylane_tasks_started", "Attempts that started running (RUNNING written).",
-                               tag_keys=("name", "queue")),
-            "finished": Counter("raylane_tasks_finished", "Tasks that reached a terminal state, by state.",
-                                tag_keys=("name", "queue", "state")),
-            "retries": Counter("raylane_task_retries", "Failed attempts that are tried again.",
-                               tag_keys=("name", "queue")),
-            "writes": Counter("raylane_status_writes", "Versioned status writes, by outcome "
-                              "(accepted; rejected as stale; refused by the store).", tag_keys=("outcome",)),
-            "batch": Histogram("raylane_status_write_batch_size", "Records per bulk status write.",
-                               boundaries=_BATCH_SIZES),
-            "latency": Histogram("raylane_status_write_seconds", "Duration of a bulk status write.",
-                                 boundaries=_SECONDS),
+            "submitted": Counter(
+                "raylane_tasks_submitted", "Tasks accepted for running (PENDING written).", tag_keys=("name", "queue")
+            ),
+            "started": Counter(
+                "raylane_tasks_started", "Attempts that started running (RUNNING written).", tag_keys=("name", "queue")
+            ),
+            "finished": Counter(
+                "raylane_tasks_finished",
+                "Tasks that reached a terminal state, by state.",
+                tag_keys=("name", "queue", "state"),
+            ),
+            "retries": Counter(
+                "raylane_task_retries", "Failed attempts that are tried again.", tag_keys=("name", "queue")
+            ),
+            "writes": Counter(
+                "raylane_status_writes",
+                "Versioned status writes, by outcome (accepted; rejected as stale; refused by the store).",
+                tag_keys=("outcome",),
+            ),
+            "batch": Histogram(
+                "raylane_status_write_batch_size", "Records per bulk status write.", boundaries=_BATCH_SIZES
+            ),
+            "latency": Histogram(
+                "raylane_status_write_seconds", "Duration of a bulk status write.", boundaries=_SECONDS
+            ),
         }
 
     def running(self, n: int) -> None:
         """The number of RUNNING tasks the keeper watches."""
         self._m["running"].set(n)
 
-    def flushed(self, records: Sequence[TaskRecord | PackedRecord], outcomes: Sequence[WriteOutcome],
-                seconds: float) -> None:
+    def flushed(
+        self, records: Sequence[TaskRecord | PackedRecord], outcomes: Sequence[WriteOutcome], seconds: float
+    ) -> None:
         """Record one bulk write and the state changes it made."""
         m = self._m
         m["batch"].observe(len(records))
         m["latency"].observe(seconds)
         counts = {"accepted": 0, "rejected": 0, "refused": 0}
-        for record, outcome in zip(records, outcomes):
+        for record, outcome in zip(records, outcomes, strict=False):
             if not outcome.accepted:
                 counts["rejected" if outcome.reason == "conflict" else "refused"] += 1
                 continue
@@ -69,9 +83,9 @@ class KeeperMetrics:
                 m["retries"].inc(1, tags)
             else:
                 m["finished"].inc(1, dict(tags, state=record.state.value))
-        for outcome, n in counts.items():
+        for kind, n in counts.items():
             if n:
-                m["writes"].inc(n, {"outcome": outcome})
+                m["writes"].inc(n, {"outcome": kind})
 
 
 class ConsumerMetrics:
@@ -83,13 +97,19 @@ class ConsumerMetrics:
     @cached_property
     def _m(self):
         from ray.util.metrics import Counter, Gauge
+
         return {
-            "lag": Gauge("raylane_queue_lag", "Messages not yet read, per queue topic partition.",
-                         tag_keys=("topic", "partition")),
-            "held": Gauge("raylane_consumer_in_flight", "Messages read and not yet handed over or settled.",
-                          tag_keys=("consumer",)),
-            "dlq": Counter("raylane_dead_letters", "Messages moved to the dead-letter topic.",
-                           tag_keys=("topic",)),
+            "lag": Gauge(
+                "raylane_queue_lag",
+                "Messages not yet read, per queue topic partition.",
+                tag_keys=("topic", "partition"),
+            ),
+            "held": Gauge(
+                "raylane_consumer_in_flight",
+                "Messages read and not yet handed over or settled.",
+                tag_keys=("consumer",),
+            ),
+            "dlq": Counter("raylane_dead_letters", "Messages moved to the dead-letter topic.", tag_keys=("topic",)),
         }
 
     def lag(self, partitions: Sequence[dict]) -> None:

@@ -5,24 +5,25 @@ partition's offset only up to the first message whose RUNNING write is not yet s
 so a crash re-delivers every task that was not claimed. Malformed messages go to the
 dead-letter topic with the reason, and the consumer keeps running.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Optional
 
 import ray
 from pydantic import ValidationError
 from ray.exceptions import RayActorError
 
 from raylane import registry
-from raylane.actors.common import REFUSED, STATUS_KEEPER, ActorConfig, executor_name
 from raylane.actors.metrics import ConsumerMetrics
 from raylane.errors import InvalidSignature, RaylaneError, ServiceUnavailable, UnknownTaskName
 from raylane.models import TaskMessage
-from raylane.states import TaskState
+from raylane.protocol import STATUS_KEEPER, ActorConfig, HandOff, executor_name
 from raylane.queue import Consumed, QueueReader, topic_of
+from raylane.retrying import backoff_s
+from raylane.states import TaskState
 
 log = logging.getLogger("raylane.queue_consumer")
 
@@ -38,7 +39,7 @@ class _PartitionProgress:
 
     def __init__(self) -> None:
         self.open: dict[int, bool] = {}  # offset -> settled
-        self.committable: Optional[int] = None
+        self.committable: int | None = None
 
     def add(self, offset: int) -> None:
         self.open.setdefault(offset, False)
@@ -63,7 +64,7 @@ class QueueConsumer:
         self._executor = ray.get_actor(executor_name(index % config.executors), namespace=config.namespace)
         self._keeper = ray.get_actor(STATUS_KEEPER, namespace=config.namespace)
         self._producer = config.queue()
-        self._reader: Optional[QueueReader] = None
+        self._reader: QueueReader | None = None
         self._store = config.store()
         self._signer = config.signer()
         self._progress: dict[tuple[str, int], _PartitionProgress] = {}
@@ -71,7 +72,7 @@ class QueueConsumer:
         self._in_flight: set[asyncio.Task] = set()
         self._holding = 0  # messages polled and not yet settled
         self._known_names: set[str] = set()
-        self._loop_task: Optional[asyncio.Task] = None
+        self._loop_task: asyncio.Task | None = None
         self._paused_topics: set[str] = set()
         self._paused_checked = 0.0
         self.metrics = ConsumerMetrics(index)
@@ -88,18 +89,18 @@ class QueueConsumer:
         while True:
             try:
                 if self._reader is None:
-                    self._reader = await asyncio.to_thread(self.config.reader, self.index)
+                    await asyncio.to_thread(self._open_reader)
                 await self._step()
             except asyncio.CancelledError:
                 raise
             except RaylaneError as e:
                 self.stats["errors"] += 1
                 log.warning("consumer %d: %s; retrying", self.index, e)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(backoff_s(3, cap_s=1.0))
             except Exception:
                 self.stats["errors"] += 1
                 log.exception("consumer %d: unexpected error; retrying", self.index)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(backoff_s(3, cap_s=1.0))
 
     async def _step(self) -> None:
         room = self.config.max_in_flight - self._holding
@@ -128,15 +129,24 @@ class QueueConsumer:
         if now - self._paused_checked > 1.0:
             self._paused_checked = now
             self._paused_topics = {topic_of(self.config.topic_prefix, q) for q in self._store.paused_queues()}
-        items = self._reader.poll(max_records, timeout_s)
+        reader = self._open_reader()
+        items = reader.poll(max_records, timeout_s)
         # Applied after every poll: a refreshed assignment may bring partitions of a paused queue.
-        return self._reader.hold(self._paused_topics, items)
+        return reader.hold(self._paused_topics, items)
+
+    def _open_reader(self) -> QueueReader:
+        if self._reader is None:
+            self._reader = self.config.reader(self.index)
+        return self._reader
 
     async def _commit(self) -> None:
-        offsets = {tp: p.committable for tp, p in self._progress.items()
-                   if p.committable is not None and self._committed.get(tp) != p.committable}
+        offsets = {
+            tp: p.committable
+            for tp, p in self._progress.items()
+            if p.committable is not None and self._committed.get(tp) != p.committable
+        }
         if offsets:
-            gone = await asyncio.to_thread(self._reader.commit, offsets)
+            gone = await asyncio.to_thread(self._open_reader().commit, offsets)
             for tp in gone:  # its topic was deleted: nothing of it is left to commit
                 self._progress.pop(tp, None)
                 self._committed.pop(tp, None)
@@ -149,7 +159,9 @@ class QueueConsumer:
         try:
             msg = TaskMessage.model_validate_json(item.value)
         except ValidationError as e:
-            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'message'}: {err['msg']}" for err in e.errors()[:5])
+            problems = "; ".join(
+                f"{'.'.join(map(str, err['loc'])) or 'message'}: {err['msg']}" for err in e.errors()[:5]
+            )
             raise ValueError(f"not a valid task message: {problems}") from e
         return msg
 
@@ -167,13 +179,15 @@ class QueueConsumer:
                 raise
             digest, blob, signature = kept
             if not self._signer.definition_ok(name, digest, blob, signature):
-                raise InvalidSignature(f"the kept definition of task {name!r} is not signed with this cluster's "
-                                       f"secret (or its digest does not match its pickle); it was not loaded")
+                raise InvalidSignature(
+                    f"the kept definition of task {name!r} is not signed with this cluster's "
+                    f"secret (or its digest does not match its pickle); it was not loaded"
+                ) from None
             registry.restore(name, digest, blob)
             registry.load(name)
         self._known_names.add(name)
 
-    async def _prepare(self, item: Consumed) -> Optional[TaskMessage]:
+    async def _prepare(self, item: Consumed) -> TaskMessage | None:
         """The message's task, or None once it is dead-lettered: at once if malformed, not signed
         by this cluster, or if its kept definition is not; if its task name is unknown to Ray and
         to the store's kept definitions, after ``_UNKNOWN_NAME_GRACE_S`` (a driver may be about to
@@ -185,7 +199,7 @@ class QueueConsumer:
         except ValueError as e:
             await self._dead_letter(item, str(e))
             return None
-        signed = self._signer.message_ok(item.value, item.signature)
+        signed = self._signer.message_ok(item.value or b"", item.signature)
         owned = msg if signed else None
         first_try = time.monotonic()
         attempt = 0
@@ -194,9 +208,12 @@ class QueueConsumer:
             try:
                 self._check_name(msg.name)
                 if not signed:
-                    await self._dead_letter(item, "the message is not signed with this cluster's secret "
-                                                  f"({'no signature' if item.signature is None else 'bad signature'}); "
-                                                  "only raylane may enqueue tasks")
+                    await self._dead_letter(
+                        item,
+                        "the message is not signed with this cluster's secret "
+                        f"({'no signature' if item.signature is None else 'bad signature'}); "
+                        "only raylane may enqueue tasks",
+                    )
                     return None
                 return msg
             except InvalidSignature as e:
@@ -208,15 +225,17 @@ class QueueConsumer:
                     return None
             except Exception as e:
                 self.stats["errors"] += 1
-                log.warning("reading %s[%d]@%d failed (try %d): %r", item.topic, item.partition, item.offset, attempt, e)
+                log.warning(
+                    "reading %s[%d]@%d failed (try %d): %r", item.topic, item.partition, item.offset, attempt, e
+                )
                 if attempt >= _HAND_OFF_TRIES:
                     await self._dead_letter(item, f"reading the message failed {attempt} times: {e!r}", owned)
                     return None
-            await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
+            await asyncio.sleep(backoff_s(attempt, base_s=0.2, cap_s=5.0))
 
     async def _handle_batch(self, items: list[Consumed]) -> None:
         prepared = await asyncio.gather(*(self._prepare(item) for item in items))
-        good = [(item, msg) for item, msg in zip(items, prepared) if msg is not None]
+        good = [(item, msg) for item, msg in zip(items, prepared, strict=False) if msg is not None]
         if not good:
             return
         # The messages as read: parsing the JSON again costs the executor less than a dump and a validation.
@@ -226,13 +245,12 @@ class QueueConsumer:
         while True:
             try:
                 outcomes = await self._executor.start_many.remote(payload)
-                for (item, msg), outcome in zip(good, outcomes):
-                    if outcome.startswith(REFUSED):
+                for (item, msg), (outcome, reason) in zip(good, outcomes, strict=True):
+                    if outcome is HandOff.REFUSED:
                         # The store will never accept this task's record: retrying cannot help.
-                        await self._dead_letter(item, f"the store refused the record of task {msg.id}: "
-                                                      f"{outcome[len(REFUSED):]}", msg)
+                        await self._dead_letter(item, f"the store refused the record of task {msg.id}: {reason}", msg)
                         continue
-                    self.stats[outcome] += 1
+                    self.stats[outcome.value] += 1
                     self._settle(item)
                 return
             except (ServiceUnavailable, RayActorError) as e:
@@ -246,20 +264,22 @@ class QueueConsumer:
                     log.warning("waiting for the store/queue/executor to return (%d tasks held): %r", len(good), e)
                 if isinstance(e, RayActorError) and outage >= _EXECUTOR_DOWN_TRIES:
                     break
-                await asyncio.sleep(min(5.0, 0.2 * 2 ** min(outage, 5)))
+                await asyncio.sleep(backoff_s(outage, base_s=0.2, cap_s=5.0))
             except Exception as e:
                 self.stats["errors"] += 1
                 poison_tries += 1
                 log.warning("handing %d task(s) to the executor failed (try %d): %r", len(good), poison_tries, e)
                 if poison_tries >= _HAND_OFF_TRIES:
                     break
-                await asyncio.sleep(min(5.0, 0.2 * 2 ** poison_tries))
+                await asyncio.sleep(backoff_s(poison_tries, base_s=0.2, cap_s=5.0))
         for item, msg in good:
-            await self._dead_letter(item, f"the executor failed to take task {msg.id} {max(poison_tries, outage)} times",
-                                    msg)
+            await self._dead_letter(
+                item, f"the executor failed to take task {msg.id} {max(poison_tries, outage)} times", msg
+            )
 
-    async def _dead_letter(self, item: Consumed, reason: str, msg: Optional[TaskMessage] = None,
-                           error_type: str = "DeadLettered") -> None:
+    async def _dead_letter(
+        self, item: Consumed, reason: str, msg: TaskMessage | None = None, error_type: str = "DeadLettered"
+    ) -> None:
         """Move a message to the DLQ with the reason; with ``msg``, its task, if still PENDING, is then
         recorded FAILED (``error_type``), so that no accepted task is left waiting forever."""
         log.warning("dead-lettering %s[%d]@%d: %s", item.topic, item.partition, item.offset, reason)
@@ -272,7 +292,7 @@ class QueueConsumer:
                 # Its task's record still says why it ended.
                 log.warning("dead-letter write failed (try %d of %d): %s", attempt, _DEAD_LETTER_TRIES, e)
                 if attempt < _DEAD_LETTER_TRIES:
-                    await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
+                    await asyncio.sleep(backoff_s(attempt, base_s=0.2, cap_s=5.0))
         else:
             log.error("giving up on dead-lettering %s[%d]@%d: %s", item.topic, item.partition, item.offset, reason)
         if msg is not None:
@@ -287,13 +307,14 @@ class QueueConsumer:
                 stored = await asyncio.to_thread(self._store.get, msg.id)
                 if stored is None or stored.state is not TaskState.PENDING or stored.attempt != msg.attempt:
                     return  # not submitted through raylane, or already past this message
-                failed = stored.moved_to(TaskState.FAILED, error_type=error_type,
-                                         error=f"moved to {self.config.dlq_topic}: {reason}")
+                failed = stored.moved_to(
+                    TaskState.FAILED, error_type=error_type, error=f"moved to {self.config.dlq_topic}: {reason}"
+                )
                 await self._keeper.write.remote([failed])
                 return
             except Exception as e:  # the store or the keeper is briefly away
                 log.warning("recording dead-lettered task %s as FAILED failed (try %d): %r", msg.id, attempt, e)
-                await asyncio.sleep(0.5 * attempt)
+                await asyncio.sleep(backoff_s(attempt, base_s=0.25, cap_s=5.0))
 
     def _settle(self, item: Consumed) -> None:
         self._holding -= 1
@@ -310,5 +331,7 @@ class QueueConsumer:
         if self._reader is None:
             return []
         states = await asyncio.to_thread(self._reader.partitions)
-        return [dict(topic=p.topic, partition=p.partition, position=p.position, end=p.end, lag=p.lag,
-                     paused=p.paused) for p in states]
+        return [
+            dict(topic=p.topic, partition=p.partition, position=p.position, end=p.end, lag=p.lag, paused=p.paused)
+            for p in states
+        ]

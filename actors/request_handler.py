@@ -4,6 +4,7 @@ A submit is checked completely (name, JSON, size, signature and type hints) befo
 anything is written; then the PENDING record is written and the message produced. If
 the produce fails, the record is closed as FAILED so no half task is left waiting.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -11,18 +12,31 @@ import hashlib
 import logging
 import re
 import time
-from typing import Optional
 
 import ray
 from pydantic import ValidationError
 
 from raylane import registry
-from raylane.actors.common import STATUS_KEEPER, ActorConfig, replies_errors
-from raylane.errors import (InvalidTaskInput, QueueUnavailable, RecordRefused, StoreUnavailable, TaskAlreadyFinished,
-                            TaskNotFound)
+from raylane.errors import (
+    InvalidTaskInput,
+    QueueUnavailable,
+    RecordRefused,
+    StoreUnavailable,
+    TaskAlreadyFinished,
+    TaskNotFound,
+)
 from raylane.limits import check_arguments_shape, check_tags, check_timeout
-from raylane.models import (NAME_PATTERN, QUEUE_PATTERN, PackedRecord, SubmitRequest, TaskMessage, TaskRecord,
-                            new_task_id, utcnow)
+from raylane.models import (
+    NAME_PATTERN,
+    QUEUE_PATTERN,
+    PackedRecord,
+    SubmitRequest,
+    TaskMessage,
+    TaskRecord,
+    new_task_id,
+    utcnow,
+)
+from raylane.protocol import STATUS_KEEPER, ActorConfig, replies_errors
 from raylane.states import TaskState
 from raylane.store import TaskQuery
 
@@ -70,11 +84,21 @@ class RequestHandler:
         check_timeout(timeout_s)
         check_tags(tags)
         defn.validate_call(req.args, req.kwargs)
-        return TaskMessage(id=new_task_id(), name=req.name, queue=req.queue or defn.queue or self.config.default_queue,
-                           args=req.args, kwargs=req.kwargs, timeout_s=timeout_s,
-                           resources=req.resources or defn.resources, tags=tags, created_at=utcnow(),
-                           retry=defn.retry if req.max_retries is None else
-                           defn.retry.model_copy(update={"max_retries": req.max_retries}), tenant=req.tenant)
+        return TaskMessage(
+            id=new_task_id(),
+            name=req.name,
+            queue=req.queue or defn.queue or self.config.default_queue,
+            args=req.args,
+            kwargs=req.kwargs,
+            timeout_s=timeout_s,
+            resources=req.resources or defn.resources,
+            tags=tags,
+            created_at=utcnow(),
+            retry=defn.retry
+            if req.max_retries is None
+            else defn.retry.model_copy(update={"max_retries": req.max_retries}),
+            tenant=req.tenant,
+        )
 
     async def _create(self, messages: list[TaskMessage]) -> list[str]:
         records = [TaskRecord.pending(m) for m in messages]
@@ -82,21 +106,35 @@ class RequestHandler:
         refused = [(i, o) for i, o in enumerate(outcomes) if not o.accepted]
         if refused:
             # All or none: the accepted records of this submission will never be enqueued.
-            closed = [r.moved_to(TaskState.FAILED, error_type="NotEnqueued",
-                                 error="not enqueued: another task of the same submission was refused")
-                      for r, o in zip(records, outcomes) if o.accepted]
+            closed = [
+                r.moved_to(
+                    TaskState.FAILED,
+                    error_type="NotEnqueued",
+                    error="not enqueued: another task of the same submission was refused",
+                )
+                for r, o in zip(records, outcomes, strict=False)
+                if o.accepted
+            ]
             if closed:
                 await self._keeper.write.remote(closed)
             i, first = refused[0]
             what = f"task #{i}" if len(records) > 1 else "the task"
             if first.refused_for_content:
                 raise RecordRefused(f"the status store refused the record of {what}: {first.reason}")
-            raise StoreUnavailable(f"{len(refused)} PENDING record(s) were refused: {first.reason}", status=first.status)
+            raise StoreUnavailable(
+                f"{len(refused)} PENDING record(s) were refused: {first.reason}", status=first.status
+            )
         try:
             await asyncio.to_thread(self.queue.produce_many, messages)
         except QueueUnavailable:
-            failed = [r.moved_to(TaskState.FAILED, error_type="QueueUnavailable",
-                                 error="the task could not be enqueued; Kafka did not acknowledge it") for r in records]
+            failed = [
+                r.moved_to(
+                    TaskState.FAILED,
+                    error_type="QueueUnavailable",
+                    error="the task could not be enqueued; Kafka did not acknowledge it",
+                )
+                for r in records
+            ]
             await self._keeper.write.remote(failed)
             raise
         return [m.id for m in messages]
@@ -119,7 +157,7 @@ class RequestHandler:
                 raise
         return await self._create(messages) if messages else []
 
-    async def _get(self, task_id: str, tenant: Optional[str] = None) -> TaskRecord:
+    async def _get(self, task_id: str, tenant: str | None = None) -> TaskRecord:
         if not isinstance(task_id, str) or not _ID.match(task_id):
             raise TaskNotFound(str(task_id))
         record = await asyncio.to_thread(self.store.get, task_id)
@@ -129,12 +167,12 @@ class RequestHandler:
         return record
 
     @replies_errors
-    async def get(self, task_id: str, tenant: Optional[str] = None) -> TaskRecord:
+    async def get(self, task_id: str, tenant: str | None = None) -> TaskRecord:
         """The current record of a task (real-time); with ``tenant``, only if the task is that tenant's."""
         return await self._get(task_id, tenant)
 
     @replies_errors
-    async def cancel(self, task_id: str, tenant: Optional[str] = None) -> TaskRecord:
+    async def cancel(self, task_id: str, tenant: str | None = None) -> TaskRecord:
         """Cancel a task that has not finished; raises ``TaskAlreadyFinished`` if it has.
         With ``tenant``, only that tenant's task (any other is ``TaskNotFound``)."""
         for _ in range(5):
@@ -143,8 +181,13 @@ class RequestHandler:
                 raise TaskAlreadyFinished(task_id, record.state.value)
             # A failed attempt with a retry coming: cancel the coming attempt.
             attempt = record.attempt + 1 if record.will_retry else record.attempt
-            cancelled = record.moved_to(TaskState.CANCELLED, attempt=attempt, will_retry=False,
-                                        error_type="Cancelled", error="cancelled by request")
+            cancelled = record.moved_to(
+                TaskState.CANCELLED,
+                attempt=attempt,
+                will_retry=False,
+                error_type="Cancelled",
+                error="cancelled by request",
+            )
             [outcome] = await self._keeper.write.remote([cancelled])
             if outcome.accepted:
                 return cancelled
@@ -153,7 +196,7 @@ class RequestHandler:
         raise TaskAlreadyFinished(task_id, record.state.value)
 
     @replies_errors
-    async def wait(self, task_id: str, timeout_s: float, tenant: Optional[str] = None) -> TaskRecord:
+    async def wait(self, task_id: str, timeout_s: float, tenant: str | None = None) -> TaskRecord:
         """The task's record once it is terminal, or its current record after ``timeout_s``
         (with ``tenant``, only that tenant's task)."""
         deadline = time.monotonic() + timeout_s
@@ -169,7 +212,9 @@ class RequestHandler:
                 await asyncio.sleep(0.05)  # the keeper had no news; read the store again shortly
 
     @replies_errors
-    async def search(self, query: dict, limit: int = 100, after: Optional[list] = None) -> tuple[list[TaskRecord], Optional[list]]:
+    async def search(
+        self, query: dict, limit: int = 100, after: list | None = None
+    ) -> tuple[list[TaskRecord], list | None]:
         """Records matching ``query`` (see ``TaskQuery``), newest first, and the cursor of the next page."""
         q = self._query(query)
         if limit < 0:

@@ -9,6 +9,7 @@ worker process for every task. ``deploy`` submits this job; ``ray job stop`` end
 The configuration (secrets included) waits under ``<key>`` in Ray's KV store, put there by
 ``deploy``; it is never on the command line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,11 @@ def supervise(loopers: list, every_s: float = 2.0, give_up_s: float = 300.0) -> 
             except Exception as e:  # restarting, or briefly unreachable: try again next round
                 print(f"raylane service: {e!r}", file=sys.stderr, flush=True)
         if time.monotonic() - last_answer > give_up_s:
-            print(f"raylane service: no actor answered for {give_up_s:.0f}s; the cluster is gone, exiting",
-                  file=sys.stderr, flush=True)
+            print(
+                f"raylane service: no actor answered for {give_up_s:.0f}s; the cluster is gone, exiting",
+                file=sys.stderr,
+                flush=True,
+            )
             return
 
 

@@ -4,22 +4,24 @@ Writes from all actors are batched into OpenSearch bulk requests; each writer le
 whether its write was accepted or rejected. For running tasks it watches deadlines and
 has the Executor kill the Ray task of a task that timed out or was cancelled while running.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
 
 import ray
 
-from raylane.actors.common import ActorConfig, GroupCommit, executor_name
+from raylane.actors.common import GroupCommit
 from raylane.actors.fencing import HEARTBEAT_EVERY_S, LeaseObserver
 from raylane.actors.metrics import KeeperMetrics
 from raylane.errors import StoreUnavailable
 from raylane.models import PackedRecord, TaskRecord, WriteOutcome, utcnow
+from raylane.protocol import ActorConfig, executor_name
 from raylane.states import TaskState
 from raylane.store import TaskQuery
 
@@ -32,7 +34,7 @@ _KILL_STATES = (TaskState.CANCELLED, TaskState.TIMED_OUT)
 @dataclass
 class _Running:
     record: PackedRecord
-    deadline: Optional[float]  # monotonic
+    deadline: float | None  # monotonic
 
 
 class StatusKeeper:
@@ -43,12 +45,12 @@ class StatusKeeper:
         self.store = config.store()
         self.store.ensure_schema()
         self._writes = GroupCommit(self._flush, max_batch)
-        self._deadline_task: Optional[asyncio.Task] = None
+        self._deadline_task: asyncio.Task | None = None
         self._resumed = False
         self._running: dict[str, _Running] = {}
         self._recent: OrderedDict[str, tuple[int, TaskState]] = OrderedDict()  # id -> (attempt, terminal state)
         self._waiters: dict[str, list[asyncio.Future]] = {}
-        self._executors: Optional[list] = None
+        self._executors: list | None = None
         self._leases = LeaseObserver()
         self._observed = 0.0
         self._reported = 0.0
@@ -78,7 +80,7 @@ class StatusKeeper:
         return len(self._running)
 
     # ----- writes
-    async def write(self, records: list[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
+    async def write(self, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
         """Versioned writes of whole records (packed or not); one outcome per record, in order."""
         self._ensure_loops()
         return await self._writes.submit_many([PackedRecord.of(r) for r in records])
@@ -94,7 +96,7 @@ class StatusKeeper:
             raise StoreUnavailable(f"bulk write failed: {e!r}") from e
         self.stats["bulk_requests"] += 1
         self.metrics.flushed(records, outcomes, time.perf_counter() - began)
-        for record, outcome in zip(records, outcomes):
+        for record, outcome in zip(records, outcomes, strict=False):
             self.stats["writes"] += 1
             self.stats["accepted" if outcome.accepted else "rejected"] += 1
             if outcome.accepted:
@@ -133,11 +135,11 @@ class StatusKeeper:
                     fut.set_result(final)
 
     # ----- running tasks
-    async def claim(self, records: list[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
+    async def claim(self, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
         """Write RUNNING records; watch each accepted task's deadline and cancels from then on."""
-        records = [PackedRecord.of(r) for r in records]
-        outcomes = await self.write(records)
-        for running, outcome in zip(records, outcomes):
+        packed = [PackedRecord.of(r) for r in records]
+        outcomes = await self.write(packed)
+        for running, outcome in zip(packed, outcomes, strict=True):
             if not outcome.accepted:
                 continue
             recent = self._recent.get(running.id)
@@ -157,7 +159,9 @@ class StatusKeeper:
             if now - self._reported >= 1.0:
                 self._reported = now
                 self.metrics.running(len(self._running))
-            if now - self._observed >= HEARTBEAT_EVERY_S and any(r.deadline is not None for r in self._running.values()):
+            if now - self._observed >= HEARTBEAT_EVERY_S and any(
+                r.deadline is not None for r in self._running.values()
+            ):
                 # Executors' leases are judged by their heartbeats seen changing, so they are looked
                 # at regularly while a deadline is watched, not only once one passes.
                 self._observed = now
@@ -181,14 +185,22 @@ class StatusKeeper:
             self._observed = time.monotonic()
             self._leases.observe(await asyncio.to_thread(self.store.heartbeats))
             due = []
-            for r, rec in zip(expired, records):
+            for r, rec in zip(expired, records, strict=False):
                 if self._leases.renewed(rec.lease_owner):
-                    due.append(rec.moved_to(TaskState.TIMED_OUT, error_type="TimeoutError",
-                                            error=f"task ran past its timeout of {rec.timeout_s:g}s and was killed"))
+                    due.append(
+                        rec.moved_to(
+                            TaskState.TIMED_OUT,
+                            error_type="TimeoutError",
+                            error=f"task ran past its timeout of {rec.timeout_s:g}s and was killed",
+                        )
+                    )
                 elif self._leases.lapsed(rec.lease_owner):
                     r.deadline = now + self._leases.ttl_s / 2
-                    log.info("task %s is past its timeout, but its executor %s is gone: left to the sweep",
-                             rec.id, rec.lease_owner)
+                    log.info(
+                        "task %s is past its timeout, but its executor %s is gone: left to the sweep",
+                        rec.id,
+                        rec.lease_owner,
+                    )
                 else:  # not seen renewing yet (this keeper just started): look again shortly
                     r.deadline = now + HEARTBEAT_EVERY_S / 2
             if not due:
@@ -204,18 +216,19 @@ class StatusKeeper:
             return
         self.stats["timeouts"] += sum(o.accepted for o in outcomes)
 
-    def _kill(self, task_id: str, attempt: Optional[int] = None) -> None:
+    def _kill(self, task_id: str, attempt: int | None = None) -> None:
         # Every executor hears it: the one running the task stops it, and one that has its claim
         # in flight will not launch it; the others have nothing of it.
         if self._executors is None:
-            self._executors = [ray.get_actor(executor_name(j), namespace=self.config.namespace)
-                               for j in range(self.config.executors)]
+            self._executors = [
+                ray.get_actor(executor_name(j), namespace=self.config.namespace) for j in range(self.config.executors)
+            ]
         self.stats["kills"] += 1
         for executor in self._executors:
             executor.kill.remote(task_id, attempt)
 
     # ----- waiting
-    async def wait(self, task_id: str, timeout_s: float) -> Optional[TaskRecord]:
+    async def wait(self, task_id: str, timeout_s: float) -> TaskRecord | None:
         """The terminal record of ``task_id`` once a terminal write is accepted, or None after ``timeout_s``.
 
         Returns None at once if the task already finished before this call (read the store then).
@@ -227,7 +240,7 @@ class StatusKeeper:
         self._waiters.setdefault(task_id, []).append(fut)
         try:
             return await asyncio.wait_for(fut, timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         finally:
             waiters = self._waiters.get(task_id)

@@ -1,4 +1,5 @@
 """Writes a run's results: ``latest.json``, a markdown table (``latest.md``) and a plot (``latest.png``)."""
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,28 @@ def _fmt(v: Any) -> str:
 def markdown(r: dict) -> str:
     """The results as markdown: headline against targets, then every part."""
     from raylane.bench.suite import TARGETS
-    lines = [f"# raylane benchmarks ({r['mode']} run, {r['started_at'][:19]} UTC)", "",
-             f"Machine: {r['machine']['cpus']} CPUs, Python {r['machine']['python']}, Ray {r['machine']['ray']}.", "",
-             "| figure | value |", "|---|---|"]
-    for key in ("raylane_tasks_per_s", "ray_tasks_per_s", "celery_tasks_per_s", "cpu_ms_per_task",
-                "os_requests_per_transition", "rtt_p50_ms", "rtt_p99_ms", "rtt_floor_ms", "kafka_bytes_per_task", "lookup_growth",
-                "search_growth"):
+
+    lines = [
+        f"# raylane benchmarks ({r['mode']} run, {r['started_at'][:19]} UTC)",
+        "",
+        f"Machine: {r['machine']['cpus']} CPUs, Python {r['machine']['python']}, Ray {r['machine']['ray']}.",
+        "",
+        "| figure | value |",
+        "|---|---|",
+    ]
+    for key in (
+        "raylane_tasks_per_s",
+        "ray_tasks_per_s",
+        "celery_tasks_per_s",
+        "cpu_ms_per_task",
+        "os_requests_per_transition",
+        "rtt_p50_ms",
+        "rtt_p99_ms",
+        "rtt_floor_ms",
+        "kafka_bytes_per_task",
+        "lookup_growth",
+        "search_growth",
+    ):
         lines.append(f"| `{key}` | {_fmt(r.get(key))} |")
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for key, label, target, op in TARGETS:
@@ -38,12 +55,22 @@ def markdown(r: dict) -> str:
             lines += [f"| {k} | {_fmt(v) if not isinstance(v, dict) else json.dumps(v)} |" for k, v in r[part].items()]
     soak = r.get("soak")
     if soak:
-        lines += ["", f"## Soak: memory over {soak['tasks']:,} timed tasks at {soak['rate_per_s']:g}/s (RSS, MiB)", "",
-                  "| process | start | end (after 10 s idle) | growth per 100,000 tasks |", "|---|---|---|---|"]
-        lines += [f"| {k} | {_fmt(soak['start_mb'].get(k))} | {_fmt(v)} | {_fmt(soak['growth_mb_per_100k'].get(k))} |"
-                  for k, v in soak["end_mb"].items() if not k.endswith(" processes")]
-    for part, title in (("lookup", "Lookup latency as the index grows (ms)"),
-                        ("scale", "Throughput by consumers and partitions")):
+        lines += [
+            "",
+            f"## Soak: memory over {soak['tasks']:,} timed tasks at {soak['rate_per_s']:g}/s (RSS, MiB)",
+            "",
+            "| process | start | end (after 10 s idle) | growth per 100,000 tasks |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {k} | {_fmt(soak['start_mb'].get(k))} | {_fmt(v)} | {_fmt(soak['growth_mb_per_100k'].get(k))} |"
+            for k, v in soak["end_mb"].items()
+            if not k.endswith(" processes")
+        ]
+    for part, title in (
+        ("lookup", "Lookup latency as the index grows (ms)"),
+        ("scale", "Throughput by consumers and partitions"),
+    ):
         rows = r.get(part) or []
         if rows:
             keys = list(dict.fromkeys(k for row in rows for k in row if not isinstance(row[k], dict)))
@@ -56,6 +83,7 @@ def plot(r: dict, path: Path) -> bool:
     """Throughput of the three systems, lookup latency by index size, and consumer scaling; False without matplotlib."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -69,8 +97,13 @@ def plot(r: dict, path: Path) -> bool:
     lookup = r.get("lookup") or []
     if lookup:
         xs = [row["records"] for row in lookup]
-        for key, label in (("get_p50_ms", "get p50"), ("get_p99_ms", "get p99"), ("search_p50_ms", "search p50"),
-                           ("search_p99_ms", "search p99"), ("text_search_p50_ms", "text search p50")):
+        for key, label in (
+            ("get_p50_ms", "get p50"),
+            ("get_p99_ms", "get p99"),
+            ("search_p50_ms", "search p50"),
+            ("search_p99_ms", "search p99"),
+            ("text_search_p50_ms", "text search p50"),
+        ):
             axes[1].plot(xs, [row[key] for row in lookup], marker="o", label=label)
         axes[1].set_xscale("log")
         axes[1].set_xlabel("records in the index")

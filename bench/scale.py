@@ -1,12 +1,12 @@
 """One point of the consumer scaling curve: a deployment configured by RAYLANE_* (its own
 namespace, topics and index), one burst, its figures as JSON on stdout; then the
 deployment is removed (its service job stopped, its index deleted)."""
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-
 
 RESULT_PREFIX = "raylane-bench-result: "  # Ray may print to stdout too; the result line is marked
 
@@ -19,6 +19,7 @@ def main() -> int:
     import raylane
     from raylane.bench.suite import bench_burst
     from raylane.client import _connection
+
     raylane.init()
     settings = _connection().settings
     try:
@@ -31,15 +32,21 @@ def main() -> int:
 
 def remove_deployment(settings) -> None:
     """Stop the service job of the deployment in ``settings.namespace`` and delete its index and topics."""
-    import ray
     from ray.job_submission import JobSubmissionClient
+
     from raylane.client import _endpoints
+    from raylane.compat import ray_dashboard_url
     from raylane.store import OpenSearchStore
-    dashboard = ray._private.worker.get_dashboard_url()
+
+    dashboard = ray_dashboard_url()
     client = JobSubmissionClient(dashboard if dashboard.startswith("http") else f"http://{dashboard}")
     for job in client.list_jobs():
-        if (job.metadata or {}).get("raylane") == "service" and f'"namespace":"{settings.namespace}"' in job.entrypoint \
-                and job.status.value in ("PENDING", "RUNNING"):
+        if (
+            (job.metadata or {}).get("raylane") == "service"
+            and f'"namespace":"{settings.namespace}"' in job.entrypoint
+            and job.status.value in ("PENDING", "RUNNING")
+            and job.submission_id
+        ):
             client.stop_job(job.submission_id)
     endpoints = _endpoints(settings, start_missing=False)
     store = OpenSearchStore(endpoints.opensearch, settings.index_alias)
@@ -47,6 +54,7 @@ def remove_deployment(settings) -> None:
     store.client.indices.delete(index=f"{settings.index_alias}_control", ignore_unavailable=True)
     store.close()
     from kafka import KafkaAdminClient
+
     admin = KafkaAdminClient(bootstrap_servers=endpoints.kafka_bootstrap)
     topics = [t for t in admin.list_topics() if t.startswith(settings.topic_prefix) or t == settings.dlq_topic]
     if topics:

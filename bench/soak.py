@@ -6,25 +6,35 @@ actors, Ray's own processes (GCS, raylet, dashboard, its agents), Kafka and Open
 report is each process's RSS at the start and the end, and its growth per 100,000 tasks.
 Nothing is asserted: a process that keeps growing is the finding.
 """
+
 from __future__ import annotations
 
 import os
 import time
 import uuid
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import raylane
 
 # What a process is, from its command line: the first pattern found names it.
 _KINDS = (
-    ("ray::RequestHandler", "RequestHandler"), ("ray::StatusKeeper", "StatusKeeper"),
-    ("ray::Executor", "Executor"), ("ray::QueueConsumer", "QueueConsumer"),
-    ("gcs_server", "gcs_server"), ("raylet", "raylet"), ("ray::DashboardAgent", "DashboardAgent"),
-    ("dashboard/dashboard.py", "dashboard"), ("ray::RuntimeEnvAgent", "RuntimeEnvAgent"),
-    ("ray::JobSupervisor", "JobSupervisor"), ("ray::IDLE", "Ray task workers"), ("ray::raylane:", "Ray task workers"),
-    ("ray/_private/log_monitor.py", "log_monitor"), ("ray.util.client.server", "ray_client_server"),
-    ("kafka.Kafka", "kafka"), ("org.opensearch.bootstrap.OpenSearch", "opensearch"),
+    ("ray::RequestHandler", "RequestHandler"),
+    ("ray::StatusKeeper", "StatusKeeper"),
+    ("ray::Executor", "Executor"),
+    ("ray::QueueConsumer", "QueueConsumer"),
+    ("gcs_server", "gcs_server"),
+    ("raylet", "raylet"),
+    ("ray::DashboardAgent", "DashboardAgent"),
+    ("dashboard/dashboard.py", "dashboard"),
+    ("ray::RuntimeEnvAgent", "RuntimeEnvAgent"),
+    ("ray::JobSupervisor", "JobSupervisor"),
+    ("ray::IDLE", "Ray task workers"),
+    ("ray::raylane:", "Ray task workers"),
+    ("ray/_private/log_monitor.py", "log_monitor"),
+    ("ray.util.client.server", "ray_client_server"),
+    ("kafka.Kafka", "kafka"),
+    ("org.opensearch.bootstrap.OpenSearch", "opensearch"),
     ("raylane.actors.service", "service job"),
 )
 
@@ -42,7 +52,7 @@ def _cmdline(pid: str) -> str:
         return ""
 
 
-def _rss_mb(pid: str) -> Optional[float]:
+def _rss_mb(pid: str) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -62,23 +72,25 @@ def rss_by_process() -> dict[str, float]:
         cmd = _cmdline(pid)
         kind = next((name for pattern, name in _KINDS if pattern in cmd), None)
         rss = _rss_mb(pid) if kind is not None else None
-        if rss is not None:
+        if kind is not None and rss is not None:
             out[kind] = round(out.get(kind, 0.0) + rss, 1)
             count[kind] = count.get(kind, 0) + 1
     out.update({f"{k} processes": n for k, n in count.items() if n > 1 or k in ("Ray task workers", "QueueConsumer")})
     return out
 
 
-def bench_soak(tasks: int, rate_per_s: float = 250.0, chunk: int = 200, sample_every: int = 10_000,
-               progress: bool = True) -> dict:
+def bench_soak(
+    tasks: int, rate_per_s: float = 250.0, chunk: int = 200, sample_every: int = 10_000, progress: bool = True
+) -> dict:
     """Run ``tasks`` timed no-op tasks at ``rate_per_s``, sampling every process's RSS every
     ``sample_every`` tasks; returns the samples and each process's growth per 100,000 tasks."""
     from raylane.bench.suite import _bar, say
+
     queue = f"soak-{uuid.uuid4().hex[:8]}"
     fn = soak_noop.options(queue=queue)
     for h in fn.submit_many([(-j,) for j in range(1, 201)]):  # the topic and the worker pool, warm
         h.result(timeout=120)
-    samples = [{"tasks": 0, "rss_mb": rss_by_process()}]
+    samples: list[dict[str, Any]] = [{"tasks": 0, "rss_mb": rss_by_process()}]
     bar = _bar(tasks, "soak", progress)
     began = time.monotonic()
     last: list = []
@@ -100,8 +112,17 @@ def bench_soak(tasks: int, rate_per_s: float = 250.0, chunk: int = 200, sample_e
     time.sleep(10)  # idle a moment: what is still held after the work is what grew
     samples.append({"tasks": sent, "idle_s": 10, "rss_mb": rss_by_process()})
     start, end = samples[0]["rss_mb"], samples[-1]["rss_mb"]
-    growth = {k: round((end[k] - start.get(k, 0.0)) * 100_000 / tasks, 1) for k in sorted(end)
-              if not k.endswith(" processes")}
+    growth = {
+        k: round((end[k] - start.get(k, 0.0)) * 100_000 / tasks, 1) for k in sorted(end) if not k.endswith(" processes")
+    }
     say(f"soak: {tasks} tasks in {elapsed:.0f}s; growth per 100k tasks (MiB): {growth}")
-    return {"queue": queue, "tasks": tasks, "rate_per_s": rate_per_s, "seconds": round(elapsed, 1), "samples": samples,
-            "start_mb": start, "end_mb": end, "growth_mb_per_100k": growth}
+    return {
+        "queue": queue,
+        "tasks": tasks,
+        "rate_per_s": rate_per_s,
+        "seconds": round(elapsed, 1),
+        "samples": samples,
+        "start_mb": start,
+        "end_mb": end,
+        "growth_mb_per_100k": growth,
+    }

@@ -7,6 +7,7 @@ Each system gets a 200-task warm-up before its window. OpenSearch requests come 
 node's own REST action counters (``_nodes/usage``); Kafka bytes from the sizes of the queue
 topic's log segments.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,15 +20,23 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import raylane
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
-RESULTS = Path(__file__).parent / "results"
+
+
+def results_dir() -> Path:
+    """Where a run writes its results unless told otherwise: ``<RAYLANE_HOME>/bench``, outside the
+    source tree (a curated run is kept in docs/bench)."""
+    from raylane.config import Settings
+
+    return Settings.from_env().home / "bench"
 
 
 @raylane.task(name="bench.noop", num_cpus=1)
@@ -50,10 +59,18 @@ class Sizes:
     scale_configs: tuple[int, ...] = (1, 2, 4)
 
 
-FULL = Sizes(burst=20_000, ray=20_000, celery=10_000, rtt=200, lookup_steps=(10_000, 100_000, 1_000_000),
-             scale_burst=10_000, soak=100_000)
-QUICK = Sizes(burst=5_000, ray=5_000, celery=3_000, rtt=50, lookup_steps=(10_000, 100_000), scale_burst=3_000,
-              soak=20_000)
+FULL = Sizes(
+    burst=20_000,
+    ray=20_000,
+    celery=10_000,
+    rtt=200,
+    lookup_steps=(10_000, 100_000, 1_000_000),
+    scale_burst=10_000,
+    soak=100_000,
+)
+QUICK = Sizes(
+    burst=5_000, ray=5_000, celery=3_000, rtt=50, lookup_steps=(10_000, 100_000), scale_burst=3_000, soak=20_000
+)
 
 
 def say(text: str) -> None:
@@ -61,12 +78,12 @@ def say(text: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-def pct(values: list[float], p: float) -> Optional[float]:
+def pct(values: list[float], p: float) -> float | None:
     """The ``p``-th percentile (nearest rank) of ``values``."""
     if not values:
         return None
     values = sorted(values)
-    return values[min(len(values) - 1, max(0, int(round(p / 100 * len(values) + 0.5)) - 1))]
+    return values[min(len(values) - 1, max(0, round(p / 100 * len(values) + 0.5) - 1))]
 
 
 def cpu_busy_ms() -> float:
@@ -81,7 +98,7 @@ def cpu_busy_ms() -> float:
 class Meter:
     """Wall time and machine CPU over a window."""
 
-    def __enter__(self) -> "Meter":
+    def __enter__(self) -> Meter:
         self.t0, self.c0 = time.perf_counter(), cpu_busy_ms()
         return self
 
@@ -90,11 +107,12 @@ class Meter:
         self.cpu_ms = cpu_busy_ms() - self.c0
 
 
-def _r(x: Optional[float], digits: int = 1) -> Optional[float]:
+def _r(x: float | None, digits: int = 1) -> float | None:
     return None if x is None else round(x, digits)
 
 
 # ---------------------------------------------------------------- raw Ray
+
 
 def bench_ray(n: int) -> dict:
     """No-op Ray tasks, submitted at once and gathered: the ceiling of one task = one Ray task."""
@@ -107,13 +125,20 @@ def bench_ray(n: int) -> dict:
     ray.get([ray_noop.remote(i) for i in range(200)])  # warm the worker pool
     with Meter() as m:
         ray.get([ray_noop.remote(i) for i in range(n)])
-    return {"n": n, "tasks_per_s": _r(n / m.seconds), "cpu_ms_per_task": _r(m.cpu_ms / n, 3), "seconds": _r(m.seconds, 2)}
+    return {
+        "n": n,
+        "tasks_per_s": _r(n / m.seconds),
+        "cpu_ms_per_task": _r(m.cpu_ms / n, 3),
+        "seconds": _r(m.seconds, 2),
+    }
 
 
 # ---------------------------------------------------------------- Celery
 
+
 def _free_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -130,16 +155,54 @@ def bench_celery(n: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="raylane-bench-redis-"))
     procs: list[subprocess.Popen] = []
     try:
-        procs.append(subprocess.Popen([redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                       "--appendonly", "no", "--dir", str(work)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        procs.append(subprocess.Popen([sys.executable, "-m", "celery", "-A", "raylane.bench.celery_app", "worker",
-                                       "-c", "2", "-P", "prefork", "--loglevel", "WARNING", "--without-gossip",
-                                       "--without-mingle", "--without-heartbeat"],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [
+                    redis,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(work),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "raylane.bench.celery_app",
+                    "worker",
+                    "-c",
+                    "2",
+                    "-P",
+                    "prefork",
+                    "--loglevel",
+                    "WARNING",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         os.environ["RAYLANE_BENCH_REDIS"] = url
         import importlib
+
         import raylane.bench.celery_app as celery_app
+
         importlib.reload(celery_app)  # bind to this run's Redis
         deadline = time.monotonic() + 90
         while not celery_app.app.control.ping(timeout=0.5):
@@ -147,12 +210,18 @@ def bench_celery(n: int) -> dict:
                 return {"skipped": "the Celery worker did not answer within 90 s"}
         [r.get(timeout=60) for r in [celery_app.noop.delay(i) for i in range(200)]]  # warm
         from celery.result import ResultSet
+
         with Meter() as m:
             results = ResultSet([celery_app.noop.delay(i) for i in range(n)])
             values = results.join_native(timeout=600)  # Celery's fastest way to collect many results
         assert values == list(range(n))
-        return {"n": n, "workers": 2, "tasks_per_s": _r(n / m.seconds), "cpu_ms_per_task": _r(m.cpu_ms / n, 3),
-                "seconds": _r(m.seconds, 2)}
+        return {
+            "n": n,
+            "workers": 2,
+            "tasks_per_s": _r(n / m.seconds),
+            "cpu_ms_per_task": _r(m.cpu_ms / n, 3),
+            "seconds": _r(m.seconds, 2),
+        }
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -167,9 +236,11 @@ def bench_celery(n: int) -> dict:
 
 # ---------------------------------------------------------------- raylane
 
+
 def _os_client():
     from raylane.client import _connection
     from raylane.store import OpenSearchStore
+
     return OpenSearchStore(_connection_endpoints().opensearch, _connection().settings.index_alias)
 
 
@@ -179,7 +250,7 @@ def os_requests(client) -> int:
     return sum(sum(node.get("rest_actions", {}).values()) for node in usage["nodes"].values())
 
 
-def kafka_log_bytes(settings, topic_prefix: str) -> Optional[int]:
+def kafka_log_bytes(settings, topic_prefix: str) -> int | None:
     """Bytes in the log segments of topics starting with ``topic_prefix`` (local stack only)."""
     if settings.kafka_bootstrap is not None:
         return None
@@ -194,8 +265,12 @@ def task_times(store, tag: str) -> list[dict]:
     """created/started/finished of every task with ``tag`` (read straight from the index)."""
     out, after = [], None
     while True:
-        body: dict[str, Any] = {"query": {"term": {"tags": tag}}, "size": 5000, "sort": [{"id": "asc"}],
-                                "_source": ["id", "created_at", "started_at", "finished_at", "state"]}
+        body: dict[str, Any] = {
+            "query": {"term": {"tags": tag}},
+            "size": 5000,
+            "sort": [{"id": "asc"}],
+            "_source": ["id", "created_at", "started_at", "finished_at", "state"],
+        }
         if after:
             body["search_after"] = after
         hits = store.client.search(index=store.alias, body=body)["hits"]["hits"]
@@ -205,8 +280,8 @@ def task_times(store, tag: str) -> list[dict]:
         after = hits[-1]["sort"]
 
 
-def _ts(text: Optional[str]) -> Optional[float]:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() if text else None
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def bench_rtt(n: int) -> dict:
@@ -230,7 +305,7 @@ PATH_HOPS, PATH_WRITES = 9, 3
 FLOOR_GAP_S = 0.005  # each step on the path follows an idle moment of its actor, not a busy loop
 
 
-def _median_ms(step: Callable[[], Optional[float]], n: int, gap_s: float) -> float:
+def _median_ms(step: Callable[[], float | None], n: int, gap_s: float) -> float:
     """Median duration of ``step`` (its wall time, or the milliseconds it returns) after a pause of ``gap_s``."""
     for _ in range(5):
         step()
@@ -241,7 +316,7 @@ def _median_ms(step: Callable[[], Optional[float]], n: int, gap_s: float) -> flo
         t = time.perf_counter()
         took = step()
         lat.append(took if took is not None else (time.perf_counter() - t) * 1000)
-    return pct(lat, 50)
+    return statistics.median(lat)
 
 
 def bench_floor(n: int) -> dict:
@@ -253,10 +328,12 @@ def bench_floor(n: int) -> dict:
 
     import ray
     from kafka import KafkaConsumer
+
     from raylane.client import _connection
     from raylane.models import PackedRecord, TaskMessage, TaskRecord, new_task_id, utcnow
     from raylane.queue import KafkaTaskQueue
     from raylane.store import OpenSearchStore
+
     endpoints = _connection_endpoints()
     out: dict[str, Any] = {"n": n, "gap_ms": FLOOR_GAP_S * 1000}
 
@@ -265,7 +342,7 @@ def bench_floor(n: int) -> dict:
         async def ping(self) -> None:
             return None
 
-    echo = Echo.remote()
+    echo = Echo.remote()  # type: ignore[attr-defined]  # a Ray actor class
     ray.get(echo.ping.remote())
     out["actor_call_ms"] = _r(_median_ms(lambda: ray.get(echo.ping.remote()), n, FLOOR_GAP_S), 2)
     out["actor_call_busy_ms"] = _r(_median_ms(lambda: ray.get(echo.ping.remote()), n, 0), 2)  # back to back
@@ -280,10 +357,12 @@ def bench_floor(n: int) -> dict:
     store = OpenSearchStore(endpoints.opensearch, f"raylane-bench-floor-{uuid.uuid4().hex[:6]}")
     store.ensure_schema()
     try:
+
         def write() -> None:
             msg = TaskMessage(id=new_task_id(), name="bench.floor", queue="floor", args=[1], created_at=utcnow())
             [outcome] = store.write_many([PackedRecord.of(TaskRecord.pending(msg))])
             assert outcome.accepted, outcome
+
         out["status_write_ms"] = _r(_median_ms(write, n, FLOOR_GAP_S), 2)
     finally:
         _drop_index(store)
@@ -291,12 +370,22 @@ def bench_floor(n: int) -> dict:
     # raylane's producer, on a topic outside the queue prefix, so that no QueueConsumer reads it.
     queue_name = "floor"
     cfg = _connection().settings
-    producer = KafkaTaskQueue(endpoints.kafka_bootstrap, prefix=f"raylane-bench-floor-{uuid.uuid4().hex[:6]}.",
-                              dlq_topic=cfg.dlq_topic, partitions=1, max_payload_bytes=cfg.max_payload_bytes,
-                              signer=cfg.signer())
+    producer = KafkaTaskQueue(
+        endpoints.kafka_bootstrap,
+        prefix=f"raylane-bench-floor-{uuid.uuid4().hex[:6]}.",
+        dlq_topic=cfg.dlq_topic,
+        partitions=1,
+        max_payload_bytes=cfg.max_payload_bytes,
+        signer=cfg.signer(),
+    )
     topic = producer.ensure_queue(queue_name)
-    consumer = KafkaConsumer(topic, bootstrap_servers=endpoints.kafka_bootstrap, auto_offset_reset="latest",
-                             enable_auto_commit=False, group_id=None)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=endpoints.kafka_bootstrap,
+        auto_offset_reset="latest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
     arrived = threading.Event()
     stop = threading.Event()
     arrival = [0.0]
@@ -313,15 +402,18 @@ def bench_floor(n: int) -> dict:
     poller = threading.Thread(target=poll_loop, daemon=True)
     poller.start()
     try:
+
         def through_queue() -> float:
             # From the send to the consumer's poll returning it (the producer's acknowledgement may come later).
             arrived.clear()
             sent = time.perf_counter()
-            producer.produce_many([TaskMessage(id=new_task_id(), name="bench.floor", queue=queue_name, args=[1],
-                                               created_at=utcnow())])
+            producer.produce_many(
+                [TaskMessage(id=new_task_id(), name="bench.floor", queue=queue_name, args=[1], created_at=utcnow())]
+            )
             if not arrived.wait(10):
                 raise RuntimeError("a message sent to the floor topic did not arrive within 10 s")
             return (arrival[0] - sent) * 1000
+
         out["queue_ms"] = _r(_median_ms(through_queue, n, FLOOR_GAP_S), 2)
     finally:
         stop.set()
@@ -331,14 +423,20 @@ def bench_floor(n: int) -> dict:
         _delete_topic(topic)
 
     out["path"] = f"{PATH_HOPS} actor messages (half a call each) + {PATH_WRITES} status writes + queue + Ray task"
-    out["floor_ms"] = _r(PATH_HOPS * out["actor_call_ms"] / 2 + PATH_WRITES * out["status_write_ms"]
-                         + out["queue_ms"] + out["ray_task_ms"], 1)
+    out["floor_ms"] = _r(
+        PATH_HOPS * out["actor_call_ms"] / 2
+        + PATH_WRITES * out["status_write_ms"]
+        + out["queue_ms"]
+        + out["ray_task_ms"],
+        1,
+    )
     return out
 
 
 def bench_burst(n: int, chunk: int = 1000, progress: bool = True) -> dict:
     """``n`` no-op tasks submitted as fast as ``submit_many`` takes them, run to the end."""
     from raylane.client import _connection
+
     settings = _connection().settings
     store = _os_client()
     queue = f"bench-{uuid.uuid4().hex[:8]}"
@@ -378,15 +476,21 @@ def bench_burst(n: int, chunk: int = 1000, progress: bool = True) -> dict:
     # Polling the counts costs OpenSearch requests too (a count twice a second); they are counted,
     # since a user waiting for a burst makes them as well.
     return {
-        "n": n, "states": {k: v for k, v in states.items() if v},
-        "tasks_per_s": _r(n / (last - wall0)), "submit_per_s": _r(n / submitted_s),
+        "n": n,
+        "states": {k: v for k, v in states.items() if v},
+        "tasks_per_s": _r(n / (last - wall0)),
+        "submit_per_s": _r(n / submitted_s),
         "seconds": _r(last - wall0, 2),
-        "submit_to_start_p50_ms": _r(pct(to_start, 50)), "submit_to_start_p99_ms": _r(pct(to_start, 99)),
-        "submit_to_result_p50_ms": _r(pct(to_end, 50)), "submit_to_result_p99_ms": _r(pct(to_end, 99)),
+        "submit_to_start_p50_ms": _r(pct(to_start, 50)),
+        "submit_to_start_p99_ms": _r(pct(to_start, 99)),
+        "submit_to_result_p50_ms": _r(pct(to_end, 50)),
+        "submit_to_result_p99_ms": _r(pct(to_end, 99)),
         "cpu_ms_per_task": _r(m.cpu_ms / n, 3),
-        "os_requests": requests, "os_requests_per_transition": _r(requests / (3 * n), 4),
-        "kafka_bytes_per_task": None if kb0 is None else _r((kb1 - kb0) / n, 1),
-        "first_created_to_last_finished_s": _r(last - min(created), 2), "started": len(started),
+        "os_requests": requests,
+        "os_requests_per_transition": _r(requests / (3 * n), 4),
+        "kafka_bytes_per_task": None if kb0 is None or kb1 is None else _r((kb1 - kb0) / n, 1),
+        "first_created_to_last_finished_s": _r(last - min(created), 2),
+        "started": len(started),
     }
 
 
@@ -394,17 +498,25 @@ def _remove_burst(store, settings, queue: str, ids: list[str]) -> None:
     """Delete a burst's records and its queue topic, so that runs do not pile up work for the
     consumers (every topic's partitions are polled) or records in the index."""
     from opensearchpy import helpers
+
     from raylane.queue import topic_of
+
     index = store.client.indices.get_alias(name=store.alias)
     write_index = next(iter(index))
-    helpers.bulk(store.client, ({"_op_type": "delete", "_index": write_index, "_id": i} for i in ids),
-                 chunk_size=5000, raise_on_error=False, request_timeout=120)
+    helpers.bulk(
+        store.client,
+        ({"_op_type": "delete", "_index": write_index, "_id": i} for i in ids),
+        chunk_size=5000,
+        raise_on_error=False,
+        request_timeout=120,
+    )
     store.close()
     _delete_topic(topic_of(settings.topic_prefix, queue))
 
 
 def _delete_topic(topic: str) -> None:
     from kafka import KafkaAdminClient
+
     admin = KafkaAdminClient(bootstrap_servers=_connection_endpoints().kafka_bootstrap)
     try:
         admin.delete_topics([topic])
@@ -414,35 +526,76 @@ def _delete_topic(topic: str) -> None:
 
 def _connection_endpoints():
     from raylane.client import _connection, _endpoints
+
     return _endpoints(_connection().settings, start_missing=False)
 
 
 def _bar(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
+
     return tqdm(total=total, desc=desc, unit="task", disable=not enabled, file=sys.stderr, leave=False)
 
 
 # ---------------------------------------------------------------- cost growth: records
 
-_WORDS = ("timeout disk quota network refused reset broken pipe permission denied missing file key value "
-          "checksum mismatch overflow underflow parse error invalid token connection lost retry later").split()
+_WORDS = [
+    "timeout",
+    "disk",
+    "quota",
+    "network",
+    "refused",
+    "reset",
+    "broken",
+    "pipe",
+    "permission",
+    "denied",
+    "missing",
+    "file",
+    "key",
+    "value",
+    "checksum",
+    "mismatch",
+    "overflow",
+    "underflow",
+    "parse",
+    "error",
+    "invalid",
+    "token",
+    "connection",
+    "lost",
+    "retry",
+    "later",
+]
 
 
 def _fake_docs(start: int, count: int, rnd: random.Random) -> list[dict]:
     from raylane.models import TaskRecord
     from raylane.states import TaskState, version_of
-    base = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    base = datetime(2026, 1, 1, tzinfo=UTC)
     states = [TaskState.SUCCEEDED] * 8 + [TaskState.FAILED, TaskState.CANCELLED]
     out = []
     for k in range(start, start + count):
         st = rnd.choice(states)
         created = base + timedelta(seconds=k)
         error = " ".join(rnd.choices(_WORDS, k=6)) if st is TaskState.FAILED else None
-        rec = TaskRecord(id=f"{k:032x}", name=f"bench.job{k % 20}", queue="default", state=st, level=st.level,
-                         version=version_of(st, 0), args=[k], created_at=created, started_at=created,
-                         finished_at=created + timedelta(milliseconds=40), updated_at=created,
-                         tags=[f"t{k % 100}"], error=error, error_type="ValueError" if error else None,
-                         result=k if st is TaskState.SUCCEEDED else None)
+        rec = TaskRecord(
+            id=f"{k:032x}",
+            name=f"bench.job{k % 20}",
+            queue="default",
+            state=st,
+            level=st.level,
+            version=version_of(st, 0),
+            args=[k],
+            created_at=created,
+            started_at=created,
+            finished_at=created + timedelta(milliseconds=40),
+            updated_at=created,
+            tags=[f"t{k % 100}"],
+            error=error,
+            error_type="ValueError" if error else None,
+            result=k if st is TaskState.SUCCEEDED else None,
+        )
         out.append(rec.to_doc())
     return out
 
@@ -450,8 +603,10 @@ def _fake_docs(start: int, count: int, rnd: random.Random) -> list[dict]:
 def bench_lookup(steps: tuple[int, ...], progress: bool = True, samples: int = 300) -> list[dict]:
     """Lookup by id, search and count latency as the index grows through ``steps`` records."""
     from opensearchpy import helpers
-    from raylane.store import OpenSearchStore, TaskQuery
+
     from raylane.states import TaskState
+    from raylane.store import OpenSearchStore, TaskQuery
+
     alias = f"raylane-bench-lookup-{uuid.uuid4().hex[:6]}"
     store = OpenSearchStore(_connection_endpoints().opensearch, alias)
     store.ensure_schema()
@@ -473,7 +628,7 @@ def bench_lookup(steps: tuple[int, ...], progress: bool = True, samples: int = 3
             c.indices.refresh(index=index)
             ids = [f"{rnd.randrange(have):032x}" for _ in range(samples)]
             get_ms, search_ms, text_ms, count_ms = [], [], [], []
-            for i, task_id in enumerate(ids):
+            for task_id in ids:
                 t = time.perf_counter()
                 assert store.get(task_id) is not None
                 get_ms.append((time.perf_counter() - t) * 1000)
@@ -488,7 +643,7 @@ def bench_lookup(steps: tuple[int, ...], progress: bool = True, samples: int = 3
                 t = time.perf_counter()
                 store.counts(TaskQuery(tags=[f"t{rnd.randrange(100)}"]))
                 count_ms.append((time.perf_counter() - t) * 1000)
-            row = {"records": have}
+            row: dict[str, float | None] = {"records": have}
             for name, vals in (("get", get_ms), ("search", search_ms), ("text_search", text_ms), ("counts", count_ms)):
                 row[f"{name}_p50_ms"], row[f"{name}_p99_ms"] = _r(pct(vals, 50), 2), _r(pct(vals, 99), 2)
             say(f"lookup at {have:,} records: {row}")
@@ -507,20 +662,33 @@ def _drop_index(store) -> None:
 
 # ---------------------------------------------------------------- cost growth: consumers
 
+
 def bench_scale(counts: tuple[int, ...], n: int) -> list[dict]:
     """Throughput with N consumers over N partitions, each a deployment of its own (own namespace,
     topics and index), run in a child process and removed afterwards."""
     out = []
     for k in counts:
         tag = uuid.uuid4().hex[:6]
-        env = {**os.environ, "RAYLANE_CONSUMERS": str(k), "RAYLANE_PARTITIONS": str(k),
-               "RAYLANE_NAMESPACE": f"raylane-bench-{tag}", "RAYLANE_TOPIC_PREFIX": f"raylane-bench-{tag}.",
-               "RAYLANE_INDEX_ALIAS": f"raylane-bench-{tag}", "RAYLANE_DLQ_TOPIC": f"raylane-bench-{tag}.dlq"}
+        env = {
+            **os.environ,
+            "RAYLANE_CONSUMERS": str(k),
+            "RAYLANE_PARTITIONS": str(k),
+            "RAYLANE_NAMESPACE": f"raylane-bench-{tag}",
+            "RAYLANE_TOPIC_PREFIX": f"raylane-bench-{tag}.",
+            "RAYLANE_INDEX_ALIAS": f"raylane-bench-{tag}",
+            "RAYLANE_DLQ_TOPIC": f"raylane-bench-{tag}.dlq",
+        }
         say(f"{k} consumer(s) over {k} partition(s): {n:,} tasks")
-        run = subprocess.run([sys.executable, "-m", "raylane.bench.scale", "--n", str(n)], env=env,
-                             capture_output=True, text=True, timeout=1800)
+        run = subprocess.run(
+            [sys.executable, "-m", "raylane.bench.scale", "--n", str(n)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         from raylane.bench.scale import RESULT_PREFIX
-        lines = [line[len(RESULT_PREFIX):] for line in run.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+
+        lines = [line[len(RESULT_PREFIX) :] for line in run.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
         if run.returncode != 0 or not lines:
             out.append({"consumers": k, "partitions": k, "error": (run.stdout + run.stderr)[-2000:]})
             say(f"  failed: {(run.stdout + run.stderr)[-2000:]}")
@@ -549,16 +717,23 @@ TARGETS = [
 PARTS = ("rtt", "floor", "ray", "celery", "burst", "lookup", "scale", "soak")
 
 
-def run(quick: bool = False, parts: Optional[set[str]] = None, progress: bool = True,
-        out_dir: Path = RESULTS) -> dict:
-    """Run the suite (every part unless ``parts`` names some) and write the results; returns them."""
+def run(quick: bool = False, parts: set[str] | None = None, progress: bool = True, out_dir: Path | None = None) -> dict:
+    """Run the suite (every part unless ``parts`` names some) and write the results (into
+    ``out_dir``, by default ``results_dir()``); returns them."""
+    out_dir = out_dir or results_dir()
     sizes = QUICK if quick else FULL
-    want = lambda p: parts is None or p in parts
+
+    def want(p: str) -> bool:
+        return parts is None or p in parts
+
     raylane.init()
     import ray
-    results: dict[str, Any] = {"mode": "quick" if quick else "full", "started_at": datetime.now(timezone.utc).isoformat(),
-                               "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                                           "ray": ray.__version__}}
+
+    results: dict[str, Any] = {
+        "mode": "quick" if quick else "full",
+        "started_at": datetime.now(UTC).isoformat(),
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "ray": ray.__version__},
+    }
     steps: dict[str, Callable[[], Any]] = {
         "rtt": lambda: bench_rtt(sizes.rtt),
         "floor": lambda: bench_floor(sizes.rtt),
@@ -575,8 +750,9 @@ def run(quick: bool = False, parts: Optional[set[str]] = None, progress: bool = 
             results[name] = steps[name]()
             say(f"{name}: {json.dumps(results[name])[:400]}")
     results.update(headline(results))
-    results["finished_at"] = datetime.now(timezone.utc).isoformat()
+    results["finished_at"] = datetime.now(UTC).isoformat()
     from raylane.bench.report import write
+
     write(results, out_dir)
     return results
 
@@ -584,11 +760,16 @@ def run(quick: bool = False, parts: Optional[set[str]] = None, progress: bool = 
 def _soak(tasks: int, progress: bool) -> dict:
     from raylane.bench.soak import bench_soak
     from raylane.client import _connection
+
     out = bench_soak(tasks, progress=progress)
     # The soak's records and topic go, as the burst's do.
     store = _os_client()
-    store.client.delete_by_query(index=store.alias, body={"query": {"term": {"queue": out["queue"]}}},
-                                 conflicts="proceed", wait_for_completion=False)
+    store.client.delete_by_query(
+        index=store.alias,
+        body={"query": {"term": {"queue": out["queue"]}}},
+        conflicts="proceed",
+        wait_for_completion=False,
+    )
     store.close()
     _delete_topic(f"{_connection().settings.topic_prefix}{out['queue']}")
     return out
@@ -598,10 +779,13 @@ def headline(r: dict) -> dict:
     """The figures the targets are stated in."""
     burst, ray_, celery, rtt = r.get("burst", {}), r.get("ray", {}), r.get("celery", {}), r.get("rtt", {})
     h: dict[str, Any] = {
-        "raylane_tasks_per_s": burst.get("tasks_per_s"), "ray_tasks_per_s": ray_.get("tasks_per_s"),
-        "celery_tasks_per_s": celery.get("tasks_per_s"), "cpu_ms_per_task": burst.get("cpu_ms_per_task"),
+        "raylane_tasks_per_s": burst.get("tasks_per_s"),
+        "ray_tasks_per_s": ray_.get("tasks_per_s"),
+        "celery_tasks_per_s": celery.get("tasks_per_s"),
+        "cpu_ms_per_task": burst.get("cpu_ms_per_task"),
         "os_requests_per_transition": burst.get("os_requests_per_transition"),
-        "rtt_p50_ms": rtt.get("p50_ms"), "rtt_p99_ms": rtt.get("p99_ms"),
+        "rtt_p50_ms": rtt.get("p50_ms"),
+        "rtt_p99_ms": rtt.get("p99_ms"),
         "rtt_floor_ms": r.get("floor", {}).get("floor_ms"),
         "kafka_bytes_per_task": burst.get("kafka_bytes_per_task"),
     }
@@ -613,7 +797,9 @@ def headline(r: dict) -> dict:
     if len(lookup) >= 2:
         # How much the median grows from the smallest index to the largest: status lookups by id
         # (the target's figure), and filtered searches, reported beside it.
-        growth = lambda k: round(max(row[k] for row in lookup) / lookup[0][k], 2)
+        def growth(k: str) -> float:
+            return round(max(row[k] for row in lookup) / lookup[0][k], 2)
+
         h["lookup_growth"] = growth("get_p50_ms")
         h["search_growth"] = growth("search_p50_ms")
     return h

@@ -12,6 +12,7 @@ Run it on the local stack (``raylane stack up`` first):
 
 or directly: ``python -m raylane.jobs.checksums``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,20 @@ def checksum_file(path: str, stall_s: float = 0.0) -> dict:
     return {"path": path, "sha256": digest.hexdigest(), "bytes": size, "lines": lines, "words": words}
 
 
-_WORDS = "raylane kafka opensearch ray task queue status version cancel timeout retry result".split()
+_WORDS = [
+    "raylane",
+    "kafka",
+    "opensearch",
+    "ray",
+    "task",
+    "queue",
+    "status",
+    "version",
+    "cancel",
+    "timeout",
+    "retry",
+    "result",
+]
 
 
 def generate_tree(root: Path, files: int, seed: int = 1) -> list[Path]:
@@ -59,8 +73,9 @@ def generate_tree(root: Path, files: int, seed: int = 1) -> list[Path]:
         d.mkdir(parents=True, exist_ok=True)
         p = d / f"f{i:05d}.{'txt' if i % 3 else 'bin'}"
         if i % 3:
-            p.write_text("\n".join(" ".join(rng.choices(_WORDS, k=rng.randint(3, 12)))
-                                   for _ in range(rng.randint(5, 200))))
+            p.write_text(
+                "\n".join(" ".join(rng.choices(_WORDS, k=rng.randint(3, 12))) for _ in range(rng.randint(5, 200)))
+            )
         else:
             p.write_bytes(rng.randbytes(rng.randint(256, 32768)))
         paths.append(p)
@@ -73,11 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m raylane.jobs.checksums", description=__doc__.split("\n\n")[0])
     ap.add_argument("--path", type=Path, help="directory tree to checksum (default: generate one)")
     ap.add_argument("--files", type=int, default=3000, help="files to generate when --path is not given (default 3000)")
-    ap.add_argument("--cancel-every", type=int, default=100, help="cancel every Nth task right after submitting it (0: none)")
+    ap.add_argument(
+        "--cancel-every", type=int, default=100, help="cancel every Nth task right after submitting it (0: none)"
+    )
     ap.add_argument("--stalled", type=int, default=5, help="tasks made to stall past their timeout (default 5)")
     ap.add_argument("--timeout", type=float, default=2.0, help="timeout of the stalled tasks in seconds (default 2)")
-    ap.add_argument("--missing", type=int, default=0,
-                    help="also submit this many paths that do not exist; their tasks fail (default 0)")
+    ap.add_argument(
+        "--missing",
+        type=int,
+        default=0,
+        help="also submit this many paths that do not exist; their tasks fail (default 0)",
+    )
     ap.add_argument("--batch", type=int, default=500, help="tasks per submit_many call (default 500)")
     ap.add_argument("--deadline", type=float, default=900.0, help="give up waiting after this many seconds")
     args = ap.parse_args(argv)
@@ -113,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             slow_batch = [slow.submit(str(paths[i]), args.timeout * 15) for i in chunk if i in stalled]
             stalled_ids.update(h.id for h in slow_batch)
             batch += slow_batch
-            for h in batch[::args.cancel_every] if args.cancel_every else []:
+            for h in batch[:: args.cancel_every] if args.cancel_every else []:
                 try:
                     h.cancel()
                     cancelled += 1
@@ -140,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # Check results against checksums computed here.
     sample = [r for r in raylane.search(tag=run_tag, state="SUCCEEDED", limit=50)]
-    mismatches = [r.id for r in sample if hashlib.sha256(Path(r.result["path"]).read_bytes()).hexdigest() != r.result["sha256"]]
+    mismatches = [
+        r.id for r in sample if hashlib.sha256(Path(r.result["path"]).read_bytes()).hexdigest() != r.result["sha256"]
+    ]
 
     print(f"\nrun {run_tag}: {len(handles)} tasks, submitted in {submitted_in:.1f}s")
     print(f"cancel requests: {cancelled} cancelled, {too_late} already finished")

@@ -1,36 +1,92 @@
 """raylane: asynchronous tasks on Ray, queued in Kafka, tracked in OpenSearch.
 
-    import raylane
+import raylane
 
-    @raylane.task(name="demo.add", timeout=5)
-    def add(a: int, b: int) -> int:
-        return a + b
+@raylane.task(name="demo.add", timeout=5)
+def add(a: int, b: int) -> int:
+    return a + b
 
-    raylane.init()
-    h = add.submit(1, 2)
-    h.result(timeout=30)  # 3
+raylane.init()
+h = add.submit(1, 2)
+h.result(timeout=30)  # 3
 """
-from raylane.client import (TaskHandle, cancel, counts, get, init, is_initialized, pause, refresh, resume, search,
-                            shutdown, submit, wait)
+
+from raylane.client import (
+    TaskHandle,
+    cancel,
+    counts,
+    get,
+    init,
+    is_initialized,
+    pause,
+    refresh,
+    resume,
+    search,
+    shutdown,
+    submit,
+    wait,
+)
 from raylane.config import Settings
-from raylane.errors import (ConfigError, InvalidTaskInput, NotInitialized, PayloadTooLarge, QueueUnavailable,
-                            RaylaneError, ServiceUnavailable, StackError, StoreUnavailable, TaskAlreadyFinished,
-                            TaskCancelled, TaskFailed, TaskNotFound, TaskTimedOut, UnknownTaskName, WaitTimeout)
+from raylane.errors import (
+    ConfigError,
+    InvalidTaskInput,
+    NotInitialized,
+    PayloadTooLarge,
+    QueueUnavailable,
+    RaylaneError,
+    ServiceUnavailable,
+    StackError,
+    StoreUnavailable,
+    TaskAlreadyFinished,
+    TaskCancelled,
+    TaskFailed,
+    TaskNotFound,
+    TaskTimedOut,
+    UnknownTaskName,
+    WaitTimeout,
+)
 from raylane.models import TaskRecord
 from raylane.states import TaskState
 from raylane.tasks import TaskFunction, task
 
 __all__ = [
-    # connecting
-    "init", "shutdown", "is_initialized", "Settings",
-    # defining and submitting
-    "task", "TaskFunction", "submit", "TaskHandle",
-    # looking up
-    "get", "wait", "cancel", "search", "counts", "refresh", "TaskRecord", "TaskState",
-    # operating
-    "pause", "resume",
+    "ConfigError",
+    "InvalidTaskInput",
+    "NotInitialized",
+    "PayloadTooLarge",
+    "QueueUnavailable",
     # errors
-    "RaylaneError", "ConfigError", "StackError", "NotInitialized", "ServiceUnavailable", "QueueUnavailable",
-    "StoreUnavailable", "InvalidTaskInput", "UnknownTaskName", "PayloadTooLarge", "TaskNotFound",
-    "TaskAlreadyFinished", "TaskFailed", "TaskCancelled", "TaskTimedOut", "WaitTimeout",
+    "RaylaneError",
+    "ServiceUnavailable",
+    "Settings",
+    "StackError",
+    "StoreUnavailable",
+    "TaskAlreadyFinished",
+    "TaskCancelled",
+    "TaskFailed",
+    "TaskFunction",
+    "TaskHandle",
+    "TaskNotFound",
+    "TaskRecord",
+    "TaskState",
+    "TaskTimedOut",
+    "UnknownTaskName",
+    "WaitTimeout",
+    "cancel",
+    "counts",
+    # looking up
+    "get",
+    # connecting
+    "init",
+    "is_initialized",
+    # operating
+    "pause",
+    "refresh",
+    "resume",
+    "search",
+    "shutdown",
+    "submit",
+    # defining and submitting
+    "task",
+    "wait",
 ]

@@ -3,11 +3,12 @@
 An address ``memory://<name>`` (as OpenSearch URL or Kafka bootstrap) gives the in-memory
 twin of that name, shared within the process; any other address gives the real client.
 """
+
 from __future__ import annotations
 
 import threading
 
-from raylane.config import OpenSearchAuth
+from raylane.config import OpenSearchConnection
 from raylane.queue import ENVELOPE_BYTES, QueueReader, TaskQueue
 from raylane.signing import Signer
 from raylane.store import StatusStore
@@ -27,6 +28,7 @@ def is_memory(address: str) -> bool:
 def memory_store(name: str):
     """The process's in-memory store called ``name`` (made on first use)."""
     from raylane.memory import InMemoryStore
+
     with _lock:
         return _stores.setdefault(name, InMemoryStore())
 
@@ -34,6 +36,7 @@ def memory_store(name: str):
 def memory_broker(name: str):
     """The process's in-memory broker called ``name`` (made on first use)."""
     from raylane.memory import InMemoryBroker
+
     with _lock:
         return _brokers.setdefault(name, InMemoryBroker())
 
@@ -45,33 +48,59 @@ def forget_memory() -> None:
         _brokers.clear()
 
 
-def open_store(conn: OpenSearchAuth, alias: str) -> StatusStore:
+def open_store(conn: OpenSearchConnection, alias: str) -> StatusStore:
     """The status store at ``conn``, its records behind ``alias``."""
     if is_memory(conn.url):
-        return memory_store(f"{conn.url[len(MEMORY):]}/{alias}")
+        return memory_store(f"{conn.url[len(MEMORY) :]}/{alias}")
     from raylane.store import OpenSearchStore
+
     return OpenSearchStore(conn, alias)
 
 
-def open_queue(bootstrap: str, *, prefix: str, dlq_topic: str, partitions: int, max_payload_bytes: int,
-               signer: Signer) -> TaskQueue:
+def open_queue(
+    bootstrap: str, *, prefix: str, dlq_topic: str, partitions: int, max_payload_bytes: int, signer: Signer
+) -> TaskQueue:
     """The producing side of the queues at ``bootstrap``."""
     if is_memory(bootstrap):
         from raylane.memory import InMemoryTaskQueue
-        return InMemoryTaskQueue(memory_broker(bootstrap[len(MEMORY):]), prefix=prefix, dlq_topic=dlq_topic,
-                                 partitions=partitions, max_payload_bytes=max_payload_bytes, signer=signer)
+
+        return InMemoryTaskQueue(
+            memory_broker(bootstrap[len(MEMORY) :]),
+            prefix=prefix,
+            dlq_topic=dlq_topic,
+            partitions=partitions,
+            max_payload_bytes=max_payload_bytes,
+            signer=signer,
+        )
     from raylane.queue import KafkaTaskQueue
-    return KafkaTaskQueue(bootstrap, prefix=prefix, dlq_topic=dlq_topic, partitions=partitions,
-                          max_payload_bytes=max_payload_bytes, signer=signer)
+
+    return KafkaTaskQueue(
+        bootstrap,
+        prefix=prefix,
+        dlq_topic=dlq_topic,
+        partitions=partitions,
+        max_payload_bytes=max_payload_bytes,
+        signer=signer,
+    )
 
 
-def open_reader(bootstrap: str, *, prefix: str, group: str, max_payload_bytes: int, member: int = 0,
-                members: int = 1) -> QueueReader:
+def open_reader(
+    bootstrap: str, *, prefix: str, group: str, max_payload_bytes: int, member: int = 0, members: int = 1
+) -> QueueReader:
     """Reader ``member`` of ``members`` of every queue topic at ``bootstrap``."""
     if is_memory(bootstrap):
         from raylane.memory import InMemoryQueueReader
-        return InMemoryQueueReader(memory_broker(bootstrap[len(MEMORY):]), prefix=prefix, group=group,
-                                   member=member, members=members)
+
+        return InMemoryQueueReader(
+            memory_broker(bootstrap[len(MEMORY) :]), prefix=prefix, group=group, member=member, members=members
+        )
     from raylane.queue import KafkaQueueReader
-    return KafkaQueueReader(bootstrap, prefix=prefix, group=group, max_message=max_payload_bytes + ENVELOPE_BYTES,
-                            member=member, members=members)
+
+    return KafkaQueueReader(
+        bootstrap,
+        prefix=prefix,
+        group=group,
+        max_message=max_payload_bytes + ENVELOPE_BYTES,
+        member=member,
+        members=members,
+    )

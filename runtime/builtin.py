@@ -1,4 +1,5 @@
 """Tasks every raylane deployment has."""
+
 from __future__ import annotations
 
 from typing import Any

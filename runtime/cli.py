@@ -1,4 +1,5 @@
 """The ``raylane`` command: the local stack and the task commands."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,6 +18,7 @@ def _stack(args: argparse.Namespace) -> int:
         statuses = stack.up(only=args.services or None)
         if not args.no_actors:
             from raylane.client import deploy_on_local_stack
+
             url = deploy_on_local_stack(stack, http=args.http)
             if url:
                 print(f"raylane HTTP API and web page: {url}  (OpenAPI: {url}/openapi.json)", file=sys.stderr)
@@ -31,7 +33,8 @@ def _stack(args: argparse.Namespace) -> int:
         for s in statuses:
             state = "running" if s.running else "stopped"
             pid = s.pid if s.pid else "-"
-            print(f"{s.name:<11} {state:<8} pid {pid!s:<8} {s.address:<28} rss {s.rss_bytes / 2**20:7.1f} MiB  log {s.log_file}")
+            rss = f"rss {s.rss_bytes / 2**20:7.1f} MiB"
+            print(f"{s.name:<11} {state:<8} pid {pid!s:<8} {s.address:<28} {rss}  log {s.log_file}")
     if args.stack_cmd == "status" and not all(s.running for s in statuses):
         return 3
     return 0
@@ -41,6 +44,7 @@ def _serve(args: argparse.Namespace) -> int:
     import raylane
     from raylane.api import deploy_http, remove_http
     from raylane.client import current_settings
+
     overrides = {k: v for k, v in (("http_host", args.host), ("http_port", args.port)) if v is not None}
     raylane.init(**overrides)
     if args.stop:
@@ -49,30 +53,38 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
     url = deploy_http(current_settings())
     print(url)
-    print(f"  web page {url}/ui   OpenAPI {url}/openapi.json   tokens {current_settings().tokens_path}", file=sys.stderr)
+    print(
+        f"  web page {url}/ui   OpenAPI {url}/openapi.json   tokens {current_settings().tokens_path}", file=sys.stderr
+    )
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
     from pathlib import Path
-    from raylane.bench.suite import PARTS, RESULTS, run
+
+    from raylane.bench.suite import PARTS, run
+
     parts = {p.strip() for p in args.only.split(",")} if args.only else None
     known = set(PARTS)
     if parts and not parts <= known:
         print(f"raylane: error: unknown part(s) {sorted(parts - known)}; known: {sorted(known)}", file=sys.stderr)
         return 2
-    run(quick=args.quick, parts=parts, out_dir=Path(args.out) if args.out else RESULTS)
+    run(quick=args.quick, parts=parts, out_dir=Path(args.out) if args.out else None)
     return 0
 
 
 def _token(args: argparse.Namespace) -> int:
     from raylane.tokens import TokenFile
+
     tokens = TokenFile(Settings.from_env().tokens_path)
     if args.token_cmd == "create":
         entry, token = tokens.create(args.tenant, "read" if args.read_only else "write", args.note or "")
         print(token)
-        print(f"token {entry.id} for tenant {entry.tenant} ({entry.scope}); it is shown only now, "
-              f"{tokens.path} keeps its hash", file=sys.stderr)
+        print(
+            f"token {entry.id} for tenant {entry.tenant} ({entry.scope}); it is shown only now, "
+            f"{tokens.path} keeps its hash",
+            file=sys.stderr,
+        )
     elif args.token_cmd == "list":
         for e in tokens.entries():
             print(f"{e.id}  {e.tenant:<20} {e.scope:<5} {e.created_at:%Y-%m-%d %H:%M:%S}  {e.note}")
@@ -86,6 +98,7 @@ def _token(args: argparse.Namespace) -> int:
 
 def _connect():
     import raylane
+
     raylane.init()
     return raylane
 
@@ -102,7 +115,8 @@ def _print_record(rec, as_json: bool) -> None:
         print(rec.model_dump_json(indent=2))
         return
     print(f"{rec.id}  {rec.state.value:<9} {rec.name}  queue={rec.queue} attempt={rec.attempt} version={rec.version}")
-    print(f"  created {rec.created_at:%Y-%m-%d %H:%M:%S}  started {rec.started_at or '-'}  finished {rec.finished_at or '-'}")
+    started, finished = rec.started_at or "-", rec.finished_at or "-"
+    print(f"  created {rec.created_at:%Y-%m-%d %H:%M:%S}  started {started}  finished {finished}")
     if rec.result is not None:
         print(f"  result: {json.dumps(rec.result)[:500]}")
     if rec.error:
@@ -112,11 +126,18 @@ def _print_record(rec, as_json: bool) -> None:
 def _submit(args: argparse.Namespace) -> int:
     from raylane.client import submit_requests
     from raylane.models import SubmitRequest
+
     kwargs = json.loads(args.kwargs) if args.kwargs else {}
     if not isinstance(kwargs, dict):
         raise SystemExit("raylane: error: --kwargs must be a JSON object")
-    req = SubmitRequest(name=args.name, args=[_json_arg(a) for a in args.args], kwargs=kwargs, queue=args.queue,
-                        timeout_s=args.timeout, tags=args.tag or None)
+    req = SubmitRequest(
+        name=args.name,
+        args=[_json_arg(a) for a in args.args],
+        kwargs=kwargs,
+        queue=args.queue,
+        timeout_s=args.timeout,
+        tags=args.tag or None,
+    )
     _connect()
     [handle] = submit_requests([req])
     print(handle.id)
@@ -145,8 +166,15 @@ def _wait(args: argparse.Namespace) -> int:
 
 def _ls(args: argparse.Namespace) -> int:
     rl = _connect()
-    records = rl.search(state=args.state, name=args.name, text=args.text, limit=args.limit, tags=args.tag or (),
-                        queue=args.queue, since=args.since)
+    records = rl.search(
+        state=args.state,
+        name=args.name,
+        text=args.text,
+        limit=args.limit,
+        tags=args.tag or (),
+        queue=args.queue,
+        since=args.since,
+    )
     if args.json:
         print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
     else:
@@ -175,34 +203,63 @@ def _pause(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``raylane`` command."""
-    p = argparse.ArgumentParser(prog="raylane", description="Asynchronous tasks on Ray, queued in Kafka, tracked in OpenSearch.")
+    p = argparse.ArgumentParser(
+        prog="raylane", description="Asynchronous tasks on Ray, queued in Kafka, tracked in OpenSearch."
+    )
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    st = sub.add_parser("stack", help="manage the local Kafka, OpenSearch and Ray", description=(
-        "Manage the local stack: a single-node Kafka (KRaft), OpenSearch and Ray head on loopback, "
-        "fetched once from Maven Central into RAYLANE_HOME (default ~/.cache/raylane)."))
+    st = sub.add_parser(
+        "stack",
+        help="manage the local Kafka, OpenSearch and Ray",
+        description=(
+            "Manage the local stack: a single-node Kafka (KRaft), OpenSearch and Ray head on loopback, "
+            "fetched once from Maven Central into RAYLANE_HOME (default ~/.cache/raylane)."
+        ),
+    )
     st_sub = st.add_subparsers(dest="stack_cmd", required=True, metavar="ACTION")
     up = st_sub.add_parser("up", help="start what is not running and wait until ready (idempotent)")
-    up.add_argument("services", nargs="*", choices=["kafka", "opensearch", "ray", []], metavar="SERVICE",
-                    help="start only these (kafka, opensearch, ray); default all")
+    up.add_argument(
+        "services",
+        nargs="*",
+        choices=["kafka", "opensearch", "ray", []],
+        metavar="SERVICE",
+        help="start only these (kafka, opensearch, ray); default all",
+    )
     up.add_argument("--json", action="store_true", help="print the resulting status as JSON")
     up.add_argument("--no-actors", action="store_true", help="start only the services, not raylane's actors")
-    up.add_argument("--http", action="store_true",
-                    help="also serve the HTTP API and web page with Ray Serve (RAYLANE_HTTP_PORT, default 28000)")
+    up.add_argument(
+        "--http",
+        action="store_true",
+        help="also serve the HTTP API and web page with Ray Serve (RAYLANE_HTTP_PORT, default 28000)",
+    )
     down = st_sub.add_parser("down", help="stop the processes the stack started")
-    down.add_argument("services", nargs="*", choices=["kafka", "opensearch", "ray", []], metavar="SERVICE",
-                      help="stop only these (kafka, opensearch, ray); default all")
-    down.add_argument("--grace", type=float, default=20.0, help="seconds to wait after SIGTERM before SIGKILL (default 20)")
-    status = st_sub.add_parser("status", help="show each service's state, pid, address and memory; exit 3 unless all run")
+    down.add_argument(
+        "services",
+        nargs="*",
+        choices=["kafka", "opensearch", "ray", []],
+        metavar="SERVICE",
+        help="stop only these (kafka, opensearch, ray); default all",
+    )
+    down.add_argument(
+        "--grace", type=float, default=20.0, help="seconds to wait after SIGTERM before SIGKILL (default 20)"
+    )
+    status = st_sub.add_parser(
+        "status", help="show each service's state, pid, address and memory; exit 3 unless all run"
+    )
     status.add_argument("--json", action="store_true", help="print as JSON")
     st.set_defaults(func=_stack)
 
     from datetime import datetime
+
     from raylane.states import TaskState
+
     states = [s.value for s in TaskState]
 
-    sp = sub.add_parser("submit", help="submit a registered task; prints its id",
-                        description="Submit a task by name. Each ARG is parsed as JSON, or taken as a string.")
+    sp = sub.add_parser(
+        "submit",
+        help="submit a registered task; prints its id",
+        description="Submit a task by name. Each ARG is parsed as JSON, or taken as a string.",
+    )
     sp.add_argument("name", help="registered task name, e.g. raylane.echo")
     sp.add_argument("args", nargs="*", metavar="ARG", help="positional arguments (JSON)")
     sp.add_argument("--kwargs", help="keyword arguments as a JSON object")
@@ -244,28 +301,39 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print as JSON")
     sp.set_defaults(func=_counts)
 
-    sp = sub.add_parser("serve", help="serve the HTTP API and web page with Ray Serve; prints the URL",
-                        description="Deploy raylane's HTTP API (FastAPI on Ray Serve) on the connected Ray cluster, "
-                                    "starting the local stack if nothing is configured. It keeps running after this "
-                                    "command returns; tokens come from `raylane token create`.")
+    sp = sub.add_parser(
+        "serve",
+        help="serve the HTTP API and web page with Ray Serve; prints the URL",
+        description="Deploy raylane's HTTP API (FastAPI on Ray Serve) on the connected Ray cluster, "
+        "starting the local stack if nothing is configured. It keeps running after this "
+        "command returns; tokens come from `raylane token create`.",
+    )
     sp.add_argument("--host", help="listen address (default RAYLANE_HTTP_HOST, 127.0.0.1)")
     sp.add_argument("--port", type=int, help="listen port (default RAYLANE_HTTP_PORT, 28000)")
     sp.add_argument("--stop", action="store_true", help="remove the HTTP API instead")
     sp.set_defaults(func=_serve)
 
-    sp = sub.add_parser("bench", help="run the benchmark suite; writes bench/results/latest.{json,md,png}",
-                        description="Benchmarks in one sequence on this machine: raw Ray, Celery with Redis, and "
-                                    "raylane end to end (throughput, latency, CPU per task, OpenSearch requests per "
-                                    "transition, Kafka bytes per task), lookup latency as the index grows, and "
-                                    "throughput by consumers. Numbers only; nothing is asserted.")
+    sp = sub.add_parser(
+        "bench",
+        help="run the benchmark suite; writes latest.{json,md,png} into <RAYLANE_HOME>/bench (or --out)",
+        description="Benchmarks in one sequence on this machine: raw Ray, Celery with Redis, and "
+        "raylane end to end (throughput, latency, CPU per task, OpenSearch requests per "
+        "transition, Kafka bytes per task), lookup latency as the index grows, and "
+        "throughput by consumers. Numbers only; nothing is asserted.",
+    )
     sp.add_argument("--quick", action="store_true", help="smaller sizes: a few minutes instead of about ten")
     sp.add_argument("--only", help="comma-separated parts: rtt,floor,ray,celery,burst,lookup,scale,soak")
-    sp.add_argument("--out", help="directory for the results (default bench/results)")
+    sp.add_argument("--out", help="directory for the results (default <RAYLANE_HOME>/bench)")
     sp.set_defaults(func=_bench)
 
-    tk = sub.add_parser("token", help="manage the HTTP API's tokens", description=(
-        "Tokens of the HTTP API, each bound to a tenant. The token file (RAYLANE_TOKEN_FILE, default "
-        "RAYLANE_HOME/tokens.json) keeps only their SHA-256; a running API sees changes at once."))
+    tk = sub.add_parser(
+        "token",
+        help="manage the HTTP API's tokens",
+        description=(
+            "Tokens of the HTTP API, each bound to a tenant. The token file (RAYLANE_TOKEN_FILE, default "
+            "RAYLANE_HOME/tokens.json) keeps only their SHA-256; a running API sees changes at once."
+        ),
+    )
     tk_sub = tk.add_subparsers(dest="token_cmd", required=True, metavar="ACTION")
     tc = tk_sub.add_parser("create", help="make a token for a tenant and print it (only this once)")
     tc.add_argument("--tenant", required=True, help="tenant the token acts for (lowercase letters, digits, _ and -)")
@@ -286,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``raylane`` command."""
     from pydantic import ValidationError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

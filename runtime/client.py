@@ -4,18 +4,19 @@
 configured, and deploys raylane's actors if they are not running yet. Every call then
 goes to the RequestHandler actor; its errors are raised here as raylane's own.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any
 
 from raylane.config import Endpoints, Settings
-from raylane.errors import (NotInitialized, ServiceUnavailable, TaskCancelled, TaskFailed, TaskTimedOut,
-                            WaitTimeout)
+from raylane.errors import NotInitialized, ServiceUnavailable, TaskCancelled, TaskFailed, TaskTimedOut, WaitTimeout
 from raylane.models import SubmitRequest, TaskRecord
 from raylane.registry import TaskDefinition
 from raylane.states import TaskState
@@ -24,7 +25,7 @@ log = logging.getLogger("raylane")
 
 _IDEMPOTENT = {"get", "wait", "search", "counts", "refresh", "set_paused", "task_names", "keep_definitions"}
 _lock = threading.RLock()
-_conn: Optional["_Connection"] = None
+_conn: _Connection | None = None
 
 
 class _Connection:
@@ -38,6 +39,7 @@ class _Connection:
         """Register definitions in Ray and keep a copy of each in the store (one call for all), so
         queued tasks can still run after the Ray cluster restarts."""
         from raylane import registry
+
         kept = [(defn.name, *registry.publish(defn)) for defn in definitions]
         self.call("keep_definitions", kept)
         self.published.update(id(defn) for defn in definitions)
@@ -47,45 +49,68 @@ class _Connection:
         cancel that fails on the way is reported, never repeated blindly."""
         import ray
         from ray.exceptions import RayActorError
-        from raylane.actors.common import unwrap
+
+        from raylane.protocol import unwrap
+        from raylane.retrying import backoff_s
+
         deadline = time.monotonic() + 60
+        tries = 0
         while True:
             try:
                 return unwrap(ray.get(getattr(self.handler, method).remote(*args)))
             except RayActorError as e:
                 if method not in _IDEMPOTENT or time.monotonic() > deadline:
                     raise ServiceUnavailable(f"raylane's RequestHandler failed during {method}: {e}") from e
-                time.sleep(0.5)
+                tries += 1
+                time.sleep(backoff_s(tries, base_s=0.1, cap_s=1.0))
 
 
 def _actor_config(settings: Settings, endpoints: Endpoints):
-    from raylane.actors.common import ActorConfig
-    return ActorConfig(kafka_bootstrap=endpoints.kafka_bootstrap, opensearch=endpoints.opensearch,
-                       namespace=settings.namespace, index_alias=settings.index_alias,
-                       topic_prefix=settings.topic_prefix, dlq_topic=settings.dlq_topic,
-                       default_queue=settings.default_queue, partitions=settings.partitions,
-                       max_payload_bytes=settings.max_payload_bytes, max_result_bytes=settings.max_result_bytes,
-                       max_depth=settings.max_depth, max_in_flight=settings.max_in_flight,
-                       max_running=settings.max_running, consumers=settings.consumers,
-                       executors=settings.executors, secret=settings.cluster_secret())
+    from raylane.protocol import ActorConfig
+
+    return ActorConfig(
+        kafka_bootstrap=endpoints.kafka_bootstrap,
+        opensearch=endpoints.opensearch,
+        namespace=settings.namespace,
+        index_alias=settings.index_alias,
+        topic_prefix=settings.topic_prefix,
+        dlq_topic=settings.dlq_topic,
+        default_queue=settings.default_queue,
+        partitions=settings.partitions,
+        max_payload_bytes=settings.max_payload_bytes,
+        max_result_bytes=settings.max_result_bytes,
+        max_depth=settings.max_depth,
+        max_in_flight=settings.max_in_flight,
+        max_running=settings.max_running,
+        consumers=settings.consumers,
+        executors=settings.executors,
+        secret=settings.cluster_secret(),
+    )
 
 
 def _endpoints(settings: Settings, start_missing: bool) -> Endpoints:
     """Configured addresses, with the local stack filling in (and, if asked, starting) what is not configured."""
     from raylane.stack import LocalStack
+
     stack = LocalStack(settings)
-    local = {"kafka": settings.kafka_bootstrap is None, "opensearch": settings.opensearch_url is None,
-             "ray": settings.ray_address is None and not _ray_address_from_env()}
+    local = {
+        "kafka": settings.kafka_bootstrap is None,
+        "opensearch": settings.opensearch_url is None,
+        "ray": settings.ray_address is None and not _ray_address_from_env(),
+    }
     needed = [name for name, is_local in local.items() if is_local]
     if start_missing and needed and not all(stack.get(n).pid() for n in needed):
         stack.up(only=needed)
-    return Endpoints(kafka_bootstrap=settings.kafka_bootstrap or stack.kafka.address,
-                     opensearch=settings.opensearch(settings.opensearch_url or stack.opensearch.address),
-                     ray_address=settings.ray_address or (stack.ray.address if local["ray"] else None))
+    return Endpoints(
+        kafka_bootstrap=settings.kafka_bootstrap or stack.kafka.address,
+        opensearch=settings.opensearch(settings.opensearch_url or stack.opensearch.address),
+        ray_address=settings.ray_address or (stack.ray.address if local["ray"] else None),
+    )
 
 
 def _ray_address_from_env() -> bool:
     import ray
+
     return ray.is_initialized() or bool(os.environ.get("RAY_ADDRESS"))
 
 
@@ -93,18 +118,19 @@ def _use_token_auth() -> None:
     """Connect with token authentication, as the local Ray head runs (``ray start`` with RAY_AUTH_MODE=token)."""
     if os.environ.get("RAY_AUTH_MODE"):
         return
-    # Ray caches its config at import; this refreshes it for the new mode (Ray 2.60).
-    from ray._private.authentication.authentication_token_setup import _enable_token_auth
-    _enable_token_auth()
+    from raylane.compat import enable_ray_token_auth
+
+    enable_ray_token_auth()
 
 
-def deploy_on_local_stack(stack, http: bool = False) -> Optional[str]:
+def deploy_on_local_stack(stack, http: bool = False) -> str | None:
     """Deploy raylane's actors on a running local stack (used by ``raylane stack up``), and
     with ``http`` the HTTP API too; returns the API's URL when it was deployed."""
     init(_settings=stack.settings)
     try:
         if http:
             from raylane.api import deploy_http
+
             return deploy_http(stack.settings)
         return None
     finally:
@@ -123,32 +149,40 @@ def init(**overrides: Any) -> None:
     Safe to call more than once, and from inside a Ray task or job.
     """
     import ray
-    from raylane.actors.deploy import deploy, find_request_handler
+
+    # The SDK's one way into deployment: raylane.actors is imported here and nowhere else in raylane.
+    from raylane.actors.deploy import deploy
+    from raylane.compat import ray_dashboard_url
+    from raylane.protocol import find_request_handler
     from raylane.tasks import defined_here
+
     global _conn
     with _lock:
         if _conn is not None:
             return
         settings = overrides.pop("_settings", None) or Settings.from_env(**overrides)
         owns_ray = False
-        endpoints: Optional[Endpoints] = None
+        endpoints: Endpoints | None = None
         if not ray.is_initialized():
             if settings.ray_address is None and not os.environ.get("RAY_ADDRESS"):
                 endpoints = _endpoints(settings, start_missing=True)
             if endpoints is not None and endpoints.ray_address:
                 _use_token_auth()
-            address = settings.ray_address or os.environ.get("RAY_ADDRESS") or endpoints.ray_address
+            address = (
+                settings.ray_address or os.environ.get("RAY_ADDRESS") or (endpoints.ray_address if endpoints else None)
+            )
             ray.init(address=address, namespace=settings.namespace, logging_level=logging.WARNING)
             owns_ray = True
         handler = find_request_handler(settings.namespace)
         if handler is None:
             endpoints = endpoints or _endpoints(settings, start_missing=False)
-            dashboard = settings.ray_dashboard_url or ray._private.worker.get_dashboard_url()
+            dashboard = settings.ray_dashboard_url or ray_dashboard_url()
             if not dashboard.startswith("http"):
                 dashboard = f"http://{dashboard}"
             handler = deploy(_actor_config(settings, endpoints), dashboard)
         conn = _Connection(settings, handler, owns_ray)
         from raylane.builtin import echo
+
         conn.publish(echo.definition, *defined_here())
         _conn = conn
 
@@ -163,6 +197,7 @@ def published_if_connected(defn: TaskDefinition) -> None:
 def shutdown() -> None:
     """Detach from raylane (and from Ray, if ``init`` connected it). The actors keep running."""
     import ray
+
     global _conn
     with _lock:
         if _conn is not None and _conn.owns_ray and ray.is_initialized():
@@ -206,11 +241,11 @@ class TaskHandle:
         """The task's current state."""
         return self.record().state
 
-    def wait(self, timeout: Optional[float] = None) -> TaskRecord:
+    def wait(self, timeout: float | None = None) -> TaskRecord:
         """Block until the task is terminal and return its record; ``WaitTimeout`` after ``timeout`` seconds."""
         return wait(self.id, timeout)
 
-    def result(self, timeout: Optional[float] = None) -> Any:
+    def result(self, timeout: float | None = None) -> Any:
         """The task's result; raises ``TaskFailed``, ``TaskCancelled``, ``TaskTimedOut`` or ``WaitTimeout``."""
         return result_of(self.wait(timeout))
 
@@ -258,7 +293,7 @@ def cancel(task_id: str) -> TaskRecord:
     return _connection().call("cancel", task_id)
 
 
-def wait(task_id: str, timeout: Optional[float] = None) -> TaskRecord:
+def wait(task_id: str, timeout: float | None = None) -> TaskRecord:
     """Block until a task is terminal; returns its record, or raises ``WaitTimeout``."""
     conn = _connection()
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -267,27 +302,50 @@ def wait(task_id: str, timeout: Optional[float] = None) -> TaskRecord:
         record = conn.call("wait", task_id, min(left, 30.0))
         if record.finished:
             return record
-        if deadline is not None and time.monotonic() >= deadline:
+        if timeout is not None and deadline is not None and time.monotonic() >= deadline:
             raise WaitTimeout(task_id, timeout, record.state.value)
 
 
-StateFilter = Union[TaskState, str, Iterable[Union[TaskState, str]], None]
+StateFilter = TaskState | str | Iterable[TaskState | str] | None
 
 
-def _query(state: StateFilter = None, name: Optional[str] = None, queue: Optional[str] = None,
-           tags: Iterable[str] = (), tag: Optional[str] = None, since: Optional[datetime] = None,
-           until: Optional[datetime] = None, text: Optional[str] = None) -> dict:
+def _query(
+    state: StateFilter = None,
+    name: str | None = None,
+    queue: str | None = None,
+    tags: Iterable[str] = (),
+    tag: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    text: str | None = None,
+) -> dict:
     states = None
     if state is not None:
         states = [state] if isinstance(state, (str, TaskState)) else list(state)
-    q: dict[str, Any] = {"state": states, "name": name, "queue": queue, "tags": list(tags) + ([tag] if tag else []),
-                         "since": since, "until": until, "text": text}
+    q: dict[str, Any] = {
+        "state": states,
+        "name": name,
+        "queue": queue,
+        "tags": list(tags) + ([tag] if tag else []),
+        "since": since,
+        "until": until,
+        "text": text,
+    }
     return {k: v for k, v in q.items() if v not in (None, [])}
 
 
-def search(state: StateFilter = None, name: Optional[str] = None, since: Optional[datetime] = None,
-           text: Optional[str] = None, limit: int = 100, *, until: Optional[datetime] = None,
-           tags: Iterable[str] = (), tag: Optional[str] = None, queue: Optional[str] = None) -> list[TaskRecord]:
+def search(
+    state: StateFilter = None,
+    name: str | None = None,
+    since: datetime | None = None,
+    text: str | None = None,
+    limit: int = 100,
+    *,
+    until: datetime | None = None,
+    tags: Iterable[str] = (),
+    tag: str | None = None,
+    queue: str | None = None,
+) -> list[TaskRecord]:
     """Tasks matching every given filter, newest first, at most ``limit`` (any number: it pages past 10,000).
 
     ``text`` matches words of the error message; ``since``/``until`` bound the creation time.
@@ -297,9 +355,17 @@ def search(state: StateFilter = None, name: Optional[str] = None, since: Optiona
     return records
 
 
-def counts(state: StateFilter = None, name: Optional[str] = None, since: Optional[datetime] = None,
-           text: Optional[str] = None, *, until: Optional[datetime] = None, tags: Iterable[str] = (),
-           tag: Optional[str] = None, queue: Optional[str] = None) -> dict[str, int]:
+def counts(
+    state: StateFilter = None,
+    name: str | None = None,
+    since: datetime | None = None,
+    text: str | None = None,
+    *,
+    until: datetime | None = None,
+    tags: Iterable[str] = (),
+    tag: str | None = None,
+    queue: str | None = None,
+) -> dict[str, int]:
     """Number of tasks per state among those matching the filters (as for ``search``)."""
     return _connection().call("counts", _query(state, name, queue, tags, tag, since, until, text))
 
@@ -307,7 +373,6 @@ def counts(state: StateFilter = None, name: Optional[str] = None, since: Optiona
 def refresh() -> None:
     """Make every status write so far visible to ``search`` and ``counts`` (normally within a second)."""
     _connection().call("refresh")
-
 
 
 def pause(queue: str) -> None:

@@ -4,12 +4,12 @@ With no addresses configured, raylane uses the local stack (``raylane stack up``
 with ``RAYLANE_KAFKA_BOOTSTRAP`` / ``RAYLANE_OPENSEARCH_URL`` / ``RAYLANE_RAY_ADDRESS``
 set it uses those clusters and starts nothing of its own.
 """
+
 from __future__ import annotations
 
 import os
 import pwd
 from pathlib import Path
-from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializationInfo, ValidationError, field_serializer
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,7 +27,7 @@ REVEAL = {"reveal_secrets": True}
 """Serialization context under which secrets are written out in clear (only for Ray's own channel)."""
 
 
-def reveal_secret(value: Optional[SecretStr], info: SerializationInfo) -> Optional[str]:
+def reveal_secret(value: SecretStr | None, info: SerializationInfo) -> str | None:
     """A secret as serialized: masked, unless the dump was made with ``context=REVEAL``."""
     if value is None:
         return None
@@ -36,21 +36,24 @@ def reveal_secret(value: Optional[SecretStr], info: SerializationInfo) -> Option
     return str(value)
 
 
-class OpenSearchAuth(BaseModel):
+class OpenSearchConnection(BaseModel):
     """How to reach an OpenSearch cluster: URL plus optional basic auth and TLS. The password is
     a ``SecretStr``: it is masked in every dump, log and repr."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     url: str
-    username: Optional[str] = None
-    password: Optional[SecretStr] = None
+    username: str | None = None
+    password: SecretStr | None = None
     verify_certs: bool = True
-    ca_certs: Optional[str] = None
+    ca_certs: str | None = None
 
     @field_serializer("password")
-    def _dump_password(self, value: Optional[SecretStr], info: SerializationInfo) -> Optional[str]:
+    def _dump_password(self, value: SecretStr | None, info: SerializationInfo) -> str | None:
         return reveal_secret(value, info)
+
+
+OpenSearchAuth = OpenSearchConnection  # the earlier name, kept as an alias
 
 
 class Settings(BaseSettings):
@@ -58,17 +61,19 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=_PREFIX, extra="forbid", frozen=True)
 
-    home: Path = Field(default_factory=_default_home,
-                       description="Cache and state folder of the local stack (downloads, pid files, logs).")
+    home: Path = Field(
+        default_factory=_default_home,
+        description="Cache and state folder of the local stack (downloads, pid files, logs).",
+    )
     # --- existing clusters; None means "use the local stack"
-    kafka_bootstrap: Optional[str] = Field(None, description="Kafka bootstrap servers, host:port[,host:port].")
-    opensearch_url: Optional[str] = Field(None, description="OpenSearch URL, e.g. https://search:9200.")
-    opensearch_username: Optional[str] = Field(None, description="OpenSearch basic-auth user.")
-    opensearch_password: Optional[SecretStr] = Field(None, description="OpenSearch basic-auth password.")
+    kafka_bootstrap: str | None = Field(None, description="Kafka bootstrap servers, host:port[,host:port].")
+    opensearch_url: str | None = Field(None, description="OpenSearch URL, e.g. https://search:9200.")
+    opensearch_username: str | None = Field(None, description="OpenSearch basic-auth user.")
+    opensearch_password: SecretStr | None = Field(None, description="OpenSearch basic-auth password.")
     opensearch_verify_certs: bool = Field(True, description="Verify OpenSearch TLS certificates.")
-    opensearch_ca_certs: Optional[str] = Field(None, description="CA bundle for OpenSearch TLS.")
-    ray_address: Optional[str] = Field(None, description="Ray cluster address (host:port or 'auto').")
-    ray_dashboard_url: Optional[str] = Field(None, description="Ray dashboard / job API URL, if Ray does not report it.")
+    opensearch_ca_certs: str | None = Field(None, description="CA bundle for OpenSearch TLS.")
+    ray_address: str | None = Field(None, description="Ray cluster address (host:port or 'auto').")
+    ray_dashboard_url: str | None = Field(None, description="Ray dashboard / job API URL, if Ray does not report it.")
     # --- local stack
     kafka_port: int = Field(29092, ge=1, le=65535, description="Local Kafka broker port.")
     kafka_controller_port: int = Field(29093, ge=1, le=65535, description="Local Kafka KRaft controller port.")
@@ -78,30 +83,49 @@ class Settings(BaseSettings):
     opensearch_transport_port: int = Field(29300, ge=1, le=65535, description="Local OpenSearch transport port.")
     opensearch_version: str = Field("2.19.6", description="OpenSearch release fetched from Maven Central.")
     opensearch_heap_mb: int = Field(512, ge=256, le=1024, description="Local OpenSearch JVM heap (MiB).")
-    opensearch_user: str = Field("raylane", description="Unprivileged user that runs OpenSearch when raylane runs as root.")
-    opensearch_root_dir: Path = Field(Path("/var/lib/raylane"),
-                                      description="Where OpenSearch lives when raylane runs as root (not under /root).")
+    opensearch_user: str = Field(
+        "raylane", description="Unprivileged user that runs OpenSearch when raylane runs as root."
+    )
+    opensearch_root_dir: Path = Field(
+        Path("/var/lib/raylane"), description="Where OpenSearch lives when raylane runs as root (not under /root)."
+    )
     ray_port: int = Field(26379, ge=1, le=65535, description="Local Ray GCS port.")
-    ray_dashboard_port: int = Field(28265, ge=1, le=65532,
-                                    description="Local Ray dashboard port; the node's agents use the next three.")
-    ray_metrics_port: int = Field(28080, ge=1, le=65535,
-                                  description="Local Ray node's Prometheus endpoint, where raylane's metrics appear.")
+    ray_dashboard_port: int = Field(
+        28265, ge=1, le=65532, description="Local Ray dashboard port; the node's agents use the next three."
+    )
+    ray_metrics_port: int = Field(
+        28080, ge=1, le=65535, description="Local Ray node's Prometheus endpoint, where raylane's metrics appear."
+    )
     ray_num_cpus: int = Field(4, ge=1, description="Logical CPUs the local Ray node offers.")
     ray_object_store_mb: int = Field(512, ge=75, description="Local Ray object store size (MiB).")
     start_timeout_s: float = Field(180.0, gt=0, description="Deadline for each local service to become ready.")
     # --- task system
-    default_queue: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="Queue used when none is given.")
+    default_queue: str = Field(
+        "default", pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="Queue used when none is given."
+    )
     partitions: int = Field(4, ge=1, le=1024, description="Partitions of a newly created queue topic.")
-    max_payload_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="Largest accepted JSON payload (args+kwargs).")
-    max_result_bytes: int = Field(1 << 20, ge=1024, le=64 << 20,
-                                  description="Largest result (JSON bytes) a task may return; above it the task "
-                                              "fails with ResultTooLarge.")
-    max_depth: int = Field(16, ge=1, le=18, description="Deepest nesting of lists and dicts in arguments and results "
-                                                        "(the status store refuses arrays nested past 20).")
+    max_payload_bytes: int = Field(
+        1 << 20, ge=1024, le=64 << 20, description="Largest accepted JSON payload (args+kwargs)."
+    )
+    max_result_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        le=64 << 20,
+        description="Largest result (JSON bytes) a task may return; above it the task fails with ResultTooLarge.",
+    )
+    max_depth: int = Field(
+        16,
+        ge=1,
+        le=18,
+        description="Deepest nesting of lists and dicts in arguments and results "
+        "(the status store refuses arrays nested past 20).",
+    )
     max_in_flight: int = Field(256, ge=1, description="Tasks a queue consumer holds between poll and RUNNING.")
     max_running: int = Field(32, ge=1, description="Tasks an executor runs at once.")
     consumers: int = Field(1, ge=1, le=64, description="QueueConsumer actors per deployment.")
-    executors: int = Field(1, ge=1, le=16, description="Executor actors per deployment (consumers are spread over them).")
+    executors: int = Field(
+        1, ge=1, le=16, description="Executor actors per deployment (consumers are spread over them)."
+    )
     index_alias: str = Field("raylane-tasks", description="OpenSearch alias of the status index.")
     topic_prefix: str = Field("raylane.tasks.", description="Prefix of the per-queue Kafka topics.")
     dlq_topic: str = Field("raylane.dlq", description="Kafka topic for malformed task messages.")
@@ -110,14 +134,21 @@ class Settings(BaseSettings):
     http_host: str = Field("127.0.0.1", description="Address the HTTP API (Ray Serve's proxy) listens on.")
     http_port: int = Field(28000, ge=1, le=65535, description="Port of the HTTP API.")
     http_max_body_bytes: int = Field(4 << 20, ge=1024, description="Largest accepted HTTP request body (413 above).")
-    token_file: Optional[Path] = Field(None, description="Hashed API tokens (default: <home>/tokens.json).")
-    http_rate_per_token: float = Field(50.0, gt=0, description="Requests a second each API token may make on "
-                                                               "average (429 with Retry-After above).")
-    http_burst_per_token: int = Field(200, ge=1, description="Requests an API token may make at once before its rate applies.")
-    http_waits_per_token: int = Field(4, ge=1, description="Waits (GET .../wait) an API token may hold at once (429 above).")
-    secret_file: Optional[Path] = Field(
-        None, description="The cluster secret that signs queue messages and kept task definitions "
-                          "(default: <home>/cluster.key, created on first use; share it between deployers).")
+    token_file: Path | None = Field(None, description="Hashed API tokens (default: <home>/tokens.json).")
+    http_rate_per_token: float = Field(
+        50.0, gt=0, description="Requests a second each API token may make on average (429 with Retry-After above)."
+    )
+    http_burst_per_token: int = Field(
+        200, ge=1, description="Requests an API token may make at once before its rate applies."
+    )
+    http_waits_per_token: int = Field(
+        4, ge=1, description="Waits (GET .../wait) an API token may hold at once (429 above)."
+    )
+    secret_file: Path | None = Field(
+        None,
+        description="The cluster secret that signs queue messages and kept task definitions "
+        "(default: <home>/cluster.key, created on first use; share it between deployers).",
+    )
 
     @property
     def tokens_path(self) -> Path:
@@ -132,21 +163,25 @@ class Settings(BaseSettings):
     def cluster_secret(self) -> SecretStr:
         """The cluster secret, created on first use."""
         from raylane.signing import load_or_create_secret
+
         return SecretStr(load_or_create_secret(self.secret_path).decode())
 
     def signer(self):
         """Signs and checks queue messages and task definitions under the cluster secret."""
         from raylane.signing import Signer
+
         return Signer.of(self.cluster_secret())
 
     @classmethod
-    def from_env(cls, **overrides) -> "Settings":
+    def from_env(cls, **overrides) -> Settings:
         """Read settings from the environment, rejecting unknown ``RAYLANE_*`` names."""
         known = {_PREFIX + name.upper() for name in cls.model_fields}
         unknown = sorted(k for k in os.environ if k.startswith(_PREFIX) and k not in known)
         if unknown:
-            raise ConfigError(f"unknown raylane setting(s) in the environment: {', '.join(unknown)}; "
-                              f"known ones are {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"unknown raylane setting(s) in the environment: {', '.join(unknown)}; "
+                f"known ones are {', '.join(sorted(known))}"
+            )
         try:
             return cls(**overrides)
         except ValidationError as e:
@@ -162,11 +197,15 @@ class Settings(BaseSettings):
         """Pid files and logs of the local stack."""
         return self.home / "run"
 
-    def opensearch(self, url: Optional[str] = None) -> OpenSearchAuth:
+    def opensearch(self, url: str | None = None) -> OpenSearchConnection:
         """Connection options for OpenSearch (the configured one, or ``url``)."""
-        return OpenSearchAuth(url=url or self.opensearch_url or f"http://127.0.0.1:{self.opensearch_port}",
-                              username=self.opensearch_username, password=self.opensearch_password,
-                              verify_certs=self.opensearch_verify_certs, ca_certs=self.opensearch_ca_certs)
+        return OpenSearchConnection(
+            url=url or self.opensearch_url or f"http://127.0.0.1:{self.opensearch_port}",
+            username=self.opensearch_username,
+            password=self.opensearch_password,
+            verify_certs=self.opensearch_verify_certs,
+            ca_certs=self.opensearch_ca_certs,
+        )
 
 
 class Endpoints(BaseModel):
@@ -175,8 +214,8 @@ class Endpoints(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kafka_bootstrap: str
-    opensearch: OpenSearchAuth
-    ray_address: Optional[str]
+    opensearch: OpenSearchConnection
+    ray_address: str | None
 
 
 def running_as_root() -> bool:

@@ -1,11 +1,10 @@
 """raylane's exception tree; every error a user or an actor sees derives from ``RaylaneError``."""
+
 from __future__ import annotations
 
-from typing import Optional
 
-
-def _rebuild(cls: type, message: str, attrs: dict) -> "RaylaneError":
-    err = cls.__new__(cls)
+def _rebuild(cls: type, message: str, attrs: dict) -> RaylaneError:
+    err: RaylaneError = Exception.__new__(cls)
     Exception.__init__(err, message)
     err.__dict__.update(attrs)
     return err
@@ -27,7 +26,7 @@ class ConfigError(RaylaneError):
 class StackError(RaylaneError):
     """A local service could not be fetched, started or stopped."""
 
-    def __init__(self, message: str, service: Optional[str] = None, log_file: Optional[str] = None):
+    def __init__(self, message: str, service: str | None = None, log_file: str | None = None):
         if log_file:
             message = f"{message} (see {log_file})"
         super().__init__(message)
@@ -50,7 +49,7 @@ class QueueUnavailable(ServiceUnavailable):
 class StoreUnavailable(ServiceUnavailable):
     """OpenSearch refused or timed out a request."""
 
-    def __init__(self, message: str, status: Optional[int] = None):
+    def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status  # the HTTP status OpenSearch answered, if it answered
 
@@ -68,8 +67,10 @@ class UnknownTaskName(InvalidTaskInput):
 
     def __init__(self, name: str, known: list[str] | None = None):
         hint = f"; registered tasks: {', '.join(sorted(known))}" if known else ""
-        super().__init__(f"no task named {name!r} is registered{hint}. Define it with @raylane.task(name=...) "
-                         f"and call raylane.init() in the process that defines it.")
+        super().__init__(
+            f"no task named {name!r} is registered{hint}. Define it with @raylane.task(name=...) "
+            f"and call raylane.init() in the process that defines it."
+        )
         self.name = name
 
 
@@ -77,8 +78,10 @@ class PayloadTooLarge(InvalidTaskInput):
     """The task's JSON arguments exceed the configured payload limit."""
 
     def __init__(self, size: int, limit: int):
-        super().__init__(f"task arguments are {size} bytes of JSON, over the limit of {limit} bytes "
-                         f"(RAYLANE_MAX_PAYLOAD_BYTES); pass a reference (path, URL, id) instead of the data")
+        super().__init__(
+            f"task arguments are {size} bytes of JSON, over the limit of {limit} bytes "
+            f"(RAYLANE_MAX_PAYLOAD_BYTES); pass a reference (path, URL, id) instead of the data"
+        )
         self.size = size
         self.limit = limit
 
@@ -87,8 +90,10 @@ class ArgumentsTooDeep(InvalidTaskInput):
     """The task's arguments nest lists and dicts deeper than the limit."""
 
     def __init__(self, where: str, limit: int):
-        super().__init__(f"{where} nests lists and dicts more than {limit} levels deep (RAYLANE_MAX_DEPTH); "
-                         f"flatten it or pass a reference instead")
+        super().__init__(
+            f"{where} nests lists and dicts more than {limit} levels deep (RAYLANE_MAX_DEPTH); "
+            f"flatten it or pass a reference instead"
+        )
         self.where = where
         self.limit = limit
 
@@ -101,8 +106,10 @@ class ResultTooLarge(RaylaneError):
     """A task's result is over the result size limit; the task fails with this error type."""
 
     def __init__(self, size: int, limit: int):
-        super().__init__(f"the result is {size} bytes of JSON, over the limit of {limit} bytes "
-                         f"(RAYLANE_MAX_RESULT_BYTES); store large outputs elsewhere and return a reference")
+        super().__init__(
+            f"the result is {size} bytes of JSON, over the limit of {limit} bytes "
+            f"(RAYLANE_MAX_RESULT_BYTES); store large outputs elsewhere and return a reference"
+        )
         self.size = size
         self.limit = limit
 

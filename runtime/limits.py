@@ -7,14 +7,14 @@ is a typed error (``InvalidTaskInput`` and its subclasses; HTTP 4xx), never an o
 The depth limit keeps every record inside what the status store accepts: OpenSearch refuses
 arrays nested deeper than 20 in a document, and a task's arguments sit one array down.
 """
+
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
-from raylane.errors import (ArgumentsTooDeep, InvalidTaskInput, PayloadTooLarge, ResultNotSerializable,
-                            ResultTooLarge)
+from raylane.errors import ArgumentsTooDeep, InvalidTaskInput, PayloadTooLarge, ResultNotSerializable, ResultTooLarge
 
 MAX_TIMEOUT_S = 7 * 86400.0  # a week: longer work belongs in several tasks
 MAX_TAGS = 50
@@ -56,8 +56,10 @@ def depth_of(value: Any, stop_after: int) -> int:
 def check_arguments_shape(args: list, kwargs: dict, limits: Limits) -> int:
     """Check that arguments are JSON, nest at most ``max_depth`` deep and fit ``max_payload_bytes``;
     returns their size in bytes. Raises ``ArgumentsTooDeep``, ``InvalidTaskInput`` or ``PayloadTooLarge``."""
-    for where, value in [*((f"argument {i}", a) for i, a in enumerate(args)),
-                         *((f"argument {k!r}", v) for k, v in kwargs.items())]:
+    for where, value in [
+        *((f"argument {i}", a) for i, a in enumerate(args)),
+        *((f"argument {k!r}", v) for k, v in kwargs.items()),
+    ]:
         depth = depth_of(value, limits.max_depth)
         if depth > limits.max_depth:
             raise ArgumentsTooDeep(where, limits.max_depth)
@@ -70,12 +72,16 @@ def check_arguments_shape(args: list, kwargs: dict, limits: Limits) -> int:
     return size
 
 
-def check_timeout(timeout_s: Optional[float]) -> None:
+def check_timeout(timeout_s: float | None) -> None:
     """A timeout is finite, positive and at most ``MAX_TIMEOUT_S``; raises ``InvalidTaskInput``."""
     if timeout_s is None:
         return
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s) \
-            or not 0 < timeout_s <= MAX_TIMEOUT_S:
+    if (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, (int, float))
+        or not math.isfinite(timeout_s)
+        or not 0 < timeout_s <= MAX_TIMEOUT_S
+    ):
         raise InvalidTaskInput(f"timeout must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], got {timeout_s!r}")
 
 
@@ -93,8 +99,9 @@ def encode_result(result: Any, limits: Limits) -> None:
     ``max_result_bytes`` long. Raises ``ResultNotSerializable`` or ``ResultTooLarge``."""
     depth = depth_of(result, limits.max_depth)
     if depth > limits.max_depth:
-        raise ResultNotSerializable(f"the result nests {depth} or more levels deep, over the limit of "
-                                    f"{limits.max_depth} (RAYLANE_MAX_DEPTH)")
+        raise ResultNotSerializable(
+            f"the result nests {depth} or more levels deep, over the limit of {limits.max_depth} (RAYLANE_MAX_DEPTH)"
+        )
     try:
         size = len(json.dumps(result, allow_nan=False, separators=(",", ":")).encode())
     except (TypeError, ValueError, RecursionError) as e:
@@ -103,7 +110,7 @@ def encode_result(result: Any, limits: Limits) -> None:
         raise ResultTooLarge(size, limits.max_result_bytes)
 
 
-def clip_text(text: Optional[str], limit: int = ERROR_TEXT_CHARS) -> Optional[str]:
+def clip_text(text: str | None, limit: int = ERROR_TEXT_CHARS) -> str | None:
     """``text`` cut to ``limit`` characters, keeping its end (where a traceback says the most)."""
     if text is None or len(text) <= limit:
         return text

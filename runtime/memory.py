@@ -11,6 +11,7 @@ Both pass the same contract suites as the real implementations (tests/contracts.
 Reached through ``raylane.backends`` with the address ``memory://<name>``: one process shares
 one store (and one broker) per name.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,15 +20,23 @@ import threading
 import time
 import zlib
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from raylane.errors import QueueUnavailable, StoreUnavailable
 from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome
-from raylane.queue import (ENVELOPE_BYTES, Consumed, PartitionState, QueueReader, TaskQueue, dead_letter_body, owner_of,
-                           topic_of)
+from raylane.queue import (
+    ENVELOPE_BYTES,
+    Consumed,
+    PartitionState,
+    QueueReader,
+    TaskQueue,
+    dead_letter_body,
+    owner_of,
+    topic_of,
+)
 from raylane.signing import Signer
 from raylane.states import TaskState
 from raylane.store import MAX_BULK_BYTES, StatusStore, TaskQuery
@@ -56,11 +65,9 @@ def _words(text: str | None) -> set[str]:
     return {w.lower() for w in _WORD.findall(text or "")}
 
 
-def _at(t: datetime | None) -> float | None:
+def _at(t: datetime) -> float:
     """Seconds since the epoch (a naive time taken as UTC), for ordering and ranges."""
-    if t is None:
-        return None
-    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
 
 class InMemoryStore(StatusStore):
@@ -131,18 +138,22 @@ class InMemoryStore(StatusStore):
     @staticmethod
     def _matches(r: TaskRecord, q: TaskQuery) -> bool:
         created = _at(r.created_at)
-        return ((not q.state or r.state in q.state)
-                and all(getattr(q, f) is None or getattr(r, f) == getattr(q, f) for f in ("name", "queue", "tenant"))
-                and all(t in r.tags for t in q.tags)
-                and (q.since is None or created >= _at(q.since))
-                and (q.until is None or created < _at(q.until))
-                and (not q.text or _words(q.text) <= _words(r.error)))
+        return (
+            (not q.state or r.state in q.state)
+            and all(getattr(q, f) is None or getattr(r, f) == getattr(q, f) for f in ("name", "queue", "tenant"))
+            and all(t in r.tags for t in q.tags)
+            and (q.since is None or created >= _at(q.since))
+            and (q.until is None or created < _at(q.until))
+            and (not q.text or _words(q.text) <= _words(r.error))
+        )
 
     def _selected(self, q: TaskQuery) -> list[TaskRecord]:
         with self._lock:
             return [r for r in self._records.values() if self._matches(r, q)]
 
-    def search(self, query: TaskQuery, limit: int = 100, after: list | None = None) -> tuple[list[TaskRecord], list | None]:
+    def search(
+        self, query: TaskQuery, limit: int = 100, after: list | None = None
+    ) -> tuple[list[TaskRecord], list | None]:
         self._check_open()
         hits = sorted(((_at(r.created_at), r.id), r) for r in self._selected(query))
         hits.reverse()  # newest first, then by id descending, as the OpenSearch store sorts
@@ -210,27 +221,41 @@ class InMemoryStore(StatusStore):
 
     def running_not_owned_by(self, owners: set[str], limit: int) -> list[TaskRecord]:
         self._check_open()
-        return self._oldest(lambda r: r.state is TaskState.RUNNING and r.lease_owner not in owners,
-                            lambda r: _at(r.updated_at), limit)
+        return self._oldest(
+            lambda r: r.state is TaskState.RUNNING and r.lease_owner not in owners, lambda r: _at(r.updated_at), limit
+        )
 
     def stale_pending(self, before: datetime, skip_queues: set[str], limit: int) -> list[TaskRecord]:
         self._check_open()
         cut = _at(before)
-        return self._oldest(lambda r: r.state is TaskState.PENDING and _at(r.updated_at) < cut
-                            and r.queue not in skip_queues, lambda r: _at(r.updated_at), limit)
+        return self._oldest(
+            lambda r: r.state is TaskState.PENDING and _at(r.updated_at) < cut and r.queue not in skip_queues,
+            lambda r: _at(r.updated_at),
+            limit,
+        )
 
     def overdue_scheduled(self, before: datetime, skip_queues: set[str], limit: int) -> list[TaskRecord]:
         self._check_open()
         cut = _at(before)
-        return self._oldest(lambda r: r.state is TaskState.SCHEDULED and r.not_before is not None
-                            and _at(r.not_before) < cut and r.queue not in skip_queues,
-                            lambda r: _at(r.not_before), limit)
+        return self._oldest(
+            lambda r: (
+                r.state is TaskState.SCHEDULED
+                and r.not_before is not None
+                and _at(r.not_before) < cut
+                and r.queue not in skip_queues
+            ),
+            lambda r: _at(r.not_before),
+            limit,
+        )
 
     def unfinished_retries(self, before: datetime, limit: int) -> list[TaskRecord]:
         self._check_open()
         cut = _at(before)
-        return self._oldest(lambda r: r.state is TaskState.FAILED and r.will_retry and _at(r.updated_at) < cut,
-                            lambda r: _at(r.updated_at), limit)
+        return self._oldest(
+            lambda r: r.state is TaskState.FAILED and r.will_retry and _at(r.updated_at) < cut,
+            lambda r: _at(r.updated_at),
+            limit,
+        )
 
     def refresh(self) -> None:
         self._check_open()
@@ -277,8 +302,16 @@ class InMemoryBroker:
 class InMemoryTaskQueue(TaskQueue):
     """The producing side on an ``InMemoryBroker``; messages are signed as on Kafka."""
 
-    def __init__(self, broker: InMemoryBroker, *, prefix: str, dlq_topic: str, partitions: int,
-                 max_payload_bytes: int, signer: Signer) -> None:
+    def __init__(
+        self,
+        broker: InMemoryBroker,
+        *,
+        prefix: str,
+        dlq_topic: str,
+        partitions: int,
+        max_payload_bytes: int,
+        signer: Signer,
+    ) -> None:
         self.broker, self.prefix, self.dlq_topic, self.partitions = broker, prefix, dlq_topic, partitions
         self.max_message = max_payload_bytes + ENVELOPE_BYTES
         self.signer = signer
@@ -321,7 +354,7 @@ class InMemoryQueueReader(QueueReader):
         self._paused: set[tuple[str, int]] = set()
 
     def _assigned(self) -> list[tuple[str, int]]:
-        mine = []
+        mine: list[tuple[str, int]] = []
         for topic, parts in self.broker.topics.items():
             if topic.startswith(self.prefix) and len(topic) > len(self.prefix):
                 mine.extend((topic, p) for p in range(len(parts)) if owner_of(topic, p, self.members) == self.member)
@@ -336,7 +369,7 @@ class InMemoryQueueReader(QueueReader):
                 continue
             log = self.broker.topics[tp[0]][tp[1]]
             start = self._position[tp]
-            batch = log[start:start + max_records - len(out)]
+            batch = log[start : start + max_records - len(out)]
             self._position[tp] = start + len(batch)
             out.extend(batch)
             if len(out) >= max_records:
@@ -377,9 +410,10 @@ class InMemoryQueueReader(QueueReader):
 
     def partitions(self) -> list[PartitionState]:
         with self.broker.cond:
-            return [PartitionState(t, p, self._position.get((t, p)), len(self.broker.topics[t][p]), (t, p) in self._paused)
-                    for t, p in self._assigned()]
+            return [
+                PartitionState(t, p, self._position.get((t, p)), len(self.broker.topics[t][p]), (t, p) in self._paused)
+                for t, p in self._assigned()
+            ]
 
     def close(self) -> None:
         """Leaves nothing behind: offsets not committed are read again by the next reader."""
-

@@ -1,10 +1,11 @@
 """Pydantic models that cross process boundaries: task messages on Kafka and records in OpenSearch."""
+
 from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple, Optional
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
@@ -18,7 +19,7 @@ MAX_BACKOFF_S = 3600.0  # no retry waits longer than an hour
 
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_task_id() -> str:
@@ -33,7 +34,7 @@ class Resources(BaseModel):
 
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
-    memory_mb: Optional[int] = Field(None, ge=1)
+    memory_mb: int | None = Field(None, ge=1)
 
     @field_validator("num_cpus", "num_gpus")
     @classmethod
@@ -55,13 +56,13 @@ class RetryPolicy(BaseModel):
     backoff_s: float = Field(0.5, ge=0, le=MAX_BACKOFF_S, description="base delay before the first retry")
     backoff_max_s: float = Field(30.0, ge=0, le=MAX_BACKOFF_S, description="cap of the delay (at most an hour)")
 
-    def retries(self, attempt: int, error_type: Optional[str]) -> bool:
+    def retries(self, attempt: int, error_type: str | None) -> bool:
         """Whether a failure of ``attempt`` with ``error_type`` is tried again."""
         return attempt < self.max_retries and (not self.retry_on or error_type in self.retry_on)
 
     def delay_s(self, attempt: int, rand: float) -> float:
         """Delay before attempt ``attempt + 1``, given a uniform random number in [0, 1)."""
-        delay = min(self.backoff_max_s, self.backoff_s * 2 ** attempt)
+        delay = min(self.backoff_max_s, self.backoff_s * 2**attempt)
         return delay / 2 + rand * delay / 2
 
 
@@ -72,10 +73,10 @@ class AttemptSummary(BaseModel):
 
     attempt: int
     state: str
-    error_type: Optional[str] = None
-    error: Optional[str] = None
-    started_at: Optional[datetime] = None
-    finished_at: Optional[datetime] = None
+    error_type: str | None = None
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
 class TaskMessage(BaseModel):
@@ -89,14 +90,14 @@ class TaskMessage(BaseModel):
     attempt: int = Field(0, ge=0, le=100)  # never more than RetryPolicy.max_retries allows
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    timeout_s: Optional[float] = Field(None, gt=0)
+    timeout_s: float | None = Field(None, gt=0)
     resources: Resources = Field(default_factory=Resources)
     tags: list[str] = Field(default_factory=list)
     created_at: AwareDatetime
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
-    not_before: Optional[AwareDatetime] = None  # a retry waits for its backoff until then
+    not_before: AwareDatetime | None = None  # a retry waits for its backoff until then
     attempts: list[AttemptSummary] = Field(default_factory=list)
-    tenant: Optional[str] = Field(None, pattern=TENANT_PATTERN)
+    tenant: str | None = Field(None, pattern=TENANT_PATTERN)
 
     def to_bytes(self) -> bytes:
         """The message as UTF-8 JSON for Kafka."""
@@ -118,23 +119,23 @@ class TaskRecord(BaseModel):
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
     result: Any = None
-    error: Optional[str] = None
-    error_type: Optional[str] = None
-    traceback: Optional[str] = None
+    error: str | None = None
+    error_type: str | None = None
+    traceback: str | None = None
     created_at: datetime
-    started_at: Optional[datetime] = None
-    finished_at: Optional[datetime] = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
     updated_at: datetime = Field(default_factory=utcnow)
-    timeout_s: Optional[float] = None
+    timeout_s: float | None = None
     resources: Resources = Field(default_factory=Resources)
     tags: list[str] = Field(default_factory=list)
-    worker: Optional[str] = None
-    lease_owner: Optional[str] = None  # the executor incarnation whose heartbeat keeps a RUNNING task alive
+    worker: str | None = None
+    lease_owner: str | None = None  # the executor incarnation whose heartbeat keeps a RUNNING task alive
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     attempts: list[AttemptSummary] = Field(default_factory=list)
     will_retry: bool = False  # a FAILED attempt that a new attempt follows
-    tenant: Optional[str] = None  # set for tasks submitted over HTTP; None for the SDK inside the cluster
-    not_before: Optional[datetime] = None  # a SCHEDULED attempt starts no earlier than this
+    tenant: str | None = None  # set for tasks submitted over HTTP; None for the SDK inside the cluster
+    not_before: datetime | None = None  # a SCHEDULED attempt starts no earlier than this
 
     @field_validator("result")
     @classmethod
@@ -143,15 +144,29 @@ class TaskRecord(BaseModel):
         return v
 
     @classmethod
-    def pending(cls, msg: TaskMessage) -> "TaskRecord":
+    def pending(cls, msg: TaskMessage) -> TaskRecord:
         """The first record of a task just accepted."""
-        return cls(id=msg.id, name=msg.name, queue=msg.queue, state=TaskState.PENDING, level=1,
-                   attempt=msg.attempt, version=version_of(TaskState.PENDING, msg.attempt), args=msg.args,
-                   kwargs=msg.kwargs, created_at=msg.created_at, timeout_s=msg.timeout_s,
-                   resources=msg.resources, tags=msg.tags, retry=msg.retry, attempts=msg.attempts,
-                   tenant=msg.tenant, not_before=msg.not_before)
+        return cls(
+            id=msg.id,
+            name=msg.name,
+            queue=msg.queue,
+            state=TaskState.PENDING,
+            level=1,
+            attempt=msg.attempt,
+            version=version_of(TaskState.PENDING, msg.attempt),
+            args=msg.args,
+            kwargs=msg.kwargs,
+            created_at=msg.created_at,
+            timeout_s=msg.timeout_s,
+            resources=msg.resources,
+            tags=msg.tags,
+            retry=msg.retry,
+            attempts=msg.attempts,
+            tenant=msg.tenant,
+            not_before=msg.not_before,
+        )
 
-    def moved_to(self, state: TaskState, **changes: Any) -> "TaskRecord":
+    def moved_to(self, state: TaskState, **changes: Any) -> TaskRecord:
         """A copy of this record in ``state``, with the version the state machine gives it."""
         attempt = changes.pop("attempt", self.attempt)
         now = utcnow()
@@ -159,8 +174,16 @@ class TaskRecord(BaseModel):
             changes.setdefault("started_at", now)
         if state.terminal:
             changes.setdefault("finished_at", now)
-        return self.model_copy(update=dict(state=state, level=state.level, attempt=attempt,
-                                           version=version_of(state, attempt), updated_at=now, **changes))
+        return self.model_copy(
+            update=dict(
+                state=state,
+                level=state.level,
+                attempt=attempt,
+                version=version_of(state, attempt),
+                updated_at=now,
+                **changes,
+            )
+        )
 
     @property
     def terminal(self) -> bool:
@@ -174,21 +197,47 @@ class TaskRecord(BaseModel):
 
     def message(self) -> TaskMessage:
         """The queue message that runs this record's attempt (no earlier than its ``not_before``)."""
-        return TaskMessage(id=self.id, name=self.name, queue=self.queue, attempt=self.attempt, args=self.args,
-                           kwargs=self.kwargs, timeout_s=self.timeout_s, resources=self.resources, tags=self.tags,
-                           created_at=self.created_at, retry=self.retry, attempts=self.attempts,
-                           not_before=self.not_before, tenant=self.tenant)
+        return TaskMessage(
+            id=self.id,
+            name=self.name,
+            queue=self.queue,
+            attempt=self.attempt,
+            args=self.args,
+            kwargs=self.kwargs,
+            timeout_s=self.timeout_s,
+            resources=self.resources,
+            tags=self.tags,
+            created_at=self.created_at,
+            retry=self.retry,
+            attempts=self.attempts,
+            not_before=self.not_before,
+            tenant=self.tenant,
+        )
 
-    def retried(self, delay_s: float) -> tuple["TaskRecord", TaskMessage]:
+    def retried(self, delay_s: float) -> tuple[TaskRecord, TaskMessage]:
         """The record of the next attempt after this failed one, and its queue message: SCHEDULED
         until ``delay_s`` from now (PENDING when there is no delay). The message is to be sent
         once the delay is over, so that a waiting retry holds no place in a consumer."""
-        summary = AttemptSummary(attempt=self.attempt, state=self.state.value, error_type=self.error_type,
-                                 error=self.error, started_at=self.started_at, finished_at=self.finished_at)
+        summary = AttemptSummary(
+            attempt=self.attempt,
+            state=self.state.value,
+            error_type=self.error_type,
+            error=self.error,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+        )
         state = TaskState.SCHEDULED if delay_s > 0 else TaskState.PENDING
-        nxt = self.moved_to(state, attempt=self.attempt + 1, will_retry=False, started_at=None,
-                            finished_at=None, worker=None, lease_owner=None, attempts=[*self.attempts, summary],
-                            not_before=utcnow() + timedelta(seconds=delay_s) if delay_s > 0 else None)
+        nxt = self.moved_to(
+            state,
+            attempt=self.attempt + 1,
+            will_retry=False,
+            started_at=None,
+            finished_at=None,
+            worker=None,
+            lease_owner=None,
+            attempts=[*self.attempts, summary],
+            not_before=utcnow() + timedelta(seconds=delay_s) if delay_s > 0 else None,
+        )
         return nxt, nxt.message()
 
     def to_doc(self) -> dict:
@@ -196,7 +245,7 @@ class TaskRecord(BaseModel):
         return self.model_dump(mode="json")
 
     @classmethod
-    def from_doc(cls, doc: dict) -> "TaskRecord":
+    def from_doc(cls, doc: dict) -> TaskRecord:
         """A record from an OpenSearch ``_source``."""
         return cls.model_validate(doc)
 
@@ -214,16 +263,25 @@ class PackedRecord(NamedTuple):
     will_retry: bool
     name: str
     queue: str
-    timeout_s: Optional[float]
+    timeout_s: float | None
     doc: bytes
 
     @classmethod
-    def of(cls, record: "TaskRecord | PackedRecord") -> "PackedRecord":
+    def of(cls, record: TaskRecord | PackedRecord) -> PackedRecord:
         """``record`` packed (a packed one as it is)."""
         if isinstance(record, PackedRecord):
             return record
-        return cls(record.id, record.version, record.state, record.attempt, record.will_retry, record.name,
-                   record.queue, record.timeout_s, record.__pydantic_serializer__.to_json(record))
+        return cls(
+            record.id,
+            record.version,
+            record.state,
+            record.attempt,
+            record.will_retry,
+            record.name,
+            record.queue,
+            record.timeout_s,
+            record.__pydantic_serializer__.to_json(record),
+        )
 
     @property
     def terminal(self) -> bool:
@@ -241,15 +299,16 @@ class WriteOutcome(NamedTuple):
     task_id: str
     version: int
     accepted: bool
-    reason: Optional[str] = None  # "conflict" when a newer version was already stored, else an error
-    status: Optional[int] = None  # the store's HTTP status for this write
+    reason: str | None = None  # "conflict" when a newer version was already stored, else an error
+    status: int | None = None  # the store's HTTP status for this write
 
     @property
     def refused_for_content(self) -> bool:
         """Whether the store will never accept this record as it is (its content is at fault, not
         an outage or a newer version): retrying the same write cannot help."""
-        return not self.accepted and self.status is not None and 400 <= self.status < 500 \
-            and self.status not in (409, 429)
+        return (
+            not self.accepted and self.status is not None and 400 <= self.status < 500 and self.status not in (409, 429)
+        )
 
 
 class SubmitRequest(BaseModel):
@@ -260,9 +319,9 @@ class SubmitRequest(BaseModel):
     name: str = Field(pattern=NAME_PATTERN)
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    queue: Optional[str] = Field(None, pattern=QUEUE_PATTERN)
-    timeout_s: Optional[float] = Field(None, gt=0)
-    tags: Optional[list[str]] = None
-    resources: Optional[Resources] = None
-    max_retries: Optional[int] = Field(None, ge=0, le=100)
-    tenant: Optional[str] = Field(None, pattern=TENANT_PATTERN)
+    queue: str | None = Field(None, pattern=QUEUE_PATTERN)
+    timeout_s: float | None = Field(None, gt=0)
+    tags: list[str] | None = None
+    resources: Resources | None = None
+    max_retries: int | None = Field(None, ge=0, le=100)
+    tenant: str | None = Field(None, pattern=TENANT_PATTERN)

@@ -3,17 +3,20 @@
 ``TaskQueue`` (producing) and ``QueueReader`` (a consumer-group member) are the contract;
 the Kafka classes implement them and translate kafka-python's errors into raylane's.
 """
+
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import logging
 import threading
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
+from raylane.compat import forget_empty_partitions
 from raylane.errors import QueueUnavailable
 from raylane.models import TaskMessage
 from raylane.signing import SIGNATURE_HEADER, Signer
@@ -36,9 +39,9 @@ class Consumed:
     topic: str
     partition: int
     offset: int
-    key: Optional[bytes]
-    value: Optional[bytes]
-    signature: Optional[bytes] = None  # the ``raylane-signature`` header, if the message has one
+    key: bytes | None
+    value: bytes | None
+    signature: bytes | None = None  # the ``raylane-signature`` header, if the message has one
 
 
 @dataclass(frozen=True)
@@ -47,12 +50,12 @@ class PartitionState:
 
     topic: str
     partition: int
-    position: Optional[int]
-    end: Optional[int]
+    position: int | None
+    end: int | None
     paused: bool
 
     @property
-    def lag(self) -> Optional[int]:
+    def lag(self) -> int | None:
         return None if self.position is None or self.end is None else max(0, self.end - self.position)
 
 
@@ -125,8 +128,17 @@ class KafkaTaskQueue(TaskQueue):
     """Producer side on Kafka: ``acks=all``, idempotent producer, topics created on first use.
     Every task message carries its signature under the cluster secret in a header."""
 
-    def __init__(self, bootstrap: str, *, prefix: str, dlq_topic: str, partitions: int, max_payload_bytes: int,
-                 signer: Signer, produce_timeout_s: float = 10.0):
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        prefix: str,
+        dlq_topic: str,
+        partitions: int,
+        max_payload_bytes: int,
+        signer: Signer,
+        produce_timeout_s: float = 10.0,
+    ):
         self.bootstrap = bootstrap
         self.signer = signer
         self.prefix = prefix
@@ -142,36 +154,53 @@ class KafkaTaskQueue(TaskQueue):
     def _get_producer(self):
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
+
         if self._producer is None:
             try:
-                self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
-                                               linger_ms=2, max_request_size=self.max_message,
-                                               request_timeout_ms=int(self.produce_timeout_s * 1000),
-                                               max_block_ms=int(self.produce_timeout_s * 1000), **_RECONNECT)
+                self._producer = KafkaProducer(
+                    bootstrap_servers=self.bootstrap,
+                    acks="all",
+                    enable_idempotence=True,
+                    linger_ms=2,
+                    max_request_size=self.max_message,
+                    request_timeout_ms=int(self.produce_timeout_s * 1000),
+                    max_block_ms=int(self.produce_timeout_s * 1000),
+                    **_RECONNECT,
+                )
             except (KafkaError, OSError) as e:
                 raise QueueUnavailable(f"Kafka at {self.bootstrap} unreachable: {e}") from e
         return self._producer
 
     def _admin_client(self):
         from kafka import KafkaAdminClient
+
         if self._admin is None:
-            self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap,
-                                           request_timeout_ms=int(self.produce_timeout_s * 1000), **_RECONNECT)
+            self._admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap, request_timeout_ms=int(self.produce_timeout_s * 1000), **_RECONNECT
+            )
         return self._admin
 
     def _ensure_topic(self, topic: str) -> str:
         from kafka.admin import NewTopic
         from kafka.errors import KafkaError, TopicAlreadyExistsError
+
         with self._lock:
             if topic in self._known:
                 return topic
             try:
-                if topic not in set(self._admin_client().list_topics()):
-                    try:
-                        self._admin.create_topics([NewTopic(topic, num_partitions=self.partitions, replication_factor=1,
-                                                            topic_configs={"max.message.bytes": str(self.max_message)})])
-                    except TopicAlreadyExistsError:
-                        pass
+                admin = self._admin_client()
+                if topic not in set(admin.list_topics()):
+                    with contextlib.suppress(TopicAlreadyExistsError):
+                        admin.create_topics(
+                            [
+                                NewTopic(
+                                    topic,
+                                    num_partitions=self.partitions,
+                                    replication_factor=1,
+                                    topic_configs={"max.message.bytes": str(self.max_message)},
+                                )
+                            ]
+                        )
             except (KafkaError, OSError) as e:
                 raise QueueUnavailable(f"could not create Kafka topic {topic}: {e}") from e
             self._known.add(topic)
@@ -182,6 +211,7 @@ class KafkaTaskQueue(TaskQueue):
 
     def queue_exists(self, queue: str) -> bool:
         from kafka.errors import KafkaError
+
         topic = topic_of(self.prefix, queue)
         with self._lock:
             if topic in self._known:
@@ -196,6 +226,7 @@ class KafkaTaskQueue(TaskQueue):
 
     def produce_many(self, messages: Sequence[TaskMessage]) -> None:
         from kafka.errors import KafkaError
+
         for topic in {topic_of(self.prefix, m.queue) for m in messages}:
             self._ensure_topic(topic)
         producer = self._get_producer()
@@ -203,18 +234,25 @@ class KafkaTaskQueue(TaskQueue):
             futures = []
             for m in messages:
                 value = m.to_bytes()
-                futures.append(producer.send(topic_of(self.prefix, m.queue), key=m.id.encode(), value=value,
-                                             headers=[(SIGNATURE_HEADER, self.signer.sign_message(value).encode())]))
+                futures.append(
+                    producer.send(
+                        topic_of(self.prefix, m.queue),
+                        key=m.id.encode(),
+                        value=value,
+                        headers=[(SIGNATURE_HEADER, self.signer.sign_message(value).encode())],
+                    )
+                )
             producer.flush(timeout=self.produce_timeout_s)
             for f in futures:
                 f.get(timeout=self.produce_timeout_s)
         except (KafkaError, OSError) as e:
             raise QueueUnavailable(f"Kafka did not acknowledge {len(messages)} task message(s): {e}") from e
         finally:
-            _forget_empty_partitions(producer)
+            forget_empty_partitions(producer)
 
     def dead_letter(self, item: Consumed, reason: str) -> None:
         from kafka.errors import KafkaError
+
         self._ensure_topic(self.dlq_topic)
         try:
             body = json.dumps(dead_letter_body(item, reason)).encode()
@@ -235,26 +273,16 @@ def dead_letter_body(item: Consumed, reason: str) -> dict:
     """The dead letter of ``item``: why it was refused, where it came from, and the start of it.
     Bounded whatever the message was, so that a dead letter always fits where it goes."""
     value = item.value or b""
-    return {"reason": reason[:DLQ_REASON_CHARS], "topic": item.topic, "partition": item.partition,
-            "offset": item.offset, "key": (item.key or b"")[:200].decode(errors="replace") or None,
-            "value": value[:DLQ_VALUE_BYTES].decode(errors="replace"), "value_bytes": len(value),
-            "truncated": len(value) > DLQ_VALUE_BYTES}
-
-
-def _forget_empty_partitions(producer) -> None:
-    """Drop the producer's empty per-partition queues. kafka-python (3.0.12) keeps one for every
-    partition ever written and asks for new metadata in a busy loop while any of them has no
-    leader, so a queue topic deleted under a running producer would cost a full core forever.
-    A queue is made again on the next send to its partition. Only the library's internals allow
-    this; if they change, nothing is dropped."""
-    acc = getattr(producer, "_accumulator", None)
-    batches, lock_of = getattr(acc, "_batches", None), getattr(acc, "_tp_lock", None)
-    if not isinstance(batches, dict) or lock_of is None:
-        return
-    for tp in list(batches):
-        with lock_of(tp):
-            if tp in batches and not batches[tp]:
-                del batches[tp]
+    return {
+        "reason": reason[:DLQ_REASON_CHARS],
+        "topic": item.topic,
+        "partition": item.partition,
+        "offset": item.offset,
+        "key": (item.key or b"")[:200].decode(errors="replace") or None,
+        "value": value[:DLQ_VALUE_BYTES].decode(errors="replace"),
+        "value_bytes": len(value),
+        "truncated": len(value) > DLQ_VALUE_BYTES,
+    }
 
 
 def owner_of(topic: str, partition: int, members: int) -> int:
@@ -273,10 +301,20 @@ class KafkaQueueReader(QueueReader):
     committed offsets. Topics are rediscovered every ``refresh_s``.
     """
 
-    def __init__(self, bootstrap: str, *, prefix: str, group: str, max_message: int, member: int = 0,
-                 members: int = 1, refresh_s: float = 1.0):
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        prefix: str,
+        group: str,
+        max_message: int,
+        member: int = 0,
+        members: int = 1,
+        refresh_s: float = 1.0,
+    ):
         from kafka import KafkaConsumer
         from kafka.errors import KafkaError
+
         if not 0 <= member < members:
             raise ValueError(f"member {member} is not one of {members} readers")
         self.prefix, self.member, self.members, self.refresh_s = prefix, member, members, refresh_s
@@ -284,14 +322,20 @@ class KafkaQueueReader(QueueReader):
         # KafkaConsumer is not thread-safe; polls and inspection may come from different threads.
         self._lock = threading.Lock()
         try:
-            self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-                                           auto_offset_reset="earliest",
-                                           max_partition_fetch_bytes=max(max_message, 1 << 20), **_RECONNECT)
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=bootstrap,
+                group_id=group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_partition_fetch_bytes=max(max_message, 1 << 20),
+                **_RECONNECT,
+            )
         except (KafkaError, OSError) as e:
             raise QueueUnavailable(f"Kafka at {bootstrap} unreachable: {e}") from e
 
     def _refresh_assignment(self) -> None:
         from kafka.structs import TopicPartition
+
         mine = set()
         for topic in self._consumer.topics():
             if topic.startswith(self.prefix) and len(topic) > len(self.prefix):
@@ -304,6 +348,7 @@ class KafkaQueueReader(QueueReader):
 
     def poll(self, max_records: int, timeout_s: float) -> list[Consumed]:
         from kafka.errors import KafkaError
+
         try:
             with self._lock:
                 if time.monotonic() - self._refreshed >= self.refresh_s:
@@ -327,6 +372,7 @@ class KafkaQueueReader(QueueReader):
         neither take nor quickly refuse a commit to a deleted topic: kafka-python retries it
         until its timeout, and every later commit that carried it would wait as long."""
         from kafka.errors import KafkaError
+
         with self._lock:
             try:
                 return self._commit_assigned(offsets)
@@ -340,8 +386,11 @@ class KafkaQueueReader(QueueReader):
 
     def _commit_assigned(self, offsets: dict[tuple[str, int], int]) -> set[tuple[str, int]]:
         from kafka.structs import OffsetAndMetadata, TopicPartition
+
         assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
-        mine = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items() if (t, p) in assigned}
+        mine = {
+            TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items() if (t, p) in assigned
+        }
         if mine:
             self._consumer.commit(mine, timeout_ms=COMMIT_TIMEOUT_MS)
         return offsets.keys() - assigned
@@ -350,6 +399,7 @@ class KafkaQueueReader(QueueReader):
         """Pause the assigned partitions of ``topics`` (resuming all others), and give back the
         messages of ``returned`` that belong to them: they will be read again once resumed."""
         from kafka.structs import TopicPartition
+
         assigned = self._consumer.assignment()
         held = {tp for tp in assigned if tp.topic in topics}
         to_resume = set(self._consumer.paused()) - held
@@ -357,7 +407,8 @@ class KafkaQueueReader(QueueReader):
             self._consumer.resume(*to_resume)
         if held:
             self._consumer.pause(*held)
-        keep, first_held = [], {}
+        keep: list[Consumed] = []
+        first_held: dict = {}
         for item in returned:
             if item.topic in topics:
                 tp = TopicPartition(item.topic, item.partition)

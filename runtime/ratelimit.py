@@ -4,13 +4,14 @@ One tenant must not be able to starve the others: each API token gets its own bu
 own share of waits, and what is over is answered 429 with the seconds to wait (``Retry-After``)
 instead of being queued. The state lives in the API's process; it is small and bounded.
 """
+
 from __future__ import annotations
 
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 
 class OverLimit(Exception):
@@ -30,8 +31,7 @@ class RateLimiter:
     """A token bucket per key: ``rate`` requests a second on average, bursts of up to ``burst``.
     Keys idle long enough to have a full bucket are forgotten, so memory stays bounded."""
 
-    def __init__(self, rate: float, burst: int, max_keys: int = 100_000,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, rate: float, burst: int, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic):
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be positive and burst at least 1")
         self.rate, self.burst, self.max_keys, self._clock = rate, burst, max_keys, clock

@@ -4,19 +4,23 @@ A driver that defines a task (``__main__`` included) publishes the pickled funct
 Ray's GCS, Ray's trusted channel; Kafka and HTTP only ever carry the name and JSON
 arguments. Any process in the cluster can then load the function by name.
 """
+
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import sys
 import sysconfig
 import time
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from raylane.compat import kv_get, kv_list, kv_put
 from raylane.errors import InvalidTaskInput, UnknownTaskName
 from raylane.limits import check_tags, check_timeout
 from raylane.models import NAME_PATTERN, QUEUE_PATTERN, Resources, RetryPolicy
@@ -32,14 +36,15 @@ class TaskDefinition:
 
     name: str
     fn: Callable
-    timeout_s: Optional[float] = None
+    timeout_s: float | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    queue: Optional[str] = None
+    queue: str | None = None
     resources: Resources = field(default_factory=Resources)
     tags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         import re
+
         if not re.match(NAME_PATTERN, self.name):
             raise InvalidTaskInput(f"task name {self.name!r} must match {NAME_PATTERN}")
         if self.queue is not None and not re.match(QUEUE_PATTERN, self.queue):
@@ -65,6 +70,7 @@ def _importable_elsewhere(module_name: str) -> bool:
 def dumps_definition(defn: TaskDefinition) -> bytes:
     """Pickle a definition; functions of modules that workers cannot import are pickled by value."""
     from ray import cloudpickle
+
     module_name = getattr(defn.fn, "__module__", "__main__")
     by_value = not _importable_elsewhere(module_name) and module_name in sys.modules and module_name != "__main__"
     if by_value:
@@ -88,11 +94,10 @@ def restore(name: str, digest: str, blob: bytes) -> None:
     """Register a pickled definition under ``name`` (as ``publish`` does, or from a kept copy whose
     signature the caller checked). A blob is stored under its own SHA-256 and never replaced, so
     content under a digest is always the content that digest names."""
-    from ray.experimental import internal_kv as kv
     if hashlib.sha256(blob).hexdigest() != digest:
         raise InvalidTaskInput(f"the digest of task definition {name!r} does not match its pickle")
-    kv._internal_kv_put(_BLOB_KEY + digest, blob, overwrite=False, namespace=_KV_NAMESPACE)
-    kv._internal_kv_put(_NAME_KEY + name, digest, overwrite=True, namespace=_KV_NAMESPACE)
+    kv_put(_BLOB_KEY + digest, blob, namespace=_KV_NAMESPACE, overwrite=False)
+    kv_put(_NAME_KEY + name, digest, namespace=_KV_NAMESPACE)
     _names[name] = (digest, time.monotonic() + NAME_TTL_S)
 
 
@@ -103,13 +108,12 @@ _names: dict[str, tuple[str, float]] = {}
 NAME_TTL_S = 1.0
 
 
-def _digest_of(name: str) -> Optional[str]:
-    from ray.experimental import internal_kv as kv
+def _digest_of(name: str) -> str | None:
     hit = _names.get(name)
     now = time.monotonic()
     if hit is not None and hit[1] > now:
         return hit[0]
-    raw = kv._internal_kv_get(_NAME_KEY + name, namespace=_KV_NAMESPACE)
+    raw = kv_get(_NAME_KEY + name, namespace=_KV_NAMESPACE)
     if raw is None:
         _names.pop(name, None)
         return None
@@ -120,18 +124,19 @@ def _digest_of(name: str) -> Optional[str]:
 def load(name: str) -> TaskDefinition:
     """The definition registered under ``name``; raises ``UnknownTaskName``."""
     from ray import cloudpickle
-    from ray.experimental import internal_kv as kv
+
     digest = _digest_of(name)
     if digest is None:
         raise UnknownTaskName(name, registered_names())
     defn = _loaded.get(digest)
     if defn is None:
-        blob = kv._internal_kv_get(_BLOB_KEY + digest, namespace=_KV_NAMESPACE)
+        blob = kv_get(_BLOB_KEY + digest, namespace=_KV_NAMESPACE)
         if blob is None:
             raise UnknownTaskName(name)
         if hashlib.sha256(blob).hexdigest() != digest:
-            raise InvalidTaskInput(f"the definition of task {name!r} in Ray's KV store does not match its digest; "
-                                   f"it was not loaded")
+            raise InvalidTaskInput(
+                f"the definition of task {name!r} in Ray's KV store does not match its digest; it was not loaded"
+            )
         defn = cloudpickle.loads(blob)
         _loaded[digest] = defn
     return defn
@@ -139,9 +144,8 @@ def load(name: str) -> TaskDefinition:
 
 def registered_names() -> list[str]:
     """Names of every task registered in the cluster."""
-    from ray.experimental import internal_kv as kv
-    keys = kv._internal_kv_list(_NAME_KEY, namespace=_KV_NAMESPACE)
-    return sorted(k.decode()[len(_NAME_KEY):] for k in keys)
+    keys = kv_list(_NAME_KEY, namespace=_KV_NAMESPACE)
+    return sorted(k.decode()[len(_NAME_KEY) :] for k in keys)
 
 
 _adapters: dict[Any, TypeAdapter] = {}
@@ -152,10 +156,8 @@ def _adapter(tp: Any) -> TypeAdapter:
         return _adapters[tp]
     except (KeyError, TypeError):
         adapter = TypeAdapter(tp)
-        try:
+        with contextlib.suppress(TypeError):
             _adapters[tp] = adapter
-        except TypeError:
-            pass
         return adapter
 
 
@@ -186,14 +188,18 @@ def check_arguments(name: str, fn: Callable, args: list, kwargs: dict) -> None:
         if tp is None:
             continue
         kind = sig.parameters[pname].kind
-        values = value if kind is inspect.Parameter.VAR_POSITIONAL else (
-            value.values() if kind is inspect.Parameter.VAR_KEYWORD else [value])
+        values = (
+            value
+            if kind is inspect.Parameter.VAR_POSITIONAL
+            else (value.values() if kind is inspect.Parameter.VAR_KEYWORD else [value])
+        )
         for v in values:
             try:
                 _adapter(tp).validate_python(v, strict=True)
             except ValidationError as e:
                 first = e.errors()[0]
-                raise InvalidTaskInput(f"argument {pname!r} of {name}{sig}: {first['msg']} "
-                                       f"(got {type(v).__name__} {v!r:.80})") from e
+                raise InvalidTaskInput(
+                    f"argument {pname!r} of {name}{sig}: {first['msg']} (got {type(v).__name__} {v!r:.80})"
+                ) from e
             except Exception:  # a hint pydantic cannot check (e.g. a plain class): skip it
                 continue

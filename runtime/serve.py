@@ -16,9 +16,11 @@ which runs handlers inside the replica, raylane runs each task as its own Ray ta
 Executor, with raylane's timeout, retry and cancel semantics; ``start_consumer`` therefore
 starts nothing, and a handler must not depend on replica state that cannot be pickled with it.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+from collections.abc import Callable
+from typing import Any
 
 from ray.serve.schema import TaskProcessorAdapter, TaskProcessorConfig, TaskResult
 
@@ -28,8 +30,12 @@ from raylane.models import SubmitRequest, TaskRecord
 
 
 def _result(record: TaskRecord) -> TaskResult:
-    return TaskResult(id=record.id, status=record.state.value, created_at=record.created_at.timestamp(),
-                      result=record.result if record.result is not None else record.error)
+    return TaskResult(
+        id=record.id,
+        status=record.state.value,
+        created_at=record.created_at.timestamp(),
+        result=record.result if record.result is not None else record.error,
+    )
 
 
 class RaylaneTaskProcessorAdapter(TaskProcessorAdapter):
@@ -49,20 +55,32 @@ class RaylaneTaskProcessorAdapter(TaskProcessorAdapter):
         """Connect to raylane (starting nothing if it already runs)."""
         raylane.init(**self._settings)
 
-    def register_task_handle(self, func: Callable, name: Optional[str] = None) -> None:
+    def register_task_handle(self, func: Callable, name: str | None = None) -> None:
         """Declare ``func`` as the raylane task ``serve.<queue>.<name>``, retried ``max_retries`` times."""
-        raylane.task(name=self._name(name or func.__name__), queue=self.config.queue_name,
-                     max_retries=self.config.max_retries or 0)(func)
+        raylane.task(
+            name=self._name(name or func.__name__),
+            queue=self.config.queue_name,
+            max_retries=self.config.max_retries or 0,
+        )(func)
 
-    def enqueue_task_sync(self, task_name: str, args: Optional[Any] = None, kwargs: Optional[Any] = None,
-                          **options) -> TaskResult:
+    def enqueue_task_sync(
+        self, task_name: str, args: Any | None = None, kwargs: Any | None = None, **options
+    ) -> TaskResult:
         """Submit a task; ``options`` may carry raylane's ``tags``. Returns its PENDING state."""
         tags = options.pop("tags", ())
         if options:
             raise TypeError(f"unsupported task options for the raylane adapter: {sorted(options)}")
-        [handle] = submit_requests([SubmitRequest(name=self._name(task_name), args=list(args or []),
-                                                  kwargs=dict(kwargs or {}), queue=self.config.queue_name,
-                                                  tags=list(tags))])
+        [handle] = submit_requests(
+            [
+                SubmitRequest(
+                    name=self._name(task_name),
+                    args=list(args or []),
+                    kwargs=dict(kwargs or {}),
+                    queue=self.config.queue_name,
+                    tags=list(tags),
+                )
+            ]
+        )
         return _result(handle.record())
 
     def get_task_status_sync(self, task_id: str) -> TaskResult:
@@ -79,11 +97,11 @@ class RaylaneTaskProcessorAdapter(TaskProcessorAdapter):
     def stop_consumer(self, timeout: float = 10.0) -> None:
         """Nothing to stop (see ``start_consumer``)."""
 
-    def get_metrics_sync(self) -> Dict[str, Any]:
+    def get_metrics_sync(self) -> dict[str, Any]:
         """Tasks of this queue per state."""
         return {"queue": self.config.queue_name, "tasks_by_state": raylane.counts(queue=self.config.queue_name)}
 
-    def health_check_sync(self) -> List[Dict]:
+    def health_check_sync(self) -> list[dict]:
         """One entry: whether raylane answers."""
         try:
             raylane.counts(queue=self.config.queue_name)

@@ -10,6 +10,7 @@ The secret is 32 random bytes kept in a file readable by its owner only (``RAYLA
 by default ``<home>/cluster.key``, created on first use). Every process that deploys raylane
 onto one cluster must use the same file, or what one signed the others refuse.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,7 +39,7 @@ class Signer:
         self._secret = secret
 
     @classmethod
-    def of(cls, secret: "SecretStr") -> "Signer":
+    def of(cls, secret: SecretStr) -> Signer:
         """A signer under ``secret`` as configuration holds it."""
         return cls(secret.get_secret_value().encode())
 
@@ -65,8 +66,7 @@ class Signer:
     def definition_ok(self, name: str, digest: str, blob: bytes, signature: str | bytes | None) -> bool:
         """Whether ``signature`` is this cluster's signature of the definition, and ``digest``
         is the SHA-256 of ``blob``."""
-        return (hashlib.sha256(blob).hexdigest() == digest
-                and _same(self.sign_definition(name, digest, blob), signature))
+        return hashlib.sha256(blob).hexdigest() == digest and _same(self.sign_definition(name, digest, blob), signature)
 
 
 def _same(expected: str, given: str | bytes | None) -> bool:

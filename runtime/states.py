@@ -4,6 +4,7 @@ This module is the only place that decides a write's version. The store accepts 
 only when its version is higher than the stored one, so a level only moves forward and,
 of two writes of the same level and attempt, exactly one wins.
 """
+
 from __future__ import annotations
 
 from enum import Enum
@@ -11,7 +12,7 @@ from enum import Enum
 ATTEMPT_STRIDE = 10  # version = attempt * ATTEMPT_STRIDE + level
 
 
-class TaskState(str, Enum):
+class TaskState(str, Enum):  # noqa: UP042 -- str() and f-strings keep "TaskState.X", as before
     """Where a task is in its life."""
 
     PENDING = "PENDING"  # accepted and queued

@@ -4,17 +4,20 @@
 an ``index`` with ``version_type=external``: the store accepts it only if its version is
 higher than the stored one, and says so per write. Writes never read first.
 """
+
 from __future__ import annotations
 
 import abc
 import base64
+import contextlib
 import json
-from datetime import datetime, timezone
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from raylane.config import OpenSearchAuth
+from raylane.config import OpenSearchConnection
 from raylane.errors import StoreUnavailable
 from raylane.models import PackedRecord, TaskRecord, WriteOutcome
 from raylane.states import TaskState
@@ -28,14 +31,14 @@ class TaskQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    state: Optional[list[TaskState]] = None
-    name: Optional[str] = None
-    queue: Optional[str] = None
+    state: list[TaskState] | None = None
+    name: str | None = None
+    queue: str | None = None
     tags: list[str] = Field(default_factory=list)
-    since: Optional[datetime] = None
-    until: Optional[datetime] = None
-    text: Optional[str] = Field(None, description="words that must appear in the error message")
-    tenant: Optional[str] = Field(None, description="only this tenant's tasks (None: every task)")
+    since: datetime | None = None
+    until: datetime | None = None
+    text: str | None = Field(None, description="words that must appear in the error message")
+    tenant: str | None = Field(None, description="only this tenant's tasks (None: every task)")
 
 
 class StatusStore(abc.ABC):
@@ -57,7 +60,7 @@ class StatusStore(abc.ABC):
         """Versioned writes, one outcome per record, in order."""
 
     @abc.abstractmethod
-    def get(self, task_id: str) -> Optional[TaskRecord]:
+    def get(self, task_id: str) -> TaskRecord | None:
         """The current record of ``task_id``, or None."""
 
     @abc.abstractmethod
@@ -65,7 +68,9 @@ class StatusStore(abc.ABC):
         """Current records of the ids that exist (real-time)."""
 
     @abc.abstractmethod
-    def search(self, query: TaskQuery, limit: int = 100, after: Optional[list] = None) -> tuple[list[TaskRecord], Optional[list]]:
+    def search(
+        self, query: TaskQuery, limit: int = 100, after: list | None = None
+    ) -> tuple[list[TaskRecord], list | None]:
         """Up to ``limit`` records, newest first, and the cursor to pass as ``after`` for the next page."""
 
     @abc.abstractmethod
@@ -86,7 +91,7 @@ class StatusStore(abc.ABC):
         the Ray cluster. The store keeps them as given; checking the signature is the reader's job."""
 
     @abc.abstractmethod
-    def load_definition(self, name: str) -> Optional[tuple[str, bytes, Optional[str]]]:
+    def load_definition(self, name: str) -> tuple[str, bytes, str | None] | None:
         """The kept definition of ``name``: its digest, pickle and signature (None if it has none);
         None if there is none."""
 
@@ -130,7 +135,7 @@ class StatusStore(abc.ABC):
 
 def _utc(t: datetime) -> str:
     """``t`` in ISO 8601 at UTC (a naive time is taken as UTC); OpenSearch refuses offsets beyond ±18:00."""
-    return (t.astimezone(timezone.utc) if t.tzinfo else t.replace(tzinfo=timezone.utc)).isoformat()
+    return (t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC)).isoformat()
 
 
 def _mappings() -> dict:
@@ -140,16 +145,34 @@ def _mappings() -> dict:
     return {
         "dynamic": "strict",
         "properties": {
-            "id": kw, "name": kw, "queue": kw, "state": kw, "tags": kw, "worker": kw, "error_type": kw,
-            "lease_owner": kw, "tenant": kw,
-            "level": {"type": "byte"}, "attempt": {"type": "integer"}, "version": {"type": "long"},
-            "created_at": date, "started_at": date, "finished_at": date, "updated_at": date, "not_before": date,
+            "id": kw,
+            "name": kw,
+            "queue": kw,
+            "state": kw,
+            "tags": kw,
+            "worker": kw,
+            "error_type": kw,
+            "lease_owner": kw,
+            "tenant": kw,
+            "level": {"type": "byte"},
+            "attempt": {"type": "integer"},
+            "version": {"type": "long"},
+            "created_at": date,
+            "started_at": date,
+            "finished_at": date,
+            "updated_at": date,
+            "not_before": date,
             "timeout_s": {"type": "float"},
             "error": {"type": "text"},
             "traceback": {"type": "text", "index": False},
             # Arbitrary user JSON: kept in _source, never mapped, so it cannot explode the mapping.
-            "args": stored_only, "kwargs": stored_only, "result": stored_only, "resources": stored_only,
-            "retry": stored_only, "attempts": stored_only, "will_retry": {"type": "boolean"},
+            "args": stored_only,
+            "kwargs": stored_only,
+            "result": stored_only,
+            "resources": stored_only,
+            "retry": stored_only,
+            "attempts": stored_only,
+            "will_retry": {"type": "boolean"},
         },
     }
 
@@ -157,16 +180,28 @@ def _mappings() -> dict:
 class OpenSearchStore(StatusStore):
     """Task records in OpenSearch behind the alias ``alias`` (document id = task id, ``_version`` = state version)."""
 
-    def __init__(self, conn: OpenSearchAuth, alias: str = "raylane-tasks", timeout_s: float = 30.0,
-                 max_bulk_bytes: int = MAX_BULK_BYTES):
+    def __init__(
+        self,
+        conn: OpenSearchConnection,
+        alias: str = "raylane-tasks",
+        timeout_s: float = 30.0,
+        max_bulk_bytes: int = MAX_BULK_BYTES,
+    ):
         from opensearchpy import OpenSearch
 
         self.alias = alias
         self.max_bulk_bytes = max_bulk_bytes
         auth = (conn.username, conn.password.get_secret_value() if conn.password else "") if conn.username else None
-        self._client = OpenSearch(hosts=[conn.url], http_auth=auth, verify_certs=conn.verify_certs,
-                                  ca_certs=conn.ca_certs, timeout=timeout_s, max_retries=2,
-                                  retry_on_timeout=True, http_compress=False)
+        self._client = OpenSearch(
+            hosts=[conn.url],
+            http_auth=auth,
+            verify_certs=conn.verify_certs,
+            ca_certs=conn.ca_certs,
+            timeout=timeout_s,
+            max_retries=2,
+            retry_on_timeout=True,
+            http_compress=False,
+        )
         self._blob_mapped = False
 
     @property
@@ -175,7 +210,9 @@ class OpenSearchStore(StatusStore):
         return self._client
 
     def _call(self, fn, *args, **kwargs):
-        from opensearchpy.exceptions import ConnectionError as OSConnectionError, TransportError
+        from opensearchpy.exceptions import ConnectionError as OSConnectionError
+        from opensearchpy.exceptions import TransportError
+
         try:
             return fn(*args, **kwargs)
         except OSConnectionError as e:
@@ -183,25 +220,41 @@ class OpenSearchStore(StatusStore):
         except TransportError as e:
             if isinstance(e.status_code, int) and e.status_code == 404:
                 raise
-            raise StoreUnavailable(f"OpenSearch error {e.status_code}: {e.error}",
-                                   status=e.status_code if isinstance(e.status_code, int) else None) from e
+            raise StoreUnavailable(
+                f"OpenSearch error {e.status_code}: {e.error}",
+                status=e.status_code if isinstance(e.status_code, int) else None,
+            ) from e
 
     def ensure_schema(self) -> None:
         from opensearchpy.exceptions import RequestError
+
         c = self._client
-        self._call(c.indices.put_index_template, name=f"{self.alias}-template", body={
-            "index_patterns": [f"{self.alias}-*"],
-            "template": {"settings": {"number_of_shards": 1, "number_of_replicas": 0,
-                                      "refresh_interval": "1s", "max_result_window": 10000},
-                         "mappings": _mappings()},
-        })
+        self._call(
+            c.indices.put_index_template,
+            name=f"{self.alias}-template",
+            body={
+                "index_patterns": [f"{self.alias}-*"],
+                "template": {
+                    "settings": {
+                        "number_of_shards": 1,
+                        "number_of_replicas": 0,
+                        "refresh_interval": "1s",
+                        "max_result_window": 10000,
+                    },
+                    "mappings": _mappings(),
+                },
+            },
+        )
         if self._call(c.indices.exists_alias, name=self.alias):
             # An index made by an older raylane gains the fields added since (adding is allowed; nothing changes type).
             self._call(c.indices.put_mapping, index=self.alias, body=_mappings())
         else:
             try:
-                self._call(c.indices.create, index=f"{self.alias}-000001",
-                           body={"aliases": {self.alias: {"is_write_index": True}}})
+                self._call(
+                    c.indices.create,
+                    index=f"{self.alias}-000001",
+                    body={"aliases": {self.alias: {"is_write_index": True}}},
+                )
             except RequestError as e:
                 if "resource_already_exists" not in str(e):
                     raise StoreUnavailable(f"could not create the index of {self.alias}: {e}") from e
@@ -210,8 +263,13 @@ class OpenSearchStore(StatusStore):
         if not records:
             return []
         index = json.dumps(self.alias)
-        lines = [f'{{"index":{{"_index":{index},"_id":{json.dumps(r.id)},"version":{r.version},'
-                 f'"version_type":"external"}}}}\n'.encode() + PackedRecord.of(r).doc + b"\n" for r in records]
+        lines = [
+            f'{{"index":{{"_index":{index},"_id":{json.dumps(r.id)},"version":{r.version},'
+            f'"version_type":"external"}}}}\n'.encode()
+            + PackedRecord.of(r).doc
+            + b"\n"
+            for r in records
+        ]
         # Bounded in bytes as well as in count: one huge record must not fail its neighbours.
         out: list[WriteOutcome] = []
         chunk: list[int] = []
@@ -225,13 +283,16 @@ class OpenSearchStore(StatusStore):
         out.extend(self._bulk(records, lines, chunk))
         return out
 
-    def _bulk(self, records: Sequence[TaskRecord | PackedRecord], lines: list[bytes], chunk: list[int]) -> list[WriteOutcome]:
+    def _bulk(
+        self, records: Sequence[TaskRecord | PackedRecord], lines: list[bytes], chunk: list[int]
+    ) -> list[WriteOutcome]:
         """One bulk request for the records at ``chunk``; a request the store finds too large is
         split, down to the one record that is, which alone is refused."""
         try:
             # Only what is read back: a full answer per write is about ten times as long to make and parse.
-            resp = self._call(self._client.bulk, body=b"".join(lines[i] for i in chunk),
-                              filter_path="items.*.status,items.*.error")
+            resp = self._call(
+                self._client.bulk, body=b"".join(lines[i] for i in chunk), filter_path="items.*.status,items.*.error"
+            )
         except StoreUnavailable as e:
             if e.status != 413:
                 raise
@@ -239,10 +300,17 @@ class OpenSearchStore(StatusStore):
                 half = len(chunk) // 2
                 return self._bulk(records, lines, chunk[:half]) + self._bulk(records, lines, chunk[half:])
             r = records[chunk[0]]
-            return [WriteOutcome(task_id=r.id, version=r.version, accepted=False, status=413,
-                                 reason=f"request_entity_too_large: the record is {len(lines[chunk[0]])} bytes")]
+            return [
+                WriteOutcome(
+                    task_id=r.id,
+                    version=r.version,
+                    accepted=False,
+                    status=413,
+                    reason=f"request_entity_too_large: the record is {len(lines[chunk[0]])} bytes",
+                )
+            ]
         out = []
-        for i, item in zip(chunk, resp["items"]):
+        for i, item in zip(chunk, resp["items"], strict=False):
             r = records[i]
             res = item["index"]
             status = res.get("status", 500)
@@ -252,12 +320,20 @@ class OpenSearchStore(StatusStore):
                 out.append(WriteOutcome(task_id=r.id, version=r.version, accepted=False, reason="conflict", status=409))
             else:
                 err = res.get("error", {})
-                out.append(WriteOutcome(task_id=r.id, version=r.version, accepted=False, status=status,
-                                        reason=f"{err.get('type', status)}: {err.get('reason', '')}"))
+                out.append(
+                    WriteOutcome(
+                        task_id=r.id,
+                        version=r.version,
+                        accepted=False,
+                        status=status,
+                        reason=f"{err.get('type', status)}: {err.get('reason', '')}",
+                    )
+                )
         return out
 
-    def get(self, task_id: str) -> Optional[TaskRecord]:
+    def get(self, task_id: str) -> TaskRecord | None:
         from opensearchpy.exceptions import NotFoundError
+
         try:
             doc = self._call(self._client.get, index=self.alias, id=task_id, realtime=True)
         except NotFoundError:
@@ -291,13 +367,19 @@ class OpenSearchStore(StatusStore):
             query["bool"]["must"] = [{"match": {"error": {"query": q.text, "operator": "and"}}}]
         return query
 
-    def search(self, query: TaskQuery, limit: int = 100, after: Optional[list] = None) -> tuple[list[TaskRecord], Optional[list]]:
+    def search(
+        self, query: TaskQuery, limit: int = 100, after: list | None = None
+    ) -> tuple[list[TaskRecord], list | None]:
         out: list[TaskRecord] = []
         cursor = after
         while len(out) < limit:
             size = min(MAX_PAGE, limit - len(out))
-            body: dict = {"query": self._filter(query), "size": size, "track_total_hits": False,
-                          "sort": [{"created_at": "desc"}, {"id": "desc"}]}
+            body: dict = {
+                "query": self._filter(query),
+                "size": size,
+                "track_total_hits": False,
+                "sort": [{"created_at": "desc"}, {"id": "desc"}],
+            }
             if cursor:
                 body["search_after"] = cursor
             hits = self._call(self._client.search, index=self.alias, body=body)["hits"]["hits"]
@@ -308,8 +390,12 @@ class OpenSearchStore(StatusStore):
         return out, cursor
 
     def counts(self, query: TaskQuery) -> dict[str, int]:
-        body = {"query": self._filter(query), "size": 0, "track_total_hits": False,
-                "aggs": {"states": {"terms": {"field": "state", "size": len(TaskState)}}}}
+        body = {
+            "query": self._filter(query),
+            "size": 0,
+            "track_total_hits": False,
+            "aggs": {"states": {"terms": {"field": "state", "size": len(TaskState)}}},
+        }
         resp = self._call(self._client.search, index=self.alias, body=body)
         return {b["key"]: b["doc_count"] for b in resp["aggregations"]["states"]["buckets"]}
 
@@ -320,20 +406,28 @@ class OpenSearchStore(StatusStore):
 
     def set_paused(self, queue: str, paused: bool) -> None:
         from opensearchpy.exceptions import NotFoundError
+
         if paused:
-            self._call(self._client.index, index=self._control_index, id=f"paused:{queue}",
-                       body={"kind": "paused", "queue": queue}, refresh="true")
+            self._call(
+                self._client.index,
+                index=self._control_index,
+                id=f"paused:{queue}",
+                body={"kind": "paused", "queue": queue},
+                refresh="true",
+            )
         else:
-            try:
+            with contextlib.suppress(NotFoundError):
                 self._call(self._client.delete, index=self._control_index, id=f"paused:{queue}", refresh="true")
-            except NotFoundError:
-                pass
 
     def paused_queues(self) -> set[str]:
         from opensearchpy.exceptions import NotFoundError
+
         try:
-            resp = self._call(self._client.search, index=self._control_index,
-                              body={"query": {"term": {"kind.keyword": "paused"}}, "size": 1000})
+            resp = self._call(
+                self._client.search,
+                index=self._control_index,
+                body={"query": {"term": {"kind.keyword": "paused"}}, "size": 1000},
+            )
         except NotFoundError:
             return set()
         return {h["_source"]["queue"] for h in resp["hits"]["hits"]}
@@ -346,8 +440,15 @@ class OpenSearchStore(StatusStore):
         body: list[dict] = []
         for name, digest, blob, signature in definitions:
             body.append({"index": {"_index": self._control_index, "_id": f"definition:{name}"}})
-            body.append({"kind": "definition", "name": name, "digest": digest, "signature": signature,
-                         "blob": base64.b64encode(blob).decode()})
+            body.append(
+                {
+                    "kind": "definition",
+                    "name": name,
+                    "digest": digest,
+                    "signature": signature,
+                    "blob": base64.b64encode(blob).decode(),
+                }
+            )
         resp = self._call(self._client.bulk, body=body)
         if resp.get("errors"):
             failed = [i["index"].get("error") for i in resp["items"] if i["index"].get("error")]
@@ -356,6 +457,7 @@ class OpenSearchStore(StatusStore):
     def _map_blob(self) -> None:
         # A pickle is kept, never searched: map it as binary (not indexed) before the first one.
         from opensearchpy.exceptions import NotFoundError, RequestError
+
         mapping = {"properties": {"blob": {"type": "binary"}}}
         try:
             self._call(self._client.indices.put_mapping, index=self._control_index, body=mapping)
@@ -367,8 +469,9 @@ class OpenSearchStore(StatusStore):
                     raise StoreUnavailable(f"could not create {self._control_index}: {e}") from e
         self._blob_mapped = True
 
-    def load_definition(self, name: str) -> Optional[tuple[str, bytes, Optional[str]]]:
+    def load_definition(self, name: str) -> tuple[str, bytes, str | None] | None:
         from opensearchpy.exceptions import NotFoundError
+
         try:
             doc = self._call(self._client.get, index=self._control_index, id=f"definition:{name}")
         except NotFoundError:
@@ -383,19 +486,27 @@ class OpenSearchStore(StatusStore):
 
     def heartbeat(self, owner: str, beat: int) -> None:
         # "at" is for people reading the index; no reader compares it with its own clock.
-        self._call(self._client.index, index=self._control_index, id=f"executor:{owner}",
-                   body={"kind": "executor", "owner": owner, "beat": beat,
-                         "at": datetime.now(timezone.utc).isoformat()}, refresh="true")
+        self._call(
+            self._client.index,
+            index=self._control_index,
+            id=f"executor:{owner}",
+            body={"kind": "executor", "owner": owner, "beat": beat, "at": datetime.now(UTC).isoformat()},
+            refresh="true",
+        )
 
     def heartbeats(self) -> dict[str, int]:
         from opensearchpy.exceptions import NotFoundError
+
         body = {"query": {"term": {"kind.keyword": "executor"}}, "size": 10_000, "_source": ["owner", "beat"]}
         try:
             resp = self._call(self._client.search, index=self._control_index, body=body)
         except NotFoundError:
             return {}
-        return {h["_source"]["owner"]: int(h["_source"].get("beat") or 0) for h in resp["hits"]["hits"]
-                if isinstance(h["_source"].get("owner"), str)}
+        return {
+            h["_source"]["owner"]: int(h["_source"].get("beat") or 0)
+            for h in resp["hits"]["hits"]
+            if isinstance(h["_source"].get("owner"), str)
+        }
 
     def delete_heartbeats(self, owners: Sequence[str]) -> None:
         if not owners:
@@ -411,22 +522,28 @@ class OpenSearchStore(StatusStore):
         return self._unchanged_since(TaskState.PENDING, before, {"queue": sorted(skip_queues)}, limit)
 
     def overdue_scheduled(self, before: datetime, skip_queues: set[str], limit: int) -> list[TaskRecord]:
-        return self._unchanged_since(TaskState.SCHEDULED, before, {"queue": sorted(skip_queues)}, limit,
-                                     field="not_before")
+        return self._unchanged_since(
+            TaskState.SCHEDULED, before, {"queue": sorted(skip_queues)}, limit, field="not_before"
+        )
 
     def unfinished_retries(self, before: datetime, limit: int) -> list[TaskRecord]:
         return self._unchanged_since(TaskState.FAILED, before, {"will_retry": [False]}, limit)
 
-    def _unchanged_since(self, state: TaskState, before: datetime, exclude: dict, limit: int,
-                         field: str = "updated_at") -> list[TaskRecord]:
+    def _unchanged_since(
+        self, state: TaskState, before: datetime, exclude: dict, limit: int, field: str = "updated_at"
+    ) -> list[TaskRecord]:
         """Records in ``state`` whose ``field`` lies before ``before``, oldest first, none matching ``exclude``."""
-        return self._oldest([{"term": {"state": state.value}}, {"range": {field: {"lt": _utc(before)}}}],
-                            exclude, limit, field)
+        return self._oldest(
+            [{"term": {"state": state.value}}, {"range": {field: {"lt": _utc(before)}}}], exclude, limit, field
+        )
 
     def _oldest(self, filters: list[dict], exclude: dict, limit: int, field: str = "updated_at") -> list[TaskRecord]:
         """Up to ``limit`` records matching ``filters`` and none of ``exclude``, by ``field`` ascending."""
-        body = {"query": {"bool": {"filter": filters, "must_not": [{"terms": exclude}]}},
-                "size": limit, "sort": [{field: "asc"}]}
+        body = {
+            "query": {"bool": {"filter": filters, "must_not": [{"terms": exclude}]}},
+            "size": limit,
+            "sort": [{field: "asc"}],
+        }
         hits = self._call(self._client.search, index=self.alias, body=body)["hits"]["hits"]
         return [TaskRecord.from_doc(h["_source"]) for h in hits]
 

@@ -1,7 +1,9 @@
 """``@raylane.task``: turn a function into a task that can be submitted by name."""
+
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -29,7 +31,7 @@ def _checked(model: Any, **fields: Any) -> Any:
 class TaskFunction:
     """A registered task. Call it to run it here; ``submit`` to run it later on the cluster."""
 
-    def __init__(self, definition: TaskDefinition, overrides: Optional[dict] = None):
+    def __init__(self, definition: TaskDefinition, overrides: dict | None = None):
         self.definition = definition
         self._overrides = overrides or {}
         self.__doc__ = definition.fn.__doc__
@@ -44,9 +46,15 @@ class TaskFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.definition.fn(*args, **kwargs)
 
-    def options(self, *, timeout: Optional[float] = None, queue: Optional[str] = None,
-                tags: Optional[list[str]] = None, num_cpus: Optional[float] = None,
-                max_retries: Optional[int] = None) -> "TaskFunction":
+    def options(
+        self,
+        *,
+        timeout: float | None = None,
+        queue: str | None = None,
+        tags: list[str] | None = None,
+        num_cpus: float | None = None,
+        max_retries: int | None = None,
+    ) -> TaskFunction:
         """The same task with per-submit overrides of its timeout, queue, tags, CPUs or retries."""
         over = dict(self._overrides)
         if max_retries is not None:
@@ -61,19 +69,21 @@ class TaskFunction:
             over["resources"] = _checked(Resources, **dict(self.definition.resources.model_dump(), num_cpus=num_cpus))
         return TaskFunction(self.definition, over)
 
-    def request(self, args: Iterable[Any] = (), kwargs: Optional[dict] = None) -> SubmitRequest:
+    def request(self, args: Iterable[Any] = (), kwargs: dict | None = None) -> SubmitRequest:
         """The submit request for these arguments (not yet validated against the signature)."""
         return _checked(SubmitRequest, name=self.name, args=list(args), kwargs=dict(kwargs or {}), **self._overrides)
 
     def submit(self, *args: Any, **kwargs: Any):
         """Enqueue one run; returns a ``TaskHandle`` at once."""
         from raylane.client import submit_requests
+
         return submit_requests([self.request(args, kwargs)], [self.definition])[0]
 
     def submit_many(self, items: Iterable[Any]) -> list:
         """Enqueue many runs at once: each item is a tuple of positional arguments, a dict of
         keyword arguments, or a single argument. All are validated before any is written."""
         from raylane.client import submit_requests
+
         reqs = []
         for item in items:
             if isinstance(item, tuple):
@@ -85,10 +95,21 @@ class TaskFunction:
         return submit_requests(reqs, [self.definition])
 
 
-def task(fn: Optional[Callable] = None, *, name: Optional[str] = None, timeout: Optional[float] = None,
-         max_retries: int = 0, retry_on: Iterable[type | str] = (), retry_backoff: float = 0.5,
-         retry_backoff_max: float = 30.0, queue: Optional[str] = None, num_cpus: float = 1.0,
-         num_gpus: float = 0.0, memory_mb: Optional[int] = None, tags: Iterable[str] = ()) -> Any:
+def task(
+    fn: Callable | None = None,
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    max_retries: int = 0,
+    retry_on: Iterable[type | str] = (),
+    retry_backoff: float = 0.5,
+    retry_backoff_max: float = 30.0,
+    queue: str | None = None,
+    num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+    memory_mb: int | None = None,
+    tags: Iterable[str] = (),
+) -> Any:
     """Declare a task: ``@raylane.task(name="demo.add", timeout=5, max_retries=3)``.
 
     The function's arguments and result must be JSON; its signature and type hints
@@ -98,17 +119,27 @@ def task(fn: Optional[Callable] = None, *, name: Optional[str] = None, timeout: 
     exponential backoff from ``retry_backoff`` seconds, capped at ``retry_backoff_max``,
     with jitter (each delay lies between half and all of that). Timeouts and cancels are never retried.
     """
+
     def wrap(f: Callable) -> TaskFunction:
-        retry = RetryPolicy(max_retries=max_retries, backoff_s=retry_backoff, backoff_max_s=retry_backoff_max,
-                            retry_on=[t if isinstance(t, str) else t.__qualname__ for t in retry_on])
-        defn = TaskDefinition(name=name or f"{f.__module__}.{f.__qualname__}", fn=f, timeout_s=timeout, retry=retry,
-                              queue=queue,
-                              resources=Resources(num_cpus=num_cpus, num_gpus=num_gpus, memory_mb=memory_mb),
-                              tags=tuple(tags))
+        retry = RetryPolicy(
+            max_retries=max_retries,
+            backoff_s=retry_backoff,
+            backoff_max_s=retry_backoff_max,
+            retry_on=[t if isinstance(t, str) else t.__qualname__ for t in retry_on],
+        )
+        defn = TaskDefinition(
+            name=name or f"{f.__module__}.{f.__qualname__}",
+            fn=f,
+            timeout_s=timeout,
+            retry=retry,
+            queue=queue,
+            resources=Resources(num_cpus=num_cpus, num_gpus=num_gpus, memory_mb=memory_mb),
+            tags=tuple(tags),
+        )
         _defined[defn.name] = defn
         from raylane.client import published_if_connected
+
         published_if_connected(defn)
         return TaskFunction(defn)
 
     return wrap(fn) if fn is not None else wrap
-

@@ -4,6 +4,7 @@ A token reads ``rl_<id>_<secret>``. The file keeps only the id, the tenant, the 
 the SHA-256 of the whole token. The secret is 32 random bytes, so a plain hash cannot be
 reversed by guessing and a slow password hash would only slow every request down.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,9 +14,9 @@ import os
 import re
 import secrets
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,7 +69,7 @@ class TokenFile:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._stamp: Optional[tuple[int, int]] = None
+        self._stamp: tuple[int, int] | None = None
         self._entries: dict[str, TokenEntry] = {}
 
     def _load(self) -> dict[str, TokenEntry]:
@@ -103,8 +104,9 @@ class TokenFile:
             raise ConfigError(f"tenant {tenant!r} must match {TENANT_PATTERN}")
         token_id = secrets.token_hex(6)
         token = f"rl_{token_id}_{secrets.token_urlsafe(32)}"
-        entry = TokenEntry(id=token_id, tenant=tenant, scope=scope, sha256=_digest(token),
-                           created_at=datetime.now(timezone.utc), note=note)
+        entry = TokenEntry(
+            id=token_id, tenant=tenant, scope=scope, sha256=_digest(token), created_at=datetime.now(UTC), note=note
+        )
         with self._lock:
             entries = dict(self._load())
             entries[token_id] = entry
@@ -125,13 +127,13 @@ class TokenFile:
         with self._lock:
             return sorted(self._load().values(), key=lambda e: e.created_at)
 
-    def verify(self, token: Optional[str]) -> Optional[Principal]:
+    def verify(self, token: str | None) -> Principal | None:
         """Who ``token`` speaks for, or None if it is not a valid, unrevoked token."""
         m = _TOKEN.match(token or "")
         if not m:
             return None
         with self._lock:
             entry = self._load().get(m.group(1))
-        if entry is None or not hmac.compare_digest(entry.sha256, _digest(token)):
+        if entry is None or token is None or not hmac.compare_digest(entry.sha256, _digest(token)):
             return None
         return Principal(tenant=entry.tenant, scope=entry.scope, token_id=entry.id)

@@ -1,11 +1,12 @@
 """Fixtures: the real local stack, brought up once per session (or reused if already running)."""
+
 from __future__ import annotations
 
 import json
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -13,7 +14,6 @@ import raylane
 from raylane.config import Settings
 from raylane.stack import LocalStack
 from raylane.store import OpenSearchStore
-
 
 # Fixtures that need the real stack; a test using none of them belongs to the unit tier.
 _SERVICE_FIXTURES = {"stack", "rl", "store", "http_api"}
@@ -73,8 +73,12 @@ def unique() -> str:
     return uuid.uuid4().hex[:10]
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
-               what: str | Callable[[], str] = "condition"):
+def wait_until(
+    predicate: Callable[[], object],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str | Callable[[], str] = "condition",
+):
     """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout`` seconds
     (``what`` may be a callable, to describe the state seen last)."""
     deadline = time.monotonic() + timeout
@@ -101,6 +105,7 @@ class HttpApi:
     def client(self, token: str | None):
         """A requests session that sends ``token`` as bearer token (none if None)."""
         import requests
+
         s = requests.Session()
         if token:
             s.headers["Authorization"] = f"Bearer {token}"
@@ -112,19 +117,23 @@ def http_api(rl, settings, tmp_path_factory):
     """raylane's HTTP API on Ray Serve, deployed once for the session with a token file of its own."""
     from raylane.api import deploy_http, remove_http
     from raylane.tokens import TokenFile
+
     token_file = tmp_path_factory.mktemp("http") / "tokens.json"
     url = deploy_http(settings.model_copy(update={"token_file": token_file}))
     yield HttpApi(url, TokenFile(token_file))
     remove_http()
 
 
-def dead_letter_reasons(stack, settings, values: list[bytes], timeout: float = 60, signed: bool = True,
-                        topic: str | None = None) -> dict[bytes, str]:
+def dead_letter_reasons(
+    stack, settings, values: list[bytes], timeout: float = 60, signed: bool = True, topic: str | None = None
+) -> dict[bytes, str]:
     """Produce ``values`` to ``topic`` (the default queue's), signed as raylane signs its messages
     unless ``signed`` is false; return the DLQ's reason for each, as they arrive."""
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
     from kafka.structs import TopicPartition
+
     from raylane.signing import SIGNATURE_HEADER
+
     topic = topic or f"{settings.topic_prefix}{settings.default_queue}"
     dlq = KafkaConsumer(bootstrap_servers=stack.kafka.address, enable_auto_commit=False, consumer_timeout_ms=1000)
     admin = KafkaAdminClient(bootstrap_servers=stack.kafka.address)

@@ -5,28 +5,34 @@ A subclass provides the implementation under test through a fixture (``contract_
 ``contract_queue`` and ``contract_reader``); tests/unit runs them on the in-memory twins,
 tests/test_contracts.py on OpenSearch and Kafka.
 """
+
 from __future__ import annotations
 
 import json
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
-
-import pytest
+from datetime import UTC, datetime, timedelta
 
 from raylane.models import PackedRecord, TaskMessage, TaskRecord
 from raylane.signing import Signer
 from raylane.states import TaskState
 from raylane.store import StatusStore, TaskQuery
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def message(name: str = "demo.add", *, at: datetime = T0, tags: list[str] | None = None, queue: str = "default",
-            tenant: str | None = None) -> TaskMessage:
+def message(
+    name: str = "demo.add",
+    *,
+    at: datetime = T0,
+    tags: list[str] | None = None,
+    queue: str = "default",
+    tenant: str | None = None,
+) -> TaskMessage:
     """A task message with a fresh id."""
-    return TaskMessage(id=uuid.uuid4().hex, name=name, queue=queue, args=[1, 2], created_at=at, tags=tags or [],
-                       tenant=tenant)
+    return TaskMessage(
+        id=uuid.uuid4().hex, name=name, queue=queue, args=[1, 2], created_at=at, tags=tags or [], tenant=tenant
+    )
 
 
 def pending(name: str = "demo.add", **kw) -> TaskRecord:
@@ -61,8 +67,7 @@ class StoreContract:
         a, b = pending(), pending()
         contract_store.write_many([a.moved_to(TaskState.RUNNING)])
         outcomes = contract_store.write_many([a, b, b.moved_to(TaskState.RUNNING), PackedRecord.of(b)])
-        assert [(o.task_id, o.accepted) for o in outcomes] == [(a.id, False), (b.id, True), (b.id, True),
-                                                               (b.id, False)]
+        assert [(o.task_id, o.accepted) for o in outcomes] == [(a.id, False), (b.id, True), (b.id, True), (b.id, False)]
         assert [o.version for o in outcomes] == [1, 1, 2, 1]
 
     def test_a_level_never_goes_back_and_one_terminal_write_of_an_attempt_wins(self, contract_store: StatusStore):
@@ -113,8 +118,9 @@ class StoreContract:
         assert [r.id for r in found] == [r.id for r in reversed(recs)]
         odd, _ = contract_store.search(TaskQuery(name=name, tags=["odd"]))
         assert {r.id for r in odd} == {recs[1].id, recs[3].id, recs[5].id}
-        window, _ = contract_store.search(TaskQuery(name=name, since=T0 + timedelta(seconds=2),
-                                                    until=T0 + timedelta(seconds=4)))
+        window, _ = contract_store.search(
+            TaskQuery(name=name, since=T0 + timedelta(seconds=2), until=T0 + timedelta(seconds=4))
+        )
         assert [r.id for r in window] == [recs[3].id, recs[2].id]
         by_state, _ = contract_store.search(TaskQuery(name=name, state=[TaskState.FAILED]))
         assert [r.id for r in by_state] == [recs[0].id]
@@ -141,8 +147,15 @@ class StoreContract:
     def test_counts_per_state(self, contract_store: StatusStore):
         name = f"demo.c{uuid.uuid4().hex[:8]}"
         a, b, c = pending(name), pending(name), pending(name)
-        contract_store.write_many([a, b, c, b.moved_to(TaskState.RUNNING),
-                                   c.moved_to(TaskState.RUNNING).moved_to(TaskState.SUCCEEDED, result=1)])
+        contract_store.write_many(
+            [
+                a,
+                b,
+                c,
+                b.moved_to(TaskState.RUNNING),
+                c.moved_to(TaskState.RUNNING).moved_to(TaskState.SUCCEEDED, result=1),
+            ]
+        )
         contract_store.refresh()
         assert contract_store.counts(TaskQuery(name=name)) == {"PENDING": 1, "RUNNING": 1, "SUCCEEDED": 1}
         assert contract_store.counts(TaskQuery(name=name, state=[TaskState.RUNNING])) == {"RUNNING": 1}
@@ -179,7 +192,7 @@ class StoreContract:
 
     def test_recovery_queries(self, contract_store: StatusStore):
         owner = uuid.uuid4().hex[:16]
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         mine = pending().moved_to(TaskState.RUNNING, lease_owner=owner)
         orphan = pending().moved_to(TaskState.RUNNING, lease_owner=uuid.uuid4().hex[:16])
         stale = pending().model_copy(update={"updated_at": now - timedelta(minutes=5)})
@@ -311,8 +324,35 @@ _WRITERS = ("claim", "succeed", "fail", "fail_retry", "cancel", "timeout", "retr
 
 def _writer_steps():
     from hypothesis import strategies as st
+
     step = st.tuples(st.sampled_from(_WRITERS), st.integers(0, 2), st.booleans())
     return st.lists(step, min_size=1, max_size=25)
+
+
+def _writer_record(base: TaskMessage, kind: str, attempt: int, seen: TaskRecord | None) -> TaskRecord | None:
+    """The record writer ``kind`` sends for ``attempt`` of ``base``, built as raylane's writers build
+    it; cancel builds on ``seen``, the record as last read (None: it writes nothing)."""
+
+    def claimed() -> TaskRecord:
+        return TaskRecord.pending(base.model_copy(update={"attempt": attempt})).moved_to(
+            TaskState.RUNNING, lease_owner="e1"
+        )
+
+    if kind == "claim":
+        return claimed()
+    if kind == "succeed":
+        return claimed().moved_to(TaskState.SUCCEEDED, result={"attempt": attempt})
+    if kind in ("fail", "fail_retry"):
+        return claimed().moved_to(
+            TaskState.FAILED, error="boom", error_type="ValueError", will_retry=kind == "fail_retry"
+        )
+    if kind == "timeout":
+        return claimed().moved_to(TaskState.TIMED_OUT, error="timed out")
+    if kind == "retry":
+        return claimed().moved_to(TaskState.FAILED, error="boom", will_retry=True).retried(0)[0]
+    if seen is None or seen.state.terminal:  # cancel, from a record that may be stale by now
+        return None
+    return seen.moved_to(TaskState.CANCELLED, error="cancelled")
 
 
 class VersionProperties:
@@ -332,8 +372,12 @@ class VersionProperties:
     def test_version_protocol(self, contract_store: StatusStore):
         from hypothesis import HealthCheck, given, settings
 
-        @settings(max_examples=self.examples, deadline=None, derandomize=True,
-                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+        @settings(
+            max_examples=self.examples,
+            deadline=None,
+            derandomize=True,
+            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        )
         @given(_writer_steps())
         def run(steps):
             self._check(contract_store, steps)
@@ -344,36 +388,12 @@ class VersionProperties:
     def _check(store: StatusStore, steps) -> None:
         base = message()
 
-        def pending_of(attempt: int) -> TaskRecord:
-            return TaskRecord.pending(base.model_copy(update={"attempt": attempt}))
-
-        def claimed(attempt: int) -> TaskRecord:
-            return pending_of(attempt).moved_to(TaskState.RUNNING, lease_owner="e1")
-
-        def build(kind: str, attempt: int, seen: TaskRecord | None) -> TaskRecord | None:
-            if kind == "claim":
-                return claimed(attempt)
-            if kind == "succeed":
-                return claimed(attempt).moved_to(TaskState.SUCCEEDED, result={"attempt": attempt})
-            if kind in ("fail", "fail_retry"):
-                return claimed(attempt).moved_to(TaskState.FAILED, error="boom", error_type="ValueError",
-                                                 will_retry=kind == "fail_retry")
-            if kind == "timeout":
-                return claimed(attempt).moved_to(TaskState.TIMED_OUT, error="timed out")
-            if kind == "retry":
-                failed = claimed(attempt).moved_to(TaskState.FAILED, error="boom", will_retry=True)
-                return failed.retried(0)[0]
-            # cancel: from the record as last read, which may be stale by now
-            if seen is None or seen.state.terminal:
-                return None
-            return seen.moved_to(TaskState.CANCELLED, error="cancelled")
-
         highest = 0
         terminal_accepted: dict[int, int] = {}
         seen = None
         batch: list[TaskRecord] = []
         for i, (kind, attempt, ends_batch) in enumerate(steps):
-            rec = build(kind, attempt, seen)
+            rec = _writer_record(base, kind, attempt, seen)
             if rec is not None:
                 batch.append(rec)
             if not (ends_batch or i == len(steps) - 1) or not batch:

@@ -1,4 +1,5 @@
 """Bad input gets a typed error and leaves nothing behind; malformed queue messages go to the DLQ."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,14 @@ import raylane
 from raylane import registry
 from raylane.actors.deploy import actor_stats
 from raylane.client import submit_requests
-from raylane.errors import (InvalidTaskInput, PayloadTooLarge, TaskAlreadyFinished, TaskFailed, TaskNotFound,
-                            UnknownTaskName)
+from raylane.errors import (
+    InvalidTaskInput,
+    PayloadTooLarge,
+    TaskAlreadyFinished,
+    TaskFailed,
+    TaskNotFound,
+    UnknownTaskName,
+)
 from raylane.models import SubmitRequest
 
 
@@ -40,18 +47,39 @@ def _nothing_written(rl, stack, queue: str) -> None:
         admin.close()
 
 
-@pytest.mark.parametrize("call, error, words", [
-    (lambda q: submit_requests([SubmitRequest(name="no.such.task", queue=q)]), UnknownTaskName, "no task named 'no.such.task'"),
-    (lambda q: typed.options(queue=q).submit(1, object()), InvalidTaskInput, "must be JSON"),
-    (lambda q: typed.options(queue=q).submit(1, float("nan")), InvalidTaskInput, "must be JSON"),
-    (lambda q: typed.options(queue=q).submit(1), InvalidTaskInput, "missing a required argument: 'label'"),
-    (lambda q: typed.options(queue=q).submit(1, "x", nope=1), InvalidTaskInput, "unexpected keyword argument 'nope'"),
-    (lambda q: typed.options(queue=q).submit("1", "x"), InvalidTaskInput, "argument 'count'"),
-    (lambda q: typed.options(queue=q).submit(1, "x", ["a"]), InvalidTaskInput, "argument 'weights'"),
-    (lambda q: blob.options(queue=q).submit("x" * (1 << 20)), PayloadTooLarge, "over the limit of 1048576 bytes"),
-    (lambda q: typed.options(queue=q).submit_many([(1, "ok"), (2, 3)]), InvalidTaskInput, "task #1"),
-], ids=["unknown-name", "not-json", "nan", "missing-arg", "extra-kwarg", "wrong-type", "wrong-item-type",
-        "too-large", "one-bad-in-batch"])
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (
+            lambda q: submit_requests([SubmitRequest(name="no.such.task", queue=q)]),
+            UnknownTaskName,
+            "no task named 'no.such.task'",
+        ),
+        (lambda q: typed.options(queue=q).submit(1, object()), InvalidTaskInput, "must be JSON"),
+        (lambda q: typed.options(queue=q).submit(1, float("nan")), InvalidTaskInput, "must be JSON"),
+        (lambda q: typed.options(queue=q).submit(1), InvalidTaskInput, "missing a required argument: 'label'"),
+        (
+            lambda q: typed.options(queue=q).submit(1, "x", nope=1),
+            InvalidTaskInput,
+            "unexpected keyword argument 'nope'",
+        ),
+        (lambda q: typed.options(queue=q).submit("1", "x"), InvalidTaskInput, "argument 'count'"),
+        (lambda q: typed.options(queue=q).submit(1, "x", ["a"]), InvalidTaskInput, "argument 'weights'"),
+        (lambda q: blob.options(queue=q).submit("x" * (1 << 20)), PayloadTooLarge, "over the limit of 1048576 bytes"),
+        (lambda q: typed.options(queue=q).submit_many([(1, "ok"), (2, 3)]), InvalidTaskInput, "task #1"),
+    ],
+    ids=[
+        "unknown-name",
+        "not-json",
+        "nan",
+        "missing-arg",
+        "extra-kwarg",
+        "wrong-type",
+        "wrong-item-type",
+        "too-large",
+        "one-bad-in-batch",
+    ],
+)
 def test_bad_submit_is_refused_and_writes_nothing(rl, stack, unique, call, error, words):
     queue = f"bad-{unique}"
     with pytest.raises(error) as exc:
@@ -81,8 +109,13 @@ def test_cancel_of_finished_task_says_so(rl):
 
 
 def _message(**fields) -> bytes:
-    body = {"id": uuid.uuid4().hex, "name": "test.typed", "queue": "default", "args": [1, "x"],
-            "created_at": "2026-01-01T00:00:00Z"}
+    body = {
+        "id": uuid.uuid4().hex,
+        "name": "test.typed",
+        "queue": "default",
+        "args": [1, "x"],
+        "created_at": "2026-01-01T00:00:00Z",
+    }
     body.update(fields)
     return json.dumps(body).encode()
 
@@ -118,6 +151,7 @@ def test_message_that_keeps_failing_is_dead_lettered_after_bounded_tries(rl, sta
     """A task whose definition cannot be loaded (corrupted in Ray's KV store) fails every hand-off;
     after a bounded number of tries its message goes to the DLQ and the consumer carries on."""
     from ray.experimental import internal_kv as kv
+
     name = f"test.corrupt_{unique}"
     digest = f"corrupt-{unique}"
     kv._internal_kv_put(registry._BLOB_KEY + digest, b"\x80\x05 not a pickle", namespace=registry._KV_NAMESPACE)
@@ -136,7 +170,8 @@ def test_message_that_keeps_failing_is_dead_lettered_after_bounded_tries(rl, sta
 
 def test_task_defined_in_main_runs(rl, tmp_path):
     script = tmp_path / "driver.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import raylane
 
         @raylane.task(name="test.main_square")
@@ -147,7 +182,8 @@ def test_task_defined_in_main_runs(rl, tmp_path):
             raylane.init()
             print("RESULT", square.submit(12).result(timeout=60))
             raylane.shutdown()
-    """))
+    """)
+    )
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "RESULT 144" in out.stdout
@@ -161,9 +197,9 @@ def test_resources_ray_would_refuse_are_rejected_at_submit(rl, stack, unique):
     _nothing_written(rl, stack, queue)
 
 
-
 def _forget_in_ray(name: str) -> None:
     from ray.experimental import internal_kv as kv
+
     kv._internal_kv_del(registry._NAME_KEY + name, namespace=registry._KV_NAMESPACE)
 
 

@@ -15,34 +15,36 @@ asks of the whole history:
 
 CI runs a short seed; ``make soak SEED=7 MINUTES=30`` runs it long (``CHAOS_SEED``, ``CHAOS_MINUTES``).
 """
+
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import random
 import signal
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import ray
+from conftest import wait_until
+from test_faults import VersionWatch
 
 import raylane
 from raylane.actors.fencing import LEASE_TTL_S
 from raylane.errors import RaylaneError, TaskAlreadyFinished
 from raylane.states import TaskState
 
-from conftest import wait_until
-from test_faults import VersionWatch
-
 SEED = int(os.environ.get("CHAOS_SEED", "1"))
 MINUTES = float(os.environ.get("CHAOS_MINUTES", "0"))  # 0: the short CI schedule
 FAULTS = ("kill_worker", "kill_actor", "freeze_executor", "restart_kafka", "restart_opensearch")
 CANCEL_BOUND_S = LEASE_TTL_S  # the latest a run going at an accepted cancel may still write
-WATCHED = 1000  # tasks whose _version is sampled all along (the newest)  # a run going at the cancel is interrupted, then killed after a second
+WATCHED = 1000  # tasks whose _version is sampled all along (the newest)
 
 
 @raylane.task(name="test.chaos.work", max_retries=3, retry_backoff=0.2, retry_backoff_max=1.0)
@@ -115,6 +117,7 @@ class Workload:
 
 def _executor_pid() -> int | None:
     from ray.util.state import list_actors
+
     found = list_actors(filters=[("name", "=", "Executor"), ("state", "=", "ALIVE")], limit=5)
     return found[0].pid if found else None
 
@@ -136,10 +139,8 @@ def inject(fault: str, rnd: random.Random, stack, log_dir: Path) -> str:
         if not pids:
             return "kill_worker: no task running"
         pid = rnd.choice(pids)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         return f"kill -9 worker {pid}"
     if fault == "kill_actor":
         name = rnd.choice(("Executor", "StatusKeeper", "QueueConsumer-0", "RequestHandler"))
@@ -174,6 +175,15 @@ def schedule(rnd: random.Random, minutes: float) -> Iterator[str]:
         yield rnd.choice(FAULTS)
 
 
+def _runs(path: Path) -> dict[str, list[float]]:
+    """The times each run of a task wrote to its log, by run token."""
+    runs: dict[str, list[float]] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        token, _pid, t = line.split()
+        runs.setdefault(token, []).append(float(t))
+    return runs
+
+
 def check(store, handles: dict, cancelled_at: dict, log_dir: Path, watch: VersionWatch) -> dict:
     """The history checker; returns a summary, failing on any violation."""
     records = {}
@@ -184,18 +194,14 @@ def check(store, handles: dict, cancelled_at: dict, log_dir: Path, watch: Versio
     violations = []
     stop_lags: list[float] = []  # how long runs going at an accepted cancel still wrote
     for task_id, rec in records.items():
-        _h, kind, key = handles[task_id]
+        _h, _kind, key = handles[task_id]
         if not rec.finished or docs[task_id]["_version"] != rec.version or rec.version != rec.attempt * 10 + 3:
             violations.append(f"{task_id}: not one terminal state ({rec.state}, version {rec.version})")
-        path = log_dir / f"{key}.log"
-        runs: dict[str, list[float]] = {}
-        for line in (path.read_text().splitlines() if path.exists() else []):
-            token, _pid, t = line.split()
-            runs.setdefault(token, []).append(float(t))
+        runs = _runs(log_dir / f"{key}.log")
         if len(runs) > rec.attempt + 1:
             violations.append(f"{task_id}: {len(runs)} runs for {rec.attempt + 1} attempt(s)")
         spans = sorted((min(ts), max(ts)) for ts in runs.values())
-        for (s1, e1), (s2, _e2) in zip(spans, spans[1:]):
+        for (s1, e1), (s2, _e2) in itertools.pairwise(spans):
             if s2 <= e1:
                 violations.append(f"{task_id}: runs overlap ({s1:.2f}-{e1:.2f} and one from {s2:.2f})")
         if task_id in cancelled_at and rec.state is TaskState.CANCELLED:
@@ -212,9 +218,15 @@ def check(store, handles: dict, cancelled_at: dict, log_dir: Path, watch: Versio
     for rec in records.values():
         states[rec.state.value] = states.get(rec.state.value, 0) + 1
     lags = sorted(stop_lags)
-    summary = {"tasks": len(records), "states": states, "retries": sum(r.attempt for r in records.values()),
-               "cancels": len(lags), "cancel_stop_p50_s": round(lags[len(lags) // 2], 2) if lags else None,
-               "cancel_stop_max_s": round(lags[-1], 2) if lags else None, "violations": violations}
+    summary = {
+        "tasks": len(records),
+        "states": states,
+        "retries": sum(r.attempt for r in records.values()),
+        "cancels": len(lags),
+        "cancel_stop_p50_s": round(lags[len(lags) // 2], 2) if lags else None,
+        "cancel_stop_max_s": round(lags[-1], 2) if lags else None,
+        "violations": violations,
+    }
     print(f"\nchaos history: {summary}")
     assert not violations, violations
     return summary
@@ -223,6 +235,7 @@ def check(store, handles: dict, cancelled_at: dict, log_dir: Path, watch: Versio
 @pytest.mark.timeout(1800 + int(MINUTES * 60 * 2))
 def test_randomized_faults_keep_every_promise(rl, store, stack, tmp_path):
     from raylane.bench.soak import rss_by_process
+
     memory_before = rss_by_process()
     rnd = random.Random(SEED)
     log_dir = tmp_path / "runs"

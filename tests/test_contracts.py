@@ -1,13 +1,15 @@
 """The seams' contract suites on OpenSearch and Kafka (the same tests as on the in-memory twins)."""
+
 from __future__ import annotations
 
 import uuid
 
 import pytest
-from contracts import QueueContract, StoreContract, VersionProperties
 
 from raylane.queue import KafkaQueueReader, KafkaTaskQueue
 from raylane.store import OpenSearchStore
+
+from contracts import QueueContract, StoreContract, VersionProperties
 
 
 @pytest.fixture
@@ -43,8 +45,14 @@ class TestKafkaQueue(QueueContract):
 
     @pytest.fixture
     def contract_queue(self, stack, prefix):
-        queue = KafkaTaskQueue(stack.kafka.address, prefix=prefix, dlq_topic=f"dlq.{prefix}x", partitions=2,
-                               max_payload_bytes=1 << 20, signer=self.signer)
+        queue = KafkaTaskQueue(
+            stack.kafka.address,
+            prefix=prefix,
+            dlq_topic=f"dlq.{prefix}x",
+            partitions=2,
+            max_payload_bytes=1 << 20,
+            signer=self.signer,
+        )
         yield queue
         queue.close()
 
@@ -53,10 +61,17 @@ class TestKafkaQueue(QueueContract):
         readers = []
 
         def make(member=0, members=1, group=None, prefix=prefix):
-            r = KafkaQueueReader(stack.kafka.address, prefix=prefix, group=group or uuid.uuid4().hex,
-                                 max_message=2 << 20, member=member, members=members)
+            r = KafkaQueueReader(
+                stack.kafka.address,
+                prefix=prefix,
+                group=group or uuid.uuid4().hex,
+                max_message=2 << 20,
+                member=member,
+                members=members,
+            )
             readers.append(r)
             return r
+
         yield make
         for r in readers:
             r.close()

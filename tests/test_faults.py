@@ -4,6 +4,7 @@ For every scenario: each submitted task ends in exactly one final state within a
 its document's ``_version`` matches that state and never decreased while it was watched,
 and its function ran at most once per attempt.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,13 +15,12 @@ from pathlib import Path
 
 import pytest
 import ray
+from conftest import wait_until
 
 import raylane
 from raylane.actors.deploy import actor_stats
 from raylane.stack import proc
 from raylane.states import TaskState
-
-from conftest import wait_until
 
 
 @raylane.task(name="test.fault.work", max_retries=3, retry_backoff=0.2, timeout=60)
@@ -64,15 +64,16 @@ class VersionWatch:
         self._thread.join()
 
 
-def check_history(store, handles, runs_dir: Path, watch: VersionWatch, fault_at: float,
-                  deadline_s: float = 180) -> dict:
+def check_history(
+    store, handles, runs_dir: Path, watch: VersionWatch, fault_at: float, deadline_s: float = 180
+) -> dict:
     """Wait for every task, then check the whole history; ``fault_at`` is when the fault began."""
     records = {h.id: h.wait(timeout=deadline_s) for h in handles}
     recovered_in = time.monotonic() - fault_at
     watch.stop()
     docs = {d["_id"]: d for d in store.client.mget(index=store.alias, body={"ids": list(records)})["docs"]}
     duplicated = 0
-    for key, (task_id, rec) in enumerate(records.items()):
+    for task_id, rec in records.items():
         assert rec.finished, f"{task_id} not finished: {rec.state}"
         assert docs[task_id]["_version"] == rec.version == rec.attempt * 10 + 3
         runs_file = runs_dir / f"{rec.args[1]}.runs"
@@ -89,8 +90,11 @@ def check_history(store, handles, runs_dir: Path, watch: VersionWatch, fault_at:
         "duplicated": duplicated,
         "recover_s": round(recovered_in, 1),
     }
-    summary["other"] = {task_id: f"{r.state.value} attempt {r.attempt}: {r.error_type}: {r.error}"
-                        for task_id, r in records.items() if r.state is not TaskState.SUCCEEDED}
+    summary["other"] = {
+        task_id: f"{r.state.value} attempt {r.attempt}: {r.error_type}: {r.error}"
+        for task_id, r in records.items()
+        if r.state is not TaskState.SUCCEEDED
+    }
     print(f"\nhistory: {summary}")
     assert summary["lost"] == 0 and duplicated == 0
     return summary
@@ -200,9 +204,11 @@ def test_pending_task_without_message_is_requeued(rl, store, tmp_path):
     from datetime import timedelta
 
     from raylane.models import TaskMessage, TaskRecord, new_task_id, utcnow
+
     long_ago = utcnow() - timedelta(minutes=10)
-    msg = TaskMessage(id=new_task_id(), name="test.fault.work", queue="default", args=[str(tmp_path), 7, 0.0],
-                      created_at=long_ago)
+    msg = TaskMessage(
+        id=new_task_id(), name="test.fault.work", queue="default", args=[str(tmp_path), 7, 0.0], created_at=long_ago
+    )
     orphan = TaskRecord.pending(msg).model_copy(update={"updated_at": long_ago})
     [outcome] = store.write_many([orphan])
     assert outcome.accepted
@@ -223,6 +229,7 @@ def _restart_keeper() -> None:
             return True
         except ray.exceptions.ActorUnavailableError:  # still restarting
             return False
+
     wait_until(resumed, timeout=60, what="the restarted StatusKeeper to take up running tasks")
 
 
@@ -248,8 +255,16 @@ def test_lost_task_past_its_timeout_is_retried_not_timed_out(rl, store, tmp_path
     from datetime import timedelta
 
     from raylane.models import RetryPolicy, TaskMessage, TaskRecord, new_task_id, utcnow
-    msg = TaskMessage(id=new_task_id(), name="test.fault.work", queue="default", args=[str(tmp_path), 8, 0.0],
-                      timeout_s=60, retry=RetryPolicy(max_retries=3, backoff_s=0.2), created_at=utcnow())
+
+    msg = TaskMessage(
+        id=new_task_id(),
+        name="test.fault.work",
+        queue="default",
+        args=[str(tmp_path), 8, 0.0],
+        timeout_s=60,
+        retry=RetryPolicy(max_retries=3, backoff_s=0.2),
+        created_at=utcnow(),
+    )
     claimed = TaskRecord.pending(msg).moved_to(TaskState.RUNNING, worker="gone/1", lease_owner="an-executor-gone")
     claimed = claimed.model_copy(update={"started_at": utcnow() - timedelta(minutes=2)})
     [outcome] = store.write_many([claimed])

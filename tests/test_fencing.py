@@ -1,4 +1,5 @@
 """Fencing: a task attempt runs at most once, even when its executor freezes."""
+
 from __future__ import annotations
 
 import os
@@ -8,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import ray
+from conftest import wait_until
 
 import raylane
 from raylane.states import TaskState
-
-from conftest import wait_until
 
 
 @raylane.task(name="test.fence.scribe", max_retries=3, retry_backoff=0.1)
@@ -37,6 +37,7 @@ def second_executor(rl, settings):
     from raylane.actors.deploy import _options
     from raylane.actors.executor import Executor
     from raylane.client import _actor_config, _endpoints
+
     config = _actor_config(settings, _endpoints(settings, start_missing=False))
     name = "Executor-fencing-test"
     actor = ray.remote(Executor).options(**dict(_options(config, name), max_restarts=0)).remote(config)
@@ -89,7 +90,7 @@ def test_a_newer_attempt_on_record_stops_the_older(rl, store, tmp_path):
     # A newer attempt is recorded (PENDING, attempt 1) through the keeper, as the sweep would.
     keeper = ray.get_actor("StatusKeeper", namespace="raylane")
     lost = running.moved_to(TaskState.FAILED, error_type="WorkerLost", error="test", will_retry=True)
-    pending, msg = lost.retried(0.0)
+    pending, _msg = lost.retried(0.0)
     [outcome] = ray.get(keeper.write.remote([pending]))
     assert outcome.accepted
     written_at = time.time()

@@ -1,5 +1,6 @@
 """Tasks that share a Ray task under load (no timeout, one CPU or less) keep their own record,
 run exactly once, and can be cancelled one by one, whether waiting in the group or running."""
+
 from __future__ import annotations
 
 import os
@@ -7,9 +8,10 @@ import time
 import uuid
 from pathlib import Path
 
+from conftest import wait_until
+
 import raylane
 from raylane.actors.deploy import actor_stats
-from conftest import wait_until
 
 
 @raylane.task(name="test.group.mark")
@@ -47,8 +49,10 @@ def submit_held(rl, settings, fn, queue: str, items: list[tuple]):
     import ray
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
+
     from raylane.client import submit_requests
     from raylane.models import SubmitRequest
+
     consumer = ray.get_actor("QueueConsumer-0", namespace=settings.namespace)
     topic = f"{settings.topic_prefix}{queue}"
     admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{settings.kafka_port}")

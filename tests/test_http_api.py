@@ -1,4 +1,5 @@
 """The HTTP API on Ray Serve: every endpoint and error code, tokens, and tenant isolation."""
+
 from __future__ import annotations
 
 import json
@@ -6,12 +7,12 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from conftest import wait_until
 
 import raylane
-from conftest import wait_until
 
 API = "/api/v1"
 
@@ -59,8 +60,14 @@ def submit(api, **task) -> str:
 
 def test_openapi_document_and_health(http_api):
     doc = http_api.client(None).get(f"{http_api.url}/openapi.json").json()
-    assert {"/api/v1/tasks", "/api/v1/batches", "/api/v1/tasks/{task_id}", "/api/v1/tasks/{task_id}/wait",
-            "/api/v1/tasks/{task_id}/cancel", "/api/v1/counts"} <= set(doc["paths"])
+    assert {
+        "/api/v1/tasks",
+        "/api/v1/batches",
+        "/api/v1/tasks/{task_id}",
+        "/api/v1/tasks/{task_id}/wait",
+        "/api/v1/tasks/{task_id}/cancel",
+        "/api/v1/counts",
+    } <= set(doc["paths"])
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert http_api.client(None).get(f"{http_api.url}/healthz").json() == {"status": "ok"}
     # No page that would load scripts from a CDN.
@@ -97,7 +104,7 @@ def test_batch_is_all_or_nothing(api, unique, rl):
     assert resp.status_code == 201
     ids = resp.json()["ids"]
     assert len(set(ids)) == 3
-    bad = good + [{"name": "no.such.task", "tags": [tag]}]
+    bad = [*good, {"name": "no.such.task", "tags": [tag]}]
     assert "task #3" in error_of(api.post(f"{api.base}{API}/batches", json={"tasks": bad}), 400, "unknown_task")
     for i in ids:
         assert api.get(f"{api.base}{API}/tasks/{i}/wait").json()["state"] == "SUCCEEDED"
@@ -108,10 +115,12 @@ def test_batch_is_all_or_nothing(api, unique, rl):
 
 def test_search_filters_and_pages(api, unique, rl):
     tag = f"s{unique}"
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     ok = [submit(api, name="raylane.echo", args=[i], tags=[tag]) for i in range(5)]
-    bad = [submit(api, name="test.http.fail", args=[f"disk quota exceeded {unique}"], tags=[tag]),
-           submit(api, name="test.http.fail", args=["network unreachable"], tags=[tag])]
+    bad = [
+        submit(api, name="test.http.fail", args=[f"disk quota exceeded {unique}"], tags=[tag]),
+        submit(api, name="test.http.fail", args=["network unreachable"], tags=[tag]),
+    ]
     for i in ok + bad:
         api.get(f"{api.base}{API}/tasks/{i}/wait")
     rl.refresh()
@@ -131,7 +140,9 @@ def test_search_filters_and_pages(api, unique, rl):
     # Pages of 3, chained by cursor: every task once, newest first.
     seen, cursor = [], None
     while True:
-        page = api.get(f"{api.base}{API}/tasks", params={"tag": tag, "limit": 3, **({"cursor": cursor} if cursor else {})}).json()
+        page = api.get(
+            f"{api.base}{API}/tasks", params={"tag": tag, "limit": 3, **({"cursor": cursor} if cursor else {})}
+        ).json()
         seen += [t["id"] for t in page["tasks"]]
         cursor = page["next_cursor"]
         if cursor is None:
@@ -151,7 +162,9 @@ def test_authentication_and_scopes(http_api, unique):
     error_of(resp, 401, "unauthorized")
     assert resp.headers["www-authenticate"].startswith("Bearer")
     error_of(http_api.client("rl_000000000000_" + "x" * 43).get(f"{url}{API}/counts"), 401, "unauthorized")
-    error_of(http_api.client("not-a-token").post(f"{url}{API}/tasks", json={"name": "raylane.echo"}), 401, "unauthorized")
+    error_of(
+        http_api.client("not-a-token").post(f"{url}{API}/tasks", json={"name": "raylane.echo"}), 401, "unauthorized"
+    )
 
     writer = http_api.client(http_api.token(f"a-{unique}"))
     task_id = writer.post(f"{url}{API}/tasks", json={"name": "test.http.sleep", "args": [30]}).json()["id"]
@@ -179,15 +192,21 @@ def test_error_codes(api, settings):
     error_of(resp, 405, "method_not_allowed")
     assert set(resp.headers["allow"].split(", ")) == {"GET", "POST"}
     # 400: not JSON, a task nobody registered, a queue that does not exist, a cursor not handed out.
-    error_of(api.post(f"{base}/tasks", data=b'{"name": "raylane.echo"', headers={"content-type": "application/json"}),
-             400, "invalid_json")
+    error_of(
+        api.post(f"{base}/tasks", data=b'{"name": "raylane.echo"', headers={"content-type": "application/json"}),
+        400,
+        "invalid_json",
+    )
     error_of(api.post(f"{base}/tasks", json={"name": "no.such.task"}), 400, "unknown_task")
-    assert "does not exist" in error_of(api.post(f"{base}/tasks", json={"name": "raylane.echo", "queue": "nope-queue-x"}),
-                                        400, "invalid_input")
+    assert "does not exist" in error_of(
+        api.post(f"{base}/tasks", json={"name": "raylane.echo", "queue": "nope-queue-x"}), 400, "invalid_input"
+    )
     error_of(api.get(f"{base}/tasks", params={"cursor": "bm90IGEgY3Vyc29y"}), 400, "invalid_cursor")
     # 422: the request does not fit the schema; a tenant cannot be chosen in the body.
     error_of(api.post(f"{base}/tasks", json={"args": []}), 422, "validation_error")
-    error_of(api.post(f"{base}/tasks", json={"name": "raylane.echo", "tenant": "someone-else"}), 422, "validation_error")
+    error_of(
+        api.post(f"{base}/tasks", json={"name": "raylane.echo", "tenant": "someone-else"}), 422, "validation_error"
+    )
     error_of(api.post(f"{base}/tasks", json={"name": "raylane.echo", "timeout_s": -1}), 422, "validation_error")
     error_of(api.get(f"{base}/tasks", params={"limit": 0}), 422, "validation_error")
     error_of(api.get(f"{base}/tasks", params={"state": "DONE"}), 422, "validation_error")
@@ -237,8 +256,12 @@ def test_tenants_are_isolated(http_api, unique, rl):
 
 def test_token_command(tmp_path, http_api):
     env = {**os.environ, "RAYLANE_TOKEN_FILE": str(tmp_path / "tokens.json")}
-    run = lambda *args: subprocess.run([sys.executable, "-m", "raylane.cli", "token", *args], env=env,
-                                       capture_output=True, text=True, timeout=60)
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "raylane.cli", "token", *args], env=env, capture_output=True, text=True, timeout=60
+        )
+
     made = run("create", "--tenant", "acme", "--note", "ci")
     assert made.returncode == 0, made.stderr
     token = made.stdout.strip()
@@ -268,11 +291,15 @@ def test_cancel_a_running_task_over_http(api, rl):
 
 def test_serve_command_prints_the_url(http_api, settings):
     env = {**os.environ, "RAYLANE_TOKEN_FILE": str(http_api.tokens.path)}
-    run = subprocess.run([sys.executable, "-m", "raylane.cli", "serve"], env=env, capture_output=True, text=True,
-                         timeout=240)
+    run = subprocess.run(
+        [sys.executable, "-m", "raylane.cli", "serve"], env=env, capture_output=True, text=True, timeout=240
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     url = run.stdout.strip().splitlines()[-1]
     assert url == f"http://{settings.http_host}:{settings.http_port}" == http_api.url
     token = http_api.token("served")
-    wait_until(lambda: http_api.client(token).get(f"{url}{API}/counts").status_code == 200, timeout=60,
-               what="the redeployed API to answer")
+    wait_until(
+        lambda: http_api.client(token).get(f"{url}{API}/counts").status_code == 200,
+        timeout=60,
+        what="the redeployed API to answer",
+    )

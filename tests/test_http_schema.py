@@ -1,5 +1,6 @@
 """Schemathesis against the HTTP API's OpenAPI document: generated valid and invalid requests
 for every operation, stateful sequences along the document's links, and every check."""
+
 from __future__ import annotations
 
 import re
@@ -14,10 +15,30 @@ def test_schemathesis_finds_no_failure(http_api, unique):
     token = http_api.token(f"st-{unique}")
     report = HERE / "artifacts" / "schemathesis-junit.xml"
     report.parent.mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "schemathesis.cli", "--no-color", "--config-file", str(HERE / "schemathesis.toml"), "run",
-           f"{http_api.url}/openapi.json", "--header", f"Authorization: Bearer {token}", "--checks", "all",
-           "--max-examples", "25", "--seed", "20261127", "--workers", "1",
-           "--report", "junit", "--report-junit-path", str(report)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--no-color",
+        "--config-file",
+        str(HERE / "schemathesis.toml"),
+        "run",
+        f"{http_api.url}/openapi.json",
+        "--header",
+        f"Authorization: Bearer {token}",
+        "--checks",
+        "all",
+        "--max-examples",
+        "25",
+        "--seed",
+        "20261127",
+        "--workers",
+        "1",
+        "--report",
+        "junit",
+        "--report-junit-path",
+        str(report),
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     out = run.stdout + run.stderr
     summary = [line for line in out.splitlines() if re.search(r"\d+ generated|Selected:|Tested:|API Links|✅|❌", line)]

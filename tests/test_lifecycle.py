@@ -1,6 +1,8 @@
 """A task's life through real Kafka, OpenSearch and Ray: results, versions, cancels, timeouts, failures."""
+
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -8,14 +10,13 @@ from pathlib import Path
 
 import pytest
 import ray
+from conftest import wait_until
 
 import raylane
 from raylane.actors.deploy import actor_stats
 from raylane.errors import TaskAlreadyFinished, TaskCancelled, TaskFailed, TaskTimedOut
-from raylane.states import TaskState, version_of
 from raylane.stack import proc
-
-from conftest import wait_until
+from raylane.states import TaskState, version_of
 
 
 @raylane.task(name="test.add", timeout=30)
@@ -30,10 +31,8 @@ def sleep_then_mark(seconds: float, marker_dir: str) -> str:
     Path(marker_dir, "pid").write_text(str(os.getpid()))
     deadline = time.time() + seconds
     while time.time() < deadline:
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             time.sleep(max(0.0, deadline - time.time()))
-        except KeyboardInterrupt:
-            pass
     Path(marker_dir, "done").write_text("ran to the end")
     return "finished"
 
@@ -77,7 +76,10 @@ def test_running_state_and_version_observed(rl, store, tmp_path):
 
 
 def test_builtin_echo(rl):
-    assert rl.submit("raylane.echo", 1, "two", three=3).result(timeout=60) == {"args": [1, "two"], "kwargs": {"three": 3}}
+    assert rl.submit("raylane.echo", 1, "two", three=3).result(timeout=60) == {
+        "args": [1, "two"],
+        "kwargs": {"three": 3},
+    }
 
 
 def test_cancel_while_pending_never_runs(rl, unique, tmp_path):
@@ -91,8 +93,10 @@ def test_cancel_while_pending_never_runs(rl, unique, tmp_path):
     before = ray.get(ray.get_actor("Executor", namespace="raylane").get_stats.remote())["skipped"]
     marker = add.options(queue=queue).submit(1, 1)
     assert marker.result(timeout=60) == 2  # the queue has moved past the cancelled task
-    wait_until(lambda: ray.get(ray.get_actor("Executor", namespace="raylane").get_stats.remote())["skipped"] > before,
-               what="the executor to skip the cancelled task")
+    wait_until(
+        lambda: ray.get(ray.get_actor("Executor", namespace="raylane").get_stats.remote())["skipped"] > before,
+        what="the executor to skip the cancelled task",
+    )
     assert not (tmp_path / "pid").exists() and not (tmp_path / "done").exists()
     assert h.record().state is TaskState.CANCELLED
     with pytest.raises(TaskCancelled):
@@ -158,19 +162,27 @@ def test_cancel_racing_completion(rl, store):
         if task_id in cancel_won:
             assert rec.state is TaskState.CANCELLED
         else:
-            assert rec.state is TaskState.SUCCEEDED and cancel_lost[task_id] == "SUCCEEDED", \
+            assert rec.state is TaskState.SUCCEEDED and cancel_lost[task_id] == "SUCCEEDED", (
                 f"{task_id}: {rec.state.value} {rec.error_type}: {rec.error}"
+            )
     # Every cancel that won was answered to the executor as a rejection: either its RUNNING
     # claim (cancelled while PENDING) or its final write (cancelled while RUNNING).
     rejected = []
 
     def settled():
         after = actor_stats("raylane")["Executor"]
-        rejected.append((after["skipped"] - stats_before["skipped"],
-                         after["discarded_results"] - stats_before["discarded_results"]))
+        rejected.append(
+            (after["skipped"] - stats_before["skipped"], after["discarded_results"] - stats_before["discarded_results"])
+        )
         return sum(rejected[-1]) == len(cancel_won)
-    wait_until(settled, timeout=60, what=lambda: f"the executor to report {len(cancel_won)} rejected writes "
-                                                 f"(skipped, discarded so far: {rejected[-1]})")
+
+    wait_until(
+        settled,
+        timeout=60,
+        what=lambda: (
+            f"the executor to report {len(cancel_won)} rejected writes (skipped, discarded so far: {rejected[-1]})"
+        ),
+    )
     assert cancel_won and cancel_lost, "the race should produce both outcomes"
 
 
@@ -232,10 +244,11 @@ def test_worker_killed_is_retried(rl, tmp_path):
 
 
 def test_cancel_during_backoff(rl, tmp_path):
-    slow = raylane.task(name="test.slow_retry", max_retries=3, retry_backoff=3, retry_backoff_max=3)(
-        flaky.__wrapped__)
+    slow = raylane.task(name="test.slow_retry", max_retries=3, retry_backoff=3, retry_backoff_max=3)(flaky.__wrapped__)
+
     def skipped() -> int:
         return actor_stats("raylane")["Executor"]["skipped"]
+
     before = skipped()
     h = slow.submit(str(tmp_path), 3)
     wait_until(lambda: h.record().attempt == 1, what="the retry to be scheduled")

@@ -1,14 +1,14 @@
 """raylane's metrics as Prometheus scrapes them from the Ray node's metrics endpoint."""
+
 from __future__ import annotations
 
 import urllib.request
 
+from conftest import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 import raylane
 from raylane.states import TaskState
-
-from conftest import wait_until
 
 
 def _scrape(url: str) -> dict[str, list[tuple[dict, float]]]:
@@ -40,9 +40,12 @@ def test_batch_shows_up_in_ray_prometheus_metrics(rl, stack, unique):
     states = [h.wait(timeout=120).state for h in handles]
     assert states.count(TaskState.SUCCEEDED) == 16 and states.count(TaskState.FAILED) == 4
 
-    expected = {("ray_raylane_tasks_submitted_total", None): 20, ("ray_raylane_tasks_started_total", None): 20,
-                ("ray_raylane_tasks_finished_total", "SUCCEEDED"): 16,
-                ("ray_raylane_tasks_finished_total", "FAILED"): 4}
+    expected = {
+        ("ray_raylane_tasks_submitted_total", None): 20,
+        ("ray_raylane_tasks_started_total", None): 20,
+        ("ray_raylane_tasks_finished_total", "SUCCEEDED"): 16,
+        ("ray_raylane_tasks_finished_total", "FAILED"): 4,
+    }
     seen: dict = {}
 
     def all_reported() -> bool:
@@ -53,8 +56,12 @@ def test_batch_shows_up_in_ray_prometheus_metrics(rl, stack, unique):
         seen["samples"] = samples
         return all(seen[k] == v for k, v in expected.items())
 
-    wait_until(all_reported, timeout=60, interval=1.0,
-               what=lambda: f"the task counts on {stack.ray.metrics_url} (last seen {[seen.get(k) for k in expected]})")
+    wait_until(
+        all_reported,
+        timeout=60,
+        interval=1.0,
+        what=lambda: f"the task counts on {stack.ray.metrics_url} (last seen {[seen.get(k) for k in expected]})",
+    )
     samples = seen["samples"]
     # Status writes: every accepted write counted; batches and their latency observed.
     assert _total(samples, "ray_raylane_status_writes_total", outcome="accepted") >= 60

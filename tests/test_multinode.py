@@ -5,8 +5,10 @@ configured only by ``RAYLANE_*`` addresses deploys raylane there with two QueueC
 spread over the nodes and two Executors, submits a batch whose tasks run on both, and the worker node is
 killed mid-run. Every task must end in exactly one terminal state.
 """
+
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,11 +21,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 
 from raylane.stack import proc
 from raylane.stack.services import RayHead
-
-from conftest import wait_until
 
 HEAD_PORT, DASHBOARD_PORT, METRICS_PORT = 37379, 37265, 37080
 
@@ -65,12 +66,26 @@ DRIVER = textwrap.dedent('''
 
 def _start_worker_node(run_dir: Path) -> int:
     """``ray start --block`` joining the private head, on ports of its own; returns its pid."""
-    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", f"--address=127.0.0.1:{HEAD_PORT}",
-           "--node-ip-address=127.0.0.1", "--num-cpus=2", f"--object-store-memory={128 * 1024 * 1024}",
-           "--node-manager-port=37400", "--object-manager-port=37401", "--metrics-export-port=37402",
-           "--dashboard-agent-listen-port=37403", "--dashboard-agent-grpc-port=37404",
-           "--runtime-env-agent-port=37405", "--min-worker-port=37500", "--max-worker-port=37699",
-           "--disable-usage-stats"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--block",
+        f"--address=127.0.0.1:{HEAD_PORT}",
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=2",
+        f"--object-store-memory={128 * 1024 * 1024}",
+        "--node-manager-port=37400",
+        "--object-manager-port=37401",
+        "--metrics-export-port=37402",
+        "--dashboard-agent-listen-port=37403",
+        "--dashboard-agent-grpc-port=37404",
+        "--runtime-env-agent-port=37405",
+        "--min-worker-port=37500",
+        "--max-worker-port=37699",
+        "--disable-usage-stats",
+    ]
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
     return proc.spawn(cmd, log_file=run_dir / "ray-worker.log", pid_file=run_dir / "ray-worker.pid", env=env)
@@ -86,9 +101,16 @@ def _node_processes(leader: int) -> list[int]:
 def two_nodes(settings, tmp_path_factory):
     """A private Ray head and one worker node; both are stopped at the end."""
     home = tmp_path_factory.mktemp("multinode-home")
-    private = settings.model_copy(update=dict(home=home, ray_port=HEAD_PORT, ray_dashboard_port=DASHBOARD_PORT,
-                                              ray_metrics_port=METRICS_PORT, ray_num_cpus=2,
-                                              ray_object_store_mb=128))
+    private = settings.model_copy(
+        update=dict(
+            home=home,
+            ray_port=HEAD_PORT,
+            ray_dashboard_port=DASHBOARD_PORT,
+            ray_metrics_port=METRICS_PORT,
+            ray_num_cpus=2,
+            ray_object_store_mb=128,
+        )
+    )
     for port in (HEAD_PORT, DASHBOARD_PORT):
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
@@ -106,18 +128,30 @@ def two_nodes(settings, tmp_path_factory):
     yield nodes
     worker = nodes["worker"]
     for pid in _node_processes(worker) if proc.pid_alive(worker) else []:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     head.stop(grace_s=10)
 
 
 def _alive_nodes() -> int:
-    out = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "list", "nodes", "--filter", "state=ALIVE",
-                          "--format", "json", f"--address=http://127.0.0.1:{DASHBOARD_PORT}"],
-                         capture_output=True, text=True, timeout=60,
-                         env=dict(os.environ, RAY_AUTH_MODE="token"))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "list",
+            "nodes",
+            "--filter",
+            "state=ALIVE",
+            "--format",
+            "json",
+            f"--address=http://127.0.0.1:{DASHBOARD_PORT}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, RAY_AUTH_MODE="token"),
+    )
     try:
         return len(json.loads(out.stdout))
     except json.JSONDecodeError:  # "No resource in the cluster" while none has registered
@@ -131,15 +165,29 @@ def test_tasks_spread_over_two_nodes_survive_losing_one(stack, store, two_nodes,
     marker_dir = tmp_path / "runs"
     marker_dir.mkdir()
     n = 24
-    env = dict(os.environ, RAY_AUTH_MODE="token",
-               RAYLANE_RAY_ADDRESS=head.address, RAYLANE_RAY_DASHBOARD_URL=head.dashboard_url,
-               RAYLANE_KAFKA_BOOTSTRAP=stack.kafka.address, RAYLANE_OPENSEARCH_URL=stack.opensearch.address,
-               RAYLANE_NAMESPACE=f"mn-{unique}", RAYLANE_TOPIC_PREFIX=f"mn-{unique}.tasks.",
-               RAYLANE_DLQ_TOPIC=f"mn-{unique}.dlq", RAYLANE_INDEX_ALIAS=f"mn-{unique}-tasks",
-               RAYLANE_CONSUMERS="2", RAYLANE_EXECUTORS="2", RAYLANE_MAX_RUNNING="8")
+    env = dict(
+        os.environ,
+        RAY_AUTH_MODE="token",
+        RAYLANE_RAY_ADDRESS=head.address,
+        RAYLANE_RAY_DASHBOARD_URL=head.dashboard_url,
+        RAYLANE_KAFKA_BOOTSTRAP=stack.kafka.address,
+        RAYLANE_OPENSEARCH_URL=stack.opensearch.address,
+        RAYLANE_NAMESPACE=f"mn-{unique}",
+        RAYLANE_TOPIC_PREFIX=f"mn-{unique}.tasks.",
+        RAYLANE_DLQ_TOPIC=f"mn-{unique}.dlq",
+        RAYLANE_INDEX_ALIAS=f"mn-{unique}-tasks",
+        RAYLANE_CONSUMERS="2",
+        RAYLANE_EXECUTORS="2",
+        RAYLANE_MAX_RUNNING="8",
+    )
     env.pop("RAY_ADDRESS", None)
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(marker_dir), str(n)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(marker_dir), str(n)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         # Once tasks have started on both nodes, the worker node dies (raylet and workers, SIGKILL).
         def nodes_started() -> set[str]:
@@ -147,13 +195,11 @@ def test_tasks_spread_over_two_nodes_survive_losing_one(stack, store, two_nodes,
                 out, err = driver.communicate()
                 pytest.fail(f"the driver exited early ({driver.returncode}):\n{out[-2000:]}\n{err[-3000:]}")
             return {p.read_text() for p in marker_dir.iterdir() if p.stat().st_size}
-        wait_until(lambda: len(nodes_started()) == 2, timeout=120, interval=0.1,
-                   what="tasks to start on both nodes")
+
+        wait_until(lambda: len(nodes_started()) == 2, timeout=120, interval=0.1, what="tasks to start on both nodes")
         for pid in _node_processes(worker):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         killed_at = time.monotonic()
         try:
             out, err = driver.communicate(timeout=240)
@@ -188,6 +234,8 @@ def test_tasks_spread_over_two_nodes_survive_losing_one(stack, store, two_nodes,
     assert retried, "some task was running on the killed node"
     for i, r in enumerate(records):
         assert runs[i] <= r["attempt"] + 1
-    print(f"\nmulti-node: actors on the killed node: {on_worker}; {n} tasks, {len(retried)} retried after the "
-          f"node loss, all SUCCEEDED {recovered_in:.1f}s after the kill; errors of retried attempts: "
-          f"{sorted({e for r in retried for e in r['errors']})}")
+    print(
+        f"\nmulti-node: actors on the killed node: {on_worker}; {n} tasks, {len(retried)} retried after the "
+        f"node loss, all SUCCEEDED {recovered_in:.1f}s after the kill; errors of retried attempts: "
+        f"{sorted({e for r in retried for e in r['errors']})}"
+    )

@@ -1,5 +1,6 @@
 """Poison isolation and input limits: a hostile argument or result fails its own task, with a
 typed error, and never stalls or fails the tasks around it."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -7,9 +8,9 @@ import time
 import uuid
 
 import pytest
+from conftest import wait_until
 
 import raylane
-from conftest import wait_until
 from raylane.client import TaskHandle, _connection
 from raylane.errors import ArgumentsTooDeep, InvalidTaskInput, TaskFailed
 from raylane.limits import depth_of
@@ -66,8 +67,10 @@ def test_deeply_nested_arguments_are_a_typed_error(rl, unique, levels):
     """Arguments nested past RAYLANE_MAX_DEPTH are refused before anything is written, from a
     task function exactly as from a task known only by its name."""
     queue = f"deep-{unique}"
-    for submit in (lambda: depth.options(queue=queue).submit(nested(levels)),
-                   lambda: by_name("raylane.echo", nested(levels), queue=queue)):
+    for submit in (
+        lambda: depth.options(queue=queue).submit(nested(levels)),
+        lambda: by_name("raylane.echo", nested(levels), queue=queue),
+    ):
         with pytest.raises(ArgumentsTooDeep) as exc:
             submit()
         assert "RAYLANE_MAX_DEPTH" in str(exc.value)
@@ -96,8 +99,14 @@ def test_too_many_or_too_long_tags_are_refused(rl):
 def test_poison_results_fail_alone_and_ordinary_tasks_go_on(rl):
     """Each poison task sits among 50 ordinary ones: it fails at once with its own error type,
     and every ordinary task finishes within 30 s, then and afterwards."""
-    poison = {"huge": "ResultTooLarge", "deep": "ResultNotSerializable", "set": "ResultNotSerializable",
-              "nan": "ResultNotSerializable", "loud": "ValueError", "unprintable": "_Unprintable"}
+    poison = {
+        "huge": "ResultTooLarge",
+        "deep": "ResultNotSerializable",
+        "set": "ResultNotSerializable",
+        "nan": "ResultNotSerializable",
+        "loud": "ValueError",
+        "unprintable": "_Unprintable",
+    }
     handles = {}
     ordinary = []
     for kind in poison:
@@ -126,9 +135,11 @@ def test_bulk_write_with_a_record_the_store_cannot_take(stack, unique):
     store = OpenSearchStore(stack.endpoints().opensearch, alias)
     store.ensure_schema()
     try:
+
         def record(size: int) -> TaskRecord:
-            msg = TaskMessage(id=uuid.uuid4().hex, name="raylane.echo", queue="default", args=["x" * size],
-                              created_at=utcnow())
+            msg = TaskMessage(
+                id=uuid.uuid4().hex, name="raylane.echo", queue="default", args=["x" * size], created_at=utcnow()
+            )
             return TaskRecord.pending(msg)
 
         records = [record(10) for _ in range(5)] + [record(101 << 20)] + [record(10) for _ in range(5)]
@@ -143,6 +154,7 @@ def test_bulk_write_with_a_record_the_store_cannot_take(stack, unique):
 
 
 # ---------------------------------------------------------------- over HTTP
+
 
 def _error(resp, status: int) -> dict:
     assert resp.status_code == status, resp.text
@@ -162,6 +174,7 @@ def test_http_deep_arguments_are_a_4xx_not_an_outage(http_api, unique, rl):
 def test_http_waits_are_limited_per_token_and_health_stays_fast(http_api, unique, rl, settings):
     """One token holding waits gets 429 past its share; /healthz and other tenants still answer at once."""
     import requests
+
     greedy = http_api.client(http_api.token(f"greedy-{unique}", "read"))
     other_token = http_api.token(f"other-{unique}")
     other = http_api.client(other_token)
@@ -208,6 +221,7 @@ def test_http_request_rate_is_limited_per_token(http_api, unique, settings):
     """A token sending faster than its rate gets 429 with Retry-After once its burst is spent;
     no more requests get through than the rate and the burst allow."""
     import requests
+
     token = http_api.token(f"fast-{unique}", "read")
     headers = {"Authorization": f"Bearer {token}"}
     sent = settings.http_burst_per_token + 400
@@ -228,6 +242,9 @@ def test_http_request_rate_is_limited_per_token(http_api, unique, settings):
     if limited is not None:
         assert int(limited.headers["Retry-After"]) >= 1
     # Another token is not affected.
-    other = requests.get(f"{http_api.url}{API}/tasks/{'0' * 32}",
-                         headers={"Authorization": f"Bearer {http_api.token(f'calm-{unique}', 'read')}"}, timeout=30)
+    other = requests.get(
+        f"{http_api.url}{API}/tasks/{'0' * 32}",
+        headers={"Authorization": f"Bearer {http_api.token(f'calm-{unique}', 'read')}"},
+        timeout=30,
+    )
     assert other.status_code == 404

@@ -1,5 +1,6 @@
 """Retries: a retry waits out its backoff SCHEDULED, off the queue, and a retry left half done
 by a stopped executor is carried on by the sweep."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -7,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import ray
+from conftest import wait_until
 
 import raylane
 from raylane.actors.deploy import actor_stats
 from raylane.models import MAX_BACKOFF_S, RetryPolicy, TaskMessage, TaskRecord, new_task_id, utcnow
 from raylane.states import TaskState
-
-from conftest import wait_until
 
 
 @raylane.task(name="test.retry.fail_first", max_retries=2, retry_backoff=12, retry_backoff_max=12)
@@ -70,8 +70,14 @@ def _write(record: TaskRecord) -> None:
 
 
 def _pending(tmp_path: Path) -> TaskRecord:
-    msg = TaskMessage(id=new_task_id(), name="test.retry.count", queue="default", args=[str(tmp_path)],
-                      created_at=utcnow(), retry=RetryPolicy(max_retries=2, backoff_s=0.1, backoff_max_s=0.1))
+    msg = TaskMessage(
+        id=new_task_id(),
+        name="test.retry.count",
+        queue="default",
+        args=[str(tmp_path)],
+        created_at=utcnow(),
+        retry=RetryPolicy(max_retries=2, backoff_s=0.1, backoff_max_s=0.1),
+    )
     return TaskRecord.pending(msg)
 
 
@@ -80,8 +86,11 @@ def test_a_half_done_retry_is_carried_on(rl, tmp_path):
     wrote the next attempt (nothing else was written, and no message sent), the sweep writes the
     next attempt and sends it: the task runs and ends once."""
     long_ago = utcnow() - timedelta(minutes=5)
-    failed = _pending(tmp_path).moved_to(TaskState.RUNNING).moved_to(
-        TaskState.FAILED, error_type="ConnectionError", error="lost before the retry", will_retry=True)
+    failed = (
+        _pending(tmp_path)
+        .moved_to(TaskState.RUNNING)
+        .moved_to(TaskState.FAILED, error_type="ConnectionError", error="lost before the retry", will_retry=True)
+    )
     _write(failed.model_copy(update={"updated_at": long_ago}))
     done = rl.wait(failed.id, timeout=120)
     assert (done.state, done.attempt, done.result) == (TaskState.SUCCEEDED, 1, 1)
@@ -91,8 +100,9 @@ def test_a_half_done_retry_is_carried_on(rl, tmp_path):
 def test_an_overdue_scheduled_attempt_is_sent(rl, tmp_path):
     """Given a SCHEDULED attempt long past due whose message was never sent (its executor stopped
     during the backoff), the sweep sends it, keeping its start time, and the task runs."""
-    nxt = _pending(tmp_path).model_copy(update={"state": TaskState.SCHEDULED,
-                                                "not_before": utcnow() - timedelta(minutes=2)})
+    nxt = _pending(tmp_path).model_copy(
+        update={"state": TaskState.SCHEDULED, "not_before": utcnow() - timedelta(minutes=2)}
+    )
     _write(nxt)
     done = rl.wait(nxt.id, timeout=120)
     assert (done.state, done.attempt, done.result) == (TaskState.SUCCEEDED, 0, 1)

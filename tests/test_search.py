@@ -1,14 +1,16 @@
 """Search and counts over what was written: filters, newest-first order, and paging past 10,000."""
+
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
+
+import pytest
 
 import raylane
 from raylane.errors import TaskFailed
 from raylane.models import utcnow
 from raylane.states import TaskState
-
-import pytest
 
 
 @raylane.task(name="test.search.fail")
@@ -25,8 +27,10 @@ def test_filters_and_order(rl, unique):
     tag = f"t-{unique}"
     before = utcnow()
     good = ok.options(tags=[tag]).submit_many([(i,) for i in range(5)])
-    bad = [fail_with.options(tags=[tag]).submit(f"quota exceeded for bucket {unique}"),
-           fail_with.options(tags=[tag]).submit("network unreachable")]
+    bad = [
+        fail_with.options(tags=[tag]).submit(f"quota exceeded for bucket {unique}"),
+        fail_with.options(tags=[tag]).submit("network unreachable"),
+    ]
     for h in good:
         h.wait(timeout=60)
     for h in bad:
@@ -58,7 +62,9 @@ def big_queue(rl, store, stack, settings, unique):
     do not stay behind in the stack the suite ran on."""
     from kafka import KafkaAdminClient
     from opensearchpy import helpers
+
     from raylane.queue import topic_of
+
     queue = f"big-{unique}"
     rl.pause(queue)
     yield queue
@@ -79,10 +85,13 @@ def test_search_and_counts_past_ten_thousand(rl, big_queue):
     n, queue, tag = 10_500, big_queue, big_queue
     from raylane.client import submit_requests
     from raylane.models import SubmitRequest
+
     ids: list[str] = []
     for start in range(0, n, 1500):
-        batch = [SubmitRequest(name="raylane.echo", args=[i], queue=queue, tags=[tag])
-                 for i in range(start, min(n, start + 1500))]
+        batch = [
+            SubmitRequest(name="raylane.echo", args=[i], queue=queue, tags=[tag])
+            for i in range(start, min(n, start + 1500))
+        ]
         ids.extend(h.id for h in submit_requests(batch))
     rl.refresh()
 
@@ -92,6 +101,6 @@ def test_search_and_counts_past_ten_thousand(rl, big_queue):
 
     # Then every one is returned once, newest first, and counted
     assert len(found) == n and {r.id for r in found} == set(ids)
-    assert all(a.created_at >= b.created_at for a, b in zip(found, found[1:]))
+    assert all(a.created_at >= b.created_at for a, b in itertools.pairwise(found))
     assert counts == {"PENDING": n}
     assert len(rl.search(tag=tag, limit=10_001)) == 10_001

@@ -1,22 +1,23 @@
 """raylane behind Ray Serve's asynchronous task API (TaskProcessorAdapter), driven through Serve's own
 adapter factory and task-consumer wiring."""
+
 from __future__ import annotations
 
 import time
 
 import pytest
+from conftest import wait_until
 from ray.serve.schema import TaskProcessorConfig
 from ray.serve.task_consumer import instantiate_adapter_from_config, task_consumer, task_handler
 
 from raylane.errors import TaskAlreadyFinished
 from raylane.serve import RaylaneTaskProcessorAdapter
 
-from conftest import wait_until
-
 
 def test_serve_task_consumer_runs_on_raylane(rl, unique):
-    config = TaskProcessorConfig(queue_name=f"serve-{unique}", adapter=RaylaneTaskProcessorAdapter,
-                                 adapter_config={}, max_retries=1)
+    config = TaskProcessorConfig(
+        queue_name=f"serve-{unique}", adapter=RaylaneTaskProcessorAdapter, adapter_config={}, max_retries=1
+    )
 
     @task_consumer(task_processor_config=config)
     class Reports:
@@ -37,8 +38,11 @@ def test_serve_task_consumer_runs_on_raylane(rl, unique):
     producer = instantiate_adapter_from_config(config)
     queued = producer.enqueue_task_sync("render", args=["q3", 12])
     assert queued.status in ("PENDING", "RUNNING", "SUCCEEDED") and len(queued.id) == 32
-    done = wait_until(lambda: (r := producer.get_task_status_sync(queued.id)).status == "SUCCEEDED" and r,
-                      timeout=60, what="the Serve task to finish")
+    done = wait_until(
+        lambda: (r := producer.get_task_status_sync(queued.id)).status == "SUCCEEDED" and r,
+        timeout=60,
+        what="the Serve task to finish",
+    )
     assert done.result == "q3:12"
 
     slow = producer.enqueue_task_sync("stall", args=[30.0])

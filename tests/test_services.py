@@ -1,4 +1,5 @@
 """The real services of the stack, used directly: Kafka round trip and OpenSearch external versions."""
+
 from __future__ import annotations
 
 import json
@@ -7,12 +8,12 @@ import threading
 import time
 
 import pytest
+from conftest import wait_until
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import ConflictError
 
-from conftest import wait_until
 from raylane.signing import Signer
 
 
@@ -26,8 +27,14 @@ def test_kafka_produce_consume_round_trip(stack, unique):
         producer.send(topic, key=str(msg["n"]).encode(), value=json.dumps(msg).encode())
     producer.flush()
     producer.close()
-    consumer = KafkaConsumer(topic, bootstrap_servers=stack.kafka.address, group_id=f"g-{unique}",
-                             auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=15000)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=stack.kafka.address,
+        group_id=f"g-{unique}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=15000,
+    )
     got = []
     for record in consumer:
         got.append(json.loads(record.value))
@@ -61,7 +68,8 @@ def test_opensearch_external_versions(stack, unique):
 
 
 def _thread_cpu_s(native_id: int) -> float:
-    fields = open(f"/proc/self/task/{native_id}/stat").read().rsplit(")", 1)[1].split()
+    with open(f"/proc/self/task/{native_id}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -69,13 +77,22 @@ def test_producer_idles_after_its_queue_topic_is_deleted(stack, settings, unique
     # kafka-python's sender spins on a deleted topic's partitions if it keeps their (empty) queues.
     from raylane.models import TaskMessage, new_task_id, utcnow
     from raylane.queue import KafkaTaskQueue
-    queue = KafkaTaskQueue(stack.kafka.address, prefix=f"test.deleted.{unique}.", dlq_topic=f"test.dlq.{unique}",
-                           partitions=2, max_payload_bytes=1024, signer=Signer(b"test-secret-of-16-bytes"))
+
+    queue = KafkaTaskQueue(
+        stack.kafka.address,
+        prefix=f"test.deleted.{unique}.",
+        dlq_topic=f"test.dlq.{unique}",
+        partitions=2,
+        max_payload_bytes=1024,
+        signer=Signer(b"test-secret-of-16-bytes"),
+    )
     try:
         topic = queue.ensure_queue("q")
+
         def produce(q: str) -> None:
-            queue.produce_many([TaskMessage(id=new_task_id(), name="raylane.echo", queue=q, created_at=utcnow())
-                                for _ in range(10)])
+            queue.produce_many(
+                [TaskMessage(id=new_task_id(), name="raylane.echo", queue=q, created_at=utcnow()) for _ in range(10)]
+            )
 
         produce("q")
         [sender] = [t for t in threading.enumerate() if t.name.startswith("kafka-python-producer")]
@@ -96,19 +113,30 @@ def test_reader_commit_leaves_out_a_deleted_topic(stack, unique):
     # Given a reader that read from two queue topics, one of which is then deleted
     from raylane.models import TaskMessage, new_task_id, utcnow
     from raylane.queue import KafkaQueueReader, KafkaTaskQueue
+
     prefix = f"test.commit.{unique}."
-    queue = KafkaTaskQueue(stack.kafka.address, prefix=prefix, dlq_topic=f"test.dlq.{unique}", partitions=1,
-                           max_payload_bytes=1024, signer=Signer(b"test-secret-of-16-bytes"))
-    reader = KafkaQueueReader(stack.kafka.address, prefix=prefix, group=f"test-commit-{unique}", max_message=1 << 20,
-                              refresh_s=0.2)
+    queue = KafkaTaskQueue(
+        stack.kafka.address,
+        prefix=prefix,
+        dlq_topic=f"test.dlq.{unique}",
+        partitions=1,
+        max_payload_bytes=1024,
+        signer=Signer(b"test-secret-of-16-bytes"),
+    )
+    reader = KafkaQueueReader(
+        stack.kafka.address, prefix=prefix, group=f"test-commit-{unique}", max_message=1 << 20, refresh_s=0.2
+    )
     admin = KafkaAdminClient(bootstrap_servers=stack.kafka.address)
     try:
         gone_topic, kept_topic = queue.ensure_queue("gone"), queue.ensure_queue("kept")
-        queue.produce_many([TaskMessage(id=new_task_id(), name="raylane.echo", queue=q, created_at=utcnow())
-                            for q in ("gone", "kept")])
+        queue.produce_many(
+            [TaskMessage(id=new_task_id(), name="raylane.echo", queue=q, created_at=utcnow()) for q in ("gone", "kept")]
+        )
         read: list = []
-        wait_until(lambda: read.extend(reader.poll(10, 0.2)) or {c.topic for c in read} == {gone_topic, kept_topic},
-                   what=lambda: f"both messages read (read {read})")
+        wait_until(
+            lambda: read.extend(reader.poll(10, 0.2)) or {c.topic for c in read} == {gone_topic, kept_topic},
+            what=lambda: f"both messages read (read {read})",
+        )
         offsets = {(c.topic, c.partition): c.offset + 1 for c in read}
         admin.delete_topics([gone_topic])
         wait_until(lambda: gone_topic not in admin.list_topics(), what=f"{gone_topic} deleted")
@@ -118,10 +146,12 @@ def test_reader_commit_leaves_out_a_deleted_topic(stack, unique):
 
         # Then the deleted topic's offset is left out, and the other one is committed
         assert left_out == {(gone_topic, 0)}
-        committed = KafkaConsumer(bootstrap_servers=stack.kafka.address, group_id=f"test-commit-{unique}",
-                                  enable_auto_commit=False)
+        committed = KafkaConsumer(
+            bootstrap_servers=stack.kafka.address, group_id=f"test-commit-{unique}", enable_auto_commit=False
+        )
         try:
             from kafka.structs import TopicPartition
+
             assert committed.committed(TopicPartition(kept_topic, 0)) == offsets[(kept_topic, 0)]
         finally:
             committed.close()

@@ -1,4 +1,5 @@
 """``raylane stack up|down|status`` on a second, private stack (own ports and folders), and the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -22,10 +23,19 @@ def private_stack(settings: Settings, tmp_path_factory):
     (home / "m2").symlink_to(settings.home / "m2")
     # Below Linux's ephemeral range (32768-60999), where any outgoing connection may hold a
     # port; and apart from the session stack's 26xxx-29xxx ports.
-    private = settings.model_copy(update=dict(
-        home=home, kafka_port=27092, kafka_controller_port=27093, opensearch_port=27200,
-        opensearch_transport_port=27300, ray_port=27379, ray_dashboard_port=27265, ray_metrics_port=27080,
-        opensearch_root_dir=settings.opensearch_root_dir.parent / f"{settings.opensearch_root_dir.name}-test"))
+    private = settings.model_copy(
+        update=dict(
+            home=home,
+            kafka_port=27092,
+            kafka_controller_port=27093,
+            opensearch_port=27200,
+            opensearch_transport_port=27300,
+            ray_port=27379,
+            ray_dashboard_port=27265,
+            ray_metrics_port=27080,
+            opensearch_root_dir=settings.opensearch_root_dir.parent / f"{settings.opensearch_root_dir.name}-test",
+        )
+    )
     st = LocalStack(private, quiet=True)
     yield st
     st.down(grace_s=10)
@@ -49,9 +59,11 @@ def test_up_status_idempotent_restart_down(stack, private_stack):
     pids = {name: s.pid for name, s in statuses.items()}
     if os.geteuid() == 0:
         # OpenSearch runs as the unprivileged user, holding none of root's groups.
-        ids = {line.split(":")[0]: line.split()[1:] for line in
-               Path(f"/proc/{pids['opensearch']}/status").read_text().splitlines()
-               if line.startswith(("Uid:", "Gid:", "Groups:"))}
+        ids = {
+            line.split(":")[0]: line.split()[1:]
+            for line in Path(f"/proc/{pids['opensearch']}/status").read_text().splitlines()
+            if line.startswith(("Uid:", "Gid:", "Groups:"))
+        }
         assert "0" not in ids["Uid"] and "0" not in ids["Gid"] and "0" not in ids["Groups"], ids
 
     # A second `up` leaves what runs alone
@@ -75,8 +87,13 @@ def test_up_status_idempotent_restart_down(stack, private_stack):
 
 
 def test_cli_status_json_reports_the_session_stack(stack):
-    out = subprocess.run([sys.executable, "-m", "raylane.cli", "stack", "status", "--json"], capture_output=True,
-                         text=True, timeout=60, env=dict(os.environ))
+    out = subprocess.run(
+        [sys.executable, "-m", "raylane.cli", "stack", "status", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+    )
     assert out.returncode == 0, out.stderr
     status = json.loads(out.stdout)
     assert set(status) == {"kafka", "opensearch", "ray"}
@@ -87,7 +104,12 @@ def test_cli_status_json_reports_the_session_stack(stack):
 
 
 def test_cli_rejects_unknown_settings():
-    out = subprocess.run([sys.executable, "-m", "raylane.cli", "stack", "status"], capture_output=True, text=True,
-                         timeout=60, env=dict(os.environ, RAYLANE_KAFKA_PORTT="1"))
+    out = subprocess.run(
+        [sys.executable, "-m", "raylane.cli", "stack", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, RAYLANE_KAFKA_PORTT="1"),
+    )
     assert out.returncode == 2
     assert "RAYLANE_KAFKA_PORTT" in out.stderr

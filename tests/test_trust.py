@@ -3,6 +3,7 @@
 Whoever can write to them (the local ones have no authentication) must not be able to run
 code in the cluster, start a task, or run a finished task again.
 """
+
 from __future__ import annotations
 
 import base64
@@ -40,7 +41,9 @@ class _Planted:
 
 def _forget_in_ray(name: str) -> None:
     from ray.experimental import internal_kv as kv
+
     from raylane import registry
+
     kv._internal_kv_del(registry._NAME_KEY + name, namespace=registry._KV_NAMESPACE)
 
 
@@ -62,8 +65,12 @@ def test_planted_definition_is_never_unpickled(rl, store, unique, tmp_path, sign
     # Given: Ray forgot the definition (as after a restart) and someone replaced the kept copy.
     _forget_in_ray(name)
     blob = pickle.dumps(_Planted(f"touch {marker}"))
-    doc = {"kind": "definition", "name": name, "digest": hashlib.sha256(blob).hexdigest(),
-           "blob": base64.b64encode(blob).decode()}
+    doc = {
+        "kind": "definition",
+        "name": name,
+        "digest": hashlib.sha256(blob).hexdigest(),
+        "blob": base64.b64encode(blob).decode(),
+    }
     if signature is not None:
         doc["signature"] = signature
     store.client.index(index=f"{store.alias}_control", id=f"definition:{name}", body=doc, refresh="true")
@@ -79,8 +86,16 @@ def test_planted_definition_is_never_unpickled(rl, store, unique, tmp_path, sign
 
 
 def _forged(task_id: str, attempt: int, path: Path, word: str) -> bytes:
-    return json.dumps({"id": task_id, "name": "test.trust.mark", "queue": "default", "attempt": attempt,
-                       "args": [str(path), word], "created_at": "2026-01-01T00:00:00Z"}).encode()
+    return json.dumps(
+        {
+            "id": task_id,
+            "name": "test.trust.mark",
+            "queue": "default",
+            "attempt": attempt,
+            "args": [str(path), word],
+            "created_at": "2026-01-01T00:00:00Z",
+        }
+    ).encode()
 
 
 def test_unsigned_message_is_dead_lettered_and_never_runs(rl, stack, settings, tmp_path):
@@ -114,6 +129,7 @@ def test_secrets_are_not_on_any_command_line(rl, settings):
     """The service job gets its configuration (the cluster secret, the OpenSearch password)
     through Ray's KV store: neither its entrypoint nor any process's command line holds it."""
     from ray.job_submission import JobSubmissionClient
+
     secret = settings.cluster_secret().get_secret_value()
     jobs = JobSubmissionClient(f"http://127.0.0.1:{settings.ray_dashboard_port}").list_jobs()
     service = [j for j in jobs if (j.submission_id or "").startswith("raylane-service-") and j.status == "RUNNING"]

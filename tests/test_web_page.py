@@ -1,12 +1,12 @@
 """The web page in headless Chromium (Debian's chromium and chromium-driver): sign in, watch the
 counts change live, search, open a task, cancel it; a screenshot is saved in tests/artifacts."""
+
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import wait_until
 from test_http_api import fail_with, sleep_for  # noqa: F401  (the tasks this test submits over HTTP)
 
@@ -18,10 +18,17 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 def browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
-                "--disable-gpu", "--no-first-run"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        "--disable-gpu",
+        "--no-first-run",
+    ):
         options.add_argument(arg)
     driver_path = shutil.which("chromedriver")
     assert driver_path, "chromedriver is missing: ./dev test installs Debian's chromium and chromium-driver"
@@ -43,7 +50,10 @@ def test_sign_in_search_open_and_cancel(browser, http_api, unique, rl):
     token = http_api.token(tenant)
     api = http_api.client(token)
     tag = f"web{unique}"
-    post = lambda **t: api.post(f"{http_api.url}{API}/tasks", json={**t, "tags": [tag]}).json()["id"]
+
+    def post(**t):
+        return api.post(f"{http_api.url}{API}/tasks", json={**t, "tags": [tag]}).json()["id"]
+
     failed = post(name="test.http.fail", args=[f"disk quota exceeded on volume {unique}"])
     post(name="raylane.echo", args=["hello"])
     sleeper = post(name="test.http.sleep", args=[60])
@@ -66,7 +76,9 @@ def test_sign_in_search_open_and_cancel(browser, http_api, unique, rl):
 
     # The counts follow new tasks without a reload.
     post(name="raylane.echo", args=["live"])
-    wait_until(lambda: text_of("count-total") == "4", timeout=20, what=lambda: f"live total 4, saw {text_of('count-total')}")
+    wait_until(
+        lambda: text_of("count-total") == "4", timeout=20, what=lambda: f"live total 4, saw {text_of('count-total')}"
+    )
 
     def search_and_open_only_match(fields: dict[str, str], state: str, task_id: str) -> None:
         """Fill the search form, expect exactly ``task_id``, and open its page (showing ``state``)."""

@@ -4,12 +4,12 @@
 waits for each service to be ready. ``down()`` stops only processes recorded in the
 stack's pid files.
 """
+
 from __future__ import annotations
 
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
 
 from pydantic import BaseModel
 
@@ -26,11 +26,11 @@ class ServiceStatus(BaseModel):
 
     name: str
     running: bool
-    pid: Optional[int]
+    pid: int | None
     address: str
     rss_bytes: int
     log_file: str
-    started_in_s: Optional[float] = None
+    started_in_s: float | None = None
 
 
 class LocalStack:
@@ -55,7 +55,7 @@ class LocalStack:
                 return s
         raise StackError(f"unknown service {name!r}; the stack has kafka, opensearch and ray")
 
-    def up(self, only: Optional[list[str]] = None) -> list[ServiceStatus]:
+    def up(self, only: list[str] | None = None) -> list[ServiceStatus]:
         """Start every service that is not running and wait until all are ready."""
         targets = [self.get(n) for n in only] if only else self.services
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,7 @@ class LocalStack:
 
         with ThreadPoolExecutor(max_workers=len(to_start) or 1) as pool:
             futures = [pool.submit(start_one, svc) for svc in to_start]
-            errors = [f.exception() for f in futures if f.exception()]
+            errors = [e for e in (f.exception() for f in futures) if e is not None]
         if errors:
             raise errors[0]
         statuses = self.status()
@@ -88,7 +88,7 @@ class LocalStack:
             st.started_in_s = timings.get(st.name)
         return statuses
 
-    def down(self, grace_s: float = 20.0, only: Optional[list[str]] = None) -> list[str]:
+    def down(self, grace_s: float = 20.0, only: list[str] | None = None) -> list[str]:
         """Stop the stack's own processes (Ray first); returns the names of the services stopped."""
         stopped = []
         for svc in [self.ray, self.kafka, self.opensearch]:
@@ -105,12 +105,22 @@ class LocalStack:
         out = []
         for svc in self.services:
             pid = svc.pid()
-            out.append(ServiceStatus(name=svc.name, running=pid is not None and svc.probe(), pid=pid,
-                                     address=svc.address, rss_bytes=proc.rss_bytes(svc.pids()),
-                                     log_file=str(svc.log_file)))
+            out.append(
+                ServiceStatus(
+                    name=svc.name,
+                    running=pid is not None and svc.probe(),
+                    pid=pid,
+                    address=svc.address,
+                    rss_bytes=proc.rss_bytes(svc.pids()),
+                    log_file=str(svc.log_file),
+                )
+            )
         return out
 
     def endpoints(self) -> Endpoints:
         """The addresses clients use to reach the local services."""
-        return Endpoints(kafka_bootstrap=self.kafka.address, opensearch=self.settings.opensearch(self.opensearch.address),
-                         ray_address=self.ray.address)
+        return Endpoints(
+            kafka_bootstrap=self.kafka.address,
+            opensearch=self.settings.opensearch(self.opensearch.address),
+            ray_address=self.ray.address,
+        )

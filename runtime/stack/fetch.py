@@ -3,6 +3,7 @@
 Everything lands in a cache folder with a private Maven repository, and a marker file
 says a fetch completed, so later runs start from the cache without any network.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -48,15 +49,17 @@ def _mvn(args: list[str], repo: Path, what: str, log_file: Path) -> None:
             if "Downloaded from" in line:
                 downloaded += 1
                 name = line.split("/")[-1].split(" ")[0]
-                print(f"\r  downloaded {downloaded} files (last: {name[:60]:<60})", end="", file=sys.stderr,
-                      flush=True)
+                print(f"\r  downloaded {downloaded} files (last: {name[:60]:<60})", end="", file=sys.stderr, flush=True)
         rc = proc.wait()
     if downloaded:
         print(file=sys.stderr)
     if rc != 0:
         raise StackError(f"mvn failed to fetch {what}", service=what, log_file=str(log_file))
-    print(f"raylane: fetched {what} ({downloaded} files) in {time.monotonic() - started:.1f}s",
-          file=sys.stderr, flush=True)
+    print(
+        f"raylane: fetched {what} ({downloaded} files) in {time.monotonic() - started:.1f}s",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def kafka_libs(home: Path, version: str) -> Path:
@@ -69,9 +72,18 @@ def kafka_libs(home: Path, version: str) -> Path:
         shutil.rmtree(target)
     target.mkdir(parents=True)
     (target / "pom.xml").write_text(_KAFKA_POM.format(kafka=version, slf4j=_SLF4J, log4j=_LOG4J))
-    _mvn(["-f", str(target / "pom.xml"), "dependency:copy-dependencies", f"-DoutputDirectory={lib}",
-          "-DincludeScope=runtime"], home / "m2", f"org.apache.kafka:kafka_2.13:{version}",
-         home / "run" / "logs" / "fetch-kafka.log")
+    _mvn(
+        [
+            "-f",
+            str(target / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={lib}",
+            "-DincludeScope=runtime",
+        ],
+        home / "m2",
+        f"org.apache.kafka:kafka_2.13:{version}",
+        home / "run" / "logs" / "fetch-kafka.log",
+    )
     (target / ".complete").touch()
     return lib
 
@@ -83,11 +95,16 @@ def opensearch_zip(home: Path, version: str) -> Path:
     if zip_path.exists() and zipfile.is_zipfile(zip_path):
         return zip_path
     target.mkdir(parents=True, exist_ok=True)
-    _mvn(["dependency:copy",
-          f"-Dartifact=org.opensearch.distribution.integ-test-zip:opensearch:{version}:zip",
-          f"-DoutputDirectory={target}"], home / "m2",
-         f"org.opensearch.distribution.integ-test-zip:opensearch:{version}",
-         home / "run" / "logs" / "fetch-opensearch.log")
+    _mvn(
+        [
+            "dependency:copy",
+            f"-Dartifact=org.opensearch.distribution.integ-test-zip:opensearch:{version}:zip",
+            f"-DoutputDirectory={target}",
+        ],
+        home / "m2",
+        f"org.opensearch.distribution.integ-test-zip:opensearch:{version}",
+        home / "run" / "logs" / "fetch-opensearch.log",
+    )
     if not zipfile.is_zipfile(zip_path):
         raise StackError(f"mvn did not produce {zip_path}", service="opensearch")
     return zip_path

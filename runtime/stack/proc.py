@@ -1,12 +1,14 @@
 """Child processes of the local stack: start detached, track by pid file, stop gracefully."""
+
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
 
 
 def pid_alive(pid: int) -> bool:
@@ -19,7 +21,7 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def read_pid(pid_file: Path) -> Optional[int]:
+def read_pid(pid_file: Path) -> int | None:
     """The pid recorded in ``pid_file`` if that process still lives, else None."""
     try:
         pid = int(pid_file.read_text().strip())
@@ -28,8 +30,15 @@ def read_pid(pid_file: Path) -> Optional[int]:
     return pid if pid_alive(pid) else None
 
 
-def spawn(cmd: list[str], *, log_file: Path, pid_file: Path, env: Optional[dict] = None,
-          cwd: Optional[Path] = None, user: Optional[str] = None) -> int:
+def spawn(
+    cmd: list[str],
+    *,
+    log_file: Path,
+    pid_file: Path,
+    env: dict | None = None,
+    cwd: Path | None = None,
+    user: str | None = None,
+) -> int:
     """Start ``cmd`` in its own session (it outlives the caller), logging to ``log_file``. With
     ``user``, it runs as that user with that user's own group only: no group of the caller
     (root's group 0 included) carries over."""
@@ -37,10 +46,19 @@ def spawn(cmd: list[str], *, log_file: Path, pid_file: Path, env: Optional[dict]
     as_user: dict = {}
     if user is not None:
         import pwd
+
         as_user = dict(user=user, group=pwd.getpwnam(user).pw_gid, extra_groups=[])
     with open(log_file, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=cwd, start_new_session=True, **as_user)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            **as_user,
+        )
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(str(proc.pid))
     return proc.pid
@@ -110,10 +128,8 @@ def descendants(pids: Iterable[int]) -> list[int]:
 
 def _signal_all(pids: Iterable[int], sig: int) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def _wait_gone(pids: list[int], until: float) -> list[int]:
@@ -126,7 +142,7 @@ def _wait_gone(pids: list[int], until: float) -> list[int]:
         time.sleep(0.1)
 
 
-def terminate(pids: list[int], grace_s: float, leader: Optional[int] = None) -> list[int]:
+def terminate(pids: list[int], grace_s: float, leader: int | None = None) -> list[int]:
     """Stop ``pids``: SIGTERM (to ``leader`` alone first, if given, which stops the rest itself,
     then to whatever it left), wait up to ``grace_s`` in all, then SIGKILL the rest.
     Returns the pids killed forcibly."""

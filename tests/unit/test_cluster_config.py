@@ -1,4 +1,5 @@
 """cluster.yaml passes the checks ``ray up`` makes before it touches a machine."""
+
 from __future__ import annotations
 
 import copy

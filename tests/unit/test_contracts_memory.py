@@ -1,12 +1,14 @@
 """The seams' contract suites on the in-memory twins."""
+
 from __future__ import annotations
 
 import uuid
 
 import pytest
-from contracts import QueueContract, StoreContract, VersionProperties
 
 from raylane.memory import InMemoryBroker, InMemoryQueueReader, InMemoryStore, InMemoryTaskQueue
+
+from contracts import QueueContract, StoreContract, VersionProperties
 
 
 class TestInMemoryStore(StoreContract):
@@ -30,12 +32,15 @@ class TestInMemoryQueue(QueueContract):
 
     @pytest.fixture
     def contract_queue(self, broker):
-        return InMemoryTaskQueue(broker, prefix="t.", dlq_topic="dlq.x", partitions=2, max_payload_bytes=1 << 20,
-                                 signer=self.signer)
+        return InMemoryTaskQueue(
+            broker, prefix="t.", dlq_topic="dlq.x", partitions=2, max_payload_bytes=1 << 20, signer=self.signer
+        )
 
     @pytest.fixture
     def contract_reader(self, broker):
         def make(member=0, members=1, group=None, prefix="t."):
-            return InMemoryQueueReader(broker, prefix=prefix, group=group or uuid.uuid4().hex, member=member,
-                                       members=members)
+            return InMemoryQueueReader(
+                broker, prefix=prefix, group=group or uuid.uuid4().hex, member=member, members=members
+            )
+
         return make

@@ -1,5 +1,6 @@
 """The level/version rule, without services."""
-from datetime import datetime, timezone
+
+from datetime import UTC, datetime
 
 import pytest
 
@@ -8,8 +9,9 @@ from raylane.states import TERMINAL_STATES, TaskState, may_follow, split_version
 
 
 def _msg(attempt=0):
-    return TaskMessage(id="a" * 32, name="demo.add", queue="default", attempt=attempt, args=[1, 2],
-                       created_at=datetime.now(timezone.utc))
+    return TaskMessage(
+        id="a" * 32, name="demo.add", queue="default", attempt=attempt, args=[1, 2], created_at=datetime.now(UTC)
+    )
 
 
 def test_levels_and_versions():
@@ -43,12 +45,13 @@ def test_record_moves_carry_the_version():
 
 def test_result_must_be_json():
     running = TaskRecord.pending(_msg()).moved_to(TaskState.RUNNING)
-    with pytest.raises(Exception):
+    with pytest.raises(TypeError, match="not JSON serializable"):
         TaskRecord.model_validate(dict(running.model_dump(), result=object()))
 
 
 def test_retry_policy():
     from raylane.models import RetryPolicy
+
     p = RetryPolicy(max_retries=2, retry_on=["KeyError"], backoff_s=1.0, backoff_max_s=3.0)
     assert p.retries(0, "KeyError") and p.retries(1, "KeyError")
     assert not p.retries(2, "KeyError")  # spent
@@ -59,8 +62,11 @@ def test_retry_policy():
 
 
 def test_a_retry_is_a_new_attempt_with_a_higher_version():
-    failed = TaskRecord.pending(_msg()).moved_to(TaskState.RUNNING).moved_to(
-        TaskState.FAILED, error_type="KeyError", error="'x'", will_retry=True)
+    failed = (
+        TaskRecord.pending(_msg())
+        .moved_to(TaskState.RUNNING)
+        .moved_to(TaskState.FAILED, error_type="KeyError", error="'x'", will_retry=True)
+    )
     assert failed.terminal and not failed.finished
     pending, msg = failed.retried(0.5)
     assert (failed.version, pending.version) == (3, 11)

@@ -1,4 +1,5 @@
 """Unit tier (no services): signatures, input limits and per-token limits."""
+
 from __future__ import annotations
 
 import hashlib
@@ -6,10 +7,15 @@ import stat
 
 import pytest
 
-from raylane.errors import (ArgumentsTooDeep, ConfigError, InvalidTaskInput, PayloadTooLarge, ResultNotSerializable,
-                            ResultTooLarge)
-from raylane.limits import (Limits, check_arguments_shape, check_tags, check_timeout, clip_text, depth_of,
-                            encode_result)
+from raylane.errors import (
+    ArgumentsTooDeep,
+    ConfigError,
+    InvalidTaskInput,
+    PayloadTooLarge,
+    ResultNotSerializable,
+    ResultTooLarge,
+)
+from raylane.limits import Limits, check_arguments_shape, check_tags, check_timeout, clip_text, depth_of, encode_result
 from raylane.models import WriteOutcome
 from raylane.ratelimit import ConcurrencyLimiter, OverLimit, RateLimiter
 from raylane.signing import Signer, load_or_create_secret
@@ -24,6 +30,7 @@ def nested(levels: int, inner=1):
 
 
 # ---------------------------------------------------------------- signatures
+
 
 def test_message_signature_holds_only_for_the_same_bytes_and_secret():
     value = b'{"id": "x"}'
@@ -67,8 +74,10 @@ def test_secret_file_is_created_private_and_reused(tmp_path):
 
 # ---------------------------------------------------------------- input limits
 
-@pytest.mark.parametrize("value, expected", [(1, 0), ([], 1), ({"a": [1]}, 2), (nested(5), 5),
-                                             ([1, [2, [3]], {"x": {"y": 1}}], 3)])
+
+@pytest.mark.parametrize(
+    "value, expected", [(1, 0), ([], 1), ({"a": [1]}, 2), (nested(5), 5), ([1, [2, [3]], {"x": {"y": 1}}], 3)]
+)
 def test_depth_of(value, expected):
     assert depth_of(value, 100) == expected
 
@@ -135,6 +144,7 @@ def test_clip_text_keeps_the_end():
 def test_refusals_for_content_are_told_from_outages_and_conflicts():
     def outcome(status):
         return WriteOutcome("t", 1, False, "x", status)
+
     assert outcome(400).refused_for_content and outcome(413).refused_for_content
     for status in (409, 429, 500, 503, None):
         assert not outcome(status).refused_for_content
@@ -142,6 +152,7 @@ def test_refusals_for_content_are_told_from_outages_and_conflicts():
 
 
 # ---------------------------------------------------------------- per-token limits
+
 
 class Clock:
     def __init__(self):
@@ -181,23 +192,23 @@ def test_rate_limiter_memory_is_bounded():
 def test_concurrency_limiter():
     limiter = ConcurrencyLimiter(2)
     with limiter.hold("a"), limiter.hold("a"):
-        with pytest.raises(OverLimit, match="at most 2 concurrent waits"):
-            with limiter.hold("a", "waits"):
-                pass
+        with pytest.raises(OverLimit, match="at most 2 concurrent waits"), limiter.hold("a", "waits"):
+            pass
         with limiter.hold("b"):
             assert limiter.held("b") == 1
         assert limiter.held("a") == 2
     assert limiter.held("a") == 0
-    with pytest.raises(RuntimeError):
-        with limiter.hold("a"):
-            raise RuntimeError("released on the way out")
+    with pytest.raises(RuntimeError), limiter.hold("a"):
+        raise RuntimeError("released on the way out")
     assert limiter.held("a") == 0
 
 
 # ---------------------------------------------------------------- leases, on one clock
 
+
 def test_lease_observer_judges_by_changes_it_saw():
     from raylane.actors.fencing import LeaseObserver
+
     clock = Clock()
     leases = LeaseObserver(ttl_s=10, clock=clock)
     assert not leases.lapsed("a") and not leases.renewed("a")  # nothing observed: nothing judged
@@ -220,6 +231,7 @@ def test_lease_observer_judges_by_changes_it_saw():
 def test_lease_observer_never_compares_the_owners_clock():
     """A counter that jumps (the owner's wall clock went back, say) is still a renewal."""
     from raylane.actors.fencing import LeaseObserver
+
     clock = Clock()
     leases = LeaseObserver(ttl_s=10, clock=clock)
     leases.observe({"a": 100})

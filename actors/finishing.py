@@ -1,0 +1,165 @@
+"""Finishing and retries: a task's terminal record from its worker's reply, written through its
+StatusKeeper, and the next attempt its retry policy asks for.
+
+A terminal write that the store rejects lost to a cancel or a timeout: its result is
+discarded. One the store refuses for its content (a result it cannot hold) becomes a FAILED
+record with the store's reason, so no task stays RUNNING for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+
+from ray.exceptions import RayError
+
+from raylane.actors.common import Background, GroupCommit
+from raylane.errors import QueueUnavailable, StoreUnavailable
+from raylane.limits import clip_text
+from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, utcnow
+from raylane.protocol import Reply
+from raylane.queue import TaskQueue
+from raylane.retrying import backoff_s
+from raylane.states import TaskState
+
+log = logging.getLogger("raylane.executor")
+
+
+def final_record(running: TaskRecord, reply: Reply) -> tuple[TaskRecord, PackedRecord]:
+    """The terminal record of a task from its worker's reply, and the record packed. A reply that
+    cannot be made into a record fails only its own task, never the batch it came with."""
+    try:
+        if reply.ok:
+            final = running.moved_to(TaskState.SUCCEEDED, result=reply.result)
+        else:
+            final = running.moved_to(
+                TaskState.FAILED,
+                error=reply.error,
+                error_type=reply.error_type,
+                traceback=reply.traceback,
+                will_retry=running.retry.retries(running.attempt, reply.error_type),
+            )
+        return final, PackedRecord.of(final)
+    except Exception as e:
+        final = running.moved_to(
+            TaskState.FAILED,
+            error_type="ResultNotSerializable",
+            error=clip_text(f"the task's end could not be recorded: {e!r}"),
+        )
+        return final, PackedRecord.of(final)
+
+
+def own_claim(stored: TaskRecord | None, mine: TaskRecord) -> bool:
+    """Whether ``stored`` is the RUNNING claim ``mine`` (same attempt and lease owner)."""
+    return (
+        stored is not None
+        and stored.state is TaskState.RUNNING
+        and stored.attempt == mine.attempt
+        and stored.lease_owner == mine.lease_owner
+    )
+
+
+class Finisher:
+    """Writes ends and starts retries for one executor, through its StatusKeeper ``keeper``."""
+
+    def __init__(self, keeper, queue: TaskQueue, stats: Counter, background: Background):
+        self._keeper = keeper
+        self._queue = queue
+        self._finals = GroupCommit(self._write_finals)
+        self._stats = stats
+        self._background = background
+
+    async def _write_finals(self, records: list[TaskRecord | PackedRecord]) -> list:
+        return await self._keeper.write.remote([PackedRecord.of(r) for r in records])
+
+    async def record(self, record: TaskRecord) -> WriteOutcome:
+        """Write one record through the keeper (see ``record_many``)."""
+        [outcome] = await self.record_many([record])
+        return outcome
+
+    async def record_many(self, records: list[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
+        """Write records through the keeper, riding out a store outage or a keeper restart
+        (the tasks keep their run slots meanwhile, so outages apply backpressure)."""
+        attempt = 0
+        while True:
+            try:
+                return await self._finals.submit_many(records)
+            except (StoreUnavailable, RayError) as e:
+                attempt += 1
+                if attempt == 1 or attempt % 30 == 0:
+                    first = records[0]
+                    log.warning(
+                        "writing %d record(s) (%s of %s first) failed (try %d): %r",
+                        len(records),
+                        first.state.value,
+                        first.id,
+                        attempt,
+                        e,
+                    )
+                await asyncio.sleep(backoff_s(attempt, cap_s=2.0))
+
+    async def settle_many(self, ended: list[tuple[TaskRecord, Reply]]) -> None:
+        """Write the ends of tasks from their replies, in one batch, and start the retries their policies ask for."""
+        try:
+            finals = [final_record(running, reply) for running, reply in ended]
+            outcomes = await self.record_many([packed for _, packed in finals])
+            for (final, _), outcome in zip(finals, outcomes, strict=True):
+                await self._after_end(final, outcome)
+        except Exception:
+            log.exception("finishing task(s) %s failed", ", ".join(r.id for r, _ in ended))
+
+    async def _after_end(self, final: TaskRecord, outcome: WriteOutcome) -> None:
+        if outcome.refused_for_content:
+            # The store will never take this end as it is (a result it cannot hold): the task
+            # fails with the store's reason instead of staying RUNNING.
+            final = final.moved_to(
+                TaskState.FAILED,
+                result=None,
+                will_retry=False,
+                error_type="RecordRefused",
+                error=clip_text(f"the status store refused the task's {final.state.value} record: {outcome.reason}"),
+                traceback=None,
+            )
+            outcome = await self.record(final)
+        if not outcome.accepted:
+            self._stats["discarded_results"] += 1
+            log.info("task %s: %s discarded, a cancel or timeout was recorded first", final.id, final.state.value)
+        elif final.will_retry:
+            await self.retry(final)
+        else:
+            self._stats["succeeded" if final.state is TaskState.SUCCEEDED else "failed"] += 1
+
+    async def retry(self, failed: TaskRecord) -> None:
+        """Start the next attempt of a failed task: its record (SCHEDULED during the backoff), then,
+        once the backoff is over, its message. The wait happens here, off the queue: a retry
+        waiting out its backoff holds no place in a consumer's window. Should this executor stop
+        meanwhile, the sweep sends the message of a SCHEDULED attempt that is overdue."""
+        nxt, msg = failed.retried(failed.retry.delay_s(failed.attempt, random.random()))
+        outcome = await self.record(nxt)
+        if not outcome.accepted:
+            return  # cancelled meanwhile, or another sweep already took it further
+        self._stats["retried"] += 1
+        if nxt.not_before is None:
+            await self.enqueue(msg)
+        else:
+            self._background.spawn(self._enqueue_when_due(msg))
+
+    async def _enqueue_when_due(self, msg: TaskMessage) -> None:
+        if msg.not_before is not None:
+            await asyncio.sleep(max(0.0, (msg.not_before - utcnow()).total_seconds()))
+        await self.enqueue(msg)
+
+    async def enqueue(self, msg: TaskMessage) -> None:
+        """Produce ``msg``, riding out a Kafka outage."""
+        attempt = 0
+        while True:
+            try:
+                await asyncio.to_thread(self._queue.produce_many, [msg])
+                return
+            except QueueUnavailable as e:
+                if attempt % 30 == 0:
+                    log.warning("re-queueing %s waits for Kafka: %s", msg.id, e)
+                attempt += 1
+                await asyncio.sleep(backoff_s(attempt, cap_s=2.0))

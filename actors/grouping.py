@@ -1,0 +1,76 @@
+"""Grouping: under load, tasks of one name without a timeout share a Ray task.
+
+Each Ray task costs Ray a few milliseconds whatever it runs; a group of small tasks pays it
+once. Every member keeps its own record, its own claim, and its own cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from raylane.models import TaskMessage, TaskRecord
+
+GROUP_MAX = 64  # tasks in one Ray task at most
+
+
+def groupable(msg: TaskMessage) -> bool:
+    """Whether a task may share a Ray task with others of its name: no timeout (its clock starts
+    with its RUNNING record, so it must not wait behind others) and at most one CPU, nothing else."""
+    r = msg.resources
+    return msg.timeout_s is None and 0 < r.num_cpus <= 1 and r.num_gpus == 0 and r.memory_mb is None
+
+
+def group_size(n: int, cpus: int) -> int:
+    """Members per group when ``n`` tasks of one kind arrive: as many Ray tasks as the cluster
+    has CPUs, each with a share of the tasks (at least two, at most ``GROUP_MAX``)."""
+    return min(GROUP_MAX, max(2, -(-n // max(1, cpus))))
+
+
+def chunks(items: list, size: int) -> list[list]:
+    """``items`` in consecutive pieces of at most ``size``."""
+    return [items[k : k + size] for k in range(0, len(items), size)]
+
+
+def plan(msgs: list[TaskMessage], cpus: int) -> list[list[int]]:
+    """How to run ``msgs``, in units that each hold one run slot: groups of tasks of one name
+    that may share a Ray task (when several arrive at once), and tasks alone; in arrival order
+    of each unit's first task. Every index appears in exactly one unit."""
+    buckets: dict[tuple, list[int]] = {}
+    units: list[list[int]] = []
+    for i, m in enumerate(msgs):
+        if groupable(m):
+            buckets.setdefault((m.name, m.resources), []).append(i)
+        else:
+            units.append([i])
+    for idx in buckets.values():
+        for chunk in chunks(idx, group_size(len(idx), cpus)):
+            units.extend([chunk] if len(chunk) > 1 else [[i] for i in chunk])
+    return sorted(units)
+
+
+class Group:
+    """A Ray task running several claimed tasks in turn, as its executor tracks it."""
+
+    def __init__(self, members: list[tuple[TaskMessage, TaskRecord]]):
+        self.members = members
+        self.index = {msg.id: i for i, (msg, _) in enumerate(members)}
+        self.reported: set[str] = set()  # members whose outcome has arrived
+        self.ran: set[str] = set()  # ... of those, the ones that ran
+        self.cancelled: set[str] = set()
+        self.signal = asyncio.Event()
+        self.gen: Any = None  # the Ray task's stream of reports (an ObjectRefGenerator)
+        self.running: str | None = None  # the member its worker ran when the signal came
+        self.interrupted: set[str] = set()
+
+    def attempt_of(self, task_id: str) -> int:
+        """The attempt of member ``task_id`` this group runs."""
+        return self.members[self.index[task_id]][0].attempt
+
+    def blamed(self) -> str | None:
+        """The member taken to be running when the group's worker died: the one the worker named
+        after a signal; otherwise the first one not reported (so if the worker died in a member's
+        first ``HELD_REPORT_S``, one that ended just before may take the blame)."""
+        if self.running is not None:
+            return self.running
+        return next((m.id for m, _ in self.members if m.id not in self.reported), None)

@@ -1,0 +1,156 @@
+"""Leases and recovery: an executor's own lease (its heartbeat), and the sweeps that recover the
+tasks of executors whose leases lapsed, and PENDING or SCHEDULED tasks whose message was lost.
+
+Lease ages are measured on this process's monotonic clock only (see ``fencing``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from datetime import timedelta
+
+from raylane.actors.fencing import HEARTBEAT_EVERY_S, LEASE_TTL_S, LeaseObserver
+from raylane.actors.finishing import Finisher
+from raylane.errors import StoreUnavailable
+from raylane.models import utcnow
+from raylane.queue import TaskQueue
+from raylane.states import TaskState
+from raylane.store import StatusStore
+
+log = logging.getLogger("raylane.executor")
+
+SWEEP_INTERVAL_S = 5.0
+REQUEUE_AFTER_S = 300.0  # a PENDING task this old may have lost its queue message
+REQUEUE_CHECK_S = 30.0
+RETRY_OVERDUE_S = 30.0  # a retry not carried on this long after it was due is carried on by the sweep
+_REQUEUED_KEPT = 100_000
+
+
+class OwnLease:
+    """This executor incarnation's lease: renewed by a heartbeat counter in the store, and held
+    until a full lease period after the start of the last heartbeat that succeeded."""
+
+    def __init__(self, store: StatusStore, incarnation: str):
+        self._store = store
+        self.incarnation = incarnation
+        self.until = 0.0  # on this process's monotonic clock
+        self._beat = 0
+        self.healthy_since: float | None = None  # since when heartbeats succeed without a gap
+
+    async def renew(self) -> None:
+        """One heartbeat; the lease then holds ``LEASE_TTL_S`` from its start."""
+        started = time.monotonic()
+        self._beat += 1
+        await asyncio.to_thread(self._store.heartbeat, self.incarnation, self._beat)
+        self.until = max(self.until, started + LEASE_TTL_S)
+
+    def remaining(self) -> float:
+        """Seconds the lease still holds (negative once lapsed)."""
+        return self.until - time.monotonic()
+
+    async def heartbeat_loop(self) -> None:
+        """Renew every ``HEARTBEAT_EVERY_S``, forever; a failed renewal starts the healthy period anew."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_EVERY_S)
+            try:
+                await self.renew()
+                if self.healthy_since is None:
+                    self.healthy_since = time.monotonic()
+            except StoreUnavailable as e:
+                self.healthy_since = None
+                log.warning("heartbeat failed: %s", e)
+
+
+class Recovery:
+    """The sweeps of one executor. Safe to run from many executors at once: every write is
+    versioned, and a duplicate message loses its claim."""
+
+    def __init__(self, store: StatusStore, queue: TaskQueue, lease: OwnLease, finisher: Finisher, stats: Counter):
+        self._store = store
+        self._queue = queue
+        self._lease = lease
+        self._finisher = finisher
+        self._stats = stats
+        self._leases = LeaseObserver()  # other executors' leases, as this one sees them
+        self._last_requeue = 0.0
+        self._requeued: dict[tuple[str, int], bool] = {}  # insertion-ordered, bounded
+
+    async def loop(self) -> None:
+        """Sweep every ``SWEEP_INTERVAL_S``, forever."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("sweep for lost tasks failed")
+
+    async def sweep(self, limit: int = 500) -> int:
+        """Recover RUNNING tasks whose executor's lease lapsed (a new attempt if retries remain,
+        else FAILED as lost) and, every ``REQUEUE_CHECK_S``, PENDING tasks that may have lost
+        their queue message. Returns how many tasks this call recovered."""
+        healthy = self._lease.healthy_since
+        if healthy is None or time.monotonic() - healthy < LEASE_TTL_S:
+            # After a store outage every executor's heartbeat looks lapsed; give them a full
+            # lease period to renew before judging any task lost.
+            return 0
+        recovered = await self._recover_lapsed(limit)
+        self._stats["recovered"] += recovered
+        if time.monotonic() - self._last_requeue >= REQUEUE_CHECK_S:
+            self._last_requeue = time.monotonic()
+            recovered += await self._requeue_stale(limit)
+        return recovered
+
+    async def _recover_lapsed(self, limit: int) -> int:
+        mine = self._lease.incarnation
+        # The owners live at the last sweep only narrow the search; every candidate is judged below.
+        candidates = await asyncio.to_thread(self._store.running_not_owned_by, self._leases.live() | {mine}, limit)
+        # Read the counters after the candidates: an owner whose claim the search found wrote its
+        # first heartbeat before that claim, so it is seen here (and is not judged unseen).
+        self._leases.observe(await asyncio.to_thread(self._store.heartbeats))
+        orphans = [r for r in candidates if r.lease_owner != mine and self._leases.lapsed(r.lease_owner)]
+        gone = self._leases.stale(older_than_s=3600.0)
+        if gone:
+            await asyncio.to_thread(self._store.delete_heartbeats, gone)
+            self._leases.forget(gone)
+        recovered = 0
+        for rec in orphans:
+            lost = rec.moved_to(
+                TaskState.FAILED,
+                error_type="WorkerLost",
+                error=f"the executor running attempt {rec.attempt} stopped (lease of {rec.lease_owner} lapsed)",
+                will_retry=rec.retry.retries(rec.attempt, "WorkerLost"),
+            )
+            if (await self._finisher.record(lost)).accepted:
+                recovered += 1
+                if lost.will_retry:
+                    await self._finisher.retry(lost)
+        return recovered
+
+    async def _requeue_stale(self, limit: int) -> int:
+        """Produce again the message of PENDING tasks that waited past ``REQUEUE_AFTER_S``: their
+        submit may have died between the PENDING write and the produce. A duplicate message is
+        harmless (its RUNNING claim is rejected), and each task is re-queued at most once per
+        executor incarnation, so the cost stays bounded."""
+        paused = await asyncio.to_thread(self._store.paused_queues)
+        now = utcnow()
+        # A retry whose executor stopped between its FAILED record and its next attempt's: finish it.
+        overdue = now - timedelta(seconds=RETRY_OVERDUE_S)
+        for failed in await asyncio.to_thread(self._store.unfinished_retries, overdue, limit):
+            await self._finisher.retry(failed)
+        before = now - timedelta(seconds=REQUEUE_AFTER_S)
+        stale = await asyncio.to_thread(self._store.stale_pending, before, paused, limit)
+        # A SCHEDULED retry whose executor stopped during the backoff never had its message sent.
+        stale += await asyncio.to_thread(self._store.overdue_scheduled, overdue, paused, limit)
+        stale = [r for r in stale if (r.id, r.attempt) not in self._requeued]
+        if stale:
+            await asyncio.to_thread(self._queue.produce_many, [r.message() for r in stale])
+            for r in stale:
+                self._requeued[(r.id, r.attempt)] = True
+            while len(self._requeued) > _REQUEUED_KEPT:
+                self._requeued.pop(next(iter(self._requeued)))
+            self._stats["requeued"] += len(stale)
+            log.warning("re-queued %d task(s) PENDING since before %s", len(stale), before.isoformat())
+        return len(stale)

@@ -1,0 +1,292 @@
+"""The Ray tasks an executor runs: launching them (alone or in groups), collecting their ends,
+and stopping them on a cancel or a timeout.
+
+Each launched unit holds one of the executor's run slots until it ends: a task alone, or a
+group of tasks that share one Ray task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import ray
+from ray.exceptions import RayError
+
+from raylane.actors.common import Background
+from raylane.actors.fencing import FENCE_MARGIN_S
+from raylane.actors.finishing import Finisher
+from raylane.actors.grouping import Group, chunks, group_size
+from raylane.actors.recovery import OwnLease
+from raylane.actors.worker import MemberEnd, remote_group, remote_invoke
+from raylane.limits import Limits, clip_text
+from raylane.models import TaskMessage, TaskRecord
+from raylane.protocol import Reply
+from raylane.states import TaskState
+
+log = logging.getLogger("raylane.executor")
+
+KILL_GRACE_S = 1.0  # a cancelled or timed-out task that ignores the interrupt this long is killed
+_KILLS_KEPT = 10_000
+
+
+class Runs:
+    """The lone Ray tasks and the groups of one executor, by task id."""
+
+    def __init__(
+        self,
+        *,
+        actor,
+        node_id: str,
+        lease: OwnLease,
+        limits: Limits,
+        slots: asyncio.Semaphore,
+        cpus: int,
+        finisher: Finisher,
+        stats: Counter,
+        background: Background,
+    ):
+        self._actor = actor  # the executor's own handle, which the workers call back
+        self._node_id = node_id
+        self._lease = lease
+        self._limits = limits
+        self._slots = slots
+        self._cpus = cpus
+        self._finisher = finisher
+        self._stats = stats
+        self._background = background
+        self._refs: dict[str, ray.ObjectRef] = {}
+        self._attempt_of: dict[str, int] = {}  # task id -> attempt of the lone Ray task running it
+        self._groups: dict[str, Group] = {}  # task id -> the group running it
+        self._kill_requested: dict[str, bool] = {}  # insertion-ordered, bounded
+
+    def running_now(self) -> int:
+        """Tasks running here: lone Ray tasks, and tasks in groups."""
+        return len(self._refs) + len(self._groups)
+
+    def kill_requested(self, task_id: str) -> bool:
+        """Whether a kill of ``task_id`` came before it was launched (and forget it)."""
+        return self._kill_requested.pop(task_id, None) is not None
+
+    def _lease_for(self, what: str) -> tuple:
+        return (self._actor, self._lease.until, self._node_id, what)
+
+    # --- launching ------------------------------------------------------------------------------
+
+    def launch(self, members: list[tuple[TaskMessage, TaskRecord]]) -> None:
+        """Start claimed tasks in one run slot (already taken): alone, or as a group."""
+        if len(members) == 1:
+            self._launch_one(*members[0])
+        else:
+            group = Group(members)
+            for msg, _ in members:  # registered at once, so a kill arriving before it starts finds it
+                self._groups[msg.id] = group
+            self._background.spawn(self._run_group(group))
+
+    def _launch_one(self, msg: TaskMessage, running: TaskRecord) -> None:
+        r = msg.resources
+        opts: dict[str, Any] = {"name": f"raylane:{msg.name}:{msg.id}", "num_cpus": r.num_cpus, "num_gpus": r.num_gpus}
+        if r.memory_mb:
+            opts["memory"] = r.memory_mb * 1024 * 1024
+        try:
+            lease = self._lease_for(f"attempt {msg.attempt} of task {msg.id}")
+            ref = remote_invoke.options(**opts).remote(msg.name, msg.args, msg.kwargs, self._limits, lease)
+        except Exception as e:  # e.g. resources Ray refuses: the claimed task fails, it is not left RUNNING
+            self._background.spawn(self._fail_launch(running, e))
+            return
+        self._refs[msg.id] = ref
+        self._attempt_of[msg.id] = msg.attempt
+        self._background.spawn(self._finish(running, ref))
+
+    async def _fail_launch(self, running: TaskRecord, error: Exception) -> None:
+        try:
+            await self._record_launch_failure(running, error)
+        finally:
+            self._slots.release()
+
+    async def _record_launch_failure(self, running: TaskRecord, error: Exception) -> None:
+        failed = running.moved_to(
+            TaskState.FAILED, error_type=type(error).__name__, error=f"Ray refused to start the task: {error}"
+        )
+        outcome = await self._finisher.record(failed)
+        self._stats["failed" if outcome.accepted else "discarded_results"] += 1
+
+    async def _finish(self, running: TaskRecord, ref: ray.ObjectRef) -> None:
+        try:
+            reply = await ref
+        except (RayError, asyncio.CancelledError) as e:
+            # Killed by a cancel or timeout (whose terminal write already won), or the worker died:
+            # with this incarnation's lease lapsed, it ended itself (fenced), and is lost as a sweep
+            # elsewhere would record it.
+            if time.monotonic() >= self._lease.until - FENCE_MARGIN_S:
+                reply = Reply.failure(
+                    "WorkerLost", f"the lease of this executor lapsed and the worker ended itself: {clip_text(str(e))}"
+                )
+            else:
+                reply = Reply.failure(type(e).__name__, f"Ray task ended abnormally: {clip_text(str(e))}")
+        finally:
+            self._refs.pop(running.id, None)
+            self._attempt_of.pop(running.id, None)
+        try:
+            await self._finisher.settle_many([(running, reply)])
+        finally:
+            self._slots.release()  # a grouped task's slot is its group's, freed when the group ends
+
+    # --- groups ---------------------------------------------------------------------------------
+
+    async def _run_group(self, group: Group) -> None:
+        msgs = [m for m, _ in group.members]
+        first = msgs[0]
+        self._stats["groups"] += 1
+        self._stats["grouped"] += len(msgs)
+        items = [(m.id, m.name, m.args, m.kwargs) for m in msgs]
+        try:
+            signal = self._actor.group_signal.remote(first.id)
+            lease = self._lease_for(f"a group of {len(msgs)} tasks from {first.id}")
+            group.gen = remote_group.options(
+                name=f"raylane:{first.name}:group-of-{len(msgs)}:{first.id}", num_cpus=first.resources.num_cpus
+            ).remote(items, [signal], self._actor, first.id, self._limits, lease)
+        except Exception as e:  # Ray refused to start it: each member fails as a lone launch would
+            for m in msgs:
+                self._groups.pop(m.id, None)
+            for _, running in group.members:
+                self._background.spawn(self._record_launch_failure(running, e))
+            self._slots.release()
+            return
+        crash: BaseException | None = None
+        try:
+            async for ref in group.gen:
+                self._take_report(group, await ref)
+        except (Exception, asyncio.CancelledError) as e:
+            # The worker died or was killed (or its report could not be read): the member it ran
+            # ends as a lone task would, the rest run again.
+            crash = e
+        finally:
+            group.signal.set()  # lets the pending group_signal call return
+            for m in msgs:
+                self._groups.pop(m.id, None)
+            self._slots.release()
+        await self._after_group(group, crash)
+
+    async def _after_group(self, group: Group, crash: BaseException | None) -> None:
+        """Settle the members a group did not report: the one its dead worker ran ends as a lone
+        task whose worker died would; those never started run again (still claimed here)."""
+        blamed = group.blamed() if crash is not None else None
+        again = []
+        for msg, running in group.members:
+            if msg.id in group.ran:
+                continue
+            if msg.id == blamed:
+                reply = Reply.failure(type(crash).__name__, f"Ray task ended abnormally: {crash}")
+                self._background.spawn(self._finisher.settle_many([(running, reply)]))
+            elif msg.id in group.cancelled:
+                self._stats["skipped"] += 1  # cancelled before it started; its CANCELLED record is written
+            else:
+                again.append((msg, running))
+        if again:
+            self._stats["restarted_unstarted"] += len(again)
+            for chunk in chunks(again, group_size(len(again), self._cpus)):
+                await self._slots.acquire()
+                self.launch(chunk)
+
+    def _take_report(self, group: Group, ends: list[MemberEnd]) -> None:
+        ended = []
+        for end in ends:
+            group.reported.add(end.task_id)
+            if end.ran and end.reply is not None:
+                group.ran.add(end.task_id)
+                ended.append((group.members[group.index[end.task_id]][1], end.reply))
+        if ended:
+            self._background.spawn(self._finisher.settle_many(ended))
+
+    async def group_signal(self, task_id: str) -> list[str]:
+        """Resolves once members of the group of ``task_id`` are cancelled, with their ids (or,
+        with none, once the group is over)."""
+        group = self._groups.get(task_id)
+        if group is None:
+            return []
+        await group.signal.wait()
+        return sorted(group.cancelled)
+
+    def group_report(self, task_id: str, ends: list[MemberEnd]) -> None:
+        """Members of the group of ``task_id`` that ended while a long one runs."""
+        group = self._groups.get(task_id)
+        if group is not None:
+            self._take_report(group, ends)
+
+    def group_running(self, task_id: str, running: str | None, interrupted: bool) -> None:
+        """The member the group's worker ran when the signal came (None: between members), and
+        whether it interrupted it."""
+        group = self._groups.get(task_id)
+        if group is not None:
+            group.running = running
+            if interrupted and running is not None:
+                group.interrupted.add(running)
+
+    # --- stopping -------------------------------------------------------------------------------
+
+    def kill(self, task_id: str, attempt: int | None = None) -> bool:
+        """Stop the Ray task of ``task_id`` (see ``Executor.kill``). True if it was running."""
+        group = self._groups.get(task_id)
+        if group is not None:
+            if attempt is not None and group.attempt_of(task_id) != attempt:
+                return False
+            return self._kill_in_group(group, task_id)
+        if attempt is not None and self._attempt_of.get(task_id) != attempt:
+            return False  # not that attempt, or not here: nothing of it to stop
+        ref = self._refs.get(task_id)
+        if ref is None:
+            # Not launched yet (its claim's answer is still on its way): do not launch it.
+            self._kill_requested[task_id] = True
+            while len(self._kill_requested) > _KILLS_KEPT:
+                self._kill_requested.pop(next(iter(self._kill_requested)))
+            return False
+        ready, _ = ray.wait([ref], timeout=0)
+        if ready:
+            return False  # already over; its final write loses to the cancel or timeout
+        # Interrupt the task first. A forced cancel ends the worker process, and if the task
+        # finished an instant before, that process may already run another task; so force only
+        # a task that is still running after a grace period (one that ignores the interrupt).
+        ray.cancel(ref, force=False)
+        self._background.spawn(self._force_if_still_running(ref))
+        self._stats["killed"] += 1
+        return True
+
+    def _kill_in_group(self, group: Group, task_id: str) -> bool:
+        """Stop a grouped task: the group starts no further member (those still waiting are started
+        again elsewhere), and if this one is the member in progress, its worker interrupts it at
+        once; one that is still running after ``KILL_GRACE_S`` is killed with its worker."""
+        if task_id in group.reported:
+            return False  # already over
+        group.cancelled.add(task_id)
+        group.signal.set()
+        self._background.spawn(self._stop_group_member(group, task_id))
+        self._stats["killed"] += 1
+        return True
+
+    async def _stop_group_member(self, group: Group, task_id: str) -> None:
+        # A member runs on only if it was the one running when the signal reached the worker;
+        # a cancel that came after the signal is the executor's to interrupt.
+        for _ in range(2):  # interrupt (unless the worker did), then kill
+            await asyncio.sleep(KILL_GRACE_S)
+            if (
+                self._groups.get(task_id) is not group
+                or task_id in group.reported
+                or group.running != task_id
+                or group.gen is None
+            ):
+                return
+            if task_id in group.interrupted:
+                ray.cancel(group.gen, force=True)
+                return
+            ray.cancel(group.gen, force=False)
+            group.interrupted.add(task_id)
+
+    async def _force_if_still_running(self, ref: ray.ObjectRef) -> None:
+        await asyncio.sleep(KILL_GRACE_S)
+        ready, _ = ray.wait([ref], timeout=0)
+        if not ready:
+            ray.cancel(ref, force=True)

@@ -1,0 +1,210 @@
+"""The code that runs in the Ray workers: one task (``invoke``) or a group of tasks of one name
+run in turn (``invoke_group``), each behind its executor's lease (see ``fencing``).
+
+Nothing here runs in the Executor's process; what comes back is a ``Reply`` per task.
+"""
+
+from __future__ import annotations
+
+import _thread
+import contextlib
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import ray
+
+from raylane import registry
+from raylane.actors.fencing import LeaseLapsed, worker_fence
+from raylane.limits import Limits, clip_text, encode_result
+from raylane.protocol import Reply
+
+FLUSH_S = 0.002  # a group's worker reports ended members at most this long after the previous report
+HELD_REPORT_S = 0.05  # replies waiting behind a member running longer than this are sent on their own
+
+# What a worker needs of its executor's lease: the executor's handle, the lease's end on the
+# executor's monotonic clock, the executor's node id, and what runs (for messages).
+Lease = tuple[Any, float, str, str]
+
+INTERRUPTED = Reply.failure("TaskCancelledError", "interrupted: the task was cancelled")
+
+
+class MemberEnd(NamedTuple):
+    """How a member of a group ended: it ran (with its reply), or it was never started."""
+
+    task_id: str
+    ran: bool
+    reply: Reply | None = None
+
+
+def _not_started(e: LeaseLapsed) -> Reply:
+    """The reply of an attempt whose executor's lease could not be confirmed: it did not run."""
+    return Reply.failure("WorkerLost", str(e))
+
+
+def invoke(name: str, args: list, kwargs: dict, limits: Limits | None = None, lease: Lease | None = None) -> Reply:
+    """Run a registered task in this Ray worker; the reply holds the result or the error.
+    A result that cannot be stored (not JSON, too deep, over ``limits.max_result_bytes``) fails
+    the task here, where it is made, so it never travels to the executor or the store. With
+    ``lease``, the function runs only while the claiming executor's lease holds (see ``fencing``)."""
+    limits = limits or Limits()
+    if lease is not None:
+        try:
+            worker_fence().arm(*lease)
+        except LeaseLapsed as e:
+            return _not_started(e)
+        try:
+            return invoke(name, args, kwargs, limits)
+        finally:
+            worker_fence().disarm()
+    try:
+        defn = registry.load(name)
+        result = defn.fn(*args, **kwargs)
+        encode_result(result, limits)
+        return Reply(True, result)
+    except Exception as e:  # the task's own error is data for its record
+        try:
+            message = str(e)
+        except Exception as str_failed:  # an exception whose __str__ raises is still reported
+            message = f"<{type(e).__qualname__} could not be shown: {str_failed!r}>"
+        return Reply.failure(type(e).__qualname__, clip_text(message), clip_text(traceback.format_exc()))
+
+
+remote_invoke = ray.remote(max_retries=0, retry_exceptions=False)(invoke)
+
+
+class _MemberControl:
+    """The executor's side of a group's worker, run by two threads beside the members.
+
+    One waits for the executor's signal (the ids cancelled, or none when the group is over):
+    from then on no further member starts, and the member running, if it is one of those
+    cancelled, is interrupted as ``ray.cancel`` would (``KeyboardInterrupt`` in the main
+    thread); the executor hears which member was running, so that it can kill the worker if
+    that member ignores the interrupt. The other sends ended members' replies that wait
+    unreported behind a long member (the main thread reports only between members), so a
+    quick task's end is not held up by a slow sibling."""
+
+    def __init__(self, signal: ray.ObjectRef, executor, group_key: str, limits: Limits):
+        self._limits = limits
+        self._lock = threading.Lock()
+        self._current: str | None = None
+        self._started = 0.0
+        self._pending: list[MemberEnd] = []  # ended, not yet reported
+        self.cancelled: frozenset | None = None  # None until the signal resolves
+        self._over = threading.Event()
+        self._sent: list[ray.ObjectRef] = []
+        self._executor, self._key = executor, group_key
+        threading.Thread(target=self._watch, args=(signal,), daemon=True, name="raylane-group-signal").start()
+        self._sender = threading.Thread(target=self._send_held, daemon=True, name="raylane-group-report")
+        self._sender.start()
+
+    def _watch(self, signal: ray.ObjectRef) -> None:
+        try:
+            cancelled = frozenset(ray.get(signal))
+        except Exception:  # the executor is gone: start nothing more
+            cancelled = frozenset()
+        with self._lock:
+            self.cancelled = cancelled
+            running = self._current
+            interrupted = running is not None and running in cancelled
+            if interrupted:
+                _thread.interrupt_main()
+        if cancelled:
+            self._executor.group_running.remote(self._key, running, interrupted)
+
+    def _send_held(self) -> None:
+        while not self._over.wait(HELD_REPORT_S):
+            with self._lock:
+                held = self._pending if self._pending and time.monotonic() - self._started >= HELD_REPORT_S else []
+                if held:
+                    self._pending = []
+            if held:
+                self._sent.append(self._executor.group_report.remote(self._key, held))
+
+    def take(self) -> list[MemberEnd]:
+        """The ends not yet reported, which the caller now reports."""
+        with self._lock:
+            out, self._pending = self._pending, []
+            return out
+
+    def add(self, end: MemberEnd) -> None:
+        with self._lock:
+            self._pending.append(end)
+
+    def close(self) -> None:
+        """Stop sending, and wait until the executor has taken what was sent: it must know every
+        member that ran before it learns that the group is over."""
+        self._over.set()
+        self._sender.join()
+        # The executor may be gone; its successor recovers the tasks from their records.
+        with contextlib.suppress(Exception):
+            ray.get(self._sent)
+
+    def run(self, task_id: str, name: str, args: list, kwargs: dict) -> Reply | None:
+        """The member's reply; None if the group was stopped before it started."""
+        try:
+            with self._lock:
+                if self.cancelled is not None:
+                    return None
+                self._current, self._started = task_id, time.monotonic()
+            try:
+                return invoke(name, args, kwargs, self._limits)
+            finally:
+                with self._lock:
+                    self._current = None
+        except KeyboardInterrupt:
+            return INTERRUPTED
+
+
+def invoke_group(
+    items: list[tuple[str, str, list, dict]],
+    signal_box: list,
+    executor,
+    group_key: str,
+    limits: Limits | None = None,
+    lease: Lease | None = None,
+) -> Iterator[list[MemberEnd]]:
+    """Run several tasks one after another in this Ray worker, yielding lists of ``MemberEnd``
+    as they end: a report at most every ``FLUSH_S`` (each report is a message to the executor,
+    so many small tasks share one); replies held behind a member that runs longer than
+    ``HELD_REPORT_S`` go to the executor's ``group_report`` instead. Once the executor's signal
+    (a reference in ``signal_box``) says members were cancelled, no further member starts and
+    the rest are reported not started, for the executor to start again without the cancelled
+    ones."""
+    [signal] = signal_box
+    if lease is not None:
+        try:
+            worker_fence().arm(*lease)
+        except LeaseLapsed as e:
+            yield [MemberEnd(task_id, True, _not_started(e)) for task_id, *_ in items]
+            return
+    control = _MemberControl(signal, executor, group_key, limits or Limits())
+    reported = time.monotonic()
+    try:
+        for i, (task_id, name, args, kwargs) in enumerate(items):
+            if time.monotonic() - reported >= FLUSH_S:
+                ended = control.take()
+                if ended:
+                    yield ended
+                reported = time.monotonic()
+            try:
+                reply = control.run(task_id, name, args, kwargs)
+            except KeyboardInterrupt:  # an interrupt meant for this member that landed as it returned
+                reply = INTERRUPTED
+            if reply is None:
+                for later in items[i:]:
+                    control.add(MemberEnd(later[0], False))
+                break
+            control.add(MemberEnd(task_id, True, reply))
+        ended = control.take()
+        if ended:
+            yield ended
+    finally:
+        control.close()
+        if lease is not None:
+            worker_fence().disarm()
+
+
+remote_group = ray.remote(max_retries=0, retry_exceptions=False, num_returns="streaming")(invoke_group)

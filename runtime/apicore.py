@@ -1,0 +1,220 @@
+"""The parts of raylane's HTTP application that the JSON API (``raylane.api``) and the web page
+(``raylane.web``) share: errors as answered, the per-replica context, who is asking, search
+filters and cursors. Neither of the two imports the other for these.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, Query, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import Field
+
+from raylane.errors import (
+    InvalidTaskInput,
+    PayloadTooLarge,
+    RaylaneError,
+    ServiceUnavailable,
+    TaskAlreadyFinished,
+    TaskNotFound,
+    UnknownTaskName,
+)
+from raylane.limits import MAX_TAG_CHARS
+from raylane.models import NAME_PATTERN, QUEUE_PATTERN
+from raylane.ratelimit import ConcurrencyLimiter, RateLimiter
+from raylane.states import TaskState
+from raylane.store import TaskQuery
+from raylane.tokens import Principal, TokenFile
+
+API_PREFIX = "/api/v1"
+# Over HTTP a tag starts with a letter, so that no tag can be mistaken for a number in a query string.
+TAG_PATTERN = rf"^[A-Za-z][A-Za-z0-9_.:/=@+-]{{0,{MAX_TAG_CHARS - 1}}}$"
+# date_nanos, the type of the record's timestamps, spans these years; outside them OpenSearch refuses the query.
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2262, 1, 1, tzinfo=UTC)
+
+
+class ApiProblem(Exception):
+    """An error answered with its status and code."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def problem_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    """A JSON error response of the API's one shape."""
+    return JSONResponse(
+        {"error": {"status": status, "code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+def problem_of(e: RaylaneError) -> ApiProblem:
+    """The HTTP answer to a raylane error."""
+    for cls, status, code in (
+        (TaskNotFound, 404, "task_not_found"),
+        (TaskAlreadyFinished, 409, "already_finished"),
+        (PayloadTooLarge, 413, "payload_too_large"),
+        (UnknownTaskName, 400, "unknown_task"),
+        (InvalidTaskInput, 400, "invalid_input"),
+        (ServiceUnavailable, 503, "unavailable"),
+    ):
+        if isinstance(e, cls):
+            return ApiProblem(status, code, str(e))
+    return ApiProblem(500, "internal", str(e))
+
+
+# ---------------------------------------------------------------- context
+
+
+class ApiContext:
+    """What the routes use: the RequestHandler, the token file, and each token's limits."""
+
+    def __init__(self, handler, tokens: TokenFile, rate: RateLimiter, waits: ConcurrencyLimiter):
+        self.handler = handler
+        self.tokens = tokens
+        self.rate = rate
+        self.waits = waits
+
+    async def call(self, method: str, *args: Any) -> Any:
+        """Call the RequestHandler; its raylane errors are raised as they are."""
+        from ray.exceptions import RayActorError
+
+        from raylane.protocol import unwrap
+
+        try:
+            return unwrap(await getattr(self.handler, method).remote(*args))
+        except RayActorError as e:
+            raise ServiceUnavailable(f"raylane's RequestHandler is not reachable: {e}") from e
+
+
+# Set by the Serve replica when it starts. A module global, not app.state: Serve ships the
+# application to the replica by value, so the replica's app is not the one its class sees.
+_context: ApiContext | None = None
+
+
+def context(request: Request) -> ApiContext:
+    """The replica's context: the RequestHandler and the token file."""
+    if _context is None:
+        raise ApiProblem(503, "unavailable", "the API is starting")
+    return _context
+
+
+def set_context(ctx: ApiContext | None) -> None:
+    """Install the context the routes use (done once per replica)."""
+    global _context
+    _context = ctx
+
+
+_bearer = HTTPBearer(auto_error=False, description="a token made with `raylane token create --tenant NAME`")
+
+
+def principal(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
+    """The tenant behind the request's bearer token; 401 without a valid one."""
+    challenge = {"WWW-Authenticate": 'Bearer realm="raylane"'}
+    if credentials is None:
+        raise ApiProblem(401, "unauthorized", "a bearer token is required (Authorization: Bearer <token>)", challenge)
+    ctx = context(request)
+    found = ctx.tokens.verify(credentials.credentials)
+    if found is None:
+        raise ApiProblem(401, "unauthorized", "the token is not valid or was revoked", challenge)
+    ctx.rate.take(found.token_id)  # OverLimit: 429
+    return found
+
+
+def writer(who: Annotated[Principal, Depends(principal)]) -> Principal:
+    """A principal allowed to submit and cancel; 403 for a read-only token."""
+    if not who.can_write:
+        raise ApiProblem(
+            403, "forbidden", f"token {who.token_id} is read-only; submitting and cancelling need a write token"
+        )
+    return who
+
+
+def encode_cursor(cursor: list | None) -> str | None:
+    """A search cursor as an opaque URL-safe string."""
+    return None if cursor is None else base64.urlsafe_b64encode(json.dumps(cursor).encode()).decode().rstrip("=")
+
+
+def decode_cursor(text: str | None) -> list | None:
+    """The search cursor a page handed out; 400 for anything else."""
+    if not text:
+        return None
+    try:
+        value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (ValueError, binascii.Error):
+        value = None
+    if not (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], int)
+        and not isinstance(value[0], bool)
+        and isinstance(value[1], str)
+    ):
+        raise ApiProblem(400, "invalid_cursor", "cursor is not one this API handed out")
+    return value
+
+
+def _instant(text: str | None, what: str) -> datetime | None:
+    """An ISO 8601 time (UTC when it names no zone), clamped to the span records can have."""
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ApiProblem(422, "validation_error", f"{what}: {text!r} is not an ISO 8601 date-time") from None
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return min(max(value, _EARLIEST), _LATEST)
+
+
+def task_filters(
+    state: Annotated[list[TaskState] | None, Query(description="any of these states")] = None,
+    name: Annotated[str | None, Query(pattern=NAME_PATTERN, description="task name")] = None,
+    queue: Annotated[str | None, Query(pattern=QUEUE_PATTERN, description="queue")] = None,
+    tag: Annotated[
+        list[Annotated[str, Field(pattern=TAG_PATTERN)]] | None, Query(description="tags; all must match")
+    ] = None,
+    since: Annotated[
+        str | None,
+        Query(
+            json_schema_extra={"format": "date-time"},
+            max_length=64,
+            description="created at or after (ISO 8601, UTC if no zone)",
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        Query(json_schema_extra={"format": "date-time"}, max_length=64, description="created before (ISO 8601)"),
+    ] = None,
+    text: Annotated[str | None, Query(max_length=500, description="words of the error message")] = None,
+) -> dict:
+    """The search filters of a request, without the tenant (the token decides that)."""
+    return dict(
+        state=state or None,
+        name=name or None,
+        queue=queue or None,
+        tags=list(tag or []),
+        since=_instant(since, "since"),
+        until=_instant(until, "until"),
+        text=(text or "").strip() or None,
+    )
+
+
+def tenant_query(filters: dict, who: Principal) -> TaskQuery:
+    """The filters, confined to the principal's tenant. The tenant is set last, from the token only."""
+    return TaskQuery(**{**filters, "tenant": who.tenant})
+
+
+Ctx = Annotated[ApiContext, Depends(context)]
+Reader = Annotated[Principal, Depends(principal)]
+Writer = Annotated[Principal, Depends(writer)]
+Filters = Annotated[dict, Depends(task_filters)]
+TaskId = Annotated[str, Field(max_length=64)]

@@ -1,0 +1,163 @@
+"""What the SDK, the HTTP API and the actors say to each other: actor names, the actors'
+configuration, and the typed replies that cross between them.
+
+It sits below both ``raylane`` (the SDK) and ``raylane.actors``, so neither imports the other
+for these.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, SecretStr, SerializationInfo, field_serializer
+
+from raylane.backends import open_queue, open_reader, open_store
+from raylane.config import OpenSearchConnection, reveal_secret
+from raylane.errors import RaylaneError
+from raylane.limits import Limits
+from raylane.queue import QueueReader, TaskQueue
+from raylane.signing import Signer
+from raylane.store import StatusStore
+
+STATUS_KEEPER = "StatusKeeper"
+EXECUTOR = "Executor"
+REQUEST_HANDLER = "RequestHandler"
+QUEUE_CONSUMER = "QueueConsumer"
+
+
+def find_request_handler(namespace: str):
+    """The running RequestHandler, or None when raylane is not deployed in this cluster."""
+    import ray
+
+    try:
+        return ray.get_actor(REQUEST_HANDLER, namespace=namespace)
+    except ValueError:
+        return None
+
+
+def executor_name(index: int) -> str:
+    """Actor name of executor ``index``: ``Executor``, then ``Executor-1``, ``Executor-2``..."""
+    return EXECUTOR if index == 0 else f"{EXECUTOR}-{index}"
+
+
+class HandOff(StrEnum):
+    """What became of a task handed to an executor."""
+
+    STARTED = "started"  # claimed (RUNNING accepted) and launched, or already running here
+    SKIPPED = "skipped"  # the claim lost to a newer version: cancelled, or taken by another attempt
+    REFUSED = "refused"  # the store refused the RUNNING record outright: it can never be written
+
+
+class HandOffResult(NamedTuple):
+    """The outcome of one hand-off, with the store's reason when it was refused."""
+
+    outcome: HandOff
+    reason: str | None = None
+
+
+class Reply(NamedTuple):
+    """How a task's run ended, as its worker reports it: the result, or the error."""
+
+    ok: bool
+    result: Any = None
+    error_type: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+
+    @classmethod
+    def failure(cls, error_type: str, error: str | None, traceback: str | None = None) -> Reply:
+        """A run that failed with ``error_type``."""
+        return cls(False, None, error_type, error, traceback)
+
+
+class ActorConfig(BaseModel):
+    """Everything an actor needs to reach the services; passed at creation, never read from the environment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kafka_bootstrap: str
+    opensearch: OpenSearchConnection
+    namespace: str
+    index_alias: str
+    topic_prefix: str
+    dlq_topic: str
+    default_queue: str
+    partitions: int
+    max_payload_bytes: int
+    max_result_bytes: int = 1 << 20
+    max_depth: int = 16
+    max_in_flight: int
+    max_running: int
+    consumers: int = 1
+    executors: int = 1
+    consumer_group: str = "raylane-workers"
+    secret: SecretStr  # the cluster secret: signs queue messages and kept task definitions
+
+    @field_serializer("secret")
+    def _dump_secret(self, value: SecretStr, info: SerializationInfo) -> str | None:
+        return reveal_secret(value, info)
+
+    def limits(self) -> Limits:
+        """The input limits in force for submissions and results."""
+        return Limits(self.max_payload_bytes, self.max_result_bytes, self.max_depth)
+
+    def signer(self) -> Signer:
+        """Signs and checks queue messages and task definitions under the cluster secret."""
+        return Signer.of(self.secret)
+
+    def store(self) -> StatusStore:
+        """A client of the status store."""
+        return open_store(self.opensearch, self.index_alias)
+
+    def queue(self) -> TaskQueue:
+        """A producer to the queues (and the dead-letter topic)."""
+        return open_queue(
+            self.kafka_bootstrap,
+            prefix=self.topic_prefix,
+            dlq_topic=self.dlq_topic,
+            partitions=self.partitions,
+            max_payload_bytes=self.max_payload_bytes,
+            signer=self.signer(),
+        )
+
+    def reader(self, member: int) -> QueueReader:
+        """Reader ``member`` of ``consumers`` of every queue topic."""
+        return open_reader(
+            self.kafka_bootstrap,
+            prefix=self.topic_prefix,
+            group=self.consumer_group,
+            max_payload_bytes=self.max_payload_bytes,
+            member=member,
+            members=self.consumers,
+        )
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """A raylane error returned (not raised) by an actor method, so callers see it without Ray's wrapping."""
+
+    error: RaylaneError
+
+
+def replies_errors(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Turn a raised ``RaylaneError`` into an ``ErrorReply`` the client re-raises as is."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await fn(*args, **kwargs)
+        except RaylaneError as e:
+            return ErrorReply(e)
+
+    return wrapper
+
+
+def unwrap(value: Any) -> Any:
+    """The value of an actor reply, raising the error it carries."""
+    if isinstance(value, ErrorReply):
+        raise value.error
+    return value

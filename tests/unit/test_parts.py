@@ -1,0 +1,143 @@
+"""Direct tests of parts that the stack tier only exercises from afar."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from datetime import UTC, datetime
+
+import pytest
+
+from raylane.actors.common import Background, GroupCommit
+from raylane.actors.grouping import GROUP_MAX, group_size, groupable, plan
+from raylane.apicore import ApiProblem, decode_cursor, encode_cursor
+from raylane.errors import ConfigError, InvalidTaskInput
+from raylane.models import Resources, TaskMessage
+from raylane.queue import owner_of
+from raylane.registry import check_arguments
+from raylane.retrying import backoff_s
+from raylane.tokens import TokenFile
+
+
+def _msg(name: str = "a", timeout_s: float | None = None, cpus: float = 1.0) -> TaskMessage:
+    return TaskMessage(
+        id="0" * 32,
+        name=name,
+        queue="q",
+        timeout_s=timeout_s,
+        resources=Resources(num_cpus=cpus),
+        created_at=datetime.now(UTC),
+    )
+
+
+def test_plan_groups_untimed_tasks_of_one_name_and_keeps_every_task_once():
+    msgs = [_msg("a"), _msg("b"), _msg("a"), _msg("a", timeout_s=5), _msg("a"), _msg("c", cpus=2)]
+    units = plan(msgs, cpus=1)
+    assert sorted(i for unit in units for i in unit) == list(range(len(msgs)))
+    assert [0, 2, 4] in units  # the untimed "a" tasks share a Ray task
+    assert [3] in units and [5] in units and [1] in units  # timed, two CPUs, alone of its name
+    assert units == sorted(units)
+
+
+def test_group_sizes_spread_over_the_cpus_within_bounds():
+    assert group_size(10, cpus=4) == 3
+    assert group_size(3, cpus=8) == 2  # never a group of one
+    assert group_size(10_000, cpus=2) == GROUP_MAX
+    assert not groupable(_msg(timeout_s=1)) and not groupable(_msg(cpus=0)) and groupable(_msg())
+
+
+def test_group_commit_batches_concurrent_callers_and_fails_a_whole_batch():
+    batches: list[list[int]] = []
+
+    async def flush(items: list[int]) -> list[int]:
+        batches.append(items)
+        await asyncio.sleep(0.01)
+        if 13 in items:
+            raise RuntimeError("store down")
+        return [i * 2 for i in items]
+
+    async def main():
+        gc = GroupCommit(flush, max_batch=3)
+        first = asyncio.create_task(gc.submit_many([1]))
+        await asyncio.sleep(0)  # the first call is in flight; the next ones queue behind it
+        rest = [asyncio.create_task(gc.submit_many([i])) for i in (2, 3, 4, 5)]
+        results = await asyncio.gather(first, *rest)
+        with pytest.raises(RuntimeError):
+            await gc.submit_many([13, 14])
+        return results
+
+    results = asyncio.run(main())
+    assert results == [[2], [4], [6], [8], [10]]
+    assert batches[:3] == [[1], [2, 3, 4], [5]]
+
+
+def test_owner_of_splits_partitions_round_robin_from_a_topic_dependent_start():
+    owners = [owner_of("raylane.tasks.x", p, 3) for p in range(6)]
+    start = zlib.crc32(b"raylane.tasks.x") % 3
+    assert owners == [(start + p) % 3 for p in range(6)]
+    assert {owner_of("t", p, 1) for p in range(5)} == {0}
+
+
+def test_cursors_round_trip_and_foreign_ones_are_refused():
+    cursor = [1767225600000000000, "ab" * 16]
+    assert decode_cursor(encode_cursor(cursor)) == cursor
+    assert decode_cursor(None) is None and encode_cursor(None) is None
+    for bad in ("not-base64!", encode_cursor([1.5, "x"]), encode_cursor(["1", "x"]), encode_cursor([True, "x"])):
+        with pytest.raises(ApiProblem) as e:
+            decode_cursor(bad)
+        assert e.value.status == 400
+
+
+def test_check_arguments_follows_the_signature():
+    def add(a: int, b: int = 2) -> int:
+        return a + b
+
+    check_arguments("add", add, [1], {})
+    check_arguments("add", add, [], {"a": 1, "b": 3})
+    for args, kwargs in (([], {}), ([1, 2, 3], {}), ([1], {"c": 1}), (["x"], {})):
+        with pytest.raises(InvalidTaskInput):
+            check_arguments("add", add, args, kwargs)
+
+
+def test_token_file_issues_verifies_and_revokes(tmp_path):
+    tokens = TokenFile(tmp_path / "tokens.json")
+    entry, token = tokens.create("acme", "read")
+    who = tokens.verify(token)
+    assert who is not None and (who.tenant, who.scope, who.can_write) == ("acme", "read", False)
+    assert token not in (tmp_path / "tokens.json").read_text()  # only its hash is kept
+    assert tokens.verify(token[:-1] + ("0" if token[-1] != "0" else "1")) is None
+    assert tokens.verify(None) is None and tokens.verify("") is None
+    assert tokens.revoke(entry.id) and tokens.verify(token) is None and not tokens.revoke(entry.id)
+    with pytest.raises(ConfigError):
+        tokens.create("Not A Tenant!")
+
+
+def test_backoff_grows_is_capped_and_jittered():
+    assert [backoff_s(n, base_s=0.1, cap_s=2.0, rand=lambda: 1.0) for n in (1, 2, 3, 10)] == [0.2, 0.4, 0.8, 2.0]
+    assert backoff_s(10, cap_s=2.0, rand=lambda: 0.0) == 1.0  # never less than half
+    assert backoff_s(10**6) <= 2.0
+
+
+def test_background_keeps_its_tasks_and_logs_their_failures(caplog):
+    async def main():
+        bg = Background(logging.getLogger("test.background"))
+        done = asyncio.Event()
+
+        async def fail():
+            raise ValueError("lost")
+
+        bg.spawn(done.wait())
+        bg.spawn(fail())
+        assert len(bg) == 2
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert len(bg) == 1  # the failed one is gone, the waiting one kept
+        done.set()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return len(bg)
+
+    with caplog.at_level(logging.ERROR):
+        assert asyncio.run(main()) == 0
+    assert "background task failed" in caplog.text

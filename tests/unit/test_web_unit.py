@@ -1,0 +1,94 @@
+"""The web page rendered without services: a fake RequestHandler answers, the templates escape."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from fastapi.testclient import TestClient
+
+from raylane.api import build_app
+from raylane.apicore import ApiContext, set_context
+from raylane.errors import TaskNotFound
+from raylane.models import TaskMessage, TaskRecord
+from raylane.ratelimit import ConcurrencyLimiter, RateLimiter
+from raylane.states import TaskState
+from raylane.tokens import TokenFile
+
+HOSTILE = '<script>alert("x")</script>'
+
+
+def _record(**changes) -> TaskRecord:
+    msg = TaskMessage(
+        id="ab" * 16, name="demo.add", queue="default", args=[HOSTILE], created_at=datetime.now(UTC), tags=["t1"]
+    )
+    return TaskRecord.pending(msg).moved_to(TaskState.RUNNING).moved_to(TaskState.FAILED, **changes)
+
+
+class FakeContext(ApiContext):
+    """Answers the web page's calls from fixed records."""
+
+    def __init__(self, tokens: TokenFile, records: list[TaskRecord]):
+        super().__init__(None, tokens, RateLimiter(1000, 1000), ConcurrencyLimiter(4))
+        self.records = {r.id: r for r in records}
+        self.calls: list[str] = []
+
+    async def call(self, method: str, *args):
+        self.calls.append(method)
+        if method == "counts":
+            return {"FAILED": len(self.records)}
+        if method == "search":
+            return list(self.records.values()), None
+        if method == "get":
+            if args[0] not in self.records:
+                raise TaskNotFound(args[0])
+            return self.records[args[0]]
+        raise AssertionError(method)
+
+
+@pytest.fixture
+def page(tmp_path):
+    tokens = TokenFile(tmp_path / "tokens.json")
+    _, token = tokens.create("acme", "read")
+    ctx = FakeContext(tokens, [_record(error=HOSTILE, error_type="ValueError")])
+    set_context(ctx)
+    client = TestClient(build_app())
+    client.cookies.set("raylane_token", token)
+    yield client, ctx
+    set_context(None)
+
+
+def test_task_list_escapes_what_tasks_carry(page):
+    client, ctx = page
+    resp = client.get("/ui")
+    assert resp.status_code == 200
+    assert HOSTILE not in resp.text and "&lt;script&gt;" in resp.text
+    assert 'id="count-FAILED">1<' in resp.text and 'id="count-total">1<' in resp.text
+    assert ctx.calls == ["counts", "search"]
+    assert "script-src" not in resp.headers["content-security-policy"]  # no inline script is allowed
+
+
+def test_task_detail_and_missing_task(page):
+    client, _ = page
+    resp = client.get("/ui/tasks/" + "ab" * 16)
+    assert resp.status_code == 200 and 'id="state">FAILED<' in resp.text
+    assert HOSTILE not in resp.text and 'id="cancel"' not in resp.text  # finished, and a read-only token
+    missing = client.get("/ui/tasks/<i>nope<i>")
+    assert missing.status_code == 200 and "no task" in missing.text
+    assert "<i>nope" not in missing.text and "&lt;i&gt;nope&lt;i&gt;" in missing.text
+
+
+def test_static_files_are_served_and_nothing_else(page):
+    client, _ = page
+    assert client.get("/ui/static/raylane.css").headers["content-type"].startswith("text/css")
+    assert "setInterval" in client.get("/ui/static/live.js").text
+    assert client.get("/ui/static/..%2Fweb.py").status_code == 404
+
+
+def test_signed_out_goes_to_the_login_form(page):
+    client, _ = page
+    client.cookies.clear()
+    resp = client.get("/ui", follow_redirects=False)
+    assert resp.status_code == 303 and resp.headers["location"] == "/login"
+    form = client.get("/login?failed=1")
+    assert 'id="login-failed"' in form.text and '<label for="token">' in form.text
