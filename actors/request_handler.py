@@ -43,6 +43,8 @@ from raylane.store import TaskQuery
 log = logging.getLogger("raylane.request_handler")
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
+MAX_WAIT_IDS = 100_000  # ids in one wait_many call
+_GET_MANY = 1000  # ids per real-time multi-get
 
 
 def _validated(model, raw, what: str):
@@ -199,17 +201,65 @@ class RequestHandler:
     async def wait(self, task_id: str, timeout_s: float, tenant: str | None = None) -> TaskRecord:
         """The task's record once it is terminal, or its current record after ``timeout_s``
         (with ``tenant``, only that tenant's task)."""
-        deadline = time.monotonic() + timeout_s
+        record = await self._get(task_id, tenant)
+        if record.finished:
+            return record
+        done = await self._await_finished([task_id], time.monotonic() + timeout_s, tenant)
+        return done[0] if done else await self._get(task_id, tenant)
+
+    async def _await_finished(self, task_ids: list[str], deadline: float, tenant: str | None) -> list[TaskRecord]:
+        """Records of ``task_ids`` that finish by ``deadline``, in the first batch the keeper
+        reports; [] at the deadline."""
         while True:
-            record = await self._get(task_id, tenant)
             left = deadline - time.monotonic()
-            if record.finished or left <= 0:
-                return record
-            final = await self._keeper.wait.remote(task_id, left)
-            if final is not None and final.finished:
-                return final
-            if final is None:
-                await asyncio.sleep(0.05)  # the keeper had no news; read the store again shortly
+            if left <= 0:
+                return []
+            records, known = await self._keeper.wait_any.remote(task_ids, left)
+            records = [r for r in records if r.finished and (tenant is None or r.tenant == tenant)]
+            if records:
+                return records
+            if not known:
+                return []
+            # They ended before the keeper heard of this wait: their records are in the store.
+            done = await self._finished_in_store(known, tenant, must_exist=False)
+            if done:
+                return done
+            gone = set(known)  # not the caller's to see (another tenant's): wait for the rest only
+            task_ids = [i for i in task_ids if i not in gone]
+            if not task_ids:
+                return []
+
+    @replies_errors
+    async def wait_many(
+        self, task_ids: list[str], timeout_s: float, read_store: bool = True, tenant: str | None = None
+    ) -> list[TaskRecord]:
+        """Finished records among ``task_ids``: at once those already finished (read from the store
+        when ``read_store``), else those that finish within ``timeout_s``, in batches as the
+        keeper accepts their ends; an empty list after ``timeout_s``. Callers call again with
+        the ids still open (``read_store=False`` is enough then: the keeper reports what ended
+        between calls). ``TaskNotFound`` for an unknown id (or, with ``tenant``, another's)."""
+        if len(task_ids) > MAX_WAIT_IDS:
+            raise InvalidTaskInput(f"at most {MAX_WAIT_IDS} task ids per wait, got {len(task_ids)}")
+        for task_id in task_ids:
+            if not isinstance(task_id, str) or not _ID.match(task_id):
+                raise TaskNotFound(str(task_id))
+        deadline = time.monotonic() + timeout_s
+        if read_store:
+            done = await self._finished_in_store(list(task_ids), tenant, must_exist=True)
+            if done:
+                return done
+        return await self._await_finished(list(task_ids), deadline, tenant)
+
+    async def _finished_in_store(self, task_ids: list[str], tenant: str | None, must_exist: bool) -> list[TaskRecord]:
+        found: dict[str, TaskRecord] = {}
+        for k in range(0, len(task_ids), _GET_MANY):
+            found.update(await asyncio.to_thread(self.store.get_many, task_ids[k : k + _GET_MANY]))
+        if must_exist:
+            for task_id in task_ids:
+                rec = found.get(task_id)
+                if rec is None or (tenant is not None and rec.tenant != tenant):
+                    raise TaskNotFound(task_id)
+        return [r for r in found.values() if r.finished and (tenant is None or r.tenant == tenant)]
 
     @replies_errors
     async def search(

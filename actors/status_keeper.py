@@ -37,6 +37,30 @@ class _Running:
     deadline: float | None  # monotonic
 
 
+class _Waiter:
+    """One caller waiting for terminal records of some tasks: woken by the first, it takes
+    what else arrives in the next ``gather_s`` too, so a busy keeper answers in batches."""
+
+    def __init__(self, gather_s: float):
+        self.records: list[TaskRecord] = []
+        self.arrived = asyncio.Event()
+        self.gather_s = gather_s
+
+    def deliver(self, record: TaskRecord) -> None:
+        self.records.append(record)
+        self.arrived.set()
+
+    async def take(self, timeout_s: float) -> list[TaskRecord]:
+        """What arrived by ``timeout_s`` (waiting ``gather_s`` more after the first arrival)."""
+        try:
+            await asyncio.wait_for(self.arrived.wait(), timeout_s)
+        except TimeoutError:
+            return self.records
+        if self.gather_s > 0:
+            await asyncio.sleep(self.gather_s)
+        return self.records
+
+
 class StatusKeeper:
     """Batches versioned status writes and enforces timeouts and cancels of running tasks."""
 
@@ -49,7 +73,7 @@ class StatusKeeper:
         self._resumed = False
         self._running: dict[str, _Running] = {}
         self._recent: OrderedDict[str, tuple[int, TaskState]] = OrderedDict()  # id -> (attempt, terminal state)
-        self._waiters: dict[str, list[asyncio.Future]] = {}
+        self._waiters: dict[str, list[_Waiter]] = {}
         self._executors: list | None = None
         self._leases = LeaseObserver()
         self._observed = 0.0
@@ -130,9 +154,8 @@ class StatusKeeper:
         waiters = self._waiters.pop(record.id, [])
         if waiters:
             final = record.unpack()
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(final)
+            for waiter in waiters:
+                waiter.deliver(final)
 
     # ----- running tasks
     async def claim(self, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
@@ -233,21 +256,33 @@ class StatusKeeper:
 
         Returns None at once if the task already finished before this call (read the store then).
         """
+        records, _ = await self.wait_any([task_id], timeout_s, gather_s=0.0)
+        return records[0] if records else None
+
+    async def wait_any(
+        self, task_ids: list[str], timeout_s: float, gather_s: float = 0.02
+    ) -> tuple[list[TaskRecord], list[str]]:
+        """Terminal records of ``task_ids``, as their terminal writes are accepted: returns once one
+        is (taking what else comes in the next ``gather_s``), or with none after ``timeout_s``.
+
+        The ids of tasks this keeper saw finish before the call come back at once, in the second
+        list, without their records (the caller reads the store for them)."""
         self._ensure_loops()
-        if task_id in self._recent:
-            return None
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(task_id, []).append(fut)
+        known = [i for i in task_ids if i in self._recent]
+        if known:
+            return [], known
+        waiter = _Waiter(gather_s)
+        for task_id in task_ids:
+            self._waiters.setdefault(task_id, []).append(waiter)
         try:
-            return await asyncio.wait_for(fut, timeout_s)
-        except TimeoutError:
-            return None
+            return list(await waiter.take(timeout_s)), []
         finally:
-            waiters = self._waiters.get(task_id)
-            if waiters and fut in waiters:
-                waiters.remove(fut)
-                if not waiters:
-                    self._waiters.pop(task_id, None)
+            for task_id in task_ids:
+                waiters = self._waiters.get(task_id)
+                if waiters is not None:
+                    waiters[:] = [w for w in waiters if w is not waiter]
+                    if not waiters:
+                        del self._waiters[task_id]
 
     async def get_stats(self) -> dict:
         """Counters of writes, rejections, timeouts and kills, plus tasks being watched."""

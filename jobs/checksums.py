@@ -23,13 +23,14 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
 
 import raylane
-from raylane.errors import TaskAlreadyFinished
-from raylane.states import TERMINAL_STATES
+from raylane.errors import TaskAlreadyFinished, WaitTimeout
+from raylane.states import TaskState
 
 
 @raylane.task(name="jobs.checksum_file", timeout=60)
@@ -145,33 +146,33 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(len(chunk))
     submitted_in = time.monotonic() - started
 
-    terminal = 0
-    counts: dict[str, int] = {}
+    # Results stream back in batches as tasks finish: no polling, one record per task.
+    records: dict[str, raylane.TaskRecord] = {}
     with tqdm(total=len(handles), desc="done  ", unit="task", file=sys.stdout) as bar:
-        while time.monotonic() - started < args.deadline:
-            raylane.refresh()
-            counts = raylane.counts(tag=run_tag)
-            now_terminal = sum(n for s, n in counts.items() if s in {t.value for t in TERMINAL_STATES})
-            bar.update(now_terminal - terminal)
-            terminal = now_terminal
-            if terminal >= len(handles):
-                break
-            time.sleep(0.5)
+        try:
+            for h in raylane.as_completed(handles, timeout=max(1.0, args.deadline - (time.monotonic() - started))):
+                records[h.id] = h.wait()
+                bar.update(1)
+        except WaitTimeout as e:
+            print(f"gave up waiting: {e}", file=sys.stderr)
     elapsed = time.monotonic() - started
+    terminal = len(records)
+    counts = Counter(r.state.value for r in records.values())
+    counts["not finished"] = len(handles) - terminal
 
-    # Check results against checksums computed here.
-    sample = [r for r in raylane.search(tag=run_tag, state="SUCCEEDED", limit=50)]
+    # Check every result against a checksum computed here.
+    succeeded = [r for r in records.values() if r.state is TaskState.SUCCEEDED]
     mismatches = [
-        r.id for r in sample if hashlib.sha256(Path(r.result["path"]).read_bytes()).hexdigest() != r.result["sha256"]
+        r.id for r in succeeded if hashlib.sha256(Path(r.result["path"]).read_bytes()).hexdigest() != r.result["sha256"]
     ]
 
     print(f"\nrun {run_tag}: {len(handles)} tasks, submitted in {submitted_in:.1f}s")
     print(f"cancel requests: {cancelled} cancelled, {too_late} already finished")
-    for state in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT", "RUNNING", "PENDING"):
-        print(f"  {state:<10} {counts.get(state, 0):>6}")
+    for state in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT", "not finished"):
+        print(f"  {state:<12} {counts.get(state, 0):>6}")
     print(f"throughput: {terminal / elapsed:.1f} tasks/s ({terminal} terminal in {elapsed:.1f}s)")
-    print(f"checked {len(sample)} results against local checksums: {len(mismatches)} mismatches")
-    unintended = _unintended_states(run_tag, len(handles), cancelled_ids, stalled_ids - cancelled_ids)
+    print(f"checked {len(succeeded)} results against local checksums: {len(mismatches)} mismatches")
+    unintended = _unintended_states(handles, records, cancelled_ids, stalled_ids - cancelled_ids)
     for state, ids in unintended.items():
         print(f"unintended {state}: {len(ids)} task(s), e.g. {', '.join(sorted(ids)[:3])}")
     if tmp:
@@ -182,16 +183,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-def _unintended_states(tag: str, total: int, cancelled: set[str], stalled: set[str]) -> dict[str, set[str]]:
+def _unintended_states(
+    handles: list[raylane.TaskHandle], records: dict[str, raylane.TaskRecord], cancelled: set[str], stalled: set[str]
+) -> dict[str, set[str]]:
     """Tasks of the run whose final state is not the intended one, by state."""
     out: dict[str, set[str]] = {}
     found: dict[str, set[str]] = {}
-    for state in ("FAILED", "CANCELLED", "TIMED_OUT", "RUNNING", "PENDING"):
-        found[state] = {r.id for r in raylane.search(tag=tag, state=state, limit=total)}
+    for state in ("FAILED", "CANCELLED", "TIMED_OUT"):
+        found[state] = {i for i, r in records.items() if r.state.value == state}
         allowed = cancelled if state == "CANCELLED" else stalled if state == "TIMED_OUT" else set()
         if found[state] - allowed:
             out[state] = found[state] - allowed
     # A stalled task must have been stopped by its timeout (or by a cancel, which is in `cancelled`).
+    open_ = {h.id for h in handles} - set(records)
+    if open_:
+        out["not finished"] = open_
     missed = stalled - found["TIMED_OUT"]
     if missed:
         out["stalled but not TIMED_OUT"] = missed

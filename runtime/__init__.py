@@ -13,6 +13,7 @@ h.result(timeout=30)  # 3
 
 from raylane.client import (
     TaskHandle,
+    as_completed,
     cancel,
     counts,
     get,
@@ -25,6 +26,7 @@ from raylane.client import (
     shutdown,
     submit,
     wait,
+    wait_all,
 )
 from raylane.config import Settings
 from raylane.errors import (
@@ -55,7 +57,6 @@ __all__ = [
     "NotInitialized",
     "PayloadTooLarge",
     "QueueUnavailable",
-    # errors
     "RaylaneError",
     "ServiceUnavailable",
     "Settings",
@@ -72,21 +73,19 @@ __all__ = [
     "TaskTimedOut",
     "UnknownTaskName",
     "WaitTimeout",
+    "as_completed",
     "cancel",
     "counts",
-    # looking up
     "get",
-    # connecting
     "init",
     "is_initialized",
-    # operating
     "pause",
     "refresh",
     "resume",
     "search",
     "shutdown",
     "submit",
-    # defining and submitting
     "task",
     "wait",
+    "wait_all",
 ]

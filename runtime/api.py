@@ -12,6 +12,7 @@ from Python. The web page (``raylane.web``) is served by the same application.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -196,10 +197,20 @@ class BodyLimit:
         return f"request body over {self.limit} bytes (RAYLANE_HTTP_MAX_BODY_BYTES)"
 
 
+def _flat(routes: list) -> Iterator:
+    """Every route, those of included routers too (FastAPI keeps an included router as one entry)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _flat(inner.routes)
+        else:
+            yield route
+
+
 def allowed_methods(app: FastAPI, path: str) -> set[str]:
     """The methods of every route that matches ``path``."""
     methods: set[str] = set()
-    for route in app.routes:
+    for route in _flat(app.routes):
         regex = getattr(route, "path_regex", None)
         if regex is not None and regex.match(path):
             methods |= set(getattr(route, "methods", None) or ())

@@ -27,6 +27,7 @@ from raylane.errors import (
 )
 from raylane.limits import MAX_TAG_CHARS
 from raylane.models import NAME_PATTERN, QUEUE_PATTERN
+from raylane.protocol import unwrap
 from raylane.ratelimit import ConcurrencyLimiter, RateLimiter
 from raylane.states import TaskState
 from raylane.store import TaskQuery
@@ -85,8 +86,6 @@ class ApiContext:
     async def call(self, method: str, *args: Any) -> Any:
         """Call the RequestHandler; its raylane errors are raised as they are."""
         from ray.exceptions import RayActorError
-
-        from raylane.protocol import unwrap
 
         try:
             return unwrap(await getattr(self.handler, method).remote(*args))

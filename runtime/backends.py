@@ -9,15 +9,16 @@ from __future__ import annotations
 import threading
 
 from raylane.config import OpenSearchConnection
-from raylane.queue import ENVELOPE_BYTES, QueueReader, TaskQueue
+from raylane.memory import InMemoryBroker, InMemoryQueueReader, InMemoryStore, InMemoryTaskQueue
+from raylane.queue import ENVELOPE_BYTES, KafkaQueueReader, KafkaTaskQueue, QueueReader, TaskQueue
 from raylane.signing import Signer
-from raylane.store import StatusStore
+from raylane.store import OpenSearchStore, StatusStore
 
 MEMORY = "memory://"
 
 _lock = threading.Lock()
-_stores: dict = {}
-_brokers: dict = {}
+_stores: dict[str, InMemoryStore] = {}
+_brokers: dict[str, InMemoryBroker] = {}
 
 
 def is_memory(address: str) -> bool:
@@ -25,18 +26,14 @@ def is_memory(address: str) -> bool:
     return address.startswith(MEMORY)
 
 
-def memory_store(name: str):
+def memory_store(name: str) -> InMemoryStore:
     """The process's in-memory store called ``name`` (made on first use)."""
-    from raylane.memory import InMemoryStore
-
     with _lock:
         return _stores.setdefault(name, InMemoryStore())
 
 
-def memory_broker(name: str):
+def memory_broker(name: str) -> InMemoryBroker:
     """The process's in-memory broker called ``name`` (made on first use)."""
-    from raylane.memory import InMemoryBroker
-
     with _lock:
         return _brokers.setdefault(name, InMemoryBroker())
 
@@ -52,8 +49,6 @@ def open_store(conn: OpenSearchConnection, alias: str) -> StatusStore:
     """The status store at ``conn``, its records behind ``alias``."""
     if is_memory(conn.url):
         return memory_store(f"{conn.url[len(MEMORY) :]}/{alias}")
-    from raylane.store import OpenSearchStore
-
     return OpenSearchStore(conn, alias)
 
 
@@ -62,8 +57,6 @@ def open_queue(
 ) -> TaskQueue:
     """The producing side of the queues at ``bootstrap``."""
     if is_memory(bootstrap):
-        from raylane.memory import InMemoryTaskQueue
-
         return InMemoryTaskQueue(
             memory_broker(bootstrap[len(MEMORY) :]),
             prefix=prefix,
@@ -72,8 +65,6 @@ def open_queue(
             max_payload_bytes=max_payload_bytes,
             signer=signer,
         )
-    from raylane.queue import KafkaTaskQueue
-
     return KafkaTaskQueue(
         bootstrap,
         prefix=prefix,
@@ -89,13 +80,9 @@ def open_reader(
 ) -> QueueReader:
     """Reader ``member`` of ``members`` of every queue topic at ``bootstrap``."""
     if is_memory(bootstrap):
-        from raylane.memory import InMemoryQueueReader
-
         return InMemoryQueueReader(
             memory_broker(bootstrap[len(MEMORY) :]), prefix=prefix, group=group, member=member, members=members
         )
-    from raylane.queue import KafkaQueueReader
-
     return KafkaQueueReader(
         bootstrap,
         prefix=prefix,

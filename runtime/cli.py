@@ -201,6 +201,16 @@ def _pause(args: argparse.Namespace) -> int:
     return 0
 
 
+def _services_argument(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument(
+        "services",
+        nargs="*",
+        choices=["kafka", "opensearch", "ray", []],
+        metavar="SERVICE",
+        help=f"{verb} only these (kafka, opensearch, ray); default all",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``raylane`` command."""
     p = argparse.ArgumentParser(
@@ -218,13 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     st_sub = st.add_subparsers(dest="stack_cmd", required=True, metavar="ACTION")
     up = st_sub.add_parser("up", help="start what is not running and wait until ready (idempotent)")
-    up.add_argument(
-        "services",
-        nargs="*",
-        choices=["kafka", "opensearch", "ray", []],
-        metavar="SERVICE",
-        help="start only these (kafka, opensearch, ray); default all",
-    )
+    _services_argument(up, "start")
     up.add_argument("--json", action="store_true", help="print the resulting status as JSON")
     up.add_argument("--no-actors", action="store_true", help="start only the services, not raylane's actors")
     up.add_argument(
@@ -233,13 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also serve the HTTP API and web page with Ray Serve (RAYLANE_HTTP_PORT, default 28000)",
     )
     down = st_sub.add_parser("down", help="stop the processes the stack started")
-    down.add_argument(
-        "services",
-        nargs="*",
-        choices=["kafka", "opensearch", "ray", []],
-        metavar="SERVICE",
-        help="stop only these (kafka, opensearch, ray); default all",
-    )
+    _services_argument(down, "stop")
     down.add_argument(
         "--grace", type=float, default=20.0, help="seconds to wait after SIGTERM before SIGKILL (default 20)"
     )

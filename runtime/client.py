@@ -7,23 +7,39 @@ goes to the RequestHandler actor; its errors are raised here as raylane's own.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+from raylane.compat import enable_ray_token_auth, ray_dashboard_url
 from raylane.config import Endpoints, Settings
 from raylane.errors import NotInitialized, ServiceUnavailable, TaskCancelled, TaskFailed, TaskTimedOut, WaitTimeout
 from raylane.models import SubmitRequest, TaskRecord
+from raylane.protocol import ActorConfig, find_request_handler, unwrap
 from raylane.registry import TaskDefinition
+from raylane.retrying import backoff_s
 from raylane.states import TaskState
 
 log = logging.getLogger("raylane")
 
-_IDEMPOTENT = {"get", "wait", "search", "counts", "refresh", "set_paused", "task_names", "keep_definitions"}
+_IDEMPOTENT = {
+    "get",
+    "wait",
+    "wait_many",
+    "search",
+    "counts",
+    "refresh",
+    "set_paused",
+    "task_names",
+    "keep_definitions",
+}
+_WAIT_SLICE_S = 30.0  # one server-side wait at most; longer waits are several
+_WAIT_IDS = 20_000  # task ids in one bulk wait call
 _lock = threading.RLock()
 _conn: _Connection | None = None
 
@@ -50,9 +66,6 @@ class _Connection:
         import ray
         from ray.exceptions import RayActorError
 
-        from raylane.protocol import unwrap
-        from raylane.retrying import backoff_s
-
         deadline = time.monotonic() + 60
         tries = 0
         while True:
@@ -66,7 +79,6 @@ class _Connection:
 
 
 def _actor_config(settings: Settings, endpoints: Endpoints):
-    from raylane.protocol import ActorConfig
 
     return ActorConfig(
         kafka_bootstrap=endpoints.kafka_bootstrap,
@@ -118,7 +130,6 @@ def _use_token_auth() -> None:
     """Connect with token authentication, as the local Ray head runs (``ray start`` with RAY_AUTH_MODE=token)."""
     if os.environ.get("RAY_AUTH_MODE"):
         return
-    from raylane.compat import enable_ray_token_auth
 
     enable_ray_token_auth()
 
@@ -152,8 +163,6 @@ def init(**overrides: Any) -> None:
 
     # The SDK's one way into deployment: raylane.actors is imported here and nowhere else in raylane.
     from raylane.actors.deploy import deploy
-    from raylane.compat import ray_dashboard_url
-    from raylane.protocol import find_request_handler
     from raylane.tasks import defined_here
 
     global _conn
@@ -219,10 +228,11 @@ def is_initialized() -> bool:
 class TaskHandle:
     """A submitted task: look it up, wait for it, or cancel it by id."""
 
-    __slots__ = ("id",)
+    __slots__ = ("_final", "id")
 
     def __init__(self, task_id: str):
         self.id = task_id
+        self._final: TaskRecord | None = None  # the finished record, once a wait has seen it
 
     def __repr__(self) -> str:
         return f"TaskHandle({self.id!r})"
@@ -243,7 +253,9 @@ class TaskHandle:
 
     def wait(self, timeout: float | None = None) -> TaskRecord:
         """Block until the task is terminal and return its record; ``WaitTimeout`` after ``timeout`` seconds."""
-        return wait(self.id, timeout)
+        if self._final is None:
+            self._final = wait(self.id, timeout)
+        return self._final
 
     def result(self, timeout: float | None = None) -> Any:
         """The task's result; raises ``TaskFailed``, ``TaskCancelled``, ``TaskTimedOut`` or ``WaitTimeout``."""
@@ -304,6 +316,52 @@ def wait(task_id: str, timeout: float | None = None) -> TaskRecord:
             return record
         if timeout is not None and deadline is not None and time.monotonic() >= deadline:
             raise WaitTimeout(task_id, timeout, record.state.value)
+
+
+def as_completed(handles: Iterable[TaskHandle | str], timeout: float | None = None) -> Iterator[TaskHandle]:
+    """Yield each task's handle as the task finishes, in the order they finish (each handle
+    then holds its final record: ``h.result()`` and ``h.wait()`` need no further call).
+
+    The records come in batches from the StatusKeeper, not one wait per task. Raises
+    ``WaitTimeout`` if tasks are still open after ``timeout`` seconds (None: no limit)."""
+    pending: dict[str, TaskHandle] = {}
+    for h in handles:
+        handle = TaskHandle(h) if isinstance(h, str) else h
+        if handle._final is not None:
+            yield handle
+        else:
+            pending.setdefault(handle.id, handle)
+    conn = _connection()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    read_store = True  # the first call, and any after a silent one, also reads the store
+    while pending:
+        left = _WAIT_SLICE_S if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            first = next(iter(pending))
+            raise WaitTimeout(
+                first,
+                timeout or 0.0,
+                "open",
+                message=f"{len(pending)} task(s) still open after waiting {timeout:g}s (first: {first})",
+            )
+        ids = list(itertools.islice(pending, _WAIT_IDS))
+        records = conn.call("wait_many", ids, min(left, _WAIT_SLICE_S), read_store)
+        read_store = not records
+        for record in records:
+            if record.id in pending:
+                handle = pending.pop(record.id)
+                handle._final = record
+                yield handle
+
+
+def wait_all(handles: Iterable[TaskHandle | str], timeout: float | None = None) -> list[TaskRecord]:
+    """The final records of all the tasks, in the order given, once every one has finished;
+    ``WaitTimeout`` if some are still open after ``timeout`` seconds (None: no limit)."""
+    given = [TaskHandle(h) if isinstance(h, str) else h for h in handles]
+    by_id = {h.id: h for h in given}
+    for done in as_completed(list(by_id.values()), timeout):
+        by_id[done.id] = done
+    return [by_id[h.id].wait() for h in given]
 
 
 StateFilter = TaskState | str | Iterable[TaskState | str] | None

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializationInfo,
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from raylane.errors import ConfigError
+from raylane.signing import Signer, load_or_create_secret
 
 _PREFIX = "RAYLANE_"
 
@@ -162,14 +163,10 @@ class Settings(BaseSettings):
 
     def cluster_secret(self) -> SecretStr:
         """The cluster secret, created on first use."""
-        from raylane.signing import load_or_create_secret
-
         return SecretStr(load_or_create_secret(self.secret_path).decode())
 
     def signer(self):
         """Signs and checks queue messages and task definitions under the cluster secret."""
-        from raylane.signing import Signer
-
         return Signer.of(self.cluster_secret())
 
     @classmethod

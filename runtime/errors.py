@@ -165,7 +165,7 @@ class TaskTimedOut(RaylaneError):
 class WaitTimeout(RaylaneError, TimeoutError):
     """A wait for a task's result ended before the task did."""
 
-    def __init__(self, task_id: str, timeout: float, state: str):
-        super().__init__(f"task {task_id} still {state} after waiting {timeout:g}s")
+    def __init__(self, task_id: str, timeout: float, state: str, message: str | None = None):
+        super().__init__(message or f"task {task_id} still {state} after waiting {timeout:g}s")
         self.task_id = task_id
         self.state = state

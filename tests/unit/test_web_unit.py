@@ -85,6 +85,13 @@ def test_static_files_are_served_and_nothing_else(page):
     assert client.get("/ui/static/..%2Fweb.py").status_code == 404
 
 
+def test_a_wrong_method_names_the_allowed_ones(page):
+    client, _ = page
+    resp = client.delete("/api/v1/tasks")
+    assert resp.status_code == 405 and resp.json()["error"]["code"] == "method_not_allowed"
+    assert set(resp.headers["allow"].split(", ")) == {"GET", "POST"}
+
+
 def test_signed_out_goes_to_the_login_form(page):
     client, _ = page
     client.cookies.clear()

@@ -1,0 +1,88 @@
+"""Results in bulk: raylane.wait_all and raylane.as_completed, with records streamed in batches."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import ray
+
+import raylane
+from raylane.errors import TaskNotFound, WaitTimeout
+from raylane.states import TaskState
+
+
+@raylane.task(name="test.bulk.nap")
+def nap(seconds: float, tag: str) -> str:
+    time.sleep(seconds)
+    return tag
+
+
+@raylane.task(name="test.bulk.fail")
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def _keeper_stats() -> dict:
+    return ray.get(ray.get_actor("StatusKeeper", namespace="raylane").get_stats.remote())
+
+
+def test_as_completed_yields_each_task_once_in_the_order_they_finish(rl):
+    slow = nap.options(timeout=60).submit(2.0, "slow")  # timed: never grouped with the quick ones
+    quick = [nap.submit(0.0, f"q{i}") for i in range(20)]
+    order = list(raylane.as_completed([slow, *quick], timeout=60))
+    assert sorted(h.id for h in order) == sorted(h.id for h in [slow, *quick])
+    assert order[-1] == slow  # it finished last, so it came last
+    # Each yielded handle holds its final record: the result needs no further call.
+    assert [h.result() for h in order[:-1]] and order[-1].result() == "slow"
+    assert all(h._final is not None and h._final.state is TaskState.SUCCEEDED for h in order)
+
+
+def test_wait_all_returns_records_in_the_order_given_failures_included(rl):
+    handles = [nap.submit(0.0, "a"), fail.submit("broken"), nap.submit(0.1, "b")]
+    records = raylane.wait_all(handles, timeout=60)
+    assert [r.id for r in records] == [h.id for h in handles]
+    assert [r.state for r in records] == [TaskState.SUCCEEDED, TaskState.FAILED, TaskState.SUCCEEDED]
+    assert records[1].error_type == "ValueError"
+    # Ids work as well as handles, and tasks that finished long before are found in the store.
+    again = raylane.wait_all([h.id for h in handles], timeout=10)
+    assert [r.version for r in again] == [r.version for r in records]
+
+
+def test_wait_all_times_out_with_a_count_of_what_is_open(rl):
+    long = nap.submit(30.0, "long")
+    done = nap.submit(0.0, "done")
+    started = time.monotonic()
+    with pytest.raises(WaitTimeout, match=r"1 task\(s\) still open"):
+        raylane.wait_all([long, done], timeout=1.5)
+    assert time.monotonic() - started < 15
+    assert done.wait(timeout=30).state is TaskState.SUCCEEDED
+    long.cancel()
+
+
+def test_an_unknown_id_is_not_found(rl):
+    with pytest.raises(TaskNotFound):
+        raylane.wait_all([uuid.uuid4().hex], timeout=5)
+
+
+def test_a_thousand_results_come_in_batches(rl):
+    before = _keeper_stats()
+    handles = nap.submit_many([(0.0, str(i)) for i in range(1000)])
+    calls = 0
+    real_call = raylane.client._connection().call
+
+    def counting(method, *args):
+        nonlocal calls
+        calls += method == "wait_many"
+        return real_call(method, *args)
+
+    conn = raylane.client._connection()
+    conn.call = counting
+    try:
+        records = raylane.wait_all(handles, timeout=120)
+    finally:
+        del conn.call
+    assert [r.result for r in records] == [str(i) for i in range(1000)]
+    assert calls < 100, f"{calls} wait calls for 1,000 tasks: results did not come in batches"
+    assert _keeper_stats()["waiters"] <= before["waiters"]  # nothing left registered
