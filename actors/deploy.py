@@ -20,10 +20,10 @@ from raylane.errors import StackError
 from raylane.protocol import (
     QUEUE_CONSUMER,
     REQUEST_HANDLER,
-    STATUS_KEEPER,
     ActorConfig,
     executor_name,
     find_request_handler,
+    keeper_name,
 )
 
 
@@ -49,8 +49,11 @@ def create_actors(config: ActorConfig) -> list:
     The RequestHandler is created last: once it exists, the deployment is complete.
     """
     # Actor handles are dynamic (methods are reached through .remote): typed as Any.
-    keeper: Any = ray.remote(StatusKeeper).options(**_options(config, STATUS_KEEPER)).remote(config)
-    ray.get(keeper.get_stats.remote())
+    keepers: list[Any] = [
+        ray.remote(StatusKeeper).options(**_options(config, keeper_name(k))).remote(config, k)
+        for k in range(config.keepers)
+    ]
+    ray.get([k.get_stats.remote() for k in keepers])
     executors: list[Any] = [
         ray.remote(Executor).options(**_options(config, executor_name(j)), runtime_env=_EXECUTOR_ENV).remote(config)
         for j in range(config.executors)
@@ -64,10 +67,10 @@ def create_actors(config: ActorConfig) -> list:
         .remote(config, i)
         for i in range(config.consumers)
     ]
-    ray.get([a.ensure_running.remote() for a in [keeper, *executors, *members]])
+    ray.get([a.ensure_running.remote() for a in [*keepers, *executors, *members]])
     handler: Any = ray.remote(RequestHandler).options(**_options(config, REQUEST_HANDLER)).remote(config)
     ray.get(handler.task_names.remote())
-    return [handler, keeper, *executors, *members]
+    return [handler, *keepers, *executors, *members]
 
 
 def actor_stats(namespace: str) -> dict:

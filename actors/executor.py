@@ -28,11 +28,12 @@ from raylane.actors.common import Background
 from raylane.actors.fencing import FENCE_MARGIN_S, HEARTBEAT_EVERY_S
 from raylane.actors.finishing import Finisher, own_claim
 from raylane.actors.grouping import plan
+from raylane.actors.keepers import Keepers
 from raylane.actors.recovery import OwnLease, Recovery
 from raylane.actors.runs import Runs
 from raylane.actors.worker import MemberEnd
-from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, utcnow
-from raylane.protocol import STATUS_KEEPER, ActorConfig, HandOff, HandOffResult
+from raylane.models import TaskMessage, TaskRecord, WriteOutcome, utcnow
+from raylane.protocol import ActorConfig, HandOff, HandOffResult
 from raylane.states import TaskState
 
 log = logging.getLogger("raylane.executor")
@@ -64,7 +65,7 @@ class Executor:
         self.stats: Counter = Counter(dict.fromkeys(_STATS, 0))
         self._slots = asyncio.Semaphore(config.max_running)
         self._launched: dict[tuple[str, int], bool] = {}  # (id, attempt) launched here; insertion-ordered, bounded
-        self._keeper = ray.get_actor(STATUS_KEEPER, namespace=config.namespace)
+        self._keepers = Keepers(config.namespace, config.keepers)
         self._store = config.store()
         queue = config.queue()
         self._background = Background(log)
@@ -74,7 +75,7 @@ class Executor:
         # A new incarnation on every (re)start: RUNNING records name it as their lease owner, and
         # its heartbeat in the store keeps them alive. Tasks of a lapsed owner are recovered.
         self._lease = OwnLease(self._store, uuid.uuid4().hex[:16])
-        self._finisher = Finisher(self._keeper, queue, self.stats, self._background)
+        self._finisher = Finisher(self._keepers, queue, self.stats, self._background)
         self._recovery = Recovery(self._store, queue, self._lease, self._finisher, self.stats)
         self._cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._runs = Runs(
@@ -162,7 +163,7 @@ class Executor:
 
     async def _claim(self, records: list[TaskRecord]) -> list[WriteOutcome]:
         """RUNNING writes of ``records`` through the keeper, in one call."""
-        claims = await self._keeper.claim.remote([PackedRecord.of(r) for r in records])
+        claims = await self._keepers.claim(records)
         rejected = [r.id for r, c in zip(records, claims, strict=True) if not c.accepted]
         if rejected:
             # A rejected claim normally means cancelled or taken; but if a retried hand-off finds

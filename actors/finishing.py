@@ -16,6 +16,7 @@ from collections import Counter
 from ray.exceptions import RayError
 
 from raylane.actors.common import Background, GroupCommit
+from raylane.actors.keepers import Keepers
 from raylane.errors import QueueUnavailable, StoreUnavailable
 from raylane.limits import clip_text
 from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, utcnow
@@ -62,17 +63,17 @@ def own_claim(stored: TaskRecord | None, mine: TaskRecord) -> bool:
 
 
 class Finisher:
-    """Writes ends and starts retries for one executor, through its StatusKeeper ``keeper``."""
+    """Writes ends and starts retries for one executor, through the tasks' StatusKeepers."""
 
-    def __init__(self, keeper, queue: TaskQueue, stats: Counter, background: Background):
-        self._keeper = keeper
+    def __init__(self, keepers: Keepers, queue: TaskQueue, stats: Counter, background: Background):
+        self._keepers = keepers
         self._queue = queue
         self._finals = GroupCommit(self._write_finals)
         self._stats = stats
         self._background = background
 
     async def _write_finals(self, records: list[TaskRecord | PackedRecord]) -> list:
-        return await self._keeper.write.remote([PackedRecord.of(r) for r in records])
+        return await self._keepers.write(records)
 
     async def record(self, record: TaskRecord) -> WriteOutcome:
         """Write one record through the keeper (see ``record_many``)."""

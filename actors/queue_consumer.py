@@ -17,10 +17,11 @@ from pydantic import ValidationError
 from ray.exceptions import RayActorError
 
 from raylane import registry
+from raylane.actors.keepers import Keepers
 from raylane.actors.metrics import ConsumerMetrics
 from raylane.errors import InvalidSignature, RaylaneError, ServiceUnavailable, UnknownTaskName
 from raylane.models import TaskMessage
-from raylane.protocol import STATUS_KEEPER, ActorConfig, HandOff, executor_name
+from raylane.protocol import ActorConfig, HandOff, executor_name
 from raylane.queue import Consumed, QueueReader, topic_of
 from raylane.retrying import backoff_s
 from raylane.states import TaskState
@@ -62,7 +63,7 @@ class QueueConsumer:
         self.index = index
         # Consumers are spread over the executors; each hands its tasks to one.
         self._executor = ray.get_actor(executor_name(index % config.executors), namespace=config.namespace)
-        self._keeper = ray.get_actor(STATUS_KEEPER, namespace=config.namespace)
+        self._keepers = Keepers(config.namespace, config.keepers)
         self._producer = config.queue()
         self._reader: QueueReader | None = None
         self._store = config.store()
@@ -310,7 +311,7 @@ class QueueConsumer:
                 failed = stored.moved_to(
                     TaskState.FAILED, error_type=error_type, error=f"moved to {self.config.dlq_topic}: {reason}"
                 )
-                await self._keeper.write.remote([failed])
+                await self._keepers.write([failed])
                 return
             except Exception as e:  # the store or the keeper is briefly away
                 log.warning("recording dead-lettered task %s as FAILED failed (try %d): %r", msg.id, attempt, e)

@@ -13,10 +13,10 @@ import logging
 import re
 import time
 
-import ray
 from pydantic import ValidationError
 
 from raylane import registry
+from raylane.actors.keepers import Keepers
 from raylane.errors import (
     InvalidTaskInput,
     QueueUnavailable,
@@ -29,14 +29,13 @@ from raylane.limits import check_arguments_shape, check_tags, check_timeout
 from raylane.models import (
     NAME_PATTERN,
     QUEUE_PATTERN,
-    PackedRecord,
     SubmitRequest,
     TaskMessage,
     TaskRecord,
     new_task_id,
     utcnow,
 )
-from raylane.protocol import STATUS_KEEPER, ActorConfig, replies_errors
+from raylane.protocol import ActorConfig, replies_errors
 from raylane.states import TaskState
 from raylane.store import TaskQuery
 
@@ -70,7 +69,7 @@ class RequestHandler:
         self.store.ensure_schema()
         self.queue = config.queue()
         self.queue.ensure_queue(config.default_queue)
-        self._keeper = ray.get_actor(STATUS_KEEPER, namespace=config.namespace)
+        self._keepers = Keepers(config.namespace, config.keepers)
         self._signer = config.signer()
         self._limits = config.limits()
 
@@ -104,7 +103,7 @@ class RequestHandler:
 
     async def _create(self, messages: list[TaskMessage]) -> list[str]:
         records = [TaskRecord.pending(m) for m in messages]
-        outcomes = await self._keeper.write.remote([PackedRecord.of(r) for r in records])
+        outcomes = await self._keepers.write(records)
         refused = [(i, o) for i, o in enumerate(outcomes) if not o.accepted]
         if refused:
             # All or none: the accepted records of this submission will never be enqueued.
@@ -118,7 +117,7 @@ class RequestHandler:
                 if o.accepted
             ]
             if closed:
-                await self._keeper.write.remote(closed)
+                await self._keepers.write(closed)
             i, first = refused[0]
             what = f"task #{i}" if len(records) > 1 else "the task"
             if first.refused_for_content:
@@ -137,7 +136,7 @@ class RequestHandler:
                 )
                 for r in records
             ]
-            await self._keeper.write.remote(failed)
+            await self._keepers.write(failed)
             raise
         return [m.id for m in messages]
 
@@ -190,7 +189,7 @@ class RequestHandler:
                 error_type="Cancelled",
                 error="cancelled by request",
             )
-            [outcome] = await self._keeper.write.remote([cancelled])
+            [outcome] = await self._keepers.write([cancelled])
             if outcome.accepted:
                 return cancelled
             # Rejected: the task finished first, or moved to a new attempt; look again.
@@ -214,7 +213,7 @@ class RequestHandler:
             left = deadline - time.monotonic()
             if left <= 0:
                 return []
-            records, known = await self._keeper.wait_any.remote(task_ids, left)
+            records, known = await self._keepers.wait_any(task_ids, left)
             records = [r for r in records if r.finished and (tenant is None or r.tenant == tenant)]
             if records:
                 return records

@@ -8,6 +8,7 @@ has the Executor kill the Ray task of a task that timed out or was cancelled whi
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections import OrderedDict
@@ -21,7 +22,7 @@ from raylane.actors.fencing import HEARTBEAT_EVERY_S, LeaseObserver
 from raylane.actors.metrics import KeeperMetrics
 from raylane.errors import StoreUnavailable
 from raylane.models import PackedRecord, TaskRecord, WriteOutcome, utcnow
-from raylane.protocol import ActorConfig, executor_name
+from raylane.protocol import ActorConfig, executor_name, keeper_of
 from raylane.states import TaskState
 from raylane.store import TaskQuery
 
@@ -64,12 +65,16 @@ class _Waiter:
 class StatusKeeper:
     """Batches versioned status writes and enforces timeouts and cancels of running tasks."""
 
-    def __init__(self, config: ActorConfig, max_batch: int = 1000):
+    def __init__(self, config: ActorConfig, index: int = 0, max_batch: int = 1000):
         self.config = config
+        self.index = index  # this keeper owns the tasks whose keeper_of(id) is index
         self.store = config.store()
         self.store.ensure_schema()
         self._writes = GroupCommit(self._flush, max_batch)
         self._deadline_task: asyncio.Task | None = None
+        # (deadline, task id) of running tasks, soonest first; an entry whose task has since
+        # ended or moved its deadline is skipped when it comes up.
+        self._deadlines: list[tuple[float, str]] = []
         self._resumed = False
         self._running: dict[str, _Running] = {}
         self._recent: OrderedDict[str, tuple[int, TaskState]] = OrderedDict()  # id -> (attempt, terminal state)
@@ -92,16 +97,26 @@ class StatusKeeper:
         if not self._resumed:
             # Claims written just before a crash may not be searchable yet.
             await asyncio.to_thread(self.store.refresh)
-            records, _ = await asyncio.to_thread(self.store.search, TaskQuery(state=[TaskState.RUNNING]), 10_000)
+            records = await asyncio.to_thread(self._running_records)
             now_wall, now = utcnow(), time.monotonic()
             for r in records:
-                if r.id not in self._running:
+                if r.id not in self._running and keeper_of(r.id, self.config.keepers) == self.index:
                     deadline = None
                     if r.timeout_s and r.started_at:
                         deadline = now + (r.started_at - now_wall).total_seconds() + r.timeout_s
-                    self._running[r.id] = _Running(PackedRecord.of(r), deadline)
+                    self._watch(_Running(PackedRecord.of(r), deadline))
             self._resumed = True
         return len(self._running)
+
+    def _running_records(self) -> list[TaskRecord]:
+        """Every RUNNING record, page by page (no cap: a keeper must watch all of its tasks)."""
+        out: list[TaskRecord] = []
+        after = None
+        while True:
+            page, after = self.store.search(TaskQuery(state=[TaskState.RUNNING]), 1000, after)
+            out.extend(page)
+            if after is None or not page:
+                return out
 
     # ----- writes
     async def write(self, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
@@ -172,8 +187,31 @@ class StatusKeeper:
                     self._kill(running.id)
             else:
                 deadline = time.monotonic() + running.timeout_s if running.timeout_s else None
-                self._running[running.id] = _Running(running, deadline)
+                self._watch(_Running(running, deadline))
         return outcomes
+
+    def _watch(self, r: _Running) -> None:
+        self._running[r.record.id] = r
+        self._set_deadline(r, r.deadline)
+
+    def _set_deadline(self, r: _Running, deadline: float | None) -> None:
+        r.deadline = deadline
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, r.record.id))
+
+    def _expired(self, now: float) -> list[_Running]:
+        """Running tasks whose deadline passed, taken off the heap."""
+        out = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, task_id = heapq.heappop(self._deadlines)
+            r = self._running.get(task_id)
+            if r is not None and r.deadline == deadline:
+                out.append(r)
+        if len(self._deadlines) > 4 * len(self._running) + 1000:
+            # Entries of ended tasks pile up when few deadlines pass: rebuild from the live ones.
+            self._deadlines = [(r.deadline, i) for i, r in self._running.items() if r.deadline is not None]
+            heapq.heapify(self._deadlines)
+        return out
 
     async def _deadline_loop(self) -> None:
         while True:
@@ -182,9 +220,7 @@ class StatusKeeper:
             if now - self._reported >= 1.0:
                 self._reported = now
                 self.metrics.running(len(self._running))
-            if now - self._observed >= HEARTBEAT_EVERY_S and any(
-                r.deadline is not None for r in self._running.values()
-            ):
+            if now - self._observed >= HEARTBEAT_EVERY_S and self._deadlines:
                 # Executors' leases are judged by their heartbeats seen changing, so they are looked
                 # at regularly while a deadline is watched, not only once one passes.
                 self._observed = now
@@ -192,7 +228,7 @@ class StatusKeeper:
                     self._leases.observe(await asyncio.to_thread(self.store.heartbeats))
                 except Exception as e:
                     log.warning("reading executors' heartbeats failed: %r", e)
-            expired = [r for r in self._running.values() if r.deadline is not None and r.deadline <= now]
+            expired = self._expired(now)
             if expired:
                 await self._time_out(expired, now)
 
@@ -218,14 +254,14 @@ class StatusKeeper:
                         )
                     )
                 elif self._leases.lapsed(rec.lease_owner):
-                    r.deadline = now + self._leases.ttl_s / 2
+                    self._set_deadline(r, now + self._leases.ttl_s / 2)
                     log.info(
                         "task %s is past its timeout, but its executor %s is gone: left to the sweep",
                         rec.id,
                         rec.lease_owner,
                     )
                 else:  # not seen renewing yet (this keeper just started): look again shortly
-                    r.deadline = now + HEARTBEAT_EVERY_S / 2
+                    self._set_deadline(r, now + HEARTBEAT_EVERY_S / 2)
             if not due:
                 return
             outcomes = await self.write(due)
@@ -235,7 +271,7 @@ class StatusKeeper:
             else:
                 log.exception("timing out %d task(s) failed; will retry", len(expired))
             for r in expired:
-                r.deadline = now + 1.0
+                self._set_deadline(r, now + 1.0)
             return
         self.stats["timeouts"] += sum(o.accepted for o in outcomes)
 

@@ -31,6 +31,7 @@ def markdown(r: dict) -> str:
     ]
     for key in (
         "raylane_tasks_per_s",
+        "raylane_results_per_s",
         "ray_tasks_per_s",
         "celery_tasks_per_s",
         "cpu_ms_per_task",

@@ -95,6 +95,7 @@ def _actor_config(settings: Settings, endpoints: Endpoints):
         max_in_flight=settings.max_in_flight,
         max_running=settings.max_running,
         consumers=settings.consumers,
+        keepers=settings.keepers,
         executors=settings.executors,
         secret=settings.cluster_secret(),
     )

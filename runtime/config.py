@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(256, ge=1, description="Tasks a queue consumer holds between poll and RUNNING.")
     max_running: int = Field(32, ge=1, description="Tasks an executor runs at once.")
     consumers: int = Field(1, ge=1, le=64, description="QueueConsumer actors per deployment.")
+    keepers: int = Field(
+        1, ge=1, le=64, description="StatusKeeper actors per deployment; each owns the tasks whose id hashes to it."
+    )
     executors: int = Field(
         1, ge=1, le=16, description="Executor actors per deployment (consumers are spread over them)."
     )

@@ -8,6 +8,7 @@ for these.
 from __future__ import annotations
 
 import functools
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -37,6 +38,22 @@ def find_request_handler(namespace: str):
         return ray.get_actor(REQUEST_HANDLER, namespace=namespace)
     except ValueError:
         return None
+
+
+def keeper_name(index: int) -> str:
+    """Actor name of StatusKeeper ``index``: ``StatusKeeper``, then ``StatusKeeper-1``, ..."""
+    return STATUS_KEEPER if index == 0 else f"{STATUS_KEEPER}-{index}"
+
+
+def keeper_of(task_id: str, keepers: int) -> int:
+    """The StatusKeeper that owns ``task_id``, of ``keepers``: the only one that writes its record,
+    watches its deadline and answers its waiters. Task ids are random hex, so the split is even."""
+    if keepers == 1:
+        return 0
+    try:
+        return int(task_id[:8], 16) % keepers
+    except ValueError:  # not a task id raylane made; any fixed choice will do
+        return zlib.crc32(task_id.encode()) % keepers
 
 
 def executor_name(index: int) -> str:
@@ -94,6 +111,7 @@ class ActorConfig(BaseModel):
     max_running: int
     consumers: int = 1
     executors: int = 1
+    keepers: int = 1
     consumer_group: str = "raylane-workers"
     secret: SecretStr  # the cluster secret: signs queue messages and kept task definitions
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 import zlib
 from datetime import UTC, datetime
 
@@ -14,6 +15,7 @@ from raylane.actors.grouping import GROUP_MAX, group_size, groupable, plan
 from raylane.apicore import ApiProblem, decode_cursor, encode_cursor
 from raylane.errors import ConfigError, InvalidTaskInput
 from raylane.models import Resources, TaskMessage
+from raylane.protocol import keeper_of
 from raylane.queue import owner_of
 from raylane.registry import check_arguments
 from raylane.retrying import backoff_s
@@ -141,3 +143,11 @@ def test_background_keeps_its_tasks_and_logs_their_failures(caplog):
     with caplog.at_level(logging.ERROR):
         assert asyncio.run(main()) == 0
     assert "background task failed" in caplog.text
+
+
+def test_keeper_of_splits_task_ids_evenly():
+    counts = [0, 0, 0]
+    for _ in range(30_000):
+        counts[keeper_of(uuid.uuid4().hex, 3)] += 1
+    assert all(9_000 < c < 11_000 for c in counts), counts
+    assert keeper_of("not-hex", 3) in (0, 1, 2) and keeper_of(uuid.uuid4().hex, 1) == 0

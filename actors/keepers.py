@@ -1,0 +1,89 @@
+"""The StatusKeepers of a deployment, as their callers see them: every record goes to the keeper
+that owns its task (``keeper_of``), and answers come back in the order asked.
+
+With ``RAYLANE_KEEPERS`` = K, no single keeper is on every task's path: each writes, times out
+and answers waits for about 1/K of the tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+
+from raylane.models import PackedRecord, TaskRecord, WriteOutcome
+from raylane.protocol import keeper_name, keeper_of
+
+
+class Keepers:
+    """Routes writes, claims and waits to the keepers that own the tasks."""
+
+    def __init__(self, namespace: str, keepers: int):
+        self.count = keepers
+        self.handles: list[Any] = [ray.get_actor(keeper_name(i), namespace=namespace) for i in range(keepers)]
+
+    def of(self, task_id: str) -> Any:
+        """The handle of the keeper that owns ``task_id``."""
+        return self.handles[keeper_of(task_id, self.count)]
+
+    def _split(self, ids: Sequence[str]) -> dict[int, list[int]]:
+        """Positions of ``ids`` by owning keeper."""
+        by: dict[int, list[int]] = {}
+        for i, task_id in enumerate(ids):
+            by.setdefault(keeper_of(task_id, self.count), []).append(i)
+        return by
+
+    async def _routed(self, method: str, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
+        packed = [PackedRecord.of(r) for r in records]
+        if self.count == 1:
+            return await getattr(self.handles[0], method).remote(packed)
+        by = self._split([p.id for p in packed])
+        answers = await asyncio.gather(
+            *(getattr(self.handles[k], method).remote([packed[i] for i in idx]) for k, idx in by.items())
+        )
+        placed: dict[int, WriteOutcome] = {}
+        for idx, outcomes in zip(by.values(), answers, strict=True):
+            placed.update(zip(idx, outcomes, strict=True))
+        return [placed[i] for i in range(len(packed))]
+
+    async def write(self, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
+        """Versioned writes through the owning keepers; one outcome per record, in order."""
+        return await self._routed("write", records)
+
+    async def claim(self, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
+        """RUNNING writes through the owning keepers, which then watch each task's deadline."""
+        return await self._routed("claim", records)
+
+    async def wait_any(self, task_ids: list[str], timeout_s: float) -> tuple[list[TaskRecord], list[str]]:
+        """As ``StatusKeeper.wait_any``, across the keepers that own ``task_ids``: the first
+        keeper with news answers; the waits left at the others are cancelled."""
+        if self.count == 1:
+            return await self.handles[0].wait_any.remote(task_ids, timeout_s)
+        refs = [
+            self.handles[k].wait_any.remote([task_ids[i] for i in idx], timeout_s)
+            for k, idx in self._split(task_ids).items()
+        ]
+        records: list[TaskRecord] = []
+        known: list[str] = []
+        pending = {asyncio.ensure_future(_awaited(r)): r for r in refs}
+        try:
+            while pending and not (records or known):
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    pending.pop(fut)
+                    got, seen = fut.result()
+                    records.extend(got)
+                    known.extend(seen)
+        finally:
+            for fut, ref in pending.items():
+                fut.cancel()
+                with contextlib.suppress(Exception):  # its waiter at the keeper goes now, not at its timeout
+                    ray.cancel(ref)
+        return records, known
+
+
+async def _awaited(ref: ray.ObjectRef) -> Any:
+    return await ref
