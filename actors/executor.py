@@ -32,7 +32,7 @@ from raylane.actors.keepers import Keepers
 from raylane.actors.recovery import OwnLease, Recovery
 from raylane.actors.runs import Runs
 from raylane.actors.worker import MemberEnd
-from raylane.models import TaskMessage, TaskRecord, WriteOutcome, utcnow
+from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, utcnow
 from raylane.protocol import ActorConfig, HandOff, HandOffResult
 from raylane.states import TaskState
 
@@ -42,6 +42,7 @@ _LAUNCHED_KEPT = 100_000
 _STATS = (
     "started",
     "skipped",
+    "expired",
     "succeeded",
     "failed",
     "discarded_results",
@@ -122,6 +123,9 @@ class Executor:
             await self._lease.renew()
         msgs = [TaskMessage.model_validate_json(m) for m in messages]
         now = utcnow()
+        expired = [i for i, m in enumerate(msgs) if m.expires_at is not None and m.expires_at <= now]
+        if expired:
+            return await self._start_unexpired(msgs, expired)
         later = [i for i, m in enumerate(msgs) if m.not_before and m.not_before > now]
         if not later:
             return await self._start_ready(msgs)
@@ -135,6 +139,25 @@ class Executor:
             out[i] = outcome
         for i, [outcome] in zip(later, results[1:], strict=True):
             out[i] = outcome
+        return out
+
+    async def _start_unexpired(self, msgs: list[TaskMessage], expired: list[int]) -> list[HandOffResult]:
+        """Cancel the tasks not started by their ``expires_at`` (reason "expired"), start the rest."""
+        ends: list[TaskRecord | PackedRecord] = [
+            TaskRecord.pending(msgs[i]).moved_to(
+                TaskState.CANCELLED, error_type="Expired", error=f"expired: not started by {msgs[i].expires_at}"
+            )
+            for i in expired
+        ]
+        await self._finisher.record_many(ends)
+        self.stats["expired"] += len(ends)
+        gone = set(expired)
+        rest = [i for i in range(len(msgs)) if i not in gone]
+        out = [HandOffResult(HandOff.SKIPPED)] * len(msgs)
+        if rest:
+            started = await self.start_many([msgs[i].to_bytes() for i in rest])
+            for i, outcome in zip(rest, started, strict=True):
+                out[i] = outcome
         return out
 
     async def _start_after_backoff(self, msg: TaskMessage) -> list[HandOffResult]:

@@ -19,7 +19,7 @@ from raylane.actors.common import Background, GroupCommit
 from raylane.actors.keepers import Keepers
 from raylane.errors import QueueUnavailable, StoreUnavailable
 from raylane.limits import clip_text
-from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, utcnow
+from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome
 from raylane.protocol import Reply
 from raylane.queue import TaskQueue
 from raylane.retrying import backoff_s
@@ -133,24 +133,17 @@ class Finisher:
             self._stats["succeeded" if final.state is TaskState.SUCCEEDED else "failed"] += 1
 
     async def retry(self, failed: TaskRecord) -> None:
-        """Start the next attempt of a failed task: its record (SCHEDULED during the backoff), then,
-        once the backoff is over, its message. The wait happens here, off the queue: a retry
-        waiting out its backoff holds no place in a consumer's window. Should this executor stop
-        meanwhile, the sweep sends the message of a SCHEDULED attempt that is overdue."""
+        """Start the next attempt of a failed task: its record, and at once its message; or, with a
+        backoff, a SCHEDULED record whose keeper sends the message when it is due, so that a retry
+        waiting out its backoff holds no place in a consumer's window (nor here). Should that
+        keeper stop meanwhile, it takes the SCHEDULED record up again when it restarts."""
         nxt, msg = failed.retried(failed.retry.delay_s(failed.attempt, random.random()))
         outcome = await self.record(nxt)
         if not outcome.accepted:
             return  # cancelled meanwhile, or another sweep already took it further
         self._stats["retried"] += 1
-        if nxt.not_before is None:
+        if nxt.state is TaskState.PENDING:
             await self.enqueue(msg)
-        else:
-            self._background.spawn(self._enqueue_when_due(msg))
-
-    async def _enqueue_when_due(self, msg: TaskMessage) -> None:
-        if msg.not_before is not None:
-            await asyncio.sleep(max(0.0, (msg.not_before - utcnow()).total_seconds()))
-        await self.enqueue(msg)
 
     async def enqueue(self, msg: TaskMessage) -> None:
         """Produce ``msg``, riding out a Kafka outage."""

@@ -18,7 +18,13 @@ def groupable(msg: TaskMessage) -> bool:
     """Whether a task may share a Ray task with others of its name: no timeout (its clock starts
     with its RUNNING record, so it must not wait behind others) and at most one CPU, nothing else."""
     r = msg.resources
-    return msg.timeout_s is None and 0 < r.num_cpus <= 1 and r.num_gpus == 0 and r.memory_mb is None
+    return (
+        msg.timeout_s is None
+        and msg.soft_timeout_s is None
+        and 0 < r.num_cpus <= 1
+        and r.num_gpus == 0
+        and r.memory_mb is None
+    )
 
 
 def group_size(n: int, cpus: int) -> int:

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import re
 import time
+from datetime import timedelta
 
 from pydantic import ValidationError
 
@@ -46,6 +47,12 @@ MAX_WAIT_IDS = 100_000  # ids in one wait_many call
 _GET_MANY = 1000  # ids per real-time multi-get
 
 
+def idempotent_id(key: str, tenant: str | None) -> str:
+    """The task id of an idempotency key: the same key (of the same tenant) always gives the
+    same id, so the store itself lets only the first submit create the task."""
+    return hashlib.sha256(f"raylane-idempotency\0{tenant or ''}\0{key}".encode()).hexdigest()[:32]
+
+
 def _validated(model, raw, what: str):
     if isinstance(raw, model):
         return raw
@@ -75,6 +82,9 @@ class RequestHandler:
 
     def _message(self, req: SubmitRequest) -> TaskMessage:
         defn = registry.load(req.name)
+        if req.named_options:
+            parameters, accepts_any = defn.parameter_names()
+            req = _validated(SubmitRequest, req.with_named_options(parameters, accepts_any).model_dump(), "options")
         if req.tenant is not None and req.queue is not None and not self.queue.queue_exists(req.queue):
             # Tenants (HTTP clients) use the queues there are; they do not make Kafka topics.
             raise InvalidTaskInput(f"queue {req.queue!r} does not exist; tenants can use existing queues only")
@@ -85,8 +95,18 @@ class RequestHandler:
         check_timeout(timeout_s)
         check_tags(tags)
         defn.validate_call(req.args, req.kwargs)
+        now = utcnow()
+        not_before = max(
+            (t for t in (req.eta, now + timedelta(seconds=req.delay_s) if req.delay_s else None) if t is not None),
+            default=None,
+        )
+        if req.expires_at is not None and not_before is not None and req.expires_at <= not_before:
+            raise InvalidTaskInput(f"the task would expire ({req.expires_at.isoformat()}) before it is due")
         return TaskMessage(
-            id=new_task_id(),
+            id=idempotent_id(req.idempotency_key, req.tenant) if req.idempotency_key else new_task_id(),
+            not_before=not_before if not_before and not_before > now else None,
+            expires_at=req.expires_at,
+            soft_timeout_s=req.soft_timeout_s,
             name=req.name,
             queue=req.queue or defn.queue or self.config.default_queue,
             args=req.args,
@@ -101,10 +121,16 @@ class RequestHandler:
             tenant=req.tenant,
         )
 
-    async def _create(self, messages: list[TaskMessage]) -> list[str]:
-        records = [TaskRecord.pending(m) for m in messages]
+    async def _create(self, messages: list[TaskMessage], keys: list[str | None] | None = None) -> list[str]:
+        keys = keys or [None] * len(messages)
+        records = [TaskRecord.pending(m, k) for m, k in zip(messages, keys, strict=True)]
         outcomes = await self._keepers.write(records)
-        refused = [(i, o) for i, o in enumerate(outcomes) if not o.accepted]
+        # A conflict on the first record of a task with an idempotency key means that task exists
+        # already: its id is the answer, and its message (sent by its first submit) is not sent again.
+        existing = {
+            i for i, o in enumerate(outcomes) if not o.accepted and o.reason == "conflict" and keys[i] is not None
+        }
+        refused = [(i, o) for i, o in enumerate(outcomes) if not o.accepted and i not in existing]
         if refused:
             # All or none: the accepted records of this submission will never be enqueued.
             closed = [
@@ -113,7 +139,7 @@ class RequestHandler:
                     error_type="NotEnqueued",
                     error="not enqueued: another task of the same submission was refused",
                 )
-                for r, o in zip(records, outcomes, strict=False)
+                for r, o in zip(records, outcomes, strict=True)
                 if o.accepted
             ]
             if closed:
@@ -125,16 +151,19 @@ class RequestHandler:
             raise StoreUnavailable(
                 f"{len(refused)} PENDING record(s) were refused: {first.reason}", status=first.status
             )
+        # A SCHEDULED task's message is sent by its keeper when it is due.
+        due = [i for i, r in enumerate(records) if i not in existing and r.state is TaskState.PENDING]
         try:
-            await asyncio.to_thread(self.queue.produce_many, messages)
+            if due:
+                await asyncio.to_thread(self.queue.produce_many, [messages[i] for i in due])
         except QueueUnavailable:
             failed = [
-                r.moved_to(
+                records[i].moved_to(
                     TaskState.FAILED,
                     error_type="QueueUnavailable",
                     error="the task could not be enqueued; Kafka did not acknowledge it",
                 )
-                for r in records
+                for i in due
             ]
             await self._keepers.write(failed)
             raise
@@ -143,20 +172,23 @@ class RequestHandler:
     @replies_errors
     async def submit(self, request: dict) -> str:
         """Validate and enqueue one task; returns its id."""
-        [task_id] = await self._create([self._message(_request(request))])
+        req = _request(request)
+        [task_id] = await self._create([self._message(req)], [req.idempotency_key])
         return task_id
 
     @replies_errors
     async def submit_many(self, requests: list[dict]) -> list[str]:
         """Validate all, then enqueue all; if any is invalid nothing is written. Returns ids in order."""
-        messages = []
+        messages, keys = [], []
         for i, raw in enumerate(requests):
             try:
-                messages.append(self._message(_request(raw)))
+                req = _request(raw)
+                messages.append(self._message(req))
+                keys.append(req.idempotency_key)
             except InvalidTaskInput as e:
                 e.args = (f"task #{i}: {e}",)
                 raise
-        return await self._create(messages) if messages else []
+        return await self._create(messages, keys) if messages else []
 
     async def _get(self, task_id: str, tenant: str | None = None) -> TaskRecord:
         if not isinstance(task_id, str) or not _ID.match(task_id):

@@ -93,7 +93,9 @@ class Runs:
             opts["memory"] = r.memory_mb * 1024 * 1024
         try:
             lease = self._lease_for(f"attempt {msg.attempt} of task {msg.id}")
-            ref = remote_invoke.options(**opts).remote(msg.name, msg.args, msg.kwargs, self._limits, lease)
+            ref = remote_invoke.options(**opts).remote(
+                msg.name, msg.args, msg.kwargs, self._limits, lease, msg.soft_timeout_s
+            )
         except Exception as e:  # e.g. resources Ray refuses: the claimed task fails, it is not left RUNNING
             self._background.spawn(self._fail_launch(running, e))
             return

@@ -23,6 +23,7 @@ from raylane.actors.metrics import KeeperMetrics
 from raylane.errors import StoreUnavailable
 from raylane.models import PackedRecord, TaskRecord, WriteOutcome, utcnow
 from raylane.protocol import ActorConfig, executor_name, keeper_of
+from raylane.queue import TaskQueue
 from raylane.states import TaskState
 from raylane.store import TaskQuery
 
@@ -75,6 +76,11 @@ class StatusKeeper:
         # (deadline, task id) of running tasks, soonest first; an entry whose task has since
         # ended or moved its deadline is skipped when it comes up.
         self._deadlines: list[tuple[float, str]] = []
+        # SCHEDULED tasks this keeper owns, and when (monotonic) each is due: their messages are
+        # sent from here then.
+        self._scheduled: dict[str, TaskRecord] = {}
+        self._due: list[tuple[float, str]] = []
+        self._producer: TaskQueue | None = None
         self._resumed = False
         self._running: dict[str, _Running] = {}
         self._recent: OrderedDict[str, tuple[int, TaskState]] = OrderedDict()  # id -> (attempt, terminal state)
@@ -83,7 +89,15 @@ class StatusKeeper:
         self._leases = LeaseObserver()
         self._observed = 0.0
         self._reported = 0.0
-        self.stats = {"writes": 0, "accepted": 0, "rejected": 0, "bulk_requests": 0, "timeouts": 0, "kills": 0}
+        self.stats = {
+            "writes": 0,
+            "accepted": 0,
+            "rejected": 0,
+            "bulk_requests": 0,
+            "timeouts": 0,
+            "kills": 0,
+            "released": 0,
+        }
         self.metrics = KeeperMetrics()
 
     def _ensure_loops(self) -> None:
@@ -97,7 +111,10 @@ class StatusKeeper:
         if not self._resumed:
             # Claims written just before a crash may not be searchable yet.
             await asyncio.to_thread(self.store.refresh)
-            records = await asyncio.to_thread(self._running_records)
+            for rec in await asyncio.to_thread(self._records_in, TaskState.SCHEDULED):
+                if keeper_of(rec.id, self.config.keepers) == self.index and rec.id not in self._scheduled:
+                    self._schedule(rec)
+            records = await asyncio.to_thread(self._records_in, TaskState.RUNNING)
             now_wall, now = utcnow(), time.monotonic()
             for r in records:
                 if r.id not in self._running and keeper_of(r.id, self.config.keepers) == self.index:
@@ -108,12 +125,12 @@ class StatusKeeper:
             self._resumed = True
         return len(self._running)
 
-    def _running_records(self) -> list[TaskRecord]:
-        """Every RUNNING record, page by page (no cap: a keeper must watch all of its tasks)."""
+    def _records_in(self, state: TaskState) -> list[TaskRecord]:
+        """Every record in ``state``, page by page (no cap: a keeper must watch all of its tasks)."""
         out: list[TaskRecord] = []
         after = None
         while True:
-            page, after = self.store.search(TaskQuery(state=[TaskState.RUNNING]), 1000, after)
+            page, after = self.store.search(TaskQuery(state=[state]), 1000, after)
             out.extend(page)
             if after is None or not page:
                 return out
@@ -139,6 +156,7 @@ class StatusKeeper:
             self.stats["writes"] += 1
             self.stats["accepted" if outcome.accepted else "rejected"] += 1
             if outcome.accepted:
+                self._track_schedule(record)
                 running = self._running.get(record.id)
                 if running is not None and running.record.attempt < record.attempt:
                     # A newer attempt is on record: the older one must not run on beside it.
@@ -190,6 +208,43 @@ class StatusKeeper:
                 self._watch(_Running(running, deadline))
         return outcomes
 
+    # ----- scheduled tasks
+    def _track_schedule(self, record: PackedRecord) -> None:
+        """After an accepted write: a SCHEDULED one is watched until due; any later one of the
+        same task (a cancel, a claim) ends that watch."""
+        if record.state is TaskState.SCHEDULED:
+            self._schedule(record.unpack())
+        elif record.id in self._scheduled:
+            del self._scheduled[record.id]
+
+    def _schedule(self, rec: TaskRecord) -> None:
+        self._scheduled[rec.id] = rec
+        wait_s = (rec.not_before - utcnow()).total_seconds() if rec.not_before else 0.0
+        heapq.heappush(self._due, (time.monotonic() + max(0.0, wait_s), rec.id))
+
+    async def _release_due(self, now: float) -> None:
+        """Send the messages of SCHEDULED tasks that are due (their records stay SCHEDULED until
+        claimed; a cancel written meanwhile makes the claim lose)."""
+        due: list[TaskRecord] = []
+        while self._due and self._due[0][0] <= now:
+            _, task_id = heapq.heappop(self._due)
+            rec = self._scheduled.pop(task_id, None)
+            if rec is not None:
+                due.append(rec)
+        if not due:
+            return
+        if self._producer is None:
+            self._producer = self.config.queue()
+        try:
+            await asyncio.to_thread(self._producer.produce_many, [r.message() for r in due])
+            self.stats["released"] += len(due)
+        except Exception as e:  # Kafka is away: they stay scheduled, and are tried again shortly
+            log.warning("sending %d due task(s) failed: %r; will retry", len(due), e)
+            for rec in due:
+                if rec.id not in self._scheduled:
+                    self._scheduled[rec.id] = rec
+                    heapq.heappush(self._due, (now + 1.0, rec.id))
+
     def _watch(self, r: _Running) -> None:
         self._running[r.record.id] = r
         self._set_deadline(r, r.deadline)
@@ -228,6 +283,8 @@ class StatusKeeper:
                     self._leases.observe(await asyncio.to_thread(self.store.heartbeats))
                 except Exception as e:
                     log.warning("reading executors' heartbeats failed: %r", e)
+            if self._due and self._due[0][0] <= now:
+                await self._release_due(now)
             expired = self._expired(now)
             if expired:
                 await self._time_out(expired, now)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import signal
 import threading
 import time
 import traceback
@@ -18,6 +19,7 @@ import ray
 
 from raylane import registry
 from raylane.actors.fencing import LeaseLapsed, worker_fence
+from raylane.errors import SoftTimeLimitExceeded
 from raylane.limits import Limits, clip_text, encode_result
 from raylane.protocol import Reply
 
@@ -44,11 +46,19 @@ def _not_started(e: LeaseLapsed) -> Reply:
     return Reply.failure("WorkerLost", str(e))
 
 
-def invoke(name: str, args: list, kwargs: dict, limits: Limits | None = None, lease: Lease | None = None) -> Reply:
+def invoke(
+    name: str,
+    args: list,
+    kwargs: dict,
+    limits: Limits | None = None,
+    lease: Lease | None = None,
+    soft_timeout_s: float | None = None,
+) -> Reply:
     """Run a registered task in this Ray worker; the reply holds the result or the error.
     A result that cannot be stored (not JSON, too deep, over ``limits.max_result_bytes``) fails
     the task here, where it is made, so it never travels to the executor or the store. With
-    ``lease``, the function runs only while the claiming executor's lease holds (see ``fencing``)."""
+    ``lease``, the function runs only while the claiming executor's lease holds (see ``fencing``);
+    with ``soft_timeout_s``, ``SoftTimeLimitExceeded`` is raised in it after that long."""
     limits = limits or Limits()
     if lease is not None:
         try:
@@ -56,12 +66,13 @@ def invoke(name: str, args: list, kwargs: dict, limits: Limits | None = None, le
         except LeaseLapsed as e:
             return _not_started(e)
         try:
-            return invoke(name, args, kwargs, limits)
+            return invoke(name, args, kwargs, limits, None, soft_timeout_s)
         finally:
             worker_fence().disarm()
     try:
         defn = registry.load(name)
-        result = defn.fn(*args, **kwargs)
+        with soft_time_limit(soft_timeout_s):
+            result = defn.fn(*args, **kwargs)
         encode_result(result, limits)
         return Reply(True, result)
     except Exception as e:  # the task's own error is data for its record
@@ -73,6 +84,28 @@ def invoke(name: str, args: list, kwargs: dict, limits: Limits | None = None, le
 
 
 remote_invoke = ray.remote(max_retries=0, retry_exceptions=False)(invoke)
+
+
+@contextlib.contextmanager
+def soft_time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise ``SoftTimeLimitExceeded`` in this (the main) thread once ``seconds`` pass, as the task
+    runs: it may catch it and clean up before the hard timeout kills it. A real-time timer
+    (SIGALRM) interrupts the task wherever it is in Python code; off the main thread, where
+    signals cannot be handled, there is no soft limit."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum, frame):
+        raise SoftTimeLimitExceeded(f"the task ran past its soft time limit of {seconds:g}s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class _MemberControl:

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raylane.apicore import (
@@ -43,7 +43,7 @@ from raylane.errors import (
     ServiceUnavailable,
 )
 from raylane.limits import MAX_TAGS, MAX_TIMEOUT_S
-from raylane.models import NAME_PATTERN, QUEUE_PATTERN, SubmitRequest, TaskRecord
+from raylane.models import IDEMPOTENCY_KEY_PATTERN, MAX_DELAY_S, NAME_PATTERN, QUEUE_PATTERN, SubmitRequest, TaskRecord
 from raylane.ratelimit import ConcurrencyLimiter, OverLimit, RateLimiter
 from raylane.tokens import Principal, TokenFile
 
@@ -80,6 +80,15 @@ class TaskSubmission(BaseModel):
     timeout_s: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S, description="seconds before the task is killed")
     tags: list[Annotated[str, Field(pattern=TAG_PATTERN)]] | None = Field(None, max_length=MAX_TAGS)
     max_retries: int | None = Field(None, ge=0, le=100, description="retries after a failed attempt")
+    delay_s: float | None = Field(None, ge=0, le=MAX_DELAY_S, description="start no earlier than this from now")
+    eta: AwareDatetime | None = Field(None, description="start no earlier than this time (with a zone)")
+    expires_at: AwareDatetime | None = Field(None, description="not started by then: CANCELLED as expired")
+    soft_timeout_s: float | None = Field(
+        None, gt=0, le=MAX_DELAY_S, description="SoftTimeLimitExceeded is raised in the task after this"
+    )
+    idempotency_key: str | None = Field(
+        None, pattern=IDEMPOTENCY_KEY_PATTERN, description="the same key gives the first task's id, not a new task"
+    )
 
 
 class BatchSubmission(BaseModel):

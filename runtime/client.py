@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from raylane.compat import enable_ray_token_auth, ray_dashboard_url
@@ -292,8 +292,43 @@ def submit_requests(requests: Sequence[SubmitRequest], definitions: Iterable[Tas
 
 
 def submit(name: str, *args: Any, **kwargs: Any) -> TaskHandle:
-    """Submit a registered task by name (for tasks defined elsewhere in the cluster)."""
-    return submit_requests([SubmitRequest(name=name, args=list(args), kwargs=kwargs)])[0]
+    """Submit a registered task by name (for tasks defined elsewhere in the cluster).
+
+    Keyword arguments named like an option of ``TaskFunction.options`` (``delay``, ``eta``,
+    ``expires``, ``soft_timeout``, ``idempotency_key``, ``timeout``, ``queue``, ``tags``,
+    ``max_retries``) are taken as that option, unless the task has a parameter of that name:
+    then they are its argument, as always."""
+    options = {k: kwargs.pop(k) for k in list(kwargs) if k in _OPTION_NAMES}
+    request = SubmitRequest(name=name, args=list(args), kwargs=kwargs)
+    if options:
+        # Which of them are options depends on the task's signature, which the cluster knows.
+        request = request.model_copy(update={"named_options": _json_options(options)})
+    return submit_requests([request])[0]
+
+
+_OPTION_NAMES = {
+    "delay",
+    "eta",
+    "expires",
+    "soft_timeout",
+    "idempotency_key",
+    "timeout",
+    "queue",
+    "tags",
+    "max_retries",
+}
+
+
+def _json_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Options as JSON: durations in seconds, times in ISO 8601 (UTC when naive)."""
+    out: dict[str, Any] = {}
+    for k, v in options.items():
+        if isinstance(v, timedelta):
+            v = v.total_seconds()
+        elif isinstance(v, datetime):
+            v = (v if v.tzinfo else v.replace(tzinfo=UTC)).isoformat()
+        out[k] = v
+    return out
 
 
 def get(task_id: str) -> TaskRecord:

@@ -169,3 +169,8 @@ class WaitTimeout(RaylaneError, TimeoutError):
         super().__init__(message or f"task {task_id} still {state} after waiting {timeout:g}s")
         self.task_id = task_id
         self.state = state
+
+
+class SoftTimeLimitExceeded(RaylaneError):
+    """Raised inside a task that runs past its ``soft_timeout``: it may catch it and clean up
+    before its hard ``timeout`` kills it. Left uncaught, the task ends FAILED with this error type."""

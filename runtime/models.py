@@ -15,6 +15,8 @@ NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$"
 QUEUE_PATTERN = r"^[A-Za-z0-9_.-]{1,100}$"
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 MAX_BACKOFF_S = 3600.0  # no retry waits longer than an hour
+MAX_DELAY_S = 366 * 24 * 3600.0  # a task may be delayed up to a year
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"  # printable ASCII without spaces
 
 
 def utcnow() -> datetime:
@@ -95,9 +97,11 @@ class TaskMessage(BaseModel):
     tags: list[str] = Field(default_factory=list)
     created_at: AwareDatetime
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
-    not_before: AwareDatetime | None = None  # a retry waits for its backoff until then
+    not_before: AwareDatetime | None = None  # a delayed task or a retry waits until then (SCHEDULED)
     attempts: list[AttemptSummary] = Field(default_factory=list)
     tenant: str | None = Field(None, pattern=TENANT_PATTERN)
+    expires_at: AwareDatetime | None = None  # not started by then: CANCELLED as expired
+    soft_timeout_s: float | None = Field(None, gt=0)  # SoftTimeLimitExceeded is raised in the task then
 
     def to_bytes(self) -> bytes:
         """The message as UTF-8 JSON for Kafka."""
@@ -136,6 +140,9 @@ class TaskRecord(BaseModel):
     will_retry: bool = False  # a FAILED attempt that a new attempt follows
     tenant: str | None = None  # set for tasks submitted over HTTP; None for the SDK inside the cluster
     not_before: datetime | None = None  # a SCHEDULED attempt starts no earlier than this
+    expires_at: datetime | None = None  # a task not started by then ends CANCELLED as expired
+    soft_timeout_s: float | None = None
+    idempotency_key: str | None = None
 
     @field_validator("result")
     @classmethod
@@ -144,13 +151,13 @@ class TaskRecord(BaseModel):
         return v
 
     @classmethod
-    def pending(cls, msg: TaskMessage) -> TaskRecord:
-        """The first record of a task just accepted."""
+    def pending(cls, msg: TaskMessage, idempotency_key: str | None = None) -> TaskRecord:
+        """The first record of a task just accepted: PENDING, or SCHEDULED until its ``not_before``."""
         return cls(
             id=msg.id,
             name=msg.name,
             queue=msg.queue,
-            state=TaskState.PENDING,
+            state=TaskState.SCHEDULED if msg.not_before and msg.not_before > utcnow() else TaskState.PENDING,
             level=1,
             attempt=msg.attempt,
             version=version_of(TaskState.PENDING, msg.attempt),
@@ -164,6 +171,9 @@ class TaskRecord(BaseModel):
             attempts=msg.attempts,
             tenant=msg.tenant,
             not_before=msg.not_before,
+            expires_at=msg.expires_at,
+            soft_timeout_s=msg.soft_timeout_s,
+            idempotency_key=idempotency_key,
         )
 
     def moved_to(self, state: TaskState, **changes: Any) -> TaskRecord:
@@ -212,6 +222,8 @@ class TaskRecord(BaseModel):
             attempts=self.attempts,
             not_before=self.not_before,
             tenant=self.tenant,
+            expires_at=self.expires_at,
+            soft_timeout_s=self.soft_timeout_s,
         )
 
     def retried(self, delay_s: float) -> tuple[TaskRecord, TaskMessage]:
@@ -311,6 +323,13 @@ class WriteOutcome(NamedTuple):
         )
 
 
+_OPTION_FIELDS = {
+    "delay": "delay_s",
+    "timeout": "timeout_s",
+    "soft_timeout": "soft_timeout_s",
+}
+
+
 class SubmitRequest(BaseModel):
     """One task to submit: a registered name, JSON arguments, and optional overrides of its defaults."""
 
@@ -325,3 +344,30 @@ class SubmitRequest(BaseModel):
     resources: Resources | None = None
     max_retries: int | None = Field(None, ge=0, le=100)
     tenant: str | None = Field(None, pattern=TENANT_PATTERN)
+    delay_s: float | None = Field(None, ge=0, le=MAX_DELAY_S, description="start no earlier than this from now")
+    eta: AwareDatetime | None = Field(None, description="start no earlier than this time")
+    expires_at: AwareDatetime | None = Field(None, description="not started by then: CANCELLED as expired")
+    soft_timeout_s: float | None = Field(None, gt=0, le=MAX_DELAY_S, description="SoftTimeLimitExceeded after this")
+    idempotency_key: str | None = Field(
+        None, pattern=IDEMPOTENCY_KEY_PATTERN, description="the same key gives the first task's id, not a new task"
+    )
+    # From raylane.submit(name, ..., delay=5): keyword arguments named like options, which are
+    # options unless the task has parameters of those names (only the cluster knows).
+    named_options: dict[str, Any] | None = None
+
+    def with_named_options(self, parameters: set[str], accepts_any: bool) -> SubmitRequest:
+        """This request with ``named_options`` sorted out: each becomes the task's keyword argument
+        if the task has a parameter of that name (or takes ``**kwargs``), else the option."""
+        if not self.named_options:
+            return self
+        kwargs, update = dict(self.kwargs), {}
+        for name, value in self.named_options.items():
+            if name in parameters or accepts_any:
+                kwargs[name] = value
+            elif name == "expires" and isinstance(value, int | float) and not isinstance(value, bool):
+                update["expires_at"] = utcnow() + timedelta(seconds=value)
+            elif name == "expires":
+                update["expires_at"] = value
+            else:
+                update[_OPTION_FIELDS.get(name, name)] = value
+        return SubmitRequest.model_validate({**self.model_dump(exclude={"named_options"}), **update, "kwargs": kwargs})

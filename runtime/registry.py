@@ -56,6 +56,17 @@ class TaskDefinition:
         """Check arguments against the function's signature and type hints; raises ``InvalidTaskInput``."""
         check_arguments(self.name, self.fn, args, kwargs)
 
+    def parameter_names(self) -> tuple[set[str], bool]:
+        """The names the function takes as keyword arguments, and whether it takes ``**kwargs``."""
+        sig, _ = _signature(self.fn)
+        kinds = {p.kind for p in sig.parameters.values()}
+        named = {
+            p.name
+            for p in sig.parameters.values()
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        }
+        return named, inspect.Parameter.VAR_KEYWORD in kinds
+
 
 def _importable_elsewhere(module_name: str) -> bool:
     """Whether a Ray worker can import this module by name (an installed package)."""

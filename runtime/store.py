@@ -162,7 +162,10 @@ def _mappings() -> dict:
             "finished_at": date,
             "updated_at": date,
             "not_before": date,
+            "expires_at": date,
+            "idempotency_key": kw,
             "timeout_s": {"type": "float"},
+            "soft_timeout_s": {"type": "float"},
             "error": {"type": "text"},
             "traceback": {"type": "text", "index": False},
             # Arbitrary user JSON: kept in _source, never mapped, so it cannot explode the mapping.
@@ -218,7 +221,8 @@ class OpenSearchStore(StatusStore):
         except OSConnectionError as e:
             raise StoreUnavailable(f"OpenSearch unreachable: {e}") from e
         except TransportError as e:
-            if isinstance(e.status_code, int) and e.status_code == 404:
+            # Not found, and "already exists" (another client made it first): the caller decides.
+            if e.status_code == 404 or e.error == "resource_already_exists_exception":
                 raise
             raise StoreUnavailable(
                 f"OpenSearch error {e.status_code}: {e.error}",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
 from raylane.errors import InvalidTaskInput
-from raylane.models import Resources, RetryPolicy, SubmitRequest
+from raylane.models import Resources, RetryPolicy, SubmitRequest, utcnow
 from raylane.registry import TaskDefinition
 
 _defined: dict[str, TaskDefinition] = {}  # tasks defined in this process, published on init
@@ -26,6 +27,11 @@ def _checked(model: Any, **fields: Any) -> Any:
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5])
         raise InvalidTaskInput(f"invalid task options: {problems}") from e
+
+
+def _aware(t: datetime) -> datetime:
+    """``t`` with a time zone (a naive time is taken as UTC)."""
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 class TaskFunction:
@@ -54,9 +60,38 @@ class TaskFunction:
         tags: list[str] | None = None,
         num_cpus: float | None = None,
         max_retries: int | None = None,
+        delay: float | timedelta | None = None,
+        eta: datetime | None = None,
+        expires: float | timedelta | datetime | None = None,
+        soft_timeout: float | None = None,
+        idempotency_key: str | None = None,
     ) -> TaskFunction:
-        """The same task with per-submit overrides of its timeout, queue, tags, CPUs or retries."""
+        """The same task with per-submit options:
+
+        - ``timeout``, ``queue``, ``tags``, ``num_cpus``, ``max_retries``: override its defaults;
+        - ``delay`` (seconds or a timedelta) or ``eta`` (a datetime; naive means UTC): it is
+          SCHEDULED and starts no earlier than that (the later of the two if both are given);
+        - ``expires`` (seconds from now, a timedelta or a datetime): not started by then, it
+          ends CANCELLED with reason "expired";
+        - ``soft_timeout`` (seconds): ``raylane.SoftTimeLimitExceeded`` is raised inside the
+          task after that long, before its ``timeout`` kills it;
+        - ``idempotency_key``: a second submit with the same key returns the first task's id
+          (pending, running or finished), and nothing runs twice."""
         over = dict(self._overrides)
+        if delay is not None:
+            over["delay_s"] = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        if eta is not None:
+            over["eta"] = _aware(eta)
+        if expires is not None:
+            over["expires_at"] = (
+                _aware(expires)
+                if isinstance(expires, datetime)
+                else utcnow() + (expires if isinstance(expires, timedelta) else timedelta(seconds=expires))
+            )
+        if soft_timeout is not None:
+            over["soft_timeout_s"] = soft_timeout
+        if idempotency_key is not None:
+            over["idempotency_key"] = idempotency_key
         if max_retries is not None:
             over["max_retries"] = max_retries
         if timeout is not None:

@@ -411,3 +411,18 @@ class VersionProperties:
                 assert seen.version == highest
                 assert (seen.result is not None) == (seen.state is TaskState.SUCCEEDED), seen
         assert all(n <= 1 for n in terminal_accepted.values()), terminal_accepted
+
+
+class SchemaContract:
+    """Many clients making the schema at once (K keepers starting together on a fresh alias)
+    all succeed. The subclass provides ``fresh_stores(n)``, n clients of one fresh store."""
+
+    def test_concurrent_ensure_schema(self, fresh_stores):
+        import concurrent.futures
+
+        stores = fresh_stores(6)
+        with concurrent.futures.ThreadPoolExecutor(len(stores)) as pool:
+            list(pool.map(lambda s: s.ensure_schema(), stores))
+        rec = pending()
+        assert stores[0].write_many([rec])[0].accepted
+        assert stores[-1].get(rec.id) == rec

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import ray
@@ -19,6 +20,14 @@ def nap(seconds: float, tag: str) -> str:
     return tag
 
 
+@raylane.task(name="test.bulk.hold", timeout=120)
+def hold(marker: str) -> str:
+    """Runs until ``marker`` exists: it finishes when the test says so, whatever the load."""
+    while not Path(marker).exists():
+        time.sleep(0.02)
+    return "held"
+
+
 @raylane.task(name="test.bulk.fail")
 def fail(message: str) -> None:
     raise ValueError(message)
@@ -28,14 +37,20 @@ def _keeper_stats() -> dict:
     return ray.get(ray.get_actor("StatusKeeper", namespace="raylane").get_stats.remote())
 
 
-def test_as_completed_yields_each_task_once_in_the_order_they_finish(rl):
-    slow = nap.options(timeout=60).submit(2.0, "slow")  # timed: never grouped with the quick ones
+def test_as_completed_yields_each_task_once_in_the_order_they_finish(rl, tmp_path):
+    marker = tmp_path / "release"
+    held = hold.submit(str(marker))  # timed: never grouped with the quick ones
     quick = [nap.submit(0.0, f"q{i}") for i in range(20)]
-    order = list(raylane.as_completed([slow, *quick], timeout=60))
-    assert sorted(h.id for h in order) == sorted(h.id for h in [slow, *quick])
-    assert order[-1] == slow  # it finished last, so it came last
+    order = []
+    for h in raylane.as_completed([held, *quick], timeout=90):
+        order.append(h)
+        if len(order) == len(quick):
+            marker.touch()  # every quick one came first; now the held one may end
+    assert sorted(h.id for h in order) == sorted(h.id for h in [held, *quick])
+    assert order[-1] == held
     # Each yielded handle holds its final record: the result needs no further call.
-    assert [h.result() for h in order[:-1]] and order[-1].result() == "slow"
+    assert sorted(h.result() for h in order[:-1]) == sorted(f"q{i}" for i in range(20))
+    assert order[-1].result() == "held"
     assert all(h._final is not None and h._final.state is TaskState.SUCCEEDED for h in order)
 
 

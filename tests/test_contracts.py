@@ -9,7 +9,7 @@ import pytest
 from raylane.queue import KafkaQueueReader, KafkaTaskQueue
 from raylane.store import OpenSearchStore
 
-from contracts import QueueContract, StoreContract, VersionProperties
+from contracts import QueueContract, SchemaContract, StoreContract, VersionProperties
 
 
 @pytest.fixture
@@ -22,6 +22,23 @@ def opensearch_store(stack):
     store.client.indices.delete(index=f"{alias}*", expand_wildcards="all", ignore_unavailable=True)
     store.client.indices.delete_index_template(name=f"{alias}-template")
     store.close()
+
+
+class TestOpenSearchSchema(SchemaContract):
+    @pytest.fixture
+    def fresh_stores(self, stack):
+        alias = f"raylane-contract-{uuid.uuid4().hex[:8]}"
+        made: list[OpenSearchStore] = []
+
+        def make(n: int) -> list[OpenSearchStore]:
+            made.extend(OpenSearchStore(stack.endpoints().opensearch, alias) for _ in range(n))
+            return made
+
+        yield make
+        made[0].client.indices.delete(index=f"{alias}*", expand_wildcards="all", ignore_unavailable=True)
+        made[0].client.indices.delete_index_template(name=f"{alias}-template")
+        for s in made:
+            s.close()
 
 
 class TestOpenSearchStore(StoreContract):

@@ -8,13 +8,20 @@ import pytest
 
 from raylane.memory import InMemoryBroker, InMemoryQueueReader, InMemoryStore, InMemoryTaskQueue
 
-from contracts import QueueContract, StoreContract, VersionProperties
+from contracts import QueueContract, SchemaContract, StoreContract, VersionProperties
 
 
 class TestInMemoryStore(StoreContract):
     @pytest.fixture
     def contract_store(self):
         return InMemoryStore()
+
+
+class TestInMemorySchema(SchemaContract):
+    @pytest.fixture
+    def fresh_stores(self):
+        store = InMemoryStore()
+        return lambda n: [store] * n
 
 
 class TestInMemoryVersions(VersionProperties):

@@ -151,3 +151,26 @@ def test_keeper_of_splits_task_ids_evenly():
         counts[keeper_of(uuid.uuid4().hex, 3)] += 1
     assert all(9_000 < c < 11_000 for c in counts), counts
     assert keeper_of("not-hex", 3) in (0, 1, 2) and keeper_of(uuid.uuid4().hex, 1) == 0
+
+
+def test_named_options_are_options_unless_the_task_takes_them():
+    from raylane.models import SubmitRequest
+
+    req = SubmitRequest(
+        name="t",
+        kwargs={"x": 1},
+        named_options={"delay": 5, "idempotency_key": "k", "expires": 60, "timeout": 9},
+    )
+    as_options = req.with_named_options({"x"}, accepts_any=False)
+    assert as_options.kwargs == {"x": 1} and as_options.named_options is None
+    assert (as_options.delay_s, as_options.idempotency_key, as_options.timeout_s) == (5, "k", 9)
+    assert as_options.expires_at is not None
+    as_args = req.with_named_options({"x", "delay"}, accepts_any=False)
+    assert as_args.kwargs == {"x": 1, "delay": 5} and as_args.delay_s is None
+    assert req.with_named_options(set(), accepts_any=True).kwargs == {
+        "x": 1,
+        "delay": 5,
+        "idempotency_key": "k",
+        "expires": 60,
+        "timeout": 9,
+    }
