@@ -34,11 +34,10 @@ def remove_deployment(settings) -> None:
     """Stop the service job of the deployment in ``settings.namespace`` and delete its index and topics."""
     from ray.job_submission import JobSubmissionClient
 
-    from raylane.client import _endpoints
-    from raylane.compat import ray_dashboard_url
+    from raylane.client import _dashboard_url, _endpoints
     from raylane.store import OpenSearchStore
 
-    dashboard = ray_dashboard_url()
+    dashboard = _dashboard_url()
     client = JobSubmissionClient(dashboard if dashboard.startswith("http") else f"http://{dashboard}")
     for job in client.list_jobs():
         if (

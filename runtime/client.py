@@ -78,6 +78,21 @@ class _Connection:
                 time.sleep(backoff_s(tries, base_s=0.1, cap_s=1.0))
 
 
+def _dashboard_url(wait_s: float = 60.0) -> str:
+    """The dashboard address Ray reports. A Ray head that has just started may not report it for a
+    moment (its dashboard registers after the head is up): look again until it does."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        url = ray_dashboard_url()
+        if url:
+            return url
+        if time.monotonic() > deadline:
+            raise ServiceUnavailable(
+                f"Ray reported no dashboard address within {wait_s:g}s; set RAYLANE_RAY_DASHBOARD_URL"
+            )
+        time.sleep(0.2)
+
+
 def _actor_config(settings: Settings, endpoints: Endpoints):
 
     return ActorConfig(
@@ -186,7 +201,7 @@ def init(**overrides: Any) -> None:
         handler = find_request_handler(settings.namespace)
         if handler is None:
             endpoints = endpoints or _endpoints(settings, start_missing=False)
-            dashboard = settings.ray_dashboard_url or ray_dashboard_url()
+            dashboard = settings.ray_dashboard_url or _dashboard_url()
             if not dashboard.startswith("http"):
                 dashboard = f"http://{dashboard}"
             handler = deploy(_actor_config(settings, endpoints), dashboard)

@@ -53,8 +53,9 @@ def enable_ray_token_auth() -> None:
     _enable_token_auth()
 
 
-def ray_dashboard_url() -> str:
-    """The dashboard address of the Ray cluster this process is connected to (host:port or URL)."""
+def ray_dashboard_url() -> str | None:
+    """The dashboard address of the Ray cluster this process is connected to (host:port or URL),
+    or None while the cluster reports none."""
     import ray._private.worker
 
     return ray._private.worker.get_dashboard_url()
