@@ -76,7 +76,7 @@ class Executor:
         # A new incarnation on every (re)start: RUNNING records name it as their lease owner, and
         # its heartbeat in the store keeps them alive. Tasks of a lapsed owner are recovered.
         self._lease = OwnLease(self._store, uuid.uuid4().hex[:16])
-        self._finisher = Finisher(self._keepers, queue, self.stats, self._background)
+        self._finisher = Finisher(self._keepers, queue, self.stats)
         self._recovery = Recovery(self._store, queue, self._lease, self._finisher, self.stats)
         self._cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._runs = Runs(
@@ -121,7 +121,9 @@ class Executor:
         if self._lease.remaining() < FENCE_MARGIN_S + HEARTBEAT_EVERY_S:
             # Nothing is claimed under a lease about to lapse: its workers would end at once.
             await self._lease.renew()
-        msgs = [TaskMessage.model_validate_json(m) for m in messages]
+        return await self._start([TaskMessage.model_validate_json(m) for m in messages])
+
+    async def _start(self, msgs: list[TaskMessage]) -> list[HandOffResult]:
         now = utcnow()
         expired = [i for i, m in enumerate(msgs) if m.expires_at is not None and m.expires_at <= now]
         if expired:
@@ -155,7 +157,7 @@ class Executor:
         rest = [i for i in range(len(msgs)) if i not in gone]
         out = [HandOffResult(HandOff.SKIPPED)] * len(msgs)
         if rest:
-            started = await self.start_many([msgs[i].to_bytes() for i in rest])
+            started = await self._start([msgs[i] for i in rest])
             for i, outcome in zip(rest, started, strict=True):
                 out[i] = outcome
         return out

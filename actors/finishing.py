@@ -15,7 +15,7 @@ from collections import Counter
 
 from ray.exceptions import RayError
 
-from raylane.actors.common import Background, GroupCommit
+from raylane.actors.common import GroupCommit
 from raylane.actors.keepers import Keepers
 from raylane.errors import QueueUnavailable, StoreUnavailable
 from raylane.limits import clip_text
@@ -65,12 +65,11 @@ def own_claim(stored: TaskRecord | None, mine: TaskRecord) -> bool:
 class Finisher:
     """Writes ends and starts retries for one executor, through the tasks' StatusKeepers."""
 
-    def __init__(self, keepers: Keepers, queue: TaskQueue, stats: Counter, background: Background):
+    def __init__(self, keepers: Keepers, queue: TaskQueue, stats: Counter):
         self._keepers = keepers
         self._queue = queue
         self._finals = GroupCommit(self._write_finals)
         self._stats = stats
-        self._background = background
 
     async def _write_finals(self, records: list[TaskRecord | PackedRecord]) -> list:
         return await self._keepers.write(records)

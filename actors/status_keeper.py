@@ -344,14 +344,6 @@ class StatusKeeper:
             executor.kill.remote(task_id, attempt)
 
     # ----- waiting
-    async def wait(self, task_id: str, timeout_s: float) -> TaskRecord | None:
-        """The terminal record of ``task_id`` once a terminal write is accepted, or None after ``timeout_s``.
-
-        Returns None at once if the task already finished before this call (read the store then).
-        """
-        records, _ = await self.wait_any([task_id], timeout_s, gather_s=0.0)
-        return records[0] if records else None
-
     async def wait_any(
         self, task_ids: list[str], timeout_s: float, gather_s: float = 0.02
     ) -> tuple[list[TaskRecord], list[str]]:

@@ -38,13 +38,6 @@ def memory_broker(name: str) -> InMemoryBroker:
         return _brokers.setdefault(name, InMemoryBroker())
 
 
-def forget_memory() -> None:
-    """Drop every in-memory store and broker of this process (between tests)."""
-    with _lock:
-        _stores.clear()
-        _brokers.clear()
-
-
 def open_store(conn: OpenSearchConnection, alias: str) -> StatusStore:
     """The status store at ``conn``, its records behind ``alias``."""
     if is_memory(conn.url):

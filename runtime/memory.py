@@ -192,11 +192,6 @@ class InMemoryStore(StatusStore):
         with self._lock:
             return self._definitions.get(name)
 
-    def plant_definition(self, name: str, digest: str, blob: bytes, signature: str | None) -> None:
-        """Store a definition as anyone with write access to the store could (for trust tests)."""
-        with self._lock:
-            self._definitions[name] = (digest, blob, signature)
-
     def heartbeat(self, owner: str, beat: int) -> None:
         self._check_open()
         with self._lock:
