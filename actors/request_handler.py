@@ -22,6 +22,7 @@ from raylane.errors import (
     InvalidTaskInput,
     QueueUnavailable,
     RecordRefused,
+    ScheduleNotFound,
     StoreUnavailable,
     TaskAlreadyFinished,
     TaskNotFound,
@@ -37,6 +38,7 @@ from raylane.models import (
     utcnow,
 )
 from raylane.protocol import ActorConfig, replies_errors
+from raylane.schedules import SCHEDULE_ID_PATTERN, Schedule
 from raylane.states import TaskState
 from raylane.store import TaskQuery
 
@@ -342,6 +344,63 @@ class RequestHandler:
     async def task_names(self) -> list[str]:
         """Names of the registered tasks."""
         return registry.registered_names()
+
+    # ----- schedules
+    @replies_errors
+    async def save_schedule(self, spec: dict, tenant: str | None = None) -> Schedule:
+        """Create a schedule, or replace the definition of the one with this id (its last tick is
+        kept, so no tick runs twice). The task and its arguments are checked as a submit's are."""
+        if not isinstance(spec, dict):
+            raise InvalidTaskInput("a schedule is a JSON object")
+        schedule = _validated(Schedule, {**spec, "tenant": tenant, "created_at": utcnow().isoformat()}, "schedule")
+        req = SubmitRequest(
+            name=schedule.task,
+            args=schedule.args,
+            kwargs=schedule.kwargs,
+            queue=schedule.queue,
+            timeout_s=schedule.timeout_s,
+            tags=schedule.tags,
+            tenant=tenant,
+        )
+        schedule = schedule.model_copy(update={"message": self._message(req), "last_tick": None})
+        await asyncio.to_thread(self.store.save_schedule, schedule)
+        return await self._schedule(schedule.id, tenant)
+
+    def _schedule_key(self, schedule_id: str, tenant: str | None) -> str:
+        if not isinstance(schedule_id, str) or not re.match(SCHEDULE_ID_PATTERN, schedule_id):
+            raise ScheduleNotFound(str(schedule_id))
+        return f"{tenant or '-'}:{schedule_id}"
+
+    @replies_errors
+    async def get_schedule(self, schedule_id: str, tenant: str | None = None) -> Schedule:
+        """A schedule; ``ScheduleNotFound`` if there is none (of ``tenant``, when given)."""
+        return await self._schedule(schedule_id, tenant)
+
+    async def _schedule(self, schedule_id: str, tenant: str | None) -> Schedule:
+        found = await asyncio.to_thread(self.store.get_schedule, self._schedule_key(schedule_id, tenant))
+        if found is None:
+            raise ScheduleNotFound(schedule_id)
+        return found.model_copy(update={"message": None})
+
+    @replies_errors
+    async def list_schedules(self, tenant: str | None = None) -> list[Schedule]:
+        """Every schedule (of ``tenant``, when given), by id."""
+        found = await asyncio.to_thread(self.store.list_schedules, tenant)
+        return [s.model_copy(update={"message": None}) for s in found if tenant is not None or s.tenant is None]
+
+    @replies_errors
+    async def delete_schedule(self, schedule_id: str, tenant: str | None = None) -> None:
+        """Remove a schedule (tasks of ticks already fired are left as they are)."""
+        if not await asyncio.to_thread(self.store.delete_schedule, self._schedule_key(schedule_id, tenant)):
+            raise ScheduleNotFound(schedule_id)
+
+    @replies_errors
+    async def set_schedule_paused(self, schedule_id: str, paused: bool, tenant: str | None = None) -> Schedule:
+        """Pause or resume a schedule; ticks that fall while it is paused are skipped."""
+        key = self._schedule_key(schedule_id, tenant)
+        if not await asyncio.to_thread(self.store.set_schedule_paused, key, bool(paused)):
+            raise ScheduleNotFound(schedule_id)
+        return await self._schedule(schedule_id, tenant)
 
     @staticmethod
     def _query(query: dict) -> TaskQuery:

@@ -19,7 +19,9 @@ import ray
 
 from raylane.actors.common import GroupCommit
 from raylane.actors.fencing import HEARTBEAT_EVERY_S, LeaseObserver
+from raylane.actors.keepers import Keepers
 from raylane.actors.metrics import KeeperMetrics
+from raylane.actors.scheduler import Scheduler
 from raylane.errors import StoreUnavailable
 from raylane.models import PackedRecord, TaskRecord, WriteOutcome, utcnow
 from raylane.protocol import ActorConfig, executor_name, keeper_of
@@ -73,6 +75,10 @@ class StatusKeeper:
         self.store.ensure_schema()
         self._writes = GroupCommit(self._flush, max_batch)
         self._deadline_task: asyncio.Task | None = None
+        self._scheduler_task: asyncio.Task | None = None
+        self._router: Keepers | None = None
+        # This keeper fires the ticks of its share of the schedules.
+        self._scheduler = Scheduler(self.store, self._write_ticks, shard=(index, config.keepers))
         # (deadline, task id) of running tasks, soonest first; an entry whose task has since
         # ended or moved its deadline is skipped when it comes up.
         self._deadlines: list[tuple[float, str]] = []
@@ -103,6 +109,14 @@ class StatusKeeper:
     def _ensure_loops(self) -> None:
         if self._deadline_task is None or self._deadline_task.done():
             self._deadline_task = asyncio.create_task(self._deadline_loop())
+        if self._scheduler_task is None or self._scheduler_task.done():
+            self._scheduler_task = asyncio.create_task(self._scheduler.loop())
+
+    async def _write_ticks(self, records: Sequence[TaskRecord]) -> list[WriteOutcome]:
+        # A tick's task may belong to another keeper: the router sends each record to its owner.
+        if self._router is None:
+            self._router = Keepers(self.config.namespace, self.config.keepers)
+        return await self._router.write(records)
 
     async def ensure_running(self) -> int:
         """Start the deadline loop (idempotent). The first call after a (re)start also takes up the
@@ -370,5 +384,11 @@ class StatusKeeper:
                         del self._waiters[task_id]
 
     async def get_stats(self) -> dict:
-        """Counters of writes, rejections, timeouts and kills, plus tasks being watched."""
-        return dict(self.stats, running=len(self._running), waiters=len(self._waiters))
+        """Counters of writes, rejections, timeouts and kills, plus tasks being watched and the
+        ticks its scheduler fired."""
+        return dict(
+            self.stats,
+            running=len(self._running),
+            waiters=len(self._waiters),
+            ticks_fired=self._scheduler.stats["fired"],
+        )

@@ -20,11 +20,16 @@ from raylane.client import (
     init,
     is_initialized,
     pause,
+    pause_schedule,
     refresh,
     resume,
+    resume_schedule,
+    schedule,
+    schedules,
     search,
     shutdown,
     submit,
+    unschedule,
     wait,
     wait_all,
 )
@@ -36,6 +41,7 @@ from raylane.errors import (
     PayloadTooLarge,
     QueueUnavailable,
     RaylaneError,
+    ScheduleNotFound,
     ServiceUnavailable,
     SoftTimeLimitExceeded,
     StackError,
@@ -49,6 +55,7 @@ from raylane.errors import (
     WaitTimeout,
 )
 from raylane.models import TaskRecord
+from raylane.schedules import Schedule
 from raylane.states import TaskState
 from raylane.tasks import TaskFunction, task
 
@@ -59,6 +66,8 @@ __all__ = [
     "PayloadTooLarge",
     "QueueUnavailable",
     "RaylaneError",
+    "Schedule",
+    "ScheduleNotFound",
     "ServiceUnavailable",
     "Settings",
     "SoftTimeLimitExceeded",
@@ -82,12 +91,17 @@ __all__ = [
     "init",
     "is_initialized",
     "pause",
+    "pause_schedule",
     "refresh",
     "resume",
+    "resume_schedule",
+    "schedule",
+    "schedules",
     "search",
     "shutdown",
     "submit",
     "task",
+    "unschedule",
     "wait",
     "wait_all",
 ]

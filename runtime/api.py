@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -43,8 +44,17 @@ from raylane.errors import (
     ServiceUnavailable,
 )
 from raylane.limits import MAX_TAGS, MAX_TIMEOUT_S
-from raylane.models import IDEMPOTENCY_KEY_PATTERN, MAX_DELAY_S, NAME_PATTERN, QUEUE_PATTERN, SubmitRequest, TaskRecord
+from raylane.models import (
+    IDEMPOTENCY_KEY_PATTERN,
+    MAX_DELAY_S,
+    NAME_PATTERN,
+    QUEUE_PATTERN,
+    SCHEDULE_ID_PATTERN,
+    SubmitRequest,
+    TaskRecord,
+)
 from raylane.ratelimit import ConcurrencyLimiter, OverLimit, RateLimiter
+from raylane.schedules import Schedule
 from raylane.tokens import Principal, TokenFile
 
 MAX_BATCH = 1000
@@ -350,6 +360,111 @@ async def wait_task(
 async def cancel_task(task_id: TaskId, who: Writer, ctx: Ctx) -> TaskView:
     """Cancel a task that has not finished (a running one is killed); 409 if it had finished."""
     return view_of(await ctx.call("cancel", task_id, who.tenant))
+
+
+# ---------------------------------------------------------------- schedules
+
+_SPEC_FIELDS = ("task", "args", "kwargs", "cron", "every_s", "timezone", "catch_up", "queue", "timeout_s", "tags")
+# A default, not an annotation: Serve ships these routes by value, and an alias named only in an
+# annotation is not shipped with them.
+SCHEDULE_ID = PathParam(pattern=SCHEDULE_ID_PATTERN, description="schedule id")
+ScheduleSpec: Any = create_model(  # type: ignore[call-overload]
+    "ScheduleSpec",
+    __doc__="A schedule to create or replace: a task and its arguments, and one of cron and every_s.",
+    __config__=ConfigDict(extra="forbid"),
+    **{name: (Schedule.model_fields[name].annotation, Schedule.model_fields[name]) for name in _SPEC_FIELDS},
+    paused=(bool, False),
+)
+ScheduleView: Any = create_model(  # type: ignore[call-overload]
+    "ScheduleView",
+    __doc__="A schedule, with the newest tick handled and when the next one falls (null while paused).",
+    **{n: (f.annotation, f) for n, f in Schedule.model_fields.items() if n not in ("message", "tenant")},
+    next_tick=(AwareDatetime | None, None),
+)
+
+
+def _schedule_view(s: Schedule) -> Any:
+    return ScheduleView(**s.model_dump(exclude={"message", "tenant"}), next_tick=s.upcoming())
+
+
+class ScheduleList(BaseModel):
+    """The tenant's schedules, by id."""
+
+    schedules: list[ScheduleView]
+
+
+@router.put(
+    API_PREFIX + "/schedules/{schedule_id}",
+    response_model=ScheduleView,
+    operation_id="save_schedule",
+    tags=["schedules"],
+    responses=_responses(400, 401, 403, 422, 503),
+)
+async def save_schedule(body: ScheduleSpec, who: Writer, ctx: Ctx, schedule_id: str = SCHEDULE_ID) -> Any:
+    """Create a schedule, or replace the definition of the one with this id (ticks it already
+    fired are not fired again). One task per tick, however many schedulers run."""
+    return _schedule_view(await ctx.call("save_schedule", dict(body.model_dump(), id=schedule_id), who.tenant))
+
+
+@router.get(
+    API_PREFIX + "/schedules",
+    response_model=ScheduleList,
+    operation_id="list_schedules",
+    tags=["schedules"],
+    responses=_responses(401, 503),
+)
+async def list_schedules(who: Reader, ctx: Ctx) -> ScheduleList:
+    """The tenant's schedules."""
+    return ScheduleList(schedules=[_schedule_view(s) for s in await ctx.call("list_schedules", who.tenant)])
+
+
+@router.get(
+    API_PREFIX + "/schedules/{schedule_id}",
+    response_model=ScheduleView,
+    operation_id="get_schedule",
+    tags=["schedules"],
+    responses=_responses(401, 404, 422, 503),
+)
+async def get_schedule(who: Reader, ctx: Ctx, schedule_id: str = SCHEDULE_ID) -> Any:
+    """One schedule of the tenant."""
+    return _schedule_view(await ctx.call("get_schedule", schedule_id, who.tenant))
+
+
+@router.delete(
+    API_PREFIX + "/schedules/{schedule_id}",
+    status_code=204,
+    operation_id="delete_schedule",
+    tags=["schedules"],
+    responses=_responses(401, 403, 404, 422, 503),
+)
+async def delete_schedule(who: Writer, ctx: Ctx, schedule_id: str = SCHEDULE_ID) -> Response:
+    """Remove a schedule; the tasks it fired stay."""
+    await ctx.call("delete_schedule", schedule_id, who.tenant)
+    return Response(status_code=204)
+
+
+@router.post(
+    API_PREFIX + "/schedules/{schedule_id}/pause",
+    response_model=ScheduleView,
+    operation_id="pause_schedule",
+    tags=["schedules"],
+    responses=_responses(401, 403, 404, 422, 503),
+)
+async def pause_schedule(who: Writer, ctx: Ctx, schedule_id: str = SCHEDULE_ID) -> Any:
+    """Pause a schedule: ticks that fall while it is paused are skipped."""
+    return _schedule_view(await ctx.call("set_schedule_paused", schedule_id, True, who.tenant))
+
+
+@router.post(
+    API_PREFIX + "/schedules/{schedule_id}/resume",
+    response_model=ScheduleView,
+    operation_id="resume_schedule",
+    tags=["schedules"],
+    responses=_responses(401, 403, 404, 422, 503),
+)
+async def resume_schedule(who: Writer, ctx: Ctx, schedule_id: str = SCHEDULE_ID) -> Any:
+    """Resume a paused schedule from its next tick."""
+    return _schedule_view(await ctx.call("set_schedule_paused", schedule_id, False, who.tenant))
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -20,6 +20,7 @@ from raylane.errors import (
     InvalidTaskInput,
     PayloadTooLarge,
     RaylaneError,
+    ScheduleNotFound,
     ServiceUnavailable,
     TaskAlreadyFinished,
     TaskNotFound,
@@ -60,6 +61,7 @@ def problem_of(e: RaylaneError) -> ApiProblem:
     """The HTTP answer to a raylane error."""
     for cls, status, code in (
         (TaskNotFound, 404, "task_not_found"),
+        (ScheduleNotFound, 404, "schedule_not_found"),
         (TaskAlreadyFinished, 409, "already_finished"),
         (PayloadTooLarge, 413, "payload_too_large"),
         (UnknownTaskName, 400, "unknown_task"),

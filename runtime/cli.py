@@ -130,6 +130,14 @@ def _submit(args: argparse.Namespace) -> int:
     kwargs = json.loads(args.kwargs) if args.kwargs else {}
     if not isinstance(kwargs, dict):
         raise SystemExit("raylane: error: --kwargs must be a JSON object")
+    options = {
+        "delay_s": args.delay,
+        "eta": args.eta,
+        "expires_at": args.expires,
+        "soft_timeout_s": args.soft_timeout,
+        "idempotency_key": args.idempotency_key,
+        "max_retries": args.max_retries,
+    }
     req = SubmitRequest(
         name=args.name,
         args=[_json_arg(a) for a in args.args],
@@ -137,6 +145,7 @@ def _submit(args: argparse.Namespace) -> int:
         queue=args.queue,
         timeout_s=args.timeout,
         tags=args.tag or None,
+        **{k: v for k, v in options.items() if v is not None},
     )
     _connect()
     [handle] = submit_requests([req])
@@ -199,6 +208,103 @@ def _pause(args: argparse.Namespace) -> int:
     (rl.pause if args.cmd == "pause" else rl.resume)(args.queue)
     print(f"queue {args.queue} {'paused' if args.cmd == 'pause' else 'resumed'}")
     return 0
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    rl = _connect()
+    action = args.schedule_cmd
+    if action == "add":
+        kwargs = json.loads(args.kwargs) if args.kwargs else {}
+        if not isinstance(kwargs, dict):
+            raise SystemExit("raylane: error: --kwargs must be a JSON object")
+        saved = rl.schedule(
+            args.id,
+            task=args.task,
+            args=[_json_arg(a) for a in args.args],
+            kwargs=kwargs,
+            cron=args.cron,
+            every=args.every,
+            timezone=args.timezone,
+            catch_up=args.catch_up,
+            queue=args.queue,
+            timeout=args.timeout,
+            tags=args.tag,
+            paused=args.paused,
+        )
+        _print_schedules([saved], args.json)
+    elif action == "ls":
+        _print_schedules(rl.schedules(), args.json)
+    elif action == "rm":
+        rl.unschedule(args.id)
+        print(f"schedule {args.id} removed")
+    else:
+        changed = (rl.pause_schedule if action == "pause" else rl.resume_schedule)(args.id)
+        _print_schedules([changed], False)
+    return 0
+
+
+def _print_schedules(schedules: list, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([dict(s.model_dump(mode="json", exclude={"message"})) for s in schedules], indent=2))
+        return
+    for s in schedules:
+        rule = f"cron {s.cron!r} {s.timezone}" if s.cron else f"every {s.every_s:g}s"
+        upcoming = s.upcoming()
+        nxt = "paused" if upcoming is None else f"next {upcoming:%Y-%m-%d %H:%M:%S}Z"
+        print(f"{s.id}  {s.task}  {rule}  catch-up {s.catch_up}  {nxt}")
+
+
+def _add_submit_options(sp: argparse.ArgumentParser) -> None:
+    from datetime import datetime
+
+    def when(text: str) -> datetime:
+        t = datetime.fromisoformat(text)
+        if t.tzinfo is None:
+            raise argparse.ArgumentTypeError(f"{text!r} has no time zone (add Z or +00:00)")
+        return t
+
+    sp.add_argument("--delay", type=float, help="start no earlier than this many seconds from now (SCHEDULED)")
+    sp.add_argument("--eta", type=when, help="start no earlier than this time (ISO 8601 with a zone)")
+    sp.add_argument("--expires", type=when, help="not started by this time (ISO 8601): CANCELLED as expired")
+    sp.add_argument("--soft-timeout", type=float, help="seconds before SoftTimeLimitExceeded is raised in the task")
+    sp.add_argument("--idempotency-key", help="a second submit with this key returns the first task's id")
+    sp.add_argument("--max-retries", type=int, help="retries after a failed attempt (default: the task's)")
+
+
+def _add_schedule_parser(sub) -> None:
+    sc = sub.add_parser(
+        "schedule",
+        help="run a task on a cron expression or a fixed interval",
+        description="Schedules submit one task per tick, however many schedulers run. Missed ticks "
+        "(nothing could fire them for 5 s) follow --catch-up: none skips them, last runs the "
+        "latest once, all runs each.",
+    )
+    sc_sub = sc.add_subparsers(dest="schedule_cmd", required=True, metavar="ACTION")
+    add = sc_sub.add_parser("add", help="create a schedule, or replace the one with this id")
+    add.add_argument("id", help="schedule id (letters, digits, _ . : -)")
+    add.add_argument("task", help="registered task name")
+    add.add_argument("args", nargs="*", metavar="ARG", help="positional arguments (JSON)")
+    rule = add.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--cron", help='five-field cron expression, e.g. "*/5 * * * *"')
+    rule.add_argument("--every", type=float, help="seconds between ticks (at least 1)")
+    add.add_argument("--kwargs", help="keyword arguments as a JSON object")
+    add.add_argument("--timezone", default="UTC", help="IANA time zone of the cron expression (default UTC)")
+    add.add_argument("--catch-up", choices=["none", "last", "all"], default="none", help="missed ticks (default none)")
+    add.add_argument("--queue", help="queue of the tasks (default: the task's)")
+    add.add_argument("--timeout", type=float, help="seconds before each task is killed")
+    add.add_argument("--tag", action="append", help="tag the tasks (repeatable)")
+    add.add_argument("--paused", action="store_true", help="create it paused")
+    add.add_argument("--json", action="store_true", help="print the schedule as JSON")
+    ls = sc_sub.add_parser("ls", help="list schedules with their next tick")
+    ls.add_argument("--json", action="store_true", help="print as JSON")
+    for verb, text in (
+        ("rm", "remove a schedule (tasks it fired stay)"),
+        ("pause", "stop a schedule firing; its ticks meanwhile are skipped"),
+        ("resume", "let a paused schedule fire again"),
+    ):
+        sp = sc_sub.add_parser(verb, help=text)
+        sp.add_argument("id", help="schedule id")
+    sc.set_defaults(func=_schedule)
 
 
 def _services_argument(parser: argparse.ArgumentParser, verb: str) -> None:
@@ -264,7 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--queue", help="queue to use (default: the task's, else 'default')")
     sp.add_argument("--timeout", type=float, help="seconds before the task is killed")
     sp.add_argument("--tag", action="append", help="tag the task (repeatable)")
+    _add_submit_options(sp)
     sp.set_defaults(func=_submit)
+    _add_schedule_parser(sub)
 
     sp = sub.add_parser("status", help="show a task's record")
     sp.add_argument("id", help="task id")

@@ -18,11 +18,20 @@ from typing import Any
 
 from raylane.compat import enable_ray_token_auth, ray_dashboard_url
 from raylane.config import Endpoints, Settings
-from raylane.errors import NotInitialized, ServiceUnavailable, TaskCancelled, TaskFailed, TaskTimedOut, WaitTimeout
+from raylane.errors import (
+    InvalidTaskInput,
+    NotInitialized,
+    ServiceUnavailable,
+    TaskCancelled,
+    TaskFailed,
+    TaskTimedOut,
+    WaitTimeout,
+)
 from raylane.models import SubmitRequest, TaskRecord
 from raylane.protocol import ActorConfig, find_request_handler, unwrap
 from raylane.registry import TaskDefinition
 from raylane.retrying import backoff_s
+from raylane.schedules import Schedule
 from raylane.states import TaskState
 
 log = logging.getLogger("raylane")
@@ -427,6 +436,7 @@ def _query(
     since: datetime | None = None,
     until: datetime | None = None,
     text: str | None = None,
+    schedule: str | None = None,
 ) -> dict:
     states = None
     if state is not None:
@@ -439,6 +449,7 @@ def _query(
         "since": since,
         "until": until,
         "text": text,
+        "schedule_id": schedule,
     }
     return {k: v for k, v in q.items() if v not in (None, [])}
 
@@ -454,13 +465,15 @@ def search(
     tags: Iterable[str] = (),
     tag: str | None = None,
     queue: str | None = None,
+    schedule: str | None = None,
 ) -> list[TaskRecord]:
     """Tasks matching every given filter, newest first, at most ``limit`` (any number: it pages past 10,000).
 
-    ``text`` matches words of the error message; ``since``/``until`` bound the creation time.
-    Results reflect writes up to about a second old.
+    ``text`` matches words of the error message; ``since``/``until`` bound the creation time;
+    ``schedule`` keeps the tasks fired by that schedule. Results reflect writes up to about a second old.
     """
-    records, _ = _connection().call("search", _query(state, name, queue, tags, tag, since, until, text), limit, None)
+    query = _query(state, name, queue, tags, tag, since, until, text, schedule)
+    records, _ = _connection().call("search", query, limit, None)
     return records
 
 
@@ -474,9 +487,10 @@ def counts(
     tags: Iterable[str] = (),
     tag: str | None = None,
     queue: str | None = None,
+    schedule: str | None = None,
 ) -> dict[str, int]:
     """Number of tasks per state among those matching the filters (as for ``search``)."""
-    return _connection().call("counts", _query(state, name, queue, tags, tag, since, until, text))
+    return _connection().call("counts", _query(state, name, queue, tags, tag, since, until, text, schedule))
 
 
 def refresh() -> None:
@@ -495,3 +509,66 @@ def pause(queue: str) -> None:
 def resume(queue: str) -> None:
     """Let consumers take tasks of ``queue`` again."""
     _connection().call("set_paused", queue, False)
+
+
+def schedule(
+    schedule_id: str,
+    task: str | Any,
+    args: Sequence[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    cron: str | None = None,
+    every: float | timedelta | None = None,
+    timezone: str = "UTC",
+    catch_up: str = "none",
+    queue: str | None = None,
+    timeout: float | None = None,
+    tags: Sequence[str] | None = None,
+    paused: bool = False,
+) -> Schedule:
+    """Run ``task`` (a name or a ``@raylane.task``) on every tick of ``cron`` (five fields, in
+    ``timezone``) or ``every`` seconds: exactly one task per tick, however many schedulers run.
+
+    Saving a schedule under an existing id replaces its definition; ticks already fired are
+    not fired again. ``catch_up`` says what happens to ticks missed while nothing could fire
+    them: "none" skips them, "last" runs the latest once, "all" runs each (see
+    ``raylane.schedules``). The tasks carry ``schedule_id``: ``raylane.search(schedule=...)``
+    finds them."""
+    name = task if isinstance(task, str) else getattr(task, "name", None)
+    if not isinstance(name, str):
+        raise InvalidTaskInput(f"task must be a task name or a @raylane.task, got {type(task).__name__}")
+    spec: dict[str, Any] = {
+        "id": schedule_id,
+        "task": name,
+        "args": list(args),
+        "kwargs": dict(kwargs or {}),
+        "cron": cron,
+        "every_s": every.total_seconds() if isinstance(every, timedelta) else every,
+        "timezone": timezone,
+        "catch_up": catch_up,
+        "queue": queue,
+        "timeout_s": timeout,
+        "tags": list(tags) if tags is not None else None,
+        "paused": paused,
+    }
+    return _connection().call("save_schedule", spec)
+
+
+def unschedule(schedule_id: str) -> None:
+    """Remove a schedule; ``ScheduleNotFound`` if there is none. Tasks it already fired stay."""
+    _connection().call("delete_schedule", schedule_id)
+
+
+def schedules() -> list[Schedule]:
+    """Every schedule, by id, with its ``last_tick``."""
+    return _connection().call("list_schedules")
+
+
+def pause_schedule(schedule_id: str) -> Schedule:
+    """Stop a schedule from firing; ticks that fall while it is paused are skipped."""
+    return _connection().call("set_schedule_paused", schedule_id, True)
+
+
+def resume_schedule(schedule_id: str) -> Schedule:
+    """Let a paused schedule fire again, from its next tick."""
+    return _connection().call("set_schedule_paused", schedule_id, False)

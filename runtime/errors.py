@@ -126,6 +126,14 @@ class TaskNotFound(RaylaneError):
         self.task_id = task_id
 
 
+class ScheduleNotFound(RaylaneError):
+    """No schedule has this id (for the caller's tenant)."""
+
+    def __init__(self, schedule_id: str):
+        super().__init__(f"no schedule with id {schedule_id!r}")
+        self.schedule_id = schedule_id
+
+
 class TaskAlreadyFinished(RaylaneError):
     """A cancel came after the task had already reached a terminal state."""
 

@@ -37,6 +37,7 @@ from raylane.queue import (
     owner_of,
     topic_of,
 )
+from raylane.schedules import Schedule
 from raylane.signing import Signer
 from raylane.states import TaskState
 from raylane.store import MAX_BULK_BYTES, StatusStore, TaskQuery
@@ -84,6 +85,7 @@ class InMemoryStore(StatusStore):
         self._paused: set[str] = set()
         self._definitions: dict[str, tuple[str, bytes, str | None]] = {}
         self._beats: dict[str, int] = {}
+        self._schedules: dict[str, Schedule] = {}
         self.closed = False
 
     def _check_open(self) -> None:
@@ -140,7 +142,10 @@ class InMemoryStore(StatusStore):
         created = _at(r.created_at)
         return (
             (not q.state or r.state in q.state)
-            and all(getattr(q, f) is None or getattr(r, f) == getattr(q, f) for f in ("name", "queue", "tenant"))
+            and all(
+                getattr(q, f) is None or getattr(r, f) == getattr(q, f)
+                for f in ("name", "queue", "tenant", "schedule_id")
+            )
             and all(t in r.tags for t in q.tags)
             and (q.since is None or created >= _at(q.since))
             and (q.until is None or created < _at(q.until))
@@ -251,6 +256,46 @@ class InMemoryStore(StatusStore):
             lambda r: _at(r.updated_at),
             limit,
         )
+
+    def save_schedule(self, schedule: Schedule) -> None:
+        self._check_open()
+        with self._lock:
+            old = self._schedules.get(schedule.key)
+            kept = {"paused": old.paused, "last_tick": old.last_tick} if old else {"last_tick": None}
+            self._schedules[schedule.key] = schedule.model_copy(update=kept, deep=True)
+
+    def get_schedule(self, key: str) -> Schedule | None:
+        self._check_open()
+        with self._lock:
+            s = self._schedules.get(key)
+        return s.model_copy(deep=True) if s else None
+
+    def list_schedules(self, tenant: str | None = None) -> list[Schedule]:
+        self._check_open()
+        with self._lock:
+            chosen = [s for k, s in sorted(self._schedules.items()) if tenant is None or s.tenant == tenant]
+        return [s.model_copy(deep=True) for s in chosen]
+
+    def delete_schedule(self, key: str) -> bool:
+        self._check_open()
+        with self._lock:
+            return self._schedules.pop(key, None) is not None
+
+    def set_schedule_paused(self, key: str, paused: bool) -> bool:
+        self._check_open()
+        with self._lock:
+            s = self._schedules.get(key)
+            if s is None:
+                return False
+            self._schedules[key] = s.model_copy(update={"paused": paused})
+            return True
+
+    def advance_schedule(self, key: str, tick: datetime) -> None:
+        self._check_open()
+        with self._lock:
+            s = self._schedules.get(key)
+            if s is not None and (s.last_tick is None or s.last_tick < tick):
+                self._schedules[key] = s.model_copy(update={"last_tick": tick})
 
     def refresh(self) -> None:
         self._check_open()

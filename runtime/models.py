@@ -17,6 +17,7 @@ TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 MAX_BACKOFF_S = 3600.0  # no retry waits longer than an hour
 MAX_DELAY_S = 366 * 24 * 3600.0  # a task may be delayed up to a year
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"  # printable ASCII without spaces
+SCHEDULE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
 
 
 def utcnow() -> datetime:
@@ -102,6 +103,7 @@ class TaskMessage(BaseModel):
     tenant: str | None = Field(None, pattern=TENANT_PATTERN)
     expires_at: AwareDatetime | None = None  # not started by then: CANCELLED as expired
     soft_timeout_s: float | None = Field(None, gt=0)  # SoftTimeLimitExceeded is raised in the task then
+    schedule_id: str | None = Field(None, pattern=SCHEDULE_ID_PATTERN)  # the schedule whose tick made it
 
     def to_bytes(self) -> bytes:
         """The message as UTF-8 JSON for Kafka."""
@@ -143,6 +145,7 @@ class TaskRecord(BaseModel):
     expires_at: datetime | None = None  # a task not started by then ends CANCELLED as expired
     soft_timeout_s: float | None = None
     idempotency_key: str | None = None
+    schedule_id: str | None = None  # the schedule whose tick made this task
 
     @field_validator("result")
     @classmethod
@@ -174,6 +177,7 @@ class TaskRecord(BaseModel):
             expires_at=msg.expires_at,
             soft_timeout_s=msg.soft_timeout_s,
             idempotency_key=idempotency_key,
+            schedule_id=msg.schedule_id,
         )
 
     def moved_to(self, state: TaskState, **changes: Any) -> TaskRecord:
@@ -224,6 +228,7 @@ class TaskRecord(BaseModel):
             tenant=self.tenant,
             expires_at=self.expires_at,
             soft_timeout_s=self.soft_timeout_s,
+            schedule_id=self.schedule_id,
         )
 
     def retried(self, delay_s: float) -> tuple[TaskRecord, TaskMessage]:

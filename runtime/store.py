@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from raylane.config import OpenSearchConnection
 from raylane.errors import StoreUnavailable
 from raylane.models import PackedRecord, TaskRecord, WriteOutcome
+from raylane.schedules import Schedule
 from raylane.states import TaskState
 
 MAX_PAGE = 1000
@@ -39,6 +40,7 @@ class TaskQuery(BaseModel):
     until: datetime | None = None
     text: str | None = Field(None, description="words that must appear in the error message")
     tenant: str | None = Field(None, description="only this tenant's tasks (None: every task)")
+    schedule_id: str | None = Field(None, description="only the tasks of this schedule's ticks")
 
 
 class StatusStore(abc.ABC):
@@ -124,6 +126,32 @@ class StatusStore(abc.ABC):
     def unfinished_retries(self, before: datetime, limit: int) -> list[TaskRecord]:
         """FAILED records with a retry to follow (``will_retry``), last written before ``before``."""
 
+    # ----- schedules (see raylane.schedules); keyed by ``Schedule.key``
+    @abc.abstractmethod
+    def save_schedule(self, schedule: Schedule) -> None:
+        """Create a schedule or replace its definition; a stored ``last_tick`` is kept."""
+
+    @abc.abstractmethod
+    def get_schedule(self, key: str) -> Schedule | None:
+        """The schedule stored under ``key`` (real-time), or None."""
+
+    @abc.abstractmethod
+    def list_schedules(self, tenant: str | None = None) -> list[Schedule]:
+        """Every schedule (only ``tenant``'s when given), by id. Sees saves, pauses and deletes at once."""
+
+    @abc.abstractmethod
+    def delete_schedule(self, key: str) -> bool:
+        """Remove a schedule; False if there was none."""
+
+    @abc.abstractmethod
+    def set_schedule_paused(self, key: str, paused: bool) -> bool:
+        """Pause or resume a schedule; False if there is none."""
+
+    @abc.abstractmethod
+    def advance_schedule(self, key: str, tick: datetime) -> None:
+        """Set the schedule's ``last_tick`` to ``tick`` unless it is already as late (never back);
+        nothing if the schedule is gone."""
+
     @abc.abstractmethod
     def refresh(self) -> None:
         """Make every accepted write visible to search."""
@@ -164,6 +192,7 @@ def _mappings() -> dict:
             "not_before": date,
             "expires_at": date,
             "idempotency_key": kw,
+            "schedule_id": kw,
             "timeout_s": {"type": "float"},
             "soft_timeout_s": {"type": "float"},
             "error": {"type": "text"},
@@ -205,7 +234,7 @@ class OpenSearchStore(StatusStore):
             retry_on_timeout=True,
             http_compress=False,
         )
-        self._blob_mapped = False
+        self._control_mapped = False
 
     @property
     def client(self):
@@ -354,7 +383,7 @@ class OpenSearchStore(StatusStore):
         must: list[dict] = []
         if q.state:
             must.append({"terms": {"state": [s.value for s in q.state]}})
-        for field in ("name", "queue", "tenant"):
+        for field in ("name", "queue", "tenant", "schedule_id"):
             if getattr(q, field):
                 must.append({"term": {field: getattr(q, field)}})
         for tag in q.tags:
@@ -439,8 +468,8 @@ class OpenSearchStore(StatusStore):
     def save_definitions(self, definitions: Sequence[tuple[str, str, bytes, str]]) -> None:
         if not definitions:
             return
-        if not self._blob_mapped:
-            self._map_blob()
+        if not self._control_mapped:
+            self._map_control()
         body: list[dict] = []
         for name, digest, blob, signature in definitions:
             body.append({"index": {"_index": self._control_index, "_id": f"definition:{name}"}})
@@ -458,11 +487,20 @@ class OpenSearchStore(StatusStore):
             failed = [i["index"].get("error") for i in resp["items"] if i["index"].get("error")]
             raise StoreUnavailable(f"could not keep {len(failed)} task definition(s): {failed[0]}")
 
-    def _map_blob(self) -> None:
-        # A pickle is kept, never searched: map it as binary (not indexed) before the first one.
+    def _map_control(self) -> None:
+        # A pickle is kept, never searched: map it as binary (not indexed) before the first one. A
+        # schedule's definition is JSON kept whole (a string, so an update replaces it, never merges).
         from opensearchpy.exceptions import NotFoundError, RequestError
 
-        mapping = {"properties": {"blob": {"type": "binary"}}}
+        mapping = {
+            "properties": {
+                "blob": {"type": "binary"},
+                "spec_json": {"type": "keyword", "index": False, "doc_values": False},
+                "schedule_key": {"type": "keyword"},
+                "paused": {"type": "boolean"},
+                "last_tick_ms": {"type": "long"},
+            }
+        }
         try:
             self._call(self._client.indices.put_mapping, index=self._control_index, body=mapping)
         except NotFoundError:
@@ -471,7 +509,7 @@ class OpenSearchStore(StatusStore):
             except RequestError as e:
                 if "resource_already_exists" not in str(e):
                     raise StoreUnavailable(f"could not create {self._control_index}: {e}") from e
-        self._blob_mapped = True
+        self._control_mapped = True
 
     def load_definition(self, name: str) -> tuple[str, bytes, str | None] | None:
         from opensearchpy.exceptions import NotFoundError
@@ -550,6 +588,107 @@ class OpenSearchStore(StatusStore):
         }
         hits = self._call(self._client.search, index=self.alias, body=body)["hits"]["hits"]
         return [TaskRecord.from_doc(h["_source"]) for h in hits]
+
+    def save_schedule(self, schedule: Schedule) -> None:
+        if not self._control_mapped:
+            self._map_control()
+        spec = schedule.model_dump_json(exclude={"paused", "last_tick"})
+        doc = {"kind": "schedule", "schedule_key": schedule.key, "spec_json": spec}
+        # An upsert of the definition only: the paused flag is set on creation, last_tick never.
+        self._call(
+            self._client.update,
+            index=self._control_index,
+            id=f"schedule:{schedule.key}",
+            body={"doc": doc, "upsert": dict(doc, paused=schedule.paused, last_tick_ms=None)},
+            refresh="true",
+            retry_on_conflict=5,
+        )
+
+    @staticmethod
+    def _schedule_of(src: dict, tick_ms: int | None) -> Schedule:
+        return Schedule.model_validate_json(src["spec_json"]).model_copy(
+            update={
+                "paused": bool(src.get("paused")),
+                "last_tick": datetime.fromtimestamp(tick_ms / 1000, UTC) if tick_ms is not None else None,
+            }
+        )
+
+    def get_schedule(self, key: str) -> Schedule | None:
+        from opensearchpy.exceptions import NotFoundError
+
+        ids = [f"schedule:{key}", f"schedule-tick:{key}"]
+        try:
+            resp = self._call(self._client.mget, index=self._control_index, body={"ids": ids}, realtime=True)
+        except NotFoundError:
+            return None
+        spec, tick = (d.get("_source") if d.get("found") else None for d in resp["docs"])
+        return self._schedule_of(spec, tick and tick.get("last_tick_ms")) if spec else None
+
+    def list_schedules(self, tenant: str | None = None) -> list[Schedule]:
+        from opensearchpy.exceptions import NotFoundError
+
+        filters: list[dict] = [{"terms": {"kind.keyword": ["schedule", "schedule_tick"]}}]
+        if tenant is not None:
+            filters.append({"prefix": {"schedule_key": f"{tenant}:"}})
+        body = {"query": {"bool": {"filter": filters}}, "size": 10_000}
+        try:
+            hits = self._call(self._client.search, index=self._control_index, body=body)["hits"]["hits"]
+        except NotFoundError:
+            return []
+        specs = {h["_source"]["schedule_key"]: h["_source"] for h in hits if h["_source"]["kind"] == "schedule"}
+        ticks = {
+            h["_source"]["schedule_key"]: h["_source"].get("last_tick_ms")
+            for h in hits
+            if h["_source"]["kind"] == "schedule_tick"
+        }
+        return [self._schedule_of(specs[k], ticks.get(k)) for k in sorted(specs)]
+
+    def delete_schedule(self, key: str) -> bool:
+        from opensearchpy.exceptions import NotFoundError
+
+        try:
+            self._call(self._client.delete, index=self._control_index, id=f"schedule:{key}", refresh="true")
+        except NotFoundError:
+            return False
+        with contextlib.suppress(NotFoundError):
+            self._call(self._client.delete, index=self._control_index, id=f"schedule-tick:{key}", refresh="true")
+        return True
+
+    def set_schedule_paused(self, key: str, paused: bool) -> bool:
+        from opensearchpy.exceptions import NotFoundError
+
+        try:
+            self._call(
+                self._client.update,
+                index=self._control_index,
+                id=f"schedule:{key}",
+                body={"doc": {"paused": paused}},
+                refresh="true",
+                retry_on_conflict=5,
+            )
+        except NotFoundError:
+            return False
+        return True
+
+    def advance_schedule(self, key: str, tick: datetime) -> None:
+        # The cursor is a document of its own whose external version is the tick: the store keeps
+        # the latest, as it does for task records, with no script and no read.
+        if self.get_schedule(key) is None:
+            return
+        ms = round(tick.timestamp() * 1000)
+        try:
+            self._call(
+                self._client.index,
+                index=self._control_index,
+                id=f"schedule-tick:{key}",
+                body={"kind": "schedule_tick", "schedule_key": key, "last_tick_ms": ms},
+                version=ms,
+                version_type="external",
+                refresh="true",
+            )
+        except StoreUnavailable as e:
+            if e.status != 409:  # 409: a later tick is already kept
+                raise
 
     def refresh(self) -> None:
         self._call(self._client.indices.refresh, index=self.alias)

@@ -14,6 +14,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from raylane.models import PackedRecord, TaskMessage, TaskRecord
+from raylane.schedules import Schedule
 from raylane.signing import Signer
 from raylane.states import TaskState
 from raylane.store import StatusStore, TaskQuery
@@ -38,6 +39,14 @@ def message(
 def pending(name: str = "demo.add", **kw) -> TaskRecord:
     """The PENDING record of a fresh task."""
     return TaskRecord.pending(message(name, **kw))
+
+
+def schedule(sid: str, *, tenant: str | None = None, **spec) -> Schedule:
+    """A schedule of demo.add (every minute unless ``spec`` says otherwise)."""
+    spec.setdefault("args", [1, 2])
+    if "cron" not in spec:
+        spec.setdefault("every_s", 60)
+    return Schedule(id=sid, task="demo.add", tenant=tenant, created_at=T0, message=message(tenant=tenant), **spec)
 
 
 def nested(depth: int) -> list:
@@ -177,6 +186,35 @@ class StoreContract:
         assert contract_store.load_definition(name) == ("digest", b"\x80\x05blob\x00", "sig")
         contract_store.save_definitions([(name, "digest2", b"new", "sig2")])
         assert contract_store.load_definition(name) == ("digest2", b"new", "sig2")
+
+    def test_schedules_are_kept_paused_and_advanced_only_forward(self, contract_store: StatusStore):
+        sid = f"s{uuid.uuid4().hex[:8]}"
+        s = schedule(sid, tenant="t1")
+        assert contract_store.get_schedule(s.key) is None
+        contract_store.save_schedule(s)
+        got = contract_store.get_schedule(s.key)
+        assert got is not None and got.every_s == 60 and got.message == s.message and got.last_tick is None
+        assert [x.id for x in contract_store.list_schedules("t1") if x.id == sid] == [sid]
+        assert all(x.tenant == "t2" for x in contract_store.list_schedules("t2"))
+        assert sid not in [x.id for x in contract_store.list_schedules("t2")]
+        contract_store.advance_schedule(s.key, T0 + timedelta(minutes=2))
+        contract_store.advance_schedule(s.key, T0 + timedelta(minutes=1))  # never back
+        assert contract_store.get_schedule(s.key).last_tick == T0 + timedelta(minutes=2)
+        # A new definition replaces the old one whole (no field of it is merged) and keeps last_tick.
+        contract_store.save_schedule(schedule(sid, tenant="t1", cron="*/5 * * * *", kwargs={"b": 2}))
+        got = contract_store.get_schedule(s.key)
+        assert got.cron == "*/5 * * * *" and got.every_s is None and got.kwargs == {"b": 2}
+        assert got.last_tick == T0 + timedelta(minutes=2)
+        assert contract_store.set_schedule_paused(s.key, True)
+        assert [x.paused for x in contract_store.list_schedules("t1") if x.id == sid] == [True]
+        assert contract_store.set_schedule_paused(s.key, False)
+        assert not contract_store.get_schedule(s.key).paused
+        assert contract_store.delete_schedule(s.key)
+        assert not contract_store.delete_schedule(s.key)
+        assert not contract_store.set_schedule_paused(s.key, True)
+        contract_store.advance_schedule(s.key, T0)  # gone: nothing happens
+        assert contract_store.get_schedule(s.key) is None
+        assert sid not in [x.id for x in contract_store.list_schedules()]
 
     def test_heartbeats(self, contract_store: StatusStore):
         a, b = uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]

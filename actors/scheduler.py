@@ -1,0 +1,96 @@
+"""The scheduler: fires the ticks of schedules (see ``raylane.schedules``).
+
+Any number of schedulers may run over the same schedules; the store lets one task per tick
+through (the tick's task id is fixed, and only its first record is accepted), so none is a
+leader and none needs to know of the others. Each StatusKeeper runs one over its share of the
+schedules; a keeper that dies is restarted by Ray, and its scheduler takes up from the
+schedules' ``last_tick`` in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+
+from raylane.models import TaskRecord, WriteOutcome, utcnow
+from raylane.schedules import MISSED_AFTER_S, Schedule
+from raylane.store import StatusStore
+
+log = logging.getLogger("raylane.scheduler")
+
+Write = Callable[[Sequence[TaskRecord]], Awaitable[list[WriteOutcome]]]
+PASS_EVERY_S = 0.25
+
+
+def shard_of(schedule: Schedule, shards: int) -> int:
+    """Which of ``shards`` schedulers looks after ``schedule`` when they split the work."""
+    return zlib.crc32(schedule.key.encode()) % shards
+
+
+class Scheduler:
+    """Fires due ticks of the schedules in ``store`` through ``write`` (versioned first records:
+    a tick another scheduler fired already comes back as a conflict, and is not fired again).
+
+    With ``shard=(i, n)`` it looks after the schedules of shard ``i`` of ``n`` only."""
+
+    def __init__(
+        self,
+        store: StatusStore,
+        write: Write,
+        shard: tuple[int, int] = (0, 1),
+        missed_after_s: float = MISSED_AFTER_S,
+        clock: Callable[[], datetime] = utcnow,
+    ):
+        self.store = store
+        self.write = write
+        self.shard = shard
+        self.missed_after_s = missed_after_s
+        self.clock = clock
+        self.stats = {"passes": 0, "fired": 0, "already_fired": 0, "errors": 0}
+
+    async def run_once(self) -> int:
+        """One pass over the schedules: fire what is due; returns the ticks this pass fired."""
+        schedules = await asyncio.to_thread(self.store.list_schedules)
+        index, shards = self.shard
+        fired = 0
+        for s in schedules:
+            if shards > 1 and shard_of(s, shards) != index:
+                continue
+            try:
+                fired += await self._fire(s)
+            except Exception as e:  # one schedule's trouble (or an outage) must not stop the others
+                self.stats["errors"] += 1
+                log.warning("firing schedule %s failed: %r; will retry", s.key, e)
+        self.stats["passes"] += 1
+        return fired
+
+    async def _fire(self, s: Schedule) -> int:
+        now = self.clock()
+        ticks, newest = s.due(now, self.missed_after_s)
+        fired = 0
+        if ticks:
+            outcomes = await self.write([s.tick_record(t, now) for t in ticks])
+            failed = [o for o in outcomes if not o.accepted and o.reason != "conflict"]
+            if failed:
+                # The ticks stay due: last_tick does not move, and the next pass fires them again
+                # (those that did get through meet a conflict then).
+                raise RuntimeError(f"{len(failed)} tick record(s) not written: {failed[0].reason}")
+            fired = sum(o.accepted for o in outcomes)
+            self.stats["fired"] += fired
+            self.stats["already_fired"] += len(outcomes) - fired
+        if newest is not None:
+            await asyncio.to_thread(self.store.advance_schedule, s.key, newest)
+        return fired
+
+    async def loop(self, every_s: float = PASS_EVERY_S) -> None:
+        """Pass over the schedules every ``every_s`` seconds, for ever."""
+        while True:
+            try:
+                await self.run_once()
+            except Exception as e:  # the store is away: try again on the next pass
+                self.stats["errors"] += 1
+                log.warning("scheduler pass failed: %r", e)
+            await asyncio.sleep(every_s)
