@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -72,3 +73,42 @@ class Background:
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+
+class PrioritySlots:
+    """A semaphore whose waiters are served highest ``priority`` first, then in arrival order:
+    an executor's run slots, so that a priority-9 task waiting for a slot starts before every
+    waiting task of lower priority. Without priorities it behaves as ``asyncio.Semaphore``."""
+
+    def __init__(self, value: int):
+        self._free = value
+        self._waiters: list[tuple[int, int, asyncio.Future]] = []
+        self._arrival = 0
+
+    def locked(self) -> bool:
+        """Whether an ``acquire`` would wait."""
+        return self._free == 0 or any(not f.done() for _, _, f in self._waiters)
+
+    async def acquire(self, priority: int = 0) -> None:
+        """Take a slot, waiting behind every waiter of higher or equal priority that came first."""
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._arrival += 1
+        heapq.heappush(self._waiters, (-priority, self._arrival, fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed a slot just as it was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the first waiter by priority, else to the pool."""
+        while self._waiters:
+            _, _, fut = heapq.heappop(self._waiters)
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self._free += 1

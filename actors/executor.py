@@ -24,7 +24,7 @@ from collections import Counter
 
 import ray
 
-from raylane.actors.common import Background
+from raylane.actors.common import Background, PrioritySlots
 from raylane.actors.fencing import FENCE_MARGIN_S, HEARTBEAT_EVERY_S
 from raylane.actors.finishing import Finisher, own_claim
 from raylane.actors.grouping import plan
@@ -64,7 +64,7 @@ class Executor:
     def __init__(self, config: ActorConfig):
         self.config = config
         self.stats: Counter = Counter(dict.fromkeys(_STATS, 0))
-        self._slots = asyncio.Semaphore(config.max_running)
+        self._slots = PrioritySlots(config.max_running)
         self._launched: dict[tuple[str, int], bool] = {}  # (id, attempt) launched here; insertion-ordered, bounded
         self._keepers = Keepers(config.namespace, config.keepers)
         self._store = config.store()
@@ -169,15 +169,16 @@ class Executor:
 
     async def _start_ready(self, msgs: list[TaskMessage]) -> list[HandOffResult]:
         outcomes: list[HandOffResult] = [HandOffResult(HandOff.SKIPPED)] * len(msgs)
-        units = plan(msgs, self._cpus)
+        # Highest priority first (a stable sort: arrival order within a priority).
+        units = sorted(plan(msgs, self._cpus), key=lambda unit: -msgs[unit[0]].priority)
         k = 0
         while k < len(units):
             # Wait for one free slot, then take every other slot free right now: one claim for them all.
-            await self._slots.acquire()
+            await self._slots.acquire(msgs[units[k][0]].priority)
             batch = [units[k]]
             k += 1
             while k < len(units) and not self._slots.locked():
-                await self._slots.acquire()
+                await self._slots.acquire(msgs[units[k][0]].priority)
                 batch.append(units[k])
                 k += 1
             claimed = await self._claim_and_launch([[msgs[i] for i in idx] for idx in batch])

@@ -22,7 +22,7 @@ from raylane.actors.metrics import ConsumerMetrics
 from raylane.errors import InvalidSignature, RaylaneError, ServiceUnavailable, UnknownTaskName
 from raylane.models import TaskMessage
 from raylane.protocol import ActorConfig, HandOff, executor_name
-from raylane.queue import Consumed, QueueReader, topic_of
+from raylane.queue import Consumed, QueueReader, topics_of
 from raylane.retrying import backoff_s
 from raylane.states import TaskState
 
@@ -33,6 +33,7 @@ _DEAD_LETTER_TRIES = 12  # about a minute of a DLQ write failing
 _UNKNOWN_NAME_GRACE_S = 20.0
 _EXECUTOR_DOWN_TRIES = 120  # about ten minutes of an Executor that does not come back
 _REPORT_EVERY_S = 5.0
+_URGENT_ROOM = 32  # messages a consumer takes past its full window when a higher priority waits
 
 
 class _PartitionProgress:
@@ -105,8 +106,12 @@ class QueueConsumer:
 
     async def _step(self) -> None:
         room = self.config.max_in_flight - self._holding
+        if room <= 0 and self._reader is not None and await asyncio.to_thread(self._reader.urgent):
+            # The window is full of lower priorities and a higher one waits unread: take it anyway
+            # (the reader lets the lower ones wait meanwhile), so it need not wait for a whole batch.
+            room = _URGENT_ROOM
         if room <= 0:
-            await asyncio.wait(self._in_flight, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(self._in_flight, timeout=0.1, return_when=asyncio.FIRST_COMPLETED)
         else:
             items = await asyncio.to_thread(self._poll, room, 0.1 if self._in_flight else 0.5)
             if items:
@@ -129,7 +134,9 @@ class QueueConsumer:
         now = time.monotonic()
         if now - self._paused_checked > 1.0:
             self._paused_checked = now
-            self._paused_topics = {topic_of(self.config.topic_prefix, q) for q in self._store.paused_queues()}
+            self._paused_topics = {
+                t for q in self._store.paused_queues() for t in topics_of(self.config.topic_prefix, q)
+            }
         reader = self._open_reader()
         items = reader.poll(max_records, timeout_s)
         # Applied after every poll: a refreshed assignment may bring partitions of a paused queue.
@@ -306,7 +313,7 @@ class QueueConsumer:
         for attempt in range(1, 6):
             try:
                 stored = await asyncio.to_thread(self._store.get, msg.id)
-                if stored is None or stored.state is not TaskState.PENDING or stored.attempt != msg.attempt:
+                if stored is None or stored.level != 1 or stored.attempt != msg.attempt:
                     return  # not submitted through raylane, or already past this message
                 failed = stored.moved_to(
                     TaskState.FAILED, error_type=error_type, error=f"moved to {self.config.dlq_topic}: {reason}"

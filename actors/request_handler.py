@@ -34,10 +34,11 @@ from raylane.models import (
     SubmitRequest,
     TaskMessage,
     TaskRecord,
+    limit_key,
     new_task_id,
     utcnow,
 )
-from raylane.protocol import ActorConfig, replies_errors
+from raylane.protocol import ActorConfig, keeper_of_key, replies_errors, routed_id
 from raylane.schedules import SCHEDULE_ID_PATTERN, Schedule
 from raylane.states import TaskState
 from raylane.store import TaskQuery
@@ -104,8 +105,19 @@ class RequestHandler:
         )
         if req.expires_at is not None and not_before is not None and req.expires_at <= not_before:
             raise InvalidTaskInput(f"the task would expire ({req.expires_at.isoformat()}) before it is due")
+        if req.concurrency_key is not None and req.max_concurrency is None and req.rate_limit is None:
+            raise InvalidTaskInput("a concurrency_key needs max_concurrency or rate_limit to limit anything")
+        task_id = idempotent_id(req.idempotency_key, req.tenant) if req.idempotency_key else new_task_id()
+        if req.max_concurrency is not None or req.rate_limit is not None:
+            # The keeper that counts the key's limits must own the task: it alone sees its writes.
+            key = limit_key(req.tenant, req.concurrency_key, req.name)
+            task_id = routed_id(task_id, keeper_of_key(key, self.config.keepers), self.config.keepers)
         return TaskMessage(
-            id=idempotent_id(req.idempotency_key, req.tenant) if req.idempotency_key else new_task_id(),
+            id=task_id,
+            priority=req.priority or 0,
+            concurrency_key=req.concurrency_key,
+            max_concurrency=req.max_concurrency,
+            rate_limit=req.rate_limit,
             not_before=not_before if not_before and not_before > now else None,
             expires_at=req.expires_at,
             soft_timeout_s=req.soft_timeout_s,

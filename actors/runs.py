@@ -16,7 +16,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayError
 
-from raylane.actors.common import Background
+from raylane.actors.common import Background, PrioritySlots
 from raylane.actors.fencing import FENCE_MARGIN_S
 from raylane.actors.finishing import Finisher
 from raylane.actors.grouping import Group, chunks, group_size
@@ -43,7 +43,7 @@ class Runs:
         node_id: str,
         lease: OwnLease,
         limits: Limits,
-        slots: asyncio.Semaphore,
+        slots: PrioritySlots,
         cpus: int,
         finisher: Finisher,
         stats: Counter,
@@ -191,7 +191,7 @@ class Runs:
         if again:
             self._stats["restarted_unstarted"] += len(again)
             for chunk in chunks(again, group_size(len(again), self._cpus)):
-                await self._slots.acquire()
+                await self._slots.acquire(chunk[0][0].priority)
                 self.launch(chunk)
 
     def _take_report(self, group: Group, ends: list[MemberEnd]) -> None:

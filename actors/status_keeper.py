@@ -14,11 +14,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import ray
 
 from raylane.actors.common import GroupCommit
 from raylane.actors.fencing import HEARTBEAT_EVERY_S, LeaseObserver
+from raylane.actors.gates import Gates
 from raylane.actors.keepers import Keepers
 from raylane.actors.metrics import KeeperMetrics
 from raylane.actors.scheduler import Scheduler
@@ -86,6 +88,7 @@ class StatusKeeper:
         # sent from here then.
         self._scheduled: dict[str, TaskRecord] = {}
         self._due: list[tuple[float, str]] = []
+        self._gates = Gates()  # limited tasks of the keys this keeper counts
         self._producer: TaskQueue | None = None
         self._resumed = False
         self._running: dict[str, _Running] = {}
@@ -123,11 +126,11 @@ class StatusKeeper:
         deadlines of tasks already RUNNING, from their records. Returns the tasks being watched."""
         self._ensure_loops()
         if not self._resumed:
+            # The producer that sends due tasks is made now: making it (and learning the topics)
+            # at the first due task would delay that task by about a second.
+            await asyncio.to_thread(self._warm_producer)
             # Claims written just before a crash may not be searchable yet.
             await asyncio.to_thread(self.store.refresh)
-            for rec in await asyncio.to_thread(self._records_in, TaskState.SCHEDULED):
-                if keeper_of(rec.id, self.config.keepers) == self.index and rec.id not in self._scheduled:
-                    self._schedule(rec)
             records = await asyncio.to_thread(self._records_in, TaskState.RUNNING)
             now_wall, now = utcnow(), time.monotonic()
             for r in records:
@@ -136,8 +139,22 @@ class StatusKeeper:
                     if r.timeout_s and r.started_at:
                         deadline = now + (r.started_at - now_wall).total_seconds() + r.timeout_s
                     self._watch(_Running(PackedRecord.of(r), deadline))
+                    if r.limited:
+                        self._gates.holding(r)  # before any waiting task is let through
+            for rec in await asyncio.to_thread(self._records_in, TaskState.SCHEDULED):
+                if keeper_of(rec.id, self.config.keepers) == self.index and rec.id not in self._scheduled:
+                    self._schedule(rec)
             self._resumed = True
         return len(self._running)
+
+    def _warm_producer(self) -> None:
+        try:
+            if self._producer is None:
+                self._producer = self.config.queue()
+            self._producer.ensure_queue(self.config.default_queue)
+            self._producer.produce_many([])
+        except Exception as e:  # Kafka is away: the first due task makes it instead
+            log.warning("could not prepare the producer of due tasks: %r", e)
 
     def _records_in(self, state: TaskState) -> list[TaskRecord]:
         """Every record in ``state``, page by page (no cap: a keeper must watch all of its tasks)."""
@@ -192,6 +209,7 @@ class StatusKeeper:
             self._running.pop(record.id, None)
             if record.state in _KILL_STATES:
                 self._kill(record.id)
+        self._gates.ended(record.id, record.attempt)
         if record.will_retry:
             return  # not over: a new attempt follows
         self._recent[record.id] = (record.attempt, record.state)
@@ -208,6 +226,8 @@ class StatusKeeper:
     async def claim(self, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
         """Write RUNNING records; watch each accepted task's deadline and cancels from then on."""
         packed = [PackedRecord.of(r) for r in records]
+        if any(self._gates.is_waiting(p.id) for p in packed):
+            return await self._claim_admitted(packed)
         outcomes = await self.write(packed)
         for running, outcome in zip(packed, outcomes, strict=True):
             if not outcome.accepted:
@@ -221,6 +241,18 @@ class StatusKeeper:
                 deadline = time.monotonic() + running.timeout_s if running.timeout_s else None
                 self._watch(_Running(running, deadline))
         return outcomes
+
+    async def _claim_admitted(self, packed: list[PackedRecord]) -> list[WriteOutcome]:
+        """``claim``, where some tasks still wait for their turn under a limit (a message sent
+        before a restart, or by a recovery sweep): those are refused unwritten, as a claim that
+        lost; their turn comes later, with a message of its own."""
+        waiting = [self._gates.is_waiting(p.id) for p in packed]
+        admitted = [p for p, w in zip(packed, waiting, strict=True) if not w]
+        outcomes = iter(await self.claim(admitted) if admitted else [])
+        return [
+            WriteOutcome(p.id, p.version, accepted=False, reason="conflict", status=409) if w else next(outcomes)
+            for p, w in zip(packed, waiting, strict=True)
+        ]
 
     # ----- scheduled tasks
     def _track_schedule(self, record: PackedRecord) -> None:
@@ -243,8 +275,17 @@ class StatusKeeper:
         while self._due and self._due[0][0] <= now:
             _, task_id = heapq.heappop(self._due)
             rec = self._scheduled.pop(task_id, None)
-            if rec is not None:
+            if rec is None:
+                continue
+            if rec.limited:
+                self._gates.wait(rec)  # its message goes once its turn comes
+            else:
                 due.append(rec)
+        for rec, wait_s in self._gates.admit(now):
+            # Under a rate, the message says when its start slot is, and the executor waits for it.
+            # (The slot is a monotonic time, now + wait_s; it is put on the wall clock as of this instant.)
+            slot = None if wait_s is None else utcnow() + timedelta(seconds=now + wait_s - time.monotonic())
+            due.append(rec if slot is None else rec.model_copy(update={"not_before": slot}))
         if not due:
             return
         if self._producer is None:
@@ -255,7 +296,12 @@ class StatusKeeper:
         except Exception as e:  # Kafka is away: they stay scheduled, and are tried again shortly
             log.warning("sending %d due task(s) failed: %r; will retry", len(due), e)
             for rec in due:
-                if rec.id not in self._scheduled:
+                if rec.limited:
+                    # Admitted, but its message did not go: it gives its place back and waits again.
+                    heapq.heappush(self._due, (now + 1.0, rec.id))
+                    self._scheduled[rec.id] = rec
+                    self._gates.ended(rec.id, rec.attempt)
+                elif rec.id not in self._scheduled:
                     self._scheduled[rec.id] = rec
                     heapq.heappush(self._due, (now + 1.0, rec.id))
 
@@ -297,7 +343,7 @@ class StatusKeeper:
                     self._leases.observe(await asyncio.to_thread(self.store.heartbeats))
                 except Exception as e:
                     log.warning("reading executors' heartbeats failed: %r", e)
-            if self._due and self._due[0][0] <= now:
+            if (self._due and self._due[0][0] <= now) or self._gates.counts()["waiting"]:
                 await self._release_due(now)
             expired = self._expired(now)
             if expired:
@@ -391,4 +437,5 @@ class StatusKeeper:
             running=len(self._running),
             waiters=len(self._waiters),
             ticks_fired=self._scheduler.stats["fired"],
+            **{f"limited_{k}": v for k, v in self._gates.counts().items()},
         )

@@ -99,6 +99,10 @@ class TaskSubmission(BaseModel):
     idempotency_key: str | None = Field(
         None, pattern=IDEMPOTENCY_KEY_PATTERN, description="the same key gives the first task's id, not a new task"
     )
+    priority: Annotated[int | None, SubmitRequest.model_fields["priority"]] = None
+    concurrency_key: Annotated[str | None, SubmitRequest.model_fields["concurrency_key"]] = None
+    max_concurrency: Annotated[int | None, SubmitRequest.model_fields["max_concurrency"]] = None
+    rate_limit: Annotated[str | None, SubmitRequest.model_fields["rate_limit"]] = None
 
 
 class BatchSubmission(BaseModel):
@@ -163,11 +167,11 @@ def _responses(*codes: int) -> dict:
         400: "invalid input",
         401: "missing or invalid token",
         403: "the token may not do this",
-        404: "no such task (for this tenant)",
+        404: "no such task or schedule (for this tenant)",
         409: "the task already finished",
         413: "request too large",
         422: "the request does not match the schema",
-        429: "over this token's rate or wait limit (see Retry-After)",
+        429: "over this token's rate or wait limit, or its tenant's quota of unfinished tasks (see Retry-After)",
         503: "a service raylane needs is unavailable",
     }
     return {c: {"model": ApiError, "description": text[c]} for c in codes}
@@ -266,11 +270,14 @@ async def healthz(ctx: Ctx) -> Health:
     response_model=Submitted,
     operation_id="submit_task",
     tags=["tasks"],
-    responses={201: {"links": _links("$response.body#/id")}, **_responses(400, 401, 403, 413, 422, 503)},
+    responses={201: {"links": _links("$response.body#/id")}, **_responses(400, 401, 403, 413, 422, 429, 503)},
 )
 async def submit_task(body: TaskSubmission, who: Writer, ctx: Ctx) -> Submitted:
-    """Submit one task; it is PENDING when this returns."""
-    return Submitted(id=await ctx.call("submit", _request(body, who)))
+    """Submit one task; it is PENDING when this returns. 429 if the tenant's unfinished tasks
+    are at its quota."""
+    request = _request(body, who)
+    await ctx.admit(who, 1)
+    return Submitted(id=await ctx.call("submit", request))
 
 
 @router.post(
@@ -279,11 +286,13 @@ async def submit_task(body: TaskSubmission, who: Writer, ctx: Ctx) -> Submitted:
     response_model=SubmittedBatch,
     operation_id="submit_batch",
     tags=["tasks"],
-    responses={201: {"links": _links("$response.body#/ids/0")}, **_responses(400, 401, 403, 413, 422, 503)},
+    responses={201: {"links": _links("$response.body#/ids/0")}, **_responses(400, 401, 403, 413, 422, 429, 503)},
 )
 async def submit_batch(body: BatchSubmission, who: Writer, ctx: Ctx) -> SubmittedBatch:
     """Submit up to 1,000 tasks at once: all are validated first, and none is written if any is invalid."""
-    return SubmittedBatch(ids=await ctx.call("submit_many", [_request(t, who) for t in body.tasks]))
+    requests = [_request(t, who) for t in body.tasks]
+    await ctx.admit(who, len(requests))
+    return SubmittedBatch(ids=await ctx.call("submit_many", requests))
 
 
 @router.get(
@@ -544,14 +553,16 @@ def _deployment(max_body_bytes: int):
     class HttpApi:
         """The Serve replica: finds raylane's RequestHandler and serves the FastAPI application."""
 
-        def __init__(self, namespace: str, token_file: str, rate: float, burst: int, waits: int):
+        def __init__(self, namespace: str, token_file: str, rate: float, burst: int, waits: int, max_open: int):
             from raylane.protocol import find_request_handler
 
             handler = find_request_handler(namespace)
             if handler is None:
                 raise ServiceUnavailable(f"raylane is not deployed in Ray namespace {namespace!r}")
             set_context(
-                ApiContext(handler, TokenFile(Path(token_file)), RateLimiter(rate, burst), ConcurrencyLimiter(waits))
+                ApiContext(
+                    handler, TokenFile(Path(token_file)), RateLimiter(rate, burst), ConcurrencyLimiter(waits), max_open
+                )
             )
 
     return HttpApi
@@ -569,6 +580,7 @@ def deploy_http(settings) -> str:
         settings.http_rate_per_token,
         settings.http_burst_per_token,
         settings.http_waits_per_token,
+        settings.http_max_open_per_tenant,
     )
     serve.run(api, name=APP_NAME, route_prefix="/")
     return f"http://{settings.http_host}:{settings.http_port}"

@@ -29,7 +29,7 @@ from raylane.errors import (
 from raylane.limits import MAX_TAG_CHARS
 from raylane.models import NAME_PATTERN, QUEUE_PATTERN
 from raylane.protocol import unwrap
-from raylane.ratelimit import ConcurrencyLimiter, RateLimiter
+from raylane.ratelimit import ConcurrencyLimiter, OpenTaskQuota, RateLimiter
 from raylane.states import TaskState
 from raylane.store import TaskQuery
 from raylane.tokens import Principal, TokenFile
@@ -79,11 +79,27 @@ def problem_of(e: RaylaneError) -> ApiProblem:
 class ApiContext:
     """What the routes use: the RequestHandler, the token file, and each token's limits."""
 
-    def __init__(self, handler, tokens: TokenFile, rate: RateLimiter, waits: ConcurrencyLimiter):
+    def __init__(
+        self,
+        handler,
+        tokens: TokenFile,
+        rate: RateLimiter,
+        waits: ConcurrencyLimiter,
+        max_open_per_tenant: int = 1_000_000,
+    ):
         self.handler = handler
         self.tokens = tokens
         self.rate = rate
         self.waits = waits
+        self.quota = OpenTaskQuota(max_open_per_tenant, self._open_tasks)
+
+    async def _open_tasks(self, tenant: str) -> int:
+        counts = await self.call("counts", {"tenant": tenant, "state": ["PENDING", "SCHEDULED", "RUNNING"]})
+        return sum(counts.values())
+
+    async def admit(self, who: Principal, n: int) -> None:
+        """Count ``n`` new tasks of ``who``'s tenant against its quota; ``OverLimit`` (429) if over."""
+        await self.quota.admit(who.tenant, n, who.max_open)
 
     async def call(self, method: str, *args: Any) -> Any:
         """Call the RequestHandler; its raylane errors are raised as they are."""

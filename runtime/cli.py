@@ -78,7 +78,9 @@ def _token(args: argparse.Namespace) -> int:
 
     tokens = TokenFile(Settings.from_env().tokens_path)
     if args.token_cmd == "create":
-        entry, token = tokens.create(args.tenant, "read" if args.read_only else "write", args.note or "")
+        entry, token = tokens.create(
+            args.tenant, "read" if args.read_only else "write", args.note or "", max_open=args.max_open
+        )
         print(token)
         print(
             f"token {entry.id} for tenant {entry.tenant} ({entry.scope}); it is shown only now, "
@@ -137,6 +139,10 @@ def _submit(args: argparse.Namespace) -> int:
         "soft_timeout_s": args.soft_timeout,
         "idempotency_key": args.idempotency_key,
         "max_retries": args.max_retries,
+        "priority": args.priority,
+        "concurrency_key": args.concurrency_key,
+        "max_concurrency": args.max_concurrency,
+        "rate_limit": args.rate_limit,
     }
     req = SubmitRequest(
         name=args.name,
@@ -269,6 +275,10 @@ def _add_submit_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--soft-timeout", type=float, help="seconds before SoftTimeLimitExceeded is raised in the task")
     sp.add_argument("--idempotency-key", help="a second submit with this key returns the first task's id")
     sp.add_argument("--max-retries", type=int, help="retries after a failed attempt (default: the task's)")
+    sp.add_argument("--priority", type=int, choices=range(10), metavar="0-9", help="9 runs first (default 0)")
+    sp.add_argument("--concurrency-key", help="the key --max-concurrency and --rate-limit count under")
+    sp.add_argument("--max-concurrency", type=int, help="at most this many RUNNING per key (default key: the name)")
+    sp.add_argument("--rate-limit", help='starts per key, e.g. "100/s", "30/m", "5/h"')
 
 
 def _add_schedule_parser(sub) -> None:
@@ -445,6 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--tenant", required=True, help="tenant the token acts for (lowercase letters, digits, _ and -)")
     tc.add_argument("--read-only", action="store_true", help="may look up, search and wait, not submit or cancel")
     tc.add_argument("--note", help="a note kept with the token, e.g. who has it")
+    tc.add_argument(
+        "--max-open",
+        type=int,
+        help="the tenant's quota of unfinished tasks when this token submits "
+        "(default: RAYLANE_HTTP_MAX_OPEN_PER_TENANT)",
+    )
     tk_sub.add_parser("list", help="list tokens (id, tenant, scope, creation time; never the token)")
     tr = tk_sub.add_parser("revoke", help="revoke a token by id")
     tr.add_argument("id", help="token id (the 12 hex digits after rl_)")

@@ -320,7 +320,8 @@ def submit(name: str, *args: Any, **kwargs: Any) -> TaskHandle:
 
     Keyword arguments named like an option of ``TaskFunction.options`` (``delay``, ``eta``,
     ``expires``, ``soft_timeout``, ``idempotency_key``, ``timeout``, ``queue``, ``tags``,
-    ``max_retries``) are taken as that option, unless the task has a parameter of that name:
+    ``max_retries``, ``priority``, ``concurrency_key``, ``max_concurrency``, ``rate_limit``)
+    are taken as that option, unless the task has a parameter of that name:
     then they are its argument, as always."""
     options = {k: kwargs.pop(k) for k in list(kwargs) if k in _OPTION_NAMES}
     request = SubmitRequest(name=name, args=list(args), kwargs=kwargs)
@@ -340,6 +341,10 @@ _OPTION_NAMES = {
     "queue",
     "tags",
     "max_retries",
+    "priority",
+    "concurrency_key",
+    "max_concurrency",
+    "rate_limit",
 }
 
 

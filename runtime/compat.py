@@ -78,3 +78,18 @@ def forget_empty_partitions(producer: Any) -> None:
         with lock_of(tp):
             if tp in batches and not batches[tp]:
                 del batches[tp]
+
+
+# --- kafka-python 3.0: the fetcher's records parked for paused partitions.
+
+
+def free_fetch_slot(consumer: Any) -> None:
+    """Let the fetcher restore records it parked for a partition that was paused and resumed.
+    kafka-python (3.0.12) parks fetched records of a paused partition and restores them only
+    while its in-line slot is empty (None); but a drained slot keeps its exhausted (falsy)
+    record set, so a resumed partition's parked records may never come back, and the
+    partition is never fetched again. Clearing a drained slot lets them back in."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    current = getattr(fetcher, "_next_partition_records", None)
+    if current is not None and not current:
+        fetcher._next_partition_records = None  # type: ignore[union-attr]

@@ -148,6 +148,12 @@ class Settings(BaseSettings):
     http_waits_per_token: int = Field(
         4, ge=1, description="Waits (GET .../wait) an API token may hold at once (429 above)."
     )
+    http_max_open_per_tenant: int = Field(
+        100_000,
+        ge=1,
+        description="Unfinished tasks (PENDING, SCHEDULED, RUNNING) a tenant may have before its submits "
+        "are answered 429; `raylane token create --max-open N` sets a tenant's own.",
+    )
     secret_file: Path | None = Field(
         None,
         description="The cluster secret that signs queue messages and kept task definitions "

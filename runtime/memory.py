@@ -35,6 +35,7 @@ from raylane.queue import (
     TaskQueue,
     dead_letter_body,
     owner_of,
+    priority_of,
     topic_of,
 )
 from raylane.schedules import Schedule
@@ -357,7 +358,9 @@ class InMemoryTaskQueue(TaskQueue):
         self.signer = signer
 
     def ensure_queue(self, queue: str) -> str:
-        topic = topic_of(self.prefix, queue)
+        return self._ensure_topic(topic_of(self.prefix, queue))
+
+    def _ensure_topic(self, topic: str) -> str:
         self.broker.create_topic(topic, self.partitions, self.max_message)
         return topic
 
@@ -366,7 +369,10 @@ class InMemoryTaskQueue(TaskQueue):
         return topic_of(self.prefix, queue) in self.broker.topics
 
     def produce_many(self, messages: Sequence[TaskMessage]) -> None:
-        encoded = [(self.ensure_queue(m.queue), m.id.encode(), m.to_bytes()) for m in messages]
+        encoded = [
+            (self._ensure_topic(topic_of(self.prefix, m.queue, m.priority)), m.id.encode(), m.to_bytes())
+            for m in messages
+        ]
         with self.broker.cond:  # all or nothing, as a failed acknowledgement leaves the caller knowing nothing
             for topic, _, value in encoded:
                 if len(value) > self.broker.max_message[topic]:
@@ -396,7 +402,7 @@ class InMemoryQueueReader(QueueReader):
     def _assigned(self) -> list[tuple[str, int]]:
         mine: list[tuple[str, int]] = []
         for topic, parts in self.broker.topics.items():
-            if topic.startswith(self.prefix) and len(topic) > len(self.prefix):
+            if priority_of(self.prefix, topic) is not None:
                 mine.extend((topic, p) for p in range(len(parts)) if owner_of(topic, p, self.members) == self.member)
         for tp in mine:
             self._position.setdefault(tp, self.broker.committed.get((self.group, *tp), 0))
@@ -404,7 +410,8 @@ class InMemoryQueueReader(QueueReader):
 
     def _take(self, max_records: int) -> list[Consumed]:
         out: list[Consumed] = []
-        for tp in self._assigned():
+        # Higher priorities first, as the Kafka reader lets lower ones wait while they have messages.
+        for tp in sorted(self._assigned(), key=lambda tp: -(priority_of(self.prefix, tp[0]) or 0)):
             if tp in self._paused:
                 continue
             log = self.broker.topics[tp[0]][tp[1]]
@@ -415,6 +422,15 @@ class InMemoryQueueReader(QueueReader):
             if len(out) >= max_records:
                 break
         return out
+
+    def urgent(self) -> bool:
+        with self.broker.cond:
+            waiting = {
+                priority_of(self.prefix, tp[0]) or 0
+                for tp in self._assigned()
+                if tp not in self._paused and len(self.broker.topics[tp[0]][tp[1]]) > self._position[tp]
+            }
+        return len(waiting) > 1
 
     def poll(self, max_records: int, timeout_s: float) -> list[Consumed]:
         deadline = time.monotonic() + timeout_s

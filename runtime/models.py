@@ -18,6 +18,22 @@ MAX_BACKOFF_S = 3600.0  # no retry waits longer than an hour
 MAX_DELAY_S = 366 * 24 * 3600.0  # a task may be delayed up to a year
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"  # printable ASCII without spaces
 SCHEDULE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
+CONCURRENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
+RATE_LIMIT_PATTERN = r"^[1-9][0-9]{0,5}/[smh]$"  # starts per second, minute or hour
+MAX_PRIORITY = 9
+MAX_CONCURRENCY = 100_000
+
+
+def rate_per_s(rate_limit: str) -> float:
+    """Tasks a second allowed by a rate limit such as ``"100/s"``, ``"30/m"`` or ``"5/h"``."""
+    count, unit = rate_limit.split("/")
+    return float(count) / {"s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+
+
+def limit_key(tenant: str | None, concurrency_key: str | None, name: str) -> str:
+    """The key a task's limits count under: its ``concurrency_key``, else its task name, within
+    its tenant (one tenant's keys never limit another's tasks)."""
+    return f"{tenant or ''}\0{concurrency_key or name}"
 
 
 def utcnow() -> datetime:
@@ -104,10 +120,21 @@ class TaskMessage(BaseModel):
     expires_at: AwareDatetime | None = None  # not started by then: CANCELLED as expired
     soft_timeout_s: float | None = Field(None, gt=0)  # SoftTimeLimitExceeded is raised in the task then
     schedule_id: str | None = Field(None, pattern=SCHEDULE_ID_PATTERN)  # the schedule whose tick made it
+    priority: int = Field(0, ge=0, le=MAX_PRIORITY)  # 9 runs first
+    # Limits: at most max_concurrency RUNNING, and rate_limit starts, per limit key (see limit_key).
+    concurrency_key: str | None = Field(None, pattern=CONCURRENCY_KEY_PATTERN)
+    max_concurrency: int | None = Field(None, ge=1, le=MAX_CONCURRENCY)
+    rate_limit: str | None = Field(None, pattern=RATE_LIMIT_PATTERN)
+
+    @property
+    def limited(self) -> bool:
+        """Whether this task waits for its turn under a concurrency or rate limit."""
+        return self.max_concurrency is not None or self.rate_limit is not None
 
     def to_bytes(self) -> bytes:
-        """The message as UTF-8 JSON for Kafka."""
-        return self.model_dump_json().encode()
+        """The message as UTF-8 JSON for Kafka: the fields that differ from their defaults (a
+        reader fills in the rest), so options a task does not use cost it no bytes."""
+        return self.model_dump_json(exclude_defaults=True).encode()
 
 
 class TaskRecord(BaseModel):
@@ -146,6 +173,10 @@ class TaskRecord(BaseModel):
     soft_timeout_s: float | None = None
     idempotency_key: str | None = None
     schedule_id: str | None = None  # the schedule whose tick made this task
+    priority: int = 0
+    concurrency_key: str | None = None
+    max_concurrency: int | None = None
+    rate_limit: str | None = None
 
     @field_validator("result")
     @classmethod
@@ -160,7 +191,9 @@ class TaskRecord(BaseModel):
             id=msg.id,
             name=msg.name,
             queue=msg.queue,
-            state=TaskState.SCHEDULED if msg.not_before and msg.not_before > utcnow() else TaskState.PENDING,
+            state=TaskState.SCHEDULED
+            if msg.limited or (msg.not_before and msg.not_before > utcnow())
+            else TaskState.PENDING,
             level=1,
             attempt=msg.attempt,
             version=version_of(TaskState.PENDING, msg.attempt),
@@ -178,6 +211,10 @@ class TaskRecord(BaseModel):
             soft_timeout_s=msg.soft_timeout_s,
             idempotency_key=idempotency_key,
             schedule_id=msg.schedule_id,
+            priority=msg.priority,
+            concurrency_key=msg.concurrency_key,
+            max_concurrency=msg.max_concurrency,
+            rate_limit=msg.rate_limit,
         )
 
     def moved_to(self, state: TaskState, **changes: Any) -> TaskRecord:
@@ -205,6 +242,16 @@ class TaskRecord(BaseModel):
         return self.state.terminal
 
     @property
+    def limited(self) -> bool:
+        """Whether this task waits for its turn under a concurrency or rate limit."""
+        return self.max_concurrency is not None or self.rate_limit is not None
+
+    @property
+    def limit_key(self) -> str:
+        """The key its limits count under (see ``limit_key``)."""
+        return limit_key(self.tenant, self.concurrency_key, self.name)
+
+    @property
     def finished(self) -> bool:
         """Whether the task is over: its attempt ended and no retry follows."""
         return self.state.terminal and not self.will_retry
@@ -229,12 +276,17 @@ class TaskRecord(BaseModel):
             expires_at=self.expires_at,
             soft_timeout_s=self.soft_timeout_s,
             schedule_id=self.schedule_id,
+            priority=self.priority,
+            concurrency_key=self.concurrency_key,
+            max_concurrency=self.max_concurrency,
+            rate_limit=self.rate_limit,
         )
 
     def retried(self, delay_s: float) -> tuple[TaskRecord, TaskMessage]:
         """The record of the next attempt after this failed one, and its queue message: SCHEDULED
         until ``delay_s`` from now (PENDING when there is no delay). The message is to be sent
-        once the delay is over, so that a waiting retry holds no place in a consumer."""
+        once the delay is over, so that a waiting retry holds no place in a consumer. A limited
+        task's next attempt is SCHEDULED too: it waits for its turn again."""
         summary = AttemptSummary(
             attempt=self.attempt,
             state=self.state.value,
@@ -243,7 +295,7 @@ class TaskRecord(BaseModel):
             started_at=self.started_at,
             finished_at=self.finished_at,
         )
-        state = TaskState.SCHEDULED if delay_s > 0 else TaskState.PENDING
+        state = TaskState.SCHEDULED if delay_s > 0 or self.limited else TaskState.PENDING
         nxt = self.moved_to(
             state,
             attempt=self.attempt + 1,
@@ -355,6 +407,16 @@ class SubmitRequest(BaseModel):
     soft_timeout_s: float | None = Field(None, gt=0, le=MAX_DELAY_S, description="SoftTimeLimitExceeded after this")
     idempotency_key: str | None = Field(
         None, pattern=IDEMPOTENCY_KEY_PATTERN, description="the same key gives the first task's id, not a new task"
+    )
+    priority: int | None = Field(None, ge=0, le=MAX_PRIORITY, description="0 (default) to 9; 9 runs first")
+    concurrency_key: str | None = Field(
+        None, pattern=CONCURRENCY_KEY_PATTERN, description="max_concurrency and rate_limit count per this key"
+    )
+    max_concurrency: int | None = Field(
+        None, ge=1, le=MAX_CONCURRENCY, description="at most this many RUNNING per key (default key: the task name)"
+    )
+    rate_limit: str | None = Field(
+        None, pattern=RATE_LIMIT_PATTERN, description='starts per key, e.g. "100/s", "30/m", "5/h"'
     )
     # From raylane.submit(name, ..., delay=5): keyword arguments named like options, which are
     # options unless the task has parameters of those names (only the cluster knows).

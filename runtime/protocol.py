@@ -45,6 +45,23 @@ def keeper_name(index: int) -> str:
     return STATUS_KEEPER if index == 0 else f"{STATUS_KEEPER}-{index}"
 
 
+def keeper_of_key(key: str, keepers: int) -> int:
+    """The StatusKeeper that counts the limits of ``key`` (a concurrency key or task name)."""
+    return zlib.crc32(key.encode()) % keepers
+
+
+def routed_id(task_id: str, keeper: int, keepers: int) -> str:
+    """``task_id`` with its first eight hex digits moved to the nearest value that ``keeper_of``
+    gives to ``keeper``: the tasks of one limit key then all belong to the keeper counting it."""
+    if keepers == 1:
+        return task_id
+    head = int(task_id[:8], 16)
+    head = head - head % keepers + keeper
+    if head > 0xFFFFFFFF:
+        head -= keepers
+    return f"{head:08x}{task_id[8:]}"
+
+
 def keeper_of(task_id: str, keepers: int) -> int:
     """The StatusKeeper that owns ``task_id``, of ``keepers``: the only one that writes its record,
     watches its deadline and answers its waiters. Task ids are random hex, so the split is even."""

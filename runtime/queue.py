@@ -1,5 +1,10 @@
 """The task queue: one Kafka topic per queue, ``raylane.tasks.<queue>``, keyed by task id.
 
+A task of priority p > 0 goes to its queue's topic of that priority, ``raylane.tasks-p<p>.<queue>``
+(made on first use; a queue name cannot make a topic with that prefix). Readers read every
+priority of every queue, and a message of a higher priority is read before those of lower
+priorities that are not yet read: strict priority, since a partition is a log read in order.
+
 ``TaskQueue`` (producing) and ``QueueReader`` (a consumer-group member) are the contract;
 the Kafka classes implement them and translate kafka-python's errors into raylane's.
 """
@@ -15,8 +20,9 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from raylane.compat import forget_empty_partitions
+from raylane.compat import forget_empty_partitions, free_fetch_slot
 from raylane.errors import QueueUnavailable
 from raylane.models import TaskMessage
 from raylane.signing import SIGNATURE_HEADER, Signer
@@ -26,6 +32,7 @@ log = logging.getLogger(__name__)
 ENVELOPE_BYTES = 64 * 1024  # room for the message's own fields next to its arguments
 DLQ_VALUE_BYTES = 16 * 1024  # a dead letter keeps at most this much of the message it replaces
 DLQ_REASON_CHARS = 2000
+PRIORITY_CHECK_S = 0.1  # how often a reader of several priorities looks for waiting urgent messages
 COMMIT_TIMEOUT_MS = 5000  # an offset commit takes milliseconds; kafka-python would wait up to 30 s
 # kafka-python backs off up to 30 s between reconnects; after a broker restart raylane
 # should be back within about a second.
@@ -115,13 +122,41 @@ class QueueReader(abc.ABC):
         """The partitions assigned to this reader: where it reads, how far the log goes, whether paused."""
 
     @abc.abstractmethod
+    def urgent(self) -> bool:
+        """Whether messages of a higher priority than others assigned here wait unread: a caller
+        whose window is full of lower-priority messages should poll for them anyway."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Leave the group."""
 
 
-def topic_of(prefix: str, queue: str) -> str:
-    """The Kafka topic of ``queue``."""
-    return f"{prefix}{queue}"
+PRIORITIES = range(10)
+
+
+def _priority_prefix(prefix: str, priority: int) -> str:
+    return f"{prefix.rstrip('.')}-p{priority}."
+
+
+def topic_of(prefix: str, queue: str, priority: int = 0) -> str:
+    """The Kafka topic of ``queue``'s tasks of ``priority`` (0 is the queue's own topic)."""
+    return f"{prefix}{queue}" if priority == 0 else f"{_priority_prefix(prefix, priority)}{queue}"
+
+
+def topics_of(prefix: str, queue: str) -> set[str]:
+    """Every topic ``queue``'s tasks may be in, one per priority."""
+    return {topic_of(prefix, queue, p) for p in PRIORITIES}
+
+
+def priority_of(prefix: str, topic: str) -> int | None:
+    """The priority of a queue topic; None if ``topic`` is not one."""
+    if topic.startswith(prefix) and len(topic) > len(prefix):
+        return 0
+    for p in PRIORITIES[1:]:
+        pp = _priority_prefix(prefix, p)
+        if topic.startswith(pp) and len(topic) > len(pp):
+            return p
+    return None
 
 
 class KafkaTaskQueue(TaskQueue):
@@ -227,7 +262,7 @@ class KafkaTaskQueue(TaskQueue):
     def produce_many(self, messages: Sequence[TaskMessage]) -> None:
         from kafka.errors import KafkaError
 
-        for topic in {topic_of(self.prefix, m.queue) for m in messages}:
+        for topic in {topic_of(self.prefix, m.queue, m.priority) for m in messages}:
             self._ensure_topic(topic)
         producer = self._get_producer()
         try:
@@ -236,7 +271,7 @@ class KafkaTaskQueue(TaskQueue):
                 value = m.to_bytes()
                 futures.append(
                     producer.send(
-                        topic_of(self.prefix, m.queue),
+                        topic_of(self.prefix, m.queue, m.priority),
                         key=m.id.encode(),
                         value=value,
                         headers=[(SIGNATURE_HEADER, self.signer.sign_message(value).encode())],
@@ -319,6 +354,9 @@ class KafkaQueueReader(QueueReader):
             raise ValueError(f"member {member} is not one of {members} readers")
         self.prefix, self.member, self.members, self.refresh_s = prefix, member, members, refresh_s
         self._refreshed = 0.0
+        self._held: set = set()  # partitions of paused queues
+        self._yielding: set = set()  # partitions waiting while a higher priority has messages
+        self._prioritized = 0.0
         # KafkaConsumer is not thread-safe; polls and inspection may come from different threads.
         self._lock = threading.Lock()
         try:
@@ -332,13 +370,25 @@ class KafkaQueueReader(QueueReader):
             )
         except (KafkaError, OSError) as e:
             raise QueueUnavailable(f"Kafka at {bootstrap} unreachable: {e}") from e
+        self._bootstrap = bootstrap
+        self._offsets: Any = None  # a client of its own for log-end offsets (see _ends)
+
+    def _ends(self, partitions: list) -> dict:
+        """Log-end offsets of ``partitions``, asked on a connection of their own: a broker answers
+        a connection's requests in order, and the reader's own connection has a fetch waiting
+        there (up to 500 ms when there is nothing to read)."""
+        from kafka import KafkaConsumer
+
+        if self._offsets is None:
+            self._offsets = KafkaConsumer(bootstrap_servers=self._bootstrap, **_RECONNECT)
+        return self._offsets.end_offsets(partitions)
 
     def _refresh_assignment(self) -> None:
         from kafka.structs import TopicPartition
 
         mine = set()
         for topic in self._consumer.topics():
-            if topic.startswith(self.prefix) and len(topic) > len(self.prefix):
+            if priority_of(self.prefix, topic) is not None:
                 for p in self._consumer.partitions_for_topic(topic) or ():
                     if owner_of(topic, p, self.members) == self.member:
                         mine.add(TopicPartition(topic, p))
@@ -356,6 +406,9 @@ class KafkaQueueReader(QueueReader):
                 if not self._consumer.assignment():
                     time.sleep(timeout_s)  # nothing to read yet; kafka-python refuses to poll without partitions
                     return []
+                if time.monotonic() - self._prioritized >= PRIORITY_CHECK_S:
+                    self._prioritize()
+                free_fetch_slot(self._consumer)
                 batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         except (KafkaError, OSError) as e:
             raise QueueUnavailable(f"Kafka poll failed: {e}") from e
@@ -395,18 +448,58 @@ class KafkaQueueReader(QueueReader):
             self._consumer.commit(mine, timeout_ms=COMMIT_TIMEOUT_MS)
         return offsets.keys() - assigned
 
+    def _prioritize(self) -> None:
+        """Let partitions of a priority wait while a higher priority has messages not yet read:
+        a paused partition's fetched but unread messages are dropped (read again on resume),
+        so a message of priority 9 is not stuck behind a client-side buffer of priority 0."""
+        self._prioritized = time.monotonic()
+        by_priority: dict = {}
+        for tp in self._consumer.assignment():
+            if tp not in self._held:
+                by_priority.setdefault(priority_of(self.prefix, tp.topic) or 0, []).append(tp)
+        yielding: set = set()
+        if len(by_priority) > 1:
+            urgent = [tp for p, tps in by_priority.items() if p > 0 for tp in tps]
+            ends = self._ends(urgent)
+            waiting = set()
+            for tp in urgent:
+                try:
+                    position = self._consumer.position(tp, timeout_ms=0)
+                except Exception:  # no position yet: its messages count as waiting
+                    position = 0
+                if position is not None and ends.get(tp, 0) > position:
+                    waiting.add(priority_of(self.prefix, tp.topic) or 0)
+            if waiting:
+                top = max(waiting)
+                yielding = {tp for p, tps in by_priority.items() if p < top for tp in tps}
+        if yielding != self._yielding:
+            self._yielding = yielding
+            self._apply_pauses()
+
+    def urgent(self) -> bool:
+        with self._lock:
+            if not self._consumer.assignment():
+                return False
+            if time.monotonic() - self._prioritized >= PRIORITY_CHECK_S:
+                self._prioritize()
+            return bool(self._yielding)
+
+    def _apply_pauses(self) -> None:
+        paused = (self._held | self._yielding) & set(self._consumer.assignment())
+        to_resume = set(self._consumer.paused()) - paused
+        if to_resume:
+            self._consumer.resume(*to_resume)
+        if paused:
+            self._consumer.pause(*paused)
+
     def hold(self, topics: set[str], returned: list[Consumed]) -> list[Consumed]:
         """Pause the assigned partitions of ``topics`` (resuming all others), and give back the
         messages of ``returned`` that belong to them: they will be read again once resumed."""
         from kafka.structs import TopicPartition
 
         assigned = self._consumer.assignment()
-        held = {tp for tp in assigned if tp.topic in topics}
-        to_resume = set(self._consumer.paused()) - held
-        if to_resume:
-            self._consumer.resume(*to_resume)
-        if held:
-            self._consumer.pause(*held)
+        self._held = {tp for tp in assigned if tp.topic in topics}
+        self._apply_pauses()
         keep: list[Consumed] = []
         first_held: dict = {}
         for item in returned:
@@ -438,3 +531,5 @@ class KafkaQueueReader(QueueReader):
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
+        if self._offsets is not None:
+            self._offsets.close()

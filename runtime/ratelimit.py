@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -78,3 +78,38 @@ class ConcurrencyLimiter:
     def held(self, key: str) -> int:
         """How many places ``key`` holds now."""
         return self._held.get(key, 0)
+
+
+class OpenTaskQuota:
+    """A cap on each tenant's unfinished tasks (PENDING, SCHEDULED and RUNNING): a submit that
+    would go over it is refused (``OverLimit``, HTTP 429) with nothing written, so one tenant
+    cannot fill the queues for all. The count comes from the store, at most ``max_age_s`` old,
+    plus what this process accepted since; several API replicas may together let a burst of
+    up to one count's age past the cap, never more."""
+
+    def __init__(
+        self,
+        default_limit: int,
+        count: Callable[[str], Awaitable[int]],
+        max_age_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.default_limit, self._count, self.max_age_s, self._clock = default_limit, count, max_age_s, clock
+        self._seen: dict[str, list[float]] = {}  # tenant -> [count, when, accepted since]
+
+    async def admit(self, tenant: str, n: int, limit: int | None = None) -> None:
+        """Count ``n`` new tasks of ``tenant`` against its quota (``limit``, else the default);
+        raises ``OverLimit`` if they do not fit."""
+        cap = limit or self.default_limit
+        now = self._clock()
+        seen = self._seen.get(tenant)
+        if seen is None or now - seen[1] > self.max_age_s:
+            seen = [float(await self._count(tenant)), now, 0.0]
+            self._seen[tenant] = seen
+        open_now = int(seen[0] + seen[2])
+        if open_now + n > cap:
+            raise OverLimit(
+                f"tenant {tenant!r} has {open_now} unfinished tasks; its quota is {cap} (asked for {n} more)",
+                self.max_age_s,
+            )
+        seen[2] += n

@@ -65,6 +65,10 @@ class TaskFunction:
         expires: float | timedelta | datetime | None = None,
         soft_timeout: float | None = None,
         idempotency_key: str | None = None,
+        priority: int | None = None,
+        concurrency_key: str | None = None,
+        max_concurrency: int | None = None,
+        rate_limit: str | None = None,
     ) -> TaskFunction:
         """The same task with per-submit options:
 
@@ -76,7 +80,13 @@ class TaskFunction:
         - ``soft_timeout`` (seconds): ``raylane.SoftTimeLimitExceeded`` is raised inside the
           task after that long, before its ``timeout`` kills it;
         - ``idempotency_key``: a second submit with the same key returns the first task's id
-          (pending, running or finished), and nothing runs twice."""
+          (pending, running or finished), and nothing runs twice;
+        - ``priority`` (0-9, default 0): within a queue, a waiting task of higher priority
+          starts before any of lower priority (strictly);
+        - ``max_concurrency``: at most this many of the tasks of ``concurrency_key`` (default:
+          the task's name) RUNNING at once; the others wait SCHEDULED for their turn;
+        - ``rate_limit`` (``"100/s"``, ``"30/m"``, ``"5/h"``): starts per ``concurrency_key``
+          (default: the task's name), evenly spaced."""
         over = dict(self._overrides)
         if delay is not None:
             over["delay_s"] = delay.total_seconds() if isinstance(delay, timedelta) else delay
@@ -88,18 +98,20 @@ class TaskFunction:
                 if isinstance(expires, datetime)
                 else utcnow() + (expires if isinstance(expires, timedelta) else timedelta(seconds=expires))
             )
-        if soft_timeout is not None:
-            over["soft_timeout_s"] = soft_timeout
-        if idempotency_key is not None:
-            over["idempotency_key"] = idempotency_key
-        if max_retries is not None:
-            over["max_retries"] = max_retries
-        if timeout is not None:
-            over["timeout_s"] = timeout
-        if queue is not None:
-            over["queue"] = queue
         if tags is not None:
             over["tags"] = list(tags)
+        given = {
+            "soft_timeout_s": soft_timeout,
+            "idempotency_key": idempotency_key,
+            "max_retries": max_retries,
+            "timeout_s": timeout,
+            "queue": queue,
+            "priority": priority,
+            "concurrency_key": concurrency_key,
+            "max_concurrency": max_concurrency,
+            "rate_limit": rate_limit,
+        }
+        over.update({k: v for k, v in given.items() if v is not None})
         if num_cpus is not None:
             over["resources"] = _checked(Resources, **dict(self.definition.resources.model_dump(), num_cpus=num_cpus))
         return TaskFunction(self.definition, over)

@@ -38,6 +38,7 @@ class TokenEntry(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     created_at: datetime
     note: str = ""
+    max_open: int | None = Field(None, ge=1, description="the tenant's quota of unfinished tasks (None: the default)")
 
 
 class Principal(BaseModel):
@@ -48,6 +49,7 @@ class Principal(BaseModel):
     tenant: str
     scope: Scope
     token_id: str
+    max_open: int | None = None
 
     @property
     def can_write(self) -> bool:
@@ -98,14 +100,23 @@ class TokenFile:
             json.dump(data, f, indent=2)
         os.replace(tmp, self.path)  # readers see the old file or the new one, never half of one
 
-    def create(self, tenant: str, scope: Scope = "write", note: str = "") -> tuple[TokenEntry, str]:
-        """Issue a token for ``tenant``; returns its entry and the token (shown only this once)."""
+    def create(
+        self, tenant: str, scope: Scope = "write", note: str = "", max_open: int | None = None
+    ) -> tuple[TokenEntry, str]:
+        """Issue a token for ``tenant``; returns its entry and the token (shown only this once).
+        ``max_open`` caps the tenant's unfinished tasks when this token submits."""
         if not re.match(TENANT_PATTERN, tenant or ""):
             raise ConfigError(f"tenant {tenant!r} must match {TENANT_PATTERN}")
         token_id = secrets.token_hex(6)
         token = f"rl_{token_id}_{secrets.token_urlsafe(32)}"
         entry = TokenEntry(
-            id=token_id, tenant=tenant, scope=scope, sha256=_digest(token), created_at=datetime.now(UTC), note=note
+            id=token_id,
+            tenant=tenant,
+            scope=scope,
+            sha256=_digest(token),
+            created_at=datetime.now(UTC),
+            note=note,
+            max_open=max_open,
         )
         with self._lock:
             entries = dict(self._load())
@@ -136,4 +147,4 @@ class TokenFile:
             entry = self._load().get(m.group(1))
         if entry is None or token is None or not hmac.compare_digest(entry.sha256, _digest(token)):
             return None
-        return Principal(tenant=entry.tenant, scope=entry.scope, token_id=entry.id)
+        return Principal(tenant=entry.tenant, scope=entry.scope, token_id=entry.id, max_open=entry.max_open)

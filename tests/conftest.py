@@ -98,9 +98,9 @@ class HttpApi:
         self.url = url
         self.tokens = tokens
 
-    def token(self, tenant: str, scope: str = "write") -> str:
-        """A new token of ``tenant``."""
-        return self.tokens.create(tenant, scope)[1]
+    def token(self, tenant: str, scope: str = "write", max_open: int | None = None) -> str:
+        """A new token of ``tenant`` (whose quota of unfinished tasks is ``max_open``, if given)."""
+        return self.tokens.create(tenant, scope, max_open=max_open)[1]
 
     def client(self, token: str | None):
         """A requests session that sends ``token`` as bearer token (none if None)."""

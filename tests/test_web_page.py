@@ -43,8 +43,17 @@ def test_sign_in_search_open_and_cancel(browser, http_api, unique, rl):
     from selenium.webdriver.support.ui import Select
 
     def text_of(element_id: str) -> str:
-        found = browser.find_elements(By.ID, element_id)
-        return found[0].text if found else ""
+        # The page redraws itself as the task changes: an element found may be replaced before
+        # its text is read. Then the new one is read.
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        for _ in range(10):
+            try:
+                found = browser.find_elements(By.ID, element_id)
+                return found[0].text if found else ""
+            except StaleElementReferenceException:
+                continue
+        return ""
 
     tenant = f"w-{unique}"
     token = http_api.token(tenant)
