@@ -5,7 +5,9 @@
 #   tools/ab_burst.sh REV_A REV_B [ROUNDS]     (default 2 rounds; --quick sizes)
 #
 # Prints one line per run (revision, round, tasks/s, CPU ms per task) and the ratio B/A of the
-# medians. The editable install is pointed back at this checkout at the end.
+# medians. Each run gets a status index and topics of its own (RAYLANE_INDEX_ALIAS,
+# RAYLANE_TOPIC_PREFIX), so neither revision meets records or messages of the other. The
+# editable install is pointed back at this checkout at the end; each run's log is kept.
 set -euo pipefail
 a=$1
 b=$2
@@ -21,7 +23,10 @@ for i in $(seq "$rounds"); do
     for rev in "$a" "$b"; do
         (cd "$work/$rev" && "$PYTHON" -m pip install -q --no-deps -e . 2>/dev/null)
         raylane stack down ray >/dev/null 2>&1 || true
-        (cd "$work/$rev" && raylane bench --quick --only burst --out "$work/out-$rev-$i" >/dev/null 2>&1)
+        run="ab$i$rev"
+        (cd "$work/$rev" && RAYLANE_INDEX_ALIAS="raylane-$run" RAYLANE_TOPIC_PREFIX="raylane.$run." \
+            raylane bench --quick --only burst --out "$work/out-$rev-$i" >"$work/log-$rev-$i" 2>&1) ||
+            { echo "run $rev $i failed; its log: $work/log-$rev-$i" >&2; exit 1; }
         "$PYTHON" - "$work/out-$rev-$i/latest.json" "$rev" "$i" <<'PY' | tee -a "$work/runs.tsv"
 import json, sys
 r = json.load(open(sys.argv[1]))
