@@ -208,8 +208,10 @@ def test_http_waits_are_limited_per_token_and_health_stays_fast(http_api, unique
             answers = [f.result() for f in futures]
     finally:
         rl.resume(hold)
-    assert health.status_code == 200 and health_s < 1.0, health_s
-    assert other_wait.status_code == 200 and other_wait.json()["finished"] and other_s < 1.0, other_s
+    # Generous bounds, well under the 8 s the greedy tenant's waits are held: neither answer waited
+    # behind them (on this loaded two-core machine an answer has taken up to 1.4 s).
+    assert health.status_code == 200 and health_s < 4.0, health_s
+    assert other_wait.status_code == 200 and other_wait.json()["finished"] and other_s < 4.0, other_s
     codes = sorted(a.status_code for a in answers)
     assert codes == [200] * settings.http_waits_per_token + [429] * 4, codes
     for a in answers:
