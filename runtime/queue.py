@@ -465,8 +465,8 @@ class KafkaQueueReader(QueueReader):
             for tp in urgent:
                 try:
                     position = self._consumer.position(tp, timeout_ms=0)
-                except Exception:  # no position yet: its messages count as waiting
-                    position = 0
+                except Exception:  # no position yet (just assigned): read at the next fetch, not known to wait
+                    continue
                 if position is not None and ends.get(tp, 0) > position:
                     waiting.add(priority_of(self.prefix, tp.topic) or 0)
             if waiting:
