@@ -115,6 +115,11 @@ class Gates:
                 del self._keys[key]
         return out
 
+    @property
+    def waiting(self) -> int:
+        """Tasks waiting for their turn, over all keys."""
+        return len(self._waiting)
+
     def counts(self) -> dict[str, int]:
         """Tasks waiting and holding places, over all keys."""
         return {"waiting": len(self._waiting), "holding": sum(len(k.active) for k in self._keys.values())}

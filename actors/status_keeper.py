@@ -343,7 +343,7 @@ class StatusKeeper:
                     self._leases.observe(await asyncio.to_thread(self.store.heartbeats))
                 except Exception as e:
                     log.warning("reading executors' heartbeats failed: %r", e)
-            if (self._due and self._due[0][0] <= now) or self._gates.counts()["waiting"]:
+            if (self._due and self._due[0][0] <= now) or self._gates.waiting:
                 await self._release_due(now)
             expired = self._expired(now)
             if expired:

@@ -187,34 +187,15 @@ class TaskRecord(BaseModel):
     @classmethod
     def pending(cls, msg: TaskMessage, idempotency_key: str | None = None) -> TaskRecord:
         """The first record of a task just accepted: PENDING, or SCHEDULED until its ``not_before``."""
+        state = (
+            TaskState.SCHEDULED if msg.limited or (msg.not_before and msg.not_before > utcnow()) else TaskState.PENDING
+        )
         return cls(
-            id=msg.id,
-            name=msg.name,
-            queue=msg.queue,
-            state=TaskState.SCHEDULED
-            if msg.limited or (msg.not_before and msg.not_before > utcnow())
-            else TaskState.PENDING,
+            **{f: getattr(msg, f) for f in _CARRIED},
+            state=state,
             level=1,
-            attempt=msg.attempt,
             version=version_of(TaskState.PENDING, msg.attempt),
-            args=msg.args,
-            kwargs=msg.kwargs,
-            created_at=msg.created_at,
-            timeout_s=msg.timeout_s,
-            resources=msg.resources,
-            tags=msg.tags,
-            retry=msg.retry,
-            attempts=msg.attempts,
-            tenant=msg.tenant,
-            not_before=msg.not_before,
-            expires_at=msg.expires_at,
-            soft_timeout_s=msg.soft_timeout_s,
             idempotency_key=idempotency_key,
-            schedule_id=msg.schedule_id,
-            priority=msg.priority,
-            concurrency_key=msg.concurrency_key,
-            max_concurrency=msg.max_concurrency,
-            rate_limit=msg.rate_limit,
         )
 
     def moved_to(self, state: TaskState, **changes: Any) -> TaskRecord:
@@ -258,29 +239,7 @@ class TaskRecord(BaseModel):
 
     def message(self) -> TaskMessage:
         """The queue message that runs this record's attempt (no earlier than its ``not_before``)."""
-        return TaskMessage(
-            id=self.id,
-            name=self.name,
-            queue=self.queue,
-            attempt=self.attempt,
-            args=self.args,
-            kwargs=self.kwargs,
-            timeout_s=self.timeout_s,
-            resources=self.resources,
-            tags=self.tags,
-            created_at=self.created_at,
-            retry=self.retry,
-            attempts=self.attempts,
-            not_before=self.not_before,
-            tenant=self.tenant,
-            expires_at=self.expires_at,
-            soft_timeout_s=self.soft_timeout_s,
-            schedule_id=self.schedule_id,
-            priority=self.priority,
-            concurrency_key=self.concurrency_key,
-            max_concurrency=self.max_concurrency,
-            rate_limit=self.rate_limit,
-        )
+        return TaskMessage(**{f: getattr(self, f) for f in _CARRIED})
 
     def retried(self, delay_s: float) -> tuple[TaskRecord, TaskMessage]:
         """The record of the next attempt after this failed one, and its queue message: SCHEDULED
@@ -317,6 +276,11 @@ class TaskRecord(BaseModel):
     def from_doc(cls, doc: dict) -> TaskRecord:
         """A record from an OpenSearch ``_source``."""
         return cls.model_validate(doc)
+
+
+# What a message and its record both carry, copied from one to the other: a field added to both
+# travels with no further change.
+_CARRIED = tuple(f for f in TaskMessage.model_fields if f in TaskRecord.model_fields)
 
 
 class PackedRecord(NamedTuple):
