@@ -66,6 +66,8 @@ class Executor:
         self.stats: Counter = Counter(dict.fromkeys(_STATS, 0))
         self._slots = PrioritySlots(config.max_running)
         self._launched: dict[tuple[str, int], bool] = {}  # (id, attempt) launched here; insertion-ordered, bounded
+        # (id, attempt) -> when its message was read and handed here, for its record's hops; bounded
+        self._arrivals: dict[tuple[str, int], tuple[float | None, float]] = {}
         self._keepers = Keepers(config.namespace, config.keepers)
         self._store = config.store()
         queue = config.queue()
@@ -113,15 +115,21 @@ class Executor:
         """Recover lost tasks now (see ``recovery.Recovery.sweep``); returns how many."""
         return await self._recovery.sweep(limit)
 
-    async def start_many(self, messages: list[bytes]) -> list[HandOffResult]:
-        """Claim and launch tasks (their queue messages, JSON), each once a run slot is free (and a
-        retry once its backoff is over); returns once every RUNNING write is settled, one
-        ``HandOffResult`` per message."""
+    async def start_many(self, messages: list[bytes], read_at: float | None = None) -> list[HandOffResult]:
+        """Claim and launch tasks (their queue messages, JSON, read from the queue at ``read_at``),
+        each once a run slot is free (and a retry once its backoff is over); returns once every
+        RUNNING write is settled, one ``HandOffResult`` per message."""
+        handed = time.time()
         await self.ensure_running()
         if self._lease.remaining() < FENCE_MARGIN_S + HEARTBEAT_EVERY_S:
             # Nothing is claimed under a lease about to lapse: its workers would end at once.
             await self._lease.renew()
-        return await self._start([TaskMessage.model_validate_json(m) for m in messages])
+        msgs = [TaskMessage.model_validate_json(m) for m in messages]
+        for m in msgs:
+            self._arrivals[(m.id, m.attempt)] = (read_at, handed)
+        while len(self._arrivals) > _LAUNCHED_KEPT:
+            self._arrivals.pop(next(iter(self._arrivals)))
+        return await self._start(msgs)
 
     async def _start(self, msgs: list[TaskMessage]) -> list[HandOffResult]:
         now = utcnow()
@@ -204,21 +212,14 @@ class Executor:
     async def _claim_and_launch(self, units: list[list[TaskMessage]]) -> list[list[HandOffResult]]:
         """Claim the tasks of ``units`` and start the claimed ones. Each unit holds one run slot
         (taken by the caller): a task alone, or several that share one Ray task."""
-        records = [
-            [
-                TaskRecord.pending(m).moved_to(
-                    TaskState.RUNNING, worker=self._worker, lease_owner=self._lease.incarnation
-                )
-                for m in unit
-            ]
-            for unit in units
-        ]
+        records = [[self._running(m) for m in unit] for unit in units]
         try:
             claims = iter(await self._claim([r for unit in records for r in unit]))
         except BaseException:
             for _ in units:
                 self._slots.release()
             raise
+        claimed = time.time()
         out = []
         for unit, unit_records in zip(units, records, strict=True):
             outcomes: list[HandOffResult] = []
@@ -230,7 +231,7 @@ class Executor:
                     while len(self._launched) > _LAUNCHED_KEPT:
                         self._launched.pop(next(iter(self._launched)))
                     self.stats["started"] += 1
-                    launch.append((msg, running))
+                    launch.append((msg, running.with_hops(claimed=claimed)))
                 outcomes.append(outcome)
             out.append(outcomes)
             if launch:
@@ -238,6 +239,15 @@ class Executor:
             else:
                 self._slots.release()
         return out
+
+    def _running(self, msg: TaskMessage) -> TaskRecord:
+        """The RUNNING record that claims ``msg``'s task for this executor, with its hops so far."""
+        read_at, handed = self._arrivals.pop((msg.id, msg.attempt), (None, None))
+        return (
+            TaskRecord.pending(msg)
+            .moved_to(TaskState.RUNNING, worker=self._worker, lease_owner=self._lease.incarnation)
+            .with_hops(read=read_at, handed=handed)
+        )
 
     def _judge(self, msg: TaskMessage, claim: WriteOutcome) -> HandOffResult:
         if (msg.id, msg.attempt) in self._launched:

@@ -31,6 +31,7 @@ log = logging.getLogger("raylane.executor")
 def final_record(running: TaskRecord, reply: Reply) -> tuple[TaskRecord, PackedRecord]:
     """The terminal record of a task from its worker's reply, and the record packed. A reply that
     cannot be made into a record fails only its own task, never the batch it came with."""
+    running = running.with_hops(began=reply.began, returned=reply.returned)
     try:
         if reply.ok:
             final = running.moved_to(TaskState.SUCCEEDED, result=reply.result)

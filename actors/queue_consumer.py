@@ -114,12 +114,13 @@ class QueueConsumer:
             await asyncio.wait(self._in_flight, timeout=0.1, return_when=asyncio.FIRST_COMPLETED)
         else:
             items = await asyncio.to_thread(self._poll, room, 0.1 if self._in_flight else 0.5)
+            read_at = time.time()
             if items:
                 self.stats["consumed"] += len(items)
                 for item in items:
                     self._progress.setdefault((item.topic, item.partition), _PartitionProgress()).add(item.offset)
                 self._holding += len(items)
-                task = asyncio.create_task(self._handle_batch(items))
+                task = asyncio.create_task(self._handle_batch(items, read_at))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
             elif self._in_flight:
@@ -241,7 +242,7 @@ class QueueConsumer:
                     return None
             await asyncio.sleep(backoff_s(attempt, base_s=0.2, cap_s=5.0))
 
-    async def _handle_batch(self, items: list[Consumed]) -> None:
+    async def _handle_batch(self, items: list[Consumed], read_at: float) -> None:
         prepared = await asyncio.gather(*(self._prepare(item) for item in items))
         good = [(item, msg) for item, msg in zip(items, prepared, strict=False) if msg is not None]
         if not good:
@@ -252,7 +253,7 @@ class QueueConsumer:
         outage = 0
         while True:
             try:
-                outcomes = await self._executor.start_many.remote(payload)
+                outcomes = await self._executor.start_many.remote(payload, read_at)
                 for (item, msg), (outcome, reason) in zip(good, outcomes, strict=True):
                     if outcome is HandOff.REFUSED:
                         # The store will never accept this task's record: retrying cannot help.

@@ -8,6 +8,7 @@ has the Executor kill the Ray task of a task that timed out or was cancelled whi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import time
@@ -44,17 +45,22 @@ class _Running:
 
 
 class _Waiter:
-    """One caller waiting for terminal records of some tasks: woken by the first, it takes
-    what else arrives in the next ``gather_s`` too, so a busy keeper answers in batches."""
+    """One caller waiting for terminal records of ``expected`` tasks: woken by the first, it takes
+    what else arrives in the next ``gather_s`` too, so a busy keeper answers in batches. Once
+    every task it waits for has arrived there is nothing to gather: it answers at once."""
 
-    def __init__(self, gather_s: float):
+    def __init__(self, gather_s: float, expected: int):
         self.records: list[TaskRecord] = []
         self.arrived = asyncio.Event()
+        self.complete = asyncio.Event()
         self.gather_s = gather_s
+        self.expected = expected
 
     def deliver(self, record: TaskRecord) -> None:
         self.records.append(record)
         self.arrived.set()
+        if len(self.records) >= self.expected:
+            self.complete.set()
 
     async def take(self, timeout_s: float) -> list[TaskRecord]:
         """What arrived by ``timeout_s`` (waiting ``gather_s`` more after the first arrival)."""
@@ -62,8 +68,9 @@ class _Waiter:
             await asyncio.wait_for(self.arrived.wait(), timeout_s)
         except TimeoutError:
             return self.records
-        if self.gather_s > 0:
-            await asyncio.sleep(self.gather_s)
+        if self.gather_s > 0 and not self.complete.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.complete.wait(), self.gather_s)
         return self.records
 
 
@@ -416,7 +423,7 @@ class StatusKeeper:
         known = [i for i in task_ids if i in self._recent]
         if known:
             return [], known
-        waiter = _Waiter(gather_s)
+        waiter = _Waiter(gather_s, len(set(task_ids)))
         for task_id in task_ids:
             self._waiters.setdefault(task_id, []).append(waiter)
         try:

@@ -69,18 +69,22 @@ def invoke(
             return invoke(name, args, kwargs, limits, None, soft_timeout_s)
         finally:
             worker_fence().disarm()
+    began = time.time()
     try:
         defn = registry.load(name)
         with soft_time_limit(soft_timeout_s):
             result = defn.fn(*args, **kwargs)
+        returned = time.time()
         encode_result(result, limits)
-        return Reply(True, result)
+        return Reply(True, result, began=began, returned=returned)
     except Exception as e:  # the task's own error is data for its record
+        returned = time.time()
         try:
             message = str(e)
         except Exception as str_failed:  # an exception whose __str__ raises is still reported
             message = f"<{type(e).__qualname__} could not be shown: {str_failed!r}>"
-        return Reply.failure(type(e).__qualname__, clip_text(message), clip_text(traceback.format_exc()))
+        failure = Reply.failure(type(e).__qualname__, clip_text(message), clip_text(traceback.format_exc()))
+        return failure._replace(began=began, returned=returned)
 
 
 remote_invoke = ray.remote(max_retries=0, retry_exceptions=False)(invoke)

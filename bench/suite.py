@@ -285,15 +285,57 @@ def _ts(text: str) -> float:
 
 
 def bench_rtt(n: int) -> dict:
-    """Submit-to-result of one task at a time on an idle system."""
+    """Submit-to-result of one task at a time on an idle system, and where the time went: the
+    median of each step between the hops its record keeps (see ``raylane.models.HOPS``)."""
     for i in range(10):
         noop.submit(i).result(timeout=60)
-    lat = []
+    lat, ids, got = [], [], {}
     for i in range(n):
         t = time.perf_counter()
-        assert noop.submit(i).result(timeout=60) == i
+        handle = noop.submit(i)
+        assert handle.result(timeout=60) == i
         lat.append((time.perf_counter() - t) * 1000)
-    return {"n": n, "p50_ms": _r(pct(lat, 50)), "p99_ms": _r(pct(lat, 99)), "mean_ms": _r(statistics.fmean(lat))}
+        ids.append(handle.id)
+        got[handle.id] = time.time()
+    out: dict[str, Any] = {
+        "n": n,
+        "p50_ms": _r(pct(lat, 50)),
+        "p99_ms": _r(pct(lat, 99)),
+        "mean_ms": _r(statistics.fmean(lat)),
+    }
+    raylane.refresh()
+    store = _os_client()
+    try:
+        out["hops_ms"] = hop_breakdown(store.get_many(ids), got)
+    finally:
+        store.close()
+    return out
+
+
+def hop_breakdown(records: dict, got: dict[str, float] | None = None) -> dict[str, float]:
+    """Median milliseconds of each step of the tasks' way, from the hops their records keep:
+    submitted → read by a consumer → handed to an executor → run slot → claim accepted → began
+    in the worker → returned → reply at the executor → (with ``got``, each task's time its
+    result reached the caller) result at the caller. Steps no record has are left out."""
+    from raylane.models import HOPS
+
+    marks = ("read", "handed", "slot", "claimed", "began", "returned", "replied", "result")
+    steps: dict[str, list[float]] = {}
+    for rec in records.values():
+        if rec is None or not rec.hops or rec.started_at is None or rec.finished_at is None:
+            continue
+        created = rec.created_at.timestamp()
+        at = {hop: created + rec.hops[hop] for hop in HOPS if hop in rec.hops}
+        at["slot"] = rec.started_at.timestamp()
+        at["replied"] = rec.finished_at.timestamp()
+        if got and rec.id in got:
+            at["result"] = got[rec.id]
+        prev_name, prev = "submitted", created
+        for mark in marks:
+            if mark in at:
+                steps.setdefault(f"{prev_name}→{mark}", []).append((at[mark] - prev) * 1000)
+                prev_name, prev = mark, at[mark]
+    return {step: round(statistics.median(v), 2) for step, v in steps.items()}
 
 
 # The steps DESIGN.md puts on one task's way from submit to result, one after another:

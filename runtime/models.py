@@ -137,6 +137,13 @@ class TaskMessage(BaseModel):
         return self.model_dump_json(exclude_defaults=True).encode()
 
 
+# The hops of an attempt's way that its record keeps, in order, each as seconds from created_at:
+# a consumer read its message; the executor got it; the executor's RUNNING write was accepted
+# (started_at, just before, is when it took a run slot); the function began and returned in its
+# worker. finished_at is when the executor had the reply.
+HOPS = ("read", "handed", "claimed", "began", "returned")
+
+
 class TaskRecord(BaseModel):
     """A task's status document in OpenSearch; each write replaces the whole record."""
 
@@ -177,6 +184,8 @@ class TaskRecord(BaseModel):
     concurrency_key: str | None = None
     max_concurrency: int | None = None
     rate_limit: str | None = None
+    # Seconds from created_at at which this attempt passed each hop of its way (see HOPS).
+    hops: dict[str, float] | None = None
 
     @field_validator("result")
     @classmethod
@@ -263,10 +272,18 @@ class TaskRecord(BaseModel):
             finished_at=None,
             worker=None,
             lease_owner=None,
+            hops=None,
             attempts=[*self.attempts, summary],
             not_before=utcnow() + timedelta(seconds=delay_s) if delay_s > 0 else None,
         )
         return nxt, nxt.message()
+
+    def with_hops(self, **at: float | None) -> TaskRecord:
+        """A copy with the hops of ``at`` (epoch seconds; None: not known) added, relative to created_at."""
+        created = self.created_at.timestamp()
+        hops = dict(self.hops or {})
+        hops.update({hop: round(t - created, 6) for hop, t in at.items() if t is not None})
+        return self.model_copy(update={"hops": hops})
 
     def to_doc(self) -> dict:
         """The record as an OpenSearch document."""

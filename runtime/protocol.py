@@ -101,6 +101,9 @@ class Reply(NamedTuple):
     error_type: str | None = None
     error: str | None = None
     traceback: str | None = None
+    # When the function began and returned in its worker (epoch seconds): the record's hops.
+    began: float | None = None
+    returned: float | None = None
 
     @classmethod
     def failure(cls, error_type: str, error: str | None, traceback: str | None = None) -> Reply:

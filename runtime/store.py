@@ -195,6 +195,7 @@ def _mappings() -> dict:
             "schedule_id": kw,
             "concurrency_key": kw,
             "rate_limit": kw,
+            "hops": stored_only,
             "priority": {"type": "byte"},
             "max_concurrency": {"type": "integer"},
             "timeout_s": {"type": "float"},

@@ -40,14 +40,56 @@ def settings() -> Settings:
     return Settings.from_env()
 
 
+def _topics_and_indices(st: LocalStack) -> tuple[set[str], set[str]]:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=st.kafka.address)
+    try:
+        topics = set(admin.list_topics())
+    finally:
+        admin.close()
+    store = OpenSearchStore(st.endpoints().opensearch, st.settings.index_alias)
+    try:
+        indices = set(store.client.indices.get(index="*", expand_wildcards="open,closed"))
+    finally:
+        store.close()
+    return topics, indices
+
+
+def _remove_new(st: LocalStack, before: tuple[set[str], set[str]]) -> None:
+    """Delete the topics and indices this session made (its unique queues, the namespaces of the
+    multi-node and sharding tests): the stack outlives the session, and every consumer reads every
+    queue topic it finds, so a hundred leftover queues per run would slow each later run down."""
+    from kafka import KafkaAdminClient
+
+    topics, indices = _topics_and_indices(st)
+    new_topics = sorted(topics - before[0])
+    new_indices = sorted(i for i in indices - before[1] if not i.startswith("."))
+    admin = KafkaAdminClient(bootstrap_servers=st.kafka.address, request_timeout_ms=60_000)
+    try:
+        for i in range(0, len(new_topics), 100):
+            admin.delete_topics(new_topics[i : i + 100], timeout_ms=60_000)
+    finally:
+        admin.close()
+    store = OpenSearchStore(st.endpoints().opensearch, st.settings.index_alias)
+    try:
+        for index in new_indices:
+            store.client.indices.delete(index=index, ignore_unavailable=True)
+    finally:
+        store.close()
+
+
 @pytest.fixture(scope="session")
 def stack(settings: Settings):
-    """The local stack; services this session started are stopped at its end."""
+    """The local stack; services this session started are stopped at its end, and the topics and
+    indices it made are deleted."""
     st = LocalStack(settings)
     already = {svc.name for svc in st.services if svc.pid()}
     st.up()
+    before = _topics_and_indices(st)
     yield st
     raylane.shutdown()
+    _remove_new(st, before)
     started = [svc.name for svc in st.services if svc.name not in already]
     if started:
         st.down(only=started)

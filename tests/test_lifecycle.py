@@ -16,6 +16,7 @@ from conftest import wait_until
 import raylane
 from raylane.actors.deploy import actor_stats
 from raylane.errors import TaskAlreadyFinished, TaskCancelled, TaskFailed, TaskTimedOut
+from raylane.models import HOPS
 from raylane.stack import proc
 from raylane.states import TaskState, version_of
 
@@ -67,6 +68,11 @@ def test_submit_to_result_with_versions(rl, store, unique):
     assert rec.version == version_of(TaskState.SUCCEEDED, 0) == _doc_version(store, h.id)
     assert rec.started_at and rec.finished_at and rec.created_at <= rec.started_at <= rec.finished_at
     assert rec.args == [2, 3] and rec.result == 5 and rec.queue == queue
+    # The record keeps when the attempt passed each hop of its way, in the order of the way.
+    hops = [rec.hops[h] for h in HOPS]
+    assert hops == sorted(hops) and hops[0] > 0
+    run_started = (rec.started_at - rec.created_at).total_seconds()
+    assert hops[HOPS.index("handed")] <= run_started <= hops[HOPS.index("claimed")]
 
 
 def test_running_state_and_version_observed(rl, store, tmp_path):

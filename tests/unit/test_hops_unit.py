@@ -1,0 +1,61 @@
+"""Where a task's time goes, without services: the hops its record keeps, and a keeper's waiter
+that answers as soon as everything it waits for has arrived."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from raylane.actors.status_keeper import _Waiter
+from raylane.models import HOPS, TaskRecord
+from raylane.states import TaskState
+
+from contracts import message
+
+
+def test_hops_are_seconds_after_creation_and_unknown_ones_are_left_out():
+    rec = TaskRecord.pending(message())
+    created = rec.created_at.timestamp()
+    rec = rec.with_hops(read=created + 0.25, handed=None).with_hops(claimed=created + 0.5)
+    assert rec.hops == {"read": 0.25, "claimed": 0.5}
+    assert set(rec.hops) <= set(HOPS)
+
+
+def test_a_new_attempt_starts_without_the_hops_of_the_last():
+    rec = TaskRecord.pending(message().model_copy(update={"retry": {"max_retries": 2}}))
+    running = rec.moved_to(TaskState.RUNNING).with_hops(read=time.time())
+    failed = running.moved_to(TaskState.FAILED, will_retry=True)
+    assert failed.hops == running.hops
+    nxt, _ = failed.retried(0.0)
+    assert nxt.attempt == 1 and nxt.hops is None
+
+
+def test_a_waiter_with_everything_it_waits_for_answers_without_gathering():
+    async def scenario() -> list:
+        waiter = _Waiter(gather_s=60.0, expected=1)
+        asyncio.get_running_loop().call_soon(waiter.deliver, TaskRecord.pending(message()))
+        return await asyncio.wait_for(waiter.take(timeout_s=60.0), 10.0)
+
+    assert len(asyncio.run(scenario())) == 1
+
+
+def test_a_waiter_of_several_still_gathers_after_the_first():
+    async def scenario() -> list:
+        waiter = _Waiter(gather_s=0.05, expected=3)
+        loop = asyncio.get_running_loop()
+        loop.call_soon(waiter.deliver, TaskRecord.pending(message()))
+        loop.call_later(0.01, waiter.deliver, TaskRecord.pending(message()))
+        return await waiter.take(timeout_s=60.0)
+
+    # The second arrives within the gathering time of the first, and both are answered together.
+    assert len(asyncio.run(scenario())) == 2
+
+
+@pytest.mark.parametrize("expected", [1, 2])
+def test_a_waiter_with_nothing_answers_empty_at_its_timeout(expected):
+    async def scenario() -> list:
+        return await _Waiter(gather_s=0.01, expected=expected).take(timeout_s=0.05)
+
+    assert asyncio.run(scenario()) == []
