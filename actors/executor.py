@@ -171,8 +171,10 @@ class Executor:
         return out
 
     async def _start_after_backoff(self, msg: TaskMessage) -> list[HandOffResult]:
-        if msg.not_before is not None:
-            await asyncio.sleep(max(0.0, (msg.not_before - utcnow()).total_seconds()))
+        # The event loop sleeps on the monotonic clock, the slot is a wall-clock time, and the
+        # record's started_at is one too: look at the wall clock again until the slot has come.
+        while msg.not_before is not None and (left := (msg.not_before - utcnow()).total_seconds()) > 0:
+            await asyncio.sleep(left)
         return await self._start_ready([msg])
 
     async def _start_ready(self, msgs: list[TaskMessage]) -> list[HandOffResult]:

@@ -54,7 +54,7 @@ def remove_deployment(settings) -> None:
     store.close()
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=endpoints.kafka_bootstrap)
+    admin = KafkaAdminClient(**endpoints.kafka.client_options())
     topics = [t for t in admin.list_topics() if t.startswith(settings.topic_prefix) or t == settings.dlq_topic]
     if topics:
         admin.delete_topics(topics)

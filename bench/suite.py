@@ -413,7 +413,7 @@ def bench_floor(n: int) -> dict:
     queue_name = "floor"
     cfg = _connection().settings
     producer = KafkaTaskQueue(
-        endpoints.kafka_bootstrap,
+        endpoints.kafka,
         prefix=f"raylane-bench-floor-{uuid.uuid4().hex[:6]}.",
         dlq_topic=cfg.dlq_topic,
         partitions=1,
@@ -423,7 +423,7 @@ def bench_floor(n: int) -> dict:
     topic = producer.ensure_queue(queue_name)
     consumer = KafkaConsumer(
         topic,
-        bootstrap_servers=endpoints.kafka_bootstrap,
+        **endpoints.kafka.client_options(),
         auto_offset_reset="latest",
         enable_auto_commit=False,
         group_id=None,
@@ -559,7 +559,7 @@ def _remove_burst(store, settings, queue: str, ids: list[str]) -> None:
 def _delete_topic(topic: str) -> None:
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=_connection_endpoints().kafka_bootstrap)
+    admin = KafkaAdminClient(**_connection_endpoints().kafka.client_options())
     try:
         admin.delete_topics([topic])
     finally:

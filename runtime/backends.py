@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from raylane.config import OpenSearchConnection
+from raylane.config import KafkaConnection, OpenSearchConnection
 from raylane.memory import InMemoryBroker, InMemoryQueueReader, InMemoryStore, InMemoryTaskQueue
 from raylane.queue import ENVELOPE_BYTES, KafkaQueueReader, KafkaTaskQueue, QueueReader, TaskQueue
 from raylane.signing import Signer
@@ -38,20 +38,31 @@ def memory_broker(name: str) -> InMemoryBroker:
         return _brokers.setdefault(name, InMemoryBroker())
 
 
-def open_store(conn: OpenSearchConnection, alias: str) -> StatusStore:
-    """The status store at ``conn``, its records behind ``alias``."""
+def open_store(conn: OpenSearchConnection, alias: str, copies: int | None = None) -> StatusStore:
+    """The status store at ``conn``, its records behind ``alias`` (each shard in ``copies`` copies)."""
     if is_memory(conn.url):
         return memory_store(f"{conn.url[len(MEMORY) :]}/{alias}")
-    return OpenSearchStore(conn, alias)
+    return OpenSearchStore(conn, alias, copies=copies)
+
+
+def _address(kafka: KafkaConnection | str) -> str:
+    return kafka.bootstrap if isinstance(kafka, KafkaConnection) else kafka
 
 
 def open_queue(
-    bootstrap: str, *, prefix: str, dlq_topic: str, partitions: int, max_payload_bytes: int, signer: Signer
+    kafka: KafkaConnection | str,
+    *,
+    prefix: str,
+    dlq_topic: str,
+    partitions: int,
+    max_payload_bytes: int,
+    signer: Signer,
+    copies: int | None = None,
 ) -> TaskQueue:
-    """The producing side of the queues at ``bootstrap``."""
-    if is_memory(bootstrap):
+    """The producing side of the queues at ``kafka``."""
+    if is_memory(_address(kafka)):
         return InMemoryTaskQueue(
-            memory_broker(bootstrap[len(MEMORY) :]),
+            memory_broker(_address(kafka)[len(MEMORY) :]),
             prefix=prefix,
             dlq_topic=dlq_topic,
             partitions=partitions,
@@ -59,25 +70,26 @@ def open_queue(
             signer=signer,
         )
     return KafkaTaskQueue(
-        bootstrap,
+        kafka,
         prefix=prefix,
         dlq_topic=dlq_topic,
         partitions=partitions,
         max_payload_bytes=max_payload_bytes,
         signer=signer,
+        copies=copies,
     )
 
 
 def open_reader(
-    bootstrap: str, *, prefix: str, group: str, max_payload_bytes: int, member: int = 0, members: int = 1
+    kafka: KafkaConnection | str, *, prefix: str, group: str, max_payload_bytes: int, member: int = 0, members: int = 1
 ) -> QueueReader:
-    """Reader ``member`` of ``members`` of every queue topic at ``bootstrap``."""
-    if is_memory(bootstrap):
+    """Reader ``member`` of ``members`` of every queue topic at ``kafka``."""
+    if is_memory(_address(kafka)):
         return InMemoryQueueReader(
-            memory_broker(bootstrap[len(MEMORY) :]), prefix=prefix, group=group, member=member, members=members
+            memory_broker(_address(kafka)[len(MEMORY) :]), prefix=prefix, group=group, member=member, members=members
         )
     return KafkaQueueReader(
-        bootstrap,
+        kafka,
         prefix=prefix,
         group=group,
         max_message=max_payload_bytes + ENVELOPE_BYTES,

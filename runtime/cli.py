@@ -13,7 +13,8 @@ from raylane.errors import RaylaneError
 def _stack(args: argparse.Namespace) -> int:
     from raylane.stack import LocalStack
 
-    stack = LocalStack(Settings.from_env(), quiet=getattr(args, "json", False))
+    overrides = {"secure_stack": True} if args.secure else {}
+    stack = LocalStack(Settings.from_env(**overrides), quiet=getattr(args, "json", False))
     if args.stack_cmd == "up":
         statuses = stack.up(only=args.services or None)
         if not args.no_actors:
@@ -325,6 +326,12 @@ def _services_argument(parser: argparse.ArgumentParser, verb: str) -> None:
         metavar="SERVICE",
         help=f"{verb} only these (kafka, opensearch, ray); default all",
     )
+    parser.add_argument(
+        "--secure",
+        action="store_true",
+        help="the secure local stack (as RAYLANE_SECURE_STACK=1): Kafka on SASL_SSL with SCRAM-SHA-512, "
+        "OpenSearch on HTTPS with basic auth; certificates and credentials under <home>/secure",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         "status", help="show each service's state, pid, address and memory; exit 3 unless all run"
     )
     status.add_argument("--json", action="store_true", help="print as JSON")
+    status.add_argument("--secure", action="store_true", help="the secure local stack (as RAYLANE_SECURE_STACK=1)")
     st.set_defaults(func=_stack)
 
     from datetime import datetime

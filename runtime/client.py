@@ -105,7 +105,7 @@ def _dashboard_url(wait_s: float = 60.0) -> str:
 def _actor_config(settings: Settings, endpoints: Endpoints):
 
     return ActorConfig(
-        kafka_bootstrap=endpoints.kafka_bootstrap,
+        kafka=endpoints.kafka,
         opensearch=endpoints.opensearch,
         namespace=settings.namespace,
         index_alias=settings.index_alias,
@@ -113,6 +113,7 @@ def _actor_config(settings: Settings, endpoints: Endpoints):
         dlq_topic=settings.dlq_topic,
         default_queue=settings.default_queue,
         partitions=settings.partitions,
+        replication=settings.replication,
         max_payload_bytes=settings.max_payload_bytes,
         max_result_bytes=settings.max_result_bytes,
         max_depth=settings.max_depth,
@@ -139,8 +140,8 @@ def _endpoints(settings: Settings, start_missing: bool) -> Endpoints:
     if start_missing and needed and not all(stack.get(n).pid() for n in needed):
         stack.up(only=needed)
     return Endpoints(
-        kafka_bootstrap=settings.kafka_bootstrap or stack.kafka.address,
-        opensearch=settings.opensearch(settings.opensearch_url or stack.opensearch.address),
+        kafka=settings.kafka() if settings.kafka_bootstrap else stack.kafka.connection(),
+        opensearch=settings.opensearch() if settings.opensearch_url else stack.opensearch.connection(),
         ray_address=settings.ray_address or (stack.ray.address if local["ray"] else None),
     )
 

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, ConfigDict, SecretStr, SerializationInfo, field_serializer
 
 from raylane.backends import open_queue, open_reader, open_store
-from raylane.config import OpenSearchConnection, reveal_secret
+from raylane.config import KafkaConnection, OpenSearchConnection, reveal_secret
 from raylane.errors import RaylaneError
 from raylane.limits import Limits
 from raylane.queue import QueueReader, TaskQueue
@@ -116,7 +116,7 @@ class ActorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kafka_bootstrap: str
+    kafka: KafkaConnection
     opensearch: OpenSearchConnection
     namespace: str
     index_alias: str
@@ -124,6 +124,7 @@ class ActorConfig(BaseModel):
     dlq_topic: str
     default_queue: str
     partitions: int
+    replication: int | None = None  # copies of each partition and shard (None: derived from the cluster)
     max_payload_bytes: int
     max_result_bytes: int = 1 << 20
     max_depth: int = 16
@@ -149,23 +150,24 @@ class ActorConfig(BaseModel):
 
     def store(self) -> StatusStore:
         """A client of the status store."""
-        return open_store(self.opensearch, self.index_alias)
+        return open_store(self.opensearch, self.index_alias, self.replication)
 
     def queue(self) -> TaskQueue:
         """A producer to the queues (and the dead-letter topic)."""
         return open_queue(
-            self.kafka_bootstrap,
+            self.kafka,
             prefix=self.topic_prefix,
             dlq_topic=self.dlq_topic,
             partitions=self.partitions,
             max_payload_bytes=self.max_payload_bytes,
             signer=self.signer(),
+            copies=self.replication,
         )
 
     def reader(self, member: int) -> QueueReader:
         """Reader ``member`` of ``consumers`` of every queue topic."""
         return open_reader(
-            self.kafka_bootstrap,
+            self.kafka,
             prefix=self.topic_prefix,
             group=self.consumer_group,
             max_payload_bytes=self.max_payload_bytes,

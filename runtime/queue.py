@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from raylane.compat import forget_empty_partitions, free_fetch_slot
-from raylane.errors import QueueUnavailable
+from raylane.config import KafkaConnection
+from raylane.errors import ConfigError, QueueUnavailable
 from raylane.models import TaskMessage
 from raylane.signing import SIGNATURE_HEADER, Signer
 
@@ -159,13 +160,19 @@ def priority_of(prefix: str, topic: str) -> int | None:
     return None
 
 
+def kafka_options(kafka: KafkaConnection | str) -> dict[str, Any]:
+    """kafka-python client options for ``kafka`` (a bare address: PLAINTEXT), with raylane's quick reconnects."""
+    conn = kafka if isinstance(kafka, KafkaConnection) else KafkaConnection(bootstrap=kafka)
+    return {**conn.client_options(), **_RECONNECT}
+
+
 class KafkaTaskQueue(TaskQueue):
     """Producer side on Kafka: ``acks=all``, idempotent producer, topics created on first use.
     Every task message carries its signature under the cluster secret in a header."""
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: KafkaConnection | str,
         *,
         prefix: str,
         dlq_topic: str,
@@ -173,14 +180,17 @@ class KafkaTaskQueue(TaskQueue):
         max_payload_bytes: int,
         signer: Signer,
         produce_timeout_s: float = 10.0,
+        copies: int | None = None,
     ):
-        self.bootstrap = bootstrap
+        self._options = kafka_options(kafka)
+        self.bootstrap = self._options["bootstrap_servers"]
         self.signer = signer
         self.prefix = prefix
         self.dlq_topic = dlq_topic
         self.partitions = partitions
         self.max_message = max_payload_bytes + ENVELOPE_BYTES
         self.produce_timeout_s = produce_timeout_s
+        self.copies = copies
         self._known: set[str] = set()
         self._lock = threading.Lock()
         self._producer = None
@@ -193,14 +203,13 @@ class KafkaTaskQueue(TaskQueue):
         if self._producer is None:
             try:
                 self._producer = KafkaProducer(
-                    bootstrap_servers=self.bootstrap,
+                    **self._options,
                     acks="all",
                     enable_idempotence=True,
                     linger_ms=2,
                     max_request_size=self.max_message,
                     request_timeout_ms=int(self.produce_timeout_s * 1000),
                     max_block_ms=int(self.produce_timeout_s * 1000),
-                    **_RECONNECT,
                 )
             except (KafkaError, OSError) as e:
                 raise QueueUnavailable(f"Kafka at {self.bootstrap} unreachable: {e}") from e
@@ -210,14 +219,12 @@ class KafkaTaskQueue(TaskQueue):
         from kafka import KafkaAdminClient
 
         if self._admin is None:
-            self._admin = KafkaAdminClient(
-                bootstrap_servers=self.bootstrap, request_timeout_ms=int(self.produce_timeout_s * 1000), **_RECONNECT
-            )
+            self._admin = KafkaAdminClient(**self._options, request_timeout_ms=int(self.produce_timeout_s * 1000))
         return self._admin
 
     def _ensure_topic(self, topic: str) -> str:
         from kafka.admin import NewTopic
-        from kafka.errors import KafkaError, TopicAlreadyExistsError
+        from kafka.errors import InvalidReplicationFactorError, KafkaError, TopicAlreadyExistsError
 
         with self._lock:
             if topic in self._known:
@@ -225,21 +232,39 @@ class KafkaTaskQueue(TaskQueue):
             try:
                 admin = self._admin_client()
                 if topic not in set(admin.list_topics()):
+                    copies = self.replication_factor()
                     with contextlib.suppress(TopicAlreadyExistsError):
                         admin.create_topics(
                             [
                                 NewTopic(
                                     topic,
                                     num_partitions=self.partitions,
-                                    replication_factor=1,
-                                    topic_configs={"max.message.bytes": str(self.max_message)},
+                                    replication_factor=copies,
+                                    topic_configs={
+                                        "max.message.bytes": str(self.max_message),
+                                        # acks=all then means: on at least two brokers, where there are several.
+                                        "min.insync.replicas": str(max(1, copies - 1)),
+                                    },
                                 )
                             ]
                         )
+            except InvalidReplicationFactorError as e:
+                raise ConfigError(
+                    f"could not create Kafka topic {topic} with {self.replication_factor()} copies: {e} "
+                    "(RAYLANE_REPLICATION is more than the cluster's brokers?)"
+                ) from e
             except (KafkaError, OSError) as e:
                 raise QueueUnavailable(f"could not create Kafka topic {topic}: {e}") from e
             self._known.add(topic)
             return topic
+
+    def replication_factor(self) -> int:
+        """Copies of each partition of a new topic: ``copies``, or as many as the cluster has
+        brokers, up to 3."""
+        if self.copies is not None:
+            return self.copies
+        brokers = self._admin_client().describe_cluster()["brokers"]
+        return min(3, max(1, len(brokers)))
 
     def ensure_queue(self, queue: str) -> str:
         return self._ensure_topic(topic_of(self.prefix, queue))
@@ -338,7 +363,7 @@ class KafkaQueueReader(QueueReader):
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: KafkaConnection | str,
         *,
         prefix: str,
         group: str,
@@ -353,6 +378,7 @@ class KafkaQueueReader(QueueReader):
         if not 0 <= member < members:
             raise ValueError(f"member {member} is not one of {members} readers")
         self.prefix, self.member, self.members, self.refresh_s = prefix, member, members, refresh_s
+        self._options = kafka_options(kafka)
         self._refreshed = 0.0
         self._held: set = set()  # partitions of paused queues
         self._yielding: set = set()  # partitions waiting while a higher priority has messages
@@ -361,16 +387,14 @@ class KafkaQueueReader(QueueReader):
         self._lock = threading.Lock()
         try:
             self._consumer = KafkaConsumer(
-                bootstrap_servers=bootstrap,
+                **self._options,
                 group_id=group,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_partition_fetch_bytes=max(max_message, 1 << 20),
-                **_RECONNECT,
             )
         except (KafkaError, OSError) as e:
-            raise QueueUnavailable(f"Kafka at {bootstrap} unreachable: {e}") from e
-        self._bootstrap = bootstrap
+            raise QueueUnavailable(f"Kafka at {self._options['bootstrap_servers']} unreachable: {e}") from e
         self._offsets: Any = None  # a client of its own for log-end offsets (see _ends)
 
     def _ends(self, partitions: list) -> dict:
@@ -380,7 +404,7 @@ class KafkaQueueReader(QueueReader):
         from kafka import KafkaConsumer
 
         if self._offsets is None:
-            self._offsets = KafkaConsumer(bootstrap_servers=self._bootstrap, **_RECONNECT)
+            self._offsets = KafkaConsumer(**self._options)
         return self._offsets.end_offsets(partitions)
 
     def _refresh_assignment(self) -> None:

@@ -223,17 +223,16 @@ class OpenSearchStore(StatusStore):
         alias: str = "raylane-tasks",
         timeout_s: float = 30.0,
         max_bulk_bytes: int = MAX_BULK_BYTES,
+        copies: int | None = None,
     ):
         from opensearchpy import OpenSearch
 
         self.alias = alias
         self.max_bulk_bytes = max_bulk_bytes
-        auth = (conn.username, conn.password.get_secret_value() if conn.password else "") if conn.username else None
+        self.copies = copies
+        self._replicas_known: int | None = None
         self._client = OpenSearch(
-            hosts=[conn.url],
-            http_auth=auth,
-            verify_certs=conn.verify_certs,
-            ca_certs=conn.ca_certs,
+            **conn.client_options(),
             timeout=timeout_s,
             max_retries=2,
             retry_on_timeout=True,
@@ -263,10 +262,22 @@ class OpenSearchStore(StatusStore):
                 status=e.status_code if isinstance(e.status_code, int) else None,
             ) from e
 
+    def replicas(self) -> int:
+        """Replicas of each shard: ``copies`` - 1, or by default as many copies as the cluster
+        has data nodes, up to 3."""
+        if self._replicas_known is None:
+            if self.copies is not None:
+                self._replicas_known = self.copies - 1
+            else:
+                nodes = self._call(self._client.cluster.health)["number_of_data_nodes"]
+                self._replicas_known = min(3, max(1, nodes)) - 1
+        return self._replicas_known
+
     def ensure_schema(self) -> None:
         from opensearchpy.exceptions import RequestError
 
         c = self._client
+        replicas = self.replicas()
         self._call(
             c.indices.put_index_template,
             name=f"{self.alias}-template",
@@ -275,7 +286,7 @@ class OpenSearchStore(StatusStore):
                 "template": {
                     "settings": {
                         "number_of_shards": 1,
-                        "number_of_replicas": 0,
+                        "number_of_replicas": replicas,
                         "refresh_interval": "1s",
                         "max_result_window": 10000,
                     },
@@ -286,6 +297,8 @@ class OpenSearchStore(StatusStore):
         if self._call(c.indices.exists_alias, name=self.alias):
             # An index made by an older raylane gains the fields added since (adding is allowed; nothing changes type).
             self._call(c.indices.put_mapping, index=self.alias, body=_mappings())
+            # Replicas may change at any time: the indices made before follow the setting.
+            self._call(c.indices.put_settings, index=self.alias, body={"index": {"number_of_replicas": replicas}})
         else:
             try:
                 self._call(
@@ -296,6 +309,9 @@ class OpenSearchStore(StatusStore):
             except RequestError as e:
                 if "resource_already_exists" not in str(e):
                     raise StoreUnavailable(f"could not create the index of {self.alias}: {e}") from e
+        # The control index too, with its mapping and replicas, before any write could make it
+        # with OpenSearch's defaults (a replica a single node can never place).
+        self._map_control()
 
     def write_many(self, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
         if not records:
@@ -508,9 +524,19 @@ class OpenSearchStore(StatusStore):
         }
         try:
             self._call(self._client.indices.put_mapping, index=self._control_index, body=mapping)
+            self._call(
+                self._client.indices.put_settings,
+                index=self._control_index,
+                body={"index": {"number_of_replicas": self.replicas()}},
+            )
         except NotFoundError:
             try:
-                self._call(self._client.indices.create, index=self._control_index, body={"mappings": mapping})
+                settings = {"number_of_shards": 1, "number_of_replicas": self.replicas()}
+                self._call(
+                    self._client.indices.create,
+                    index=self._control_index,
+                    body={"settings": settings, "mappings": mapping},
+                )
             except RequestError as e:
                 if "resource_already_exists" not in str(e):
                     raise StoreUnavailable(f"could not create {self._control_index}: {e}") from e

@@ -72,7 +72,7 @@ def big_queue(rl, store, stack, settings, unique):
     ids = [h["_id"] for h in helpers.scan(store.client, index=store.alias, query=query)]
     index = next(iter(store.client.indices.get_alias(name=store.alias)))
     helpers.bulk(store.client, ({"_op_type": "delete", "_index": index, "_id": i} for i in ids), chunk_size=5000)
-    admin = KafkaAdminClient(bootstrap_servers=stack.endpoints().kafka_bootstrap)
+    admin = KafkaAdminClient(**stack.endpoints().kafka.client_options())
     try:
         admin.delete_topics([topic_of(settings.topic_prefix, queue)])
     finally:

@@ -161,3 +161,44 @@ def test_reader_commit_leaves_out_a_deleted_topic(stack, unique):
         admin.close()
         reader.close()
         queue.close()
+
+
+def test_topics_and_indices_are_made_with_as_many_copies_as_the_cluster_allows(stack, settings, unique):
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from raylane.queue import KafkaTaskQueue
+    from raylane.store import OpenSearchStore
+
+    # One broker and one data node here: one copy of each partition, and no replica that could
+    # never be placed (a shard with one would keep its index yellow for good).
+    queue = KafkaTaskQueue(
+        stack.kafka.address,
+        prefix=f"test.copies.{unique}.",
+        dlq_topic=f"test.copies.{unique}.dlq",
+        partitions=1,
+        max_payload_bytes=1024,
+        signer=Signer.of(settings.cluster_secret()),
+    )
+    topic = queue.ensure_queue("q")
+    queue.close()
+    admin = KafkaAdminClient(bootstrap_servers=stack.kafka.address)
+    try:
+        [described] = admin.describe_topics([topic])
+        assert {len(p["replica_nodes"]) for p in described["partitions"]} == {1}
+        config = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        assert config["topic"][topic]["min.insync.replicas"]["value"] == "1"
+        admin.delete_topics([topic])
+    finally:
+        admin.close()
+    store = OpenSearchStore(stack.endpoints().opensearch, f"test-copies-{unique}")
+    try:
+        store.ensure_schema()
+        store.set_paused("q", True)  # makes the control index
+        health = store.client.cluster.health(index=f"test-copies-{unique}*", level="indices")["indices"]
+        assert {name: h["status"] for name, h in health.items()} == {
+            f"test-copies-{unique}-000001": "green",
+            f"test-copies-{unique}_control": "green",
+        }
+    finally:
+        store.client.indices.delete(index=f"test-copies-{unique}*")
+        store.close()

@@ -120,7 +120,7 @@ class LocalStack:
     def endpoints(self) -> Endpoints:
         """The addresses clients use to reach the local services."""
         return Endpoints(
-            kafka_bootstrap=self.kafka.address,
-            opensearch=self.settings.opensearch(self.opensearch.address),
+            kafka=self.kafka.connection(),
+            opensearch=self.opensearch.connection(),
             ray_address=self.ray.address,
         )

@@ -110,6 +110,25 @@ def opensearch_zip(home: Path, version: str) -> Path:
     return zip_path
 
 
+def opensearch_security_zip(home: Path, version: str) -> Path:
+    """The ``opensearch-security`` plugin of OpenSearch ``version`` (release ``<version>.0``), fetched if missing."""
+    target = home / "dist"
+    zip_path = target / f"opensearch-security-{version}.0.zip"
+    if zip_path.exists() and zipfile.is_zipfile(zip_path):
+        return zip_path
+    target.mkdir(parents=True, exist_ok=True)
+    artifact = f"org.opensearch.plugin:opensearch-security:{version}.0"
+    _mvn(
+        ["dependency:copy", f"-Dartifact={artifact}:zip", f"-DoutputDirectory={target}"],
+        home / "m2",
+        artifact,
+        home / "run" / "logs" / "fetch-opensearch-security.log",
+    )
+    if not zipfile.is_zipfile(zip_path):
+        raise StackError(f"mvn did not produce {zip_path}", service="opensearch")
+    return zip_path
+
+
 def unpack_opensearch(zip_path: Path, install_root: Path, version: str) -> Path:
     """Unpack the zip under ``install_root`` once; returns the OpenSearch home folder."""
     home = install_root / f"opensearch-{version}"

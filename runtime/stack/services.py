@@ -11,6 +11,7 @@ import json
 import os
 import pwd
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -21,9 +22,9 @@ import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from raylane.config import Settings, running_as_root, user_exists
+from raylane.config import KafkaConnection, OpenSearchConnection, Settings, running_as_root, user_exists
 from raylane.errors import StackError
-from raylane.stack import fetch, proc
+from raylane.stack import fetch, proc, secure
 
 
 def _java_home() -> Path:
@@ -40,11 +41,16 @@ class Service(ABC):
 
     name: str
 
+    # Whether the service has a secure variant (RAYLANE_SECURE_STACK), with files of its own.
+    _has_secure = False
+
     def __init__(self, settings: Settings):
         self.settings = settings
         self.run_dir = settings.state_dir
-        self.pid_file = self.run_dir / f"{self.name}.pid"
-        self.log_file = self.run_dir / "logs" / f"{self.name}.log"
+        self.secure = settings.secure_stack and self._has_secure
+        stem = f"{self.name}-secure" if self.secure else self.name
+        self.pid_file = self.run_dir / f"{stem}.pid"
+        self.log_file = self.run_dir / "logs" / f"{stem}.log"
 
     @property
     @abstractmethod
@@ -109,34 +115,77 @@ class Service(ABC):
 
 
 class Kafka(Service):
-    """A single-node Kafka 4.x in KRaft mode (broker and controller in one JVM) on loopback."""
+    """A single-node Kafka 4.x in KRaft mode (broker and controller in one JVM) on loopback; secure,
+    its clients use SASL_SSL with SCRAM-SHA-512, and its controller TLS with client certificates
+    (SCRAM credentials live in the metadata the controller serves, so it cannot use them itself)."""
 
     name = "kafka"
+    _has_secure = True
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.settings.kafka_port}"
 
+    def connection(self) -> KafkaConnection:
+        """How raylane's clients reach this Kafka."""
+        if self.secure:
+            return secure.kafka_connection(self.settings, self.address)
+        return self.settings.kafka(self.address)
+
     @property
     def _dir(self) -> Path:
-        return self.settings.home / "kafka"
+        return self.settings.home / ("kafka-secure" if self.secure else "kafka")
+
+    def _listeners(self) -> list[str]:
+        s = self.settings
+        controller = f"CONTROLLER://127.0.0.1:{s.kafka_controller_port}"
+        if not self.secure:
+            return [
+                f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},{controller}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port}",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            ]
+        m = secure.material(s)
+        creds = m.credentials()
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{secure.USER}" password="{creds["kafka_password"]}";'
+        )
+        return [
+            f"listeners=SASL_SSL://127.0.0.1:{s.kafka_port},{controller}",
+            f"advertised.listeners=SASL_SSL://127.0.0.1:{s.kafka_port}",
+            "inter.broker.listener.name=SASL_SSL",
+            "listener.security.protocol.map=CONTROLLER:SSL,SASL_SSL:SASL_SSL",
+            "sasl.enabled.mechanisms=SCRAM-SHA-512",
+            "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+            f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={jaas}",
+            "listener.name.controller.ssl.client.auth=required",
+            "ssl.keystore.type=PKCS12",
+            f"ssl.keystore.location={m.keystore}",
+            f"ssl.keystore.password={creds['keystore_password']}",
+            f"ssl.key.password={creds['keystore_password']}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={m.ca}",
+        ]
 
     def prepare(self) -> None:
         self._lib = fetch.kafka_libs(self.settings.home, self.settings.kafka_version)
         s = self.settings
+        if self.secure:
+            secure.material(s).ensure()
         data = self._dir / "data"
         self._dir.mkdir(parents=True, exist_ok=True)
-        (self._dir / "server.properties").write_text(
+        properties = self._dir / "server.properties"
+        properties.touch(mode=0o600)  # it holds the keystore's password when secure
+        properties.write_text(
             "\n".join(
                 [
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{s.kafka_controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port}",
+                    *self._listeners(),
                     "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
                     f"log.dirs={data}",
                     f"num.partitions={s.partitions}",
                     "auto.create.topics.enable=false",
@@ -176,6 +225,11 @@ class Kafka(Service):
                 "-"
             ):  # one in 64 would be read as an option by the tool, as Kafka's own ids avoid
                 cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            # The SCRAM user is part of the metadata the storage starts with.
+            scram = []
+            if self.secure:
+                password = secure.material(s).credentials()["kafka_password"]
+                scram = ["--add-scram", f"SCRAM-SHA-512=[name={secure.USER},password={password}]"]
             out = subprocess.run(
                 [
                     *self._java(),
@@ -185,6 +239,7 @@ class Kafka(Service):
                     cluster_id,
                     "-c",
                     str(self._dir / "server.properties"),
+                    *scram,
                 ],
                 capture_output=True,
                 text=True,
@@ -212,7 +267,7 @@ class Kafka(Service):
         from kafka.errors import KafkaError
 
         try:
-            admin = KafkaAdminClient(bootstrap_servers=self.address, request_timeout_ms=2000)
+            admin = KafkaAdminClient(**self.connection().client_options(), request_timeout_ms=2000)
         except (KafkaError, OSError):
             return False
         try:
@@ -225,17 +280,93 @@ class Kafka(Service):
 
 
 class OpenSearch(Service):
-    """A single-node OpenSearch 2.19 on loopback, run as an unprivileged user when raylane is root."""
+    """A single-node OpenSearch 2.19 on loopback, run as an unprivileged user when raylane is root;
+    secure, with the ``opensearch-security`` plugin of the same release from Maven Central: HTTPS
+    (and TLS between nodes) with the secure material's certificate, and basic auth."""
 
     name = "opensearch"
+    _has_secure = True
 
     @property
     def address(self) -> str:
-        return f"http://127.0.0.1:{self.settings.opensearch_port}"
+        scheme = "https" if self.secure else "http"
+        return f"{scheme}://127.0.0.1:{self.settings.opensearch_port}"
+
+    def connection(self) -> OpenSearchConnection:
+        """How raylane's clients reach this OpenSearch."""
+        if self.secure:
+            return secure.opensearch_connection(self.settings, self.address)
+        return self.settings.opensearch(self.address)
 
     @property
     def _root(self) -> Path:
-        return self.settings.opensearch_root_dir if running_as_root() else self.settings.home / "opensearch"
+        root = self.settings.opensearch_root_dir if running_as_root() else self.settings.home / "opensearch"
+        return root.with_name(f"{root.name}-secure") if self.secure else root
+
+    def _secure_config(self) -> list[str]:
+        """Install the security plugin (once) and configure it; the lines it adds to opensearch.yml."""
+        m = secure.material(self.settings)
+        m.ensure()
+        config = self._home / "config"
+        if not (self._home / "plugins" / "opensearch-security").exists():
+            plugin = fetch.opensearch_security_zip(self.settings.home, self.version)
+            out = subprocess.run(
+                [str(self._home / "bin" / "opensearch-plugin"), "install", "--batch", plugin.as_uri()],
+                env={**os.environ, "OPENSEARCH_JAVA_HOME": str(_java_home())},
+                capture_output=True,
+                text=True,
+            )
+            if out.returncode != 0:
+                raise StackError(f"installing opensearch-security failed: {out.stdout}{out.stderr}", service=self.name)
+        # The plugin reads certificates only from inside its config folder.
+        for src, name in ((m.ca, "raylane-ca.pem"), (m.cert, "raylane-node.pem"), (m.key, "raylane-node-key.pem")):
+            shutil.copyfile(src, config / name)
+            (config / name).chmod(0o600)
+        tool = self._home / "plugins" / "opensearch-security" / "tools" / "hash.sh"
+        tool.chmod(0o755)
+        hashed = subprocess.run(
+            [str(tool), "-env", "RAYLANE_OPENSEARCH_HASH_PASSWORD"],
+            env={
+                **os.environ,
+                "JAVA_HOME": str(_java_home()),
+                "OPENSEARCH_JAVA_HOME": str(_java_home()),
+                "RAYLANE_OPENSEARCH_HASH_PASSWORD": m.credentials()["opensearch_password"],
+            },
+            capture_output=True,
+            text=True,
+        )
+        bcrypt = hashed.stdout.strip().splitlines()[-1] if hashed.returncode == 0 and hashed.stdout.strip() else ""
+        if not bcrypt.startswith("$2"):
+            raise StackError(f"hashing the OpenSearch password failed: {hashed.stdout}{hashed.stderr}")
+        (config / "opensearch-security" / "internal_users.yml").write_text(
+            "\n".join(
+                [
+                    "_meta:",
+                    '  type: "internalusers"',
+                    "  config_version: 2",
+                    f"{secure.USER}:",
+                    f'  hash: "{bcrypt}"',
+                    "  reserved: true",
+                    '  backend_roles: ["admin"]',  # mapped to all_access by the plugin's default roles mapping
+                    '  description: "raylane"',
+                    "",
+                ]
+            )
+        )
+        return [
+            "plugins.security.ssl.transport.pemcert_filepath: raylane-node.pem",
+            "plugins.security.ssl.transport.pemkey_filepath: raylane-node-key.pem",
+            "plugins.security.ssl.transport.pemtrustedcas_filepath: raylane-ca.pem",
+            "plugins.security.ssl.transport.enforce_hostname_verification: false",
+            "plugins.security.ssl.http.enabled: true",
+            "plugins.security.ssl.http.pemcert_filepath: raylane-node.pem",
+            "plugins.security.ssl.http.pemkey_filepath: raylane-node-key.pem",
+            "plugins.security.ssl.http.pemtrustedcas_filepath: raylane-ca.pem",
+            "plugins.security.allow_default_init_securityindex: true",
+            'plugins.security.nodes_dn: ["CN=127.0.0.1,O=raylane"]',
+            'plugins.security.authcz.admin_dn: ["CN=raylane-admin,O=raylane"]',
+            "plugins.security.audit.type: noop",
+        ]
 
     def _ensure_user(self) -> None:
         user = self.settings.opensearch_user
@@ -251,9 +382,14 @@ class OpenSearch(Service):
                     service="opensearch",
                 )
 
+    @property
+    def version(self) -> str:
+        """The OpenSearch release this service runs."""
+        return self.settings.opensearch_secure_version if self.secure else self.settings.opensearch_version
+
     def prepare(self) -> None:
-        zip_path = fetch.opensearch_zip(self.settings.home, self.settings.opensearch_version)
-        self._home = fetch.unpack_opensearch(zip_path, self._root, self.settings.opensearch_version)
+        zip_path = fetch.opensearch_zip(self.settings.home, self.version)
+        self._home = fetch.unpack_opensearch(zip_path, self._root, self.version)
         s = self.settings
         data, logs = self._root / "data", self._root / "logs"
         data.mkdir(parents=True, exist_ok=True)
@@ -270,6 +406,7 @@ class OpenSearch(Service):
                     f"transport.port: {s.opensearch_transport_port}",
                     "discovery.type: single-node",
                     "cluster.routing.allocation.disk.threshold_enabled: false",
+                    *(self._secure_config() if self.secure else []),
                     "",
                 ]
             )
@@ -301,8 +438,17 @@ class OpenSearch(Service):
 
     def health(self) -> dict | None:
         """The cluster health document, or None when OpenSearch does not answer."""
+        request = urllib.request.Request(f"{self.address}/_cluster/health")
+        context = None
+        if self.secure:
+            m = secure.material(self.settings)
+            if not m.ready():
+                return None
+            context = ssl.create_default_context(cafile=str(m.ca))
+            login = f"{secure.USER}:{m.credentials()['opensearch_password']}".encode()
+            request.add_header("Authorization", "Basic " + base64.b64encode(login).decode())
         try:
-            with urllib.request.urlopen(f"{self.address}/_cluster/health", timeout=2) as r:
+            with urllib.request.urlopen(request, timeout=2, context=context) as r:
                 return json.load(r)
         except (urllib.error.URLError, OSError, ValueError):
             return None

@@ -37,7 +37,14 @@ def test_on_premises_config_is_what_ray_up_accepts():
     setup = " ".join(config["setup_commands"])
     assert "pip install -q -e ~/raylane" in setup
     assert "RAYLANE_KAFKA_BOOTSTRAP=" in setup and "RAYLANE_OPENSEARCH_URL=" in setup
-    assert config["file_mounts"] == {"~/raylane": "."}
+    # Secrets reach every node as files copied from the launching machine, never as text in the file.
+    assert config["file_mounts"] == {
+        "~/raylane": ".",
+        "~/.raylane/secrets": "~/.raylane/secrets",
+        "~/.ray/auth_token": "~/.ray/auth_token",
+        "~/.cache/raylane/cluster.key": "~/.cache/raylane/cluster.key",
+    }
+    assert "PASSWORD=" not in setup.upper() and "TOKEN=" not in setup.upper()
     assert all("RAY_AUTH_MODE=token" in c for c in config["head_start_ray_commands"][1:])
 
 
