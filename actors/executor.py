@@ -21,6 +21,7 @@ import os
 import time
 import uuid
 from collections import Counter
+from datetime import timedelta
 
 import ray
 
@@ -39,6 +40,7 @@ from raylane.states import TaskState
 log = logging.getLogger("raylane.executor")
 
 _LAUNCHED_KEPT = 100_000
+_OLD_MESSAGE_S = 3600.0  # a message this old is run only if its task has a record
 _STATS = (
     "started",
     "skipped",
@@ -129,7 +131,30 @@ class Executor:
             self._arrivals[(m.id, m.attempt)] = (read_at, handed)
         while len(self._arrivals) > _LAUNCHED_KEPT:
             self._arrivals.pop(next(iter(self._arrivals)))
-        return await self._start(msgs)
+        purged = await self._purged(msgs)
+        if not purged:
+            return await self._start(msgs)
+        rest = [i for i in range(len(msgs)) if i not in purged]
+        out = [
+            HandOffResult(HandOff.REFUSED, "the task has no record (purged after the retention, or never recorded)")
+        ] * len(msgs)
+        for i, outcome in zip(rest, await self._start([msgs[i] for i in rest]) if rest else [], strict=True):
+            out[i] = outcome
+        return out
+
+    async def _purged(self, msgs: list[TaskMessage]) -> set[int]:
+        """Which of ``msgs`` belong to tasks that have no record. A claim is a versioned write that
+        needs no record before it, so it would make such a task anew and run it: one purged after
+        the retention, whose message is read again once its offsets expired. Only a message older
+        than ``_OLD_MESSAGE_S`` (or the retention, if shorter) can be one, and only its record is
+        read, off the hot path."""
+        age = min(_OLD_MESSAGE_S, self.config.retention_s or _OLD_MESSAGE_S)
+        cutoff = utcnow() - timedelta(seconds=age)
+        old = [i for i, m in enumerate(msgs) if m.created_at < cutoff]
+        if not old:
+            return set()
+        found = await asyncio.to_thread(self._store.get_many, [msgs[i].id for i in old])
+        return {i for i in old if msgs[i].id not in found}
 
     async def _start(self, msgs: list[TaskMessage]) -> list[HandOffResult]:
         now = utcnow()

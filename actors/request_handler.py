@@ -322,6 +322,17 @@ class RequestHandler:
         return await asyncio.to_thread(self.store.counts, self._query(query))
 
     @replies_errors
+    async def purge(self, older_than_s: float, states: list[str] | None = None) -> int:
+        """Delete the records of tasks finished more than ``older_than_s`` ago (of ``states`` only,
+        if given); returns how many."""
+        try:
+            parsed = None if states is None else [TaskState(s) for s in states]
+        except ValueError as e:
+            raise InvalidTaskInput(f"not a task state: {e}") from None
+        before = utcnow() - timedelta(seconds=older_than_s)
+        return await asyncio.to_thread(self.store.purge, before, parsed)
+
+    @replies_errors
     async def refresh(self) -> None:
         """Make every accepted write visible to search now."""
         await asyncio.to_thread(self.store.refresh)

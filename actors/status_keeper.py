@@ -35,6 +35,8 @@ from raylane.store import TaskQuery
 log = logging.getLogger("raylane.status_keeper")
 
 _RECENT_TERMINAL = 100_000
+_PURGE_FIRST_S = 60.0  # after a start, before the first purge (the cluster is busy coming up)
+_PURGE_EVERY_S = 24 * 3600.0
 _KILL_STATES = (TaskState.CANCELLED, TaskState.TIMED_OUT)
 
 
@@ -85,6 +87,7 @@ class StatusKeeper:
         self._writes = GroupCommit(self._flush, max_batch)
         self._deadline_task: asyncio.Task | None = None
         self._scheduler_task: asyncio.Task | None = None
+        self._purge_task: asyncio.Task | None = None
         self._router: Keepers | None = None
         # This keeper fires the ticks of its share of the schedules.
         self._scheduler = Scheduler(self.store, self._write_ticks, shard=(index, config.keepers))
@@ -113,6 +116,7 @@ class StatusKeeper:
             "timeouts": 0,
             "kills": 0,
             "released": 0,
+            "purged": 0,
         }
         self.metrics = KeeperMetrics()
 
@@ -121,6 +125,20 @@ class StatusKeeper:
             self._deadline_task = asyncio.create_task(self._deadline_loop())
         if self._scheduler_task is None or self._scheduler_task.done():
             self._scheduler_task = asyncio.create_task(self._scheduler.loop())
+        # One keeper purges for all: a purge deletes by query across the whole index.
+        if self.config.retention_s and self.index == 0 and (self._purge_task is None or self._purge_task.done()):
+            self._purge_task = asyncio.create_task(self._purge_loop(self.config.retention_s))
+
+    async def _purge_loop(self, retention_s: float) -> None:
+        """Delete the records of tasks finished more than ``retention_s`` ago, daily."""
+        await asyncio.sleep(_PURGE_FIRST_S)
+        while True:
+            try:
+                before = utcnow() - timedelta(seconds=retention_s)
+                self.stats["purged"] += await asyncio.to_thread(self.store.purge, before)
+            except Exception as e:  # the store is away: the next day's purge takes these too
+                log.warning("purging finished records failed: %r", e)
+            await asyncio.sleep(_PURGE_EVERY_S)
 
     async def _write_ticks(self, records: Sequence[TaskRecord]) -> list[WriteOutcome]:
         # A tick's task may belong to another keeper: the router sends each record to its owner.

@@ -210,6 +210,38 @@ def _counts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    from raylane.client import _endpoints
+    from raylane.store import MAPPING_VERSION, OpenSearchStore
+
+    settings = Settings.from_env()
+    store = OpenSearchStore(_endpoints(settings, start_missing=False).opensearch, args.alias or settings.index_alias)
+    try:
+        before = store.write_index()
+        store.ensure_schema()  # adds in place what it can, and migrates what it cannot
+        after = store.write_index()
+    finally:
+        store.close()
+    moved = after if after != before else None
+    if args.json:
+        print(json.dumps({"alias": store.alias, "from": before, "to": moved, "mapping_version": MAPPING_VERSION}))
+    elif moved:
+        print(f"moved the records of {store.alias} from {before} to {moved} (mapping version {MAPPING_VERSION})")
+    else:
+        print(f"{store.alias} ({before}) has mapping version {MAPPING_VERSION}: nothing to move")
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    rl = _connect()
+    deleted = rl.purge(args.older_than, args.state or None)
+    if args.json:
+        print(json.dumps({"deleted": deleted}))
+    else:
+        print(f"deleted the records of {deleted} task(s) finished more than {args.older_than} ago")
+    return 0
+
+
 def _pause(args: argparse.Namespace) -> int:
     rl = _connect()
     (rl.pause if args.cmd == "pause" else rl.resume)(args.queue)
@@ -424,6 +456,31 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tag", action="append", help="only tasks with this tag")
     sp.add_argument("--json", action="store_true", help="print as JSON")
     sp.set_defaults(func=_counts)
+
+    sp = sub.add_parser(
+        "migrate",
+        help="bring the status index to the current mapping",
+        description="Bring the status index to this release's mapping: fields added since are added in "
+        "place; a mapping that cannot change in place (a field of another type) moves every record to "
+        "a new index behind the same alias while writes go on. raylane's keepers do the same at start.",
+    )
+    sp.add_argument("--alias", help="the status index's alias (default RAYLANE_INDEX_ALIAS)")
+    sp.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    sp.set_defaults(func=_migrate)
+
+    sp = sub.add_parser(
+        "purge",
+        help="delete the records of tasks finished more than a while ago",
+        description="Delete the records of finished tasks (SUCCEEDED, FAILED, CANCELLED, TIMED_OUT; not a "
+        "failed attempt whose retry follows) that finished more than --older-than ago. With "
+        "RAYLANE_RETENTION set, the service does this daily.",
+    )
+    sp.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 90s, 30m, 12h, 7d, 2w")
+    sp.add_argument(
+        "--state", action="append", choices=[s.value for s in TaskState if s.terminal], help="only this state"
+    )
+    sp.add_argument("--json", action="store_true", help="print the count as JSON")
+    sp.set_defaults(func=_purge)
 
     sp = sub.add_parser(
         "serve",

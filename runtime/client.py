@@ -27,7 +27,7 @@ from raylane.errors import (
     TaskTimedOut,
     WaitTimeout,
 )
-from raylane.models import SubmitRequest, TaskRecord
+from raylane.models import SubmitRequest, TaskRecord, duration_s
 from raylane.protocol import ActorConfig, find_request_handler, unwrap
 from raylane.registry import TaskDefinition
 from raylane.retrying import backoff_s
@@ -114,6 +114,7 @@ def _actor_config(settings: Settings, endpoints: Endpoints):
         default_queue=settings.default_queue,
         partitions=settings.partitions,
         replication=settings.replication,
+        retention_s=duration_s(settings.retention) if settings.retention else None,
         max_payload_bytes=settings.max_payload_bytes,
         max_result_bytes=settings.max_result_bytes,
         max_depth=settings.max_depth,
@@ -497,6 +498,27 @@ def counts(
 ) -> dict[str, int]:
     """Number of tasks per state among those matching the filters (as for ``search``)."""
     return _connection().call("counts", _query(state, name, queue, tags, tag, since, until, text, schedule))
+
+
+def purge(older_than: float | timedelta | str, state: StateFilter = None) -> int:
+    """Delete the records of tasks that finished more than ``older_than`` ago (seconds, a
+    timedelta, or a duration such as ``"7d"``), of ``state`` only if given (terminal states);
+    returns how many. A task whose retry follows is not finished and is kept. With
+    ``RAYLANE_RETENTION`` set, the service does this daily."""
+    if isinstance(older_than, str):
+        try:
+            seconds = duration_s(older_than)
+        except ValueError as e:
+            raise InvalidTaskInput(str(e)) from None
+    else:
+        seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else float(older_than)
+    if seconds <= 0:
+        raise InvalidTaskInput(f"older_than must be positive, got {older_than!r}")
+    states = None
+    if state is not None:
+        given = [state] if isinstance(state, str | TaskState) else list(state)
+        states = [s.value if isinstance(s, TaskState) else s for s in given]
+    return _connection().call("purge", seconds, states)
 
 
 def refresh() -> None:

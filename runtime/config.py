@@ -276,6 +276,12 @@ class Settings(BaseSettings):
         "default", pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="Queue used when none is given."
     )
     partitions: int = Field(4, ge=1, le=1024, description="Partitions of a newly created queue topic.")
+    retention: str | None = Field(
+        None,
+        pattern=r"^[1-9][0-9]{0,5}[smhdw]$",
+        description="Keep finished tasks' records this long (e.g. 7d), then delete them: daily, and by "
+        "`raylane purge`. Default: kept for good.",
+    )
     replication: int | None = Field(
         None,
         ge=1,

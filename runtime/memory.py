@@ -41,7 +41,7 @@ from raylane.queue import (
 from raylane.schedules import Schedule
 from raylane.signing import Signer
 from raylane.states import TaskState
-from raylane.store import MAX_BULK_BYTES, StatusStore, TaskQuery
+from raylane.store import MAX_BULK_BYTES, StatusStore, TaskQuery, finished_states
 
 # What OpenSearch refuses for content: objects nested past index.mapping.depth.limit, and
 # request bodies over http.max_content_length.
@@ -297,6 +297,20 @@ class InMemoryStore(StatusStore):
             s = self._schedules.get(key)
             if s is not None and (s.last_tick is None or s.last_tick < tick):
                 self._schedules[key] = s.model_copy(update={"last_tick": tick})
+
+    def purge(self, before: datetime, states: Sequence[TaskState] | None = None) -> int:
+        self._check_open()
+        wanted = set(finished_states(states))
+        with self._lock:
+            gone = [
+                i
+                for i, r in self._records.items()
+                if r.state in wanted and not r.will_retry and r.finished_at and _at(r.finished_at) < _at(before)
+            ]
+            for task_id in gone:
+                del self._records[task_id]
+                del self._docs[task_id]
+        return len(gone)
 
     def refresh(self) -> None:
         self._check_open()

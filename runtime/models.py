@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -22,6 +23,17 @@ CONCURRENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
 RATE_LIMIT_PATTERN = r"^[1-9][0-9]{0,5}/[smh]$"  # starts per second, minute or hour
 MAX_PRIORITY = 9
 MAX_CONCURRENCY = 100_000
+
+
+DURATION_PATTERN = r"^[1-9][0-9]{0,5}[smhdw]$"  # 90s, 30m, 12h, 7d, 2w
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration_s(text: str) -> float:
+    """Seconds of a duration such as ``"90s"``, ``"30m"``, ``"12h"``, ``"7d"`` or ``"2w"``."""
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"{text!r} is not a duration such as 90s, 30m, 12h, 7d or 2w")
+    return float(text[:-1]) * _DURATION_UNITS[text[-1]]
 
 
 def rate_per_s(rate_limit: str) -> float:
@@ -357,8 +369,22 @@ class WriteOutcome(NamedTuple):
         """Whether the store will never accept this record as it is (its content is at fault, not
         an outage or a newer version): retrying the same write cannot help."""
         return (
-            not self.accepted and self.status is not None and 400 <= self.status < 500 and self.status not in (409, 429)
+            not self.accepted
+            and self.status is not None
+            and 400 <= self.status < 500
+            and self.status not in (409, 429)
+            and not self.transient
         )
+
+    @property
+    def transient(self) -> bool:
+        """Whether the store turned this write away for now (overloaded, an index blocked for
+        writes, a shard unavailable), not for its version or its content: the same write may
+        be accepted when tried again."""
+        if self.accepted or self.status is None:
+            return False
+        blocked = (self.reason or "").startswith("cluster_block_exception")
+        return self.status == 429 or self.status >= 500 or blocked
 
 
 _OPTION_FIELDS = {

@@ -125,6 +125,7 @@ class ActorConfig(BaseModel):
     default_queue: str
     partitions: int
     replication: int | None = None  # copies of each partition and shard (None: derived from the cluster)
+    retention_s: float | None = None  # finished records older than this are purged daily (None: kept)
     max_payload_bytes: int
     max_result_bytes: int = 1 << 20
     max_depth: int = 16

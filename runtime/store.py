@@ -11,19 +11,24 @@ import abc
 import base64
 import contextlib
 import json
+import logging
+import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from raylane.config import OpenSearchConnection
-from raylane.errors import StoreUnavailable
+from raylane.errors import InvalidTaskInput, StoreUnavailable
 from raylane.models import PackedRecord, TaskRecord, WriteOutcome
 from raylane.schedules import Schedule
 from raylane.states import TaskState
 
 MAX_PAGE = 1000
+log = logging.getLogger("raylane.store")
+
+TRANSIENT_RETRY_S = 30.0  # how long writes the store turns away for now are tried again
 MAX_BULK_BYTES = 8 << 20  # per bulk request; OpenSearch refuses bodies over 100 MiB (http.max_content_length)
 
 
@@ -41,6 +46,17 @@ class TaskQuery(BaseModel):
     text: str | None = Field(None, description="words that must appear in the error message")
     tenant: str | None = Field(None, description="only this tenant's tasks (None: every task)")
     schedule_id: str | None = Field(None, description="only the tasks of this schedule's ticks")
+
+
+def finished_states(states: Sequence[TaskState] | None) -> list[TaskState]:
+    """The terminal states among ``states`` (all terminal states if None); a state that is not
+    terminal is an error: its tasks are not finished."""
+    if states is None:
+        return [s for s in TaskState if s.terminal]
+    unfinished = [s.value for s in states if not s.terminal]
+    if unfinished:
+        raise InvalidTaskInput(f"only finished tasks are purged; {', '.join(unfinished)} is not a terminal state")
+    return list(states)
 
 
 class StatusStore(abc.ABC):
@@ -153,6 +169,11 @@ class StatusStore(abc.ABC):
         nothing if the schedule is gone."""
 
     @abc.abstractmethod
+    def purge(self, before: datetime, states: Sequence[TaskState] | None = None) -> int:
+        """Delete the records of tasks that finished before ``before`` (of ``states`` only, if
+        given: terminal states); a task whose retry follows is not finished. Returns how many."""
+
+    @abc.abstractmethod
     def refresh(self) -> None:
         """Make every accepted write visible to search."""
 
@@ -166,11 +187,21 @@ def _utc(t: datetime) -> str:
     return (t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC)).isoformat()
 
 
+# The version of the task index's mapping, kept in its _meta. A change that only adds fields is
+# applied in place at start; one OpenSearch cannot apply in place (a field's type) moves the
+# records to a new index (``OpenSearchStore.migrate``). Version 1: indices made before the
+# version was kept.
+MAPPING_VERSION = 2
+_MIGRATION_MARGIN = timedelta(minutes=10)  # writes made this long before a migration's first copy are copied again
+_MIGRATION_WAIT_S = 600.0  # how long a process waits for another's migration to finish
+
+
 def _mappings() -> dict:
     kw = {"type": "keyword"}
     date = {"type": "date_nanos"}
     stored_only = {"type": "object", "enabled": False}
     return {
+        "_meta": {"raylane_mapping": MAPPING_VERSION},
         "dynamic": "strict",
         "properties": {
             "id": kw,
@@ -295,8 +326,16 @@ class OpenSearchStore(StatusStore):
             },
         )
         if self._call(c.indices.exists_alias, name=self.alias):
-            # An index made by an older raylane gains the fields added since (adding is allowed; nothing changes type).
-            self._call(c.indices.put_mapping, index=self.alias, body=_mappings())
+            # An index made by an older raylane gains the fields added since; one whose mapping
+            # cannot become this one in place (a field of another type) is migrated.
+            if self.mapping_version() < MAPPING_VERSION:
+                try:
+                    self._call(c.indices.put_mapping, index=self.alias, body=_mappings())
+                except StoreUnavailable as e:
+                    if e.status != 400:
+                        raise
+                    log.warning("the mapping of %s cannot change in place (%s); migrating", self.alias, e)
+                    self.migrate()
             # Replicas may change at any time: the indices made before follow the setting.
             self._call(c.indices.put_settings, index=self.alias, body={"index": {"number_of_replicas": replicas}})
         else:
@@ -313,6 +352,64 @@ class OpenSearchStore(StatusStore):
         # with OpenSearch's defaults (a replica a single node can never place).
         self._map_control()
 
+    def write_index(self) -> str:
+        """The index the alias writes to."""
+        aliases = self._call(self._client.indices.get_alias, name=self.alias)
+        writing = [i for i, a in aliases.items() if a["aliases"][self.alias].get("is_write_index", len(aliases) == 1)]
+        if len(writing) != 1:
+            raise StoreUnavailable(f"the alias {self.alias} has no single write index: {sorted(aliases)}")
+        return writing[0]
+
+    def mapping_version(self) -> int:
+        """The mapping version of the index the alias writes to (1 if it keeps none)."""
+        index = self.write_index()
+        mapping = self._call(self._client.indices.get_mapping, index=index)[index]["mappings"]
+        return int(mapping.get("_meta", {}).get("raylane_mapping", 1))
+
+    def migrate(self) -> str:
+        """Move every record to a new index with the current mapping and make it the alias's;
+        returns its name. Writes go on meanwhile: the records are copied once, the old index is
+        then blocked for writes (a write the block turns away is tried again, see ``write_many``),
+        what was written since the copy began is copied again, and the alias moves to the new
+        index in one step. Versions are copied as they are (external), so a copy never undoes a
+        newer write. Several processes may call this at once: the first to make the new index
+        migrates, the others wait for it."""
+        from opensearchpy.exceptions import RequestError
+
+        c = self._client
+        old = self.write_index()
+        number = int(old.rsplit("-", 1)[1]) if old.rsplit("-", 1)[-1].isdigit() else 1
+        new = f"{self.alias}-{number + 1:06d}"
+        try:
+            self._call(c.indices.create, index=new)  # the template gives it the mapping and settings
+        except RequestError as e:
+            if "resource_already_exists" not in str(e):
+                raise StoreUnavailable(f"could not create {new}: {e}") from e
+            deadline = time.monotonic() + _MIGRATION_WAIT_S
+            while self.write_index() != new:
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(f"another migration of {self.alias} to {new} did not finish") from None
+                time.sleep(1.0)
+            return new
+        began = datetime.now(UTC)
+        self._call(c.indices.refresh, index=old)
+        self._copy(old, new, {"match_all": {}})
+        self._call(c.indices.put_settings, index=old, body={"index": {"blocks.write": True}})
+        self._call(c.indices.refresh, index=old)
+        self._copy(old, new, {"range": {"updated_at": {"gte": _utc(began - _MIGRATION_MARGIN)}}})
+        self._call(
+            c.indices.update_aliases,
+            body={
+                "actions": [
+                    {"remove": {"index": old, "alias": self.alias}},
+                    {"add": {"index": new, "alias": self.alias, "is_write_index": True}},
+                ]
+            },
+        )
+        self._call(c.indices.delete, index=old)
+        log.warning("migrated %s from %s to %s (mapping version %d)", self.alias, old, new, MAPPING_VERSION)
+        return new
+
     def write_many(self, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
         if not records:
             return []
@@ -324,11 +421,34 @@ class OpenSearchStore(StatusStore):
             + b"\n"
             for r in records
         ]
+        outcomes = self._write_lines(records, lines, list(range(len(lines))))
+        # Writes turned away for now are tried again here, for a while, so that no writer takes an
+        # overloaded or briefly write-blocked index (a migration's last step) for a refusal.
+        deadline = time.monotonic() + TRANSIENT_RETRY_S
+        tries = 0
+        while True:
+            again = [i for i, o in enumerate(outcomes) if o.transient]
+            if not again:
+                return outcomes
+            if time.monotonic() >= deadline:
+                if len(again) == len(outcomes):
+                    # Nothing was written: the writers may safely send it all again.
+                    raise StoreUnavailable(f"the store turned every write away: {outcomes[0].reason}", status=503)
+                return outcomes
+            tries += 1
+            time.sleep(min(2.0, 0.05 * 2**tries))
+            for i, outcome in zip(again, self._write_lines(records, lines, again), strict=True):
+                outcomes[i] = outcome
+
+    def _write_lines(
+        self, records: Sequence[TaskRecord | PackedRecord], lines: list[bytes], which: list[int]
+    ) -> list[WriteOutcome]:
         # Bounded in bytes as well as in count: one huge record must not fail its neighbours.
         out: list[WriteOutcome] = []
         chunk: list[int] = []
         size = 0
-        for i, line in enumerate(lines):
+        for i in which:
+            line = lines[i]
             if chunk and size + len(line) > self.max_bulk_bytes:
                 out.extend(self._bulk(records, lines, chunk))
                 chunk, size = [], 0
@@ -720,6 +840,84 @@ class OpenSearchStore(StatusStore):
         except StoreUnavailable as e:
             if e.status != 409:  # 409: a later tick is already kept
                 raise
+
+    def purge(self, before: datetime, states: Sequence[TaskState] | None = None) -> int:
+        query = {
+            "bool": {
+                "filter": [
+                    {"terms": {"state": [s.value for s in finished_states(states)]}},
+                    {"range": {"finished_at": {"lt": _utc(before)}}},
+                ],
+                "must_not": [{"term": {"will_retry": True}}],
+            }
+        }
+        deleted = 0
+        for page in self._scan(self.alias, query):
+            # Each delete holds only if the record is as it was found (a later write keeps it).
+            body = [
+                {
+                    "delete": {
+                        "_index": h["_index"],
+                        "_id": h["_id"],
+                        "if_seq_no": h["_seq_no"],
+                        "if_primary_term": h["_primary_term"],
+                    }
+                }
+                for h in page
+            ]
+            resp = self._call(self._client.bulk, body=body, filter_path="items.*.status")
+            deleted += sum(1 for item in resp.get("items", []) if item["delete"]["status"] == 200)
+        self.refresh()
+        return deleted
+
+    def _scan(self, index: str, query: dict, source: bool = False, page: int = 1000):
+        """Every hit of ``query`` in ``index``, a page at a time, with its version and sequence
+        number (and its document, with ``source``). It pages by task id rather than by delete or
+        reindex by query: those are in OpenSearch's reindex module, which not every cluster has
+        (the local stack's distribution has none)."""
+        after = None
+        while True:
+            body: dict[str, Any] = {
+                "query": query,
+                "size": page,
+                "sort": [{"id": "asc"}],
+                "_source": source,
+                "version": True,
+                "seq_no_primary_term": True,
+            }
+            if after is not None:
+                body["search_after"] = after
+            hits = self._call(self._client.search, index=index, body=body)["hits"]["hits"]
+            if hits:
+                yield hits
+            if len(hits) < page:
+                return
+            after = hits[-1]["sort"]
+
+    def _copy(self, source: str, dest: str, query: dict) -> int:
+        """Copy the documents of ``source`` that match ``query`` into ``dest`` with their versions;
+        a copy older than what ``dest`` holds is refused there (a conflict), as a write would be.
+        Returns how many were copied."""
+        copied = 0
+        for page in self._scan(source, query, source=True):
+            body = b"".join(
+                json.dumps(
+                    {"index": {"_index": dest, "_id": h["_id"], "version": h["_version"], "version_type": "external"}}
+                ).encode()
+                + b"\n"
+                + json.dumps(h["_source"]).encode()
+                + b"\n"
+                for h in page
+            )
+            resp = self._call(self._client.bulk, body=body, filter_path="items.*.status,items.*.error")
+            for item in resp.get("items", []):
+                status = item["index"]["status"]
+                if status in (200, 201):
+                    copied += 1
+                elif status != 409:
+                    raise StoreUnavailable(f"copying into {dest} failed: {item['index'].get('error')}", status=status)
+        self._call(self._client.indices.refresh, index=dest)
+        return copied
 
     def refresh(self) -> None:
         self._call(self._client.indices.refresh, index=self.alias)

@@ -13,6 +13,9 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from raylane.errors import InvalidTaskInput
 from raylane.models import PackedRecord, TaskMessage, TaskRecord
 from raylane.schedules import Schedule
 from raylane.signing import Signer
@@ -169,6 +172,34 @@ class StoreContract:
         assert contract_store.counts(TaskQuery(name=name)) == {"PENDING": 1, "RUNNING": 1, "SUCCEEDED": 1}
         assert contract_store.counts(TaskQuery(name=name, state=[TaskState.RUNNING])) == {"RUNNING": 1}
         assert contract_store.counts(TaskQuery(name=f"{name}-none")) == {}
+
+    def test_purge_deletes_only_tasks_finished_before_the_cutoff(self, contract_store: StatusStore):
+        name = f"demo.p{uuid.uuid4().hex[:8]}"
+        now = datetime.now(UTC)
+        old, recent = now - timedelta(days=10), now - timedelta(days=1)
+
+        def ended(state: TaskState, at: datetime, **kw) -> TaskRecord:
+            return pending(name).moved_to(TaskState.RUNNING).moved_to(state, finished_at=at, **kw)
+
+        gone_ok, gone_failed = ended(TaskState.SUCCEEDED, old), ended(TaskState.FAILED, old)
+        kept = [
+            ended(TaskState.SUCCEEDED, recent),
+            ended(TaskState.FAILED, old, will_retry=True),  # a retry follows: not finished
+            pending(name).moved_to(TaskState.RUNNING),
+            pending(name),
+        ]
+        contract_store.write_many([gone_ok, gone_failed, *kept])
+        contract_store.refresh()
+        cutoff = now - timedelta(days=7)
+        assert contract_store.purge(cutoff, [TaskState.FAILED]) == 1
+        assert contract_store.get(gone_failed.id) is None and contract_store.get(gone_ok.id) is not None
+        assert contract_store.purge(cutoff) == 1
+        assert contract_store.get(gone_ok.id) is None
+        assert set(contract_store.get_many([r.id for r in kept])) == {r.id for r in kept}
+        contract_store.refresh()
+        assert sum(contract_store.counts(TaskQuery(name=name)).values()) == len(kept)
+        with pytest.raises(InvalidTaskInput):
+            contract_store.purge(cutoff, [TaskState.RUNNING])
 
     def test_paused_queues_are_kept(self, contract_store: StatusStore):
         q = f"q{uuid.uuid4().hex[:8]}"

@@ -202,3 +202,31 @@ def test_topics_and_indices_are_made_with_as_many_copies_as_the_cluster_allows(s
     finally:
         store.client.indices.delete(index=f"test-copies-{unique}*")
         store.close()
+
+
+def test_writes_wait_out_an_index_blocked_for_writes(stack, unique):
+    from raylane.models import TaskMessage, TaskRecord, new_task_id, utcnow
+    from raylane.store import OpenSearchStore
+
+    store = OpenSearchStore(stack.endpoints().opensearch, f"test-block-{unique}")
+    index = f"test-block-{unique}-000001"
+    try:
+        store.ensure_schema()
+        store.client.indices.put_settings(index=index, body={"index": {"blocks.write": True}})
+
+        def unblock() -> None:
+            store.client.indices.put_settings(index=index, body={"index": {"blocks.write": False}})
+
+        timer = threading.Timer(1.5, unblock)
+        timer.start()
+        records = [
+            TaskRecord.pending(TaskMessage(id=new_task_id(), name="t.block", queue="q", created_at=utcnow()))
+            for _ in range(3)
+        ]
+        outcomes = store.write_many(records)
+        timer.join()
+        # Turned away while the block held (403 cluster_block_exception), accepted once it was lifted.
+        assert [(o.accepted, o.status) for o in outcomes] == [(True, 201)] * 3, outcomes
+    finally:
+        store.client.indices.delete(index=f"test-block-{unique}*")
+        store.close()

@@ -125,6 +125,19 @@ def test_forged_retry_of_a_finished_task_does_not_run_it_again(rl, stack, settin
     assert path.read_text() == "first\n"
 
 
+def test_an_old_signed_message_of_a_task_without_a_record_never_runs(rl, store, stack, settings, tmp_path):
+    """A claim needs no record before it, so a message whose task has none (its record purged
+    after the retention, the message read again once its offsets expired) would make the task
+    anew and run it. An old message is run only if its task has a record."""
+    path = tmp_path / "runs.txt"
+    task_id = uuid.uuid4().hex
+    old = _forged(task_id, 0, path, "purged")  # made on 2026-01-01: older than any retention here
+    found = dead_letter_reasons(stack, settings, [old], signed=True)
+    assert "has no record" in found.get(old, ""), found
+    assert not path.exists()
+    assert store.get(task_id) is None
+
+
 def test_secrets_are_not_on_any_command_line(rl, settings):
     """The service job gets its configuration (the cluster secret, the OpenSearch password)
     through Ray's KV store: neither its entrypoint nor any process's command line holds it."""

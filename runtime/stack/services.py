@@ -115,16 +115,33 @@ class Service(ABC):
 
 
 class Kafka(Service):
-    """A single-node Kafka 4.x in KRaft mode (broker and controller in one JVM) on loopback; secure,
-    its clients use SASL_SSL with SCRAM-SHA-512, and its controller TLS with client certificates
-    (SCRAM credentials live in the metadata the controller serves, so it cannot use them itself)."""
+    """Kafka 4.x in KRaft mode (broker and controller in one JVM) on loopback; secure, its clients
+    use SASL_SSL with SCRAM-SHA-512, and its controller TLS with client certificates (SCRAM
+    credentials live in the metadata the controller serves, so it cannot use them itself).
+
+    The local stack has one node. ``Kafka(settings, node=n, nodes=k)`` is node n of a k-node
+    cluster (every node a voter), with ports ``NODE_PORT_STEP`` apart per node and a folder
+    and pid file of its own: the replication tests run three."""
 
     name = "kafka"
     _has_secure = True
+    NODE_PORT_STEP = 10
+
+    def __init__(self, settings: Settings, node: int = 1, nodes: int = 1):
+        if not 1 <= node <= nodes:
+            raise StackError(f"Kafka node {node} is not one of {nodes}", service="kafka")
+        self.node, self.nodes = node, nodes
+        super().__init__(settings)
+        if nodes > 1:
+            self.pid_file = self.pid_file.with_name(f"{self.pid_file.stem}-{node}-of-{nodes}.pid")
+            self.log_file = self.log_file.with_name(f"{self.log_file.stem}-{node}-of-{nodes}.log")
+
+    def _port(self, base: int, node: int | None = None) -> int:
+        return base + ((node or self.node) - 1) * self.NODE_PORT_STEP
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.settings.kafka_port}"
+        return f"127.0.0.1:{self._port(self.settings.kafka_port)}"
 
     def connection(self) -> KafkaConnection:
         """How raylane's clients reach this Kafka."""
@@ -134,15 +151,29 @@ class Kafka(Service):
 
     @property
     def _dir(self) -> Path:
-        return self.settings.home / ("kafka-secure" if self.secure else "kafka")
+        folder = self.settings.home / ("kafka-secure" if self.secure else "kafka")
+        return folder.with_name(f"{folder.name}-{self.node}-of-{self.nodes}") if self.nodes > 1 else folder
+
+    def _cluster_id(self) -> str:
+        """The id the storage is formatted with; one for all nodes of a cluster."""
+        shared = self.settings.home / f"kafka-cluster-id-{self.nodes}" if self.nodes > 1 else None
+        if shared is not None and shared.exists():
+            return shared.read_text().strip()
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # one in 64 would be read as an option by the tool, as Kafka's own ids avoid
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if shared is not None:
+            shared.write_text(cluster_id)
+        return cluster_id
 
     def _listeners(self) -> list[str]:
         s = self.settings
-        controller = f"CONTROLLER://127.0.0.1:{s.kafka_controller_port}"
+        port = self._port(s.kafka_port)
+        controller = f"CONTROLLER://127.0.0.1:{self._port(s.kafka_controller_port)}"
         if not self.secure:
             return [
-                f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},{controller}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port}",
+                f"listeners=PLAINTEXT://127.0.0.1:{port},{controller}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
                 "inter.broker.listener.name=PLAINTEXT",
                 "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             ]
@@ -153,8 +184,8 @@ class Kafka(Service):
             f'username="{secure.USER}" password="{creds["kafka_password"]}";'
         )
         return [
-            f"listeners=SASL_SSL://127.0.0.1:{s.kafka_port},{controller}",
-            f"advertised.listeners=SASL_SSL://127.0.0.1:{s.kafka_port}",
+            f"listeners=SASL_SSL://127.0.0.1:{port},{controller}",
+            f"advertised.listeners=SASL_SSL://127.0.0.1:{port}",
             "inter.broker.listener.name=SASL_SSL",
             "listener.security.protocol.map=CONTROLLER:SSL,SASL_SSL:SASL_SSL",
             "sasl.enabled.mechanisms=SCRAM-SHA-512",
@@ -178,23 +209,28 @@ class Kafka(Service):
         self._dir.mkdir(parents=True, exist_ok=True)
         properties = self._dir / "server.properties"
         properties.touch(mode=0o600)  # it holds the keystore's password when secure
+        voters = ",".join(f"{n}@127.0.0.1:{self._port(s.kafka_controller_port, n)}" for n in range(1, self.nodes + 1))
+        copies = min(3, self.nodes)
+        min_isr = max(1, copies - 1)
         properties.write_text(
             "\n".join(
                 [
                     "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.voters=1@127.0.0.1:{s.kafka_controller_port}",
+                    f"node.id={self.node}",
+                    f"controller.quorum.voters={voters}",
                     *self._listeners(),
                     "controller.listener.names=CONTROLLER",
                     f"log.dirs={data}",
                     f"num.partitions={s.partitions}",
                     "auto.create.topics.enable=false",
-                    "offsets.topic.replication.factor=1",
+                    # Kafka's own topics as replicated as the cluster allows (acks=all writes of
+                    # the consumer offsets then survive a broker).
+                    f"offsets.topic.replication.factor={copies}",
                     "offsets.topic.num.partitions=8",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "share.coordinator.state.topic.replication.factor=1",
-                    "share.coordinator.state.topic.min.isr=1",
+                    f"transaction.state.log.replication.factor={copies}",
+                    f"transaction.state.log.min.isr={min_isr}",
+                    f"share.coordinator.state.topic.replication.factor={copies}",
+                    f"share.coordinator.state.topic.min.isr={min_isr}",
                     "group.initial.rebalance.delay.ms=0",
                     "log.retention.hours=168",
                     "",
@@ -220,11 +256,7 @@ class Kafka(Service):
             )
         )
         if not (data / "meta.properties").exists():
-            cluster_id = "-"
-            while cluster_id.startswith(
-                "-"
-            ):  # one in 64 would be read as an option by the tool, as Kafka's own ids avoid
-                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = self._cluster_id()
             # The SCRAM user is part of the metadata the storage starts with.
             scram = []
             if self.secure:

@@ -1,5 +1,6 @@
-"""Where a task's time goes, without services: the hops its record keeps, and a keeper's waiter
-that answers as soon as everything it waits for has arrived."""
+"""Where a task's time goes and how writes come back, without services: the hops a record keeps,
+a keeper's waiter that answers once everything it waits for has arrived, and which refusals of a
+write are for now only."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 import pytest
 
 from raylane.actors.status_keeper import _Waiter
-from raylane.models import HOPS, TaskRecord
+from raylane.models import HOPS, TaskRecord, WriteOutcome
 from raylane.states import TaskState
 
 from contracts import message
@@ -59,3 +60,18 @@ def test_a_waiter_with_nothing_answers_empty_at_its_timeout(expected):
         return await _Waiter(gather_s=0.01, expected=expected).take(timeout_s=0.05)
 
     assert asyncio.run(scenario()) == []
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "transient", "for_content"),
+    [
+        (429, "es_rejected_execution_exception: queue full", True, False),
+        (503, "unavailable_shards_exception: no shard", True, False),
+        (403, "cluster_block_exception: index [x] blocked by: [FORBIDDEN/8/index write (api)]", True, False),
+        (400, "mapper_parsing_exception: bad field", False, True),
+        (409, "conflict", False, False),
+    ],
+)
+def test_a_write_turned_away_for_now_is_not_a_refusal_of_its_content(status, reason, transient, for_content):
+    outcome = WriteOutcome("t", 1, accepted=False, reason=reason, status=status)
+    assert (outcome.transient, outcome.refused_for_content) == (transient, for_content)

@@ -7,6 +7,7 @@ import pytest
 
 from raylane.config import REVEAL, KafkaConnection, OpenSearchConnection, Settings
 from raylane.errors import ConfigError
+from raylane.models import duration_s
 from raylane.protocol import ActorConfig
 from raylane.queue import kafka_options
 
@@ -176,3 +177,18 @@ def test_a_secrets_file_others_may_read_or_of_no_setting_is_refused(tmp_path, mo
     monkeypatch.setenv("RAYLANE_SECRETS_DIR", str(tmp_path))
     with pytest.raises(ConfigError, match=message):
         Settings.from_env()
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("30m", 1800), ("12h", 43200), ("7d", 604800), ("2w", 1209600)]
+)
+def test_durations(text, seconds):
+    assert duration_s(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["7", "0d", "7x", "1.5h", "-1d", "d", ""])
+def test_durations_that_are_not(text):
+    with pytest.raises(ValueError):
+        duration_s(text)
+    with pytest.raises(ConfigError):
+        Settings.from_env(retention=text)
