@@ -36,6 +36,7 @@ from raylane.actors.worker import MemberEnd
 from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, utcnow
 from raylane.protocol import ActorConfig, HandOff, HandOffResult
 from raylane.states import TaskState
+from raylane.tracing import tracer_for
 
 log = logging.getLogger("raylane.executor")
 
@@ -55,6 +56,7 @@ _STATS = (
     "groups",
     "grouped",
     "restarted_unstarted",
+    "kill_requests",
 )
 
 
@@ -79,8 +81,10 @@ class Executor:
         self._worker = f"{node_id[:12]}/{os.getpid()}"
         # A new incarnation on every (re)start: RUNNING records name it as their lease owner, and
         # its heartbeat in the store keeps them alive. Tasks of a lapsed owner are recovered.
-        self._lease = OwnLease(self._store, uuid.uuid4().hex[:16])
-        self._finisher = Finisher(self._keepers, queue, self.stats)
+        # It starts with the actor's name, so that a keeper sends a kill to this executor alone.
+        name = ray.get_runtime_context().get_actor_name() or "Executor"
+        self._lease = OwnLease(self._store, f"{name}/{uuid.uuid4().hex[:16]}")
+        self._finisher = Finisher(self._keepers, queue, self.stats, tracer_for(config.otlp_endpoint))
         self._recovery = Recovery(self._store, queue, self._lease, self._finisher, self.stats)
         self._cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._runs = Runs(
@@ -305,6 +309,7 @@ class Executor:
         """Stop the Ray task of ``task_id`` (its terminal state, or a newer attempt, is already
         written): interrupt it, and kill its worker with ``ray.cancel(force=True)`` if it still runs
         after ``KILL_GRACE_S``. With ``attempt``, only that attempt is stopped. True if it was running."""
+        self.stats["kill_requests"] += 1
         return self._runs.kill(task_id, attempt)
 
     async def get_stats(self) -> dict:

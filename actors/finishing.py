@@ -24,6 +24,7 @@ from raylane.protocol import Reply
 from raylane.queue import TaskQueue
 from raylane.retrying import backoff_s
 from raylane.states import TaskState
+from raylane.tracing import TaskTracer
 
 log = logging.getLogger("raylane.executor")
 
@@ -40,8 +41,9 @@ def final_record(running: TaskRecord, reply: Reply) -> tuple[TaskRecord, PackedR
                 TaskState.FAILED,
                 error=reply.error,
                 error_type=reply.error_type,
+                error_types=list(reply.error_types) or None,
                 traceback=reply.traceback,
-                will_retry=running.retry.retries(running.attempt, reply.error_type),
+                will_retry=running.retry.retries(running.attempt, reply.error_type, reply.error_types),
             )
         return final, PackedRecord.of(final)
     except Exception as e:
@@ -66,8 +68,9 @@ def own_claim(stored: TaskRecord | None, mine: TaskRecord) -> bool:
 class Finisher:
     """Writes ends and starts retries for one executor, through the tasks' StatusKeepers."""
 
-    def __init__(self, keepers: Keepers, queue: TaskQueue, stats: Counter):
+    def __init__(self, keepers: Keepers, queue: TaskQueue, stats: Counter, tracer: TaskTracer | None = None):
         self._keepers = keepers
+        self._tracer = tracer
         self._queue = queue
         self._finals = GroupCommit(self._write_finals)
         self._stats = stats
@@ -124,6 +127,11 @@ class Finisher:
                 traceback=None,
             )
             outcome = await self.record(final)
+        if outcome.accepted and self._tracer is not None:
+            try:
+                self._tracer.record(final)
+            except Exception:  # a trace is never worth a task's end
+                log.exception("tracing task %s failed", final.id)
         if not outcome.accepted:
             self._stats["discarded_results"] += 1
             log.info("task %s: %s discarded, a cancel or timeout was recorded first", final.id, final.state.value)

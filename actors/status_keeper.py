@@ -104,7 +104,7 @@ class StatusKeeper:
         self._running: dict[str, _Running] = {}
         self._recent: OrderedDict[str, tuple[int, TaskState]] = OrderedDict()  # id -> (attempt, terminal state)
         self._waiters: dict[str, list[_Waiter]] = {}
-        self._executors: list | None = None
+        self._executors: dict | None = None
         self._leases = LeaseObserver()
         self._observed = 0.0
         self._reported = 0.0
@@ -217,7 +217,7 @@ class StatusKeeper:
                 if running is not None and running.record.attempt < record.attempt:
                     # A newer attempt is on record: the older one must not run on beside it.
                     self._running.pop(record.id, None)
-                    self._kill(record.id, running.record.attempt)
+                    self._kill(record.id, running.record.attempt, running.record.lease_owner)
             if record.terminal:
                 self._after_terminal(record, outcome.accepted)
         return outcomes
@@ -230,10 +230,10 @@ class StatusKeeper:
             if same_attempt and record.state not in _KILL_STATES:
                 self._running.pop(record.id, None)
             return
-        if same_attempt:
+        if running is not None and same_attempt:
             self._running.pop(record.id, None)
             if record.state in _KILL_STATES:
-                self._kill(record.id)
+                self._kill(record.id, owner=running.record.lease_owner)
         self._gates.ended(record.id, record.attempt)
         if record.will_retry:
             return  # not over: a new attempt follows
@@ -261,7 +261,7 @@ class StatusKeeper:
             if recent and recent[0] == running.attempt:
                 # A cancel or timeout was accepted in the same batch, after the claim.
                 if recent[1] in _KILL_STATES:
-                    self._kill(running.id)
+                    self._kill(running.id, owner=running.lease_owner)
             else:
                 deadline = time.monotonic() + running.timeout_s if running.timeout_s else None
                 self._watch(_Running(running, deadline))
@@ -417,15 +417,18 @@ class StatusKeeper:
             return
         self.stats["timeouts"] += sum(o.accepted for o in outcomes)
 
-    def _kill(self, task_id: str, attempt: int | None = None) -> None:
-        # Every executor hears it: the one running the task stops it, and one that has its claim
-        # in flight will not launch it; the others have nothing of it.
+    def _kill(self, task_id: str, attempt: int | None = None, owner: str | None = None) -> None:
+        """Have the task's Ray task stopped: by the executor whose incarnation ``owner`` holds its
+        lease (it is named in the incarnation), which stops it or, with its claim still in
+        flight, does not launch it; by every executor when the owner is not known."""
         if self._executors is None:
-            self._executors = [
-                ray.get_actor(executor_name(j), namespace=self.config.namespace) for j in range(self.config.executors)
-            ]
+            self._executors = {
+                executor_name(j): ray.get_actor(executor_name(j), namespace=self.config.namespace)
+                for j in range(self.config.executors)
+            }
         self.stats["kills"] += 1
-        for executor in self._executors:
+        target = self._executors.get(owner.rsplit("/", 1)[0]) if owner and "/" in owner else None
+        for executor in [target] if target is not None else self._executors.values():
             executor.kill.remote(task_id, attempt)
 
     # ----- waiting

@@ -46,6 +46,15 @@ def _not_started(e: LeaseLapsed) -> Reply:
     return Reply.failure("WorkerLost", str(e))
 
 
+def error_types_of(cls: type) -> tuple[str, ...]:
+    """``cls`` and its bases as ``module:qualname``, most specific first, without ``object``: what a
+    record keeps so that ``retry_on`` and ``TaskFailed.matches`` also match subclasses."""
+    return tuple(f"{c.__module__}:{c.__qualname__}" for c in cls.__mro__ if c is not object)[:MAX_ERROR_TYPES]
+
+
+MAX_ERROR_TYPES = 20  # a deeper hierarchy keeps its 20 most specific classes
+
+
 def invoke(
     name: str,
     args: list,
@@ -84,7 +93,7 @@ def invoke(
         except Exception as str_failed:  # an exception whose __str__ raises is still reported
             message = f"<{type(e).__qualname__} could not be shown: {str_failed!r}>"
         failure = Reply.failure(type(e).__qualname__, clip_text(message), clip_text(traceback.format_exc()))
-        return failure._replace(began=began, returned=returned)
+        return failure._replace(began=began, returned=returned, error_types=error_types_of(type(e)))
 
 
 remote_invoke = ray.remote(max_retries=0, retry_exceptions=False)(invoke)

@@ -10,6 +10,7 @@ topic's log segments.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -313,28 +314,21 @@ def bench_rtt(n: int) -> dict:
 
 
 def hop_breakdown(records: dict, got: dict[str, float] | None = None) -> dict[str, float]:
-    """Median milliseconds of each step of the tasks' way, from the hops their records keep:
-    submitted → read by a consumer → handed to an executor → run slot → claim accepted → began
-    in the worker → returned → reply at the executor → (with ``got``, each task's time its
-    result reached the caller) result at the caller. Steps no record has are left out."""
-    from raylane.models import HOPS
+    """Median milliseconds of each step of the tasks' way, from the marks their records keep
+    (``raylane.tracing.MARKS``), and with ``got`` (each task's time its result reached the
+    caller) the last step to the caller. Steps no record has are left out."""
+    from raylane.tracing import marks
 
-    marks = ("read", "handed", "slot", "claimed", "began", "returned", "replied", "result")
     steps: dict[str, list[float]] = {}
     for rec in records.values():
-        if rec is None or not rec.hops or rec.started_at is None or rec.finished_at is None:
+        if rec is None or not rec.hops or rec.finished_at is None:
             continue
-        created = rec.created_at.timestamp()
-        at = {hop: created + rec.hops[hop] for hop in HOPS if hop in rec.hops}
-        at["slot"] = rec.started_at.timestamp()
-        at["replied"] = rec.finished_at.timestamp()
+        at = marks(rec)
         if got and rec.id in got:
             at["result"] = got[rec.id]
-        prev_name, prev = "submitted", created
-        for mark in marks:
-            if mark in at:
-                steps.setdefault(f"{prev_name}→{mark}", []).append((at[mark] - prev) * 1000)
-                prev_name, prev = mark, at[mark]
+        names = list(at)
+        for a, b in itertools.pairwise(names):
+            steps.setdefault(f"{a}→{b}", []).append((at[b] - at[a]) * 1000)
     return {step: round(statistics.median(v), 2) for step, v in steps.items()}
 
 

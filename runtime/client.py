@@ -115,6 +115,7 @@ def _actor_config(settings: Settings, endpoints: Endpoints):
         partitions=settings.partitions,
         replication=settings.replication,
         retention_s=duration_s(settings.retention) if settings.retention else None,
+        otlp_endpoint=settings.otlp_endpoint,
         max_payload_bytes=settings.max_payload_bytes,
         max_result_bytes=settings.max_result_bytes,
         max_depth=settings.max_depth,
@@ -298,7 +299,7 @@ def result_of(record: TaskRecord) -> Any:
     if record.state is TaskState.SUCCEEDED:
         return record.result
     if record.state is TaskState.FAILED:
-        raise TaskFailed(record.id, record.error_type, record.error, record.traceback)
+        raise TaskFailed(record.id, record.error_type, record.error, record.traceback, record.error_types)
     if record.state is TaskState.CANCELLED:
         raise TaskCancelled(record.id)
     if record.state is TaskState.TIMED_OUT:

@@ -276,6 +276,11 @@ class Settings(BaseSettings):
         "default", pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="Queue used when none is given."
     )
     partitions: int = Field(4, ge=1, le=1024, description="Partitions of a newly created queue topic.")
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP endpoint (e.g. http://collector:4318) to which executors export one "
+        "OpenTelemetry trace per finished task, its trace id the task id (needs the otel extra).",
+    )
     retention: str | None = Field(
         None,
         pattern=r"^[1-9][0-9]{0,5}[smhdw]$",

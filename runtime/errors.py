@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
+from typing import Any
+
 
 def _rebuild(cls: type, message: str, attrs: dict) -> RaylaneError:
     err: RaylaneError = Exception.__new__(cls)
@@ -144,14 +148,49 @@ class TaskAlreadyFinished(RaylaneError):
 
 
 class TaskFailed(RaylaneError):
-    """The task raised; carries the exception type, message and traceback."""
+    """The task raised; carries the exception type, message and traceback, and the exception's
+    class and bases (``error_types``, each ``module:qualname``) to match it against."""
 
-    def __init__(self, task_id: str, error_type: str | None, message: str | None, traceback: str | None):
+    def __init__(
+        self,
+        task_id: str,
+        error_type: str | None,
+        message: str | None,
+        traceback: str | None,
+        error_types: Sequence[str] | None = None,
+    ):
         super().__init__(f"task {task_id} failed: {error_type}: {message}")
         self.task_id = task_id
         self.error_type = error_type
         self.message = message
         self.traceback = traceback
+        self.error_types = list(error_types or ())
+
+    def matches(self, *classes: type[BaseException]) -> bool:
+        """Whether the task's exception was one of ``classes`` or of a subclass of one:
+        ``err.matches(ValueError)`` is true for a ``UnicodeDecodeError``."""
+        if not self.error_types:  # a record from before the classes were kept: its own name only
+            return any(c.__qualname__ == self.error_type for c in classes)
+        return any(f"{c.__module__}:{c.__qualname__}" in self.error_types for c in classes)
+
+    def as_original(self) -> BaseException | None:
+        """The task's exception made again in this process, with its message (and this error as its
+        cause), if its class is one this process has already imported and can be made from a
+        message; else None. No module is imported for it: a record's class names come from the
+        store, and naming a module must not run its code."""
+        for full in self.error_types[:1]:
+            module, _, qualname = full.partition(":")
+            found: Any = sys.modules.get(module)
+            for part in qualname.split("."):
+                found = getattr(found, part, None)
+            if isinstance(found, type) and issubclass(found, BaseException):
+                try:
+                    original = found(self.message)
+                except Exception:  # a class that wants other arguments
+                    return None
+                original.__cause__ = self
+                return original
+        return None
 
 
 class TaskCancelled(RaylaneError):

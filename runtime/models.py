@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -87,9 +88,19 @@ class RetryPolicy(BaseModel):
     backoff_s: float = Field(0.5, ge=0, le=MAX_BACKOFF_S, description="base delay before the first retry")
     backoff_max_s: float = Field(30.0, ge=0, le=MAX_BACKOFF_S, description="cap of the delay (at most an hour)")
 
-    def retries(self, attempt: int, error_type: str | None) -> bool:
-        """Whether a failure of ``attempt`` with ``error_type`` is tried again."""
-        return attempt < self.max_retries and (not self.retry_on or error_type in self.retry_on)
+    def retries(self, attempt: int, error_type: str | None, error_types: Sequence[str] = ()) -> bool:
+        """Whether a failure of ``attempt`` with ``error_type`` is tried again: ``retry_on`` names it
+        or one of its bases (``error_types``, each ``module:qualname``), by qualname or by
+        ``module.qualname``."""
+        if attempt >= self.max_retries:
+            return False
+        if not self.retry_on:
+            return True
+        names = {error_type}
+        for full in error_types:
+            module, _, qualname = full.partition(":")
+            names.update((qualname, f"{module}.{qualname}"))
+        return any(name in names for name in self.retry_on)
 
     def delay_s(self, attempt: int, rand: float) -> float:
         """Delay before attempt ``attempt + 1``, given a uniform random number in [0, 1)."""
@@ -173,6 +184,7 @@ class TaskRecord(BaseModel):
     result: Any = None
     error: str | None = None
     error_type: str | None = None
+    error_types: list[str] | None = None  # the error's class and bases, "module:qualname", most specific first
     traceback: str | None = None
     created_at: datetime
     started_at: datetime | None = None
@@ -327,6 +339,7 @@ class PackedRecord(NamedTuple):
     queue: str
     timeout_s: float | None
     doc: bytes
+    lease_owner: str | None = None  # of a RUNNING record: the executor incarnation that runs it
 
     @classmethod
     def of(cls, record: TaskRecord | PackedRecord) -> PackedRecord:
@@ -343,6 +356,7 @@ class PackedRecord(NamedTuple):
             record.queue,
             record.timeout_s,
             record.__pydantic_serializer__.to_json(record),
+            record.lease_owner,
         )
 
     @property

@@ -101,6 +101,8 @@ class Reply(NamedTuple):
     error_type: str | None = None
     error: str | None = None
     traceback: str | None = None
+    # The error's class and its bases, each "module:qualname", most specific first (not object).
+    error_types: tuple[str, ...] = ()
     # When the function began and returned in its worker (epoch seconds): the record's hops.
     began: float | None = None
     returned: float | None = None
@@ -126,6 +128,7 @@ class ActorConfig(BaseModel):
     partitions: int
     replication: int | None = None  # copies of each partition and shard (None: derived from the cluster)
     retention_s: float | None = None  # finished records older than this are purged daily (None: kept)
+    otlp_endpoint: str | None = None  # where executors export a trace per finished task
     max_payload_bytes: int
     max_result_bytes: int = 1 << 20
     max_depth: int = 16

@@ -187,11 +187,11 @@ def _utc(t: datetime) -> str:
     return (t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC)).isoformat()
 
 
-# The version of the task index's mapping, kept in its _meta. A change that only adds fields is
-# applied in place at start; one OpenSearch cannot apply in place (a field's type) moves the
-# records to a new index (``OpenSearchStore.migrate``). Version 1: indices made before the
-# version was kept.
-MAPPING_VERSION = 2
+# The version of the task index's mapping, kept in its _meta; it goes up with every change of
+# the mapping. A change that only adds fields is applied in place at start; one OpenSearch
+# cannot apply in place (a field's type) moves the records to a new index
+# (``OpenSearchStore.migrate``). 1: indices made before the version was kept; 2: hops; 3: error_types.
+MAPPING_VERSION = 3
 _MIGRATION_MARGIN = timedelta(minutes=10)  # writes made this long before a migration's first copy are copied again
 _MIGRATION_WAIT_S = 600.0  # how long a process waits for another's migration to finish
 
@@ -211,6 +211,7 @@ def _mappings() -> dict:
             "tags": kw,
             "worker": kw,
             "error_type": kw,
+            "error_types": kw,
             "lease_owner": kw,
             "tenant": kw,
             "level": {"type": "byte"},
@@ -326,16 +327,16 @@ class OpenSearchStore(StatusStore):
             },
         )
         if self._call(c.indices.exists_alias, name=self.alias):
-            # An index made by an older raylane gains the fields added since; one whose mapping
-            # cannot become this one in place (a field of another type) is migrated.
-            if self.mapping_version() < MAPPING_VERSION:
-                try:
-                    self._call(c.indices.put_mapping, index=self.alias, body=_mappings())
-                except StoreUnavailable as e:
-                    if e.status != 400:
-                        raise
-                    log.warning("the mapping of %s cannot change in place (%s); migrating", self.alias, e)
-                    self.migrate()
+            # An index made by an older raylane gains the fields added since (and the version in
+            # its _meta); one whose mapping cannot become this one in place (a field of another
+            # type) is migrated.
+            try:
+                self._call(c.indices.put_mapping, index=self.alias, body=_mappings())
+            except StoreUnavailable as e:
+                if e.status != 400:
+                    raise
+                log.warning("the mapping of %s cannot change in place (%s); migrating", self.alias, e)
+                self.migrate()
             # Replicas may change at any time: the indices made before follow the setting.
             self._call(c.indices.put_settings, index=self.alias, body={"index": {"number_of_replicas": replicas}})
         else:

@@ -162,7 +162,7 @@ def task(
     The function's arguments and result must be JSON; its signature and type hints
     are checked on every submit. ``name`` defaults to ``module.qualname``. A failed
     attempt is retried up to ``max_retries`` times (only for the exception types in
-    ``retry_on``, if given; a lost worker counts as ``WorkerCrashedError``), after an
+    ``retry_on``, if given, and their subclasses; a lost worker counts as ``WorkerLost``), after an
     exponential backoff from ``retry_backoff`` seconds, capped at ``retry_backoff_max``,
     with jitter (each delay lies between half and all of that). Timeouts and cancels are never retried.
     """
@@ -172,7 +172,7 @@ def task(
             max_retries=max_retries,
             backoff_s=retry_backoff,
             backoff_max_s=retry_backoff_max,
-            retry_on=[t if isinstance(t, str) else t.__qualname__ for t in retry_on],
+            retry_on=[t if isinstance(t, str) else f"{t.__module__}.{t.__qualname__}" for t in retry_on],
         )
         defn = TaskDefinition(
             name=name or f"{f.__module__}.{f.__qualname__}",

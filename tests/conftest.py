@@ -95,9 +95,64 @@ def stack(settings: Settings):
         st.down(only=started)
 
 
+class OtlpReceiver:
+    """An OTLP/HTTP trace receiver on loopback: the spans the session's executors export, by trace id."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+        self.spans: dict[str, list] = {}
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                request = trace_service_pb2.ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                with receiver._lock:
+                    for resource in request.resource_spans:
+                        for scope in resource.scope_spans:
+                            for span in scope.spans:
+                                receiver.spans.setdefault(span.trace_id.hex(), []).append(span)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+                self.wfile.write(trace_service_pb2.ExportTraceServiceResponse().SerializeToString())
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def trace(self, trace_id: str) -> list:
+        """The spans received of one trace."""
+        with self._lock:
+            return list(self.spans.get(trace_id, []))
+
+    def close(self) -> None:
+        self._server.shutdown()
+
+
 @pytest.fixture(scope="session")
-def rl(stack):
-    """raylane connected to the local stack, actors deployed."""
+def otlp():
+    """The session's OTLP receiver; the session's deployment exports a trace per task to it."""
+    receiver = OtlpReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="session")
+def rl(stack, otlp):
+    """raylane connected to the local stack, actors deployed (exporting their traces to ``otlp``)."""
+    import os
+
+    os.environ["RAYLANE_OTLP_ENDPOINT"] = otlp.url
     raylane.init()
     yield raylane
 
@@ -213,3 +268,22 @@ def dead_letter_reasons(
                 found[body["value"].encode()] = body["reason"]
     dlq.close()
     return found
+
+
+def run_driver(script: str, env: dict[str, str], timeout: float) -> dict:
+    """Run ``tests/<script>`` in a process of its own with ``env`` added to this one's; return the
+    JSON it printed last on a line starting with ``<stem>-result: `` (the test fails with the
+    driver's output if it printed none or failed)."""
+    import os
+    import subprocess
+    import sys
+
+    path = Path(__file__).with_name(script)
+    prefix = f"{path.stem.removesuffix('_driver')}-result: "
+    run = subprocess.run(
+        [sys.executable, str(path)], env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout
+    )
+    lines = [line for line in run.stdout.splitlines() if line.startswith(prefix)]
+    if run.returncode != 0 or not lines:
+        pytest.fail(f"{script} printed no result:\n{(run.stdout + run.stderr)[-4000:]}")
+    return json.loads(lines[-1][len(prefix) :])

@@ -13,7 +13,7 @@ from raylane.actors.deploy import actor_stats
 from raylane.bench.scale import remove_deployment
 from raylane.client import _connection
 
-PREFIX = "sharded-result: "
+PREFIX = "sharded-result: "  # tests/conftest.py run_driver reads the line
 
 
 @raylane.task(name="shard.echo")
@@ -53,7 +53,12 @@ def main() -> int:
         results_ok = [r.result for r in records[: len(quick)]] == list(range(len(quick)))
         stats = actor_stats(settings.namespace)
         keepers = {n: s for n, s in stats.items() if n.startswith("StatusKeeper")}
-        print(PREFIX + json.dumps({"states": by_kind, "results_ok": results_ok, "keepers": keepers}), flush=True)
+        executors = {n: s for n, s in stats.items() if n.startswith("Executor")}
+        print(
+            PREFIX
+            + json.dumps({"states": by_kind, "results_ok": results_ok, "keepers": keepers, "executors": executors}),
+            flush=True,
+        )
     finally:
         remove_deployment(settings)
     return 0

@@ -118,9 +118,13 @@ def two_nodes(settings, tmp_path_factory):
     head = RayHead(private)
     head.prepare()
     head.wait_ready(head.start(), private.start_timeout_s)
+    # The head answers before its dashboard lists nodes, which a loaded machine may take a while to.
+    deadline = time.monotonic() + 120
+    while _alive_nodes() < 1 and time.monotonic() < deadline:
+        time.sleep(1.0)
     nodes = {"head": head, "worker": _start_worker_node(private.state_dir)}
     # On a loaded machine a worker node can time out while starting; it gets a second chance.
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while _alive_nodes() < 2 and time.monotonic() < deadline:
         if proc.exited_early(nodes["worker"]):
             nodes["worker"] = _start_worker_node(private.state_dir)
@@ -155,13 +159,17 @@ def _alive_nodes() -> int:
     try:
         return len(json.loads(out.stdout))
     except json.JSONDecodeError:  # "No resource in the cluster" while none has registered
+        _last_listing[0] = (out.stdout + out.stderr)[-2000:]
         return 0
+
+
+_last_listing = [""]  # what `ray list nodes` said last when it listed none
 
 
 @pytest.mark.timeout(500)
 def test_tasks_spread_over_two_nodes_survive_losing_one(stack, store, two_nodes, unique, tmp_path):
     head, worker = two_nodes["head"], two_nodes["worker"]
-    assert _alive_nodes() == 2, "the worker node did not join"
+    assert _alive_nodes() == 2, f"the worker node did not join; `ray list nodes` said: {_last_listing[0]}"
     marker_dir = tmp_path / "runs"
     marker_dir.mkdir()
     n = 24

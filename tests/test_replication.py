@@ -4,12 +4,9 @@ copies and min.insync.replicas 2, and a batch loses nothing when a broker is kil
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import run_driver
 
 from raylane.config import Settings
 from raylane.stack.services import Kafka
@@ -42,7 +39,6 @@ def three_brokers(stack, settings: Settings, tmp_path_factory):
 @pytest.mark.timeout(600)
 def test_a_batch_loses_nothing_when_a_broker_is_killed(three_brokers, unique):
     env = {
-        **os.environ,
         "RAYLANE_KAFKA_BOOTSTRAP": ",".join(k.address for k in three_brokers),
         "RAYLANE_NAMESPACE": f"repl-{unique}",
         "RAYLANE_TOPIC_PREFIX": f"repl-{unique}.",
@@ -50,11 +46,7 @@ def test_a_batch_loses_nothing_when_a_broker_is_killed(three_brokers, unique):
         "RAYLANE_DLQ_TOPIC": f"repl-{unique}.dlq",
         "REPLICATION_BROKER_PIDS": json.dumps({k.node: k.pid() for k in three_brokers}),
     }
-    driver = Path(__file__).with_name("replication_driver.py")
-    run = subprocess.run([sys.executable, str(driver)], env=env, capture_output=True, text=True, timeout=540)
-    lines = [line for line in run.stdout.splitlines() if line.startswith("replication-result: ")]
-    assert run.returncode == 0 and lines, (run.stdout + run.stderr)[-4000:]
-    out = json.loads(lines[-1][len("replication-result: ") :])
+    out = run_driver("replication_driver.py", env, timeout=540)
     print(f"three brokers, one killed mid-batch: {out}")
     assert out["copies"] == [3] and out["min_insync_replicas"] == "2"
     assert out["killed_broker"] in (1, 2, 3)

@@ -1,5 +1,5 @@
-"""Retries: a retry waits out its backoff SCHEDULED, off the queue, and a retry left half done
-by a stopped executor is carried on by the sweep."""
+"""Retries: a retry waits out its backoff SCHEDULED, off the queue, a retry left half done by a
+stopped executor is carried on by the sweep, and retry_on matches subclasses."""
 
 from __future__ import annotations
 
@@ -106,3 +106,35 @@ def test_an_overdue_scheduled_attempt_is_sent(rl, tmp_path):
     _write(nxt)
     done = rl.wait(nxt.id, timeout=120)
     assert (done.state, done.attempt, done.result) == (TaskState.SUCCEEDED, 0, 1)
+
+
+@raylane.task(name="test.retry.refused_once", max_retries=2, retry_on=[ConnectionError], retry_backoff=0.1)
+def refused_once(marker_dir: str) -> int:
+    """Raise a subclass of ConnectionError on the first run; count runs in a file."""
+    runs = Path(marker_dir, "runs")
+    n = int(runs.read_text()) + 1 if runs.exists() else 1
+    runs.write_text(str(n))
+    if n == 1:
+        raise ConnectionRefusedError("the first run is refused")
+    return n
+
+
+@raylane.task(name="test.retry.bad_value", max_retries=2, retry_on=[ConnectionError], retry_backoff=0.1)
+def bad_value() -> None:
+    """Raise an error retry_on does not name, nor a base of it."""
+    raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "not text")
+
+
+def test_retry_on_matches_subclasses_and_the_error_tells_its_classes(rl, tmp_path):
+    handle = refused_once.submit(str(tmp_path))
+    assert handle.result(timeout=60) == 2  # ConnectionRefusedError is a ConnectionError: retried
+    assert [a.error_type for a in handle.record().attempts] == ["ConnectionRefusedError"]
+
+    with pytest.raises(raylane.TaskFailed) as caught:
+        bad_value.submit().result(timeout=60)
+    err = caught.value
+    assert err.error_type == "UnicodeDecodeError" and raylane.get(err.task_id).attempt == 0  # not retried
+    assert err.matches(ValueError) and err.matches(UnicodeError) and not err.matches(ConnectionError)
+    assert err.error_types[:3] == ["builtins:UnicodeDecodeError", "builtins:UnicodeError", "builtins:ValueError"]
+    # (UnicodeDecodeError cannot be made from a message alone: as_original gives None for it.)
+    assert err.as_original() is None

@@ -4,14 +4,9 @@ clients; raylane's whole lifecycle runs on it, beside the session's plain stack.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import requests
+from conftest import run_driver
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 from pydantic import SecretStr
@@ -85,16 +80,11 @@ def test_opensearch_refuses_plain_http_and_wrong_credentials(secure_stack):
 @pytest.mark.timeout(600)
 def test_the_lifecycle_runs_on_the_secure_stack(secure_stack, rl, unique):
     env = {
-        **os.environ,
         "RAYLANE_SECURE_STACK": "1",
         "RAYLANE_NAMESPACE": f"secure-{unique}",
         **{f"RAYLANE_{name.upper()}": str(port) for name, port in PORTS.items()},
     }
-    driver = Path(__file__).with_name("secure_driver.py")
-    run = subprocess.run([sys.executable, str(driver)], env=env, capture_output=True, text=True, timeout=540)
-    lines = [line for line in run.stdout.splitlines() if line.startswith("secure-result: ")]
-    assert run.returncode == 0 and lines, (run.stdout + run.stderr)[-4000:]
-    out = json.loads(lines[-1][len("secure-result: ") :])
+    out = run_driver("secure_driver.py", env, timeout=540)
     assert out["kafka_protocol"] == "SASL_SSL" and out["opensearch_url"].startswith("https://")
     assert out["results"] == list(range(20))
     assert out["failed"] == ["FAILED", "ValueError"] and out["timed_out"] == "TIMED_OUT"

@@ -1,32 +1,24 @@
 """Sharded StatusKeepers: with RAYLANE_KEEPERS=3 each keeper owns about a third of the tasks,
-and timeouts, cancels and waits still work across them."""
+and timeouts, cancels and waits still work across them; with two executors, a kill goes only to
+the one that holds the task's lease."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from conftest import run_driver
 
 
 @pytest.mark.timeout(900)
 def test_three_keepers_share_the_work_and_keep_every_promise(stack, unique):
     env = {
-        **os.environ,
         "RAYLANE_KEEPERS": "3",
+        "RAYLANE_EXECUTORS": "2",
         "RAYLANE_NAMESPACE": f"raylane-shard-{unique}",
         "RAYLANE_TOPIC_PREFIX": f"raylane-shard-{unique}.",
         "RAYLANE_INDEX_ALIAS": f"raylane-shard-{unique}",
         "RAYLANE_DLQ_TOPIC": f"raylane-shard-{unique}.dlq",
     }
-    driver = Path(__file__).with_name("sharded_driver.py")
-    run = subprocess.run([sys.executable, str(driver)], env=env, capture_output=True, text=True, timeout=840)
-    lines = [line for line in run.stdout.splitlines() if line.startswith("sharded-result: ")]
-    assert run.returncode == 0 and lines, (run.stdout + run.stderr)[-4000:]
-    result = json.loads(lines[-1][len("sharded-result: ") :])
+    result = run_driver("sharded_driver.py", env, timeout=840)
     assert result["states"] == {
         "quick": ["SUCCEEDED"] * 300,
         "stalled": ["TIMED_OUT"] * 4,
@@ -41,3 +33,8 @@ def test_three_keepers_share_the_work_and_keep_every_promise(stack, unique):
     assert total >= 3 * 308
     assert all(0.2 * total < n < 0.5 * total for n in accepted.values()), accepted
     assert sum(s["timeouts"] for s in keepers.values()) == 4
+    # Each kill (4 timeouts, 4 cancels) went to the one executor holding the task's lease, not to both.
+    executors = result["executors"]
+    assert sorted(executors) == ["Executor", "Executor-1"]
+    kills = sum(s["kills"] for s in keepers.values())
+    assert kills >= 8 and sum(s["kill_requests"] for s in executors.values()) == kills, (keepers, executors)

@@ -88,45 +88,34 @@ def kafka_libs(home: Path, version: str) -> Path:
     return lib
 
 
-def opensearch_zip(home: Path, version: str) -> Path:
-    """The OpenSearch distribution zip, fetched if missing."""
+def _zip_from_central(home: Path, artifact: str, file_name: str, log_name: str) -> Path:
+    """The zip of Maven ``artifact`` (group:name:version) as ``<home>/dist/<file_name>``, fetched if missing."""
     target = home / "dist"
-    zip_path = target / f"opensearch-{version}.zip"
+    zip_path = target / file_name
     if zip_path.exists() and zipfile.is_zipfile(zip_path):
         return zip_path
     target.mkdir(parents=True, exist_ok=True)
-    _mvn(
-        [
-            "dependency:copy",
-            f"-Dartifact=org.opensearch.distribution.integ-test-zip:opensearch:{version}:zip",
-            f"-DoutputDirectory={target}",
-        ],
-        home / "m2",
-        f"org.opensearch.distribution.integ-test-zip:opensearch:{version}",
-        home / "run" / "logs" / "fetch-opensearch.log",
-    )
-    if not zipfile.is_zipfile(zip_path):
-        raise StackError(f"mvn did not produce {zip_path}", service="opensearch")
-    return zip_path
-
-
-def opensearch_security_zip(home: Path, version: str) -> Path:
-    """The ``opensearch-security`` plugin of OpenSearch ``version`` (release ``<version>.0``), fetched if missing."""
-    target = home / "dist"
-    zip_path = target / f"opensearch-security-{version}.0.zip"
-    if zip_path.exists() and zipfile.is_zipfile(zip_path):
-        return zip_path
-    target.mkdir(parents=True, exist_ok=True)
-    artifact = f"org.opensearch.plugin:opensearch-security:{version}.0"
     _mvn(
         ["dependency:copy", f"-Dartifact={artifact}:zip", f"-DoutputDirectory={target}"],
         home / "m2",
         artifact,
-        home / "run" / "logs" / "fetch-opensearch-security.log",
+        home / "run" / "logs" / log_name,
     )
     if not zipfile.is_zipfile(zip_path):
         raise StackError(f"mvn did not produce {zip_path}", service="opensearch")
     return zip_path
+
+
+def opensearch_zip(home: Path, version: str) -> Path:
+    """The OpenSearch distribution zip, fetched if missing."""
+    artifact = f"org.opensearch.distribution.integ-test-zip:opensearch:{version}"
+    return _zip_from_central(home, artifact, f"opensearch-{version}.zip", "fetch-opensearch.log")
+
+
+def opensearch_security_zip(home: Path, version: str) -> Path:
+    """The ``opensearch-security`` plugin of OpenSearch ``version`` (release ``<version>.0``), fetched if missing."""
+    artifact = f"org.opensearch.plugin:opensearch-security:{version}.0"
+    return _zip_from_central(home, artifact, f"opensearch-security-{version}.0.zip", "fetch-opensearch-security.log")
 
 
 def unpack_opensearch(zip_path: Path, install_root: Path, version: str) -> Path:

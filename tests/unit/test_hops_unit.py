@@ -75,3 +75,39 @@ def test_a_waiter_with_nothing_answers_empty_at_its_timeout(expected):
 def test_a_write_turned_away_for_now_is_not_a_refusal_of_its_content(status, reason, transient, for_content):
     outcome = WriteOutcome("t", 1, accepted=False, reason=reason, status=status)
     assert (outcome.transient, outcome.refused_for_content) == (transient, for_content)
+
+
+class Refused(ConnectionRefusedError):
+    """A subclass defined here, two levels below ConnectionError."""
+
+
+def test_retry_on_matches_the_error_or_any_of_its_bases():
+    from raylane.actors.worker import error_types_of
+    from raylane.models import RetryPolicy
+
+    policy = RetryPolicy(max_retries=3, retry_on=["builtins.ConnectionError"])
+    types = error_types_of(Refused)
+    assert types[:3] == (f"{__name__}:Refused", "builtins:ConnectionRefusedError", "builtins:ConnectionError")
+    assert policy.retries(0, "Refused", types)
+    assert not policy.retries(3, "Refused", types)  # retries spent
+    assert not policy.retries(0, "ValueError", error_types_of(ValueError))
+    # A policy naming a class by qualname alone, as records made before kept their bases.
+    assert RetryPolicy(max_retries=1, retry_on=["ConnectionError"]).retries(0, "Refused", types)
+    assert RetryPolicy(max_retries=1, retry_on=["ConnectionError"]).retries(0, "ConnectionError")
+    assert not RetryPolicy(max_retries=1, retry_on=["ConnectionError"]).retries(0, "Refused")
+
+
+def test_a_failed_task_tells_its_original_error():
+    from raylane.actors.worker import error_types_of
+    from raylane.errors import TaskFailed
+
+    err = TaskFailed("t", "Refused", "no", None, error_types_of(Refused))
+    assert err.matches(ConnectionError) and err.matches(OSError, KeyError) and not err.matches(KeyError)
+    original = err.as_original()
+    assert type(original) is Refused and str(original) == "no" and original.__cause__ is err
+    # A class of a module this process never imported is not imported for it.
+    unknown = TaskFailed("t", "Boom", "x", None, ["raylane_no_such_module:Boom", "builtins:Exception"])
+    assert unknown.as_original() is None and unknown.matches(Exception)
+    # A record from before the classes were kept matches by its own name only.
+    legacy = TaskFailed("t", "ValueError", "x", None)
+    assert legacy.matches(ValueError) and not legacy.matches(Exception)

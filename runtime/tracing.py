@@ -1,0 +1,138 @@
+"""Where a task's time went: the marks of its way, from the hops its record keeps, and an
+OpenTelemetry trace of them, exported over OTLP/HTTP when ``RAYLANE_OTLP_ENDPOINT`` is set.
+
+A trace is made once the task's end is recorded, from its record alone: nothing is timed twice,
+and no span is kept open across processes. The trace id is the task id (both are 128 bits), so
+a task's trace is found by its id. Exporting needs the ``otel`` extra
+(``opentelemetry-exporter-otlp-proto-http``); without it, or without an endpoint, nothing is made.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from typing import Any
+
+from raylane.models import HOPS, TaskRecord
+
+log = logging.getLogger("raylane.tracing")
+
+# The marks of a task's way, in order, each when the task passed it (epoch seconds):
+# submitted (created_at), the hops of its record, slot (started_at: it took a run slot), and
+# replied (finished_at: its executor had the reply).
+MARKS = ("submitted", "read", "handed", "slot", "claimed", "began", "returned", "replied")
+# The spans of a trace: each from one mark to the next.
+STEPS = {
+    "queue": ("submitted", "read"),
+    "hand-off": ("read", "handed"),
+    "wait for a run slot": ("handed", "slot"),
+    "claim": ("slot", "claimed"),
+    "launch": ("claimed", "began"),
+    "run": ("began", "returned"),
+    "reply": ("returned", "replied"),
+}
+
+
+def marks(rec: TaskRecord) -> dict[str, float]:
+    """When ``rec``'s attempt passed each mark it has a time for (epoch seconds, by ``MARKS``)."""
+    created = rec.created_at.timestamp()
+    out = {"submitted": created}
+    hops = rec.hops or {}
+    out.update({hop: created + hops[hop] for hop in HOPS if hop in hops})
+    if rec.started_at is not None:
+        out["slot"] = rec.started_at.timestamp()
+    if rec.finished_at is not None:
+        out["replied"] = rec.finished_at.timestamp()
+    return {m: out[m] for m in MARKS if m in out}
+
+
+def _ns(t: float) -> int:
+    return int(t * 1e9)
+
+
+class _TaskIds:
+    """Span ids at random; the trace id of the trace being made, the task's id."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def generate_span_id(self) -> int:
+        return random.getrandbits(64) or 1
+
+    def generate_trace_id(self) -> int:
+        return getattr(self._local, "trace_id", None) or random.getrandbits(128) or 1
+
+    def is_trace_id_random(self) -> bool:
+        # A task id is random only when it is not derived from an idempotency key or a schedule's tick.
+        return False
+
+    def set(self, trace_id: int | None) -> None:
+        self._local.trace_id = trace_id
+
+
+class TaskTracer:
+    """Makes one trace per finished task and exports it in the background."""
+
+    def __init__(self, endpoint: str | None = None, exporter: Any = None):
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        if exporter is None:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            exporter = OTLPSpanExporter(endpoint=f"{(endpoint or '').rstrip('/')}/v1/traces")
+        self._ids = _TaskIds()
+        self._provider = TracerProvider(resource=Resource.create({"service.name": "raylane"}), id_generator=self._ids)  # type: ignore[arg-type]
+        self._provider.add_span_processor(BatchSpanProcessor(exporter))
+        self._tracer = self._provider.get_tracer("raylane")
+        self._lock = threading.Lock()
+
+    def record(self, rec: TaskRecord) -> None:
+        """The trace of ``rec``'s attempt: a span ``raylane.task`` from submit to the reply, and
+        one child span per step it has both marks of."""
+        from opentelemetry import trace
+
+        at = marks(rec)
+        end = at.get("replied", max(at.values()))
+        attributes = {
+            "raylane.task.id": rec.id,
+            "raylane.task.name": rec.name,
+            "raylane.task.queue": rec.queue,
+            "raylane.task.state": rec.state.value,
+            "raylane.task.attempt": rec.attempt,
+        }
+        with self._lock:  # the trace id is the task's until its root span is made
+            self._ids.set(int(rec.id, 16) if len(rec.id) == 32 else None)
+            try:
+                root = self._tracer.start_span("raylane.task", start_time=_ns(at["submitted"]), attributes=attributes)
+            finally:
+                self._ids.set(None)
+        context = trace.set_span_in_context(root)
+        for name, (a, b) in STEPS.items():
+            if a in at and b in at:
+                span = self._tracer.start_span(name, context=context, start_time=_ns(at[a]))
+                span.end(end_time=_ns(max(at[a], at[b])))
+        if rec.error_type:
+            root.set_attribute("raylane.task.error_type", rec.error_type)
+        root.end(end_time=_ns(end))
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Export what is made so far; True if it all went."""
+        return self._provider.force_flush(int(timeout_s * 1000))
+
+    def close(self) -> None:
+        """Export what is left and stop."""
+        self._provider.shutdown()
+
+
+def tracer_for(endpoint: str | None) -> TaskTracer | None:
+    """A tracer exporting to ``endpoint``, or None when there is none or the exporter is not installed."""
+    if not endpoint:
+        return None
+    try:
+        return TaskTracer(endpoint)
+    except ImportError as e:
+        log.warning("RAYLANE_OTLP_ENDPOINT is set, but OTLP export needs raylane[otel]: %s; no traces", e)
+        return None

@@ -1,0 +1,65 @@
+"""A task's trace, without services: made from its record's hops once it ended, its trace id the
+task id, one span per step of its way, in order and inside the task's span."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from raylane.models import TaskRecord
+from raylane.states import TaskState
+from raylane.tracing import MARKS, STEPS, TaskTracer, marks, tracer_for
+
+from contracts import message
+
+
+def _finished() -> TaskRecord:
+    msg = message()
+    created = msg.created_at.timestamp()
+    running = TaskRecord.pending(msg).moved_to(TaskState.RUNNING, started_at=msg.created_at + timedelta(seconds=0.3))
+    running = running.with_hops(read=created + 0.1, handed=created + 0.2, claimed=created + 0.4)
+    ended = running.with_hops(began=created + 0.5, returned=created + 1.5)
+    return ended.moved_to(TaskState.SUCCEEDED, result=3, finished_at=msg.created_at + timedelta(seconds=1.6))
+
+
+def test_marks_are_in_the_order_of_the_way():
+    at = marks(_finished())
+    assert list(at) == list(MARKS)
+    assert list(at.values()) == sorted(at.values())
+
+
+def test_a_finished_task_makes_one_trace_with_a_span_per_step():
+    exporter = InMemorySpanExporter()
+    tracer = TaskTracer(exporter=exporter)
+    rec = _finished()
+    tracer.record(rec)
+    assert tracer.flush()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {"raylane.task", *STEPS}
+    root = spans.pop("raylane.task")
+    assert root.context.trace_id == int(rec.id, 16)
+    assert root.attributes["raylane.task.name"] == rec.name and root.attributes["raylane.task.state"] == "SUCCEEDED"
+    for s in spans.values():
+        assert s.parent.span_id == root.context.span_id and s.context.trace_id == root.context.trace_id
+    assert abs((spans["run"].end_time - spans["run"].start_time) / 1e9 - 1.0) < 1e-6
+    assert abs((root.end_time - root.start_time) / 1e9 - 1.6) < 1e-6
+    # The next trace has an id of its own.
+    other = _finished()
+    tracer.record(other)
+    tracer.flush()
+    assert {s.context.trace_id for s in exporter.get_finished_spans()} == {int(rec.id, 16), int(other.id, 16)}
+    tracer.close()
+
+
+def test_a_task_ended_before_it_ran_has_only_the_steps_it_passed():
+    exporter = InMemorySpanExporter()
+    tracer = TaskTracer(exporter=exporter)
+    cancelled = TaskRecord.pending(message()).moved_to(TaskState.CANCELLED)
+    tracer.record(cancelled)
+    tracer.flush()
+    assert [s.name for s in exporter.get_finished_spans()] == ["raylane.task"]
+
+
+def test_no_endpoint_no_tracer():
+    assert tracer_for(None) is None and tracer_for("") is None
