@@ -7,7 +7,39 @@ import json
 import sys
 
 from raylane.config import Settings
-from raylane.errors import RaylaneError
+from raylane.errors import (
+    RaylaneError,
+    ScheduleNotFound,
+    ServiceUnavailable,
+    StackError,
+    TaskCancelled,
+    TaskFailed,
+    TaskNotFound,
+    TaskTimedOut,
+    WaitTimeout,
+)
+
+# Exit codes, the same for every command.
+EXIT_OK = 0
+EXIT_TASK_FAILED = 1  # the task failed, was cancelled or timed out
+EXIT_USAGE = 2  # bad arguments or input
+EXIT_NOT_FOUND = 3  # no such task, schedule or token
+EXIT_UNAVAILABLE = 4  # Kafka, OpenSearch, Ray or the local stack is not there
+EXIT_WAIT_TIMEOUT = 5  # a wait ran out before the task finished
+_EXIT_OF_ERROR: list[tuple[tuple[type[BaseException], ...], int]] = [
+    ((TaskFailed, TaskCancelled, TaskTimedOut), EXIT_TASK_FAILED),
+    ((TaskNotFound, ScheduleNotFound), EXIT_NOT_FOUND),
+    ((ServiceUnavailable, StackError), EXIT_UNAVAILABLE),
+    ((WaitTimeout,), EXIT_WAIT_TIMEOUT),
+]
+
+
+def exit_code_of(error: BaseException) -> int:
+    """The exit code of a command that ended with ``error`` (``EXIT_USAGE`` for any other raylane error)."""
+    for classes, code in _EXIT_OF_ERROR:
+        if isinstance(error, classes):
+            return code
+    return EXIT_USAGE
 
 
 def _stack(args: argparse.Namespace) -> int:
@@ -37,7 +69,7 @@ def _stack(args: argparse.Namespace) -> int:
             rss = f"rss {s.rss_bytes / 2**20:7.1f} MiB"
             print(f"{s.name:<11} {state:<8} pid {pid!s:<8} {s.address:<28} {rss}  log {s.log_file}")
     if args.stack_cmd == "status" and not all(s.running for s in statuses):
-        return 3
+        return EXIT_UNAVAILABLE
     return 0
 
 
@@ -94,7 +126,7 @@ def _token(args: argparse.Namespace) -> int:
     else:
         if not tokens.revoke(args.id):
             print(f"raylane: error: no token with id {args.id!r}", file=sys.stderr)
-            return 2
+            return EXIT_NOT_FOUND
         print(f"token {args.id} revoked")
     return 0
 
@@ -366,11 +398,24 @@ def _services_argument(parser: argparse.ArgumentParser, verb: str) -> None:
     )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("raylane")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``raylane`` command."""
     p = argparse.ArgumentParser(
-        prog="raylane", description="Asynchronous tasks on Ray, queued in Kafka, tracked in OpenSearch."
+        prog="raylane",
+        description="Asynchronous tasks on Ray, queued in Kafka, tracked in OpenSearch.",
+        epilog="Exit codes: 0 ok; 1 the task failed, was cancelled or timed out; 2 usage or bad input; "
+        "3 not found; 4 a service is unavailable; 5 a wait timed out.",
     )
+    p.add_argument("--version", action="version", version=f"raylane {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     st = sub.add_parser(
@@ -397,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace", type=float, default=20.0, help="seconds to wait after SIGTERM before SIGKILL (default 20)"
     )
     status = st_sub.add_parser(
-        "status", help="show each service's state, pid, address and memory; exit 3 unless all run"
+        "status", help="show each service's state, pid, address and memory; exit 4 unless all run"
     )
     status.add_argument("--json", action="store_true", help="print as JSON")
     status.add_argument("--secure", action="store_true", help="the secure local stack (as RAYLANE_SECURE_STACK=1)")
@@ -433,9 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("id", help="task id")
     sp.set_defaults(func=_cancel)
 
-    sp = sub.add_parser("wait", help="wait for a task to finish; exit 0 if it SUCCEEDED, else 1")
+    sp = sub.add_parser(
+        "wait", help="wait for a task to finish; exit 0 if it SUCCEEDED, 1 if it failed, was cancelled or timed out"
+    )
     sp.add_argument("id", help="task id")
-    sp.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 2)")
+    sp.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 5)")
     sp.add_argument("--json", action="store_true", help="print the record as JSON")
     sp.set_defaults(func=_wait)
 
@@ -547,10 +594,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except RaylaneError as e:
         print(f"raylane: error: {e}", file=sys.stderr)
-        return 2
+        return exit_code_of(e)
     except (ValidationError, json.JSONDecodeError) as e:
         print(f"raylane: error: invalid input: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 

@@ -276,7 +276,7 @@ def test_token_command(tmp_path, http_api):
     bad = run("create", "--tenant", "Not A Tenant")
     assert bad.returncode == 2 and "must match" in bad.stderr
     assert run("revoke", entry["id"]).returncode == 0
-    assert run("revoke", entry["id"]).returncode == 2
+    assert run("revoke", entry["id"]).returncode == 3  # no such token
     assert json.loads((tmp_path / "tokens.json").read_text())["tokens"] == []
 
 

@@ -192,3 +192,25 @@ def test_durations_that_are_not(text):
         duration_s(text)
     with pytest.raises(ConfigError):
         Settings.from_env(retention=text)
+
+
+def test_each_error_has_its_exit_code():
+    from raylane.cli import exit_code_of
+    from raylane.errors import (
+        InvalidTaskInput,
+        QueueUnavailable,
+        ScheduleNotFound,
+        StackError,
+        TaskCancelled,
+        TaskFailed,
+        TaskNotFound,
+        TaskTimedOut,
+        WaitTimeout,
+    )
+
+    assert exit_code_of(TaskFailed("t", "ValueError", "x", None)) == 1
+    assert exit_code_of(TaskCancelled("t")) == exit_code_of(TaskTimedOut("t")) == 1
+    assert exit_code_of(InvalidTaskInput("bad")) == exit_code_of(ConfigError("bad")) == 2
+    assert exit_code_of(TaskNotFound("t")) == exit_code_of(ScheduleNotFound("s")) == 3
+    assert exit_code_of(QueueUnavailable("down")) == exit_code_of(StackError("down")) == 4
+    assert exit_code_of(WaitTimeout("t", 1.0, "RUNNING")) == 5

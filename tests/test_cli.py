@@ -1,0 +1,54 @@
+"""The command line's exit codes, the same for every command: 0 ok; 1 the task failed, was
+cancelled or timed out; 2 usage; 3 not found; 4 a service is unavailable; 5 a wait timed out."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import raylane
+
+
+@raylane.task(name="test.cli.nap")
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@raylane.task(name="test.cli.boom")
+def boom() -> None:
+    raise ValueError("boom")
+
+
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "raylane.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, **env),
+    )
+
+
+def test_exit_codes(rl):
+    done = nap.submit(0.0)
+    done.wait(timeout=60)
+    failed = boom.submit()
+    failed.wait(timeout=60)
+    slow = nap.submit(30.0)
+    try:
+        assert _cli("wait", done.id, "--timeout", "30").returncode == 0
+        assert _cli("wait", failed.id, "--timeout", "30").returncode == 1
+        assert _cli("status", "0" * 32).returncode == 3
+        assert _cli("status").returncode == 2  # usage: the id is missing
+        timed_out = _cli("wait", slow.id, "--timeout", "0.5")
+        assert timed_out.returncode == 5, timed_out.stderr
+    finally:
+        slow.cancel()
+    # A stack that does not run: the secure one here, on ports nothing listens on.
+    down = _cli("stack", "status", "--secure", RAYLANE_KAFKA_PORT="27592", RAYLANE_OPENSEARCH_PORT="27593")
+    assert down.returncode == 4, down.stderr
+    version = _cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("raylane ")
