@@ -77,6 +77,9 @@ class QueueConsumer:
         self._loop_task: asyncio.Task | None = None
         self._paused_topics: set[str] = set()
         self._paused_checked = 0.0
+        # Raised by every pause or resume told directly; a reload from the store that began before
+        # one is dropped, since the store may have answered from before that change.
+        self._pause_generation = 0
         self.metrics = ConsumerMetrics(index)
         self._reported = 0.0
         self.stats = {"consumed": 0, "dead_lettered": 0, "started": 0, "skipped": 0, "errors": 0, "commits": 0}
@@ -131,16 +134,26 @@ class QueueConsumer:
             self.metrics.held(self._holding)
             self.metrics.lag(await self.partitions())
 
+    async def pause_changed(self, queue: str, paused: bool) -> None:
+        """Take a pause or resume of ``queue`` at once (the request handler tells every consumer
+        before ``pause`` returns): a message produced after that is never handed over while the
+        queue stays paused. The store is still read every second, for changes made elsewhere."""
+        topics = set(topics_of(self.config.topic_prefix, queue))
+        self._pause_generation += 1
+        self._paused_topics = self._paused_topics | topics if paused else self._paused_topics - topics
+
     def _poll(self, max_records: int, timeout_s: float) -> list[Consumed]:
         now = time.monotonic()
         if now - self._paused_checked > 1.0:
             self._paused_checked = now
-            self._paused_topics = {
-                t for q in self._store.paused_queues() for t in topics_of(self.config.topic_prefix, q)
-            }
+            generation = self._pause_generation
+            stored = {t for q in self._store.paused_queues() for t in topics_of(self.config.topic_prefix, q)}
+            if generation == self._pause_generation:
+                self._paused_topics = stored
         reader = self._open_reader()
         items = reader.poll(max_records, timeout_s)
-        # Applied after every poll: a refreshed assignment may bring partitions of a paused queue.
+        # Applied after every poll, with the set as it is now: a refreshed assignment may bring
+        # partitions of a paused queue, and a pause may have been told while the poll waited.
         return reader.hold(self._paused_topics, items)
 
     def _open_reader(self) -> QueueReader:

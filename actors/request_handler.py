@@ -13,7 +13,9 @@ import logging
 import re
 import time
 from datetime import timedelta
+from typing import Any
 
+import ray
 from pydantic import ValidationError
 
 from raylane import registry
@@ -38,7 +40,7 @@ from raylane.models import (
     new_task_id,
     utcnow,
 )
-from raylane.protocol import ActorConfig, keeper_of_key, replies_errors, routed_id
+from raylane.protocol import QUEUE_CONSUMER, ActorConfig, keeper_of_key, replies_errors, routed_id
 from raylane.schedules import SCHEDULE_ID_PATTERN, Schedule
 from raylane.states import TaskState
 from raylane.store import TaskQuery
@@ -64,6 +66,10 @@ def _validated(model, raw, what: str):
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5])
         raise InvalidTaskInput(f"invalid {what}: {problems}") from e
+
+
+async def _awaited(ref: Any) -> Any:
+    return await ref
 
 
 def _request(raw: dict | SubmitRequest) -> SubmitRequest:
@@ -357,6 +363,22 @@ class RequestHandler:
         if not isinstance(queue, str) or not re.match(QUEUE_PATTERN, queue):
             raise InvalidTaskInput(f"queue name {queue!r} must match {QUEUE_PATTERN}")
         await asyncio.to_thread(self.store.set_paused, queue, paused)
+        await self._tell_consumers(queue, paused)
+
+    async def _tell_consumers(self, queue: str, paused: bool) -> None:
+        # So that the switch holds for every message produced once this returns. A consumer that
+        # cannot be told now reads the stored switch when it starts again, and within a second anyway.
+        calls = []
+        for i in range(self.config.consumers):
+            try:
+                consumer = ray.get_actor(f"{QUEUE_CONSUMER}-{i}", namespace=self.config.namespace)
+            except ValueError:
+                continue
+            calls.append(asyncio.wait_for(_awaited(consumer.pause_changed.remote(queue, paused)), 5.0))
+        for outcome in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                change = "pause" if paused else "resume"
+                log.warning("a consumer was not told of the %s of queue %s: %r", change, queue, outcome)
 
     @replies_errors
     async def paused_queues(self) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 RESULT_PREFIX = "raylane-bench-result: "  # Ray may print to stdout too; the result line is marked
 
@@ -53,12 +54,23 @@ def remove_deployment(settings) -> None:
     store.client.indices.delete(index=f"{settings.index_alias}_control", ignore_unavailable=True)
     store.close()
     from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
 
-    admin = KafkaAdminClient(**endpoints.kafka.client_options())
-    topics = [t for t in admin.list_topics() if t.startswith(settings.topic_prefix) or t == settings.dlq_topic]
-    if topics:
-        admin.delete_topics(topics)
-    admin.close()
+    # A broker that just died stays in the cluster's metadata until the controller fences it, and
+    # kafka-python sends to it without trying another: a fresh client a moment later does better.
+    for attempt in range(1, 4):
+        admin = KafkaAdminClient(**endpoints.kafka.client_options())
+        try:
+            topics = [t for t in admin.list_topics() if t.startswith(settings.topic_prefix) or t == settings.dlq_topic]
+            if topics:
+                admin.delete_topics(topics)
+            return
+        except KafkaError:
+            if attempt == 3:
+                raise
+            time.sleep(5.0 * attempt)
+        finally:
+            admin.close()
 
 
 if __name__ == "__main__":

@@ -166,6 +166,10 @@ def kafka_options(kafka: KafkaConnection | str) -> dict[str, Any]:
     return {**conn.client_options(), **_RECONNECT}
 
 
+_REPLICATED_PRODUCE_S = 30.0
+_SINGLE_COPY_PRODUCE_S = 10.0
+
+
 class KafkaTaskQueue(TaskQueue):
     """Producer side on Kafka: ``acks=all``, idempotent producer, topics created on first use.
     Every task message carries its signature under the cluster secret in a header."""
@@ -179,7 +183,7 @@ class KafkaTaskQueue(TaskQueue):
         partitions: int,
         max_payload_bytes: int,
         signer: Signer,
-        produce_timeout_s: float = 10.0,
+        produce_timeout_s: float | None = None,
         copies: int | None = None,
     ):
         self._options = kafka_options(kafka)
@@ -189,12 +193,29 @@ class KafkaTaskQueue(TaskQueue):
         self.dlq_topic = dlq_topic
         self.partitions = partitions
         self.max_message = max_payload_bytes + ENVELOPE_BYTES
-        self.produce_timeout_s = produce_timeout_s
+        self._produce_timeout_s = produce_timeout_s
         self.copies = copies
         self._known: set[str] = set()
         self._lock = threading.Lock()
         self._producer = None
         self._admin = None
+
+    @property
+    def produce_timeout_s(self) -> float:
+        """How long a produce waits for Kafka's acknowledgement before the submit fails: as given,
+        or 30 s where topics have several copies and 10 s where they have one.
+
+        With copies, a broker's death is ridden out: its partitions get new leaders once the
+        controller drops it, after Kafka's broker session timeout (9 s by default) plus an election,
+        and a submit should wait for that rather than fail. With one copy nothing takes over, and
+        the submit had better fail soon with QueueUnavailable."""
+        if self._produce_timeout_s is None:
+            try:
+                several = self.replication_factor() > 1
+            except Exception:  # the cluster cannot be asked: what the produce meets will say more
+                return _SINGLE_COPY_PRODUCE_S
+            self._produce_timeout_s = _REPLICATED_PRODUCE_S if several else _SINGLE_COPY_PRODUCE_S
+        return self._produce_timeout_s
 
     def _get_producer(self):
         from kafka import KafkaProducer
@@ -219,7 +240,7 @@ class KafkaTaskQueue(TaskQueue):
         from kafka import KafkaAdminClient
 
         if self._admin is None:
-            self._admin = KafkaAdminClient(**self._options, request_timeout_ms=int(self.produce_timeout_s * 1000))
+            self._admin = KafkaAdminClient(**self._options, request_timeout_ms=int(_SINGLE_COPY_PRODUCE_S * 1000))
         return self._admin
 
     def _ensure_topic(self, topic: str) -> str:
@@ -260,11 +281,11 @@ class KafkaTaskQueue(TaskQueue):
 
     def replication_factor(self) -> int:
         """Copies of each partition of a new topic: ``copies``, or as many as the cluster has
-        brokers, up to 3."""
-        if self.copies is not None:
-            return self.copies
-        brokers = self._admin_client().describe_cluster()["brokers"]
-        return min(3, max(1, len(brokers)))
+        brokers, up to 3 (asked once)."""
+        if self.copies is None:
+            brokers = self._admin_client().describe_cluster()["brokers"]
+            self.copies = min(3, max(1, len(brokers)))
+        return self.copies
 
     def ensure_queue(self, queue: str) -> str:
         return self._ensure_topic(topic_of(self.prefix, queue))

@@ -62,9 +62,15 @@ def _remove_new(st: LocalStack, before: tuple[set[str], set[str]]) -> None:
     queue topic it finds, so a hundred leftover queues per run would slow each later run down."""
     from kafka import KafkaAdminClient
 
+    from raylane.queue import topic_of
+
+    # The session's own deployment outlives it, with the stack: its actors would make its index
+    # and control index again on their next write, without their mappings, so those stay.
+    s = st.settings
+    keep_topics = {topic_of(s.topic_prefix, s.default_queue), s.dlq_topic}
     topics, indices = _topics_and_indices(st)
-    new_topics = sorted(topics - before[0])
-    new_indices = sorted(i for i in indices - before[1] if not i.startswith("."))
+    new_topics = sorted(topics - before[0] - keep_topics)
+    new_indices = sorted(i for i in indices - before[1] if not i.startswith(".") and not i.startswith(s.index_alias))
     admin = KafkaAdminClient(bootstrap_servers=st.kafka.address, request_timeout_ms=60_000)
     try:
         for i in range(0, len(new_topics), 100):

@@ -104,6 +104,9 @@ def test_one_idempotency_key_gives_one_task_and_one_run(rl, tmp_path, unique):
 
 def test_a_task_not_started_by_its_expiry_is_cancelled_as_expired(rl, tmp_path, unique):
     queue = f"exp-{unique}"
+    # The consumers already read the queue, so only the pause keeps the task from them: it holds
+    # for every task submitted once pause() has returned.
+    assert mark.options(queue=queue).submit(str(tmp_path / "warm")).result(timeout=60) == "marked"
     rl.pause(queue)
     try:
         h = mark.options(queue=queue, expires=1.0).submit(str(tmp_path / "runs"))

@@ -214,3 +214,20 @@ def test_each_error_has_its_exit_code():
     assert exit_code_of(TaskNotFound("t")) == exit_code_of(ScheduleNotFound("s")) == 3
     assert exit_code_of(QueueUnavailable("down")) == exit_code_of(StackError("down")) == 4
     assert exit_code_of(WaitTimeout("t", 1.0, "RUNNING")) == 5
+
+
+@pytest.mark.parametrize(("copies", "seconds"), [(1, 10.0), (3, 30.0)])
+def test_a_produce_waits_out_a_leader_fail_over_only_where_there_are_copies(copies, seconds):
+    from raylane.queue import KafkaTaskQueue
+    from raylane.signing import Signer
+
+    queue = KafkaTaskQueue(
+        "127.0.0.1:1",
+        prefix="p.",
+        dlq_topic="p.dlq",
+        partitions=1,
+        max_payload_bytes=1024,
+        signer=Signer(b"k" * 32),
+        copies=copies,
+    )
+    assert queue.produce_timeout_s == seconds
