@@ -28,7 +28,7 @@ import ray
 from raylane.actors.common import Background, PrioritySlots
 from raylane.actors.fencing import FENCE_MARGIN_S, HEARTBEAT_EVERY_S
 from raylane.actors.finishing import Finisher, own_claim
-from raylane.actors.grouping import plan
+from raylane.actors.grouping import plan, wait_allowance
 from raylane.actors.keepers import Keepers
 from raylane.actors.recovery import OwnLease, Recovery
 from raylane.actors.runs import Runs
@@ -60,9 +60,17 @@ _STATS = (
 )
 
 
+def _claims(unit: list[TaskRecord]) -> list[PackedRecord]:
+    """The claims of the tasks of one unit: a member of a timed group may wait its turn."""
+    if len(unit) == 1:
+        return [PackedRecord.of(unit[0])]
+    timeouts = [r.timeout_s for r in unit]
+    return [PackedRecord.of(r)._replace(wait_s=wait_allowance(timeouts, i)) for i, r in enumerate(unit)]
+
+
 class Executor:
     """Runs tasks as Ray tasks named ``raylane:<task name>:<task id>``, at most ``max_running`` Ray tasks
-    at once. Under load, tasks of one name without a timeout share Ray tasks
+    at once. Under load, tasks of one name share Ray tasks
     (``raylane:<task name>:group-of-<n>:<first id>``), each keeping its own record and cancel."""
 
     def __init__(self, config: ActorConfig):
@@ -95,6 +103,7 @@ class Executor:
             slots=self._slots,
             cpus=self._cpus,
             finisher=self._finisher,
+            keepers=self._keepers,
             stats=self.stats,
             background=self._background,
         )
@@ -226,7 +235,7 @@ class Executor:
                     outcomes[i] = outcome
         return outcomes
 
-    async def _claim(self, records: list[TaskRecord]) -> list[WriteOutcome]:
+    async def _claim(self, records: list[PackedRecord]) -> list[WriteOutcome]:
         """RUNNING writes of ``records`` through the keeper, in one call."""
         claims = await self._keepers.claim(records)
         rejected = [r.id for r, c in zip(records, claims, strict=True) if not c.accepted]
@@ -245,7 +254,7 @@ class Executor:
         (taken by the caller): a task alone, or several that share one Ray task."""
         records = [[self._running(m) for m in unit] for unit in units]
         try:
-            claims = iter(await self._claim([r for unit in records for r in unit]))
+            claims = iter(await self._claim([claim for unit in records for claim in _claims(unit)]))
         except BaseException:
             for _ in units:
                 self._slots.release()
@@ -300,6 +309,11 @@ class Executor:
         """From the worker of the group of ``task_id``: members that ended while a long one runs."""
         self._runs.group_report(task_id, ends)
 
+    async def group_began(self, task_id: str, member: str, began: float) -> None:
+        """From the worker of the group of ``task_id``: timed member ``member`` began at ``began``
+        (epoch seconds) and still runs; its keeper starts its clock from then."""
+        self._runs.group_began(task_id, member, began)
+
     async def group_running(self, task_id: str, running: str | None, interrupted: bool) -> None:
         """From the worker of the group of ``task_id``: the member it was running when the signal
         came (None: between members), and whether it interrupted it."""
@@ -313,5 +327,6 @@ class Executor:
         return self._runs.kill(task_id, attempt)
 
     async def get_stats(self) -> dict:
-        """Counters: started, skipped (claim rejected), succeeded, failed, discarded results, killed."""
-        return dict(self.stats, running=self._runs.running_now())
+        """Counters: started, skipped (claim rejected), succeeded, failed, discarded results, killed;
+        and now: tasks running, and the Ray tasks they run in (at most ``max_running``)."""
+        return dict(self.stats, running=self._runs.running_now(), ray_tasks=self._runs.ray_tasks_now())

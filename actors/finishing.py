@@ -55,7 +55,7 @@ def final_record(running: TaskRecord, reply: Reply) -> tuple[TaskRecord, PackedR
         return final, PackedRecord.of(final)
 
 
-def own_claim(stored: TaskRecord | None, mine: TaskRecord) -> bool:
+def own_claim(stored: TaskRecord | None, mine: TaskRecord | PackedRecord) -> bool:
     """Whether ``stored`` is the RUNNING claim ``mine`` (same attempt and lease owner)."""
     return (
         stored is not None

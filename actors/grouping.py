@@ -1,7 +1,16 @@
-"""Grouping: under load, tasks of one name without a timeout share a Ray task.
+"""Grouping: under load, tasks of one name share a Ray task.
 
 Each Ray task costs Ray a few milliseconds whatever it runs; a group of small tasks pays it
 once. Every member keeps its own record, its own claim, and its own cancel.
+
+Tasks with a timeout are grouped only with others that have one, and each member's clock
+starts when that member starts, not when the group does: the worker tells the member's
+StatusKeeper when a member has begun (once it has run ``HELD_REPORT_S``; a member that ends
+sooner is far from its timeout), and the keeper times it out from then. Until then the
+keeper holds a later deadline, the claim plus the longest the member may wait behind its
+siblings (``wait_allowance``), so a frozen worker still has its members timed out. A member
+past its timeout is stopped as a cancelled one is: interrupted, then killed with its worker;
+members done keep their results, members not yet started run again in another Ray task.
 """
 
 from __future__ import annotations
@@ -15,16 +24,26 @@ GROUP_MAX = 64  # tasks in one Ray task at most
 
 
 def groupable(msg: TaskMessage) -> bool:
-    """Whether a task may share a Ray task with others of its name: no timeout (its clock starts
-    with its RUNNING record, so it must not wait behind others) and at most one CPU, nothing else."""
+    """Whether a task may share a Ray task with others of its name: at most one CPU, nothing
+    else, and no soft timeout (its timer is the worker's, one per Ray task)."""
     r = msg.resources
-    return (
-        msg.timeout_s is None
-        and msg.soft_timeout_s is None
-        and 0 < r.num_cpus <= 1
-        and r.num_gpus == 0
-        and r.memory_mb is None
-    )
+    return msg.soft_timeout_s is None and 0 < r.num_cpus <= 1 and r.num_gpus == 0 and r.memory_mb is None
+
+
+# How long a member past its timeout may take to stop, at most: the interrupt, then the kill of
+# its worker, each after the executor's grace (runs.KILL_GRACE_S), and a margin for the messages.
+STOP_ALLOWANCE_S = 3.0
+
+
+def wait_allowance(timeouts: list[float | None], position: int) -> float:
+    """How long the member at ``position`` of a group whose members have ``timeouts`` may wait
+    before it starts: every other member may run to its timeout and take ``STOP_ALLOWANCE_S`` to
+    stop. (Not only those before it: a group started again after a kill runs them in another
+    order.) Untimed groups never wait for a clock."""
+    timed = [t for t in timeouts if t is not None]
+    if len(timed) < len(timeouts):
+        return 0.0
+    return sum(t + STOP_ALLOWANCE_S for i, t in enumerate(timed) if i != position)
 
 
 def group_size(n: int, cpus: int) -> int:
@@ -46,7 +65,7 @@ def plan(msgs: list[TaskMessage], cpus: int) -> list[list[int]]:
     units: list[list[int]] = []
     for i, m in enumerate(msgs):
         if groupable(m):
-            buckets.setdefault((m.name, m.resources), []).append(i)
+            buckets.setdefault((m.name, m.resources, m.timeout_s is None), []).append(i)
         else:
             units.append([i])
     for idx in buckets.values():

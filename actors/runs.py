@@ -19,7 +19,8 @@ from ray.exceptions import RayError
 from raylane.actors.common import Background, PrioritySlots
 from raylane.actors.fencing import FENCE_MARGIN_S
 from raylane.actors.finishing import Finisher
-from raylane.actors.grouping import Group, chunks, group_size
+from raylane.actors.grouping import Group, chunks, group_size, wait_allowance
+from raylane.actors.keepers import Keepers
 from raylane.actors.recovery import OwnLease
 from raylane.actors.worker import MemberEnd, remote_group, remote_invoke
 from raylane.limits import Limits, clip_text
@@ -46,6 +47,7 @@ class Runs:
         slots: PrioritySlots,
         cpus: int,
         finisher: Finisher,
+        keepers: Keepers,
         stats: Counter,
         background: Background,
     ):
@@ -56,6 +58,7 @@ class Runs:
         self._slots = slots
         self._cpus = cpus
         self._finisher = finisher
+        self._keepers = keepers
         self._stats = stats
         self._background = background
         self._refs: dict[str, ray.ObjectRef] = {}
@@ -66,6 +69,10 @@ class Runs:
     def running_now(self) -> int:
         """Tasks running here: lone Ray tasks, and tasks in groups."""
         return len(self._refs) + len(self._groups)
+
+    def ray_tasks_now(self) -> int:
+        """Ray tasks running here, each holding one run slot: lone tasks, and groups."""
+        return len(self._refs) + len({id(g) for g in self._groups.values()})
 
     def kill_requested(self, task_id: str) -> bool:
         """Whether a kill of ``task_id`` came before it was launched (and forget it)."""
@@ -144,7 +151,7 @@ class Runs:
         first = msgs[0]
         self._stats["groups"] += 1
         self._stats["grouped"] += len(msgs)
-        items = [(m.id, m.name, m.args, m.kwargs) for m in msgs]
+        items = [(m.id, m.name, m.args, m.kwargs, m.timeout_s) for m in msgs]
         try:
             signal = self._actor.group_signal.remote(first.id)
             lease = self._lease_for(f"a group of {len(msgs)} tasks from {first.id}")
@@ -192,7 +199,26 @@ class Runs:
             self._stats["restarted_unstarted"] += len(again)
             for chunk in chunks(again, group_size(len(again), self._cpus)):
                 await self._slots.acquire(chunk[0][0].priority)
+                self._restart_clocks(chunk)
                 self.launch(chunk)
+
+    def _restart_clocks(self, members: list[tuple[TaskMessage, TaskRecord]]) -> None:
+        """Members claimed for one group that start again in another (or alone) from now: their
+        keepers' deadlines count from now, with the wait their new places allow."""
+        timeouts = [m.timeout_s for m, _ in members]
+        if any(t is None for t in timeouts):
+            return
+        now = time.time()
+        for i, (msg, _) in enumerate(members):
+            wait_s = wait_allowance(timeouts, i) if len(members) > 1 else 0.0
+            self._keepers.of(msg.id).began.remote(msg.id, msg.attempt, now, wait_s)
+
+    def group_began(self, task_id: str, member: str, began: float) -> None:
+        """Timed member ``member`` of the group of ``task_id`` began at ``began`` and still runs:
+        its keeper times it out from then (the claim's deadline allowed for its wait)."""
+        group = self._groups.get(task_id)
+        if group is not None and member in group.index and member not in group.reported:
+            self._keepers.of(member).began.remote(member, group.attempt_of(member), began)
 
     def _take_report(self, group: Group, ends: list[MemberEnd]) -> None:
         ended = []

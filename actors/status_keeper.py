@@ -263,9 +263,21 @@ class StatusKeeper:
                 if recent[1] in _KILL_STATES:
                     self._kill(running.id, owner=running.lease_owner)
             else:
-                deadline = time.monotonic() + running.timeout_s if running.timeout_s else None
+                deadline = time.monotonic() + running.wait_s + running.timeout_s if running.timeout_s else None
                 self._watch(_Running(running, deadline))
         return outcomes
+
+    async def began(self, task_id: str, attempt: int, began: float, wait_s: float = 0.0) -> bool:
+        """Start the clock of a running task that waited for its turn in a group: it began at
+        ``began`` (epoch seconds), or, with ``wait_s``, may wait that much longer from then. Its
+        deadline becomes that plus its timeout. False if this attempt is not running here, or
+        has no timeout."""
+        r = self._running.get(task_id)
+        if r is None or r.record.attempt != attempt or not r.record.timeout_s or r.deadline is None:
+            return False
+        since = max(0.0, time.time() - began)
+        self._set_deadline(r, time.monotonic() - since + wait_s + r.record.timeout_s)
+        return True
 
     async def _claim_admitted(self, packed: list[PackedRecord]) -> list[WriteOutcome]:
         """``claim``, where some tasks still wait for their turn under a limit (a message sent

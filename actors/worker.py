@@ -130,13 +130,16 @@ class _MemberControl:
     thread); the executor hears which member was running, so that it can kill the worker if
     that member ignores the interrupt. The other sends ended members' replies that wait
     unreported behind a long member (the main thread reports only between members), so a
-    quick task's end is not held up by a slow sibling."""
+    quick task's end is not held up by a slow sibling; and it tells the executor when a member
+    with a timeout that has run ``HELD_REPORT_S`` began, so that its clock starts then."""
 
     def __init__(self, signal: ray.ObjectRef, executor, group_key: str, limits: Limits):
         self._limits = limits
         self._lock = threading.Lock()
         self._current: str | None = None
         self._started = 0.0
+        self._began = 0.0  # when the current member began, epoch seconds
+        self._untold = False  # the current member has a timeout, and the executor has not heard it began
         self._pending: list[MemberEnd] = []  # ended, not yet reported
         self.cancelled: frozenset | None = None  # None until the signal resolves
         self._over = threading.Event()
@@ -163,11 +166,17 @@ class _MemberControl:
     def _send_held(self) -> None:
         while not self._over.wait(HELD_REPORT_S):
             with self._lock:
-                held = self._pending if self._pending and time.monotonic() - self._started >= HELD_REPORT_S else []
+                long_running = time.monotonic() - self._started >= HELD_REPORT_S
+                held = self._pending if self._pending and long_running else []
                 if held:
                     self._pending = []
+                began = self._current if self._untold and long_running else None
+                if began is not None:
+                    self._untold = False
             if held:
                 self._sent.append(self._executor.group_report.remote(self._key, held))
+            if began is not None:
+                self._sent.append(self._executor.group_began.remote(self._key, began, self._began))
 
     def take(self) -> list[MemberEnd]:
         """The ends not yet reported, which the caller now reports."""
@@ -188,37 +197,38 @@ class _MemberControl:
         with contextlib.suppress(Exception):
             ray.get(self._sent)
 
-    def run(self, task_id: str, name: str, args: list, kwargs: dict) -> Reply | None:
+    def run(self, task_id: str, name: str, args: list, kwargs: dict, timeout_s: float | None) -> Reply | None:
         """The member's reply; None if the group was stopped before it started."""
         try:
             with self._lock:
                 if self.cancelled is not None:
                     return None
-                self._current, self._started = task_id, time.monotonic()
+                self._current, self._started, self._began = task_id, time.monotonic(), time.time()
+                self._untold = timeout_s is not None
             try:
                 return invoke(name, args, kwargs, self._limits)
             finally:
                 with self._lock:
-                    self._current = None
+                    self._current, self._untold = None, False
         except KeyboardInterrupt:
             return INTERRUPTED
 
 
 def invoke_group(
-    items: list[tuple[str, str, list, dict]],
+    items: list[tuple[str, str, list, dict, float | None]],
     signal_box: list,
     executor,
     group_key: str,
     limits: Limits | None = None,
     lease: Lease | None = None,
 ) -> Iterator[list[MemberEnd]]:
-    """Run several tasks one after another in this Ray worker, yielding lists of ``MemberEnd``
-    as they end: a report at most every ``FLUSH_S`` (each report is a message to the executor,
-    so many small tasks share one); replies held behind a member that runs longer than
-    ``HELD_REPORT_S`` go to the executor's ``group_report`` instead. Once the executor's signal
-    (a reference in ``signal_box``) says members were cancelled, no further member starts and
-    the rest are reported not started, for the executor to start again without the cancelled
-    ones."""
+    """Run several tasks (id, name, args, kwargs, timeout) one after another in this Ray worker,
+    yielding lists of ``MemberEnd`` as they end: a report at most every ``FLUSH_S`` (each report
+    is a message to the executor, so many small tasks share one); replies held behind a member
+    that runs longer than ``HELD_REPORT_S`` go to the executor's ``group_report`` instead. Once
+    the executor's signal (a reference in ``signal_box``) says members were cancelled, no
+    further member starts and the rest are reported not started, for the executor to start
+    again without the cancelled ones."""
     [signal] = signal_box
     if lease is not None:
         try:
@@ -229,14 +239,14 @@ def invoke_group(
     control = _MemberControl(signal, executor, group_key, limits or Limits())
     reported = time.monotonic()
     try:
-        for i, (task_id, name, args, kwargs) in enumerate(items):
+        for i, (task_id, name, args, kwargs, timeout_s) in enumerate(items):
             if time.monotonic() - reported >= FLUSH_S:
                 ended = control.take()
                 if ended:
                     yield ended
                 reported = time.monotonic()
             try:
-                reply = control.run(task_id, name, args, kwargs)
+                reply = control.run(task_id, name, args, kwargs, timeout_s)
             except KeyboardInterrupt:  # an interrupt meant for this member that landed as it returned
                 reply = INTERRUPTED
             if reply is None:

@@ -32,8 +32,11 @@ def markdown(r: dict) -> str:
     for key in (
         "raylane_tasks_per_s",
         "raylane_results_per_s",
+        "raylane_timed_tasks_per_s",
+        "timed_ratio",
         "ray_tasks_per_s",
         "celery_tasks_per_s",
+        "dramatiq_tasks_per_s",
         "cpu_ms_per_task",
         "os_requests_per_transition",
         "rtt_p50_ms",
@@ -50,7 +53,7 @@ def markdown(r: dict) -> str:
         t = target(r)
         met = "–" if v is None else ("yes" if (v >= t if op == ">=" else v <= t) else "no")
         lines.append(f"| {label} | {_fmt(v)} | {met} |")
-    for part in ("ray", "celery", "rtt", "floor", "burst"):
+    for part in ("ray", "celery", "dramatiq", "rtt", "floor", "burst", "timed_burst"):
         if part in r:
             lines += ["", f"## {part}", "", "| | |", "|---|---|"]
             lines += [f"| {k} | {_fmt(v) if not isinstance(v, dict) else json.dumps(v)} |" for k, v in r[part].items()]

@@ -10,6 +10,7 @@ topic's log segments.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -21,7 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -134,7 +135,7 @@ def bench_ray(n: int) -> dict:
     }
 
 
-# ---------------------------------------------------------------- Celery
+# ---------------------------------------------------------------- Celery and Dramatiq
 
 
 def _free_port() -> int:
@@ -145,61 +146,50 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def bench_celery(n: int) -> dict:
-    """Celery 5 with Redis as broker and result backend, 2 prefork worker processes, ``delay`` per task."""
+@contextlib.contextmanager
+def _redis_and_workers(worker_argv: list[str]) -> Iterator[str | None]:
+    """A Redis of its own on a free port, and a worker (``python -m <worker_argv>``) bound to it
+    through ``RAYLANE_BENCH_REDIS``; yields Redis's URL (None when redis-server is not installed).
+    Both are stopped at the end."""
     redis = shutil.which("redis-server")
     if redis is None:
-        return {"skipped": "redis-server is not installed (./dev bench installs Debian's redis-server)"}
+        yield None
+        return
     port = _free_port()
     url = f"redis://127.0.0.1:{port}/0"
     env = {**os.environ, "RAYLANE_BENCH_REDIS": url}
     work = Path(tempfile.mkdtemp(prefix="raylane-bench-redis-"))
     procs: list[subprocess.Popen] = []
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     try:
-        procs.append(
-            subprocess.Popen(
-                [
-                    redis,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(work),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "raylane.bench.celery_app",
-                    "worker",
-                    "-c",
-                    "2",
-                    "-P",
-                    "prefork",
-                    "--loglevel",
-                    "WARNING",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--without-heartbeat",
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
+        redis_argv = [redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        procs.append(subprocess.Popen([*redis_argv, "--dir", str(work)], **quiet))  # type: ignore[call-overload]
+        procs.append(subprocess.Popen([sys.executable, "-m", *worker_argv], env=env, **quiet))  # type: ignore[call-overload]
         os.environ["RAYLANE_BENCH_REDIS"] = url
+        yield url
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        os.environ.pop("RAYLANE_BENCH_REDIS", None)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+_NO_REDIS = {"skipped": "redis-server is not installed (./dev bench installs Debian's redis-server)"}
+_PEER_WORKERS = 2  # worker processes of Celery and Dramatiq: one per CPU of this machine
+
+
+def bench_celery(n: int) -> dict:
+    """Celery 5 with Redis as broker and result backend, 2 prefork worker processes, ``delay`` per task."""
+    worker = ["celery", "-A", "raylane.bench.celery_app", "worker", "-c", str(_PEER_WORKERS), "-P", "prefork"]
+    worker += ["--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    with _redis_and_workers(worker) as url:
+        if url is None:
+            return _NO_REDIS
         import importlib
 
         import raylane.bench.celery_app as celery_app
@@ -216,23 +206,41 @@ def bench_celery(n: int) -> dict:
             results = ResultSet([celery_app.noop.delay(i) for i in range(n)])
             values = results.join_native(timeout=600)  # Celery's fastest way to collect many results
         assert values == list(range(n))
-        return {
-            "n": n,
-            "workers": 2,
-            "tasks_per_s": _r(n / m.seconds),
-            "cpu_ms_per_task": _r(m.cpu_ms / n, 3),
-            "seconds": _r(m.seconds, 2),
-        }
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in reversed(procs):
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        os.environ.pop("RAYLANE_BENCH_REDIS", None)
-        shutil.rmtree(work, ignore_errors=True)
+        return _peer_row(n, m)
+
+
+def bench_dramatiq(n: int) -> dict:
+    """Dramatiq 2 with a Redis broker and Redis results, 2 worker processes of one thread each,
+    ``send`` per task, results collected through a ``group``."""
+    worker = ["dramatiq", "raylane.bench.dramatiq_app", "-p", str(_PEER_WORKERS), "-t", "1"]
+    with _redis_and_workers(worker) as url:
+        if url is None:
+            return _NO_REDIS
+        import importlib
+
+        from dramatiq import group
+
+        import raylane.bench.dramatiq_app as dramatiq_app
+
+        importlib.reload(dramatiq_app)  # bind to this run's Redis
+        # The workers take a few seconds to start: the warm-up waits for them.
+        warm = group(dramatiq_app.noop.message(-j) for j in range(1, 201)).run()
+        list(warm.get_results(block=True, timeout=120_000))
+        with Meter() as m:
+            runs = group(dramatiq_app.noop.message(i) for i in range(n)).run()
+            values = list(runs.get_results(block=True, timeout=600_000))
+        assert values == list(range(n))
+        return _peer_row(n, m)
+
+
+def _peer_row(n: int, m: Meter) -> dict:
+    return {
+        "n": n,
+        "workers": _PEER_WORKERS,
+        "tasks_per_s": _r(n / m.seconds),
+        "cpu_ms_per_task": _r(m.cpu_ms / n, 3),
+        "seconds": _r(m.seconds, 2),
+    }
 
 
 # ---------------------------------------------------------------- raylane
@@ -263,7 +271,9 @@ def kafka_log_bytes(settings, topic_prefix: str) -> int | None:
 
 
 def task_times(store, tag: str) -> list[dict]:
-    """created/started/finished of every task with ``tag`` (read straight from the index)."""
+    """created/started/finished of every task with ``tag`` (read straight from the index, once
+    every write so far is searchable: the last ends of a burst may be newer than the refresh)."""
+    store.client.indices.refresh(index=store.alias)
     out, after = [], None
     while True:
         body: dict[str, Any] = {
@@ -469,8 +479,9 @@ def bench_floor(n: int) -> dict:
     return out
 
 
-def bench_burst(n: int, chunk: int = 1000, progress: bool = True) -> dict:
-    """``n`` no-op tasks submitted as fast as ``submit_many`` takes them, run to the end."""
+def bench_burst(n: int, chunk: int = 1000, progress: bool = True, timeout: float | None = None) -> dict:
+    """``n`` no-op tasks submitted as fast as ``submit_many`` takes them, run to the end; with
+    ``timeout``, each task has that timeout (so each is timed, and killed past it)."""
     from raylane.client import _connection
 
     settings = _connection().settings
@@ -482,8 +493,8 @@ def bench_burst(n: int, chunk: int = 1000, progress: bool = True) -> dict:
     warm = noop.options(queue=queue).submit_many([(-j,) for j in range(1, 201)])
     for h in warm:
         h.result(timeout=120)
-    fn = noop.options(queue=queue, tags=[tag])
-    bar = _bar(n, "raylane burst", progress)
+    fn = noop.options(queue=queue, tags=[tag], timeout=timeout)
+    bar = _bar(n, "raylane burst" if timeout is None else "raylane timed burst", progress)
     req0, kb0 = os_requests(store.client), kafka_log_bytes(settings, topic_prefix)
     wall0 = time.time()
     handles = []
@@ -512,6 +523,7 @@ def bench_burst(n: int, chunk: int = 1000, progress: bool = True) -> dict:
     # since a user waiting for a burst makes them as well.
     return {
         "n": n,
+        "timeout_s": timeout,
         "states": {k: v for k, v in states.items() if v},
         "tasks_per_s": _r(n / (last - wall0)),
         "submit_per_s": _r(n / submitted_s),
@@ -741,6 +753,7 @@ TARGETS = [
     # key, label, how the target is computed from the results, comparison
     ("celery_ratio", "raylane tasks/s ≥ 2× Celery's", lambda r: 2.0, ">="),
     ("ray_ratio", "raylane tasks/s ≥ 0.8× raw Ray's", lambda r: 0.8, ">="),
+    ("timed_ratio", "timed burst (timeout=60) tasks/s ≥ 0.8× the untimed burst's", lambda r: 0.8, ">="),
     ("cpu_ms_per_task", "CPU per task ≤ 1.5 ms, all processes", lambda r: 1.5, "<="),
     ("os_requests_per_transition", "OpenSearch requests per transition ≤ 0.05", lambda r: 0.05, "<="),
     ("rtt_p50_ms", "unloaded submit-to-result p50 ≤ 15 ms", lambda r: 15.0, "<="),
@@ -750,7 +763,8 @@ TARGETS = [
 
 
 # The parts in the order they run: the round trip first, on a machine nothing else has just loaded.
-PARTS = ("rtt", "floor", "ray", "celery", "burst", "lookup", "scale", "soak")
+PARTS = ("rtt", "floor", "ray", "celery", "dramatiq", "burst", "timed_burst", "lookup", "scale", "soak")
+TIMED_BURST_TIMEOUT_S = 60.0  # far above a no-op's run: the timed burst measures the cost of the clock
 
 
 def run(quick: bool = False, parts: set[str] | None = None, progress: bool = True, out_dir: Path | None = None) -> dict:
@@ -775,7 +789,9 @@ def run(quick: bool = False, parts: set[str] | None = None, progress: bool = Tru
         "floor": lambda: bench_floor(sizes.rtt),
         "ray": lambda: bench_ray(sizes.ray),
         "celery": lambda: bench_celery(sizes.celery),
+        "dramatiq": lambda: bench_dramatiq(sizes.celery),
         "burst": lambda: bench_burst(sizes.burst, progress=progress),
+        "timed_burst": lambda: bench_burst(sizes.burst, progress=progress, timeout=TIMED_BURST_TIMEOUT_S),
         "lookup": lambda: bench_lookup(sizes.lookup_steps, progress=progress),
         "scale": lambda: bench_scale(sizes.scale_configs, sizes.scale_burst),
         "soak": lambda: _soak(sizes.soak, progress),
@@ -817,8 +833,10 @@ def headline(r: dict) -> dict:
     h: dict[str, Any] = {
         "raylane_tasks_per_s": burst.get("tasks_per_s"),
         "raylane_results_per_s": burst.get("results_per_s"),
+        "raylane_timed_tasks_per_s": r.get("timed_burst", {}).get("tasks_per_s"),
         "ray_tasks_per_s": ray_.get("tasks_per_s"),
         "celery_tasks_per_s": celery.get("tasks_per_s"),
+        "dramatiq_tasks_per_s": r.get("dramatiq", {}).get("tasks_per_s"),
         "cpu_ms_per_task": burst.get("cpu_ms_per_task"),
         "os_requests_per_transition": burst.get("os_requests_per_transition"),
         "rtt_p50_ms": rtt.get("p50_ms"),
@@ -828,6 +846,8 @@ def headline(r: dict) -> dict:
     }
     if h["raylane_tasks_per_s"] and h["celery_tasks_per_s"]:
         h["celery_ratio"] = round(h["raylane_tasks_per_s"] / h["celery_tasks_per_s"], 2)
+    if h["raylane_tasks_per_s"] and h["raylane_timed_tasks_per_s"]:
+        h["timed_ratio"] = round(h["raylane_timed_tasks_per_s"] / h["raylane_tasks_per_s"], 3)
     if h["raylane_tasks_per_s"] and h["ray_tasks_per_s"]:
         h["ray_ratio"] = round(h["raylane_tasks_per_s"] / h["ray_tasks_per_s"], 3)
     lookup = r.get("lookup") or []

@@ -340,6 +340,10 @@ class PackedRecord(NamedTuple):
     timeout_s: float | None
     doc: bytes
     lease_owner: str | None = None  # of a RUNNING record: the executor incarnation that runs it
+    # Of a RUNNING record (a claim), not written: how long the task may wait behind others in its
+    # group before it starts; the keeper's deadline for it is the claim + this + its timeout,
+    # until the worker says when it began (see StatusKeeper.began).
+    wait_s: float = 0.0
 
     @classmethod
     def of(cls, record: TaskRecord | PackedRecord) -> PackedRecord:

@@ -141,3 +141,61 @@ def test_a_quick_task_ends_while_its_slow_sibling_runs(rl, settings, unique):
     assert slow.record().state.value == "RUNNING", "the quick tasks' ends waited for their slow sibling"
     slow.cancel()
     wait_until(lambda: executor_stats()["running"] == 0, timeout=30, what="the cancelled group to end")
+
+
+def _group_members(settings, n: int) -> int:
+    """How many of ``n`` tasks handed over at once share a Ray task on this cluster."""
+    import ray
+
+    from raylane.actors.grouping import group_size
+
+    return group_size(n, max(1, int(ray.cluster_resources().get("CPU", 1))))
+
+
+def test_timed_tasks_run_grouped_each_once(rl, settings, tmp_path, unique):
+    before = executor_stats()
+    items = [(str(tmp_path), i, 0.0) for i in range(40)]
+    handles = submit_held(rl, settings, mark.options(timeout=30), f"gt-{unique}", items)
+    assert [h.result(timeout=120) for h in handles] == [i * 2 for i in range(40)]
+    assert runs(tmp_path) == {i: 1 for i in range(40)}
+    after = executor_stats()
+    assert after["groups"] > before["groups"] and after["grouped"] - before["grouped"] >= 20, (before, after)
+
+
+def test_a_timed_member_waiting_behind_its_siblings_is_not_timed_out(rl, settings, tmp_path, unique):
+    # Each task takes 0.7 s of its 1.5 s; the fourth of a group waits 2.1 s for its turn. Its
+    # clock starts when it starts, so it succeeds as it would alone.
+    import ray
+
+    n = 4 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    assert _group_members(settings, n) >= 4
+    items = [(str(tmp_path), i, 0.7) for i in range(n)]
+    handles = submit_held(rl, settings, mark.options(timeout=1.5), f"gtw-{unique}", items)
+    records = [h.wait(timeout=120) for h in handles]
+    assert [r.state.value for r in records] == ["SUCCEEDED"] * n, [(r.state.value, r.error) for r in records]
+    waited = max(r.hops["began"] - r.hops["claimed"] for r in records)
+    assert waited > 1.5, f"no task waited longer than its timeout in its group (at most {waited:.2f} s)"
+    assert runs(tmp_path) == {i: 1 for i in range(n)}
+
+
+def test_a_timed_member_past_its_timeout_is_stopped_and_its_siblings_are_not(rl, settings, tmp_path, unique):
+    # The second of a group hangs past its 3 s timeout: it is timed out 3 s after it began; the
+    # first keeps its result, and those behind it run in another Ray task, each once.
+    import ray
+
+    n = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    size = _group_members(settings, n)
+    assert size >= 2
+    before = executor_stats()
+    items = [(str(tmp_path), i, 60.0 if i == 1 else 0.2) for i in range(n)]
+    handles = submit_held(rl, settings, mark.options(timeout=3), f"gtk-{unique}", items)
+    hung = handles[1].wait(timeout=60)
+    assert hung.state.value == "TIMED_OUT" and hung.error_type == "TimeoutError"
+    [began] = [f.stat().st_mtime for f in tmp_path.iterdir() if f.name.startswith("1.")]
+    assert 3.0 <= hung.finished_at.timestamp() - began < 8.0  # its own clock, not its group's
+    for h in handles[:1] + handles[2:]:
+        assert h.wait(timeout=60).state.value == "SUCCEEDED"
+    assert runs(tmp_path) == {i: 1 for i in range(n)}
+    wait_until(lambda: executor_stats()["running"] == 0, timeout=30, what="the stopped group to end")
+    if size > 2:  # members behind the hung one were started again elsewhere
+        assert executor_stats()["restarted_unstarted"] > before["restarted_unstarted"]

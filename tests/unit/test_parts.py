@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 
 from raylane.actors.common import Background, GroupCommit
-from raylane.actors.grouping import GROUP_MAX, group_size, groupable, plan
+from raylane.actors.grouping import GROUP_MAX, STOP_ALLOWANCE_S, group_size, groupable, plan, wait_allowance
 from raylane.apicore import ApiProblem, decode_cursor, encode_cursor
 from raylane.errors import ConfigError, InvalidTaskInput
 from raylane.models import Resources, TaskMessage
@@ -33,20 +33,29 @@ def _msg(name: str = "a", timeout_s: float | None = None, cpus: float = 1.0) -> 
     )
 
 
-def test_plan_groups_untimed_tasks_of_one_name_and_keeps_every_task_once():
+def test_plan_groups_tasks_of_one_name_timed_apart_from_untimed_and_keeps_every_task_once():
     msgs = [_msg("a"), _msg("b"), _msg("a"), _msg("a", timeout_s=5), _msg("a"), _msg("c", cpus=2)]
+    msgs += [_msg("a", timeout_s=9)]
     units = plan(msgs, cpus=1)
     assert sorted(i for unit in units for i in unit) == list(range(len(msgs)))
     assert [0, 2, 4] in units  # the untimed "a" tasks share a Ray task
-    assert [3] in units and [5] in units and [1] in units  # timed, two CPUs, alone of its name
+    assert [3, 6] in units  # the timed ones share another
+    assert [5] in units and [1] in units  # two CPUs, alone of its name
     assert units == sorted(units)
+
+
+def test_a_timed_member_may_wait_for_every_sibling_to_run_to_its_timeout_and_stop():
+    assert wait_allowance([10.0, 20.0, 5.0], 0) == 25.0 + 2 * STOP_ALLOWANCE_S
+    assert wait_allowance([10.0, 20.0, 5.0], 2) == 30.0 + 2 * STOP_ALLOWANCE_S
+    assert wait_allowance([10.0], 0) == 0.0
+    assert wait_allowance([10.0, None], 0) == 0.0  # untimed groups have no clock to allow for
 
 
 def test_group_sizes_spread_over_the_cpus_within_bounds():
     assert group_size(10, cpus=4) == 3
     assert group_size(3, cpus=8) == 2  # never a group of one
     assert group_size(10_000, cpus=2) == GROUP_MAX
-    assert not groupable(_msg(timeout_s=1)) and not groupable(_msg(cpus=0)) and groupable(_msg())
+    assert groupable(_msg(timeout_s=1)) and not groupable(_msg(cpus=0)) and groupable(_msg())
 
 
 def test_group_commit_batches_concurrent_callers_and_fails_a_whole_batch():
