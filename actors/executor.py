@@ -33,7 +33,8 @@ from raylane.actors.keepers import Keepers
 from raylane.actors.recovery import OwnLease, Recovery
 from raylane.actors.runs import Runs
 from raylane.actors.worker import MemberEnd
-from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, utcnow
+from raylane.models import PackedRecord, Progress, TaskMessage, TaskRecord, WriteOutcome, utcnow
+from raylane.progress_reports import FLUSH_EVERY_S
 from raylane.protocol import ActorConfig, HandOff, HandOffResult
 from raylane.states import TaskState
 from raylane.tracing import tracer_for
@@ -82,6 +83,8 @@ class Executor:
         self._arrivals: dict[tuple[str, int], tuple[float | None, float]] = {}
         self._keepers = Keepers(config.namespace, config.keepers)
         self._store = config.store()
+        self._said: dict[str, Progress] = {}  # progress not yet written, by task id
+        self._saying: asyncio.Task | None = None
         queue = config.queue()
         self._background = Background(log)
         self._loops: list[asyncio.Task] = []
@@ -313,6 +316,25 @@ class Executor:
         """From the worker of the group of ``task_id``: timed member ``member`` began at ``began``
         (epoch seconds) and still runs; its keeper starts its clock from then."""
         self._runs.group_began(task_id, member, began)
+
+    async def progress(self, task_id: str, attempt: int, fraction: float, message: str | None, at: float) -> None:
+        """From the worker of ``task_id``: how far its attempt ``attempt`` has got (see
+        ``raylane.progress``). Kept for the store's next bulk write, if that attempt runs here."""
+        if self._runs.running_attempt(task_id) != attempt:
+            return  # ended meanwhile, or not this executor's: nothing to show
+        self._said[task_id] = Progress(task_id, attempt, fraction, message, at)
+        if self._saying is None or self._saying.done():
+            self._saying = asyncio.create_task(self._write_progress())
+
+    async def _write_progress(self) -> None:
+        # One bulk write for every task that said something in the last FLUSH_EVERY_S.
+        while self._said:
+            await asyncio.sleep(FLUSH_EVERY_S)
+            said, self._said = list(self._said.values()), {}
+            try:
+                await asyncio.to_thread(self._store.put_progress, said)
+            except Exception as e:  # progress is worth no retry: the next report says more
+                log.warning("keeping the progress of %d task(s) failed: %r", len(said), e)
 
     async def group_running(self, task_id: str, running: str | None, interrupted: bool) -> None:
         """From the worker of the group of ``task_id``: the member it was running when the signal

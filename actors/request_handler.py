@@ -27,6 +27,7 @@ from raylane.errors import (
     ScheduleNotFound,
     StoreUnavailable,
     TaskAlreadyFinished,
+    TaskNotFinished,
     TaskNotFound,
 )
 from raylane.limits import check_arguments_shape, check_tags, check_timeout
@@ -40,12 +41,14 @@ from raylane.models import (
     new_task_id,
     utcnow,
 )
-from raylane.protocol import QUEUE_CONSUMER, ActorConfig, keeper_of_key, replies_errors, routed_id
+from raylane.protocol import QUEUE_CONSUMER, ActorConfig, keeper_of_key, replies_errors, routed_id, unwrap
 from raylane.schedules import SCHEDULE_ID_PATTERN, Schedule
 from raylane.states import TaskState
-from raylane.store import TaskQuery
+from raylane.store import TaskQuery, finished_states
 
 log = logging.getLogger("raylane.request_handler")
+
+MAX_REPLAY = 10_000  # tasks one replay starts again at most
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_WAIT_IDS = 100_000  # ids in one wait_many call
@@ -217,6 +220,10 @@ class RequestHandler:
         # Another tenant's task is reported exactly like a missing one, so ids reveal nothing.
         if record is None or (tenant is not None and record.tenant != tenant):
             raise TaskNotFound(task_id)
+        if record.state is TaskState.RUNNING:
+            said = (await asyncio.to_thread(self.store.progress_of, [task_id])).get(task_id)
+            if said is not None and said.attempt == record.attempt:
+                record = record.model_copy(update={"progress": said.fraction, "progress_message": said.message})
         return record
 
     @replies_errors
@@ -247,6 +254,96 @@ class RequestHandler:
             # Rejected: the task finished first, or moved to a new attempt; look again.
         record = await self._get(task_id)
         raise TaskAlreadyFinished(task_id, record.state.value)
+
+    @replies_errors
+    async def retry(self, task_id: str, tenant: str | None = None) -> TaskRecord:
+        """Start a new attempt of a finished task (in any terminal state): its record moves to the
+        next attempt, PENDING (SCHEDULED if it waits for a limit), keeping the finished attempt
+        in ``attempts``; returns that record. ``TaskNotFinished`` if the task has not finished
+        (a retry that raced this one included). With ``tenant``, only that tenant's task."""
+        record = await self._get(task_id, tenant)
+        if not record.finished:
+            raise TaskNotFinished(task_id, record.state.value)
+        [started] = await self._start_again([record])
+        if started is None:
+            raise TaskNotFinished(task_id, (await self._get(task_id)).state.value)
+        return started
+
+    @replies_errors
+    async def replay(self, query: dict, limit: int = 1000, tenant: str | None = None) -> list[str]:
+        """Start a new attempt of every finished task matching ``query`` (see ``TaskQuery``; only
+        terminal states, FAILED if none is given), at most ``limit`` (1-10,000), newest first;
+        returns the ids started again. Tasks that moved on meanwhile are left as they are."""
+        q = self._query(query)
+        if tenant is not None:
+            q = q.model_copy(update={"tenant": tenant})
+        q = q.model_copy(update={"state": finished_states(q.state or [TaskState.FAILED], "replayed")})
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_REPLAY:
+            raise InvalidTaskInput(f"limit must be between 1 and {MAX_REPLAY}, got {limit!r}")
+        started: list[str] = []
+        after = None
+        while len(started) < limit:
+            page, after = await asyncio.to_thread(self.store.search, q, min(500, limit - len(started)), after)
+            done = [r for r in page if r.finished]
+            if done:
+                started += [r.id for r in await self._start_again(done) if r is not None]
+            if after is None or not page:
+                break
+        return started
+
+    @replies_errors
+    async def dead_letters(self, limit: int = 100) -> list[dict]:
+        """The newest ``limit`` (1-10,000) dead letters, newest first. Each says why it was set
+        aside and where it came from, and, where its message named a task raylane recorded
+        (``task_id``), that task's ``state`` now: a finished one can be replayed."""
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_REPLAY:
+            raise InvalidTaskInput(f"limit must be between 1 and {MAX_REPLAY}, got {limit!r}")
+        letters = await asyncio.to_thread(self.queue.dead_letters, limit)
+        keys = [k for k in (letter.get("key") for letter in letters) if isinstance(k, str) and _ID.match(k)]
+        records = await asyncio.to_thread(self.store.get_many, keys) if keys else {}
+        for letter in letters:
+            record = records.get(letter.get("key") or "")
+            letter["task_id"] = record.id if record is not None else None
+            letter["state"] = record.state.value if record is not None else None
+            letter["replayable"] = record is not None and record.finished
+        return letters
+
+    @replies_errors
+    async def replay_dead_letters(self, limit: int = 100) -> list[str]:
+        """Start again the tasks of the newest ``limit`` dead letters whose tasks raylane recorded
+        and that have finished (a dead-lettered task is recorded FAILED). The new attempt is made
+        from the task's record, never from the message: a message raylane did not sign names no
+        recorded task, and so starts nothing. Returns the ids started again."""
+        letters = unwrap(await self.dead_letters(limit))
+        ids = list(dict.fromkeys(d["task_id"] for d in letters if d["replayable"]))
+        if not ids:
+            return []
+        records = await asyncio.to_thread(self.store.get_many, ids)
+        done = [records[i] for i in ids if i in records and records[i].finished]
+        return [r.id for r in await self._start_again(done) if r is not None] if done else []
+
+    async def _start_again(self, records: list[TaskRecord]) -> list[TaskRecord | None]:
+        """The next attempts of finished ``records``, written and enqueued; None for each whose
+        write lost (the task moved on meanwhile)."""
+        nexts = [r.retried(0.0) for r in records]
+        outcomes = await self._keepers.write([nxt for nxt, _ in nexts])
+        due = [(nxt, msg) for (nxt, msg), o in zip(nexts, outcomes, strict=True) if o.accepted]
+        pending = [(nxt, msg) for nxt, msg in due if nxt.state is TaskState.PENDING]  # SCHEDULED: its keeper sends it
+        try:
+            if pending:
+                await asyncio.to_thread(self.queue.produce_many, [msg for _, msg in pending])
+        except QueueUnavailable:
+            failed = [
+                nxt.moved_to(
+                    TaskState.FAILED,
+                    error_type="QueueUnavailable",
+                    error="the new attempt could not be enqueued; Kafka did not acknowledge it",
+                )
+                for nxt, _ in pending
+            ]
+            await self._keepers.write(failed)
+            raise
+        return [nxt if o.accepted else None for (nxt, _), o in zip(nexts, outcomes, strict=True)]
 
     @replies_errors
     async def wait(self, task_id: str, timeout_s: float, tenant: str | None = None) -> TaskRecord:

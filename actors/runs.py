@@ -101,7 +101,13 @@ class Runs:
         try:
             lease = self._lease_for(f"attempt {msg.attempt} of task {msg.id}")
             ref = remote_invoke.options(**opts).remote(
-                msg.name, msg.args, msg.kwargs, self._limits, lease, msg.soft_timeout_s
+                msg.name,
+                msg.args,
+                msg.kwargs,
+                self._limits,
+                lease,
+                msg.soft_timeout_s,
+                (self._actor, msg.id, msg.attempt),
             )
         except Exception as e:  # e.g. resources Ray refuses: the claimed task fails, it is not left RUNNING
             self._background.spawn(self._fail_launch(running, e))
@@ -151,7 +157,7 @@ class Runs:
         first = msgs[0]
         self._stats["groups"] += 1
         self._stats["grouped"] += len(msgs)
-        items = [(m.id, m.name, m.args, m.kwargs, m.timeout_s) for m in msgs]
+        items = [(m.id, m.attempt, m.name, m.args, m.kwargs, m.timeout_s) for m in msgs]
         try:
             signal = self._actor.group_signal.remote(first.id)
             lease = self._lease_for(f"a group of {len(msgs)} tasks from {first.id}")
@@ -212,6 +218,11 @@ class Runs:
         for i, (msg, _) in enumerate(members):
             wait_s = wait_allowance(timeouts, i) if len(members) > 1 else 0.0
             self._keepers.of(msg.id).began.remote(msg.id, msg.attempt, now, wait_s)
+
+    def running_attempt(self, task_id: str) -> int | None:
+        """The attempt of ``task_id`` running here, alone or in a group; None if none is."""
+        group = self._groups.get(task_id)
+        return group.attempt_of(task_id) if group is not None else self._attempt_of.get(task_id)
 
     def group_began(self, task_id: str, member: str, began: float) -> None:
         """Timed member ``member`` of the group of ``task_id`` began at ``began`` and still runs:

@@ -7,7 +7,9 @@ Nothing here runs in the Executor's process; what comes back is a ``Reply`` per 
 from __future__ import annotations
 
 import _thread
+import asyncio
 import contextlib
+import inspect
 import signal
 import threading
 import time
@@ -17,7 +19,7 @@ from typing import Any, NamedTuple
 
 import ray
 
-from raylane import registry
+from raylane import progress_reports, registry
 from raylane.actors.fencing import LeaseLapsed, worker_fence
 from raylane.errors import SoftTimeLimitExceeded
 from raylane.limits import Limits, clip_text, encode_result
@@ -62,12 +64,14 @@ def invoke(
     limits: Limits | None = None,
     lease: Lease | None = None,
     soft_timeout_s: float | None = None,
+    task: tuple[Any, str, int] | None = None,
 ) -> Reply:
     """Run a registered task in this Ray worker; the reply holds the result or the error.
     A result that cannot be stored (not JSON, too deep, over ``limits.max_result_bytes``) fails
     the task here, where it is made, so it never travels to the executor or the store. With
     ``lease``, the function runs only while the claiming executor's lease holds (see ``fencing``);
-    with ``soft_timeout_s``, ``SoftTimeLimitExceeded`` is raised in it after that long."""
+    with ``soft_timeout_s``, ``SoftTimeLimitExceeded`` is raised in it after that long. With
+    ``task`` (its executor, id and attempt), ``raylane.progress`` reports to that executor."""
     limits = limits or Limits()
     if lease is not None:
         try:
@@ -75,15 +79,23 @@ def invoke(
         except LeaseLapsed as e:
             return _not_started(e)
         try:
-            return invoke(name, args, kwargs, limits, None, soft_timeout_s)
+            return invoke(name, args, kwargs, limits, None, soft_timeout_s, task)
         finally:
             worker_fence().disarm()
+    if task is not None:
+        progress_reports.running(*task)
+        try:
+            return invoke(name, args, kwargs, limits, None, soft_timeout_s)
+        finally:
+            progress_reports.ended()
     began = time.time()
     try:
         defn = registry.load(name)
+        args, kwargs = registry.typed_arguments(defn.fn, args, kwargs)
         with soft_time_limit(soft_timeout_s):
-            result = defn.fn(*args, **kwargs)
+            result = call(defn.fn, args, kwargs)
         returned = time.time()
+        result = registry.jsonable(result)
         encode_result(result, limits)
         return Reply(True, result, began=began, returned=returned)
     except Exception as e:  # the task's own error is data for its record
@@ -97,6 +109,14 @@ def invoke(
 
 
 remote_invoke = ray.remote(max_retries=0, retry_exceptions=False)(invoke)
+
+
+def call(fn: Any, args: list, kwargs: dict) -> Any:
+    """Run a task's function: an ``async def`` one to its end on an event loop of its own (a Ray
+    task's worker runs no loop of its own), any other directly."""
+    if inspect.iscoroutinefunction(fn):
+        return asyncio.run(fn(*args, **kwargs))
+    return fn(*args, **kwargs)
 
 
 @contextlib.contextmanager
@@ -197,7 +217,9 @@ class _MemberControl:
         with contextlib.suppress(Exception):
             ray.get(self._sent)
 
-    def run(self, task_id: str, name: str, args: list, kwargs: dict, timeout_s: float | None) -> Reply | None:
+    def run(
+        self, task_id: str, attempt: int, name: str, args: list, kwargs: dict, timeout_s: float | None
+    ) -> Reply | None:
         """The member's reply; None if the group was stopped before it started."""
         try:
             with self._lock:
@@ -206,7 +228,7 @@ class _MemberControl:
                 self._current, self._started, self._began = task_id, time.monotonic(), time.time()
                 self._untold = timeout_s is not None
             try:
-                return invoke(name, args, kwargs, self._limits)
+                return invoke(name, args, kwargs, self._limits, task=(self._executor, task_id, attempt))
             finally:
                 with self._lock:
                     self._current, self._untold = None, False
@@ -215,14 +237,14 @@ class _MemberControl:
 
 
 def invoke_group(
-    items: list[tuple[str, str, list, dict, float | None]],
+    items: list[tuple[str, int, str, list, dict, float | None]],
     signal_box: list,
     executor,
     group_key: str,
     limits: Limits | None = None,
     lease: Lease | None = None,
 ) -> Iterator[list[MemberEnd]]:
-    """Run several tasks (id, name, args, kwargs, timeout) one after another in this Ray worker,
+    """Run several tasks (id, attempt, name, args, kwargs, timeout) one after another in this Ray worker,
     yielding lists of ``MemberEnd`` as they end: a report at most every ``FLUSH_S`` (each report
     is a message to the executor, so many small tasks share one); replies held behind a member
     that runs longer than ``HELD_REPORT_S`` go to the executor's ``group_report`` instead. Once
@@ -239,14 +261,14 @@ def invoke_group(
     control = _MemberControl(signal, executor, group_key, limits or Limits())
     reported = time.monotonic()
     try:
-        for i, (task_id, name, args, kwargs, timeout_s) in enumerate(items):
+        for i, (task_id, attempt, name, args, kwargs, timeout_s) in enumerate(items):
             if time.monotonic() - reported >= FLUSH_S:
                 ended = control.take()
                 if ended:
                     yield ended
                 reported = time.monotonic()
             try:
-                reply = control.run(task_id, name, args, kwargs, timeout_s)
+                reply = control.run(task_id, attempt, name, args, kwargs, timeout_s)
             except KeyboardInterrupt:  # an interrupt meant for this member that landed as it returned
                 reply = INTERRUPTED
             if reply is None:

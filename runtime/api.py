@@ -129,7 +129,12 @@ class SubmittedBatch(BaseModel):
 TaskView: Any = create_model(  # type: ignore[call-overload]
     "TaskView",
     __doc__="A task's record, plus whether it is over (terminal, and no retry follows).",
-    **{name: (f.annotation, f) for name, f in TaskRecord.model_fields.items()},
+    **{
+        **{name: (f.annotation, f) for name, f in TaskRecord.model_fields.items()},
+        # Shown, though never written with the record (see raylane.progress).
+        "progress": (float | None, Field(None, description="how far a running task has got, 0.0 to 1.0")),
+        "progress_message": (str | None, Field(None, description="what a running task last said of its progress")),
+    },
     finished=(bool, ...),
 )
 
@@ -144,6 +149,13 @@ class TaskPage(BaseModel):
 
     tasks: list[TaskView]
     next_cursor: str | None = None
+
+
+class Replayed(BaseModel):
+    """The tasks a replay started again."""
+
+    replayed: list[str]
+    count: int
 
 
 class Counts(BaseModel):
@@ -168,7 +180,7 @@ def _responses(*codes: int) -> dict:
         401: "missing or invalid token",
         403: "the token may not do this",
         404: "no such task or schedule (for this tenant)",
-        409: "the task already finished",
+        409: "the task already finished (a cancel), or has not finished (a retry)",
         413: "request too large",
         422: "the request does not match the schema",
         429: "over this token's rate or wait limit, or its tenant's quota of unfinished tasks (see Retry-After)",
@@ -369,6 +381,38 @@ async def wait_task(
 async def cancel_task(task_id: TaskId, who: Writer, ctx: Ctx) -> TaskView:
     """Cancel a task that has not finished (a running one is killed); 409 if it had finished."""
     return view_of(await ctx.call("cancel", task_id, who.tenant))
+
+
+@router.post(
+    API_PREFIX + "/tasks/{task_id}/retry",
+    response_model=TaskView,
+    operation_id="retry_task",
+    tags=["tasks"],
+    responses=_responses(401, 403, 404, 409, 422, 503),
+)
+async def retry_task(task_id: TaskId, who: Writer, ctx: Ctx) -> TaskView:
+    """Start a new attempt of a finished task, with the same arguments (the finished attempt is
+    kept in ``attempts``); 409 if it has not finished."""
+    return view_of(await ctx.call("retry", task_id, who.tenant))
+
+
+@router.post(
+    f"{API_PREFIX}/replay",
+    response_model=Replayed,
+    operation_id="replay_tasks",
+    tags=["tasks"],
+    responses=_responses(400, 401, 403, 422, 503),
+)
+async def replay_tasks(
+    filters: Filters,
+    who: Writer,
+    ctx: Ctx,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="at most this many tasks")] = 1000,
+) -> Replayed:
+    """A new attempt of each of the tenant's finished tasks matching every filter (``state``
+    FAILED unless given; only terminal states), newest first."""
+    ids = await ctx.call("replay", tenant_query(filters, who).model_dump(), limit)
+    return Replayed(replayed=ids, count=len(ids))
 
 
 # ---------------------------------------------------------------- schedules

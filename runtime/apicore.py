@@ -23,6 +23,7 @@ from raylane.errors import (
     ScheduleNotFound,
     ServiceUnavailable,
     TaskAlreadyFinished,
+    TaskNotFinished,
     TaskNotFound,
     UnknownTaskName,
 )
@@ -63,6 +64,7 @@ def problem_of(e: RaylaneError) -> ApiProblem:
         (TaskNotFound, 404, "task_not_found"),
         (ScheduleNotFound, 404, "schedule_not_found"),
         (TaskAlreadyFinished, 409, "already_finished"),
+        (TaskNotFinished, 409, "not_finished"),
         (PayloadTooLarge, 413, "payload_too_large"),
         (UnknownTaskName, 400, "unknown_task"),
         (InvalidTaskInput, 400, "invalid_input"),

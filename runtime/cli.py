@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime, timedelta
 
 from raylane.config import Settings
 from raylane.errors import (
@@ -145,11 +146,32 @@ def _json_arg(text: str):
         return text  # a bare word is taken as a string
 
 
+def _when(text: str) -> datetime:
+    """A time given as ISO 8601 (naive means UTC), or as a duration ago (``90s``, ``2h``, ``7d``)."""
+    from raylane.models import duration_s
+
+    try:
+        when = datetime.fromisoformat(text)
+        return when if when.tzinfo else when.replace(tzinfo=UTC)
+    except ValueError:
+        pass
+    try:
+        return datetime.now(UTC) - timedelta(seconds=duration_s(text))
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(f"not a time or a duration: {text!r}") from e
+
+
 def _print_record(rec, as_json: bool) -> None:
     if as_json:
-        print(rec.model_dump_json(indent=2))
+        doc = rec.model_dump(mode="json")
+        if rec.progress is not None:
+            doc.update(progress=rec.progress, progress_message=rec.progress_message)
+        print(json.dumps(doc, indent=2))
         return
     print(f"{rec.id}  {rec.state.value:<9} {rec.name}  queue={rec.queue} attempt={rec.attempt} version={rec.version}")
+    if rec.progress is not None:
+        bar = "#" * round(rec.progress * 20)
+        print(f"  progress [{bar:<20}] {rec.progress:.0%}  {rec.progress_message or ''}".rstrip())
     started, finished = rec.started_at or "-", rec.finished_at or "-"
     print(f"  created {rec.created_at:%Y-%m-%d %H:%M:%S}  started {started}  finished {finished}")
     if rec.result is not None:
@@ -222,6 +244,7 @@ def _ls(args: argparse.Namespace) -> int:
         tags=args.tag or (),
         queue=args.queue,
         since=args.since,
+        until=args.until,
     )
     if args.json:
         print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
@@ -271,6 +294,50 @@ def _purge(args: argparse.Namespace) -> int:
         print(json.dumps({"deleted": deleted}))
     else:
         print(f"deleted the records of {deleted} task(s) finished more than {args.older_than} ago")
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    rl = _connect()
+    rec = rl.retry(args.id).record()
+    if args.json:
+        print(rec.model_dump_json(indent=2))
+    else:
+        print(f"{rec.id} {rec.state.value} attempt={rec.attempt}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    rl = _connect()
+    filters = dict(name=args.name, queue=args.queue, since=args.since, until=args.until)
+    states = args.state or ["FAILED"]
+    if args.dry_run:
+        would = min(args.limit, sum(rl.counts(states, **filters).values()))
+        print(json.dumps({"would_replay": would}) if args.json else f"would start {would} task(s) again")
+        return 0
+    handles = rl.replay(states, **filters, limit=args.limit)
+    if args.json:
+        print(json.dumps({"replayed": [h.id for h in handles]}))
+    else:
+        print(f"started {len(handles)} task(s) again")
+    return 0
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    rl = _connect()
+    if args.dlq_cmd == "replay":
+        handles = rl.replay_dead_letters(args.limit)
+        ids = [h.id for h in handles]
+        print(json.dumps({"replayed": ids}) if args.json else f"started {len(ids)} task(s) again")
+        return 0
+    letters = rl.dead_letters(args.limit)
+    if args.json:
+        print(json.dumps(letters, indent=2))
+        return 0
+    for d in letters:
+        task = f"task {d['task_id']} {d['state']}" if d.get("task_id") else "no recorded task"
+        where = f"{d.get('topic') or '?'}[{d.get('partition')}]@{d.get('offset')}"
+        print(f"{where}  {task}  {(d.get('reason') or '')[:100]}")
     return 0
 
 
@@ -448,8 +515,6 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--secure", action="store_true", help="the secure local stack (as RAYLANE_SECURE_STACK=1)")
     st.set_defaults(func=_stack)
 
-    from datetime import datetime
-
     from raylane.states import TaskState
 
     states = [s.value for s in TaskState]
@@ -492,7 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--queue", help="only tasks of this queue")
     sp.add_argument("--tag", action="append", help="only tasks with this tag (repeatable: all must match)")
     sp.add_argument("--text", help="words that must appear in the error message")
-    sp.add_argument("--since", type=datetime.fromisoformat, help="created at or after (ISO 8601)")
+    sp.add_argument("--since", type=_when, help="created at or after: ISO 8601, or a duration ago (e.g. 1h)")
+    sp.add_argument("--until", type=_when, help="created before: ISO 8601, or a duration ago")
     sp.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     sp.add_argument("--json", action="store_true", help="print records as JSON")
     sp.set_defaults(func=_ls)
@@ -514,6 +580,52 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--alias", help="the status index's alias (default RAYLANE_INDEX_ALIAS)")
     sp.add_argument("--json", action="store_true", help="print the outcome as JSON")
     sp.set_defaults(func=_migrate)
+
+    sp = sub.add_parser(
+        "retry",
+        help="start a new attempt of a finished task",
+        description="Start a new attempt of a finished task (FAILED, TIMED_OUT, CANCELLED or SUCCEEDED), with "
+        "the same arguments; the record keeps the finished attempt in its attempts. Exit 2 if the task "
+        "has not finished, 3 if there is no such task.",
+    )
+    sp.add_argument("id", help="task id")
+    sp.add_argument("--json", action="store_true", help="print the new attempt's record as JSON")
+    sp.set_defaults(func=_retry)
+
+    sp = sub.add_parser(
+        "replay",
+        help="start a new attempt of every finished task matching filters (FAILED by default)",
+        description="raylane retry in bulk: a new attempt of each finished task that matches every filter, "
+        "newest first, at most --limit.",
+    )
+    sp.add_argument(
+        "--state",
+        action="append",
+        choices=[s.value for s in TaskState if s.terminal],
+        help="only tasks that ended so (repeatable; default FAILED)",
+    )
+    sp.add_argument("--name", help="only tasks of this name")
+    sp.add_argument("--queue", help="only tasks of this queue")
+    sp.add_argument("--since", type=_when, help="created at or after: ISO 8601, or a duration ago (e.g. 1h, 2d)")
+    sp.add_argument("--until", type=_when, help="created before: ISO 8601, or a duration ago")
+    sp.add_argument("--limit", type=int, default=1000, help="at most this many tasks (default 1000, up to 10000)")
+    sp.add_argument("--dry-run", action="store_true", help="only say how many tasks would start again")
+    sp.add_argument("--json", action="store_true", help="print the ids started again as JSON")
+    sp.set_defaults(func=_replay)
+
+    sp = sub.add_parser(
+        "dlq",
+        help="list the dead letters, or start their tasks again",
+        description="Messages raylane set aside (malformed, unsigned, of an unknown task, or that kept "
+        "failing), newest first. A dead-lettered task raylane recorded is FAILED; replay starts a new attempt "
+        "of it from its record. A message raylane did not sign names no recorded task and is never replayed.",
+    )
+    dlq = sp.add_subparsers(dest="dlq_cmd", required=True)
+    for verb, text in (("ls", "list the newest dead letters"), ("replay", "start their recorded tasks again")):
+        d = dlq.add_parser(verb, help=text, description=text)
+        d.add_argument("--limit", type=int, default=100, help="the newest this many dead letters (default 100)")
+        d.add_argument("--json", action="store_true", help="print JSON")
+        d.set_defaults(func=_dlq)
 
     sp = sub.add_parser(
         "purge",

@@ -7,14 +7,15 @@ goes to the RequestHandler actor; its errors are raised here as raylane's own.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from raylane.compat import enable_ray_token_auth, ray_dashboard_url
 from raylane.config import Endpoints, Settings
@@ -29,7 +30,7 @@ from raylane.errors import (
 )
 from raylane.models import SubmitRequest, TaskRecord, duration_s
 from raylane.protocol import ActorConfig, find_request_handler, unwrap
-from raylane.registry import TaskDefinition
+from raylane.registry import TaskDefinition, jsonable, typed_result
 from raylane.retrying import backoff_s
 from raylane.schedules import Schedule
 from raylane.states import TaskState
@@ -42,6 +43,7 @@ _IDEMPOTENT = {
     "wait_many",
     "search",
     "counts",
+    "dead_letters",
     "refresh",
     "set_paused",
     "task_names",
@@ -68,6 +70,21 @@ class _Connection:
         kept = [(defn.name, *registry.publish(defn)) for defn in definitions]
         self.call("keep_definitions", kept)
         self.published.update(id(defn) for defn in definitions)
+
+    async def acall(self, method: str, *args: Any) -> Any:
+        """``call``, awaited on the caller's event loop: Ray's object references are awaitable."""
+        from ray.exceptions import RayActorError
+
+        deadline = time.monotonic() + 60
+        tries = 0
+        while True:
+            try:
+                return unwrap(await getattr(self.handler, method).remote(*args))
+            except RayActorError as e:
+                if method not in _IDEMPOTENT or time.monotonic() > deadline:
+                    raise ServiceUnavailable(f"raylane's RequestHandler failed during {method}: {e}") from e
+                tries += 1
+                await asyncio.sleep(backoff_s(tries, base_s=0.1, cap_s=1.0))
 
     def call(self, method: str, *args: Any) -> Any:
         """Call the RequestHandler. Read-only calls ride out a restart of the actor; a submit or
@@ -253,14 +270,21 @@ def is_initialized() -> bool:
     return _conn is not None
 
 
-class TaskHandle:
-    """A submitted task: look it up, wait for it, or cancel it by id."""
+T = TypeVar("T")
 
-    __slots__ = ("_final", "id")
+
+class TaskHandle(Generic[T]):
+    """A submitted task: look it up, wait for it, or cancel it by id. ``TaskHandle[T]`` gives
+    results of type ``T`` (a handle made from an id alone is ``TaskHandle[Any]``)."""
+
+    __slots__ = ("_final", "_returns", "id")
 
     def __init__(self, task_id: str):
         self.id = task_id
         self._final: TaskRecord | None = None  # the finished record, once a wait has seen it
+        # The task's result hint where it is not plain JSON (a datetime, a model...): a handle
+        # from the task's own submit gives its result as that type, one from an id as JSON.
+        self._returns: Any = None
 
     def __repr__(self) -> str:
         return f"TaskHandle({self.id!r})"
@@ -285,13 +309,38 @@ class TaskHandle:
             self._final = wait(self.id, timeout)
         return self._final
 
-    def result(self, timeout: float | None = None) -> Any:
-        """The task's result; raises ``TaskFailed``, ``TaskCancelled``, ``TaskTimedOut`` or ``WaitTimeout``."""
-        return result_of(self.wait(timeout))
+    def result(self, timeout: float | None = None) -> T:
+        """The task's result (converted to the function's result type where that is not plain
+        JSON, for a handle of the task's own submit); raises ``TaskFailed``, ``TaskCancelled``,
+        ``TaskTimedOut`` or ``WaitTimeout``."""
+        return typed_result(self._returns, result_of(self.wait(timeout)))
 
     def cancel(self) -> TaskRecord:
         """Cancel the task; ``TaskAlreadyFinished`` if it had already finished."""
         return cancel(self.id)
+
+    def __await__(self) -> Generator[Any, None, T]:
+        """``await handle``: the task's result, as ``result()`` gives it, without blocking the loop."""
+        return self.aresult().__await__()
+
+    async def aresult(self, timeout: float | None = None) -> T:
+        """``result`` for asyncio (see ``raylane.aas_completed``)."""
+        if self._final is None:
+            async for _ in aas_completed([self], timeout):
+                pass
+        assert self._final is not None
+        return typed_result(self._returns, result_of(self._final))
+
+    async def arecord(self) -> TaskRecord:
+        """``record`` for asyncio."""
+        return await aget(self.id)
+
+    def retry(self) -> TaskHandle[T]:
+        """Start a new attempt of the finished task (see ``raylane.retry``); returns this handle,
+        whose ``wait`` and ``result`` are then of the new attempt."""
+        retry(self.id)
+        self._final = None
+        return self
 
 
 def result_of(record: TaskRecord) -> Any:
@@ -327,7 +376,8 @@ def submit(name: str, *args: Any, **kwargs: Any) -> TaskHandle:
     are taken as that option, unless the task has a parameter of that name:
     then they are its argument, as always."""
     options = {k: kwargs.pop(k) for k in list(kwargs) if k in _OPTION_NAMES}
-    request = SubmitRequest(name=name, args=list(args), kwargs=kwargs)
+    values = {k: jsonable(v) for k, v in kwargs.items()}
+    request = SubmitRequest(name=name, args=[jsonable(a) for a in args], kwargs=values)
     if options:
         # Which of them are options depends on the task's signature, which the cluster knows.
         request = request.model_copy(update={"named_options": _json_options(options)})
@@ -373,6 +423,44 @@ def cancel(task_id: str) -> TaskRecord:
     return _connection().call("cancel", task_id)
 
 
+def retry(task_id: str) -> TaskHandle:
+    """Start a new attempt of a finished task (whatever its end: failed, timed out, cancelled or
+    even succeeded), with the same arguments; the finished attempt is kept in the record's
+    ``attempts``. Raises ``TaskNotFinished`` if it has not finished, ``TaskNotFound`` if unknown."""
+    return TaskHandle(_connection().call("retry", task_id).id)
+
+
+def replay(
+    state: StateFilter = None,
+    name: str | None = None,
+    since: datetime | None = None,
+    text: str | None = None,
+    limit: int = 1000,
+    *,
+    until: datetime | None = None,
+    tags: Iterable[str] = (),
+    queue: str | None = None,
+) -> list[TaskHandle]:
+    """``retry`` in bulk: a new attempt of each finished task matching the filters (as for
+    ``search``; ``state`` defaults to FAILED and must name terminal states), at most ``limit``
+    (up to 10,000), newest first. Returns handles of the tasks started again."""
+    query = _query(state, name, queue, tags, None, since, until, text, None)
+    return [TaskHandle(i) for i in _connection().call("replay", query, limit)]
+
+
+def dead_letters(limit: int = 100) -> list[dict]:
+    """The newest ``limit`` dead letters (messages set aside, with the reason), newest first;
+    each names its task (``task_id``, ``state``) where raylane recorded one, and says whether
+    ``replay_dead_letters`` would start it again (``replayable``)."""
+    return _connection().call("dead_letters", limit)
+
+
+def replay_dead_letters(limit: int = 100) -> list[TaskHandle]:
+    """Start again the recorded, finished tasks of the newest ``limit`` dead letters (a new
+    attempt, from the task's record; never from the message). Returns their handles."""
+    return [TaskHandle(i) for i in _connection().call("replay_dead_letters", limit)]
+
+
 def wait(task_id: str, timeout: float | None = None) -> TaskRecord:
     """Block until a task is terminal; returns its record, or raises ``WaitTimeout``."""
     conn = _connection()
@@ -386,40 +474,87 @@ def wait(task_id: str, timeout: float | None = None) -> TaskRecord:
             raise WaitTimeout(task_id, timeout, record.state.value)
 
 
+class _Completion:
+    """The bookkeeping of ``as_completed`` and ``aas_completed``: the handles still open, the
+    next bulk wait to ask the RequestHandler for, and the handles its answer completes."""
+
+    def __init__(self, handles: Iterable[TaskHandle | str], timeout: float | None):
+        self.done: list[TaskHandle] = []  # finished before the first call
+        self.pending: dict[str, TaskHandle] = {}
+        for h in handles:
+            handle = TaskHandle(h) if isinstance(h, str) else h
+            if handle._final is not None:
+                self.done.append(handle)
+            else:
+                self.pending.setdefault(handle.id, handle)
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.read_store = True  # the first call, and any after a silent one, also reads the store
+
+    def next_wait(self) -> tuple:
+        """The arguments of the next ``wait_many`` call; ``WaitTimeout`` once the time is up."""
+        left = _WAIT_SLICE_S if self.deadline is None else self.deadline - time.monotonic()
+        if left <= 0:
+            first = next(iter(self.pending))
+            raise WaitTimeout(
+                first,
+                self.timeout or 0.0,
+                "open",
+                message=f"{len(self.pending)} task(s) still open after waiting {self.timeout:g}s (first: {first})",
+            )
+        return list(itertools.islice(self.pending, _WAIT_IDS)), min(left, _WAIT_SLICE_S), self.read_store
+
+    def take(self, records: list[TaskRecord]) -> list[TaskHandle]:
+        """The handles ``records`` complete, each now holding its final record."""
+        self.read_store = not records
+        out = []
+        for record in records:
+            handle = self.pending.pop(record.id, None)
+            if handle is not None:
+                handle._final = record
+                out.append(handle)
+        return out
+
+
 def as_completed(handles: Iterable[TaskHandle | str], timeout: float | None = None) -> Iterator[TaskHandle]:
     """Yield each task's handle as the task finishes, in the order they finish (each handle
     then holds its final record: ``h.result()`` and ``h.wait()`` need no further call).
 
     The records come in batches from the StatusKeeper, not one wait per task. Raises
     ``WaitTimeout`` if tasks are still open after ``timeout`` seconds (None: no limit)."""
-    pending: dict[str, TaskHandle] = {}
-    for h in handles:
-        handle = TaskHandle(h) if isinstance(h, str) else h
-        if handle._final is not None:
+    c = _Completion(handles, timeout)
+    yield from c.done
+    conn = _connection() if c.pending else None
+    while c.pending:
+        assert conn is not None
+        yield from c.take(conn.call("wait_many", *c.next_wait()))
+
+
+async def aas_completed(handles: Iterable[TaskHandle | str], timeout: float | None = None) -> AsyncIterator[TaskHandle]:
+    """``as_completed`` for asyncio: ``async for h in raylane.aas_completed(handles)``. The
+    waits are awaited on the caller's event loop, with no thread."""
+    c = _Completion(handles, timeout)
+    for handle in c.done:
+        yield handle
+    conn = _connection() if c.pending else None
+    while c.pending:
+        assert conn is not None
+        for handle in c.take(await conn.acall("wait_many", *c.next_wait())):
             yield handle
-        else:
-            pending.setdefault(handle.id, handle)
-    conn = _connection()
-    deadline = None if timeout is None else time.monotonic() + timeout
-    read_store = True  # the first call, and any after a silent one, also reads the store
-    while pending:
-        left = _WAIT_SLICE_S if deadline is None else deadline - time.monotonic()
-        if left <= 0:
-            first = next(iter(pending))
-            raise WaitTimeout(
-                first,
-                timeout or 0.0,
-                "open",
-                message=f"{len(pending)} task(s) still open after waiting {timeout:g}s (first: {first})",
-            )
-        ids = list(itertools.islice(pending, _WAIT_IDS))
-        records = conn.call("wait_many", ids, min(left, _WAIT_SLICE_S), read_store)
-        read_store = not records
-        for record in records:
-            if record.id in pending:
-                handle = pending.pop(record.id)
-                handle._final = record
-                yield handle
+
+
+async def await_all(handles: Iterable[TaskHandle | str], timeout: float | None = None) -> list[TaskRecord]:
+    """``wait_all`` for asyncio: the final records of all the tasks, in the order given."""
+    given = [TaskHandle(h) if isinstance(h, str) else h for h in handles]
+    by_id = {h.id: h for h in given}
+    async for done in aas_completed(list(by_id.values()), timeout):
+        by_id[done.id] = done
+    return [by_id[h.id]._final for h in given]  # type: ignore[misc]
+
+
+async def aget(task_id: str) -> TaskRecord:
+    """``get`` for asyncio: the current record of a task, awaited with no thread."""
+    return await _connection().acall("get", task_id)
 
 
 def wait_all(handles: Iterable[TaskHandle | str], timeout: float | None = None) -> list[TaskRecord]:

@@ -147,6 +147,15 @@ class TaskAlreadyFinished(RaylaneError):
         self.state = state
 
 
+class TaskNotFinished(RaylaneError):
+    """A retry of a task that has not finished: only a finished task starts a new attempt."""
+
+    def __init__(self, task_id: str, state: str):
+        super().__init__(f"task {task_id} is {state}, not finished; only a finished task can be retried")
+        self.task_id = task_id
+        self.state = state
+
+
 class TaskFailed(RaylaneError):
     """The task raised; carries the exception type, message and traceback, and the exception's
     class and bases (``error_types``, each ``module:qualname``) to match it against."""

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from raylane.errors import QueueUnavailable, StoreUnavailable
-from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome
+from raylane.models import PackedRecord, Progress, TaskMessage, TaskRecord, WriteOutcome
 from raylane.queue import (
     ENVELOPE_BYTES,
     Consumed,
@@ -34,6 +34,7 @@ from raylane.queue import (
     QueueReader,
     TaskQueue,
     dead_letter_body,
+    letter_as_read,
     owner_of,
     priority_of,
     topic_of,
@@ -86,6 +87,7 @@ class InMemoryStore(StatusStore):
         self._paused: set[str] = set()
         self._definitions: dict[str, tuple[str, bytes, str | None]] = {}
         self._beats: dict[str, int] = {}
+        self._progress: dict[str, Progress] = {}
         self._schedules: dict[str, Schedule] = {}
         self.closed = False
 
@@ -197,6 +199,16 @@ class InMemoryStore(StatusStore):
         self._check_open()
         with self._lock:
             return self._definitions.get(name)
+
+    def put_progress(self, progress: Sequence[Progress]) -> None:
+        self._check_open()
+        with self._lock:
+            self._progress.update((p.task_id, p) for p in progress)
+
+    def progress_of(self, task_ids: Sequence[str]) -> dict[str, Progress]:
+        self._check_open()
+        with self._lock:
+            return {i: self._progress[i] for i in task_ids if i in self._progress}
 
     def heartbeat(self, owner: str, beat: int) -> None:
         self._check_open()
@@ -310,6 +322,7 @@ class InMemoryStore(StatusStore):
             for task_id in gone:
                 del self._records[task_id]
                 del self._docs[task_id]
+                self._progress.pop(task_id, None)
         return len(gone)
 
     def refresh(self) -> None:
@@ -397,6 +410,13 @@ class InMemoryTaskQueue(TaskQueue):
     def dead_letter(self, item: Consumed, reason: str) -> None:
         self.broker.create_topic(self.dlq_topic, 1, 1 << 20)
         self.broker.append(self.dlq_topic, item.key, json.dumps(dead_letter_body(item, reason)).encode(), None)
+
+    def dead_letters(self, limit: int) -> list[dict]:
+        with self.broker.cond:
+            self.broker.check_up()
+            items = [c for part in self.broker.topics.get(self.dlq_topic, []) for c in part]
+        # One partition: the offsets are the order they came in.
+        return [letter_as_read(c.value, c.partition, c.offset) for c in reversed(items)][:limit]
 
     def close(self) -> None:
         """Nothing to flush: every produce is acknowledged when it returns."""

@@ -210,6 +210,10 @@ class TaskRecord(BaseModel):
     rate_limit: str | None = None
     # Seconds from created_at at which this attempt passed each hop of its way (see HOPS).
     hops: dict[str, float] | None = None
+    # How far a RUNNING attempt has got (``raylane.progress``), filled in when the record is
+    # read by id; kept beside the record and never written with it (see ``Progress``).
+    progress: float | None = Field(None, exclude=True)
+    progress_message: str | None = Field(None, exclude=True)
 
     @field_validator("result")
     @classmethod
@@ -322,6 +326,17 @@ class TaskRecord(BaseModel):
 # What a message and its record both carry, copied from one to the other: a field added to both
 # travels with no further change.
 _CARRIED = tuple(f for f in TaskMessage.model_fields if f in TaskRecord.model_fields)
+
+
+class Progress(NamedTuple):
+    """How far a running attempt of a task has got, as it said (``raylane.progress``): kept beside
+    the task's record, never in it, so it changes no version."""
+
+    task_id: str
+    attempt: int
+    fraction: float  # 0.0 to 1.0
+    message: str | None
+    at: float  # epoch seconds, when the task said it
 
 
 class PackedRecord(NamedTuple):

@@ -93,8 +93,24 @@ class TaskQueue(abc.ABC):
         """Move a message that cannot be processed to the dead-letter topic, with the reason."""
 
     @abc.abstractmethod
+    def dead_letters(self, limit: int) -> list[dict]:
+        """The newest ``limit`` dead letters, newest first: each its body (see
+        ``dead_letter_body``) with ``dlq_partition`` and ``dlq_offset``, where it lies in the DLQ."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Flush and release connections."""
+
+
+def letter_as_read(value: bytes | None, partition: int, offset: int) -> dict:
+    """A dead letter as read: its body (or, if it is not one, what it holds) and where it lies."""
+    try:
+        body = json.loads(value or b"")
+        if not isinstance(body, dict):
+            raise ValueError
+    except ValueError:
+        body = {"reason": None, "value": (value or b"")[:DLQ_VALUE_BYTES].decode(errors="replace")}
+    return {**body, "dlq_partition": partition, "dlq_offset": offset}
 
 
 class QueueReader(abc.ABC):
@@ -340,6 +356,42 @@ class KafkaTaskQueue(TaskQueue):
             self._get_producer().send(self.dlq_topic, key=item.key, value=body).get(timeout=self.produce_timeout_s)
         except (KafkaError, OSError) as e:
             raise QueueUnavailable(f"could not write to {self.dlq_topic}: {e}") from e
+
+    def dead_letters(self, limit: int) -> list[dict]:
+        from kafka import KafkaConsumer
+        from kafka.errors import KafkaError
+        from kafka.structs import TopicPartition
+
+        try:
+            consumer = KafkaConsumer(**self._options, enable_auto_commit=False, consumer_timeout_ms=1000)
+        except (KafkaError, OSError) as e:
+            raise QueueUnavailable(f"Kafka at {self.bootstrap} unreachable: {e}") from e
+        try:
+            found = consumer.partitions_for_topic(self.dlq_topic)
+            if not found:
+                return []
+            parts = [TopicPartition(self.dlq_topic, p) for p in sorted(found)]
+            consumer.assign(parts)
+            ends = consumer.end_offsets(parts)
+            starts = consumer.beginning_offsets(parts)
+            # The newest ``limit`` of each partition hold the newest ``limit`` of all.
+            wanted = 0
+            for tp in parts:
+                first = max(starts[tp], ends[tp] - limit)
+                consumer.seek(tp, first)
+                wanted += ends[tp] - first
+            letters: list[tuple[int, dict]] = []
+            deadline = time.monotonic() + 30
+            while len(letters) < wanted and time.monotonic() < deadline:
+                for batch in consumer.poll(timeout_ms=500).values():
+                    for r in batch:
+                        letters.append((r.timestamp, letter_as_read(r.value, r.partition, r.offset)))
+            letters.sort(key=lambda t: (-t[0], -t[1]["dlq_offset"]))
+            return [letter for _, letter in letters[:limit]]
+        except (KafkaError, OSError) as e:
+            raise QueueUnavailable(f"could not read {self.dlq_topic}: {e}") from e
+        finally:
+            consumer.close()
 
     def close(self) -> None:
         if self._producer is not None:

@@ -10,15 +10,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import json
 import sys
 import sysconfig
 import time
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import to_jsonable_python
 
 from raylane.compat import kv_get, kv_list, kv_put
 from raylane.errors import InvalidTaskInput, UnknownTaskName
@@ -181,10 +184,25 @@ def _signature(fn: Callable) -> tuple[inspect.Signature, dict]:
     if found is None:
         try:
             hints = typing.get_type_hints(fn)
-        except Exception:  # unresolvable annotations: the signature check still applies
-            hints = {}
+        except Exception:
+            hints = _each_hint(fn)
         found = _signatures[fn] = (inspect.signature(fn), hints)
     return found
+
+
+def _each_hint(fn: Callable) -> dict[str, Any]:
+    """``fn``'s type hints one by one, leaving out those that cannot be resolved: a function
+    pickled by value keeps only the globals its code uses, so a name used only in an
+    annotation (say, the result's) is missing where it runs, and the rest still count."""
+    out: dict[str, Any] = {}
+    namespace = getattr(fn, "__globals__", {})
+    for pname, annotation in getattr(fn, "__annotations__", {}).items():
+        try:
+            # As typing.get_type_hints does: the text is the function's own annotation.
+            out[pname] = eval(annotation, namespace) if isinstance(annotation, str) else annotation
+        except Exception:
+            continue
+    return out
 
 
 def check_arguments(name: str, fn: Callable, args: list, kwargs: dict) -> None:
@@ -206,7 +224,7 @@ def check_arguments(name: str, fn: Callable, args: list, kwargs: dict) -> None:
         )
         for v in values:
             try:
-                _adapter(tp).validate_python(v, strict=True)
+                _check_value(tp, v)
             except ValidationError as e:
                 first = e.errors()[0]
                 raise InvalidTaskInput(
@@ -214,3 +232,104 @@ def check_arguments(name: str, fn: Callable, args: list, kwargs: dict) -> None:
                 ) from e
             except Exception:  # a hint pydantic cannot check (e.g. a plain class): skip it
                 continue
+
+
+def _check_value(tp: Any, value: Any) -> None:
+    """Whether ``value``, as JSON carries it, is a ``tp``: strictly, as Python data first (the
+    cheap check every plain argument passes), then as JSON data, where a ``datetime`` is an ISO
+    string, a ``UUID`` a string, an ``Enum`` its value and a model a dict. Raises
+    ``ValidationError`` (of the Python check) if neither takes it."""
+    adapter = _adapter(tp)
+    try:
+        adapter.validate_python(value, strict=True)
+    except ValidationError:
+        if not _is_rich(tp):
+            raise
+        try:
+            adapter.validate_json(json.dumps(value), strict=True)
+        except (ValidationError, TypeError, ValueError):
+            adapter.validate_python(value, strict=True)  # raises the first error again
+
+
+# ---------------------------------------------------------------- typed arguments and results
+
+_PLAIN = (int, float, str, bool, type(None))
+_PLAIN_HINTS = {int, float, str, bool, type(None), Any, object, list, dict, tuple}
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as the JSON data raylane carries: plain values as they are; datetimes, dates,
+    UUIDs, enums, pydantic models, dataclasses, sets and the like in pydantic's JSON form. A
+    value pydantic cannot convert is returned as it is, for the checks that follow to refuse."""
+    if type(value) in _PLAIN:
+        return value
+    try:
+        return to_jsonable_python(value)
+    except Exception:
+        return value
+
+
+def _is_rich(tp: Any) -> bool:
+    """Whether values of hint ``tp`` differ from their JSON form (a datetime, a model, a list of
+    UUIDs...), so that they are converted on the way in and out."""
+    if tp in _PLAIN_HINTS or isinstance(tp, typing.TypeVar):
+        return False
+    origin = typing.get_origin(tp)
+    if origin is None:
+        return True
+    if origin is typing.Literal:
+        return False
+    if origin is typing.Annotated:
+        return _is_rich(typing.get_args(tp)[0])
+    return origin not in (list, dict, tuple, set, frozenset, typing.Union, types.UnionType) or any(
+        _is_rich(a) for a in typing.get_args(tp) if a is not Ellipsis
+    )
+
+
+_rich_parameters: dict[Callable, dict[str, Any]] = {}
+
+
+def _rich(fn: Callable) -> dict[str, Any]:
+    """``fn``'s parameters whose hints are rich (see ``_is_rich``), with the hint; worked out once."""
+    found = _rich_parameters.get(fn)
+    if found is None:
+        _, hints = _signature(fn)
+        found = _rich_parameters[fn] = {p: tp for p, tp in hints.items() if p != "return" and _is_rich(tp)}
+    return found
+
+
+def typed_arguments(fn: Callable, args: list, kwargs: dict) -> tuple[list, dict]:
+    """The arguments as ``fn`` takes them: each JSON value of a parameter with a rich hint
+    converted by pydantic (an ISO string to a ``datetime``, a dict to a model...). The values
+    were checked against the hints before they were accepted, so this conversion succeeds."""
+    rich = _rich(fn)
+    if not rich:
+        return args, kwargs
+    sig, _ = _signature(fn)
+    bound = sig.bind(*args, **kwargs)
+    for pname, tp in rich.items():
+        if pname not in bound.arguments:
+            continue
+        kind = sig.parameters[pname].kind
+        adapter = _adapter(tp)
+        value = bound.arguments[pname]
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            bound.arguments[pname] = tuple(adapter.validate_python(v) for v in value)
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            bound.arguments[pname] = {k: adapter.validate_python(v) for k, v in value.items()}
+        else:
+            bound.arguments[pname] = adapter.validate_python(value)
+    return list(bound.args), dict(bound.kwargs)
+
+
+def result_hint(fn: Callable) -> Any | None:
+    """The hint of ``fn``'s result (of an ``async def`` function, what it returns once awaited)
+    if it is rich (see ``_is_rich``), else None."""
+    _, hints = _signature(fn)
+    tp = hints.get("return")
+    return tp if tp is not None and _is_rich(tp) else None
+
+
+def typed_result(hint: Any | None, value: Any) -> Any:
+    """A result as JSON carried it, converted to ``hint`` (see ``result_hint``) if there is one."""
+    return value if hint is None else _adapter(hint).validate_python(value)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from raylane.config import OpenSearchConnection
 from raylane.errors import InvalidTaskInput, StoreUnavailable
-from raylane.models import PackedRecord, TaskRecord, WriteOutcome
+from raylane.models import PackedRecord, Progress, TaskRecord, WriteOutcome
 from raylane.schedules import Schedule
 from raylane.states import TaskState
 
@@ -48,14 +48,14 @@ class TaskQuery(BaseModel):
     schedule_id: str | None = Field(None, description="only the tasks of this schedule's ticks")
 
 
-def finished_states(states: Sequence[TaskState] | None) -> list[TaskState]:
+def finished_states(states: Sequence[TaskState] | None, done: str = "purged") -> list[TaskState]:
     """The terminal states among ``states`` (all terminal states if None); a state that is not
-    terminal is an error: its tasks are not finished."""
+    terminal is an error: its tasks are not finished (and so cannot be ``done``)."""
     if states is None:
         return [s for s in TaskState if s.terminal]
     unfinished = [s.value for s in states if not s.terminal]
     if unfinished:
-        raise InvalidTaskInput(f"only finished tasks are purged; {', '.join(unfinished)} is not a terminal state")
+        raise InvalidTaskInput(f"only finished tasks are {done}; {', '.join(unfinished)} is not a terminal state")
     return list(states)
 
 
@@ -112,6 +112,15 @@ class StatusStore(abc.ABC):
     def load_definition(self, name: str) -> tuple[str, bytes, str | None] | None:
         """The kept definition of ``name``: its digest, pickle and signature (None if it has none);
         None if there is none."""
+
+    @abc.abstractmethod
+    def put_progress(self, progress: Sequence[Progress]) -> None:
+        """Keep the latest progress of running tasks, one per task (a later one replaces it),
+        beside their records: no record, and no version, changes."""
+
+    @abc.abstractmethod
+    def progress_of(self, task_ids: Sequence[str]) -> dict[str, Progress]:
+        """The progress kept of each of ``task_ids`` that has one (of whichever attempt said it)."""
 
     @abc.abstractmethod
     def heartbeat(self, owner: str, beat: int) -> None:
@@ -678,6 +687,38 @@ class OpenSearchStore(StatusStore):
         signature = src.get("signature")
         return str(src.get("digest")), blob, signature if isinstance(signature, str) else None
 
+    def put_progress(self, progress: Sequence[Progress]) -> None:
+        if not progress:
+            return
+        body: list[dict] = []
+        for p in progress:
+            body.append({"index": {"_index": self._control_index, "_id": f"progress:{p.task_id}"}})
+            # "at" is a heartbeat's date in this index: the epoch seconds go under a name of their own.
+            doc = {"task_id": p.task_id, "attempt": p.attempt, "fraction": p.fraction, "message": p.message}
+            body.append({"kind": "progress", **doc, "said_at": p.at})
+        resp = self._call(self._client.bulk, body=body, filter_path="errors,items.*.error")
+        if resp.get("errors"):
+            first = next(i for i in resp["items"] if next(iter(i.values())).get("error"))
+            raise StoreUnavailable(f"progress was not kept: {next(iter(first.values()))['error']}")
+
+    def progress_of(self, task_ids: Sequence[str]) -> dict[str, Progress]:
+        from opensearchpy.exceptions import NotFoundError
+
+        if not task_ids:
+            return {}
+        ids = [f"progress:{i}" for i in task_ids]
+        try:
+            resp = self._call(self._client.mget, index=self._control_index, body={"ids": ids}, realtime=True)
+        except NotFoundError:
+            return {}
+        out = {}
+        for doc in resp["docs"]:
+            src = doc.get("_source") if doc.get("found") else None
+            if src:
+                p = Progress(src["task_id"], src["attempt"], src["fraction"], src.get("message"), src["said_at"])
+                out[p.task_id] = p
+        return out
+
     def heartbeat(self, owner: str, beat: int) -> None:
         # "at" is for people reading the index; no reader compares it with its own clock.
         self._call(
@@ -867,7 +908,15 @@ class OpenSearchStore(StatusStore):
                 for h in page
             ]
             resp = self._call(self._client.bulk, body=body, filter_path="items.*.status")
-            deleted += sum(1 for item in resp.get("items", []) if item["delete"]["status"] == 200)
+            gone = [
+                h["_id"]
+                for h, item in zip(page, resp.get("items", []), strict=False)
+                if item["delete"]["status"] == 200
+            ]
+            deleted += len(gone)
+            if gone:  # their progress goes with them (most have none: a missing one is no error)
+                said = [{"delete": {"_index": self._control_index, "_id": f"progress:{i}"}} for i in gone]
+                self._call(self._client.bulk, body=said, filter_path="errors")
         self.refresh()
         return deleted
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from pydantic import ValidationError
 
 from raylane.errors import InvalidTaskInput
 from raylane.models import Resources, RetryPolicy, SubmitRequest, utcnow
-from raylane.registry import TaskDefinition
+from raylane.registry import TaskDefinition, jsonable, result_hint
+
+if TYPE_CHECKING:
+    from raylane.client import TaskHandle
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _defined: dict[str, TaskDefinition] = {}  # tasks defined in this process, published on init
 
@@ -34,8 +40,12 @@ def _aware(t: datetime) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-class TaskFunction:
-    """A registered task. Call it to run it here; ``submit`` to run it later on the cluster."""
+class TaskFunction(Generic[P, R]):
+    """A registered task. Call it to run it here; ``submit`` to run it later on the cluster.
+
+    It keeps the function's signature for type checkers: ``submit`` takes the function's
+    parameters and gives a ``TaskHandle`` of its result type (of an ``async def`` function,
+    what it returns once awaited)."""
 
     def __init__(self, definition: TaskDefinition, overrides: dict | None = None):
         self.definition = definition
@@ -49,7 +59,8 @@ class TaskFunction:
         """The registered name of the task."""
         return self.definition.name
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Run the function here, now (an ``async def`` one gives its coroutine)."""
         return self.definition.fn(*args, **kwargs)
 
     def options(
@@ -69,7 +80,7 @@ class TaskFunction:
         concurrency_key: str | None = None,
         max_concurrency: int | None = None,
         rate_limit: str | None = None,
-    ) -> TaskFunction:
+    ) -> TaskFunction[P, R]:
         """The same task with per-submit options:
 
         - ``timeout``, ``queue``, ``tags``, ``num_cpus``, ``max_retries``: override its defaults;
@@ -118,15 +129,29 @@ class TaskFunction:
 
     def request(self, args: Iterable[Any] = (), kwargs: dict | None = None) -> SubmitRequest:
         """The submit request for these arguments (not yet validated against the signature)."""
-        return _checked(SubmitRequest, name=self.name, args=list(args), kwargs=dict(kwargs or {}), **self._overrides)
+        return _checked(
+            SubmitRequest,
+            name=self.name,
+            args=[jsonable(a) for a in args],
+            kwargs={k: jsonable(v) for k, v in (kwargs or {}).items()},
+            **self._overrides,
+        )
 
-    def submit(self, *args: Any, **kwargs: Any):
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
         """Enqueue one run; returns a ``TaskHandle`` at once."""
         from raylane.client import submit_requests
 
-        return submit_requests([self.request(args, kwargs)], [self.definition])[0]
+        [handle] = submit_requests([self.request(args, kwargs)], [self.definition])
+        handle._returns = result_hint(self.definition.fn)
+        return handle
 
-    def submit_many(self, items: Iterable[Any]) -> list:
+    async def asubmit(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        """``submit`` for asyncio: the submit runs on a thread, so the event loop goes on meanwhile."""
+        import asyncio
+
+        return await asyncio.to_thread(self.submit, *args, **kwargs)
+
+    def submit_many(self, items: Iterable[Any]) -> list[TaskHandle[R]]:
         """Enqueue many runs at once: each item is a tuple of positional arguments, a dict of
         keyword arguments, or a single argument. All are validated before any is written."""
         from raylane.client import submit_requests
@@ -139,7 +164,48 @@ class TaskFunction:
                 reqs.append(self.request((), item))
             else:
                 reqs.append(self.request((item,)))
-        return submit_requests(reqs, [self.definition])
+        handles = submit_requests(reqs, [self.definition])
+        hint = result_hint(self.definition.fn)
+        for h in handles:
+            h._returns = hint
+        return handles
+
+
+class _TaskDecorator(Protocol):
+    """What ``@raylane.task(...)`` with options gives: a decorator keeping the function's types."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> TaskFunction[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> TaskFunction[P, R]: ...
+
+
+@overload
+def task(fn: Callable[P, Coroutine[Any, Any, R]], /) -> TaskFunction[P, R]: ...
+
+
+@overload
+def task(fn: Callable[P, R], /) -> TaskFunction[P, R]: ...
+
+
+@overload
+def task(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    max_retries: int = 0,
+    retry_on: Iterable[type | str] = (),
+    retry_backoff: float = 0.5,
+    retry_backoff_max: float = 30.0,
+    queue: str | None = None,
+    num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+    memory_mb: int | None = None,
+    tags: Iterable[str] = (),
+) -> _TaskDecorator: ...
 
 
 def task(
@@ -167,7 +233,7 @@ def task(
     with jitter (each delay lies between half and all of that). Timeouts and cancels are never retried.
     """
 
-    def wrap(f: Callable) -> TaskFunction:
+    def wrap(f: Callable) -> TaskFunction[Any, Any]:
         retry = RetryPolicy(
             max_retries=max_retries,
             backoff_s=retry_backoff,

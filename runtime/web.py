@@ -1,4 +1,4 @@
-"""raylane's web page: live counts, a searchable task table, a task's detail, and cancel.
+"""raylane's web page: live counts, a searchable task table, a task's detail, cancel and retry.
 
 Server-rendered from Jinja2 templates (runtime/templates, autoescaped) by a router of the
 HTTP API's application, with its style sheet and a few lines of script served by the app
@@ -181,7 +181,12 @@ async def task_list(request: Request):
     )
 
 
-_MESSAGES = {"cancelled": "The task was cancelled.", "finished": "The task had already finished; nothing to cancel."}
+_MESSAGES = {
+    "cancelled": "The task was cancelled.",
+    "finished": "The task had already finished; nothing to cancel.",
+    "retried": "A new attempt of the task was started.",
+    "unfinished": "The task has not finished; only a finished task can be retried.",
+}
 
 
 @router.get("/ui/tasks/{task_id}")
@@ -208,6 +213,8 @@ async def task_detail(request: Request, task_id: str):
         ("updated", _when(r.updated_at)),
         ("worker", r.worker or "–"),
     ]
+    if r.progress is not None:
+        facts.append(("progress", f"{r.progress:.0%}" + (f" – {r.progress_message}" if r.progress_message else "")))
     return _page(
         "task.html",
         r.name,
@@ -215,6 +222,7 @@ async def task_detail(request: Request, task_id: str):
         r=r,
         facts=facts,
         can_cancel=not r.finished and who.can_write,
+        can_retry=r.finished and who.can_write,
         message=_MESSAGES.get(request.query_params.get("msg", ""), ""),
     )
 
@@ -222,16 +230,28 @@ async def task_detail(request: Request, task_id: str):
 @router.post("/ui/tasks/{task_id}/cancel")
 async def task_cancel(request: Request, task_id: str):
     """Cancel a task from its page."""
+    return await _act(request, task_id, "cancel", done="cancelled", refused="finished")
+
+
+@router.post("/ui/tasks/{task_id}/retry")
+async def task_retry(request: Request, task_id: str):
+    """Start a new attempt of a finished task from its page."""
+    return await _act(request, task_id, "retry", done="retried", refused="unfinished")
+
+
+async def _act(request: Request, task_id: str, method: str, done: str, refused: str) -> Response:
+    """Call ``method`` on the task for a writer of this origin, and show its page again with
+    the message ``done``, or ``refused`` if the task's state did not allow it (409)."""
     who = _who(request)
     if who is None:
         return _to_login()
     if not _same_origin(request) or not who.can_write:
         return Response("not allowed", status_code=403)
     try:
-        await context(request).call("cancel", task_id, who.tenant)
-        msg = "cancelled"
+        await context(request).call(method, task_id, who.tenant)
+        msg = done
     except RaylaneError as e:
         if problem_of(e).status != 409:
             raise
-        msg = "finished"
+        msg = refused
     return RedirectResponse(f"/ui/tasks/{task_id}?msg={msg}", status_code=303)

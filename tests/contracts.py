@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from raylane.errors import InvalidTaskInput
-from raylane.models import PackedRecord, TaskMessage, TaskRecord
+from raylane.models import PackedRecord, Progress, TaskMessage, TaskRecord
 from raylane.schedules import Schedule
 from raylane.signing import Signer
 from raylane.states import TaskState
@@ -247,6 +247,22 @@ class StoreContract:
         assert contract_store.get_schedule(s.key) is None
         assert sid not in [x.id for x in contract_store.list_schedules()]
 
+    def test_progress_is_kept_beside_the_record_and_goes_with_it(self, contract_store: StatusStore):
+        running = pending(f"demo.g{uuid.uuid4().hex[:8]}").moved_to(TaskState.RUNNING)
+        contract_store.write_many([running])
+        contract_store.heartbeat(uuid.uuid4().hex[:16], 1)  # progress lives beside heartbeats, fields and all
+        contract_store.put_progress([Progress(running.id, 0, 0.25, "a quarter", 1.0)])
+        contract_store.put_progress([Progress(running.id, 0, 0.5, None, 2.0)])  # the latest replaces it
+        assert contract_store.progress_of([running.id, "0" * 32]) == {
+            running.id: Progress(running.id, 0, 0.5, None, 2.0)
+        }
+        assert contract_store.get(running.id).version == running.version  # no record was written
+        done = running.moved_to(TaskState.SUCCEEDED, finished_at=datetime.now(UTC) - timedelta(days=30))
+        contract_store.write_many([done])
+        contract_store.refresh()
+        assert contract_store.purge(datetime.now(UTC) - timedelta(days=20), [TaskState.SUCCEEDED]) >= 1
+        assert contract_store.progress_of([running.id]) == {}
+
     def test_heartbeats(self, contract_store: StatusStore):
         a, b = uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]
         contract_store.heartbeat(a, 1)
@@ -384,6 +400,11 @@ class QueueContract:
         assert body["reason"] == "cannot be handled" and body["truncated"] and body["value_bytes"] == 100_000
         assert (body["topic"], body["offset"], body["key"]) == (item.topic, item.offset, item.key.decode())
         assert len(letter.value) < 20_000
+        contract_queue.dead_letter(item, "a second one")
+        newest = contract_queue.dead_letters(1)
+        assert [d["reason"] for d in newest] == ["a second one"] and newest[0]["key"] == item.key.decode()
+        both = contract_queue.dead_letters(10)
+        assert [d["reason"] for d in both[:2]] == ["a second one", "cannot be handled"]
 
 
 # --- the version protocol under random interleavings of its writers ---------------------------------
