@@ -12,6 +12,7 @@ import hashlib
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -73,6 +74,18 @@ def _validated(model, raw, what: str):
 
 async def _awaited(ref: Any) -> Any:
     return await ref
+
+
+def _cancelled(record: TaskRecord) -> TaskRecord:
+    """The CANCELLED record that ends an unfinished task; of a failed attempt with a retry
+    coming, the coming attempt's."""
+    return record.moved_to(
+        TaskState.CANCELLED,
+        attempt=record.attempt + 1 if record.will_retry else record.attempt,
+        will_retry=False,
+        error_type="Cancelled",
+        error="cancelled by request",
+    )
 
 
 def _request(raw: dict | SubmitRequest) -> SubmitRequest:
@@ -239,21 +252,51 @@ class RequestHandler:
             record = await self._get(task_id, tenant)
             if record.finished:
                 raise TaskAlreadyFinished(task_id, record.state.value)
-            # A failed attempt with a retry coming: cancel the coming attempt.
-            attempt = record.attempt + 1 if record.will_retry else record.attempt
-            cancelled = record.moved_to(
-                TaskState.CANCELLED,
-                attempt=attempt,
-                will_retry=False,
-                error_type="Cancelled",
-                error="cancelled by request",
-            )
+            cancelled = _cancelled(record)
             [outcome] = await self._keepers.write([cancelled])
             if outcome.accepted:
                 return cancelled
             # Rejected: the task finished first, or moved to a new attempt; look again.
         record = await self._get(task_id)
         raise TaskAlreadyFinished(task_id, record.state.value)
+
+    @replies_errors
+    async def cancel_matching(self, query: dict, limit: int = 1000, tenant: str | None = None) -> list[str]:
+        """Cancel every unfinished task matching ``query`` (see ``TaskQuery``; its states, if
+        given, must be unfinished ones: PENDING, SCHEDULED, RUNNING), at most ``limit``
+        (1-10,000); running ones are killed. Returns the ids cancelled; tasks that finished
+        meanwhile are left as they ended."""
+        q = self._query(query)
+        if tenant is not None:
+            q = q.model_copy(update={"tenant": tenant})
+        finished = [s.value for s in q.state or [] if s.terminal]
+        if finished:
+            raise InvalidTaskInput(f"only unfinished tasks are cancelled; {', '.join(finished)} is a terminal state")
+        q = q.model_copy(update={"state": q.state or [s for s in TaskState if not s.terminal]})
+
+        async def cancel(page: list[TaskRecord]) -> list[str]:
+            ends = [_cancelled(r) for r in page if not r.finished]
+            outcomes = await self._keepers.write(ends) if ends else []
+            return [r.id for r, o in zip(ends, outcomes, strict=True) if o.accepted]
+
+        return await self._each_page(q, limit, cancel)
+
+    async def _each_page(
+        self, q: TaskQuery, limit: int, act: Callable[[list[TaskRecord]], Awaitable[list[str]]]
+    ) -> list[str]:
+        """Apply ``act`` to the records matching ``q``, a page at a time, newest first, until it
+        has done ``limit`` (1-10,000) or none are left; the ids it did, in order."""
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_REPLAY:
+            raise InvalidTaskInput(f"limit must be between 1 and {MAX_REPLAY}, got {limit!r}")
+        done: list[str] = []
+        after = None
+        while len(done) < limit:
+            page, after = await asyncio.to_thread(self.store.search, q, min(500, limit - len(done)), after)
+            if page:
+                done += await act(page)
+            if after is None or not page:
+                break
+        return done
 
     @replies_errors
     async def retry(self, task_id: str, tenant: str | None = None) -> TaskRecord:
@@ -278,18 +321,12 @@ class RequestHandler:
         if tenant is not None:
             q = q.model_copy(update={"tenant": tenant})
         q = q.model_copy(update={"state": finished_states(q.state or [TaskState.FAILED], "replayed")})
-        if not isinstance(limit, int) or not 1 <= limit <= MAX_REPLAY:
-            raise InvalidTaskInput(f"limit must be between 1 and {MAX_REPLAY}, got {limit!r}")
-        started: list[str] = []
-        after = None
-        while len(started) < limit:
-            page, after = await asyncio.to_thread(self.store.search, q, min(500, limit - len(started)), after)
+
+        async def start(page: list[TaskRecord]) -> list[str]:
             done = [r for r in page if r.finished]
-            if done:
-                started += [r.id for r in await self._start_again(done) if r is not None]
-            if after is None or not page:
-                break
-        return started
+            return [r.id for r in await self._start_again(done) if r is not None] if done else []
+
+        return await self._each_page(q, limit, start)
 
     @replies_errors
     async def dead_letters(self, limit: int = 100) -> list[dict]:

@@ -33,7 +33,6 @@ from raylane.apicore import (
     TaskId,
     Writer,
     decode_cursor,
-    encode_cursor,
     problem_of,
     problem_response,
     set_context,
@@ -55,6 +54,7 @@ from raylane.models import (
 )
 from raylane.ratelimit import ConcurrencyLimiter, OverLimit, RateLimiter
 from raylane.schedules import Schedule
+from raylane.store import encode_cursor
 from raylane.tokens import Principal, TokenFile
 
 MAX_BATCH = 1000
@@ -413,6 +413,33 @@ async def replay_tasks(
     FAILED unless given; only terminal states), newest first."""
     ids = await ctx.call("replay", tenant_query(filters, who).model_dump(), limit)
     return Replayed(replayed=ids, count=len(ids))
+
+
+class Cancelled(BaseModel):
+    """The tasks a cancel by filter ended."""
+
+    cancelled: list[str]
+    count: int
+
+
+@router.post(
+    f"{API_PREFIX}/cancel",
+    response_model=Cancelled,
+    operation_id="cancel_tasks",
+    tags=["tasks"],
+    responses=_responses(400, 401, 403, 422, 503),
+)
+async def cancel_tasks(
+    filters: Filters,
+    who: Writer,
+    ctx: Ctx,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="at most this many tasks")] = 1000,
+) -> Cancelled:
+    """Cancel each of the tenant's unfinished tasks matching every filter (``state`` may name
+    PENDING, SCHEDULED and RUNNING only); running ones are killed. ``GET /api/v1/counts`` with
+    the same filters says beforehand how many there are."""
+    ids = await ctx.call("cancel_matching", tenant_query(filters, who).model_dump(), limit)
+    return Cancelled(cancelled=ids, count=len(ids))
 
 
 # ---------------------------------------------------------------- schedules

@@ -5,9 +5,6 @@ filters and cursors. Neither of the two imports the other for these.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -33,6 +30,7 @@ from raylane.protocol import unwrap
 from raylane.ratelimit import ConcurrencyLimiter, OpenTaskQuota, RateLimiter
 from raylane.states import TaskState
 from raylane.store import TaskQuery
+from raylane.store import decode_cursor as store_cursor
 from raylane.tokens import Principal, TokenFile
 
 API_PREFIX = "/api/v1"
@@ -158,28 +156,12 @@ def writer(who: Annotated[Principal, Depends(principal)]) -> Principal:
     return who
 
 
-def encode_cursor(cursor: list | None) -> str | None:
-    """A search cursor as an opaque URL-safe string."""
-    return None if cursor is None else base64.urlsafe_b64encode(json.dumps(cursor).encode()).decode().rstrip("=")
-
-
 def decode_cursor(text: str | None) -> list | None:
     """The search cursor a page handed out; 400 for anything else."""
-    if not text:
-        return None
     try:
-        value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-    except (ValueError, binascii.Error):
-        value = None
-    if not (
-        isinstance(value, list)
-        and len(value) == 2
-        and isinstance(value[0], int)
-        and not isinstance(value[0], bool)
-        and isinstance(value[1], str)
-    ):
-        raise ApiProblem(400, "invalid_cursor", "cursor is not one this API handed out")
-    return value
+        return store_cursor(text)
+    except InvalidTaskInput as e:
+        raise ApiProblem(400, "invalid_cursor", "cursor is not one this API handed out") from e
 
 
 def _instant(text: str | None, what: str) -> datetime | None:

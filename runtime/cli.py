@@ -83,10 +83,10 @@ def _serve(args: argparse.Namespace) -> int:
     raylane.init(**overrides)
     if args.stop:
         remove_http()
-        print("raylane HTTP API removed")
+        _say(args, "raylane HTTP API removed", {"removed": True})
         return 0
     url = deploy_http(current_settings())
-    print(url)
+    _say(args, url, {"url": url, "web_page": f"{url}/ui", "openapi": f"{url}/openapi.json"})
     print(
         f"  web page {url}/ui   OpenAPI {url}/openapi.json   tokens {current_settings().tokens_path}", file=sys.stderr
     )
@@ -103,7 +103,9 @@ def _bench(args: argparse.Namespace) -> int:
     if parts and not parts <= known:
         print(f"raylane: error: unknown part(s) {sorted(parts - known)}; known: {sorted(known)}", file=sys.stderr)
         return 2
-    run(quick=args.quick, parts=parts, out_dir=Path(args.out) if args.out else None)
+    results = run(quick=args.quick, parts=parts, out_dir=Path(args.out) if args.out else None)
+    if args.json:
+        print(json.dumps(results, default=str))
     return 0
 
 
@@ -115,20 +117,23 @@ def _token(args: argparse.Namespace) -> int:
         entry, token = tokens.create(
             args.tenant, "read" if args.read_only else "write", args.note or "", max_open=args.max_open
         )
-        print(token)
+        _say(args, token, {"token": token, "id": entry.id, "tenant": entry.tenant, "scope": entry.scope})
         print(
             f"token {entry.id} for tenant {entry.tenant} ({entry.scope}); it is shown only now, "
             f"{tokens.path} keeps its hash",
             file=sys.stderr,
         )
     elif args.token_cmd == "list":
-        for e in tokens.entries():
+        entries = tokens.entries()
+        if args.json:
+            print(json.dumps([e.model_dump(mode="json") for e in entries]))
+        for e in [] if args.json else entries:
             print(f"{e.id}  {e.tenant:<20} {e.scope:<5} {e.created_at:%Y-%m-%d %H:%M:%S}  {e.note}")
     else:
         if not tokens.revoke(args.id):
             print(f"raylane: error: no token with id {args.id!r}", file=sys.stderr)
             return EXIT_NOT_FOUND
-        print(f"token {args.id} revoked")
+        _say(args, f"token {args.id} revoked", {"revoked": args.id})
     return 0
 
 
@@ -161,6 +166,17 @@ def _when(text: str) -> datetime:
         raise argparse.ArgumentTypeError(f"not a time or a duration: {text!r}") from e
 
 
+def _usage(problem: str) -> int:
+    """Say what is wrong with the command line; the exit code for it."""
+    print(f"raylane: error: {problem}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _say(args: argparse.Namespace, text: str, data: object) -> None:
+    """Print ``data`` as JSON with ``--json``, else ``text``."""
+    print(json.dumps(data, default=str) if getattr(args, "json", False) else text)
+
+
 def _print_record(rec, as_json: bool) -> None:
     if as_json:
         doc = rec.model_dump(mode="json")
@@ -186,7 +202,7 @@ def _submit(args: argparse.Namespace) -> int:
 
     kwargs = json.loads(args.kwargs) if args.kwargs else {}
     if not isinstance(kwargs, dict):
-        raise SystemExit("raylane: error: --kwargs must be a JSON object")
+        return _usage("--kwargs must be a JSON object")
     options = {
         "delay_s": args.delay,
         "eta": args.eta,
@@ -210,7 +226,7 @@ def _submit(args: argparse.Namespace) -> int:
     )
     _connect()
     [handle] = submit_requests([req])
-    print(handle.id)
+    _say(args, handle.id, {"id": handle.id})
     return 0
 
 
@@ -221,9 +237,23 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
+    filters = dict(name=args.name, queue=args.queue, tags=args.tag or (), since=args.since, until=args.until)
+    if args.id is None and not any(filters.values()) and not args.state:
+        return _usage("give a task id, or filters (--name, --queue, --tag, --state, --since, --until)")
     rl = _connect()
-    rec = rl.cancel(args.id)
-    print(f"{rec.id} {rec.state.value}")
+    if args.id is not None:
+        rec = rl.cancel(args.id)
+        _say(args, f"{rec.id} {rec.state.value}", {"id": rec.id, "state": rec.state.value, "version": rec.version})
+        return 0
+    states = args.state or ["PENDING", "SCHEDULED", "RUNNING"]
+    if not args.yes:
+        rl.refresh()
+        n = min(args.limit, sum(rl.counts(states, **filters).values()))
+        text = f"this would cancel {n} unfinished task(s); run again with --yes to cancel them"
+        _say(args, text, {"would_cancel": n})
+        return 0
+    ids = rl.cancel_matching(states, **filters, limit=args.limit)
+    _say(args, f"cancelled {len(ids)} task(s)", {"cancelled": ids})
     return 0
 
 
@@ -236,7 +266,7 @@ def _wait(args: argparse.Namespace) -> int:
 
 def _ls(args: argparse.Namespace) -> int:
     rl = _connect()
-    records = rl.search(
+    records, cursor = rl.search_page(
         state=args.state,
         name=args.name,
         text=args.text,
@@ -245,7 +275,10 @@ def _ls(args: argparse.Namespace) -> int:
         queue=args.queue,
         since=args.since,
         until=args.until,
+        cursor=args.cursor,
     )
+    if cursor is not None:
+        print(f"more: raylane ls ... --cursor {cursor}", file=sys.stderr)
     if args.json:
         print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
     else:
@@ -341,10 +374,24 @@ def _dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics(args: argparse.Namespace) -> int:
+    from raylane.grafana import dashboard
+
+    text = json.dumps(dashboard(), indent=2)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+        print(json.dumps({"written": args.out}) if args.json else f"wrote the raylane dashboard to {args.out}")
+    else:
+        print(text)
+    return 0
+
+
 def _pause(args: argparse.Namespace) -> int:
     rl = _connect()
     (rl.pause if args.cmd == "pause" else rl.resume)(args.queue)
-    print(f"queue {args.queue} {'paused' if args.cmd == 'pause' else 'resumed'}")
+    done = "paused" if args.cmd == "pause" else "resumed"
+    _say(args, f"queue {args.queue} {done}", {"queue": args.queue, "paused": args.cmd == "pause"})
     return 0
 
 
@@ -354,7 +401,7 @@ def _schedule(args: argparse.Namespace) -> int:
     if action == "add":
         kwargs = json.loads(args.kwargs) if args.kwargs else {}
         if not isinstance(kwargs, dict):
-            raise SystemExit("raylane: error: --kwargs must be a JSON object")
+            return _usage("--kwargs must be a JSON object")
         saved = rl.schedule(
             args.id,
             task=args.task,
@@ -374,10 +421,10 @@ def _schedule(args: argparse.Namespace) -> int:
         _print_schedules(rl.schedules(), args.json)
     elif action == "rm":
         rl.unschedule(args.id)
-        print(f"schedule {args.id} removed")
+        _say(args, f"schedule {args.id} removed", {"removed": args.id})
     else:
         changed = (rl.pause_schedule if action == "pause" else rl.resume_schedule)(args.id)
-        _print_schedules([changed], False)
+        _print_schedules([changed], args.json)
     return 0
 
 
@@ -474,6 +521,17 @@ def _version() -> str:
         return "unknown"
 
 
+def _json_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Give every command that has none a ``--json`` flag: every command prints JSON with it."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        if not any("--json" in a.option_strings for a in parser._actions):
+            parser.add_argument("--json", action="store_true", help="print JSON")
+        return
+    for choice in subs[0].choices.values():
+        _json_everywhere(choice)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``raylane`` command."""
     p = argparse.ArgumentParser(
@@ -539,8 +597,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print the whole record as JSON")
     sp.set_defaults(func=_status)
 
-    sp = sub.add_parser("cancel", help="cancel a task that has not finished")
-    sp.add_argument("id", help="task id")
+    sp = sub.add_parser(
+        "cancel",
+        help="cancel a task that has not finished, or every one matching filters",
+        description="Cancel one task by id, or every unfinished task matching the filters: first it says how "
+        "many that is, and cancels them only when run again with --yes. Running tasks are killed.",
+    )
+    sp.add_argument("id", nargs="?", help="task id")
+    sp.add_argument(
+        "--state",
+        action="append",
+        choices=[s.value for s in TaskState if not s.terminal],
+        help="only tasks in this state (repeatable; default every unfinished one)",
+    )
+    sp.add_argument("--name", help="only tasks of this name")
+    sp.add_argument("--queue", help="only tasks of this queue")
+    sp.add_argument("--tag", action="append", help="only tasks with this tag (repeatable: all must match)")
+    sp.add_argument("--since", type=_when, help="created at or after: ISO 8601, or a duration ago (e.g. 1h)")
+    sp.add_argument("--until", type=_when, help="created before: ISO 8601, or a duration ago")
+    sp.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000, up to 10000)")
+    sp.add_argument("--yes", action="store_true", help="cancel the matching tasks (without it: only count them)")
     sp.set_defaults(func=_cancel)
 
     sp = sub.add_parser(
@@ -559,7 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--text", help="words that must appear in the error message")
     sp.add_argument("--since", type=_when, help="created at or after: ISO 8601, or a duration ago (e.g. 1h)")
     sp.add_argument("--until", type=_when, help="created before: ISO 8601, or a duration ago")
-    sp.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    sp.add_argument("--limit", type=int, default=50, help="a page of at most this many (default 50, up to 1000)")
+    sp.add_argument("--cursor", help="go on after the page that printed it (on stderr, as 'more: ...')")
     sp.add_argument("--json", action="store_true", help="print records as JSON")
     sp.set_defaults(func=_ls)
 
@@ -692,10 +769,24 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("id", help="token id (the 12 hex digits after rl_)")
     tk.set_defaults(func=_token)
 
+    mt = sub.add_parser("metrics", help="dashboards of raylane's metrics")
+    mt_sub = mt.add_subparsers(dest="metrics_cmd", required=True, metavar="ACTION")
+    gf = mt_sub.add_parser(
+        "grafana",
+        help="print a Grafana dashboard (JSON) of raylane's metrics",
+        description="A Grafana dashboard of the metrics Ray exports for raylane (ray_raylane_*): tasks finished "
+        "per state, submitted and started, running, backlog per queue, consumers' held messages, dead letters, "
+        "status writes and their latency. Import it in Grafana, or put it where Ray's Grafana provisions "
+        "dashboards from: <Ray session dir>/metrics/grafana/dashboards/.",
+    )
+    gf.add_argument("--out", help="write it to this file instead of printing it")
+    gf.set_defaults(func=_metrics)
+
     for verb, text in (("pause", "stop consumers taking tasks of a queue"), ("resume", "resume a paused queue")):
         sp = sub.add_parser(verb, help=text)
         sp.add_argument("queue", help="queue name")
         sp.set_defaults(func=_pause)
+    _json_everywhere(p)
     return p
 
 

@@ -423,6 +423,24 @@ def cancel(task_id: str) -> TaskRecord:
     return _connection().call("cancel", task_id)
 
 
+def cancel_matching(
+    state: StateFilter = None,
+    name: str | None = None,
+    since: datetime | None = None,
+    limit: int = 1000,
+    *,
+    until: datetime | None = None,
+    tags: Iterable[str] = (),
+    queue: str | None = None,
+) -> list[str]:
+    """Cancel every unfinished task matching the filters (as for ``search``; ``state`` may only
+    name unfinished states: PENDING, SCHEDULED, RUNNING), at most ``limit`` (up to 10,000);
+    running ones are killed. Returns the ids cancelled. ``counts`` with the same filters says
+    beforehand how many there are."""
+    query = _query(state, name, queue, tags, None, since, until, None, None)
+    return _connection().call("cancel_matching", query, limit)
+
+
 def retry(task_id: str) -> TaskHandle:
     """Start a new attempt of a finished task (whatever its end: failed, timed out, cancelled or
     even succeeded), with the same arguments; the finished attempt is kept in the record's
@@ -618,6 +636,28 @@ def search(
     query = _query(state, name, queue, tags, tag, since, until, text, schedule)
     records, _ = _connection().call("search", query, limit, None)
     return records
+
+
+def search_page(
+    state: StateFilter = None,
+    name: str | None = None,
+    since: datetime | None = None,
+    text: str | None = None,
+    limit: int = 100,
+    *,
+    cursor: str | None = None,
+    until: datetime | None = None,
+    tags: Iterable[str] = (),
+    queue: str | None = None,
+    schedule: str | None = None,
+) -> tuple[list[TaskRecord], str | None]:
+    """One page of ``search`` (at most ``limit`` records, 1,000 at most) and the cursor of the
+    next one (None after the last): pass it as ``cursor`` to go on where this page ended."""
+    from raylane.store import decode_cursor, encode_cursor
+
+    query = _query(state, name, queue, tags, None, since, until, text, schedule)
+    records, after = _connection().call("search", query, min(limit, 1000), decode_cursor(cursor))
+    return records, encode_cursor(after)
 
 
 def counts(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import base64
+import binascii
 import contextlib
 import json
 import logging
@@ -46,6 +47,30 @@ class TaskQuery(BaseModel):
     text: str | None = Field(None, description="words that must appear in the error message")
     tenant: str | None = Field(None, description="only this tenant's tasks (None: every task)")
     schedule_id: str | None = Field(None, description="only the tasks of this schedule's ticks")
+
+
+def encode_cursor(cursor: list | None) -> str | None:
+    """A search cursor (``search``'s second answer) as an opaque URL-safe string."""
+    return None if cursor is None else base64.urlsafe_b64encode(json.dumps(cursor).encode()).decode().rstrip("=")
+
+
+def decode_cursor(text: str | None) -> list | None:
+    """The search cursor ``encode_cursor`` made of ``text``; ``InvalidTaskInput`` for anything else."""
+    if not text:
+        return None
+    try:
+        value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (ValueError, binascii.Error):
+        value = None
+    if not (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], int)
+        and not isinstance(value[0], bool)
+        and isinstance(value[1], str)
+    ):
+        raise InvalidTaskInput("the cursor is not one raylane handed out")
+    return value
 
 
 def finished_states(states: Sequence[TaskState] | None, done: str = "purged") -> list[TaskState]:

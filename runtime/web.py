@@ -19,9 +19,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from raylane.apicore import ApiProblem, context, decode_cursor, encode_cursor, problem_of, task_filters, tenant_query
+from raylane.apicore import ApiProblem, context, decode_cursor, problem_of, task_filters, tenant_query
 from raylane.errors import RaylaneError
 from raylane.states import TaskState
+from raylane.store import encode_cursor
 from raylane.tokens import Principal
 
 COOKIE = "raylane_token"

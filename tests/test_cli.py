@@ -52,3 +52,27 @@ def test_exit_codes(rl):
     assert down.returncode == 4, down.stderr
     version = _cli("--version")
     assert version.returncode == 0 and version.stdout.startswith("raylane ")
+
+
+def test_ls_pages_with_a_cursor_and_commands_print_json(rl, unique):
+    import json
+
+    tag = f"page-{unique}"
+    handles = nap.options(tags=[tag]).submit_many([(0.0,)] * 5)
+    raylane.wait_all(handles, timeout=60)
+    rl.refresh()
+    seen: list[str] = []
+    cursor = None
+    for _ in range(5):
+        page = _cli("ls", "--tag", tag, "--limit", "2", "--json", *(["--cursor", cursor] if cursor else []))
+        assert page.returncode == 0, page.stderr
+        seen += [r["id"] for r in json.loads(page.stdout)]
+        more = [line for line in page.stderr.splitlines() if line.startswith("more: ")]
+        if not more:
+            break
+        cursor = more[0].rsplit(" ", 1)[1]
+    assert sorted(seen) == sorted(h.id for h in handles)  # every task once, over three pages
+    assert _cli("ls", "--cursor", "not-a-cursor").returncode == 2
+    slow = nap.submit(30.0)
+    cancelled = _cli("cancel", slow.id, "--json")
+    assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["state"] == "CANCELLED", cancelled.stderr

@@ -12,13 +12,14 @@ import pytest
 
 from raylane.actors.common import Background, GroupCommit
 from raylane.actors.grouping import GROUP_MAX, STOP_ALLOWANCE_S, group_size, groupable, plan, wait_allowance
-from raylane.apicore import ApiProblem, decode_cursor, encode_cursor
+from raylane.apicore import ApiProblem, decode_cursor
 from raylane.errors import ConfigError, InvalidTaskInput
 from raylane.models import Resources, TaskMessage
 from raylane.protocol import keeper_of
 from raylane.queue import owner_of
 from raylane.registry import check_arguments
 from raylane.retrying import backoff_s
+from raylane.store import encode_cursor
 from raylane.tokens import TokenFile
 
 

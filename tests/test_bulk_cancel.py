@@ -1,0 +1,91 @@
+"""Cancel by filter: the SDK, the CLI (which first says how many) and HTTP cancel every
+unfinished task that matches, kill the running ones, and leave finished ones alone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import wait_until
+
+import raylane
+from raylane.actors.deploy import actor_stats
+from raylane.states import TaskState
+
+
+@raylane.task(name="test.bulk.nap")
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raylane.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cancel_matching_ends_waiting_and_running_tasks_and_leaves_finished_ones(rl, unique):
+    tag = f"bulk-{unique}"
+    done = nap.options(tags=[tag]).submit(0.0)
+    assert done.result(timeout=60) == 0.0
+    running = nap.options(tags=[tag]).submit(60.0)
+    wait_until(lambda: running.status() is TaskState.RUNNING, timeout=60, what="the long task to run")
+    queue = f"bulk-{unique}"
+    rl.pause(queue)
+    try:
+        waiting = nap.options(tags=[tag], queue=queue).submit_many([(0.0,)] * 3)
+        rl.refresh()
+        ids = rl.cancel_matching(tags=[tag])
+        assert sorted(ids) == sorted([running.id] + [h.id for h in waiting])
+        for h in [running, *waiting]:
+            assert h.record().state is TaskState.CANCELLED
+        assert done.record().state is TaskState.SUCCEEDED and done.record().version == 3
+        # The running one was killed: no executor runs anything any more.
+        wait_until(
+            lambda: sum(s["running"] for k, s in actor_stats("raylane").items() if k.startswith("Executor")) == 0,
+            timeout=30,
+            what="the cancelled task's worker to be killed",
+        )
+        with pytest.raises(raylane.InvalidTaskInput, match="SUCCEEDED"):
+            rl.cancel_matching("SUCCEEDED", tags=[tag])
+    finally:
+        rl.resume(queue)
+
+
+def test_the_command_line_says_how_many_before_it_cancels(rl, unique):
+    tag = f"bulkc-{unique}"
+    queue = f"bulkc-{unique}"
+    rl.pause(queue)
+    try:
+        handles = nap.options(tags=[tag], queue=queue).submit_many([(0.0,)] * 4)
+        counted = _cli("cancel", "--tag", tag, "--json")
+        assert counted.returncode == 0 and json.loads(counted.stdout) == {"would_cancel": 4}, counted.stderr
+        assert all(h.status() is TaskState.PENDING for h in handles)  # counting cancels nothing
+        done = _cli("cancel", "--tag", tag, "--yes", "--json")
+        assert done.returncode == 0 and sorted(json.loads(done.stdout)["cancelled"]) == sorted(h.id for h in handles)
+        assert all(h.status() is TaskState.CANCELLED for h in handles)
+        assert _cli("cancel").returncode == 2  # neither an id nor a filter
+        assert _cli("submit", "raylane.echo", "--kwargs", "[1]").returncode == 2
+    finally:
+        rl.resume(queue)
+
+
+def test_cancel_by_filter_over_http_sees_only_the_tenants_tasks(http_api, rl, unique):
+    queue = f"bulkh-{unique}"
+    rl.pause(queue)
+    try:
+        mine = nap.options(queue=queue).submit(0.0)  # the SDK's: no tenant
+        api = http_api.client(http_api.token(f"t-{unique}"))
+        base = f"{http_api.url}/api/v1"
+        resp = api.post(f"{base}/tasks", json={"name": "test.bulk.nap", "args": [0.0], "queue": queue})
+        assert resp.status_code == 201, resp.text
+        theirs = resp.json()["id"]
+        rl.refresh()
+        out = api.post(f"{base}/cancel", params={"queue": queue})
+        assert out.status_code == 200 and out.json() == {"cancelled": [theirs], "count": 1}, out.text
+        assert mine.status() is TaskState.PENDING  # another tenant's (the SDK's) is untouched
+        mine.cancel()
+    finally:
+        rl.resume(queue)
