@@ -218,6 +218,10 @@ class StatusKeeper:
                     # A newer attempt is on record: the older one must not run on beside it.
                     self._running.pop(record.id, None)
                     self._kill(record.id, running.record.attempt, running.record.lease_owner)
+                ended = self._recent.get(record.id)
+                if ended is not None and not record.terminal and ended[0] < record.attempt:
+                    # Started again (raylane.retry): a wait on it is for the new attempt's end.
+                    del self._recent[record.id]
             if record.terminal:
                 self._after_terminal(record, outcome.accepted)
         return outcomes

@@ -165,11 +165,14 @@ async def task_list(request: Request):
         after = None
     counts = await ctx.call("counts", query)
     records, nxt = await ctx.call("search", query, PAGE_SIZE, after)
-    keep = [(k, v) for k, v in q.multi_items() if k != "cursor"]
+    keep = [(k, v) for k, v in q.multi_items() if k not in ("cursor", "msg")]
     return _page(
         "tasks.html",
         "Tasks",
         who,
+        unfinished=sum(n for s, n in counts.items() if not TaskState(s).terminal) if who.can_write else 0,
+        search=urlencode(keep),
+        message=_MESSAGES.get(q.get("msg", ""), ""),
         states=[s.value for s in TaskState],
         counts=counts,
         total=sum(counts.values()),
@@ -187,7 +190,34 @@ _MESSAGES = {
     "finished": "The task had already finished; nothing to cancel.",
     "retried": "A new attempt of the task was started.",
     "unfinished": "The task has not finished; only a finished task can be retried.",
+    "bulk-cancelled": "The unfinished tasks that matched were cancelled.",
 }
+MAX_BULK_CANCEL = 10_000  # tasks one cancel from the page ends at most
+
+
+@router.post("/ui/cancel")
+async def cancel_matching(request: Request):
+    """Cancel the tenant's unfinished tasks that match the list's search. Without ``confirm``,
+    a page says how many that is and asks; with it, they are cancelled."""
+    who = _who(request)
+    if who is None:
+        return _to_login()
+    if not _same_origin(request) or not who.can_write:
+        return Response("not allowed", status_code=403)
+    filters, _ = _filters(request)
+    unfinished = [s for s in TaskState if not s.terminal]
+    filters["state"] = [s for s in filters["state"] or unfinished if not s.terminal]
+    keep = urlencode([(k, v) for k, v in request.query_params.multi_items() if k not in ("cursor", "msg")])
+    if not filters["state"]:
+        return RedirectResponse(f"/ui?{keep}", status_code=303)
+    query = tenant_query(filters, who).model_dump()
+    ctx = context(request)
+    if (await _form(request)).get("confirm") != "yes":
+        n = sum((await ctx.call("counts", query)).values())
+        shown = [(k, v) for k, v in request.query_params.multi_items() if v and k not in ("cursor", "msg")]
+        return _page("cancel.html", "Cancel tasks", who, n=n, filters=shown, search=keep)
+    await ctx.call("cancel_matching", query, MAX_BULK_CANCEL)
+    return RedirectResponse(f"/ui?{keep}&msg=bulk-cancelled" if keep else "/ui?msg=bulk-cancelled", status_code=303)
 
 
 @router.get("/ui/tasks/{task_id}")

@@ -216,15 +216,33 @@ class HttpApi:
 
 
 @pytest.fixture(scope="session")
-def http_api(rl, settings, tmp_path_factory):
-    """raylane's HTTP API on Ray Serve, deployed once for the session with a token file of its own."""
-    from raylane.api import deploy_http, remove_http
+def _http_deployment(rl, settings, tmp_path_factory):
+    from raylane.api import remove_http
     from raylane.tokens import TokenFile
 
     token_file = tmp_path_factory.mktemp("http") / "tokens.json"
-    url = deploy_http(settings.model_copy(update={"token_file": token_file}))
-    yield HttpApi(url, TokenFile(token_file))
-    remove_http()
+    deployment = {"settings": settings.model_copy(update={"token_file": token_file}), "tokens": TokenFile(token_file)}
+    yield deployment
+    if deployment.get("url"):
+        remove_http()
+
+
+@pytest.fixture
+def http_api(rl, _http_deployment) -> HttpApi:
+    """raylane's HTTP API on Ray Serve with a token file of its own: deployed once for the session,
+    and again after a test restarted Ray (the fault tests restart the whole stack)."""
+    import requests
+
+    from raylane.api import deploy_http
+
+    d = _http_deployment
+    try:
+        alive = d.get("url") is not None and requests.get(f"{d['url']}/healthz", timeout=5).status_code == 200
+    except requests.RequestException:
+        alive = False
+    if not alive:
+        d["url"] = deploy_http(d["settings"])
+    return HttpApi(d["url"], d["tokens"])
 
 
 def dead_letter_reasons(

@@ -16,7 +16,7 @@ from raylane.actors.deploy import actor_stats
 from raylane.states import TaskState
 
 
-@raylane.task(name="test.bulk.nap")
+@raylane.task(name="test.bulkcancel.nap")
 def nap(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
@@ -79,7 +79,7 @@ def test_cancel_by_filter_over_http_sees_only_the_tenants_tasks(http_api, rl, un
         mine = nap.options(queue=queue).submit(0.0)  # the SDK's: no tenant
         api = http_api.client(http_api.token(f"t-{unique}"))
         base = f"{http_api.url}/api/v1"
-        resp = api.post(f"{base}/tasks", json={"name": "test.bulk.nap", "args": [0.0], "queue": queue})
+        resp = api.post(f"{base}/tasks", json={"name": "test.bulkcancel.nap", "args": [0.0], "queue": queue})
         assert resp.status_code == 201, resp.text
         theirs = resp.json()["id"]
         rl.refresh()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -22,6 +23,15 @@ def needs_file(folder: str, key: int) -> int:
     if not Path(folder, "ready").exists():
         raise FileNotFoundError("not ready yet")
     return key
+
+
+@raylane.task(name="test.replay.slow_once_ready", max_retries=0)
+def slow_once_ready(folder: str) -> str:
+    """Fails until ``folder/ready`` exists; then takes a second and a half."""
+    if not Path(folder, "ready").exists():
+        raise FileNotFoundError("not ready yet")
+    time.sleep(1.5)
+    return "done"
 
 
 def _runs(folder: Path, key: int) -> int:
@@ -48,6 +58,18 @@ def test_retry_starts_a_new_attempt_and_keeps_the_failed_one(rl, tmp_path, uniqu
     # A succeeded task may be run again too.
     assert raylane.retry(h.id).result(timeout=60) == 0
     assert h.record().attempt == 2 and _runs(tmp_path, 0) == 3
+
+
+def test_a_wait_after_a_retry_waits_for_the_new_attempts_end(rl, tmp_path):
+    from raylane.client import _connection
+
+    h = slow_once_ready.submit(str(tmp_path))
+    assert h.wait(timeout=60).state is TaskState.FAILED
+    (tmp_path / "ready").touch()
+    raylane.retry(h.id)
+    # One server-side wait (as HTTP's): it must not take the first attempt's end for this one's.
+    rec = _connection().call("wait", h.id, 30.0)
+    assert rec.state is TaskState.SUCCEEDED and rec.attempt == 1, (rec.state, rec.attempt)
 
 
 def test_a_task_not_finished_is_not_retried_and_nothing_is_written(rl, tmp_path, unique):

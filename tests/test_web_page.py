@@ -140,3 +140,46 @@ def test_sign_in_search_open_and_cancel(browser, http_api, unique, rl):
     assert text_of("count-total") == "0" and text_of("no-tasks")
     browser.get(f"{http_api.url}/ui/tasks/{failed}")
     assert "no task with id" in browser.page_source and text_of("state") == ""
+
+
+def test_cancel_by_search_with_its_count_and_retry_from_the_page(browser, http_api, unique, rl):
+    from selenium.webdriver.common.by import By
+
+    token = http_api.token(f"b-{unique}")
+    api = http_api.client(token)
+    tag = f"bulk{unique}"
+
+    def post(**t):
+        return api.post(f"{http_api.url}{API}/tasks", json={**t, "tags": [tag]}).json()["id"]
+
+    # The failing task first: the sleepers take this machine's CPUs for a minute.
+    failed = post(name="test.http.fail", args=["once"])
+    wait_until(lambda: rl.get(failed).state.value == "FAILED", timeout=60, what="the failing task to fail")
+    sleepers = [post(name="test.http.sleep", args=[60]) for _ in range(3)]
+    rl.refresh()
+    browser.get(f"{http_api.url}/login")
+    browser.find_element(By.ID, "token").send_keys(token)
+    browser.find_element(By.ID, "sign-in").click()
+    wait_until(lambda: browser.current_url.endswith("/ui"), timeout=10, what="the task page")
+
+    # The button says how many unfinished tasks the search matches; the next page asks again.
+    browser.get(f"{http_api.url}/ui?tag={tag}")
+    buttons = browser.find_elements(By.ID, "bulk-cancel-button")
+    assert buttons and "3 unfinished" in buttons[0].text, browser.find_element(By.TAG_NAME, "main").text[:600]
+    button = buttons[0]
+    button.click()
+    wait_until(lambda: browser.find_elements(By.ID, "confirm-count"), timeout=10, what="the confirmation")
+    assert "3" in browser.find_element(By.ID, "confirm-count").text
+    assert all(rl.get(i).state.value != "CANCELLED" for i in sleepers)  # nothing yet
+    browser.find_element(By.ID, "confirm-cancel").click()
+    wait_until(lambda: "bulk-cancelled" in browser.current_url, timeout=15, what="the cancel")
+    assert [rl.get(i).state.value for i in sleepers] == ["CANCELLED"] * 3
+    assert rl.get(failed).state.value == "FAILED"  # finished: left as it ended
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "web-bulk-cancelled.png"))
+
+    # A finished task's page starts a new attempt of it.
+    browser.get(f"{http_api.url}/ui/tasks/{failed}")
+    browser.find_element(By.ID, "retry").click()
+    wait_until(lambda: "new attempt" in browser.page_source, timeout=10, what="the retry")
+    wait_until(lambda: rl.get(failed).attempt == 1, timeout=30, what="the new attempt")

@@ -99,3 +99,65 @@ def test_signed_out_goes_to_the_login_form(page):
     assert resp.status_code == 303 and resp.headers["location"] == "/login"
     form = client.get("/login?failed=1")
     assert 'id="login-failed"' in form.text and '<label for="token">' in form.text
+
+
+class BulkContext(FakeContext):
+    """Also counts by state and cancels by filter, as the RequestHandler would."""
+
+    async def call(self, method: str, *args):
+        if method == "counts":
+            states = {s.value if hasattr(s, "value") else s for s in args[0].get("state") or []}
+            found: dict[str, int] = {}
+            for r in self.records.values():
+                if not states or r.state.value in states:
+                    found[r.state.value] = found.get(r.state.value, 0) + 1
+            return found
+        if method == "cancel_matching":
+            self.calls.append(method)
+            self.cancel_query = args[0]
+            gone = [i for i, r in self.records.items() if not r.finished]
+            for i in gone:
+                self.records[i] = self.records[i].moved_to(TaskState.CANCELLED)
+            return gone
+        return await super().call(method, *args)
+
+
+def test_a_cancel_by_search_says_how_many_and_cancels_only_once_confirmed(tmp_path):
+    tokens = TokenFile(tmp_path / "tokens.json")
+    _, token = tokens.create("acme", "write")
+    waiting = [
+        TaskRecord.pending(TaskMessage(id=f"{i:032x}", name="demo.add", queue="default", created_at=datetime.now(UTC)))
+        for i in range(3)
+    ]
+    ctx = BulkContext(tokens, [*waiting, _record(error="done")])
+    set_context(ctx)
+    try:
+        client = TestClient(build_app())
+        client.cookies.set("raylane_token", token)
+        listed = client.get("/ui?name=demo.add")
+        assert "Cancel the 3 unfinished task(s) matching this search" in listed.text
+        asked = client.post("/ui/cancel?name=demo.add", headers={"origin": "http://testserver"})
+        assert asked.status_code == 200 and "This cancels <b>3</b> unfinished task(s)" in asked.text
+        assert "cancel_matching" not in ctx.calls  # asking cancels nothing
+        done = client.post(
+            "/ui/cancel?name=demo.add",
+            data={"confirm": "yes"},
+            headers={"origin": "http://testserver"},
+            follow_redirects=False,
+        )
+        assert done.status_code == 303 and done.headers["location"] == "/ui?name=demo.add&msg=bulk-cancelled"
+        assert ctx.cancel_query["name"] == "demo.add" and ctx.cancel_query["tenant"] == "acme"
+        assert {s.value for s in ctx.cancel_query["state"]} == {"PENDING", "SCHEDULED", "RUNNING"}
+        assert all(r.state is TaskState.CANCELLED for r in list(ctx.records.values())[:3])
+        other_site = client.post("/ui/cancel?name=demo.add", data={"confirm": "yes"}, headers={"origin": "http://evil"})
+        assert other_site.status_code == 403
+    finally:
+        set_context(None)
+
+
+def test_a_read_only_token_cannot_cancel_by_search(page):
+    client, ctx = page
+    assert 'id="bulk-cancel"' not in client.get("/ui").text
+    refused = client.post("/ui/cancel", data={"confirm": "yes"}, headers={"origin": "http://testserver"})
+    assert refused.status_code == 403
+    assert "cancel_matching" not in ctx.calls
