@@ -35,9 +35,11 @@ from raylane.limits import check_arguments_shape, check_tags, check_timeout
 from raylane.models import (
     NAME_PATTERN,
     QUEUE_PATTERN,
+    FlowLinks,
     SubmitRequest,
     TaskMessage,
     TaskRecord,
+    WorkflowRequest,
     limit_key,
     new_task_id,
     utcnow,
@@ -105,7 +107,8 @@ class RequestHandler:
         self._signer = config.signer()
         self._limits = config.limits()
 
-    def _message(self, req: SubmitRequest) -> TaskMessage:
+    def _message(self, req: SubmitRequest, leading: int = 0) -> TaskMessage:
+        """The message of a valid request (``leading``: arguments its workflow adds before its own)."""
         defn = registry.load(req.name)
         if req.named_options:
             parameters, accepts_any = defn.parameter_names()
@@ -119,7 +122,7 @@ class RequestHandler:
         tags = req.tags if req.tags is not None else list(defn.tags)
         check_timeout(timeout_s)
         check_tags(tags)
-        defn.validate_call(req.args, req.kwargs)
+        defn.validate_call(req.args, req.kwargs, leading)
         now = utcnow()
         not_before = max(
             (t for t in (req.eta, now + timedelta(seconds=req.delay_s) if req.delay_s else None) if t is not None),
@@ -226,6 +229,45 @@ class RequestHandler:
                 raise
         return await self._create(messages, keys) if messages else []
 
+    @replies_errors
+    async def submit_workflow(self, request: dict, tenant: str | None = None) -> dict:
+        """Validate every task of a workflow (see ``WorkflowRequest``), then create them all at once:
+        its first tasks PENDING and queued, the others SCHEDULED until their parents end (their
+        keepers send them then). Nothing is written if any is invalid. Returns the workflow's id
+        and its tasks' ids, in order. With ``tenant``, every task is that tenant's."""
+        wf = _validated(WorkflowRequest, request, "workflow")
+        messages = []
+        for i, node in enumerate(wf.nodes):
+            req = node.request if tenant is None else node.request.model_copy(update={"tenant": tenant})
+            try:
+                messages.append(self._message(req, leading=1 if node.takes else 0))
+            except InvalidTaskInput as e:
+                e.args = (f"task #{i}: {e}",)
+                raise
+        workflow_id = new_task_id()
+        ids = [m.id for m in messages]
+        children: list[list[str]] = [[] for _ in ids]
+        for i, node in enumerate(wf.nodes):
+            for p in node.after:
+                children[p].append(ids[i])
+        linked = [
+            m.model_copy(
+                update={
+                    "workflow_id": workflow_id,
+                    "parent_id": ids[node.after[0]] if node.after else None,
+                    "flow": FlowLinks(
+                        waiting_on=[ids[p] for p in node.after],
+                        children=children[i],
+                        takes=node.takes,
+                        on_failure=wf.on_failure,
+                    ),
+                }
+            )
+            for i, (m, node) in enumerate(zip(messages, wf.nodes, strict=True))
+        ]
+        await self._create(linked)
+        return {"workflow_id": workflow_id, "task_ids": ids}
+
     async def _get(self, task_id: str, tenant: str | None = None) -> TaskRecord:
         if not isinstance(task_id, str) or not _ID.match(task_id):
             raise TaskNotFound(str(task_id))
@@ -238,6 +280,18 @@ class RequestHandler:
             if said is not None and said.attempt == record.attempt:
                 record = record.model_copy(update={"progress": said.fraction, "progress_message": said.message})
         return record
+
+    @replies_errors
+    async def get_many(self, task_ids: list[str], tenant: str | None = None) -> dict[str, TaskRecord]:
+        """The current records of tasks (real-time), by id; unknown ids (and, with ``tenant``,
+        other tenants' tasks) are left out. At most 10,000 ids."""
+        if not isinstance(task_ids, list) or len(task_ids) > MAX_REPLAY:
+            raise InvalidTaskInput(f"get_many takes a list of at most {MAX_REPLAY} task ids")
+        ids = [i for i in task_ids if isinstance(i, str) and _ID.match(i)]
+        found: dict[str, TaskRecord] = {}
+        for i in range(0, len(ids), _GET_MANY):
+            found.update(await asyncio.to_thread(self.store.get_many, ids[i : i + _GET_MANY]))
+        return {k: r for k, r in found.items() if tenant is None or r.tenant == tenant}
 
     @replies_errors
     async def get(self, task_id: str, tenant: str | None = None) -> TaskRecord:
@@ -273,6 +327,9 @@ class RequestHandler:
         if finished:
             raise InvalidTaskInput(f"only unfinished tasks are cancelled; {', '.join(finished)} is a terminal state")
         q = q.model_copy(update={"state": q.state or [s for s in TaskState if not s.terminal]})
+        if q.workflow_id is not None:
+            # A workflow's tasks are created together, just now perhaps: all must be found.
+            await asyncio.to_thread(self.store.refresh)
 
         async def cancel(page: list[TaskRecord]) -> list[str]:
             ends = [_cancelled(r) for r in page if not r.finished]

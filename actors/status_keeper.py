@@ -25,8 +25,9 @@ from raylane.actors.gates import Gates
 from raylane.actors.keepers import Keepers
 from raylane.actors.metrics import KeeperMetrics
 from raylane.actors.scheduler import Scheduler
+from raylane.actors.workflows import Flows
 from raylane.errors import StoreUnavailable
-from raylane.models import PackedRecord, TaskRecord, WriteOutcome, utcnow
+from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, utcnow
 from raylane.protocol import ActorConfig, executor_name, keeper_of
 from raylane.queue import TaskQueue
 from raylane.states import TaskState
@@ -90,7 +91,11 @@ class StatusKeeper:
         self._purge_task: asyncio.Task | None = None
         self._router: Keepers | None = None
         # This keeper fires the ticks of its share of the schedules.
-        self._scheduler = Scheduler(self.store, self._write_ticks, shard=(index, config.keepers))
+        self._scheduler = Scheduler(self.store, self._routed_write, shard=(index, config.keepers))
+        # ... and moves on the workflows of the tasks whose ends it writes.
+        self._flows = Flows(self.store, self._routed_write, self._send, shard=(index, config.keepers))
+        self._flows_task: asyncio.Task | None = None
+        self._moving_on: set[asyncio.Task] = set()
         # (deadline, task id) of running tasks, soonest first; an entry whose task has since
         # ended or moved its deadline is skipped when it comes up.
         self._deadlines: list[tuple[float, str]] = []
@@ -125,6 +130,8 @@ class StatusKeeper:
             self._deadline_task = asyncio.create_task(self._deadline_loop())
         if self._scheduler_task is None or self._scheduler_task.done():
             self._scheduler_task = asyncio.create_task(self._scheduler.loop())
+        if self._flows_task is None or self._flows_task.done():
+            self._flows_task = asyncio.create_task(self._flows.loop())
         # One keeper purges for all: a purge deletes by query across the whole index.
         if self.config.retention_s and self.index == 0 and (self._purge_task is None or self._purge_task.done()):
             self._purge_task = asyncio.create_task(self._purge_loop(self.config.retention_s))
@@ -140,11 +147,31 @@ class StatusKeeper:
                 log.warning("purging finished records failed: %r", e)
             await asyncio.sleep(_PURGE_EVERY_S)
 
-    async def _write_ticks(self, records: Sequence[TaskRecord]) -> list[WriteOutcome]:
-        # A tick's task may belong to another keeper: the router sends each record to its owner.
+    async def _routed_write(self, records: Sequence[TaskRecord]) -> list[WriteOutcome]:
+        # A tick's task, or a workflow's next one, may belong to another keeper: the router sends
+        # each record to its owner.
         if self._router is None:
             self._router = Keepers(self.config.namespace, self.config.keepers)
         return await self._router.write(records)
+
+    async def _send(self, messages: list[TaskMessage]) -> None:
+        if self._producer is None:
+            self._producer = self.config.queue()
+        await asyncio.to_thread(self._producer.produce_many, messages)
+
+    def _move_on(self, record: PackedRecord) -> None:
+        """Move the workflow of ``record`` (an accepted end) on, beside the writes."""
+
+        async def move_on() -> None:
+            try:
+                await self._flows.ended(record.unpack())
+            except Exception as e:  # an outage: the sweep moves its children on later
+                self._flows.stats["errors"] += 1
+                log.warning("moving on the workflow of task %s failed: %r", record.id, e)
+
+        task = asyncio.get_running_loop().create_task(move_on())
+        self._moving_on.add(task)
+        task.add_done_callback(self._moving_on.discard)
 
     async def ensure_running(self) -> int:
         """Start the deadline loop (idempotent). The first call after a (re)start also takes up the
@@ -241,6 +268,8 @@ class StatusKeeper:
         self._gates.ended(record.id, record.attempt)
         if record.will_retry:
             return  # not over: a new attempt follows
+        if record.in_workflow:
+            self._move_on(record)
         self._recent[record.id] = (record.attempt, record.state)
         self._recent.move_to_end(record.id)
         while len(self._recent) > _RECENT_TERMINAL:
@@ -305,6 +334,8 @@ class StatusKeeper:
             del self._scheduled[record.id]
 
     def _schedule(self, rec: TaskRecord) -> None:
+        if rec.waits_for_parents:
+            return  # started when its parents end, not at a time (see Flows)
         self._scheduled[rec.id] = rec
         wait_s = (rec.not_before - utcnow()).total_seconds() if rec.not_before else 0.0
         heapq.heappush(self._due, (time.monotonic() + max(0.0, wait_s), rec.id))
@@ -481,5 +512,6 @@ class StatusKeeper:
             running=len(self._running),
             waiters=len(self._waiters),
             ticks_fired=self._scheduler.stats["fired"],
+            **{f"workflow_{k}": v for k, v in self._flows.stats.items()},
             **{f"limited_{k}": v for k, v in self._gates.counts().items()},
         )

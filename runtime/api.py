@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi import Path as PathParam
@@ -46,6 +46,7 @@ from raylane.limits import MAX_TAGS, MAX_TIMEOUT_S
 from raylane.models import (
     IDEMPOTENCY_KEY_PATTERN,
     MAX_DELAY_S,
+    MAX_WORKFLOW_NODES,
     NAME_PATTERN,
     QUEUE_PATTERN,
     SCHEDULE_ID_PATTERN,
@@ -111,6 +112,41 @@ class BatchSubmission(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tasks: list[TaskSubmission] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class WorkflowStep(BaseModel):
+    """One task of a workflow: the task, the earlier steps it waits for (their positions in
+    ``steps``, in the order their results are passed), and how it takes their results."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: TaskSubmission
+    after: list[int] = Field(default_factory=list, max_length=MAX_WORKFLOW_NODES)
+    takes: Literal["result", "results"] | None = Field(
+        None,
+        description='"result": the one parent\'s result comes first among its arguments; "results": the list '
+        "of its parents' results; null: nothing",
+    )
+
+
+class WorkflowSubmission(BaseModel):
+    """A workflow: tasks that start when the ones they wait for have ended, taking their results."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: list[WorkflowStep] = Field(min_length=1, max_length=MAX_WORKFLOW_NODES)
+    on_failure: Literal["cancel", "skip", "continue"] = Field(
+        "cancel",
+        description="what a task that does not succeed does to the rest: cancel the whole workflow, skip what "
+        "depends on it, or continue with null for its result",
+    )
+
+
+class SubmittedWorkflow(BaseModel):
+    """The id of a workflow just accepted, and its tasks' ids in the order of its steps."""
+
+    workflow_id: str
+    ids: list[str]
 
 
 class Submitted(BaseModel):
@@ -305,6 +341,27 @@ async def submit_batch(body: BatchSubmission, who: Writer, ctx: Ctx) -> Submitte
     requests = [_request(t, who) for t in body.tasks]
     await ctx.admit(who, len(requests))
     return SubmittedBatch(ids=await ctx.call("submit_many", requests))
+
+
+@router.post(
+    f"{API_PREFIX}/workflows",
+    status_code=201,
+    response_model=SubmittedWorkflow,
+    operation_id="submit_workflow",
+    tags=["tasks"],
+    responses={201: {"links": _links("$response.body#/ids/0")}, **_responses(400, 401, 403, 413, 422, 429, 503)},
+)
+async def submit_workflow(body: WorkflowSubmission, who: Writer, ctx: Ctx) -> SubmittedWorkflow:
+    """Submit a workflow of up to 1,000 tasks: all are created at once (none if any is invalid);
+    a step starts when the steps it waits for have ended. ``GET /api/v1/tasks?workflow=<id>``
+    lists its tasks, and ``POST /api/v1/cancel`` with the same filter cancels it."""
+    request = {
+        "nodes": [{"request": _request(s.task, who), "after": s.after, "takes": s.takes} for s in body.steps],
+        "on_failure": body.on_failure,
+    }
+    await ctx.admit(who, len(body.steps))
+    answer = await ctx.call("submit_workflow", request, who.tenant)
+    return SubmittedWorkflow(workflow_id=answer["workflow_id"], ids=answer["task_ids"])
 
 
 @router.get(

@@ -196,6 +196,7 @@ def task_filters(
         Query(json_schema_extra={"format": "date-time"}, max_length=64, description="created before (ISO 8601)"),
     ] = None,
     text: Annotated[str | None, Query(max_length=500, description="words of the error message")] = None,
+    workflow: Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$", description="only this workflow's tasks")] = None,
 ) -> dict:
     """The search filters of a request, without the tenant (the token decides that)."""
     return dict(
@@ -206,6 +207,7 @@ def task_filters(
         since=_instant(since, "since"),
         until=_instant(until, "until"),
         text=(text or "").strip() or None,
+        workflow_id=workflow or None,
     )
 
 

@@ -151,6 +151,28 @@ def _json_arg(text: str):
         return text  # a bare word is taken as a string
 
 
+def _add_filters(sp: argparse.ArgumentParser) -> None:
+    """The task filters every command that picks tasks by search shares."""
+    sp.add_argument("--name", help="only tasks of this name")
+    sp.add_argument("--queue", help="only tasks of this queue")
+    sp.add_argument("--tag", action="append", help="only tasks with this tag (repeatable: all must match)")
+    sp.add_argument("--workflow", help="only the tasks of this workflow (its id)")
+    sp.add_argument("--since", type=_when, help="created at or after: ISO 8601, or a duration ago (e.g. 1h, 2d)")
+    sp.add_argument("--until", type=_when, help="created before: ISO 8601, or a duration ago")
+
+
+def _filters(args: argparse.Namespace) -> dict:
+    """The filters of ``_add_filters``, as keyword arguments of ``raylane.search`` and its kin."""
+    return dict(
+        name=args.name,
+        queue=args.queue,
+        tags=args.tag or (),
+        workflow=args.workflow,
+        since=args.since,
+        until=args.until,
+    )
+
+
 def _when(text: str) -> datetime:
     """A time given as ISO 8601 (naive means UTC), or as a duration ago (``90s``, ``2h``, ``7d``)."""
     from raylane.models import duration_s
@@ -237,9 +259,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    filters = dict(name=args.name, queue=args.queue, tags=args.tag or (), since=args.since, until=args.until)
+    filters = _filters(args)
     if args.id is None and not any(filters.values()) and not args.state:
-        return _usage("give a task id, or filters (--name, --queue, --tag, --state, --since, --until)")
+        return _usage("give a task id, or filters (--name, --queue, --tag, --workflow, --state, --since, --until)")
     rl = _connect()
     if args.id is not None:
         rec = rl.cancel(args.id)
@@ -267,15 +289,7 @@ def _wait(args: argparse.Namespace) -> int:
 def _ls(args: argparse.Namespace) -> int:
     rl = _connect()
     records, cursor = rl.search_page(
-        state=args.state,
-        name=args.name,
-        text=args.text,
-        limit=args.limit,
-        tags=args.tag or (),
-        queue=args.queue,
-        since=args.since,
-        until=args.until,
-        cursor=args.cursor,
+        state=args.state, text=args.text, limit=args.limit, cursor=args.cursor, **_filters(args)
     )
     if cursor is not None:
         print(f"more: raylane ls ... --cursor {cursor}", file=sys.stderr)
@@ -289,7 +303,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 def _counts(args: argparse.Namespace) -> int:
     rl = _connect()
-    counts = rl.counts(name=args.name, tags=args.tag or (), queue=args.queue)
+    counts = rl.counts(**_filters(args))
     if args.json:
         print(json.dumps(counts))
     else:
@@ -342,7 +356,7 @@ def _retry(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     rl = _connect()
-    filters = dict(name=args.name, queue=args.queue, since=args.since, until=args.until)
+    filters = _filters(args)
     states = args.state or ["FAILED"]
     if args.dry_run:
         would = min(args.limit, sum(rl.counts(states, **filters).values()))
@@ -610,11 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[s.value for s in TaskState if not s.terminal],
         help="only tasks in this state (repeatable; default every unfinished one)",
     )
-    sp.add_argument("--name", help="only tasks of this name")
-    sp.add_argument("--queue", help="only tasks of this queue")
-    sp.add_argument("--tag", action="append", help="only tasks with this tag (repeatable: all must match)")
-    sp.add_argument("--since", type=_when, help="created at or after: ISO 8601, or a duration ago (e.g. 1h)")
-    sp.add_argument("--until", type=_when, help="created before: ISO 8601, or a duration ago")
+    _add_filters(sp)
     sp.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000, up to 10000)")
     sp.add_argument("--yes", action="store_true", help="cancel the matching tasks (without it: only count them)")
     sp.set_defaults(func=_cancel)
@@ -629,21 +639,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("ls", help="search tasks, newest first")
     sp.add_argument("--state", action="append", choices=states, help="only tasks in this state (repeatable)")
-    sp.add_argument("--name", help="only tasks of this name")
-    sp.add_argument("--queue", help="only tasks of this queue")
-    sp.add_argument("--tag", action="append", help="only tasks with this tag (repeatable: all must match)")
+    _add_filters(sp)
     sp.add_argument("--text", help="words that must appear in the error message")
-    sp.add_argument("--since", type=_when, help="created at or after: ISO 8601, or a duration ago (e.g. 1h)")
-    sp.add_argument("--until", type=_when, help="created before: ISO 8601, or a duration ago")
     sp.add_argument("--limit", type=int, default=50, help="a page of at most this many (default 50, up to 1000)")
     sp.add_argument("--cursor", help="go on after the page that printed it (on stderr, as 'more: ...')")
     sp.add_argument("--json", action="store_true", help="print records as JSON")
     sp.set_defaults(func=_ls)
 
     sp = sub.add_parser("counts", help="number of tasks per state")
-    sp.add_argument("--name", help="only tasks of this name")
-    sp.add_argument("--queue", help="only tasks of this queue")
-    sp.add_argument("--tag", action="append", help="only tasks with this tag")
+    _add_filters(sp)
     sp.add_argument("--json", action="store_true", help="print as JSON")
     sp.set_defaults(func=_counts)
 
@@ -681,10 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[s.value for s in TaskState if s.terminal],
         help="only tasks that ended so (repeatable; default FAILED)",
     )
-    sp.add_argument("--name", help="only tasks of this name")
-    sp.add_argument("--queue", help="only tasks of this queue")
-    sp.add_argument("--since", type=_when, help="created at or after: ISO 8601, or a duration ago (e.g. 1h, 2d)")
-    sp.add_argument("--until", type=_when, help="created before: ISO 8601, or a duration ago")
+    _add_filters(sp)
     sp.add_argument("--limit", type=int, default=1000, help="at most this many tasks (default 1000, up to 10000)")
     sp.add_argument("--dry-run", action="store_true", help="only say how many tasks would start again")
     sp.add_argument("--json", action="store_true", help="print the ids started again as JSON")

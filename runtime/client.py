@@ -413,6 +413,11 @@ def _json_options(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def get_many(task_ids: Iterable[str]) -> dict[str, TaskRecord]:
+    """The current records of up to 10,000 tasks, by id, in one call; unknown ids are left out."""
+    return _connection().call("get_many", list(task_ids))
+
+
 def get(task_id: str) -> TaskRecord:
     """The current record of a task; ``TaskNotFound`` for an unknown id."""
     return _connection().call("get", task_id)
@@ -432,13 +437,19 @@ def cancel_matching(
     until: datetime | None = None,
     tags: Iterable[str] = (),
     queue: str | None = None,
+    workflow: str | None = None,
 ) -> list[str]:
     """Cancel every unfinished task matching the filters (as for ``search``; ``state`` may only
     name unfinished states: PENDING, SCHEDULED, RUNNING), at most ``limit`` (up to 10,000);
     running ones are killed. Returns the ids cancelled. ``counts`` with the same filters says
     beforehand how many there are."""
-    query = _query(state, name, queue, tags, None, since, until, None, None)
+    query = _query(state, name, queue, tags, None, since, until, None, None, workflow)
     return _connection().call("cancel_matching", query, limit)
+
+
+def cancel_workflow(workflow_id: str) -> list[str]:
+    """Cancel every unfinished task of a workflow (running ones are killed); returns the ids cancelled."""
+    return cancel_matching(workflow=workflow_id, limit=10_000)
 
 
 def retry(task_id: str) -> TaskHandle:
@@ -458,11 +469,12 @@ def replay(
     until: datetime | None = None,
     tags: Iterable[str] = (),
     queue: str | None = None,
+    workflow: str | None = None,
 ) -> list[TaskHandle]:
     """``retry`` in bulk: a new attempt of each finished task matching the filters (as for
     ``search``; ``state`` defaults to FAILED and must name terminal states), at most ``limit``
     (up to 10,000), newest first. Returns handles of the tasks started again."""
-    query = _query(state, name, queue, tags, None, since, until, text, None)
+    query = _query(state, name, queue, tags, None, since, until, text, None, workflow)
     return [TaskHandle(i) for i in _connection().call("replay", query, limit)]
 
 
@@ -598,6 +610,7 @@ def _query(
     until: datetime | None = None,
     text: str | None = None,
     schedule: str | None = None,
+    workflow: str | None = None,
 ) -> dict:
     states = None
     if state is not None:
@@ -611,6 +624,7 @@ def _query(
         "until": until,
         "text": text,
         "schedule_id": schedule,
+        "workflow_id": workflow,
     }
     return {k: v for k, v in q.items() if v not in (None, [])}
 
@@ -627,13 +641,15 @@ def search(
     tag: str | None = None,
     queue: str | None = None,
     schedule: str | None = None,
+    workflow: str | None = None,
 ) -> list[TaskRecord]:
     """Tasks matching every given filter, newest first, at most ``limit`` (any number: it pages past 10,000).
 
     ``text`` matches words of the error message; ``since``/``until`` bound the creation time;
-    ``schedule`` keeps the tasks fired by that schedule. Results reflect writes up to about a second old.
+    ``schedule`` keeps the tasks fired by that schedule, ``workflow`` the tasks of that workflow.
+    Results reflect writes up to about a second old.
     """
-    query = _query(state, name, queue, tags, tag, since, until, text, schedule)
+    query = _query(state, name, queue, tags, tag, since, until, text, schedule, workflow)
     records, _ = _connection().call("search", query, limit, None)
     return records
 
@@ -650,12 +666,13 @@ def search_page(
     tags: Iterable[str] = (),
     queue: str | None = None,
     schedule: str | None = None,
+    workflow: str | None = None,
 ) -> tuple[list[TaskRecord], str | None]:
     """One page of ``search`` (at most ``limit`` records, 1,000 at most) and the cursor of the
     next one (None after the last): pass it as ``cursor`` to go on where this page ended."""
     from raylane.store import decode_cursor, encode_cursor
 
-    query = _query(state, name, queue, tags, None, since, until, text, schedule)
+    query = _query(state, name, queue, tags, None, since, until, text, schedule, workflow)
     records, after = _connection().call("search", query, min(limit, 1000), decode_cursor(cursor))
     return records, encode_cursor(after)
 
@@ -671,9 +688,10 @@ def counts(
     tag: str | None = None,
     queue: str | None = None,
     schedule: str | None = None,
+    workflow: str | None = None,
 ) -> dict[str, int]:
     """Number of tasks per state among those matching the filters (as for ``search``)."""
-    return _connection().call("counts", _query(state, name, queue, tags, tag, since, until, text, schedule))
+    return _connection().call("counts", _query(state, name, queue, tags, tag, since, until, text, schedule, workflow))
 
 
 def purge(older_than: float | timedelta | str, state: StateFilter = None) -> int:

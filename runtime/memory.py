@@ -147,7 +147,7 @@ class InMemoryStore(StatusStore):
             (not q.state or r.state in q.state)
             and all(
                 getattr(q, f) is None or getattr(r, f) == getattr(q, f)
-                for f in ("name", "queue", "tenant", "schedule_id")
+                for f in ("name", "queue", "tenant", "schedule_id", "workflow_id")
             )
             and all(t in r.tags for t in q.tags)
             and (q.since is None or created >= _at(q.since))
@@ -259,6 +259,13 @@ class InMemoryStore(StatusStore):
             ),
             lambda r: _at(r.not_before),
             limit,
+        )
+
+    def waiting_for_parents(self, before: datetime, limit: int) -> list[TaskRecord]:
+        self._check_open()
+        cut = _at(before)
+        return self._oldest(
+            lambda r: r.waits_for_parents and _at(r.updated_at) < cut, lambda r: _at(r.updated_at), limit
         )
 
     def unfinished_retries(self, before: datetime, limit: int) -> list[TaskRecord]:

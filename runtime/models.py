@@ -7,9 +7,9 @@ import re
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from raylane.states import TaskState, version_of
 
@@ -121,6 +121,29 @@ class AttemptSummary(BaseModel):
     finished_at: datetime | None = None
 
 
+MAX_WORKFLOW_NODES = 1000  # tasks in one workflow at most
+FAILURE_POLICIES = ("cancel", "skip", "continue")
+
+
+class FlowLinks(BaseModel):
+    """Where a task sits in its workflow: the tasks it waits for (its parents, in order), the
+    tasks waiting for it (its children), how it takes its parents' results, and what the
+    workflow does when one of its tasks does not succeed.
+
+    - ``takes``: ``"result"``, the one parent's result comes first among its arguments;
+      ``"results"``, the list of its parents' results, in order; None, nothing (``.si()``).
+    - ``on_failure``: ``"cancel"``, every unfinished task of the workflow is cancelled;
+      ``"skip"``, only the tasks that depend on it (directly or not) are; ``"continue"``,
+      they run anyway, given None for its result."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    waiting_on: list[str] = Field(default_factory=list, max_length=MAX_WORKFLOW_NODES)
+    children: list[str] = Field(default_factory=list, max_length=MAX_WORKFLOW_NODES)
+    takes: Literal["result", "results"] | None = None
+    on_failure: Literal["cancel", "skip", "continue"] = "cancel"
+
+
 class TaskMessage(BaseModel):
     """What a queue message carries: the task's name and JSON arguments, never code."""
 
@@ -148,6 +171,11 @@ class TaskMessage(BaseModel):
     concurrency_key: str | None = Field(None, pattern=CONCURRENCY_KEY_PATTERN)
     max_concurrency: int | None = Field(None, ge=1, le=MAX_CONCURRENCY)
     rate_limit: str | None = Field(None, pattern=RATE_LIMIT_PATTERN)
+    # Of a task in a workflow (raylane.chain, group, chord): the workflow, the parent whose
+    # result it takes first (None for a first task), and the links to the others.
+    workflow_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
+    parent_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
+    flow: FlowLinks | None = None
 
     @property
     def limited(self) -> bool:
@@ -210,6 +238,9 @@ class TaskRecord(BaseModel):
     rate_limit: str | None = None
     # Seconds from created_at at which this attempt passed each hop of its way (see HOPS).
     hops: dict[str, float] | None = None
+    workflow_id: str | None = None  # the workflow this task is a step of (see FlowLinks)
+    parent_id: str | None = None
+    flow: FlowLinks | None = None
     # How far a RUNNING attempt has got (``raylane.progress``), filled in when the record is
     # read by id; kept beside the record and never written with it (see ``Progress``).
     progress: float | None = Field(None, exclude=True)
@@ -224,9 +255,8 @@ class TaskRecord(BaseModel):
     @classmethod
     def pending(cls, msg: TaskMessage, idempotency_key: str | None = None) -> TaskRecord:
         """The first record of a task just accepted: PENDING, or SCHEDULED until its ``not_before``."""
-        state = (
-            TaskState.SCHEDULED if msg.limited or (msg.not_before and msg.not_before > utcnow()) else TaskState.PENDING
-        )
+        waits = msg.limited or (msg.not_before and msg.not_before > utcnow()) or (msg.flow and msg.flow.waiting_on)
+        state = TaskState.SCHEDULED if waits else TaskState.PENDING
         return cls(
             **{f: getattr(msg, f) for f in _CARRIED},
             state=state,
@@ -263,6 +293,28 @@ class TaskRecord(BaseModel):
     def limited(self) -> bool:
         """Whether this task waits for its turn under a concurrency or rate limit."""
         return self.max_concurrency is not None or self.rate_limit is not None
+
+    @property
+    def waits_for_parents(self) -> bool:
+        """Whether this is a workflow's task that starts once its parents have ended (SCHEDULED,
+        first attempt, with parents): its message is sent then, not at a time."""
+        return (
+            self.state is TaskState.SCHEDULED
+            and self.attempt == 0
+            and self.flow is not None
+            and bool(self.flow.waiting_on)
+            and self.not_before is None
+        )
+
+    def with_parents_results(self, results: list[Any]) -> TaskMessage:
+        """The message that starts this waiting task, given its parents' results in order: the
+        result (or the list of them) comes first among its arguments, as its ``takes`` says."""
+        args = list(self.args)
+        if self.flow is not None and self.flow.takes == "result":
+            args = [results[0], *args]
+        elif self.flow is not None and self.flow.takes == "results":
+            args = [list(results), *args]
+        return self.message().model_copy(update={"args": args})
 
     @property
     def limit_key(self) -> str:
@@ -328,6 +380,49 @@ class TaskRecord(BaseModel):
 _CARRIED = tuple(f for f in TaskMessage.model_fields if f in TaskRecord.model_fields)
 
 
+class WorkflowNode(BaseModel):
+    """One task of a workflow to submit: its request, the earlier tasks it waits for (their
+    positions in the workflow's list, in the order their results are passed), and how it takes
+    their results (see ``FlowLinks``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request: SubmitRequest
+    after: list[int] = Field(default_factory=list, max_length=MAX_WORKFLOW_NODES)
+    takes: Literal["result", "results"] | None = None
+
+
+# Options a workflow's task cannot have: its start is its parents' end, not a time or a turn
+# under a limit, and it is created with its workflow, never alone.
+WORKFLOW_EXCLUDED_OPTIONS = ("delay_s", "eta", "idempotency_key", "concurrency_key", "max_concurrency", "rate_limit")
+
+
+class WorkflowRequest(BaseModel):
+    """A workflow to submit: its tasks, each after the earlier ones it names, and what happens to
+    the rest when one of them does not succeed (see ``FlowLinks.on_failure``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nodes: list[WorkflowNode] = Field(min_length=1, max_length=MAX_WORKFLOW_NODES)
+    on_failure: Literal["cancel", "skip", "continue"] = "cancel"
+
+    @model_validator(mode="after")
+    def _a_graph_in_order(self) -> WorkflowRequest:
+        for i, node in enumerate(self.nodes):
+            if len(set(node.after)) != len(node.after):
+                raise ValueError(f"task #{i} names a parent twice")
+            if any(not 0 <= p < i for p in node.after):
+                raise ValueError(f"task #{i} may only wait for tasks listed before it (0 to {i - 1})")
+            if node.takes == "result" and len(node.after) != 1:
+                raise ValueError(f"task #{i} takes one parent's result, but has {len(node.after)} parents")
+            if node.takes == "results" and not node.after:
+                raise ValueError(f"task #{i} takes its parents' results, but has none")
+            given = [o for o in WORKFLOW_EXCLUDED_OPTIONS if getattr(node.request, o) is not None]
+            if given:
+                raise ValueError(f"task #{i}: a workflow's task cannot have {', '.join(given)}")
+        return self
+
+
 class Progress(NamedTuple):
     """How far a running attempt of a task has got, as it said (``raylane.progress``): kept beside
     the task's record, never in it, so it changes no version."""
@@ -359,6 +454,7 @@ class PackedRecord(NamedTuple):
     # group before it starts; the keeper's deadline for it is the claim + this + its timeout,
     # until the worker says when it began (see StatusKeeper.began).
     wait_s: float = 0.0
+    in_workflow: bool = False  # whether its end moves a workflow on (see FlowLinks)
 
     @classmethod
     def of(cls, record: TaskRecord | PackedRecord) -> PackedRecord:
@@ -376,6 +472,7 @@ class PackedRecord(NamedTuple):
             record.timeout_s,
             record.__pydantic_serializer__.to_json(record),
             record.lease_owner,
+            in_workflow=record.workflow_id is not None,
         )
 
     @property

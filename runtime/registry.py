@@ -55,9 +55,11 @@ class TaskDefinition:
         check_timeout(self.timeout_s)
         check_tags(list(self.tags))
 
-    def validate_call(self, args: list, kwargs: dict) -> None:
-        """Check arguments against the function's signature and type hints; raises ``InvalidTaskInput``."""
-        check_arguments(self.name, self.fn, args, kwargs)
+    def validate_call(self, args: list, kwargs: dict, leading: int = 0) -> None:
+        """Check arguments against the function's signature and type hints; raises ``InvalidTaskInput``.
+        ``leading`` positional arguments, not known yet, come before ``args`` (a workflow's task
+        takes its parents' results there): they must fit the signature, and no type is checked."""
+        check_arguments(self.name, self.fn, [_NOT_YET] * leading + list(args), kwargs)
 
     def parameter_names(self) -> tuple[set[str], bool]:
         """The names the function takes as keyword arguments, and whether it takes ``**kwargs``."""
@@ -205,6 +207,9 @@ def _each_hint(fn: Callable) -> dict[str, Any]:
     return out
 
 
+_NOT_YET = object()  # an argument that is not known before the task starts
+
+
 def check_arguments(name: str, fn: Callable, args: list, kwargs: dict) -> None:
     """Bind ``args``/``kwargs`` to ``fn``'s signature and check each against its type hint (strictly)."""
     sig, hints = _signature(fn)
@@ -223,6 +228,8 @@ def check_arguments(name: str, fn: Callable, args: list, kwargs: dict) -> None:
             else (value.values() if kind is inspect.Parameter.VAR_KEYWORD else [value])
         )
         for v in values:
+            if v is _NOT_YET:
+                continue
             try:
                 _check_value(tp, v)
             except ValidationError as e:

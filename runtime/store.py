@@ -47,6 +47,7 @@ class TaskQuery(BaseModel):
     text: str | None = Field(None, description="words that must appear in the error message")
     tenant: str | None = Field(None, description="only this tenant's tasks (None: every task)")
     schedule_id: str | None = Field(None, description="only the tasks of this schedule's ticks")
+    workflow_id: str | None = Field(None, description="only the tasks of this workflow")
 
 
 def encode_cursor(cursor: list | None) -> str | None:
@@ -176,6 +177,11 @@ class StatusStore(abc.ABC):
     def unfinished_retries(self, before: datetime, limit: int) -> list[TaskRecord]:
         """FAILED records with a retry to follow (``will_retry``), last written before ``before``."""
 
+    @abc.abstractmethod
+    def waiting_for_parents(self, before: datetime, limit: int) -> list[TaskRecord]:
+        """Workflow tasks that wait for their parents (``TaskRecord.waits_for_parents``), last
+        written before ``before``, oldest first."""
+
     # ----- schedules (see raylane.schedules); keyed by ``Schedule.key``
     @abc.abstractmethod
     def save_schedule(self, schedule: Schedule) -> None:
@@ -224,8 +230,9 @@ def _utc(t: datetime) -> str:
 # The version of the task index's mapping, kept in its _meta; it goes up with every change of
 # the mapping. A change that only adds fields is applied in place at start; one OpenSearch
 # cannot apply in place (a field's type) moves the records to a new index
-# (``OpenSearchStore.migrate``). 1: indices made before the version was kept; 2: hops; 3: error_types.
-MAPPING_VERSION = 3
+# (``OpenSearchStore.migrate``). 1: indices made before the version was kept; 2: hops; 3: error_types;
+# 4: workflow_id, parent_id and flow.
+MAPPING_VERSION = 4
 _MIGRATION_MARGIN = timedelta(minutes=10)  # writes made this long before a migration's first copy are copied again
 _MIGRATION_WAIT_S = 600.0  # how long a process waits for another's migration to finish
 
@@ -259,6 +266,9 @@ def _mappings() -> dict:
             "expires_at": date,
             "idempotency_key": kw,
             "schedule_id": kw,
+            "workflow_id": kw,
+            "parent_id": kw,
+            "flow": stored_only,
             "concurrency_key": kw,
             "rate_limit": kw,
             "hops": stored_only,
@@ -559,7 +569,7 @@ class OpenSearchStore(StatusStore):
         must: list[dict] = []
         if q.state:
             must.append({"terms": {"state": [s.value for s in q.state]}})
-        for field in ("name", "queue", "tenant", "schedule_id"):
+        for field in ("name", "queue", "tenant", "schedule_id", "workflow_id"):
             if getattr(q, field):
                 must.append({"term": {field: getattr(q, field)}})
         for tag in q.tags:
@@ -789,6 +799,16 @@ class OpenSearchStore(StatusStore):
     def unfinished_retries(self, before: datetime, limit: int) -> list[TaskRecord]:
         return self._unchanged_since(TaskState.FAILED, before, {"will_retry": [False]}, limit)
 
+    def waiting_for_parents(self, before: datetime, limit: int) -> list[TaskRecord]:
+        filters: list[dict] = [
+            {"term": {"state": TaskState.SCHEDULED.value}},
+            {"term": {"attempt": 0}},
+            {"exists": {"field": "workflow_id"}},
+            {"range": {"updated_at": {"lt": _utc(before)}}},
+        ]
+        found = self._oldest(filters, None, limit)
+        return [r for r in found if r.waits_for_parents]
+
     def _unchanged_since(
         self, state: TaskState, before: datetime, exclude: dict, limit: int, field: str = "updated_at"
     ) -> list[TaskRecord]:
@@ -797,10 +817,12 @@ class OpenSearchStore(StatusStore):
             [{"term": {"state": state.value}}, {"range": {field: {"lt": _utc(before)}}}], exclude, limit, field
         )
 
-    def _oldest(self, filters: list[dict], exclude: dict, limit: int, field: str = "updated_at") -> list[TaskRecord]:
+    def _oldest(
+        self, filters: list[dict], exclude: dict | None, limit: int, field: str = "updated_at"
+    ) -> list[TaskRecord]:
         """Up to ``limit`` records matching ``filters`` and none of ``exclude``, by ``field`` ascending."""
         body = {
-            "query": {"bool": {"filter": filters, "must_not": [{"terms": exclude}]}},
+            "query": {"bool": {"filter": filters, "must_not": [{"terms": exclude}] if exclude else []}},
             "size": limit,
             "sort": [{field: "asc"}],
         }

@@ -14,6 +14,7 @@ from raylane.registry import TaskDefinition, jsonable, result_hint
 
 if TYPE_CHECKING:
     from raylane.client import TaskHandle
+    from raylane.workflows import Signature
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -136,6 +137,21 @@ class TaskFunction(Generic[P, R]):
             kwargs={k: jsonable(v) for k, v in (kwargs or {}).items()},
             **self._overrides,
         )
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of this task with these arguments, a step of a workflow (``raylane.chain``,
+        ``group``, ``chord``). After another step it takes that step's result as its first
+        argument, before these; ``si`` takes none."""
+        from raylane.workflows import Signature
+
+        return Signature(self, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: a step of a workflow that runs with exactly these arguments,
+        taking no result from the step before it."""
+        from raylane.workflows import Signature
+
+        return Signature(self, args, kwargs, immutable=True)
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
         """Enqueue one run; returns a ``TaskHandle`` at once."""

@@ -89,6 +89,7 @@ def _filters(request: Request) -> tuple[dict, str | None]:
         since=q.get("since") or None,
         until=None,
         text=q.get("text"),
+        workflow=q.get("workflow") or None,
     )
     try:
         return task_filters(**fields), None

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from raylane.errors import InvalidTaskInput
-from raylane.models import PackedRecord, Progress, TaskMessage, TaskRecord
+from raylane.models import FlowLinks, PackedRecord, Progress, TaskMessage, TaskRecord
 from raylane.schedules import Schedule
 from raylane.signing import Signer
 from raylane.states import TaskState
@@ -301,6 +301,31 @@ class StoreContract:
         assert found(contract_store.stale_pending(now - timedelta(minutes=1), {"default"}, 10_000)) == set()
         assert found(contract_store.overdue_scheduled(now, set(), 10_000)) == {due.id}
         assert found(contract_store.unfinished_retries(now - timedelta(minutes=1), 10_000)) == {half.id}
+
+    def test_workflow_tasks_found_by_workflow_and_while_they_wait(self, contract_store: StatusStore):
+        now = datetime.now(UTC)
+        flow_id = uuid.uuid4().hex
+        first = TaskRecord.pending(message().model_copy(update={"workflow_id": flow_id}))
+        waits = message().model_copy(
+            update={"workflow_id": flow_id, "parent_id": first.id, "flow": FlowLinks(waiting_on=[first.id])}
+        )
+        waiting = TaskRecord.pending(waits).model_copy(update={"updated_at": now - timedelta(minutes=5)})
+        just_written = TaskRecord.pending(waits.model_copy(update={"id": uuid.uuid4().hex}))
+        # Waiting tasks are SCHEDULED without a time; a delayed one is not waiting for parents.
+        delayed = waiting.model_copy(update={"id": uuid.uuid4().hex, "not_before": now + timedelta(hours=1)})
+        taken = waiting.model_copy(update={"id": uuid.uuid4().hex}).moved_to(TaskState.RUNNING)
+        taken = taken.model_copy(update={"updated_at": now - timedelta(minutes=5)})
+        recs = [first, waiting, just_written, delayed, taken, pending()]
+        assert all(o.accepted for o in contract_store.write_many(recs))
+        contract_store.refresh()
+        assert waiting.state is TaskState.SCHEDULED and waiting.waits_for_parents
+        assert {r.id for r in contract_store.waiting_for_parents(now - timedelta(minutes=1), 10_000)} >= {waiting.id}
+        assert not {just_written.id, delayed.id, taken.id, first.id} & {
+            r.id for r in contract_store.waiting_for_parents(now - timedelta(minutes=1), 10_000)
+        }
+        page, _ = contract_store.search(TaskQuery(workflow_id=flow_id), 100)
+        assert {r.id for r in page} == {first.id, waiting.id, just_written.id, delayed.id, taken.id}
+        assert contract_store.get(waiting.id).flow == FlowLinks(waiting_on=[first.id])
 
 
 def drain(reader, n: int, timeout: float = 30.0) -> list:

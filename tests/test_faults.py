@@ -32,6 +32,43 @@ def work(runs_dir: str, key: int, seconds: float) -> int:
     return key
 
 
+@raylane.task(name="test.fault.flow_step", max_retries=3, retry_backoff=0.2, timeout=60)
+def flow_step(x: int, runs_dir: str, key: str, seconds: float) -> int:
+    """A workflow's step: log this run under ``key``, work a while, and pass ``x + 1`` on."""
+    with open(Path(runs_dir, f"{key}.runs"), "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(seconds)
+    return x + 1
+
+
+def _workflow(tmp_path: Path) -> raylane.WorkflowHandle:
+    """A chain of three steps, a group of three, and a chord's callback: 5 when all ran."""
+    d = str(tmp_path)
+    return raylane.chain(
+        flow_step.s(0, d, "a", 1.0),
+        flow_step.s(d, "b", 1.0),
+        raylane.group([flow_step.s(d, f"g{i}", 1.0) for i in range(3)]),
+        total_of.s(),
+    ).submit()
+
+
+@raylane.task(name="test.fault.total_of")
+def total_of(xs: list[int]) -> int:
+    """The largest of ``xs``, plus two."""
+    return max(xs) + 2
+
+
+def _check_workflow(store, wf: raylane.WorkflowHandle, tmp_path: Path) -> None:
+    """The workflow gave its result, and no step ran more than once per attempt."""
+    assert wf.result(timeout=180) == 5
+    for rec in wf.records():
+        assert rec.state is TaskState.SUCCEEDED, (rec.name, rec.state, rec.error)
+        if rec.name == flow_step.name:
+            key = rec.args[2]
+            runs = (tmp_path / f"{key}.runs").read_text().split()
+            assert len(runs) <= rec.attempt + 1, (key, runs, rec.attempt)
+
+
 @dataclass
 class VersionWatch:
     """Samples the stored ``_version`` of every task while a scenario runs."""
@@ -197,6 +234,54 @@ def test_whole_stack_restart_mid_run(rl, store, stack, tmp_path):
     # Then queued tasks run, lost running ones are retried, and none runs twice per attempt
     summary = check_history(store, handles, tmp_path, watch, fault_at)
     assert summary["succeeded"] == len(handles), summary["other"]
+
+
+@pytest.mark.parametrize("actor", ["StatusKeeper", "Executor", "QueueConsumer-0", "RequestHandler"])
+def test_a_workflow_outlives_an_actor_killed_mid_run(rl, store, tmp_path, actor):
+    wf = _workflow(tmp_path)
+    wait_until(lambda: (tmp_path / "b.runs").exists(), timeout=60, what="the second step to start")
+    ray.kill(ray.get_actor(actor, namespace="raylane"), no_restart=False)
+    _check_workflow(store, wf, tmp_path)
+
+
+def test_a_workflow_outlives_a_whole_stack_restart(rl, store, stack, tmp_path):
+    wf = _workflow(tmp_path)
+    wait_until(lambda: (tmp_path / "b.runs").exists(), timeout=60, what="the second step to start")
+    stack.down(grace_s=10)
+    raylane.shutdown()
+    stack.up()
+    raylane.init()
+    _check_workflow(store, wf, tmp_path)
+
+
+def test_a_child_left_waiting_after_its_parent_ended_is_started_by_the_sweep(rl, store, tmp_path):
+    # Given a workflow whose first task ended, but whose keeper stopped before it started the
+    # next one (written here directly: the end, and the child still waiting, a while ago)
+    from datetime import timedelta
+
+    from raylane.models import FlowLinks, TaskMessage, TaskRecord, new_task_id, utcnow
+
+    long_ago = utcnow() - timedelta(minutes=1)
+    flow_id, parent_id, child_id = new_task_id(), new_task_id(), new_task_id()
+    base = dict(queue="default", created_at=long_ago, workflow_id=flow_id)
+    parent = TaskMessage(
+        id=parent_id, name=flow_step.name, args=[0, str(tmp_path), "p", 0.0], **base,
+        flow=FlowLinks(children=[child_id]),
+    )  # fmt: skip
+    child = TaskMessage(
+        id=child_id, name=flow_step.name, args=[str(tmp_path), "c", 0.0], parent_id=parent_id, **base,
+        flow=FlowLinks(waiting_on=[parent_id], takes="result"),
+    )  # fmt: skip
+    ended = TaskRecord.pending(parent).moved_to(TaskState.RUNNING).moved_to(TaskState.SUCCEEDED, result=41)
+    waiting = TaskRecord.pending(child)
+    assert waiting.waits_for_parents
+    outcomes = store.write_many(
+        [r.model_copy(update={"updated_at": long_ago}) for r in (TaskRecord.pending(parent), ended, waiting)]
+    )
+    assert [o.accepted for o in outcomes] == [True, True, True]
+    # Then a keeper's sweep finds the child and starts it, with the parent's result
+    record = rl.wait(child_id, timeout=60)
+    assert record.state is TaskState.SUCCEEDED and record.result == 42 and record.args[0] == 41
 
 
 def test_pending_task_without_message_is_requeued(rl, store, tmp_path):

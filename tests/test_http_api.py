@@ -303,3 +303,28 @@ def test_serve_command_prints_the_url(http_api, settings):
         timeout=60,
         what="the redeployed API to answer",
     )
+
+
+def test_a_workflow_over_http(api, tenant, rl):
+    echo = {"name": "raylane.echo"}
+    body = {
+        "steps": [
+            {"task": {**echo, "args": [1]}},
+            {"task": {**echo, "args": [2]}},
+            {"task": {**echo, "kwargs": {"k": 3}}, "after": [0, 1], "takes": "results"},
+        ]
+    }
+    resp = api.post(f"{api.base}{API}/workflows", json=body)
+    assert resp.status_code == 201, resp.text
+    flow = resp.json()
+    assert len(flow["ids"]) == 3
+    last = api.get(f"{api.base}{API}/tasks/{flow['ids'][2]}/wait").json()
+    assert last["state"] == "SUCCEEDED" and last["tenant"] == tenant
+    assert last["result"] == {"args": [[{"args": [1], "kwargs": {}}, {"args": [2], "kwargs": {}}]], "kwargs": {"k": 3}}
+    assert last["workflow_id"] == flow["workflow_id"] and last["parent_id"] == flow["ids"][0]
+    rl.refresh()
+    listed = api.get(f"{api.base}{API}/tasks", params={"workflow": flow["workflow_id"]}).json()["tasks"]
+    assert sorted(t["id"] for t in listed) == sorted(flow["ids"])
+    # A step may wait only for steps before it; nothing is written then.
+    bad = {"steps": [{"task": echo, "after": [1]}, {"task": echo}]}
+    error_of(api.post(f"{api.base}{API}/workflows", json=bad), 400, "invalid_input")
