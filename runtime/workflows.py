@@ -87,6 +87,32 @@ class Canvas:
             raise InvalidTaskInput(f"invalid workflow: {e}") from e
         return Plan(request, outputs, many, defs)
 
+    # Used as a handle, a canvas submits itself once and answers for that submission, so that
+    # ``raylane.chain(a.s(1), b.s()).result()`` does what it reads as.
+    _handle: WorkflowHandle | None = None
+
+    def _submitted(self) -> WorkflowHandle:
+        if self._handle is None:
+            self._handle = self.submit()
+        return self._handle
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Submit this workflow (the first time a handle's method is used), and give its result
+        (``WorkflowHandle.result``)."""
+        return self._submitted().result(timeout)
+
+    def wait(self, timeout: float | None = None) -> list[TaskRecord]:
+        """``WorkflowHandle.wait`` of this workflow's submission (see ``result``)."""
+        return self._submitted().wait(timeout)
+
+    def status(self) -> TaskState:
+        """``WorkflowHandle.status`` of this workflow's submission (see ``result``)."""
+        return self._submitted().status()
+
+    def cancel(self) -> list[str]:
+        """``WorkflowHandle.cancel`` of this workflow's submission (see ``result``)."""
+        return self._submitted().cancel()
+
     # The canvas of Celery users: apply_async() and delay() submit too.
     def apply_async(self, on_failure: FailurePolicy = "cancel") -> WorkflowHandle:
         """``submit``, by the name Celery users know."""

@@ -162,3 +162,11 @@ def test_a_bad_workflow_is_refused_with_nothing_written(rl, unique):
         raylane.group([])
     raylane.refresh()
     assert raylane.counts(tag=tag) == {}
+
+
+def test_a_canvas_used_as_a_handle_submits_itself_once(rl):
+    wf = raylane.chain(add.s(2, 2), double.s())
+    assert wf.result(timeout=60) == 8
+    assert wf.status() is TaskState.SUCCEEDED  # the same submission, not a second one
+    again = wf.submit()  # an explicit submit always runs it anew
+    assert again.result(timeout=60) == 8 and again.id != wf._submitted().id

@@ -159,3 +159,26 @@ def test_the_sweep_moves_on_children_whose_parents_ended_unseen():
     _end(store, parent, TaskState.SUCCEEDED, result=7)  # ended, but no one moved it on
     assert asyncio.run(flows.sweep(older_than_s=-1)) == 1
     assert [(m.id, m.args) for m in sent.messages] == [(child.id, [7, 1])]
+
+
+def test_a_chord_callback_is_checked_a_chunk_of_parents_at_a_time():
+    store, sent = InMemoryStore(), _Sent()
+    read: list[int] = []
+    get_many = store.get_many
+
+    def counted(ids):
+        read.append(len(ids))
+        return get_many(ids)
+
+    store.get_many = counted  # type: ignore[method-assign]
+    flows = Flows(store, lambda rs: asyncio.sleep(0, store.write_many(rs)), sent)
+    parents, child = _flow(store, 250, "results")
+    asyncio.run(flows.ended(_end(store, parents[0], TaskState.SUCCEEDED, result=0)))
+    assert read == [1, 100] and sent.messages == []  # the child, then one chunk with unfinished parents
+    for i, p in enumerate(parents[1:], start=1):
+        _end(store, p, TaskState.SUCCEEDED, result=i)
+    read.clear()
+    asyncio.run(flows.ended(store.get(parents[-1].id)))
+    assert read == [1, 100, 100, 50]
+    [started] = sent.messages
+    assert started.id == child.id and started.args[0] == list(range(250))
