@@ -351,4 +351,11 @@ class Executor:
     async def get_stats(self) -> dict:
         """Counters: started, skipped (claim rejected), succeeded, failed, discarded results, killed;
         and now: tasks running, and the Ray tasks they run in (at most ``max_running``)."""
-        return dict(self.stats, running=self._runs.running_now(), ray_tasks=self._runs.ray_tasks_now())
+        return dict(
+            self.stats,
+            running=self._runs.running_now(),
+            ray_tasks=self._runs.ray_tasks_now(),
+            incarnation=self._lease.incarnation,
+            lease_left_s=round(self._lease.remaining(), 3),
+            max_running=self.config.max_running,
+        )

@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import ray
@@ -44,10 +44,19 @@ from raylane.models import (
     new_task_id,
     utcnow,
 )
-from raylane.protocol import QUEUE_CONSUMER, ActorConfig, keeper_of_key, replies_errors, routed_id, unwrap
+from raylane.protocol import (
+    QUEUE_CONSUMER,
+    ActorConfig,
+    executor_name,
+    keeper_of_key,
+    replies_errors,
+    routed_id,
+    unwrap,
+)
+from raylane.queue import queue_of
 from raylane.schedules import SCHEDULE_ID_PATTERN, Schedule
 from raylane.states import TaskState
-from raylane.store import TaskQuery, finished_states
+from raylane.store import TaskEnd, TaskQuery, finished_states
 
 log = logging.getLogger("raylane.request_handler")
 
@@ -519,6 +528,11 @@ class RequestHandler:
         return await asyncio.to_thread(self.store.counts, self._query(query))
 
     @replies_errors
+    async def ends(self, query: dict, since: datetime, limit: int = 10_000) -> list[TaskEnd]:
+        """How the tasks matching ``query`` that ended since ``since`` went (``StatusStore.ends``)."""
+        return await asyncio.to_thread(self.store.ends, self._query(query), since, min(max(1, limit), 10_000))
+
+    @replies_errors
     async def purge(self, older_than_s: float, states: list[str] | None = None) -> int:
         """Delete the records of tasks finished more than ``older_than_s`` ago (of ``states`` only,
         if given); returns how many."""
@@ -560,16 +574,85 @@ class RequestHandler:
         # So that the switch holds for every message produced once this returns. A consumer that
         # cannot be told now reads the stored switch when it starts again, and within a second anyway.
         calls = []
-        for i in range(self.config.consumers):
-            try:
-                consumer = ray.get_actor(f"{QUEUE_CONSUMER}-{i}", namespace=self.config.namespace)
-            except ValueError:
-                continue
+        for consumer in self._consumers():
             calls.append(asyncio.wait_for(_awaited(consumer.pause_changed.remote(queue, paused)), 5.0))
         for outcome in await asyncio.gather(*calls, return_exceptions=True):
             if isinstance(outcome, BaseException):
                 change = "pause" if paused else "resume"
                 log.warning("a consumer was not told of the %s of queue %s: %r", change, queue, outcome)
+
+    @replies_errors
+    async def queue_overview(self, tenant: str | None = None) -> list[dict]:
+        """Each queue the consumers read, or with unfinished tasks, or paused: its Kafka lag
+        (messages not yet read by the consumers, of every priority; None until known), its
+        PENDING, SCHEDULED and RUNNING tasks (only ``tenant``'s, if given), and whether it is
+        paused; by name."""
+        unfinished = [s for s in TaskState if not s.terminal]
+        counts = await asyncio.to_thread(self.store.counts_by_queue, TaskQuery(state=unfinished, tenant=tenant))
+        paused = await asyncio.to_thread(self.store.paused_queues)
+        lag: dict[str, int | None] = {}
+        for parts in await self._each_consumer("partitions"):
+            for p in parts:
+                queue = queue_of(self.config.topic_prefix, p["topic"])
+                if queue is None:
+                    continue
+                lag.setdefault(queue, None)
+                if p["lag"] is not None:
+                    lag[queue] = (lag[queue] or 0) + p["lag"]
+        return [
+            {
+                "queue": q,
+                "lag": lag.get(q),
+                "pending": counts.get(q, {}).get("PENDING", 0),
+                "scheduled": counts.get(q, {}).get("SCHEDULED", 0),
+                "running": counts.get(q, {}).get("RUNNING", 0),
+                "paused": q in paused,
+            }
+            for q in sorted(set(counts) | set(lag) | paused)
+        ]
+
+    def _consumers(self) -> list:
+        """The live QueueConsumer actors."""
+        found = []
+        for i in range(self.config.consumers):
+            try:
+                found.append(ray.get_actor(f"{QUEUE_CONSUMER}-{i}", namespace=self.config.namespace))
+            except ValueError:
+                continue
+        return found
+
+    async def _each_consumer(self, method: str) -> list:
+        """What ``method`` of every live QueueConsumer answers (within 5 s; the others are left out)."""
+        calls = [asyncio.wait_for(_awaited(getattr(c, method).remote()), 5.0) for c in self._consumers()]
+        return [o for o in await asyncio.gather(*calls, return_exceptions=True) if not isinstance(o, BaseException)]
+
+    @replies_errors
+    async def executor_overview(self) -> list[dict]:
+        """Each live Executor: its name, node, incarnation, tasks running (and the Ray tasks they
+        run in, of at most ``max_running``), the seconds its lease still holds, and its counters."""
+        from ray.util.state import list_actors
+
+        names = [executor_name(i) for i in range(self.config.executors)]
+        try:
+            nodes = {
+                a.name: a.node_id
+                for a in await asyncio.to_thread(
+                    list_actors, filters=[("ray_namespace", "=", self.config.namespace), ("state", "=", "ALIVE")]
+                )
+                if a.name
+            }
+        except Exception:  # the state API is away: the view goes on without nodes
+            nodes = {}
+        out = []
+        for name in names:
+            try:
+                actor = ray.get_actor(name, namespace=self.config.namespace)
+                stats = await asyncio.wait_for(_awaited(actor.get_stats.remote()), 5.0)
+            except (ValueError, TimeoutError, ray.exceptions.RayError):
+                out.append({"name": name, "alive": False, "node": nodes.get(name)})
+                continue
+            out.append({"name": name, "alive": True, "node": nodes.get(name), **stats})
+        return out
 
     @replies_errors
     async def paused_queues(self) -> list[str]:

@@ -115,7 +115,10 @@ def _token(args: argparse.Namespace) -> int:
     tokens = TokenFile(Settings.from_env().tokens_path)
     if args.token_cmd == "create":
         entry, token = tokens.create(
-            args.tenant, "read" if args.read_only else "write", args.note or "", max_open=args.max_open
+            args.tenant,
+            "operator" if args.operator else "read" if args.read_only else "write",
+            args.note or "",
+            max_open=args.max_open,
         )
         _say(args, token, {"token": token, "id": entry.id, "tenant": entry.tenant, "scope": entry.scope})
         print(
@@ -757,7 +760,14 @@ def build_parser() -> argparse.ArgumentParser:
     tk_sub = tk.add_subparsers(dest="token_cmd", required=True, metavar="ACTION")
     tc = tk_sub.add_parser("create", help="make a token for a tenant and print it (only this once)")
     tc.add_argument("--tenant", required=True, help="tenant the token acts for (lowercase letters, digits, _ and -)")
-    tc.add_argument("--read-only", action="store_true", help="may look up, search and wait, not submit or cancel")
+    scope = tc.add_mutually_exclusive_group()
+    scope.add_argument("--read-only", action="store_true", help="may look up, search and wait, not submit or cancel")
+    scope.add_argument(
+        "--operator",
+        action="store_true",
+        help="may also see the cluster's queues, executors and dead letters on the web page, and pause and "
+        "resume queues (its tasks stay its tenant's)",
+    )
     tc.add_argument("--note", help="a note kept with the token, e.g. who has it")
     tc.add_argument(
         "--max-open",

@@ -42,7 +42,7 @@ from raylane.queue import (
 from raylane.schedules import Schedule
 from raylane.signing import Signer
 from raylane.states import TaskState
-from raylane.store import MAX_BULK_BYTES, StatusStore, TaskQuery, finished_states
+from raylane.store import MAX_BULK_BYTES, StatusStore, TaskEnd, TaskQuery, finished_states
 
 # What OpenSearch refuses for content: objects nested past index.mapping.depth.limit, and
 # request bodies over http.max_content_length.
@@ -178,6 +178,21 @@ class InMemoryStore(StatusStore):
         for r in self._selected(query):
             out[r.state.value] = out.get(r.state.value, 0) + 1
         return out
+
+    def counts_by_queue(self, query: TaskQuery) -> dict[str, dict[str, int]]:
+        self._check_open()
+        out: dict[str, dict[str, int]] = {}
+        for r in self._selected(query):
+            per = out.setdefault(r.queue, {})
+            per[r.state.value] = per.get(r.state.value, 0) + 1
+        return out
+
+    def ends(self, query: TaskQuery, since: datetime, limit: int = 10_000) -> list[TaskEnd]:
+        self._check_open()
+        cut = _at(since)
+        done = [r for r in self._selected(query) if r.finished_at is not None and _at(r.finished_at) >= cut]
+        done.sort(key=lambda r: _at(r.finished_at), reverse=True)  # type: ignore[arg-type]
+        return [TaskEnd(r.state.value, r.created_at, r.started_at, r.finished_at) for r in done[:limit]]  # type: ignore[arg-type]
 
     def set_paused(self, queue: str, paused: bool) -> None:
         self._check_open()

@@ -176,6 +176,14 @@ def priority_of(prefix: str, topic: str) -> int | None:
     return None
 
 
+def queue_of(prefix: str, topic: str) -> str | None:
+    """The queue whose tasks ``topic`` holds (of any priority); None if it holds none."""
+    priority = priority_of(prefix, topic)
+    if priority is None:
+        return None
+    return topic[len(prefix) :] if priority == 0 else topic[len(_priority_prefix(prefix, priority)) :]
+
+
 def kafka_options(kafka: KafkaConnection | str) -> dict[str, Any]:
     """kafka-python client options for ``kafka`` (a bare address: PLAINTEXT), with raylane's quick reconnects."""
     conn = kafka if isinstance(kafka, KafkaConnection) else KafkaConnection(bootstrap=kafka)

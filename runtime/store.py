@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -85,6 +85,15 @@ def finished_states(states: Sequence[TaskState] | None, done: str = "purged") ->
     return list(states)
 
 
+class TaskEnd(NamedTuple):
+    """How one attempt ended, for charts: its state and when it was created, started and ended."""
+
+    state: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime
+
+
 class StatusStore(abc.ABC):
     """Contract of a status store.
 
@@ -120,6 +129,15 @@ class StatusStore(abc.ABC):
     @abc.abstractmethod
     def counts(self, query: TaskQuery) -> dict[str, int]:
         """Number of tasks per state among those matching ``query``."""
+
+    @abc.abstractmethod
+    def counts_by_queue(self, query: TaskQuery) -> dict[str, dict[str, int]]:
+        """Number of tasks per queue and state among those matching ``query``."""
+
+    @abc.abstractmethod
+    def ends(self, query: TaskQuery, since: datetime, limit: int = 10_000) -> list[TaskEnd]:
+        """How the tasks matching ``query`` that finished at or after ``since`` went, the latest
+        ``limit`` of them, newest first (a sample of the latest when there are more)."""
 
     @abc.abstractmethod
     def set_paused(self, queue: str, paused: bool) -> None:
@@ -288,6 +306,13 @@ def _mappings() -> dict:
             "will_retry": {"type": "boolean"},
         },
     }
+
+
+def _end_of(doc: dict) -> TaskEnd:
+    def at(v: str | None) -> datetime | None:
+        return datetime.fromisoformat(v) if v else None
+
+    return TaskEnd(doc["state"], at(doc["created_at"]), at(doc.get("started_at")), at(doc["finished_at"]))  # type: ignore[arg-type]
 
 
 class OpenSearchStore(StatusStore):
@@ -617,6 +642,37 @@ class OpenSearchStore(StatusStore):
         }
         resp = self._call(self._client.search, index=self.alias, body=body)
         return {b["key"]: b["doc_count"] for b in resp["aggregations"]["states"]["buckets"]}
+
+    def counts_by_queue(self, query: TaskQuery) -> dict[str, dict[str, int]]:
+        body = {
+            "query": self._filter(query),
+            "size": 0,
+            "track_total_hits": False,
+            "aggs": {
+                "queues": {
+                    "terms": {"field": "queue", "size": 1000},
+                    "aggs": {"states": {"terms": {"field": "state", "size": len(TaskState)}}},
+                }
+            },
+        }
+        resp = self._call(self._client.search, index=self.alias, body=body)
+        return {
+            q["key"]: {b["key"]: b["doc_count"] for b in q["states"]["buckets"]}
+            for q in resp["aggregations"]["queues"]["buckets"]
+        }
+
+    def ends(self, query: TaskQuery, since: datetime, limit: int = 10_000) -> list[TaskEnd]:
+        filters = self._filter(query)
+        filters["bool"]["filter"].append({"range": {"finished_at": {"gte": _utc(since)}}})
+        body = {
+            "query": filters,
+            "size": min(limit, 10_000),
+            "sort": [{"finished_at": "desc"}],
+            "_source": ["state", "created_at", "started_at", "finished_at"],
+            "track_total_hits": False,
+        }
+        hits = self._call(self._client.search, index=self.alias, body=body)["hits"]["hits"]
+        return [_end_of(h["_source"]) for h in hits]
 
     @property
     def _control_index(self) -> str:

@@ -23,7 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from raylane.errors import ConfigError
 from raylane.models import TENANT_PATTERN
 
-Scope = Literal["read", "write"]
+# read: look up, search and wait; write: also submit, cancel and retry; operator: also the
+# cluster's own views (queues, executors, dead letters) and pausing and resuming queues.
+Scope = Literal["read", "write", "operator"]
 _TOKEN = re.compile(r"^rl_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 
 
@@ -54,7 +56,13 @@ class Principal(BaseModel):
     @property
     def can_write(self) -> bool:
         """Whether the token may submit and cancel (a read token may only look)."""
-        return self.scope == "write"
+        return self.scope in ("write", "operator")
+
+    @property
+    def is_operator(self) -> bool:
+        """Whether the token may see the cluster's queues, executors and dead letters, and pause
+        and resume queues (its tasks are still its tenant's only)."""
+        return self.scope == "operator"
 
 
 def _digest(token: str) -> str:

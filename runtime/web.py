@@ -10,7 +10,7 @@ the page's own origin.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from raylane import charts
 from raylane.apicore import ApiProblem, context, decode_cursor, problem_of, task_filters, tenant_query
 from raylane.errors import RaylaneError
 from raylane.states import TaskState
@@ -48,6 +49,47 @@ _templates = Environment(
 )
 _templates.filters["when"] = _when
 _templates.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2)
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s" if value < 60 else f"{value / 60:.1f} min"
+
+
+_templates.filters["seconds"] = _seconds
+
+
+def timeline(r: Any, now: datetime | None = None) -> list[dict]:
+    """Every attempt of a task's record, oldest first: when it was queued (its task's creation,
+    or the end of the attempt before), started and ended, its wait and run in seconds, and the
+    bar that draws them on one scale (percent of the longest attempt)."""
+    now = now or datetime.now(UTC)
+    rows: list[dict] = []
+    queued = r.created_at
+    ends = [*r.attempts, r]
+    for a in ends:
+        state = a.state.value if isinstance(a.state, TaskState) else a.state
+        ended = a.finished_at if a.finished_at is not None else (None if state in ("PENDING", "SCHEDULED") else now)
+        start = a.started_at
+        rows.append(
+            {
+                "attempt": a.attempt,
+                "state": state,
+                "queued_at": queued,
+                "started_at": start,
+                "finished_at": a.finished_at,
+                "wait_s": ((start or ended or now) - queued).total_seconds(),
+                "run_s": (ended - start).total_seconds() if start and ended else None,
+            }
+        )
+        queued = a.finished_at or queued
+    longest = max((row["wait_s"] + (row["run_s"] or 0.0) for row in rows), default=0.0) or 1.0
+    for row in rows:
+        row["wait_pct"] = round(100 * row["wait_s"] / longest, 2)
+        row["run_pct"] = round(100 * (row["run_s"] or 0.0) / longest, 2)
+    return rows
+
 
 router = APIRouter(include_in_schema=False)
 """The web page's routes; ``raylane.api.build_app`` serves them beside the API's."""
@@ -192,6 +234,8 @@ _MESSAGES = {
     "retried": "A new attempt of the task was started.",
     "unfinished": "The task has not finished; only a finished task can be retried.",
     "bulk-cancelled": "The unfinished tasks that matched were cancelled.",
+    "paused": "The queue is paused: no task of it starts until it is resumed.",
+    "resumed": "The queue is resumed.",
 }
 MAX_BULK_CANCEL = 10_000  # tasks one cancel from the page ends at most
 
@@ -253,6 +297,7 @@ async def task_detail(request: Request, task_id: str):
         who,
         r=r,
         facts=facts,
+        timeline=timeline(r),
         can_cancel=not r.finished and who.can_write,
         can_retry=r.finished and who.can_write,
         message=_MESSAGES.get(request.query_params.get("msg", ""), ""),
@@ -287,3 +332,152 @@ async def _act(request: Request, task_id: str, method: str, done: str, refused: 
             raise
         msg = refused
     return RedirectResponse(f"/ui/tasks/{task_id}?msg={msg}", status_code=303)
+
+
+# ---------------------------------------------------------------- activity: charts
+
+
+def _chart(svg: str) -> Response:
+    return Response(svg, media_type="image/svg+xml", headers=_HEADERS)
+
+
+@router.get("/ui/activity")
+async def activity_page(request: Request):
+    """Charts of the tenant's tasks over a range: ends per bucket by state, queue wait and run
+    time percentiles, and the backlog per queue; they refresh every ten seconds."""
+    who = _who(request)
+    if who is None:
+        return _to_login()
+    chosen = request.query_params.get("range", "1h")
+    chosen = chosen if chosen in charts.RANGES else "1h"
+    now = datetime.now(UTC)
+    since, seconds = charts.window(now, chosen)
+    ctx = context(request)
+    ends = await ctx.call("ends", tenant_query(task_filters(), who).model_dump(), since)
+    buckets = charts.activity(ends, now, seconds)
+    done = [e for e in ends if e.started_at is not None]
+    summary = {
+        "ended": len(ends),
+        "succeeded": sum(e.state == "SUCCEEDED" for e in ends),
+        "wait_p50": charts.percentile([(e.started_at - e.created_at).total_seconds() for e in done], 50),
+        "run_p50": charts.percentile([(e.finished_at - e.started_at).total_seconds() for e in done], 50),
+        "run_p95": charts.percentile([(e.finished_at - e.started_at).total_seconds() for e in done], 95),
+        "per_minute": len(ends) / (seconds / 60),
+        "sampled": len(ends) >= 10_000,
+    }
+    return _page(
+        "activity.html",
+        "Activity",
+        who,
+        ranges=list(charts.RANGES),
+        chosen=chosen,
+        summary=summary,
+        width=charts.bucket_seconds(seconds),
+        buckets=len(buckets),
+    )
+
+
+@router.get("/ui/charts/{name}.svg")
+async def chart(request: Request, name: str):
+    """One chart of the activity page, as SVG: ``ended``, ``latency`` or ``backlog``."""
+    who = _who(request)
+    if who is None:
+        return Response("sign in", status_code=401)
+    chosen = request.query_params.get("range", "1h")
+    now = datetime.now(UTC)
+    since, seconds = charts.window(now, chosen)
+    ctx = context(request)
+    query = tenant_query(task_filters(), who).model_dump()
+    if name == "backlog":
+        queues = await ctx.call("queue_overview", who.tenant)
+        values = {
+            q["queue"]: {"PENDING": q["pending"], "SCHEDULED": q["scheduled"], "RUNNING": q["running"]} for q in queues
+        }
+        return _chart(
+            charts.bars("Backlog per queue, now", values, ["PENDING", "SCHEDULED", "RUNNING"], charts.LINE_COLOURS)
+        )
+    if name not in ("ended", "latency"):
+        return Response("no such chart", status_code=404)
+    buckets = charts.activity(await ctx.call("ends", query, since), now, seconds)
+    width = charts.bucket_seconds(seconds)
+    if name == "ended":
+        return _chart(charts.stacked_bars(f"Tasks ended per {_span(width)}, by state", buckets))
+    series = {
+        "queue wait p50": [charts.percentile(b.waits, 50) for b in buckets],
+        "queue wait p95": [charts.percentile(b.waits, 95) for b in buckets],
+        "run time p50": [charts.percentile(b.runs, 50) for b in buckets],
+        "run time p95": [charts.percentile(b.runs, 95) for b in buckets],
+    }
+    return _chart(charts.lines(f"Queue wait and run time per {_span(width)}", [b.start for b in buckets], series))
+
+
+def _span(seconds: int) -> str:
+    return f"{seconds // 60} min" if seconds >= 60 else f"{seconds} s"
+
+
+# ---------------------------------------------------------------- the operator's views
+
+
+def _operator(request: Request) -> tuple[Principal | None, Response | None]:
+    """The signed-in operator, or the answer for anyone else (sign in, or a page that says why)."""
+    who = _who(request)
+    if who is None:
+        return None, _to_login()
+    if not who.is_operator:
+        page = _page("operator.html", "Operators only", who)
+        page.status_code = 403
+        return None, page
+    return who, None
+
+
+@router.get("/ui/queues")
+async def queues_page(request: Request):
+    """Every queue: Kafka lag, PENDING, SCHEDULED and RUNNING tasks, and whether it is paused,
+    with pause and resume buttons (operator tokens only)."""
+    who, refused = _operator(request)
+    if refused is not None:
+        return refused
+    queues = await context(request).call("queue_overview", None)
+    message = _MESSAGES.get(request.query_params.get("msg", ""), "")
+    return _page("queues.html", "Queues", who, queues=queues, message=message)
+
+
+@router.get("/ui/queues.json")
+async def queues_live(request: Request):
+    """The queue table's numbers, for its live refresh."""
+    who = _who(request)
+    if who is None or not who.is_operator:
+        return JSONResponse({"error": "an operator token is needed"}, status_code=403)
+    return {"queues": await context(request).call("queue_overview", None)}
+
+
+@router.post("/ui/queues/{queue}/{action}")
+async def queue_switch(request: Request, queue: str, action: str):
+    """Pause or resume a queue from the queue view."""
+    _, refused = _operator(request)
+    if refused is not None:
+        return refused
+    if not _same_origin(request) or action not in ("pause", "resume"):
+        return Response("not allowed", status_code=403)
+    await context(request).call("set_paused", queue, action == "pause")
+    return RedirectResponse(f"/ui/queues?msg={action}d", status_code=303)
+
+
+@router.get("/ui/executors")
+async def executors_page(request: Request):
+    """Every Executor: its node, tasks running, Ray tasks and lease (operator tokens only)."""
+    who, refused = _operator(request)
+    if refused is not None:
+        return refused
+    executors = await context(request).call("executor_overview")
+    return _page("executors.html", "Executors", who, executors=executors)
+
+
+@router.get("/ui/dlq")
+async def dead_letters_page(request: Request):
+    """The newest dead letters, with the reason each was set aside (operator tokens only)."""
+    who, refused = _operator(request)
+    if refused is not None:
+        return refused
+    letters = await context(request).call("dead_letters", 100)
+    return _page("dlq.html", "Dead letters", who, letters=letters)

@@ -302,6 +302,25 @@ class StoreContract:
         assert found(contract_store.overdue_scheduled(now, set(), 10_000)) == {due.id}
         assert found(contract_store.unfinished_retries(now - timedelta(minutes=1), 10_000)) == {half.id}
 
+    def test_counts_by_queue_and_ends(self, contract_store: StatusStore):
+        tag = uuid.uuid4().hex[:12]
+        now = datetime.now(UTC)
+        a = [pending(queue="qa", tags=[tag]) for _ in range(3)]
+        b = pending(queue="qb", tags=[tag])
+        ran = a[0].moved_to(TaskState.RUNNING, started_at=now - timedelta(seconds=5))
+        done = ran.moved_to(TaskState.SUCCEEDED, finished_at=now - timedelta(seconds=1))
+        old = a[1].moved_to(TaskState.RUNNING).moved_to(TaskState.FAILED, finished_at=now - timedelta(hours=2))
+        assert all(o.accepted for o in contract_store.write_many([*a, b, ran, done, old]))
+        contract_store.refresh()
+        assert contract_store.counts_by_queue(TaskQuery(tags=[tag])) == {
+            "qa": {"SUCCEEDED": 1, "FAILED": 1, "PENDING": 1},
+            "qb": {"PENDING": 1},
+        }
+        [end] = contract_store.ends(TaskQuery(tags=[tag]), now - timedelta(hours=1))
+        assert end.state == "SUCCEEDED" and end.created_at == done.created_at
+        assert end.started_at == done.started_at and end.finished_at == done.finished_at
+        assert len(contract_store.ends(TaskQuery(tags=[tag]), now - timedelta(hours=3))) == 2
+
     def test_workflow_tasks_found_by_workflow_and_while_they_wait(self, contract_store: StatusStore):
         now = datetime.now(UTC)
         flow_id = uuid.uuid4().hex

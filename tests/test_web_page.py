@@ -183,3 +183,114 @@ def test_cancel_by_search_with_its_count_and_retry_from_the_page(browser, http_a
     browser.find_element(By.ID, "retry").click()
     wait_until(lambda: "new attempt" in browser.page_source, timeout=10, what="the retry")
     wait_until(lambda: rl.get(failed).attempt == 1, timeout=30, what="the new attempt")
+
+
+def test_the_operator_views_in_the_browser(browser, http_api, unique, rl):
+    """Activity charts, the queue view (pause and resume by keyboard, live numbers), executors,
+    dead letters and a task's timeline, each driven in Chromium and saved as a screenshot."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    def text_of(element_id: str) -> str:
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        for _ in range(10):
+            try:
+                found = browser.find_elements(By.ID, element_id)
+                return found[0].text if found else ""
+            except StaleElementReferenceException:
+                continue
+        return ""
+
+    def cell(queue: str, column: str) -> str:
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        try:
+            rows = browser.find_elements(By.CSS_SELECTOR, f'tr.queue[data-queue="{queue}"] td.{column}')
+            return rows[0].text if rows else ""
+        except StaleElementReferenceException:
+            return ""
+
+    tenant = f"op-{unique}"
+    token = http_api.token(tenant, "operator")
+    api = http_api.client(token)
+    queue = f"ops-{unique}"
+    from raylane.builtin import echo
+
+    echo.options(queue=queue).submit("makes the queue").result(timeout=60)
+
+    def post(**t):
+        resp = api.post(f"{http_api.url}{API}/tasks", json=t)
+        assert resp.status_code == 201, resp.text
+        return resp.json()["id"]
+
+    retried = post(name="test.http.fail", args=["first try"], max_retries=1)
+    for i in range(20):
+        post(name="raylane.echo", args=[i])
+    assert api.get(f"{http_api.url}{API}/tasks/{retried}/wait").json()["state"] == "FAILED"
+
+    browser.get(f"{http_api.url}/login")
+    browser.find_element(By.ID, "token").send_keys(token)
+    browser.find_element(By.ID, "sign-in").click()
+    wait_until(lambda: browser.current_url.endswith("/ui"), timeout=10, what="the task page")
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    # Activity: the tenant's ends in numbers and in three charts that say what they show.
+    rl.refresh()
+    browser.get(f"{http_api.url}/ui/activity?range=15m")
+    wait_until(lambda: int(text_of("s-ended") or 0) >= 21, timeout=30, what="the ends counted")
+    charts = browser.find_elements(By.CSS_SELECTOR, "img.chart")
+    assert len(charts) == 3 and all(c.get_attribute("alt") for c in charts)
+    wait_until(
+        lambda: all(browser.execute_script("return arguments[0].naturalWidth", c) == 720 for c in charts),
+        timeout=20,
+        what="the charts drawn",
+    )
+    assert browser.save_screenshot(str(ARTIFACTS / "ops-activity.png"))
+
+    # Queues: pause by keyboard; a task sent meanwhile waits and shows live; resume; it runs.
+    def queue_listed() -> bool:
+        # The consumers find a new queue's topic within a few seconds.
+        browser.get(f"{http_api.url}/ui/queues")
+        return bool(browser.find_elements(By.ID, f"pause-{queue}"))
+
+    wait_until(queue_listed, timeout=60, what="the new queue in the queue view")
+    button = browser.find_element(By.ID, f"pause-{queue}")
+    button.send_keys(Keys.ENTER)
+    wait_until(lambda: "paused" in text_of("message"), timeout=10, what="the pause")
+    assert cell(queue, "paused") == "paused"
+    waiting = echo.options(queue=queue).submit("waits")
+    rl.refresh()
+    wait_until(lambda: cell(queue, "pending") == "1", timeout=20, what="the waiting task shown live")
+    assert rl.get(waiting.id).state.value == "PENDING"
+    assert browser.save_screenshot(str(ARTIFACTS / "ops-queues.png"))
+    browser.find_element(By.ID, f"resume-{queue}").send_keys(Keys.ENTER)
+    wait_until(lambda: "resumed" in text_of("message"), timeout=10, what="the resume")
+    assert waiting.result(timeout=60) == {"args": ["waits"], "kwargs": {}}
+
+    # Executors: each with its node, running tasks and lease.
+    browser.get(f"{http_api.url}/ui/executors")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#executors tr.executor")
+    assert rows and "Executor" in rows[0].text and " s" in rows[0].find_element(By.CSS_SELECTOR, ".lease").text
+    assert browser.save_screenshot(str(ARTIFACTS / "ops-executors.png"))
+
+    # Dead letters: the table, or a line saying there are none.
+    browser.get(f"{http_api.url}/ui/dlq")
+    assert browser.find_elements(By.ID, "dead-letters") or browser.find_elements(By.ID, "no-letters")
+    assert browser.save_screenshot(str(ARTIFACTS / "ops-dead-letters.png"))
+
+    # A task's timeline: both attempts of the retried task, on one scale.
+    browser.get(f"{http_api.url}/ui/tasks/{retried}")
+    attempts = browser.find_elements(By.CSS_SELECTOR, "#timeline tr.attempt")
+    assert [a.find_element(By.CSS_SELECTOR, ".state").text for a in attempts] == ["FAILED", "FAILED"]
+    assert all(a.find_element(By.CSS_SELECTOR, ".run").text != "–" for a in attempts)
+    assert browser.save_screenshot(str(ARTIFACTS / "ops-task-timeline.png"))
+
+    # A token that is not an operator's sees none of this.
+    browser.delete_all_cookies()
+    browser.get(f"{http_api.url}/login")
+    browser.find_element(By.ID, "token").send_keys(http_api.token(f"nop-{unique}"))
+    browser.find_element(By.ID, "sign-in").click()
+    wait_until(lambda: browser.current_url.endswith("/ui"), timeout=10, what="the task page")
+    browser.get(f"{http_api.url}/ui/queues")
+    assert text_of("operators-only") and not browser.find_elements(By.ID, "queues")
