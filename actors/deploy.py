@@ -18,8 +18,10 @@ from raylane.compat import kv_del, kv_get, kv_put
 from raylane.config import REVEAL
 from raylane.errors import StackError
 from raylane.protocol import (
+    MAX_WAITS,
     QUEUE_CONSUMER,
     REQUEST_HANDLER,
+    WAITS,
     ActorConfig,
     executor_name,
     find_request_handler,
@@ -40,6 +42,15 @@ def _options(config: ActorConfig, name: str) -> dict:
 # without bound; they run without Ray's metrics (raylane's own come from the other actors).
 # Child tasks inherit an actor's runtime environment, so this covers the workers too.
 _EXECUTOR_ENV = {"env_vars": {"RAY_enable_metrics_collection": "0"}}
+# Held waits have places of their own: however many there are, a write or a submit finds one.
+_WAITS = {WAITS: MAX_WAITS}
+
+
+def _with_waits(cls: type) -> Any:
+    """``cls`` as a Ray actor class with the ``waits`` concurrency group (which Ray takes only
+    here, not in ``.options``)."""
+    remote: Any = ray.remote  # its type stubs do not list concurrency_groups
+    return remote(concurrency_groups=_WAITS)(cls)
 
 
 def create_actors(config: ActorConfig) -> list:
@@ -50,7 +61,7 @@ def create_actors(config: ActorConfig) -> list:
     """
     # Actor handles are dynamic (methods are reached through .remote): typed as Any.
     keepers: list[Any] = [
-        ray.remote(StatusKeeper).options(**_options(config, keeper_name(k))).remote(config, k)
+        _with_waits(StatusKeeper).options(**_options(config, keeper_name(k))).remote(config, k)
         for k in range(config.keepers)
     ]
     ray.get([k.get_stats.remote() for k in keepers])
@@ -68,7 +79,7 @@ def create_actors(config: ActorConfig) -> list:
         for i in range(config.consumers)
     ]
     ray.get([a.ensure_running.remote() for a in [*keepers, *executors, *members]])
-    handler: Any = ray.remote(RequestHandler).options(**_options(config, REQUEST_HANDLER)).remote(config)
+    handler: Any = _with_waits(RequestHandler).options(**_options(config, REQUEST_HANDLER)).remote(config)
     ray.get(handler.task_names.remote())
     return [handler, *keepers, *executors, *members]
 

@@ -26,7 +26,7 @@ from datetime import timedelta
 import ray
 
 from raylane.actors.common import Background, PrioritySlots
-from raylane.actors.fencing import FENCE_MARGIN_S, HEARTBEAT_EVERY_S
+from raylane.actors.fencing import FENCE_MARGIN_S, HEARTBEAT_EVERY_S, LEASE_TTL_S
 from raylane.actors.finishing import Finisher, own_claim
 from raylane.actors.grouping import plan, wait_allowance
 from raylane.actors.keepers import Keepers
@@ -357,5 +357,6 @@ class Executor:
             ray_tasks=self._runs.ray_tasks_now(),
             incarnation=self._lease.incarnation,
             lease_left_s=round(self._lease.remaining(), 3),
+            lease_age_s=round(LEASE_TTL_S - self._lease.remaining(), 3),  # since its last renewal began
             max_running=self.config.max_running,
         )

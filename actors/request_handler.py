@@ -46,6 +46,7 @@ from raylane.models import (
 )
 from raylane.protocol import (
     QUEUE_CONSUMER,
+    WAITS,
     ActorConfig,
     executor_name,
     keeper_of_key,
@@ -448,6 +449,7 @@ class RequestHandler:
             raise
         return [nxt if o.accepted else None for (nxt, _), o in zip(nexts, outcomes, strict=True)]
 
+    @ray.method(concurrency_group=WAITS)
     @replies_errors
     async def wait(self, task_id: str, timeout_s: float, tenant: str | None = None) -> TaskRecord:
         """The task's record once it is terminal, or its current record after ``timeout_s``
@@ -480,6 +482,7 @@ class RequestHandler:
             if not task_ids:
                 return []
 
+    @ray.method(concurrency_group=WAITS)
     @replies_errors
     async def wait_many(
         self, task_ids: list[str], timeout_s: float, read_store: bool = True, tenant: str | None = None

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from raylane.actors.scheduler import Scheduler
 from raylane.actors.workflows import Flows
 from raylane.errors import StoreUnavailable
 from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, utcnow
-from raylane.protocol import ActorConfig, executor_name, keeper_of
+from raylane.protocol import WAITS, ActorConfig, executor_name, keeper_of
 from raylane.queue import TaskQueue
 from raylane.states import TaskState
 from raylane.store import TaskQuery
@@ -50,7 +51,11 @@ class _Running:
 class _Waiter:
     """One caller waiting for terminal records of ``expected`` tasks: woken by the first, it takes
     what else arrives in the next ``gather_s`` too, so a busy keeper answers in batches. Once
-    every task it waits for has arrived there is nothing to gather: it answers at once."""
+    every task it waits for has arrived there is nothing to gather: it answers at once.
+
+    Waits run on the keeper's ``waits`` event loop, writes on its default one (each Ray
+    concurrency group has a loop of its own, on a thread of its own): ``deliver`` is called
+    from the writes' loop and hands the record over to the waiter's."""
 
     def __init__(self, gather_s: float, expected: int):
         self.records: list[TaskRecord] = []
@@ -58,8 +63,13 @@ class _Waiter:
         self.complete = asyncio.Event()
         self.gather_s = gather_s
         self.expected = expected
+        self._loop = asyncio.get_running_loop()
 
     def deliver(self, record: TaskRecord) -> None:
+        """Hand ``record`` to the waiter (from any thread)."""
+        self._loop.call_soon_threadsafe(self._take_one, record)
+
+    def _take_one(self, record: TaskRecord) -> None:
         self.records.append(record)
         self.arrived.set()
         if len(self.records) >= self.expected:
@@ -109,6 +119,9 @@ class StatusKeeper:
         self._running: dict[str, _Running] = {}
         self._recent: OrderedDict[str, tuple[int, TaskState]] = OrderedDict()  # id -> (attempt, terminal state)
         self._waiters: dict[str, list[_Waiter]] = {}
+        # Waiters are added on the waits' loop and taken on the writes': this lock keeps "seen to
+        # end" and "waiting" from missing each other.
+        self._waiting_lock = threading.Lock()
         self._executors: dict | None = None
         self._leases = LeaseObserver()
         self._observed = 0.0
@@ -248,7 +261,8 @@ class StatusKeeper:
                 ended = self._recent.get(record.id)
                 if ended is not None and not record.terminal and ended[0] < record.attempt:
                     # Started again (raylane.retry): a wait on it is for the new attempt's end.
-                    del self._recent[record.id]
+                    with self._waiting_lock:
+                        self._recent.pop(record.id, None)
             if record.terminal:
                 self._after_terminal(record, outcome.accepted)
         return outcomes
@@ -270,11 +284,12 @@ class StatusKeeper:
             return  # not over: a new attempt follows
         if record.in_workflow:
             self._move_on(record)
-        self._recent[record.id] = (record.attempt, record.state)
-        self._recent.move_to_end(record.id)
-        while len(self._recent) > _RECENT_TERMINAL:
-            self._recent.popitem(last=False)
-        waiters = self._waiters.pop(record.id, [])
+        with self._waiting_lock:
+            self._recent[record.id] = (record.attempt, record.state)
+            self._recent.move_to_end(record.id)
+            while len(self._recent) > _RECENT_TERMINAL:
+                self._recent.popitem(last=False)
+            waiters = self._waiters.pop(record.id, [])
         if waiters:
             final = record.unpack()
             for waiter in waiters:
@@ -479,6 +494,7 @@ class StatusKeeper:
             executor.kill.remote(task_id, attempt)
 
     # ----- waiting
+    @ray.method(concurrency_group=WAITS)
     async def wait_any(
         self, task_ids: list[str], timeout_s: float, gather_s: float = 0.02
     ) -> tuple[list[TaskRecord], list[str]]:
@@ -486,23 +502,27 @@ class StatusKeeper:
         is (taking what else comes in the next ``gather_s``), or with none after ``timeout_s``.
 
         The ids of tasks this keeper saw finish before the call come back at once, in the second
-        list, without their records (the caller reads the store for them)."""
-        self._ensure_loops()
-        known = [i for i in task_ids if i in self._recent]
-        if known:
-            return [], known
+        list, without their records (the caller reads the store for them).
+
+        Waits have a concurrency group of their own (``WAITS``): any number of held waits never
+        takes a place a status write needs."""
         waiter = _Waiter(gather_s, len(set(task_ids)))
-        for task_id in task_ids:
-            self._waiters.setdefault(task_id, []).append(waiter)
+        with self._waiting_lock:
+            known = [i for i in task_ids if i in self._recent]
+            if known:
+                return [], known
+            for task_id in task_ids:
+                self._waiters.setdefault(task_id, []).append(waiter)
         try:
             return list(await waiter.take(timeout_s)), []
         finally:
-            for task_id in task_ids:
-                waiters = self._waiters.get(task_id)
-                if waiters is not None:
-                    waiters[:] = [w for w in waiters if w is not waiter]
-                    if not waiters:
-                        del self._waiters[task_id]
+            with self._waiting_lock:
+                for task_id in task_ids:
+                    waiters = self._waiters.get(task_id)
+                    if waiters is not None:
+                        waiters[:] = [w for w in waiters if w is not waiter]
+                        if not waiters:
+                            del self._waiters[task_id]
 
     async def get_stats(self) -> dict:
         """Counters of writes, rejections, timeouts and kills, plus tasks being watched and the

@@ -28,6 +28,10 @@ STATUS_KEEPER = "StatusKeeper"
 EXECUTOR = "Executor"
 REQUEST_HANDLER = "RequestHandler"
 QUEUE_CONSUMER = "QueueConsumer"
+# The Ray concurrency group of the StatusKeeper's and the RequestHandler's waits, apart from
+# their writes and submits (DESIGN.md, "Control plane at scale").
+WAITS = "waits"
+MAX_WAITS = 10_000  # waits one actor holds at once
 
 
 def find_request_handler(namespace: str):

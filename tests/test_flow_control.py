@@ -129,3 +129,25 @@ def test_a_tenant_over_its_quota_gets_429_with_nothing_written(http_api, unique)
     for task_id in ids:
         assert s.post(f"{url}/tasks/{task_id}/cancel").status_code == 200
     wait_until(lambda: s.post(f"{url}/tasks", json={"name": "raylane.echo"}).status_code == 201, 10, 0.3)
+
+
+def test_held_waits_never_take_the_place_of_a_status_write(rl):
+    # Given as many held waits on the StatusKeeper as an actor takes calls at once
+    from raylane.protocol import MAX_WAITS
+
+    keeper = ray.get_actor(keeper_name(0), namespace="raylane")
+    held = [keeper.wait_any.remote([f"{i:032x}"], 40.0) for i in range(MAX_WAITS)]
+
+    def all_held() -> bool:
+        try:
+            return ray.get(keeper.get_stats.remote(), timeout=5)["waiters"] >= MAX_WAITS
+        except ray.exceptions.GetTimeoutError:  # the keeper takes no call at all
+            return False
+
+    wait_until(all_held, timeout=15, what="the keeper to hold every wait and still answer")
+    # Then a task's claim and end, both written through that keeper, go through meanwhile
+    # (its state is read from the store, not waited for: every wait's place is taken)
+    h = nap.submit(0.0)
+    wait_until(lambda: h.status() is TaskState.SUCCEEDED, timeout=15, what="the task to end while waits are held")
+    assert sum(1 for _ in ray.wait(held, num_returns=len(held), timeout=0)[0]) == 0  # still held
+    ray.get(held, timeout=90)

@@ -17,31 +17,31 @@ import raylane
 from raylane.states import TaskState
 
 
-@raylane.task(name="test.flow.add")
+@raylane.task(name="test.wf.add")
 def add(a: int, b: int) -> int:
     """a + b."""
     return a + b
 
 
-@raylane.task(name="test.flow.double")
+@raylane.task(name="test.wf.double")
 def double(x: int) -> int:
     """2x."""
     return 2 * x
 
 
-@raylane.task(name="test.flow.total")
+@raylane.task(name="test.wf.total")
 def total(xs: list[int], plus: int = 0) -> int:
     """The sum of ``xs``, plus ``plus``."""
     return sum(xs) + plus
 
 
-@raylane.task(name="test.flow.boom")
+@raylane.task(name="test.wf.boom")
 def boom(x: int) -> int:
     """Always fails."""
     raise ValueError(f"boom on {x}")
 
 
-@raylane.task(name="test.flow.nap")
+@raylane.task(name="test.wf.nap")
 def nap(seconds: float, mark: str = "") -> float:
     """Sleeps, then leaves ``mark`` behind (a file) if given."""
     time.sleep(seconds)
@@ -50,7 +50,7 @@ def nap(seconds: float, mark: str = "") -> float:
     return seconds
 
 
-@raylane.task(name="test.flow.echo_none")
+@raylane.task(name="test.wf.echo_none")
 def echo_none(x: object = None) -> object:
     """Returns what it was given."""
     return x
@@ -60,7 +60,7 @@ def test_a_chain_passes_each_result_to_the_next(rl):
     wf = raylane.chain(add.s(1, 2), double.s(), double.s()).submit()
     assert wf.result(timeout=60) == 12
     records = wf.records()
-    assert [r.name for r in records] == ["test.flow.add", "test.flow.double", "test.flow.double"]
+    assert [r.name for r in records] == ["test.wf.add", "test.wf.double", "test.wf.double"]
     assert all(r.state is TaskState.SUCCEEDED and r.workflow_id == wf.id for r in records)
     first, second, third = records
     assert first.parent_id is None and second.parent_id == first.id and third.parent_id == second.id

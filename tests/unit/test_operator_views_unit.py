@@ -99,7 +99,7 @@ class OperatorContext(ApiContext):
         if method == "executor_overview":
             return [
                 {"name": "Executor", "alive": True, "node": "n" * 40, "running": 4, "ray_tasks": 2,
-                 "max_running": 32, "lease_left_s": 9.5, "incarnation": "abc", "started": 10},
+                 "max_running": 32, "lease_left_s": 9.5, "lease_age_s": 0.5, "incarnation": "abc", "started": 10},
                 {"name": "Executor-1", "alive": False, "node": None},
             ]  # fmt: skip
         if method == "dead_letters":
@@ -148,7 +148,8 @@ def test_the_operator_views_show_queues_executors_and_dead_letters(views):
     moved = client.post("/ui/queues/default/resume", follow_redirects=False)
     assert moved.status_code == 303 and ("set_paused", "default", False) in ctx.calls
     executors = client.get("/ui/executors").text
-    assert '<td class="running">4</td>' in executors and "9.5 s" in executors and "not answering" in executors
+    assert '<td class="running">4</td>' in executors and "9.5 s" in executors and "0.5 s ago" in executors
+    assert "not answering" in executors
     dlq = client.get("/ui/dlq").text
     assert HOSTILE not in dlq and "raylane.tasks.default/0@5" in dlq
     activity = client.get("/ui/activity?range=15m")
