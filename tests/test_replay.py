@@ -89,8 +89,12 @@ def test_a_task_not_finished_is_not_retried_and_nothing_is_written(rl, tmp_path,
 
 
 def test_retries_racing_start_one_attempt_that_runs_once(rl, tmp_path, unique):
-    [h] = _failed(tmp_path, range(1), f"rpr-{unique}")
+    queue = f"rpr-{unique}"
+    [h] = _failed(tmp_path, range(1), queue)
     (tmp_path / "ready").touch()
+    # The new attempt waits in its paused queue while the retries race: one that came after it
+    # had ended could rightly start yet another attempt.
+    rl.pause(queue)
 
     def retry() -> str:
         try:
@@ -102,6 +106,7 @@ def test_retries_racing_start_one_attempt_that_runs_once(rl, tmp_path, unique):
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
         outcomes = list(pool.map(lambda _: retry(), range(10)))
     assert outcomes.count("started") == 1, outcomes
+    rl.resume(queue)
     assert raylane.wait(h.id, timeout=60).state is TaskState.SUCCEEDED
     assert h.record().attempt == 1 and _runs(tmp_path, 0) == 2
 
