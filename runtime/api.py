@@ -304,6 +304,9 @@ def _request(sub: TaskSubmission, who: Principal) -> dict:
 router = APIRouter()
 """The JSON API's routes (``build_app`` serves them beside the web page's)."""
 
+# How many tasks one call that acts on a search (cancel, replay) acts on at most.
+BulkLimit = Annotated[int, Query(ge=1, le=10_000, description="at most this many tasks")]
+
 
 @router.get("/healthz", response_model=Health, operation_id="healthz", tags=["health"], responses=_responses(503))
 async def healthz(ctx: Ctx) -> Health:
@@ -464,7 +467,7 @@ async def replay_tasks(
     filters: Filters,
     who: Writer,
     ctx: Ctx,
-    limit: Annotated[int, Query(ge=1, le=10_000, description="at most this many tasks")] = 1000,
+    limit: BulkLimit = 1000,
 ) -> Replayed:
     """A new attempt of each of the tenant's finished tasks matching every filter (``state``
     FAILED unless given; only terminal states), newest first."""
@@ -490,7 +493,7 @@ async def cancel_tasks(
     filters: Filters,
     who: Writer,
     ctx: Ctx,
-    limit: Annotated[int, Query(ge=1, le=10_000, description="at most this many tasks")] = 1000,
+    limit: BulkLimit = 1000,
 ) -> Cancelled:
     """Cancel each of the tenant's unfinished tasks matching every filter (``state`` may name
     PENDING, SCHEDULED and RUNNING only); running ones are killed. ``GET /api/v1/counts`` with

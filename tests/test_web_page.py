@@ -14,6 +14,21 @@ API = "/api/v1"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
+def _text_of(browser, element_id: str) -> str:
+    """The text of the element ``element_id`` ("" if there is none). The page redraws itself as
+    tasks change: an element found may be replaced before its text is read; then the new one is."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    for _ in range(10):
+        try:
+            found = browser.find_elements(By.ID, element_id)
+            return found[0].text if found else ""
+        except StaleElementReferenceException:
+            continue
+    return ""
+
+
 @pytest.fixture
 def browser():
     from selenium import webdriver
@@ -43,17 +58,7 @@ def test_sign_in_search_open_and_cancel(browser, http_api, unique, rl):
     from selenium.webdriver.support.ui import Select
 
     def text_of(element_id: str) -> str:
-        # The page redraws itself as the task changes: an element found may be replaced before
-        # its text is read. Then the new one is read.
-        from selenium.common.exceptions import StaleElementReferenceException
-
-        for _ in range(10):
-            try:
-                found = browser.find_elements(By.ID, element_id)
-                return found[0].text if found else ""
-            except StaleElementReferenceException:
-                continue
-        return ""
+        return _text_of(browser, element_id)
 
     tenant = f"w-{unique}"
     token = http_api.token(tenant)
@@ -192,15 +197,7 @@ def test_the_operator_views_in_the_browser(browser, http_api, unique, rl):
     from selenium.webdriver.common.keys import Keys
 
     def text_of(element_id: str) -> str:
-        from selenium.common.exceptions import StaleElementReferenceException
-
-        for _ in range(10):
-            try:
-                found = browser.find_elements(By.ID, element_id)
-                return found[0].text if found else ""
-            except StaleElementReferenceException:
-                continue
-        return ""
+        return _text_of(browser, element_id)
 
     def cell(queue: str, column: str) -> str:
         from selenium.common.exceptions import StaleElementReferenceException
