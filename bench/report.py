@@ -45,6 +45,7 @@ def markdown(r: dict) -> str:
         "kafka_bytes_per_task",
         "lookup_growth",
         "search_growth",
+        "busiest_keeper_share",
     ):
         lines.append(f"| `{key}` | {_fmt(r.get(key))} |")
     lines += ["", "| target | measured | met |", "|---|---|---|"]
@@ -53,10 +54,22 @@ def markdown(r: dict) -> str:
         t = target(r)
         met = "–" if v is None else ("yes" if (v >= t if op == ">=" else v <= t) else "no")
         lines.append(f"| {label} | {_fmt(v)} | {met} |")
-    for part in ("ray", "celery", "dramatiq", "rtt", "floor", "burst", "timed_burst"):
+    for part in ("ray", "celery", "dramatiq", "rtt", "floor", "burst", "timed_burst", "keepers"):
         if part in r:
             lines += ["", f"## {part}", "", "| | |", "|---|---|"]
             lines += [f"| {k} | {_fmt(v) if not isinstance(v, dict) else json.dumps(v)} |" for k, v in r[part].items()]
+    bursts = [p for p in ("burst", "timed_burst", "keepers") if (r.get(p) or {}).get("cpu_ms_per_task_by_process")]
+    if bursts:
+        by = {p: r[p]["cpu_ms_per_task_by_process"] for p in bursts}
+        names = list(dict.fromkeys(k for p in bursts for k in by[p]))
+        lines += [
+            "",
+            "## CPU per task by process (ms)",
+            "",
+            "| process | " + " | ".join(bursts) + " |",
+            "|---|" + "---|" * len(bursts),
+        ]
+        lines += [f"| {n} | " + " | ".join(_fmt(by[p].get(n)) for p in bursts) + " |" for n in names]
     soak = r.get("soak")
     if soak:
         lines += [

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import raylane
+from raylane.bench.processes import RoleMeter, keeper_shares, per_task
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
 
@@ -498,7 +499,7 @@ def bench_burst(n: int, chunk: int = 1000, progress: bool = True, timeout: float
     req0, kb0 = os_requests(store.client), kafka_log_bytes(settings, topic_prefix)
     wall0 = time.time()
     handles = []
-    with Meter() as m:
+    with Meter() as m, RoleMeter(settings.namespace) as roles:
         for i in range(0, n, chunk):
             handles += fn.submit_many([(j,) for j in range(i, min(n, i + chunk))])
         submitted_s = time.perf_counter() - m.t0
@@ -534,6 +535,9 @@ def bench_burst(n: int, chunk: int = 1000, progress: bool = True, timeout: float
         "submit_to_result_p50_ms": _r(pct(to_end, 50)),
         "submit_to_result_p99_ms": _r(pct(to_end, 99)),
         "cpu_ms_per_task": _r(m.cpu_ms / n, 3),
+        # Each actor (and the stack's other processes) on its own: what a scale estimate builds on.
+        "cpu_ms_per_task_by_process": per_task(roles.by_role, m.cpu_ms, n),
+        "keeper_cpu_shares": keeper_shares(roles.by_role),
         "os_requests": requests,
         "os_requests_per_transition": _r(requests / (3 * n), 4),
         "kafka_bytes_per_task": None if kb0 is None or kb1 is None else _r((kb1 - kb0) / n, 1),
@@ -711,44 +715,62 @@ def _drop_index(store) -> None:
 # ---------------------------------------------------------------- cost growth: consumers
 
 
+def _child_burst(settings_env: dict[str, str], n: int) -> dict:
+    """One burst of ``n`` tasks through a deployment of its own (own namespace, topics and index,
+    configured by ``settings_env``), run in a child process and removed afterwards; its figures,
+    or ``error``."""
+    tag = uuid.uuid4().hex[:6]
+    env = {
+        **os.environ,
+        **settings_env,
+        "RAYLANE_NAMESPACE": f"raylane-bench-{tag}",
+        "RAYLANE_TOPIC_PREFIX": f"raylane-bench-{tag}.",
+        "RAYLANE_INDEX_ALIAS": f"raylane-bench-{tag}",
+        "RAYLANE_DLQ_TOPIC": f"raylane-bench-{tag}.dlq",
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "raylane.bench.scale", "--n", str(n)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    from raylane.bench.scale import RESULT_PREFIX
+
+    lines = [line[len(RESULT_PREFIX) :] for line in run.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if run.returncode != 0 or not lines:
+        say(f"  failed: {(run.stdout + run.stderr)[-2000:]}")
+        return {"error": (run.stdout + run.stderr)[-2000:]}
+    return json.loads(lines[-1])
+
+
 def bench_scale(counts: tuple[int, ...], n: int) -> list[dict]:
-    """Throughput with N consumers over N partitions, each a deployment of its own (own namespace,
-    topics and index), run in a child process and removed afterwards."""
+    """Throughput with N consumers over N partitions, each a deployment of its own."""
     out = []
     for k in counts:
-        tag = uuid.uuid4().hex[:6]
-        env = {
-            **os.environ,
-            "RAYLANE_CONSUMERS": str(k),
-            "RAYLANE_PARTITIONS": str(k),
-            "RAYLANE_NAMESPACE": f"raylane-bench-{tag}",
-            "RAYLANE_TOPIC_PREFIX": f"raylane-bench-{tag}.",
-            "RAYLANE_INDEX_ALIAS": f"raylane-bench-{tag}",
-            "RAYLANE_DLQ_TOPIC": f"raylane-bench-{tag}.dlq",
-        }
         say(f"{k} consumer(s) over {k} partition(s): {n:,} tasks")
-        run = subprocess.run(
-            [sys.executable, "-m", "raylane.bench.scale", "--n", str(n)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=1800,
-        )
-        from raylane.bench.scale import RESULT_PREFIX
-
-        lines = [line[len(RESULT_PREFIX) :] for line in run.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-        if run.returncode != 0 or not lines:
-            out.append({"consumers": k, "partitions": k, "error": (run.stdout + run.stderr)[-2000:]})
-            say(f"  failed: {(run.stdout + run.stderr)[-2000:]}")
-            continue
-        row = json.loads(lines[-1])
+        row = _child_burst({"RAYLANE_CONSUMERS": str(k), "RAYLANE_PARTITIONS": str(k)}, n)
         out.append({"consumers": k, "partitions": k, **row})
         say(f"  {row.get('tasks_per_s')} tasks/s")
     return out
 
 
+def bench_keepers(keepers: int, n: int) -> dict:
+    """A burst through a deployment of ``keepers`` StatusKeepers (and as many consumers and
+    partitions): how evenly the keepers share the work, by the CPU each used."""
+    say(f"{keepers} keepers: {n:,} tasks")
+    env = {"RAYLANE_KEEPERS": str(keepers), "RAYLANE_CONSUMERS": str(keepers), "RAYLANE_PARTITIONS": str(keepers)}
+    row = _child_burst(env, n)
+    shares = row.get("keeper_cpu_shares") or []
+    if shares:
+        row["busiest_keeper_share"] = max(shares)
+        row["busiest_keeper_target"] = round(1 / keepers + 0.10, 3)
+    return {"keepers": keepers, **row}
+
+
 # ---------------------------------------------------------------- the run
 
+SHARDED_KEEPERS = 3  # the keepers part's deployment
 TARGETS = [
     # key, label, how the target is computed from the results, comparison
     ("celery_ratio", "raylane tasks/s ≥ 2× Celery's", lambda r: 2.0, ">="),
@@ -759,11 +781,17 @@ TARGETS = [
     ("rtt_p50_ms", "unloaded submit-to-result p50 ≤ 15 ms", lambda r: 15.0, "<="),
     ("rtt_p99_ms", "unloaded submit-to-result p99 ≤ 50 ms", lambda r: 50.0, "<="),
     ("lookup_growth", "status lookup p50 within 2× from 10^4 to 10^6 records", lambda r: 2.0, "<="),
+    (
+        "busiest_keeper_share",
+        f"with {SHARDED_KEEPERS} keepers, the busiest does ≤ 1/K + 10 % of their work (CPU)",
+        lambda r: round(1 / SHARDED_KEEPERS + 0.10, 3),
+        "<=",
+    ),
 ]
 
 
 # The parts in the order they run: the round trip first, on a machine nothing else has just loaded.
-PARTS = ("rtt", "floor", "ray", "celery", "dramatiq", "burst", "timed_burst", "lookup", "scale", "soak")
+PARTS = ("rtt", "floor", "ray", "celery", "dramatiq", "burst", "timed_burst", "lookup", "scale", "keepers", "soak")
 TIMED_BURST_TIMEOUT_S = 60.0  # far above a no-op's run: the timed burst measures the cost of the clock
 
 
@@ -794,6 +822,7 @@ def run(quick: bool = False, parts: set[str] | None = None, progress: bool = Tru
         "timed_burst": lambda: bench_burst(sizes.burst, progress=progress, timeout=TIMED_BURST_TIMEOUT_S),
         "lookup": lambda: bench_lookup(sizes.lookup_steps, progress=progress),
         "scale": lambda: bench_scale(sizes.scale_configs, sizes.scale_burst),
+        "keepers": lambda: bench_keepers(SHARDED_KEEPERS, sizes.scale_burst),
         "soak": lambda: _soak(sizes.soak, progress),
     }
     for name in PARTS:
@@ -843,6 +872,7 @@ def headline(r: dict) -> dict:
         "rtt_p99_ms": rtt.get("p99_ms"),
         "rtt_floor_ms": r.get("floor", {}).get("floor_ms"),
         "kafka_bytes_per_task": burst.get("kafka_bytes_per_task"),
+        "busiest_keeper_share": r.get("keepers", {}).get("busiest_keeper_share"),
     }
     if h["raylane_tasks_per_s"] and h["celery_tasks_per_s"]:
         h["celery_ratio"] = round(h["raylane_tasks_per_s"] / h["celery_tasks_per_s"], 2)
