@@ -6,9 +6,10 @@ import shlex
 import sys
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raylane.actors.executor import Executor
 from raylane.actors.queue_consumer import QueueConsumer
@@ -23,8 +24,8 @@ from raylane.protocol import (
     REQUEST_HANDLER,
     WAITS,
     ActorConfig,
-    executor_name,
     find_request_handler,
+    handler_name,
     keeper_name,
 )
 
@@ -53,12 +54,55 @@ def _with_waits(cls: type) -> Any:
     return remote(concurrency_groups=_WAITS)(cls)
 
 
-def create_actors(config: ActorConfig) -> list:
+# Ray honours a placement (SPREAD, or a soft node affinity) only for actors that reserve some
+# resource. A sliver of CPU would keep a whole one-CPU task off the node (1.999 CPUs left of 2),
+# so the token reservation is a KiB of memory.
+_TOKEN = {"memory": 1024}
+
+
+def _placed(node_id: str | None) -> dict:
+    # Soft: if the node is gone, Ray restarts the actor on another one rather than not at all.
+    if node_id is None:
+        return {}
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=True), **_TOKEN}
+
+
+def nodes_for_executors(here: str) -> list[str]:
+    """The alive Ray nodes that offer CPUs (every alive node if none does), ``here`` first when it is
+    one of them, then by node id: where executors go, one each."""
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    with_cpus = [n["NodeID"] for n in alive if n.get("Resources", {}).get("CPU", 0) > 0]
+    nodes = sorted(with_cpus or [n["NodeID"] for n in alive])
+    return sorted(nodes, key=lambda n: n != here) if nodes else [here]
+
+
+def resolve_placement(config: ActorConfig) -> ActorConfig:
+    """``config`` with its executors decided: as configured, or one on each node with CPUs."""
+    if config.executors is not None:
+        return config
+    nodes = nodes_for_executors(ray.get_runtime_context().get_node_id())
+    return config.model_copy(update={"executors": len(nodes), "executor_nodes": nodes})
+
+
+class Deployment(NamedTuple):
+    """The handles of a deployment's actors; they live as long as their owner holds them."""
+
+    handler: Any  # the first RequestHandler, created last
+    loopers: list[Any]  # keepers, executors and consumers: the actors with loops to keep running
+    handlers: list[Any]  # the RequestHandlers of the other nodes
+
+
+def create_actors(config: ActorConfig) -> Deployment:
     """Create (or find) every actor, owned by the calling driver, and wait until all are ready.
 
-    Returns every handle, RequestHandler first; the actors live as long as the caller holds them.
-    The RequestHandler is created last: once it exists, the deployment is complete.
+    Executors go one to each node with CPUs (unless their number is configured), each consumer
+    beside the executor it feeds, and a RequestHandler to every node, so that a caller's requests,
+    a queue's tasks and their claims stay on one node where they can.
+
+    The first RequestHandler is created last: once it exists, the deployment is complete.
     """
+    config = resolve_placement(config)
+    nodes = config.executor_nodes
     # Actor handles are dynamic (methods are reached through .remote): typed as Any.
     keepers: list[Any] = [
         _with_waits(StatusKeeper).options(**_options(config, keeper_name(k))).remote(config, k)
@@ -66,22 +110,35 @@ def create_actors(config: ActorConfig) -> list:
     ]
     ray.get([k.get_stats.remote() for k in keepers])
     executors: list[Any] = [
-        ray.remote(Executor).options(**_options(config, executor_name(j)), runtime_env=_EXECUTOR_ENV).remote(config)
-        for j in range(config.executors)
+        ray.remote(Executor)
+        .options(**_options(config, name), **_placed(nodes[j] if nodes else None), runtime_env=_EXECUTOR_ENV)
+        .remote(config)
+        for j, name in enumerate(config.executor_names())
     ]
     ray.get([e.get_stats.remote() for e in executors])
-    # Consumers are spread over the nodes, so that one node's loss stops only its share until Ray
-    # restarts them elsewhere. Ray spreads only actors that reserve something, hence a sliver of CPU.
-    members: list[Any] = [
-        ray.remote(QueueConsumer)
-        .options(**dict(_options(config, f"{QUEUE_CONSUMER}-{i}"), num_cpus=0.001), scheduling_strategy="SPREAD")
-        .remote(config, i)
-        for i in range(config.consumers)
-    ]
+    members: list[Any] = []
+    for i in range(config.consumers):
+        opts = _options(config, f"{QUEUE_CONSUMER}-{i}")
+        if nodes:
+            opts.update(_placed(nodes[i % len(nodes)]))
+        else:
+            # Spread over the nodes, so that one node's loss stops only its share until Ray restarts
+            # them elsewhere.
+            opts.update(scheduling_strategy="SPREAD", **_TOKEN)
+        members.append(ray.remote(QueueConsumer).options(**opts).remote(config, i))
     ray.get([a.ensure_running.remote() for a in [*keepers, *executors, *members]])
-    handler: Any = _with_waits(RequestHandler).options(**_options(config, REQUEST_HANDLER)).remote(config)
+    here = ray.get_runtime_context().get_node_id()
+    others = sorted({n["NodeID"] for n in ray.nodes() if n.get("Alive")} - {here})
+    local: list[Any] = [
+        _with_waits(RequestHandler).options(**_options(config, handler_name(n)), **_placed(n)).remote(config)
+        for n in others
+    ]
+    ray.get([h.task_names.remote() for h in local])
+    handler: Any = (
+        _with_waits(RequestHandler).options(**_options(config, handler_name()), **_placed(here)).remote(config)
+    )
     ray.get(handler.task_names.remote())
-    return [handler, *keepers, *executors, *members]
+    return Deployment(handler, [*keepers, *executors, *members], local)
 
 
 def actor_stats(namespace: str) -> dict:
@@ -89,7 +146,7 @@ def actor_stats(namespace: str) -> dict:
     names = sorted(
         a["name"]
         for a in ray.util.list_named_actors(all_namespaces=True)
-        if a["namespace"] == namespace and a["name"] != REQUEST_HANDLER
+        if a["namespace"] == namespace and not a["name"].startswith(REQUEST_HANDLER)
     )
     return {n: ray.get(ray.get_actor(n, namespace=namespace).get_stats.remote()) for n in names}
 

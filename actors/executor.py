@@ -35,7 +35,7 @@ from raylane.actors.runs import Runs
 from raylane.actors.worker import MemberEnd
 from raylane.models import PackedRecord, Progress, TaskMessage, TaskRecord, WriteOutcome, utcnow
 from raylane.progress_reports import FLUSH_EVERY_S
-from raylane.protocol import ActorConfig, HandOff, HandOffResult
+from raylane.protocol import PER_CPU_RUNNING, ActorConfig, HandOff, HandOffResult
 from raylane.states import TaskState
 from raylane.tracing import tracer_for
 
@@ -66,18 +66,31 @@ def _claims(unit: list[TaskRecord]) -> list[PackedRecord]:
     if len(unit) == 1:
         return [PackedRecord.of(unit[0])]
     timeouts = [r.timeout_s for r in unit]
-    return [PackedRecord.of(r)._replace(wait_s=wait_allowance(timeouts, i)) for i, r in enumerate(unit)]
+    return [
+        PackedRecord.of(r.model_copy(update={"group_wait_s": wait_allowance(timeouts, i) or None}))
+        for i, r in enumerate(unit)
+    ]
+
+
+def _node_cpus(node_id: str) -> int:
+    """The CPUs node ``node_id`` offers Ray (at least one)."""
+    for node in ray.nodes():
+        if node.get("NodeID") == node_id:
+            return max(1, int(node.get("Resources", {}).get("CPU", 1)))
+    return 1
 
 
 class Executor:
     """Runs tasks as Ray tasks named ``raylane:<task name>:<task id>``, at most ``max_running`` Ray tasks
-    at once. Under load, tasks of one name share Ray tasks
+    at once (by default ``PER_CPU_RUNNING`` per CPU of its node). Under load, tasks of one name share Ray tasks
     (``raylane:<task name>:group-of-<n>:<first id>``), each keeping its own record and cancel."""
 
     def __init__(self, config: ActorConfig):
         self.config = config
         self.stats: Counter = Counter(dict.fromkeys(_STATS, 0))
-        self._slots = PrioritySlots(config.max_running)
+        node_id = ray.get_runtime_context().get_node_id()
+        self._max_running = config.max_running or PER_CPU_RUNNING * _node_cpus(node_id)
+        self._slots = PrioritySlots(self._max_running)
         self._launched: dict[tuple[str, int], bool] = {}  # (id, attempt) launched here; insertion-ordered, bounded
         # (id, attempt) -> when its message was read and handed here, for its record's hops; bounded
         self._arrivals: dict[tuple[str, int], tuple[float | None, float]] = {}
@@ -88,7 +101,6 @@ class Executor:
         queue = config.queue()
         self._background = Background(log)
         self._loops: list[asyncio.Task] = []
-        node_id = ray.get_runtime_context().get_node_id()
         self._worker = f"{node_id[:12]}/{os.getpid()}"
         # A new incarnation on every (re)start: RUNNING records name it as their lease owner, and
         # its heartbeat in the store keeps them alive. Tasks of a lapsed owner are recovered.
@@ -358,5 +370,5 @@ class Executor:
             incarnation=self._lease.incarnation,
             lease_left_s=round(self._lease.remaining(), 3),
             lease_age_s=round(LEASE_TTL_S - self._lease.remaining(), 3),  # since its last renewal began
-            max_running=self.config.max_running,
+            max_running=self._max_running,
         )

@@ -43,7 +43,7 @@ def final_record(running: TaskRecord, reply: Reply) -> tuple[TaskRecord, PackedR
                 error_type=reply.error_type,
                 error_types=list(reply.error_types) or None,
                 traceback=reply.traceback,
-                will_retry=running.retry.retries(running.attempt, reply.error_type, reply.error_types),
+                will_retry=running.retries_after(reply.error_type, reply.error_types),
             )
         return final, PackedRecord.of(final)
     except Exception as e:

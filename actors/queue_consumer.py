@@ -21,7 +21,7 @@ from raylane.actors.keepers import Keepers
 from raylane.actors.metrics import ConsumerMetrics
 from raylane.errors import InvalidSignature, RaylaneError, ServiceUnavailable, UnknownTaskName
 from raylane.models import TaskMessage
-from raylane.protocol import ActorConfig, HandOff, executor_name
+from raylane.protocol import ActorConfig, HandOff
 from raylane.queue import Consumed, QueueReader, topics_of
 from raylane.retrying import backoff_s
 from raylane.states import TaskState
@@ -63,7 +63,7 @@ class QueueConsumer:
         self.config = config
         self.index = index
         # Consumers are spread over the executors; each hands its tasks to one.
-        self._executor = ray.get_actor(executor_name(index % config.executors), namespace=config.namespace)
+        self._executor = ray.get_actor(config.executor_for(index), namespace=config.namespace)
         self._keepers = Keepers(config.namespace, config.keepers)
         self._producer = config.queue()
         self._reader: QueueReader | None = None

@@ -121,7 +121,7 @@ class Recovery:
                 TaskState.FAILED,
                 error_type="WorkerLost",
                 error=f"the executor running attempt {rec.attempt} stopped (lease of {rec.lease_owner} lapsed)",
-                will_retry=rec.retry.retries(rec.attempt, "WorkerLost"),
+                will_retry=rec.retries_after("WorkerLost"),
             )
             if (await self._finisher.record(lost)).accepted:
                 recovered += 1

@@ -48,7 +48,6 @@ from raylane.protocol import (
     QUEUE_CONSUMER,
     WAITS,
     ActorConfig,
-    executor_name,
     keeper_of_key,
     replies_errors,
     routed_id,
@@ -635,7 +634,7 @@ class RequestHandler:
         run in, of at most ``max_running``), the seconds its lease still holds, and its counters."""
         from ray.util.state import list_actors
 
-        names = [executor_name(i) for i in range(self.config.executors)]
+        names = self.config.executor_names()
         try:
             nodes = {
                 a.name: a.node_id

@@ -33,9 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     if find_request_handler(config.namespace) is not None:
         print("raylane actors already run under another service job; nothing to do", flush=True)
         return 0
-    handles = create_actors(config)
-    print(f"raylane actors ready in namespace {config.namespace!r}: {len(handles)} actors", flush=True)
-    supervise(handles[1:])  # until the job is stopped; holding `handles` keeps the actors alive
+    deployment = create_actors(config)
+    count = 1 + len(deployment.loopers) + len(deployment.handlers)
+    print(f"raylane actors ready in namespace {config.namespace!r}: {count} actors", flush=True)
+    supervise(deployment.loopers)  # until the job is stopped; holding `deployment` keeps the actors alive
     return 0
 
 

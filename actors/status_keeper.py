@@ -29,7 +29,7 @@ from raylane.actors.scheduler import Scheduler
 from raylane.actors.workflows import Flows
 from raylane.errors import StoreUnavailable
 from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, utcnow
-from raylane.protocol import WAITS, ActorConfig, executor_name, keeper_of
+from raylane.protocol import WAITS, ActorConfig, keeper_of
 from raylane.queue import TaskQueue
 from raylane.states import TaskState
 from raylane.store import TaskQuery
@@ -202,7 +202,9 @@ class StatusKeeper:
                 if r.id not in self._running and keeper_of(r.id, self.config.keepers) == self.index:
                     deadline = None
                     if r.timeout_s and r.started_at:
-                        deadline = now + (r.started_at - now_wall).total_seconds() + r.timeout_s
+                        # A grouped member keeps its allowance to wait for its turn, as at its claim.
+                        since_claim = (r.started_at - now_wall).total_seconds()
+                        deadline = now + since_claim + (r.group_wait_s or 0.0) + r.timeout_s
                     self._watch(_Running(PackedRecord.of(r), deadline))
                     if r.limited:
                         self._gates.holding(r)  # before any waiting task is let through
@@ -485,8 +487,7 @@ class StatusKeeper:
         flight, does not launch it; by every executor when the owner is not known."""
         if self._executors is None:
             self._executors = {
-                executor_name(j): ray.get_actor(executor_name(j), namespace=self.config.namespace)
-                for j in range(self.config.executors)
+                name: ray.get_actor(name, namespace=self.config.namespace) for name in self.config.executor_names()
             }
         self.stats["kills"] += 1
         target = self._executors.get(owner.rsplit("/", 1)[0]) if owner and "/" in owner else None

@@ -23,6 +23,7 @@ from raylane import progress_reports, registry
 from raylane.actors.fencing import LeaseLapsed, worker_fence
 from raylane.errors import SoftTimeLimitExceeded
 from raylane.limits import Limits, clip_text, encode_result
+from raylane.models import NOT_STARTED
 from raylane.protocol import Reply
 
 FLUSH_S = 0.002  # a group's worker reports ended members at most this long after the previous report
@@ -44,8 +45,9 @@ class MemberEnd(NamedTuple):
 
 
 def _not_started(e: LeaseLapsed) -> Reply:
-    """The reply of an attempt whose executor's lease could not be confirmed: it did not run."""
-    return Reply.failure("WorkerLost", str(e))
+    """The reply of an attempt whose executor's lease could not be confirmed: it did not run, so
+    it is tried again whatever its retry policy (see ``TaskRecord.retries_after``)."""
+    return Reply.failure(NOT_STARTED, str(e))
 
 
 def error_types_of(cls: type) -> tuple[str, ...]:

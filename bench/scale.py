@@ -5,7 +5,9 @@ deployment is removed (its service job stopped, its index deleted)."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import shlex
 import sys
 import time
 
@@ -31,6 +33,15 @@ def main() -> int:
     return 0
 
 
+def service_namespace(entrypoint: str) -> str | None:
+    """The namespace a raylane service job's entrypoint deploys into (its ``--namespace``)."""
+    words = shlex.split(entrypoint)
+    for flag, value in itertools.pairwise(words):
+        if flag == "--namespace":
+            return value
+    return None
+
+
 def remove_deployment(settings) -> None:
     """Stop the service job of the deployment in ``settings.namespace`` and delete its index and topics."""
     from ray.job_submission import JobSubmissionClient
@@ -43,7 +54,7 @@ def remove_deployment(settings) -> None:
     for job in client.list_jobs():
         if (
             (job.metadata or {}).get("raylane") == "service"
-            and f'"namespace":"{settings.namespace}"' in job.entrypoint
+            and service_namespace(job.entrypoint) == settings.namespace
             and job.status.value in ("PENDING", "RUNNING")
             and job.submission_id
         ):

@@ -312,13 +312,19 @@ class Settings(BaseSettings):
         "(the status store refuses arrays nested past 20).",
     )
     max_in_flight: int = Field(256, ge=1, description="Tasks a queue consumer holds between poll and RUNNING.")
-    max_running: int = Field(32, ge=1, description="Tasks an executor runs at once.")
+    max_running: int | None = Field(
+        None, ge=1, description="Tasks an executor runs at once (default: 16 per CPU of the executor's node)."
+    )
     consumers: int = Field(1, ge=1, le=64, description="QueueConsumer actors per deployment.")
     keepers: int = Field(
         1, ge=1, le=64, description="StatusKeeper actors per deployment; each owns the tasks whose id hashes to it."
     )
-    executors: int = Field(
-        1, ge=1, le=16, description="Executor actors per deployment (consumers are spread over them)."
+    executors: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Executor actors per deployment (default: one on each Ray node with CPUs when raylane "
+        "deploys, each with the QueueConsumers of its node beside it).",
     )
     index_alias: str = Field("raylane-tasks", description="OpenSearch alias of the status index.")
     topic_prefix: str = Field("raylane.tasks.", description="Prefix of the per-queue Kafka topics.")

@@ -108,6 +108,12 @@ class RetryPolicy(BaseModel):
         return delay / 2 + rand * delay / 2
 
 
+# The error type of an attempt whose worker did not start the function (its executor's lease
+# could not be confirmed): it is tried again outside the retry budget, up to this many times in a row.
+NOT_STARTED = "NotStarted"
+MAX_NOT_STARTED = 5
+
+
 class AttemptSummary(BaseModel):
     """How one earlier attempt ended."""
 
@@ -238,6 +244,10 @@ class TaskRecord(BaseModel):
     rate_limit: str | None = None
     # Seconds from created_at at which this attempt passed each hop of its way (see HOPS).
     hops: dict[str, float] | None = None
+    # Of a RUNNING record claimed in a timed group: how long it may wait behind its siblings
+    # before it begins. Its deadline is the claim + this + its timeout until its worker says when
+    # it began; kept in the record so that a restarted keeper holds the same backstop.
+    group_wait_s: float | None = None
     workflow_id: str | None = None  # the workflow this task is a step of (see FlowLinks)
     parent_id: str | None = None
     flow: FlowLinks | None = None
@@ -358,6 +368,24 @@ class TaskRecord(BaseModel):
         )
         return nxt, nxt.message()
 
+    @property
+    def attempts_run(self) -> int:
+        """Earlier attempts that may have run the function: those that ended ``NotStarted`` never
+        did, and do not count against ``max_retries``."""
+        return self.attempt - sum(1 for a in self.attempts if a.error_type == NOT_STARTED)
+
+    def retries_after(self, error_type: str | None, error_types: Sequence[str] = ()) -> bool:
+        """Whether this attempt, failing with ``error_type``, is tried again: one that never started
+        always is (at most ``MAX_NOT_STARTED`` times in a row); others as the retry policy says."""
+        if error_type == NOT_STARTED:
+            streak = 0
+            for a in reversed(self.attempts):
+                if a.error_type != NOT_STARTED:
+                    break
+                streak += 1
+            return streak < MAX_NOT_STARTED
+        return self.retry.retries(self.attempts_run, error_type, error_types)
+
     def with_hops(self, **at: float | None) -> TaskRecord:
         """A copy with the hops of ``at`` (epoch seconds; None: not known) added, relative to created_at."""
         created = self.created_at.timestamp()
@@ -450,9 +478,7 @@ class PackedRecord(NamedTuple):
     timeout_s: float | None
     doc: bytes
     lease_owner: str | None = None  # of a RUNNING record: the executor incarnation that runs it
-    # Of a RUNNING record (a claim), not written: how long the task may wait behind others in its
-    # group before it starts; the keeper's deadline for it is the claim + this + its timeout,
-    # until the worker says when it began (see StatusKeeper.began).
+    # Of a RUNNING record (a claim): its ``group_wait_s``, read by the keeper without unpacking.
     wait_s: float = 0.0
     in_workflow: bool = False  # whether its end moves a workflow on (see FlowLinks)
 
@@ -472,6 +498,7 @@ class PackedRecord(NamedTuple):
             record.timeout_s,
             record.__pydantic_serializer__.to_json(record),
             record.lease_owner,
+            wait_s=record.group_wait_s or 0.0,
             in_workflow=record.workflow_id is not None,
         )
 

@@ -32,16 +32,30 @@ QUEUE_CONSUMER = "QueueConsumer"
 # their writes and submits (DESIGN.md, "Control plane at scale").
 WAITS = "waits"
 MAX_WAITS = 10_000  # waits one actor holds at once
+PER_CPU_RUNNING = 16  # tasks an executor runs at once per CPU of its node, unless configured
+
+
+def handler_name(node_id: str | None = None) -> str:
+    """Actor name of the RequestHandler placed on node ``node_id``; without one, of the first
+    (on the node that deployed raylane), whose presence means raylane is deployed."""
+    return REQUEST_HANDLER if node_id is None else f"{REQUEST_HANDLER}@{node_id}"
 
 
 def find_request_handler(namespace: str):
-    """The running RequestHandler, or None when raylane is not deployed in this cluster."""
+    """A running RequestHandler, the one on the caller's node when there is one; None when raylane
+    is not deployed in this cluster. Handlers keep no state: any of them serves any request."""
     import ray
 
     try:
-        return ray.get_actor(REQUEST_HANDLER, namespace=namespace)
-    except ValueError:
-        return None
+        here = ray.get_runtime_context().get_node_id()
+    except Exception:  # not connected to a node (a client outside the cluster)
+        here = None
+    for name in ([handler_name(here)] if here else []) + [handler_name()]:
+        try:
+            return ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            continue
+    return None
 
 
 def keeper_name(index: int) -> str:
@@ -137,12 +151,23 @@ class ActorConfig(BaseModel):
     max_result_bytes: int = 1 << 20
     max_depth: int = 16
     max_in_flight: int
-    max_running: int
+    max_running: int | None = None  # tasks an executor runs at once; None: PER_CPU_RUNNING per CPU of its node
     consumers: int = 1
-    executors: int = 1
+    executors: int | None = None  # None until deployment places one on each node
+    # The node of each executor, in order, when they are placed one per node (consumer i then
+    # sits beside executor i mod executors); empty: Ray places them.
+    executor_nodes: list[str] = []
     keepers: int = 1
     consumer_group: str = "raylane-workers"
     secret: SecretStr  # the cluster secret: signs queue messages and kept task definitions
+
+    def executor_names(self) -> list[str]:
+        """The names of the deployment's executors, in order."""
+        return [executor_name(j) for j in range(self.executors or 1)]
+
+    def executor_for(self, consumer: int) -> str:
+        """The executor QueueConsumer ``consumer`` hands its tasks to (the one beside it when placed)."""
+        return executor_name(consumer % (self.executors or 1))
 
     @field_serializer("secret")
     def _dump_secret(self, value: SecretStr, info: SerializationInfo) -> str | None:

@@ -249,8 +249,8 @@ def _utc(t: datetime) -> str:
 # the mapping. A change that only adds fields is applied in place at start; one OpenSearch
 # cannot apply in place (a field's type) moves the records to a new index
 # (``OpenSearchStore.migrate``). 1: indices made before the version was kept; 2: hops; 3: error_types;
-# 4: workflow_id, parent_id and flow.
-MAPPING_VERSION = 4
+# 4: workflow_id, parent_id and flow; 5: group_wait_s.
+MAPPING_VERSION = 5
 _MIGRATION_MARGIN = timedelta(minutes=10)  # writes made this long before a migration's first copy are copied again
 _MIGRATION_WAIT_S = 600.0  # how long a process waits for another's migration to finish
 
@@ -294,6 +294,7 @@ def _mappings() -> dict:
             "max_concurrency": {"type": "integer"},
             "timeout_s": {"type": "float"},
             "soft_timeout_s": {"type": "float"},
+            "group_wait_s": {"type": "float", "index": False},
             "error": {"type": "text"},
             "traceback": {"type": "text", "index": False},
             # Arbitrary user JSON: kept in _source, never mapped, so it cannot explode the mapping.

@@ -294,6 +294,23 @@ def dead_letter_reasons(
     return found
 
 
+def restart_keeper() -> None:
+    """Kill the StatusKeeper and return once its restart has taken up the deadlines of running tasks."""
+    import ray
+
+    keeper = ray.get_actor("StatusKeeper", namespace="raylane")
+    ray.kill(keeper, no_restart=False)
+
+    def resumed() -> bool:
+        try:
+            ray.get(keeper.ensure_running.remote(), timeout=30)
+            return True
+        except ray.exceptions.ActorUnavailableError:  # still restarting
+            return False
+
+    wait_until(resumed, timeout=60, what="the restarted StatusKeeper to take up running tasks")
+
+
 def run_driver(script: str, env: dict[str, str], timeout: float) -> dict:
     """Run ``tests/<script>`` in a process of its own with ``env`` added to this one's; return the
     JSON it printed last on a line starting with ``<stem>-result: `` (the test fails with the

@@ -51,12 +51,27 @@ def main() -> int:
             "doomed": [r.state.value for r in records[len(quick) + len(stalled) :]],
         }
         results_ok = [r.result for r in records[: len(quick)]] == list(range(len(quick)))
+        # How the tasks that did not end as expected ended, for the test's message.
+        expected = ["SUCCEEDED"] * len(quick) + ["TIMED_OUT"] * len(stalled) + ["CANCELLED"] * len(doomed)
+        odd = [
+            f"{r.id}: {r.state.value} after {r.attempt + 1} attempt(s), {r.error_type}: {(r.error or '')[:300]}"
+            for r, want in zip(records, expected, strict=True)
+            if r.state.value != want
+        ]
         stats = actor_stats(settings.namespace)
         keepers = {n: s for n, s in stats.items() if n.startswith("StatusKeeper")}
         executors = {n: s for n, s in stats.items() if n.startswith("Executor")}
         print(
             PREFIX
-            + json.dumps({"states": by_kind, "results_ok": results_ok, "keepers": keepers, "executors": executors}),
+            + json.dumps(
+                {
+                    "states": by_kind,
+                    "odd": odd[:5],
+                    "results_ok": results_ok,
+                    "keepers": keepers,
+                    "executors": executors,
+                }
+            ),
             flush=True,
         )
     finally:

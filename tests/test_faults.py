@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from conftest import wait_until
+from conftest import restart_keeper, wait_until
 
 import raylane
 from raylane.actors.deploy import actor_stats
@@ -200,7 +200,7 @@ def test_opensearch_outage_mid_run(rl, store, stack, settings, tmp_path):
         # And what waits is bounded: the consumer stops polling once its window is full
         stats = actor_stats("raylane")
         assert stats["QueueConsumer-0"]["in_flight"] <= settings.max_in_flight
-        assert stats["Executor"]["ray_tasks"] <= settings.max_running  # a group of tasks holds one slot
+        assert stats["Executor"]["ray_tasks"] <= stats["Executor"]["max_running"]  # a group holds one slot
     finally:
         stack.up()
     # And once it is back, every task ends exactly once
@@ -292,28 +292,13 @@ def test_pending_task_without_message_is_requeued(rl, store, tmp_path):
     assert len((tmp_path / "7.runs").read_text().split()) == 1
 
 
-def _restart_keeper() -> None:
-    """Kill the StatusKeeper and return once its restart has taken up the deadlines of running tasks."""
-    keeper = ray.get_actor("StatusKeeper", namespace="raylane")
-    ray.kill(keeper, no_restart=False)
-
-    def resumed() -> bool:
-        try:
-            ray.get(keeper.ensure_running.remote(), timeout=30)
-            return True
-        except ray.exceptions.ActorUnavailableError:  # still restarting
-            return False
-
-    wait_until(resumed, timeout=60, what="the restarted StatusKeeper to take up running tasks")
-
-
 def test_timeout_outlives_a_keeper_restart(rl, tmp_path):
     # Given a running task with a short timeout, not yet reached
     h = work.options(timeout=8).submit(str(tmp_path), 9, 60.0)
     wait_until(lambda: (tmp_path / "9.runs").exists(), what="the task to start")
     assert h.status() is TaskState.RUNNING
     # When the StatusKeeper, which watches its deadline, restarts
-    _restart_keeper()
+    restart_keeper()
     # Then the new keeper takes the deadline up from the record: the task ends TIMED_OUT (not
     # retried), and its worker is killed
     rec = h.wait(timeout=90)
@@ -346,7 +331,7 @@ def test_lost_task_past_its_timeout_is_retried_not_timed_out(rl, store, tmp_path
     store.refresh()  # the restarted keeper finds running tasks by a search
     # When the StatusKeeper restarts and takes up the deadlines of RUNNING tasks (well before the
     # sweep judges the record lost: it was written just now)
-    _restart_keeper()
+    restart_keeper()
     # Then the task is recovered as lost and runs again, instead of ending TIMED_OUT
     record = rl.wait(claimed.id, timeout=120)
     assert (record.state, record.attempt) == (TaskState.SUCCEEDED, 1), (record.state, record.error)

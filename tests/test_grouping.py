@@ -8,7 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
-from conftest import wait_until
+from conftest import restart_keeper, wait_until
 
 import raylane
 from raylane.actors.deploy import actor_stats
@@ -175,6 +175,28 @@ def test_a_timed_member_waiting_behind_its_siblings_is_not_timed_out(rl, setting
     assert [r.state.value for r in records] == ["SUCCEEDED"] * n, [(r.state.value, r.error) for r in records]
     waited = max(r.hops["began"] - r.hops["claimed"] for r in records)
     assert waited > 1.5, f"no task waited longer than its timeout in its group (at most {waited:.2f} s)"
+    assert runs(tmp_path) == {i: 1 for i in range(n)}
+
+
+def test_a_timed_member_keeps_its_wait_through_a_keeper_restart(rl, settings, tmp_path, unique):
+    # As above, but the StatusKeeper restarts while the members wait their turn: the new keeper
+    # takes each member's allowance to wait from its record, so the last of a group, beginning
+    # 6 s after its claim, is not timed out 3 s after it. (Each member runs 2 s, so the group
+    # outlasts the restart.)
+    import ray
+
+    n = 4 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    assert _group_members(settings, n) >= 4
+    items = [(str(tmp_path), i, 2.0) for i in range(n)]
+    handles = submit_held(rl, settings, mark.options(timeout=3), f"gtr-{unique}", items)
+    wait_until(
+        lambda: all(r.state.value != "PENDING" for r in rl.get_many([h.id for h in handles]).values()),
+        timeout=60,
+        what="the claims of the group",
+    )
+    restart_keeper()
+    records = [h.wait(timeout=120) for h in handles]
+    assert [r.state.value for r in records] == ["SUCCEEDED"] * n, [(r.state.value, r.error) for r in records]
     assert runs(tmp_path) == {i: 1 for i in range(n)}
 
 

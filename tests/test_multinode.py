@@ -1,9 +1,11 @@
-"""raylane on a Ray cluster of two nodes, with Kafka and OpenSearch given as existing services.
+"""raylane on a Ray cluster of three nodes, with Kafka and OpenSearch given as existing services.
 
-A private Ray head and a worker node (own ports) run on this machine; a driver process
-configured only by ``RAYLANE_*`` addresses deploys raylane there with two QueueConsumers
-spread over the nodes and two Executors, submits a batch whose tasks run on both, and the worker node is
-killed mid-run. Every task must end in exactly one terminal state.
+A private Ray head and two worker nodes (own ports) run on this machine; a driver process
+configured only by ``RAYLANE_*`` addresses deploys raylane there with three StatusKeepers and
+three QueueConsumers. Executors and RequestHandlers are not configured: one of each goes to every
+node, the executor running 16 tasks per CPU of its node, each consumer beside its executor. A
+batch runs on every node, and one worker node is killed mid-run. Every task must end in exactly
+one terminal state.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ DRIVER = textwrap.dedent('''
     from pathlib import Path
     import ray
     import raylane
-    from raylane.actors.deploy import actor_node_ids
+    from raylane.actors.deploy import actor_node_ids, actor_stats
 
     marker_dir = sys.argv[1]
 
@@ -54,7 +56,9 @@ DRIVER = textwrap.dedent('''
     raylane.init()
     placement = actor_node_ids(os.environ["RAYLANE_NAMESPACE"])
     head = [n["NodeID"] for n in ray.nodes() if "node:__internal_head__" in n["Resources"]][0]
-    print(json.dumps({"actors": placement, "head": head}), flush=True)
+    stats = actor_stats(os.environ["RAYLANE_NAMESPACE"])
+    running = {name: s["max_running"] for name, s in stats.items() if name.startswith("Executor")}
+    print(json.dumps({"actors": placement, "head": head, "max_running": running}), flush=True)
     handles = work.submit_many([(i,) for i in range(int(sys.argv[2]))])
     records = [h.wait(timeout=300) for h in handles]
     print(json.dumps({"records": [{"id": r.id, "state": r.state.value, "attempt": r.attempt,
@@ -64,8 +68,10 @@ DRIVER = textwrap.dedent('''
 ''')
 
 
-def _start_worker_node(run_dir: Path) -> int:
-    """``ray start --block`` joining the private head, on ports of its own; returns its pid."""
+def _start_worker_node(run_dir: Path, k: int) -> int:
+    """``ray start --block`` joining the private head as worker node ``k``, on ports of its own; returns its pid."""
+    port = 37400 + 10 * k
+    low = 37500 + 200 * k
     cmd = [
         sys.executable,
         "-m",
@@ -76,19 +82,19 @@ def _start_worker_node(run_dir: Path) -> int:
         "--node-ip-address=127.0.0.1",
         "--num-cpus=2",
         f"--object-store-memory={128 * 1024 * 1024}",
-        "--node-manager-port=37400",
-        "--object-manager-port=37401",
-        "--metrics-export-port=37402",
-        "--dashboard-agent-listen-port=37403",
-        "--dashboard-agent-grpc-port=37404",
-        "--runtime-env-agent-port=37405",
-        "--min-worker-port=37500",
-        "--max-worker-port=37699",
+        f"--node-manager-port={port}",
+        f"--object-manager-port={port + 1}",
+        f"--metrics-export-port={port + 2}",
+        f"--dashboard-agent-listen-port={port + 3}",
+        f"--dashboard-agent-grpc-port={port + 4}",
+        f"--runtime-env-agent-port={port + 5}",
+        f"--min-worker-port={low}",
+        f"--max-worker-port={low + 199}",
         "--disable-usage-stats",
     ]
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
-    return proc.spawn(cmd, log_file=run_dir / "ray-worker.log", pid_file=run_dir / "ray-worker.pid", env=env)
+    return proc.spawn(cmd, log_file=run_dir / f"ray-worker-{k}.log", pid_file=run_dir / f"ray-worker-{k}.pid", env=env)
 
 
 def _node_processes(leader: int) -> list[int]:
@@ -97,9 +103,12 @@ def _node_processes(leader: int) -> list[int]:
     return proc.descendants(set(group) | set(workers))
 
 
+WORKERS = 2  # worker nodes beside the head
+
+
 @pytest.fixture(scope="module")
-def two_nodes(settings, tmp_path_factory):
-    """A private Ray head and one worker node; both are stopped at the end."""
+def three_nodes(settings, tmp_path_factory):
+    """A private Ray head and two worker nodes; all are stopped at the end."""
     home = tmp_path_factory.mktemp("multinode-home")
     private = settings.model_copy(
         update=dict(
@@ -122,18 +131,19 @@ def two_nodes(settings, tmp_path_factory):
     deadline = time.monotonic() + 120
     while _alive_nodes() < 1 and time.monotonic() < deadline:
         time.sleep(1.0)
-    nodes = {"head": head, "worker": _start_worker_node(private.state_dir)}
+    workers = [_start_worker_node(private.state_dir, k) for k in range(WORKERS)]
     # On a loaded machine a worker node can time out while starting; it gets a second chance.
     deadline = time.monotonic() + 180
-    while _alive_nodes() < 2 and time.monotonic() < deadline:
-        if proc.exited_early(nodes["worker"]):
-            nodes["worker"] = _start_worker_node(private.state_dir)
+    while _alive_nodes() < 1 + WORKERS and time.monotonic() < deadline:
+        for k, pid in enumerate(workers):
+            if proc.exited_early(pid):
+                workers[k] = _start_worker_node(private.state_dir, k)
         time.sleep(1.0)
-    yield nodes
-    worker = nodes["worker"]
-    for pid in _node_processes(worker) if proc.pid_alive(worker) else []:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    yield {"head": head, "workers": workers}
+    for worker in workers:
+        for pid in _node_processes(worker) if proc.pid_alive(worker) else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     head.stop(grace_s=10)
 
 
@@ -167,12 +177,13 @@ _last_listing = [""]  # what `ray list nodes` said last when it listed none
 
 
 @pytest.mark.timeout(500)
-def test_tasks_spread_over_two_nodes_survive_losing_one(stack, store, two_nodes, unique, tmp_path):
-    head, worker = two_nodes["head"], two_nodes["worker"]
-    assert _alive_nodes() == 2, f"the worker node did not join; `ray list nodes` said: {_last_listing[0]}"
+def test_three_nodes_place_their_own_actors_and_survive_losing_one(stack, store, three_nodes, unique, tmp_path):
+    head, victim = three_nodes["head"], three_nodes["workers"][0]
+    alive = _alive_nodes()
+    assert alive == 1 + WORKERS, f"{alive} nodes joined; `ray list nodes` said: {_last_listing[0]}"
     marker_dir = tmp_path / "runs"
     marker_dir.mkdir()
-    n = 24
+    n = 36
     env = dict(
         os.environ,
         RAY_AUTH_MODE="token",
@@ -184,11 +195,12 @@ def test_tasks_spread_over_two_nodes_survive_losing_one(stack, store, two_nodes,
         RAYLANE_TOPIC_PREFIX=f"mn-{unique}.tasks.",
         RAYLANE_DLQ_TOPIC=f"mn-{unique}.dlq",
         RAYLANE_INDEX_ALIAS=f"mn-{unique}-tasks",
-        RAYLANE_CONSUMERS="2",
-        RAYLANE_EXECUTORS="2",
-        RAYLANE_MAX_RUNNING="8",
+        RAYLANE_CONSUMERS="3",
+        RAYLANE_KEEPERS="3",
+        RAYLANE_PARTITIONS="6",
     )
-    env.pop("RAY_ADDRESS", None)
+    for unset in ("RAY_ADDRESS", "RAYLANE_EXECUTORS", "RAYLANE_MAX_RUNNING"):
+        env.pop(unset, None)
     driver = subprocess.Popen(
         [sys.executable, "-c", DRIVER, str(marker_dir), str(n)],
         env=env,
@@ -197,15 +209,17 @@ def test_tasks_spread_over_two_nodes_survive_losing_one(stack, store, two_nodes,
         text=True,
     )
     try:
-        # Once tasks have started on both nodes, the worker node dies (raylet and workers, SIGKILL).
+        # Once tasks have started on every node, a worker node dies (raylet and workers, SIGKILL).
         def nodes_started() -> set[str]:
             if driver.poll() is not None:
                 out, err = driver.communicate()
                 pytest.fail(f"the driver exited early ({driver.returncode}):\n{out[-2000:]}\n{err[-3000:]}")
             return {p.read_text() for p in marker_dir.iterdir() if p.stat().st_size}
 
-        wait_until(lambda: len(nodes_started()) == 2, timeout=120, interval=0.1, what="tasks to start on both nodes")
-        for pid in _node_processes(worker):
+        wait_until(
+            lambda: len(nodes_started()) == 1 + WORKERS, timeout=120, interval=0.1, what="tasks to start on every node"
+        )
+        for pid in _node_processes(victim):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
@@ -220,30 +234,40 @@ def test_tasks_spread_over_two_nodes_survive_losing_one(stack, store, two_nodes,
             driver.kill()
     assert driver.returncode == 0, err[-3000:]
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    placement = next(x["actors"] for x in lines if "actors" in x)
-    head_node = next(x["head"] for x in lines if "head" in x)
+    deployed = next(x for x in lines if "actors" in x)
+    placement, head_node, running = deployed["actors"], deployed["head"], deployed["max_running"]
+    where = {name: node[:8] for name, node in sorted(placement.items())}  # for the messages
     records = next(x["records"] for x in lines if "records" in x)
     recovered_in = time.monotonic() - killed_at
 
-    # The two consumers were spread over the two nodes, and each fed its own executor.
-    assert placement.get("QueueConsumer-0") != placement.get("QueueConsumer-1"), placement
-    assert {"Executor", "Executor-1"} <= set(placement)
-    assert len({r["executor"] for r in records}) >= 2, "tasks ran under both executors"
-    on_worker = sorted(a for a, node in placement.items() if node != head_node)
+    # One executor on each node, the deploying (head) node's first, each running 16 tasks per CPU
+    # of its node; each consumer beside the executor it feeds; a RequestHandler on every node.
+    executors = ["Executor", "Executor-1", "Executor-2"]
+    assert placement["Executor"] == head_node, where
+    assert len({placement[e] for e in executors}) == 3, where
+    assert running == dict.fromkeys(executors, 32), running
+    for i in range(3):
+        assert placement[f"QueueConsumer-{i}"] == placement[executors[i]], where
+    assert placement["RequestHandler"] == head_node
+    local = {name.split("@", 1)[1]: node for name, node in placement.items() if name.startswith("RequestHandler@")}
+    assert len(local) == WORKERS and all(named == node for named, node in local.items()), where
+    assert {"StatusKeeper", "StatusKeeper-1", "StatusKeeper-2"} <= set(placement)
+    assert len({r["executor"] for r in records}) >= 2, "tasks ran under one executor only"
+    on_workers = sorted(a for a, node in placement.items() if node != head_node)
     # Every task reached exactly one terminal state, SUCCEEDED (retries absorb the lost node).
     assert len(records) == n and {r["state"] for r in records} == {"SUCCEEDED"}, records
     for r in records:
         stored = store.client.get(index=f"mn-{unique}-tasks", id=r["id"])
         assert stored["_source"]["state"] == "SUCCEEDED" and stored["_version"] == r["attempt"] * 10 + 3
-    # Tasks ran on both nodes; the ones caught on the dead node were retried, and no attempt ran twice.
+    # Tasks ran on every node; the ones caught on the dead node were retried, and no attempt ran twice.
     runs = Counter(int(p.name.split("-")[0]) for p in marker_dir.iterdir())
-    assert len({p.read_text() for p in marker_dir.iterdir()}) == 2
+    assert len({p.read_text() for p in marker_dir.iterdir()}) == 1 + WORKERS
     retried = [r for r in records if r["attempt"] > 0]
     assert retried, "some task was running on the killed node"
     for i, r in enumerate(records):
         assert runs[i] <= r["attempt"] + 1
     print(
-        f"\nmulti-node: actors on the killed node: {on_worker}; {n} tasks, {len(retried)} retried after the "
+        f"\nmulti-node: actors on the worker nodes: {on_workers}; {n} tasks, {len(retried)} retried after the "
         f"node loss, all SUCCEEDED {recovered_in:.1f}s after the kill; errors of retried attempts: "
         f"{sorted({e for r in retried for e in r['errors']})}"
     )

@@ -73,3 +73,25 @@ def test_a_retry_is_a_new_attempt_with_a_higher_version():
     assert pending.attempt == msg.attempt == 1 and not pending.will_retry
     assert [a.error_type for a in pending.attempts] == ["KeyError"] == [a.error_type for a in msg.attempts]
     assert msg.not_before is not None and msg.not_before > pending.updated_at
+
+
+def test_an_attempt_that_never_started_is_tried_again_outside_the_retry_budget():
+    from raylane.actors.finishing import final_record
+    from raylane.models import MAX_NOT_STARTED, NOT_STARTED
+    from raylane.protocol import Reply
+
+    running = TaskRecord.pending(_msg()).moved_to(TaskState.RUNNING)  # max_retries=0
+    final, _ = final_record(running, Reply.failure(NOT_STARTED, "the lease could not be confirmed"))
+    assert final.state is TaskState.FAILED and final.will_retry
+    # A failure of its own after that still has no retry left: the budget counts attempts that ran.
+    again, _ = final.retried(0.0)
+    final, _ = final_record(again.moved_to(TaskState.RUNNING), Reply.failure("KeyError", "'x'"))
+    assert not final.will_retry
+    # Attempts that never start are tried again a bounded number of times in a row.
+    record = running
+    for _ in range(MAX_NOT_STARTED):
+        record, _ = final_record(record, Reply.failure(NOT_STARTED, "no lease"))
+        assert record.will_retry
+        record = record.retried(0.0)[0].moved_to(TaskState.RUNNING)
+    final, _ = final_record(record, Reply.failure(NOT_STARTED, "no lease"))
+    assert not final.will_retry

@@ -1,0 +1,61 @@
+"""Where a deployment puts its executors and consumers, decided from Ray's list of nodes."""
+
+from __future__ import annotations
+
+import pytest
+
+from raylane.actors import deploy
+
+
+def _node(node_id: str, cpus: float, alive: bool = True) -> dict:
+    return {"NodeID": node_id, "Alive": alive, "Resources": {"CPU": cpus} if cpus else {}}
+
+
+@pytest.fixture
+def nodes(monkeypatch):
+    listed: list[dict] = []
+    monkeypatch.setattr(deploy.ray, "nodes", lambda: listed)
+    return listed
+
+
+def test_one_executor_per_node_with_cpus_the_deploying_node_first(nodes):
+    nodes += [_node("c", 4), _node("a", 2), _node("head", 0), _node("b", 8, alive=False), _node("d", 2)]
+    assert deploy.nodes_for_executors("d") == ["d", "a", "c"]
+    assert deploy.nodes_for_executors("head") == ["a", "c", "d"]
+
+
+def test_a_cluster_without_cpus_still_gets_an_executor(nodes):
+    nodes += [_node("head", 0), _node("x", 0)]
+    assert deploy.nodes_for_executors("head") == ["head", "x"]
+
+
+def test_consumers_feed_the_executor_beside_them():
+    from raylane.config import KafkaConnection, OpenSearchConnection
+    from raylane.protocol import ActorConfig
+
+    config = ActorConfig(
+        kafka=KafkaConnection(bootstrap="k:9092"),
+        opensearch=OpenSearchConnection(url="http://o:9200"),
+        namespace="n",
+        index_alias="a",
+        topic_prefix="t.",
+        dlq_topic="d",
+        default_queue="default",
+        partitions=2,
+        max_payload_bytes=1024,
+        max_in_flight=8,
+        secret="s" * 32,
+        executors=3,
+        executor_nodes=["n0", "n1", "n2"],
+    )
+    assert config.executor_names() == ["Executor", "Executor-1", "Executor-2"]
+    assert [config.executor_for(i) for i in range(4)] == ["Executor", "Executor-1", "Executor-2", "Executor"]
+    assert deploy.resolve_placement(config) is config  # a configured number is kept as it is
+
+
+def test_a_service_jobs_namespace_is_read_from_its_entrypoint():
+    from raylane.bench.scale import service_namespace
+
+    entry = "/usr/bin/python3 -m raylane.actors.service --config-key service-config:ab12 --namespace 'my ns'"
+    assert service_namespace(entry) == "my ns"
+    assert service_namespace("/usr/bin/python3 -m raylane.actors.service") is None
