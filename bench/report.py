@@ -17,6 +17,25 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+SCALE_TARGET = 100_000  # tasks a second that the estimate sizes the cluster for
+BUSY = 0.6  # the share of a core a process is planned to use, leaving room for bursts
+
+
+def scale_estimate(cpu_ms_per_task: dict[str, float], target: int = SCALE_TARGET) -> list[tuple[str, float, float]]:
+    """For each process (merging the numbered actors of one kind): the cores ``target`` tasks a
+    second need at the measured CPU per task, and how many processes that is at ``BUSY`` of a
+    core each (a Python actor uses one core at most)."""
+    merged: dict[str, float] = {}
+    for name, ms in cpu_ms_per_task.items():
+        kind = name.split("-")[0] if name[-1:].isdigit() else name
+        merged[kind] = merged.get(kind, 0.0) + ms
+    out = []
+    for kind, ms in sorted(merged.items(), key=lambda kv: -kv[1]):
+        cores = target * ms / 1000
+        out.append((kind, round(cores, 1), round(cores / BUSY, 1)))
+    return out
+
+
 def markdown(r: dict) -> str:
     """The results as markdown: headline against targets, then every part."""
     from raylane.bench.suite import TARGETS
@@ -70,6 +89,15 @@ def markdown(r: dict) -> str:
             "|---|" + "---|" * len(bursts),
         ]
         lines += [f"| {n} | " + " | ".join(_fmt(by[p].get(n)) for p in bursts) + " |" for n in names]
+    burst = r.get("burst") or {}
+    if burst.get("cpu_ms_per_task_by_process"):
+        lines += ["", f"## What {SCALE_TARGET:,} tasks/s would take, from the burst's CPU per task", ""]
+        lines += [
+            "| process | CPU ms per task | cores | processes at 60 % of a core |",
+            "|---|---|---|---|",
+        ]
+        for name, cores, processes in scale_estimate(burst["cpu_ms_per_task_by_process"]):
+            lines.append(f"| {name} | {_fmt(cores * 1000 / SCALE_TARGET)} | {_fmt(cores)} | {_fmt(processes)} |")
     soak = r.get("soak")
     if soak:
         lines += [

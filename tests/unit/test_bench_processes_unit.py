@@ -37,3 +37,10 @@ def test_keeper_shares_in_keeper_order():
     by_role = {"StatusKeeper-10": 10.0, "StatusKeeper": 30.0, "StatusKeeper-1": 60.0, "Executor": 500.0}
     assert keeper_shares(by_role) == [0.3, 0.6, 0.1]
     assert keeper_shares({"Executor": 1.0}) == []
+
+
+def test_the_scale_estimate_merges_numbered_actors_and_sizes_by_cpu():
+    from raylane.bench.report import scale_estimate
+
+    rows = scale_estimate({"StatusKeeper": 0.1, "StatusKeeper-1": 0.1, "QueueConsumer-0": 0.06}, target=100_000)
+    assert rows == [("StatusKeeper", 20.0, 33.3), ("QueueConsumer", 6.0, 10.0)]
