@@ -16,11 +16,13 @@ This module is the actor's front; the work is done by its parts:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from datetime import timedelta
 
 import ray
@@ -29,7 +31,7 @@ from raylane.actors.common import Background, PrioritySlots
 from raylane.actors.fencing import FENCE_MARGIN_S, HEARTBEAT_EVERY_S, LEASE_TTL_S
 from raylane.actors.finishing import Finisher, own_claim
 from raylane.actors.grouping import plan, wait_allowance
-from raylane.actors.keepers import Keepers
+from raylane.actors.keepers import Gate, Keepers
 from raylane.actors.recovery import OwnLease, Recovery
 from raylane.actors.runs import Runs
 from raylane.actors.worker import MemberEnd
@@ -58,6 +60,8 @@ _STATS = (
     "grouped",
     "restarted_unstarted",
     "kill_requests",
+    "ahead",  # Ray tasks started beside their claim, behind its gate
+    "held_back",  # ... whose claim was not accepted: the function did not start
 )
 
 
@@ -80,6 +84,15 @@ def _node_cpus(node_id: str) -> int:
     return 1
 
 
+async def _accepted(gate: Gate) -> bool:
+    """Whether the claim behind ``gate`` was accepted, as its worker will find it."""
+    [answer], place = gate
+    try:
+        return (await answer)[place].accepted
+    except Exception:  # that keeper's call failed: its worker does not start the function
+        return False
+
+
 class Executor:
     """Runs tasks as Ray tasks named ``raylane:<task name>:<task id>``, at most ``max_running`` Ray tasks
     at once (by default ``PER_CPU_RUNNING`` per CPU of its node). Under load, tasks of one name share Ray tasks
@@ -92,6 +105,8 @@ class Executor:
         self._max_running = config.max_running or PER_CPU_RUNNING * _node_cpus(node_id)
         self._slots = PrioritySlots(self._max_running)
         self._launched: dict[tuple[str, int], bool] = {}  # (id, attempt) launched here; insertion-ordered, bounded
+        # (id, attempt) of Ray tasks started ahead of their claim, until its answer: whether it was accepted
+        self._gated: dict[tuple[str, int], asyncio.Future] = {}
         # (id, attempt) -> when its message was read and handed here, for its record's hops; bounded
         self._arrivals: dict[tuple[str, int], tuple[float | None, float]] = {}
         self._keepers = Keepers(config.namespace, config.keepers)
@@ -250,50 +265,136 @@ class Executor:
                     outcomes[i] = outcome
         return outcomes
 
-    async def _claim(self, records: list[PackedRecord]) -> list[WriteOutcome]:
-        """RUNNING writes of ``records`` through the keeper, in one call."""
-        claims = await self._keepers.claim(records)
-        rejected = [r.id for r, c in zip(records, claims, strict=True) if not c.accepted]
-        if rejected:
-            # A rejected claim normally means cancelled or taken; but if a retried hand-off finds
-            # this incarnation's own earlier claim (its answer was lost), the task is ours to run.
-            stored = await asyncio.to_thread(self._store.get_many, rejected)
-            claims = [
-                c if c.accepted or not own_claim(stored.get(r.id), r) else c._replace(accepted=True)
-                for r, c in zip(records, claims, strict=True)
-            ]
-        return claims
+    async def _own_claims(self, records: list[PackedRecord], claims: list[WriteOutcome]) -> list[WriteOutcome]:
+        """``claims`` (the keepers' answers to ``records``), with the rejected ones that are this
+        incarnation's own earlier claims counted as accepted."""
+        rejected = [r for r, c in zip(records, claims, strict=True) if not c.accepted]
+        if not rejected:
+            return claims
+        # A gated launch of the same attempt still in flight here may be the one whose claim is
+        # stored: its answer comes first, so the attempt is never started twice.
+        for r in rejected:
+            pending = self._gated.get((r.id, r.attempt))
+            if pending is not None:
+                await asyncio.shield(pending)
+        # A rejected claim normally means cancelled or taken; but if a retried hand-off finds
+        # this incarnation's own earlier claim (its answer was lost), the task is ours to run.
+        stored = await asyncio.to_thread(self._store.get_many, [r.id for r in rejected])
+        return [
+            c if c.accepted or not own_claim(stored.get(r.id), r) else c._replace(accepted=True)
+            for r, c in zip(records, claims, strict=True)
+        ]
+
+    def _mark_launched(self, msg: TaskMessage) -> None:
+        self._launched[(msg.id, msg.attempt)] = True
+        while len(self._launched) > _LAUNCHED_KEPT:
+            self._launched.pop(next(iter(self._launched)))
+        self.stats["started"] += 1
 
     async def _claim_and_launch(self, units: list[list[TaskMessage]]) -> list[list[HandOffResult]]:
         """Claim the tasks of ``units`` and start the claimed ones. Each unit holds one run slot
-        (taken by the caller): a task alone, or several that share one Ray task."""
+        (taken by the caller): a task alone, or several that share one Ray task.
+
+        A task alone starts its Ray task at once, beside its claim, and its worker runs the
+        function only once the claim is accepted (the gate); the Ray task's start and the claim's
+        write then take the time of the longer of the two, not of both."""
         records = [[self._running(m) for m in unit] for unit in units]
+        packed = [claim for unit in records for claim in _claims(unit)]
+        gates, answers = self._keepers.claim_gated(packed)
+        starts = [0, *itertools.accumulate(len(unit) for unit in units)]
+        unit_gates = [gates[i] for i in starts[:-1]]
+        decisions = self._launch_ahead(units, records, unit_gates)
         try:
-            claims = iter(await self._claim([claim for unit in records for claim in _claims(unit)]))
-        except BaseException:
-            for _ in units:
-                self._slots.release()
+            raw = await answers
+        except Exception:
+            # One keeper's call failed; another's may have accepted claims whose workers now run.
+            ran = {u for u in decisions if await _accepted(unit_gates[u])}
+            self._ran_ahead(units, decisions, ran)
+            self._give_back(len(units), decisions, {u: records[u][0].with_hops(claimed=time.time()) for u in ran})
             raise
         claimed = time.time()
+        # A gated worker runs the function exactly when the keeper accepted its claim: those count
+        # as launched before anything else is judged.
+        ran = {u for u in decisions if raw[starts[u]].accepted}
+        self._ran_ahead(units, decisions, ran)
+        try:
+            claims = iter(await self._own_claims(packed, raw))
+        except BaseException:
+            # A gated unit whose worker runs is this executor's; the others are not.
+            self._give_back(len(units), decisions, {u: records[u][0].with_hops(claimed=claimed) for u in ran})
+            raise
         out = []
-        for unit, unit_records in zip(units, records, strict=True):
-            outcomes: list[HandOffResult] = []
-            launch: list[tuple[TaskMessage, TaskRecord]] = []
-            for msg, running in zip(unit, unit_records, strict=True):
-                outcome = self._judge(msg, next(claims))
-                if outcome.outcome is HandOff.STARTED and (msg.id, msg.attempt) not in self._launched:
-                    self._launched[(msg.id, msg.attempt)] = True
-                    while len(self._launched) > _LAUNCHED_KEPT:
-                        self._launched.pop(next(iter(self._launched)))
-                    self.stats["started"] += 1
-                    launch.append((msg, running.with_hops(claimed=claimed)))
-                outcomes.append(outcome)
+        for u, (unit, unit_records) in enumerate(zip(units, records, strict=True)):
+            outcomes, launch = self._settle_unit(unit, unit_records, claims, u in ran, claimed)
             out.append(outcomes)
-            if launch:
+            if u in decisions:
+                decisions[u].set_result(launch[0][1] if launch else None)
+            elif launch:
                 self._runs.launch(launch)
             else:
                 self._slots.release()
         return out
+
+    def _launch_ahead(
+        self, units: list[list[TaskMessage]], records: list[list[TaskRecord]], gates: list[Gate]
+    ) -> dict[int, asyncio.Future]:
+        """Start the Ray task of each unit of one task not yet launched here (nor being launched),
+        behind the gate of its claim; the executor's decision on each, by unit."""
+        decisions: dict[int, asyncio.Future] = {}
+        for u, unit in enumerate(units):
+            key = (unit[0].id, unit[0].attempt)
+            if len(unit) == 1 and key not in self._launched and key not in self._gated:
+                self._gated[key] = asyncio.get_running_loop().create_future()
+                decisions[u] = self._runs.launch_gated(unit[0], records[u][0], gates[u])
+        self.stats["ahead"] += len(decisions)
+        return decisions
+
+    def _ran_ahead(self, units: list[list[TaskMessage]], decisions: dict[int, asyncio.Future], ran: set[int]) -> None:
+        """The claims of the units launched ahead are answered: those in ``ran`` run in their workers."""
+        for u in decisions:
+            msg = units[u][0]
+            if u in ran:
+                self._mark_launched(msg)
+            else:
+                self.stats["held_back"] += 1
+            self._gated.pop((msg.id, msg.attempt)).set_result(u in ran)
+
+    def _give_back(self, count: int, decisions: dict[int, asyncio.Future], ours: dict[int, TaskRecord]) -> None:
+        """After a failed claim of ``count`` units: free the slots of those not launched ahead, and
+        decide those that were (``ours``: the ones this executor runs, by unit)."""
+        for u in range(count):
+            if u in decisions:
+                decisions[u].set_result(ours.get(u))  # a slot launched ahead is freed when its Ray task ends
+            else:
+                self._slots.release()
+
+    def _settle_unit(
+        self,
+        unit: list[TaskMessage],
+        records: list[TaskRecord],
+        claims: Iterator[WriteOutcome],
+        running_ahead: bool,
+        claimed: float,
+    ) -> tuple[list[HandOffResult], list[tuple[TaskMessage, TaskRecord]]]:
+        """The outcome of each task of ``unit`` from its claim, and those to launch with their
+        RUNNING records. ``running_ahead``: the unit's Ray task started ahead of its claim, which
+        the keeper accepted, so its worker runs it."""
+        outcomes: list[HandOffResult] = []
+        launch: list[tuple[TaskMessage, TaskRecord]] = []
+        for msg, running in zip(unit, records, strict=True):
+            claim = next(claims)
+            if running_ahead:
+                # A kill noted before this launch was for an earlier run: this one is running.
+                self._runs.kill_requested(msg.id)
+                outcome = HandOffResult(HandOff.STARTED)
+                launch.append((msg, running.with_hops(claimed=claimed)))
+            else:
+                outcome = self._judge(msg, claim)
+                if outcome.outcome is HandOff.STARTED and (msg.id, msg.attempt) not in self._launched:
+                    self._mark_launched(msg)
+                    launch.append((msg, running.with_hops(claimed=claimed)))
+            outcomes.append(outcome)
+        return outcomes, launch
 
     def _running(self, msg: TaskMessage) -> TaskRecord:
         """The RUNNING record that claims ``msg``'s task for this executor, with its hops so far."""

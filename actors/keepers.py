@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import ray
 
 from raylane.models import PackedRecord, TaskRecord, WriteOutcome
 from raylane.protocol import keeper_name, keeper_of
+
+# A claim's answer as a worker waits for it: a keeper's answer to a claim call (its reference,
+# alone in a list), and the place of the worker's task in it.
+Gate = tuple[list, int]
 
 
 class Keepers:
@@ -36,26 +40,42 @@ class Keepers:
             by.setdefault(keeper_of(task_id, self.count), []).append(i)
         return by
 
-    async def _routed(self, method: str, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
+    def _send(self, method: str, records: Sequence[TaskRecord | PackedRecord]) -> tuple[dict[int, list[int]], list]:
+        """Call ``method`` of each owning keeper with its records: the positions sent to each, and
+        the calls' references in the same order."""
         packed = [PackedRecord.of(r) for r in records]
-        if self.count == 1:
-            return await getattr(self.handles[0], method).remote(packed)
-        by = self._split([p.id for p in packed])
-        answers = await asyncio.gather(
-            *(getattr(self.handles[k], method).remote([packed[i] for i in idx]) for k, idx in by.items())
-        )
+        by = {0: list(range(len(packed)))} if self.count == 1 else self._split([p.id for p in packed])
+        refs = [getattr(self.handles[k], method).remote([packed[i] for i in idx]) for k, idx in by.items()]
+        return by, refs
+
+    @staticmethod
+    async def _gathered(by: dict[int, list[int]], refs: list) -> list[WriteOutcome]:
+        answers = await asyncio.gather(*refs)
         placed: dict[int, WriteOutcome] = {}
         for idx, outcomes in zip(by.values(), answers, strict=True):
             placed.update(zip(idx, outcomes, strict=True))
-        return [placed[i] for i in range(len(packed))]
+        return [placed[i] for i in range(len(placed))]
+
+    async def _routed(self, method: str, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
+        by, refs = self._send(method, records)
+        return await self._gathered(by, refs)
 
     async def write(self, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
         """Versioned writes through the owning keepers; one outcome per record, in order."""
         return await self._routed("write", records)
 
-    async def claim(self, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
-        """RUNNING writes through the owning keepers, which then watch each task's deadline."""
-        return await self._routed("claim", records)
+    def claim_gated(
+        self, records: Sequence[TaskRecord | PackedRecord]
+    ) -> tuple[list[Gate], Coroutine[Any, Any, list[WriteOutcome]]]:
+        """RUNNING writes through the owning keepers (which then watch each task's deadline), sent
+        now: for each record, the gate a worker may wait on (the reference of its keeper's answer,
+        and the record's place in it), and the answers, to be awaited."""
+        by, refs = self._send("claim", records)
+        gates: list[Gate] = [([], 0)] * len(records)
+        for (_, idx), ref in zip(by.items(), refs, strict=True):
+            for place, i in enumerate(idx):
+                gates[i] = ([ref], place)  # in a list, so that Ray does not wait for it before the task
+        return gates, self._gathered(by, refs)
 
     async def wait_any(self, task_ids: list[str], timeout_s: float) -> tuple[list[TaskRecord], list[str]]:
         """As ``StatusKeeper.wait_any``, across the keepers that own ``task_ids``: the first

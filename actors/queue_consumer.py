@@ -33,6 +33,7 @@ _DEAD_LETTER_TRIES = 12  # about a minute of a DLQ write failing
 _UNKNOWN_NAME_GRACE_S = 20.0
 _EXECUTOR_DOWN_TRIES = 120  # about ten minutes of an Executor that does not come back
 _REPORT_EVERY_S = 5.0
+_PAUSES_EVERY_S = 1.0
 _URGENT_ROOM = 32  # messages a consumer takes past its full window when a higher priority waits
 
 
@@ -76,7 +77,8 @@ class QueueConsumer:
         self._known_names: set[str] = set()
         self._loop_task: asyncio.Task | None = None
         self._paused_topics: set[str] = set()
-        self._paused_checked = 0.0
+        self._pauses_task: asyncio.Task | None = None
+        self._pauses_read = asyncio.Event()  # set once the paused queues were read from the store
         # Raised by every pause or resume told directly; a reload from the store that began before
         # one is dropped, since the store may have answered from before that change.
         self._pause_generation = 0
@@ -86,11 +88,16 @@ class QueueConsumer:
 
     async def ensure_running(self) -> bool:
         """Start the poll loop if it is not running (idempotent); True when it runs."""
+        if self._pauses_task is None or self._pauses_task.done():
+            self._pauses_task = asyncio.create_task(self._read_pauses())
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.create_task(self._run())
         return True
 
     async def _run(self) -> None:
+        # Nothing is handed over before the paused queues are known: a paused queue stays held
+        # across a restart of its consumer.
+        await self._pauses_read.wait()
         while True:
             try:
                 if self._reader is None:
@@ -142,14 +149,22 @@ class QueueConsumer:
         self._pause_generation += 1
         self._paused_topics = self._paused_topics | topics if paused else self._paused_topics - topics
 
-    def _poll(self, max_records: int, timeout_s: float) -> list[Consumed]:
-        now = time.monotonic()
-        if now - self._paused_checked > 1.0:
-            self._paused_checked = now
+    async def _read_pauses(self) -> None:
+        """Every second, the paused queues from the store (pauses and resumes made elsewhere). It
+        runs beside the poll loop, so no poll waits for a search of the store."""
+        while True:
             generation = self._pause_generation
-            stored = {t for q in self._store.paused_queues() for t in topics_of(self.config.topic_prefix, q)}
-            if generation == self._pause_generation:
-                self._paused_topics = stored
+            try:
+                paused = await asyncio.to_thread(self._store.paused_queues)
+            except Exception as e:  # the store is away: keep the set as it is
+                log.warning("consumer %d: reading the paused queues failed: %r", self.index, e)
+            else:
+                if generation == self._pause_generation:
+                    self._paused_topics = {t for q in paused for t in topics_of(self.config.topic_prefix, q)}
+                    self._pauses_read.set()
+            await asyncio.sleep(_PAUSES_EVERY_S)
+
+    def _poll(self, max_records: int, timeout_s: float) -> list[Consumed]:
         reader = self._open_reader()
         items = reader.poll(max_records, timeout_s)
         # Applied after every poll, with the set as it is now: a refreshed assignment may bring

@@ -20,9 +20,9 @@ from raylane.actors.common import Background, PrioritySlots
 from raylane.actors.fencing import FENCE_MARGIN_S
 from raylane.actors.finishing import Finisher
 from raylane.actors.grouping import Group, chunks, group_size, wait_allowance
-from raylane.actors.keepers import Keepers
+from raylane.actors.keepers import Gate, Keepers
 from raylane.actors.recovery import OwnLease
-from raylane.actors.worker import MemberEnd, remote_group, remote_invoke
+from raylane.actors.worker import NOT_CLAIMED, MemberEnd, remote_group, remote_invoke
 from raylane.limits import Limits, clip_text
 from raylane.models import TaskMessage, TaskRecord
 from raylane.protocol import Reply
@@ -93,7 +93,46 @@ class Runs:
                 self._groups[msg.id] = group
             self._background.spawn(self._run_group(group))
 
-    def _launch_one(self, msg: TaskMessage, running: TaskRecord) -> None:
+    def launch_gated(self, msg: TaskMessage, running: TaskRecord, gate: Gate) -> asyncio.Future:
+        """Start ``msg``'s task alone in a run slot (already taken) while its claim is in flight: the
+        worker runs the function only once the claim is accepted (``gate``). Returns the future
+        the executor resolves once it has judged the claim: with the RUNNING record if the task is
+        this executor's to run, with None if not."""
+        decided: asyncio.Future = asyncio.get_running_loop().create_future()
+        ref = self._submit(msg, gate)
+        if isinstance(ref, Exception):
+            self._background.spawn(self._fail_gated(ref, decided))
+        else:
+            self._background.spawn(self._finish_gated(msg, ref, decided))
+        return decided
+
+    async def _fail_gated(self, error: Exception, decided: asyncio.Future) -> None:
+        # Ray refused the task: if the claim is ours, the task fails as a refused launch does.
+        try:
+            claimed = await decided
+            if claimed is not None:
+                await self._record_launch_failure(claimed, error)
+        finally:
+            self._slots.release()
+
+    async def _finish_gated(self, msg: TaskMessage, ref: ray.ObjectRef, decided: asyncio.Future) -> None:
+        reply = await self._reply(msg.id, ref)
+        claimed = await decided
+        if claimed is None:  # not this executor's: its worker did not start the function
+            self._slots.release()
+            return
+        if reply == NOT_CLAIMED:
+            # Judged ours after all (an earlier claim of this executor whose answer was lost):
+            # it starts now, in the same slot.
+            self._launch_one(msg, claimed)
+            return
+        try:
+            await self._finisher.settle_many([(claimed, reply)])
+        finally:
+            self._slots.release()
+
+    def _submit(self, msg: TaskMessage, gate: Gate | None = None) -> ray.ObjectRef | Exception:
+        """Start the Ray task of ``msg`` and track it; the error if Ray refused it."""
         r = msg.resources
         opts: dict[str, Any] = {"name": f"raylane:{msg.name}:{msg.id}", "num_cpus": r.num_cpus, "num_gpus": r.num_gpus}
         if r.memory_mb:
@@ -108,12 +147,19 @@ class Runs:
                 lease,
                 msg.soft_timeout_s,
                 (self._actor, msg.id, msg.attempt),
+                gate,
             )
-        except Exception as e:  # e.g. resources Ray refuses: the claimed task fails, it is not left RUNNING
-            self._background.spawn(self._fail_launch(running, e))
-            return
+        except Exception as e:  # e.g. resources Ray refuses
+            return e
         self._refs[msg.id] = ref
         self._attempt_of[msg.id] = msg.attempt
+        return ref
+
+    def _launch_one(self, msg: TaskMessage, running: TaskRecord) -> None:
+        ref = self._submit(msg)
+        if isinstance(ref, Exception):  # the claimed task fails, it is not left RUNNING
+            self._background.spawn(self._fail_launch(running, ref))
+            return
         self._background.spawn(self._finish(running, ref))
 
     async def _fail_launch(self, running: TaskRecord, error: Exception) -> None:
@@ -129,7 +175,8 @@ class Runs:
         outcome = await self._finisher.record(failed)
         self._stats["failed" if outcome.accepted else "discarded_results"] += 1
 
-    async def _finish(self, running: TaskRecord, ref: ray.ObjectRef) -> None:
+    async def _reply(self, task_id: str, ref: ray.ObjectRef) -> Reply:
+        """The reply of the Ray task ``ref`` of ``task_id``, or the failure it ended with."""
         try:
             reply = await ref
         except (RayError, asyncio.CancelledError) as e:
@@ -143,8 +190,12 @@ class Runs:
             else:
                 reply = Reply.failure(type(e).__name__, f"Ray task ended abnormally: {clip_text(str(e))}")
         finally:
-            self._refs.pop(running.id, None)
-            self._attempt_of.pop(running.id, None)
+            self._refs.pop(task_id, None)
+            self._attempt_of.pop(task_id, None)
+        return reply
+
+    async def _finish(self, running: TaskRecord, ref: ray.ObjectRef) -> None:
+        reply = await self._reply(running.id, ref)
         try:
             await self._finisher.settle_many([(running, reply)])
         finally:

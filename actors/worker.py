@@ -34,6 +34,9 @@ HELD_REPORT_S = 0.05  # replies waiting behind a member running longer than this
 Lease = tuple[Any, float, str, str]
 
 INTERRUPTED = Reply.failure("TaskCancelledError", "interrupted: the task was cancelled")
+# The reply of a Ray task started ahead of its claim when that claim was not accepted: the
+# function did not run, and the executor decides what follows (see ``Runs.launch_gated``).
+NOT_CLAIMED = Reply.failure("NotClaimed", "the claim was not accepted; the task did not start")
 
 
 class MemberEnd(NamedTuple):
@@ -67,14 +70,26 @@ def invoke(
     lease: Lease | None = None,
     soft_timeout_s: float | None = None,
     task: tuple[Any, str, int] | None = None,
+    gate: tuple[list, int] | None = None,
 ) -> Reply:
     """Run a registered task in this Ray worker; the reply holds the result or the error.
     A result that cannot be stored (not JSON, too deep, over ``limits.max_result_bytes``) fails
     the task here, where it is made, so it never travels to the executor or the store. With
     ``lease``, the function runs only while the claiming executor's lease holds (see ``fencing``);
     with ``soft_timeout_s``, ``SoftTimeLimitExceeded`` is raised in it after that long. With
-    ``task`` (its executor, id and attempt), ``raylane.progress`` reports to that executor."""
+    ``task`` (its executor, id and attempt), ``raylane.progress`` reports to that executor.
+    With ``gate`` (see ``Keepers.claim_gated``), the Ray task was started while its claim was in
+    flight: the function runs only once that claim is accepted, else ``NOT_CLAIMED`` comes back."""
     limits = limits or Limits()
+    if gate is not None:
+        [answer], place = gate
+        try:
+            accepted = ray.get(answer)[place].accepted
+        except Exception:  # the claim's call failed: whether it was written is not known here
+            accepted = False
+        if not accepted:
+            return NOT_CLAIMED
+        return invoke(name, args, kwargs, limits, lease, soft_timeout_s, task)
     if lease is not None:
         try:
             worker_fence().arm(*lease)

@@ -97,7 +97,9 @@ def test_cancel_while_pending_never_runs(rl, unique, tmp_path):
     assert cancelled.state is TaskState.CANCELLED
     rl.resume(queue)
     # Once resumed, the message is consumed and its RUNNING claim rejected: the executor skips it.
-    before = ray.get(ray.get_actor("Executor", namespace="raylane").get_stats.remote())["skipped"]
+    # Its Ray task was started beside the claim, and its worker held the function back.
+    stats = ray.get(ray.get_actor("Executor", namespace="raylane").get_stats.remote())
+    before, held_back = stats["skipped"], stats["held_back"]
     marker = add.options(queue=queue).submit(1, 1)
     assert marker.result(timeout=60) == 2  # the queue has moved past the cancelled task
     wait_until(
@@ -105,6 +107,7 @@ def test_cancel_while_pending_never_runs(rl, unique, tmp_path):
         what="the executor to skip the cancelled task",
     )
     assert not (tmp_path / "pid").exists() and not (tmp_path / "done").exists()
+    assert ray.get(ray.get_actor("Executor", namespace="raylane").get_stats.remote())["held_back"] > held_back
     assert h.record().state is TaskState.CANCELLED
     with pytest.raises(TaskCancelled):
         h.result(timeout=5)
