@@ -536,12 +536,16 @@ class WriteOutcome(NamedTuple):
     @property
     def transient(self) -> bool:
         """Whether the store turned this write away for now (overloaded, an index blocked for
-        writes, a shard unavailable), not for its version or its content: the same write may
-        be accepted when tried again."""
+        writes, a shard unavailable, the alias not yet resolved after a restart), not for its
+        version or its content: the same write may be accepted when tried again."""
         if self.accepted or self.status is None:
             return False
-        blocked = (self.reason or "").startswith("cluster_block_exception")
-        return self.status == 429 or self.status >= 500 or blocked
+        reason = self.reason or ""
+        blocked = reason.startswith("cluster_block_exception")
+        # Right after OpenSearch restarts, a write to the alias can meet an attempt to create an
+        # index of the alias's own name: the alias is there, so the same write succeeds later.
+        recovering = reason.startswith("invalid_index_name_exception") and "already exists as alias" in reason
+        return self.status == 429 or self.status >= 500 or blocked or recovering
 
 
 _OPTION_FIELDS = {

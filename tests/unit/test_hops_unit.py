@@ -68,6 +68,12 @@ def test_a_waiter_with_nothing_answers_empty_at_its_timeout(expected):
         (429, "es_rejected_execution_exception: queue full", True, False),
         (503, "unavailable_shards_exception: no shard", True, False),
         (403, "cluster_block_exception: index [x] blocked by: [FORBIDDEN/8/index write (api)]", True, False),
+        (
+            400,
+            "invalid_index_name_exception: Invalid index name [raylane-tasks], already exists as alias",
+            True,
+            False,
+        ),
         (400, "mapper_parsing_exception: bad field", False, True),
         (409, "conflict", False, False),
     ],
