@@ -126,10 +126,7 @@ class Runs:
             # it starts now, in the same slot.
             self._launch_one(msg, claimed)
             return
-        try:
-            await self._finisher.settle_many([(claimed, reply)])
-        finally:
-            self._slots.release()
+        await self._settle(claimed, reply)
 
     def _submit(self, msg: TaskMessage, gate: Gate | None = None) -> ray.ObjectRef | Exception:
         """Start the Ray task of ``msg`` and track it; the error if Ray refused it."""
@@ -195,7 +192,10 @@ class Runs:
         return reply
 
     async def _finish(self, running: TaskRecord, ref: ray.ObjectRef) -> None:
-        reply = await self._reply(running.id, ref)
+        await self._settle(running, await self._reply(running.id, ref))
+
+    async def _settle(self, running: TaskRecord, reply: Reply) -> None:
+        """Record the end of a lone task from its reply, then free its run slot."""
         try:
             await self._finisher.settle_many([(running, reply)])
         finally:
