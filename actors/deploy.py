@@ -117,7 +117,7 @@ def create_actors(config: ActorConfig) -> Deployment:
     ]
     ray.get([e.get_stats.remote() for e in executors])
     members: list[Any] = []
-    for i in range(config.consumers):
+    for i in range(config.consumer_count()):
         opts = _options(config, f"{QUEUE_CONSUMER}-{i}")
         if nodes:
             opts.update(_placed(nodes[i % len(nodes)]))

@@ -616,7 +616,7 @@ class RequestHandler:
     def _consumers(self) -> list:
         """The live QueueConsumer actors."""
         found = []
-        for i in range(self.config.consumers):
+        for i in range(self.config.consumer_count()):
             try:
                 found.append(ray.get_actor(f"{QUEUE_CONSUMER}-{i}", namespace=self.config.namespace))
             except ValueError:

@@ -28,6 +28,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from raylane.errors import ConfigError
 from raylane.signing import Signer, load_or_create_secret
 
+MAX_CONSUMERS = 64  # QueueConsumers of one deployment at most
+
 _PREFIX = "RAYLANE_"
 
 
@@ -315,7 +317,13 @@ class Settings(BaseSettings):
     max_running: int | None = Field(
         None, ge=1, description="Tasks an executor runs at once (default: 16 per CPU of the executor's node)."
     )
-    consumers: int = Field(1, ge=1, le=64, description="QueueConsumer actors per deployment.")
+    consumers: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_CONSUMERS,
+        description="QueueConsumer actors per deployment (default: one beside each executor, at most one per "
+        "partition of a new queue topic).",
+    )
     keepers: int = Field(
         1, ge=1, le=64, description="StatusKeeper actors per deployment; each owns the tasks whose id hashes to it."
     )

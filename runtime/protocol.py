@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, ConfigDict, SecretStr, SerializationInfo, field_serializer
 
 from raylane.backends import open_queue, open_reader, open_store
-from raylane.config import KafkaConnection, OpenSearchConnection, reveal_secret
+from raylane.config import MAX_CONSUMERS, KafkaConnection, OpenSearchConnection, reveal_secret
 from raylane.errors import RaylaneError
 from raylane.limits import Limits
 from raylane.queue import QueueReader, TaskQueue
@@ -152,7 +152,7 @@ class ActorConfig(BaseModel):
     max_depth: int = 16
     max_in_flight: int
     max_running: int | None = None  # tasks an executor runs at once; None: PER_CPU_RUNNING per CPU of its node
-    consumers: int = 1
+    consumers: int | None = None  # None: one beside each executor (at most one per partition)
     executors: int | None = None  # None until deployment places one on each node
     # The node of each executor, in order, when they are placed one per node (consumer i then
     # sits beside executor i mod executors); empty: Ray places them.
@@ -164,6 +164,13 @@ class ActorConfig(BaseModel):
     def executor_names(self) -> list[str]:
         """The names of the deployment's executors, in order."""
         return [executor_name(j) for j in range(self.executors or 1)]
+
+    def consumer_count(self) -> int:
+        """How many QueueConsumers the deployment runs: as configured, or one beside each executor,
+        at most one per partition of a new queue (a consumer without a partition reads nothing)."""
+        if self.consumers is not None:
+            return self.consumers
+        return max(1, min(self.executors or 1, self.partitions, MAX_CONSUMERS))
 
     def executor_for(self, consumer: int) -> str:
         """The executor QueueConsumer ``consumer`` hands its tasks to (the one beside it when placed)."""
@@ -205,7 +212,7 @@ class ActorConfig(BaseModel):
             group=self.consumer_group,
             max_payload_bytes=self.max_payload_bytes,
             member=member,
-            members=self.consumers,
+            members=self.consumer_count(),
         )
 
 

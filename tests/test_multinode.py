@@ -195,11 +195,10 @@ def test_three_nodes_place_their_own_actors_and_survive_losing_one(stack, store,
         RAYLANE_TOPIC_PREFIX=f"mn-{unique}.tasks.",
         RAYLANE_DLQ_TOPIC=f"mn-{unique}.dlq",
         RAYLANE_INDEX_ALIAS=f"mn-{unique}-tasks",
-        RAYLANE_CONSUMERS="3",
         RAYLANE_KEEPERS="3",
         RAYLANE_PARTITIONS="6",
     )
-    for unset in ("RAY_ADDRESS", "RAYLANE_EXECUTORS", "RAYLANE_MAX_RUNNING"):
+    for unset in ("RAY_ADDRESS", "RAYLANE_EXECUTORS", "RAYLANE_MAX_RUNNING", "RAYLANE_CONSUMERS"):
         env.pop(unset, None)
     driver = subprocess.Popen(
         [sys.executable, "-c", DRIVER, str(marker_dir), str(n)],
@@ -241,13 +240,15 @@ def test_three_nodes_place_their_own_actors_and_survive_losing_one(stack, store,
     recovered_in = time.monotonic() - killed_at
 
     # One executor on each node, the deploying (head) node's first, each running 16 tasks per CPU
-    # of its node; each consumer beside the executor it feeds; a RequestHandler on every node.
+    # of its node; by default a consumer beside each, feeding it; a RequestHandler on every node.
     executors = ["Executor", "Executor-1", "Executor-2"]
     assert placement["Executor"] == head_node, where
     assert len({placement[e] for e in executors}) == 3, where
     assert running == dict.fromkeys(executors, 32), running
-    for i in range(3):
-        assert placement[f"QueueConsumer-{i}"] == placement[executors[i]], where
+    consumers = sorted(name for name in placement if name.startswith("QueueConsumer"))
+    assert consumers == ["QueueConsumer-0", "QueueConsumer-1", "QueueConsumer-2"], where
+    for i, consumer in enumerate(consumers):
+        assert placement[consumer] == placement[executors[i]], where
     assert placement["RequestHandler"] == head_node
     local = {name.split("@", 1)[1]: node for name, node in placement.items() if name.startswith("RequestHandler@")}
     assert len(local) == WORKERS and all(named == node for named, node in local.items()), where

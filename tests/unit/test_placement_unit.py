@@ -44,3 +44,20 @@ def test_a_service_jobs_namespace_is_read_from_its_entrypoint():
     entry = "/usr/bin/python3 -m raylane.actors.service --config-key service-config:ab12 --namespace 'my ns'"
     assert service_namespace(entry) == "my ns"
     assert service_namespace("/usr/bin/python3 -m raylane.actors.service") is None
+
+
+@pytest.mark.parametrize(
+    ("executors", "partitions", "consumers", "expected"),
+    [
+        (3, 4, None, 3),  # one beside each node's executor, so every node's executor is fed
+        (1, 4, None, 1),
+        (8, 4, None, 4),  # a consumer past the partitions would read nothing
+        (None, 4, None, 1),
+        (3, 4, 2, 2),  # a configured number is kept as it is
+    ],
+)
+def test_consumers_default_to_one_beside_each_executor(executors, partitions, consumers, expected):
+    from raylane.protocol import ActorConfig
+
+    config = ActorConfig.model_construct(executors=executors, partitions=partitions, consumers=consumers)
+    assert config.consumer_count() == expected
