@@ -296,6 +296,9 @@ class RequestHandler:
         other tenants' tasks) are left out. At most 10,000 ids."""
         if not isinstance(task_ids, list) or len(task_ids) > MAX_REPLAY:
             raise InvalidTaskInput(f"get_many takes a list of at most {MAX_REPLAY} task ids")
+        return await self._records(task_ids, tenant)
+
+    async def _records(self, task_ids: list, tenant: str | None) -> dict[str, TaskRecord]:
         ids = [i for i in task_ids if isinstance(i, str) and _ID.match(i)]
         found: dict[str, TaskRecord] = {}
         for i in range(0, len(ids), _GET_MANY):
@@ -322,6 +325,28 @@ class RequestHandler:
             # Rejected: the task finished first, or moved to a new attempt; look again.
         record = await self._get(task_id)
         raise TaskAlreadyFinished(task_id, record.state.value)
+
+    @replies_errors
+    async def cancel_many(self, task_ids: list[str], tenant: str | None = None) -> list[str]:
+        """Cancel the unfinished tasks among ``task_ids`` (at most 10,000): one read and one write
+        for all of them, not a round trip each; running ones are killed. Returns the ids cancelled,
+        in the order given; tasks that had finished and unknown ids (with ``tenant``, other
+        tenants' tasks too) are left out."""
+        if not isinstance(task_ids, list) or len(task_ids) > MAX_REPLAY:
+            raise InvalidTaskInput(f"cancel_many takes a list of at most {MAX_REPLAY} task ids")
+        if not all(isinstance(i, str) for i in task_ids):
+            raise InvalidTaskInput("cancel_many takes task ids, which are strings")
+        cancelled: set[str] = set()
+        open_ = list(dict.fromkeys(task_ids))
+        for _ in range(5):
+            ends = [_cancelled(r) for r in (await self._records(open_, tenant)).values() if not r.finished]
+            outcomes = await self._keepers.write(ends) if ends else []
+            cancelled.update(r.id for r, o in zip(ends, outcomes, strict=True) if o.accepted)
+            # Rejected: the task finished first, or moved to a new attempt; look again.
+            open_ = [r.id for r, o in zip(ends, outcomes, strict=True) if not o.accepted]
+            if not open_:
+                break
+        return [i for i in dict.fromkeys(task_ids) if i in cancelled]
 
     @replies_errors
     async def cancel_matching(self, query: dict, limit: int = 1000, tenant: str | None = None) -> list[str]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import raylane
-from raylane.errors import TaskAlreadyFinished, WaitTimeout
+from raylane.errors import WaitTimeout
 from raylane.states import TaskState
 
 
@@ -135,13 +135,12 @@ def main(argv: list[str] | None = None) -> int:
             slow_batch = [slow.submit(str(paths[i]), args.timeout * 15) for i in chunk if i in stalled]
             stalled_ids.update(h.id for h in slow_batch)
             batch += slow_batch
-            for h in batch[:: args.cancel_every] if args.cancel_every else []:
-                try:
-                    h.cancel()
-                    cancelled += 1
-                    cancelled_ids.add(h.id)
-                except TaskAlreadyFinished:
-                    too_late += 1
+            to_cancel = [h.id for h in batch[:: args.cancel_every]] if args.cancel_every else []
+            if to_cancel:  # one call for the batch's cancels, not a round trip each
+                ended = raylane.cancel_many(to_cancel)
+                cancelled += len(ended)
+                too_late += len(to_cancel) - len(ended)
+                cancelled_ids.update(ended)
             handles.extend(batch)
             bar.update(len(chunk))
     submitted_in = time.monotonic() - started

@@ -428,6 +428,15 @@ def cancel(task_id: str) -> TaskRecord:
     return _connection().call("cancel", task_id)
 
 
+def cancel_many(tasks: Iterable[TaskHandle | str]) -> list[str]:
+    """Cancel the unfinished tasks among ``tasks`` (handles or ids, up to 10,000) in one call,
+    killing the running ones; returns the ids cancelled. Tasks that had finished and unknown
+    ids are left out, as they are."""
+    if isinstance(tasks, str | TaskHandle):
+        raise InvalidTaskInput("cancel_many takes several tasks (a list of handles or ids); cancel takes one")
+    return _connection().call("cancel_many", [t.id if isinstance(t, TaskHandle) else t for t in tasks])
+
+
 def cancel_matching(
     state: StateFilter = None,
     name: str | None = None,

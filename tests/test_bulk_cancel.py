@@ -54,6 +54,39 @@ def test_cancel_matching_ends_waiting_and_running_tasks_and_leaves_finished_ones
         rl.resume(queue)
 
 
+def test_cancel_many_ends_the_unfinished_ones_among_its_ids_in_one_call(rl, unique):
+    done = nap.submit(0.0)
+    assert done.result(timeout=60) == 0.0
+    running = nap.submit(60.0)
+    wait_until(lambda: running.status() is TaskState.RUNNING, timeout=60, what="the long task to run")
+    queue = f"many-{unique}"
+    rl.pause(queue)
+    try:
+        waiting = nap.options(queue=queue).submit_many([(0.0,)] * 3)
+        unknown = "0" * 32
+        ids = rl.cancel_many([waiting[2], running, done.id, unknown, waiting[0].id, waiting[1], waiting[0]])
+        # In the order given, once each; the finished task and the unknown id are left out.
+        assert ids == [waiting[2].id, running.id, waiting[0].id, waiting[1].id]
+        for h in [running, *waiting]:
+            assert h.record().state is TaskState.CANCELLED
+        assert done.record().state is TaskState.SUCCEEDED and done.record().version == 3
+        assert rl.cancel_many([running, *waiting]) == []  # already cancelled: nothing more to do
+        wait_until(
+            lambda: sum(s["running"] for k, s in actor_stats("raylane").items() if k.startswith("Executor")) == 0,
+            timeout=30,
+            what="the cancelled task's worker to be killed",
+        )
+        # Bad input is refused whole, with nothing written.
+        more = nap.options(queue=queue).submit(0.0)
+        for bad in ([more.id, 7], more.id, ["x"] * 10_001):
+            with pytest.raises(raylane.InvalidTaskInput):
+                rl.cancel_many(bad)
+        assert more.record().state is TaskState.PENDING
+    finally:
+        rl.resume(queue)
+    assert more.result(timeout=60) == 0.0
+
+
 def test_the_command_line_says_how_many_before_it_cancels(rl, unique):
     tag = f"bulkc-{unique}"
     queue = f"bulkc-{unique}"
