@@ -65,6 +65,7 @@ def markdown(r: dict) -> str:
         "lookup_growth",
         "search_growth",
         "busiest_keeper_share",
+        "main_job_tasks_per_s",
     ):
         lines.append(f"| `{key}` | {_fmt(r.get(key))} |")
     lines += ["", "| target | measured | met |", "|---|---|---|"]
@@ -73,11 +74,12 @@ def markdown(r: dict) -> str:
         t = target(r)
         met = "–" if v is None else ("yes" if (v >= t if op == ">=" else v <= t) else "no")
         lines.append(f"| {label} | {_fmt(v)} | {met} |")
-    for part in ("ray", "celery", "dramatiq", "rtt", "floor", "burst", "timed_burst", "keepers"):
+    for part in ("ray", "celery", "dramatiq", "rtt", "floor", "burst", "timed_burst", "job", "keepers"):
         if part in r:
             lines += ["", f"## {part}", "", "| | |", "|---|---|"]
             lines += [f"| {k} | {_fmt(v) if not isinstance(v, dict) else json.dumps(v)} |" for k, v in r[part].items()]
-    bursts = [p for p in ("burst", "timed_burst", "keepers") if (r.get(p) or {}).get("cpu_ms_per_task_by_process")]
+    measured = ("burst", "timed_burst", "job", "keepers")
+    bursts = [p for p in measured if (r.get(p) or {}).get("cpu_ms_per_task_by_process")]
     if bursts:
         by = {p: r[p]["cpu_ms_per_task_by_process"] for p in bursts}
         names = list(dict.fromkeys(k for p in bursts for k in by[p]))

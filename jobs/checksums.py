@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import random
 import shutil
 import sys
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--batch", type=int, default=500, help="tasks per submit_many call (default 500)")
     ap.add_argument("--deadline", type=float, default=900.0, help="give up waiting after this many seconds")
+    ap.add_argument(
+        "--json", action="store_true", help="also print the run's figures as one JSON line at the end (for the bench)"
+    )
     args = ap.parse_args(argv)
 
     tmp = None
@@ -179,6 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     raylane.shutdown()
     ok = terminal == len(handles) and not mismatches and not unintended
     print("all tasks ended as intended" if ok else "some tasks did not end as intended", flush=True)
+    if args.json:
+        figures = {
+            "tasks": len(handles),
+            "terminal": terminal,
+            "seconds": round(elapsed, 2),
+            "submitted_s": round(submitted_in, 2),
+            "tasks_per_s": round(terminal / elapsed, 1),
+            "states": {k: v for k, v in counts.items() if v},
+            "ok": ok,
+        }
+        print(json.dumps(figures), flush=True)
     return 0 if ok else 1
 
 

@@ -744,7 +744,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--quick", action="store_true", help="smaller sizes: a few minutes instead of about ten")
     sp.add_argument(
-        "--only", help="comma-separated parts: rtt,floor,ray,celery,dramatiq,burst,timed_burst,lookup,scale,soak"
+        "--only",
+        help="comma-separated parts: rtt,floor,ray,celery,dramatiq,burst,timed_burst,job,lookup,scale,keepers,soak",
     )
     sp.add_argument("--out", help="directory for the results (default <RAYLANE_HOME>/bench)")
     sp.set_defaults(func=_bench)
