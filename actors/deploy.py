@@ -6,7 +6,7 @@ import shlex
 import sys
 import time
 import uuid
-from typing import Any, NamedTuple
+from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -16,7 +16,7 @@ from raylane.actors.queue_consumer import QueueConsumer
 from raylane.actors.request_handler import RequestHandler
 from raylane.actors.status_keeper import StatusKeeper
 from raylane.compat import kv_del, kv_get, kv_put
-from raylane.config import REVEAL
+from raylane.config import MAX_CONSUMERS, REVEAL
 from raylane.errors import StackError
 from raylane.protocol import (
     MAX_WAITS,
@@ -24,6 +24,7 @@ from raylane.protocol import (
     REQUEST_HANDLER,
     WAITS,
     ActorConfig,
+    executor_name,
     find_request_handler,
     handler_name,
     keeper_name,
@@ -84,12 +85,84 @@ def resolve_placement(config: ActorConfig) -> ActorConfig:
     return config.model_copy(update={"executors": len(nodes), "executor_nodes": nodes})
 
 
-class Deployment(NamedTuple):
-    """The handles of a deployment's actors; they live as long as their owner holds them."""
+class Deployment:
+    """The handles of a deployment's actors, which live as long as their owner holds them; and
+    the actors of nodes that join later, placed by ``grow``."""
 
-    handler: Any  # the first RequestHandler, created last
-    loopers: list[Any]  # keepers, executors and consumers: the actors with loops to keep running
-    handlers: list[Any]  # the RequestHandlers of the other nodes
+    def __init__(
+        self,
+        config: ActorConfig,
+        handler: Any,
+        keepers: list[Any],
+        executors: list[Any],
+        consumers: list[Any],
+        handlers: dict[str, Any],
+    ):
+        self.config = config
+        self.handler = handler  # the first RequestHandler, on the deploying node
+        self.keepers, self.executors, self.consumers = keepers, executors, consumers
+        self.handlers = handlers  # the RequestHandlers of the other nodes, by node
+        self.executor_nodes = list(config.executor_nodes)
+        self.known = {ray.get_runtime_context().get_node_id(), *handlers}  # nodes whose actors are placed
+
+    @property
+    def loopers(self) -> list[Any]:
+        """The keepers and executors: actors with loops to keep running (consumers are told more)."""
+        return [*self.keepers, *self.executors]
+
+    def size(self) -> int:
+        """How many actors the deployment has."""
+        return 1 + len(self.keepers) + len(self.executors) + len(self.consumers) + len(self.handlers)
+
+    def grow(self) -> list[str]:
+        """Place the actors of nodes that joined since the last look: a RequestHandler on each,
+        and, unless the number of executors is configured, an Executor on each with CPUs, with
+        a QueueConsumer beside it when consumers follow the executors (``RAYLANE_CONSUMERS``
+        unset) and a partition is left for it. Returns the names of the actors placed."""
+        alive = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
+        placed: list[str] = []
+        for node in sorted(set(alive) - self.known):
+            self.known.add(node)
+            if self.executor_nodes and alive[node].get("Resources", {}).get("CPU", 0) > 0:
+                placed += self._add_executor(node)
+            handler = (
+                _with_waits(RequestHandler)
+                .options(**_options(self.config, handler_name(node)), **_placed(node))
+                .remote(self.config)
+            )
+            ray.get(handler.task_names.remote())
+            self.handlers[node] = handler
+            placed.append(handler_name(node))
+        return placed
+
+    def _add_executor(self, node: str) -> list[str]:
+        j = len(self.executors)
+        nodes = [*self.executor_nodes, node]
+        config = self.config.model_copy(update={"executors": j + 1, "executor_nodes": nodes})
+        name = executor_name(j)
+        executor: Any = (
+            ray.remote(Executor)
+            .options(**_options(config, name), **_placed(node), runtime_env=_EXECUTOR_ENV)
+            .remote(config)
+        )
+        ray.get(executor.ensure_running.remote())
+        self.executors.append(executor)
+        self.executor_nodes = nodes
+        if self.config.consumers is not None or len(self.consumers) >= min(self.config.partitions, MAX_CONSUMERS):
+            return [name]
+        # The others read their new share first, then the new consumer its own: a partition may
+        # go unread for a moment, but none is read twice (which its claims would settle anyway).
+        i = len(self.consumers)
+        members = i + 1
+        ray.get([c.ensure_running.remote(members) for c in self.consumers])
+        consumer: Any = (
+            ray.remote(QueueConsumer)
+            .options(**_options(config, f"{QUEUE_CONSUMER}-{i}"), **_placed(node))
+            .remote(config.model_copy(update={"consumers": members}), i, name)
+        )
+        ray.get(consumer.ensure_running.remote(members))
+        self.consumers.append(consumer)
+        return [name, f"{QUEUE_CONSUMER}-{i}"]
 
 
 def create_actors(config: ActorConfig) -> Deployment:
@@ -97,7 +170,8 @@ def create_actors(config: ActorConfig) -> Deployment:
 
     Executors go one to each node with CPUs (unless their number is configured), each consumer
     beside the executor it feeds, and a RequestHandler to every node, so that a caller's requests,
-    a queue's tasks and their claims stay on one node where they can.
+    a queue's tasks and their claims stay on one node where they can. Nodes that join later
+    get theirs from ``Deployment.grow``.
 
     The first RequestHandler is created last: once it exists, the deployment is complete.
     """
@@ -116,7 +190,7 @@ def create_actors(config: ActorConfig) -> Deployment:
         for j, name in enumerate(config.executor_names())
     ]
     ray.get([e.get_stats.remote() for e in executors])
-    members: list[Any] = []
+    consumers: list[Any] = []
     for i in range(config.consumer_count()):
         opts = _options(config, f"{QUEUE_CONSUMER}-{i}")
         if nodes:
@@ -125,20 +199,20 @@ def create_actors(config: ActorConfig) -> Deployment:
             # Spread over the nodes, so that one node's loss stops only its share until Ray restarts
             # them elsewhere.
             opts.update(scheduling_strategy="SPREAD", **_TOKEN)
-        members.append(ray.remote(QueueConsumer).options(**opts).remote(config, i))
-    ray.get([a.ensure_running.remote() for a in [*keepers, *executors, *members]])
+        consumers.append(ray.remote(QueueConsumer).options(**opts).remote(config, i))
+    ray.get([a.ensure_running.remote() for a in [*keepers, *executors, *consumers]])
     here = ray.get_runtime_context().get_node_id()
     others = sorted({n["NodeID"] for n in ray.nodes() if n.get("Alive")} - {here})
-    local: list[Any] = [
-        _with_waits(RequestHandler).options(**_options(config, handler_name(n)), **_placed(n)).remote(config)
+    local: dict[str, Any] = {
+        n: _with_waits(RequestHandler).options(**_options(config, handler_name(n)), **_placed(n)).remote(config)
         for n in others
-    ]
-    ray.get([h.task_names.remote() for h in local])
+    }
+    ray.get([h.task_names.remote() for h in local.values()])
     handler: Any = (
         _with_waits(RequestHandler).options(**_options(config, handler_name()), **_placed(here)).remote(config)
     )
     ray.get(handler.task_names.remote())
-    return Deployment(handler, [*keepers, *executors, *members], local)
+    return Deployment(config, handler, keepers, executors, consumers, local)
 
 
 def actor_stats(namespace: str) -> dict:

@@ -60,11 +60,14 @@ class _PartitionProgress:
 class QueueConsumer:
     """Reads partitions of every queue topic (its share when several run) and hands their tasks over."""
 
-    def __init__(self, config: ActorConfig, index: int = 0):
+    def __init__(self, config: ActorConfig, index: int = 0, executor: str | None = None):
         self.config = config
         self.index = index
-        # Consumers are spread over the executors; each hands its tasks to one.
-        self._executor = ray.get_actor(config.executor_for(index), namespace=config.namespace)
+        self._members = config.consumer_count()  # readers sharing the partitions; grows with the deployment
+        self._reader_members = self._members  # the count the reader was opened with, or last told
+        # Consumers are spread over the executors; each hands its tasks to one (``executor``, by
+        # default the one beside consumer ``index`` when the deployment was made).
+        self._executor = ray.get_actor(executor or config.executor_for(index), namespace=config.namespace)
         self._keepers = Keepers(config.namespace, config.keepers)
         self._producer = config.queue()
         self._reader: QueueReader | None = None
@@ -86,8 +89,15 @@ class QueueConsumer:
         self._reported = 0.0
         self.stats = {"consumed": 0, "dead_lettered": 0, "started": 0, "skipped": 0, "errors": 0, "commits": 0}
 
-    async def ensure_running(self) -> bool:
-        """Start the poll loop if it is not running (idempotent); True when it runs."""
+    async def ensure_running(self, members: int | None = None) -> bool:
+        """Start the poll loop if it is not running (idempotent); True when it runs. With ``members``,
+        read as one of that many consumers from now on (a node joined, and with it a consumer)."""
+        if members is not None:
+            self._members = members
+            # Compared with the reader's own count: a reader opened while the count changed has the old one.
+            if self._reader is not None and self._reader_members != members:
+                await asyncio.to_thread(self._reader.resize, members)
+                self._reader_members = members
         if self._pauses_task is None or self._pauses_task.done():
             self._pauses_task = asyncio.create_task(self._read_pauses())
         if self._loop_task is None or self._loop_task.done():
@@ -173,7 +183,8 @@ class QueueConsumer:
 
     def _open_reader(self) -> QueueReader:
         if self._reader is None:
-            self._reader = self.config.reader(self.index)
+            self._reader_members = self._members
+            self._reader = self.config.reader(self.index, self._reader_members)
         return self._reader
 
     async def _commit(self) -> None:

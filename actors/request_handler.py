@@ -45,10 +45,12 @@ from raylane.models import (
     utcnow,
 )
 from raylane.protocol import (
+    EXECUTOR,
     QUEUE_CONSUMER,
     WAITS,
     ActorConfig,
     keeper_of_key,
+    live_members,
     replies_errors,
     routed_id,
     unwrap,
@@ -641,10 +643,10 @@ class RequestHandler:
     def _consumers(self) -> list:
         """The live QueueConsumer actors."""
         found = []
-        for i in range(self.config.consumer_count()):
+        for name in live_members(self.config.namespace, QUEUE_CONSUMER):
             try:
-                found.append(ray.get_actor(f"{QUEUE_CONSUMER}-{i}", namespace=self.config.namespace))
-            except ValueError:
+                found.append(ray.get_actor(name, namespace=self.config.namespace))
+            except ValueError:  # gone since it was listed
                 continue
         return found
 
@@ -659,7 +661,8 @@ class RequestHandler:
         run in, of at most ``max_running``), the seconds its lease still holds, and its counters."""
         from ray.util.state import list_actors
 
-        names = self.config.executor_names()
+        # The deployment's own, and those of nodes that joined after it.
+        names = list(dict.fromkeys([*self.config.executor_names(), *live_members(self.config.namespace, EXECUTOR)]))
         try:
             nodes = {
                 a.name: a.node_id

@@ -19,7 +19,7 @@ import time
 
 import ray
 
-from raylane.actors.deploy import create_actors, find_request_handler, take_service_config
+from raylane.actors.deploy import Deployment, create_actors, find_request_handler, take_service_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,22 +34,36 @@ def main(argv: list[str] | None = None) -> int:
         print("raylane actors already run under another service job; nothing to do", flush=True)
         return 0
     deployment = create_actors(config)
-    count = 1 + len(deployment.loopers) + len(deployment.handlers)
-    print(f"raylane actors ready in namespace {config.namespace!r}: {count} actors", flush=True)
-    supervise(deployment.loopers)  # until the job is stopped; holding `deployment` keeps the actors alive
+    print(f"raylane actors ready in namespace {config.namespace!r}: {deployment.size()} actors", flush=True)
+    supervise(deployment)  # until the job is stopped; holding `deployment` keeps the actors alive
     return 0
 
 
-def supervise(loopers: list, every_s: float = 2.0, give_up_s: float = 300.0) -> None:
-    """Keep the loops of the StatusKeeper, Executor and QueueConsumers running: an actor that Ray
+def supervise(deployment: Deployment, every_s: float = 2.0, give_up_s: float = 300.0, grow_every: int = 3) -> None:
+    """Keep the loops of the StatusKeepers, Executors and QueueConsumers running: an actor that Ray
     restarted after a crash starts with none, and resumes from the records and committed offsets.
-    Returns when no actor has answered for ``give_up_s`` (the cluster is gone)."""
+    Every ``grow_every`` rounds, place the actors of nodes that joined (``Deployment.grow``), and
+    tell every consumer how many share the partitions. Returns when no actor has answered for
+    ``give_up_s`` (the cluster is gone)."""
     stop = threading.Event()
     last_answer = time.monotonic()
+    rounds = 0
     while not stop.wait(every_s):
-        for actor in loopers:
+        rounds += 1
+        if rounds % grow_every == 0:
             try:
-                ray.get(actor.ensure_running.remote(), timeout=30)
+                placed = deployment.grow()
+            except Exception as e:  # a node that joins and dies at once, say: look again next time
+                print(f"raylane service: placing the actors of a new node failed: {e!r}", file=sys.stderr, flush=True)
+            else:
+                if placed:
+                    print(f"raylane service: a node joined; placed {', '.join(placed)}", flush=True)
+        members = len(deployment.consumers)
+        calls = [a.ensure_running.remote() for a in deployment.loopers]
+        calls += [c.ensure_running.remote(members) for c in deployment.consumers]
+        for call in calls:
+            try:
+                ray.get(call, timeout=30)
                 last_answer = time.monotonic()
             except Exception as e:  # restarting, or briefly unreachable: try again next round
                 print(f"raylane service: {e!r}", file=sys.stderr, flush=True)

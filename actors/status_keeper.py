@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import ray
 
@@ -29,7 +30,7 @@ from raylane.actors.scheduler import Scheduler
 from raylane.actors.workflows import Flows
 from raylane.errors import StoreUnavailable
 from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, utcnow
-from raylane.protocol import WAITS, ActorConfig, keeper_of
+from raylane.protocol import EXECUTOR, WAITS, ActorConfig, keeper_of, live_members
 from raylane.queue import TaskQueue
 from raylane.states import TaskState
 from raylane.store import TaskQuery
@@ -122,7 +123,7 @@ class StatusKeeper:
         # Waiters are added on the waits' loop and taken on the writes': this lock keeps "seen to
         # end" and "waiting" from missing each other.
         self._waiting_lock = threading.Lock()
-        self._executors: dict | None = None
+        self._executors: dict[str, Any] = {}  # handles by name, looked up as kills need them
         self._leases = LeaseObserver()
         self._observed = 0.0
         self._reported = 0.0
@@ -485,14 +486,25 @@ class StatusKeeper:
         """Have the task's Ray task stopped: by the executor whose incarnation ``owner`` holds its
         lease (it is named in the incarnation), which stops it or, with its claim still in
         flight, does not launch it; by every executor when the owner is not known."""
-        if self._executors is None:
-            self._executors = {
-                name: ray.get_actor(name, namespace=self.config.namespace) for name in self.config.executor_names()
-            }
         self.stats["kills"] += 1
-        target = self._executors.get(owner.rsplit("/", 1)[0]) if owner and "/" in owner else None
-        for executor in [target] if target is not None else self._executors.values():
-            executor.kill.remote(task_id, attempt)
+        target = self._executor(owner.rsplit("/", 1)[0]) if owner and "/" in owner else None
+        if target is not None:
+            target.kill.remote(task_id, attempt)
+            return
+        for name in live_members(self.config.namespace, EXECUTOR):
+            executor = self._executor(name)
+            if executor is not None:
+                executor.kill.remote(task_id, attempt)
+
+    def _executor(self, name: str) -> Any:
+        """The handle of executor ``name`` (one of a node that joined after deploy too); None if
+        there is no such actor."""
+        if name not in self._executors:
+            try:
+                self._executors[name] = ray.get_actor(name, namespace=self.config.namespace)
+            except ValueError:
+                return None
+        return self._executors[name]
 
     # ----- waiting
     @ray.method(concurrency_group=WAITS)

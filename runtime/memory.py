@@ -508,6 +508,15 @@ class InMemoryQueueReader(QueueReader):
                     self.broker.committed[(self.group, *tp)] = offset
             return offsets.keys() - assigned
 
+    def resize(self, members: int) -> None:
+        if not 0 <= self.member < members:
+            raise ValueError(f"member {self.member} is not one of {members} readers")
+        with self.broker.cond:
+            self.members = members
+            # A partition left behind is read from its committed offset when it comes back.
+            for tp in [tp for tp in self._position if owner_of(tp[0], tp[1], members) != self.member]:
+                del self._position[tp]
+
     def hold(self, topics: set[str], returned: list[Consumed]) -> list[Consumed]:
         with self.broker.cond:
             self._paused = {tp for tp in self._assigned() if tp[0] in topics}

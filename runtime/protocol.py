@@ -91,6 +91,22 @@ def keeper_of(task_id: str, keepers: int) -> int:
         return zlib.crc32(task_id.encode()) % keepers
 
 
+def live_members(namespace: str, role: str) -> list[str]:
+    """The names of the live actors of ``role`` (``EXECUTOR``, ``QUEUE_CONSUMER``) in ``namespace``,
+    in index order: those of nodes that joined after deploy too."""
+    import ray
+
+    def index(name: str) -> int:
+        return int(name.rsplit("-", 1)[1]) if name != role and name.rsplit("-", 1)[-1].isdigit() else 0
+
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == namespace and (a["name"] == role or a["name"].startswith(f"{role}-"))
+    ]
+    return sorted(names, key=index)
+
+
 def executor_name(index: int) -> str:
     """Actor name of executor ``index``: ``Executor``, then ``Executor-1``, ``Executor-2``..."""
     return EXECUTOR if index == 0 else f"{EXECUTOR}-{index}"
@@ -204,15 +220,15 @@ class ActorConfig(BaseModel):
             copies=self.replication,
         )
 
-    def reader(self, member: int) -> QueueReader:
-        """Reader ``member`` of ``consumers`` of every queue topic."""
+    def reader(self, member: int, members: int | None = None) -> QueueReader:
+        """Reader ``member`` of ``members`` (by default ``consumer_count()``) of every queue topic."""
         return open_reader(
             self.kafka,
             prefix=self.topic_prefix,
             group=self.consumer_group,
             max_payload_bytes=self.max_payload_bytes,
             member=member,
-            members=self.consumer_count(),
+            members=members or self.consumer_count(),
         )
 
 

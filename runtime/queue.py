@@ -130,6 +130,13 @@ class QueueReader(abc.ABC):
         because this reader no longer reads them."""
 
     @abc.abstractmethod
+    def resize(self, members: int) -> None:
+        """Read as one of ``members`` readers from now on (the deployment grew): the partitions
+        now another reader's are left (their later commits are left out, and their messages not
+        committed are read again by their new reader), and the ones now this reader's are read
+        from their committed offsets."""
+
+    @abc.abstractmethod
     def hold(self, topics: set[str], returned: list[Consumed]) -> list[Consumed]:
         """Pause the assigned partitions of ``topics`` (resuming all others), and give back the
         messages of ``returned`` that belong to them: they are read again once resumed."""
@@ -541,6 +548,19 @@ class KafkaQueueReader(QueueReader):
                 return self._commit_assigned(offsets)
             except (KafkaError, OSError) as e:
                 raise QueueUnavailable(f"Kafka offset commit failed: {e}") from e
+
+    def resize(self, members: int) -> None:
+        from kafka.errors import KafkaError
+
+        if not 0 <= self.member < members:
+            raise ValueError(f"member {self.member} is not one of {members} readers")
+        with self._lock:
+            self.members = members
+            try:
+                self._refresh_assignment()
+            except (KafkaError, OSError):
+                self._refreshed = 0.0  # Kafka is away: the next poll moves the partitions
+        log.info("reader %d is now one of %d", self.member, members)
 
     def _commit_assigned(self, offsets: dict[tuple[str, int], int]) -> set[tuple[str, int]]:
         from kafka.structs import OffsetAndMetadata, TopicPartition

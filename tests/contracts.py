@@ -392,6 +392,27 @@ class QueueContract:
         assert {(c.topic, c.partition) for c in got0}.isdisjoint({(c.topic, c.partition) for c in got1})
         assert sorted(c.key for c in got0 + got1) == sorted(m.id.encode() for m in msgs)
 
+    def test_a_reader_told_of_more_readers_reads_its_new_share(self, contract_queue, contract_reader):
+        first = contract_reader(member=0, members=1, group="g-grow")
+        before = [message(queue=q) for q in ("a", "b", "c") for _ in range(8)]
+        contract_queue.produce_many(before)
+        got = drain(first, 24)
+        assert first.commit({(c.topic, c.partition): c.offset + 1 for c in got}) == set()
+        first.resize(2)
+        second = contract_reader(member=1, members=2, group="g-grow")
+        after = [message(queue=q) for q in ("a", "b", "c") for _ in range(8)]
+        contract_queue.produce_many(after)
+        got0, got1 = drain(first, 24, timeout=5), drain(second, 24, timeout=5)
+        # Each reads its own share of the partitions, from the offsets committed before.
+        assert {(c.topic, c.partition) for c in got0}.isdisjoint({(c.topic, c.partition) for c in got1})
+        assert sorted(c.key for c in got0 + got1) == sorted(m.id.encode() for m in after)
+        assert got1, "the partitions were not shared"
+        # A commit of a partition that moved to the other reader is left out.
+        moved = {(c.topic, c.partition): c.offset + 1 for c in got1}
+        assert first.commit(moved) == set(moved)
+        with pytest.raises(ValueError):
+            second.resize(1)
+
     def test_what_is_not_committed_is_read_again(self, contract_queue, contract_reader):
         msgs = [message(queue="a") for _ in range(6)]
         contract_queue.produce_many(msgs)

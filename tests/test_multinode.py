@@ -1,11 +1,12 @@
 """raylane on a Ray cluster of three nodes, with Kafka and OpenSearch given as existing services.
 
 A private Ray head and two worker nodes (own ports) run on this machine; a driver process
-configured only by ``RAYLANE_*`` addresses deploys raylane there with three StatusKeepers and
-three QueueConsumers. Executors and RequestHandlers are not configured: one of each goes to every
-node, the executor running 16 tasks per CPU of its node, each consumer beside its executor. A
-batch runs on every node, and one worker node is killed mid-run. Every task must end in exactly
-one terminal state.
+configured only by ``RAYLANE_*`` addresses deploys raylane on the head and the first worker
+node with three StatusKeepers. Executors, consumers and RequestHandlers are not configured:
+one of each goes to every node, the executor running 16 tasks per CPU of its node, each
+consumer beside its executor. The second worker node joins after the deployment and gets its
+own. A batch runs on every node, and the first worker node is killed mid-run. Every task must
+end in exactly one terminal state.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ DRIVER = textwrap.dedent('''
         time.sleep(1.5)
         return node
 
-    # Both nodes must be able to start workers before raylane places its actors over them.
+    # The nodes must be able to start workers before raylane places its actors over them.
     ray.init(address=os.environ["RAYLANE_RAY_ADDRESS"], logging_level="WARNING")
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     probe = ray.remote(num_cpus=0)(lambda: ray.get_runtime_context().get_node_id())
@@ -54,11 +55,22 @@ DRIVER = textwrap.dedent('''
     assert sorted(ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote()
                            for n in nodes])) == sorted(nodes)
     raylane.init()
-    placement = actor_node_ids(os.environ["RAYLANE_NAMESPACE"])
+    ns = os.environ["RAYLANE_NAMESPACE"]
+    Path(sys.argv[3], "deployed").write_text(json.dumps(actor_node_ids(ns)))
+    # Then a node joins: the deployment places its actors there without being deployed again.
+    while not Path(sys.argv[3], "joined").exists():
+        time.sleep(0.2)
+    seen = time.monotonic()
+    [late] = {n["NodeID"] for n in ray.nodes() if n["Alive"]} - set(nodes)
+    wanted = {"Executor-2", "QueueConsumer-2", f"RequestHandler@{late}"}
+    while not wanted <= set(placement := actor_node_ids(ns)) and time.monotonic() - seen < 120:
+        time.sleep(0.5)
+    grown_in = time.monotonic() - seen
     head = [n["NodeID"] for n in ray.nodes() if "node:__internal_head__" in n["Resources"]][0]
     stats = actor_stats(os.environ["RAYLANE_NAMESPACE"])
     running = {name: s["max_running"] for name, s in stats.items() if name.startswith("Executor")}
-    print(json.dumps({"actors": placement, "head": head, "max_running": running}), flush=True)
+    print(json.dumps({"actors": placement, "head": head, "late": late, "grown_in": grown_in, "max_running": running}),
+          flush=True)
     handles = work.submit_many([(i,) for i in range(int(sys.argv[2]))])
     records = [h.wait(timeout=300) for h in handles]
     print(json.dumps({"records": [{"id": r.id, "state": r.state.value, "attempt": r.attempt,
@@ -131,15 +143,22 @@ def three_nodes(settings, tmp_path_factory):
     deadline = time.monotonic() + 120
     while _alive_nodes() < 1 and time.monotonic() < deadline:
         time.sleep(1.0)
-    workers = [_start_worker_node(private.state_dir, k) for k in range(WORKERS)]
-    # On a loaded machine a worker node can time out while starting; it gets a second chance.
-    deadline = time.monotonic() + 180
-    while _alive_nodes() < 1 + WORKERS and time.monotonic() < deadline:
-        for k, pid in enumerate(workers):
-            if proc.exited_early(pid):
+    workers: list[int] = []
+
+    def join() -> None:
+        """Start the next worker node and wait until it is alive."""
+        k = len(workers)
+        workers.append(_start_worker_node(private.state_dir, k))
+        # On a loaded machine a worker node can time out while starting; it gets a second chance.
+        deadline = time.monotonic() + 180
+        while _alive_nodes() < 2 + k and time.monotonic() < deadline:
+            if proc.exited_early(workers[k]):
                 workers[k] = _start_worker_node(private.state_dir, k)
-        time.sleep(1.0)
-    yield {"head": head, "workers": workers}
+            time.sleep(1.0)
+
+    for _ in range(WORKERS - 1):
+        join()
+    yield {"head": head, "workers": workers, "join": join}
     for worker in workers:
         for pid in _node_processes(worker) if proc.pid_alive(worker) else []:
             with contextlib.suppress(ProcessLookupError):
@@ -180,7 +199,7 @@ _last_listing = [""]  # what `ray list nodes` said last when it listed none
 def test_three_nodes_place_their_own_actors_and_survive_losing_one(stack, store, three_nodes, unique, tmp_path):
     head, victim = three_nodes["head"], three_nodes["workers"][0]
     alive = _alive_nodes()
-    assert alive == 1 + WORKERS, f"{alive} nodes joined; `ray list nodes` said: {_last_listing[0]}"
+    assert alive == WORKERS, f"{alive} nodes joined; `ray list nodes` said: {_last_listing[0]}"
     marker_dir = tmp_path / "runs"
     marker_dir.mkdir()
     n = 36
@@ -201,18 +220,30 @@ def test_three_nodes_place_their_own_actors_and_survive_losing_one(stack, store,
     for unset in ("RAY_ADDRESS", "RAYLANE_EXECUTORS", "RAYLANE_MAX_RUNNING", "RAYLANE_CONSUMERS"):
         env.pop(unset, None)
     driver = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, str(marker_dir), str(n)],
+        [sys.executable, "-c", DRIVER, str(marker_dir), str(n), str(tmp_path)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        # Once tasks have started on every node, a worker node dies (raylet and workers, SIGKILL).
-        def nodes_started() -> set[str]:
+
+        def driver_runs() -> None:
             if driver.poll() is not None:
                 out, err = driver.communicate()
                 pytest.fail(f"the driver exited early ({driver.returncode}):\n{out[-2000:]}\n{err[-3000:]}")
+
+        # Deployed on the head and one worker node, the cluster grows by a node.
+        wait_until(
+            lambda: driver_runs() or (tmp_path / "deployed").exists(), timeout=240, what="raylane to be deployed"
+        )
+        deployed = json.loads((tmp_path / "deployed").read_text())
+        three_nodes["join"]()
+        (tmp_path / "joined").touch()
+
+        # Once tasks have started on every node, a worker node dies (raylet and workers, SIGKILL).
+        def nodes_started() -> set[str]:
+            driver_runs()
             return {p.read_text() for p in marker_dir.iterdir() if p.stat().st_size}
 
         wait_until(
@@ -233,6 +264,7 @@ def test_three_nodes_place_their_own_actors_and_survive_losing_one(stack, store,
             driver.kill()
     assert driver.returncode == 0, err[-3000:]
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    first = deployed  # the actors as deployed, before the third node joined
     deployed = next(x for x in lines if "actors" in x)
     placement, head_node, running = deployed["actors"], deployed["head"], deployed["max_running"]
     where = {name: node[:8] for name, node in sorted(placement.items())}  # for the messages
@@ -253,7 +285,13 @@ def test_three_nodes_place_their_own_actors_and_survive_losing_one(stack, store,
     local = {name.split("@", 1)[1]: node for name, node in placement.items() if name.startswith("RequestHandler@")}
     assert len(local) == WORKERS and all(named == node for named, node in local.items()), where
     assert {"StatusKeeper", "StatusKeeper-1", "StatusKeeper-2"} <= set(placement)
-    assert len({r["executor"] for r in records}) >= 2, "tasks ran under one executor only"
+    # The third node joined after the deployment and got its executor, consumer and handler then.
+    late = deployed["late"]
+    assert {"Executor", "Executor-1", "QueueConsumer-0", "QueueConsumer-1"} <= set(first), first
+    assert not {"Executor-2", "QueueConsumer-2", f"RequestHandler@{late}"} & set(first), first
+    assert placement["Executor-2"] == placement["QueueConsumer-2"] == placement[f"RequestHandler@{late}"] == late
+    owners = {r["executor"].split("/", 1)[0] for r in records}
+    assert "Executor-2" in owners and len(owners) >= 2, f"tasks ran under {owners} only"
     on_workers = sorted(a for a, node in placement.items() if node != head_node)
     # Every task reached exactly one terminal state, SUCCEEDED (retries absorb the lost node).
     assert len(records) == n and {r["state"] for r in records} == {"SUCCEEDED"}, records
@@ -268,7 +306,8 @@ def test_three_nodes_place_their_own_actors_and_survive_losing_one(stack, store,
     for i, r in enumerate(records):
         assert runs[i] <= r["attempt"] + 1
     print(
-        f"\nmulti-node: actors on the worker nodes: {on_workers}; {n} tasks, {len(retried)} retried after the "
+        f"\nmulti-node: the late node's actors were placed {deployed['grown_in']:.1f}s after it joined; "
+        f"actors on the worker nodes: {on_workers}; {n} tasks, {len(retried)} retried after the "
         f"node loss, all SUCCEEDED {recovered_in:.1f}s after the kill; errors of retried attempts: "
         f"{sorted({e for r in retried for e in r['errors']})}"
     )

@@ -61,3 +61,15 @@ def test_consumers_default_to_one_beside_each_executor(executors, partitions, co
 
     config = ActorConfig.model_construct(executors=executors, partitions=partitions, consumers=consumers)
     assert config.consumer_count() == expected
+
+
+def test_live_members_are_listed_in_index_order_with_those_placed_later(monkeypatch):
+    import ray.util
+
+    from raylane.protocol import EXECUTOR, QUEUE_CONSUMER, live_members
+
+    named = ["Executor-10", "Executor", "QueueConsumer-1", "Executor-2", "ExecutorX", "RequestHandler@n1"]
+    listed = [{"name": n, "namespace": "ns"} for n in named] + [{"name": "Executor-3", "namespace": "other"}]
+    monkeypatch.setattr(ray.util, "list_named_actors", lambda all_namespaces=False: listed)
+    assert live_members("ns", EXECUTOR) == ["Executor", "Executor-2", "Executor-10"]
+    assert live_members("ns", QUEUE_CONSUMER) == ["QueueConsumer-1"]
