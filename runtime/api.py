@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
@@ -36,6 +36,7 @@ from raylane.apicore import (
     problem_of,
     problem_response,
     set_context,
+    single_valued,
     tenant_query,
 )
 from raylane.errors import (
@@ -301,7 +302,7 @@ def _request(sub: TaskSubmission, who: Principal) -> dict:
 # ---------------------------------------------------------------- application
 
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(single_valued)])
 """The JSON API's routes (``build_app`` serves them beside the web page's)."""
 
 # How many tasks one call that acts on a search (cancel, replay) acts on at most.

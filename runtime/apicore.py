@@ -176,6 +176,21 @@ def _instant(text: str | None, what: str) -> datetime | None:
     return min(max(value, _EARLIEST), _LATEST)
 
 
+_LIST_PARAMS = frozenset({"state", "tag"})  # the query parameters that take a list (given once per value)
+
+
+def single_valued(request: Request) -> None:
+    """Refuse a query parameter given more than once, unless it takes a list: FastAPI would keep
+    one of the values and drop the rest, and the caller would not learn which."""
+    repeated = sorted(
+        {k for k in request.query_params if k not in _LIST_PARAMS and len(request.query_params.getlist(k)) > 1}
+    )
+    if repeated:
+        raise ApiProblem(
+            422, "validation_error", f"query parameter {repeated[0]!r} is given more than once; it takes one value"
+        )
+
+
 def task_filters(
     state: Annotated[list[TaskState] | None, Query(description="any of these states")] = None,
     name: Annotated[str | None, Query(pattern=NAME_PATTERN, description="task name")] = None,

@@ -161,3 +161,20 @@ def test_a_read_only_token_cannot_cancel_by_search(page):
     refused = client.post("/ui/cancel", data={"confirm": "yes"}, headers={"origin": "http://testserver"})
     assert refused.status_code == 403
     assert "cancel_matching" not in ctx.calls
+
+
+def test_a_query_parameter_given_twice_is_refused_unless_it_takes_a_list(tmp_path):
+    tokens = TokenFile(tmp_path / "tokens.json")
+    _, token = tokens.create("acme", "read")
+    ctx = FakeContext(tokens, [_record(error="e")])
+    set_context(ctx)
+    try:
+        client = TestClient(build_app())
+        auth = {"Authorization": f"Bearer {token}"}
+        twice = client.get("/api/v1/counts?text=a&text=&tag=e", headers=auth)
+        assert twice.status_code == 422 and "'text' is given more than once" in twice.json()["error"]["message"]
+        assert ctx.calls == []  # refused before anything is asked
+        listed = client.get("/api/v1/counts?tag=a&tag=b&state=FAILED&state=RUNNING&text=x", headers=auth)
+        assert listed.status_code == 200 and ctx.calls == ["counts"]
+    finally:
+        set_context(None)
