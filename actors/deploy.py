@@ -16,7 +16,7 @@ from raylane.actors.queue_consumer import QueueConsumer
 from raylane.actors.request_handler import RequestHandler
 from raylane.actors.status_keeper import StatusKeeper
 from raylane.compat import kv_del, kv_get, kv_put
-from raylane.config import MAX_CONSUMERS, REVEAL
+from raylane.config import REVEAL
 from raylane.errors import StackError
 from raylane.protocol import (
     MAX_WAITS,
@@ -85,6 +85,9 @@ def resolve_placement(config: ActorConfig) -> ActorConfig:
     return config.model_copy(update={"executors": len(nodes), "executor_nodes": nodes})
 
 
+_PLACE_TIMEOUT_S = 120.0  # for a new node's actor to answer; past it, the supervisor goes on
+
+
 class Deployment:
     """The handles of a deployment's actors, which live as long as their owner holds them; and
     the actors of nodes that join later, placed by ``grow``."""
@@ -130,8 +133,8 @@ class Deployment:
                 .options(**_options(self.config, handler_name(node)), **_placed(node))
                 .remote(self.config)
             )
-            ray.get(handler.task_names.remote())
-            self.handlers[node] = handler
+            self.handlers[node] = handler  # kept from now on, even if it is slow to answer
+            ray.get(handler.task_names.remote(), timeout=_PLACE_TIMEOUT_S)
             placed.append(handler_name(node))
         return placed
 
@@ -145,23 +148,25 @@ class Deployment:
             .options(**_options(config, name), **_placed(node), runtime_env=_EXECUTOR_ENV)
             .remote(config)
         )
-        ray.get(executor.ensure_running.remote())
+        # Kept (and supervised) from now on: an actor whose handle is dropped is gone.
         self.executors.append(executor)
         self.executor_nodes = nodes
-        if self.config.consumers is not None or len(self.consumers) >= min(self.config.partitions, MAX_CONSUMERS):
+        ray.get(executor.ensure_running.remote(), timeout=_PLACE_TIMEOUT_S)
+        if config.consumer_count() <= len(self.consumers):  # configured, or one per partition already
             return [name]
         # The others read their new share first, then the new consumer its own: a partition may
         # go unread for a moment, but none is read twice (which its claims would settle anyway).
         i = len(self.consumers)
         members = i + 1
-        ray.get([c.ensure_running.remote(members) for c in self.consumers])
+        ray.get([c.ensure_running.remote(members) for c in self.consumers], timeout=_PLACE_TIMEOUT_S)
         consumer: Any = (
             ray.remote(QueueConsumer)
             .options(**_options(config, f"{QUEUE_CONSUMER}-{i}"), **_placed(node))
             .remote(config.model_copy(update={"consumers": members}), i, name)
         )
-        ray.get(consumer.ensure_running.remote(members))
+        # Counted from now on: the others already read as one of ``members``.
         self.consumers.append(consumer)
+        ray.get(consumer.ensure_running.remote(members), timeout=_PLACE_TIMEOUT_S)
         return [name, f"{QUEUE_CONSUMER}-{i}"]
 
 

@@ -151,7 +151,10 @@ def three_nodes(settings, tmp_path_factory):
         workers.append(_start_worker_node(private.state_dir, k))
         # On a loaded machine a worker node can time out while starting; it gets a second chance.
         deadline = time.monotonic() + 180
-        while _alive_nodes() < 2 + k and time.monotonic() < deadline:
+        while _alive_nodes() < 2 + k:
+            if time.monotonic() > deadline:
+                log = (private.state_dir / f"ray-worker-{k}.log").read_text(errors="replace")[-3000:]
+                pytest.fail(f"worker node {k} did not join; `ray list nodes` said: {_last_listing[0]}\n{log}")
             if proc.exited_early(workers[k]):
                 workers[k] = _start_worker_node(private.state_dir, k)
             time.sleep(1.0)
