@@ -32,6 +32,10 @@ LEASE_TTL_S = 10.0
 HEARTBEAT_EVERY_S = LEASE_TTL_S / 4
 FENCE_MARGIN_S = 2.0  # a worker ends this long before its executor's lease ends
 FENCE_REFRESH_S = 1.0  # how often a running worker asks its executor how long its lease holds
+# A worker whose deadline is this close asks at once rather than at its next turn: the answer
+# needs time to come back (an executor busy with thousands of tasks may take a second or more),
+# and a deadline that passes while the question waits ends a worker whose executor is alive.
+FENCE_ASK_AHEAD_S = 3.0
 FENCE_CHECK_S = 0.2
 FENCED_EXIT_CODE = 75
 
@@ -98,8 +102,15 @@ class WorkerFence:
     (through Ray) that its lease holds. One per worker process; a worker runs one attempt
     (or one group of attempts) at a time."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, exit_process: Callable[[int], None] = os._exit):
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        exit_process: Callable[[int], None] = os._exit,
+        watch: bool = True,
+    ):
+        """``watch=False``: no thread of its own calls ``check``; its caller does (on a clock of its own)."""
         self._clock = clock
+        self._watching = watch
         self._exit = exit_process
         self._lock = threading.Lock()
         self._executor = None
@@ -133,7 +144,10 @@ class WorkerFence:
         with self._lock:
             self._executor, self._what, self._deadline = executor, what, deadline
             self._asked, self._last_ask = None, self._clock()
-            if self._thread is None:
+            if deadline - self._last_ask <= FENCE_ASK_AHEAD_S:
+                # The lease known at launch is near its end (the task waited for a worker): ask now.
+                self._asked = (executor.lease_remaining.remote(), self._last_ask)
+            if self._thread is None and self._watching:
                 self._thread = threading.Thread(target=self._watch, daemon=True, name="raylane-fence")
                 self._thread.start()
 
@@ -181,7 +195,8 @@ class WorkerFence:
                 sys.stderr.flush()
                 self._exit(FENCED_EXIT_CODE)
                 return
-            if self._asked is None and now - self._last_ask >= FENCE_REFRESH_S:
+            due = now - self._last_ask >= FENCE_REFRESH_S or self._deadline - now <= FENCE_ASK_AHEAD_S
+            if self._asked is None and due:
                 self._last_ask = now
                 self._asked = (executor.lease_remaining.remote(), now)
 

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from raylane.actors.fencing import HEARTBEAT_EVERY_S, LEASE_TTL_S, LeaseObserver
@@ -39,12 +40,17 @@ class OwnLease:
         self.until = 0.0  # on this process's monotonic clock
         self._beat = 0
         self.healthy_since: float | None = None  # since when heartbeats succeed without a gap
+        # A thread of its own: behind the shared pool's slow calls (sweeps, a retry's produce)
+        # a heartbeat would wait, and the workers of a live executor would end themselves.
+        self._beats = ThreadPoolExecutor(1, thread_name_prefix="raylane-heartbeat")
 
     async def renew(self) -> None:
         """One heartbeat; the lease then holds ``LEASE_TTL_S`` from its start."""
         started = time.monotonic()
         self._beat += 1
-        await asyncio.to_thread(self._store.heartbeat, self.incarnation, self._beat)
+        await asyncio.get_running_loop().run_in_executor(
+            self._beats, self._store.heartbeat, self.incarnation, self._beat
+        )
         self.until = max(self.until, started + LEASE_TTL_S)
 
     def remaining(self) -> float:
