@@ -88,6 +88,11 @@ class _Waiter:
         return self.records
 
 
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("sending due tasks failed", exc_info=task.exception())
+
+
 class StatusKeeper:
     """Batches versioned status writes and enforces timeouts and cancels of running tasks."""
 
@@ -116,6 +121,9 @@ class StatusKeeper:
         self._due: list[tuple[float, str]] = []
         self._gates = Gates()  # limited tasks of the keys this keeper counts
         self._producer: TaskQueue | None = None
+        # The send of due tasks under way: it runs beside the deadline loop, since a send that
+        # waits on Kafka (up to its produce timeout) must not hold back the timeouts of others.
+        self._releasing: asyncio.Task | None = None
         self._resumed = False
         self._running: dict[str, _Running] = {}
         self._recent: OrderedDict[str, tuple[int, TaskState]] = OrderedDict()  # id -> (attempt, terminal state)
@@ -385,6 +393,7 @@ class StatusKeeper:
             self.stats["released"] += len(due)
         except Exception as e:  # Kafka is away: they stay scheduled, and are tried again shortly
             log.warning("sending %d due task(s) failed: %r; will retry", len(due), e)
+            now = time.monotonic()  # a failed send may have waited its whole timeout
             for rec in due:
                 if rec.limited:
                     # Admitted, but its message did not go: it gives its place back and waits again.
@@ -433,8 +442,11 @@ class StatusKeeper:
                     self._leases.observe(await asyncio.to_thread(self.store.heartbeats))
                 except Exception as e:
                     log.warning("reading executors' heartbeats failed: %r", e)
-            if (self._due and self._due[0][0] <= now) or self._gates.waiting:
-                await self._release_due(now)
+            if ((self._due and self._due[0][0] <= now) or self._gates.waiting) and (
+                self._releasing is None or self._releasing.done()
+            ):
+                self._releasing = asyncio.create_task(self._release_due(now))
+                self._releasing.add_done_callback(_log_failure)
             expired = self._expired(now)
             if expired:
                 await self._time_out(expired, now)

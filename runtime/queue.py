@@ -339,7 +339,8 @@ class KafkaTaskQueue(TaskQueue):
     def produce_many(self, messages: Sequence[TaskMessage]) -> None:
         from kafka.errors import KafkaError
 
-        for topic in {topic_of(self.prefix, m.queue, m.priority) for m in messages}:
+        topics = {topic_of(self.prefix, m.queue, m.priority) for m in messages}
+        for topic in topics:
             self._ensure_topic(topic)
         producer = self._get_producer()
         try:
@@ -358,6 +359,10 @@ class KafkaTaskQueue(TaskQueue):
             for f in futures:
                 f.get(timeout=self.produce_timeout_s)
         except (KafkaError, OSError) as e:
+            # A topic may have been deleted since it was made (its queue removed): the next produce
+            # looks for it again, and makes it if it is gone, instead of waiting on it for ever.
+            with self._lock:
+                self._known -= topics
             raise QueueUnavailable(f"Kafka did not acknowledge {len(messages)} task message(s): {e}") from e
         finally:
             forget_empty_partitions(producer)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from raylane.errors import InvalidTaskInput
+from raylane.errors import InvalidTaskInput, QueueUnavailable
 from raylane.models import FlowLinks, PackedRecord, Progress, TaskMessage, TaskRecord
 from raylane.schedules import Schedule
 from raylane.signing import Signer
@@ -362,7 +362,8 @@ class QueueContract:
     The subclass provides ``contract_queue``, a producer signing with ``signer``, two partitions
     per queue, whose ``dlq_topic`` ends in ``.`` plus one character (so that a reader with that
     prefix reads it); and ``contract_reader(member=0, members=1, group=..., prefix=...)``, a
-    factory of readers of the producer's queues."""
+    factory of readers of the producer's queues; and ``drop_topic(topic)``, which deletes a topic
+    as an operator would, returning once it is gone."""
 
     signer = Signer(b"contract-secret-of-16+-bytes")
 
@@ -371,6 +372,21 @@ class QueueContract:
         topic = contract_queue.ensure_queue("a")
         assert topic == f"{contract_queue.prefix}a"
         assert contract_queue.queue_exists("a") and contract_queue.ensure_queue("a") == topic
+
+    def test_a_queue_whose_topic_was_deleted_is_made_again_by_a_later_produce(
+        self, contract_queue, contract_reader, drop_topic
+    ):
+        contract_queue.produce_many([message(queue="a")])  # the producer has now sent to the topic
+        drop_topic(f"{contract_queue.prefix}a")
+        again = message(queue="a")
+        for attempt in range(2):  # the first produce may find the topic gone; the next makes it again
+            try:
+                contract_queue.produce_many([again])
+                break
+            except QueueUnavailable:
+                if attempt:
+                    raise
+        assert [c.key for c in drain(contract_reader(), 1)] == [again.id.encode()]
 
     def test_produced_messages_are_read_signed(self, contract_queue, contract_reader):
         msgs = [message(queue="a") for _ in range(6)] + [message(queue="b") for _ in range(3)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from conftest import wait_until
 
 from raylane.queue import KafkaQueueReader, KafkaTaskQueue
 from raylane.store import OpenSearchStore
@@ -72,6 +73,19 @@ class TestKafkaQueue(QueueContract):
         )
         yield queue
         queue.close()
+
+    @pytest.fixture
+    def drop_topic(self, stack):
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=stack.kafka.address)
+
+        def drop(topic: str) -> None:
+            admin.delete_topics([topic])
+            wait_until(lambda: topic not in set(admin.list_topics()), timeout=60, what=f"{topic} deleted")
+
+        yield drop
+        admin.close()
 
     @pytest.fixture
     def contract_reader(self, stack, prefix):

@@ -12,6 +12,7 @@ import ray
 from conftest import wait_until
 
 import raylane
+from raylane.actors.recovery import RETRY_OVERDUE_S
 from raylane.states import TaskState
 
 
@@ -117,6 +118,38 @@ def test_a_task_not_started_by_its_expiry_is_cancelled_as_expired(rl, tmp_path, 
     done = h.wait(timeout=60)
     assert done.state is TaskState.CANCELLED and done.error_type == "Expired" and "expired" in done.error
     assert not (tmp_path / "runs").exists()
+
+
+def test_tasks_due_in_a_queue_whose_topic_was_deleted_make_it_again_and_run(rl, stack, settings, unique):
+    """Keepers that sent due tasks to a queue remember its topic; once it is deleted (an operator
+    removed the queue), the next due task there makes it again rather than retrying for ever."""
+    from kafka import KafkaAdminClient
+
+    from raylane.queue import topic_of
+
+    queue = f"gone-{unique}"
+    # Enough tasks that every keeper sends some, and so learns of the topic.
+    first = takes_delay.options(queue=queue, delay=0.2).submit_many([(float(i),) for i in range(12)])
+    assert [h.result(timeout=60) for h in first] == [float(i) for i in range(12)]
+    topic = topic_of(settings.topic_prefix, queue)
+    admin = KafkaAdminClient(**stack.endpoints().kafka.client_options())
+    try:
+        admin.delete_topics([topic])
+        wait_until(lambda: topic not in set(admin.list_topics()), timeout=60, what="the topic's deletion")
+    finally:
+        admin.close()
+    again = takes_delay.options(queue=queue, delay=0.2).submit_many([(float(i),) for i in range(12)])
+    # A task under a limit is its keeper's alone to send: no sweep would ever send it instead.
+    limited = takes_delay.options(queue=queue, delay=0.2, concurrency_key=unique, max_concurrency=2).submit_many(
+        [(float(i),) for i in range(6)]
+    )
+    assert [h.result(timeout=90) for h in again + limited] == [float(i) for i in range(12)] + [
+        float(i) for i in range(6)
+    ]
+    # Their keepers sent them: the executors' sweep sends a forgotten SCHEDULED task only once it
+    # is RETRY_OVERDUE_S past due.
+    for rec in raylane.wait_all(again + limited, timeout=10):
+        assert (rec.started_at - rec.not_before).total_seconds() < RETRY_OVERDUE_S, rec
 
 
 def test_soft_timeout_raises_inside_the_task_before_the_hard_one(rl):

@@ -44,6 +44,14 @@ class TestInMemoryQueue(QueueContract):
         )
 
     @pytest.fixture
+    def drop_topic(self, broker):
+        def drop(topic: str) -> None:
+            with broker.cond:
+                del broker.topics[topic]
+
+        return drop
+
+    @pytest.fixture
     def contract_reader(self, broker):
         def make(member=0, members=1, group=None, prefix="t."):
             return InMemoryQueueReader(
