@@ -119,6 +119,10 @@ class WorkerFence:
         self._asked: tuple[object, float] | None = None  # (reply reference, when asked)
         self._last_ask = 0.0
         self._thread: threading.Thread | None = None
+        # For the message of a worker that ends itself: what it heard, since it was armed.
+        self._armed_at = 0.0
+        self._asks = self._answers = 0
+        self._last_answer: tuple[float, float] | None = None  # (remaining it said, seconds it took)
 
     def arm(self, executor, lease_until: float | None, executor_node: str | None, what: str) -> None:
         """Before the user's function runs. On the executor's node, ``lease_until`` (its monotonic
@@ -144,12 +148,17 @@ class WorkerFence:
         with self._lock:
             self._executor, self._what, self._deadline = executor, what, deadline
             self._asked, self._last_ask = None, self._clock()
+            self._armed_at, self._asks, self._answers, self._last_answer = self._last_ask, 0, 0, None
             if deadline - self._last_ask <= FENCE_ASK_AHEAD_S:
                 # The lease known at launch is near its end (the task waited for a worker): ask now.
-                self._asked = (executor.lease_remaining.remote(), self._last_ask)
+                self._ask(executor, self._last_ask)
             if self._thread is None and self._watching:
                 self._thread = threading.Thread(target=self._watch, daemon=True, name="raylane-fence")
                 self._thread.start()
+
+    def _ask(self, executor, now: float) -> None:
+        self._asked = (executor.lease_remaining.remote(), now)
+        self._asks += 1
 
     def disarm(self) -> None:
         """After the user's function returned: nothing of the attempt runs any more."""
@@ -187,10 +196,19 @@ class WorkerFence:
                     if remaining is not None:
                         # Measured from when we asked: the executor answered later, so this is safe.
                         self._deadline = max(self._deadline, asked_at + remaining - FENCE_MARGIN_S)
+                        self._answers += 1
+                        self._last_answer = (remaining, now - asked_at)
             if now >= self._deadline:
+                heard = (
+                    f"the last said {self._last_answer[0]:.1f}s remained, {self._last_answer[1]:.1f}s after asked"
+                    if self._last_answer
+                    else "none said how long it holds"
+                )
                 sys.stderr.write(
                     f"raylane: the lease of the executor running {self._what} is not renewed; "
-                    f"ending this worker so that the attempt cannot run beside a newer one\n"
+                    f"ending this worker so that the attempt cannot run beside a newer one "
+                    f"(armed {now - self._armed_at:.1f}s ago; {self._answers} of {self._asks} questions answered; "
+                    f"{heard})\n"
                 )
                 sys.stderr.flush()
                 self._exit(FENCED_EXIT_CODE)
@@ -198,7 +216,7 @@ class WorkerFence:
             due = now - self._last_ask >= FENCE_REFRESH_S or self._deadline - now <= FENCE_ASK_AHEAD_S
             if self._asked is None and due:
                 self._last_ask = now
-                self._asked = (executor.lease_remaining.remote(), now)
+                self._ask(executor, now)
 
 
 _fence: WorkerFence | None = None

@@ -28,6 +28,7 @@ REQUEUE_AFTER_S = 300.0  # a PENDING task this old may have lost its queue messa
 REQUEUE_CHECK_S = 30.0
 RETRY_OVERDUE_S = 30.0  # a retry not carried on this long after it was due is carried on by the sweep
 _REQUEUED_KEPT = 100_000
+_SLOW_HEARTBEAT_S = 1.0
 
 
 class OwnLease:
@@ -52,6 +53,10 @@ class OwnLease:
             self._beats, self._store.heartbeat, self.incarnation, self._beat
         )
         self.until = max(self.until, started + LEASE_TTL_S)
+        took = time.monotonic() - started
+        if took > _SLOW_HEARTBEAT_S:
+            # Every second a heartbeat takes is a second less of lease: workers end before it lapses.
+            log.warning("a heartbeat took %.1fs; the lease holds %.1fs more", took, self.remaining())
 
     def remaining(self) -> float:
         """Seconds the lease still holds (negative once lapsed)."""
