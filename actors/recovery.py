@@ -29,6 +29,7 @@ REQUEUE_CHECK_S = 30.0
 RETRY_OVERDUE_S = 30.0  # a retry not carried on this long after it was due is carried on by the sweep
 _REQUEUED_KEPT = 100_000
 _SLOW_HEARTBEAT_S = 1.0
+_HEARTBEATS_AT_ONCE = 2
 
 
 class OwnLease:
@@ -39,19 +40,21 @@ class OwnLease:
         self._store = store
         self.incarnation = incarnation
         self.until = 0.0  # on this process's monotonic clock
-        self._beat = 0
+        self._beat = 0  # the last beat given out; 0 until one was written
+        self._last_start = 0.0  # when the last heartbeat began (whether it succeeded or not)
         self.healthy_since: float | None = None  # since when heartbeats succeed without a gap
-        # A thread of its own: behind the shared pool's slow calls (sweeps, a retry's produce)
-        # a heartbeat would wait, and the workers of a live executor would end themselves.
-        self._beats = ThreadPoolExecutor(1, thread_name_prefix="raylane-heartbeat")
+        # Threads of their own: behind the shared pool's slow calls (sweeps, a retry's produce) a
+        # heartbeat would wait, and the workers of a live executor would end themselves. Two, so
+        # that a heartbeat that takes longer than the period does not hold back the next.
+        self._beats = ThreadPoolExecutor(_HEARTBEATS_AT_ONCE, thread_name_prefix="raylane-heartbeat")
 
     async def renew(self) -> None:
         """One heartbeat; the lease then holds ``LEASE_TTL_S`` from its start."""
-        started = time.monotonic()
-        self._beat += 1
-        await asyncio.get_running_loop().run_in_executor(
-            self._beats, self._store.heartbeat, self.incarnation, self._beat
-        )
+        started = self._last_start = time.monotonic()
+        # Until one is written, every beat is the first (1), which the store makes searchable at
+        # once: an owner's claims must never be found before its lease.
+        beat = self._beat = self._beat + 1 if self.until else 1
+        await asyncio.get_running_loop().run_in_executor(self._beats, self._store.heartbeat, self.incarnation, beat)
         self.until = max(self.until, started + LEASE_TTL_S)
         took = time.monotonic() - started
         if took > _SLOW_HEARTBEAT_S:
@@ -63,16 +66,26 @@ class OwnLease:
         return self.until - time.monotonic()
 
     async def heartbeat_loop(self) -> None:
-        """Renew every ``HEARTBEAT_EVERY_S``, forever; a failed renewal starts the healthy period anew."""
+        """Renew every ``HEARTBEAT_EVERY_S`` from the start of the last heartbeat, as the lease is
+        counted, forever; a heartbeat still under way does not hold back the next (up to
+        ``_HEARTBEATS_AT_ONCE`` at once). A failed renewal starts the healthy period anew."""
+        under_way: set[asyncio.Task] = set()
         while True:
-            await asyncio.sleep(HEARTBEAT_EVERY_S)
-            try:
-                await self.renew()
-                if self.healthy_since is None:
-                    self.healthy_since = time.monotonic()
-            except StoreUnavailable as e:
-                self.healthy_since = None
-                log.warning("heartbeat failed: %s", e)
+            await asyncio.sleep(max(0.0, self._last_start + HEARTBEAT_EVERY_S - time.monotonic()))
+            if len(under_way) >= _HEARTBEATS_AT_ONCE:
+                await asyncio.wait(under_way, return_when=asyncio.FIRST_COMPLETED)
+            beat = asyncio.create_task(self._renew_logged())
+            under_way.add(beat)
+            beat.add_done_callback(under_way.discard)
+
+    async def _renew_logged(self) -> None:
+        try:
+            await self.renew()
+            if self.healthy_since is None:
+                self.healthy_since = time.monotonic()
+        except StoreUnavailable as e:
+            self.healthy_since = None
+            log.warning("heartbeat failed: %s", e)
 
 
 class Recovery:

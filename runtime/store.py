@@ -169,7 +169,12 @@ class StatusStore(abc.ABC):
     @abc.abstractmethod
     def heartbeat(self, owner: str, beat: int) -> None:
         """Record that executor incarnation ``owner`` is alive: its heartbeat counter is now ``beat``
-        (raised on every call; readers judge liveness by seeing it change, on their own clock)."""
+        (raised on every call; readers judge liveness by seeing it change, on their own clock).
+
+        An owner's first beat (1) is in ``heartbeats()`` at once: a new lease is seen before any
+        claim made under it. A later beat may take up to the store's refresh interval (about a
+        second) to be seen; a reader that sees a renewal late judges the lease to end later than
+        it does, never sooner, and the owner's workers end by its true end (see fencing)."""
 
     @abc.abstractmethod
     def heartbeats(self) -> dict[str, int]:
@@ -818,7 +823,9 @@ class OpenSearchStore(StatusStore):
             index=self._control_index,
             id=f"executor:{owner}",
             body={"kind": "executor", "owner": owner, "beat": beat, "at": datetime.now(UTC).isoformat()},
-            refresh="true",
+            # A forced refresh of the control index took seconds under load, and each second a
+            # heartbeat takes is a second of lease lost; only a new owner must be seen at once.
+            refresh="true" if beat == 1 else "false",
         )
 
     def heartbeats(self) -> dict[str, int]:
