@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 from collections import Counter
+from datetime import datetime, timedelta
 
 from ray.exceptions import RayError
 
@@ -19,7 +20,7 @@ from raylane.actors.common import GroupCommit
 from raylane.actors.keepers import Keepers
 from raylane.errors import QueueUnavailable, StoreUnavailable
 from raylane.limits import clip_text
-from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome
+from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, utcnow
 from raylane.protocol import Reply
 from raylane.queue import TaskQueue
 from raylane.retrying import backoff_s
@@ -29,13 +30,35 @@ from raylane.tracing import TaskTracer
 log = logging.getLogger("raylane.executor")
 
 
-def final_record(running: TaskRecord, reply: Reply) -> tuple[TaskRecord, PackedRecord]:
+def past_timeout(running: TaskRecord, now: datetime) -> bool:
+    """Whether ``running`` is surely past its timeout at ``now``: its clock starts at its claim,
+    or at its start slot if later, plus any wait for its turn in a group, as its keeper counts."""
+    if not running.timeout_s or running.started_at is None:
+        return False
+    start = max(running.started_at, running.not_before or running.started_at)
+    return now >= start + timedelta(seconds=(running.group_wait_s or 0.0) + running.timeout_s)
+
+
+def final_record(running: TaskRecord, reply: Reply, now: datetime | None = None) -> tuple[TaskRecord, PackedRecord]:
     """The terminal record of a task from its worker's reply, and the record packed. A reply that
-    cannot be made into a record fails only its own task, never the batch it came with."""
+    cannot be made into a record fails only its own task, never the batch it came with. A task
+    whose worker ended without a reply once past its timeout ended TIMED_OUT, as its keeper
+    would have written, whatever ended the worker first (its lease, say, on a loaded machine)."""
     running = running.with_hops(began=reply.began, returned=reply.returned)
+    hops = running.hops or {}
+    if "began" in hops and hops.get("claimed", 0.0) > hops["began"]:
+        # A gated worker began the moment its claim was accepted; the executor noted the claim
+        # only when it next ran, which may be later. The claim came first.
+        running = running.model_copy(update={"hops": {**hops, "claimed": hops["began"]}})
     try:
         if reply.ok:
             final = running.moved_to(TaskState.SUCCEEDED, result=reply.result)
+        elif reply.abnormal and past_timeout(running, now or utcnow()):
+            final = running.moved_to(
+                TaskState.TIMED_OUT,
+                error_type="TimeoutError",
+                error=f"task ran past its timeout of {running.timeout_s:g}s and was killed ({reply.error_type})",
+            )
         else:
             final = running.moved_to(
                 TaskState.FAILED,

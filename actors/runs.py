@@ -181,11 +181,11 @@ class Runs:
             # with this incarnation's lease lapsed, it ended itself (fenced), and is lost as a sweep
             # elsewhere would record it.
             if time.monotonic() >= self._lease.until - FENCE_MARGIN_S:
-                reply = Reply.failure(
+                reply = Reply.lost(
                     "WorkerLost", f"the lease of this executor lapsed and the worker ended itself: {clip_text(str(e))}"
                 )
             else:
-                reply = Reply.failure(type(e).__name__, f"Ray task ended abnormally: {clip_text(str(e))}")
+                reply = Reply.lost(type(e).__name__, f"Ray task ended abnormally: {clip_text(str(e))}")
         finally:
             self._refs.pop(task_id, None)
             self._attempt_of.pop(task_id, None)

@@ -140,11 +140,18 @@ class Reply(NamedTuple):
     # When the function began and returned in its worker (epoch seconds): the record's hops.
     began: float | None = None
     returned: float | None = None
+    # No reply came: the worker died, or was killed or ended itself (made by the executor).
+    abnormal: bool = False
 
     @classmethod
     def failure(cls, error_type: str, error: str | None, traceback: str | None = None) -> Reply:
         """A run that failed with ``error_type``."""
         return cls(False, None, error_type, error, traceback)
+
+    @classmethod
+    def lost(cls, error_type: str, error: str) -> Reply:
+        """A run whose worker ended without a reply."""
+        return cls(False, None, error_type, error, abnormal=True)
 
 
 class ActorConfig(BaseModel):

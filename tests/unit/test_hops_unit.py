@@ -117,3 +117,41 @@ def test_a_failed_task_tells_its_original_error():
     # A record from before the classes were kept matches by its own name only.
     legacy = TaskFailed("t", "ValueError", "x", None)
     assert legacy.matches(ValueError) and not legacy.matches(Exception)
+
+
+def _running(timeout_s: float | None, started_s_ago: float) -> TaskRecord:
+    from datetime import timedelta
+
+    from raylane.models import utcnow
+
+    rec = TaskRecord.pending(message().model_copy(update={"timeout_s": timeout_s, "retry": {"max_retries": 2}}))
+    return rec.moved_to(TaskState.RUNNING, started_at=utcnow() - timedelta(seconds=started_s_ago))
+
+
+def test_a_worker_lost_past_the_timeout_ends_timed_out_and_before_it_fails():
+    from raylane.actors.finishing import final_record
+    from raylane.protocol import Reply
+
+    lost = Reply.lost("WorkerLost", "the lease of this executor lapsed and the worker ended itself")
+    final, _ = final_record(_running(1.0, started_s_ago=2.5), lost)
+    assert (final.state, final.error_type, final.will_retry) == (TaskState.TIMED_OUT, "TimeoutError", False)
+    assert "timeout of 1s" in final.error and "WorkerLost" in final.error
+    # Before its timeout, or without one, the loss is what it is (and retried, by the task's policy).
+    for running in (_running(60.0, started_s_ago=2.5), _running(None, started_s_ago=2.5)):
+        final, _ = final_record(running, lost)
+        assert (final.state, final.error_type) == (TaskState.FAILED, "WorkerLost")
+    # A reply the function gave (it raised, say, past its timeout) is its own end.
+    final, _ = final_record(_running(1.0, started_s_ago=2.5), Reply.failure("ValueError", "bad"))
+    assert (final.state, final.error_type) == (TaskState.FAILED, "ValueError")
+
+
+def test_a_claim_noted_after_its_gated_function_began_is_put_before_it():
+    from raylane.actors.finishing import final_record
+    from raylane.protocol import Reply
+
+    running = _running(None, started_s_ago=0.0)
+    created = running.created_at.timestamp()
+    running = running.with_hops(read=created + 0.1, handed=created + 0.2, claimed=created + 0.31)
+    reply = Reply(True, 5, began=created + 0.3, returned=created + 0.4)
+    final, _ = final_record(running, reply)
+    assert [final.hops[h] for h in HOPS] == [0.1, 0.2, 0.3, 0.3, 0.4]
