@@ -21,7 +21,7 @@ from typing import Any
 
 import ray
 
-from raylane.actors.common import GroupCommit
+from raylane.actors.common import Background, GroupCommit
 from raylane.actors.fencing import HEARTBEAT_EVERY_S, LeaseObserver
 from raylane.actors.gates import Gates
 from raylane.actors.keepers import Keepers
@@ -88,11 +88,6 @@ class _Waiter:
         return self.records
 
 
-def _log_failure(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("sending due tasks failed", exc_info=task.exception())
-
-
 class StatusKeeper:
     """Batches versioned status writes and enforces timeouts and cancels of running tasks."""
 
@@ -124,6 +119,7 @@ class StatusKeeper:
         # The send of due tasks under way: it runs beside the deadline loop, since a send that
         # waits on Kafka (up to its produce timeout) must not hold back the timeouts of others.
         self._releasing: asyncio.Task | None = None
+        self._background = Background(log)  # keeps it, and logs what it fails with
         self._resumed = False
         self._running: dict[str, _Running] = {}
         self._recent: OrderedDict[str, tuple[int, TaskState]] = OrderedDict()  # id -> (attempt, terminal state)
@@ -445,8 +441,7 @@ class StatusKeeper:
             if ((self._due and self._due[0][0] <= now) or self._gates.waiting) and (
                 self._releasing is None or self._releasing.done()
             ):
-                self._releasing = asyncio.create_task(self._release_due(now))
-                self._releasing.add_done_callback(_log_failure)
+                self._releasing = self._background.spawn(self._release_due(now))
             expired = self._expired(now)
             if expired:
                 await self._time_out(expired, now)
