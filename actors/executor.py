@@ -425,6 +425,11 @@ class Executor:
         """From the worker of the group of ``task_id``: members that ended while a long one runs."""
         self._runs.group_report(task_id, ends)
 
+    async def group_advance(self, task_id: str, ends: list[MemberEnd], upto: int) -> bool:
+        """From the worker of the group of ``task_id``: members that ended, and a request for leave
+        to start its members before index ``upto`` (see ``grouping``). False: start no more."""
+        return self._runs.group_advance(task_id, ends, upto)
+
     async def group_began(self, task_id: str, member: str, began: float) -> None:
         """From the worker of the group of ``task_id``: timed member ``member`` began at ``began``
         (epoch seconds) and still runs; its keeper starts its clock from then."""

@@ -11,6 +11,14 @@ keeper holds a later deadline, the claim plus the longest the member may wait be
 siblings (``wait_allowance``), so a frozen worker still has its members timed out. A member
 past its timeout is stopped as a cancelled one is: interrupted, then killed with its worker;
 members done keep their results, members not yet started run again in another Ray task.
+
+A member starts only once its executor knows it may have: the worker asks for leave to start
+the next few members (a grant), and the executor notes it before it answers. So when a group's
+worker dies, the executor knows which members may have run: those granted whose end it has not
+heard. Each of them ends as a lone task whose worker died would (a retry is a new attempt); the
+rest never started and run again under the same attempt. Grants are sized to about
+``GRANT_SPAN_S`` of the members' work, so a group of quick tasks asks a few times, not once a
+member, and a worker that dies takes at most one grant of unknown members with it.
 """
 
 from __future__ import annotations
@@ -21,6 +29,9 @@ from typing import Any
 from raylane.models import TaskMessage, TaskRecord
 
 GROUP_MAX = 64  # tasks in one Ray task at most
+GRANT_FIRST = 1  # members a group's worker may start before it first asks its executor
+GRANT_MAX = 16  # members one grant covers at most
+GRANT_SPAN_S = 0.02  # the members' work one grant aims to cover
 
 
 def groupable(msg: TaskMessage) -> bool:
@@ -44,6 +55,15 @@ def wait_allowance(timeouts: list[float | None], position: int) -> float:
     if len(timed) < len(timeouts):
         return 0.0
     return sum(t + STOP_ALLOWANCE_S for i, t in enumerate(timed) if i != position)
+
+
+def next_grant(last: int, mean_s: float) -> int:
+    """How many more members a group's worker asks leave to start, its last grant having been
+    ``last`` and its members having taken ``mean_s`` each: about ``GRANT_SPAN_S`` of work, at
+    least one, at most twice the last grant (a group that slows down shrinks its grants at once,
+    one that speeds up grows them step by step) and ``GRANT_MAX``."""
+    fit = int(GRANT_SPAN_S / mean_s) if mean_s > 0 else GRANT_MAX
+    return max(1, min(GRANT_MAX, 2 * last, fit))
 
 
 def group_size(n: int, cpus: int) -> int:
@@ -87,15 +107,13 @@ class Group:
         self.gen: Any = None  # the Ray task's stream of reports (an ObjectRefGenerator)
         self.running: str | None = None  # the member its worker ran when the signal came
         self.interrupted: set[str] = set()
+        self.granted = GRANT_FIRST  # members before this index may have started
 
     def attempt_of(self, task_id: str) -> int:
         """The attempt of member ``task_id`` this group runs."""
         return self.members[self.index[task_id]][0].attempt
 
-    def blamed(self) -> str | None:
-        """The member taken to be running when the group's worker died: the one the worker named
-        after a signal; otherwise the first one not reported (so if the worker died in a member's
-        first ``HELD_REPORT_S``, one that ended just before may take the blame)."""
-        if self.running is not None:
-            return self.running
-        return next((m.id for m, _ in self.members if m.id not in self.reported), None)
+    def possibly_started(self) -> list[str]:
+        """The members that may have run and whose end has not been heard: those the worker had
+        leave to start. When its worker dies, these are the members whose fate is unknown."""
+        return [m.id for m, _ in self.members[: self.granted] if m.id not in self.reported]

@@ -177,19 +177,21 @@ class Runs:
         try:
             reply = await ref
         except (RayError, asyncio.CancelledError) as e:
-            # Killed by a cancel or timeout (whose terminal write already won), or the worker died:
-            # with this incarnation's lease lapsed, it ended itself (fenced), and is lost as a sweep
-            # elsewhere would record it.
-            if time.monotonic() >= self._lease.until - FENCE_MARGIN_S:
-                reply = Reply.lost(
-                    "WorkerLost", f"the lease of this executor lapsed and the worker ended itself: {clip_text(str(e))}"
-                )
-            else:
-                reply = Reply.lost(type(e).__name__, f"Ray task ended abnormally: {clip_text(str(e))}")
+            reply = self._lost(e)
         finally:
             self._refs.pop(task_id, None)
             self._attempt_of.pop(task_id, None)
         return reply
+
+    def _lost(self, e: BaseException) -> Reply:
+        """The reply of a run whose worker ended without one. It was killed by a cancel or timeout
+        (whose terminal write already won), or it died: with this incarnation's lease lapsed, it
+        ended itself (fenced), and is lost as a sweep elsewhere would record it."""
+        if time.monotonic() >= self._lease.until - FENCE_MARGIN_S:
+            return Reply.lost(
+                "WorkerLost", f"the lease of this executor lapsed and the worker ended itself: {clip_text(str(e))}"
+            )
+        return Reply.lost(type(e).__name__, f"Ray task ended abnormally: {clip_text(str(e))}")
 
     async def _finish(self, running: TaskRecord, ref: ray.ObjectRef) -> None:
         await self._settle(running, await self._reply(running.id, ref))
@@ -238,26 +240,33 @@ class Runs:
         await self._after_group(group, crash)
 
     async def _after_group(self, group: Group, crash: BaseException | None) -> None:
-        """Settle the members a group did not report: the one its dead worker ran ends as a lone
-        task whose worker died would; those never started run again (still claimed here)."""
-        blamed = group.blamed() if crash is not None else None
+        """Settle the members a group did not report. If its worker died, those it had leave to
+        start may have run: each ends as a lone task whose worker died would. The rest never
+        started and run again, still claimed here, unless a cancel came for them meanwhile."""
+        unknown = set(group.possibly_started()) if crash is not None else set()
         again = []
         for msg, running in group.members:
             if msg.id in group.ran:
                 continue
-            if msg.id == blamed:
-                reply = Reply.failure(type(crash).__name__, f"Ray task ended abnormally: {crash}")
-                self._background.spawn(self._finisher.settle_many([(running, reply)]))
+            if msg.id in unknown:
+                assert crash is not None
+                self._background.spawn(self._finisher.settle_many([(running, self._lost(crash))]))
             elif msg.id in group.cancelled:
                 self._stats["skipped"] += 1  # cancelled before it started; its CANCELLED record is written
             else:
                 again.append((msg, running))
-        if again:
-            self._stats["restarted_unstarted"] += len(again)
-            for chunk in chunks(again, group_size(len(again), self._cpus)):
-                await self._slots.acquire(chunk[0][0].priority)
-                self._restart_clocks(chunk)
-                self.launch(chunk)
+        for chunk in chunks(again, group_size(len(again), self._cpus)) if again else []:
+            await self._slots.acquire(chunk[0][0].priority)
+            # A kill that came while no group held these members was for a cancel already written.
+            kept = [(msg, running) for msg, running in chunk if not self.kill_requested(msg.id)]
+            self._stats["skipped"] += len(chunk) - len(kept)
+            chunk = kept
+            if not chunk:
+                self._slots.release()
+                continue
+            self._stats["restarted_unstarted"] += len(chunk)
+            self._restart_clocks(chunk)
+            self.launch(chunk)
 
     def _restart_clocks(self, members: list[tuple[TaskMessage, TaskRecord]]) -> None:
         """Members claimed for one group that start again in another (or alone) from now: their
@@ -281,6 +290,20 @@ class Runs:
         group = self._groups.get(task_id)
         if group is not None and member in group.index and member not in group.reported:
             self._keepers.of(member).began.remote(member, group.attempt_of(member), began)
+
+    def group_advance(self, task_id: str, ends: list[MemberEnd], upto: int) -> bool:
+        """The worker of the group of ``task_id`` reports ``ends`` and asks leave to start its
+        members before index ``upto``. Noted before the answer, so that if the worker dies, its
+        executor knows which members may have run. False: start no further member (the group is
+        stopped, or over here)."""
+        group = self._groups.get(task_id)
+        if group is None:
+            return False
+        self._take_report(group, ends)
+        if group.signal.is_set():
+            return False
+        group.granted = max(group.granted, upto)
+        return True
 
     def _take_report(self, group: Group, ends: list[MemberEnd]) -> None:
         ended = []

@@ -21,6 +21,7 @@ import ray
 
 from raylane import progress_reports, registry
 from raylane.actors.fencing import LeaseLapsed, worker_fence
+from raylane.actors.grouping import GRANT_FIRST, next_grant
 from raylane.errors import SoftTimeLimitExceeded
 from raylane.limits import Limits, clip_text, encode_result
 from raylane.models import NOT_STARTED
@@ -168,7 +169,8 @@ class _MemberControl:
     that member ignores the interrupt. The other sends ended members' replies that wait
     unreported behind a long member (the main thread reports only between members), so a
     quick task's end is not held up by a slow sibling; and it tells the executor when a member
-    with a timeout that has run ``HELD_REPORT_S`` began, so that its clock starts then."""
+    with a timeout that has run ``HELD_REPORT_S`` began, so that its clock starts then. The
+    main thread asks for the executor's grant before a member past the last one starts."""
 
     def __init__(self, signal: ray.ObjectRef, executor, group_key: str, limits: Limits):
         self._limits = limits
@@ -181,6 +183,8 @@ class _MemberControl:
         self.cancelled: frozenset | None = None  # None until the signal resolves
         self._over = threading.Event()
         self._sent: list[ray.ObjectRef] = []
+        self._granted = self._grant = GRANT_FIRST  # members before _granted may start; the last grant's size
+        self._spent = 0.0  # seconds the members so far took
         self._executor, self._key = executor, group_key
         threading.Thread(target=self._watch, args=(signal,), daemon=True, name="raylane-group-signal").start()
         self._sender = threading.Thread(target=self._send_held, daemon=True, name="raylane-group-report")
@@ -221,6 +225,20 @@ class _MemberControl:
             out, self._pending = self._pending, []
             return out
 
+    def _may_start(self, position: int) -> bool:
+        """Whether the member at ``position`` may start: under the last grant, or under a new one.
+        Asking reports the ends not yet reported with it. False if the executor refuses (the
+        group is stopped) or cannot be asked."""
+        if position < self._granted:
+            return True
+        self._grant = next_grant(self._grant, self._spent / position)
+        self._granted = position + self._grant
+        try:
+            call = self._executor.group_advance.remote(self._key, self.take(), self._granted)
+            return bool(ray.get(call))
+        except Exception:  # the executor is gone: its successor recovers the tasks from their records
+            return False
+
     def add(self, end: MemberEnd) -> None:
         with self._lock:
             self._pending.append(end)
@@ -235,9 +253,11 @@ class _MemberControl:
             ray.get(self._sent)
 
     def run(
-        self, task_id: str, attempt: int, name: str, args: list, kwargs: dict, timeout_s: float | None
+        self, position: int, task_id: str, attempt: int, name: str, args: list, kwargs: dict, timeout_s: float | None
     ) -> Reply | None:
-        """The member's reply; None if the group was stopped before it started."""
+        """The reply of the member at ``position``; None if the group was stopped before it started."""
+        if not self._may_start(position):
+            return None
         try:
             with self._lock:
                 if self.cancelled is not None:
@@ -248,6 +268,7 @@ class _MemberControl:
                 return invoke(name, args, kwargs, self._limits, task=(self._executor, task_id, attempt))
             finally:
                 with self._lock:
+                    self._spent += time.monotonic() - self._started
                     self._current, self._untold = None, False
         except KeyboardInterrupt:
             return INTERRUPTED
@@ -264,7 +285,9 @@ def invoke_group(
     """Run several tasks (id, attempt, name, args, kwargs, timeout) one after another in this Ray worker,
     yielding lists of ``MemberEnd`` as they end: a report at most every ``FLUSH_S`` (each report
     is a message to the executor, so many small tasks share one); replies held behind a member
-    that runs longer than ``HELD_REPORT_S`` go to the executor's ``group_report`` instead. Once
+    that runs longer than ``HELD_REPORT_S`` go to the executor's ``group_report`` instead. A
+    member starts only under a grant of the executor's (``_MemberControl.ask``, which carries
+    the ends not yet reported), so that the executor knows which members may have run. Once
     the executor's signal (a reference in ``signal_box``) says members were cancelled, no
     further member starts and the rest are reported not started, for the executor to start
     again without the cancelled ones."""
@@ -285,7 +308,7 @@ def invoke_group(
                     yield ended
                 reported = time.monotonic()
             try:
-                reply = control.run(task_id, attempt, name, args, kwargs, timeout_s)
+                reply = control.run(i, task_id, attempt, name, args, kwargs, timeout_s)
             except KeyboardInterrupt:  # an interrupt meant for this member that landed as it returned
                 reply = INTERRUPTED
             if reply is None:

@@ -22,9 +22,9 @@ def mark(runs_dir: str, key: int, seconds: float) -> int:
 
 
 @raylane.task(name="test.group.die_once", max_retries=1, retry_backoff=0.05)
-def die_once(runs_dir: str, key: int) -> int:
+def die_once(runs_dir: str, key: int, dying: int = 0) -> int:
     Path(runs_dir, f"{key}.{uuid.uuid4().hex}").touch()
-    if key == 0 and len(list(Path(runs_dir).glob("0.*"))) == 1:
+    if key == dying and len(list(Path(runs_dir).glob(f"{key}.*"))) == 1:
         os._exit(1)  # the worker dies while this member of its group runs
     return key
 
@@ -122,6 +122,21 @@ def test_a_worker_dying_in_a_group_retries_only_its_task(rl, settings, tmp_path,
     seen = runs(tmp_path)
     assert seen[0] == 2 and all(seen[i] == 1 for i in range(1, 8)), seen
     assert all(h.record().attempt == 0 for h in handles[1:])
+
+
+def test_a_worker_dying_just_after_its_siblings_ended_runs_no_attempt_twice(rl, settings, tmp_path, unique):
+    # The last member of the first group kills its worker an instant after its siblings ended,
+    # before a report of their ends would have been due. None of them may run again as the
+    # attempt that ran; the one that died is tried again as a new attempt.
+    size = _group_members(settings, 16)
+    assert size >= 4
+    items = [(str(tmp_path), i, size - 1) for i in range(16)]
+    handles = submit_held(rl, settings, die_once, f"gs-{unique}", items)
+    assert [h.result(timeout=120) for h in handles] == list(range(16))
+    attempts = [h.record().attempt for h in handles]
+    seen = runs(tmp_path)
+    assert all(seen[i] <= attempts[i] + 1 for i in range(16)), (seen, attempts)
+    assert attempts[size - 1] == 1 and seen[size - 1] == 2, (seen, attempts)
 
 
 @raylane.task(name="test.group.nap")

@@ -11,7 +11,18 @@ from datetime import UTC, datetime
 import pytest
 
 from raylane.actors.common import Background, GroupCommit
-from raylane.actors.grouping import GROUP_MAX, STOP_ALLOWANCE_S, group_size, groupable, plan, wait_allowance
+from raylane.actors.grouping import (
+    GRANT_FIRST,
+    GRANT_MAX,
+    GROUP_MAX,
+    STOP_ALLOWANCE_S,
+    Group,
+    group_size,
+    groupable,
+    next_grant,
+    plan,
+    wait_allowance,
+)
 from raylane.apicore import ApiProblem, decode_cursor
 from raylane.errors import ConfigError, InvalidTaskInput
 from raylane.models import Resources, TaskMessage
@@ -57,6 +68,24 @@ def test_group_sizes_spread_over_the_cpus_within_bounds():
     assert group_size(3, cpus=8) == 2  # never a group of one
     assert group_size(10_000, cpus=2) == GROUP_MAX
     assert groupable(_msg(timeout_s=1)) and not groupable(_msg(cpus=0)) and groupable(_msg())
+
+
+def test_grants_cover_about_a_span_of_work_grow_step_by_step_and_shrink_at_once():
+    assert next_grant(GRANT_FIRST, 0.0001) == 2 * GRANT_FIRST  # quick members: doubled
+    assert next_grant(8, 0.0001) == GRANT_MAX
+    assert next_grant(GRANT_MAX, 0.005) == 4  # 20 ms of 5 ms members
+    assert next_grant(GRANT_MAX, 1.0) == 1  # slow members: one at a time
+    assert next_grant(3, 0.0) == 6
+
+
+def test_the_members_whose_fate_a_dead_worker_leaves_unknown_are_those_granted_unreported():
+    members = [(_msg().model_copy(update={"id": f"{i:032x}"}), None) for i in range(6)]
+    group = Group(members)  # type: ignore[arg-type]
+    ids = [m.id for m, _ in members]
+    assert group.possibly_started() == ids[:GRANT_FIRST]
+    group.granted = 4
+    group.reported.update(ids[:2])
+    assert group.possibly_started() == ids[2:4]
 
 
 def test_group_commit_batches_concurrent_callers_and_fails_a_whole_batch():
