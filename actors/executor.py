@@ -86,7 +86,7 @@ def _node_cpus(node_id: str) -> int:
 
 async def _accepted(gate: Gate) -> bool:
     """Whether the claim behind ``gate`` was accepted, as its worker will find it."""
-    [answer], place = gate
+    [answer], place, _ = gate
     try:
         return (await answer)[place].accepted
     except Exception:  # that keeper's call failed: its worker does not start the function

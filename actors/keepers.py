@@ -18,8 +18,8 @@ from raylane.models import PackedRecord, TaskRecord, WriteOutcome
 from raylane.protocol import keeper_name, keeper_of
 
 # A claim's answer as a worker waits for it: a keeper's answer to a claim call (its reference,
-# alone in a list), and the place of the worker's task in it.
-Gate = tuple[list, int]
+# alone in a list), the place of the worker's task in it, and that keeper (see ``worker.invoke``).
+Gate = tuple[list, int, Any]
 
 
 class Keepers:
@@ -71,10 +71,11 @@ class Keepers:
         now: for each record, the gate a worker may wait on (the reference of its keeper's answer,
         and the record's place in it), and the answers, to be awaited."""
         by, refs = self._send("claim", records)
-        gates: list[Gate] = [([], 0)] * len(records)
-        for (_, idx), ref in zip(by.items(), refs, strict=True):
+        gates: list[Gate] = [([], 0, None)] * len(records)
+        for (k, idx), ref in zip(by.items(), refs, strict=True):
             for place, i in enumerate(idx):
-                gates[i] = ([ref], place)  # in a list, so that Ray does not wait for it before the task
+                # The reference in a list, so that Ray does not wait for it before the task starts.
+                gates[i] = ([ref], place, self.handles[k])
         return gates, self._gathered(by, refs)
 
     async def wait_any(self, task_ids: list[str], timeout_s: float) -> tuple[list[TaskRecord], list[str]]:

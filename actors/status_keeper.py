@@ -322,6 +322,17 @@ class StatusKeeper:
                 self._watch(_Running(running, deadline))
         return outcomes
 
+    def attempt_open(self, task_id: str, attempt: int) -> bool:
+        """Whether attempt ``attempt`` of ``task_id`` may still start, as far as this keeper knows:
+        False once a terminal write of it (a cancel, a timeout) or a newer attempt was accepted
+        here. Answered from memory, never from the store: a keeper that restarted since knows
+        nothing of the task and answers True, as the claim's answer did."""
+        running = self._running.get(task_id)
+        if running is not None:
+            return running.record.attempt <= attempt
+        ended = self._recent.get(task_id)
+        return ended is None or ended[0] < attempt
+
     async def began(self, task_id: str, attempt: int, began: float, wait_s: float = 0.0) -> bool:
         """Start the clock of a running task that waited for its turn in a group: it began at
         ``began`` (epoch seconds), or, with ``wait_s``, may wait that much longer from then. Its

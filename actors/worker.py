@@ -38,6 +38,12 @@ INTERRUPTED = Reply.failure("TaskCancelledError", "interrupted: the task was can
 # The reply of a Ray task started ahead of its claim when that claim was not accepted: the
 # function did not run, and the executor decides what follows (see ``Runs.launch_gated``).
 NOT_CLAIMED = Reply.failure("NotClaimed", "the claim was not accepted; the task did not start")
+# The reply of an attempt whose claim was accepted but which its keeper had ended (cancelled,
+# timed out, or superseded) by the time its worker came to start it: the function did not run.
+ENDED_UNSTARTED = Reply.failure("TaskCancelledError", "the attempt ended before its worker could start it")
+# A worker that waited this long for its claim's answer heard it late (its executor was slow to
+# pass it on, or frozen), and asks the task's keeper whether the attempt is still open.
+GATE_LATE_S = 1.0
 
 
 class MemberEnd(NamedTuple):
@@ -71,7 +77,7 @@ def invoke(
     lease: Lease | None = None,
     soft_timeout_s: float | None = None,
     task: tuple[Any, str, int] | None = None,
-    gate: tuple[list, int] | None = None,
+    gate: tuple[list, int, Any] | None = None,
 ) -> Reply:
     """Run a registered task in this Ray worker; the reply holds the result or the error.
     A result that cannot be stored (not JSON, too deep, over ``limits.max_result_bytes``) fails
@@ -83,14 +89,8 @@ def invoke(
     flight: the function runs only once that claim is accepted, else ``NOT_CLAIMED`` comes back."""
     limits = limits or Limits()
     if gate is not None:
-        [answer], place = gate
-        try:
-            accepted = ray.get(answer)[place].accepted
-        except Exception:  # the claim's call failed: whether it was written is not known here
-            accepted = False
-        if not accepted:
-            return NOT_CLAIMED
-        return invoke(name, args, kwargs, limits, lease, soft_timeout_s, task)
+        reply = _pass_gate(gate, task)
+        return reply or invoke(name, args, kwargs, limits, lease, soft_timeout_s, task)
     if lease is not None:
         try:
             worker_fence().arm(*lease)
@@ -127,6 +127,45 @@ def invoke(
 
 
 remote_invoke = ray.remote(max_retries=0, retry_exceptions=False)(invoke)
+
+
+def _pass_gate(gate: tuple[list, int, Any], task: tuple[Any, str, int] | None) -> Reply | None:
+    """Wait for the answer to the claim of this worker's task: None if the function may start,
+    else the reply that says why not.
+
+    The answer comes through the executor, and so does a kill: a worker that starts after a
+    cancel was written (it waited for a CPU while its executor was frozen or slow) could hear
+    the answer before its executor gets to the kill. So the task's keeper, which wrote the
+    cancel, is asked too, beside the answer (no wait added); and again after it if the answer
+    came late (``GATE_LATE_S``), since a cancel may have been written in between."""
+    [answer], place, keeper = gate
+    asked = time.monotonic()
+    opened = _attempt_open(keeper, task)
+    try:
+        accepted = ray.get(answer)[place].accepted
+    except Exception:  # the claim's call failed: whether it was written is not known here
+        accepted = False
+    if not accepted:
+        return NOT_CLAIMED
+    if opened is not None and time.monotonic() - asked >= GATE_LATE_S:
+        opened = _attempt_open(keeper, task)
+    if opened is None or _is_open(opened):
+        return None
+    return ENDED_UNSTARTED
+
+
+def _attempt_open(keeper: Any, task: tuple[Any, str, int] | None) -> ray.ObjectRef | None:
+    if keeper is None or task is None:
+        return None
+    _, task_id, attempt = task
+    return keeper.attempt_open.remote(task_id, attempt)
+
+
+def _is_open(opened: ray.ObjectRef) -> bool:
+    try:
+        return bool(ray.get(opened))
+    except Exception:  # the keeper cannot say: the claim's answer stands, and the fence still holds
+        return True
 
 
 def call(fn: Any, args: list, kwargs: dict) -> Any:
