@@ -31,6 +31,56 @@ def _lines(path: Path) -> list[tuple[int, float]]:
     return [(int(p), float(t)) for p, t in (line.split() for line in path.read_text().splitlines() if line.strip())]
 
 
+@raylane.task(name="test.fence.hold")
+def hold(path: str, seconds: float) -> None:
+    """Hold a CPU for ``seconds``, marking when it began and when it is done."""
+    Path(f"{path}.began").touch()
+    time.sleep(seconds)
+    Path(path).touch()  # its CPU is free an instant later
+
+
+def _ray_task_state(task_id: str) -> str | None:
+    from ray.util.state import list_tasks
+
+    found = list_tasks(filters=[("name", "=", f"raylane:test.fence.scribe:{task_id}")], limit=5)
+    return found[0].state if found else None
+
+
+def test_a_task_cancelled_while_its_executor_is_frozen_never_starts(rl, store, tmp_path):
+    """Given every CPU taken and a task whose claim is accepted waiting for one, its executor
+    frozen and the task cancelled (the kill waits at the frozen executor), when the CPUs free
+    and the executor thaws, the function never starts: its claim's answer is older than the cancel."""
+    cpus = int(ray.cluster_resources()["CPU"])
+    held = [tmp_path / f"held-{i}" for i in range(cpus)]
+    # Tasks of the same executor, each alone in a Ray task of one CPU: Ray may queue the next
+    # task of that executor at one of their workers, where it starts as soon as they end.
+    blockers = [hold.options(soft_timeout=60).submit(str(p), 4.0) for p in held]
+    wait_until(
+        lambda: all(Path(f"{p}.began").exists() for p in held),
+        timeout=60,
+        what=lambda: f"the CPUs to be taken: {sorted(x.name for x in tmp_path.iterdir())}",
+    )
+    path = tmp_path / "scribe.log"
+    h = scribe.submit(str(path), 1.0)
+    wait_until(lambda: h.record().state is TaskState.RUNNING, timeout=30, what="the claim to be accepted")
+    executor_pid = int(h.record().worker.split("/")[1])
+    os.kill(executor_pid, signal.SIGSTOP)
+    try:
+        assert h.cancel().state is TaskState.CANCELLED
+        wait_until(
+            lambda: all(p.exists() for p in held),
+            timeout=30,
+            what=lambda: f"the CPUs to free: {sorted(x.name for x in tmp_path.iterdir())}",
+        )
+    finally:
+        os.kill(executor_pid, signal.SIGCONT)
+    wait_until(lambda: _ray_task_state(h.id) in ("FINISHED", "FAILED"), timeout=30, what="the task's Ray task to end")
+    assert not path.exists(), "the function started after the cancel was accepted"
+    assert h.record().state is TaskState.CANCELLED
+    for b in blockers:
+        b.wait(timeout=60)
+
+
 @pytest.fixture
 def second_executor(rl, settings):
     """A second Executor in the deployment, whose sweep recovers the tasks of a lapsed one."""
@@ -78,49 +128,6 @@ def test_frozen_executor_cannot_run_an_attempt_beside_the_next(rl, store, tmp_pa
     order = [p for p, _ in sorted(lines, key=lambda x: x[1])]
     stretches = [p for i, p in enumerate(order) if i == 0 or order[i - 1] != p]
     assert len(stretches) == len(set(stretches)), stretches
-
-
-@raylane.task(name="test.fence.hold")
-def hold(path: str, seconds: float) -> None:
-    Path(f"{path}.began").touch()
-    time.sleep(seconds)
-    Path(path).touch()  # its CPU is free an instant later
-
-
-def _ray_task_state(task_id: str) -> str | None:
-    from ray.util.state import list_tasks
-
-    found = list_tasks(filters=[("name", "=", f"raylane:test.fence.scribe:{task_id}")], limit=5)
-    return found[0].state if found else None
-
-
-def test_a_task_cancelled_while_its_executor_is_frozen_never_starts(rl, store, tmp_path):
-    """Given every CPU taken and a task whose claim is accepted waiting for one, its executor
-    frozen and the task cancelled (the kill waits at the frozen executor), when the CPUs free
-    and the executor thaws, the function never starts: its claim's answer is older than the cancel."""
-    cpus = int(ray.cluster_resources()["CPU"])
-    held = [tmp_path / f"held-{i}" for i in range(cpus)]
-    blockers = [hold.options(soft_timeout=60).submit(str(p), 4.0) for p in held]  # never grouped: a CPU each
-    wait_until(lambda: all(Path(f"{p}.began").exists() for p in held), timeout=60, what="the CPUs to be taken")
-    path = tmp_path / "scribe.log"
-    h = scribe.submit(str(path), 1.0)
-    wait_until(lambda: h.record().state is TaskState.RUNNING, timeout=30, what="the claim to be accepted")
-    executor_pid = int(h.record().worker.split("/")[1])
-    os.kill(executor_pid, signal.SIGSTOP)
-    try:
-        assert h.cancel().state is TaskState.CANCELLED
-        wait_until(
-            lambda: all(p.exists() for p in held),
-            timeout=30,
-            what=lambda: f"the CPUs to free: {sorted(x.name for x in tmp_path.iterdir())}",
-        )
-    finally:
-        os.kill(executor_pid, signal.SIGCONT)
-    wait_until(lambda: _ray_task_state(h.id) in ("FINISHED", "FAILED"), timeout=30, what="the task's Ray task to end")
-    assert not path.exists(), "the function started after the cancel was accepted"
-    assert h.record().state is TaskState.CANCELLED
-    for b in blockers:
-        b.wait(timeout=60)
 
 
 def test_a_newer_attempt_on_record_stops_the_older(rl, store, tmp_path):
