@@ -18,7 +18,9 @@ worker dies, the executor knows which members may have run: those granted whose 
 heard. Each of them ends as a lone task whose worker died would (a retry is a new attempt); the
 rest never started and run again under the same attempt. Grants are sized to about
 ``GRANT_SPAN_S`` of the members' work, so a group of quick tasks asks a few times, not once a
-member, and a worker that dies takes at most one grant of unknown members with it.
+member, and a worker that dies takes at most one grant of unknown members with it. The first
+member waits for a grant too: a group's worker may start long after its launch (an executor
+frozen meanwhile), and a grant is refused once a cancel of a member has reached the executor.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from typing import Any
 from raylane.models import TaskMessage, TaskRecord
 
 GROUP_MAX = 64  # tasks in one Ray task at most
-GRANT_FIRST = 1  # members a group's worker may start before it first asks its executor
 GRANT_MAX = 16  # members one grant covers at most
 GRANT_SPAN_S = 0.02  # the members' work one grant aims to cover
 
@@ -59,9 +60,10 @@ def wait_allowance(timeouts: list[float | None], position: int) -> float:
 
 def next_grant(last: int, mean_s: float) -> int:
     """How many more members a group's worker asks leave to start, its last grant having been
-    ``last`` and its members having taken ``mean_s`` each: about ``GRANT_SPAN_S`` of work, at
-    least one, at most twice the last grant (a group that slows down shrinks its grants at once,
-    one that speeds up grows them step by step) and ``GRANT_MAX``."""
+    ``last`` (0 before the first) and its members having taken ``mean_s`` each: about
+    ``GRANT_SPAN_S`` of work, at least one, at most twice the last grant (a group that slows
+    down shrinks its grants at once, one that speeds up grows them step by step) and
+    ``GRANT_MAX``."""
     fit = int(GRANT_SPAN_S / mean_s) if mean_s > 0 else GRANT_MAX
     return max(1, min(GRANT_MAX, 2 * last, fit))
 
@@ -107,7 +109,7 @@ class Group:
         self.gen: Any = None  # the Ray task's stream of reports (an ObjectRefGenerator)
         self.running: str | None = None  # the member its worker ran when the signal came
         self.interrupted: set[str] = set()
-        self.granted = GRANT_FIRST  # members before this index may have started
+        self.granted = 0  # members before this index may have started
 
     def attempt_of(self, task_id: str) -> int:
         """The attempt of member ``task_id`` this group runs."""

@@ -21,7 +21,7 @@ import ray
 
 from raylane import progress_reports, registry
 from raylane.actors.fencing import LeaseLapsed, worker_fence
-from raylane.actors.grouping import GRANT_FIRST, next_grant
+from raylane.actors.grouping import next_grant
 from raylane.errors import SoftTimeLimitExceeded
 from raylane.limits import Limits, clip_text, encode_result
 from raylane.models import NOT_STARTED
@@ -222,7 +222,7 @@ class _MemberControl:
         self.cancelled: frozenset | None = None  # None until the signal resolves
         self._over = threading.Event()
         self._sent: list[ray.ObjectRef] = []
-        self._granted = self._grant = GRANT_FIRST  # members before _granted may start; the last grant's size
+        self._granted = self._grant = 0  # members before _granted may start; the last grant's size
         self._spent = 0.0  # seconds the members so far took
         self._executor, self._key = executor, group_key
         threading.Thread(target=self._watch, args=(signal,), daemon=True, name="raylane-group-signal").start()
@@ -270,7 +270,7 @@ class _MemberControl:
         group is stopped) or cannot be asked."""
         if position < self._granted:
             return True
-        self._grant = next_grant(self._grant, self._spent / position)
+        self._grant = next_grant(self._grant, self._spent / position if position else 0.0)
         self._granted = position + self._grant
         try:
             call = self._executor.group_advance.remote(self._key, self.take(), self._granted)

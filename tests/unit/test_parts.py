@@ -12,7 +12,6 @@ import pytest
 
 from raylane.actors.common import Background, GroupCommit
 from raylane.actors.grouping import (
-    GRANT_FIRST,
     GRANT_MAX,
     GROUP_MAX,
     STOP_ALLOWANCE_S,
@@ -71,7 +70,8 @@ def test_group_sizes_spread_over_the_cpus_within_bounds():
 
 
 def test_grants_cover_about_a_span_of_work_grow_step_by_step_and_shrink_at_once():
-    assert next_grant(GRANT_FIRST, 0.0001) == 2 * GRANT_FIRST  # quick members: doubled
+    assert next_grant(0, 0.0) == 1  # the first grant: one member
+    assert next_grant(1, 0.0001) == 2  # quick members: doubled
     assert next_grant(8, 0.0001) == GRANT_MAX
     assert next_grant(GRANT_MAX, 0.005) == 4  # 20 ms of 5 ms members
     assert next_grant(GRANT_MAX, 1.0) == 1  # slow members: one at a time
@@ -82,7 +82,7 @@ def test_the_members_whose_fate_a_dead_worker_leaves_unknown_are_those_granted_u
     members = [(_msg().model_copy(update={"id": f"{i:032x}"}), None) for i in range(6)]
     group = Group(members)  # type: ignore[arg-type]
     ids = [m.id for m, _ in members]
-    assert group.possibly_started() == ids[:GRANT_FIRST]
+    assert group.possibly_started() == []  # nothing starts before the first grant
     group.granted = 4
     group.reported.update(ids[:2])
     assert group.possibly_started() == ids[2:4]
