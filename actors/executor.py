@@ -454,10 +454,12 @@ class Executor:
             except Exception as e:  # progress is worth no retry: the next report says more
                 log.warning("keeping the progress of %d task(s) failed: %r", len(said), e)
 
-    async def group_running(self, task_id: str, running: str | None, interrupted: bool) -> None:
+    async def group_running(
+        self, task_id: str, running: str | None, interrupted: bool, started: int | None = None
+    ) -> None:
         """From the worker of the group of ``task_id``: the member it was running when the signal
         came (None: between members), and whether it interrupted it."""
-        self._runs.group_running(task_id, running, interrupted)
+        self._runs.group_running(task_id, running, interrupted, started)
 
     async def kill(self, task_id: str, attempt: int | None = None) -> bool:
         """Stop the Ray task of ``task_id`` (its terminal state, or a newer attempt, is already

@@ -110,6 +110,7 @@ class Group:
         self.running: str | None = None  # the member its worker ran when the signal came
         self.interrupted: set[str] = set()
         self.granted = 0  # members before this index may have started
+        self.started: int | None = None  # members started, as the worker said once signalled
 
     def attempt_of(self, task_id: str) -> int:
         """The attempt of member ``task_id`` this group runs."""
@@ -117,5 +118,9 @@ class Group:
 
     def possibly_started(self) -> list[str]:
         """The members that may have run and whose end has not been heard: those the worker had
-        leave to start. When its worker dies, these are the members whose fate is unknown."""
-        return [m.id for m, _ in self.members[: self.granted] if m.id not in self.reported]
+        leave to start, or, once it said how many it had started when signalled (it starts no
+        more after the signal), those. When its worker dies, these are the members whose fate
+        is unknown: a member past its timeout is killed with its worker, and its siblings
+        granted behind it, which never started, run again."""
+        upto = self.granted if self.started is None else min(self.granted, self.started)
+        return [m.id for m, _ in self.members[:upto] if m.id not in self.reported]

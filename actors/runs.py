@@ -330,12 +330,13 @@ class Runs:
         if group is not None:
             self._take_report(group, ends)
 
-    def group_running(self, task_id: str, running: str | None, interrupted: bool) -> None:
-        """The member the group's worker ran when the signal came (None: between members), and
-        whether it interrupted it."""
+    def group_running(self, task_id: str, running: str | None, interrupted: bool, started: int | None = None) -> None:
+        """The member the group's worker ran when the signal came (None: between members), whether
+        it interrupted it, and how many members it had started (it starts no more)."""
         group = self._groups.get(task_id)
         if group is not None:
             group.running = running
+            group.started = started
             if interrupted and running is not None:
                 group.interrupted.add(running)
 

@@ -224,6 +224,7 @@ class _MemberControl:
         self._sent: list[ray.ObjectRef] = []
         self._granted = self._grant = 0  # members before _granted may start; the last grant's size
         self._spent = 0.0  # seconds the members so far took
+        self._started_count = 0  # members started so far
         self._executor, self._key = executor, group_key
         threading.Thread(target=self._watch, args=(signal,), daemon=True, name="raylane-group-signal").start()
         self._sender = threading.Thread(target=self._send_held, daemon=True, name="raylane-group-report")
@@ -236,12 +237,12 @@ class _MemberControl:
             cancelled = frozenset()
         with self._lock:
             self.cancelled = cancelled
-            running = self._current
+            running, started = self._current, self._started_count
             interrupted = running is not None and running in cancelled
             if interrupted:
                 _thread.interrupt_main()
         if cancelled:
-            self._executor.group_running.remote(self._key, running, interrupted)
+            self._executor.group_running.remote(self._key, running, interrupted, started)
 
     def _send_held(self) -> None:
         while not self._over.wait(HELD_REPORT_S):
@@ -302,6 +303,7 @@ class _MemberControl:
                 if self.cancelled is not None:
                     return None
                 self._current, self._started, self._began = task_id, time.monotonic(), time.time()
+                self._started_count += 1
                 self._untold = timeout_s is not None
             try:
                 return invoke(name, args, kwargs, self._limits, task=(self._executor, task_id, attempt))

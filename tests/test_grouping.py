@@ -3,6 +3,7 @@ run exactly once, and can be cancelled one by one, whether waiting in the group 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -139,6 +140,17 @@ def test_a_worker_dying_just_after_its_siblings_ended_runs_no_attempt_twice(rl, 
     assert attempts[size - 1] == 1 and seen[size - 1] == 2, (seen, attempts)
 
 
+@raylane.task(name="test.group.stubborn")
+def stubborn(runs_dir: str, key: int, seconds: float) -> int:
+    """Like ``mark``, but it ignores an interrupt: stopping it takes the kill of its worker."""
+    Path(runs_dir, f"{key}.{uuid.uuid4().hex}").touch()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        with contextlib.suppress(KeyboardInterrupt):
+            time.sleep(0.05)
+    return key
+
+
 @raylane.task(name="test.group.nap")
 def nap(seconds: float) -> float:
     if seconds:
@@ -236,3 +248,21 @@ def test_a_timed_member_past_its_timeout_is_stopped_and_its_siblings_are_not(rl,
     wait_until(lambda: executor_stats()["running"] == 0, timeout=30, what="the stopped group to end")
     if size > 2:  # members behind the hung one were started again elsewhere
         assert executor_stats()["restarted_unstarted"] > before["restarted_unstarted"]
+
+
+def test_a_member_killed_with_its_worker_leaves_its_unstarted_siblings_to_run_again(rl, settings, tmp_path, unique):
+    # Quick members get leave to start several at a time; the fourth hangs past its timeout and
+    # ignores the interrupt, so it is killed with its worker. The siblings granted behind it
+    # never started: they run again elsewhere and succeed, and none runs twice.
+    import ray
+
+    n = 8 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    assert _group_members(settings, n) >= 8
+    items = [(str(tmp_path), i, 60.0 if i == 3 else 0.0) for i in range(n)]
+    handles = submit_held(rl, settings, stubborn.options(timeout=3), f"gk-{unique}", items)
+    records = [h.wait(timeout=90) for h in handles]
+    assert records[3].state.value == "TIMED_OUT"
+    others = [(i, r.state.value, r.error_type) for i, r in enumerate(records) if i != 3]
+    assert all(state == "SUCCEEDED" for _, state, _ in others), others
+    assert runs(tmp_path) == {i: 1 for i in range(n)}
+    wait_until(lambda: executor_stats()["running"] == 0, timeout=30, what="the killed group to end")

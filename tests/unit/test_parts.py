@@ -86,6 +86,8 @@ def test_the_members_whose_fate_a_dead_worker_leaves_unknown_are_those_granted_u
     group.granted = 4
     group.reported.update(ids[:2])
     assert group.possibly_started() == ids[2:4]
+    group.started = 3  # signalled, the worker said it had started three: the fourth never will
+    assert group.possibly_started() == ids[2:3]
 
 
 def test_group_commit_batches_concurrent_callers_and_fails_a_whole_batch():
