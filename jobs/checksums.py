@@ -25,6 +25,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
@@ -102,11 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         help="also submit this many paths that do not exist; their tasks fail (default 0)",
     )
     ap.add_argument("--batch", type=int, default=500, help="tasks per submit_many call (default 500)")
+    ap.add_argument("--inflight", type=int, default=3, help="submit_many calls under way at once (default 3)")
     ap.add_argument("--deadline", type=float, default=900.0, help="give up waiting after this many seconds")
     ap.add_argument(
         "--json", action="store_true", help="also print the run's figures as one JSON line at the end (for the bench)"
     )
     args = ap.parse_args(argv)
+    if args.batch < 1 or args.inflight < 1:
+        ap.error("--batch and --inflight must be at least 1")
 
     tmp = None
     if args.path:
@@ -126,26 +130,37 @@ def main(argv: list[str] | None = None) -> int:
     normal = checksum_file.options(tags=[run_tag])
     slow = checksum_file.options(tags=[run_tag], timeout=args.timeout)
 
+    def submit_batch(chunk: range) -> tuple[list[raylane.TaskHandle], list[str], list[str], int]:
+        """Submit one batch and cancel every ``--cancel-every``-th task of it: its handles, the ids of
+        its stalled tasks, the ids cancelled, and how many cancels came too late."""
+        plain = [i for i in chunk if i not in stalled]
+        batch = normal.submit_many([(str(paths[i]),) for i in plain])
+        slow_batch = [slow.submit(str(paths[i]), args.timeout * 15) for i in chunk if i in stalled]
+        batch += slow_batch
+        to_cancel = [h.id for h in batch[:: args.cancel_every]] if args.cancel_every else []
+        ended = raylane.cancel_many(to_cancel) if to_cancel else []  # one call for the batch's cancels
+        return batch, [h.id for h in slow_batch], list(ended), len(to_cancel) - len(ended)
+
     handles: list[raylane.TaskHandle] = []
     stalled_ids: set[str] = set()
     cancelled_ids: set[str] = set()
     cancelled = too_late = 0
     started = time.monotonic()
-    with tqdm(total=len(paths), desc="submit", unit="task", file=sys.stdout) as bar:
-        for start in range(0, len(paths), args.batch):
-            chunk = range(start, min(len(paths), start + args.batch))
-            plain = [i for i in chunk if i not in stalled]
-            batch = normal.submit_many([(str(paths[i]),) for i in plain])
-            slow_batch = [slow.submit(str(paths[i]), args.timeout * 15) for i in chunk if i in stalled]
-            stalled_ids.update(h.id for h in slow_batch)
-            batch += slow_batch
-            to_cancel = [h.id for h in batch[:: args.cancel_every]] if args.cancel_every else []
-            if to_cancel:  # one call for the batch's cancels, not a round trip each
-                ended = raylane.cancel_many(to_cancel)
-                cancelled += len(ended)
-                too_late += len(to_cancel) - len(ended)
-                cancelled_ids.update(ended)
+    chunks = [range(i, min(len(paths), i + args.batch)) for i in range(0, len(paths), args.batch)]
+    # A submit waits mostly on the store and Kafka, not on this process: a few batches in flight
+    # at once keep the write path busy.
+    with (
+        tqdm(total=len(paths), desc="submit", unit="task", file=sys.stdout) as bar,
+        ThreadPoolExecutor(args.inflight, thread_name_prefix="submit") as pool,
+    ):
+        futures = [pool.submit(submit_batch, chunk) for chunk in chunks]
+        for chunk, future in zip(chunks, futures, strict=True):
+            batch, slow_ids, ended, late = future.result()
             handles.extend(batch)
+            stalled_ids.update(slow_ids)
+            cancelled_ids.update(ended)
+            cancelled += len(ended)
+            too_late += late
             bar.update(len(chunk))
     submitted_in = time.monotonic() - started
 
