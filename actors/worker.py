@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import ray
@@ -67,6 +68,21 @@ def error_types_of(cls: type) -> tuple[str, ...]:
 
 
 MAX_ERROR_TYPES = 20  # a deeper hierarchy keeps its 20 most specific classes
+
+
+_getter: ThreadPoolExecutor | None = None
+
+
+def off_main_get(refs: Any) -> Any:
+    """``ray.get`` from a thread other than the main one. A Ray task whose main thread blocks in
+    ``ray.get`` lends its CPU back to Ray until it returns, and Ray starts another task on it,
+    often in a new worker process: under load, a worker waiting for its claim's answer or a
+    group's grant would crowd its node with workers. Waiting here holds the CPU (the wait is
+    short), and a cancel's interrupt still reaches the main thread."""
+    global _getter
+    if _getter is None:
+        _getter = ThreadPoolExecutor(max_workers=2, thread_name_prefix="raylane-get")
+    return _getter.submit(ray.get, refs).result()
 
 
 def invoke(
@@ -142,7 +158,7 @@ def _pass_gate(gate: tuple[list, int, Any], task: tuple[Any, str, int] | None) -
     asked = time.monotonic()
     opened = _attempt_open(keeper, task)
     try:
-        accepted = ray.get(answer)[place].accepted
+        accepted = off_main_get(answer)[place].accepted
     except Exception:  # the claim's call failed: whether it was written is not known here
         accepted = False
     if not accepted:
@@ -163,7 +179,7 @@ def _attempt_open(keeper: Any, task: tuple[Any, str, int] | None) -> ray.ObjectR
 
 def _is_open(opened: ray.ObjectRef) -> bool:
     try:
-        return bool(ray.get(opened))
+        return bool(off_main_get(opened))
     except Exception:  # the keeper cannot say: the claim's answer stands, and the fence still holds
         return True
 
@@ -275,7 +291,7 @@ class _MemberControl:
         self._granted = position + self._grant
         try:
             call = self._executor.group_advance.remote(self._key, self.take(), self._granted)
-            return bool(ray.get(call))
+            return bool(off_main_get(call))
         except Exception:  # the executor is gone: its successor recovers the tasks from their records
             return False
 
@@ -290,7 +306,7 @@ class _MemberControl:
         self._sender.join()
         # The executor may be gone; its successor recovers the tasks from their records.
         with contextlib.suppress(Exception):
-            ray.get(self._sent)
+            off_main_get(self._sent)
 
     def run(
         self, position: int, task_id: str, attempt: int, name: str, args: list, kwargs: dict, timeout_s: float | None
