@@ -458,7 +458,7 @@ class Executor:
         self, task_id: str, running: str | None, interrupted: bool, started: int | None = None
     ) -> None:
         """From the worker of the group of ``task_id``: the member it was running when the signal
-        came (None: between members), and whether it interrupted it."""
+        came (None: between members), whether it interrupted it, and how many it had started."""
         self._runs.group_running(task_id, running, interrupted, started)
 
     async def kill(self, task_id: str, attempt: int | None = None) -> bool:

@@ -255,7 +255,7 @@ class Runs:
                 self._stats["skipped"] += 1  # cancelled before it started; its CANCELLED record is written
             else:
                 again.append((msg, running))
-        for chunk in chunks(again, group_size(len(again), self._cpus)) if again else []:
+        for chunk in chunks(again, group_size(len(again), self._cpus)):
             await self._slots.acquire(chunk[0][0].priority)
             # A kill that came while no group held these members was for a cancel already written.
             kept = [(msg, running) for msg, running in chunk if not self.kill_requested(msg.id)]

@@ -343,7 +343,7 @@ def invoke_group(
     yielding lists of ``MemberEnd`` as they end: a report at most every ``FLUSH_S`` (each report
     is a message to the executor, so many small tasks share one); replies held behind a member
     that runs longer than ``HELD_REPORT_S`` go to the executor's ``group_report`` instead. A
-    member starts only under a grant of the executor's (``_MemberControl.ask``, which carries
+    member starts only under a grant of the executor's (``_MemberControl._may_start``, which carries
     the ends not yet reported), so that the executor knows which members may have run. Once
     the executor's signal (a reference in ``signal_box``) says members were cancelled, no
     further member starts and the rest are reported not started, for the executor to start
