@@ -11,6 +11,7 @@ import json
 import os
 import pwd
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -298,8 +299,16 @@ class Kafka(Service):
         from kafka import KafkaAdminClient
         from kafka.errors import KafkaError
 
+        # Until the broker listens, a client's bootstrap retries refused connections for its whole
+        # timeout (30 s by default), long after the broker has come up: a plain connect says so at once.
         try:
-            admin = KafkaAdminClient(**self.connection().client_options(), request_timeout_ms=2000)
+            socket.create_connection(("127.0.0.1", self._port(self.settings.kafka_port)), timeout=1).close()
+        except OSError:
+            return False
+        try:
+            admin = KafkaAdminClient(
+                **self.connection().client_options(), request_timeout_ms=2000, bootstrap_timeout_ms=2000
+            )
         except (KafkaError, OSError):
             return False
         try:
