@@ -12,6 +12,7 @@ end in exactly one terminal state.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -29,7 +30,9 @@ from conftest import wait_until
 from raylane.stack import proc
 from raylane.stack.services import RayHead
 
-HEAD_PORT, DASHBOARD_PORT, METRICS_PORT = 37379, 37265, 37080
+# Every fixed port lies below Linux's ephemeral range (32768-60999): a worker node whose agent
+# found its port taken by some outgoing connection timed out joining, twice, 37 s each time.
+HEAD_PORT, DASHBOARD_PORT, METRICS_PORT = 31379, 31265, 31080
 
 DRIVER = textwrap.dedent('''
     import json, os, sys, time
@@ -82,8 +85,8 @@ DRIVER = textwrap.dedent('''
 
 def _start_worker_node(run_dir: Path, k: int) -> int:
     """``ray start --block`` joining the private head as worker node ``k``, on ports of its own; returns its pid."""
-    port = 37400 + 10 * k
-    low = 37500 + 200 * k
+    port = 31400 + 10 * k
+    low = 31500 + 200 * k
     cmd = [
         sys.executable,
         "-m",
@@ -229,6 +232,7 @@ def test_three_nodes_place_their_own_actors_and_survive_losing_one(stack, store,
         stderr=subprocess.PIPE,
         text=True,
     )
+    phases = {"began": time.monotonic()}  # when each phase ended, for the summary
     try:
 
         def driver_runs() -> None:
@@ -240,9 +244,11 @@ def test_three_nodes_place_their_own_actors_and_survive_losing_one(stack, store,
         wait_until(
             lambda: driver_runs() or (tmp_path / "deployed").exists(), timeout=240, what="raylane to be deployed"
         )
+        phases["deployed"] = time.monotonic()
         deployed = json.loads((tmp_path / "deployed").read_text())
         three_nodes["join"]()
         (tmp_path / "joined").touch()
+        phases["joined"] = time.monotonic()
 
         # Once tasks have started on every node, a worker node dies (raylet and workers, SIGKILL).
         def nodes_started() -> set[str]:
@@ -255,7 +261,7 @@ def test_three_nodes_place_their_own_actors_and_survive_losing_one(stack, store,
         for pid in _node_processes(victim):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        killed_at = time.monotonic()
+        killed_at = phases["started everywhere"] = time.monotonic()
         try:
             out, err = driver.communicate(timeout=240)
         except subprocess.TimeoutExpired:
@@ -273,6 +279,7 @@ def test_three_nodes_place_their_own_actors_and_survive_losing_one(stack, store,
     where = {name: node[:8] for name, node in sorted(placement.items())}  # for the messages
     records = next(x["records"] for x in lines if "records" in x)
     recovered_in = time.monotonic() - killed_at
+    took = dict(zip(list(phases)[1:], (round(b - a, 1) for a, b in itertools.pairwise(phases.values())), strict=True))
 
     # One executor on each node, the deploying (head) node's first, each running 16 tasks per CPU
     # of its node; by default a consumer beside each, feeding it; a RequestHandler on every node.
@@ -312,5 +319,5 @@ def test_three_nodes_place_their_own_actors_and_survive_losing_one(stack, store,
         f"\nmulti-node: the late node's actors were placed {deployed['grown_in']:.1f}s after it joined; "
         f"actors on the worker nodes: {on_workers}; {n} tasks, {len(retried)} retried after the "
         f"node loss, all SUCCEEDED {recovered_in:.1f}s after the kill; errors of retried attempts: "
-        f"{sorted({e for r in retried for e in r['errors']})}"
+        f"{sorted({e for r in retried for e in r['errors']})}; seconds to each phase: {took}"
     )
