@@ -37,6 +37,10 @@ _PAUSES_EVERY_S = 1.0
 _URGENT_ROOM = 32  # messages a consumer takes past its full window when a higher priority waits
 
 
+def _key(item: Consumed) -> tuple[str, int, int]:
+    return item.topic, item.partition, item.offset
+
+
 class _PartitionProgress:
     """Offsets of one partition: which are settled, and how far it is safe to commit."""
 
@@ -76,7 +80,7 @@ class QueueConsumer:
         self._progress: dict[tuple[str, int], _PartitionProgress] = {}
         self._committed: dict[tuple[str, int], int] = {}
         self._in_flight: set[asyncio.Task] = set()
-        self._holding = 0  # messages polled and not yet settled
+        self._held: set[tuple[str, int, int]] = set()  # messages polled and not yet settled
         self._known_names: set[str] = set()
         self._loop_task: asyncio.Task | None = None
         self._paused_topics: set[str] = set()
@@ -125,12 +129,14 @@ class QueueConsumer:
                 await asyncio.sleep(backoff_s(3, cap_s=1.0))
 
     async def _step(self) -> None:
-        room = self.config.max_in_flight - self._holding
+        room = self.config.max_in_flight - len(self._held)
         if room <= 0 and self._reader is not None and await asyncio.to_thread(self._reader.urgent):
             # The window is full of lower priorities and a higher one waits unread: take it anyway
             # (the reader lets the lower ones wait meanwhile), so it need not wait for a whole batch.
             room = _URGENT_ROOM
         if room <= 0:
+            # Every held message belongs to a hand-over under way: ``_hand_over`` ends only once
+            # each of its messages is settled.
             await asyncio.wait(self._in_flight, timeout=0.1, return_when=asyncio.FIRST_COMPLETED)
         else:
             items = await asyncio.to_thread(self._poll, room, 0.1 if self._in_flight else 0.5)
@@ -139,8 +145,8 @@ class QueueConsumer:
                 self.stats["consumed"] += len(items)
                 for item in items:
                     self._progress.setdefault((item.topic, item.partition), _PartitionProgress()).add(item.offset)
-                self._holding += len(items)
-                task = asyncio.create_task(self._handle_batch(items, read_at))
+                    self._held.add(_key(item))
+                task = asyncio.create_task(self._hand_over(items, read_at))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
             elif self._in_flight:
@@ -148,7 +154,7 @@ class QueueConsumer:
         await self._commit()
         if time.monotonic() - self._reported >= _REPORT_EVERY_S:
             self._reported = time.monotonic()
-            self.metrics.held(self._holding)
+            self.metrics.held(len(self._held))
             self.metrics.lag(await self.partitions())
 
     async def pause_changed(self, queue: str, paused: bool) -> None:
@@ -281,9 +287,36 @@ class QueueConsumer:
                     return None
             await asyncio.sleep(backoff_s(attempt, base_s=0.2, cap_s=5.0))
 
+    async def _hand_over(self, items: list[Consumed], read_at: float) -> None:
+        """Hand ``items`` over until each is settled (claimed, skipped or dead-lettered). An error
+        nothing below expects is retried with the messages still held: given up on, they would
+        stay in the window with no one to settle them, and once the window is full the consumer
+        would read nothing more. A message handed twice is claimed at most once."""
+        attempt = 0
+        while True:
+            try:
+                await self._handle_batch(items, read_at)
+            except Exception:
+                self.stats["errors"] += 1
+                log.exception("consumer %d: handing over %d message(s) failed; retrying", self.index, len(items))
+            items = [item for item in items if _key(item) in self._held]
+            if not items:
+                return
+            attempt += 1
+            await asyncio.sleep(backoff_s(attempt, base_s=0.2, cap_s=5.0))
+
+    async def _prepare_all(self, items: list[Consumed]) -> list[tuple[Consumed, TaskMessage]]:
+        """The messages of ``items`` that are not dead-lettered, with their tasks."""
+        # Every preparation ends before an error of one is raised: a retry must not prepare (and
+        # perhaps dead-letter) a message whose first preparation still runs.
+        prepared = await asyncio.gather(*(self._prepare(item) for item in items), return_exceptions=True)
+        for outcome in prepared:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return [(item, msg) for item, msg in zip(items, prepared, strict=True) if isinstance(msg, TaskMessage)]
+
     async def _handle_batch(self, items: list[Consumed], read_at: float) -> None:
-        prepared = await asyncio.gather(*(self._prepare(item) for item in items))
-        good = [(item, msg) for item, msg in zip(items, prepared, strict=False) if msg is not None]
+        good = await self._prepare_all(items)
         if not good:
             return
         # The messages as read: parsing the JSON again costs the executor less than a dump and a validation.
@@ -365,14 +398,17 @@ class QueueConsumer:
                 await asyncio.sleep(backoff_s(attempt, base_s=0.25, cap_s=5.0))
 
     def _settle(self, item: Consumed) -> None:
-        self._holding -= 1
+        key = _key(item)
+        if key not in self._held:  # settled before, by an earlier try of its hand-over
+            return
+        self._held.discard(key)
         progress = self._progress.get((item.topic, item.partition))
         if progress is not None:  # None: the partition's topic was deleted meanwhile
             progress.settle(item.offset)
 
     async def get_stats(self) -> dict:
         """Counters: consumed, dead-lettered, started, skipped, errors, commits, and messages in flight."""
-        return dict(self.stats, in_flight=self._holding)
+        return dict(self.stats, in_flight=len(self._held))
 
     async def partitions(self) -> list[dict]:
         """The partitions this consumer reads: topic, partition, position, end, lag, paused."""

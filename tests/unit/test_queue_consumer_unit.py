@@ -1,0 +1,88 @@
+"""Unit tier (no services): the QueueConsumer's window over the in-memory queue and store."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import ray
+
+from raylane.actors.queue_consumer import QueueConsumer
+from raylane.backends import memory_broker
+from raylane.config import KafkaConnection, OpenSearchConnection
+from raylane.protocol import ActorConfig
+from raylane.queue import topic_of
+
+
+class _NoMetrics:
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def _consumer(monkeypatch, name: str, max_in_flight: int) -> QueueConsumer:
+    monkeypatch.setattr(ray, "get_actor", lambda *args, **kwargs: object())
+    config = ActorConfig(
+        kafka=KafkaConnection(bootstrap=f"memory://{name}"),
+        opensearch=OpenSearchConnection(url=f"memory://{name}"),
+        namespace="unit",
+        index_alias="tasks",
+        topic_prefix="raylane.tasks.",
+        dlq_topic="raylane.dlq",
+        default_queue="default",
+        partitions=1,
+        max_payload_bytes=1 << 16,
+        max_in_flight=max_in_flight,
+        max_running=1,
+        secret="unit-secret-of-32-bytes-and-more",
+    )
+    consumer = QueueConsumer(config, 0, executor="Executor")
+    consumer.metrics = _NoMetrics()  # type: ignore[assignment]
+    return consumer
+
+
+async def _until(condition, timeout_s: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def test_a_hand_over_that_fails_unexpectedly_is_retried_and_the_window_does_not_stay_full(monkeypatch):
+    """A hand-over that raised what nothing expected used to leave its messages held with no one to
+    settle them; with the window full, the consumer then read nothing more, for good."""
+    name = f"consumer-{uuid.uuid4().hex}"
+    consumer = _consumer(monkeypatch, name, max_in_flight=1)
+    real_dead_letter = consumer._producer.dead_letter
+    calls = []
+
+    def dead_letter_failing_once(item, reason):
+        calls.append(item.offset)
+        if len(calls) == 1:
+            raise RuntimeError("a failure no one planned for")
+        real_dead_letter(item, reason)
+
+    monkeypatch.setattr(consumer._producer, "dead_letter", dead_letter_failing_once)
+    topic = consumer._producer.ensure_queue("default")
+    assert topic == topic_of("raylane.tasks.", "default")
+    broker = memory_broker(name)
+    for n in range(3):  # not task messages: each is dead-lettered
+        broker.append(topic, f"k{n}".encode(), b"not json", None)
+
+    async def scenario() -> None:
+        consumer._pauses_read.set()
+        await consumer.ensure_running()
+        try:
+            done = await _until(lambda: len(consumer._producer.dead_letters(10)) == 3, timeout_s=10)
+            assert done, f"dead letters: {consumer._producer.dead_letters(10)}; stats {await consumer.get_stats()}"
+            assert await _until(lambda: broker.committed.get(("raylane-workers", topic, 0)) == 3, timeout_s=5)
+            stats = await consumer.get_stats()
+            assert stats["in_flight"] == 0 and stats["dead_lettered"] == 3
+        finally:
+            for task in (consumer._loop_task, consumer._pauses_task):
+                assert task is not None
+                task.cancel()
+
+    asyncio.run(scenario())
+    assert sorted(calls) == [0, 0, 1, 2]  # the first message was set aside on the second try
