@@ -47,6 +47,10 @@ def supervise(deployment: Deployment, every_s: float = 2.0, give_up_s: float = 3
     ``give_up_s`` (the cluster is gone)."""
     stop = threading.Event()
     last_answer = time.monotonic()
+    # Unanswered calls, by actor. Calls are awaited together and not sent again while one is
+    # unanswered: an actor on a node that just died answers no one until Ray declares it dead,
+    # and the actors restarted beside it must not wait for that to get their loops back.
+    unanswered: dict[int, ray.ObjectRef] = {}
     rounds = 0
     while not stop.wait(every_s):
         rounds += 1
@@ -58,15 +62,8 @@ def supervise(deployment: Deployment, every_s: float = 2.0, give_up_s: float = 3
             else:
                 if placed:
                     print(f"raylane service: a node joined; placed {', '.join(placed)}", flush=True)
-        members = len(deployment.consumers)
-        calls = [a.ensure_running.remote() for a in deployment.loopers]
-        calls += [c.ensure_running.remote(members) for c in deployment.consumers]
-        for call in calls:
-            try:
-                ray.get(call, timeout=30)
-                last_answer = time.monotonic()
-            except Exception as e:  # restarting, or briefly unreachable: try again next round
-                print(f"raylane service: {e!r}", file=sys.stderr, flush=True)
+        if _ensure_running(deployment, unanswered, every_s):
+            last_answer = time.monotonic()
         if time.monotonic() - last_answer > give_up_s:
             print(
                 f"raylane service: no actor answered for {give_up_s:.0f}s; the cluster is gone, exiting",
@@ -74,6 +71,31 @@ def supervise(deployment: Deployment, every_s: float = 2.0, give_up_s: float = 3
                 flush=True,
             )
             return
+
+
+def _ensure_running(deployment: Deployment, unanswered: dict[int, ray.ObjectRef], wait_s: float) -> bool:
+    """Call ``ensure_running`` on every actor of ``deployment`` with no call in ``unanswered``, and
+    await all calls in it for up to ``wait_s``; True if some actor answered."""
+    members = len(deployment.consumers)
+    for actor in deployment.loopers:
+        if id(actor) not in unanswered:
+            unanswered[id(actor)] = actor.ensure_running.remote()
+    for consumer in deployment.consumers:
+        if id(consumer) not in unanswered:
+            unanswered[id(consumer)] = consumer.ensure_running.remote(members)
+    calls = list(unanswered.values())
+    answered = set(ray.wait(calls, num_returns=len(calls), timeout=wait_s)[0]) if calls else set()
+    ok = False
+    for key, call in list(unanswered.items()):
+        if call not in answered:
+            continue
+        del unanswered[key]
+        try:
+            ray.get(call)
+            ok = True
+        except Exception as e:  # restarting, or briefly unreachable: called again next round
+            print(f"raylane service: {e!r}", file=sys.stderr, flush=True)
+    return ok
 
 
 if __name__ == "__main__":
