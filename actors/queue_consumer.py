@@ -274,6 +274,14 @@ class QueueConsumer:
                 await self._dead_letter(item, str(e), owned, error_type="InvalidSignature")
                 return None
             except UnknownTaskName as e:
+                if attempt == 1:
+                    # Its tasks wait meanwhile: a long wait here shows as a late start.
+                    log.warning(
+                        "consumer %d: no definition of task %r yet; waiting up to %gs for it",
+                        self.index,
+                        msg.name,
+                        _UNKNOWN_NAME_GRACE_S,
+                    )
                 if time.monotonic() - first_try >= _UNKNOWN_NAME_GRACE_S:
                     await self._dead_letter(item, str(e), owned)
                     return None
