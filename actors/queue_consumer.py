@@ -34,6 +34,7 @@ _UNKNOWN_NAME_GRACE_S = 20.0
 _EXECUTOR_DOWN_TRIES = 120  # about ten minutes of an Executor that does not come back
 _REPORT_EVERY_S = 5.0
 _PAUSES_EVERY_S = 1.0
+_PREPARED_AT_ONCE_S = 0.05  # a message not ready by then is handed over apart from its batch
 _URGENT_ROOM = 32  # messages a consumer takes past its full window when a higher priority waits
 
 
@@ -313,20 +314,39 @@ class QueueConsumer:
             attempt += 1
             await asyncio.sleep(backoff_s(attempt, base_s=0.2, cap_s=5.0))
 
-    async def _prepare_all(self, items: list[Consumed]) -> list[tuple[Consumed, TaskMessage]]:
-        """The messages of ``items`` that are not dead-lettered, with their tasks."""
-        # Every preparation ends before an error of one is raised: a retry must not prepare (and
-        # perhaps dead-letter) a message whose first preparation still runs.
-        prepared = await asyncio.gather(*(self._prepare(item) for item in items), return_exceptions=True)
-        for outcome in prepared:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        return [(item, msg) for item, msg in zip(items, prepared, strict=True) if isinstance(msg, TaskMessage)]
-
     async def _handle_batch(self, items: list[Consumed], read_at: float) -> None:
-        good = await self._prepare_all(items)
-        if not good:
+        """Prepare ``items`` and hand their tasks over. Nearly every message is ready at once; one
+        that waits (for its task's definition, up to ``_UNKNOWN_NAME_GRACE_S``, or after an error)
+        follows on its own once ready, so it never holds back the rest of its batch. Every
+        preparation ends before an error of one is raised: a retry must not prepare (and perhaps
+        dead-letter) a message whose first preparation still runs."""
+        preparing = [asyncio.ensure_future(self._prepare(item)) for item in items]
+        await asyncio.wait(preparing, timeout=_PREPARED_AT_ONCE_S)
+        ready = [(item, p) for item, p in zip(items, preparing, strict=True) if p.done()]
+        later = [(item, p) for item, p in zip(items, preparing, strict=True) if not p.done()]
+        ends = await asyncio.gather(
+            self._start_prepared(ready, read_at), self._start_prepared(later, read_at), return_exceptions=True
+        )
+        for end in ends:
+            if isinstance(end, BaseException):
+                raise end
+
+    async def _start_prepared(
+        self, prepared: list[tuple[Consumed, asyncio.Task[TaskMessage | None]]], read_at: float
+    ) -> None:
+        """Once every preparation of ``prepared`` ended, hand over the messages not dead-lettered;
+        then raise the first error of a preparation, if any (those messages are still held)."""
+        if not prepared:
             return
+        await asyncio.wait([p for _, p in prepared])
+        errors = [e for _, p in prepared if (e := p.exception()) is not None]
+        good = [(item, msg) for item, p in prepared if p.exception() is None and (msg := p.result()) is not None]
+        if good:
+            await self._hand_to_executor(good, read_at)
+        if errors:
+            raise errors[0]
+
+    async def _hand_to_executor(self, good: list[tuple[Consumed, TaskMessage]], read_at: float) -> None:
         # The messages as read: parsing the JSON again costs the executor less than a dump and a validation.
         payload = [item.value for item, _ in good]
         poison_tries = 0

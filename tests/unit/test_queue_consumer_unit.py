@@ -7,10 +7,13 @@ import uuid
 
 import ray
 
+from raylane.actors import queue_consumer
 from raylane.actors.queue_consumer import QueueConsumer
 from raylane.backends import memory_broker
 from raylane.config import KafkaConnection, OpenSearchConnection
-from raylane.protocol import ActorConfig
+from raylane.errors import UnknownTaskName
+from raylane.models import TaskMessage, new_task_id, utcnow
+from raylane.protocol import ActorConfig, HandOff
 from raylane.queue import topic_of
 
 
@@ -86,3 +89,64 @@ def test_a_hand_over_that_fails_unexpectedly_is_retried_and_the_window_does_not_
 
     asyncio.run(scenario())
     assert sorted(calls) == [0, 0, 1, 2]  # the first message was set aside on the second try
+
+
+class _Executor:
+    """Takes every task handed over, and notes which, in order."""
+
+    def __init__(self, events: list):
+        self.events = events
+        self.start_many = self  # called as ``executor.start_many.remote(payload, read_at)``
+
+    def remote(self, payload, read_at):
+        async def started():
+            self.events += [("handed", TaskMessage.model_validate_json(m).name) for m in payload]
+            return [(HandOff.STARTED, None)] * len(payload)
+
+        return started()
+
+
+def test_a_message_waiting_for_its_definition_does_not_hold_back_the_rest_of_its_batch(monkeypatch):
+    """A message whose task has no definition yet waits for one (up to a grace period). The
+    messages read with it used to wait as long: after a keeper restart, a leftover task of a
+    vanished definition released beside a due task delayed that task by the whole grace."""
+    monkeypatch.setattr(queue_consumer, "_UNKNOWN_NAME_GRACE_S", 1.0)
+    name = f"consumer-{uuid.uuid4().hex}"
+    consumer = _consumer(monkeypatch, name, max_in_flight=8)
+    events: list = []
+    consumer._executor = _Executor(events)
+
+    def check_name(task_name):
+        if task_name == "unit.vanished":
+            raise UnknownTaskName(task_name)
+
+    monkeypatch.setattr(consumer, "_check_name", check_name)
+    real_dead_letter = consumer._producer.dead_letter
+
+    def dead_letter(item, reason):
+        events.append(("dead-lettered", TaskMessage.model_validate_json(item.value).name))
+        real_dead_letter(item, reason)
+
+    monkeypatch.setattr(consumer._producer, "dead_letter", dead_letter)
+    # One partition: both are read in one poll, the vanished one first.
+    consumer._producer.produce_many(
+        [
+            TaskMessage(id=new_task_id(), name=n, queue="default", created_at=utcnow())
+            for n in ("unit.vanished", "unit.known")
+        ]
+    )
+
+    async def scenario() -> None:
+        consumer._pauses_read.set()
+        await consumer.ensure_running()
+        try:
+            assert await _until(lambda: len(events) == 2, timeout_s=10), events
+            assert await _until(lambda: not consumer._held, timeout_s=5)
+        finally:
+            for task in (consumer._loop_task, consumer._pauses_task):
+                assert task is not None
+                task.cancel()
+
+    asyncio.run(scenario())
+    assert events == [("handed", "unit.known"), ("dead-lettered", "unit.vanished")]
+    assert consumer.stats["consumed"] == 2 and consumer.stats["dead_lettered"] == 1
