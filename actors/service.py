@@ -21,6 +21,8 @@ import ray
 
 from raylane.actors.deploy import Deployment, create_actors, find_request_handler, take_service_config
 
+_CALL_TIMEOUT_S = 30.0
+
 
 def main(argv: list[str] | None = None) -> int:
     """Create raylane's actors (unless another service runs them) and keep them alive."""
@@ -47,10 +49,10 @@ def supervise(deployment: Deployment, every_s: float = 2.0, give_up_s: float = 3
     ``give_up_s`` (the cluster is gone)."""
     stop = threading.Event()
     last_answer = time.monotonic()
-    # Unanswered calls, by actor. Calls are awaited together and not sent again while one is
-    # unanswered: an actor on a node that just died answers no one until Ray declares it dead,
-    # and the actors restarted beside it must not wait for that to get their loops back.
-    unanswered: dict[int, ray.ObjectRef] = {}
+    # Unanswered calls, by actor, with when each was sent. Calls are awaited together: an actor on
+    # a node that just died answers no one until Ray declares it dead, and the actors restarted
+    # beside it must not wait for that to get their loops back.
+    unanswered: dict[int, tuple[ray.ObjectRef, float]] = {}
     rounds = 0
     while not stop.wait(every_s):
         rounds += 1
@@ -73,20 +75,22 @@ def supervise(deployment: Deployment, every_s: float = 2.0, give_up_s: float = 3
             return
 
 
-def _ensure_running(deployment: Deployment, unanswered: dict[int, ray.ObjectRef], wait_s: float) -> bool:
-    """Call ``ensure_running`` on every actor of ``deployment`` with no call in ``unanswered``, and
-    await all calls in it for up to ``wait_s``; True if some actor answered."""
+def _ensure_running(deployment: Deployment, unanswered: dict[int, tuple[ray.ObjectRef, float]], wait_s: float) -> bool:
+    """Call ``ensure_running`` on every actor of ``deployment`` with no recent call in
+    ``unanswered``, and await all calls in it for up to ``wait_s``; True if some actor answered.
+    A call unanswered for ``_CALL_TIMEOUT_S`` is given up on and made again: while an actor is
+    stuck, it gets one call per that time, not one per round."""
+    now = time.monotonic()
     members = len(deployment.consumers)
-    for actor in deployment.loopers:
-        if id(actor) not in unanswered:
-            unanswered[id(actor)] = actor.ensure_running.remote()
-    for consumer in deployment.consumers:
-        if id(consumer) not in unanswered:
-            unanswered[id(consumer)] = consumer.ensure_running.remote(members)
-    calls = list(unanswered.values())
+    targets = [(a, ()) for a in deployment.loopers] + [(c, (members,)) for c in deployment.consumers]
+    for actor, args in targets:
+        sent = unanswered.get(id(actor))
+        if sent is None or now - sent[1] > _CALL_TIMEOUT_S:
+            unanswered[id(actor)] = (actor.ensure_running.remote(*args), now)
+    calls = [ref for ref, _ in unanswered.values()]
     answered = set(ray.wait(calls, num_returns=len(calls), timeout=wait_s)[0]) if calls else set()
     ok = False
-    for key, call in list(unanswered.items()):
+    for key, (call, _) in list(unanswered.items()):
         if call not in answered:
             continue
         del unanswered[key]

@@ -42,8 +42,12 @@ def test_an_actor_that_does_not_answer_neither_delays_the_others_nor_gets_calls_
     # Each round calls every answering actor again, and awaits all calls together, once.
     assert (keeper.calls, consumer.calls) == (3, 3)
     assert waited == [2.0, 2.0, 2.0]
-    # The unanswered call is awaited again, not sent again.
+    # The unanswered call is awaited again, not sent again, until it is given up on.
     assert stuck.calls == 1 and list(unanswered) == [id(stuck)]
+    ref, sent_at = unanswered[id(stuck)]
+    unanswered[id(stuck)] = (ref, sent_at - service._CALL_TIMEOUT_S - 1)
+    service._ensure_running(deployment, unanswered, wait_s=2.0)
+    assert stuck.calls == 2 and unanswered[id(stuck)][0] is not ref
 
 
 def test_a_round_where_no_actor_answers_says_so(monkeypatch):
