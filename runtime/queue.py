@@ -228,9 +228,6 @@ class KafkaTaskQueue(TaskQueue):
         self.copies = copies
         self._known: set[str] = set()
         self._lock = threading.Lock()
-        # Submits of many threads meet a client not made yet: one of them makes it, and no other
-        # makes a second, whose connections and sender thread no one would close.
-        self._clients_lock = threading.RLock()
         self._producer = None
         self._admin = None
 
@@ -255,29 +252,27 @@ class KafkaTaskQueue(TaskQueue):
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
-        with self._clients_lock:
-            if self._producer is None:
-                try:
-                    self._producer = KafkaProducer(
-                        **self._options,
-                        acks="all",
-                        enable_idempotence=True,
-                        linger_ms=2,
-                        max_request_size=self.max_message,
-                        request_timeout_ms=int(self.produce_timeout_s * 1000),
-                        max_block_ms=int(self.produce_timeout_s * 1000),
-                    )
-                except (KafkaError, OSError) as e:
-                    raise QueueUnavailable(f"Kafka at {self.bootstrap} unreachable: {e}") from e
-            return self._producer
+        if self._producer is None:
+            try:
+                self._producer = KafkaProducer(
+                    **self._options,
+                    acks="all",
+                    enable_idempotence=True,
+                    linger_ms=2,
+                    max_request_size=self.max_message,
+                    request_timeout_ms=int(self.produce_timeout_s * 1000),
+                    max_block_ms=int(self.produce_timeout_s * 1000),
+                )
+            except (KafkaError, OSError) as e:
+                raise QueueUnavailable(f"Kafka at {self.bootstrap} unreachable: {e}") from e
+        return self._producer
 
     def _admin_client(self):
         from kafka import KafkaAdminClient
 
-        with self._clients_lock:
-            if self._admin is None:
-                self._admin = KafkaAdminClient(**self._options, request_timeout_ms=int(_SINGLE_COPY_PRODUCE_S * 1000))
-            return self._admin
+        if self._admin is None:
+            self._admin = KafkaAdminClient(**self._options, request_timeout_ms=int(_SINGLE_COPY_PRODUCE_S * 1000))
+        return self._admin
 
     def _ensure_topic(self, topic: str) -> str:
         from kafka.admin import NewTopic
