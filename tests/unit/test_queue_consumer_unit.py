@@ -43,6 +43,22 @@ def _consumer(monkeypatch, name: str, max_in_flight: int) -> QueueConsumer:
     return consumer
 
 
+def _drive(consumer: QueueConsumer, body) -> None:
+    """Run the consumer's loops while the coroutine function ``body`` runs, then stop them."""
+
+    async def scenario() -> None:
+        consumer._pauses_read.set()
+        await consumer.ensure_running()
+        try:
+            await body()
+        finally:
+            for task in (consumer._loop_task, consumer._pauses_task):
+                assert task is not None
+                task.cancel()
+
+    asyncio.run(scenario())
+
+
 async def _until(condition, timeout_s: float) -> bool:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not condition():
@@ -73,21 +89,14 @@ def test_a_hand_over_that_fails_unexpectedly_is_retried_and_the_window_does_not_
     for n in range(3):  # not task messages: each is dead-lettered
         broker.append(topic, f"k{n}".encode(), b"not json", None)
 
-    async def scenario() -> None:
-        consumer._pauses_read.set()
-        await consumer.ensure_running()
-        try:
-            done = await _until(lambda: len(consumer._producer.dead_letters(10)) == 3, timeout_s=10)
-            assert done, f"dead letters: {consumer._producer.dead_letters(10)}; stats {await consumer.get_stats()}"
-            assert await _until(lambda: broker.committed.get(("raylane-workers", topic, 0)) == 3, timeout_s=5)
-            stats = await consumer.get_stats()
-            assert stats["in_flight"] == 0 and stats["dead_lettered"] == 3
-        finally:
-            for task in (consumer._loop_task, consumer._pauses_task):
-                assert task is not None
-                task.cancel()
+    async def all_dead_lettered() -> None:
+        done = await _until(lambda: len(consumer._producer.dead_letters(10)) == 3, timeout_s=10)
+        assert done, f"dead letters: {consumer._producer.dead_letters(10)}; stats {await consumer.get_stats()}"
+        assert await _until(lambda: broker.committed.get(("raylane-workers", topic, 0)) == 3, timeout_s=5)
+        stats = await consumer.get_stats()
+        assert stats["in_flight"] == 0 and stats["dead_lettered"] == 3
 
-    asyncio.run(scenario())
+    _drive(consumer, all_dead_lettered)
     assert sorted(calls) == [0, 0, 1, 2]  # the first message was set aside on the second try
 
 
@@ -136,17 +145,10 @@ def test_a_message_waiting_for_its_definition_does_not_hold_back_the_rest_of_its
         ]
     )
 
-    async def scenario() -> None:
-        consumer._pauses_read.set()
-        await consumer.ensure_running()
-        try:
-            assert await _until(lambda: len(events) == 2, timeout_s=10), events
-            assert await _until(lambda: not consumer._held, timeout_s=5)
-        finally:
-            for task in (consumer._loop_task, consumer._pauses_task):
-                assert task is not None
-                task.cancel()
+    async def both_settled() -> None:
+        assert await _until(lambda: len(events) == 2, timeout_s=10), events
+        assert await _until(lambda: not consumer._held, timeout_s=5)
 
-    asyncio.run(scenario())
+    _drive(consumer, both_settled)
     assert events == [("handed", "unit.known"), ("dead-lettered", "unit.vanished")]
     assert consumer.stats["consumed"] == 2 and consumer.stats["dead_lettered"] == 1
