@@ -18,15 +18,17 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from raylane.compat import forget_empty_partitions, free_fetch_slot
 from raylane.config import KafkaConnection
 from raylane.errors import ConfigError, QueueUnavailable
 from raylane.models import TaskMessage
 from raylane.signing import SIGNATURE_HEADER, Signer
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +201,10 @@ def kafka_options(kafka: KafkaConnection | str) -> dict[str, Any]:
 
 _REPLICATED_PRODUCE_S = 30.0
 _SINGLE_COPY_PRODUCE_S = 10.0
+# After a failed connection kafka-python leaves a broker alone for up to reconnect_backoff_max_ms,
+# and an admin request meanwhile fails at once ("No node_id provided") even if the broker is back.
+# An admin call is tried again for this long, so one blip does not refuse the submits that follow.
+_ADMIN_RETRY_S = 3.0
 
 
 class KafkaTaskQueue(TaskQueue):
@@ -228,6 +234,11 @@ class KafkaTaskQueue(TaskQueue):
         self.copies = copies
         self._known: set[str] = set()
         self._lock = threading.Lock()
+        # Submits of many threads meet a client not made yet: one of them makes it, and no other
+        # makes a second, whose connections and sender thread no one would close. Reentrant: the
+        # producer's timeouts ask the admin client for the cluster's brokers. Always taken after
+        # ``_lock``, never before it.
+        self._clients_lock = threading.RLock()
         self._producer = None
         self._admin = None
 
@@ -252,27 +263,43 @@ class KafkaTaskQueue(TaskQueue):
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
-        if self._producer is None:
-            try:
-                self._producer = KafkaProducer(
-                    **self._options,
-                    acks="all",
-                    enable_idempotence=True,
-                    linger_ms=2,
-                    max_request_size=self.max_message,
-                    request_timeout_ms=int(self.produce_timeout_s * 1000),
-                    max_block_ms=int(self.produce_timeout_s * 1000),
-                )
-            except (KafkaError, OSError) as e:
-                raise QueueUnavailable(f"Kafka at {self.bootstrap} unreachable: {e}") from e
-        return self._producer
+        with self._clients_lock:
+            if self._producer is None:
+                try:
+                    self._producer = KafkaProducer(
+                        **self._options,
+                        acks="all",
+                        enable_idempotence=True,
+                        linger_ms=2,
+                        max_request_size=self.max_message,
+                        request_timeout_ms=int(self.produce_timeout_s * 1000),
+                        max_block_ms=int(self.produce_timeout_s * 1000),
+                    )
+                except (KafkaError, OSError) as e:
+                    raise QueueUnavailable(f"Kafka at {self.bootstrap} unreachable: {e}") from e
+            return self._producer
 
     def _admin_client(self):
         from kafka import KafkaAdminClient
 
-        if self._admin is None:
-            self._admin = KafkaAdminClient(**self._options, request_timeout_ms=int(_SINGLE_COPY_PRODUCE_S * 1000))
-        return self._admin
+        with self._clients_lock:
+            if self._admin is None:
+                self._admin = KafkaAdminClient(**self._options, request_timeout_ms=int(_SINGLE_COPY_PRODUCE_S * 1000))
+            return self._admin
+
+    def _ask_admin(self, call: Callable[[Any], T]) -> T:
+        """``call(admin client)``, tried again for a few seconds while the brokers are only
+        waiting out a reconnect backoff or refuse the connection (a broker restarting)."""
+        from kafka.errors import KafkaConnectionError, NodeNotReadyError
+
+        deadline = time.monotonic() + _ADMIN_RETRY_S
+        while True:
+            try:
+                return call(self._admin_client())
+            except (NodeNotReadyError, KafkaConnectionError):
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(_RECONNECT["reconnect_backoff_ms"] / 1000)
 
     def _ensure_topic(self, topic: str) -> str:
         from kafka.admin import NewTopic
@@ -282,24 +309,21 @@ class KafkaTaskQueue(TaskQueue):
             if topic in self._known:
                 return topic
             try:
-                admin = self._admin_client()
-                if topic not in set(admin.list_topics()):
+                if topic not in set(self._ask_admin(lambda admin: admin.list_topics())):
                     copies = self.replication_factor()
+                    new = NewTopic(
+                        topic,
+                        num_partitions=self.partitions,
+                        replication_factor=copies,
+                        topic_configs={
+                            "max.message.bytes": str(self.max_message),
+                            # acks=all then means: on at least two brokers, where there are several.
+                            "min.insync.replicas": str(max(1, copies - 1)),
+                        },
+                    )
+                    # A retried create may meet the topic its first try made.
                     with contextlib.suppress(TopicAlreadyExistsError):
-                        admin.create_topics(
-                            [
-                                NewTopic(
-                                    topic,
-                                    num_partitions=self.partitions,
-                                    replication_factor=copies,
-                                    topic_configs={
-                                        "max.message.bytes": str(self.max_message),
-                                        # acks=all then means: on at least two brokers, where there are several.
-                                        "min.insync.replicas": str(max(1, copies - 1)),
-                                    },
-                                )
-                            ]
-                        )
+                        self._ask_admin(lambda admin: admin.create_topics([new]))
             except InvalidReplicationFactorError as e:
                 raise ConfigError(
                     f"could not create Kafka topic {topic} with {self.replication_factor()} copies: {e} "
@@ -314,7 +338,7 @@ class KafkaTaskQueue(TaskQueue):
         """Copies of each partition of a new topic: ``copies``, or as many as the cluster has
         brokers, up to 3 (asked once)."""
         if self.copies is None:
-            brokers = self._admin_client().describe_cluster()["brokers"]
+            brokers = self._ask_admin(lambda admin: admin.describe_cluster())["brokers"]
             self.copies = min(3, max(1, len(brokers)))
         return self.copies
 
@@ -329,7 +353,7 @@ class KafkaTaskQueue(TaskQueue):
             if topic in self._known:
                 return True
             try:
-                exists = topic in set(self._admin_client().list_topics())
+                exists = topic in set(self._ask_admin(lambda admin: admin.list_topics()))
             except (KafkaError, OSError) as e:
                 raise QueueUnavailable(f"could not list Kafka topics: {e}") from e
             if exists:

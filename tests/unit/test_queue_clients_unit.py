@@ -1,0 +1,88 @@
+"""Unit tier (no services): how the Kafka queue client makes and uses its Kafka clients."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import kafka
+import pytest
+from kafka.errors import NodeNotReadyError
+
+from raylane.errors import QueueUnavailable
+from raylane.queue import KafkaTaskQueue
+from raylane.signing import Signer
+
+_made: list[_SlowProducer] = []
+
+
+class _SlowProducer:
+    """Stands in for KafkaProducer: takes a while to connect, and notes each one made."""
+
+    def __init__(self, **options):
+        time.sleep(0.2)
+        _made.append(self)
+
+
+class _BlippingAdmin:
+    """Stands in for KafkaAdminClient right after its broker came back: its first requests find
+    the broker still in kafka-python's reconnect backoff."""
+
+    not_ready = 2
+    asked = 0
+
+    def __init__(self, **options):
+        pass
+
+    def list_topics(self):
+        type(self).asked += 1
+        if type(self).asked <= type(self).not_ready:
+            raise NodeNotReadyError("No node_id provided")
+        return ["raylane.tasks.there"]
+
+
+def _queue() -> KafkaTaskQueue:
+    return KafkaTaskQueue(
+        "127.0.0.1:9",
+        prefix="raylane.tasks.",
+        dlq_topic="raylane.dlq",
+        partitions=1,
+        max_payload_bytes=1024,
+        signer=Signer(b"k" * 32),
+        produce_timeout_s=1.0,
+    )
+
+
+def test_threads_that_meet_a_producer_not_made_yet_share_one(monkeypatch):
+    """Submits from many threads of a fresh RequestHandler used to make one KafkaProducer each;
+    all but one were dropped unclosed, each with its connections and sender thread."""
+    monkeypatch.setattr(kafka, "KafkaProducer", _SlowProducer)
+    _made.clear()
+    queue = _queue()
+    got: list = []
+    threads = [threading.Thread(target=lambda: got.append(queue._get_producer())) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(_made) == 1
+    assert len(got) == 8 and all(p is _made[0] for p in got)
+
+
+def test_a_topic_check_rides_out_the_reconnect_backoff_of_a_broker_that_is_back(monkeypatch):
+    """A tenant's submit checks its queue's topic with the admin client. Right after a Kafka
+    restart that check failed at once ("No node_id provided"), and the submit was refused."""
+    monkeypatch.setattr(kafka, "KafkaAdminClient", _BlippingAdmin)
+    _BlippingAdmin.asked, _BlippingAdmin.not_ready = 0, 2
+    assert _queue().queue_exists("there")
+    assert _BlippingAdmin.asked == 3
+
+
+def test_a_topic_check_gives_up_when_the_broker_stays_away(monkeypatch):
+    """During a real outage the check still fails, as QueueUnavailable, once the retries run out."""
+    monkeypatch.setattr(kafka, "KafkaAdminClient", _BlippingAdmin)
+    monkeypatch.setattr("raylane.queue._ADMIN_RETRY_S", 0.3)
+    _BlippingAdmin.asked, _BlippingAdmin.not_ready = 0, 10**9
+    with pytest.raises(QueueUnavailable, match="No node_id provided"):
+        _queue().queue_exists("there")
+    assert _BlippingAdmin.asked > 1
