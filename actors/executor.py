@@ -425,15 +425,22 @@ class Executor:
         """From the worker of the group of ``task_id``: members that ended while a long one runs."""
         self._runs.group_report(task_id, ends)
 
-    async def group_advance(self, task_id: str, ends: list[MemberEnd], upto: int) -> bool:
+    async def group_advance(self, task_id: str, ends: list[MemberEnd], upto: int) -> int:
         """From the worker of the group of ``task_id``: members that ended, and a request for leave
-        to start its members before index ``upto`` (see ``grouping``). False: start no more."""
+        to start its members before index ``upto`` (see ``grouping``). Returns the index before
+        which members may start (short of ``upto`` once members were moved on; 0: start no more)."""
         return self._runs.group_advance(task_id, ends, upto)
 
     async def group_began(self, task_id: str, member: str, began: float) -> None:
         """From the worker of the group of ``task_id``: timed member ``member`` began at ``began``
         (epoch seconds) and still runs; its keeper starts its clock from then."""
         self._runs.group_began(task_id, member, began)
+
+    async def group_long(self, task_id: str, member: str, started: int) -> None:
+        """From the worker of the group of ``task_id``: member ``member`` has run long, and the
+        worker, having started ``started`` members, starts no more without asking; those after
+        it move to other Ray tasks (see ``grouping``)."""
+        self._runs.group_long(task_id, member, started)
 
     async def progress(self, task_id: str, attempt: int, fraction: float, message: str | None, at: float) -> None:
         """From the worker of ``task_id``: how far its attempt ``attempt`` has got (see

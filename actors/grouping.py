@@ -21,6 +21,12 @@ rest never started and run again under the same attempt. Grants are sized to abo
 member, and a worker that dies takes at most one grant of unknown members with it. The first
 member waits for a grant too: a group's worker may start long after its launch (an executor
 frozen meanwhile), and a grant is refused once a cancel of a member has reached the executor.
+
+A member that has run ``MOVE_AFTER_S`` no longer holds back its siblings: its worker gives back
+the leave to start the members after it, and those move to other Ray tasks (as groups, so a
+timed one's clock still starts when it begins); the worker then gets no leave for them. One
+task that hangs until its timeout, or an untimed one that takes minutes, would otherwise keep
+up to ``GROUP_MAX`` quick ones waiting.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from raylane.models import TaskMessage, TaskRecord
 GROUP_MAX = 64  # tasks in one Ray task at most
 GRANT_MAX = 16  # members one grant covers at most
 GRANT_SPAN_S = 0.02  # the members' work one grant aims to cover
+MOVE_AFTER_S = 0.5  # a member that has run this long has the siblings behind it moved on
 
 
 def groupable(msg: TaskMessage) -> bool:
@@ -111,10 +118,26 @@ class Group:
         self.interrupted: set[str] = set()
         self.granted = 0  # members before this index may have started
         self.started: int | None = None  # members started, as the worker said once signalled
+        # Members from this index on were moved to another Ray task (behind a member that runs
+        # long, see ``Runs.move_behind``): this group's worker never gets leave to start them.
+        self.kept = len(members)
+        self.moved: set[str] = set()
 
     def attempt_of(self, task_id: str) -> int:
         """The attempt of member ``task_id`` this group runs."""
         return self.members[self.index[task_id]][0].attempt
+
+    def take_waiting(self) -> list[tuple[TaskMessage, TaskRecord]]:
+        """Take the members this group's worker has no leave to start yet, and that are neither
+        over nor cancelled, out of this group: from now on it never starts them."""
+        waiting = [
+            (msg, running)
+            for msg, running in self.members[self.granted : self.kept]
+            if msg.id not in self.reported and msg.id not in self.cancelled
+        ]
+        self.kept = self.granted
+        self.moved.update(msg.id for msg, _ in waiting)
+        return waiting
 
     def possibly_started(self) -> list[str]:
         """The members that may have run and whose end has not been heard: those the worker had

@@ -64,6 +64,10 @@ class Runs:
         self._refs: dict[str, ray.ObjectRef] = {}
         self._attempt_of: dict[str, int] = {}  # task id -> attempt of the lone Ray task running it
         self._groups: dict[str, Group] = {}  # task id -> the group running it
+        # Members claimed here that wait for a run slot between two Ray tasks (their group was
+        # stopped, or they were moved out of it): task id -> attempt. A kill for one is noted,
+        # and it is not started.
+        self._between: dict[str, int] = {}
         self._kill_requested: dict[str, bool] = {}  # insertion-ordered, bounded
 
     def running_now(self) -> int:
@@ -83,9 +87,10 @@ class Runs:
 
     # --- launching ------------------------------------------------------------------------------
 
-    def launch(self, members: list[tuple[TaskMessage, TaskRecord]]) -> None:
-        """Start claimed tasks in one run slot (already taken): alone, or as a group."""
-        if len(members) == 1:
+    def launch(self, members: list[tuple[TaskMessage, TaskRecord]], grouped: bool = False) -> None:
+        """Start claimed tasks in one run slot (already taken): alone, or as a group (``grouped``:
+        even one task, whose clock then starts when its worker says it began)."""
+        if len(members) == 1 and not grouped:
             self._launch_one(*members[0])
         else:
             group = Group(members)
@@ -235,7 +240,8 @@ class Runs:
         finally:
             group.signal.set()  # lets the pending group_signal call return
             for m in msgs:
-                self._groups.pop(m.id, None)
+                if self._groups.get(m.id) is group:  # a member moved on belongs to its new group
+                    del self._groups[m.id]
             self._slots.release()
         await self._after_group(group, crash)
 
@@ -246,7 +252,7 @@ class Runs:
         unknown = set(group.possibly_started()) if crash is not None else set()
         again = []
         for msg, running in group.members:
-            if msg.id in group.ran:
+            if msg.id in group.ran or msg.id in group.moved:
                 continue
             if msg.id in unknown:
                 assert crash is not None
@@ -255,14 +261,30 @@ class Runs:
                 self._stats["skipped"] += 1  # cancelled before it started; its CANCELLED record is written
             else:
                 again.append((msg, running))
-        for chunk in chunks(again, group_size(len(again), self._cpus)):
+        await self._start_again(again)
+
+    async def _start_again(self, members: list[tuple[TaskMessage, TaskRecord]], moved: bool = False) -> None:
+        """Start claimed members that never started in new Ray tasks, each unit once it has a run
+        slot; those a kill came for meanwhile (a cancel or timeout already written) are not.
+
+        Members of a stopped group start with their clocks restarted. Members ``moved`` from a
+        group that still runs keep the deadline their claim gave them, which allows for the
+        wait behind every sibling, and run as groups (even alone), so that each one's clock
+        starts when its worker says it began, however long the new Ray task waits for a CPU."""
+        for msg, _ in members:
+            self._between[msg.id] = msg.attempt
+        for chunk in chunks(members, group_size(len(members), self._cpus)):
             await self._slots.acquire(chunk[0][0].priority)
-            # A kill that came while no group held these members was for a cancel already written.
+            for msg, _ in chunk:
+                self._between.pop(msg.id, None)
             kept = [(msg, running) for msg, running in chunk if not self.kill_requested(msg.id)]
             self._stats["skipped"] += len(chunk) - len(kept)
             chunk = kept
             if not chunk:
                 self._slots.release()
+                continue
+            if moved:
+                self.launch(chunk, grouped=True)
                 continue
             self._stats["restarted_unstarted"] += len(chunk)
             self._restart_clocks(chunk)
@@ -291,19 +313,38 @@ class Runs:
         if group is not None and member in group.index and member not in group.reported:
             self._keepers.of(member).began.remote(member, group.attempt_of(member), began)
 
-    def group_advance(self, task_id: str, ends: list[MemberEnd], upto: int) -> bool:
+    def group_long(self, task_id: str, member: str, started: int) -> None:
+        """Member ``member`` of the group of ``task_id`` has run ``MOVE_AFTER_S``, and its worker,
+        having started ``started`` members, gave back its leave to start any more: the members
+        after it move to new Ray tasks, unless the group is over or stopping, or the member has
+        ended meanwhile (then the worker asks for leave again, and gets it)."""
+        group = self._groups.get(task_id)
+        if group is None or group.signal.is_set() or member in group.reported:
+            return
+        group.granted = min(group.granted, started)
+        waiting = group.take_waiting()
+        if not waiting:
+            return
+        for msg, _ in waiting:
+            if self._groups.get(msg.id) is group:
+                del self._groups[msg.id]
+        self._stats["moved_waiting"] += len(waiting)
+        self._background.spawn(self._start_again(waiting, moved=True))
+
+    def group_advance(self, task_id: str, ends: list[MemberEnd], upto: int) -> int:
         """The worker of the group of ``task_id`` reports ``ends`` and asks leave to start its
         members before index ``upto``. Noted before the answer, so that if the worker dies, its
-        executor knows which members may have run. False: start no further member (the group is
-        stopped, or over here)."""
+        executor knows which members may have run. Returns the index before which members may
+        start, which may be short of ``upto`` (members were moved on), 0 if the group is
+        stopped or over here."""
         group = self._groups.get(task_id)
         if group is None:
-            return False
+            return 0
         self._take_report(group, ends)
         if group.signal.is_set():
-            return False
-        group.granted = max(group.granted, upto)
-        return True
+            return 0
+        group.granted = max(group.granted, min(upto, group.kept))
+        return group.granted
 
     def _take_report(self, group: Group, ends: list[MemberEnd]) -> None:
         ended = []
@@ -349,14 +390,16 @@ class Runs:
             if attempt is not None and group.attempt_of(task_id) != attempt:
                 return False
             return self._kill_in_group(group, task_id)
+        if task_id in self._between:
+            if attempt is None or self._between[task_id] == attempt:
+                self._note_kill(task_id)  # waiting for a slot: it will not start
+            return False
         if attempt is not None and self._attempt_of.get(task_id) != attempt:
             return False  # not that attempt, or not here: nothing of it to stop
         ref = self._refs.get(task_id)
         if ref is None:
             # Not launched yet (its claim's answer is still on its way): do not launch it.
-            self._kill_requested[task_id] = True
-            while len(self._kill_requested) > _KILLS_KEPT:
-                self._kill_requested.pop(next(iter(self._kill_requested)))
+            self._note_kill(task_id)
             return False
         ready, _ = ray.wait([ref], timeout=0)
         if ready:
@@ -368,6 +411,11 @@ class Runs:
         self._background.spawn(self._force_if_still_running(ref))
         self._stats["killed"] += 1
         return True
+
+    def _note_kill(self, task_id: str) -> None:
+        self._kill_requested[task_id] = True
+        while len(self._kill_requested) > _KILLS_KEPT:
+            self._kill_requested.pop(next(iter(self._kill_requested)))
 
     def _kill_in_group(self, group: Group, task_id: str) -> bool:
         """Stop a grouped task: the group starts no further member (those still waiting are started

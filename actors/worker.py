@@ -22,7 +22,7 @@ import ray
 
 from raylane import progress_reports, registry
 from raylane.actors.fencing import LeaseLapsed, worker_fence
-from raylane.actors.grouping import next_grant
+from raylane.actors.grouping import MOVE_AFTER_S, next_grant
 from raylane.errors import SoftTimeLimitExceeded
 from raylane.limits import Limits, clip_text, encode_result
 from raylane.models import NOT_STARTED
@@ -225,7 +225,13 @@ class _MemberControl:
     unreported behind a long member (the main thread reports only between members), so a
     quick task's end is not held up by a slow sibling; and it tells the executor when a member
     with a timeout that has run ``HELD_REPORT_S`` began, so that its clock starts then. The
-    main thread asks for the executor's grant before a member past the last one starts."""
+    main thread asks for the executor's grant before a member past the last one starts.
+
+    Once a member has run ``MOVE_AFTER_S``, the sender gives back the leave to start the members
+    after it and tells the executor (``group_long``), which moves them to other Ray tasks. The
+    leave is given back, and the message sent, under the lock that the main thread holds to start
+    a member: so the main thread either started that member before (and the executor hears it
+    did), or asks for new leave after the message went (and Ray delivers it first)."""
 
     def __init__(self, signal: ray.ObjectRef, executor, group_key: str, limits: Limits):
         self._limits = limits
@@ -241,6 +247,7 @@ class _MemberControl:
         self._granted = self._grant = 0  # members before _granted may start; the last grant's size
         self._spent = 0.0  # seconds the members so far took
         self._started_count = 0  # members started so far
+        self._gave_back_for: str | None = None  # the long member whose followers were given back
         self._executor, self._key = executor, group_key
         threading.Thread(target=self._watch, args=(signal,), daemon=True, name="raylane-group-signal").start()
         self._sender = threading.Thread(target=self._send_held, daemon=True, name="raylane-group-report")
@@ -270,10 +277,21 @@ class _MemberControl:
                 began = self._current if self._untold and long_running else None
                 if began is not None:
                     self._untold = False
+                self._give_back_if_long()
             if held:
                 self._sent.append(self._executor.group_report.remote(self._key, held))
             if began is not None:
                 self._sent.append(self._executor.group_began.remote(self._key, began, self._began))
+
+    def _give_back_if_long(self) -> None:
+        """With the lock held: if the member running has run ``MOVE_AFTER_S``, give back the leave
+        to start any member after it, and tell the executor, once per member."""
+        member = self._current
+        if member is None or member == self._gave_back_for or time.monotonic() - self._started < MOVE_AFTER_S:
+            return
+        self._gave_back_for = member
+        self._granted = min(self._granted, self._started_count)
+        self._sent.append(self._executor.group_long.remote(self._key, member, self._started_count))
 
     def take(self) -> list[MemberEnd]:
         """The ends not yet reported, which the caller now reports."""
@@ -281,19 +299,20 @@ class _MemberControl:
             out, self._pending = self._pending, []
             return out
 
-    def _may_start(self, position: int) -> bool:
-        """Whether the member at ``position`` may start: under the last grant, or under a new one.
-        Asking reports the ends not yet reported with it. False if the executor refuses (the
-        group is stopped) or cannot be asked."""
-        if position < self._granted:
-            return True
+    def _ask_leave(self, position: int) -> bool:
+        """Ask the executor for leave to start the next few members from ``position``, reporting
+        the ends not yet reported with it. False if the executor grants none (the group is
+        stopped, or the members were moved on) or cannot be asked."""
         self._grant = next_grant(self._grant, self._spent / position if position else 0.0)
-        self._granted = position + self._grant
+        asked = position + self._grant
         try:
-            call = self._executor.group_advance.remote(self._key, self.take(), self._granted)
-            return bool(off_main_get(call))
+            call = self._executor.group_advance.remote(self._key, self.take(), asked)
+            granted = min(asked, int(off_main_get(call)))  # fewer, once members were moved on
         except Exception:  # the executor is gone: its successor recovers the tasks from their records
             return False
+        with self._lock:
+            self._granted = granted
+        return position < granted
 
     def add(self, end: MemberEnd) -> None:
         with self._lock:
@@ -312,15 +331,19 @@ class _MemberControl:
         self, position: int, task_id: str, attempt: int, name: str, args: list, kwargs: dict, timeout_s: float | None
     ) -> Reply | None:
         """The reply of the member at ``position``; None if the group was stopped before it started."""
-        if not self._may_start(position):
-            return None
-        try:
+        while True:
+            # Under the leave held, checked and taken in one step (see ``_give_back_if_long``).
             with self._lock:
                 if self.cancelled is not None:
                     return None
-                self._current, self._started, self._began = task_id, time.monotonic(), time.time()
-                self._started_count += 1
-                self._untold = timeout_s is not None
+                if position < self._granted:
+                    self._current, self._started, self._began = task_id, time.monotonic(), time.time()
+                    self._started_count += 1
+                    self._untold = timeout_s is not None
+                    break
+            if not self._ask_leave(position):
+                return None
+        try:
             try:
                 return invoke(name, args, kwargs, self._limits, task=(self._executor, task_id, attempt))
             finally:

@@ -114,6 +114,28 @@ def test_cancel_the_running_member_of_a_group(rl, settings, tmp_path, unique):
     wait_until(lambda: executor_stats()["running"] == 0, timeout=30, what="the killed group to end")
 
 
+def test_a_long_member_no_longer_holds_back_the_siblings_waiting_behind_it(rl, settings, tmp_path, unique):
+    # The first member of a group hangs for a minute, untimed, or timed with a longer timeout.
+    # Its siblings do not wait for it: they move to another Ray task and end while it still runs.
+    import ray
+
+    n = 4 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    assert _group_members(settings, n) >= 4
+    for kind, fn in (("untimed", mark), ("timed", mark.options(timeout=120))):
+        runs_dir = tmp_path / kind
+        runs_dir.mkdir()
+        before = executor_stats()
+        items = [(str(runs_dir), 0, 60.0)] + [(str(runs_dir), i, 0.0) for i in range(1, n)]
+        handles = submit_held(rl, settings, fn, f"gl{kind[0]}-{unique}", items)
+        for h in handles[1:]:
+            assert h.wait(timeout=30).state.value == "SUCCEEDED", kind
+        assert handles[0].record().state.value == "RUNNING", kind
+        assert runs(runs_dir) == {i: 1 for i in range(n)}, kind
+        assert executor_stats()["moved_waiting"] > before.get("moved_waiting", 0), kind
+        assert handles[0].cancel().state.value == "CANCELLED"
+        wait_until(lambda: executor_stats()["running"] == 0, timeout=30, what="the cancelled member's group to end")
+
+
 def test_a_worker_dying_in_a_group_retries_only_its_task(rl, settings, tmp_path, unique):
     items = [(str(tmp_path), i) for i in range(8)]
     handles = submit_held(rl, settings, die_once, f"gd-{unique}", items)

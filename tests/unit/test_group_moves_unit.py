@@ -1,0 +1,98 @@
+"""Unit tier (no services): a member that runs long gives back its group's leave to start the
+members after it, and the executor's side moves exactly those on."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+
+from raylane.actors import worker
+from raylane.actors.grouping import Group
+from raylane.models import TaskMessage
+from raylane.protocol import Reply
+
+
+class _Method:
+    """One method of a stand-in executor: ``remote`` notes the call and answers at once."""
+
+    def __init__(self, calls: list, name: str, answer=None):
+        self.calls, self.name, self.answer = calls, name, answer
+
+    def remote(self, *args):
+        self.calls.append((self.name, args))
+        return self.answer(*args) if callable(self.answer) else self.answer
+
+
+class _Executor:
+    """Grants whatever it is asked until members are moved on: then no further than they were."""
+
+    def __init__(self):
+        self.calls: list = []
+        self.kept: int | None = None
+        self.group_advance = _Method(self.calls, "group_advance", self._advance)
+        self.group_long = _Method(self.calls, "group_long", self._long)
+        for name in ("group_report", "group_began", "group_running"):
+            setattr(self, name, _Method(self.calls, name))
+
+    def _advance(self, key, ends, upto):
+        return upto if self.kept is None else min(upto, self.kept)
+
+    def _long(self, key, member, started):
+        self.kept = started
+
+
+def _control(monkeypatch, executor: _Executor, seconds: dict[str, float]) -> worker._MemberControl:
+    never = threading.Event()
+    monkeypatch.setattr(worker.ray, "get", lambda ref: never.wait() or [])  # no cancel signal comes
+    monkeypatch.setattr(worker, "off_main_get", lambda ref: ref)
+    monkeypatch.setattr(worker, "MOVE_AFTER_S", 0.2)
+
+    def invoke(name, args, kwargs, limits, task):
+        time.sleep(seconds.get(task[1], 0.0))
+        return Reply(True, task[1])
+
+    monkeypatch.setattr(worker, "invoke", invoke)
+    return worker._MemberControl(None, executor, "t0", worker.Limits())  # type: ignore[arg-type]
+
+
+def test_a_long_member_gives_back_the_leave_to_start_those_after_it(monkeypatch):
+    executor = _Executor()
+    control = _control(monkeypatch, executor, {"t3": 0.6})
+    replies = [control.run(i, f"t{i}", 0, "n", [], {}, None) for i in range(8)]
+    control.close()
+    # The leave grew with the quick members (t0; t1 and t2; then t3 to t6). t3 ran long, so the
+    # leave for t4 to t6 was given back, and the executor moved t4 to t7 on: none ran here.
+    assert [r.result if r else None for r in replies] == ["t0", "t1", "t2", "t3", None, None, None, None]
+    assert [args[2] for name, args in executor.calls if name == "group_advance"][:3] == [1, 3, 7]
+    assert ("group_long", ("t0", "t3", 4)) in executor.calls
+    # The next request for leave went after the message that gave it back, and got none.
+    names = [name for name, _ in executor.calls]
+    assert names.index("group_long") < len(names) - 1 - names[::-1].index("group_advance")
+
+
+def test_a_group_of_quick_members_gives_nothing_back(monkeypatch):
+    executor = _Executor()
+    control = _control(monkeypatch, executor, {})
+    replies = [control.run(i, f"t{i}", 0, "n", [], {}, None) for i in range(6)]
+    control.close()
+    assert [r.result for r in replies] == [f"t{i}" for i in range(6)]
+    assert all(name != "group_long" for name, _ in executor.calls)
+
+
+def _members(n: int) -> list:
+    return [(TaskMessage(id=f"{i:032x}", name="a", queue="q", created_at=datetime.now(UTC)), None) for i in range(n)]
+
+
+def test_the_members_moved_on_are_those_without_leave_not_over_and_not_cancelled():
+    members = _members(8)
+    group = Group(members)  # type: ignore[arg-type]
+    ids = [m.id for m, _ in members]
+    group.granted = 3
+    group.reported.add(ids[4])  # reported not started, by a worker that was stopped
+    group.cancelled.add(ids[6])
+    moved = [m.id for m, _ in group.take_waiting()]
+    assert moved == [ids[3], ids[5], ids[7]]
+    assert group.kept == 3 and group.moved == set(moved)
+    assert group.take_waiting() == []  # moved once only
+    assert group.possibly_started() == ids[:3]
