@@ -71,8 +71,9 @@ class Runs:
         self._kill_requested: dict[str, bool] = {}  # insertion-ordered, bounded
 
     def running_now(self) -> int:
-        """Tasks running here: lone Ray tasks, and tasks in groups."""
-        return len(self._refs) + len(self._groups)
+        """Tasks running here: lone Ray tasks, tasks in groups, and claimed tasks waiting for a
+        run slot between two Ray tasks."""
+        return len(self._refs) + len(self._groups) + len(self._between)
 
     def ray_tasks_now(self) -> int:
         """Ray tasks running here, each holding one run slot: lone tasks, and groups."""

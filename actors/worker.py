@@ -231,7 +231,7 @@ class _MemberControl:
     after it and tells the executor (``group_long``), which moves them to other Ray tasks. The
     leave is given back, and the message sent, under the lock that the main thread holds to start
     a member: so the main thread either started that member before (and the executor hears it
-    did), or asks for new leave after the message went (and Ray delivers it first)."""
+    did), or asks for new leave only once the executor has taken that message."""
 
     def __init__(self, signal: ray.ObjectRef, executor, group_key: str, limits: Limits):
         self._limits = limits
@@ -248,6 +248,7 @@ class _MemberControl:
         self._spent = 0.0  # seconds the members so far took
         self._started_count = 0  # members started so far
         self._gave_back_for: str | None = None  # the long member whose followers were given back
+        self._giving_back: ray.ObjectRef | None = None  # that message, until the executor has taken it
         self._executor, self._key = executor, group_key
         threading.Thread(target=self._watch, args=(signal,), daemon=True, name="raylane-group-signal").start()
         self._sender = threading.Thread(target=self._send_held, daemon=True, name="raylane-group-report")
@@ -291,7 +292,8 @@ class _MemberControl:
             return
         self._gave_back_for = member
         self._granted = min(self._granted, self._started_count)
-        self._sent.append(self._executor.group_long.remote(self._key, member, self._started_count))
+        self._giving_back = self._executor.group_long.remote(self._key, member, self._started_count)
+        self._sent.append(self._giving_back)
 
     def take(self) -> list[MemberEnd]:
         """The ends not yet reported, which the caller now reports."""
@@ -306,6 +308,12 @@ class _MemberControl:
         self._grant = next_grant(self._grant, self._spent / position if position else 0.0)
         asked = position + self._grant
         try:
+            with self._lock:
+                giving_back, self._giving_back = self._giving_back, None
+            if giving_back is not None:
+                # The executor must have moved the members given back before it hears this request,
+                # whatever order Ray would deliver the two calls in.
+                off_main_get(giving_back)
             call = self._executor.group_advance.remote(self._key, self.take(), asked)
             granted = min(asked, int(off_main_get(call)))  # fewer, once members were moved on
         except Exception:  # the executor is gone: its successor recovers the tasks from their records
