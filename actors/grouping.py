@@ -119,7 +119,7 @@ class Group:
         self.granted = 0  # members before this index may have started
         self.started: int | None = None  # members started, as the worker said once signalled
         # Members from this index on were moved to another Ray task (behind a member that runs
-        # long, see ``Runs.move_behind``): this group's worker never gets leave to start them.
+        # long, see ``Runs.group_long``): this group's worker never gets leave to start them.
         self.kept = len(members)
         self.moved: set[str] = set()
 
@@ -127,9 +127,11 @@ class Group:
         """The attempt of member ``task_id`` this group runs."""
         return self.members[self.index[task_id]][0].attempt
 
-    def take_waiting(self) -> list[tuple[TaskMessage, TaskRecord]]:
-        """Take the members this group's worker has no leave to start yet, and that are neither
-        over nor cancelled, out of this group: from now on it never starts them."""
+    def take_waiting(self, started: int) -> list[tuple[TaskMessage, TaskRecord]]:
+        """Take the members from index ``started`` on (the worker started those before it, and
+        gave back its leave for the rest) that are neither over nor cancelled out of this group:
+        from now on its worker never starts them."""
+        self.granted = min(self.granted, started)
         waiting = [
             (msg, running)
             for msg, running in self.members[self.granted : self.kept]

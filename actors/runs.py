@@ -322,8 +322,7 @@ class Runs:
         group = self._groups.get(task_id)
         if group is None or group.signal.is_set() or member in group.reported:
             return
-        group.granted = min(group.granted, started)
-        waiting = group.take_waiting()
+        waiting = group.take_waiting(started)
         if not waiting:
             return
         for msg, _ in waiting:
