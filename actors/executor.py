@@ -60,6 +60,7 @@ _STATS = (
     "grouped",
     "restarted_unstarted",
     "kill_requests",
+    "workers_killed",  # Ray tasks killed with their worker process: what they ran ignored the interrupt
     "ahead",  # Ray tasks started beside their claim, behind its gate
     "held_back",  # ... whose claim was not accepted: the function did not start
 )

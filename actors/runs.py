@@ -443,6 +443,7 @@ class Runs:
                 return
             if task_id in group.interrupted:
                 ray.cancel(group.gen, force=True)
+                self._stats["workers_killed"] += 1
                 return
             ray.cancel(group.gen, force=False)
             group.interrupted.add(task_id)
@@ -452,3 +453,4 @@ class Runs:
         ready, _ = ray.wait([ref], timeout=0)
         if not ready:
             ray.cancel(ref, force=True)
+            self._stats["workers_killed"] += 1

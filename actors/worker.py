@@ -23,6 +23,7 @@ import ray
 from raylane import progress_reports, registry
 from raylane.actors.fencing import LeaseLapsed, worker_fence
 from raylane.actors.grouping import MOVE_AFTER_S, next_grant
+from raylane.actors.interrupts import wakeable
 from raylane.errors import SoftTimeLimitExceeded
 from raylane.limits import Limits, clip_text, encode_result
 from raylane.models import NOT_STARTED
@@ -126,7 +127,7 @@ def invoke(
     try:
         defn = registry.load(name)
         args, kwargs = registry.typed_arguments(defn.fn, args, kwargs)
-        with soft_time_limit(soft_timeout_s):
+        with soft_time_limit(soft_timeout_s), wakeable():
             result = call(defn.fn, args, kwargs)
         returned = time.time()
         result = registry.jsonable(result)

@@ -272,6 +272,40 @@ def test_a_timed_member_past_its_timeout_is_stopped_and_its_siblings_are_not(rl,
         assert executor_stats()["restarted_unstarted"] > before["restarted_unstarted"]
 
 
+@raylane.task(name="test.group.sleeper")
+def sleeper(runs_dir: str, key: int, seconds: float) -> int:
+    """Like ``mark``, in one blocking call; an interrupt that ends it is noted beside ``runs_dir``."""
+    Path(runs_dir, f"{key}.{uuid.uuid4().hex}").touch()
+    try:
+        time.sleep(seconds)
+    except KeyboardInterrupt:
+        Path(runs_dir).with_name(f"interrupted.{key}").touch()
+        raise
+    return key
+
+
+def test_a_timed_member_blocked_in_a_call_is_interrupted_and_its_worker_spared(rl, settings, tmp_path, unique):
+    # The second of a group sleeps past its 3 s timeout in one call. The interrupt ends the
+    # sleep, so the group's worker is not killed, and the siblings all run once.
+    import ray
+
+    n = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    assert _group_members(settings, n) >= 2
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    before = executor_stats()["workers_killed"]
+    items = [(str(runs_dir), i, 60.0 if i == 1 else 0.2) for i in range(n)]
+    handles = submit_held(rl, settings, sleeper.options(timeout=3), f"gti-{unique}", items)
+    assert handles[1].wait(timeout=60).state.value == "TIMED_OUT"
+    wait_until(lambda: (tmp_path / "interrupted.1").exists(), timeout=20, what="the member to hear the interrupt")
+    for h in handles[:1] + handles[2:]:
+        assert h.wait(timeout=60).state.value == "SUCCEEDED"
+    assert runs(runs_dir) == {i: 1 for i in range(n)}
+    # A worker is killed before its group ends, never after: once none runs, none was.
+    wait_until(lambda: executor_stats()["running"] == 0, timeout=30, what="the group to end")
+    assert executor_stats()["workers_killed"] == before
+
+
 def test_a_member_killed_with_its_worker_leaves_its_unstarted_siblings_to_run_again(rl, settings, tmp_path, unique):
     # Quick members get leave to start several at a time; the fourth hangs past its timeout and
     # ignores the interrupt, so it is killed with its worker. The siblings granted behind it

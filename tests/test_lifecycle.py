@@ -126,6 +126,37 @@ def test_cancel_while_running_kills_it(rl, tmp_path):
     assert h.record().version == 3
 
 
+@raylane.task(name="test.sleep_noting_interrupt", timeout=60)
+def sleep_noting_interrupt(seconds: float, marker_dir: str) -> str:
+    """Sleep in one blocking call; an interrupt that ends it is noted, as a task cleaning up would."""
+    Path(marker_dir, "pid").write_text(str(os.getpid()))
+    try:
+        time.sleep(seconds)
+    except KeyboardInterrupt:
+        Path(marker_dir, "interrupted").write_text("cleaned up")
+        raise
+    return "slept"
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+def test_an_interrupt_ends_a_blocking_call_and_spares_the_worker(rl, tmp_path, how):
+    # A task blocked in a call (a sleep here; a socket read alike) hears its cancel or timeout at
+    # once and can clean up, and its worker process is not killed for it.
+    def executor() -> dict:
+        return actor_stats("raylane")["Executor"]
+
+    before = executor()["workers_killed"]
+    h = sleep_noting_interrupt.options(timeout=1.5 if how == "timeout" else 60).submit(60.0, str(tmp_path))
+    wait_until(lambda: (tmp_path / "pid").exists(), what="task start")
+    if how == "cancel":
+        assert h.cancel().state is TaskState.CANCELLED
+    assert h.wait(timeout=60).state is (TaskState.CANCELLED if how == "cancel" else TaskState.TIMED_OUT)
+    wait_until(lambda: (tmp_path / "interrupted").exists(), timeout=20, what="the task to hear the interrupt")
+    # A worker is killed before its Ray task ends, never after: once none runs, none was.
+    wait_until(lambda: executor()["running"] == 0, timeout=30, what="the task's Ray task to end")
+    assert executor()["workers_killed"] == before
+
+
 def test_timeout_kills_and_records_timed_out(rl, tmp_path):
     h = sleep_then_mark.options(timeout=1.5).submit(30.0, str(tmp_path))
     with pytest.raises(TaskTimedOut) as exc:

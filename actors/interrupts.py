@@ -1,0 +1,111 @@
+"""Interrupts that reach a task blocked in a system call.
+
+Ray's ``ray.cancel(force=False)``, and ``_thread.interrupt_main`` that a group's worker uses,
+only simulate SIGINT: they set Python's flag for it, which the main thread acts on between two
+bytecodes. A task blocked in ``time.sleep``, a socket read or a lock wait sees the flag only when
+that call returns, and a real SIGINT cannot wake it either: Ray starts its workers with SIGINT
+blocked. Such a task ran on past its cancel or timeout until its executor killed the worker
+process, which Ray then started again (about a second of CPU on a small node) while the task's
+slot stayed taken for the grace in between.
+
+``wakeable()`` wraps a task's call in the main thread. Python writes every signal it takes,
+simulated ones included, to the file given to ``signal.set_wakeup_fd``; a relay thread reads that
+file and, on SIGINT while a task runs, sends the main thread ``WAKE_SIGNAL`` (SIGURG), whose
+handler does nothing. The blocked call returns with EINTR, Python runs the handler of the SIGINT
+set pending, and ``KeyboardInterrupt`` is raised in the task as the interrupt meant. The wake-up
+signal alone changes nothing: a call it wakes is resumed (PEP 475), so one that lands just after
+the task ended is harmless.
+
+Where the process already has a wake-up file or a handler for SIGURG of its own (the task's code
+set one), the relay stands aside and the executor's kill after its grace remains the fallback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+
+log = logging.getLogger("raylane.worker")
+
+WAKE_SIGNAL = signal.SIGURG  # ignored by default, so a stray one ends nothing
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """The wake-up signal's handler: it exists only so that the signal interrupts a blocked call."""
+
+
+class _Relay:
+    """The read end of the wake-up file and the thread that turns a SIGINT into a wake-up."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.write_fd, False)  # Python requires it of a wake-up file
+        self.main = threading.main_thread().ident
+        self.tasks = 0  # tasks running in the main thread (calls may nest: a task calling another)
+        self.woken = 0  # wake-ups sent, for tests and stats
+        threading.Thread(target=self._relay, daemon=True, name="raylane-interrupt-relay").start()
+
+    def _relay(self) -> None:
+        while True:
+            try:
+                taken = os.read(self.read_fd, 512)
+            except OSError:  # the file is gone: this process is ending
+                return
+            # Only SIGINT is for the task; the wake-up signal itself, SIGALRM of a soft time limit
+            # and any other signal Python takes are written to the same file.
+            if signal.SIGINT in taken and self.tasks and signal.getsignal(WAKE_SIGNAL) is _ignore:
+                self.woken += 1
+                signal.pthread_kill(self.main, WAKE_SIGNAL)  # type: ignore[arg-type]
+
+    def claim(self) -> bool:
+        """Make this the process's wake-up file again if nothing else took its place (an event
+        loop that installed and removed its own leaves none). False if another one is set."""
+        try:
+            previous = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
+        except ValueError:  # not the main thread
+            return False
+        if previous not in (-1, self.write_fd):
+            signal.set_wakeup_fd(previous)  # someone else's: leave it
+            return False
+        return signal.getsignal(WAKE_SIGNAL) is _ignore
+
+
+_relay: _Relay | None = None
+
+
+def _armed() -> _Relay | None:
+    """The relay of this process, set up on first use; None off the main thread, or where the
+    process's signals are taken by code of its own."""
+    global _relay
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if _relay is None:
+        if signal.getsignal(WAKE_SIGNAL) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+            return None
+        signal.signal(WAKE_SIGNAL, _ignore)
+        _relay = _Relay()
+    return _relay if _relay.claim() else None
+
+
+@contextlib.contextmanager
+def wakeable() -> Iterator[None]:
+    """Run the body (a task's call, in the main thread) so that an interrupt meant for it ends a
+    blocking call it is in, instead of waiting for that call to return."""
+    relay = _armed()
+    if relay is None:
+        yield
+        return
+    relay.tasks += 1
+    try:
+        yield
+    finally:
+        relay.tasks -= 1
+
+
+def wake_ups() -> int:
+    """How many blocked calls of tasks this process has woken for an interrupt."""
+    return _relay.woken if _relay is not None else 0
