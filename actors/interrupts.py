@@ -22,12 +22,10 @@ set one), the relay stands aside and the executor's kill after its grace remains
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
 
 log = logging.getLogger("raylane.worker")
 
@@ -63,15 +61,16 @@ class _Relay:
 
     def claim(self) -> bool:
         """Make this the process's wake-up file again if nothing else took its place (an event
-        loop that installed and removed its own leaves none). False if another one is set."""
+        loop that installed and removed its own leaves none). False if another one is set. (A
+        handler of the task's own for the wake-up signal is checked by the relay, when it matters.)"""
         try:
             previous = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
-        except ValueError:  # not the main thread
+        except (ValueError, OSError):  # the task's code closed the file: no wake-ups in this process
             return False
         if previous not in (-1, self.write_fd):
             signal.set_wakeup_fd(previous)  # someone else's: leave it
             return False
-        return signal.getsignal(WAKE_SIGNAL) is _ignore
+        return True
 
 
 _relay: _Relay | None = None
@@ -91,19 +90,21 @@ def _armed() -> _Relay | None:
     return _relay if _relay.claim() else None
 
 
-@contextlib.contextmanager
-def wakeable() -> Iterator[None]:
+class wakeable:  # lower case: it reads as a function, ``with wakeable():``
     """Run the body (a task's call, in the main thread) so that an interrupt meant for it ends a
-    blocking call it is in, instead of waiting for that call to return."""
-    relay = _armed()
-    if relay is None:
-        yield
-        return
-    relay.tasks += 1
-    try:
-        yield
-    finally:
-        relay.tasks -= 1
+    blocking call it is in, instead of waiting for that call to return. A class rather than a
+    generator: it wraps every task, and costs a few microseconds less so."""
+
+    __slots__ = ("_relay",)
+
+    def __enter__(self) -> None:
+        self._relay = _armed()
+        if self._relay is not None:
+            self._relay.tasks += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if self._relay is not None:
+            self._relay.tasks -= 1
 
 
 def wake_ups() -> int:
