@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
+from conftest import wait_until
 
 import raylane
 from raylane.states import TaskState
@@ -30,6 +32,17 @@ async def gather(n: int, seconds: float) -> int:
 async def fail() -> None:
     await asyncio.sleep(0)
     raise ValueError("async boom")
+
+
+@raylane.task(name="test.aio.nap")
+async def nap(seconds: float, marker_dir: str) -> str:
+    Path(marker_dir, "began").touch()
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        Path(marker_dir, "cancelled").touch()  # its clean-up runs
+        raise
+    return "slept"
 
 
 def test_async_def_tasks_run_on_a_loop_of_their_own(rl):
@@ -88,3 +101,17 @@ def test_an_async_wait_past_its_timeout_raises(rl):
         assert await slow == 1
 
     asyncio.run(main())
+
+
+def test_cancelling_an_async_task_cancels_its_await_at_once(rl, tmp_path):
+    # Its loop waits in epoll for the sleep's end; the interrupt wakes it, asyncio cancels the
+    # task's coroutine, and its clean-up runs, without its worker being killed.
+    from raylane.actors.deploy import actor_stats
+
+    before = actor_stats("raylane")["Executor"]["workers_killed"]
+    h = nap.submit(60.0, str(tmp_path))
+    wait_until(lambda: (tmp_path / "began").exists(), what="the task to start")
+    assert h.cancel().state is TaskState.CANCELLED
+    wait_until(lambda: (tmp_path / "cancelled").exists(), timeout=20, what="the task's await to be cancelled")
+    wait_until(lambda: actor_stats("raylane")["Executor"]["running"] == 0, timeout=30, what="its Ray task to end")
+    assert actor_stats("raylane")["Executor"]["workers_killed"] == before
