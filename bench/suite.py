@@ -778,10 +778,18 @@ def bench_job(files: int) -> dict:
     """The main job (``raylane.jobs.checksums``) over ``files`` generated files, its cancels and
     stalled tasks included, run as its own driver on the deployment the bench uses: its
     end-to-end throughput, and the CPU per task of each process over the run."""
+    from raylane.actors.deploy import actor_stats
     from raylane.client import _connection
+    from raylane.protocol import EXECUTOR
 
     settings = _connection().settings
     cmd = [sys.executable, "-m", "raylane.jobs.checksums", "--files", str(files), "--json"]
+
+    def workers_killed() -> int:
+        stats = actor_stats(settings.namespace)
+        return sum(v.get("workers_killed", 0) for k, v in stats.items() if k.split("-")[0] == EXECUTOR)
+
+    killed_before = workers_killed()
     with Meter() as m, RoleMeter(settings.namespace) as roles:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     figures = next((json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")), None)
@@ -789,6 +797,9 @@ def bench_job(files: int) -> dict:
         raise RuntimeError(f"the main job failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return {
         **figures,
+        # Each killed worker is a Python process Ray starts again: its stalled tasks should be
+        # interrupted, not killed.
+        "workers_killed": workers_killed() - killed_before,
         "cpu_ms_per_task": _r(m.cpu_ms / figures["tasks"], 3),
         "cpu_ms_per_task_by_process": per_task(roles.by_role, m.cpu_ms, figures["tasks"]),
     }
