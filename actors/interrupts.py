@@ -22,12 +22,9 @@ set one), the relay stands aside and the executor's kill after its grace remains
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import threading
-
-log = logging.getLogger("raylane.worker")
 
 WAKE_SIGNAL = signal.SIGURG  # ignored by default, so a stray one ends nothing
 

@@ -778,16 +778,18 @@ def bench_job(files: int) -> dict:
     """The main job (``raylane.jobs.checksums``) over ``files`` generated files, its cancels and
     stalled tasks included, run as its own driver on the deployment the bench uses: its
     end-to-end throughput, and the CPU per task of each process over the run."""
-    from raylane.actors.deploy import actor_stats
+    import ray
+
     from raylane.client import _connection
-    from raylane.protocol import EXECUTOR
+    from raylane.protocol import EXECUTOR, live_members
 
     settings = _connection().settings
     cmd = [sys.executable, "-m", "raylane.jobs.checksums", "--files", str(files), "--json"]
 
     def workers_killed() -> int:
-        stats = actor_stats(settings.namespace)
-        return sum(v.get("workers_killed", 0) for k, v in stats.items() if k.split("-")[0] == EXECUTOR)
+        executors = [ray.get_actor(n, namespace=settings.namespace) for n in live_members(settings.namespace, EXECUTOR)]
+        stats: list[dict] = ray.get([e.get_stats.remote() for e in executors])
+        return sum(s["workers_killed"] for s in stats)
 
     killed_before = workers_killed()
     with Meter() as m, RoleMeter(settings.namespace) as roles:
