@@ -16,6 +16,10 @@ set pending, and ``KeyboardInterrupt`` is raised in the task as the interrupt me
 signal alone changes nothing: a call it wakes is resumed (PEP 475), so one that lands just after
 the task ended is harmless.
 
+A process that inherited SIGINT ignored (a node started in the background by a script) gets
+Python's usual handler for it at the first task, since Python drops a simulated interrupt while
+the signal is ignored.
+
 Where the process already has a wake-up file or a handler for SIGURG of its own (the task's code
 set one), the relay stands aside and the executor's kill after its grace remains the fallback.
 """
@@ -82,6 +86,12 @@ def _armed() -> _Relay | None:
     if _relay is None:
         if signal.getsignal(WAKE_SIGNAL) not in (signal.SIG_DFL, signal.SIG_IGN, None):
             return None
+        # A shell without job control starts its background commands with SIGINT ignored, and a
+        # Ray node started that way passes it on to every worker. Python drops a simulated
+        # interrupt while SIGINT is ignored, so each cancel and timeout would end in a kill. The
+        # handler is Python's usual one, as Ray expects; Ray's workers block the real signal.
+        if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(WAKE_SIGNAL, _ignore)
         _relay = _Relay()
     return _relay if _relay.claim() else None

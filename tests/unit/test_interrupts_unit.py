@@ -5,6 +5,7 @@ that this process's signal handlers and wake-up file stay as they were."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import textwrap
@@ -30,15 +31,34 @@ print(json.dumps(out))
 """
 
 
-def _child(body: str, setup: str = "") -> dict:
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _child(body: str, setup: str = "", born_ignoring_sigint: bool = False) -> dict:
     code = textwrap.dedent(_CHILD).replace("SETUP", setup).replace("BODY", body)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        preexec_fn=_ignore_sigint if born_ignoring_sigint else None,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_an_interrupt_ends_a_sleep_in_a_task_at_once():
     out = _child("with interrupts.wakeable():\n        time.sleep(8)")
     assert out.get("interrupted_after", 99) < 4, out  # not the sleep's 8 s
+    assert out["wake_ups"] == 1
+
+
+def test_an_interrupt_reaches_a_task_of_a_process_born_ignoring_sigint():
+    # A shell without job control starts its background commands with SIGINT ignored, and every
+    # Ray worker of a node started that way inherits it; Python then drops a simulated interrupt.
+    out = _child("with interrupts.wakeable():\n        time.sleep(8)", born_ignoring_sigint=True)
+    assert out.get("interrupted_after", 99) < 4, out
     assert out["wake_ups"] == 1
 
 
