@@ -146,6 +146,14 @@ def invoke(
 remote_invoke = ray.remote(max_retries=0, retry_exceptions=False)(invoke)
 
 
+def warm() -> None:
+    """Nothing: a Ray task of it starts a worker process, which imports this module, ahead of the
+    first real task (``Executor`` warms its node's pool so)."""
+
+
+remote_warm = ray.remote(num_cpus=0, max_retries=0)(warm)
+
+
 def _pass_gate(gate: tuple[list, int, Any], task: tuple[Any, str, int] | None) -> Reply | None:
     """Wait for the answer to the claim of this worker's task: None if the function may start,
     else the reply that says why not.

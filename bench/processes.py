@@ -88,6 +88,7 @@ class RoleMeter:
     def __init__(self, namespace: str):
         self.namespace = namespace
         self.by_role: dict[str, float] = {}
+        self.workers_started = 0  # Ray worker processes that started inside the window
 
     def __enter__(self) -> RoleMeter:
         self._actors = actor_pids(self.namespace)
@@ -102,6 +103,8 @@ class RoleMeter:
             _, before = self._before.get(pid, (role, 0.0))
             by_role[role] = by_role.get(role, 0.0) + max(0.0, cpu - before)
         self.by_role = by_role
+        started = [pid for pid, (role, _) in after.items() if role == "ray workers" and pid not in self._before]
+        self.workers_started = len(started)
 
 
 def per_task(by_role: dict[str, float], machine_ms: float, n: int) -> dict[str, float]:

@@ -538,6 +538,7 @@ def bench_burst(n: int, chunk: int = 1000, progress: bool = True, timeout: float
         "cpu_ms_per_task": _r(m.cpu_ms / n, 3),
         # Each actor (and the stack's other processes) on its own: what a scale estimate builds on.
         "cpu_ms_per_task_by_process": per_task(roles.by_role, m.cpu_ms, n),
+        "ray_workers_started": roles.workers_started,
         "keeper_cpu_shares": keeper_shares(roles.by_role),
         "os_requests": requests,
         "os_requests_per_transition": _r(requests / (3 * n), 4),
@@ -804,6 +805,7 @@ def bench_job(files: int) -> dict:
         "workers_killed": workers_killed() - killed_before,
         "cpu_ms_per_task": _r(m.cpu_ms / figures["tasks"], 3),
         "cpu_ms_per_task_by_process": per_task(roles.by_role, m.cpu_ms, figures["tasks"]),
+        "ray_workers_started": roles.workers_started,
     }
 
 

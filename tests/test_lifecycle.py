@@ -15,6 +15,8 @@ from conftest import wait_until
 
 import raylane
 from raylane.actors.deploy import actor_stats
+from raylane.actors.executor import WARM_PER_CPU
+from raylane.bench.processes import role_of
 from raylane.errors import TaskAlreadyFinished, TaskCancelled, TaskFailed, TaskTimedOut
 from raylane.models import HOPS
 from raylane.stack import proc
@@ -48,6 +50,11 @@ def boom(message: str) -> None:
 def short_sleep(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+@raylane.task(name="test.worker_pid")
+def worker_pid() -> int:
+    return os.getpid()
 
 
 def _doc_version(store, task_id: str) -> int:
@@ -136,6 +143,18 @@ def sleep_noting_interrupt(seconds: float, marker_dir: str) -> str:
         Path(marker_dir, "interrupted").write_text("cleaned up")
         raise
     return "slept"
+
+
+def test_the_executor_starts_its_nodes_workers_before_tasks_need_them(rl):
+    # At its start the executor has Ray start WARM_PER_CPU workers per CPU of its node, so that
+    # a first burst does not wait for worker processes to start (Executor._warm_workers).
+    cpus = int(ray.cluster_resources()["CPU"])  # the local stack: one node
+    wait_until(
+        lambda: actor_stats("raylane")["Executor"]["workers_warmed"] == WARM_PER_CPU * cpus,
+        what=lambda: f"the warm-up; the executor's stats: {actor_stats('raylane')['Executor']}",
+    )
+    ray_processes = {int(e.name) for e in os.scandir("/proc") if e.name.isdigit() and role_of(int(e.name), {})}
+    assert worker_pid.submit().result(timeout=60) in ray_processes  # a worker already started
 
 
 @pytest.mark.parametrize("how", ["cancel", "timeout"])
