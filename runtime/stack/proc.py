@@ -30,6 +30,12 @@ def read_pid(pid_file: Path) -> int | None:
     return pid if pid_alive(pid) else None
 
 
+def _take_interrupts() -> None:
+    """In the child, before its program starts: SIGINT and SIGQUIT back to their defaults."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def spawn(
     cmd: list[str],
     *,
@@ -39,7 +45,8 @@ def spawn(
     cwd: Path | None = None,
     user: str | None = None,
 ) -> int:
-    """Start ``cmd`` in its own session (it outlives the caller), logging to ``log_file``. With
+    """Start ``cmd`` in its own session (it outlives the caller), logging to ``log_file``, with
+    SIGINT and SIGQUIT handled by default even if the caller ignores them. With
     ``user``, it runs as that user with that user's own group only: no group of the caller
     (root's group 0 included) carries over."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +64,11 @@ def spawn(
             env=env,
             cwd=cwd,
             start_new_session=True,
+            # A script's background job starts with SIGINT and SIGQUIT ignored, and a program
+            # inherits that: Ray would pass it on to every worker, where Python then drops the
+            # interrupt of ray.cancel. The child has a session of its own, so no terminal sends
+            # it these signals either way.
+            preexec_fn=_take_interrupts if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else None,
             **as_user,
         )
     pid_file.parent.mkdir(parents=True, exist_ok=True)
