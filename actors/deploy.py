@@ -126,8 +126,10 @@ class Deployment:
         placed: list[str] = []
         for node in sorted(set(alive) - self.known):
             self.known.add(node)
+            executor: Any = None
             if self.executor_nodes and alive[node].get("Resources", {}).get("CPU", 0) > 0:
                 placed += self._add_executor(node)
+                executor = self.executors[-1]
             handler = (
                 _with_waits(RequestHandler)
                 .options(**_options(self.config, handler_name(node)), **_placed(node))
@@ -136,6 +138,8 @@ class Deployment:
             self.handlers[node] = handler  # kept from now on, even if it is slow to answer
             ray.get(handler.task_names.remote(), timeout=_PLACE_TIMEOUT_S)
             placed.append(handler_name(node))
+            if executor is not None:  # only now: the handler would have waited behind the workers' starts
+                executor.warm_workers.remote()
         return placed
 
     def _add_executor(self, node: str) -> list[str]:
@@ -217,6 +221,8 @@ def create_actors(config: ActorConfig) -> Deployment:
         _with_waits(RequestHandler).options(**_options(config, handler_name()), **_placed(here)).remote(config)
     )
     ray.get(handler.task_names.remote())
+    for e in executors:  # only now: an actor created meanwhile would wait behind the workers' starts
+        e.warm_workers.remote()
     return Deployment(config, handler, keepers, executors, consumers, local)
 
 

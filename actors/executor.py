@@ -84,11 +84,11 @@ def _claims(unit: list[TaskRecord]) -> list[PackedRecord]:
 
 
 def _node_cpus(node_id: str) -> int:
-    """The CPUs node ``node_id`` offers Ray (at least one)."""
+    """The CPUs node ``node_id`` offers Ray (none if Ray does not know the node)."""
     for node in ray.nodes():
         if node.get("NodeID") == node_id:
-            return max(1, int(node.get("Resources", {}).get("CPU", 1)))
-    return 1
+            return int(node.get("Resources", {}).get("CPU", 0))
+    return 0
 
 
 async def _accepted(gate: Gate) -> bool:
@@ -110,7 +110,7 @@ class Executor:
         self.stats: Counter = Counter(dict.fromkeys(_STATS, 0))
         node_id = self._node_id = ray.get_runtime_context().get_node_id()
         self._node_cpu_count = _node_cpus(node_id)
-        self._max_running = config.max_running or PER_CPU_RUNNING * self._node_cpu_count
+        self._max_running = config.max_running or PER_CPU_RUNNING * max(1, self._node_cpu_count)
         self._warming: asyncio.Task | None = None
         self._slots = PrioritySlots(self._max_running)
         self._launched: dict[tuple[str, int], bool] = {}  # (id, attempt) launched here; insertion-ordered, bounded
@@ -158,9 +158,14 @@ class Executor:
                 asyncio.create_task(self._lease.heartbeat_loop()),
                 asyncio.create_task(self._recovery.loop()),
             ]
-        if self._warming is None:
-            self._warming = asyncio.create_task(self._warm_workers(WARM_PER_CPU * self._node_cpu_count))
         return self._lease.incarnation
+
+    async def warm_workers(self) -> None:
+        """Start the warm-up of this node's Ray workers (``WARM_PER_CPU`` per CPU) unless begun,
+        and return at once. The deployment calls it once every actor is placed: an actor created
+        meanwhile would wait behind these workers' starts."""
+        if self._warming is None and self._node_cpu_count:  # a node without CPUs runs no task
+            self._warming = asyncio.create_task(self._warm_workers(WARM_PER_CPU * self._node_cpu_count))
 
     async def _warm_workers(self, count: int) -> None:
         """Have Ray start ``count`` worker processes on this node before the first tasks come, as a
