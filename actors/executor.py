@@ -112,6 +112,8 @@ class Executor:
         self._node_cpu_count = _node_cpus(node_id)
         self._max_running = config.max_running or PER_CPU_RUNNING * max(1, self._node_cpu_count)
         self._warming: asyncio.Task | None = None
+        # Ray restarted this actor (on a new node, say): no deployment will ask it to warm up.
+        self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self._slots = PrioritySlots(self._max_running)
         self._launched: dict[tuple[str, int], bool] = {}  # (id, attempt) launched here; insertion-ordered, bounded
         # (id, attempt) of Ray tasks started ahead of their claim, until its answer: whether it was accepted
@@ -158,12 +160,15 @@ class Executor:
                 asyncio.create_task(self._lease.heartbeat_loop()),
                 asyncio.create_task(self._recovery.loop()),
             ]
+        if self._restarted:
+            await self.warm_workers()
         return self._lease.incarnation
 
     async def warm_workers(self) -> None:
         """Start the warm-up of this node's Ray workers (``WARM_PER_CPU`` per CPU) unless begun,
         and return at once. The deployment calls it once every actor is placed: an actor created
-        meanwhile would wait behind these workers' starts."""
+        meanwhile would wait behind these workers' starts. An executor Ray restarted starts it
+        itself, in ``ensure_running``."""
         if self._warming is None and self._node_cpu_count:  # a node without CPUs runs no task
             self._warming = asyncio.create_task(self._warm_workers(WARM_PER_CPU * self._node_cpu_count))
 

@@ -103,8 +103,8 @@ class RoleMeter:
             _, before = self._before.get(pid, (role, 0.0))
             by_role[role] = by_role.get(role, 0.0) + max(0.0, cpu - before)
         self.by_role = by_role
-        started = [pid for pid, (role, _) in after.items() if role == "ray workers" and pid not in self._before]
-        self.workers_started = len(started)
+        new = set(after) - set(self._before)
+        self.workers_started = sum(after[pid][0] == "ray workers" for pid in new)
 
 
 def per_task(by_role: dict[str, float], machine_ms: float, n: int) -> dict[str, float]:

@@ -19,6 +19,7 @@ from conftest import restart_keeper, wait_until
 
 import raylane
 from raylane.actors.deploy import actor_stats
+from raylane.actors.executor import WARM_PER_CPU
 from raylane.states import TaskState
 
 
@@ -171,6 +172,9 @@ def test_actor_killed_mid_run(rl, store, tmp_path, actor):
     assert summary["succeeded"] == len(handles), summary["other"]
     _check_workflow(store, flow, tmp_path / "flow")
     assert work.submit(str(tmp_path), 1000, 0.0).result(timeout=60) == 1000
+    if actor == "Executor":  # restarted, it warms its node's workers as a deployed one does
+        warm = WARM_PER_CPU * int(ray.cluster_resources()["CPU"])
+        wait_until(lambda: actor_stats("raylane")["Executor"]["workers_warmed"] == warm, what="the warm-up")
 
 
 def test_workers_killed_mid_run(rl, store, tmp_path):
