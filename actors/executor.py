@@ -455,31 +455,31 @@ class Executor:
             return HandOffResult(HandOff.SKIPPED)
         return HandOffResult(HandOff.STARTED)
 
-    async def group_signal(self, task_id: str) -> list[str]:
-        """Resolves once members of the group of ``task_id`` are cancelled, with their ids (or,
+    async def group_signal(self, key: str) -> list[str]:
+        """Resolves once members of the group ``key`` are cancelled, with their ids (or,
         with none, once the group is over); the group's worker then starts no further member."""
-        return await self._runs.group_signal(task_id)
+        return await self._runs.group_signal(key)
 
-    async def group_report(self, task_id: str, ends: list[MemberEnd]) -> None:
-        """From the worker of the group of ``task_id``: members that ended while a long one runs."""
-        self._runs.group_report(task_id, ends)
+    async def group_report(self, key: str, ends: list[MemberEnd]) -> None:
+        """From the worker of the group ``key``: members that ended while a long one runs."""
+        self._runs.group_report(key, ends)
 
-    async def group_advance(self, task_id: str, ends: list[MemberEnd], upto: int) -> int:
-        """From the worker of the group of ``task_id``: members that ended, and a request for leave
+    async def group_advance(self, key: str, ends: list[MemberEnd], upto: int) -> int:
+        """From the worker of the group ``key``: members that ended, and a request for leave
         to start its members before index ``upto`` (see ``grouping``). Returns the index before
         which members may start (short of ``upto`` once members were moved on; 0: start no more)."""
-        return self._runs.group_advance(task_id, ends, upto)
+        return self._runs.group_advance(key, ends, upto)
 
-    async def group_began(self, task_id: str, member: str, began: float) -> None:
-        """From the worker of the group of ``task_id``: timed member ``member`` began at ``began``
+    async def group_began(self, key: str, member: str, began: float) -> None:
+        """From the worker of the group ``key``: timed member ``member`` began at ``began``
         (epoch seconds) and still runs; its keeper starts its clock from then."""
-        self._runs.group_began(task_id, member, began)
+        self._runs.group_began(key, member, began)
 
-    async def group_long(self, task_id: str, member: str, started: int) -> None:
-        """From the worker of the group of ``task_id``: member ``member`` has run long, and the
+    async def group_long(self, key: str, member: str, started: int) -> None:
+        """From the worker of the group ``key``: member ``member`` has run long, and the
         worker, having started ``started`` members, starts no more without asking; those after
         it move to other Ray tasks (see ``grouping``)."""
-        self._runs.group_long(task_id, member, started)
+        self._runs.group_long(key, member, started)
 
     async def progress(self, task_id: str, attempt: int, fraction: float, message: str | None, at: float) -> None:
         """From the worker of ``task_id``: how far its attempt ``attempt`` has got (see
@@ -500,12 +500,10 @@ class Executor:
             except Exception as e:  # progress is worth no retry: the next report says more
                 log.warning("keeping the progress of %d task(s) failed: %r", len(said), e)
 
-    async def group_running(
-        self, task_id: str, running: str | None, interrupted: bool, started: int | None = None
-    ) -> None:
-        """From the worker of the group of ``task_id``: the member it was running when the signal
+    async def group_running(self, key: str, running: str | None, interrupted: bool, started: int | None = None) -> None:
+        """From the worker of the group ``key``: the member it was running when the signal
         came (None: between members), whether it interrupted it, and how many it had started."""
-        self._runs.group_running(task_id, running, interrupted, started)
+        self._runs.group_running(key, running, interrupted, started)
 
     async def kill(self, task_id: str, attempt: int | None = None) -> bool:
         """Stop the Ray task of ``task_id`` (its terminal state, or a newer attempt, is already

@@ -32,6 +32,7 @@ up to ``GROUP_MAX`` quick ones waiting.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 from raylane.models import TaskMessage, TaskRecord
@@ -108,6 +109,11 @@ class Group:
 
     def __init__(self, members: list[tuple[TaskMessage, TaskRecord]]):
         self.members = members
+        # What its worker names it by when it calls the executor. Not a member's id: a task id
+        # recurs (a retry's new attempt may be grouped while the group of its last attempt still
+        # runs a sibling, and members moved on start again in a group of their own), and a call
+        # meant for one group must never reach another.
+        self.key = uuid.uuid4().hex
         self.index = {msg.id: i for i, (msg, _) in enumerate(members)}
         self.reported: set[str] = set()  # members whose outcome has arrived
         self.ran: set[str] = set()  # ... of those, the ones that ran

@@ -64,6 +64,7 @@ class Runs:
         self._refs: dict[str, ray.ObjectRef] = {}
         self._attempt_of: dict[str, int] = {}  # task id -> attempt of the lone Ray task running it
         self._groups: dict[str, Group] = {}  # task id -> the group running it
+        self._group_by_key: dict[str, Group] = {}  # Group.key -> that group, while it runs
         # Members claimed here that wait for a run slot between two Ray tasks (their group was
         # stopped, or they were moved out of it): task id -> attempt. A kill for one is noted,
         # and it is not started.
@@ -95,6 +96,7 @@ class Runs:
             self._launch_one(*members[0])
         else:
             group = Group(members)
+            self._group_by_key[group.key] = group
             for msg, _ in members:  # registered at once, so a kill arriving before it starts finds it
                 self._groups[msg.id] = group
             self._background.spawn(self._run_group(group))
@@ -218,12 +220,13 @@ class Runs:
         self._stats["grouped"] += len(msgs)
         items = [(m.id, m.attempt, m.name, m.args, m.kwargs, m.timeout_s) for m in msgs]
         try:
-            signal = self._actor.group_signal.remote(first.id)
+            signal = self._actor.group_signal.remote(group.key)
             lease = self._lease_for(f"a group of {len(msgs)} tasks from {first.id}")
             group.gen = remote_group.options(
                 name=f"raylane:{first.name}:group-of-{len(msgs)}:{first.id}", num_cpus=first.resources.num_cpus
-            ).remote(items, [signal], self._actor, first.id, self._limits, lease)
+            ).remote(items, [signal], self._actor, group.key, self._limits, lease)
         except Exception as e:  # Ray refused to start it: each member fails as a lone launch would
+            self._group_by_key.pop(group.key, None)
             for m in msgs:
                 self._groups.pop(m.id, None)
             for _, running in group.members:
@@ -240,6 +243,7 @@ class Runs:
             crash = e
         finally:
             group.signal.set()  # lets the pending group_signal call return
+            self._group_by_key.pop(group.key, None)
             for m in msgs:
                 if self._groups.get(m.id) is group:  # a member moved on belongs to its new group
                     del self._groups[m.id]
@@ -307,19 +311,19 @@ class Runs:
         group = self._groups.get(task_id)
         return group.attempt_of(task_id) if group is not None else self._attempt_of.get(task_id)
 
-    def group_began(self, task_id: str, member: str, began: float) -> None:
-        """Timed member ``member`` of the group of ``task_id`` began at ``began`` and still runs:
+    def group_began(self, key: str, member: str, began: float) -> None:
+        """Timed member ``member`` of the group ``key`` began at ``began`` and still runs:
         its keeper times it out from then (the claim's deadline allowed for its wait)."""
-        group = self._groups.get(task_id)
+        group = self._group_by_key.get(key)
         if group is not None and member in group.index and member not in group.reported:
             self._keepers.of(member).began.remote(member, group.attempt_of(member), began)
 
-    def group_long(self, task_id: str, member: str, started: int) -> None:
-        """Member ``member`` of the group of ``task_id`` has run ``MOVE_AFTER_S``, and its worker,
+    def group_long(self, key: str, member: str, started: int) -> None:
+        """Member ``member`` of the group ``key`` has run ``MOVE_AFTER_S``, and its worker,
         having started ``started`` members, gave back its leave to start any more: the members
         after it move to new Ray tasks, unless the group is over or stopping, or the member has
         ended meanwhile (then the worker asks for leave again, and gets it)."""
-        group = self._groups.get(task_id)
+        group = self._group_by_key.get(key)
         if group is None or group.signal.is_set() or member in group.reported:
             return
         waiting = group.take_waiting(started)
@@ -331,13 +335,13 @@ class Runs:
         self._stats["moved_waiting"] += len(waiting)
         self._background.spawn(self._start_again(waiting, moved=True))
 
-    def group_advance(self, task_id: str, ends: list[MemberEnd], upto: int) -> int:
-        """The worker of the group of ``task_id`` reports ``ends`` and asks leave to start its
+    def group_advance(self, key: str, ends: list[MemberEnd], upto: int) -> int:
+        """The worker of the group ``key`` reports ``ends`` and asks leave to start its
         members before index ``upto``. Noted before the answer, so that if the worker dies, its
         executor knows which members may have run. Returns the index before which members may
         start, which may be short of ``upto`` (members were moved on), 0 if the group is
         stopped or over here."""
-        group = self._groups.get(task_id)
+        group = self._group_by_key.get(key)
         if group is None:
             return 0
         self._take_report(group, ends)
@@ -356,25 +360,25 @@ class Runs:
         if ended:
             self._background.spawn(self._finisher.settle_many(ended))
 
-    async def group_signal(self, task_id: str) -> list[str]:
-        """Resolves once members of the group of ``task_id`` are cancelled, with their ids (or,
+    async def group_signal(self, key: str) -> list[str]:
+        """Resolves once members of the group ``key`` are cancelled, with their ids (or,
         with none, once the group is over)."""
-        group = self._groups.get(task_id)
+        group = self._group_by_key.get(key)
         if group is None:
             return []
         await group.signal.wait()
         return sorted(group.cancelled)
 
-    def group_report(self, task_id: str, ends: list[MemberEnd]) -> None:
-        """Members of the group of ``task_id`` that ended while a long one runs."""
-        group = self._groups.get(task_id)
+    def group_report(self, key: str, ends: list[MemberEnd]) -> None:
+        """Members of the group ``key`` that ended while a long one runs."""
+        group = self._group_by_key.get(key)
         if group is not None:
             self._take_report(group, ends)
 
-    def group_running(self, task_id: str, running: str | None, interrupted: bool, started: int | None = None) -> None:
+    def group_running(self, key: str, running: str | None, interrupted: bool, started: int | None = None) -> None:
         """The member the group's worker ran when the signal came (None: between members), whether
         it interrupted it, and how many members it had started (it starts no more)."""
-        group = self._groups.get(task_id)
+        group = self._group_by_key.get(key)
         if group is not None:
             group.running = running
             group.started = started
