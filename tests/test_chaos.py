@@ -176,12 +176,17 @@ def schedule(rnd: random.Random, minutes: float) -> Iterator[str]:
 
 
 def _runs(path: Path) -> dict[str, list[float]]:
-    """The times each run of a task wrote to its log, by run token."""
+    """The times each run of a task wrote to its log, by run (its token and worker's pid)."""
     runs: dict[str, list[float]] = {}
     for line in path.read_text().splitlines() if path.exists() else []:
-        token, _pid, t = line.split()
-        runs.setdefault(token, []).append(float(t))
+        token, pid, t = line.split()
+        runs.setdefault(f"{token} in pid {pid}", []).append(float(t))
     return runs
+
+
+def _described(runs: dict[str, list[float]]) -> str:
+    """The runs of a task with their times (epoch seconds), to match with Ray's worker logs."""
+    return ", ".join(f"{run} {min(ts):.2f}-{max(ts):.2f}" for run, ts in sorted(runs.items(), key=lambda r: r[1]))
 
 
 def check(store, handles: dict, cancelled_at: dict, log_dir: Path, watch: VersionWatch) -> dict:
@@ -199,7 +204,7 @@ def check(store, handles: dict, cancelled_at: dict, log_dir: Path, watch: Versio
             violations.append(f"{task_id}: not one terminal state ({rec.state}, version {rec.version})")
         runs = _runs(log_dir / f"{key}.log")
         if len(runs) > rec.attempt + 1:
-            violations.append(f"{task_id}: {len(runs)} runs for {rec.attempt + 1} attempt(s)")
+            violations.append(f"{task_id}: {len(runs)} runs for {rec.attempt + 1} attempt(s): {_described(runs)}")
         spans = sorted((min(ts), max(ts)) for ts in runs.values())
         for (s1, e1), (s2, _e2) in itertools.pairwise(spans):
             if s2 <= e1:
