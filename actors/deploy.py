@@ -221,7 +221,13 @@ def create_actors(config: ActorConfig) -> Deployment:
         _with_waits(RequestHandler).options(**_options(config, handler_name()), **_placed(here)).remote(config)
     )
     ray.get(handler.task_names.remote())
-    for e in executors:  # only now: an actor created meanwhile would wait behind the workers' starts
+    # Only now: an actor created meanwhile would wait behind the workers' starts. One executor per
+    # node: the deployment's executors on a node share its pool of workers (those of one Ray job),
+    # and a second warm-up there would start as many more, to be stopped again once idle.
+    first_on_node: dict[str, Any] = {}
+    for e, node in zip(executors, ray.get([e.node.remote() for e in executors]), strict=True):
+        first_on_node.setdefault(node, e)
+    for e in first_on_node.values():
         e.warm_workers.remote()
     return Deployment(config, handler, keepers, executors, consumers, local)
 

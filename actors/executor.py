@@ -190,6 +190,10 @@ class Executor:
             return
         self.stats["workers_warmed"] += count
 
+    async def node(self) -> str:
+        """The Ray node this executor runs on."""
+        return self._node_id
+
     async def lease_remaining(self) -> float:
         """Seconds this incarnation's lease still holds (negative once lapsed); the workers running
         its tasks ask, and end themselves before it can lapse anywhere else."""
