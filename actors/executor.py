@@ -328,6 +328,14 @@ class Executor:
             for r, c in zip(records, claims, strict=True)
         ]
 
+    def _started_here(self, msg: TaskMessage) -> bool:
+        """Whether this incarnation started ``msg``'s attempt already. The launches it remembers
+        (``_launched``, bounded) cover an attempt until its end is written; one that runs past
+        them is found among those running here. Its message may be handed over again long after
+        (a reader restarted from an offset held back behind it), and its stored claim, this
+        incarnation's own, would make it look new."""
+        return (msg.id, msg.attempt) in self._launched or self._runs.holds(msg.id, msg.attempt)
+
     def _mark_launched(self, msg: TaskMessage) -> None:
         self._launched[(msg.id, msg.attempt)] = True
         while len(self._launched) > _LAUNCHED_KEPT:
@@ -386,7 +394,7 @@ class Executor:
         decisions: dict[int, asyncio.Future] = {}
         for u, unit in enumerate(units):
             key = (unit[0].id, unit[0].attempt)
-            if len(unit) == 1 and key not in self._launched and key not in self._gated:
+            if len(unit) == 1 and not self._started_here(unit[0]) and key not in self._gated:
                 self._gated[key] = asyncio.get_running_loop().create_future()
                 decisions[u] = self._runs.launch_gated(unit[0], records[u][0], gates[u])
         self.stats["ahead"] += len(decisions)
@@ -433,7 +441,7 @@ class Executor:
                 launch.append((msg, running.with_hops(claimed=claimed)))
             else:
                 outcome = self._judge(msg, claim)
-                if outcome.outcome is HandOff.STARTED and (msg.id, msg.attempt) not in self._launched:
+                if outcome.outcome is HandOff.STARTED and not self._started_here(msg):
                     self._mark_launched(msg)
                     launch.append((msg, running.with_hops(claimed=claimed)))
             outcomes.append(outcome)
@@ -449,7 +457,7 @@ class Executor:
         )
 
     def _judge(self, msg: TaskMessage, claim: WriteOutcome) -> HandOffResult:
-        if (msg.id, msg.attempt) in self._launched:
+        if self._started_here(msg):
             return HandOffResult(HandOff.STARTED)  # a repeated hand-off of a task this incarnation already runs
         if not claim.accepted and claim.reason != "conflict":
             return HandOffResult(HandOff.REFUSED, claim.reason or "unknown error")

@@ -70,6 +70,9 @@ class Runs:
         # and it is not started.
         self._between: dict[str, int] = {}
         self._kill_requested: dict[str, bool] = {}  # insertion-ordered, bounded
+        # (id, attempt) of lone Ray tasks started ahead of their claim whose executor has not yet
+        # judged the claim: their workers hold the function back, and they run only if judged ours.
+        self._undecided: set[tuple[str, int]] = set()
 
     def running_now(self) -> int:
         """Tasks running here: lone Ray tasks, tasks in groups, and claimed tasks waiting for a
@@ -107,6 +110,9 @@ class Runs:
         the executor resolves once it has judged the claim: with the RUNNING record if the task is
         this executor's to run, with None if not."""
         decided: asyncio.Future = asyncio.get_running_loop().create_future()
+        key = (msg.id, msg.attempt)
+        self._undecided.add(key)
+        decided.add_done_callback(lambda _: self._undecided.discard(key))
         ref = self._submit(msg, gate)
         if isinstance(ref, Exception):
             self._background.spawn(self._fail_gated(ref, decided))
@@ -305,6 +311,14 @@ class Runs:
         for i, (msg, _) in enumerate(members):
             wait_s = wait_allowance(timeouts, i) if len(members) > 1 else 0.0
             self._keepers.of(msg.id).began.remote(msg.id, msg.attempt, now, wait_s)
+
+    def holds(self, task_id: str, attempt: int) -> bool:
+        """Whether attempt ``attempt`` of ``task_id`` runs here: alone, in a group, or claimed and
+        waiting for a run slot between two groups. A Ray task started ahead of a claim not yet
+        judged does not count: whether it runs is what that judgement decides."""
+        if self._between.get(task_id) == attempt:
+            return True
+        return self.running_attempt(task_id) == attempt and (task_id, attempt) not in self._undecided
 
     def running_attempt(self, task_id: str) -> int | None:
         """The attempt of ``task_id`` running here, alone or in a group; None if none is."""

@@ -1,0 +1,186 @@
+"""Unit tier (no services): an executor's bookkeeping of the Ray tasks it runs, with stand-ins for
+Ray. A task id recurs (across attempts, and across the groups a member is moved between), and a
+message may be handed over again long after its task started: neither may start an attempt a
+second time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+from raylane.actors import runs as runs_module
+from raylane.actors.common import Background, PrioritySlots
+from raylane.actors.executor import Executor
+from raylane.actors.runs import Runs
+from raylane.actors.worker import MemberEnd
+from raylane.limits import Limits
+from raylane.models import TaskMessage, TaskRecord, WriteOutcome
+from raylane.protocol import HandOff, Reply
+
+
+class _Stream:
+    """A group's stream of reports, as the executor reads it; it ends when told."""
+
+    def __init__(self):
+        self.over = asyncio.Event()
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        await self.over.wait()
+        raise StopAsyncIteration
+
+
+class _RemoteGroup:
+    """Stands in for ``remote_group``: notes each group launched (its members and key)."""
+
+    def __init__(self):
+        self.launched: list[tuple[list[tuple[str, int]], str, _Stream]] = []
+
+    def options(self, **_):
+        return self
+
+    def remote(self, items, _signal_box, _executor, key, _limits, _lease):
+        stream = _Stream()
+        self.launched.append(([(i[0], i[1]) for i in items], key, stream))
+        return stream
+
+
+class _RemoteInvoke:
+    """Stands in for ``remote_invoke``: notes each lone task launched. The first one's Ray task
+    runs on; any later one's ends at once."""
+
+    def __init__(self):
+        self.launched: list[tuple[str, ...]] = []
+
+    def options(self, **_):
+        return self
+
+    def remote(self, *args):
+        self.launched.append(args)
+        ref = asyncio.get_running_loop().create_future()
+        if len(self.launched) > 1:
+            ref.set_result(Reply(True, None))
+        return ref
+
+
+class _Finisher:
+    def __init__(self):
+        self.settled: list = []
+
+    async def settle_many(self, ends):
+        self.settled.extend(ends)
+
+
+def _member(task_id: str, attempt: int) -> tuple[TaskMessage, TaskRecord]:
+    msg = TaskMessage(id=task_id, name="n", queue="q", created_at=datetime.now(UTC), attempt=attempt)
+    return msg, TaskRecord.pending(msg)
+
+
+async def _settle() -> None:
+    for _ in range(5):  # the background tasks a call spawned take a few turns of the loop
+        await asyncio.sleep(0)
+
+
+def _runs(stats: Counter) -> Runs:
+    return Runs(
+        actor=SimpleNamespace(group_signal=SimpleNamespace(remote=lambda key: None)),
+        node_id="node",
+        lease=SimpleNamespace(until=0.0),
+        limits=Limits(),
+        slots=PrioritySlots(8),
+        cpus=2,
+        finisher=_Finisher(),
+        keepers=None,
+        stats=stats,
+        background=Background(logging.getLogger("test")),
+    )
+
+
+def test_a_groups_worker_cannot_move_a_later_group_of_the_same_first_task(monkeypatch):
+    remote = _RemoteGroup()
+    monkeypatch.setattr(runs_module, "remote_group", remote)
+
+    async def scenario() -> tuple[Runs, Counter]:
+        stats: Counter = Counter()
+        runs = _runs(stats)
+        x, y, z = "a" * 32, "b" * 32, "c" * 32
+        # Attempt 0 of x runs first in a group with y; x fails at once (its retry is a new attempt).
+        runs.launch([_member(x, 0), _member(y, 0)])
+        await _settle()
+        [(_, first_key, first_stream)] = remote.launched
+        failed = Reply.failure("ConnectionError", "fails on purpose")
+        assert runs.group_advance(first_key, [MemberEnd(x, True, failed)], 2) == 2
+        # Attempt 1 of x is grouped, first again, with z while y still runs in the first group.
+        runs.launch([_member(x, 1), _member(z, 0)])
+        await _settle()
+        # y has run long: the first group's worker gives back its leave for the members after y.
+        # None are left in that group; the second group's are not that worker's to give back.
+        runs.group_long(first_key, y, 2)
+        await _settle()
+        assert len(remote.launched) == 2, f"members were moved out of the wrong group: {remote.launched[2:]}"
+        _, second_key, second_stream = remote.launched[1]
+        assert runs.group_advance(second_key, [], 1) == 1  # the second group's worker may start x
+        done = Reply(True, "done")
+        assert runs.group_advance(second_key, [MemberEnd(x, True, done)], 2) == 2
+        runs.group_report(second_key, [MemberEnd(z, True, done)])
+        runs.group_report(first_key, [MemberEnd(y, True, done)])
+        first_stream.over.set()
+        second_stream.over.set()
+        await _settle()
+        # Both groups are over: their keys are forgotten, and a late call under one is refused.
+        assert runs.group_advance(first_key, [], 3) == 0
+        return runs, stats
+
+    runs, stats = asyncio.run(scenario())
+    assert stats["moved_waiting"] == 0
+    assert runs.running_now() == 0
+
+
+def test_a_message_handed_over_again_does_not_start_an_attempt_that_runs_here(monkeypatch):
+    """The executor remembers the attempts it launched for a while only (``_LAUNCHED_KEPT``); an
+    attempt that runs longer may have its message handed over again (a consumer restarted from
+    an offset held back behind it). Its own stored claim then makes it look this executor's to
+    start: it must find it running, alone or in a group, and not start it again."""
+    lone, grouped = _RemoteInvoke(), _RemoteGroup()
+    monkeypatch.setattr(runs_module, "remote_invoke", lone)
+    monkeypatch.setattr(runs_module, "remote_group", grouped)
+
+    async def scenario() -> None:
+        executor = object.__new__(Executor)  # only its launch bookkeeping, without Ray
+        executor.stats = Counter()
+        executor._launched, executor._gated = {}, {}
+        executor._runs = _runs(executor.stats)
+        alone, member, sibling = _member("a" * 32, 2), _member("b" * 32, 0), _member("c" * 32, 0)
+        executor._runs.launch([alone])
+        executor._runs.launch([member, sibling])
+        await _settle()
+        assert len(lone.launched) == 1 and len(grouped.launched) == 1
+        # Long after, with the launches forgotten, both messages come again. Their claims are
+        # counted as accepted (the stored RUNNING claims are this incarnation's own).
+        executor._launched.clear()
+        for msg, record in (alone, member):
+            assert executor._launch_ahead([[msg]], [[record]], [None]) == {}  # type: ignore[list-item]
+            own = iter([WriteOutcome(msg.id, msg.attempt * 10 + 2, True)])
+            outcomes, launch = executor._settle_unit([msg], [record], own, False, 0.0)
+            assert [o.outcome for o in outcomes] == [HandOff.STARTED] and launch == []
+        assert len(lone.launched) == 1 and len(grouped.launched) == 1
+        # A message seen for the first time starts ahead of its claim, and the claim's answer
+        # still decides: one taken by another executor is skipped, one found to be this
+        # executor's own earlier claim (its answer was lost) is launched.
+        for accepted, outcome in ((False, HandOff.SKIPPED), (True, HandOff.STARTED)):
+            msg, record = _member(("d" if accepted else "e") * 32, 0)
+            decisions = executor._launch_ahead([[msg]], [[record]], [None])  # type: ignore[list-item]
+            assert list(decisions) == [0]
+            executor._ran_ahead([[msg]], decisions, set())  # the gate's answer: not accepted as sent
+            answer = iter([WriteOutcome(msg.id, 2, accepted, None if accepted else "conflict")])
+            outcomes, launch = executor._settle_unit([msg], [record], answer, False, 0.0)
+            assert [o.outcome for o in outcomes] == [outcome]
+            assert [m.id for m, _ in launch] == ([msg.id] if accepted else [])
+            decisions[0].set_result(None)
+
+    asyncio.run(scenario())
