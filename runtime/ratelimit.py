@@ -84,8 +84,11 @@ class OpenTaskQuota:
     """A cap on each tenant's unfinished tasks (PENDING, SCHEDULED and RUNNING): a submit that
     would go over it is refused (``OverLimit``, HTTP 429) with nothing written, so one tenant
     cannot fill the queues for all. The count comes from the store, at most ``max_age_s`` old,
-    plus what this process accepted since; several API replicas may together let a burst of
-    up to one count's age past the cap, never more."""
+    plus what this process accepted that the count may not show: the store's search sees a
+    write only after its next refresh, so what was accepted in the ``unseen_s`` before a count
+    began is added to it (counted twice, at worst, for that long: the cap errs on the safe
+    side). Several API replicas may together let a burst of up to one count's age past the cap,
+    never more."""
 
     def __init__(
         self,
@@ -93,9 +96,12 @@ class OpenTaskQuota:
         count: Callable[[str], Awaitable[int]],
         max_age_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        unseen_s: float = 3.0,  # the store refreshes every second; a busy node refreshes late
     ):
         self.default_limit, self._count, self.max_age_s, self._clock = default_limit, count, max_age_s, clock
-        self._seen: dict[str, list[float]] = {}  # tenant -> [count, when, accepted since]
+        self.unseen_s = max(unseen_s, max_age_s)  # what was accepted since the count is always added
+        self._seen: dict[str, tuple[int, float]] = {}  # tenant -> (the store's count, when it was asked)
+        self._accepted: dict[str, list[tuple[float, int]]] = {}  # tenant -> (when, how many), the last unseen_s
 
     async def admit(self, tenant: str, n: int, limit: int | None = None) -> None:
         """Count ``n`` new tasks of ``tenant`` against its quota (``limit``, else the default);
@@ -104,12 +110,15 @@ class OpenTaskQuota:
         now = self._clock()
         seen = self._seen.get(tenant)
         if seen is None or now - seen[1] > self.max_age_s:
-            seen = [float(await self._count(tenant)), now, 0.0]
-            self._seen[tenant] = seen
-        open_now = int(seen[0] + seen[2])
+            seen = self._seen[tenant] = (await self._count(tenant), now)
+        # Those accepted since the count, and those accepted shortly before it, which it may miss.
+        accepted = [(t, k) for t, k in self._accepted.pop(tenant, []) if t > seen[1] - self.unseen_s]
+        if accepted:
+            self._accepted[tenant] = accepted
+        open_now = seen[0] + sum(k for _, k in accepted)
         if open_now + n > cap:
             raise OverLimit(
                 f"tenant {tenant!r} has {open_now} unfinished tasks; its quota is {cap} (asked for {n} more)",
                 self.max_age_s,
             )
-        seen[2] += n
+        self._accepted.setdefault(tenant, []).append((now, n))
