@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
@@ -101,7 +101,8 @@ class OpenTaskQuota:
         self.default_limit, self._count, self.max_age_s, self._clock = default_limit, count, max_age_s, clock
         self.unseen_s = max(unseen_s, max_age_s)  # what was accepted since the count is always added
         self._seen: dict[str, tuple[int, float]] = {}  # tenant -> (the store's count, when it was asked)
-        self._accepted: dict[str, list[tuple[float, int]]] = {}  # tenant -> (when, how many), the last unseen_s
+        # tenant -> [(when, how many) accepted over the last unseen_s, their sum]
+        self._accepted: dict[str, list] = {}
 
     async def admit(self, tenant: str, n: int, limit: int | None = None) -> None:
         """Count ``n`` new tasks of ``tenant`` against its quota (``limit``, else the default);
@@ -112,13 +113,16 @@ class OpenTaskQuota:
         if seen is None or now - seen[1] > self.max_age_s:
             seen = self._seen[tenant] = (await self._count(tenant), now)
         # Those accepted since the count, and those accepted shortly before it, which it may miss.
-        accepted = [(t, k) for t, k in self._accepted.pop(tenant, []) if t > seen[1] - self.unseen_s]
-        if accepted:
-            self._accepted[tenant] = accepted
-        open_now = seen[0] + sum(k for _, k in accepted)
+        # Oldest first, with their sum kept: each admit drops only what aged out (a busy tenant
+        # admits thousands a second).
+        accepted = self._accepted.setdefault(tenant, [deque(), 0])
+        while accepted[0] and accepted[0][0][0] <= seen[1] - self.unseen_s:
+            accepted[1] -= accepted[0].popleft()[1]
+        open_now = seen[0] + accepted[1]
         if open_now + n > cap:
             raise OverLimit(
                 f"tenant {tenant!r} has {open_now} unfinished tasks; its quota is {cap} (asked for {n} more)",
                 self.max_age_s,
             )
-        self._accepted.setdefault(tenant, []).append((now, n))
+        accepted[0].append((now, n))
+        accepted[1] += n
