@@ -21,6 +21,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -87,7 +88,12 @@ def _start_worker_node(run_dir: Path, k: int) -> int:
     """``ray start --block`` joining the private head as worker node ``k``, on ports of its own; returns its pid."""
     port = 31400 + 10 * k
     low = 31500 + 200 * k
+    # The node's raylet waits a fixed 15 s for its dashboard agent to start, which takes 3 s on an
+    # idle machine and was seen to take 30 s beside the rest of a CI run, three times in a row.
+    # The node starts ahead of the rest (its workers still get Ray's own lower priority).
+    boost = ["nice", "-n", "-10"] if os.geteuid() == 0 else []
     cmd = [
+        *boost,
         sys.executable,
         "-m",
         "ray.scripts.scripts",
@@ -157,7 +163,7 @@ def three_nodes(settings, tmp_path_factory):
         while _alive_nodes() < 2 + k:
             if time.monotonic() > deadline:
                 log = (private.state_dir / f"ray-worker-{k}.log").read_text(errors="replace")[-3000:]
-                pytest.fail(f"worker node {k} did not join; `ray list nodes` said: {_last_listing[0]}\n{log}")
+                pytest.fail(f"worker node {k} did not join; the state API said: {_last_listing[0]}\n{log}")
             if proc.exited_early(workers[k]):
                 workers[k] = _start_worker_node(private.state_dir, k)
             time.sleep(1.0)
@@ -172,40 +178,39 @@ def three_nodes(settings, tmp_path_factory):
     head.stop(grace_s=10)
 
 
+def _ray_token() -> str:
+    """The Ray auth token, looked up where ``ray`` itself looks."""
+    if token := os.environ.get("RAY_AUTH_TOKEN"):
+        return token.strip()
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").read_text().strip()
+
+
 def _alive_nodes() -> int:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ray.scripts.scripts",
-            "list",
-            "nodes",
-            "--filter",
-            "state=ALIVE",
-            "--format",
-            "json",
-            f"--address=http://127.0.0.1:{DASHBOARD_PORT}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=dict(os.environ, RAY_AUTH_MODE="token"),
+    """How many nodes the private head's state API lists ALIVE. One HTTP call: the polls run every
+    second while a node starts, and ``ray list nodes`` would cost a Python start and Ray's import
+    each time, CPU the starting node's agent needs to meet Ray's fixed 15 s startup wait."""
+    query = "limit=100&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE"
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{DASHBOARD_PORT}/api/v0/nodes?{query}", headers={"Authorization": f"Bearer {_ray_token()}"}
     )
     try:
-        return len(json.loads(out.stdout))
-    except json.JSONDecodeError:  # "No resource in the cluster" while none has registered
-        _last_listing[0] = (out.stdout + out.stderr)[-2000:]
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = response.read().decode()
+        _last_listing[0] = body[-2000:]
+        return len(json.loads(body)["data"]["result"]["result"])
+    except (OSError, ValueError, KeyError) as e:  # the dashboard not up yet, or not answering in time
+        _last_listing[0] = f"{type(e).__name__}: {e}"[-2000:]
         return 0
 
 
-_last_listing = [""]  # what `ray list nodes` said last when it listed none
+_last_listing = [""]  # what the state API said last, for the messages
 
 
 @pytest.mark.timeout(500)
 def test_three_nodes_place_their_own_actors_and_survive_losing_one(stack, store, three_nodes, unique, tmp_path):
     head, victim = three_nodes["head"], three_nodes["workers"][0]
     alive = _alive_nodes()
-    assert alive == WORKERS, f"{alive} nodes joined; `ray list nodes` said: {_last_listing[0]}"
+    assert alive == WORKERS, f"{alive} nodes joined; the state API said: {_last_listing[0]}"
     marker_dir = tmp_path / "runs"
     marker_dir.mkdir()
     n = 36
