@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -174,6 +177,17 @@ def store(stack, settings) -> OpenSearchStore:
 def unique() -> str:
     """A short unique token for names, tags and queues of one test."""
     return uuid.uuid4().hex[:10]
+
+
+def cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """``raylane ARGS`` in a process of its own, as a user runs it; ``env`` adds to the environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "raylane.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, **env),
+    )
 
 
 def wait_until(

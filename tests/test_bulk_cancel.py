@@ -4,12 +4,10 @@ unfinished task that matches, kill the running ones, and leave finished ones alo
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
-from conftest import wait_until
+from conftest import cli, wait_until
 
 import raylane
 from raylane.actors.deploy import actor_stats
@@ -20,10 +18,6 @@ from raylane.states import TaskState
 def nap(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "raylane.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_cancel_matching_ends_waiting_and_running_tasks_and_leaves_finished_ones(rl, unique):
@@ -93,14 +87,14 @@ def test_the_command_line_says_how_many_before_it_cancels(rl, unique):
     rl.pause(queue)
     try:
         handles = nap.options(tags=[tag], queue=queue).submit_many([(0.0,)] * 4)
-        counted = _cli("cancel", "--tag", tag, "--json")
+        counted = cli("cancel", "--tag", tag, "--json")
         assert counted.returncode == 0 and json.loads(counted.stdout) == {"would_cancel": 4}, counted.stderr
         assert all(h.status() is TaskState.PENDING for h in handles)  # counting cancels nothing
-        done = _cli("cancel", "--tag", tag, "--yes", "--json")
+        done = cli("cancel", "--tag", tag, "--yes", "--json")
         assert done.returncode == 0 and sorted(json.loads(done.stdout)["cancelled"]) == sorted(h.id for h in handles)
         assert all(h.status() is TaskState.CANCELLED for h in handles)
-        assert _cli("cancel").returncode == 2  # neither an id nor a filter
-        assert _cli("submit", "raylane.echo", "--kwargs", "[1]").returncode == 2
+        assert cli("cancel").returncode == 2  # neither an id nor a filter
+        assert cli("submit", "raylane.echo", "--kwargs", "[1]").returncode == 2
     finally:
         rl.resume(queue)
 

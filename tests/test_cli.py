@@ -3,10 +3,9 @@ cancelled or timed out; 2 usage; 3 not found; 4 a service is unavailable; 5 a wa
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
+
+from conftest import cli
 
 import raylane
 
@@ -22,16 +21,6 @@ def boom() -> None:
     raise ValueError("boom")
 
 
-def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "raylane.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, **env),
-    )
-
-
 def test_exit_codes(rl):
     done = nap.submit(0.0)
     done.wait(timeout=60)
@@ -39,18 +28,18 @@ def test_exit_codes(rl):
     failed.wait(timeout=60)
     slow = nap.submit(30.0)
     try:
-        assert _cli("wait", done.id, "--timeout", "30").returncode == 0
-        assert _cli("wait", failed.id, "--timeout", "30").returncode == 1
-        assert _cli("status", "0" * 32).returncode == 3
-        assert _cli("status").returncode == 2  # usage: the id is missing
-        timed_out = _cli("wait", slow.id, "--timeout", "0.5")
+        assert cli("wait", done.id, "--timeout", "30").returncode == 0
+        assert cli("wait", failed.id, "--timeout", "30").returncode == 1
+        assert cli("status", "0" * 32).returncode == 3
+        assert cli("status").returncode == 2  # usage: the id is missing
+        timed_out = cli("wait", slow.id, "--timeout", "0.5")
         assert timed_out.returncode == 5, timed_out.stderr
     finally:
         slow.cancel()
     # A stack that does not run: the secure one here, on ports nothing listens on.
-    down = _cli("stack", "status", "--secure", RAYLANE_KAFKA_PORT="27592", RAYLANE_OPENSEARCH_PORT="27593")
+    down = cli("stack", "status", "--secure", RAYLANE_KAFKA_PORT="27592", RAYLANE_OPENSEARCH_PORT="27593")
     assert down.returncode == 4, down.stderr
-    version = _cli("--version")
+    version = cli("--version")
     assert version.returncode == 0 and version.stdout.startswith("raylane ")
 
 
@@ -64,7 +53,7 @@ def test_ls_pages_with_a_cursor_and_commands_print_json(rl, unique):
     seen: list[str] = []
     cursor = None
     for _ in range(5):
-        page = _cli("ls", "--tag", tag, "--limit", "2", "--json", *(["--cursor", cursor] if cursor else []))
+        page = cli("ls", "--tag", tag, "--limit", "2", "--json", *(["--cursor", cursor] if cursor else []))
         assert page.returncode == 0, page.stderr
         seen += [r["id"] for r in json.loads(page.stdout)]
         more = [line for line in page.stderr.splitlines() if line.startswith("more: ")]
@@ -72,7 +61,7 @@ def test_ls_pages_with_a_cursor_and_commands_print_json(rl, unique):
             break
         cursor = more[0].rsplit(" ", 1)[1]
     assert sorted(seen) == sorted(h.id for h in handles)  # every task once, over three pages
-    assert _cli("ls", "--cursor", "not-a-cursor").returncode == 2
+    assert cli("ls", "--cursor", "not-a-cursor").returncode == 2
     slow = nap.submit(30.0)
-    cancelled = _cli("cancel", slow.id, "--json")
+    cancelled = cli("cancel", slow.id, "--json")
     assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["state"] == "CANCELLED", cancelled.stderr

@@ -4,13 +4,12 @@ the CLI and HTTP; versions only move forward and earlier attempts are kept."""
 from __future__ import annotations
 
 import concurrent.futures
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+from conftest import cli
 
 import raylane
 from raylane.states import TaskState, version_of
@@ -128,28 +127,24 @@ def test_replay_starts_again_the_failed_tasks_matching_its_filters(rl, tmp_path,
         rl.replay("RUNNING", queue=queue)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "raylane.cli", *args], capture_output=True, text=True, timeout=120)
-
-
 def test_retry_and_replay_from_the_command_line(rl, tmp_path, unique):
     import json
 
     queue = f"rpc-{unique}"
     handles = _failed(tmp_path, range(3), queue)
     rl.refresh()
-    dry = _cli("replay", "--queue", queue, "--since", "1h", "--dry-run", "--json")
+    dry = cli("replay", "--queue", queue, "--since", "1h", "--dry-run", "--json")
     assert dry.returncode == 0 and json.loads(dry.stdout) == {"would_replay": 3}, dry.stderr
     assert handles[0].record().attempt == 0  # a dry run starts nothing
     (tmp_path / "ready").touch()
-    one = _cli("retry", handles[0].id, "--json")
+    one = cli("retry", handles[0].id, "--json")
     assert one.returncode == 0 and json.loads(one.stdout)["attempt"] == 1, one.stderr
     assert raylane.wait(handles[0].id, timeout=60).state is TaskState.SUCCEEDED
     rl.refresh()
-    bulk = _cli("replay", "--queue", queue, "--state", "FAILED", "--json")
+    bulk = cli("replay", "--queue", queue, "--state", "FAILED", "--json")
     assert bulk.returncode == 0 and set(json.loads(bulk.stdout)["replayed"]) == {h.id for h in handles[1:]}
-    assert _cli("retry", "0" * 32).returncode == 3
-    assert _cli("replay", "--since", "yesterday").returncode == 2
+    assert cli("retry", "0" * 32).returncode == 3
+    assert cli("replay", "--since", "yesterday").returncode == 2
 
 
 def test_retry_and_replay_over_http(http_api, rl, tmp_path, unique):
@@ -228,9 +223,9 @@ def test_a_dead_lettered_task_is_replayed_from_its_record(rl, tmp_path, unique):
         restore()
     [letter] = [d for d in rl.dead_letters(20) if d["task_id"] == h.id]
     assert letter["replayable"] and letter["state"] == "FAILED" and "failed 5 times" in letter["reason"]
-    listed = _cli("dlq", "ls", "--limit", "20", "--json")
+    listed = cli("dlq", "ls", "--limit", "20", "--json")
     assert listed.returncode == 0 and h.id in {d["task_id"] for d in json.loads(listed.stdout)}
     (tmp_path / "ready").touch()
-    replayed = _cli("dlq", "replay", "--limit", "1", "--json")  # the newest: this one
+    replayed = cli("dlq", "replay", "--limit", "1", "--json")  # the newest: this one
     assert replayed.returncode == 0 and json.loads(replayed.stdout) == {"replayed": [h.id]}, replayed.stderr
     assert raylane.TaskHandle(h.id).result(timeout=60) == 5 and h.record().attempt == 1

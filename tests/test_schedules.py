@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import ray
-from conftest import wait_until
+from conftest import cli, wait_until
 
 import raylane
 from raylane.actors.keepers import Keepers
@@ -132,25 +130,21 @@ def test_bad_schedules_are_refused_with_nothing_saved(rl, unique):
     assert f"bad-{unique}" not in [s.id for s in raylane.schedules()]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "raylane.cli", *args], capture_output=True, text=True, timeout=120)
-
-
 def test_schedule_commands(rl, unique):
     sid = f"cli-{unique}"
-    out = _cli("schedule", "add", sid, "raylane.echo", "1", "--cron", "0 3 * * *", "--timezone", "Asia/Tokyo", "--json")
+    out = cli("schedule", "add", sid, "raylane.echo", "1", "--cron", "0 3 * * *", "--timezone", "Asia/Tokyo", "--json")
     assert out.returncode == 0, out.stderr
     [shown] = json.loads(out.stdout)
     assert shown["cron"] == "0 3 * * *" and shown["args"] == [1] and shown["timezone"] == "Asia/Tokyo"
-    listed = _cli("schedule", "ls")
+    listed = cli("schedule", "ls")
     assert listed.returncode == 0 and sid in listed.stdout and "next " in listed.stdout
-    assert _cli("schedule", "pause", sid).returncode == 0
-    assert "paused" in _cli("schedule", "ls").stdout
-    assert _cli("schedule", "resume", sid).returncode == 0
-    assert _cli("schedule", "rm", sid).returncode == 0
-    gone = _cli("schedule", "rm", sid)
+    assert cli("schedule", "pause", sid).returncode == 0
+    assert "paused" in cli("schedule", "ls").stdout
+    assert cli("schedule", "resume", sid).returncode == 0
+    assert cli("schedule", "rm", sid).returncode == 0
+    gone = cli("schedule", "rm", sid)
     assert gone.returncode != 0 and "no schedule" in gone.stderr
-    usage = _cli("schedule", "add", sid, "raylane.echo")
+    usage = cli("schedule", "add", sid, "raylane.echo")
     assert usage.returncode == 2 and "--cron" in usage.stderr
 
 

@@ -5,13 +5,11 @@ policy, a workflow is cancelled as a whole, and bad workflows are refused with n
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import cli
 
 import raylane
 from raylane.states import TaskState
@@ -70,16 +68,10 @@ def test_a_chain_passes_each_result_to_the_next(rl):
     raylane.refresh()
     assert {r.id for r in raylane.search(workflow=wf.id)} == {r.id for r in records}
     assert raylane.counts(workflow=wf.id) == {"SUCCEEDED": 3}
-    listed = _cli("ls", "--workflow", wf.id, "--json")
+    listed = cli("ls", "--workflow", wf.id, "--json")
     assert listed.returncode == 0 and {t["id"] for t in json.loads(listed.stdout)} == {r.id for r in records}
-    counted = _cli("counts", "--workflow", wf.id, "--json")
+    counted = cli("counts", "--workflow", wf.id, "--json")
     assert json.loads(counted.stdout) == {"SUCCEEDED": 3}
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "raylane.cli", *args], capture_output=True, text=True, timeout=120, env=os.environ
-    )
 
 
 def test_a_group_gives_the_list_of_its_results_and_a_chord_sums_them(rl):
