@@ -80,6 +80,26 @@ class ConcurrencyLimiter:
         return self._held.get(key, 0)
 
 
+class _Accepted:
+    """What a tenant's submits were granted lately: (when, how many), oldest first, with their
+    sum kept, so that an admit drops only what aged out (a busy tenant admits thousands a second)."""
+
+    __slots__ = ("grants", "total")
+
+    def __init__(self) -> None:
+        self.grants: deque[tuple[float, int]] = deque()
+        self.total = 0
+
+    def add(self, when: float, n: int) -> None:
+        self.grants.append((when, n))
+        self.total += n
+
+    def drop_until(self, when: float) -> None:
+        """Forget the grants made at ``when`` or before."""
+        while self.grants and self.grants[0][0] <= when:
+            self.total -= self.grants.popleft()[1]
+
+
 class OpenTaskQuota:
     """A cap on each tenant's unfinished tasks (PENDING, SCHEDULED and RUNNING): a submit that
     would go over it is refused (``OverLimit``, HTTP 429) with nothing written, so one tenant
@@ -101,8 +121,7 @@ class OpenTaskQuota:
         self.default_limit, self._count, self.max_age_s, self._clock = default_limit, count, max_age_s, clock
         self.unseen_s = max(unseen_s, max_age_s)  # what was accepted since the count is always added
         self._seen: dict[str, tuple[int, float]] = {}  # tenant -> (the store's count, when it was asked)
-        # tenant -> [(when, how many) accepted over the last unseen_s, their sum]
-        self._accepted: dict[str, list] = {}
+        self._accepted: dict[str, _Accepted] = {}  # tenant -> its grants of the last unseen_s
 
     async def admit(self, tenant: str, n: int, limit: int | None = None) -> None:
         """Count ``n`` new tasks of ``tenant`` against its quota (``limit``, else the default);
@@ -113,16 +132,12 @@ class OpenTaskQuota:
         if seen is None or now - seen[1] > self.max_age_s:
             seen = self._seen[tenant] = (await self._count(tenant), now)
         # Those accepted since the count, and those accepted shortly before it, which it may miss.
-        # Oldest first, with their sum kept: each admit drops only what aged out (a busy tenant
-        # admits thousands a second).
-        accepted = self._accepted.setdefault(tenant, [deque(), 0])
-        while accepted[0] and accepted[0][0][0] <= seen[1] - self.unseen_s:
-            accepted[1] -= accepted[0].popleft()[1]
-        open_now = seen[0] + accepted[1]
+        accepted = self._accepted.setdefault(tenant, _Accepted())
+        accepted.drop_until(seen[1] - self.unseen_s)
+        open_now = seen[0] + accepted.total
         if open_now + n > cap:
             raise OverLimit(
                 f"tenant {tenant!r} has {open_now} unfinished tasks; its quota is {cap} (asked for {n} more)",
                 self.max_age_s,
             )
-        accepted[0].append((now, n))
-        accepted[1] += n
+        accepted.add(now, n)

@@ -232,7 +232,11 @@ def test_a_tenant_quota_counts_what_the_stores_search_does_not_show_yet():
     from raylane.ratelimit import OpenTaskQuota, OverLimit
 
     now = [0.0]
-    quota = OpenTaskQuota(3, lambda tenant: _at_once(0), max_age_s=1.0, clock=lambda: now[0])
+
+    async def count(tenant: str) -> int:
+        return 0  # the store's search shows none of them
+
+    quota = OpenTaskQuota(3, count, max_age_s=1.0, clock=lambda: now[0])
 
     async def run():
         for t in (0.0, 0.6, 1.2):  # one submit at a time, slowly: the count is taken again in between
@@ -243,10 +247,6 @@ def test_a_tenant_quota_counts_what_the_stores_search_does_not_show_yet():
             await quota.admit("a", 1)
 
     asyncio.run(run())
-
-
-async def _at_once(value: int) -> int:
-    return value
 
 
 def test_every_record_field_is_in_the_status_index_mapping():
