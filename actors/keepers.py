@@ -14,6 +14,7 @@ from typing import Any
 
 import ray
 
+from raylane.actors.taskbook import WaitAnswer
 from raylane.models import PackedRecord, TaskRecord, WriteOutcome
 from raylane.protocol import keeper_name, keeper_of
 
@@ -78,32 +79,37 @@ class Keepers:
                 gates[i] = ([ref], place, self.handles[k])
         return gates, self._gathered(by, refs)
 
-    async def wait_any(self, task_ids: list[str], timeout_s: float) -> tuple[list[TaskRecord], list[str]]:
+    async def wait_any(
+        self, task_ids: list[str], timeout_s: float, tenant: str | None = None, unknown_first: bool = False
+    ) -> WaitAnswer:
         """As ``StatusKeeper.wait_any``, across the keepers that own ``task_ids``: the first
         keeper with news answers; the waits left at the others are cancelled."""
-        if self.count == 1:
-            return await self.handles[0].wait_any.remote(task_ids, timeout_s)
+        by = {0: list(range(len(task_ids)))} if self.count == 1 else self._split(task_ids)
         refs = [
-            self.handles[k].wait_any.remote([task_ids[i] for i in idx], timeout_s)
-            for k, idx in self._split(task_ids).items()
+            self.handles[k].wait_any.remote(
+                [task_ids[i] for i in idx], timeout_s, tenant=tenant, unknown_first=unknown_first
+            )
+            for k, idx in by.items()
         ]
-        records: list[TaskRecord] = []
-        known: list[str] = []
+        if len(refs) == 1:
+            return await refs[0]
+        out = WaitAnswer([], [], [])
         pending = {asyncio.ensure_future(_awaited(r)): r for r in refs}
         try:
-            while pending and not (records or known):
+            while pending and not any(out):
                 done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for fut in done:
                     pending.pop(fut)
-                    got, seen = fut.result()
-                    records.extend(got)
-                    known.extend(seen)
+                    got = fut.result()
+                    out.records.extend(got.records)
+                    out.unread.extend(got.unread)
+                    out.unknown.extend(got.unknown)
         finally:
             for fut, ref in pending.items():
                 fut.cancel()
                 with contextlib.suppress(Exception):  # its waiter at the keeper goes now, not at its timeout
                     ray.cancel(ref)
-        return records, known
+        return out
 
 
 async def _awaited(ref: ray.ObjectRef) -> Any:

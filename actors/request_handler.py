@@ -480,30 +480,41 @@ class RequestHandler:
     async def wait(self, task_id: str, timeout_s: float, tenant: str | None = None) -> TaskRecord:
         """The task's record once it is terminal, or its current record after ``timeout_s``
         (with ``tenant``, only that tenant's task)."""
-        record = await self._get(task_id, tenant)
-        if record.finished:
-            return record
-        done = await self._await_finished([task_id], time.monotonic() + timeout_s, tenant)
+        if not isinstance(task_id, str) or not _ID.match(task_id):
+            raise TaskNotFound(str(task_id))
+        done = await self._await_finished([task_id], time.monotonic() + timeout_s, tenant, must_exist=True)
         return done[0] if done else await self._get(task_id, tenant)
 
-    async def _await_finished(self, task_ids: list[str], deadline: float, tenant: str | None) -> list[TaskRecord]:
-        """Records of ``task_ids`` that finish by ``deadline``, in the first batch the keeper
-        reports; [] at the deadline."""
+    async def _await_finished(
+        self, task_ids: list[str], deadline: float, tenant: str | None, must_exist: bool = False
+    ) -> list[TaskRecord]:
+        """Records of ``task_ids`` that finish by ``deadline``, in the first batch the keepers
+        report; [] at the deadline. The keepers answer from the writes they saw: the store is read
+        only for tasks they do not know open (a keeper restarted since, or the task is older than
+        what it keeps), and for those that ended before the wait whose records they no longer
+        hold. With ``must_exist``, an id the store does not have either (or, with ``tenant``,
+        another tenant's task) is ``TaskNotFound``; without, unknown ids are simply waited for."""
+        look_up = must_exist
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return []
-            records, known = await self._keepers.wait_any(task_ids, left)
-            records = [r for r in records if r.finished and (tenant is None or r.tenant == tenant)]
-            if records:
-                return records
-            if not known:
+            answer = await self._keepers.wait_any(task_ids, left, tenant=tenant, unknown_first=look_up)
+            others = [r.id for r in answer.records if tenant is not None and r.tenant != tenant]
+            if must_exist and others:
+                raise TaskNotFound(others[0])
+            mine = [r.unpack() for r in answer.records if tenant is None or r.tenant == tenant]
+            stored = answer.unread + answer.unknown
+            if stored:
+                mine += await self._finished_in_store(stored, tenant, must_exist=must_exist)
+                # What the store has is known to exist now: from here on it is waited for.
+                look_up = must_exist = False
+            if mine:
+                return mine
+            if not stored and not answer.records:
                 return []
-            # They ended before the keeper heard of this wait: their records are in the store.
-            done = await self._finished_in_store(known, tenant, must_exist=False)
-            if done:
-                return done
-            gone = set(known)  # not the caller's to see (another tenant's): wait for the rest only
+            # Ended, but not the caller's to see (another tenant's) or gone since: wait for the rest only.
+            gone = set(answer.unread) | {r.id for r in answer.records}
             task_ids = [i for i in task_ids if i not in gone]
             if not task_ids:
                 return []
@@ -513,22 +524,18 @@ class RequestHandler:
     async def wait_many(
         self, task_ids: list[str], timeout_s: float, read_store: bool = True, tenant: str | None = None
     ) -> list[TaskRecord]:
-        """Finished records among ``task_ids``: at once those already finished (read from the store
-        when ``read_store``), else those that finish within ``timeout_s``, in batches as the
-        keeper accepts their ends; an empty list after ``timeout_s``. Callers call again with
-        the ids still open (``read_store=False`` is enough then: the keeper reports what ended
-        between calls). ``TaskNotFound`` for an unknown id (or, with ``tenant``, another's)."""
+        """Finished records among ``task_ids``: at once those already finished, else those that
+        finish within ``timeout_s``, in batches as the keepers accept their ends; an empty list
+        after ``timeout_s``. With ``read_store``, ids the keepers do not know open are looked up
+        in the store, and ``TaskNotFound`` is raised for an unknown id (or, with ``tenant``,
+        another's). Callers call again with the ids still open (``read_store=False`` is enough
+        then: the keepers report what ended between calls)."""
         if len(task_ids) > MAX_WAIT_IDS:
             raise InvalidTaskInput(f"at most {MAX_WAIT_IDS} task ids per wait, got {len(task_ids)}")
         for task_id in task_ids:
             if not isinstance(task_id, str) or not _ID.match(task_id):
                 raise TaskNotFound(str(task_id))
-        deadline = time.monotonic() + timeout_s
-        if read_store:
-            done = await self._finished_in_store(list(task_ids), tenant, must_exist=True)
-            if done:
-                return done
-        return await self._await_finished(list(task_ids), deadline, tenant)
+        return await self._await_finished(list(task_ids), time.monotonic() + timeout_s, tenant, must_exist=read_store)
 
     async def _finished_in_store(self, task_ids: list[str], tenant: str | None, must_exist: bool) -> list[TaskRecord]:
         found: dict[str, TaskRecord] = {}

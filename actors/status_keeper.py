@@ -8,12 +8,9 @@ has the Executor kill the Ray task of a task that timed out or was cancelled whi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,6 +24,7 @@ from raylane.actors.gates import Gates
 from raylane.actors.keepers import Keepers
 from raylane.actors.metrics import KeeperMetrics
 from raylane.actors.scheduler import Scheduler
+from raylane.actors.taskbook import TaskBook, WaitAnswer, Waiter
 from raylane.actors.workflows import Flows
 from raylane.errors import StoreUnavailable
 from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, utcnow
@@ -37,7 +35,6 @@ from raylane.store import TaskQuery
 
 log = logging.getLogger("raylane.status_keeper")
 
-_RECENT_TERMINAL = 100_000
 _PURGE_FIRST_S = 60.0  # after a start, before the first purge (the cluster is busy coming up)
 _PURGE_EVERY_S = 24 * 3600.0
 _KILL_STATES = (TaskState.CANCELLED, TaskState.TIMED_OUT)
@@ -47,45 +44,6 @@ _KILL_STATES = (TaskState.CANCELLED, TaskState.TIMED_OUT)
 class _Running:
     record: PackedRecord
     deadline: float | None  # monotonic
-
-
-class _Waiter:
-    """One caller waiting for terminal records of ``expected`` tasks: woken by the first, it takes
-    what else arrives in the next ``gather_s`` too, so a busy keeper answers in batches. Once
-    every task it waits for has arrived there is nothing to gather: it answers at once.
-
-    Waits run on the keeper's ``waits`` event loop, writes on its default one (each Ray
-    concurrency group has a loop of its own, on a thread of its own): ``deliver`` is called
-    from the writes' loop and hands the record over to the waiter's."""
-
-    def __init__(self, gather_s: float, expected: int):
-        self.records: list[TaskRecord] = []
-        self.arrived = asyncio.Event()
-        self.complete = asyncio.Event()
-        self.gather_s = gather_s
-        self.expected = expected
-        self._loop = asyncio.get_running_loop()
-
-    def deliver(self, record: TaskRecord) -> None:
-        """Hand ``record`` to the waiter (from any thread)."""
-        self._loop.call_soon_threadsafe(self._take_one, record)
-
-    def _take_one(self, record: TaskRecord) -> None:
-        self.records.append(record)
-        self.arrived.set()
-        if len(self.records) >= self.expected:
-            self.complete.set()
-
-    async def take(self, timeout_s: float) -> list[TaskRecord]:
-        """What arrived by ``timeout_s`` (waiting ``gather_s`` more after the first arrival)."""
-        try:
-            await asyncio.wait_for(self.arrived.wait(), timeout_s)
-        except TimeoutError:
-            return self.records
-        if self.gather_s > 0 and not self.complete.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.complete.wait(), self.gather_s)
-        return self.records
 
 
 class StatusKeeper:
@@ -122,11 +80,7 @@ class StatusKeeper:
         self._background = Background(log)  # keeps it, and logs what it fails with
         self._resumed = False
         self._running: dict[str, _Running] = {}
-        self._recent: OrderedDict[str, tuple[int, TaskState]] = OrderedDict()  # id -> (attempt, terminal state)
-        self._waiters: dict[str, list[_Waiter]] = {}
-        # Waiters are added on the waits' loop and taken on the writes': this lock keeps "seen to
-        # end" and "waiting" from missing each other.
-        self._waiting_lock = threading.Lock()
+        self._book = TaskBook()  # open and ended tasks, and their waiters
         self._executors: dict[str, Any] = {}  # handles by name, looked up as kills need them
         self._leases = LeaseObserver()
         self._observed = 0.0
@@ -210,7 +164,9 @@ class StatusKeeper:
                         # A grouped member keeps its allowance to wait for its turn, as at its claim.
                         since_claim = (r.started_at - now_wall).total_seconds()
                         deadline = now + since_claim + (r.group_wait_s or 0.0) + r.timeout_s
-                    self._watch(_Running(PackedRecord.of(r), deadline))
+                    packed = PackedRecord.of(r)
+                    self._watch(_Running(packed, deadline))
+                    self._book.opened(packed)
                     if r.limited:
                         self._gates.holding(r)  # before any waiting task is let through
             for rec in await asyncio.to_thread(self._records_in, TaskState.SCHEDULED):
@@ -265,11 +221,8 @@ class StatusKeeper:
                     # A newer attempt is on record: the older one must not run on beside it.
                     self._running.pop(record.id, None)
                     self._kill(record.id, running.record.attempt, running.record.lease_owner)
-                ended = self._recent.get(record.id)
-                if ended is not None and not record.terminal and ended[0] < record.attempt:
-                    # Started again (raylane.retry): a wait on it is for the new attempt's end.
-                    with self._waiting_lock:
-                        self._recent.pop(record.id, None)
+                if not record.terminal or record.will_retry:
+                    self._book.opened(record)
             if record.terminal:
                 self._after_terminal(record, outcome.accepted)
         return outcomes
@@ -291,16 +244,8 @@ class StatusKeeper:
             return  # not over: a new attempt follows
         if record.in_workflow:
             self._move_on(record)
-        with self._waiting_lock:
-            self._recent[record.id] = (record.attempt, record.state)
-            self._recent.move_to_end(record.id)
-            while len(self._recent) > _RECENT_TERMINAL:
-                self._recent.popitem(last=False)
-            waiters = self._waiters.pop(record.id, [])
-        if waiters:
-            final = record.unpack()
-            for waiter in waiters:
-                waiter.deliver(final)
+        for waiter in self._book.ended(record):
+            waiter.deliver(record)
 
     # ----- running tasks
     async def claim(self, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
@@ -312,7 +257,7 @@ class StatusKeeper:
         for running, outcome in zip(packed, outcomes, strict=True):
             if not outcome.accepted:
                 continue
-            recent = self._recent.get(running.id)
+            recent = self._book.ended_as(running.id)
             if recent and recent[0] == running.attempt:
                 # A cancel or timeout was accepted in the same batch, after the claim.
                 if recent[1] in _KILL_STATES:
@@ -330,7 +275,7 @@ class StatusKeeper:
         running = self._running.get(task_id)
         if running is not None:
             return running.record.attempt <= attempt
-        ended = self._recent.get(task_id)
+        ended = self._book.ended_as(task_id)
         return ended is None or ended[0] < attempt
 
     async def began(self, task_id: str, attempt: int, began: float, wait_s: float = 0.0) -> bool:
@@ -527,33 +472,32 @@ class StatusKeeper:
     # ----- waiting
     @ray.method(concurrency_group=WAITS)
     async def wait_any(
-        self, task_ids: list[str], timeout_s: float, gather_s: float = 0.02
-    ) -> tuple[list[TaskRecord], list[str]]:
+        self,
+        task_ids: list[str],
+        timeout_s: float,
+        gather_s: float = 0.02,
+        tenant: str | None = None,
+        unknown_first: bool = False,
+    ) -> WaitAnswer:
         """Terminal records of ``task_ids``, as their terminal writes are accepted: returns once one
         is (taking what else comes in the next ``gather_s``), or with none after ``timeout_s``.
 
-        The ids of tasks this keeper saw finish before the call come back at once, in the second
-        list, without their records (the caller reads the store for them).
+        Tasks this keeper saw end before the call come back at once: with their records while it
+        holds them, else by id in ``unread`` (the caller reads the store for them). With
+        ``unknown_first``, so do the ids it does not know open as ``tenant``'s tasks, in
+        ``unknown``: a task submitted since this keeper started is known to it, so a wait on it
+        needs no read of the store.
 
         Waits have a concurrency group of their own (``WAITS``): any number of held waits never
         takes a place a status write needs."""
-        waiter = _Waiter(gather_s, len(set(task_ids)))
-        with self._waiting_lock:
-            known = [i for i in task_ids if i in self._recent]
-            if known:
-                return [], known
-            for task_id in task_ids:
-                self._waiters.setdefault(task_id, []).append(waiter)
+        waiter = Waiter(gather_s, len(set(task_ids)))
+        seen = self._book.watch(task_ids, waiter, tenant, unknown_first)
+        if seen is not None:
+            return WaitAnswer(seen.records, seen.unread, seen.unknown)
         try:
-            return list(await waiter.take(timeout_s)), []
+            return WaitAnswer(list(await waiter.take(timeout_s)), [], [])
         finally:
-            with self._waiting_lock:
-                for task_id in task_ids:
-                    waiters = self._waiters.get(task_id)
-                    if waiters is not None:
-                        waiters[:] = [w for w in waiters if w is not waiter]
-                        if not waiters:
-                            del self._waiters[task_id]
+            self._book.unwatch(task_ids, waiter)
 
     async def get_stats(self) -> dict:
         """Counters of writes, rejections, timeouts and kills, plus tasks being watched and the
@@ -561,7 +505,8 @@ class StatusKeeper:
         return dict(
             self.stats,
             running=len(self._running),
-            waiters=len(self._waiters),
+            waiters=self._book.waited_for(),
+            **{f"book_{k}": v for k, v in self._book.sizes().items()},
             ticks_fired=self._scheduler.stats["fired"],
             **{f"workflow_{k}": v for k, v in self._flows.stats.items()},
             **{f"limited_{k}": v for k, v in self._gates.counts().items()},

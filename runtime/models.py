@@ -481,6 +481,7 @@ class PackedRecord(NamedTuple):
     # Of a RUNNING record (a claim): its ``group_wait_s``, read by the keeper without unpacking.
     wait_s: float = 0.0
     in_workflow: bool = False  # whether its end moves a workflow on (see FlowLinks)
+    tenant: str | None = None  # whose task it is, for the keeper's answers to waits
 
     @classmethod
     def of(cls, record: TaskRecord | PackedRecord) -> PackedRecord:
@@ -500,6 +501,7 @@ class PackedRecord(NamedTuple):
             record.lease_owner,
             wait_s=record.group_wait_s or 0.0,
             in_workflow=record.workflow_id is not None,
+            tenant=record.tenant,
         )
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,41 @@ def test_a_thousand_results_come_in_batches(rl):
     assert [r.result for r in records] == [str(i) for i in range(1000)]
     assert calls < 100, f"{calls} wait calls for 1,000 tasks: results did not come in batches"
     assert _keeper_stats()["waiters"] <= before["waiters"]  # nothing left registered
+
+
+def _gets(store) -> int:
+    """Documents OpenSearch has fetched by id from the status index so far."""
+    stats = store.client.indices.stats(index=store.alias, metric="get")
+    return stats["_all"]["primaries"]["get"]["total"]
+
+
+def test_waits_on_tasks_just_submitted_read_nothing_from_the_store(rl, store):
+    # Given tasks whose records went through their keeper a moment ago
+    handles = nap.submit_many([(0.0, str(i)) for i in range(300)])
+    one = nap.submit(0.0, "one")
+    before = _gets(store)
+    # When their results are collected, in bulk and one by one
+    records = raylane.wait_all(handles, timeout=120)
+    assert one.result(timeout=60) == "one"
+    # Then the keeper answered from what it saw written: the store was not read for them
+    assert [r.result for r in records] == [str(i) for i in range(300)]
+    read = _gets(store) - before
+    assert read < 30, f"{read} records read from the store to wait for 301 tasks the keeper knew"
+
+
+def test_waits_go_on_across_a_keeper_restart(rl, tmp_path):
+    from conftest import restart_keeper, wait_until
+
+    marker = tmp_path / "release"
+    ended = nap.submit(0.0, "before")
+    assert ended.result(timeout=60) == "before"
+    running = hold.submit(str(marker))
+    wait_until(lambda: running.status() is TaskState.RUNNING, timeout=60, what="the held task to run")
+    restart_keeper()
+    # The new keeper knows nothing of the task that ended: it is looked up in the store.
+    assert raylane.wait_all([ended.id], timeout=30)[0].result == "before"
+    with ThreadPoolExecutor(1) as pool:
+        waited = pool.submit(raylane.wait_all, [running], 60)
+        wait_until(lambda: _keeper_stats()["waiters"] >= 1, timeout=30, what="the wait to reach the new keeper")
+        marker.touch()
+        assert waited.result(timeout=90)[0].result == "held"

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from raylane.actors.status_keeper import _Waiter
+from raylane.actors.taskbook import Waiter
 from raylane.models import HOPS, TaskRecord, WriteOutcome
 from raylane.states import TaskState
 
@@ -35,7 +35,7 @@ def test_a_new_attempt_starts_without_the_hops_of_the_last():
 
 def test_a_waiter_with_everything_it_waits_for_answers_without_gathering():
     async def scenario() -> list:
-        waiter = _Waiter(gather_s=60.0, expected=1)
+        waiter = Waiter(gather_s=60.0, expected=1)
         asyncio.get_running_loop().call_soon(waiter.deliver, TaskRecord.pending(message()))
         return await asyncio.wait_for(waiter.take(timeout_s=60.0), 10.0)
 
@@ -44,7 +44,7 @@ def test_a_waiter_with_everything_it_waits_for_answers_without_gathering():
 
 def test_a_waiter_of_several_still_gathers_after_the_first():
     async def scenario() -> list:
-        waiter = _Waiter(gather_s=0.05, expected=3)
+        waiter = Waiter(gather_s=0.05, expected=3)
         loop = asyncio.get_running_loop()
         loop.call_soon(waiter.deliver, TaskRecord.pending(message()))
         loop.call_later(0.01, waiter.deliver, TaskRecord.pending(message()))
@@ -57,7 +57,7 @@ def test_a_waiter_of_several_still_gathers_after_the_first():
 @pytest.mark.parametrize("expected", [1, 2])
 def test_a_waiter_with_nothing_answers_empty_at_its_timeout(expected):
     async def scenario() -> list:
-        return await _Waiter(gather_s=0.01, expected=expected).take(timeout_s=0.05)
+        return await Waiter(gather_s=0.01, expected=expected).take(timeout_s=0.05)
 
     assert asyncio.run(scenario()) == []
 
