@@ -21,8 +21,10 @@ from typing import NamedTuple
 from raylane.models import PackedRecord
 from raylane.states import TaskState
 
-ENDED_KEPT = 100_000  # ids of ended tasks (with their attempt and state)
-OPEN_KEPT = 500_000  # ids of open tasks (with their attempt and tenant), about 100 bytes each
+# What the book holds at most, about 120 MiB in all when full: beyond it, waits on the oldest
+# tasks read the store, as they did before the book.
+ENDED_KEPT = 100_000  # ids of ended tasks (with their attempt and state), about 200 bytes each
+OPEN_KEPT = 200_000  # ids of open tasks (with their attempt and tenant), about 200 bytes each
 FINALS_BYTES = 64 << 20  # final records of the newest ended tasks, by the size of their documents
 
 
