@@ -61,8 +61,7 @@ def remove_deployment(settings) -> None:
             client.stop_job(job.submission_id)
     endpoints = _endpoints(settings, start_missing=False)
     store = OpenSearchStore(endpoints.opensearch, settings.index_alias)
-    store.client.indices.delete(index=f"{settings.index_alias}-*", ignore_unavailable=True)
-    store.client.indices.delete(index=f"{settings.index_alias}_control", ignore_unavailable=True)
+    store.drop()
     store.close()
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError

@@ -708,9 +708,8 @@ def bench_lookup(steps: tuple[int, ...], progress: bool = True, samples: int = 3
 
 
 def _drop_index(store) -> None:
-    """Remove a scratch store's index and template, and close it."""
-    store.client.indices.delete(index=f"{store.alias}-000001", ignore_unavailable=True)
-    store.client.indices.delete_index_template(name=f"{store.alias}-template", ignore=[404])
+    """Remove a scratch store's indices and template, and close it."""
+    store.drop()
     store.close()
 
 

@@ -428,6 +428,13 @@ class OpenSearchStore(StatusStore):
         # with OpenSearch's defaults (a replica a single node can never place).
         self._map_control()
 
+    def drop(self) -> None:
+        """Delete this store's indices (every generation of its task index, and its control
+        index) and its template. For scratch stores, a bench's or a test's: never a deployment's."""
+        c = self._client
+        self._call(c.indices.delete, index=f"{self.alias}-*,{self._control_index}", ignore_unavailable=True)
+        self._call(c.indices.delete_index_template, name=f"{self.alias}-template", ignore=[404])
+
     def write_index(self) -> str:
         """The index the alias writes to."""
         aliases = self._call(self._client.indices.get_alias, name=self.alias)

@@ -20,9 +20,19 @@ def opensearch_store(stack):
     store = OpenSearchStore(stack.endpoints().opensearch, alias)
     store.ensure_schema()
     yield store
-    store.client.indices.delete(index=f"{alias}*", expand_wildcards="all", ignore_unavailable=True)
-    store.client.indices.delete_index_template(name=f"{alias}-template")
+    store.drop()
     store.close()
+
+
+def test_a_dropped_store_leaves_no_index_and_no_template(opensearch_store):
+    # Given a scratch store that made its control index as well as its task index
+    store = opensearch_store
+    store.set_paused("q", True)
+    assert store.client.indices.get(index=f"{store.alias}*")
+    # When it is dropped, nothing of it is left: a bench run after run leaves no indices behind
+    store.drop()
+    assert store.client.indices.get(index=f"{store.alias}*", ignore_unavailable=True, allow_no_indices=True) == {}
+    assert not store.client.indices.exists_index_template(name=f"{store.alias}-template")
 
 
 class TestOpenSearchSchema(SchemaContract):
@@ -36,8 +46,7 @@ class TestOpenSearchSchema(SchemaContract):
             return made
 
         yield make
-        made[0].client.indices.delete(index=f"{alias}*", expand_wildcards="all", ignore_unavailable=True)
-        made[0].client.indices.delete_index_template(name=f"{alias}-template")
+        made[0].drop()
         for s in made:
             s.close()
 

@@ -200,7 +200,7 @@ def test_topics_and_indices_are_made_with_as_many_copies_as_the_cluster_allows(s
             f"test-copies-{unique}_control": "green",
         }
     finally:
-        store.client.indices.delete(index=f"test-copies-{unique}*")
+        store.drop()
         store.close()
 
 
@@ -228,5 +228,5 @@ def test_writes_wait_out_an_index_blocked_for_writes(stack, unique):
         # Turned away while the block held (403 cluster_block_exception), accepted once it was lifted.
         assert [(o.accepted, o.status) for o in outcomes] == [(True, 201)] * 3, outcomes
     finally:
-        store.client.indices.delete(index=f"test-block-{unique}*")
+        store.drop()
         store.close()
