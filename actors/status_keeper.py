@@ -491,9 +491,9 @@ class StatusKeeper:
         Waits have a concurrency group of their own (``WAITS``): any number of held waits never
         takes a place a status write needs."""
         waiter = Waiter(gather_s, len(set(task_ids)))
-        seen = self._book.watch(task_ids, waiter, tenant, unknown_first)
-        if seen is not None:
-            return WaitAnswer(seen.records, seen.unread, seen.unknown)
+        at_once = self._book.watch(task_ids, waiter, tenant, unknown_first)
+        if at_once is not None:
+            return at_once
         try:
             return WaitAnswer(list(await waiter.take(timeout_s)), [], [])
         finally:

@@ -67,21 +67,13 @@ class Waiter:
         return self.records
 
 
-class Seen(NamedTuple):
-    """What the book could say at once of the tasks of a wait (see ``TaskBook.watch``)."""
-
-    records: list[PackedRecord]  # final records of tasks that ended before the wait
-    unread: list[str]  # tasks that ended before the wait, whose records the book no longer holds
-    unknown: list[str]  # tasks the book does not know to be open (or not the asking tenant's)
-
-
 class WaitAnswer(NamedTuple):
     """A keeper's answer to a wait (see ``StatusKeeper.wait_any``). The records travel packed:
     the keeper parses none of them, and the caller each once."""
 
     records: list[PackedRecord]  # final records of tasks that ended
-    unread: list[str]  # tasks that ended, to be read from the store
-    unknown: list[str]  # tasks the keeper does not know open, to be looked up in the store
+    unread: list[str]  # tasks that ended, whose records the book no longer holds: read from the store
+    unknown: list[str]  # tasks not known open here (or not the asking tenant's): looked up in the store
 
 
 class TaskBook:
@@ -144,7 +136,9 @@ class TaskBook:
         """The attempt and state a task ended with, if it ended lately."""
         return self._ended.get(task_id)
 
-    def watch(self, task_ids: Sequence[str], waiter: Waiter, tenant: str | None, unknown_first: bool) -> Seen | None:
+    def watch(
+        self, task_ids: Sequence[str], waiter: Waiter, tenant: str | None, unknown_first: bool
+    ) -> WaitAnswer | None:
         """Register ``waiter`` for the ends of ``task_ids``, unless there is something to say at
         once: then what (and nothing is registered). That is so when one of them ended already,
         or, with ``unknown_first``, when one is not known open here as ``tenant``'s task (its
@@ -155,7 +149,7 @@ class TaskBook:
             unknown = [i for i in unknown if i not in self._ended]
             if ended or unknown:
                 held = [self._finals[i] for i in ended if i in self._finals]
-                return Seen(held, [i for i in ended if i not in self._finals], unknown)
+                return WaitAnswer(held, [i for i in ended if i not in self._finals], unknown)
             for task_id in task_ids:
                 self._waiters.setdefault(task_id, []).append(waiter)
             return None
