@@ -36,6 +36,7 @@ from raylane.models import (
     NAME_PATTERN,
     QUEUE_PATTERN,
     FlowLinks,
+    PackedRecord,
     SubmitRequest,
     TaskMessage,
     TaskRecord,
@@ -483,12 +484,12 @@ class RequestHandler:
         if not isinstance(task_id, str) or not _ID.match(task_id):
             raise TaskNotFound(str(task_id))
         done = await self._await_finished([task_id], time.monotonic() + timeout_s, tenant, must_exist=True)
-        return done[0] if done else await self._get(task_id, tenant)
+        return done[0].unpack() if done else await self._get(task_id, tenant)
 
     async def _await_finished(
         self, task_ids: list[str], deadline: float, tenant: str | None, must_exist: bool = False
-    ) -> list[TaskRecord]:
-        """Records of ``task_ids`` that finish by ``deadline``, in the first batch the keepers
+    ) -> list[PackedRecord]:
+        """Records (packed) of ``task_ids`` that finish by ``deadline``, in the first batch the keepers
         report; [] at the deadline. The keepers answer from the writes they saw: the store is read
         only for tasks they do not know open (a keeper restarted since, or the task is older than
         what it keeps), and for those that ended before the wait whose records they no longer
@@ -503,10 +504,11 @@ class RequestHandler:
             others = [r.id for r in answer.records if tenant is not None and r.tenant != tenant]
             if must_exist and others:
                 raise TaskNotFound(others[0])
-            mine = [r.unpack() for r in answer.records if tenant is None or r.tenant == tenant]
+            mine = [r for r in answer.records if tenant is None or r.tenant == tenant]
             stored = answer.unread + answer.unknown
             if stored:
-                mine += await self._finished_in_store(stored, tenant, must_exist=must_exist)
+                found = await self._finished_in_store(stored, tenant, must_exist=must_exist)
+                mine += [PackedRecord.of(r) for r in found]
                 # What the store has is known to exist now: from here on it is waited for.
                 look_up = must_exist = False
             if mine:
@@ -523,19 +525,22 @@ class RequestHandler:
     @replies_errors
     async def wait_many(
         self, task_ids: list[str], timeout_s: float, read_store: bool = True, tenant: str | None = None
-    ) -> list[TaskRecord]:
-        """Finished records among ``task_ids``: at once those already finished, else those that
-        finish within ``timeout_s``, in batches as the keepers accept their ends; an empty list
-        after ``timeout_s``. With ``read_store``, ids the keepers do not know open are looked up
-        in the store, and ``TaskNotFound`` is raised for an unknown id (or, with ``tenant``,
-        another's). Callers call again with the ids still open (``read_store=False`` is enough
-        then: the keepers report what ended between calls)."""
+    ) -> list[bytes]:
+        """Finished records among ``task_ids``, each as its JSON document: at once those already
+        finished, else those that finish within ``timeout_s``, in batches as the keepers accept
+        their ends; an empty list after ``timeout_s``. Documents, not records, because they come
+        by the thousand: the keepers hold them so, and the caller parses each once. With
+        ``read_store``, ids the keepers do not know open are looked up in the store, and
+        ``TaskNotFound`` is raised for an unknown id (or, with ``tenant``, another's). Callers
+        call again with the ids still open (``read_store=False`` is enough then: the keepers
+        report what ended between calls)."""
         if len(task_ids) > MAX_WAIT_IDS:
             raise InvalidTaskInput(f"at most {MAX_WAIT_IDS} task ids per wait, got {len(task_ids)}")
         for task_id in task_ids:
             if not isinstance(task_id, str) or not _ID.match(task_id):
                 raise TaskNotFound(str(task_id))
-        return await self._await_finished(list(task_ids), time.monotonic() + timeout_s, tenant, must_exist=read_store)
+        done = await self._await_finished(list(task_ids), time.monotonic() + timeout_s, tenant, must_exist=read_store)
+        return [r.doc for r in done]
 
     async def _finished_in_store(self, task_ids: list[str], tenant: str | None, must_exist: bool) -> list[TaskRecord]:
         found: dict[str, TaskRecord] = {}

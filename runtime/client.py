@@ -543,11 +543,13 @@ class _Completion:
             )
         return list(itertools.islice(self.pending, _WAIT_IDS)), min(left, _WAIT_SLICE_S), self.read_store
 
-    def take(self, records: list[TaskRecord]) -> list[TaskHandle]:
-        """The handles ``records`` complete, each now holding its final record."""
-        self.read_store = not records
+    def take(self, docs: list[bytes]) -> list[TaskHandle]:
+        """The handles that ``docs`` (finished records, as ``wait_many`` answers) complete, each
+        now holding its final record."""
+        self.read_store = not docs
         out = []
-        for record in records:
+        for doc in docs:
+            record = TaskRecord.model_validate_json(doc)
             handle = self.pending.pop(record.id, None)
             if handle is not None:
                 handle._final = record
