@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import ssl
@@ -286,6 +287,7 @@ class Kafka(Service):
             f"-Xms{min(256, self.settings.kafka_heap_mb)}m",
             f"-Xmx{self.settings.kafka_heap_mb}m",
             "-XX:+UseG1GC",
+            *shlex.split(self.settings.stack_jvm_options),
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self._dir / 'log4j2.properties'}",
             "-cp",
@@ -461,12 +463,17 @@ class OpenSearch(Service):
                 if path.stat().st_uid != pw.pw_uid:
                     os.chown(path, pw.pw_uid, pw.pw_gid)
 
+    def _java_opts(self) -> str:
+        """The JVM options OpenSearch's start script adds to its own (its heap, and the stack's options)."""
+        s = self.settings
+        return f"-Xms{s.opensearch_heap_mb}m -Xmx{s.opensearch_heap_mb}m {s.stack_jvm_options}".strip()
+
     def _command(self):
         s = self.settings
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "OPENSEARCH_JAVA_HOME": str(_java_home()),
-            "OPENSEARCH_JAVA_OPTS": f"-Xms{s.opensearch_heap_mb}m -Xmx{s.opensearch_heap_mb}m",
+            "OPENSEARCH_JAVA_OPTS": self._java_opts(),
             "OPENSEARCH_TMPDIR": str(self._root / "tmp"),
             "HOME": str(self._root),
         }
