@@ -251,14 +251,14 @@ class Settings(BaseSettings):
         "serves the opensearch-security plugin (whose release must match OpenSearch's).",
     )
     opensearch_heap_mb: int = Field(512, ge=256, le=1024, description="Local OpenSearch JVM heap (MiB).")
-    # The JIT's second tier (C2) keeps compiling OpenSearch's code paths for hours; on a small
-    # machine its CPU is taken from the tasks. Measured on 2 cores over the main job's first three
-    # runs after a start: OpenSearch 4.0-6.2 CPU ms per task with C2, 1.4-2.8 without; Kafka 0.7-1.1
-    # against 0.3-0.5.
+    # The JIT's second tier (C2) keeps compiling OpenSearch's code paths long after a start (at
+    # rest, 20 minutes in, still about 90 compilations every 10 s); on a small machine its CPU is
+    # taken from the tasks. Measured on 2 cores over the main job's first three runs after a
+    # start: OpenSearch 4.0-6.2 CPU ms per task with C2, 1.4-2.8 without; Kafka 0.7-1.1 against 0.3-0.5.
     stack_jvm_options: str = Field(
         "-XX:TieredStopAtLevel=1",
-        description="Extra JVM options of the local Kafka and OpenSearch (default: compile with C1 only, "
-        "which costs a small machine far less CPU; empty for the JVM's defaults).",
+        description="Extra JVM options of the local Kafka and OpenSearch, separated by spaces (default: "
+        "compile with C1 only, which costs a small machine far less CPU; empty for the JVM's defaults).",
     )
     opensearch_user: str = Field(
         "raylane", description="Unprivileged user that runs OpenSearch when raylane runs as root."

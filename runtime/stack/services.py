@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import pwd
-import shlex
 import shutil
 import socket
 import ssl
@@ -287,7 +286,8 @@ class Kafka(Service):
             f"-Xms{min(256, self.settings.kafka_heap_mb)}m",
             f"-Xmx{self.settings.kafka_heap_mb}m",
             "-XX:+UseG1GC",
-            *shlex.split(self.settings.stack_jvm_options),
+            # split as OpenSearch's start script splits its options: on spaces, with no quoting
+            *self.settings.stack_jvm_options.split(),
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self._dir / 'log4j2.properties'}",
             "-cp",
