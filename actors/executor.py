@@ -63,6 +63,8 @@ _STATS = (
     "requeued",
     "groups",
     "grouped",
+    "group_grants",  # leave asked by groups' workers: one message each way per grant
+    "group_reports",  # reports of ended members from groups' workers, streamed or sent apart
     "restarted_unstarted",
     "kill_requests",
     "workers_killed",  # Ray tasks killed with their worker process: what they ran ignored the interrupt

@@ -21,6 +21,9 @@ rest never started and run again under the same attempt. Grants are sized to abo
 member, and a worker that dies takes at most one grant of unknown members with it. The first
 member waits for a grant too: a group's worker may start long after its launch (an executor
 frozen meanwhile), and a grant is refused once a cancel of a member has reached the executor.
+The first grant's size comes from the executor (``first_grant``): from how long members of that
+task name took in its earlier groups, or one member for a name it has not seen run. Every ask
+is a message each way, and most groups run tasks of a name that ran before.
 
 A member that has run ``MOVE_AFTER_S`` no longer holds back its siblings: its worker gives back
 the leave to start the members after it, and those move to other Ray tasks (as groups, so a
@@ -38,7 +41,7 @@ from typing import Any
 from raylane.models import TaskMessage, TaskRecord
 
 GROUP_MAX = 64  # tasks in one Ray task at most
-GRANT_MAX = 16  # members one grant covers at most
+GRANT_MAX = 32  # members one grant covers at most
 GRANT_SPAN_S = 0.02  # the members' work one grant aims to cover
 MOVE_AFTER_S = 0.5  # a member that has run this long has the siblings behind it moved on
 
@@ -74,6 +77,35 @@ def next_grant(last: int, mean_s: float) -> int:
     ``GRANT_MAX``."""
     fit = int(GRANT_SPAN_S / mean_s) if mean_s > 0 else GRANT_MAX
     return max(1, min(GRANT_MAX, 2 * last, fit))
+
+
+def first_grant(mean_s: float | None) -> int:
+    """How many members a group's worker asks leave to start first, when members of its task
+    name took ``mean_s`` each in earlier groups (None: none ran yet, so one member)."""
+    return 1 if mean_s is None else next_grant(GRANT_MAX, mean_s)
+
+
+class MemberTimes:
+    """How long members of each task name took, a moving average per name, as an executor heard
+    from its groups' workers: what sizes a group's first grant. At most ``names`` names are kept,
+    the ones heard of last."""
+
+    WEIGHT = 0.2  # of each new run in the average
+
+    def __init__(self, names: int = 10_000):
+        self._mean: dict[str, float] = {}
+        self._names = names
+
+    def add(self, name: str, seconds: float) -> None:
+        """A member of task ``name`` ran ``seconds``."""
+        last = self._mean.pop(name, None)
+        self._mean[name] = seconds if last is None else last + self.WEIGHT * (seconds - last)
+        if len(self._mean) > self._names:
+            self._mean.pop(next(iter(self._mean)))
+
+    def mean(self, name: str) -> float | None:
+        """The average run of a member of ``name``; None if none was heard of."""
+        return self._mean.get(name)
 
 
 def group_size(n: int, cpus: int) -> int:

@@ -19,7 +19,7 @@ from ray.exceptions import RayError
 from raylane.actors.common import Background, PrioritySlots
 from raylane.actors.fencing import FENCE_MARGIN_S
 from raylane.actors.finishing import Finisher
-from raylane.actors.grouping import Group, chunks, group_size, wait_allowance
+from raylane.actors.grouping import Group, MemberTimes, chunks, first_grant, group_size, wait_allowance
 from raylane.actors.keepers import Gate, Keepers
 from raylane.actors.recovery import OwnLease
 from raylane.actors.worker import NOT_CLAIMED, MemberEnd, remote_group, remote_invoke
@@ -73,6 +73,7 @@ class Runs:
         # (id, attempt) of lone Ray tasks started ahead of their claim whose executor has not yet
         # judged the claim: their workers hold the function back, and they run only if judged ours.
         self._undecided: set[tuple[str, int]] = set()
+        self._member_times = MemberTimes()  # sizes each group's first grant
 
     def running_now(self) -> int:
         """Tasks running here: lone Ray tasks, tasks in groups, and claimed tasks waiting for a
@@ -228,9 +229,10 @@ class Runs:
         try:
             signal = self._actor.group_signal.remote(group.key)
             lease = self._lease_for(f"a group of {len(msgs)} tasks from {first.id}")
+            grant = first_grant(self._member_times.mean(first.name))
             group.gen = remote_group.options(
                 name=f"raylane:{first.name}:group-of-{len(msgs)}:{first.id}", num_cpus=first.resources.num_cpus
-            ).remote(items, [signal], self._actor, group.key, self._limits, lease)
+            ).remote(items, [signal], self._actor, group.key, self._limits, lease, grant)
         except Exception as e:  # Ray refused to start it: each member fails as a lone launch would
             self._group_by_key.pop(group.key, None)
             for m in msgs:
@@ -242,6 +244,7 @@ class Runs:
         crash: BaseException | None = None
         try:
             async for ref in group.gen:
+                self._stats["group_reports"] += 1
                 self._take_report(group, await ref)
         except (Exception, asyncio.CancelledError) as e:
             # The worker died or was killed (or its report could not be read): the member it ran
@@ -355,6 +358,7 @@ class Runs:
         executor knows which members may have run. Returns the index before which members may
         start, which may be short of ``upto`` (members were moved on), 0 if the group is
         stopped or over here."""
+        self._stats["group_grants"] += 1
         group = self._group_by_key.get(key)
         if group is None:
             return 0
@@ -370,7 +374,10 @@ class Runs:
             group.reported.add(end.task_id)
             if end.ran and end.reply is not None:
                 group.ran.add(end.task_id)
-                ended.append((group.members[group.index[end.task_id]][1], end.reply))
+                running = group.members[group.index[end.task_id]][1]
+                ended.append((running, end.reply))
+                if end.reply.began is not None and end.reply.returned is not None:
+                    self._member_times.add(running.name, end.reply.returned - end.reply.began)
         if ended:
             self._background.spawn(self._finisher.settle_many(ended))
 
@@ -385,6 +392,7 @@ class Runs:
 
     def group_report(self, key: str, ends: list[MemberEnd]) -> None:
         """Members of the group ``key`` that ended while a long one runs."""
+        self._stats["group_reports"] += 1
         group = self._group_by_key.get(key)
         if group is not None:
             self._take_report(group, ends)

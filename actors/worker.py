@@ -29,7 +29,10 @@ from raylane.limits import Limits, clip_text, encode_result
 from raylane.models import NOT_STARTED
 from raylane.protocol import Reply
 
-FLUSH_S = 0.002  # a group's worker reports ended members at most this long after the previous report
+# A group's worker reports ended members at most this long after its previous report. Groups
+# form only under load, where a task waits far longer than this for its run slot; each report is
+# a message to the executor.
+FLUSH_S = 0.01
 HELD_REPORT_S = 0.05  # replies waiting behind a member running longer than this are sent on their own
 
 # What a worker needs of its executor's lease: the executor's handle, the lease's end on the
@@ -242,8 +245,9 @@ class _MemberControl:
     a member: so the main thread either started that member before (and the executor hears it
     did), or asks for new leave only once the executor has taken that message."""
 
-    def __init__(self, signal: ray.ObjectRef, executor, group_key: str, limits: Limits):
+    def __init__(self, signal: ray.ObjectRef, executor, group_key: str, limits: Limits, first_grant: int = 1):
         self._limits = limits
+        self._first_grant = first_grant
         self._lock = threading.Lock()
         self._current: str | None = None
         self._started = 0.0
@@ -314,7 +318,7 @@ class _MemberControl:
         """Ask the executor for leave to start the next few members from ``position``, reporting
         the ends not yet reported with it. False if the executor grants none (the group is
         stopped, or the members were moved on) or cannot be asked."""
-        self._grant = next_grant(self._grant, self._spent / position if position else 0.0)
+        self._grant = next_grant(self._grant, self._spent / position) if position else self._first_grant
         asked = position + self._grant
         try:
             with self._lock:
@@ -378,13 +382,15 @@ def invoke_group(
     group_key: str,
     limits: Limits | None = None,
     lease: Lease | None = None,
+    first_grant: int = 1,
 ) -> Iterator[list[MemberEnd]]:
     """Run several tasks (id, attempt, name, args, kwargs, timeout) one after another in this Ray worker,
     yielding lists of ``MemberEnd`` as they end: a report at most every ``FLUSH_S`` (each report
     is a message to the executor, so many small tasks share one); replies held behind a member
     that runs longer than ``HELD_REPORT_S`` go to the executor's ``group_report`` instead. A
-    member starts only under a grant of the executor's (``_MemberControl._may_start``, which carries
-    the ends not yet reported), so that the executor knows which members may have run. Once
+    member starts only under a grant of the executor's (``_MemberControl._ask_leave``, which carries
+    the ends not yet reported; the first covers ``first_grant`` members), so that the executor
+    knows which members may have run. Once
     the executor's signal (a reference in ``signal_box``) says members were cancelled, no
     further member starts and the rest are reported not started, for the executor to start
     again without the cancelled ones."""
@@ -395,7 +401,7 @@ def invoke_group(
         except LeaseLapsed as e:
             yield [MemberEnd(task_id, True, _not_started(e)) for task_id, *_ in items]
             return
-    control = _MemberControl(signal, executor, group_key, limits or Limits())
+    control = _MemberControl(signal, executor, group_key, limits or Limits(), first_grant)
     reported = time.monotonic()
     try:
         for i, (task_id, attempt, name, args, kwargs, timeout_s) in enumerate(items):

@@ -43,7 +43,9 @@ class _Executor:
         return "moved"  # what the worker waits for before it asks for leave again
 
 
-def _control(monkeypatch, executor: _Executor, seconds: dict[str, float]) -> worker._MemberControl:
+def _control(
+    monkeypatch, executor: _Executor, seconds: dict[str, float], first_grant: int = 1
+) -> worker._MemberControl:
     never = threading.Event()
     monkeypatch.setattr(worker.ray, "get", lambda ref: never.wait() or [])  # no cancel signal comes
 
@@ -59,7 +61,7 @@ def _control(monkeypatch, executor: _Executor, seconds: dict[str, float]) -> wor
         return Reply(True, task[1])
 
     monkeypatch.setattr(worker, "invoke", invoke)
-    return worker._MemberControl(None, executor, "t0", worker.Limits())  # type: ignore[arg-type]
+    return worker._MemberControl(None, executor, "t0", worker.Limits(), first_grant)  # type: ignore[arg-type]
 
 
 def test_a_long_member_gives_back_the_leave_to_start_those_after_it(monkeypatch):
@@ -103,3 +105,13 @@ def test_the_members_moved_on_are_those_without_leave_not_over_and_not_cancelled
     assert group.kept == 3 and group.moved == set(moved)
     assert group.take_waiting(3) == []  # moved once only
     assert group.possibly_started() == ids[:3]
+
+
+def test_the_first_grant_is_the_executors_size_then_grows_from_there(monkeypatch):
+    executor = _Executor()
+    control = _control(monkeypatch, executor, {}, first_grant=8)
+    replies = [control.run(i, f"t{i}", 0, "n", [], {}, None) for i in range(30)]
+    control.close()
+    assert [r.result for r in replies if r] == [f"t{i}" for i in range(30)]
+    # One message for the first 8 members, not four (1, 2, 4, 8), then grants that double.
+    assert [args[2] for name, args in executor.calls if name == "group_advance"] == [8, 24, 56]

@@ -16,6 +16,8 @@ from raylane.actors.grouping import (
     GROUP_MAX,
     STOP_ALLOWANCE_S,
     Group,
+    MemberTimes,
+    first_grant,
     group_size,
     groupable,
     next_grant,
@@ -72,10 +74,24 @@ def test_group_sizes_spread_over_the_cpus_within_bounds():
 def test_grants_cover_about_a_span_of_work_grow_step_by_step_and_shrink_at_once():
     assert next_grant(0, 0.0) == 1  # the first grant: one member
     assert next_grant(1, 0.0001) == 2  # quick members: doubled
-    assert next_grant(8, 0.0001) == GRANT_MAX
+    assert next_grant(GRANT_MAX // 2, 0.0001) == GRANT_MAX
     assert next_grant(GRANT_MAX, 0.005) == 4  # 20 ms of 5 ms members
     assert next_grant(GRANT_MAX, 1.0) == 1  # slow members: one at a time
     assert next_grant(3, 0.0) == 6
+
+
+def test_a_first_grant_covers_a_span_of_work_by_what_ran_before():
+    assert first_grant(None) == 1  # a name not seen run: one member
+    assert first_grant(0.001) == 20  # 20 ms of 1 ms members, at once
+    assert first_grant(0.00001) == GRANT_MAX
+    assert first_grant(1.0) == 1
+    times = MemberTimes(names=2)
+    times.add("a", 0.010)
+    times.add("a", 0.020)
+    assert times.mean("a") == 0.010 + MemberTimes.WEIGHT * 0.010
+    times.add("b", 1.0)
+    times.add("c", 1.0)  # a third name: the one heard of longest ago goes
+    assert times.mean("a") is None and times.mean("c") == 1.0
 
 
 def test_the_members_whose_fate_a_dead_worker_leaves_unknown_are_those_granted_unreported():

@@ -40,13 +40,15 @@ class _RemoteGroup:
 
     def __init__(self):
         self.launched: list[tuple[list[tuple[str, int]], str, _Stream]] = []
+        self.first_grants: list[int] = []
 
     def options(self, **_):
         return self
 
-    def remote(self, items, _signal_box, _executor, key, _limits, _lease):
+    def remote(self, items, _signal_box, _executor, key, _limits, _lease, first_grant):
         stream = _Stream()
         self.launched.append(([(i[0], i[1]) for i in items], key, stream))
+        self.first_grants.append(first_grant)
         return stream
 
 
@@ -182,5 +184,32 @@ def test_a_message_handed_over_again_does_not_start_an_attempt_that_runs_here(mo
             assert [o.outcome for o in outcomes] == [outcome]
             assert [m.id for m, _ in launch] == ([msg.id] if accepted else [])
             decisions[0].set_result(None)
+
+    asyncio.run(scenario())
+
+
+def test_a_groups_first_grant_is_sized_by_how_long_members_of_its_name_took(monkeypatch):
+    remote = _RemoteGroup()
+    monkeypatch.setattr(runs_module, "remote_group", remote)
+
+    async def scenario() -> None:
+        runs = _runs(Counter())
+        ids = [c * 32 for c in "abcdef"]
+        runs.launch([_member(i, 0) for i in ids[:2]])
+        await _settle()
+        _, key, stream = remote.launched[0]
+        # Nothing of this name has run here yet: the worker asks for one member first.
+        assert remote.first_grants == [1]
+        # Its members took 1 ms each (20 ms of work is 20 members)...
+        ends = [MemberEnd(i, True, Reply(True, None, began=0.0, returned=0.001)) for i in ids[:2]]
+        assert runs.group_advance(key, ends, 2) == 2
+        stream.over.set()
+        await _settle()
+        # ... so the next group of that name may start about 20 ms of them at once.
+        runs.launch([_member(i, 0) for i in ids[2:]])
+        await _settle()
+        assert remote.first_grants == [1, 20]
+        remote.launched[1][2].over.set()
+        await _settle()
 
     asyncio.run(scenario())
