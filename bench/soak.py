@@ -83,13 +83,16 @@ def bench_soak(
     tasks: int, rate_per_s: float = 250.0, chunk: int = 200, sample_every: int = 10_000, progress: bool = True
 ) -> dict:
     """Run ``tasks`` timed no-op tasks at ``rate_per_s``, sampling every process's RSS every
-    ``sample_every`` tasks; returns the samples and each process's growth per 100,000 tasks."""
+    ``sample_every`` tasks; returns the samples, each process's growth per 100,000 tasks, and
+    under ``ids`` the ids of every task it submitted (for the caller to remove)."""
     from raylane.bench.suite import _bar, say
 
     queue = f"soak-{uuid.uuid4().hex[:8]}"
     fn = soak_noop.options(queue=queue)
-    for h in fn.submit_many([(-j,) for j in range(1, 201)]):  # the topic and the worker pool, warm
+    warm = fn.submit_many([(-j,) for j in range(1, 201)])  # the topic and the worker pool, warm
+    for h in warm:
         h.result(timeout=120)
+    ids = [h.id for h in warm]
     samples: list[dict[str, Any]] = [{"tasks": 0, "rss_mb": rss_by_process()}]
     bar = _bar(tasks, "soak", progress)
     began = time.monotonic()
@@ -98,6 +101,7 @@ def bench_soak(
     while sent < tasks:
         n = min(chunk, tasks - sent)
         last = fn.submit_many([(sent + j,) for j in range(n)])
+        ids += [h.id for h in last]
         sent += n
         bar.update(n)
         if sent % sample_every < chunk or sent == tasks:
@@ -125,4 +129,5 @@ def bench_soak(
         "start_mb": start,
         "end_mb": end,
         "growth_mb_per_100k": growth,
+        "ids": ids,
     }
