@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from raylane.states import TaskState, version_of
 
@@ -258,8 +258,11 @@ class TaskRecord(BaseModel):
 
     @field_validator("result")
     @classmethod
-    def _json_result(cls, v: Any) -> Any:
-        json.dumps(v)
+    def _json_result(cls, v: Any, info: ValidationInfo) -> Any:
+        # A result parsed from JSON is JSON: checking it again would cost a dump of it per
+        # record read (a wait for thousands of results reads thousands).
+        if info.mode == "python":
+            json.dumps(v)
         return v
 
     @classmethod

@@ -49,6 +49,18 @@ def test_result_must_be_json():
         TaskRecord.model_validate(dict(running.model_dump(), result=object()))
 
 
+def test_a_record_read_from_json_is_not_dumped_again_to_check_its_result(monkeypatch):
+    from raylane import models
+
+    doc = TaskRecord.pending(_msg()).moved_to(TaskState.SUCCEEDED, result={"big": list(range(100))}).model_dump_json()
+
+    def no_dump(*_a, **_k):
+        raise AssertionError("the result was dumped to check it")
+
+    monkeypatch.setattr(models.json, "dumps", no_dump)
+    assert TaskRecord.model_validate_json(doc).result == {"big": list(range(100))}
+
+
 def test_retry_policy():
     from raylane.models import RetryPolicy
 
