@@ -388,12 +388,11 @@ def invoke_group(
     yielding lists of ``MemberEnd`` as they end: a report at most every ``FLUSH_S`` (each report
     is a message to the executor, so many small tasks share one); replies held behind a member
     that runs longer than ``HELD_REPORT_S`` go to the executor's ``group_report`` instead. A
-    member starts only under a grant of the executor's (``_MemberControl._ask_leave``, which carries
-    the ends not yet reported; the first covers ``first_grant`` members), so that the executor
-    knows which members may have run. Once
-    the executor's signal (a reference in ``signal_box``) says members were cancelled, no
-    further member starts and the rest are reported not started, for the executor to start
-    again without the cancelled ones."""
+    member starts only under a grant of the executor's (``_MemberControl._ask_leave``, which
+    carries the ends not yet reported; the first covers ``first_grant`` members), so that the
+    executor knows which members may have run. Once the executor's signal (a reference in
+    ``signal_box``) says members were cancelled, no further member starts and the rest are
+    reported not started, for the executor to start again without the cancelled ones."""
     [signal] = signal_box
     if lease is not None:
         try:

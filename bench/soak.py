@@ -83,9 +83,10 @@ def bench_soak(
     tasks: int, rate_per_s: float = 250.0, chunk: int = 200, sample_every: int = 10_000, progress: bool = True
 ) -> dict:
     """Run ``tasks`` timed no-op tasks at ``rate_per_s``, sampling every process's RSS every
-    ``sample_every`` tasks; returns the samples, each process's growth per 100,000 tasks, and
-    under ``ids`` the ids of every task it submitted (for the caller to remove)."""
-    from raylane.bench.suite import _bar, say
+    ``sample_every`` tasks; returns the samples and each process's growth per 100,000 tasks.
+    Its records and topic are removed at the end, as a burst's are."""
+    from raylane.bench.suite import _bar, _os_client, _remove_burst, say
+    from raylane.client import _connection
 
     queue = f"soak-{uuid.uuid4().hex[:8]}"
     fn = soak_noop.options(queue=queue)
@@ -120,6 +121,7 @@ def bench_soak(
         k: round((end[k] - start.get(k, 0.0)) * 100_000 / tasks, 1) for k in sorted(end) if not k.endswith(" processes")
     }
     say(f"soak: {tasks} tasks in {elapsed:.0f}s; growth per 100k tasks (MiB): {growth}")
+    _remove_burst(_os_client(), _connection().settings, queue, ids)
     return {
         "queue": queue,
         "tasks": tasks,
@@ -129,5 +131,4 @@ def bench_soak(
         "start_mb": start,
         "end_mb": end,
         "growth_mb_per_100k": growth,
-        "ids": ids,
     }

@@ -550,7 +550,8 @@ def bench_burst(n: int, chunk: int = 1000, progress: bool = True, timeout: float
 
 def _remove_burst(store, settings, queue: str, ids: list[str]) -> None:
     """Delete a run's records and its queue topic, so that runs do not pile up work for the
-    consumers (every topic's partitions are polled) or records in the index."""
+    consumers (every topic's partitions are polled) or records in the index. By id: OpenSearch
+    without its reindex module (as the local stack runs it) has no delete-by-query."""
     from opensearchpy import helpers
 
     from raylane.queue import topic_of
@@ -894,13 +895,8 @@ def run(quick: bool = False, parts: set[str] | None = None, progress: bool = Tru
 
 def _soak(tasks: int, progress: bool) -> dict:
     from raylane.bench.soak import bench_soak
-    from raylane.client import _connection
 
-    out = bench_soak(tasks, progress=progress)
-    # The soak's records and topic go, as the burst's do: by id, since OpenSearch without its
-    # reindex module (as the local stack runs it) has no delete-by-query.
-    _remove_burst(_os_client(), _connection().settings, out["queue"], out.pop("ids"))
-    return out
+    return bench_soak(tasks, progress=progress)
 
 
 def headline(r: dict) -> dict:
