@@ -80,6 +80,43 @@ def forget_empty_partitions(producer: Any) -> None:
                 del batches[tp]
 
 
+# --- kafka-python 3.0: the topics a producer asks metadata for.
+
+
+def forget_deleted_topics(producer: Any, after_s: float) -> None:
+    """Have ``producer`` stop asking for topics the cluster no longer has. kafka-python (3.0.12)
+    asks for the metadata of every topic it ever wrote to, and asks again every retry backoff
+    (100 ms) while the cluster does not know one of them: a queue topic deleted under a running
+    producer cost ten metadata requests a second, in the producer and in the broker, for as long
+    as the process lived. A topic unknown in every answer for ``after_s`` with nothing waiting to
+    be sent to it is dropped from the requests; a later send to it asks for it again.
+
+    ``after_s`` should be at least the producer's ``max_block_ms``: a send blocks that long at most
+    for its topic's metadata, so no send can still be waiting for a topic dropped so. If the
+    internals change, nothing is dropped."""
+    import time
+
+    metadata: Any = getattr(producer, "_metadata", None)
+    acc = getattr(producer, "_accumulator", None)
+    if not callable(getattr(metadata, "add_listener", None)) or not isinstance(getattr(metadata, "_topics", None), set):
+        return
+    missing_since: dict[str, float] = {}
+
+    def on_update(cluster: Any) -> None:
+        now = time.monotonic()
+        known = cluster.topics(exclude_internal_topics=False)
+        pending = {tp.topic for tp, dq in list(getattr(acc, "_batches", {}).items()) if dq}
+        for topic in list(missing_since):
+            if topic in known or topic not in cluster._topics:
+                del missing_since[topic]
+        for topic in cluster._topics - known - pending:
+            if now - missing_since.setdefault(topic, now) >= after_s:
+                cluster._topics.discard(topic)
+                del missing_since[topic]
+
+    metadata.add_listener(on_update)
+
+
 # --- kafka-python 3.0: the fetcher's records parked for paused partitions.
 
 

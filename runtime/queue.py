@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from raylane.compat import forget_empty_partitions, free_fetch_slot
+from raylane.compat import forget_deleted_topics, forget_empty_partitions, free_fetch_slot
 from raylane.config import KafkaConnection
 from raylane.errors import ConfigError, QueueUnavailable
 from raylane.models import TaskMessage
@@ -277,6 +277,7 @@ class KafkaTaskQueue(TaskQueue):
                     )
                 except (KafkaError, OSError) as e:
                     raise QueueUnavailable(f"Kafka at {self.bootstrap} unreachable: {e}") from e
+                forget_deleted_topics(self._producer, after_s=self.produce_timeout_s)
             return self._producer
 
     def _admin_client(self):

@@ -109,6 +109,54 @@ def test_producer_idles_after_its_queue_topic_is_deleted(stack, settings, unique
         queue.close()
 
 
+def test_producer_stops_asking_for_a_deleted_topic(stack, unique):
+    # kafka-python asks for the metadata of every topic it wrote to, ten times a second while the
+    # cluster does not know one: a deleted queue topic cost that for as long as the producer lived.
+    from raylane.errors import QueueUnavailable
+    from raylane.models import TaskMessage, new_task_id, utcnow
+    from raylane.queue import KafkaTaskQueue
+
+    queue = KafkaTaskQueue(
+        stack.kafka.address,
+        prefix=f"test.forgotten.{unique}.",
+        dlq_topic=f"test.dlq.{unique}",
+        partitions=1,
+        max_payload_bytes=1024,
+        signer=Signer(b"test-secret-of-16-bytes"),
+        produce_timeout_s=2.0,  # how long a topic may stay unknown before it is forgotten
+    )
+    admin = KafkaAdminClient(bootstrap_servers=stack.kafka.address)
+    try:
+        topic = queue.ensure_queue("q")
+        queue.produce_many([TaskMessage(id=new_task_id(), name="raylane.echo", queue="q", created_at=utcnow())])
+        producer = queue._get_producer()
+        admin.delete_topics([topic])
+        wait_until(lambda: topic not in admin.list_topics(), what=f"{topic} deleted")
+        # A send to another queue has the producer ask for metadata again, and learn that the
+        # topic is gone.
+        queue.produce_many([TaskMessage(id=new_task_id(), name="raylane.echo", queue="other", created_at=utcnow())])
+
+        def metadata_age_s() -> float:
+            return producer.metrics()["producer-metrics"]["metadata-age"]
+
+        # Asked ten times a second, the metadata is never older than about 0.1 s; once the topic
+        # is forgotten, nothing asks until the next periodic refresh, minutes away.
+        wait_until(lambda: metadata_age_s() > 3.0, timeout=30, what=lambda: f"metadata age {metadata_age_s():.2f}s")
+
+        # A send to the forgotten topic asks for it again: the first learns that it is gone, and
+        # the next makes it again.
+        def produce() -> None:
+            queue.produce_many([TaskMessage(id=new_task_id(), name="raylane.echo", queue="q", created_at=utcnow())])
+
+        with pytest.raises(QueueUnavailable):
+            produce()
+        produce()
+        assert topic in admin.list_topics()
+    finally:
+        admin.close()
+        queue.close()
+
+
 def test_reader_commit_leaves_out_a_deleted_topic(stack, unique):
     # Given a reader that read from two queue topics, one of which is then deleted
     from raylane.models import TaskMessage, new_task_id, utcnow

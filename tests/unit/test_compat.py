@@ -49,3 +49,49 @@ def test_forget_empty_partitions_drops_only_empty_queues():
 
 def test_forget_empty_partitions_leaves_an_unknown_producer_alone():
     compat.forget_empty_partitions(object())  # no _accumulator: nothing to do, and no error
+
+
+def _cluster_after_update(known: set[str], tracked: set[str]):
+    from kafka.cluster import ClusterMetadata
+
+    cluster = ClusterMetadata()
+    assert isinstance(cluster._topics, set) and isinstance(cluster._partitions, dict)
+    cluster._topics = set(tracked)
+    cluster._partitions = {t: {} for t in known}
+    return cluster
+
+
+def _update(cluster) -> None:
+    for listener in list(cluster._listeners):  # as update_metadata calls them
+        listener(cluster)
+
+
+def test_forget_deleted_topics_drops_a_topic_unknown_for_long_enough_with_nothing_to_send():
+    acc = RecordAccumulator()
+    cluster = _cluster_after_update(known={"kept"}, tracked={"kept", "gone", "busy"})
+    acc._batches[TopicPartition("busy", 0)] = ["a batch"]  # still to be sent: its topic stays asked for
+
+    class Producer:
+        _metadata = cluster
+        _accumulator = acc
+
+    compat.forget_deleted_topics(Producer(), after_s=0.0)
+    _update(cluster)
+    assert cluster._topics == {"kept", "busy"}
+
+
+def test_forget_deleted_topics_waits_out_a_topic_just_made():
+    cluster = _cluster_after_update(known=set(), tracked={"new"})
+
+    class Producer:
+        _metadata = cluster
+        _accumulator = RecordAccumulator()
+
+    compat.forget_deleted_topics(Producer(), after_s=60.0)
+    _update(cluster)
+    _update(cluster)
+    assert cluster._topics == {"new"}  # a send may still be waiting for its metadata
+
+
+def test_forget_deleted_topics_leaves_an_unknown_producer_alone():
+    compat.forget_deleted_topics(object(), after_s=0.0)  # no _metadata: nothing to do, and no error
