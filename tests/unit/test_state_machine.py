@@ -61,6 +61,48 @@ def test_a_record_read_from_json_is_not_dumped_again_to_check_its_result(monkeyp
     assert TaskRecord.model_validate_json(doc).result == {"big": list(range(100))}
 
 
+def test_a_packed_record_leaves_out_its_unset_fields_and_reads_back_the_same():
+    import json
+
+    from raylane.models import PackedRecord
+
+    msg = _msg().model_copy(update={"args": [None, {"k": None}], "kwargs": {"x": None}})
+    record = TaskRecord.pending(msg).moved_to(TaskState.RUNNING).moved_to(TaskState.SUCCEEDED, result={"a": None})
+    doc = json.loads(PackedRecord.of(record).doc)
+    # A null field costs the store a field to parse and keep, and indexes nothing.
+    assert None not in doc.values(), sorted(k for k, v in doc.items() if v is None)
+    assert "memory_mb" not in doc["resources"]
+    # The user's own nulls are data, and stay.
+    assert (doc["args"], doc["kwargs"], doc["result"]) == ([None, {"k": None}], {"x": None}, {"a": None})
+    assert PackedRecord.of(record).unpack() == record
+
+
+def test_every_field_of_a_record_that_may_be_none_defaults_to_none():
+    # Packed records leave out their None fields: a field that could be None but defaulted to
+    # something else would read back as that default.
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    def models_in(annotation) -> list[type[BaseModel]]:
+        args = typing.get_args(annotation) or (annotation,)
+        found = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        return found + [m for a in args if typing.get_args(a) for m in models_in(a)]
+
+    seen: set[type[BaseModel]] = set()
+    todo: list[type[BaseModel]] = [TaskRecord]
+    while todo:
+        model = todo.pop()
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            args = typing.get_args(field.annotation)
+            if type(None) in args or field.annotation in (typing.Any, types.NoneType):
+                assert not field.is_required() and field.default is None, f"{model.__name__}.{name}"
+            todo.extend(m for m in models_in(field.annotation) if m not in seen)
+    assert len(seen) > 3  # the record and the models it holds were walked
+
+
 def test_retry_policy():
     from raylane.models import RetryPolicy
 
