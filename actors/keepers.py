@@ -65,6 +65,12 @@ class Keepers:
         """Versioned writes through the owning keepers; one outcome per record, in order."""
         return await self._routed("write", records)
 
+    def write_sent(self, records: Sequence[TaskRecord | PackedRecord]) -> asyncio.Task[list[WriteOutcome]]:
+        """``write``, with the calls sent before this returns: what the caller does next (a produce)
+        starts after the writes are on their way to the keepers."""
+        by, refs = self._send("write", records)
+        return asyncio.ensure_future(self._gathered(by, refs))
+
     def claim_gated(
         self, records: Sequence[TaskRecord | PackedRecord]
     ) -> tuple[list[Gate], Coroutine[Any, Any, list[WriteOutcome]]]:

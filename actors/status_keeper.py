@@ -30,6 +30,7 @@ from raylane.errors import StoreUnavailable
 from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, utcnow
 from raylane.protocol import EXECUTOR, WAITS, ActorConfig, keeper_of, live_members
 from raylane.queue import TaskQueue
+from raylane.retrying import backoff_s
 from raylane.states import TaskState
 from raylane.store import TaskQuery
 
@@ -37,6 +38,10 @@ log = logging.getLogger("raylane.status_keeper")
 
 _PURGE_FIRST_S = 60.0  # after a start, before the first purge (the cluster is busy coming up)
 _PURGE_EVERY_S = 24 * 3600.0
+CREATED = 201  # the store's status for a write that made its document
+_CLOSE_TRIES = 10
+# The reason a claim is refused when the task had no record before it.
+UNRECORDED = "the task had no record when it was claimed (its submit failed, or its record was removed); it was not run"
 _KILL_STATES = (TaskState.CANCELLED, TaskState.TIMED_OUT)
 
 
@@ -94,6 +99,7 @@ class StatusKeeper:
             "kills": 0,
             "released": 0,
             "purged": 0,
+            "unrecorded": 0,  # claims refused because their task had no record
         }
         self.metrics = KeeperMetrics()
 
@@ -254,6 +260,8 @@ class StatusKeeper:
         if any(self._gates.is_waiting(p.id) for p in packed):
             return await self._claim_admitted(packed)
         outcomes = await self.write(packed)
+        if any(o.accepted and o.status == CREATED for o in outcomes):
+            outcomes = await self._refuse_unrecorded(packed, outcomes)
         for running, outcome in zip(packed, outcomes, strict=True):
             if not outcome.accepted:
                 continue
@@ -266,6 +274,31 @@ class StatusKeeper:
                 deadline = time.monotonic() + running.wait_s + running.timeout_s if running.timeout_s else None
                 self._watch(_Running(running, deadline))
         return outcomes
+
+    async def _refuse_unrecorded(self, packed: list[PackedRecord], outcomes: list[WriteOutcome]) -> list[WriteOutcome]:
+        """Refuse the claims that made their task's record rather than moved it on: the task had
+        no record. Its submit failed after its message was sent (the PENDING write and the produce
+        run side by side), or its record was removed; it must not run. Each such record is closed
+        at once, FAILED, so that no RUNNING record is left that nothing runs, and a PENDING write
+        still on its way loses to it; the claim's answer names the reason, so the message is
+        dead-lettered."""
+        out = list(outcomes)
+        for i, (claim, outcome) in enumerate(zip(packed, outcomes, strict=True)):
+            if not (outcome.accepted and outcome.status == CREATED):
+                continue
+            closed = claim.unpack().moved_to(TaskState.FAILED, error_type="NotEnqueued", error=UNRECORDED)
+            for attempt in range(1, _CLOSE_TRIES + 1):
+                try:
+                    await self.write([closed])
+                    break
+                except StoreUnavailable as e:  # it was just written: the store is most likely back at once
+                    log.warning("closing the unrecorded task %s failed (try %d): %r", claim.id, attempt, e)
+                    await asyncio.sleep(backoff_s(attempt, cap_s=2.0))
+            else:
+                log.error("the unrecorded task %s is left RUNNING: closing it failed", claim.id)
+            self.stats["unrecorded"] += 1
+            out[i] = WriteOutcome(claim.id, claim.version, accepted=False, reason=UNRECORDED, status=404)
+        return out
 
     def attempt_open(self, task_id: str, attempt: int) -> bool:
         """Whether attempt ``attempt`` of ``task_id`` may still start, as far as this keeper knows:

@@ -201,7 +201,8 @@ def test_opensearch_outage_mid_run(rl, store, stack, settings, tmp_path):
         # Given OpenSearch gone for a while mid-run
         assert stack.opensearch.stop(grace_s=10)
         time.sleep(5)  # the outage itself
-        # Then a submit is refused with a clear error, before anything reaches Kafka
+        # Then a submit is refused with a clear error (its message went to Kafka beside the
+        # PENDING write that failed)
         with pytest.raises(raylane.StoreUnavailable):
             work.submit(str(tmp_path), 999, 0.0)
         # And what waits is bounded: the consumer stops polling once its window is full
@@ -213,6 +214,16 @@ def test_opensearch_outage_mid_run(rl, store, stack, settings, tmp_path):
     # And once it is back, every task ends exactly once
     summary = check_history(store, handles, tmp_path, watch, fault_at)
     assert summary["succeeded"] == len(handles), summary["other"]
+
+    # And the task whose submit was refused never runs: its claim finds no record, and the
+    # record the claim made is closed at once
+    def refused_task() -> list:
+        rl.refresh()
+        found = rl.search(name="test.fault.work", limit=1000)
+        return [r for r in found if r.args[:2] == [str(tmp_path), 999]]
+
+    wait_until(lambda: [r.error_type for r in refused_task()] == ["NotEnqueued"], what=lambda: str(refused_task()))
+    assert not Path(tmp_path, "999.runs").exists()
 
 
 def test_kafka_outage_mid_run(rl, store, stack, tmp_path):

@@ -85,7 +85,7 @@ def test_planted_definition_is_never_unpickled(rl, store, unique, tmp_path, sign
     assert not marker.exists()
 
 
-def _forged(task_id: str, attempt: int, path: Path, word: str) -> bytes:
+def _forged(task_id: str, attempt: int, path: Path, word: str, created_at: str = "2026-01-01T00:00:00Z") -> bytes:
     return json.dumps(
         {
             "id": task_id,
@@ -93,7 +93,7 @@ def _forged(task_id: str, attempt: int, path: Path, word: str) -> bytes:
             "queue": "default",
             "attempt": attempt,
             "args": [str(path), word],
-            "created_at": "2026-01-01T00:00:00Z",
+            "created_at": created_at,
         }
     ).encode()
 
@@ -136,6 +136,23 @@ def test_an_old_signed_message_of_a_task_without_a_record_never_runs(rl, store, 
     assert "has no record" in found.get(old, ""), found
     assert not path.exists()
     assert store.get(task_id) is None
+
+
+def test_a_new_signed_message_of_a_task_without_a_record_never_runs(rl, store, stack, settings, tmp_path):
+    """A request handler sends a task's message beside its PENDING write; should the write fail,
+    the message is in Kafka for a task with no record. Its claim would make the record and run
+    the task, though the submitter was told the submit failed: the keeper refuses a claim that
+    made its record, closes the record, and the message is dead-lettered."""
+    from raylane.models import utcnow
+
+    path = tmp_path / "runs.txt"
+    task_id = uuid.uuid4().hex
+    fresh = _forged(task_id, 0, path, "unrecorded", created_at=utcnow().isoformat())
+    found = dead_letter_reasons(stack, settings, [fresh], signed=True)
+    assert "had no record when it was claimed" in found.get(fresh, ""), found
+    assert not path.exists()
+    record = store.get(task_id)
+    assert record is not None and record.state.value == "FAILED" and record.error_type == "NotEnqueued", record
 
 
 def test_secrets_are_not_on_any_command_line(rl, settings):
