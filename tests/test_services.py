@@ -73,19 +73,26 @@ def _thread_cpu_s(native_id: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _test_queue(stack, prefix: str, unique: str, partitions: int, **options):
+    """A producer of test messages on topics of their own, under a test secret."""
+    from raylane.queue import KafkaTaskQueue
+
+    return KafkaTaskQueue(
+        stack.kafka.address,
+        prefix=f"test.{prefix}.{unique}.",
+        dlq_topic=f"test.dlq.{unique}",
+        partitions=partitions,
+        max_payload_bytes=1024,
+        signer=Signer(b"test-secret-of-16-bytes"),
+        **options,
+    )
+
+
 def test_producer_idles_after_its_queue_topic_is_deleted(stack, settings, unique):
     # kafka-python's sender spins on a deleted topic's partitions if it keeps their (empty) queues.
     from raylane.models import TaskMessage, new_task_id, utcnow
-    from raylane.queue import KafkaTaskQueue
 
-    queue = KafkaTaskQueue(
-        stack.kafka.address,
-        prefix=f"test.deleted.{unique}.",
-        dlq_topic=f"test.dlq.{unique}",
-        partitions=2,
-        max_payload_bytes=1024,
-        signer=Signer(b"test-secret-of-16-bytes"),
-    )
+    queue = _test_queue(stack, "deleted", unique, partitions=2)
     try:
         topic = queue.ensure_queue("q")
 
@@ -114,17 +121,9 @@ def test_producer_stops_asking_for_a_deleted_topic(stack, unique):
     # cluster does not know one: a deleted queue topic cost that for as long as the producer lived.
     from raylane.errors import QueueUnavailable
     from raylane.models import TaskMessage, new_task_id, utcnow
-    from raylane.queue import KafkaTaskQueue
 
-    queue = KafkaTaskQueue(
-        stack.kafka.address,
-        prefix=f"test.forgotten.{unique}.",
-        dlq_topic=f"test.dlq.{unique}",
-        partitions=1,
-        max_payload_bytes=1024,
-        signer=Signer(b"test-secret-of-16-bytes"),
-        produce_timeout_s=2.0,  # how long a topic may stay unknown before it is forgotten
-    )
+    # The produce timeout is how long a topic may stay unknown before it is forgotten.
+    queue = _test_queue(stack, "forgotten", unique, partitions=1, produce_timeout_s=2.0)
     admin = KafkaAdminClient(bootstrap_servers=stack.kafka.address)
     try:
         topic = queue.ensure_queue("q")
