@@ -278,26 +278,27 @@ class StatusKeeper:
     async def _refuse_unrecorded(self, packed: list[PackedRecord], outcomes: list[WriteOutcome]) -> list[WriteOutcome]:
         """Refuse the claims that made their task's record rather than moved it on: the task had
         no record. Its submit failed after its message was sent (the PENDING write and the produce
-        run side by side), or its record was removed; it must not run. Each such record is closed
-        at once, FAILED, so that no RUNNING record is left that nothing runs, and a PENDING write
-        still on its way loses to it; the claim's answer names the reason, so the message is
-        dead-lettered."""
+        run side by side), or its record was removed; it must not run. The records made so are
+        closed at once, FAILED, in one write, so that no RUNNING record is left that nothing
+        runs, and a PENDING write still on its way loses to it; the claim's answer names the
+        reason, so the message is dead-lettered."""
+        made = [i for i, o in enumerate(outcomes) if o.accepted and o.status == CREATED]
+        closed = [
+            packed[i].unpack().moved_to(TaskState.FAILED, error_type="NotEnqueued", error=UNRECORDED) for i in made
+        ]
+        for attempt in range(1, _CLOSE_TRIES + 1):
+            try:
+                await self.write(closed)
+                break
+            except StoreUnavailable as e:  # it was just written to: most likely back at once
+                log.warning("closing %d unrecorded task(s) failed (try %d): %r", len(closed), attempt, e)
+                await asyncio.sleep(backoff_s(attempt, cap_s=2.0))
+        else:
+            log.error("unrecorded tasks left RUNNING, closing them failed: %s", ", ".join(r.id for r in closed))
+        self.stats["unrecorded"] += len(made)
         out = list(outcomes)
-        for i, (claim, outcome) in enumerate(zip(packed, outcomes, strict=True)):
-            if not (outcome.accepted and outcome.status == CREATED):
-                continue
-            closed = claim.unpack().moved_to(TaskState.FAILED, error_type="NotEnqueued", error=UNRECORDED)
-            for attempt in range(1, _CLOSE_TRIES + 1):
-                try:
-                    await self.write([closed])
-                    break
-                except StoreUnavailable as e:  # it was just written: the store is most likely back at once
-                    log.warning("closing the unrecorded task %s failed (try %d): %r", claim.id, attempt, e)
-                    await asyncio.sleep(backoff_s(attempt, cap_s=2.0))
-            else:
-                log.error("the unrecorded task %s is left RUNNING: closing it failed", claim.id)
-            self.stats["unrecorded"] += 1
-            out[i] = WriteOutcome(claim.id, claim.version, accepted=False, reason=UNRECORDED, status=404)
+        for i in made:
+            out[i] = WriteOutcome(packed[i].id, packed[i].version, accepted=False, reason=UNRECORDED, status=404)
         return out
 
     def attempt_open(self, task_id: str, attempt: int) -> bool:

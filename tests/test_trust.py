@@ -146,13 +146,14 @@ def test_a_new_signed_message_of_a_task_without_a_record_never_runs(rl, store, s
     from raylane.models import utcnow
 
     path = tmp_path / "runs.txt"
-    task_id = uuid.uuid4().hex
-    fresh = _forged(task_id, 0, path, "unrecorded", created_at=utcnow().isoformat())
-    found = dead_letter_reasons(stack, settings, [fresh], signed=True)
-    assert "had no record when it was claimed" in found.get(fresh, ""), found
+    task_ids = [uuid.uuid4().hex for _ in range(3)]  # claimed together, as a batch's messages are
+    fresh = [_forged(task_id, 0, path, "unrecorded", created_at=utcnow().isoformat()) for task_id in task_ids]
+    found = dead_letter_reasons(stack, settings, fresh, signed=True)
+    assert all("had no record when it was claimed" in found.get(m, "") for m in fresh), found
     assert not path.exists()
-    record = store.get(task_id)
-    assert record is not None and record.state.value == "FAILED" and record.error_type == "NotEnqueued", record
+    for task_id in task_ids:
+        record = store.get(task_id)
+        assert record is not None and record.state.value == "FAILED" and record.error_type == "NotEnqueued", record
 
 
 def test_secrets_are_not_on_any_command_line(rl, settings):
