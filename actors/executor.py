@@ -38,7 +38,7 @@ from raylane.actors.runs import Runs
 from raylane.actors.worker import MemberEnd, remote_warm
 from raylane.models import PackedRecord, Progress, TaskMessage, TaskRecord, WriteOutcome, utcnow
 from raylane.progress_reports import FLUSH_EVERY_S
-from raylane.protocol import PER_CPU_RUNNING, ActorConfig, HandOff, HandOffResult
+from raylane.protocol import PER_CPU_RUNNING, UNRECORDED, ActorConfig, HandOff, HandOffResult
 from raylane.states import TaskState
 from raylane.tracing import tracer_for
 
@@ -136,7 +136,9 @@ class Executor:
         name = ray.get_runtime_context().get_actor_name() or "Executor"
         self._lease = OwnLease(self._store, f"{name}/{uuid.uuid4().hex[:16]}")
         self._finisher = Finisher(self._keepers, queue, self.stats, tracer_for(config.otlp_endpoint))
-        self._recovery = Recovery(self._store, queue, self._lease, self._finisher, self.stats)
+        # (id, attempt) of the claims on their way to the keepers, until judged
+        self._claiming: Counter[tuple[str, int]] = Counter()
+        self._recovery = Recovery(self._store, queue, self._lease, self._finisher, self.stats, holds=self._holds)
         self._cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._runs = Runs(
             actor=ray.get_runtime_context().current_actor,
@@ -338,6 +340,12 @@ class Executor:
         incarnation's own, would make it look new."""
         return (msg.id, msg.attempt) in self._launched or self._runs.holds(msg.id, msg.attempt)
 
+    def _holds(self, task_id: str, attempt: int) -> bool:
+        """Whether this incarnation runs ``attempt`` of ``task_id``, started it, or is still deciding
+        on its claim: a claim of its own it holds in no way was left behind."""
+        key = (task_id, attempt)
+        return key in self._claiming or key in self._gated or key in self._launched or self._runs.holds(*key)
+
     def _mark_launched(self, msg: TaskMessage) -> None:
         self._launched[(msg.id, msg.attempt)] = True
         while len(self._launched) > _LAUNCHED_KEPT:
@@ -351,6 +359,15 @@ class Executor:
         A task alone starts its Ray task at once, beside its claim, and its worker runs the
         function only once the claim is accepted (the gate); the Ray task's start and the claim's
         write then take the time of the longer of the two, not of both."""
+        keys = Counter((m.id, m.attempt) for unit in units for m in unit)
+        self._claiming.update(keys)
+        try:
+            return await self._claim_and_launch_units(units)
+        finally:
+            self._claiming.subtract(keys)
+            self._claiming += Counter()  # drops the keys down to zero
+
+    async def _claim_and_launch_units(self, units: list[list[TaskMessage]]) -> list[list[HandOffResult]]:
         records = [[self._running(m) for m in unit] for unit in units]
         packed = [claim for unit in records for claim in _claims(unit)]
         gates, answers = self._keepers.claim_gated(packed)
@@ -462,6 +479,8 @@ class Executor:
         if self._started_here(msg):
             return HandOffResult(HandOff.STARTED)  # a repeated hand-off of a task this incarnation already runs
         if not claim.accepted and claim.reason != "conflict":
+            if claim.reason == UNRECORDED:
+                self._recovery.refused_unrecorded(msg.id, msg.attempt)
             return HandOffResult(HandOff.REFUSED, claim.reason or "unknown error")
         # A kill that arrived before the claim's answer means a cancel was written after it.
         if not claim.accepted or self._runs.kill_requested(msg.id):

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -17,6 +18,7 @@ from raylane.actors.fencing import HEARTBEAT_EVERY_S, LEASE_TTL_S, LeaseObserver
 from raylane.actors.finishing import Finisher
 from raylane.errors import StoreUnavailable
 from raylane.models import utcnow
+from raylane.protocol import UNRECORDED
 from raylane.queue import TaskQueue
 from raylane.states import TaskState
 from raylane.store import StatusStore
@@ -27,6 +29,9 @@ SWEEP_INTERVAL_S = 5.0
 REQUEUE_AFTER_S = 300.0  # a PENDING task this old may have lost its queue message
 REQUEUE_CHECK_S = 30.0
 RETRY_OVERDUE_S = 30.0  # a retry not carried on this long after it was due is carried on by the sweep
+# A claim of this incarnation written this long ago that it neither runs nor is still deciding on
+# was left behind (see ``Recovery._close_unheld``).
+UNHELD_AFTER_S = 60.0
 _REQUEUED_KEPT = 100_000
 _SLOW_HEARTBEAT_S = 1.0
 _HEARTBEATS_AT_ONCE = 2
@@ -92,8 +97,17 @@ class Recovery:
     """The sweeps of one executor. Safe to run from many executors at once: every write is
     versioned, and a duplicate message loses its claim."""
 
-    def __init__(self, store: StatusStore, queue: TaskQueue, lease: OwnLease, finisher: Finisher, stats: Counter):
+    def __init__(
+        self,
+        store: StatusStore,
+        queue: TaskQueue,
+        lease: OwnLease,
+        finisher: Finisher,
+        stats: Counter,
+        holds: Callable[[str, int], bool] = lambda task_id, attempt: True,
+    ):
         self._store = store
+        self._holds = holds
         self._queue = queue
         self._lease = lease
         self._finisher = finisher
@@ -101,6 +115,8 @@ class Recovery:
         self._leases = LeaseObserver()  # other executors' leases, as this one sees them
         self._last_requeue = 0.0
         self._requeued: dict[tuple[str, int], bool] = {}  # insertion-ordered, bounded
+        # (id, attempt) of claims the keeper made the record of and refused; insertion-ordered, bounded
+        self._unrecorded: dict[tuple[str, int], bool] = {}
 
     async def loop(self) -> None:
         """Sweep every ``SWEEP_INTERVAL_S``, forever."""
@@ -120,7 +136,7 @@ class Recovery:
             # After a store outage every executor's heartbeat looks lapsed; give them a full
             # lease period to renew before judging any task lost.
             return 0
-        recovered = await self._recover_lapsed(limit)
+        recovered = await self._recover_lapsed(limit) + await self._close_unheld(limit)
         self._stats["recovered"] += recovered
         if time.monotonic() - self._last_requeue >= REQUEUE_CHECK_S:
             self._last_requeue = time.monotonic()
@@ -151,6 +167,44 @@ class Recovery:
                 recovered += 1
                 if lost.will_retry:
                     await self._finisher.retry(lost)
+        return recovered
+
+    def refused_unrecorded(self, task_id: str, attempt: int) -> None:
+        """The keeper refused this incarnation's claim of ``attempt`` of ``task_id``: the claim made
+        the task's record (the task had none). Should closing that record have failed, the sweep
+        closes it the same way (``_close_unheld``)."""
+        self._unrecorded[(task_id, attempt)] = True
+        while len(self._unrecorded) > _REQUEUED_KEPT:
+            self._unrecorded.pop(next(iter(self._unrecorded)))
+
+    async def _close_unheld(self, limit: int) -> int:
+        """End the RUNNING records of this incarnation's claims, older than ``UNHELD_AFTER_S``,
+        that it neither runs nor is deciding on. Its lease stays alive, so ``_recover_lapsed``
+        never takes them; nothing else would end them. One is left so when the keeper refused a
+        claim that made its task's record and could not close that record (the store turned the
+        closing write away every time): it ends FAILED as the keeper would have closed it, never
+        retried (its submit failed). Any other is ended as lost, and retried as its policy says."""
+        mine = self._lease.incarnation
+        before = utcnow() - timedelta(seconds=UNHELD_AFTER_S)
+        candidates = await asyncio.to_thread(self._store.running_owned_by, mine, before, limit)
+        # Judged after the search: a claim whose answer came meanwhile is held by now.
+        left = [r for r in candidates if not self._holds(r.id, r.attempt)]
+        recovered = 0
+        for rec in left:
+            if (rec.id, rec.attempt) in self._unrecorded:
+                ended = rec.moved_to(TaskState.FAILED, error_type="NotEnqueued", error=UNRECORDED)
+            else:
+                ended = rec.moved_to(
+                    TaskState.FAILED,
+                    error_type="WorkerLost",
+                    error=f"attempt {rec.attempt} was claimed by {mine}, which does not run it",
+                    will_retry=rec.retries_after("WorkerLost"),
+                )
+            if (await self._finisher.record(ended)).accepted:
+                recovered += 1
+                log.warning("ended %s, claimed here and not run: %s", rec.id, ended.error_type)
+                if ended.will_retry:
+                    await self._finisher.retry(ended)
         return recovered
 
     async def _requeue_stale(self, limit: int) -> int:

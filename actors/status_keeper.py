@@ -28,7 +28,7 @@ from raylane.actors.taskbook import TaskBook, WaitAnswer, Waiter
 from raylane.actors.workflows import Flows
 from raylane.errors import StoreUnavailable
 from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, utcnow
-from raylane.protocol import EXECUTOR, WAITS, ActorConfig, keeper_of, live_members
+from raylane.protocol import EXECUTOR, UNRECORDED, WAITS, ActorConfig, keeper_of, live_members
 from raylane.queue import TaskQueue
 from raylane.retrying import backoff_s
 from raylane.states import TaskState
@@ -40,8 +40,6 @@ _PURGE_FIRST_S = 60.0  # after a start, before the first purge (the cluster is b
 _PURGE_EVERY_S = 24 * 3600.0
 CREATED = 201  # the store's status for a write that made its document
 _CLOSE_TRIES = 10
-# The reason a claim is refused when the task had no record before it.
-UNRECORDED = "the task had no record when it was claimed (its submit failed, or its record was removed); it was not run"
 _KILL_STATES = (TaskState.CANCELLED, TaskState.TIMED_OUT)
 
 
@@ -294,6 +292,7 @@ class StatusKeeper:
                 log.warning("closing %d unrecorded task(s) failed (try %d): %r", len(closed), attempt, e)
                 await asyncio.sleep(backoff_s(attempt, cap_s=2.0))
         else:
+            # The claiming executor's sweep closes them later (Recovery._close_unheld).
             log.error("unrecorded tasks left RUNNING, closing them failed: %s", ", ".join(r.id for r in closed))
         self.stats["unrecorded"] += len(made)
         out = list(outcomes)

@@ -253,6 +253,15 @@ class InMemoryStore(StatusStore):
             lambda r: r.state is TaskState.RUNNING and r.lease_owner not in owners, lambda r: _at(r.updated_at), limit
         )
 
+    def running_owned_by(self, owner: str, before: datetime, limit: int) -> list[TaskRecord]:
+        self._check_open()
+        cut = _at(before)
+        return self._oldest(
+            lambda r: r.state is TaskState.RUNNING and r.lease_owner == owner and _at(r.updated_at) < cut,
+            lambda r: _at(r.updated_at),
+            limit,
+        )
+
     def stale_pending(self, before: datetime, skip_queues: set[str], limit: int) -> list[TaskRecord]:
         self._check_open()
         cut = _at(before)

@@ -33,6 +33,8 @@ QUEUE_CONSUMER = "QueueConsumer"
 WAITS = "waits"
 MAX_WAITS = 10_000  # waits one actor holds at once
 PER_CPU_RUNNING = 16  # tasks an executor runs at once per CPU of its node, unless configured
+# The keeper's reason for refusing a claim that made its task's record (the task had none).
+UNRECORDED = "the task had no record when it was claimed (its submit failed, or its record was removed); it was not run"
 
 
 def handler_name(node_id: str | None = None) -> str:

@@ -189,6 +189,10 @@ class StatusStore(abc.ABC):
         """RUNNING records whose lease owner is not one of ``owners``, oldest first."""
 
     @abc.abstractmethod
+    def running_owned_by(self, owner: str, before: datetime, limit: int) -> list[TaskRecord]:
+        """RUNNING records of lease owner ``owner`` last written before ``before``, oldest first."""
+
+    @abc.abstractmethod
     def stale_pending(self, before: datetime, skip_queues: set[str], limit: int) -> list[TaskRecord]:
         """PENDING records last written before ``before``, outside ``skip_queues``, oldest first."""
 
@@ -858,6 +862,14 @@ class OpenSearchStore(StatusStore):
 
     def running_not_owned_by(self, owners: set[str], limit: int) -> list[TaskRecord]:
         return self._oldest([{"term": {"state": TaskState.RUNNING.value}}], {"lease_owner": sorted(owners)}, limit)
+
+    def running_owned_by(self, owner: str, before: datetime, limit: int) -> list[TaskRecord]:
+        filters: list[dict] = [
+            {"term": {"state": TaskState.RUNNING.value}},
+            {"term": {"lease_owner": owner}},
+            {"range": {"updated_at": {"lt": _utc(before)}}},
+        ]
+        return self._oldest(filters, None, limit)
 
     def stale_pending(self, before: datetime, skip_queues: set[str], limit: int) -> list[TaskRecord]:
         return self._unchanged_since(TaskState.PENDING, before, {"queue": sorted(skip_queues)}, limit)

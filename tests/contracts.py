@@ -284,6 +284,8 @@ class StoreContract:
         owner = uuid.uuid4().hex[:16]
         now = datetime.now(UTC)
         mine = pending().moved_to(TaskState.RUNNING, lease_owner=owner)
+        old_mine = pending().moved_to(TaskState.RUNNING, lease_owner=owner)
+        old_mine = old_mine.model_copy(update={"updated_at": now - timedelta(minutes=5)})
         orphan = pending().moved_to(TaskState.RUNNING, lease_owner=uuid.uuid4().hex[:16])
         stale = pending().model_copy(update={"updated_at": now - timedelta(minutes=5)})
         fresh = pending()
@@ -293,7 +295,7 @@ class StoreContract:
         half = half.model_copy(update={"updated_at": now - timedelta(minutes=5)})
         final = pending().moved_to(TaskState.RUNNING).moved_to(TaskState.FAILED)
         final = final.model_copy(update={"updated_at": now - timedelta(minutes=5)})
-        recs = [mine, orphan, stale, fresh, due, later, half, final]
+        recs = [mine, old_mine, orphan, stale, fresh, due, later, half, final]
         assert all(o.accepted for o in contract_store.write_many(recs))
         contract_store.refresh()
         ids = {r.id for r in recs}
@@ -302,6 +304,11 @@ class StoreContract:
             return {r.id for r in rs} & ids
 
         assert found(contract_store.running_not_owned_by({owner}, 10_000)) == {orphan.id}
+        assert found(contract_store.running_owned_by(owner, now - timedelta(minutes=1), 10_000)) == {old_mine.id}
+        assert found(contract_store.running_owned_by(owner, now + timedelta(minutes=1), 10_000)) == {
+            mine.id,
+            old_mine.id,
+        }
         assert found(contract_store.stale_pending(now - timedelta(minutes=1), set(), 10_000)) == {stale.id}
         assert found(contract_store.stale_pending(now - timedelta(minutes=1), {"default"}, 10_000)) == set()
         assert found(contract_store.overdue_scheduled(now, set(), 10_000)) == {due.id}

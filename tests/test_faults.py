@@ -310,6 +310,37 @@ def test_pending_task_without_message_is_requeued(rl, store, tmp_path):
     assert len((tmp_path / "7.runs").read_text().split()) == 1
 
 
+def test_a_claim_its_live_executor_does_not_run_is_ended_and_retried(rl, store, settings, tmp_path):
+    # Given a RUNNING record claimed by the live executor a while ago, which that executor neither
+    # runs nor refused, and whose message is gone. Its lease stays alive, so the sweep for lapsed
+    # leases never takes it.
+    from datetime import timedelta
+
+    from raylane.models import RetryPolicy, TaskMessage, TaskRecord, new_task_id, utcnow
+    from raylane.protocol import EXECUTOR, live_members
+
+    executor = ray.get_actor(live_members(settings.namespace, EXECUTOR)[0], namespace=settings.namespace)
+    owner = ray.get(executor.get_stats.remote())["incarnation"]
+    msg = TaskMessage(
+        id=new_task_id(),
+        name="test.fault.work",
+        queue="default",
+        args=[str(tmp_path), 10, 0.0],
+        retry=RetryPolicy(max_retries=3, backoff_s=0.2),
+        created_at=utcnow(),
+    )
+    claimed = TaskRecord.pending(msg).moved_to(TaskState.RUNNING, worker="w/1", lease_owner=owner)
+    claimed = claimed.model_copy(update={"updated_at": utcnow() - timedelta(minutes=2)})
+    [outcome] = store.write_many([claimed])
+    assert outcome.accepted
+    store.refresh()
+    # When that executor's sweep finds it, the attempt is ended as lost and the task runs again, once
+    record = rl.wait(claimed.id, timeout=120)
+    assert (record.state, record.attempt) == (TaskState.SUCCEEDED, 1), (record.state, record.error)
+    assert [a.error_type for a in record.attempts] == ["WorkerLost"]
+    assert len((tmp_path / "10.runs").read_text().split()) == 1
+
+
 def test_timeout_outlives_a_keeper_restart(rl, tmp_path):
     # Given a running task with a short timeout, not yet reached
     h = work.options(timeout=8).submit(str(tmp_path), 9, 60.0)
