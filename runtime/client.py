@@ -2,7 +2,8 @@
 
 ``init()`` attaches to the configured clusters, or starts the local stack when none are
 configured, and deploys raylane's actors if they are not running yet. Every call then
-goes to the RequestHandler actor; its errors are raised here as raylane's own.
+goes to the RequestHandler actor, its errors raised here as raylane's own; a wait for one
+task goes to the StatusKeeper that owns it, which answers as its end is written.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sequence
@@ -29,7 +31,7 @@ from raylane.errors import (
     WaitTimeout,
 )
 from raylane.models import SubmitRequest, TaskRecord, duration_s
-from raylane.protocol import ActorConfig, find_request_handler, unwrap
+from raylane.protocol import ActorConfig, find_request_handler, keeper_handles, keeper_of, unwrap
 from raylane.registry import TaskDefinition, jsonable, typed_result
 from raylane.retrying import backoff_s
 from raylane.schedules import Schedule
@@ -51,6 +53,8 @@ _IDEMPOTENT = {
 }
 _WAIT_SLICE_S = 30.0  # one server-side wait at most; longer waits are several
 _WAIT_IDS = 20_000  # task ids in one bulk wait call
+_TASK_ID = re.compile(r"^[0-9a-f]{32}$")
+_KEEPERS_AGAIN_S = 10.0  # how long a connection that could not find the keepers waits before looking again
 _lock = threading.RLock()
 _conn: _Connection | None = None
 
@@ -61,6 +65,8 @@ class _Connection:
         self.handler = handler
         self.owns_ray = owns_ray
         self.published: set[int] = set()
+        self._keepers: list = []  # the StatusKeepers' handles, by index, once found
+        self._keepers_sought = -_KEEPERS_AGAIN_S  # when they were last looked for (monotonic)
 
     def publish(self, *definitions: TaskDefinition) -> None:
         """Register definitions in Ray and keep a copy of each in the store (one call for all), so
@@ -70,6 +76,41 @@ class _Connection:
         kept = [(defn.name, *registry.publish(defn)) for defn in definitions]
         self.call("keep_definitions", kept)
         self.published.update(id(defn) for defn in definitions)
+
+    def wait(self, task_id: str, timeout_s: float) -> TaskRecord:
+        """``task_id``'s record once it is terminal, or its current record after ``timeout_s``.
+        The keeper that owns the task holds the wait and answers it as the end is written, one
+        actor message from here. The RequestHandler is asked where that keeper cannot tell
+        (it does not know the task open, or no longer holds its end) or cannot be reached."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        keeper = self._keeper_of(task_id)
+        if keeper is not None:
+            try:
+                answer = ray.get(keeper.wait_any.remote([task_id], timeout_s, unknown_first=True))
+            except RayActorError:
+                self._keepers = []  # looked for again later: a keeper may have been replaced
+            else:
+                if answer.records:
+                    return answer.records[0].unpack()
+                if not answer.unread and not answer.unknown:
+                    return self.call("get", task_id)  # not finished in time
+        return self.call("wait", task_id, timeout_s)
+
+    def _keeper_of(self, task_id: str) -> Any:
+        """The handle of the keeper that owns ``task_id``; None if it is not a task id, or the
+        keepers cannot be found."""
+        if not _TASK_ID.match(task_id):
+            return None
+        keepers = self._keepers
+        if not keepers and time.monotonic() - self._keepers_sought >= _KEEPERS_AGAIN_S:
+            self._keepers_sought = time.monotonic()
+            try:
+                keepers = self._keepers = keeper_handles(self.settings.namespace)
+            except Exception as e:  # the RequestHandler answers meanwhile
+                log.debug("the StatusKeepers could not be found: %r", e)
+        return keepers[keeper_of(task_id, len(keepers))] if keepers else None
 
     async def acall(self, method: str, *args: Any) -> Any:
         """``call``, awaited on the caller's event loop: Ray's object references are awaitable."""
@@ -506,7 +547,7 @@ def wait(task_id: str, timeout: float | None = None) -> TaskRecord:
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         left = 30.0 if deadline is None else max(0.0, deadline - time.monotonic())
-        record = conn.call("wait", task_id, min(left, 30.0))
+        record = conn.wait(task_id, min(left, _WAIT_SLICE_S))
         if record.finished:
             return record
         if timeout is not None and deadline is not None and time.monotonic() >= deadline:

@@ -65,6 +65,20 @@ def keeper_name(index: int) -> str:
     return STATUS_KEEPER if index == 0 else f"{STATUS_KEEPER}-{index}"
 
 
+def keeper_handles(namespace: str) -> list:
+    """Handles of the StatusKeepers of ``namespace``, by index: as many as the highest index
+    deployed says there are (a keeper Ray is restarting keeps its name). Empty when raylane is
+    not deployed; ``ValueError`` if one of them cannot be found."""
+    import ray
+
+    names = live_members(namespace, STATUS_KEEPER)
+    if not names:
+        return []
+    last = names[-1]
+    count = 1 if last == STATUS_KEEPER else int(last.rsplit("-", 1)[1]) + 1
+    return [ray.get_actor(keeper_name(i), namespace=namespace) for i in range(count)]
+
+
 def keeper_of_key(key: str, keepers: int) -> int:
     """The StatusKeeper that counts the limits of ``key`` (a concurrency key or task name)."""
     return zlib.crc32(key.encode()) % keepers
