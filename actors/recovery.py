@@ -17,7 +17,7 @@ from datetime import timedelta
 from raylane.actors.fencing import HEARTBEAT_EVERY_S, LEASE_TTL_S, LeaseObserver
 from raylane.actors.finishing import Finisher
 from raylane.errors import StoreUnavailable
-from raylane.models import utcnow
+from raylane.models import TaskRecord, utcnow
 from raylane.protocol import UNRECORDED
 from raylane.queue import TaskQueue
 from raylane.states import TaskState
@@ -35,6 +35,13 @@ UNHELD_AFTER_S = 60.0
 _REQUEUED_KEPT = 100_000
 _SLOW_HEARTBEAT_S = 1.0
 _HEARTBEATS_AT_ONCE = 2
+
+
+def _lost(rec: TaskRecord, error: str) -> TaskRecord:
+    """``rec``'s attempt ended as lost (``WorkerLost``), retried as its policy says."""
+    return rec.moved_to(
+        TaskState.FAILED, error_type="WorkerLost", error=error, will_retry=rec.retries_after("WorkerLost")
+    )
 
 
 class OwnLease:
@@ -155,19 +162,22 @@ class Recovery:
         if gone:
             await asyncio.to_thread(self._store.delete_heartbeats, gone)
             self._leases.forget(gone)
-        recovered = 0
-        for rec in orphans:
-            lost = rec.moved_to(
-                TaskState.FAILED,
-                error_type="WorkerLost",
-                error=f"the executor running attempt {rec.attempt} stopped (lease of {rec.lease_owner} lapsed)",
-                will_retry=rec.retries_after("WorkerLost"),
-            )
-            if (await self._finisher.record(lost)).accepted:
-                recovered += 1
-                if lost.will_retry:
-                    await self._finisher.retry(lost)
-        return recovered
+        return await self._end(
+            [
+                _lost(rec, f"the executor running attempt {rec.attempt} stopped (lease of {rec.lease_owner} lapsed)")
+                for rec in orphans
+            ]
+        )
+
+    async def _end(self, ended: list[TaskRecord]) -> int:
+        """Write the ends of ``ended`` and carry on the retries of those accepted; how many were."""
+        accepted = 0
+        for rec in ended:
+            if (await self._finisher.record(rec)).accepted:
+                accepted += 1
+                if rec.will_retry:
+                    await self._finisher.retry(rec)
+        return accepted
 
     def refused_unrecorded(self, task_id: str, attempt: int) -> None:
         """The keeper refused this incarnation's claim of ``attempt`` of ``task_id``: the claim made
@@ -189,23 +199,16 @@ class Recovery:
         candidates = await asyncio.to_thread(self._store.running_owned_by, mine, before, limit)
         # Judged after the search: a claim whose answer came meanwhile is held by now.
         left = [r for r in candidates if not self._holds(r.id, r.attempt)]
-        recovered = 0
-        for rec in left:
-            if (rec.id, rec.attempt) in self._unrecorded:
-                ended = rec.moved_to(TaskState.FAILED, error_type="NotEnqueued", error=UNRECORDED)
-            else:
-                ended = rec.moved_to(
-                    TaskState.FAILED,
-                    error_type="WorkerLost",
-                    error=f"attempt {rec.attempt} was claimed by {mine}, which does not run it",
-                    will_retry=rec.retries_after("WorkerLost"),
-                )
-            if (await self._finisher.record(ended)).accepted:
-                recovered += 1
-                log.warning("ended %s, claimed here and not run: %s", rec.id, ended.error_type)
-                if ended.will_retry:
-                    await self._finisher.retry(ended)
-        return recovered
+        if left:
+            log.warning("ending %d claim(s) of this executor that it does not run: %s", len(left), left[0].id)
+        return await self._end(
+            [
+                rec.moved_to(TaskState.FAILED, error_type="NotEnqueued", error=UNRECORDED)
+                if (rec.id, rec.attempt) in self._unrecorded
+                else _lost(rec, f"attempt {rec.attempt} was claimed by {mine}, which does not run it")
+                for rec in left
+            ]
+        )
 
     async def _requeue_stale(self, limit: int) -> int:
         """Produce again the message of PENDING tasks that waited past ``REQUEUE_AFTER_S``: their
