@@ -59,6 +59,17 @@ _lock = threading.RLock()
 _conn: _Connection | None = None
 
 
+def _said(answer: Any, ask: tuple) -> TaskRecord | tuple:
+    """What a keeper's answer to a wait for one task says: the task's final record, or the
+    RequestHandler call that answers instead: ``ask`` (the wait) where the keeper cannot tell,
+    a ``get`` of the current record where the task did not finish in time."""
+    if answer.records:
+        return answer.records[0].unpack()
+    if not answer.unread and not answer.unknown:
+        return ("get", ask[1])
+    return ask
+
+
 class _Connection:
     def __init__(self, settings: Settings, handler, owns_ray: bool):
         self.settings = settings
@@ -85,18 +96,29 @@ class _Connection:
         import ray
         from ray.exceptions import RayActorError
 
+        ask = ("wait", task_id, timeout_s)
+        said: TaskRecord | tuple = ask
         keeper = self._keeper_of(task_id)
         if keeper is not None:
             try:
-                answer = ray.get(keeper.wait_any.remote([task_id], timeout_s, unknown_first=True))
+                said = _said(ray.get(keeper.wait_any.remote([task_id], timeout_s, unknown_first=True)), ask)
             except RayActorError:
                 self._keepers = []  # looked for again later: a keeper may have been replaced
-            else:
-                if answer.records:
-                    return answer.records[0].unpack()
-                if not answer.unread and not answer.unknown:
-                    return self.call("get", task_id)  # not finished in time
-        return self.call("wait", task_id, timeout_s)
+        return said if isinstance(said, TaskRecord) else self.call(*said)
+
+    async def await_wait(self, task_id: str, timeout_s: float) -> TaskRecord:
+        """``wait``, awaited on the caller's event loop."""
+        from ray.exceptions import RayActorError
+
+        ask = ("wait", task_id, timeout_s)
+        said: TaskRecord | tuple = ask
+        keeper = self._keeper_of(task_id)
+        if keeper is not None:
+            try:
+                said = _said(await keeper.wait_any.remote([task_id], timeout_s, unknown_first=True), ask)
+            except RayActorError:
+                self._keepers = []
+        return said if isinstance(said, TaskRecord) else await self.acall(*said)
 
     def _keeper_of(self, task_id: str) -> Any:
         """The handle of the keeper that owns ``task_id``; None if it is not a task id, or the
@@ -367,9 +389,7 @@ class TaskHandle(Generic[T]):
     async def aresult(self, timeout: float | None = None) -> T:
         """``result`` for asyncio (see ``raylane.aas_completed``)."""
         if self._final is None:
-            async for _ in aas_completed([self], timeout):
-                pass
-        assert self._final is not None
+            self._final = await _await_final(self.id, timeout)
         return typed_result(self._returns, result_of(self._final))
 
     async def arecord(self) -> TaskRecord:
@@ -544,14 +564,40 @@ def replay_dead_letters(limit: int = 100) -> list[TaskHandle]:
 def wait(task_id: str, timeout: float | None = None) -> TaskRecord:
     """Block until a task is terminal; returns its record, or raises ``WaitTimeout``."""
     conn = _connection()
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        left = 30.0 if deadline is None else max(0.0, deadline - time.monotonic())
-        record = conn.wait(task_id, min(left, _WAIT_SLICE_S))
-        if record.finished:
-            return record
-        if timeout is not None and deadline is not None and time.monotonic() >= deadline:
-            raise WaitTimeout(task_id, timeout, record.state.value)
+    slices = _WaitSlices(task_id, timeout)
+    while not (record := conn.wait(task_id, slices.next())).finished:
+        slices.after(record)
+    return record
+
+
+async def _await_final(task_id: str, timeout: float | None = None) -> TaskRecord:
+    """``wait`` for asyncio: the task's final record, awaited on the caller's event loop with
+    no thread; ``WaitTimeout`` after ``timeout`` seconds."""
+    conn = _connection()
+    slices = _WaitSlices(task_id, timeout)
+    while not (record := await conn.await_wait(task_id, slices.next())).finished:
+        slices.after(record)
+    return record
+
+
+class _WaitSlices:
+    """The server-side waits a wait for one task is made of: at most ``_WAIT_SLICE_S`` each,
+    until ``timeout`` (forever without one)."""
+
+    def __init__(self, task_id: str, timeout: float | None):
+        self.task_id, self.timeout = task_id, timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+
+    def next(self) -> float:
+        """The length of the next wait."""
+        return (
+            _WAIT_SLICE_S if self.deadline is None else min(_WAIT_SLICE_S, max(0.0, self.deadline - time.monotonic()))
+        )
+
+    def after(self, record: TaskRecord) -> None:
+        """After a wait that ended with ``record`` not finished: ``WaitTimeout`` once the time is up."""
+        if self.timeout is not None and self.deadline is not None and time.monotonic() >= self.deadline:
+            raise WaitTimeout(self.task_id, self.timeout, record.state.value)
 
 
 class _Completion:

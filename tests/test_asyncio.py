@@ -103,6 +103,16 @@ def test_an_async_wait_past_its_timeout_raises(rl):
     asyncio.run(main())
 
 
+def test_an_awaited_result_past_its_timeout_raises(rl):
+    async def main() -> None:
+        slow = gather.submit(1, 5.0)
+        with pytest.raises(raylane.WaitTimeout):
+            await slow.aresult(timeout=0.5)
+        assert await slow == 1
+
+    asyncio.run(main())
+
+
 def test_cancelling_an_async_task_cancels_its_await_at_once(rl, tmp_path):
     # Its loop waits in epoll for the sleep's end; the interrupt wakes it, asyncio cancels the
     # task's coroutine, and its clean-up runs, without its worker being killed.
