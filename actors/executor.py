@@ -364,8 +364,7 @@ class Executor:
         try:
             return await self._claim_and_launch_units(units)
         finally:
-            self._claiming.subtract(keys)
-            self._claiming += Counter()  # drops the keys down to zero
+            self._claiming -= keys  # keeps only the keys still counted
 
     async def _claim_and_launch_units(self, units: list[list[TaskMessage]]) -> list[list[HandOffResult]]:
         records = [[self._running(m) for m in unit] for unit in units]

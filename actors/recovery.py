@@ -111,7 +111,7 @@ class Recovery:
         lease: OwnLease,
         finisher: Finisher,
         stats: Counter,
-        holds: Callable[[str, int], bool] = lambda task_id, attempt: True,
+        holds: Callable[[str, int], bool],
     ):
         self._store = store
         self._holds = holds
@@ -136,19 +136,23 @@ class Recovery:
 
     async def sweep(self, limit: int = 500) -> int:
         """Recover RUNNING tasks whose executor's lease lapsed (a new attempt if retries remain,
-        else FAILED as lost) and, every ``REQUEUE_CHECK_S``, PENDING tasks that may have lost
-        their queue message. Returns how many tasks this call recovered."""
+        else FAILED as lost) and, every ``REQUEUE_CHECK_S``, this executor's claims that nothing
+        runs and PENDING tasks that may have lost their queue message. Returns how many tasks
+        this call recovered."""
         healthy = self._lease.healthy_since
         if healthy is None or time.monotonic() - healthy < LEASE_TTL_S:
             # After a store outage every executor's heartbeat looks lapsed; give them a full
             # lease period to renew before judging any task lost.
             return 0
-        recovered = await self._recover_lapsed(limit) + await self._close_unheld(limit)
-        self._stats["recovered"] += recovered
+        recovered = await self._recover_lapsed(limit)
+        requeued = 0
         if time.monotonic() - self._last_requeue >= REQUEUE_CHECK_S:
             self._last_requeue = time.monotonic()
-            recovered += await self._requeue_stale(limit)
-        return recovered
+            # A claim left behind is a minute old at least: a search every 5 s would find no more.
+            recovered += await self._close_unheld(limit)
+            requeued = await self._requeue_stale(limit)
+        self._stats["recovered"] += recovered
+        return recovered + requeued
 
     async def _recover_lapsed(self, limit: int) -> int:
         mine = self._lease.incarnation

@@ -66,16 +66,11 @@ def keeper_name(index: int) -> str:
 
 
 def keeper_handles(namespace: str) -> list:
-    """Handles of the StatusKeepers of ``namespace``, by index: as many as the highest index
-    deployed says there are (a keeper Ray is restarting keeps its name). Empty when raylane is
-    not deployed; ``ValueError`` if one of them cannot be found."""
+    """Handles of the StatusKeepers of ``namespace``, by index (a keeper Ray is restarting keeps
+    its name). Empty when raylane is not deployed; ``ValueError`` if one of them cannot be found."""
     import ray
 
-    names = live_members(namespace, STATUS_KEEPER)
-    if not names:
-        return []
-    last = names[-1]
-    count = 1 if last == STATUS_KEEPER else int(last.rsplit("-", 1)[1]) + 1
+    count = len(live_members(namespace, STATUS_KEEPER))
     return [ray.get_actor(keeper_name(i), namespace=namespace) for i in range(count)]
 
 
