@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -17,37 +18,71 @@ class GroupCommit:
     def __init__(self, flush: Callable[[list], Awaitable[list]], max_batch: int = 1000):
         self._flush = flush
         self._max_batch = max_batch
-        self._pending: list = []
+        # Calls not yet flushed whole, oldest first, each with the index of its first item not yet
+        # taken. One future per call, not per item: a call brings hundreds of items at once.
+        self._pending: deque[tuple[_Call, int]] = deque()
         self._wakeup = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
 
     async def submit_many(self, items: list) -> list:
         """Results of ``flush`` for ``items``, in order; a failed flush raises in every caller of that batch."""
+        if not items:
+            return []
         if self._loop_task is None or self._loop_task.done():
             self._wakeup = asyncio.Event()
             self._loop_task = asyncio.create_task(self._run())
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in items]
-        self._pending.extend(zip(items, futures, strict=False))
+        call = _Call(items, asyncio.get_running_loop().create_future())
+        self._pending.append((call, 0))
         self._wakeup.set()
-        return list(await asyncio.gather(*futures))
+        return await call.future
+
+    def _take(self) -> list[tuple[_Call, int, int]]:
+        """The next batch: up to ``max_batch`` items, as (call, first, end) slices of the oldest calls."""
+        batch: list[tuple[_Call, int, int]] = []
+        room = self._max_batch
+        while self._pending and room:
+            call, first = self._pending[0]
+            end = min(len(call.items), first + room)
+            batch.append((call, first, end))
+            room -= end - first
+            if end == len(call.items):
+                self._pending.popleft()
+            else:
+                self._pending[0] = (call, end)
+        return batch
 
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
-                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+                batch = self._take()
                 try:
-                    results = await self._flush([item for item, _ in batch])
-                except Exception as e:  # every waiter of the batch learns of the failure
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(e)
+                    results = await self._flush([item for call, first, end in batch for item in call.items[first:end]])
+                except Exception as e:  # every caller of the batch learns of the failure
+                    for call, _, _ in batch:
+                        if not call.future.done():
+                            call.future.set_exception(e)
                     continue
-                for (_, fut), result in zip(batch, results, strict=False):
-                    if not fut.done():
-                        fut.set_result(result)
+                at = 0
+                for call, first, end in batch:
+                    call.results[first:end] = results[at : at + end - first]
+                    at += end - first
+                    call.left -= end - first
+                    if not call.left and not call.future.done():
+                        call.future.set_result(call.results)
+
+
+class _Call:
+    """One ``submit_many`` call: its items, their results so far, and how many are still to come."""
+
+    __slots__ = ("future", "items", "left", "results")
+
+    def __init__(self, items: list, future: asyncio.Future) -> None:
+        self.items = items
+        self.future = future
+        self.results: list = [None] * len(items)
+        self.left = len(items)
 
 
 class Background:

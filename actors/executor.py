@@ -468,10 +468,12 @@ class Executor:
     def _running(self, msg: TaskMessage) -> TaskRecord:
         """The RUNNING record that claims ``msg``'s task for this executor, with its hops so far."""
         read_at, handed = self._arrivals.pop((msg.id, msg.attempt), (None, None))
-        return (
-            TaskRecord.pending(msg)
-            .moved_to(TaskState.RUNNING, worker=self._worker, lease_owner=self._lease.incarnation)
-            .with_hops(read=read_at, handed=handed)
+        pending = TaskRecord.pending(msg)
+        return pending.moved_to(
+            TaskState.RUNNING,
+            worker=self._worker,
+            lease_owner=self._lease.incarnation,
+            hops=pending.hops_with(read=read_at, handed=handed),
         )
 
     def _judge(self, msg: TaskMessage, claim: WriteOutcome) -> HandOffResult:

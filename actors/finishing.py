@@ -44,24 +44,25 @@ def final_record(running: TaskRecord, reply: Reply, now: datetime | None = None)
     cannot be made into a record fails only its own task, never the batch it came with. A task
     whose worker ended without a reply once past its timeout ended TIMED_OUT, as its keeper
     would have written, whatever ended the worker first (its lease, say, on a loaded machine)."""
-    running = running.with_hops(began=reply.began, returned=reply.returned)
-    hops = running.hops or {}
+    hops = running.hops_with(began=reply.began, returned=reply.returned)
     if "began" in hops and hops.get("claimed", 0.0) > hops["began"]:
         # A gated worker began the moment its claim was accepted; the executor noted the claim
         # only when it next ran, which may be later. The claim came first.
-        running = running.model_copy(update={"hops": {**hops, "claimed": hops["began"]}})
+        hops["claimed"] = hops["began"]
     try:
         if reply.ok:
-            final = running.moved_to(TaskState.SUCCEEDED, result=reply.result)
+            final = running.moved_to(TaskState.SUCCEEDED, result=reply.result, hops=hops)
         elif reply.abnormal and past_timeout(running, now or utcnow()):
             final = running.moved_to(
                 TaskState.TIMED_OUT,
+                hops=hops,
                 error_type="TimeoutError",
                 error=f"task ran past its timeout of {running.timeout_s:g}s and was killed ({reply.error_type})",
             )
         else:
             final = running.moved_to(
                 TaskState.FAILED,
+                hops=hops,
                 error=reply.error,
                 error_type=reply.error_type,
                 error_types=list(reply.error_types) or None,
@@ -72,6 +73,7 @@ def final_record(running: TaskRecord, reply: Reply, now: datetime | None = None)
     except Exception as e:
         final = running.moved_to(
             TaskState.FAILED,
+            hops=hops,
             error_type="ResultNotSerializable",
             error=clip_text(f"the task's end could not be recorded: {e!r}"),
         )

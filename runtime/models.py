@@ -391,10 +391,15 @@ class TaskRecord(BaseModel):
 
     def with_hops(self, **at: float | None) -> TaskRecord:
         """A copy with the hops of ``at`` (epoch seconds; None: not known) added, relative to created_at."""
+        return self.model_copy(update={"hops": self.hops_with(**at)})
+
+    def hops_with(self, **at: float | None) -> dict[str, float]:
+        """This record's hops with those of ``at`` added (see ``with_hops``), for a copy that
+        changes more than its hops: one copy of a record, not two."""
         created = self.created_at.timestamp()
         hops = dict(self.hops or {})
         hops.update({hop: round(t - created, 6) for hop, t in at.items() if t is not None})
-        return self.model_copy(update={"hops": hops})
+        return hops
 
     def to_doc(self) -> dict:
         """The record as an OpenSearch document."""

@@ -131,6 +131,37 @@ def test_group_commit_batches_concurrent_callers_and_fails_a_whole_batch():
     assert batches[:3] == [[1], [2, 3, 4], [5]]
 
 
+def test_group_commit_splits_a_large_call_across_batches_and_keeps_each_callers_order():
+    batches: list[list[int]] = []
+
+    async def flush(items: list[int]) -> list[int]:
+        batches.append(items)
+        await asyncio.sleep(0.01)
+        if 23 in items:
+            raise RuntimeError("store down")
+        return [-i for i in items]
+
+    async def main():
+        gc = GroupCommit(flush, max_batch=4)
+        first = asyncio.create_task(gc.submit_many([1]))
+        await asyncio.sleep(0)
+        big = asyncio.create_task(gc.submit_many(list(range(10, 16))))
+        small = asyncio.create_task(gc.submit_many([7, 8]))
+        results = await asyncio.gather(first, big, small)
+        # A call split over two batches fails if either fails; the other callers do not.
+        failing = asyncio.create_task(gc.submit_many([20, 21, 22, 23, 24]))
+        after = asyncio.create_task(gc.submit_many([30]))
+        with pytest.raises(RuntimeError):
+            await failing
+        return results, await after, await gc.submit_many([])
+
+    results, after, empty = asyncio.run(main())
+    assert results == [[-1], [-10, -11, -12, -13, -14, -15], [-7, -8]]
+    assert after == [-30] and empty == []
+    assert batches[:3] == [[1], [10, 11, 12, 13], [14, 15, 7, 8]]
+    assert batches[3:] == [[20, 21, 22, 23], [24, 30]]
+
+
 def test_owner_of_splits_partitions_round_robin_from_a_topic_dependent_start():
     owners = [owner_of("raylane.tasks.x", p, 3) for p in range(6)]
     start = zlib.crc32(b"raylane.tasks.x") % 3
