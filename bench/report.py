@@ -36,6 +36,23 @@ def scale_estimate(cpu_ms_per_task: dict[str, float], target: int = SCALE_TARGET
     return out
 
 
+def _rounds(rounds: dict | None) -> list[str]:
+    """The ratios of a run in rounds, each round's beside the median (none without rounds)."""
+    if not rounds:
+        return []
+    lines = [
+        "",
+        f"## rounds ({rounds['n']}, each ratio taken within one round)",
+        "",
+        "| ratio | median | min | max | per round |",
+        "|---|---|---|---|---|",
+    ]
+    for key, within in rounds["ratios"].items():
+        per = ", ".join(_fmt(v) for v in within["per_round"])
+        lines.append(f"| `{key}` | {_fmt(within['median'])} | {_fmt(within['min'])} | {_fmt(within['max'])} | {per} |")
+    return lines
+
+
 def markdown(r: dict) -> str:
     """The results as markdown: headline against targets, then every part."""
     from raylane.bench.suite import TARGETS
@@ -74,6 +91,7 @@ def markdown(r: dict) -> str:
         t = target(r)
         met = "–" if v is None else ("yes" if (v >= t if op == ">=" else v <= t) else "no")
         lines.append(f"| {label} | {_fmt(v)} | {met} |")
+    lines += _rounds(r.get("rounds"))
     for part in ("ray", "celery", "dramatiq", "rtt", "floor", "burst", "timed_burst", "job", "keepers"):
         if part in r:
             lines += ["", f"## {part}", "", "| | |", "|---|---|"]

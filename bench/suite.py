@@ -855,10 +855,48 @@ PARTS = (
 )
 TIMED_BURST_TIMEOUT_S = 60.0  # far above a no-op's run: the timed burst measures the cost of the clock
 
+# The throughput parts the targets compare with one another. With rounds, each runs once per
+# round, in the order of PARTS, and every ratio is taken between the runs of one round: a
+# machine whose speed drifts by a fifth from one minute to the next (a shared host does) moves
+# both sides of a ratio taken so, and only one side of a ratio taken a suite apart.
+ROUNDED = ("ray", "dramatiq", "burst", "timed_burst")
+ROUND_RATIOS = (  # headline key, numerator part, denominator part
+    ("ray_ratio", "burst", "ray"),
+    ("dramatiq_ratio", "burst", "dramatiq"),
+    ("timed_ratio", "timed_burst", "burst"),
+)
 
-def run(quick: bool = False, parts: set[str] | None = None, progress: bool = True, out_dir: Path | None = None) -> dict:
+
+def combine_rounds(runs: dict[str, list[dict]]) -> tuple[dict[str, dict], dict]:
+    """Of each part run once per round (``runs``, in round order): the run with the median
+    tasks/s, which stands for the part, with every round's tasks/s beside it; and each ratio of
+    ``ROUND_RATIOS`` taken within every round, with its median and range."""
+    chosen = {}
+    for part, rs in runs.items():
+        ordered = sorted(rs, key=lambda x: x["tasks_per_s"])
+        chosen[part] = dict(ordered[(len(ordered) - 1) // 2], rounds_tasks_per_s=[x["tasks_per_s"] for x in rs])
+    ratios = {}
+    for key, num, den in ROUND_RATIOS:
+        if num in runs and den in runs:
+            per = [round(a["tasks_per_s"] / b["tasks_per_s"], 3) for a, b in zip(runs[num], runs[den], strict=True)]
+            median = round(statistics.median(per), 3)
+            ratios[key] = {"per_round": per, "median": median, "min": min(per), "max": max(per)}
+    return chosen, {"n": max((len(rs) for rs in runs.values()), default=0), "ratios": ratios}
+
+
+def run(
+    quick: bool = False,
+    parts: set[str] | None = None,
+    progress: bool = True,
+    out_dir: Path | None = None,
+    rounds: int = 1,
+) -> dict:
     """Run the suite (every part unless ``parts`` names some) and write the results (into
-    ``out_dir``, by default ``results_dir()``); returns them."""
+    ``out_dir``, by default ``results_dir()``); returns them. With ``rounds`` above 1, the parts
+    of ``ROUNDED`` run that many times in turn, and the ratios between them are the medians of
+    the ratios within each round (see ``combine_rounds``)."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
     out_dir = out_dir or results_dir()
     sizes = QUICK if quick else FULL
 
@@ -887,11 +925,23 @@ def run(quick: bool = False, parts: set[str] | None = None, progress: bool = Tru
         "keepers": lambda: bench_keepers(SHARDED_KEEPERS, sizes.scale_burst),
         "soak": lambda: _soak(sizes.soak, progress),
     }
+    rounded = [p for p in PARTS if p in ROUNDED and want(p)] if rounds > 1 else []
     for name in PARTS:
-        if want(name):
+        if not want(name) or (name in rounded and name != rounded[0]):
+            continue
+        if name not in rounded:
             say(f"{name} ...")
             results[name] = steps[name]()
             say(f"{name}: {json.dumps(results[name])[:400]}")
+            continue
+        runs: dict[str, list[dict]] = {p: [] for p in rounded}
+        for i in range(1, rounds + 1):
+            for p in rounded:
+                say(f"{p}, round {i} of {rounds} ...")
+                runs[p].append(steps[p]())
+                say(f"{p}: {json.dumps(runs[p][-1])[:400]}")
+        chosen, results["rounds"] = combine_rounds(runs)
+        results.update(chosen)
     results.update(headline(results))
     results["finished_at"] = datetime.now(UTC).isoformat()
     from raylane.bench.report import write
@@ -935,6 +985,8 @@ def headline(r: dict) -> dict:
         h["results_ratio"] = round(h["raylane_results_per_s"] / h["raylane_tasks_per_s"], 3)
     if h["raylane_tasks_per_s"] and h["ray_tasks_per_s"]:
         h["ray_ratio"] = round(h["raylane_tasks_per_s"] / h["ray_tasks_per_s"], 3)
+    for key, within in (r.get("rounds") or {}).get("ratios", {}).items():
+        h[key] = within["median"]
     lookup = r.get("lookup") or []
     if len(lookup) >= 2:
         # How much the median grows from the smallest index to the largest: status lookups by id

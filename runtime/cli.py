@@ -103,7 +103,10 @@ def _bench(args: argparse.Namespace) -> int:
     if parts and not parts <= known:
         print(f"raylane: error: unknown part(s) {sorted(parts - known)}; known: {sorted(known)}", file=sys.stderr)
         return 2
-    results = run(quick=args.quick, parts=parts, out_dir=Path(args.out) if args.out else None)
+    if args.rounds < 1:
+        print(f"raylane: error: --rounds must be at least 1, got {args.rounds}", file=sys.stderr)
+        return 2
+    results = run(quick=args.quick, parts=parts, out_dir=Path(args.out) if args.out else None, rounds=args.rounds)
     if args.json:
         print(json.dumps(results, default=str))
     return 0
@@ -748,6 +751,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated parts: rtt,floor,ray,celery,dramatiq,burst,timed_burst,job,lookup,scale,keepers,soak",
     )
     sp.add_argument("--out", help="directory for the results (default <RAYLANE_HOME>/bench)")
+    sp.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run ray, dramatiq, burst and timed_burst this many times in turn and report the median "
+        "of the ratios taken within each round, with their range (default 1)",
+    )
     sp.set_defaults(func=_bench)
 
     tk = sub.add_parser(

@@ -1,0 +1,59 @@
+"""The bench's rounds: the throughput parts run in turn, and ratios are taken within each round."""
+
+from __future__ import annotations
+
+import pytest
+
+from raylane.bench.report import markdown
+from raylane.bench.suite import combine_rounds, headline, run
+
+
+def _runs(**per_part: list[float]) -> dict[str, list[dict]]:
+    return {part: [{"tasks_per_s": v, "round": i} for i, v in enumerate(vs)] for part, vs in per_part.items()}
+
+
+def test_ratios_are_taken_within_each_round_and_their_median_is_the_headline():
+    # The machine slows down in round 2 and speeds up in round 3; within each round raylane
+    # keeps 0.8 of raw Ray's rate.
+    runs = _runs(ray=[1000.0, 500.0, 1250.0], burst=[800.0, 400.0, 1000.0], timed_burst=[880.0, 360.0, 1000.0])
+    chosen, rounds = combine_rounds(runs)
+    assert rounds["n"] == 3
+    assert rounds["ratios"]["ray_ratio"] == {"per_round": [0.8, 0.8, 0.8], "median": 0.8, "min": 0.8, "max": 0.8}
+    assert rounds["ratios"]["timed_ratio"]["per_round"] == [1.1, 0.9, 1.0]
+    assert rounds["ratios"]["timed_ratio"]["median"] == 1.0
+    assert "dramatiq_ratio" not in rounds["ratios"]  # dramatiq did not run
+    # Each part stands as its median run, with every round's figure beside it.
+    assert chosen["ray"]["tasks_per_s"] == 1000.0 and chosen["ray"]["round"] == 0
+    assert chosen["burst"]["rounds_tasks_per_s"] == [800.0, 400.0, 1000.0]
+
+    h = headline({**chosen, "rounds": rounds})
+    assert h["ray_ratio"] == 0.8
+    assert h["timed_ratio"] == 1.0 and h["raylane_tasks_per_s"] == 800.0
+
+
+def test_without_rounds_the_headline_ratio_is_of_the_single_runs():
+    h = headline({"ray": {"tasks_per_s": 1000.0}, "burst": {"tasks_per_s": 700.0}})
+    assert h["ray_ratio"] == 0.7
+
+
+def test_the_median_of_an_even_number_of_rounds_and_a_ratio_that_differs_from_the_medians():
+    runs = _runs(ray=[1000.0, 400.0], burst=[900.0, 200.0])
+    chosen, rounds = combine_rounds(runs)
+    assert chosen["ray"]["tasks_per_s"] == 400.0  # the lower middle run stands for an even count
+    assert rounds["ratios"]["ray_ratio"]["per_round"] == [0.9, 0.5]
+    h = headline({**chosen, "rounds": rounds})
+    assert h["ray_ratio"] == 0.7  # the median of 0.9 and 0.5, not 200/400
+
+
+def test_the_report_shows_every_round():
+    chosen, rounds = combine_rounds(_runs(ray=[1000.0, 900.0], burst=[800.0, 810.0]))
+    r = {"mode": "quick", "started_at": "2026-12-04T00:00:00", "machine": {"cpus": 2, "python": "3.11", "ray": "x"}}
+    r.update(chosen, rounds=rounds, **headline({**chosen, "rounds": rounds}))
+    text = markdown(r)
+    assert "## rounds (2, each ratio taken within one round)" in text
+    assert "| `ray_ratio` | 0.85 | 0.8 | 0.9 | 0.8, 0.9 |" in text
+
+
+def test_rounds_below_one_are_refused_before_anything_runs():
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        run(quick=True, parts={"burst"}, rounds=0)
