@@ -74,6 +74,7 @@ def markdown(r: dict) -> str:
         "celery_tasks_per_s",
         "dramatiq_tasks_per_s",
         "cpu_ms_per_task",
+        "cpu_ms_per_task_above_rest",
         "os_requests_per_transition",
         "rtt_p50_ms",
         "rtt_p99_ms",

@@ -111,6 +111,23 @@ class Meter:
         self.cpu_ms = cpu_busy_ms() - self.c0
 
 
+REST_S = 3.0  # how long the machine's CPU at rest is measured before a burst
+
+
+def cores_at_rest(seconds: float = REST_S) -> float:
+    """Cores the machine keeps busy with nothing submitted, over ``seconds``: the stack's own
+    polling, timers and reporting (Ray's idle workers, its agents, the JVMs, the actors' loops)."""
+    with Meter() as m:
+        time.sleep(seconds)  # a window to measure, not a wait for something
+    return m.cpu_ms / (m.seconds * 1000)
+
+
+def above_rest_ms(cpu_ms: float, rest_cores: float, seconds: float, n: int) -> float:
+    """CPU milliseconds per task beyond what the machine spends at rest over the same ``seconds``:
+    the part of a burst's CPU that grows with its tasks, not with its length."""
+    return max(0.0, cpu_ms - rest_cores * seconds * 1000) / n
+
+
 def _r(x: float | None, digits: int = 1) -> float | None:
     return None if x is None else round(x, digits)
 
@@ -127,12 +144,16 @@ def bench_ray(n: int) -> dict:
         return i
 
     ray.get([ray_noop.remote(i) for i in range(200)])  # warm the worker pool
+    rest = cores_at_rest()
     with Meter() as m:
         ray.get([ray_noop.remote(i) for i in range(n)])
     return {
         "n": n,
         "tasks_per_s": _r(n / m.seconds),
         "cpu_ms_per_task": _r(m.cpu_ms / n, 3),
+        # raylane's stack runs beside raw Ray too: its rest is taken out the same way as a burst's.
+        "cores_at_rest": _r(rest, 3),
+        "cpu_ms_per_task_above_rest": _r(above_rest_ms(m.cpu_ms, rest, m.seconds, n), 3),
         "seconds": _r(m.seconds, 2),
     }
 
@@ -502,6 +523,7 @@ def bench_burst(n: int, chunk: int = 1000, progress: bool = True, timeout: float
     warm = noop.options(queue=queue).submit_many([(-j,) for j in range(1, 201)])
     for h in warm:
         h.result(timeout=120)
+    rest = cores_at_rest()
     fn = noop.options(queue=queue, tags=[tag], timeout=timeout)
     bar = _bar(n, "raylane burst" if timeout is None else "raylane timed burst", progress)
     req0, kb0 = os_requests(store.client), kafka_log_bytes(settings, topic_prefix)
@@ -543,6 +565,10 @@ def bench_burst(n: int, chunk: int = 1000, progress: bool = True, timeout: float
         "submit_to_result_p50_ms": _r(pct(to_end, 50)),
         "submit_to_result_p99_ms": _r(pct(to_end, 99)),
         "cpu_ms_per_task": _r(m.cpu_ms / n, 3),
+        # The machine at rest costs the same whether a burst takes one second or ten: with it
+        # taken out, what the tasks themselves cost.
+        "cores_at_rest": _r(rest, 3),
+        "cpu_ms_per_task_above_rest": _r(above_rest_ms(m.cpu_ms, rest, m.seconds, n), 3),
         # Each actor (and the stack's other processes) on its own: what a scale estimate builds on.
         "cpu_ms_per_task_by_process": per_task(roles.by_role, m.cpu_ms, n),
         "ray_workers_started": roles.workers_started,
@@ -967,6 +993,7 @@ def headline(r: dict) -> dict:
         "celery_tasks_per_s": celery.get("tasks_per_s"),
         "dramatiq_tasks_per_s": r.get("dramatiq", {}).get("tasks_per_s"),
         "cpu_ms_per_task": burst.get("cpu_ms_per_task"),
+        "cpu_ms_per_task_above_rest": burst.get("cpu_ms_per_task_above_rest"),
         "os_requests_per_transition": burst.get("os_requests_per_transition"),
         "rtt_p50_ms": rtt.get("p50_ms"),
         "rtt_p99_ms": rtt.get("p99_ms"),

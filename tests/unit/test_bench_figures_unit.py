@@ -1,11 +1,11 @@
-"""The bench's rounds: the throughput parts run in turn, and ratios are taken within each round."""
+"""The bench's figures: ratios taken within rounds, and CPU per task above the machine at rest."""
 
 from __future__ import annotations
 
 import pytest
 
 from raylane.bench.report import markdown
-from raylane.bench.suite import combine_rounds, headline, run
+from raylane.bench.suite import above_rest_ms, combine_rounds, headline, run
 
 
 def _runs(**per_part: list[float]) -> dict[str, list[dict]]:
@@ -57,3 +57,12 @@ def test_the_report_shows_every_round():
 def test_rounds_below_one_are_refused_before_anything_runs():
     with pytest.raises(ValueError, match="rounds must be at least 1"):
         run(quick=True, parts={"burst"}, rounds=0)
+
+
+def test_cpu_above_rest_takes_out_what_the_machine_spends_idle_over_the_same_time():
+    # 10 s at 0.4 cores idle is 4,000 ms of the 14,000 a burst of 5,000 tasks used.
+    assert above_rest_ms(14_000.0, 0.4, 10.0, 5_000) == 2.0
+    # A burst twice as long pays the rest twice; the tasks' own share stays.
+    assert above_rest_ms(18_000.0, 0.4, 20.0, 5_000) == 2.0
+    # Never below nothing, should the machine have been busier at rest than in the burst.
+    assert above_rest_ms(1_000.0, 0.5, 10.0, 100) == 0.0
