@@ -1,0 +1,140 @@
+"""Unit tier (no services): how the StatusKeeper times out a running task, on the in-memory store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import ray
+
+from raylane.actors.status_keeper import StatusKeeper, _Running
+from raylane.config import KafkaConnection, OpenSearchConnection
+from raylane.models import PackedRecord, TaskMessage, TaskRecord, new_task_id
+from raylane.protocol import ActorConfig
+from raylane.states import TaskState
+
+OWNER = "Executor/0123456789abcdef"
+
+
+class _NoMetrics:
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def _keeper(monkeypatch, name: str) -> tuple[StatusKeeper, list[int], list[tuple]]:
+    """A keeper on the in-memory store, with its heartbeat reads and its kills counted."""
+    monkeypatch.setattr(ray, "get_actor", lambda *args, **kwargs: object())
+    config = ActorConfig(
+        kafka=KafkaConnection(bootstrap=f"memory://{name}"),
+        opensearch=OpenSearchConnection(url=f"memory://{name}"),
+        namespace="unit",
+        index_alias="tasks",
+        topic_prefix="raylane.tasks.",
+        dlq_topic="raylane.dlq",
+        default_queue="default",
+        partitions=1,
+        max_payload_bytes=1 << 16,
+        max_in_flight=10,
+        secret="unit-secret-of-32-bytes-and-more",
+    )
+    keeper = StatusKeeper(config)
+    keeper.metrics = _NoMetrics()  # type: ignore[assignment]
+    monkeypatch.setattr(keeper, "_ensure_loops", lambda: None)
+    reads: list[int] = []
+    beat = iter(range(1, 1_000_000))
+    monkeypatch.setattr(keeper.store, "heartbeats", lambda: reads.append(1) or {OWNER: next(beat)})
+    kills: list[tuple] = []
+    monkeypatch.setattr(keeper, "_kill", lambda task_id, *args, **kwargs: kills.append((task_id, kwargs)))
+    return keeper, reads, kills
+
+
+def _running() -> TaskRecord:
+    msg = TaskMessage(id=new_task_id(), name="unit.sleep", queue="default", created_at=datetime.now(UTC), timeout_s=1.0)
+    return TaskRecord.pending(msg).moved_to(TaskState.RUNNING, lease_owner=OWNER)
+
+
+def _time_out(keeper: StatusKeeper, record: TaskRecord) -> _Running:
+    running = _Running(PackedRecord.of(record), time.monotonic())
+    keeper._running[record.id] = running
+    asyncio.run(keeper._time_out([running], time.monotonic()))
+    return running
+
+
+def test_a_timeout_whose_executor_is_seen_renewing_reads_no_heartbeats(monkeypatch):
+    keeper, reads, kills = _keeper(monkeypatch, "timeout-renewing")
+    keeper._leases.observe({OWNER: 1})
+    keeper._leases.observe({OWNER: 2})  # its counter moved: seen renewing
+    record = _running()
+
+    _time_out(keeper, record)
+
+    # The periodic look at the heartbeats already showed the executor alive: no search is made
+    # on the way to the TIMED_OUT write.
+    assert reads == []
+    stored = keeper.store.get(record.id)
+    assert stored is not None and stored.state is TaskState.TIMED_OUT
+    assert keeper.stats["timeouts"] == 1
+    assert kills == [(record.id, {"owner": OWNER})]  # and its executor is asked to stop it
+
+
+def test_a_timeout_whose_executor_is_not_known_to_renew_reads_the_heartbeats_first(monkeypatch):
+    keeper, reads, _ = _keeper(monkeypatch, "timeout-unknown")
+    record = _running()
+
+    running = _time_out(keeper, record)
+
+    # One read shows the counter once, which is no evidence of renewal yet: nothing is written,
+    # and the deadline is looked at again shortly.
+    assert reads == [1]
+    assert keeper.store.get(record.id) is None
+    assert running.deadline is not None and keeper.stats["timeouts"] == 0
+
+
+def test_a_timeout_whose_executor_renews_by_the_time_of_the_read_is_written(monkeypatch):
+    keeper, reads, _ = _keeper(monkeypatch, "timeout-renews-now")
+    keeper._leases.observe({OWNER: 0})  # seen once, long enough ago to be no evidence
+    record = _running()
+
+    _time_out(keeper, record)
+
+    assert reads == [1]  # the read shows the counter moved: alive
+    stored = keeper.store.get(record.id)
+    assert stored is not None and stored.state is TaskState.TIMED_OUT
+
+
+def test_the_deadline_loop_goes_on_while_a_timeout_is_written(monkeypatch):
+    keeper, _, _ = _keeper(monkeypatch, "timeout-beside-loop")
+    keeper._leases.observe({OWNER: 1})
+    keeper._leases.observe({OWNER: 2})
+    slow, quick = _running(), _running()
+    held = asyncio.Event()
+    written: list[str] = []
+
+    async def write(records):
+        # The first TIMED_OUT write is held as a bulk behind a busy store would be.
+        if not written:
+            written.append(records[0].id)
+            await held.wait()
+        else:
+            written.append(records[0].id)
+        return [None] * len(records)
+
+    monkeypatch.setattr(keeper, "write", write)
+
+    async def scenario() -> None:
+        now = time.monotonic()
+        for record, deadline in ((slow, now), (quick, now + 0.2)):
+            keeper._watch(_Running(PackedRecord.of(record), deadline))
+        loop = asyncio.create_task(keeper._deadline_loop())
+        try:
+            deadline = time.monotonic() + 10
+            while len(written) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        finally:
+            held.set()
+            loop.cancel()
+
+    asyncio.run(scenario())
+    # The second task's timeout was written while the first's write still waited.
+    assert written == [slow.id, quick.id]
