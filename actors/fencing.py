@@ -46,8 +46,9 @@ class LeaseObserver:
     def __init__(self, ttl_s: float = LEASE_TTL_S, clock: Callable[[], float] = time.monotonic):
         self.ttl_s = ttl_s
         self._clock = clock
-        # owner -> (counter, when it was first seen or seen to change, whether it was seen to change)
-        self._seen: dict[str, tuple[int, float, bool]] = {}
+        # owner -> (counter, when it was first seen or seen to change, whether it was seen to change);
+        # the counter is None for an owner vouched for before its counter was read.
+        self._seen: dict[str, tuple[int | None, float, bool]] = {}
         self._since: float | None = None  # first successful observation
 
     def observe(self, beats: dict[str, int]) -> None:
@@ -59,8 +60,19 @@ class LeaseObserver:
             seen = self._seen.get(owner)
             if seen is None:
                 self._seen[owner] = (beat, now, False)
+            elif seen[0] is None:  # vouched for: this first counter is no move of its own
+                self._seen[owner] = (beat, seen[1], seen[2])
             elif seen[0] != beat:
                 self._seen[owner] = (beat, now, True)
+
+    def vouch(self, owner: str | None) -> None:
+        """``owner`` just asked for what only an executor holding its lease asks (a claim): evidence
+        that it renewed its lease lately, as its counter seen to move is. Without it, a keeper that
+        just started waits for two looks at the heartbeats, seconds apart, before its first timeout."""
+        if owner is None:
+            return
+        seen = self._seen.get(owner)
+        self._seen[owner] = (seen[0] if seen is not None else None, self._clock(), True)
 
     def renewed(self, owner: str | None) -> bool:
         """Whether ``owner`` was seen renewing its lease (its counter changing) within ``ttl_s``:

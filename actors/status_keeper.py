@@ -255,6 +255,8 @@ class StatusKeeper:
     async def claim(self, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
         """Write RUNNING records; watch each accepted task's deadline and cancels from then on."""
         packed = [PackedRecord.of(r) for r in records]
+        for owner in {p.lease_owner for p in packed}:
+            self._leases.vouch(owner)  # the claiming executor is alive: its tasks' timeouts need no look
         if any(self._gates.is_waiting(p.id) for p in packed):
             return await self._claim_admitted(packed)
         outcomes = await self.write(packed)

@@ -49,9 +49,13 @@ def _keeper(monkeypatch, name: str) -> tuple[StatusKeeper, list[int], list[tuple
     return keeper, reads, kills
 
 
-def _running() -> TaskRecord:
+def _pending() -> TaskRecord:
     msg = TaskMessage(id=new_task_id(), name="unit.sleep", queue="default", created_at=datetime.now(UTC), timeout_s=1.0)
-    return TaskRecord.pending(msg).moved_to(TaskState.RUNNING, lease_owner=OWNER)
+    return TaskRecord.pending(msg)
+
+
+def _running() -> TaskRecord:
+    return _pending().moved_to(TaskState.RUNNING, lease_owner=OWNER)
 
 
 def _time_out(keeper: StatusKeeper, record: TaskRecord) -> _Running:
@@ -138,3 +142,33 @@ def test_the_deadline_loop_goes_on_while_a_timeout_is_written(monkeypatch):
     asyncio.run(scenario())
     # The second task's timeout was written while the first's write still waited.
     assert written == [slow.id, quick.id]
+
+
+def test_the_first_timeout_after_a_keeper_starts_needs_no_second_look(monkeypatch):
+    keeper, reads, _ = _keeper(monkeypatch, "timeout-first")
+    # The executor's counter moves once a beat (seconds apart): not between two reads here.
+    monkeypatch.setattr(keeper.store, "heartbeats", lambda: reads.append(1) or {OWNER: 7})
+    pending = _pending()
+    record = pending.moved_to(TaskState.RUNNING, lease_owner=OWNER)
+
+    async def scenario() -> None:
+        loop = asyncio.create_task(keeper._deadline_loop())
+        try:
+            await keeper.write([pending])
+            [outcome] = await keeper.claim([record])
+            assert outcome.accepted
+            r = keeper._running[record.id]
+            keeper._set_deadline(r, time.monotonic() + 0.2)  # a short timeout, for the test's sake
+            deadline = time.monotonic() + 5
+            while keeper.stats["timeouts"] == 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        finally:
+            loop.cancel()
+
+    asyncio.run(scenario())
+    # The claim came from the executor, under its lease: it was alive then, and its task is timed
+    # out at its deadline. Judged by its counter alone, it would have waited for the counter to
+    # move (a beat, seconds), and a read or two.
+    assert keeper.stats["timeouts"] == 1
+    stored = keeper.store.get(record.id)
+    assert stored is not None and stored.state is TaskState.TIMED_OUT

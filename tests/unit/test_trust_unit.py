@@ -228,6 +228,27 @@ def test_lease_observer_judges_by_changes_it_saw():
     assert leases.stale(older_than_s=12) == []
 
 
+def test_lease_observer_takes_a_vouch_as_a_renewal_and_invents_no_move_after_it():
+    from raylane.actors.fencing import LeaseObserver
+
+    clock = Clock()
+    leases = LeaseObserver(ttl_s=10, clock=clock)
+    leases.vouch("a")  # a claim from a: alive now, its counter not read yet
+    assert leases.renewed("a") and not leases.lapsed("a")
+    clock.now += 4
+    leases.observe({"a": 5})  # its first counter read is no move of its own
+    clock.now += 7  # 11 s since the vouch, and no move seen
+    assert leases.lapsed("a") and not leases.renewed("a")
+    leases.vouch("a")
+    leases.observe({"a": 5})  # the same counter after a vouch: still alive as of the vouch
+    assert leases.renewed("a")
+    clock.now += 10
+    assert leases.lapsed("a")
+    leases.observe({"a": 6})
+    assert leases.renewed("a")
+    leases.vouch(None)  # a record without an owner vouches for nobody
+
+
 def test_lease_observer_never_compares_the_owners_clock():
     """A counter that jumps (the owner's wall clock went back, say) is still a renewal."""
     from raylane.actors.fencing import LeaseObserver
