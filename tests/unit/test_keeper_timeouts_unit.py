@@ -9,37 +9,18 @@ from datetime import UTC, datetime
 import ray
 
 from raylane.actors.status_keeper import StatusKeeper, _Running
-from raylane.config import KafkaConnection, OpenSearchConnection
 from raylane.models import PackedRecord, TaskMessage, TaskRecord, new_task_id
-from raylane.protocol import ActorConfig
 from raylane.states import TaskState
+from tests.memory_actors import NoMetrics, memory_config
 
 OWNER = "Executor/0123456789abcdef"
-
-
-class _NoMetrics:
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
 
 
 def _keeper(monkeypatch, name: str) -> tuple[StatusKeeper, list[int], list[tuple]]:
     """A keeper on the in-memory store, with its heartbeat reads and its kills counted."""
     monkeypatch.setattr(ray, "get_actor", lambda *args, **kwargs: object())
-    config = ActorConfig(
-        kafka=KafkaConnection(bootstrap=f"memory://{name}"),
-        opensearch=OpenSearchConnection(url=f"memory://{name}"),
-        namespace="unit",
-        index_alias="tasks",
-        topic_prefix="raylane.tasks.",
-        dlq_topic="raylane.dlq",
-        default_queue="default",
-        partitions=1,
-        max_payload_bytes=1 << 16,
-        max_in_flight=10,
-        secret="unit-secret-of-32-bytes-and-more",
-    )
-    keeper = StatusKeeper(config)
-    keeper.metrics = _NoMetrics()  # type: ignore[assignment]
+    keeper = StatusKeeper(memory_config(name))
+    keeper.metrics = NoMetrics()  # type: ignore[assignment]
     monkeypatch.setattr(keeper, "_ensure_loops", lambda: None)
     reads: list[int] = []
     beat = iter(range(1, 1_000_000))

@@ -10,36 +10,18 @@ import ray
 from raylane.actors import queue_consumer
 from raylane.actors.queue_consumer import QueueConsumer
 from raylane.backends import memory_broker
-from raylane.config import KafkaConnection, OpenSearchConnection
 from raylane.errors import UnknownTaskName
 from raylane.models import TaskMessage, new_task_id, utcnow
-from raylane.protocol import ActorConfig, HandOff
+from raylane.protocol import HandOff
 from raylane.queue import topic_of
-
-
-class _NoMetrics:
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
+from tests.memory_actors import NoMetrics, memory_config
 
 
 def _consumer(monkeypatch, name: str, max_in_flight: int) -> QueueConsumer:
     monkeypatch.setattr(ray, "get_actor", lambda *args, **kwargs: object())
-    config = ActorConfig(
-        kafka=KafkaConnection(bootstrap=f"memory://{name}"),
-        opensearch=OpenSearchConnection(url=f"memory://{name}"),
-        namespace="unit",
-        index_alias="tasks",
-        topic_prefix="raylane.tasks.",
-        dlq_topic="raylane.dlq",
-        default_queue="default",
-        partitions=1,
-        max_payload_bytes=1 << 16,
-        max_in_flight=max_in_flight,
-        max_running=1,
-        secret="unit-secret-of-32-bytes-and-more",
-    )
+    config = memory_config(name, max_in_flight=max_in_flight, max_running=1)
     consumer = QueueConsumer(config, 0, executor="Executor")
-    consumer.metrics = _NoMetrics()  # type: ignore[assignment]
+    consumer.metrics = NoMetrics()  # type: ignore[assignment]
     return consumer
 
 

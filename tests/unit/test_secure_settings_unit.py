@@ -10,6 +10,7 @@ from raylane.errors import ConfigError
 from raylane.models import duration_s
 from raylane.protocol import ActorConfig
 from raylane.queue import kafka_options
+from tests.memory_actors import memory_config
 
 SCRAM = {
     "kafka_bootstrap": "broker-1:9096,broker-2:9096",
@@ -88,20 +89,7 @@ def test_secrets_are_masked_in_dumps_and_reprs_and_revealed_only_for_ray():
     for shown in (repr(conn), conn.model_dump_json(), repr(os_conn), os_conn.model_dump_json(), repr(settings)):
         assert "s3cret" not in shown
     # Actors get their config through Ray's own channel, with the secrets in it.
-    config = ActorConfig(
-        kafka=conn,
-        opensearch=os_conn,
-        namespace="n",
-        index_alias="a",
-        topic_prefix="t.",
-        dlq_topic="d",
-        default_queue="default",
-        partitions=1,
-        max_payload_bytes=1024,
-        max_in_flight=1,
-        max_running=1,
-        secret="cluster",
-    )
+    config = memory_config("secure-settings", kafka=conn, opensearch=os_conn)
     assert "s3cret" not in config.model_dump_json()
     back = ActorConfig.model_validate_json(config.model_dump_json(context=REVEAL))
     assert back.kafka.client_options()["sasl_plain_password"] == "s3cret-kafka"
