@@ -66,9 +66,11 @@ class LeaseObserver:
                 self._seen[owner] = (beat, now, True)
 
     def vouch(self, owner: str | None) -> None:
-        """``owner`` just asked for what only an executor holding its lease asks (a claim): evidence
-        that it renewed its lease lately, as its counter seen to move is. Without it, a keeper that
-        just started waits for two looks at the heartbeats, seconds apart, before its first timeout."""
+        """``owner`` just sent a claim, so it was running a moment ago, and its heartbeat loop with
+        it: taken as its counter seen to move now. It is judged from then on as after such a move
+        (renewing for ``ttl_s``, lapsed after ``ttl_s`` without a move or another claim). Without
+        it, a keeper that just started waits for two looks at the heartbeats, seconds apart,
+        before its first timeout."""
         if owner is None:
             return
         seen = self._seen.get(owner)
