@@ -313,7 +313,7 @@ class Runs:
         now = time.time()
         for i, (msg, _) in enumerate(members):
             wait_s = wait_allowance(timeouts, i) if len(members) > 1 else 0.0
-            self._keepers.of(msg.id).began.remote(msg.id, msg.attempt, now, wait_s)
+            self._keepers.of(msg.id).began.remote(msg.id, msg.attempt, now, wait_s, restarted=True)
 
     def holds(self, task_id: str, attempt: int) -> bool:
         """Whether attempt ``attempt`` of ``task_id`` runs here: alone, in a group, or claimed and

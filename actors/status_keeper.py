@@ -47,6 +47,7 @@ _KILL_STATES = (TaskState.CANCELLED, TaskState.TIMED_OUT)
 class _Running:
     record: PackedRecord
     deadline: float | None  # monotonic
+    began: float | None = None  # epoch seconds, when a group's worker said this member began
 
 
 class StatusKeeper:
@@ -313,14 +314,18 @@ class StatusKeeper:
         ended = self._book.ended_as(task_id)
         return ended is None or ended[0] < attempt
 
-    async def began(self, task_id: str, attempt: int, began: float, wait_s: float = 0.0) -> bool:
+    async def began(
+        self, task_id: str, attempt: int, began: float, wait_s: float = 0.0, restarted: bool = False
+    ) -> bool:
         """Start the clock of a running task that waited for its turn in a group: it began at
         ``began`` (epoch seconds), or, with ``wait_s``, may wait that much longer from then. Its
-        deadline becomes that plus its timeout. False if this attempt is not running here, or
-        has no timeout."""
+        deadline becomes that plus its timeout. ``restarted``: the member starts again elsewhere
+        and its clock restarts at ``began``, which is not when it began. False if this attempt is
+        not running here, or has no timeout."""
         r = self._running.get(task_id)
         if r is None or r.record.attempt != attempt or not r.record.timeout_s or r.deadline is None:
             return False
+        r.began = None if restarted else began  # a TIMED_OUT record says when its member began
         since = max(0.0, time.time() - began)
         self._set_deadline(r, time.monotonic() - since + wait_s + r.record.timeout_s)
         return True
@@ -462,6 +467,9 @@ class StatusKeeper:
                             TaskState.TIMED_OUT,
                             error_type="TimeoutError",
                             error=f"task ran past its timeout of {rec.timeout_s:g}s and was killed",
+                            # started_at is the claim; a member of a group began later, and its
+                            # hops say when, as a finished member's do.
+                            hops=rec.hops_with(began=r.began),
                         )
                     )
                 elif self._leases.lapsed(rec.lease_owner):

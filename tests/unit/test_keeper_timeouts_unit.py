@@ -153,3 +153,50 @@ def test_the_first_timeout_after_a_keeper_starts_needs_no_second_look(monkeypatc
     assert keeper.stats["timeouts"] == 1
     stored = keeper.store.get(record.id)
     assert stored is not None and stored.state is TaskState.TIMED_OUT
+
+
+def _claimed_member(keeper: StatusKeeper) -> TaskRecord:
+    """A task written PENDING and claimed through ``keeper``, as a member of a group is."""
+    pending = _pending()
+    record = pending.moved_to(TaskState.RUNNING, lease_owner=OWNER)
+
+    async def claim() -> None:
+        await keeper.write([pending])
+        [outcome] = await keeper.claim([record])
+        assert outcome.accepted
+
+    asyncio.run(claim())
+    return record
+
+
+def _timed_out_now(keeper: StatusKeeper, record: TaskRecord) -> TaskRecord:
+    r = keeper._running[record.id]
+    asyncio.run(keeper._time_out([r], time.monotonic()))
+    stored = keeper.store.get(record.id)
+    assert stored is not None and stored.state is TaskState.TIMED_OUT
+    return stored
+
+
+def test_a_timed_out_member_says_when_it_began(monkeypatch):
+    keeper, _, _ = _keeper(monkeypatch, "timeout-began")
+    record = _claimed_member(keeper)
+    began = record.created_at.timestamp() + 0.75  # it waited behind its siblings
+
+    assert asyncio.run(keeper.began(record.id, record.attempt, began))
+    stored = _timed_out_now(keeper, record)
+
+    # started_at is the claim; the hop says when the member began, relative to created_at.
+    assert stored.hops is not None and stored.hops["began"] == 0.75
+
+
+def test_a_member_whose_clock_restarts_elsewhere_has_no_begin_until_it_begins_again(monkeypatch):
+    keeper, _, _ = _keeper(monkeypatch, "timeout-restarted")
+    record = _claimed_member(keeper)
+    created = record.created_at.timestamp()
+
+    asyncio.run(keeper.began(record.id, record.attempt, created + 0.5))
+    asyncio.run(keeper.began(record.id, record.attempt, created + 2.0, 1.0, restarted=True))
+    stored = _timed_out_now(keeper, record)
+
+    # The restart is when its clock began again, not when it began: no hop claims otherwise.
+    assert "began" not in (stored.hops or {})
