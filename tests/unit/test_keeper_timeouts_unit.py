@@ -39,9 +39,19 @@ def _running() -> TaskRecord:
     return _pending().moved_to(TaskState.RUNNING, lease_owner=OWNER)
 
 
+async def _claimed(keeper: StatusKeeper) -> TaskRecord:
+    """A task written PENDING and claimed through ``keeper``, as an executor claims it."""
+    pending = _pending()
+    record = pending.moved_to(TaskState.RUNNING, lease_owner=OWNER)
+    await keeper.write([pending])
+    [outcome] = await keeper.claim([record])
+    assert outcome.accepted
+    return record
+
+
 def _time_out(keeper: StatusKeeper, record: TaskRecord) -> _Running:
-    running = _Running(PackedRecord.of(record), time.monotonic())
-    keeper._running[record.id] = running
+    """Have ``keeper`` time ``record``'s task out now (watching it first if it does not yet)."""
+    running = keeper._running.setdefault(record.id, _Running(PackedRecord.of(record), time.monotonic()))
     asyncio.run(keeper._time_out([running], time.monotonic()))
     return running
 
@@ -93,16 +103,15 @@ def test_the_deadline_loop_goes_on_while_a_timeout_is_written(monkeypatch):
     keeper._leases.observe({OWNER: 1})
     keeper._leases.observe({OWNER: 2})
     slow, quick = _running(), _running()
-    held = asyncio.Event()
+    held, second = asyncio.Event(), asyncio.Event()
     written: list[str] = []
 
     async def write(records):
-        # The first TIMED_OUT write is held as a bulk behind a busy store would be.
-        if not written:
-            written.append(records[0].id)
-            await held.wait()
+        written.append(records[0].id)
+        if len(written) == 1:
+            await held.wait()  # the first TIMED_OUT write waits, as behind a busy store's bulk
         else:
-            written.append(records[0].id)
+            second.set()
         return [None] * len(records)
 
     monkeypatch.setattr(keeper, "write", write)
@@ -113,9 +122,9 @@ def test_the_deadline_loop_goes_on_while_a_timeout_is_written(monkeypatch):
             keeper._watch(_Running(PackedRecord.of(record), deadline))
         loop = asyncio.create_task(keeper._deadline_loop())
         try:
-            deadline = time.monotonic() + 10
-            while len(written) < 2 and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
+            await asyncio.wait_for(second.wait(), 10)
+        except TimeoutError:
+            pass  # the assertion below says what went wrong
         finally:
             held.set()
             loop.cancel()
@@ -129,24 +138,28 @@ def test_the_first_timeout_after_a_keeper_starts_needs_no_second_look(monkeypatc
     keeper, reads, _ = _keeper(monkeypatch, "timeout-first")
     # The executor's counter moves once a beat (seconds apart): not between two reads here.
     monkeypatch.setattr(keeper.store, "heartbeats", lambda: reads.append(1) or {OWNER: 7})
-    pending = _pending()
-    record = pending.moved_to(TaskState.RUNNING, lease_owner=OWNER)
+    looked = asyncio.Event()
+    time_out = keeper._time_out
+
+    async def first_look(*args):
+        await time_out(*args)
+        looked.set()  # the keeper's first judgement at the deadline is made
+
+    monkeypatch.setattr(keeper, "_time_out", first_look)
+    records: list[TaskRecord] = []
 
     async def scenario() -> None:
         loop = asyncio.create_task(keeper._deadline_loop())
         try:
-            await keeper.write([pending])
-            [outcome] = await keeper.claim([record])
-            assert outcome.accepted
-            r = keeper._running[record.id]
+            records.append(await _claimed(keeper))
+            r = keeper._running[records[0].id]
             keeper._set_deadline(r, time.monotonic() + 0.2)  # a short timeout, for the test's sake
-            deadline = time.monotonic() + 5
-            while keeper.stats["timeouts"] == 0 and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
+            await asyncio.wait_for(looked.wait(), 10)
         finally:
             loop.cancel()
 
     asyncio.run(scenario())
+    [record] = records
     # The claim came from the executor, under its lease: it was alive then, and its task is timed
     # out at its deadline. Judged by its counter alone, it would have waited for the counter to
     # move (a beat, seconds), and a read or two.
@@ -155,23 +168,8 @@ def test_the_first_timeout_after_a_keeper_starts_needs_no_second_look(monkeypatc
     assert stored is not None and stored.state is TaskState.TIMED_OUT
 
 
-def _claimed_member(keeper: StatusKeeper) -> TaskRecord:
-    """A task written PENDING and claimed through ``keeper``, as a member of a group is."""
-    pending = _pending()
-    record = pending.moved_to(TaskState.RUNNING, lease_owner=OWNER)
-
-    async def claim() -> None:
-        await keeper.write([pending])
-        [outcome] = await keeper.claim([record])
-        assert outcome.accepted
-
-    asyncio.run(claim())
-    return record
-
-
 def _timed_out_now(keeper: StatusKeeper, record: TaskRecord) -> TaskRecord:
-    r = keeper._running[record.id]
-    asyncio.run(keeper._time_out([r], time.monotonic()))
+    _time_out(keeper, record)
     stored = keeper.store.get(record.id)
     assert stored is not None and stored.state is TaskState.TIMED_OUT
     return stored
@@ -179,7 +177,7 @@ def _timed_out_now(keeper: StatusKeeper, record: TaskRecord) -> TaskRecord:
 
 def test_a_timed_out_member_says_when_it_began(monkeypatch):
     keeper, _, _ = _keeper(monkeypatch, "timeout-began")
-    record = _claimed_member(keeper)
+    record = asyncio.run(_claimed(keeper))
     began = record.created_at.timestamp() + 0.75  # it waited behind its siblings
 
     assert asyncio.run(keeper.began(record.id, record.attempt, began))
@@ -191,7 +189,7 @@ def test_a_timed_out_member_says_when_it_began(monkeypatch):
 
 def test_a_member_whose_clock_restarts_elsewhere_has_no_begin_until_it_begins_again(monkeypatch):
     keeper, _, _ = _keeper(monkeypatch, "timeout-restarted")
-    record = _claimed_member(keeper)
+    record = asyncio.run(_claimed(keeper))
     created = record.created_at.timestamp()
 
     asyncio.run(keeper.began(record.id, record.attempt, created + 0.5))
