@@ -81,9 +81,10 @@ class UnknownTaskName(InvalidTaskInput):
 class PayloadTooLarge(InvalidTaskInput):
     """The task's JSON arguments exceed the configured payload limit."""
 
-    def __init__(self, size: int, limit: int):
+    def __init__(self, size: int, limit: int, at_least: bool = False):
         super().__init__(
-            f"task arguments are {size} bytes of JSON, over the limit of {limit} bytes "
+            f"task arguments are {'at least ' if at_least else ''}{size} bytes of JSON, "
+            f"over the limit of {limit} bytes "
             f"(RAYLANE_MAX_PAYLOAD_BYTES); pass a reference (path, URL, id) instead of the data"
         )
         self.size = size
@@ -109,9 +110,9 @@ class RecordRefused(InvalidTaskInput):
 class ResultTooLarge(RaylaneError):
     """A task's result is over the result size limit; the task fails with this error type."""
 
-    def __init__(self, size: int, limit: int):
+    def __init__(self, size: int, limit: int, at_least: bool = False):
         super().__init__(
-            f"the result is {size} bytes of JSON, over the limit of {limit} bytes "
+            f"the result is {'at least ' if at_least else ''}{size} bytes of JSON, over the limit of {limit} bytes "
             f"(RAYLANE_MAX_RESULT_BYTES); store large outputs elsewhere and return a reference"
         )
         self.size = size

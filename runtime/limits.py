@@ -53,6 +53,36 @@ def depth_of(value: Any, stop_after: int) -> int:
     return deepest
 
 
+def json_size_floor(value: Any, stop_after: int) -> int:
+    """A lower bound of the length of ``value`` as compact JSON, counted without encoding it and
+    without recursion; counting stops past ``stop_after``. A value far over a size limit is thus
+    refused at the cost of reading up to the limit, not of encoding it all: ``json.dumps`` is one C
+    call that holds the GIL throughout, and in a worker a lease's fence thread needs the GIL to
+    keep the attempt alive (150 MiB of text took seconds to encode on a loaded node)."""
+    size = 0
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            size += len(item) + 2  # the quotes; escapes only add
+        elif isinstance(item, (list, tuple)):
+            size += 2 + max(len(item) - 1, 0)  # brackets and commas
+            stack.extend(item)
+        elif isinstance(item, dict):
+            size += 2 + max(len(item) - 1, 0) + 3 * len(item)  # braces, commas, a key's quotes and colon
+            for key, child in item.items():
+                if isinstance(key, str):
+                    size += len(key)
+                stack.append(child)
+        elif item is None or isinstance(item, bool):
+            size += 4  # null, true (false is 5)
+        else:
+            size += 1  # a number is at least a digit; anything else json.dumps refuses
+        if size > stop_after:
+            break
+    return size
+
+
 def check_arguments_shape(args: list, kwargs: dict, limits: Limits) -> int:
     """Check that arguments are JSON, nest at most ``max_depth`` deep and fit ``max_payload_bytes``;
     returns their size in bytes. Raises ``ArgumentsTooDeep``, ``InvalidTaskInput`` or ``PayloadTooLarge``."""
@@ -63,6 +93,9 @@ def check_arguments_shape(args: list, kwargs: dict, limits: Limits) -> int:
         depth = depth_of(value, limits.max_depth)
         if depth > limits.max_depth:
             raise ArgumentsTooDeep(where, limits.max_depth)
+    floor = json_size_floor([args, kwargs], limits.max_payload_bytes)
+    if floor > limits.max_payload_bytes:
+        raise PayloadTooLarge(floor, limits.max_payload_bytes, at_least=True)
     try:
         size = len(json.dumps([args, kwargs], allow_nan=False, separators=(",", ":")).encode())
     except (TypeError, ValueError, RecursionError) as e:
@@ -102,6 +135,9 @@ def encode_result(result: Any, limits: Limits) -> None:
         raise ResultNotSerializable(
             f"the result nests {depth} or more levels deep, over the limit of {limits.max_depth} (RAYLANE_MAX_DEPTH)"
         )
+    floor = json_size_floor(result, limits.max_result_bytes)
+    if floor > limits.max_result_bytes:
+        raise ResultTooLarge(floor, limits.max_result_bytes, at_least=True)
     try:
         size = len(json.dumps(result, allow_nan=False, separators=(",", ":")).encode())
     except (TypeError, ValueError, RecursionError) as e:

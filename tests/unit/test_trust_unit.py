@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import stat
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from raylane.errors import (
     ArgumentsTooDeep,
@@ -15,7 +18,16 @@ from raylane.errors import (
     ResultNotSerializable,
     ResultTooLarge,
 )
-from raylane.limits import Limits, check_arguments_shape, check_tags, check_timeout, clip_text, depth_of, encode_result
+from raylane.limits import (
+    Limits,
+    check_arguments_shape,
+    check_tags,
+    check_timeout,
+    clip_text,
+    depth_of,
+    encode_result,
+    json_size_floor,
+)
 from raylane.models import WriteOutcome
 from raylane.ratelimit import ConcurrencyLimiter, OverLimit, RateLimiter
 from raylane.signing import Signer, load_or_create_secret
@@ -133,6 +145,47 @@ def test_result_checks():
     for bad in ({1}, float("inf"), object()):
         with pytest.raises(ResultNotSerializable, match="not JSON"):
             encode_result(bad, limits)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=5), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@given(JSON_VALUES)
+def test_json_size_floor_never_exceeds_the_encoded_size(value):
+    encoded = len(json.dumps(value, allow_nan=False, separators=(",", ":")).encode())
+    assert json_size_floor(value, 1 << 30) <= encoded
+
+
+class _Spy:
+    """``json.dumps`` that notes the length of every text it is asked to encode."""
+
+    def __init__(self, dumps):
+        self.dumps, self.texts = dumps, []
+
+    def __call__(self, value, **kw):
+        self.texts += [len(v) for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
+        return self.dumps(value, **kw)
+
+
+def test_values_far_over_a_size_limit_are_refused_without_being_encoded(monkeypatch):
+    """Encoding holds the GIL throughout: a worker encoding a huge result starves its lease's
+    fence thread, which then ends the worker (seen as WorkerCrashedError instead of ResultTooLarge)."""
+    spy = _Spy(json.dumps)
+    monkeypatch.setattr(json, "dumps", spy)
+    limits = Limits(max_payload_bytes=1000, max_result_bytes=1000, max_depth=3)
+    with pytest.raises(ResultTooLarge, match="at least 1000002 bytes"):
+        encode_result("x" * 1_000_000, limits)
+    with pytest.raises(PayloadTooLarge, match="at least"):
+        check_arguments_shape(["x" * 1_000_000], {}, limits)
+    with pytest.raises(ResultTooLarge, match="at least"):
+        encode_result(list(range(1_000_000)), limits)
+    assert spy.texts == []
+    encode_result("x" * 900, limits)  # under the limit, it is encoded and measured exactly
+    assert spy.texts == [900]
 
 
 def test_clip_text_keeps_the_end():
