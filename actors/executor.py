@@ -203,6 +203,12 @@ class Executor:
         its tasks ask, and end themselves before it can lapse anywhere else."""
         return self._lease.remaining()
 
+    async def lease_held(self) -> tuple[float, float]:
+        """Seconds this incarnation's lease still holds, and seconds it has held without a break:
+        a worker that could not ask for a while (its task held the GIL) learns from the second
+        whether the lease held through that time."""
+        return self._lease.remaining(), self._lease.held_for()
+
     async def sweep(self, limit: int = 500) -> int:
         """Recover lost tasks now (see ``recovery.Recovery.sweep``); returns how many."""
         return await self._recovery.sweep(limit)

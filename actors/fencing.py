@@ -37,6 +37,12 @@ FENCE_REFRESH_S = 1.0  # how often a running worker asks its executor how long i
 # and a deadline that passes while the question waits ends a worker whose executor is alive.
 FENCE_ASK_AHEAD_S = 3.0
 FENCE_CHECK_S = 0.2
+# A check this late after the one before means the fence thread could not run: the task held the
+# GIL (one long C call: a sort, a regex, a decode). It could not ask meanwhile, so before it ends
+# the worker for a deadline passed in that time it asks once whether the lease held throughout,
+# waiting this long at most for the answer.
+FENCE_STARVED_S = 1.0
+FENCE_RECHECK_S = 1.0
 FENCED_EXIT_CODE = 75
 
 
@@ -132,6 +138,8 @@ class WorkerFence:
         self._deadline = 0.0
         self._asked: tuple[object, float] | None = None  # (reply reference, when asked)
         self._last_ask = 0.0
+        self._last_check = 0.0
+        self._armings = 0  # tells an arming from the next, for an answer that comes back unlocked
         self._thread: threading.Thread | None = None
         # For the message of a worker that ends itself: what it heard, since it was armed.
         self._armed_at = 0.0
@@ -162,6 +170,8 @@ class WorkerFence:
         with self._lock:
             self._executor, self._what, self._deadline = executor, what, deadline
             self._asked, self._last_ask = None, self._clock()
+            self._last_check = self._last_ask
+            self._armings += 1
             self._armed_at, self._asks, self._answers, self._last_answer = self._last_ask, 0, 0, None
             if deadline - self._last_ask <= FENCE_ASK_AHEAD_S:
                 # The lease known at launch is near its end (the task waited for a worker): ask now.
@@ -190,7 +200,8 @@ class WorkerFence:
 
     def check(self) -> None:
         """One round: renew the deadline from the executor's answer, ask again when due, and end
-        the process if the deadline passed."""
+        the process if the deadline passed (unless, after the thread could not run, the executor
+        says its lease held all the while)."""
         import ray
 
         with self._lock:
@@ -198,6 +209,8 @@ class WorkerFence:
             if executor is None:
                 return
             now = self._clock()
+            starved = now - self._last_check > FENCE_STARVED_S
+            self._last_check = now
             if self._asked is not None:
                 ref, asked_at = self._asked
                 ready, _ = ray.wait([ref], timeout=0)
@@ -208,31 +221,66 @@ class WorkerFence:
                     except Exception:  # the executor died: its lease is not renewed
                         remaining = None
                     if remaining is not None:
-                        # Measured from when we asked: the executor answered later, so this is safe.
-                        self._deadline = max(self._deadline, asked_at + remaining - FENCE_MARGIN_S)
-                        self._answers += 1
-                        self._last_answer = (remaining, now - asked_at)
-            if now >= self._deadline:
-                heard = (
-                    f"the last said {self._last_answer[0]:.1f}s remained, {self._last_answer[1]:.1f}s after asked"
-                    if self._last_answer
-                    else "none said how long it holds"
-                )
-                sys.stderr.write(
-                    f"raylane: the lease of the executor running {self._what} is not renewed; "
-                    f"ending this worker so that the attempt cannot run beside a newer one "
-                    f"(armed {now - self._armed_at:.1f}s ago; {self._answers} of {self._asks} questions answered; "
-                    f"{heard})\n"
-                )
-                sys.stderr.flush()
-                self._exit(FENCED_EXIT_CODE)
+                        self._renewed(asked_at, remaining, now)
+            if now < self._deadline:
+                # Near the deadline, twice as often: at most one question is out at a time anyway,
+                # and a loaded executor is not asked more than twice a second by any worker.
+                every = FENCE_REFRESH_S / 2 if self._deadline - now <= FENCE_ASK_AHEAD_S else FENCE_REFRESH_S
+                if self._asked is None and now - self._last_ask >= every:
+                    self._last_ask = now
+                    self._ask(executor, now)
                 return
-            # Near the deadline, twice as often: at most one question is out at a time anyway,
-            # and a loaded executor is not asked more than twice a second by any worker.
-            every = FENCE_REFRESH_S / 2 if self._deadline - now <= FENCE_ASK_AHEAD_S else FENCE_REFRESH_S
-            if self._asked is None and now - self._last_ask >= every:
-                self._last_ask = now
-                self._ask(executor, now)
+            if not starved:
+                self._end(now)
+                return
+            arming, known_until = self._armings, self._deadline + FENCE_MARGIN_S
+            self._asks += 1
+        # Unlocked: the task may end (and disarm) while the executor is asked.
+        confirmed = self._held_through(executor, known_until)
+        with self._lock:
+            if self._executor is None or self._armings != arming:
+                return
+            if confirmed is None:
+                self._end(self._clock())
+                return
+            self._renewed(*confirmed, self._clock())
+
+    def _renewed(self, asked_at: float, remaining: float, now: float) -> None:
+        # Measured from when we asked: the executor answered later, so this is safe.
+        self._deadline = max(self._deadline, asked_at + remaining - FENCE_MARGIN_S)
+        self._answers += 1
+        self._last_answer = (remaining, now - asked_at)
+
+    def _held_through(self, executor, known_until: float) -> tuple[float, float] | None:
+        """(when asked, seconds remaining) if the executor's lease held without a break from
+        ``known_until`` (when it was last known to hold, on this clock) to now; else None. Only
+        durations cross: the executor says how long its lease has held, and it said so no later
+        than the answer came back."""
+        import ray
+
+        asked = self._clock()
+        try:
+            remaining, held_for = ray.get(executor.lease_held.remote(), timeout=FENCE_RECHECK_S)
+        except Exception:  # no answer in time, or the executor is gone
+            return None
+        if held_for < self._clock() - known_until or asked + remaining - FENCE_MARGIN_S <= self._clock():
+            return None
+        return asked, remaining
+
+    def _end(self, now: float) -> None:
+        heard = (
+            f"the last said {self._last_answer[0]:.1f}s remained, {self._last_answer[1]:.1f}s after asked"
+            if self._last_answer
+            else "none said how long it holds"
+        )
+        sys.stderr.write(
+            f"raylane: the lease of the executor running {self._what} is not renewed; "
+            f"ending this worker so that the attempt cannot run beside a newer one "
+            f"(armed {now - self._armed_at:.1f}s ago; {self._answers} of {self._asks} questions answered; "
+            f"{heard})\n"
+        )
+        sys.stderr.flush()
+        self._exit(FENCED_EXIT_CODE)
 
 
 _fence: WorkerFence | None = None

@@ -52,6 +52,7 @@ class OwnLease:
         self._store = store
         self.incarnation = incarnation
         self.until = 0.0  # on this process's monotonic clock
+        self._held_since: float | None = None  # since when the lease has held without a break
         self._beat = 0  # the last beat given out; 0 until one was written
         self._last_start = 0.0  # when the last heartbeat began (whether it succeeded or not)
         self.healthy_since: float | None = None  # since when heartbeats succeed without a gap
@@ -67,8 +68,11 @@ class OwnLease:
         # once: an owner's claims must never be found before its lease.
         beat = self._beat = self._beat + 1 if self.until else 1
         await asyncio.get_running_loop().run_in_executor(self._beats, self._store.heartbeat, self.incarnation, beat)
+        done = time.monotonic()
+        if self.until < done:  # it had lapsed (or never held): it holds again from now
+            self._held_since = done
         self.until = max(self.until, started + LEASE_TTL_S)
-        took = time.monotonic() - started
+        took = done - started
         if took > _SLOW_HEARTBEAT_S:
             # Every second a heartbeat takes is a second less of lease: workers end before it lapses.
             log.warning("a heartbeat took %.1fs; the lease holds %.1fs more", took, self.remaining())
@@ -76,6 +80,13 @@ class OwnLease:
     def remaining(self) -> float:
         """Seconds the lease still holds (negative once lapsed)."""
         return self.until - time.monotonic()
+
+    def held_for(self) -> float:
+        """Seconds the lease has held without a break, up to now (0 if it does not hold now)."""
+        now = time.monotonic()
+        if self._held_since is None or self.until <= now:
+            return 0.0
+        return now - self._held_since
 
     async def heartbeat_loop(self) -> None:
         """Renew every ``HEARTBEAT_EVERY_S`` from the start of the last heartbeat, as the lease is

@@ -33,10 +33,20 @@ def _lines(path: Path) -> list[tuple[int, float]]:
 
 @raylane.task(name="test.fence.hold")
 def hold(path: str, seconds: float) -> None:
-    """Hold a CPU for ``seconds``, marking when it began and when it is done."""
-    Path(f"{path}.began").touch()
+    """Hold a CPU for ``seconds``, marking when it began (with its worker's pid) and when it is done."""
+    Path(f"{path}.began").write_text(str(os.getpid()))
     time.sleep(seconds)
     Path(path).touch()  # its CPU is free an instant later
+
+
+@raylane.task(name="test.fence.busy")
+def busy(seconds: float) -> int:
+    """Hold the GIL for ``seconds`` in one C call, as a long sort or a big regex does, and return
+    the worker's pid. ``ctypes.PyDLL`` calls keep the GIL, unlike ``CDLL`` ones."""
+    import ctypes
+
+    ctypes.PyDLL(None).usleep(int(seconds * 1e6))
+    return os.getpid()
 
 
 def _ray_task_state(task_id: str) -> str | None:
@@ -44,6 +54,19 @@ def _ray_task_state(task_id: str) -> str | None:
 
     found = list_tasks(filters=[("name", "=", f"raylane:test.fence.scribe:{task_id}")], limit=5)
     return found[0].state if found else None
+
+
+def _held_no_more(path: Path) -> bool:
+    """Whether the ``hold`` task at ``path`` holds its CPU no more: it is done, or its worker is gone."""
+    if path.exists():
+        return True
+    try:
+        os.kill(int(Path(f"{path}.began").read_text()), 0)
+    except ProcessLookupError:
+        return True
+    except ValueError:  # its pid is being written
+        pass
+    return False
 
 
 def test_a_task_cancelled_while_its_executor_is_frozen_never_starts(rl, store, tmp_path):
@@ -67,8 +90,11 @@ def test_a_task_cancelled_while_its_executor_is_frozen_never_starts(rl, store, t
     os.kill(executor_pid, signal.SIGSTOP)
     try:
         assert h.cancel().state is TaskState.CANCELLED
+        # A blocker that began just before the freeze may not have heard its executor confirm
+        # the lease: its fence then ends its worker instead of letting it finish. Either way its
+        # CPU is free once it is done or its worker is gone.
         wait_until(
-            lambda: all(p.exists() for p in held),
+            lambda: all(_held_no_more(p) for p in held),
             timeout=30,
             what=lambda: f"the CPUs to free: {sorted(x.name for x in tmp_path.iterdir())}",
         )
@@ -148,3 +174,14 @@ def test_a_newer_attempt_on_record_stops_the_older(rl, store, tmp_path):
     wait_until(lambda: _lines(path)[-1][1] < time.time() - 2.0, timeout=20, what="attempt 0 to stop")
     assert _lines(path)[-1][1] < written_at + 3
     raylane.cancel(h.id)
+
+
+def test_a_task_holding_the_gil_past_the_lease_runs_on_while_its_executor_is_alive(rl):
+    """A worker's fence cannot ask its executor while the task holds the GIL. Once it can, a
+    lease that held all along (its executor is well) lets the task go on: the task ends
+    SUCCEEDED in its first attempt, not as a worker that ended itself."""
+    from raylane.actors.fencing import LEASE_TTL_S
+
+    h = busy.submit(LEASE_TTL_S + 2.0)
+    final = h.wait(timeout=120)
+    assert final.state is TaskState.SUCCEEDED and final.attempt == 0, (final.state, final.error_type, final.error)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import types
 
 import pytest
 
@@ -67,3 +68,28 @@ def test_a_hanging_heartbeat_does_not_hold_back_the_next(monkeypatch):
     until = asyncio.run(main())
     assert 3 in store.written and 2 not in store.written[: store.written.index(3)]
     assert until > time.monotonic() + LEASE_TTL_S - 2  # renewed by beat 3 while beat 2 hung
+
+
+def test_a_lease_says_how_long_it_has_held_without_a_break(monkeypatch):
+    """``held_for`` counts from the renewal that ended the last break (or the first one), and is
+    0 while the lease does not hold: a worker fence relies on it to know no lapse went unseen."""
+    now = [100.0]
+    monkeypatch.setattr(recovery, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    lease = OwnLease(_Beats(), "e/1")  # type: ignore[arg-type]
+
+    def renew_at(t: float) -> None:
+        now[0] = t
+        asyncio.run(lease.renew())
+
+    assert lease.held_for() == 0.0
+    renew_at(100.0)
+    now[0] = 105.0
+    assert lease.held_for() == 5.0
+    renew_at(100.0 + LEASE_TTL_S - 1)  # renewed in time: no break
+    now[0] = 100.0 + LEASE_TTL_S + 2
+    assert lease.held_for() == LEASE_TTL_S + 2
+    now[0] = 100.0 + 3 * LEASE_TTL_S  # past the lease's end: it does not hold
+    assert lease.held_for() == 0.0
+    renew_at(now[0])
+    now[0] += 1.0
+    assert lease.held_for() == 1.0  # it holds again, from the renewal after the break
