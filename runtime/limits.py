@@ -1,8 +1,9 @@
 """Input limits: one set, applied identically to the SDK, the CLI and the HTTP API.
 
-Every submission passes ``check_submission`` in the RequestHandler before anything is written,
-and every result passes ``encode_result`` in the worker that produced it. What breaks a limit
-is a typed error (``InvalidTaskInput`` and its subclasses; HTTP 4xx), never an outage.
+Every submission passes ``check_arguments_shape``, ``check_timeout`` and ``check_tags`` in the
+RequestHandler before anything is written, and every result passes ``encode_result`` in the
+worker that produced it. What breaks a limit is a typed error (``InvalidTaskInput`` and its
+subclasses; HTTP 4xx), never an outage.
 
 The depth limit keeps every record inside what the status store accepts: OpenSearch refuses
 arrays nested deeper than 20 in a document, and a task's arguments sit one array down.
@@ -34,68 +35,67 @@ class Limits(NamedTuple):
 def depth_of(value: Any, stop_after: int) -> int:
     """How deeply lists and dicts nest in ``value`` (a scalar is 0, ``[1]`` is 1), counted
     without recursion; counting stops past ``stop_after``, so a hostile value costs little."""
-    deepest = 0
+    return shape_of(value, stop_after, math.inf)[0]
+
+
+def json_size_floor(value: Any, stop_after: float) -> int:
+    """A lower bound of the length of ``value`` as compact JSON (see ``shape_of``)."""
+    return shape_of(value, math.inf, stop_after)[1]
+
+
+def shape_of(value: Any, max_depth: float, max_bytes: float) -> tuple[int, int]:
+    """How deeply lists and dicts nest in ``value`` (as ``depth_of``), and a lower bound of its
+    length as compact JSON, in one walk without recursion, which stops once either is past its
+    limit. A value far over a size limit is thus refused at the cost of reading up to the limit,
+    not of encoding it all: ``json.dumps`` is one C call that holds the GIL throughout, and in a
+    worker the lease's fence thread needs the GIL (150 MiB of text took seconds to encode on a
+    loaded node, and the fence ended the worker)."""
+    deepest = size = 0
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, level = stack.pop()
-        if isinstance(item, (list, tuple)):
-            children: Any = item
-        elif isinstance(item, dict):
-            children = item.values()
-        else:
-            continue
-        level += 1
-        if level > deepest:
-            deepest = level
-            if deepest > stop_after:
-                return deepest
-        stack.extend((child, level) for child in children)
-    return deepest
-
-
-def json_size_floor(value: Any, stop_after: int) -> int:
-    """A lower bound of the length of ``value`` as compact JSON, counted without encoding it and
-    without recursion; counting stops past ``stop_after``. A value far over a size limit is thus
-    refused at the cost of reading up to the limit, not of encoding it all: ``json.dumps`` is one C
-    call that holds the GIL throughout, and in a worker a lease's fence thread needs the GIL to
-    keep the attempt alive (150 MiB of text took seconds to encode on a loaded node)."""
-    size = 0
-    stack: list[Any] = [value]
-    while stack:
-        item = stack.pop()
+        children: Any = None
         if isinstance(item, str):
             size += len(item) + 2  # the quotes; escapes only add
         elif isinstance(item, (list, tuple)):
-            size += 2 + max(len(item) - 1, 0)  # brackets and commas
-            stack.extend(item)
+            size += len(item) + 1 if item else 2  # brackets and commas
+            children = item
         elif isinstance(item, dict):
-            size += 2 + max(len(item) - 1, 0) + 3 * len(item)  # braces, commas, a key's quotes and colon
-            for key, child in item.items():
-                if isinstance(key, str):
-                    size += len(key)
-                stack.append(child)
+            size += 4 * len(item) + 1 if item else 2  # braces, commas, a key's quotes and colon
+            size += sum(len(k) for k in item if isinstance(k, str))
+            children = item.values()
         elif item is None or isinstance(item, bool):
             size += 4  # null, true (false is 5)
         else:
             size += 1  # a number is at least a digit; anything else json.dumps refuses
-        if size > stop_after:
+        if size > max_bytes:
             break
-    return size
+        if children is not None:
+            level += 1
+            if level > deepest:
+                deepest = level
+                if deepest > max_depth:
+                    break
+            stack.extend((child, level) for child in children)
+    return deepest, size
 
 
 def check_arguments_shape(args: list, kwargs: dict, limits: Limits) -> int:
     """Check that arguments are JSON, nest at most ``max_depth`` deep and fit ``max_payload_bytes``;
     returns their size in bytes. Raises ``ArgumentsTooDeep``, ``InvalidTaskInput`` or ``PayloadTooLarge``."""
+    # [[...],{...}]: brackets, braces, commas, and each name with its quotes and colon.
+    floor = 7 + max(len(args) - 1, 0) + max(len(kwargs) - 1, 0)
+    floor += sum(len(k) + 3 if isinstance(k, str) else 3 for k in kwargs)
     for where, value in [
         *((f"argument {i}", a) for i, a in enumerate(args)),
         *((f"argument {k!r}", v) for k, v in kwargs.items()),
     ]:
-        depth = depth_of(value, limits.max_depth)
+        depth, size = shape_of(value, limits.max_depth, limits.max_payload_bytes - floor)
         if depth > limits.max_depth:
             raise ArgumentsTooDeep(where, limits.max_depth)
-    floor = json_size_floor([args, kwargs], limits.max_payload_bytes)
-    if floor > limits.max_payload_bytes:
-        raise PayloadTooLarge(floor, limits.max_payload_bytes, at_least=True)
+        floor += size
+        if floor > limits.max_payload_bytes:
+            raise PayloadTooLarge(floor, limits.max_payload_bytes, at_least=True)
     try:
         size = len(json.dumps([args, kwargs], allow_nan=False, separators=(",", ":")).encode())
     except (TypeError, ValueError, RecursionError) as e:
@@ -130,12 +130,11 @@ def check_tags(tags: list[str]) -> None:
 def encode_result(result: Any, limits: Limits) -> None:
     """Check that a task's result can be stored: JSON, at most ``max_depth`` deep and at most
     ``max_result_bytes`` long. Raises ``ResultNotSerializable`` or ``ResultTooLarge``."""
-    depth = depth_of(result, limits.max_depth)
+    depth, floor = shape_of(result, limits.max_depth, limits.max_result_bytes)
     if depth > limits.max_depth:
         raise ResultNotSerializable(
             f"the result nests {depth} or more levels deep, over the limit of {limits.max_depth} (RAYLANE_MAX_DEPTH)"
         )
-    floor = json_size_floor(result, limits.max_result_bytes)
     if floor > limits.max_result_bytes:
         raise ResultTooLarge(floor, limits.max_result_bytes, at_least=True)
     try:

@@ -7,7 +7,7 @@ import json
 import stat
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raylane.errors import (
@@ -154,10 +154,23 @@ JSON_VALUES = st.recursive(
 )
 
 
+@settings(deadline=None)  # a shared machine's pauses are not the property's failures
 @given(JSON_VALUES)
 def test_json_size_floor_never_exceeds_the_encoded_size(value):
     encoded = len(json.dumps(value, allow_nan=False, separators=(",", ":")).encode())
     assert json_size_floor(value, 1 << 30) <= encoded
+    # So a value that fits is never refused on the floor, even at the limit exactly.
+    encode_result(value, Limits(max_result_bytes=encoded, max_depth=1000))
+
+
+@settings(deadline=None)
+@given(st.lists(JSON_VALUES, max_size=4), st.dictionaries(st.text(max_size=5), JSON_VALUES, max_size=4))
+def test_arguments_that_fit_are_never_refused_on_the_floor(args, kwargs):
+    encoded = len(json.dumps([args, kwargs], allow_nan=False, separators=(",", ":")).encode())
+    limits = Limits(max_payload_bytes=encoded, max_depth=1000)
+    assert check_arguments_shape(args, kwargs, limits) == encoded
+    with pytest.raises(PayloadTooLarge):
+        check_arguments_shape(args, kwargs, limits._replace(max_payload_bytes=encoded - 1))
 
 
 class _Spy:
