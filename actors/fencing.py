@@ -240,10 +240,12 @@ class WorkerFence:
         with self._lock:
             if self._executor is None or self._armings != arming:
                 return
+            now = self._clock()
             if confirmed is None:
-                self._end(self._clock())
+                self._end(now)
                 return
-            self._renewed(*confirmed, self._clock())
+            self._renewed(*confirmed, now)
+            self._last_check = now  # the wait for the answer was not starvation
 
     def _renewed(self, asked_at: float, remaining: float, now: float) -> None:
         # Measured from when we asked: the executor answered later, so this is safe.
