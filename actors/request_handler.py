@@ -751,6 +751,7 @@ class RequestHandler:
         )
         schedule = schedule.model_copy(update={"message": self._message(req), "last_tick": None})
         await asyncio.to_thread(self.store.save_schedule, schedule)
+        await self._tell_schedulers()
         return await self._schedule(schedule.id, tenant)
 
     def _schedule_key(self, schedule_id: str, tenant: str | None) -> str:
@@ -780,6 +781,7 @@ class RequestHandler:
         """Remove a schedule (tasks of ticks already fired are left as they are)."""
         if not await asyncio.to_thread(self.store.delete_schedule, self._schedule_key(schedule_id, tenant)):
             raise ScheduleNotFound(schedule_id)
+        await self._tell_schedulers()
 
     @replies_errors
     async def set_schedule_paused(self, schedule_id: str, paused: bool, tenant: str | None = None) -> Schedule:
@@ -787,7 +789,17 @@ class RequestHandler:
         key = self._schedule_key(schedule_id, tenant)
         if not await asyncio.to_thread(self.store.set_schedule_paused, key, bool(paused)):
             raise ScheduleNotFound(schedule_id)
+        await self._tell_schedulers()
         return await self._schedule(schedule_id, tenant)
+
+    async def _tell_schedulers(self) -> None:
+        # So that a pause or a delete holds from the next pass of every scheduler on, and a new
+        # schedule's first tick is not late. A keeper that cannot be told now reads the schedules
+        # when it starts again, and within REREAD_EVERY_S anyway.
+        calls = [asyncio.wait_for(_awaited(k.schedules_changed.remote()), 5.0) for k in self._keepers.handles]
+        for outcome in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                log.warning("a keeper was not told that the schedules changed: %r", outcome)
 
     @staticmethod
     def _query(query: dict) -> TaskQuery:

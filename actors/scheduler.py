@@ -5,6 +5,11 @@ through (the tick's task id is fixed, and only its first record is accepted), so
 leader and none needs to know of the others. Each StatusKeeper runs one over its share of the
 schedules; a keeper that dies is restarted by Ray, and its scheduler takes up from the
 schedules' ``last_tick`` in the store.
+
+A scheduler passes over its schedules four times a second but reads them from the store only
+every ``REREAD_EVERY_S``, or at its next pass once told that they changed (``changed``: the
+RequestHandler tells every keeper when it saves, pauses or deletes one). Between reads it keeps
+the cursors it moved itself; a tick another scheduler fired meets a conflict, as ever.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ log = logging.getLogger("raylane.scheduler")
 
 Write = Callable[[Sequence[TaskRecord]], Awaitable[list[WriteOutcome]]]
 PASS_EVERY_S = 0.25
+# A schedule changed in the store by anything that does not tell the keepers (another
+# deployment's handler, an operator's script) is seen within this long.
+REREAD_EVERY_S = 5.0
 
 
 def shard_of(schedule: Schedule, shards: int) -> int:
@@ -43,22 +51,38 @@ class Scheduler:
         shard: tuple[int, int] = (0, 1),
         missed_after_s: float = MISSED_AFTER_S,
         clock: Callable[[], datetime] = utcnow,
+        reread_every_s: float = REREAD_EVERY_S,
     ):
         self.store = store
         self.write = write
         self.shard = shard
         self.missed_after_s = missed_after_s
         self.clock = clock
-        self.stats = {"passes": 0, "fired": 0, "already_fired": 0, "errors": 0}
+        self.reread_every_s = reread_every_s
+        self.stats = {"passes": 0, "reads": 0, "fired": 0, "already_fired": 0, "errors": 0}
+        self._schedules: dict[str, Schedule] = {}  # this shard's, by key, as last read and moved on
+        self._read_at: datetime | None = None  # None: read at the next pass
+
+    def changed(self) -> None:
+        """The schedules in the store changed: read them again at the next pass."""
+        self._read_at = None
 
     async def run_once(self) -> int:
         """One pass over the schedules: fire what is due; returns the ticks this pass fired."""
-        schedules = await asyncio.to_thread(self.store.list_schedules)
-        index, shards = self.shard
+        now = self.clock()
+        if self._read_at is None or (now - self._read_at).total_seconds() >= self.reread_every_s:
+            # Marked read before the read: a change told meanwhile marks it for the next pass.
+            self._read_at = now
+            try:
+                found = await asyncio.to_thread(self.store.list_schedules)
+            except BaseException:
+                self._read_at = None
+                raise
+            index, shards = self.shard
+            self._schedules = {s.key: s for s in found if shards == 1 or shard_of(s, shards) == index}
+            self.stats["reads"] += 1
         fired = 0
-        for s in schedules:
-            if shards > 1 and shard_of(s, shards) != index:
-                continue
+        for s in list(self._schedules.values()):
             try:
                 fired += await self._fire(s)
             except Exception as e:  # one schedule's trouble (or an outage) must not stop the others
@@ -83,6 +107,8 @@ class Scheduler:
             self.stats["already_fired"] += len(outcomes) - fired
         if newest is not None:
             await asyncio.to_thread(self.store.advance_schedule, s.key, newest)
+            if self._schedules.get(s.key) is s:  # not read again meanwhile
+                self._schedules[s.key] = s.model_copy(update={"last_tick": newest})
         return fired
 
     async def loop(self, every_s: float = PASS_EVERY_S) -> None:

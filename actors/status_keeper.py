@@ -548,6 +548,10 @@ class StatusKeeper:
         finally:
             self._book.unwatch(task_ids, waiter)
 
+    async def schedules_changed(self) -> None:
+        """A schedule was saved, paused or deleted: the scheduler reads them again at its next pass."""
+        self._scheduler.changed()
+
     async def get_stats(self) -> dict:
         """Counters of writes, rejections, timeouts and kills, plus tasks being watched and the
         ticks its scheduler fired."""
@@ -557,6 +561,8 @@ class StatusKeeper:
             waiters=self._book.waited_for(),
             **{f"book_{k}": v for k, v in self._book.sizes().items()},
             ticks_fired=self._scheduler.stats["fired"],
+            scheduler_passes=self._scheduler.stats["passes"],
+            scheduler_reads=self._scheduler.stats["reads"],
             **{f"workflow_{k}": v for k, v in self._flows.stats.items()},
             **{f"limited_{k}": v for k, v in self._gates.counts().items()},
         )

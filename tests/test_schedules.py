@@ -50,7 +50,8 @@ def _second_scheduler(store, settings, stop: threading.Event) -> Scheduler:
     the schedules lags, so it fires again ticks fired already (by the keepers' schedulers or by
     itself): the store must refuse every one of those."""
     keepers = Keepers(settings.namespace, settings.keepers)
-    scheduler = Scheduler(_LaggingView(store), keepers.write)
+    # It reads the schedules at every pass, so that each pass meets ticks fired already.
+    scheduler = Scheduler(_LaggingView(store), keepers.write, reread_every_s=0.0)
 
     def run() -> None:
         async def main() -> None:
@@ -95,6 +96,39 @@ def test_every_second_with_two_schedulers_and_a_keeper_restart_gives_one_task_pe
     raylane.unschedule(sid)
     with pytest.raises(raylane.ScheduleNotFound):
         raylane.unschedule(sid)
+
+
+def _scheduler_stats(settings) -> list[dict]:
+    return [
+        ray.get(ray.get_actor(keeper_name(k), namespace=settings.namespace).get_stats.remote())
+        for k in range(settings.keepers)
+    ]
+
+
+def test_a_pause_holds_from_the_next_pass_though_schedules_are_read_only_now_and_then(rl, settings, unique):
+    """The keepers' schedulers pass four times a second over the schedules they read now and
+    then; a pause through the API tells them, so no tick after it fires."""
+    sid = f"pause-{unique}"
+    raylane.schedule(sid, task=tick, args=["p"], every=1)
+    wait_until(lambda: len(_tasks(sid)) >= 2, 30, 0.2, "two ticks")
+    raylane.pause_schedule(sid)
+    paused_at = datetime.now(UTC)
+    before = _scheduler_stats(settings)
+    # Two seconds of passes of every scheduler: two ticks would have fired meanwhile.
+    wait_until(
+        lambda: all(
+            now["scheduler_passes"] >= then["scheduler_passes"] + 8
+            for now, then in zip(_scheduler_stats(settings), before, strict=True)
+        ),
+        30,
+        0.2,
+        "eight passes of every scheduler",
+    )
+    late = [r.not_before for r in _tasks(sid) if r.not_before > paused_at]
+    assert late == [], late
+    for stats in _scheduler_stats(settings):
+        assert stats["scheduler_reads"] * 4 < stats["scheduler_passes"], stats
+    raylane.unschedule(sid)
 
 
 @pytest.mark.parametrize(("policy", "runs"), [("none", 0), ("last", 1), ("all", 3)])

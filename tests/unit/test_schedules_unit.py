@@ -134,3 +134,47 @@ def test_two_schedulers_and_a_restart_give_one_task_per_tick():
     assert fired == len(records) == 30
     assert sorted(r.not_before for r in records) == [T + timedelta(seconds=k) for k in range(1, 31)]
     assert sum(s.stats["already_fired"] for s in made) > 0  # the race really happened
+
+
+class _CountedReads(InMemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def list_schedules(self, tenant=None):
+        self.reads += 1
+        return super().list_schedules(tenant)
+
+
+def test_a_scheduler_reads_the_schedules_every_so_often_or_once_told_they_changed():
+    """Passes between reads fire from the schedules as last read, with the cursors they moved
+    themselves; a change in the store is seen at the next pass once the scheduler is told, and
+    at the next periodic read otherwise."""
+    store = _CountedReads()
+    a = schedule("a", every_s=1).model_copy(update={"created_at": T, "message": message()})
+    store.save_schedule(a)
+    now = [T]
+
+    async def write(records):
+        return store.write_many(records)
+
+    scheduler = Scheduler(store, write, clock=lambda: now[0], reread_every_s=5.0)
+
+    def passes_until(seconds: float) -> int:
+        fired = 0
+        while now[0] < T + timedelta(seconds=seconds):
+            now[0] += timedelta(seconds=0.25)
+            fired += asyncio.run(scheduler.run_once())
+        return fired
+
+    assert passes_until(4.5) == 4 and store.reads == 1  # a's ticks 1-4, from one read
+    b = schedule("b", every_s=1).model_copy(update={"created_at": now[0], "message": message()})
+    store.save_schedule(b)
+    assert passes_until(4.75) == 0  # b is not seen yet
+    scheduler.changed()
+    assert passes_until(5.0) == 2 and store.reads == 2  # a's tick 5 and b's first
+    store.set_schedule_paused(a.key, True)  # and the scheduler is not told
+    assert passes_until(9.75) == 8 and store.reads == 2  # a and b, ticks 6-9, until the next read
+    assert passes_until(10.0) == 1 and store.reads == 3  # the read at 10 s sees the pause: b's tick 10 only
+    records, _ = store.search(TaskQuery(), 1000, None)
+    assert len(records) == 15 and len({(r.schedule_id, r.not_before) for r in records}) == 15
