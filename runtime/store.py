@@ -264,6 +264,9 @@ _MIGRATION_MARGIN = timedelta(minutes=10)  # writes made this long before a migr
 _MIGRATION_WAIT_S = 600.0  # how long a process waits for another's migration to finish
 
 
+SCHEDULE_PAGE = 5000  # control documents read per search when listing schedules
+
+
 def _mappings() -> dict:
     kw = {"type": "keyword"}
     date = {"type": "date_nanos"}
@@ -340,6 +343,7 @@ class OpenSearchStore(StatusStore):
 
         self.alias = alias
         self.max_bulk_bytes = max_bulk_bytes
+        self.schedule_page = SCHEDULE_PAGE
         self.copies = copies
         self._replicas_known: int | None = None
         self._client = OpenSearch(
@@ -953,11 +957,22 @@ class OpenSearchStore(StatusStore):
         filters: list[dict] = [{"terms": {"kind.keyword": ["schedule", "schedule_tick"]}}]
         if tenant is not None:
             filters.append({"prefix": {"schedule_key": f"{tenant}:"}})
-        body = {"query": {"bool": {"filter": filters}}, "size": 10_000}
-        try:
-            hits = self._call(self._client.search, index=self._control_index, body=body)["hits"]["hits"]
-        except NotFoundError:
-            return []
+        # Page by page: a search returns at most 10,000 hits, and a schedule is two documents.
+        body: dict = {
+            "query": {"bool": {"filter": filters}},
+            "size": self.schedule_page,
+            "sort": [{"schedule_key": "asc"}, {"kind.keyword": "asc"}],
+        }
+        hits: list[dict] = []
+        while True:
+            try:
+                page = self._call(self._client.search, index=self._control_index, body=body)["hits"]["hits"]
+            except NotFoundError:
+                return []
+            hits.extend(page)
+            if len(page) < self.schedule_page:
+                break
+            body["search_after"] = page[-1]["sort"]
         specs = {h["_source"]["schedule_key"]: h["_source"] for h in hits if h["_source"]["kind"] == "schedule"}
         ticks = {
             h["_source"]["schedule_key"]: h["_source"].get("last_tick_ms")

@@ -218,6 +218,20 @@ class StoreContract:
         contract_store.save_definitions([(name, "digest2", b"new", "sig2")])
         assert contract_store.load_definition(name) == ("digest2", b"new", "sig2")
 
+    def test_every_schedule_is_listed_however_many_there_are(self, contract_store: StatusStore):
+        tenant = f"t{uuid.uuid4().hex[:8]}"
+        if hasattr(contract_store, "schedule_page"):
+            contract_store.schedule_page = 3  # pages of three documents: a schedule and a half
+        made = [schedule(f"p{i}", tenant=tenant) for i in range(7)]
+        for s in made:
+            contract_store.save_schedule(s)
+        contract_store.advance_schedule(made[4].key, T0 + timedelta(minutes=3))
+        listed = contract_store.list_schedules(tenant)
+        assert [s.id for s in listed] == [f"p{i}" for i in range(7)]
+        assert listed[4].last_tick == T0 + timedelta(minutes=3) and listed[3].last_tick is None
+        for s in made:
+            contract_store.delete_schedule(s.key)
+
     def test_schedules_are_kept_paused_and_advanced_only_forward(self, contract_store: StatusStore):
         sid = f"s{uuid.uuid4().hex[:8]}"
         s = schedule(sid, tenant="t1")

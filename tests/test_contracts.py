@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from conftest import wait_until
@@ -10,7 +12,7 @@ from conftest import wait_until
 from raylane.queue import KafkaQueueReader, KafkaTaskQueue
 from raylane.store import OpenSearchStore
 
-from contracts import QueueContract, SchemaContract, StoreContract, VersionProperties
+from contracts import QueueContract, SchemaContract, StoreContract, VersionProperties, schedule
 
 
 @pytest.fixture
@@ -49,6 +51,26 @@ class TestOpenSearchSchema(SchemaContract):
         made[0].drop()
         for s in made:
             s.close()
+
+
+def test_more_schedules_than_one_search_returns_are_all_listed(opensearch_store):
+    """A search returns at most 10,000 hits and each schedule is two documents (its definition
+    and its cursor): 5,001 schedules, written in one bulk request, are all listed."""
+    store = opensearch_store
+    made = [schedule(f"c{i:05d}", tenant="many") for i in range(5001)]
+    store.save_schedule(made[0])  # makes and maps the control index
+    lines = []
+    for i, s in enumerate(made):
+        spec = s.model_dump_json(exclude={"paused", "last_tick"})
+        docs = [(f"schedule:{s.key}", {"kind": "schedule", "schedule_key": s.key, "spec_json": spec, "paused": False})]
+        docs.append((f"schedule-tick:{s.key}", {"kind": "schedule_tick", "schedule_key": s.key, "last_tick_ms": i}))
+        for doc_id, doc in docs:
+            lines += [json.dumps({"index": {"_index": store._control_index, "_id": doc_id}}), json.dumps(doc)]
+    resp = store.client.bulk(body="\n".join(lines) + "\n", refresh="true")
+    assert not resp["errors"]
+    listed = store.list_schedules("many")
+    assert [s.id for s in listed] == [s.id for s in made]
+    assert listed[-1].last_tick == datetime.fromtimestamp(5000 / 1000, UTC)
 
 
 class TestOpenSearchStore(StoreContract):
