@@ -90,6 +90,15 @@ async def _awaited(ref: Any) -> Any:
     return await ref
 
 
+async def _tell(refs: list, failed: str) -> None:
+    """Wait up to 5 s for each call of ``refs`` (a change told to other actors), logging each that
+    failed or did not answer with ``failed``: the told actors also read the change themselves later."""
+    calls = [asyncio.wait_for(_awaited(ref), 5.0) for ref in refs]
+    for outcome in await asyncio.gather(*calls, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            log.warning("%s: %r", failed, outcome)
+
+
 def _cancelled(record: TaskRecord) -> TaskRecord:
     """The CANCELLED record that ends an unfinished task; of a failed attempt with a retry
     coming, the coming attempt's."""
@@ -640,13 +649,11 @@ class RequestHandler:
     async def _tell_consumers(self, queue: str, paused: bool) -> None:
         # So that the switch holds for every message produced once this returns. A consumer that
         # cannot be told now reads the stored switch when it starts again, and within a second anyway.
-        calls = []
-        for consumer in self._consumers():
-            calls.append(asyncio.wait_for(_awaited(consumer.pause_changed.remote(queue, paused)), 5.0))
-        for outcome in await asyncio.gather(*calls, return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                change = "pause" if paused else "resume"
-                log.warning("a consumer was not told of the %s of queue %s: %r", change, queue, outcome)
+        change = "pause" if paused else "resume"
+        await _tell(
+            [consumer.pause_changed.remote(queue, paused) for consumer in self._consumers()],
+            f"a consumer was not told of the {change} of queue {queue}",
+        )
 
     @replies_errors
     async def queue_overview(self, tenant: str | None = None) -> list[dict]:
@@ -796,10 +803,10 @@ class RequestHandler:
         # So that a pause or a delete holds from the next pass of every scheduler on, and a new
         # schedule's first tick is not late. A keeper that cannot be told now reads the schedules
         # when it starts again, and within REREAD_EVERY_S anyway.
-        calls = [asyncio.wait_for(_awaited(k.schedules_changed.remote()), 5.0) for k in self._keepers.handles]
-        for outcome in await asyncio.gather(*calls, return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                log.warning("a keeper was not told that the schedules changed: %r", outcome)
+        await _tell(
+            [k.schedules_changed.remote() for k in self._keepers.handles],
+            "a keeper was not told that the schedules changed",
+        )
 
     @staticmethod
     def _query(query: dict) -> TaskQuery:

@@ -38,11 +38,6 @@ def depth_of(value: Any, stop_after: int) -> int:
     return shape_of(value, stop_after, math.inf)[0]
 
 
-def json_size_floor(value: Any, stop_after: float) -> int:
-    """A lower bound of the length of ``value`` as compact JSON (see ``shape_of``)."""
-    return shape_of(value, math.inf, stop_after)[1]
-
-
 def shape_of(value: Any, max_depth: float, max_bytes: float) -> tuple[int, int]:
     """How deeply lists and dicts nest in ``value`` (as ``depth_of``), and a lower bound of its
     length as compact JSON, in one walk without recursion, which stops once either is past its

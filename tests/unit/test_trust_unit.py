@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import stat
 
 import pytest
@@ -26,7 +27,7 @@ from raylane.limits import (
     clip_text,
     depth_of,
     encode_result,
-    json_size_floor,
+    shape_of,
 )
 from raylane.models import WriteOutcome
 from raylane.ratelimit import ConcurrencyLimiter, OverLimit, RateLimiter
@@ -156,9 +157,9 @@ JSON_VALUES = st.recursive(
 
 @settings(deadline=None)  # a shared machine's pauses are not the property's failures
 @given(JSON_VALUES)
-def test_json_size_floor_never_exceeds_the_encoded_size(value):
+def test_the_size_floor_never_exceeds_the_encoded_size(value):
     encoded = len(json.dumps(value, allow_nan=False, separators=(",", ":")).encode())
-    assert json_size_floor(value, 1 << 30) <= encoded
+    assert shape_of(value, math.inf, 1 << 30)[1] <= encoded
     # So a value that fits is never refused on the floor, even at the limit exactly.
     encode_result(value, Limits(max_result_bytes=encoded, max_depth=1000))
 
