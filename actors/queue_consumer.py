@@ -87,7 +87,14 @@ class QueueConsumer:
         self._committed: dict[tuple[str, int], int] = {}
         self._in_flight: set[asyncio.Task] = set()
         self._held: set[tuple[str, int, int]] = set()  # messages polled and not yet settled
+        # Held messages whose task has no definition yet: up to a window's worth of them do not
+        # count against the window, so that they cannot keep every other queue's tasks unread.
+        self._parked: set[tuple[str, int, int]] = set()
         self._known_names: set[str] = set()
+        # One look for each task name not yet known, shared by all its messages; and the names
+        # found missing after a whole grace, with when and why, whose messages are set aside at once.
+        self._looking: dict[str, asyncio.Future] = {}
+        self._missing: dict[str, tuple[float, UnknownTaskName]] = {}
         self._loop_task: asyncio.Task | None = None
         self._paused_topics: set[str] = set()
         self._pauses_task: asyncio.Task | None = None
@@ -135,7 +142,8 @@ class QueueConsumer:
                 await asyncio.sleep(backoff_s(3, cap_s=1.0))
 
     async def _step(self) -> None:
-        room = self.config.max_in_flight - len(self._held)
+        window = self.config.max_in_flight
+        room = window - len(self._held) + min(len(self._parked), window)
         if room <= 0 and self._reader is not None and await asyncio.to_thread(self._reader.urgent):
             # The window is full of lower priorities and a higher one waits unread: take it anyway
             # (the reader lets the lower ones wait meanwhile), so it need not wait for a whole batch.
@@ -251,58 +259,96 @@ class QueueConsumer:
         self._known_names.add(name)
 
     async def _prepare(self, item: Consumed) -> TaskMessage | None:
-        """The message's task, or None once it is dead-lettered: at once if malformed, not signed
-        by this cluster, or if its kept definition is not; if its task name is unknown to Ray and
-        to the store's kept definitions, after ``_UNKNOWN_NAME_GRACE_S`` (a driver may be about to
-        publish it); after ``_HAND_OFF_TRIES`` failures of another kind (say, a task definition
-        that cannot be loaded). Only a signed message may fail the record of the task it names:
-        a forged one says nothing about that task."""
+        """The message's task, or None once it is dead-lettered: at once if malformed or not signed
+        by this cluster (before anything is looked up for it: a forged message costs one HMAC,
+        never a store read or a wait), or if its task's kept definition is not signed; if its task
+        name is unknown to Ray and to the store's kept definitions, after ``_UNKNOWN_NAME_GRACE_S``
+        (a driver may be about to publish it; see ``_definition_of``); after ``_HAND_OFF_TRIES``
+        failures of another kind (say, a task definition that cannot be loaded)."""
         try:
             msg = self._parse(item)
         except ValueError as e:
             await self._dead_letter(item, str(e))
             return None
-        signed = self._signer.message_ok(item.value or b"", item.signature)
-        owned = msg if signed else None
-        first_try = time.monotonic()
+        if not self._signer.message_ok(item.value or b"", item.signature):
+            # Not this task's failure either: a forged message says nothing about the task it names.
+            await self._dead_letter(
+                item,
+                "the message is not signed with this cluster's secret "
+                f"({'no signature' if item.signature is None else 'bad signature'}); "
+                "only raylane may enqueue tasks",
+            )
+            return None
         attempt = 0
         while True:
             attempt += 1
             try:
-                self._check_name(msg.name)
-                if not signed:
-                    await self._dead_letter(
-                        item,
-                        "the message is not signed with this cluster's secret "
-                        f"({'no signature' if item.signature is None else 'bad signature'}); "
-                        "only raylane may enqueue tasks",
-                    )
-                    return None
+                if msg.name not in self._known_names:
+                    await self._definition_of(msg.name, _key(item))
                 return msg
             except InvalidSignature as e:
-                await self._dead_letter(item, str(e), owned, error_type="InvalidSignature")
+                await self._dead_letter(item, str(e), msg, error_type="InvalidSignature")
                 return None
             except UnknownTaskName as e:
-                if attempt == 1:
-                    # Its tasks wait meanwhile: a long wait here shows as a late start.
-                    log.warning(
-                        "consumer %d: no definition of task %r yet; waiting up to %gs for it",
-                        self.index,
-                        msg.name,
-                        _UNKNOWN_NAME_GRACE_S,
-                    )
-                if time.monotonic() - first_try >= _UNKNOWN_NAME_GRACE_S:
-                    await self._dead_letter(item, str(e), owned)
-                    return None
+                await self._dead_letter(item, str(e), msg)
+                return None
             except Exception as e:
                 self.stats["errors"] += 1
                 log.warning(
                     "reading %s[%d]@%d failed (try %d): %r", item.topic, item.partition, item.offset, attempt, e
                 )
                 if attempt >= _HAND_OFF_TRIES:
-                    await self._dead_letter(item, f"reading the message failed {attempt} times: {e!r}", owned)
+                    await self._dead_letter(item, f"reading the message failed {attempt} times: {e!r}", msg)
                     return None
             await asyncio.sleep(backoff_s(attempt, base_s=0.2, cap_s=5.0))
+
+    async def _definition_of(self, name: str, key: tuple[str, int, int]) -> None:
+        """Return once task ``name`` is defined here; raise ``UnknownTaskName`` if it was not within
+        ``_UNKNOWN_NAME_GRACE_S``. Every message of one name waits on one look (in a thread: it may
+        read the store), and meanwhile does not count against the window. A name found missing
+        after a whole grace stays so for another grace: its messages read then are not waited for
+        again, one by one."""
+        now = time.monotonic()
+        missing = self._missing.get(name)
+        if missing is not None and now - missing[0] < _UNKNOWN_NAME_GRACE_S:
+            raise missing[1]
+        look = self._looking.get(name)
+        if look is None:
+            look = self._looking[name] = asyncio.ensure_future(self._look_for(name))
+        self._parked.add(key)
+        try:
+            await asyncio.shield(look)  # one message's hand-over ending early must not end the look
+        finally:
+            self._parked.discard(key)
+
+    async def _look_for(self, name: str) -> None:
+        first_try = time.monotonic()
+        try:
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    await asyncio.to_thread(self._check_name, name)
+                    return
+                except UnknownTaskName as e:
+                    if attempt == 1:
+                        # Its tasks wait meanwhile: a long wait here shows as a late start.
+                        log.warning(
+                            "consumer %d: no definition of task %r yet; waiting up to %gs for it",
+                            self.index,
+                            name,
+                            _UNKNOWN_NAME_GRACE_S,
+                        )
+                    if time.monotonic() - first_try >= _UNKNOWN_NAME_GRACE_S:
+                        now = time.monotonic()
+                        self._missing = {n: m for n, m in self._missing.items() if now - m[0] < _UNKNOWN_NAME_GRACE_S}
+                        self._missing[name] = (now, e)
+                        raise
+                await asyncio.sleep(backoff_s(attempt, base_s=0.2, cap_s=5.0))
+        finally:
+            # Whatever ended it (found, missing, or an error each message retries on its own), the
+            # next message of this name that is not yet known looks again.
+            self._looking.pop(name, None)
 
     async def _hand_over(self, items: list[Consumed], read_at: float, sent: asyncio.Event) -> None:
         """Hand ``items`` over until each is settled (claimed, skipped or dead-lettered). An error

@@ -260,10 +260,17 @@ def http_api(rl, _http_deployment) -> HttpApi:
 
 
 def dead_letter_reasons(
-    stack, settings, values: list[bytes], timeout: float = 60, signed: bool = True, topic: str | None = None
+    stack,
+    settings,
+    values: list[bytes],
+    timeout: float = 60,
+    signed: bool = True,
+    topic: str | None = None,
+    then: Callable[[], object] | None = None,
 ) -> dict[bytes, str]:
     """Produce ``values`` to ``topic`` (the default queue's), signed as raylane signs its messages
-    unless ``signed`` is false; return the DLQ's reason for each, as they arrive."""
+    unless ``signed`` is false, and call ``then`` (if given) once they are sent; return the DLQ's
+    reason for each, as they arrive."""
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
     from kafka.structs import TopicPartition
 
@@ -288,6 +295,8 @@ def dead_letter_reasons(
         producer.send(topic, key=b"bad", value=value, headers=headers)
     producer.flush()
     producer.close()
+    if then is not None:
+        then()
 
     found: dict[bytes, str] = {}
     deadline = time.monotonic() + timeout

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,44 @@ def test_unsigned_message_is_dead_lettered_and_never_runs(rl, stack, settings, t
     assert not path.exists()
     with pytest.raises(raylane.TaskNotFound):
         rl.get(json.loads(unsigned)["id"])
+
+
+def _nameless(task_name: str) -> bytes:
+    """A well-formed message of a task named ``task_name``, which nothing defines."""
+    return json.dumps(
+        {"id": uuid.uuid4().hex, "name": task_name, "queue": "default", "created_at": "2026-01-01T00:00:00Z"}
+    ).encode()
+
+
+def _runs_meanwhile(path: Path) -> Callable[[], None]:
+    """A check that a task submitted now runs within 10 s, far less than the 20 s grace a
+    message of an unknown task name may wait."""
+
+    def check() -> None:
+        assert mark.submit(str(path), "meanwhile").result(timeout=10) == "meanwhile"
+
+    return check
+
+
+def test_a_flood_of_unsigned_messages_does_not_hold_back_other_tasks(rl, stack, settings, tmp_path):
+    """Unsigned messages naming tasks that nothing defines used to wait out the grace for a
+    definition (20 s) before they were found unsigned, each holding a place in its consumer's
+    window and reading the store meanwhile: a window's worth of them kept every other task
+    unread that long. They are dead-lettered at once now."""
+    forged = [_nameless(f"test.trust.nowhere_{i}") for i in range(settings.max_in_flight + 50)]
+    found = dead_letter_reasons(stack, settings, forged, signed=False, then=_runs_meanwhile(tmp_path / "runs.txt"))
+    assert len(found) == len(forged)
+    assert all("not signed with this cluster's secret" in reason for reason in found.values()), set(found.values())
+
+
+def test_tasks_waiting_for_their_definition_do_not_hold_back_other_tasks(rl, stack, settings, unique, tmp_path):
+    """Signed messages of a task whose definition is not published yet wait for it (20 s at
+    most), all on one look for the name and outside the consumer's window: a window's worth
+    of them used to keep every other task unread while they waited."""
+    waiting = [_nameless(f"test.trust.unpublished_{unique}") for _ in range(settings.max_in_flight + 50)]
+    found = dead_letter_reasons(stack, settings, waiting, then=_runs_meanwhile(tmp_path / "runs.txt"))
+    assert len(found) == len(waiting)
+    assert all(f"no task named 'test.trust.unpublished_{unique}'" in r for r in found.values()), set(found.values())
 
 
 def test_forged_retry_of_a_finished_task_does_not_run_it_again(rl, stack, settings, tmp_path):

@@ -134,3 +134,89 @@ def test_a_message_waiting_for_its_definition_does_not_hold_back_the_rest_of_its
     _drive(consumer, both_settled)
     assert events == [("handed", "unit.known"), ("dead-lettered", "unit.vanished")]
     assert consumer.stats["consumed"] == 2 and consumer.stats["dead_lettered"] == 1
+
+
+def _message(task_name: str) -> TaskMessage:
+    return TaskMessage(id=new_task_id(), name=task_name, queue="default", created_at=utcnow())
+
+
+def _looked_up(consumer: QueueConsumer, monkeypatch, defined: set[str]) -> list[str]:
+    """Make ``consumer`` know the task names in ``defined`` (which may grow) and no others; the
+    names it looked up, in order, each time it looked one up."""
+    looked: list[str] = []
+
+    def check_name(task_name: str) -> None:
+        looked.append(task_name)
+        if task_name not in defined:
+            raise UnknownTaskName(task_name)
+
+    monkeypatch.setattr(consumer, "_check_name", check_name)
+    return looked
+
+
+def test_an_unsigned_message_is_set_aside_at_once_and_nothing_is_looked_up_for_it(monkeypatch):
+    """A forged message naming a task that has no definition used to wait out the whole grace for
+    that definition (looking it up in the store again and again, and holding a place in the
+    window all along) before it was dead-lettered as unsigned: a few hundred of them kept every
+    queue's tasks unread for 20 s."""
+    name = f"consumer-{uuid.uuid4().hex}"
+    consumer = _consumer(monkeypatch, name, max_in_flight=8)
+    looked = _looked_up(consumer, monkeypatch, defined=set())
+    topic = consumer._producer.ensure_queue("default")
+    memory_broker(name).append(topic, b"k", _message("unit.forged").model_dump_json().encode(), None)
+
+    async def dead_lettered() -> None:
+        assert await _until(lambda: consumer._producer.dead_letters(10), timeout_s=5), await consumer.get_stats()
+        assert await _until(lambda: not consumer._held, timeout_s=5)
+
+    _drive(consumer, dead_lettered)
+    [letter] = consumer._producer.dead_letters(10)
+    assert "not signed with this cluster's secret (no signature)" in letter["reason"], letter
+    assert looked == []
+
+
+def test_messages_waiting_for_a_definition_leave_the_window_to_other_tasks(monkeypatch):
+    """Messages whose task has no definition yet used to fill the window while they waited for it
+    (up to the 20 s grace), so that nothing more was read, of any queue. They now wait outside
+    it, on one look for their name, not one each."""
+    name = f"consumer-{uuid.uuid4().hex}"
+    consumer = _consumer(monkeypatch, name, max_in_flight=4)
+    events: list = []
+    consumer._executor = _Executor(events)
+    defined = {"unit.known"}
+    looked = _looked_up(consumer, monkeypatch, defined)
+    # One partition, read in order: six that wait, then one that can start.
+    consumer._producer.produce_many([_message("unit.late") for _ in range(6)] + [_message("unit.known")])
+
+    async def all_handed() -> None:
+        assert await _until(lambda: ("handed", "unit.known") in events, timeout_s=5), (events, consumer.stats)
+        defined.add("unit.late")  # its driver publishes it
+        assert await _until(lambda: len(events) == 7, timeout_s=10), events
+        assert await _until(lambda: not consumer._held, timeout_s=5)
+
+    _drive(consumer, all_handed)
+    assert events[0] == ("handed", "unit.known")
+    assert events.count(("handed", "unit.late")) == 6
+    assert looked.count("unit.late") < 6, looked
+
+
+def test_a_name_found_missing_is_not_waited_for_again_at_once(monkeypatch):
+    """Once a task name stayed unknown for a whole grace, a message of it read soon after is set
+    aside at once: waiting again, message by message, would only hold each one as long again."""
+    monkeypatch.setattr(queue_consumer, "_UNKNOWN_NAME_GRACE_S", 0.5)
+    name = f"consumer-{uuid.uuid4().hex}"
+    consumer = _consumer(monkeypatch, name, max_in_flight=8)
+    looked = _looked_up(consumer, monkeypatch, defined=set())
+    seen: list[int] = []
+
+    async def both_dead_lettered() -> None:
+        consumer._producer.produce_many([_message("unit.vanished")])
+        assert await _until(lambda: len(consumer._producer.dead_letters(10)) == 1, timeout_s=5)
+        seen.append(len(looked))
+        consumer._producer.produce_many([_message("unit.vanished")])
+        assert await _until(lambda: len(consumer._producer.dead_letters(10)) == 2, timeout_s=5)
+        assert await _until(lambda: not consumer._held, timeout_s=5)
+
+    _drive(consumer, both_dead_lettered)
+    assert seen[0] >= 1 and len(looked) == seen[0], looked
+    assert all("no task named 'unit.vanished'" in d["reason"] for d in consumer._producer.dead_letters(10))
