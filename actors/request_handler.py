@@ -31,12 +31,13 @@ from raylane.errors import (
     TaskNotFinished,
     TaskNotFound,
 )
-from raylane.limits import check_arguments_shape, check_tags, check_timeout
+from raylane.limits import check_arguments_shape, check_placeable, check_tags, check_timeout
 from raylane.models import (
     NAME_PATTERN,
     QUEUE_PATTERN,
     FlowLinks,
     PackedRecord,
+    Resources,
     SubmitRequest,
     TaskMessage,
     TaskRecord,
@@ -68,6 +69,8 @@ MAX_REPLAY = 10_000  # tasks one replay starts again at most
 _ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_WAIT_IDS = 100_000  # ids in one wait_many call
 _GET_MANY = 1000  # ids per real-time multi-get
+_NODES_EVERY_S = 10.0  # how old the nodes' resources may be when a task's request is checked against them
+_NODES_AGAIN_S = 1.0  # a request none fits reads them again, but not more often than this
 
 
 def idempotent_id(key: str, tenant: str | None) -> str:
@@ -127,6 +130,36 @@ class RequestHandler:
         self._keepers = Keepers(config.namespace, config.keepers)
         self._signer = config.signer()
         self._limits = config.limits()
+        self._nodes: list[dict[str, float]] = []  # each alive node's total resources
+        self._nodes_read = float("-inf")
+        self._fits: set[tuple[float, float, int | None]] = set()  # requests known to fit those nodes
+
+    def _read_nodes(self) -> None:
+        try:
+            nodes = [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+        except Exception as e:  # Ray's GCS is busy: judge by the nodes last seen
+            log.warning("reading the cluster's nodes failed: %r", e)
+            nodes = self._nodes
+        self._nodes, self._nodes_read, self._fits = nodes, time.monotonic(), set()
+
+    def _check_placeable(self, resources: Resources) -> None:
+        """Refuse a task no node of the cluster could run (unless the cluster adds nodes on demand):
+        Ray would keep it waiting for good, in a run slot of its executor."""
+        if self.config.autoscaling:
+            return
+        if time.monotonic() - self._nodes_read > _NODES_EVERY_S:
+            self._read_nodes()
+        request = (resources.num_cpus, resources.num_gpus, resources.memory_mb)
+        if request in self._fits or not self._nodes:
+            return
+        try:
+            check_placeable(*request, self._nodes)
+        except InvalidTaskInput:
+            if time.monotonic() - self._nodes_read < _NODES_AGAIN_S:
+                raise
+            self._read_nodes()  # a node may have joined since they were read
+            check_placeable(*request, self._nodes)
+        self._fits.add(request)
 
     def _message(self, req: SubmitRequest, leading: int = 0) -> TaskMessage:
         """The message of a valid request (``leading``: arguments its workflow adds before its own)."""
@@ -143,6 +176,8 @@ class RequestHandler:
         tags = req.tags if req.tags is not None else list(defn.tags)
         check_timeout(timeout_s)
         check_tags(tags)
+        resources = req.resources or defn.resources
+        self._check_placeable(resources)
         defn.validate_call(req.args, req.kwargs, leading)
         now = utcnow()
         not_before = max(
@@ -172,7 +207,7 @@ class RequestHandler:
             args=req.args,
             kwargs=req.kwargs,
             timeout_s=timeout_s,
-            resources=req.resources or defn.resources,
+            resources=resources,
             tags=tags,
             created_at=utcnow(),
             retry=defn.retry

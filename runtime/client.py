@@ -201,6 +201,7 @@ def _actor_config(settings: Settings, endpoints: Endpoints):
         max_depth=settings.max_depth,
         max_in_flight=settings.max_in_flight,
         max_running=settings.max_running,
+        autoscaling=settings.autoscaling,
         consumers=settings.consumers,
         keepers=settings.keepers,
         executors=settings.executors,

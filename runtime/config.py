@@ -326,6 +326,11 @@ class Settings(BaseSettings):
     max_running: int | None = Field(
         None, ge=1, description="Tasks an executor runs at once (default: 16 per CPU of the executor's node)."
     )
+    autoscaling: bool = Field(
+        False,
+        description="The Ray cluster adds nodes on demand: accept tasks that ask for more resources than any "
+        "node has now (they wait for one). Otherwise such a task is refused at submit.",
+    )
     consumers: int | None = Field(
         None,
         ge=1,

@@ -145,3 +145,22 @@ def clip_text(text: str | None, limit: int = ERROR_TEXT_CHARS) -> str | None:
     if text is None or len(text) <= limit:
         return text
     return f"[{len(text) - limit} characters cut] " + text[-limit:]
+
+
+def check_placeable(num_cpus: float, num_gpus: float, memory_mb: int | None, nodes: list[dict[str, float]]) -> None:
+    """Raise ``InvalidTaskInput`` unless one of ``nodes`` (each node's total Ray resources:
+    ``CPU``, ``GPU``, ``memory`` in bytes) could run a task that asks for these. Ray would keep
+    such a task waiting for a node that never comes, and its run slot with it."""
+    need = {"CPU": num_cpus, "GPU": num_gpus, "memory": (memory_mb or 0) * 1024 * 1024}
+    if any(all(node.get(k, 0.0) >= v for k, v in need.items() if v) for node in nodes):
+        return
+    asked = f"{num_cpus:g} CPU, {num_gpus:g} GPU" + (f", {memory_mb} MiB memory" if memory_mb else "")
+    largest = max(nodes, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)), default={})
+    offers = (
+        f"{largest.get('CPU', 0.0):g} CPU, {largest.get('GPU', 0.0):g} GPU, "
+        f"{int(largest.get('memory', 0.0)) // (1024 * 1024)} MiB memory"
+    )
+    raise InvalidTaskInput(
+        f"no node of the cluster can run this task: it asks for {asked}, and the largest node offers {offers} "
+        "(on a cluster that adds nodes on demand, set RAYLANE_AUTOSCALING=1 to let such tasks wait for one)"
+    )

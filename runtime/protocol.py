@@ -186,6 +186,7 @@ class ActorConfig(BaseModel):
     max_depth: int = 16
     max_in_flight: int
     max_running: int | None = None  # tasks an executor runs at once; None: PER_CPU_RUNNING per CPU of its node
+    autoscaling: bool = False  # the cluster grows on demand: tasks no node can run yet are accepted
     consumers: int | None = None  # None: one beside each executor (at most one per partition)
     executors: int | None = None  # None until deployment places one on each node
     # The node of each executor, in order, when they are placed one per node (consumer i then

@@ -24,7 +24,7 @@ from raylane.errors import (
     TaskNotFound,
     UnknownTaskName,
 )
-from raylane.models import SubmitRequest
+from raylane.models import Resources, SubmitRequest
 
 
 @raylane.task(name="test.typed")
@@ -67,6 +67,18 @@ def _nothing_written(rl, stack, queue: str) -> None:
         (lambda q: typed.options(queue=q).submit(1, "x", ["a"]), InvalidTaskInput, "argument 'weights'"),
         (lambda q: blob.options(queue=q).submit("x" * (1 << 20)), PayloadTooLarge, "over the limit of 1048576 bytes"),
         (lambda q: typed.options(queue=q).submit_many([(1, "ok"), (2, 3)]), InvalidTaskInput, "task #1"),
+        (
+            lambda q: submit_requests(
+                [SubmitRequest(name="test.typed", args=[1, "x"], queue=q, resources=Resources(num_gpus=1))]
+            ),
+            InvalidTaskInput,
+            "no node of the cluster can run this task: it asks for 1 CPU, 1 GPU",
+        ),
+        (
+            lambda q: typed.options(queue=q, num_cpus=1000).submit(1, "x"),
+            InvalidTaskInput,
+            "no node of the cluster can run this task: it asks for 1000 CPU",
+        ),
     ],
     ids=[
         "unknown-name",
@@ -78,6 +90,8 @@ def _nothing_written(rl, stack, queue: str) -> None:
         "wrong-item-type",
         "too-large",
         "one-bad-in-batch",
+        "no-node-has-a-gpu",
+        "no-node-has-the-cpus",
     ],
 )
 def test_bad_submit_is_refused_and_writes_nothing(rl, stack, unique, call, error, words):

@@ -267,3 +267,53 @@ def test_the_twin_says_when_a_higher_priority_waits_unread():
     assert reader.urgent()
     assert reader.poll(1, 0.1)[0].topic == "raylane.tasks-p5.default"
     assert not reader.urgent()
+
+
+_GIB = 1024**3
+
+
+def test_a_request_no_node_can_run_is_refused_with_what_the_largest_node_offers():
+    """A task asking for resources no node has used to be accepted and claimed, and then waited
+    for good in its executor's run slot: enough of them kept a node's executor from running
+    anything. Each resource must fit on one node, not across nodes."""
+    from raylane.errors import InvalidTaskInput
+    from raylane.limits import check_placeable
+
+    nodes = [{"CPU": 4.0, "memory": 8.0 * _GIB}, {"CPU": 2.0, "GPU": 1.0, "memory": 4.0 * _GIB}]
+    check_placeable(4, 0, None, nodes)
+    check_placeable(2, 1, 4096, nodes)
+    check_placeable(0, 0, None, nodes)
+    for cpus, gpus, memory_mb in ((8, 0, None), (4, 1, None), (1, 2, None), (1, 0, 16 * 1024), (3, 1, None)):
+        with pytest.raises(InvalidTaskInput) as refused:
+            check_placeable(cpus, gpus, memory_mb, nodes)
+        assert "no node of the cluster can run this task" in str(refused.value)
+        assert "the largest node offers 2 CPU, 1 GPU, 4096 MiB memory" in str(refused.value)
+        assert "RAYLANE_AUTOSCALING=1" in str(refused.value)
+
+
+def test_the_handler_reads_the_nodes_again_before_it_refuses_and_not_with_autoscaling(monkeypatch):
+    """A node that joined since the nodes were last read counts; on a cluster that grows on
+    demand nothing is refused."""
+    from raylane.actors import request_handler
+    from raylane.errors import InvalidTaskInput
+    from raylane.models import Resources
+
+    listed = [{"Alive": True, "Resources": {"CPU": 4.0}}]
+    reads = []
+    monkeypatch.setattr(request_handler.ray, "nodes", lambda: reads.append(1) or listed)
+    handler = object.__new__(request_handler.RequestHandler)
+    handler.config = type("Config", (), {"autoscaling": False})()
+    handler._nodes, handler._nodes_read, handler._fits = [], float("-inf"), set()
+    gpu = Resources(num_cpus=1, num_gpus=1)
+    handler._check_placeable(Resources())
+    handler._check_placeable(Resources())  # known to fit: no read
+    assert len(reads) == 1
+    with pytest.raises(InvalidTaskInput):
+        handler._check_placeable(gpu)
+    assert len(reads) == 1  # just read: not again at once
+    handler._nodes_read -= 2 * request_handler._NODES_AGAIN_S
+    listed.append({"Alive": True, "Resources": {"CPU": 2.0, "GPU": 1.0}})
+    handler._check_placeable(gpu)
+    assert len(reads) == 2
+    handler.config.autoscaling = True
+    handler._check_placeable(Resources(num_cpus=1000))
