@@ -397,15 +397,29 @@ class QueueConsumer:
     async def _start_prepared(
         self, prepared: list[tuple[Consumed, asyncio.Task[TaskMessage | None]]], read_at: float, sent: asyncio.Event
     ) -> None:
-        """Once every preparation of ``prepared`` ended, hand over the messages not dead-lettered;
-        then raise the first error of a preparation, if any (those messages are still held)."""
-        if not prepared:
-            return
-        await asyncio.wait([p for _, p in prepared])
-        errors = [e for _, p in prepared if (e := p.exception()) is not None]
-        good = [(item, msg) for item, p in prepared if p.exception() is None and (msg := p.result()) is not None]
-        if good:
-            await self._hand_to_executor(good, read_at, sent)
+        """Hand over the messages of ``prepared`` that are not dead-lettered, those ready together
+        at once as they become ready (a message whose task's definition is still being looked up
+        must not wait for one that waits out a whole grace for its own); once every hand-over
+        ended, raise the first error of a preparation or a hand-over, if any (those messages are
+        still held)."""
+        pending = {p for _, p in prepared}
+        handing: list[asyncio.Future] = []
+        errors: list[BaseException] = []
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            good = []
+            for item, p in prepared:
+                if p not in done:
+                    continue
+                if (e := p.exception()) is not None:
+                    errors.append(e)
+                elif (msg := p.result()) is not None:
+                    good.append((item, msg))
+            if good:
+                handing.append(asyncio.ensure_future(self._hand_to_executor(good, read_at, sent)))
+        for outcome in await asyncio.gather(*handing, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                errors.append(outcome)
         if errors:
             raise errors[0]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import ray
@@ -220,3 +221,28 @@ def test_a_name_found_missing_is_not_waited_for_again_at_once(monkeypatch):
     _drive(consumer, both_dead_lettered)
     assert seen[0] >= 1 and len(looked) == seen[0], looked
     assert all("no task named 'unit.vanished'" in d["reason"] for d in consumer._producer.dead_letters(10))
+
+
+def test_a_message_whose_definition_is_being_loaded_does_not_wait_for_one_waiting_a_whole_grace(monkeypatch):
+    """The messages of a batch not ready at once were handed over together, once the last of them
+    was: a task whose definition took a moment to load waited as long as a message of a task
+    that has none (the whole grace). Each is now handed over as soon as it is ready."""
+    monkeypatch.setattr(queue_consumer, "_UNKNOWN_NAME_GRACE_S", 30.0)
+    name = f"consumer-{uuid.uuid4().hex}"
+    consumer = _consumer(monkeypatch, name, max_in_flight=8)
+    events: list = []
+    consumer._executor = _Executor(events)
+
+    def check_name(task_name: str) -> None:
+        if task_name == "unit.vanished":
+            raise UnknownTaskName(task_name)
+        time.sleep(0.2)  # loading it from the store takes a moment
+
+    monkeypatch.setattr(consumer, "_check_name", check_name)
+    consumer._producer.produce_many([_message("unit.vanished"), _message("unit.loading")])
+
+    async def handed() -> None:
+        assert await _until(lambda: events, timeout_s=5), consumer.stats
+
+    _drive(consumer, handed)
+    assert events == [("handed", "unit.loading")]
