@@ -382,17 +382,9 @@ class QueueConsumer:
         preparation ends before an error of one is raised: a retry must not prepare (and perhaps
         dead-letter) a message whose first preparation still runs."""
         preparing = [asyncio.ensure_future(self._prepare(item)) for item in items]
+        # The ones ready by then go over in one call; each later one as soon as it is ready.
         await asyncio.wait(preparing, timeout=_PREPARED_AT_ONCE_S)
-        ready = [(item, p) for item, p in zip(items, preparing, strict=True) if p.done()]
-        later = [(item, p) for item, p in zip(items, preparing, strict=True) if not p.done()]
-        ends = await asyncio.gather(
-            self._start_prepared(ready, read_at, sent),
-            self._start_prepared(later, read_at, sent),
-            return_exceptions=True,
-        )
-        for end in ends:
-            if isinstance(end, BaseException):
-                raise end
+        await self._start_prepared(list(zip(items, preparing, strict=True)), read_at, sent)
 
     async def _start_prepared(
         self, prepared: list[tuple[Consumed, asyncio.Task[TaskMessage | None]]], read_at: float, sent: asyncio.Event
