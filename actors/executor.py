@@ -138,7 +138,9 @@ class Executor:
         self._finisher = Finisher(self._keepers, queue, self.stats, tracer_for(config.otlp_endpoint))
         # (id, attempt) of the claims on their way to the keepers, until judged
         self._claiming: Counter[tuple[str, int]] = Counter()
-        self._recovery = Recovery(self._store, queue, self._lease, self._finisher, self.stats, holds=self._holds)
+        self._recovery = Recovery(
+            self._store, queue, self._lease, self._finisher, self.stats, holds=self._holds, signer=config.signer()
+        )
         self._cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._runs = Runs(
             actor=ray.get_runtime_context().current_actor,

@@ -20,6 +20,7 @@ from raylane.errors import StoreUnavailable
 from raylane.models import TaskRecord, utcnow
 from raylane.protocol import UNRECORDED
 from raylane.queue import TaskQueue
+from raylane.signing import Signer, ended_as_forged
 from raylane.states import TaskState
 from raylane.store import StatusStore
 
@@ -113,7 +114,11 @@ class OwnLease:
 
 class Recovery:
     """The sweeps of one executor. Safe to run from many executors at once: every write is
-    versioned, and a duplicate message loses its claim."""
+    versioned, and a duplicate message loses its claim.
+
+    What a sweep finds is a record in the store, which anyone able to write there could have
+    planted: it carries on only records that bear the cluster's seal (``Signer.seal``), and ends
+    the others FAILED, so that they run nothing and are not found again."""
 
     def __init__(
         self,
@@ -123,8 +128,10 @@ class Recovery:
         finisher: Finisher,
         stats: Counter,
         holds: Callable[[str, int], bool],
+        signer: Signer,
     ):
         self._store = store
+        self._signer = signer
         self._holds = holds
         self._queue = queue
         self._lease = lease
@@ -177,12 +184,27 @@ class Recovery:
         if gone:
             await asyncio.to_thread(self._store.delete_heartbeats, gone)
             self._leases.forget(gone)
+        orphans = await self._sealed(orphans)
         return await self._end(
             [
                 _lost(rec, f"the executor running attempt {rec.attempt} stopped (lease of {rec.lease_owner} lapsed)")
                 for rec in orphans
             ]
         )
+
+    async def _sealed(self, found: list[TaskRecord]) -> list[TaskRecord]:
+        """The records of ``found`` that bear the cluster's seal; the others are ended here."""
+        sealed, forged = self._signer.split(found)
+        if forged:
+            self._stats["forged"] += len(forged)
+            log.warning(
+                "ending %d record(s) that do not bear this cluster's seal, without running them: %s (%s)",
+                len(forged),
+                forged[0].id,
+                forged[0].name,
+            )
+            await self._end([ended_as_forged(r) for r in forged])
+        return sealed
 
     async def _end(self, ended: list[TaskRecord]) -> int:
         """Write the ends of ``ended`` and carry on the retries of those accepted; how many were."""
@@ -213,7 +235,7 @@ class Recovery:
         before = utcnow() - timedelta(seconds=UNHELD_AFTER_S)
         candidates = await asyncio.to_thread(self._store.running_owned_by, mine, before, limit)
         # Judged after the search: a claim whose answer came meanwhile is held by now.
-        left = [r for r in candidates if not self._holds(r.id, r.attempt)]
+        left = await self._sealed([r for r in candidates if not self._holds(r.id, r.attempt)])
         if left:
             log.warning("ending %d claim(s) of this executor that it does not run: %s", len(left), left[0].id)
         return await self._end(
@@ -234,7 +256,7 @@ class Recovery:
         now = utcnow()
         # A retry whose executor stopped between its FAILED record and its next attempt's: finish it.
         overdue = now - timedelta(seconds=RETRY_OVERDUE_S)
-        for failed in await asyncio.to_thread(self._store.unfinished_retries, overdue, limit):
+        for failed in await self._sealed(await asyncio.to_thread(self._store.unfinished_retries, overdue, limit)):
             await self._finisher.retry(failed)
         before = now - timedelta(seconds=REQUEUE_AFTER_S)
         stale = await asyncio.to_thread(self._store.stale_pending, before, paused, limit)
@@ -242,7 +264,7 @@ class Recovery:
         # (A limited task waiting for its turn is its keeper's to send, not overdue.)
         scheduled = await asyncio.to_thread(self._store.overdue_scheduled, overdue, paused, limit)
         stale += [r for r in scheduled if not r.limited]
-        stale = [r for r in stale if (r.id, r.attempt) not in self._requeued]
+        stale = await self._sealed([r for r in stale if (r.id, r.attempt) not in self._requeued])
         if stale:
             await asyncio.to_thread(self._queue.produce_many, [r.message() for r in stale])
             for r in stale:

@@ -218,6 +218,8 @@ class RequestHandler:
 
     async def _create(self, messages: list[TaskMessage], keys: list[str | None] | None = None) -> list[str]:
         keys = keys or [None] * len(messages)
+        # Sealed here, as they are accepted: from now on their records can be carried on by sweeps.
+        messages = [self._signer.sealed(m) for m in messages]
         records = [TaskRecord.pending(m, k) for m, k in zip(messages, keys, strict=True)]
         # A new task's message is sent beside its PENDING write, not after it: the round trip is
         # shorter by a produce. Should the write fail, the message is harmless: a claim that finds
@@ -471,6 +473,11 @@ class RequestHandler:
         record = await self._get(task_id, tenant)
         if not record.finished:
             raise TaskNotFinished(task_id, record.state.value)
+        if not self._signer.seal_ok(record):
+            raise InvalidTaskInput(
+                f"task {task_id}'s record does not bear this cluster's seal (it was written or changed outside"
+                " raylane); it is not started again"
+            )
         [started] = await self._start_again([record])
         if started is None:
             raise TaskNotFinished(task_id, (await self._get(task_id)).state.value)
@@ -525,7 +532,13 @@ class RequestHandler:
 
     async def _start_again(self, records: list[TaskRecord]) -> list[TaskRecord | None]:
         """The next attempts of finished ``records``, written and enqueued; None for each whose
-        write lost (the task moved on meanwhile)."""
+        write lost (the task moved on meanwhile), and for each that does not bear the cluster's
+        seal (what it asks was not asked of raylane: it is never run)."""
+        sealed = [self._signer.seal_ok(r) for r in records]
+        if not all(sealed):
+            log.warning("%d record(s) do not bear this cluster's seal; not started again", sealed.count(False))
+            kept = iter(await self._start_again([r for r, ok in zip(records, sealed, strict=True) if ok]))
+            return [next(kept) if ok else None for ok in sealed]
         nexts = [r.retried(0.0) for r in records]
         outcomes = await self._keepers.write([nxt for nxt, _ in nexts])
         due = [(nxt, msg) for (nxt, msg), o in zip(nexts, outcomes, strict=True) if o.accepted]
@@ -791,7 +804,9 @@ class RequestHandler:
             tags=schedule.tags,
             tenant=tenant,
         )
-        schedule = schedule.model_copy(update={"message": self._message(req), "last_tick": None})
+        # Sealed: a scheduler fires only a message the cluster made (``Schedule.tick_record``).
+        message = self._signer.sealed(self._message(req))
+        schedule = schedule.model_copy(update={"message": message, "last_tick": None})
         await asyncio.to_thread(self.store.save_schedule, schedule)
         await self._tell_schedulers()
         return await self._schedule(schedule.id, tenant)

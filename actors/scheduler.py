@@ -22,6 +22,7 @@ from datetime import datetime
 
 from raylane.models import TaskRecord, WriteOutcome, utcnow
 from raylane.schedules import MISSED_AFTER_S, Schedule
+from raylane.signing import Signer
 from raylane.store import StatusStore
 
 log = logging.getLogger("raylane.scheduler")
@@ -42,12 +43,15 @@ class Scheduler:
     """Fires due ticks of the schedules in ``store`` through ``write`` (versioned first records:
     a tick another scheduler fired already comes back as a conflict, and is not fired again).
 
-    With ``shard=(i, n)`` it looks after the schedules of shard ``i`` of ``n`` only."""
+    With ``shard=(i, n)`` it looks after the schedules of shard ``i`` of ``n`` only. A schedule
+    whose task message does not bear the cluster's seal (one planted in the store, or changed
+    there) is never fired."""
 
     def __init__(
         self,
         store: StatusStore,
         write: Write,
+        signer: Signer,
         shard: tuple[int, int] = (0, 1),
         missed_after_s: float = MISSED_AFTER_S,
         clock: Callable[[], datetime] = utcnow,
@@ -55,11 +59,12 @@ class Scheduler:
     ):
         self.store = store
         self.write = write
+        self.signer = signer
         self.shard = shard
         self.missed_after_s = missed_after_s
         self.clock = clock
         self.reread_every_s = reread_every_s
-        self.stats = {"passes": 0, "reads": 0, "fired": 0, "already_fired": 0, "errors": 0}
+        self.stats = {"passes": 0, "reads": 0, "fired": 0, "already_fired": 0, "errors": 0, "forged": 0}
         self._schedules: dict[str, Schedule] = {}  # this shard's, by key, as last read and moved on
         self._read_at: datetime | None = None  # None: read at the next pass
 
@@ -79,7 +84,12 @@ class Scheduler:
                 self._read_at = None
                 raise
             index, shards = self.shard
-            self._schedules = {s.key: s for s in found if shards == 1 or shard_of(s, shards) == index}
+            mine = [s for s in found if shards == 1 or shard_of(s, shards) == index]
+            forged = {s.key for s in mine if s.message is None or not self.signer.seal_ok(s.message)}
+            if forged:
+                self.stats["forged"] += len(forged)
+                log.warning("%d schedule(s) do not bear this cluster's seal; not fired: %s", len(forged), min(forged))
+            self._schedules = {s.key: s for s in mine if s.key not in forged}
             self.stats["reads"] += 1
         fired = 0
         for s in list(self._schedules.values()):
@@ -96,7 +106,7 @@ class Scheduler:
         ticks, newest = s.due(now, self.missed_after_s)
         fired = 0
         if ticks:
-            outcomes = await self.write([s.tick_record(t, now) for t in ticks])
+            outcomes = await self.write([self.signer.sealed(s.tick_record(t, now)) for t in ticks])
             failed = [o for o in outcomes if not o.accepted and o.reason != "conflict"]
             if failed:
                 # The ticks stay due: last_tick does not move, and the next pass fires them again

@@ -63,10 +63,11 @@ class StatusKeeper:
         self._scheduler_task: asyncio.Task | None = None
         self._purge_task: asyncio.Task | None = None
         self._router: Keepers | None = None
+        self._signer = config.signer()
         # This keeper fires the ticks of its share of the schedules.
-        self._scheduler = Scheduler(self.store, self._routed_write, shard=(index, config.keepers))
+        self._scheduler = Scheduler(self.store, self._routed_write, self._signer, shard=(index, config.keepers))
         # ... and moves on the workflows of the tasks whose ends it writes.
-        self._flows = Flows(self.store, self._routed_write, self._send, shard=(index, config.keepers))
+        self._flows = Flows(self.store, self._routed_write, self._send, self._signer, shard=(index, config.keepers))
         self._flows_task: asyncio.Task | None = None
         self._moving_on: set[asyncio.Task] = set()
         # (deadline, task id) of running tasks, soonest first; an entry whose task has since
@@ -174,7 +175,12 @@ class StatusKeeper:
                     self._book.opened(packed)
                     if r.limited:
                         self._gates.holding(r)  # before any waiting task is let through
-            for rec in await asyncio.to_thread(self._records_in, TaskState.SCHEDULED):
+            # Only those the cluster sealed: the message of one planted in the store is not sent
+            # (an executor's sweep ends it once it is due).
+            sealed, forged = self._signer.split(await asyncio.to_thread(self._records_in, TaskState.SCHEDULED))
+            if forged:
+                log.warning("%d SCHEDULED record(s) do not bear this cluster's seal; not sent", len(forged))
+            for rec in sealed:
                 if keeper_of(rec.id, self.config.keepers) == self.index and rec.id not in self._scheduled:
                     self._schedule(rec)
             self._resumed = True

@@ -27,6 +27,7 @@ from datetime import timedelta
 
 from raylane.models import TaskMessage, TaskRecord, WriteOutcome, utcnow
 from raylane.protocol import keeper_of
+from raylane.signing import Signer, ended_as_forged
 from raylane.states import TaskState
 from raylane.store import StatusStore, TaskQuery
 
@@ -49,12 +50,15 @@ _UNFINISHED = [s for s in TaskState if not s.terminal]
 class Flows:
     """Moves the workflows of one StatusKeeper's tasks on (see the module's docstring).
 
-    ``write`` sends records to their own keepers; ``send`` produces messages to their queues."""
+    ``write`` sends records to their own keepers; ``send`` produces messages to their queues.
+    A waiting child is read from the store: one that does not bear the cluster's seal is ended
+    (``ended_as_forged``), never started."""
 
-    def __init__(self, store: StatusStore, write: Write, send: Send, shard: tuple[int, int] = (0, 1)):
+    def __init__(self, store: StatusStore, write: Write, send: Send, signer: Signer, shard: tuple[int, int] = (0, 1)):
         self.store = store
         self.write = write
         self.send = send
+        self.signer = signer
         self.shard = shard
         self._sent: OrderedDict[str, None] = OrderedDict()  # children this keeper started, bounded
         self.stats = {"started": 0, "cancelled": 0, "swept": 0, "errors": 0}
@@ -74,11 +78,12 @@ class Flows:
     async def advance(self, children: list[TaskRecord]) -> int:
         """Start, or cancel, each of ``children`` whose parents have all ended; the rest wait on.
         Returns how many were moved on."""
-        if not children:
-            return 0
-        parents = await self._parents(children)
+        children, forged = self.signer.split(children)
+        cancel: list[TaskRecord] = [ended_as_forged(r) for r in forged]
+        if forged:
+            log.warning("%d waiting task(s) do not bear this cluster's seal; ended, not started", len(forged))
+        parents = await self._parents(children) if children else {}
         start: list[TaskMessage] = []
-        cancel: list[TaskRecord] = []
         for child in children:
             assert child.flow is not None
             mine = [parents.get(p) for p in child.flow.waiting_on]
@@ -90,7 +95,8 @@ class Flows:
                 cancel.append(self._cancelled(child, failed, child.flow.waiting_on[mine.index(failed)]))
             else:
                 results = [p.result if p is not None and p.state is TaskState.SUCCEEDED else None for p in mine]
-                start.append(child.with_parents_results(results))
+                # Its parents' results are now among its arguments: the order it carries on is sealed anew.
+                start.append(self.signer.sealed(child.with_parents_results(results)))
         if cancel:
             outcomes = await self.write(cancel)
             self.stats["cancelled"] += sum(o.accepted for o in outcomes)

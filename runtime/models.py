@@ -182,6 +182,7 @@ class TaskMessage(BaseModel):
     workflow_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
     parent_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
     flow: FlowLinks | None = None
+    seal: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # see ``Signer.seal``
 
     @property
     def limited(self) -> bool:
@@ -251,6 +252,9 @@ class TaskRecord(BaseModel):
     workflow_id: str | None = None  # the workflow this task is a step of (see FlowLinks)
     parent_id: str | None = None
     flow: FlowLinks | None = None
+    # The cluster's signature of what the task was asked to do (``Signer.seal``): a sweep carries
+    # on only records that bear it, so a record written into the store by anyone else runs nothing.
+    seal: str | None = None
     # How far a RUNNING attempt has got (``raylane.progress``), filled in when the record is
     # read by id; kept beside the record and never written with it (see ``Progress``).
     progress: float | None = Field(None, exclude=True)
@@ -414,6 +418,17 @@ class TaskRecord(BaseModel):
 # What a message and its record both carry, copied from one to the other: a field added to both
 # travels with no further change.
 _CARRIED = tuple(f for f in TaskMessage.model_fields if f in TaskRecord.model_fields)
+# What a task was asked to do, the same for each of its attempts: what its seal covers. An
+# attempt's number, its history and when it may start change from one attempt to the next.
+ORDER = set(_CARRIED) - {"attempt", "attempts", "not_before", "seal"}
+
+
+def order_bytes(order: TaskMessage | TaskRecord) -> bytes:
+    """The canonical bytes of ``order``'s ``ORDER`` fields: the same for a message and for the
+    records made from it, after any number of trips through JSON."""
+    return json.dumps(
+        order.model_dump(mode="json", include=ORDER), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode()
 
 
 class WorkflowNode(BaseModel):

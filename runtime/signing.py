@@ -1,10 +1,12 @@
 """The cluster secret, and the signatures that let raylane trust what it reads back.
 
-Kafka and OpenSearch are storage, not sources of code: anyone who can write to them could
-plant a message or a pickled task definition. raylane therefore signs, with a secret only
-the cluster holds, every queue message it produces and every task definition it keeps in
-the store, and checks the signature before it acts on either. A message that fails the
-check is dead-lettered; a definition that fails it is never unpickled.
+Kafka and OpenSearch are storage, not sources of code or of orders: anyone who can write to
+them could plant a message, a pickled task definition, or a task record for a sweep to carry on.
+raylane therefore signs, with a secret only the cluster holds, every queue message it produces,
+every task definition it keeps in the store, and the order of every task it accepts (its
+*seal*: what to run, with what, and how, the same for each of its attempts), and checks the
+signature before it acts on any of them. A message that fails the check is dead-lettered; a
+definition that fails it is never unpickled; a record whose seal fails it is never run again.
 
 The secret is 32 random bytes kept in a file readable by its owner only (``RAYLANE_SECRET_FILE``,
 by default ``<home>/cluster.key``, created on first use). Every process that deploys raylane
@@ -17,15 +19,22 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from raylane.errors import ConfigError
+from raylane.models import TaskMessage, TaskRecord, order_bytes
+from raylane.states import TaskState
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
+Order = TypeVar("Order", TaskMessage, TaskRecord)
+
 SIGNATURE_HEADER = "raylane-signature"
+# The error type of a record ended because it does not bear the cluster's seal.
+FORGED_RECORD = "ForgedRecord"
 _SECRET_BYTES = 32
 
 
@@ -67,6 +76,40 @@ class Signer:
         """Whether ``signature`` is this cluster's signature of the definition, and ``digest``
         is the SHA-256 of ``blob``."""
         return hashlib.sha256(blob).hexdigest() == digest and _same(self.sign_definition(name, digest, blob), signature)
+
+    def seal(self, order: TaskMessage | TaskRecord) -> str:
+        """The seal of a task's order (``order_bytes``): made once, when the task is accepted,
+        and carried unchanged by its messages and records from then on."""
+        return self._mac(b"raylane/order/v1", order_bytes(order))
+
+    def sealed(self, order: Order) -> Order:
+        """A copy of ``order`` (a message or a record) that bears its seal."""
+        return order.model_copy(update={"seal": self.seal(order)})
+
+    def seal_ok(self, order: TaskMessage | TaskRecord) -> bool:
+        """Whether ``order`` bears this cluster's seal of what it asks: a record planted in the
+        store, or one whose arguments or options were changed there, does not."""
+        return _same(self.seal(order), order.seal)
+
+    def split(self, records: Iterable[TaskRecord]) -> tuple[list[TaskRecord], list[TaskRecord]]:
+        """``records`` read from the store, as (those that bear the seal, those that do not)."""
+        sealed: list[TaskRecord] = []
+        forged: list[TaskRecord] = []
+        for r in records:
+            (sealed if self.seal_ok(r) else forged).append(r)
+        return sealed, forged
+
+
+def ended_as_forged(record: TaskRecord) -> TaskRecord:
+    """The end of a record that does not bear the cluster's seal: FAILED, never retried. What it
+    asks was not asked of raylane (or was changed in the store since), so none of it is run."""
+    return record.moved_to(
+        TaskState.FAILED,
+        attempt=record.attempt + 1 if record.will_retry else record.attempt,
+        will_retry=False,
+        error_type=FORGED_RECORD,
+        error="not run: the record does not bear this cluster's seal (it was written or changed outside raylane)",
+    )
 
 
 def _same(expected: str, given: str | bytes | None) -> bool:

@@ -258,8 +258,8 @@ def _utc(t: datetime) -> str:
 # the mapping. A change that only adds fields is applied in place at start; one OpenSearch
 # cannot apply in place (a field's type) moves the records to a new index
 # (``OpenSearchStore.migrate``). 1: indices made before the version was kept; 2: hops; 3: error_types;
-# 4: workflow_id, parent_id and flow; 5: group_wait_s.
-MAPPING_VERSION = 5
+# 4: workflow_id, parent_id and flow; 5: group_wait_s; 6: seal.
+MAPPING_VERSION = 6
 _MIGRATION_MARGIN = timedelta(minutes=10)  # writes made this long before a migration's first copy are copied again
 _MIGRATION_WAIT_S = 600.0  # how long a process waits for another's migration to finish
 
@@ -307,6 +307,7 @@ def _mappings() -> dict:
             "timeout_s": {"type": "float"},
             "soft_timeout_s": {"type": "float"},
             "group_wait_s": {"type": "float", "index": False},
+            "seal": {"type": "keyword", "index": False, "doc_values": False},
             "error": {"type": "text"},
             "traceback": {"type": "text", "index": False},
             # Arbitrary user JSON: kept in _source, never mapped, so it cannot explode the mapping.

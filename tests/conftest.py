@@ -259,6 +259,13 @@ def http_api(rl, _http_deployment) -> HttpApi:
     return HttpApi(d["url"], d["tokens"])
 
 
+def sealed(order):
+    """``order`` (a message or a record) bearing the cluster's seal, as a submit seals what it
+    accepts: a record planted in the store to stand for one raylane wrote must bear it, or no
+    sweep carries it on."""
+    return Settings.from_env().signer().sealed(order)
+
+
 def dead_letter_reasons(
     stack,
     settings,

@@ -23,6 +23,8 @@ from raylane.states import TaskState
 from raylane.store import StatusStore, TaskQuery
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+# The cluster secret of records and messages made here: what they ask is sealed, as a submit seals it.
+SIGNER = Signer(b"contract-secret-of-16+-bytes")
 
 
 def message(
@@ -33,9 +35,11 @@ def message(
     queue: str = "default",
     tenant: str | None = None,
 ) -> TaskMessage:
-    """A task message with a fresh id."""
-    return TaskMessage(
-        id=uuid.uuid4().hex, name=name, queue=queue, args=[1, 2], created_at=at, tags=tags or [], tenant=tenant
+    """A task message with a fresh id, sealed under ``SIGNER``."""
+    return SIGNER.sealed(
+        TaskMessage(
+            id=uuid.uuid4().hex, name=name, queue=queue, args=[1, 2], created_at=at, tags=tags or [], tenant=tenant
+        )
     )
 
 
@@ -109,6 +113,17 @@ class StoreContract:
         assert not outcomes[0].accepted and outcomes[0].refused_for_content, outcomes[0]
         assert outcomes[1].accepted
         assert contract_store.get(bad.id) is None and contract_store.get(good.id) is not None
+
+    def test_a_record_read_back_bears_the_seal_it_was_written_with(self, contract_store: StatusStore):
+        # Sweeps carry on only records whose seal holds: every value must come back as it went in.
+        odd = [0.1, 1e300, -0.0, 2**62, "é\u2028\x00", {"z": [None, True], "a": {}}, []]
+        msg = SIGNER.sealed(message().model_copy(update={"args": odd, "kwargs": {"b": 1.5, "a": "x"}, "timeout_s": 60}))
+        rec = TaskRecord.pending(msg).moved_to(TaskState.RUNNING, worker="w", lease_owner="o")
+        contract_store.write_many([rec])
+        got = contract_store.get(rec.id)
+        assert got is not None and got.seal == msg.seal and SIGNER.seal_ok(got)
+        # ... and what was changed in the store does not bear it
+        assert not SIGNER.seal_ok(got.model_copy(update={"kwargs": {"b": 1.5, "a": "y"}}))
 
     def test_get_is_real_time_and_get_many_gives_only_what_exists(self, contract_store: StatusStore):
         rec = pending()
@@ -391,7 +406,7 @@ class QueueContract:
     factory of readers of the producer's queues; and ``drop_topic(topic)``, which deletes a topic
     as an operator would, returning once it is gone."""
 
-    signer = Signer(b"contract-secret-of-16+-bytes")
+    signer = SIGNER
 
     def test_a_queue_exists_once_made(self, contract_queue):
         assert not contract_queue.queue_exists("a")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from conftest import restart_keeper, wait_until
+from conftest import restart_keeper, sealed, wait_until
 
 import raylane
 from raylane.actors.deploy import actor_stats
@@ -271,14 +271,14 @@ def test_a_child_left_waiting_after_its_parent_ended_is_started_by_the_sweep(rl,
     long_ago = utcnow() - timedelta(minutes=1)
     flow_id, parent_id, child_id = new_task_id(), new_task_id(), new_task_id()
     base = dict(queue="default", created_at=long_ago, workflow_id=flow_id)
-    parent = TaskMessage(
+    parent = sealed(TaskMessage(
         id=parent_id, name=flow_step.name, args=[0, str(tmp_path), "p", 0.0], **base,
         flow=FlowLinks(children=[child_id]),
-    )  # fmt: skip
-    child = TaskMessage(
+    ))  # fmt: skip
+    child = sealed(TaskMessage(
         id=child_id, name=flow_step.name, args=[str(tmp_path), "c", 0.0], parent_id=parent_id, **base,
         flow=FlowLinks(waiting_on=[parent_id], takes="result"),
-    )  # fmt: skip
+    ))  # fmt: skip
     ended = TaskRecord.pending(parent).moved_to(TaskState.RUNNING).moved_to(TaskState.SUCCEEDED, result=41)
     waiting = TaskRecord.pending(child)
     assert waiting.waits_for_parents
@@ -298,8 +298,10 @@ def test_pending_task_without_message_is_requeued(rl, store, tmp_path):
     from raylane.models import TaskMessage, TaskRecord, new_task_id, utcnow
 
     long_ago = utcnow() - timedelta(minutes=10)
-    msg = TaskMessage(
-        id=new_task_id(), name="test.fault.work", queue="default", args=[str(tmp_path), 7, 0.0], created_at=long_ago
+    msg = sealed(
+        TaskMessage(
+            id=new_task_id(), name="test.fault.work", queue="default", args=[str(tmp_path), 7, 0.0], created_at=long_ago
+        )
     )
     orphan = TaskRecord.pending(msg).model_copy(update={"updated_at": long_ago})
     [outcome] = store.write_many([orphan])
@@ -321,13 +323,15 @@ def test_a_claim_its_live_executor_does_not_run_is_ended_and_retried(rl, store, 
 
     executor = ray.get_actor(live_members(settings.namespace, EXECUTOR)[0], namespace=settings.namespace)
     owner = ray.get(executor.get_stats.remote())["incarnation"]
-    msg = TaskMessage(
-        id=new_task_id(),
-        name="test.fault.work",
-        queue="default",
-        args=[str(tmp_path), 10, 0.0],
-        retry=RetryPolicy(max_retries=3, backoff_s=0.2),
-        created_at=utcnow(),
+    msg = sealed(
+        TaskMessage(
+            id=new_task_id(),
+            name="test.fault.work",
+            queue="default",
+            args=[str(tmp_path), 10, 0.0],
+            retry=RetryPolicy(max_retries=3, backoff_s=0.2),
+            created_at=utcnow(),
+        )
     )
     claimed = TaskRecord.pending(msg).moved_to(TaskState.RUNNING, worker="w/1", lease_owner=owner)
     claimed = claimed.model_copy(update={"updated_at": utcnow() - timedelta(minutes=2)})
@@ -363,14 +367,16 @@ def test_lost_task_past_its_timeout_is_retried_not_timed_out(rl, store, tmp_path
 
     from raylane.models import RetryPolicy, TaskMessage, TaskRecord, new_task_id, utcnow
 
-    msg = TaskMessage(
-        id=new_task_id(),
-        name="test.fault.work",
-        queue="default",
-        args=[str(tmp_path), 8, 0.0],
-        timeout_s=60,
-        retry=RetryPolicy(max_retries=3, backoff_s=0.2),
-        created_at=utcnow(),
+    msg = sealed(
+        TaskMessage(
+            id=new_task_id(),
+            name="test.fault.work",
+            queue="default",
+            args=[str(tmp_path), 8, 0.0],
+            timeout_s=60,
+            retry=RetryPolicy(max_retries=3, backoff_s=0.2),
+            created_at=utcnow(),
+        )
     )
     claimed = TaskRecord.pending(msg).moved_to(TaskState.RUNNING, worker="gone/1", lease_owner="an-executor-gone")
     claimed = claimed.model_copy(update={"started_at": utcnow() - timedelta(minutes=2)})

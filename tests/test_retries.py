@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from conftest import wait_until
+from conftest import sealed, wait_until
 
 import raylane
 from raylane.actors.deploy import actor_stats
@@ -78,7 +78,7 @@ def _pending(tmp_path: Path) -> TaskRecord:
         created_at=utcnow(),
         retry=RetryPolicy(max_retries=2, backoff_s=0.1, backoff_max_s=0.1),
     )
-    return TaskRecord.pending(msg)
+    return TaskRecord.pending(sealed(msg))
 
 
 def test_a_half_done_retry_is_carried_on(rl, tmp_path):

@@ -51,7 +51,7 @@ def _second_scheduler(store, settings, stop: threading.Event) -> Scheduler:
     itself): the store must refuse every one of those."""
     keepers = Keepers(settings.namespace, settings.keepers)
     # It reads the schedules at every pass, so that each pass meets ticks fired already.
-    scheduler = Scheduler(_LaggingView(store), keepers.write, reread_every_s=0.0)
+    scheduler = Scheduler(_LaggingView(store), keepers.write, settings.signer(), reread_every_s=0.0)
 
     def run() -> None:
         async def main() -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import dead_letter_reasons
+from conftest import dead_letter_reasons, sealed, wait_until
 
 import raylane
 from raylane.errors import TaskFailed
@@ -193,6 +193,68 @@ def test_a_new_signed_message_of_a_task_without_a_record_never_runs(rl, store, s
     for task_id in task_ids:
         record = store.get(task_id)
         assert record is not None and record.state.value == "FAILED" and record.error_type == "NotEnqueued", record
+
+
+def test_records_planted_in_the_store_are_never_carried_on(rl, store, tmp_path):
+    """The sweeps take up records (a PENDING task whose message may be lost, a retry whose
+    executor stopped, a claim of a lapsed executor, an overdue SCHEDULED attempt), and would
+    run what they ask. Records written into the store by anyone but raylane, or changed there,
+    do not bear the cluster's seal: each ends FAILED as forged, and none runs. A sealed record
+    beside them is carried on as ever, so the sweeps did pass over them."""
+    from datetime import timedelta
+
+    from raylane.errors import InvalidTaskInput
+    from raylane.models import RetryPolicy, TaskMessage, TaskRecord, new_task_id, utcnow
+    from raylane.signing import FORGED_RECORD
+    from raylane.states import TaskState, version_of
+
+    path = tmp_path / "runs.txt"
+    long_ago = utcnow() - timedelta(minutes=10)
+
+    def order(word: str) -> TaskRecord:
+        msg = TaskMessage(
+            id=new_task_id(),
+            name="test.trust.mark",
+            queue="default",
+            args=[str(path), word],
+            retry=RetryPolicy(max_retries=3, backoff_s=0.1),
+            created_at=long_ago,
+        )
+        return TaskRecord.pending(msg)
+
+    borrowed = sealed(order("borrowed")).seal  # a true seal, of another task
+    planted = {
+        "stale": order("stale"),
+        "retry": order("retry")
+        .moved_to(TaskState.RUNNING)
+        .moved_to(TaskState.FAILED, error_type="E", will_retry=True)
+        .model_copy(update={"seal": borrowed}),
+        "lapsed": sealed(order("lapsed"))
+        .moved_to(TaskState.RUNNING, worker="gone/1", lease_owner="an-executor-gone")
+        .model_copy(update={"args": [str(path), "changed"]}),
+        "due": order("due").model_copy(
+            update={"state": TaskState.SCHEDULED, "not_before": long_ago, "version": version_of(TaskState.SCHEDULED, 0)}
+        ),
+    }
+    control = sealed(order("control"))
+    records = [r.model_copy(update={"updated_at": long_ago}) for r in [*planted.values(), control]]
+    assert all(o.accepted for o in store.write_many(records))
+    store.refresh()
+
+    assert rl.wait(control.id, timeout=120).state is TaskState.SUCCEEDED
+
+    def ends() -> dict[str, tuple]:
+        got = store.get_many([r.id for r in planted.values()])
+        return {k: (got[r.id].state, got[r.id].error_type) for k, r in planted.items()}
+
+    wait_until(
+        lambda: set(ends().values()) == {(TaskState.FAILED, FORGED_RECORD)}, timeout=120, what=lambda: str(ends())
+    )
+    assert path.read_text() == "control\n"
+    # Nor does asking to run one again: its record is not one raylane made.
+    with pytest.raises(InvalidTaskInput, match="seal"):
+        rl.retry(planted["stale"].id)
+    assert path.read_text() == "control\n"
 
 
 def test_secrets_are_not_on_any_command_line(rl, settings):

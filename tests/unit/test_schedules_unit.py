@@ -15,7 +15,7 @@ from raylane.schedules import MAX_CATCH_UP, Schedule
 from raylane.states import TaskState
 from raylane.store import TaskQuery
 
-from contracts import message, schedule
+from contracts import SIGNER, message, schedule
 
 T = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -114,7 +114,7 @@ def test_two_schedulers_and_a_restart_give_one_task_per_tick():
     made: list[Scheduler] = []
 
     def make():
-        made.append(Scheduler(store, write, clock=lambda: now[0]))
+        made.append(Scheduler(store, write, SIGNER, clock=lambda: now[0]))
         return made[-1]
 
     async def drive():
@@ -158,7 +158,7 @@ def test_a_scheduler_reads_the_schedules_every_so_often_or_once_told_they_change
     async def write(records):
         return store.write_many(records)
 
-    scheduler = Scheduler(store, write, clock=lambda: now[0], reread_every_s=5.0)
+    scheduler = Scheduler(store, write, SIGNER, clock=lambda: now[0], reread_every_s=5.0)
 
     def passes_until(seconds: float) -> int:
         fired = 0
@@ -178,3 +178,22 @@ def test_a_scheduler_reads_the_schedules_every_so_often_or_once_told_they_change
     assert passes_until(10.0) == 1 and store.reads == 3  # the read at 10 s sees the pause: b's tick 10 only
     records, _ = store.search(TaskQuery(), 1000, None)
     assert len(records) == 15 and len({(r.schedule_id, r.not_before) for r in records}) == 15
+
+
+def test_only_a_schedule_whose_message_bears_the_seal_is_fired():
+    """A schedule planted in the store (its message unsealed, or changed after it was sealed)
+    fires nothing; the ticks of a sealed one bear seals of their own."""
+    store = InMemoryStore()
+    sealed = message()
+    changed = sealed.model_copy(update={"args": [40, 2]})
+    for sid, msg in (("made", sealed), ("planted", message().model_copy(update={"seal": None})), ("changed", changed)):
+        store.save_schedule(schedule(sid, every_s=1).model_copy(update={"created_at": T, "message": msg}))
+
+    async def write(records):
+        return store.write_many(records)
+
+    scheduler = Scheduler(store, write, SIGNER, clock=lambda: T + timedelta(seconds=3.5))
+    assert asyncio.run(scheduler.run_once()) == 3
+    records, _ = store.search(TaskQuery(), 1000, None)
+    assert {r.schedule_id for r in records} == {"made"} and all(SIGNER.seal_ok(r) for r in records)
+    assert scheduler.stats["forged"] == 2

@@ -12,9 +12,10 @@ import raylane
 from raylane.actors.workflows import Flows
 from raylane.memory import InMemoryStore
 from raylane.models import FlowLinks, SubmitRequest, TaskMessage, TaskRecord, WorkflowRequest
+from raylane.signing import FORGED_RECORD
 from raylane.states import TaskState
 
-from contracts import T0
+from contracts import SIGNER, T0
 
 
 @raylane.task(name="unit.flow.add")
@@ -98,7 +99,7 @@ def _flow(store: InMemoryStore, parents: int, takes: str, on_failure: str = "can
 
     firsts = [msg(i, flow=FlowLinks(children=[child_id], on_failure=on_failure)) for i in range(parents)]
     child = msg(parents, parent_id=ids[0], flow=FlowLinks(waiting_on=ids[:-1], takes=takes, on_failure=on_failure))
-    records = [TaskRecord.pending(m) for m in [*firsts, child]]
+    records = [TaskRecord.pending(SIGNER.sealed(m)) for m in [*firsts, child]]
     assert all(o.accepted for o in store.write_many(records))
     return records[:-1], records[-1]
 
@@ -111,7 +112,7 @@ def _end(store: InMemoryStore, rec: TaskRecord, state: TaskState, result=None) -
 
 def test_a_child_starts_once_every_parent_ended_with_their_results_in_order():
     store, sent = InMemoryStore(), _Sent()
-    flows = Flows(store, lambda rs: asyncio.sleep(0, store.write_many(rs)), sent)
+    flows = Flows(store, lambda rs: asyncio.sleep(0, store.write_many(rs)), sent, SIGNER)
     parents, child = _flow(store, 3, "results")
     assert child.state is TaskState.SCHEDULED and child.waits_for_parents
     for i, p in enumerate(parents[:2]):
@@ -126,7 +127,7 @@ def test_a_child_starts_once_every_parent_ended_with_their_results_in_order():
 
 def test_a_failed_parent_cancels_its_child_unless_the_policy_is_continue():
     store, sent = InMemoryStore(), _Sent()
-    flows = Flows(store, lambda rs: asyncio.sleep(0, store.write_many(rs)), sent)
+    flows = Flows(store, lambda rs: asyncio.sleep(0, store.write_many(rs)), sent, SIGNER)
     [parent], child = _flow(store, 1, "result", on_failure="skip")
     asyncio.run(flows.ended(_end(store, parent, TaskState.FAILED)))
     assert sent.messages == []
@@ -140,7 +141,7 @@ def test_a_failed_parent_cancels_its_child_unless_the_policy_is_continue():
 
 def test_cancel_policy_cancels_every_unfinished_task_of_the_workflow():
     store, sent = InMemoryStore(), _Sent()
-    flows = Flows(store, lambda rs: asyncio.sleep(0, store.write_many(rs)), sent)
+    flows = Flows(store, lambda rs: asyncio.sleep(0, store.write_many(rs)), sent, SIGNER)
     parents, child = _flow(store, 2, "results")
     running = parents[1].moved_to(TaskState.RUNNING)
     store.write_many([running])
@@ -153,12 +154,26 @@ def test_cancel_policy_cancels_every_unfinished_task_of_the_workflow():
 
 def test_the_sweep_moves_on_children_whose_parents_ended_unseen():
     store, sent = InMemoryStore(), _Sent()
-    flows = Flows(store, lambda rs: asyncio.sleep(0, store.write_many(rs)), sent, shard=(0, 1))
+    flows = Flows(store, lambda rs: asyncio.sleep(0, store.write_many(rs)), sent, SIGNER, shard=(0, 1))
     [parent], child = _flow(store, 1, "result")
     assert asyncio.run(flows.sweep(older_than_s=-1)) == 0  # its parent has not ended
     _end(store, parent, TaskState.SUCCEEDED, result=7)  # ended, but no one moved it on
     assert asyncio.run(flows.sweep(older_than_s=-1)) == 1
     assert [(m.id, m.args) for m in sent.messages] == [(child.id, [7, 1])]
+    # Its parent's result is among its arguments now, and the message bears a seal of that.
+    assert SIGNER.seal_ok(sent.messages[0]) and not SIGNER.seal_ok(child.with_parents_results([8]))
+
+
+def test_a_waiting_child_planted_or_changed_in_the_store_is_ended_not_started():
+    store, sent = InMemoryStore(), _Sent()
+    flows = Flows(store, lambda rs: asyncio.sleep(0, store.write_many(rs)), sent, SIGNER)
+    [parent], child = _flow(store, 1, "result")
+    changed = child.model_copy(update={"kwargs": {"b": 2}, "version": child.version + 1})
+    assert store.write_many([changed])[0].accepted
+    asyncio.run(flows.ended(_end(store, parent, TaskState.SUCCEEDED, result=7)))
+    assert sent.messages == []
+    got = store.get(child.id)
+    assert (got.state, got.error_type) == (TaskState.FAILED, FORGED_RECORD)
 
 
 def test_a_chord_callback_is_checked_a_chunk_of_parents_at_a_time():
@@ -171,7 +186,7 @@ def test_a_chord_callback_is_checked_a_chunk_of_parents_at_a_time():
         return get_many(ids)
 
     store.get_many = counted  # type: ignore[method-assign]
-    flows = Flows(store, lambda rs: asyncio.sleep(0, store.write_many(rs)), sent)
+    flows = Flows(store, lambda rs: asyncio.sleep(0, store.write_many(rs)), sent, SIGNER)
     parents, child = _flow(store, 250, "results")
     asyncio.run(flows.ended(_end(store, parents[0], TaskState.SUCCEEDED, result=0)))
     assert read == [1, 100] and sent.messages == []  # the child, then one chunk with unfinished parents
