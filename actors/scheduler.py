@@ -88,7 +88,12 @@ class Scheduler:
             forged = {s.key for s in mine if s.message is None or not self.signer.seal_ok(s.message)}
             if forged:
                 self.stats["forged"] += len(forged)
-                log.warning("%d schedule(s) do not bear this cluster's seal; not fired: %s", len(forged), min(forged))
+                log.warning(
+                    "%d schedule(s) do not bear this cluster's seal; not fired: %s (if they are yours and were saved"
+                    " before seals existed, `raylane migrate --seal-schedules` seals them)",
+                    len(forged),
+                    min(forged),
+                )
             self._schedules = {s.key: s for s in mine if s.key not in forged}
             self.stats["reads"] += 1
         fired = 0

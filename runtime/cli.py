@@ -328,16 +328,32 @@ def _migrate(args: argparse.Namespace) -> int:
         before = store.write_index()
         store.ensure_schema()  # adds in place what it can, and migrates what it cannot
         after = store.write_index()
+        sealed = _seal_schedules(store, settings.signer()) if args.seal_schedules else None
     finally:
         store.close()
     moved = after if after != before else None
     if args.json:
-        print(json.dumps({"alias": store.alias, "from": before, "to": moved, "mapping_version": MAPPING_VERSION}))
-    elif moved:
+        outcome = {"alias": store.alias, "from": before, "to": moved, "mapping_version": MAPPING_VERSION}
+        print(json.dumps(outcome | ({} if sealed is None else {"sealed_schedules": sealed})))
+        return 0
+    if moved:
         print(f"moved the records of {store.alias} from {before} to {moved} (mapping version {MAPPING_VERSION})")
     else:
         print(f"{store.alias} ({before}) has mapping version {MAPPING_VERSION}: nothing to move")
+    if sealed is not None:
+        print(f"sealed the task message of {len(sealed)} schedule(s)" + (f": {', '.join(sealed)}" if sealed else ""))
     return 0
+
+
+def _seal_schedules(store, signer) -> list[str]:
+    """Seal the message of each schedule in ``store`` that bears no seal; the keys sealed. One
+    whose message bears a seal that does not hold was changed in the store: it is left alone."""
+    keys = []
+    for schedule in store.list_schedules():
+        if schedule.message is not None and schedule.message.seal is None:
+            store.save_schedule(schedule.model_copy(update={"message": signer.sealed(schedule.message)}))
+            keys.append(schedule.key)
+    return keys
 
 
 def _purge(args: argparse.Namespace) -> int:
@@ -665,6 +681,13 @@ def build_parser() -> argparse.ArgumentParser:
         "a new index behind the same alias while writes go on. raylane's keepers do the same at start.",
     )
     sp.add_argument("--alias", help="the status index's alias (default RAYLANE_INDEX_ALIAS)")
+    sp.add_argument(
+        "--seal-schedules",
+        action="store_true",
+        help="also seal the task message of every schedule that bears no seal, so that it fires again: "
+        "schedules saved before seals existed are not fired. Run it once after upgrading, only if every "
+        "schedule in the store is one you made (sealing vouches for it)",
+    )
     sp.add_argument("--json", action="store_true", help="print the outcome as JSON")
     sp.set_defaults(func=_migrate)
 

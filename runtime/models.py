@@ -425,10 +425,11 @@ ORDER = set(_CARRIED) - {"attempt", "attempts", "not_before", "seal"}
 
 def order_bytes(order: TaskMessage | TaskRecord) -> bytes:
     """The canonical bytes of ``order``'s ``ORDER`` fields: the same for a message and for the
-    records made from it, after any number of trips through JSON."""
-    return json.dumps(
-        order.model_dump(mode="json", include=ORDER), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    ).encode()
+    records made from it, after any number of trips through JSON. A record is put as the
+    message it carries, so that both are dumped by one model, with its fields in one order
+    (raises ``ValidationError`` if the record could make no valid message)."""
+    message = order if isinstance(order, TaskMessage) else order.message()
+    return message.model_dump_json(include=ORDER).encode()
 
 
 class WorkflowNode(BaseModel):

@@ -10,9 +10,13 @@ import sys
 import threading
 import time
 
+from conftest import sealed
+
 from raylane.models import PackedRecord, TaskMessage, TaskRecord, new_task_id, utcnow
 from raylane.states import TaskState
 from raylane.store import MAPPING_VERSION, OpenSearchStore, _mappings
+
+from contracts import message, schedule
 
 
 def _previous_mapping() -> dict:
@@ -126,4 +130,36 @@ def test_an_index_of_a_previous_mapping_is_migrated_without_losing_a_write(stack
     finally:
         c.indices.delete(index=f"{alias}-*", ignore_unavailable=True)
         c.indices.delete_index_template(name=f"{alias}-template", ignore=404)
+        store.close()
+
+
+def test_migrate_seals_the_schedules_saved_before_seals_and_only_those(stack, settings, unique):
+    """A scheduler fires only a schedule whose message bears the cluster's seal, so schedules saved
+    by a release without seals stop firing on upgrade. `raylane migrate --seal-schedules` seals
+    those (the operator vouches for them); one whose seal does not hold was changed in the store,
+    and stays as it is."""
+    alias = f"raylane-test-{unique}"
+    store = OpenSearchStore(stack.endpoints().opensearch, alias)
+    store.ensure_schema()
+    try:
+        unsealed = message().model_copy(update={"seal": None})
+        old = schedule("old").model_copy(update={"message": unsealed})
+        made = schedule("made").model_copy(update={"message": sealed(unsealed)})
+        changed = schedule("changed").model_copy(update={"message": made.message.model_copy(update={"args": [9]})})
+        for s in (old, made, changed):
+            store.save_schedule(s)
+        out = subprocess.run(
+            [sys.executable, "-m", "raylane.cli", "migrate", "--alias", alias, "--seal-schedules", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert json.loads(out.stdout)["sealed_schedules"] == [old.key]
+        signer = settings.signer()
+        got = {s.key: s for s in store.list_schedules()}
+        assert signer.seal_ok(got[old.key].message) and got[old.key].message.args == unsealed.args
+        assert signer.seal_ok(got[made.key].message) and not signer.seal_ok(got[changed.key].message)
+    finally:
+        store.drop()
         store.close()

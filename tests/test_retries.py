@@ -95,6 +95,7 @@ def test_a_half_done_retry_is_carried_on(rl, tmp_path):
     done = rl.wait(failed.id, timeout=120)
     assert (done.state, done.attempt, done.result) == (TaskState.SUCCEEDED, 1, 1)
     assert done.attempts[0].error_type == "ConnectionError"
+    assert done.seal == failed.seal  # the next attempt carries the task's seal on
 
 
 def test_an_overdue_scheduled_attempt_is_sent(rl, tmp_path):

@@ -54,10 +54,12 @@ def echo_none(x: object = None) -> object:
     return x
 
 
-def test_a_chain_passes_each_result_to_the_next(rl):
+def test_a_chain_passes_each_result_to_the_next(rl, settings):
     wf = raylane.chain(add.s(1, 2), double.s(), double.s()).submit()
     assert wf.result(timeout=60) == 12
     records = wf.records()
+    # Each bears the seal of what it ran, its parent's result included: a sweep could carry it on.
+    assert all(settings.signer().seal_ok(r) for r in records)
     assert [r.name for r in records] == ["test.wf.add", "test.wf.double", "test.wf.double"]
     assert all(r.state is TaskState.SUCCEEDED and r.workflow_id == wf.id for r in records)
     first, second, third = records
