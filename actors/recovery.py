@@ -261,9 +261,8 @@ class Recovery:
         before = now - timedelta(seconds=REQUEUE_AFTER_S)
         stale = await asyncio.to_thread(self._store.stale_pending, before, paused, limit)
         # A SCHEDULED retry whose executor stopped during the backoff never had its message sent.
-        # (A limited task waiting for its turn is its keeper's to send, not overdue.)
-        scheduled = await asyncio.to_thread(self._store.overdue_scheduled, overdue, paused, limit)
-        stale += [r for r in scheduled if not r.limited]
+        # (A limited task waiting for its turn is its keeper's to send, not overdue: none is found.)
+        stale += await asyncio.to_thread(self._store.overdue_scheduled, overdue, paused, limit)
         stale = await self._sealed([r for r in stale if (r.id, r.attempt) not in self._requeued])
         if stale:
             await asyncio.to_thread(self._queue.produce_many, [r.message() for r in stale])

@@ -280,6 +280,7 @@ class InMemoryStore(StatusStore):
                 and r.not_before is not None
                 and _at(r.not_before) < cut
                 and r.queue not in skip_queues
+                and not r.limited
             ),
             lambda r: _at(r.not_before),
             limit,

@@ -198,7 +198,9 @@ class StatusStore(abc.ABC):
 
     @abc.abstractmethod
     def overdue_scheduled(self, before: datetime, skip_queues: set[str], limit: int) -> list[TaskRecord]:
-        """SCHEDULED records due (``not_before``) before ``before``, outside ``skip_queues``, oldest first."""
+        """SCHEDULED records due (``not_before``) before ``before``, outside ``skip_queues``, oldest
+        first; not limited ones (``TaskRecord.limited``: their keepers send them when their turn
+        comes, so however many wait, they do not hide an overdue one from a sweep)."""
 
     @abc.abstractmethod
     def unfinished_retries(self, before: datetime, limit: int) -> list[TaskRecord]:
@@ -880,9 +882,12 @@ class OpenSearchStore(StatusStore):
         return self._unchanged_since(TaskState.PENDING, before, {"queue": sorted(skip_queues)}, limit)
 
     def overdue_scheduled(self, before: datetime, skip_queues: set[str], limit: int) -> list[TaskRecord]:
-        return self._unchanged_since(
-            TaskState.SCHEDULED, before, {"queue": sorted(skip_queues)}, limit, field="not_before"
-        )
+        filters: list[dict] = [
+            {"term": {"state": TaskState.SCHEDULED.value}},
+            {"range": {"not_before": {"lt": _utc(before)}}},
+        ]
+        limited = [{"exists": {"field": "max_concurrency"}}, {"exists": {"field": "rate_limit"}}]
+        return self._oldest(filters, {"queue": sorted(skip_queues)}, limit, "not_before", limited)
 
     def unfinished_retries(self, before: datetime, limit: int) -> list[TaskRecord]:
         return self._unchanged_since(TaskState.FAILED, before, {"will_retry": [False]}, limit)
@@ -906,11 +911,17 @@ class OpenSearchStore(StatusStore):
         )
 
     def _oldest(
-        self, filters: list[dict], exclude: dict | None, limit: int, field: str = "updated_at"
+        self,
+        filters: list[dict],
+        exclude: dict | None,
+        limit: int,
+        field: str = "updated_at",
+        nor: Sequence[dict] = (),
     ) -> list[TaskRecord]:
-        """Up to ``limit`` records matching ``filters`` and none of ``exclude``, by ``field`` ascending."""
+        """Up to ``limit`` records matching ``filters``, none of ``exclude`` and none of the queries
+        ``nor``, by ``field`` ascending."""
         body = {
-            "query": {"bool": {"filter": filters, "must_not": [{"terms": exclude}] if exclude else []}},
+            "query": {"bool": {"filter": filters, "must_not": ([{"terms": exclude}] if exclude else []) + list(nor)}},
             "size": limit,
             "sort": [{field: "asc"}],
         }

@@ -320,11 +320,16 @@ class StoreContract:
         fresh = pending()
         due = pending().model_copy(update={"state": TaskState.SCHEDULED, "not_before": now - timedelta(seconds=30)})
         later = pending().model_copy(update={"state": TaskState.SCHEDULED, "not_before": now + timedelta(hours=1)})
+        # Limited tasks waiting for their turn are their keepers' to send, however long they wait.
+        turn = [
+            due.model_copy(update={"id": uuid.uuid4().hex, "not_before": now - timedelta(hours=1), **limit})
+            for limit in ({"max_concurrency": 1}, {"rate_limit": "1/s"})
+        ]
         half = pending().moved_to(TaskState.RUNNING).moved_to(TaskState.FAILED, will_retry=True)
         half = half.model_copy(update={"updated_at": now - timedelta(minutes=5)})
         final = pending().moved_to(TaskState.RUNNING).moved_to(TaskState.FAILED)
         final = final.model_copy(update={"updated_at": now - timedelta(minutes=5)})
-        recs = [mine, old_mine, orphan, stale, fresh, due, later, half, final]
+        recs = [mine, old_mine, orphan, stale, fresh, due, later, half, final, *turn]
         assert all(o.accepted for o in contract_store.write_many(recs))
         contract_store.refresh()
         ids = {r.id for r in recs}
@@ -341,6 +346,7 @@ class StoreContract:
         assert found(contract_store.stale_pending(now - timedelta(minutes=1), set(), 10_000)) == {stale.id}
         assert found(contract_store.stale_pending(now - timedelta(minutes=1), {"default"}, 10_000)) == set()
         assert found(contract_store.overdue_scheduled(now, set(), 10_000)) == {due.id}
+        assert found(contract_store.overdue_scheduled(now, set(), 1)) == {due.id}  # not behind those waiting
         assert found(contract_store.unfinished_retries(now - timedelta(minutes=1), 10_000)) == {half.id}
 
     def test_counts_by_queue_and_ends(self, contract_store: StatusStore):
