@@ -554,6 +554,11 @@ class Executor:
         self.stats["kill_requests"] += 1
         return self._runs.kill(task_id, attempt)
 
+    async def running_of(self, task_ids: list[str]) -> list[str]:
+        """Those of ``task_ids`` that run here now (alone, in a group, or claimed between two Ray
+        tasks): a task killed here is off this list once its Ray task has ended."""
+        return self._runs.running_of(task_ids)
+
     async def get_stats(self) -> dict:
         """Counters: started, skipped (claim rejected), succeeded, failed, discarded results, killed;
         and now: tasks running, and the Ray tasks they run in (at most ``max_running``)."""

@@ -80,6 +80,10 @@ class Runs:
         run slot between two Ray tasks."""
         return len(self._refs) + len(self._groups) + len(self._between)
 
+    def running_of(self, task_ids: list[str]) -> list[str]:
+        """Those of ``task_ids`` running here (as ``running_now`` counts them)."""
+        return [t for t in task_ids if t in self._refs or t in self._groups or t in self._between]
+
     def ray_tasks_now(self) -> int:
         """Ray tasks running here, each holding one run slot: lone tasks, and groups."""
         return len(self._refs) + len({id(g) for g in self._groups.values()})

@@ -259,6 +259,20 @@ def http_api(rl, _http_deployment) -> HttpApi:
     return HttpApi(d["url"], d["tokens"])
 
 
+def running_anywhere(task_ids, namespace: str = "raylane") -> list[str]:
+    """Those of ``task_ids`` that some executor runs now. A test waits on its own tasks with
+    this, not on an idle executor: another task in the store (recovered from an earlier run)
+    may run meanwhile."""
+    import ray
+
+    from raylane.protocol import EXECUTOR, live_members
+
+    ids = [getattr(t, "id", t) for t in task_ids]
+    names = live_members(namespace, EXECUTOR)
+    found = ray.get([ray.get_actor(n, namespace=namespace).running_of.remote(ids) for n in names])
+    return sorted({t for part in found for t in part})
+
+
 def sealed(order):
     """``order`` (a message or a record) bearing the cluster's seal, as a submit seals what it
     accepts: a record planted in the store to stand for one raylane wrote must bear it, or no

@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from conftest import running_anywhere, wait_until
 
 import raylane
 from raylane.states import TaskState
@@ -123,5 +123,5 @@ def test_cancelling_an_async_task_cancels_its_await_at_once(rl, tmp_path):
     wait_until(lambda: (tmp_path / "began").exists(), what="the task to start")
     assert h.cancel().state is TaskState.CANCELLED
     wait_until(lambda: (tmp_path / "cancelled").exists(), timeout=20, what="the task's await to be cancelled")
-    wait_until(lambda: actor_stats("raylane")["Executor"]["running"] == 0, timeout=30, what="its Ray task to end")
+    wait_until(lambda: not running_anywhere([h]), timeout=30, what="its Ray task to end")
     assert actor_stats("raylane")["Executor"]["workers_killed"] == before

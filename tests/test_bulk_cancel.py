@@ -7,10 +7,9 @@ import json
 import time
 
 import pytest
-from conftest import cli, wait_until
+from conftest import cli, running_anywhere, wait_until
 
 import raylane
-from raylane.actors.deploy import actor_stats
 from raylane.states import TaskState
 
 
@@ -38,7 +37,7 @@ def test_cancel_matching_ends_waiting_and_running_tasks_and_leaves_finished_ones
         assert done.record().state is TaskState.SUCCEEDED and done.record().version == 3
         # The running one was killed: no executor runs anything any more.
         wait_until(
-            lambda: sum(s["running"] for k, s in actor_stats("raylane").items() if k.startswith("Executor")) == 0,
+            lambda: not running_anywhere([running]),
             timeout=30,
             what="the cancelled task's worker to be killed",
         )
@@ -66,7 +65,7 @@ def test_cancel_many_ends_the_unfinished_ones_among_its_ids_in_one_call(rl, uniq
         assert done.record().state is TaskState.SUCCEEDED and done.record().version == 3
         assert rl.cancel_many([running, *waiting]) == []  # already cancelled: nothing more to do
         wait_until(
-            lambda: sum(s["running"] for k, s in actor_stats("raylane").items() if k.startswith("Executor")) == 0,
+            lambda: not running_anywhere([running]),
             timeout=30,
             what="the cancelled task's worker to be killed",
         )

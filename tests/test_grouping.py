@@ -9,7 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
-from conftest import restart_keeper, wait_until
+from conftest import restart_keeper, running_anywhere, wait_until
 
 import raylane
 from raylane.actors.deploy import actor_stats
@@ -111,7 +111,7 @@ def test_cancel_the_running_member_of_a_group(rl, settings, tmp_path, unique):
     for h in handles[1:]:
         assert h.wait(timeout=60).state.value == "SUCCEEDED"
     assert runs(tmp_path) == {i: 1 for i in range(8)}  # the sibling behind it ran once, elsewhere
-    wait_until(lambda: executor_stats()["running"] == 0, timeout=30, what="the killed group to end")
+    wait_until(lambda: not running_anywhere(handles), timeout=30, what="the killed group to end")
 
 
 def test_a_long_member_no_longer_holds_back_the_siblings_waiting_behind_it(rl, settings, tmp_path, unique):
@@ -133,7 +133,7 @@ def test_a_long_member_no_longer_holds_back_the_siblings_waiting_behind_it(rl, s
         assert runs(runs_dir) == {i: 1 for i in range(n)}, kind
         assert executor_stats()["moved_waiting"] > before.get("moved_waiting", 0), kind
         assert handles[0].cancel().state.value == "CANCELLED"
-        wait_until(lambda: executor_stats()["running"] == 0, timeout=30, what="the cancelled member's group to end")
+        wait_until(lambda hs=handles: not running_anywhere(hs), timeout=30, what="the cancelled member's group to end")
 
 
 def test_a_worker_dying_in_a_group_retries_only_its_task(rl, settings, tmp_path, unique):
@@ -189,7 +189,7 @@ def test_a_quick_task_ends_while_its_slow_sibling_runs(rl, settings, unique):
         assert h.wait(timeout=60).state.value == "SUCCEEDED"
     assert slow.record().state.value == "RUNNING", "the quick tasks' ends waited for their slow sibling"
     slow.cancel()
-    wait_until(lambda: executor_stats()["running"] == 0, timeout=30, what="the cancelled group to end")
+    wait_until(lambda: not running_anywhere(handles), timeout=30, what="the cancelled group to end")
 
 
 def _group_members(settings, n: int) -> int:
@@ -269,7 +269,7 @@ def test_a_timed_member_past_its_timeout_is_stopped_and_its_siblings_are_not(rl,
     for h in handles[:1] + handles[2:]:
         assert h.wait(timeout=60).state.value == "SUCCEEDED"
     assert runs(tmp_path) == {i: 1 for i in range(n)}
-    wait_until(lambda: executor_stats()["running"] == 0, timeout=30, what="the stopped group to end")
+    wait_until(lambda: not running_anywhere(handles), timeout=30, what="the stopped group to end")
     if size > 2:  # members behind the hung one were started again elsewhere
         assert executor_stats()["restarted_unstarted"] > before["restarted_unstarted"]
 
@@ -304,7 +304,7 @@ def test_a_timed_member_blocked_in_a_call_is_interrupted_and_its_worker_spared(r
         assert h.wait(timeout=60).state.value == "SUCCEEDED"
     assert runs(runs_dir) == {i: 1 for i in range(n)}
     # A worker is killed before its group ends, never after: once none runs, none was.
-    wait_until(lambda: executor_stats()["running"] == 0, timeout=30, what="the group to end")
+    wait_until(lambda: not running_anywhere(handles), timeout=30, what="the group to end")
     assert executor_stats()["workers_killed"] == before
 
 
@@ -323,4 +323,4 @@ def test_a_member_killed_with_its_worker_leaves_its_unstarted_siblings_to_run_ag
     others = [(i, r.state.value, r.error_type) for i, r in enumerate(records) if i != 3]
     assert all(state == "SUCCEEDED" for _, state, _ in others), others
     assert runs(tmp_path) == {i: 1 for i in range(n)}
-    wait_until(lambda: executor_stats()["running"] == 0, timeout=30, what="the killed group to end")
+    wait_until(lambda: not running_anywhere(handles), timeout=30, what="the killed group to end")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from conftest import wait_until
+from conftest import running_anywhere, wait_until
 
 import raylane
 from raylane.actors.deploy import actor_stats
@@ -172,7 +172,7 @@ def test_an_interrupt_ends_a_blocking_call_and_spares_the_worker(rl, tmp_path, h
     assert h.wait(timeout=60).state is (TaskState.CANCELLED if how == "cancel" else TaskState.TIMED_OUT)
     wait_until(lambda: (tmp_path / "interrupted").exists(), timeout=20, what="the task to hear the interrupt")
     # A worker is killed before its Ray task ends, never after: once none runs, none was.
-    wait_until(lambda: executor()["running"] == 0, timeout=30, what="the task's Ray task to end")
+    wait_until(lambda: not running_anywhere([h]), timeout=30, what="the task's Ray task to end")
     assert executor()["workers_killed"] == before
 
 

@@ -114,6 +114,7 @@ def test_a_groups_worker_cannot_move_a_later_group_of_the_same_first_task(monkey
         # Attempt 0 of x runs first in a group with y; x fails at once (its retry is a new attempt).
         runs.launch([_member(x, 0), _member(y, 0)])
         await _settle()
+        assert runs.running_of([z, y, x]) == [y, x]
         [(_, first_key, first_stream)] = remote.launched
         failed = Reply.failure("ConnectionError", "fails on purpose")
         assert runs.group_advance(first_key, [MemberEnd(x, True, failed)], 2) == 2
@@ -136,6 +137,7 @@ def test_a_groups_worker_cannot_move_a_later_group_of_the_same_first_task(monkey
         await _settle()
         # Both groups are over: their keys are forgotten, and a late call under one is refused.
         assert runs.group_advance(first_key, [], 3) == 0
+        assert runs.running_of([x, y, z]) == []
         return runs, stats
 
     runs, stats = asyncio.run(scenario())
