@@ -31,6 +31,7 @@ from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, 
 from raylane.protocol import EXECUTOR, UNRECORDED, WAITS, ActorConfig, keeper_of, live_members
 from raylane.queue import TaskQueue
 from raylane.retrying import backoff_s
+from raylane.signing import ended_as_forged
 from raylane.states import TaskState
 from raylane.store import TaskQuery
 
@@ -100,6 +101,7 @@ class StatusKeeper:
             "released": 0,
             "purged": 0,
             "unrecorded": 0,  # claims refused because their task had no record
+            "forged": 0,  # SCHEDULED records found at a start without the cluster's seal, ended
         }
         self.metrics = KeeperMetrics()
 
@@ -175,13 +177,18 @@ class StatusKeeper:
                     self._book.opened(packed)
                     if r.limited:
                         self._gates.holding(r)  # before any waiting task is let through
-            # Only those the cluster sealed: the message of one planted in the store is not sent
-            # (an executor's sweep ends it once it is due).
-            sealed, forged = self._signer.split(await asyncio.to_thread(self._records_in, TaskState.SCHEDULED))
+            scheduled = [
+                r
+                for r in await asyncio.to_thread(self._records_in, TaskState.SCHEDULED)
+                if keeper_of(r.id, self.config.keepers) == self.index
+            ]
+            # Only those the cluster sealed: one planted in the store is ended, its message never sent.
+            sealed, forged = self._signer.split(scheduled)
             if forged:
-                log.warning("%d SCHEDULED record(s) do not bear this cluster's seal; not sent", len(forged))
+                log.warning("ending %d SCHEDULED record(s) that do not bear this cluster's seal", len(forged))
+                self.stats["forged"] += sum(o.accepted for o in await self.write([ended_as_forged(r) for r in forged]))
             for rec in sealed:
-                if keeper_of(rec.id, self.config.keepers) == self.index and rec.id not in self._scheduled:
+                if rec.id not in self._scheduled:
                     self._schedule(rec)
             self._resumed = True
         return len(self._running)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import dead_letter_reasons, sealed, wait_until
+from conftest import dead_letter_reasons, restart_keeper, sealed, wait_until
 
 import raylane
 from raylane.errors import TaskFailed
@@ -255,6 +255,43 @@ def test_records_planted_in_the_store_are_never_carried_on(rl, store, tmp_path):
     with pytest.raises(InvalidTaskInput, match="seal"):
         rl.retry(planted["stale"].id)
     assert path.read_text() == "control\n"
+
+
+def test_scheduled_records_planted_in_the_store_are_ended_when_their_keeper_starts(rl, store, settings, tmp_path):
+    """A keeper takes up the SCHEDULED records it owns when it starts, and would send each when
+    due: a limited one when its turn comes (no sweep sends those), another at its time. Planted
+    ones (no seal) are ended at that start, and neither runs."""
+    from datetime import timedelta
+
+    from raylane.models import TaskMessage, TaskRecord, new_task_id, utcnow
+    from raylane.protocol import keeper_of
+    from raylane.signing import FORGED_RECORD
+    from raylane.states import TaskState, version_of
+
+    path = tmp_path / "runs.txt"
+
+    def planted(word: str, **options) -> TaskRecord:
+        task_id = next(i for i in iter(new_task_id, None) if keeper_of(i, settings.keepers) == 0)
+        msg = TaskMessage(
+            id=task_id, name="test.trust.mark", queue="default", args=[str(path), word], created_at=utcnow(), **options
+        )
+        rec = TaskRecord.pending(msg)
+        return rec.model_copy(update={"state": TaskState.SCHEDULED, "version": version_of(TaskState.SCHEDULED, 0)})
+
+    records = [
+        planted("limited", max_concurrency=1, not_before=utcnow() - timedelta(minutes=1)),
+        planted("later", not_before=utcnow() + timedelta(seconds=20)),
+    ]
+    assert all(o.accepted for o in store.write_many(records))
+    store.refresh()
+    restart_keeper()
+
+    def ends() -> list[tuple]:
+        return [(r.state, r.error_type) for r in (store.get(rec.id) for rec in records) if r is not None]
+
+    # Ended at the keeper's start, though the later one is not due for another 20 s.
+    wait_until(lambda: ends() == [(TaskState.FAILED, FORGED_RECORD)] * 2, timeout=15, what=lambda: str(ends()))
+    assert not path.exists()
 
 
 def test_secrets_are_not_on_any_command_line(rl, settings):
