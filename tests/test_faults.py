@@ -291,6 +291,23 @@ def test_a_child_left_waiting_after_its_parent_ended_is_started_by_the_sweep(rl,
     assert record.state is TaskState.SUCCEEDED and record.result == 42 and record.args[0] == 41
 
 
+def _work_message(runs_dir, key: int, **options):
+    """The message of a fresh ``work`` task (retried up to three times), sealed as a submit seals it."""
+    from raylane.models import RetryPolicy, TaskMessage, new_task_id, utcnow
+
+    return sealed(
+        TaskMessage(
+            id=new_task_id(),
+            name="test.fault.work",
+            queue="default",
+            args=[str(runs_dir), key, 0.0],
+            retry=RetryPolicy(max_retries=3, backoff_s=0.2),
+            created_at=utcnow(),
+            **options,
+        )
+    )
+
+
 def test_pending_task_without_message_is_requeued(rl, store, tmp_path):
     # Given a PENDING record whose submit died before producing its message
     from datetime import timedelta
@@ -318,21 +335,12 @@ def test_a_claim_its_live_executor_does_not_run_is_ended_and_retried(rl, store, 
     # leases never takes it.
     from datetime import timedelta
 
-    from raylane.models import RetryPolicy, TaskMessage, TaskRecord, new_task_id, utcnow
+    from raylane.models import TaskRecord, utcnow
     from raylane.protocol import EXECUTOR, live_members
 
     executor = ray.get_actor(live_members(settings.namespace, EXECUTOR)[0], namespace=settings.namespace)
     owner = ray.get(executor.get_stats.remote())["incarnation"]
-    msg = sealed(
-        TaskMessage(
-            id=new_task_id(),
-            name="test.fault.work",
-            queue="default",
-            args=[str(tmp_path), 10, 0.0],
-            retry=RetryPolicy(max_retries=3, backoff_s=0.2),
-            created_at=utcnow(),
-        )
-    )
+    msg = _work_message(tmp_path, 10)
     claimed = TaskRecord.pending(msg).moved_to(TaskState.RUNNING, worker="w/1", lease_owner=owner)
     claimed = claimed.model_copy(update={"updated_at": utcnow() - timedelta(minutes=2)})
     [outcome] = store.write_many([claimed])
@@ -365,19 +373,9 @@ def test_lost_task_past_its_timeout_is_retried_not_timed_out(rl, store, tmp_path
     # it, as after the whole cluster was down for longer than the timeout
     from datetime import timedelta
 
-    from raylane.models import RetryPolicy, TaskMessage, TaskRecord, new_task_id, utcnow
+    from raylane.models import TaskRecord, utcnow
 
-    msg = sealed(
-        TaskMessage(
-            id=new_task_id(),
-            name="test.fault.work",
-            queue="default",
-            args=[str(tmp_path), 8, 0.0],
-            timeout_s=60,
-            retry=RetryPolicy(max_retries=3, backoff_s=0.2),
-            created_at=utcnow(),
-        )
-    )
+    msg = _work_message(tmp_path, 8, timeout_s=60)
     claimed = TaskRecord.pending(msg).moved_to(TaskState.RUNNING, worker="gone/1", lease_owner="an-executor-gone")
     claimed = claimed.model_copy(update={"started_at": utcnow() - timedelta(minutes=2)})
     [outcome] = store.write_many([claimed])
