@@ -67,6 +67,7 @@ class Scheduler:
         self.stats = {"passes": 0, "reads": 0, "fired": 0, "already_fired": 0, "errors": 0, "forged": 0}
         self._schedules: dict[str, Schedule] = {}  # this shard's, by key, as last read and moved on
         self._read_at: datetime | None = None  # None: read at the next pass
+        self._forged: set[str] = set()  # keys of the schedules without a seal at the last read
 
     def changed(self) -> None:
         """The schedules in the store changed: read them again at the next pass."""
@@ -86,14 +87,15 @@ class Scheduler:
             index, shards = self.shard
             mine = [s for s in found if shards == 1 or shard_of(s, shards) == index]
             forged = {s.key for s in mine if s.message is None or not self.signer.seal_ok(s.message)}
-            if forged:
-                self.stats["forged"] += len(forged)
+            if forged - self._forged:  # told once per schedule, not at every read
+                self.stats["forged"] += len(forged - self._forged)
                 log.warning(
                     "%d schedule(s) do not bear this cluster's seal; not fired: %s (if they are yours and were saved"
                     " before seals existed, `raylane migrate --seal-schedules` seals them)",
-                    len(forged),
-                    min(forged),
+                    len(forged - self._forged),
+                    min(forged - self._forged),
                 )
+            self._forged = forged
             self._schedules = {s.key: s for s in mine if s.key not in forged}
             self.stats["reads"] += 1
         fired = 0

@@ -61,7 +61,7 @@ class Flows:
         self.signer = signer
         self.shard = shard
         self._sent: OrderedDict[str, None] = OrderedDict()  # children this keeper started, bounded
-        self.stats = {"started": 0, "cancelled": 0, "swept": 0, "errors": 0}
+        self.stats = {"started": 0, "cancelled": 0, "forged": 0, "swept": 0, "errors": 0}
 
     async def ended(self, task: TaskRecord) -> None:
         """``task``, of a workflow, has ended for good: move its workflow on. Raises on an
@@ -99,7 +99,8 @@ class Flows:
                 start.append(self.signer.sealed(child.with_parents_results(results)))
         if cancel:
             outcomes = await self.write(cancel)
-            self.stats["cancelled"] += sum(o.accepted for o in outcomes)
+            self.stats["forged"] += sum(o.accepted for o in outcomes[: len(forged)])
+            self.stats["cancelled"] += sum(o.accepted for o in outcomes[len(forged) :])
         if start:
             await self.send(start)
             self.stats["started"] += len(start)

@@ -197,3 +197,6 @@ def test_only_a_schedule_whose_message_bears_the_seal_is_fired():
     records, _ = store.search(TaskQuery(), 1000, None)
     assert {r.schedule_id for r in records} == {"made"} and all(SIGNER.seal_ok(r) for r in records)
     assert scheduler.stats["forged"] == 2
+    scheduler.changed()  # read again: the same two are not told of (nor counted) again
+    asyncio.run(scheduler.run_once())
+    assert scheduler.stats["forged"] == 2 and scheduler.stats["reads"] == 2

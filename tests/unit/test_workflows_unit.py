@@ -174,6 +174,7 @@ def test_a_waiting_child_planted_or_changed_in_the_store_is_ended_not_started():
     assert sent.messages == []
     got = store.get(child.id)
     assert (got.state, got.error_type) == (TaskState.FAILED, FORGED_RECORD)
+    assert (flows.stats["forged"], flows.stats["cancelled"]) == (1, 0)
 
 
 def test_a_chord_callback_is_checked_a_chunk_of_parents_at_a_time():
