@@ -18,7 +18,10 @@ _CALLER = textwrap.dedent("""
     print(Path("/proc/self/status").read_text().split("SigIgn:")[1].split()[0])
     report = ["sh", "-c", "grep SigIgn /proc/$$/status"]
     pid = proc.spawn(report, log_file=Path(sys.argv[1]), pid_file=Path(sys.argv[2]))
-    os.waitpid(pid, 0)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass  # the shell ended before spawn returned, and dropping its Popen reaped it
 """)
 
 
