@@ -19,6 +19,7 @@ from raylane.errors import (
     TaskTimedOut,
     WaitTimeout,
 )
+from raylane.text import printable
 
 # Exit codes, the same for every command.
 EXIT_OK = 0
@@ -134,7 +135,7 @@ def _token(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([e.model_dump(mode="json") for e in entries]))
         for e in [] if args.json else entries:
-            print(f"{e.id}  {e.tenant:<20} {e.scope:<5} {e.created_at:%Y-%m-%d %H:%M:%S}  {e.note}")
+            _echo(f"{e.id}  {e.tenant:<20} {e.scope:<5} {e.created_at:%Y-%m-%d %H:%M:%S}  {e.note}")
     else:
         if not tokens.revoke(args.id):
             print(f"raylane: error: no token with id {args.id!r}", file=sys.stderr)
@@ -196,13 +197,23 @@ def _when(text: str) -> datetime:
 
 def _usage(problem: str) -> int:
     """Say what is wrong with the command line; the exit code for it."""
-    print(f"raylane: error: {problem}", file=sys.stderr)
+    _echo(f"raylane: error: {problem}", err=True)
     return EXIT_USAGE
+
+
+def _echo(text: str, err: bool = False) -> None:
+    """Print ``text`` for a person: what records and services say is shown, never acted on by
+    the terminal (see ``raylane.text``). JSON output needs no such care: ``json.dumps``
+    escapes every control character."""
+    print(printable(text), file=sys.stderr if err else sys.stdout)
 
 
 def _say(args: argparse.Namespace, text: str, data: object) -> None:
     """Print ``data`` as JSON with ``--json``, else ``text``."""
-    print(json.dumps(data, default=str) if getattr(args, "json", False) else text)
+    if getattr(args, "json", False):
+        print(json.dumps(data, default=str))
+    else:
+        _echo(text)
 
 
 def _print_record(rec, as_json: bool) -> None:
@@ -212,16 +223,17 @@ def _print_record(rec, as_json: bool) -> None:
             doc.update(progress=rec.progress, progress_message=rec.progress_message)
         print(json.dumps(doc, indent=2))
         return
-    print(f"{rec.id}  {rec.state.value:<9} {rec.name}  queue={rec.queue} attempt={rec.attempt} version={rec.version}")
+    _echo(f"{rec.id}  {rec.state.value:<9} {rec.name}  queue={rec.queue} attempt={rec.attempt} version={rec.version}")
     if rec.progress is not None:
         bar = "#" * round(rec.progress * 20)
-        print(f"  progress [{bar:<20}] {rec.progress:.0%}  {rec.progress_message or ''}".rstrip())
+        message = printable(rec.progress_message or "", one_line=True)
+        _echo(f"  progress [{bar:<20}] {rec.progress:.0%}  {message}".rstrip())
     started, finished = rec.started_at or "-", rec.finished_at or "-"
-    print(f"  created {rec.created_at:%Y-%m-%d %H:%M:%S}  started {started}  finished {finished}")
+    _echo(f"  created {rec.created_at:%Y-%m-%d %H:%M:%S}  started {started}  finished {finished}")
     if rec.result is not None:
-        print(f"  result: {json.dumps(rec.result)[:500]}")
+        _echo(f"  result: {json.dumps(rec.result)[:500]}")
     if rec.error:
-        print(f"  error: {rec.error_type}: {rec.error}")
+        _echo(f"  error: {rec.error_type}: {rec.error}")
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -303,7 +315,8 @@ def _ls(args: argparse.Namespace) -> int:
         print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
     else:
         for r in records:
-            print(f"{r.id}  {r.state.value:<9}  {r.created_at:%Y-%m-%d %H:%M:%S}  {r.name}  {(r.error or '')[:60]}")
+            error = printable((r.error or "")[:60], one_line=True)
+            _echo(f"{r.id}  {r.state.value:<9}  {r.created_at:%Y-%m-%d %H:%M:%S}  {r.name}  {error}")
     return 0
 
 
@@ -370,9 +383,9 @@ def _retry(args: argparse.Namespace) -> int:
     rl = _connect()
     rec = rl.retry(args.id).record()
     if args.json:
-        print(rec.model_dump_json(indent=2))
+        print(json.dumps(rec.model_dump(mode="json"), indent=2))
     else:
-        print(f"{rec.id} {rec.state.value} attempt={rec.attempt}")
+        _echo(f"{rec.id} {rec.state.value} attempt={rec.attempt}")
     return 0
 
 
@@ -406,7 +419,7 @@ def _dlq(args: argparse.Namespace) -> int:
     for d in letters:
         task = f"task {d['task_id']} {d['state']}" if d.get("task_id") else "no recorded task"
         where = f"{d.get('topic') or '?'}[{d.get('partition')}]@{d.get('offset')}"
-        print(f"{where}  {task}  {(d.get('reason') or '')[:100]}")
+        _echo(f"{where}  {task}  {printable((d.get('reason') or '')[:100], one_line=True)}")
     return 0
 
 
@@ -472,7 +485,7 @@ def _print_schedules(schedules: list, as_json: bool) -> None:
         rule = f"cron {s.cron!r} {s.timezone}" if s.cron else f"every {s.every_s:g}s"
         upcoming = s.upcoming()
         nxt = "paused" if upcoming is None else f"next {upcoming:%Y-%m-%d %H:%M:%S}Z"
-        print(f"{s.id}  {s.task}  {rule}  catch-up {s.catch_up}  {nxt}")
+        _echo(f"{s.id}  {s.task}  {rule}  catch-up {s.catch_up}  {nxt}")
 
 
 def _add_submit_options(sp: argparse.ArgumentParser) -> None:
@@ -843,10 +856,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except RaylaneError as e:
-        print(f"raylane: error: {e}", file=sys.stderr)
+        _echo(f"raylane: error: {e}", err=True)
         return exit_code_of(e)
     except (ValidationError, json.JSONDecodeError) as e:
-        print(f"raylane: error: invalid input: {e}", file=sys.stderr)
+        _echo(f"raylane: error: invalid input: {e}", err=True)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -6,6 +6,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from raylane.text import printable
+
 
 def _rebuild(cls: type, message: str, attrs: dict) -> RaylaneError:
     err: RaylaneError = Exception.__new__(cls)
@@ -169,7 +171,9 @@ class TaskFailed(RaylaneError):
         traceback: str | None,
         error_types: Sequence[str] | None = None,
     ):
-        super().__init__(f"task {task_id} failed: {error_type}: {message}")
+        # Python prints an uncaught exception's message to a terminal: it shows what the task said,
+        # and the attributes keep it as said.
+        super().__init__(f"task {task_id} failed: {printable(str(error_type))}: {printable(str(message))}")
         self.task_id = task_id
         self.error_type = error_type
         self.message = message

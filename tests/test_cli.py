@@ -65,3 +65,24 @@ def test_ls_pages_with_a_cursor_and_commands_print_json(rl, unique):
     slow = nap.submit(30.0)
     cancelled = cli("cancel", slow.id, "--json")
     assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["state"] == "CANCELLED", cancelled.stderr
+
+
+@raylane.task(name="test.cli.hostile")
+def hostile() -> None:
+    raise ValueError("\x1b]0;owned\x07\x1b[2J\x1b[31mred\x1b[0m done")
+
+
+def test_a_hostile_error_is_shown_on_the_terminal_not_acted_on(rl, unique):
+    """A task's error reaches an operator's terminal through status, wait and ls; its escape
+    sequences (a retitle, a screen clear, a colour) are printed as text, and kept whole in JSON."""
+    import json
+
+    h = hostile.options(tags=[f"hostile-{unique}"]).submit()
+    h.wait(timeout=60)
+    rl.refresh()
+    for command in (("status", h.id), ("wait", h.id), ("ls", "--tag", f"hostile-{unique}")):
+        shown = cli(*command)
+        assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout, (command, shown.stdout)
+        assert "\\x1b]0;owned\\x07\\x1b[2J" in shown.stdout, (command, shown.stdout)
+    doc = json.loads(cli("status", h.id, "--json").stdout)
+    assert doc["error"] == "\x1b]0;owned\x07\x1b[2J\x1b[31mred\x1b[0m done"
