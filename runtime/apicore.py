@@ -24,7 +24,7 @@ from raylane.errors import (
     TaskNotFound,
     UnknownTaskName,
 )
-from raylane.limits import MAX_TAG_CHARS
+from raylane.limits import MAX_SEARCH_TEXT_CHARS, MAX_TAG_CHARS, MAX_TAGS
 from raylane.models import NAME_PATTERN, QUEUE_PATTERN
 from raylane.protocol import unwrap
 from raylane.ratelimit import ConcurrencyLimiter, OpenTaskQuota, RateLimiter
@@ -196,7 +196,8 @@ def task_filters(
     name: Annotated[str | None, Query(pattern=NAME_PATTERN, description="task name")] = None,
     queue: Annotated[str | None, Query(pattern=QUEUE_PATTERN, description="queue")] = None,
     tag: Annotated[
-        list[Annotated[str, Field(pattern=TAG_PATTERN)]] | None, Query(description="tags; all must match")
+        list[Annotated[str, Field(pattern=TAG_PATTERN)]] | None,
+        Query(max_length=MAX_TAGS, description=f"tags; all must match (at most {MAX_TAGS})"),
     ] = None,
     since: Annotated[
         str | None,
@@ -210,7 +211,9 @@ def task_filters(
         str | None,
         Query(json_schema_extra={"format": "date-time"}, max_length=64, description="created before (ISO 8601)"),
     ] = None,
-    text: Annotated[str | None, Query(max_length=500, description="words of the error message")] = None,
+    text: Annotated[
+        str | None, Query(max_length=MAX_SEARCH_TEXT_CHARS, description="words of the error message")
+    ] = None,
     workflow: Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$", description="only this workflow's tasks")] = None,
 ) -> dict:
     """The search filters of a request, without the tenant (the token decides that)."""

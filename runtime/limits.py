@@ -22,6 +22,9 @@ MAX_TAGS = 50
 MAX_TAG_CHARS = 100
 MAX_DEPTH_CAP = 18  # the store's array limit (20) less the record's own levels
 ERROR_TEXT_CHARS = 32 * 1024  # an error message or traceback longer than this is cut (its end is kept)
+# The words a search's text must all match become one clause each, and OpenSearch refuses a query
+# of more than 1,024 clauses; a word takes at least one character.
+MAX_SEARCH_TEXT_CHARS = 500
 
 
 class Limits(NamedTuple):

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from raylane.config import OpenSearchConnection
 from raylane.errors import InvalidTaskInput, StoreUnavailable
+from raylane.limits import MAX_SEARCH_TEXT_CHARS, MAX_TAGS
 from raylane.models import PackedRecord, Progress, TaskRecord, WriteOutcome
 from raylane.schedules import Schedule
 from raylane.states import TaskState
@@ -41,10 +42,13 @@ class TaskQuery(BaseModel):
     state: list[TaskState] | None = None
     name: str | None = None
     queue: str | None = None
-    tags: list[str] = Field(default_factory=list)
+    # A task has at most MAX_TAGS tags: a query asking for more could match nothing.
+    tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
     since: datetime | None = None
     until: datetime | None = None
-    text: str | None = Field(None, description="words that must appear in the error message")
+    text: str | None = Field(
+        None, max_length=MAX_SEARCH_TEXT_CHARS, description="words that must appear in the error message"
+    )
     tenant: str | None = Field(None, description="only this tenant's tasks (None: every task)")
     schedule_id: str | None = Field(None, description="only the tasks of this schedule's ticks")
     workflow_id: str | None = Field(None, description="only the tasks of this workflow")

@@ -9,7 +9,7 @@ import textwrap
 import uuid
 
 import pytest
-from conftest import dead_letter_reasons
+from conftest import cli, dead_letter_reasons
 from kafka import KafkaAdminClient
 
 import raylane
@@ -253,3 +253,20 @@ def test_task_whose_definition_vanished_fails_via_the_dlq(rl, store, unique):
         h.result(timeout=90)
     rec = h.record()
     assert rec.error_type == "DeadLettered" and "raylane.dlq" in rec.error and "test.vanishing_" in rec.error
+
+
+def test_a_search_past_what_the_store_takes_is_bad_input(rl):
+    """A search whose text holds more words than one query may (OpenSearch's 1,024 clauses), or
+    that asks for more tags than a task can have, is refused as bad input from the SDK and the
+    CLI alike; the store answered it with an error that came back as an outage."""
+    words = " ".join(f"w{i}" for i in range(2000))
+    with pytest.raises(InvalidTaskInput, match="text"):
+        raylane.search(text=words)
+    with pytest.raises(InvalidTaskInput, match="tags"):
+        raylane.counts(tags=[f"t{i}" for i in range(2000)])
+    refused = cli("ls", "--text", words)
+    assert refused.returncode == 2, refused.stderr  # usage, not "a service is unavailable" (4)
+    assert "at most 500 characters" in refused.stderr
+    # At the limits, the store takes the query.
+    assert raylane.search(text=" ".join("一丁丂七丄"[i % 5] + "x" for i in range(166))) == []
+    assert raylane.counts(tags=[f"t{i}" for i in range(50)]) == {}

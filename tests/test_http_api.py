@@ -211,6 +211,7 @@ def test_error_codes(api, settings):
     error_of(api.get(f"{base}/tasks", params={"limit": 0}), 422, "validation_error")
     error_of(api.get(f"{base}/tasks", params={"state": "DONE"}), 422, "validation_error")
     error_of(api.get(f"{base}/tasks", params={"since": "yesterday"}), 422, "validation_error")
+    error_of(api.get(f"{base}/counts", params={"tag": [f"t{i}" for i in range(51)]}), 422, "validation_error")
     error_of(api.get(f"{base}/tasks/{'0' * 32}/wait", params={"timeout": 61}), 422, "validation_error")
     # 413: arguments over the payload limit, and a body over the HTTP limit (refused before it is read).
     big = "x" * (settings.max_payload_bytes + 10)
