@@ -17,7 +17,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import ray
-from pydantic import ValidationError
 
 from raylane import registry
 from raylane.actors.keepers import Keepers
@@ -33,6 +32,7 @@ from raylane.errors import (
 )
 from raylane.limits import check_arguments_shape, check_placeable, check_tags, check_timeout
 from raylane.models import (
+    MAX_DELAY_S,
     NAME_PATTERN,
     QUEUE_PATTERN,
     FlowLinks,
@@ -45,6 +45,7 @@ from raylane.models import (
     limit_key,
     new_task_id,
     utcnow,
+    validated,
 )
 from raylane.protocol import (
     EXECUTOR,
@@ -79,16 +80,6 @@ def idempotent_id(key: str, tenant: str | None) -> str:
     return hashlib.sha256(f"raylane-idempotency\0{tenant or ''}\0{key}".encode()).hexdigest()[:32]
 
 
-def _validated(model, raw, what: str):
-    if isinstance(raw, model):
-        return raw
-    try:
-        return model.model_validate(raw)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5])
-        raise InvalidTaskInput(f"invalid {what}: {problems}") from e
-
-
 async def _awaited(ref: Any) -> Any:
     return await ref
 
@@ -115,7 +106,7 @@ def _cancelled(record: TaskRecord) -> TaskRecord:
 
 
 def _request(raw: dict | SubmitRequest) -> SubmitRequest:
-    return _validated(SubmitRequest, raw, "submit request")
+    return validated(SubmitRequest, raw, "submit request")
 
 
 class RequestHandler:
@@ -166,7 +157,7 @@ class RequestHandler:
         defn = registry.load(req.name)
         if req.named_options:
             parameters, accepts_any = defn.parameter_names()
-            req = _validated(SubmitRequest, req.with_named_options(parameters, accepts_any).model_dump(), "options")
+            req = req.with_named_options(parameters, accepts_any)
         if req.tenant is not None and req.queue is not None and not self.queue.queue_exists(req.queue):
             # Tenants (HTTP clients) use the queues there are; they do not make Kafka topics.
             raise InvalidTaskInput(f"queue {req.queue!r} does not exist; tenants can use existing queues only")
@@ -180,6 +171,11 @@ class RequestHandler:
         self._check_placeable(resources)
         defn.validate_call(req.args, req.kwargs, leading)
         now = utcnow()
+        if req.eta is not None and req.eta > now + timedelta(seconds=MAX_DELAY_S):
+            raise InvalidTaskInput(
+                f"eta {req.eta.isoformat()} is more than {MAX_DELAY_S / 86400:g} days ahead, "
+                "the most a task may be delayed"
+            )
         not_before = max(
             (t for t in (req.eta, now + timedelta(seconds=req.delay_s) if req.delay_s else None) if t is not None),
             default=None,
@@ -319,7 +315,7 @@ class RequestHandler:
         its first tasks PENDING and queued, the others SCHEDULED until their parents end (their
         keepers send them then). Nothing is written if any is invalid. Returns the workflow's id
         and its tasks' ids, in order. With ``tenant``, every task is that tenant's."""
-        wf = _validated(WorkflowRequest, request, "workflow")
+        wf = validated(WorkflowRequest, request, "workflow")
         messages = []
         for i, node in enumerate(wf.nodes):
             req = node.request if tenant is None else node.request.model_copy(update={"tenant": tenant})
@@ -794,7 +790,7 @@ class RequestHandler:
         kept, so no tick runs twice). The task and its arguments are checked as a submit's are."""
         if not isinstance(spec, dict):
             raise InvalidTaskInput("a schedule is a JSON object")
-        schedule = _validated(Schedule, {**spec, "tenant": tenant, "created_at": utcnow().isoformat()}, "schedule")
+        schedule = validated(Schedule, {**spec, "tenant": tenant, "created_at": utcnow().isoformat()}, "schedule")
         req = SubmitRequest(
             name=schedule.task,
             args=schedule.args,
@@ -860,4 +856,4 @@ class RequestHandler:
 
     @staticmethod
     def _query(query: dict) -> TaskQuery:
-        return _validated(TaskQuery, query, "query")
+        return validated(TaskQuery, query, "query")

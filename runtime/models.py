@@ -9,8 +9,18 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from raylane.errors import InvalidTaskInput
 from raylane.states import TaskState, version_of
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$"
@@ -18,6 +28,10 @@ QUEUE_PATTERN = r"^[A-Za-z0-9_.-]{1,100}$"
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 MAX_BACKOFF_S = 3600.0  # no retry waits longer than an hour
 MAX_DELAY_S = 366 * 24 * 3600.0  # a task may be delayed up to a year
+# The span of time the status store's timestamps hold (nanoseconds from the epoch in a signed
+# 64-bit count): no record can hold a time outside it.
+STORE_FIRST = datetime(1970, 1, 1, tzinfo=UTC)
+STORE_LAST = datetime(2262, 4, 11, tzinfo=UTC)
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"  # printable ASCII without spaces
 SCHEDULE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
 CONCURRENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
@@ -52,6 +66,27 @@ def limit_key(tenant: str | None, concurrency_key: str | None, name: str) -> str
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
+
+
+def validated(model: Any, raw: Any, what: str) -> Any:
+    """``raw`` as a ``model`` (as it is if it is one already); ``InvalidTaskInput`` naming the
+    first few problems otherwise, so that bad input is never mistaken for a failure."""
+    if isinstance(raw, model):
+        return raw
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5])
+        raise InvalidTaskInput(f"invalid {what}: {problems}") from e
+
+
+def from_now(seconds: float | timedelta, what: str) -> datetime:
+    """The time ``seconds`` (a number or a timedelta) from now; ``InvalidTaskInput`` when no
+    time is that far (NaN, infinite, or past the calendar)."""
+    try:
+        return utcnow() + (seconds if isinstance(seconds, timedelta) else timedelta(seconds=seconds))
+    except (OverflowError, ValueError):
+        raise InvalidTaskInput(f"{what} of {seconds!r} seconds from now is no time at all") from None
 
 
 def new_task_id() -> str:
@@ -616,6 +651,17 @@ class SubmitRequest(BaseModel):
     rate_limit: str | None = Field(
         None, pattern=RATE_LIMIT_PATTERN, description='starts per key, e.g. "100/s", "30/m", "5/h"'
     )
+
+    @field_validator("eta", "expires_at")
+    @classmethod
+    def _storable(cls, value: datetime | None) -> datetime | None:
+        if value is not None and not STORE_FIRST <= value <= STORE_LAST:
+            raise ValueError(
+                f"{value.isoformat()} is outside the times a record can hold "
+                f"({STORE_FIRST:%Y-%m-%d} to {STORE_LAST:%Y-%m-%d})"
+            )
+        return value
+
     # From raylane.submit(name, ..., delay=5): keyword arguments named like options, which are
     # options unless the task has parameters of those names (only the cluster knows).
     named_options: dict[str, Any] | None = None
@@ -630,9 +676,11 @@ class SubmitRequest(BaseModel):
             if name in parameters or accepts_any:
                 kwargs[name] = value
             elif name == "expires" and isinstance(value, int | float) and not isinstance(value, bool):
-                update["expires_at"] = utcnow() + timedelta(seconds=value)
+                update["expires_at"] = from_now(value, "expires")
             elif name == "expires":
                 update["expires_at"] = value
             else:
                 update[_OPTION_FIELDS.get(name, name)] = value
-        return SubmitRequest.model_validate({**self.model_dump(exclude={"named_options"}), **update, "kwargs": kwargs})
+        return validated(
+            SubmitRequest, {**self.model_dump(exclude={"named_options"}), **update, "kwargs": kwargs}, "options"
+        )

@@ -18,12 +18,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from raylane.config import OpenSearchConnection
 from raylane.errors import InvalidTaskInput, StoreUnavailable
 from raylane.limits import MAX_SEARCH_TEXT_CHARS, MAX_TAGS
-from raylane.models import PackedRecord, Progress, TaskRecord, WriteOutcome
+from raylane.models import STORE_FIRST, STORE_LAST, PackedRecord, Progress, TaskRecord, WriteOutcome
 from raylane.schedules import Schedule
 from raylane.states import TaskState
 
@@ -52,6 +52,18 @@ class TaskQuery(BaseModel):
     tenant: str | None = Field(None, description="only this tenant's tasks (None: every task)")
     schedule_id: str | None = Field(None, description="only the tasks of this schedule's ticks")
     workflow_id: str | None = Field(None, description="only the tasks of this workflow")
+
+    @field_validator("since", "until")
+    @classmethod
+    def _within_the_store(cls, value: datetime | None) -> datetime | None:
+        """A bound beyond the times a record can hold is moved to the edge of that span: no record
+        lies past it, and the store refuses a range that reaches outside it."""
+        return None if value is None else within_the_store(value)
+
+
+def within_the_store(t: datetime) -> datetime:
+    """``t`` (a naive time taken as UTC), moved into the span of times a record can hold."""
+    return min(max(t if t.tzinfo else t.replace(tzinfo=UTC), STORE_FIRST), STORE_LAST)
 
 
 def encode_cursor(cursor: list | None) -> str | None:
@@ -691,7 +703,7 @@ class OpenSearchStore(StatusStore):
 
     def ends(self, query: TaskQuery, since: datetime, limit: int = 10_000) -> list[TaskEnd]:
         filters = self._filter(query)
-        filters["bool"]["filter"].append({"range": {"finished_at": {"gte": _utc(since)}}})
+        filters["bool"]["filter"].append({"range": {"finished_at": {"gte": _utc(within_the_store(since))}}})
         body = {
             "query": filters,
             "size": min(limit, 10_000),

@@ -6,10 +6,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
-from pydantic import ValidationError
-
-from raylane.errors import InvalidTaskInput
-from raylane.models import Resources, RetryPolicy, SubmitRequest, utcnow
+from raylane.models import Resources, RetryPolicy, SubmitRequest, from_now, validated
 from raylane.registry import TaskDefinition, jsonable, result_hint
 
 if TYPE_CHECKING:
@@ -29,11 +26,7 @@ def defined_here() -> list[TaskDefinition]:
 
 def _checked(model: Any, **fields: Any) -> Any:
     """``model(**fields)``, with invalid fields reported as ``InvalidTaskInput``."""
-    try:
-        return model(**fields)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5])
-        raise InvalidTaskInput(f"invalid task options: {problems}") from e
+    return validated(model, fields, "task options")
 
 
 def _aware(t: datetime) -> datetime:
@@ -105,11 +98,7 @@ class TaskFunction(Generic[P, R]):
         if eta is not None:
             over["eta"] = _aware(eta)
         if expires is not None:
-            over["expires_at"] = (
-                _aware(expires)
-                if isinstance(expires, datetime)
-                else utcnow() + (expires if isinstance(expires, timedelta) else timedelta(seconds=expires))
-            )
+            over["expires_at"] = _aware(expires) if isinstance(expires, datetime) else from_now(expires, "expires")
         if tags is not None:
             over["tags"] = list(tags)
         given = {

@@ -155,6 +155,21 @@ class StoreContract:
         assert [r.id for r in by_text] == [recs[0].id]
         assert contract_store.search(TaskQuery(name=name, text="quota memory"))[0] == []
 
+    def test_ranges_past_the_times_a_record_holds_find_what_lies_within(self, contract_store: StatusStore):
+        """A search or count from before 1970, or until after 2262, takes the span records can hold;
+        the store refused such a range outright."""
+        name = f"demo.r{uuid.uuid4().hex[:8]}"
+        recs = [pending(name, at=T0 + timedelta(seconds=i)) for i in range(3)]
+        contract_store.write_many(recs)
+        contract_store.refresh()
+        far_back, far_ahead = datetime(1900, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
+        found, _ = contract_store.search(TaskQuery(name=name, since=far_back, until=far_ahead))
+        assert [r.id for r in found] == [r.id for r in reversed(recs)]
+        assert contract_store.counts(TaskQuery(name=name, since=datetime(1, 1, 1, tzinfo=UTC))) == {"PENDING": 3}
+        assert contract_store.search(TaskQuery(name=name, until=far_back))[0] == []
+        assert contract_store.counts(TaskQuery(name=name, since=far_ahead)) == {}
+        assert contract_store.ends(TaskQuery(name=name), since=far_back) == []
+
     def test_search_pages_cover_every_match_once(self, contract_store: StatusStore):
         name = f"demo.p{uuid.uuid4().hex[:8]}"
         same_time = [pending(name) for _ in range(5)]  # equal created_at: the id breaks the tie

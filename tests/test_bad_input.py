@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import cli, dead_letter_reasons
@@ -79,6 +80,25 @@ def _nothing_written(rl, stack, queue: str) -> None:
             InvalidTaskInput,
             "no node of the cluster can run this task: it asks for 1000 CPU",
         ),
+        # Times no record can hold: the store refused the record after the message was queued.
+        (
+            lambda q: typed.options(queue=q, eta=datetime(2300, 1, 1, tzinfo=UTC)).submit(1, "x"),
+            InvalidTaskInput,
+            "outside the times a record can hold",
+        ),
+        (
+            lambda q: typed.options(queue=q, expires=datetime(1900, 1, 1, tzinfo=UTC)).submit(1, "x"),
+            InvalidTaskInput,
+            "outside the times a record can hold",
+        ),
+        (lambda q: typed.options(queue=q, expires=1e12).submit(1, "x"), InvalidTaskInput, "no time at all"),
+        (
+            lambda q: typed.options(queue=q, eta=datetime.now(UTC) + timedelta(days=800)).submit(1, "x"),
+            InvalidTaskInput,
+            "the most a task may be delayed",
+        ),
+        # Options given by name are checked in the RequestHandler, as the other options are.
+        (lambda q: raylane.submit("test.typed", 1, "x", queue=q, priority=99), InvalidTaskInput, "priority"),
     ],
     ids=[
         "unknown-name",
@@ -92,6 +112,11 @@ def _nothing_written(rl, stack, queue: str) -> None:
         "one-bad-in-batch",
         "no-node-has-a-gpu",
         "no-node-has-the-cpus",
+        "eta-past-2262",
+        "expires-before-1970",
+        "expires-past-the-calendar",
+        "eta-over-a-year-ahead",
+        "option-by-name-out-of-range",
     ],
 )
 def test_bad_submit_is_refused_and_writes_nothing(rl, stack, unique, call, error, words):
