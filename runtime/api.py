@@ -53,6 +53,7 @@ from raylane.models import (
     SCHEDULE_ID_PATTERN,
     SubmitRequest,
     TaskRecord,
+    validated,
 )
 from raylane.ratelimit import ConcurrencyLimiter, OverLimit, RateLimiter
 from raylane.schedules import Schedule
@@ -296,7 +297,9 @@ def _links(id_expr: str) -> dict:
 
 
 def _request(sub: TaskSubmission, who: Principal) -> dict:
-    return SubmitRequest(**sub.model_dump(exclude_none=True), tenant=who.tenant).model_dump(exclude_none=True)
+    # What fits the schema may still be refused on its meaning (a time no record can hold): a 400.
+    request = validated(SubmitRequest, {**sub.model_dump(exclude_none=True), "tenant": who.tenant}, "task")
+    return request.model_dump(exclude_none=True)
 
 
 # ---------------------------------------------------------------- application

@@ -7,9 +7,10 @@ import re
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -32,6 +33,19 @@ MAX_DELAY_S = 366 * 24 * 3600.0  # a task may be delayed up to a year
 # 64-bit count): no record can hold a time outside it.
 STORE_FIRST = datetime(1970, 1, 1, tzinfo=UTC)
 STORE_LAST = datetime(2262, 4, 11, tzinfo=UTC)
+
+
+def _storable(value: datetime) -> datetime:
+    if not STORE_FIRST <= value <= STORE_LAST:
+        raise ValueError(
+            f"{value.isoformat()} is outside the times a record can hold "
+            f"({STORE_FIRST:%Y-%m-%d} to {STORE_LAST:%Y-%m-%d})"
+        )
+    return value
+
+
+StorableTime = Annotated[AwareDatetime, AfterValidator(_storable)]
+"""A time given by a caller (an eta, an expiry): with a zone, and one a record can hold."""
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"  # printable ASCII without spaces
 SCHEDULE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
 CONCURRENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
@@ -635,8 +649,8 @@ class SubmitRequest(BaseModel):
     max_retries: int | None = Field(None, ge=0, le=100)
     tenant: str | None = Field(None, pattern=TENANT_PATTERN)
     delay_s: float | None = Field(None, ge=0, le=MAX_DELAY_S, description="start no earlier than this from now")
-    eta: AwareDatetime | None = Field(None, description="start no earlier than this time")
-    expires_at: AwareDatetime | None = Field(None, description="not started by then: CANCELLED as expired")
+    eta: StorableTime | None = Field(None, description="start no earlier than this time")
+    expires_at: StorableTime | None = Field(None, description="not started by then: CANCELLED as expired")
     soft_timeout_s: float | None = Field(None, gt=0, le=MAX_DELAY_S, description="SoftTimeLimitExceeded after this")
     idempotency_key: str | None = Field(
         None, pattern=IDEMPOTENCY_KEY_PATTERN, description="the same key gives the first task's id, not a new task"
@@ -651,16 +665,6 @@ class SubmitRequest(BaseModel):
     rate_limit: str | None = Field(
         None, pattern=RATE_LIMIT_PATTERN, description='starts per key, e.g. "100/s", "30/m", "5/h"'
     )
-
-    @field_validator("eta", "expires_at")
-    @classmethod
-    def _storable(cls, value: datetime | None) -> datetime | None:
-        if value is not None and not STORE_FIRST <= value <= STORE_LAST:
-            raise ValueError(
-                f"{value.isoformat()} is outside the times a record can hold "
-                f"({STORE_FIRST:%Y-%m-%d} to {STORE_LAST:%Y-%m-%d})"
-            )
-        return value
 
     # From raylane.submit(name, ..., delay=5): keyword arguments named like options, which are
     # options unless the task has parameters of those names (only the cluster knows).

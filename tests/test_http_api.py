@@ -212,6 +212,10 @@ def test_error_codes(api, settings):
     error_of(api.get(f"{base}/tasks", params={"state": "DONE"}), 422, "validation_error")
     error_of(api.get(f"{base}/tasks", params={"since": "yesterday"}), 422, "validation_error")
     error_of(api.get(f"{base}/counts", params={"tag": [f"t{i}" for i in range(51)]}), 422, "validation_error")
+    # 400: it fits the schema, but no record can hold the time.
+    late = {"name": "raylane.echo", "eta": "2300-01-01T00:00:00Z"}
+    error_of(api.post(f"{base}/tasks", json=late), 400, "invalid_input")
+    error_of(api.post(f"{base}/batches", json={"tasks": [late]}), 400, "invalid_input")
     error_of(api.get(f"{base}/tasks/{'0' * 32}/wait", params={"timeout": 61}), 422, "validation_error")
     # 413: arguments over the payload limit, and a body over the HTTP limit (refused before it is read).
     big = "x" * (settings.max_payload_bytes + 10)
