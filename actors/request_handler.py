@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ from raylane.models import (
     MAX_DELAY_S,
     NAME_PATTERN,
     QUEUE_PATTERN,
+    STORE_FIRST,
     FlowLinks,
     PackedRecord,
     Resources,
@@ -78,6 +80,13 @@ def idempotent_id(key: str, tenant: str | None) -> str:
     """The task id of an idempotency key: the same key (of the same tenant) always gives the
     same id, so the store itself lets only the first submit create the task."""
     return hashlib.sha256(f"raylane-idempotency\0{tenant or ''}\0{key}".encode()).hexdigest()[:32]
+
+
+def _deadline(timeout_s: float) -> float:
+    """When a wait of ``timeout_s`` seconds ends, on the monotonic clock."""
+    if not isinstance(timeout_s, int | float) or not math.isfinite(timeout_s):
+        raise InvalidTaskInput(f"a wait's timeout is a finite number of seconds, not {timeout_s!r}")
+    return time.monotonic() + timeout_s
 
 
 async def _awaited(ref: Any) -> Any:
@@ -562,7 +571,7 @@ class RequestHandler:
         (with ``tenant``, only that tenant's task)."""
         if not isinstance(task_id, str) or not _ID.match(task_id):
             raise TaskNotFound(str(task_id))
-        done = await self._await_finished([task_id], time.monotonic() + timeout_s, tenant, must_exist=True)
+        done = await self._await_finished([task_id], _deadline(timeout_s), tenant, must_exist=True)
         return done[0].unpack() if done else await self._get(task_id, tenant)
 
     async def _await_finished(
@@ -618,7 +627,7 @@ class RequestHandler:
         for task_id in task_ids:
             if not isinstance(task_id, str) or not _ID.match(task_id):
                 raise TaskNotFound(str(task_id))
-        done = await self._await_finished(list(task_ids), time.monotonic() + timeout_s, tenant, must_exist=read_store)
+        done = await self._await_finished(list(task_ids), _deadline(timeout_s), tenant, must_exist=read_store)
         return [r.doc for r in done]
 
     async def _finished_in_store(self, task_ids: list[str], tenant: str | None, must_exist: bool) -> list[TaskRecord]:
@@ -660,8 +669,12 @@ class RequestHandler:
             parsed = None if states is None else [TaskState(s) for s in states]
         except ValueError as e:
             raise InvalidTaskInput(f"not a task state: {e}") from None
-        before = utcnow() - timedelta(seconds=older_than_s)
-        return await asyncio.to_thread(self.store.purge, before, parsed)
+        if not isinstance(older_than_s, int | float) or math.isnan(older_than_s) or older_than_s <= 0:
+            raise InvalidTaskInput(f"older_than must be a positive number of seconds, got {older_than_s!r}")
+        now = utcnow()
+        if older_than_s >= (now - STORE_FIRST).total_seconds():
+            return 0  # no record finished before 1970
+        return await asyncio.to_thread(self.store.purge, now - timedelta(seconds=older_than_s), parsed)
 
     @replies_errors
     async def refresh(self) -> None:
@@ -791,6 +804,8 @@ class RequestHandler:
         if not isinstance(spec, dict):
             raise InvalidTaskInput("a schedule is a JSON object")
         schedule = validated(Schedule, {**spec, "tenant": tenant, "created_at": utcnow().isoformat()}, "schedule")
+        if schedule.never_due():
+            raise InvalidTaskInput(f"invalid schedule: cron {schedule.cron!r} matches no date (say, 30 February)")
         req = SubmitRequest(
             name=schedule.task,
             args=schedule.args,

@@ -68,6 +68,7 @@ class Scheduler:
         self._schedules: dict[str, Schedule] = {}  # this shard's, by key, as last read and moved on
         self._read_at: datetime | None = None  # None: read at the next pass
         self._forged: set[str] = set()  # keys of the schedules without a seal at the last read
+        self._never: set[str] = set()  # keys of the schedules no date matches, at the last read
 
     def changed(self) -> None:
         """The schedules in the store changed: read them again at the next pass."""
@@ -96,7 +97,13 @@ class Scheduler:
                     min(forged - self._forged),
                 )
             self._forged = forged
-            self._schedules = {s.key: s for s in mine if s.key not in forged}
+            # A rule no date matches (30 February), saved before such rules were refused, has no
+            # tick to fire: left out, so it is not tried (and told of) at every pass.
+            never = {s.key for s in mine if s.key not in forged and s.never_due()}
+            for key in sorted(never - self._never):
+                log.warning("schedule %s matches no date; it never fires", key)
+            self._never = never
+            self._schedules = {s.key: s for s in mine if s.key not in forged and s.key not in never}
             self.stats["reads"] += 1
         fired = 0
         for s in list(self._schedules.values()):

@@ -484,7 +484,7 @@ def _print_schedules(schedules: list, as_json: bool) -> None:
     for s in schedules:
         rule = f"cron {s.cron!r} {s.timezone}" if s.cron else f"every {s.every_s:g}s"
         upcoming = s.upcoming()
-        nxt = "paused" if upcoming is None else f"next {upcoming:%Y-%m-%d %H:%M:%S}Z"
+        nxt = "paused" if s.paused else "never due" if upcoming is None else f"next {upcoming:%Y-%m-%d %H:%M:%S}Z"
         _echo(f"{s.id}  {s.task}  {rule}  catch-up {s.catch_up}  {nxt}")
 
 

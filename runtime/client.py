@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import os
 import re
 import threading
@@ -581,13 +582,23 @@ async def _await_final(task_id: str, timeout: float | None = None) -> TaskRecord
     return record
 
 
+def _deadline(timeout: float | None) -> float | None:
+    """When a wait of ``timeout`` seconds ends, on the monotonic clock (None: it does not)."""
+    if timeout is None:
+        return None
+    if not isinstance(timeout, int | float) or math.isnan(timeout):
+        # NaN compares false with every time: such a wait would neither end nor wait.
+        raise InvalidTaskInput(f"a wait's timeout is a number of seconds or None, not {timeout!r}")
+    return time.monotonic() + timeout
+
+
 class _WaitSlices:
     """The server-side waits a wait for one task is made of: at most ``_WAIT_SLICE_S`` each,
     until ``timeout`` (forever without one)."""
 
     def __init__(self, task_id: str, timeout: float | None):
         self.task_id, self.timeout = task_id, timeout
-        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.deadline = _deadline(timeout)
 
     def next(self) -> float:
         """The length of the next wait."""
@@ -615,7 +626,7 @@ class _Completion:
             else:
                 self.pending.setdefault(handle.id, handle)
         self.timeout = timeout
-        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.deadline = _deadline(timeout)
         self.read_store = True  # the first call, and any after a silent one, also reads the store
 
     def next_wait(self) -> tuple:

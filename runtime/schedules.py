@@ -172,9 +172,19 @@ class Schedule(BaseModel):
         rec = TaskRecord.pending(msg)
         return rec.model_copy(update={"state": TaskState.SCHEDULED, "version": version_of(TaskState.SCHEDULED, 0)})
 
+    def never_due(self) -> bool:
+        """Whether the rule matches no date at all (a cron of 30 February): such a schedule never fires."""
+        from croniter import CroniterBadDateError
+
+        try:
+            self.next_tick(utcnow())
+        except CroniterBadDateError:
+            return True
+        return False
+
     def upcoming(self) -> datetime | None:
-        """When the next tick falls (None while paused)."""
-        if self.paused:
+        """When the next tick falls (None while paused, or if it never falls)."""
+        if self.paused or self.never_due():
             return None
         now = utcnow()
         return self.next_tick(max(self.last_tick or now, now))

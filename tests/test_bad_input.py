@@ -295,3 +295,24 @@ def test_a_search_past_what_the_store_takes_is_bad_input(rl):
     # At the limits, the store takes the query.
     assert raylane.search(text=" ".join("一丁丂七丄"[i % 5] + "x" for i in range(166))) == []
     assert raylane.counts(tags=[f"t{i}" for i in range(50)]) == {}
+
+
+def test_numbers_that_are_no_time_are_bad_input(rl, unique):
+    """A purge older than the calendar reaches, or of NaN seconds; a wait of NaN seconds,
+    asked of the RequestHandler itself; a schedule whose cron matches no date: each was an
+    OverflowError or ValueError inside the RequestHandler, or a schedule that could never
+    fire, saved. Now each is InvalidTaskInput, or (the purge past 1970) simply nothing to delete."""
+    assert raylane.purge(older_than=1e300) == 0
+    assert raylane.purge(older_than=timedelta(days=10**6)) == 0
+    with pytest.raises(InvalidTaskInput, match="older_than"):
+        raylane.purge(older_than=float("nan"))
+    handle = typed.submit(1, "x")
+    handle.wait(timeout=60)
+    with pytest.raises(InvalidTaskInput, match="timeout"):
+        raylane.wait_all([handle.id], timeout=float("nan"))
+    conn = raylane.client._connection()
+    with pytest.raises(InvalidTaskInput, match="timeout"):
+        conn.call("wait_many", [handle.id], float("nan"), True)
+    with pytest.raises(InvalidTaskInput, match="matches no date"):
+        raylane.schedule(f"feb30-{unique}", "test.typed", [1, "x"], cron="0 0 30 2 *")
+    assert f"feb30-{unique}" not in {s.id for s in raylane.schedules()}

@@ -115,3 +115,14 @@ def test_what_is_not_a_task_id_goes_to_the_handler(calls, wait):
     conn = _connection(calls, WaitAnswer([], [], []), pending())
     wait(conn, "not-a-task-id", 1.0)
     assert [c[0] for c in calls] == ["handler.wait"]
+
+
+def test_a_wait_of_nan_seconds_is_bad_input():
+    """NaN compares false with every time: such a wait would neither end nor wait."""
+    from raylane.client import _Completion, _WaitSlices
+    from raylane.errors import InvalidTaskInput
+
+    with pytest.raises(InvalidTaskInput, match="timeout"):
+        _WaitSlices("a" * 32, float("nan"))
+    with pytest.raises(InvalidTaskInput, match="timeout"):
+        _Completion(["a" * 32], float("nan"))

@@ -200,3 +200,22 @@ def test_only_a_schedule_whose_message_bears_the_seal_is_fired():
     scheduler.changed()  # read again: the same two are not told of (nor counted) again
     asyncio.run(scheduler.run_once())
     assert scheduler.stats["forged"] == 2 and scheduler.stats["reads"] == 2
+
+
+def test_a_rule_no_date_matches_is_never_due_and_never_tried():
+    """30 February: no tick falls, ``upcoming`` says so with None, and a scheduler that reads one
+    saved before such rules were refused leaves it out rather than fail on it at every pass;
+    the schedule beside it fires as ever."""
+    never = schedule("feb30", cron="0 0 30 2 *").model_copy(update={"created_at": T})
+    assert never.never_due() and never.upcoming() is None
+    assert not schedule("leap", cron="0 0 29 2 *").never_due()  # once in four years is still a date
+    store = InMemoryStore()
+    store.save_schedule(never)
+    store.save_schedule(every(1))
+
+    async def write(records):
+        return store.write_many(records)
+
+    scheduler = Scheduler(store, write, SIGNER, clock=lambda: T + timedelta(seconds=3.5))
+    assert asyncio.run(scheduler.run_once()) == 3
+    assert scheduler.stats["errors"] == 0
