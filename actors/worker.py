@@ -25,7 +25,7 @@ from raylane.actors.fencing import LeaseLapsed, worker_fence
 from raylane.actors.grouping import MOVE_AFTER_S, next_grant
 from raylane.actors.interrupts import wakeable
 from raylane.errors import SoftTimeLimitExceeded
-from raylane.limits import Limits, clip_text, encode_result
+from raylane.limits import Limits, clip_text, encode_result, writable
 from raylane.models import NOT_STARTED
 from raylane.protocol import Reply
 
@@ -142,8 +142,9 @@ def invoke(
             message = str(e)
         except Exception as str_failed:  # an exception whose __str__ raises is still reported
             message = f"<{type(e).__qualname__} could not be shown: {str_failed!r}>"
-        failure = Reply.failure(type(e).__qualname__, clip_text(message), clip_text(traceback.format_exc()))
-        return failure._replace(began=began, returned=returned, error_types=error_types_of(type(e)))
+        failure = Reply.failure(writable(type(e).__qualname__), clip_text(message), clip_text(traceback.format_exc()))
+        error_types = tuple(writable(t) for t in error_types_of(type(e)))
+        return failure._replace(began=began, returned=returned, error_types=error_types)
 
 
 remote_invoke = ray.remote(max_retries=0, retry_exceptions=False)(invoke)

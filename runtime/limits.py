@@ -25,6 +25,28 @@ ERROR_TEXT_CHARS = 32 * 1024  # an error message or traceback longer than this i
 # The words a search's text must all match become one clause each, and OpenSearch refuses a query
 # of more than 1,024 clauses; a word takes at least one character.
 MAX_SEARCH_TEXT_CHARS = 500
+# OpenSearch reads no number longer than 1,000 characters (Jackson's StreamReadConstraints): a
+# record holding a longer integer is refused whole. The sign counts, so 999 digits at most.
+MAX_INT_DIGITS = 999
+_INT_LIMIT = 10**MAX_INT_DIGITS
+_INT_LIMIT_BITS = _INT_LIMIT.bit_length() - 1  # below this many bits, an integer is surely under the limit
+
+
+def check_text(text: str) -> None:
+    """Raise ``ValueError`` if ``text`` is no Unicode text: a lone surrogate (``"\\ud800"``, which
+    Python strings may hold) cannot be written as UTF-8, so no record or message can carry it."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError as e:
+            raise ValueError(
+                f"a string holds the lone surrogate {text[e.start]!r} (at {e.start}), which is no Unicode text"
+            ) from None
+
+
+def _check_int(number: int) -> None:
+    if number.bit_length() >= _INT_LIMIT_BITS and abs(number) >= _INT_LIMIT:
+        raise ValueError(f"an integer has more than {MAX_INT_DIGITS} digits, more than the status store reads")
 
 
 class Limits(NamedTuple):
@@ -41,31 +63,43 @@ def depth_of(value: Any, stop_after: int) -> int:
     return shape_of(value, stop_after, math.inf)[0]
 
 
+def _json_size(item: Any) -> tuple[int, Any]:
+    """A lower bound of ``item``'s own length as compact JSON, and its children (None for a
+    scalar); ``ValueError`` for what no record can hold."""
+    if isinstance(item, str):
+        check_text(item)
+        return len(item) + 2, None  # the quotes; escapes only add
+    if isinstance(item, (list, tuple)):
+        return (len(item) + 1 if item else 2), item  # brackets and commas
+    if isinstance(item, dict):
+        size = 4 * len(item) + 1 if item else 2  # braces, commas, a key's quotes and colon
+        for key in item:
+            if isinstance(key, str):
+                size += len(key)
+                check_text(key)
+        return size, item.values()
+    if item is None or isinstance(item, bool):
+        return 4, None  # null, true (false is 5)
+    if isinstance(item, int):
+        _check_int(item)
+    return 1, None  # a number is at least a digit; anything else json.dumps refuses
+
+
 def shape_of(value: Any, max_depth: float, max_bytes: float) -> tuple[int, int]:
     """How deeply lists and dicts nest in ``value`` (as ``depth_of``), and a lower bound of its
     length as compact JSON, in one walk without recursion, which stops once either is past its
     limit. A value far over a size limit is thus refused at the cost of reading up to the limit,
     not of encoding it all: ``json.dumps`` is one C call that holds the GIL throughout, and in a
     worker the lease's fence thread needs the GIL (150 MiB of text took seconds to encode on a
-    loaded node, and the fence ended the worker)."""
+    loaded node, and the fence ended the worker). Raises ``ValueError`` for a value no record can
+    hold although ``json.dumps`` takes it: a lone surrogate in a string (see ``check_text``), or
+    an integer of more than ``MAX_INT_DIGITS`` digits."""
     deepest = size = 0
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, level = stack.pop()
-        children: Any = None
-        if isinstance(item, str):
-            size += len(item) + 2  # the quotes; escapes only add
-        elif isinstance(item, (list, tuple)):
-            size += len(item) + 1 if item else 2  # brackets and commas
-            children = item
-        elif isinstance(item, dict):
-            size += 4 * len(item) + 1 if item else 2  # braces, commas, a key's quotes and colon
-            size += sum(len(k) for k in item if isinstance(k, str))
-            children = item.values()
-        elif item is None or isinstance(item, bool):
-            size += 4  # null, true (false is 5)
-        else:
-            size += 1  # a number is at least a digit; anything else json.dumps refuses
+        grows, children = _json_size(item)
+        size += grows
         if size > max_bytes:
             break
         if children is not None:
@@ -88,7 +122,10 @@ def check_arguments_shape(args: list, kwargs: dict, limits: Limits) -> int:
         *((f"argument {i}", a) for i, a in enumerate(args)),
         *((f"argument {k!r}", v) for k, v in kwargs.items()),
     ]:
-        depth, size = shape_of(value, limits.max_depth, limits.max_payload_bytes - floor)
+        try:
+            depth, size = shape_of(value, limits.max_depth, limits.max_payload_bytes - floor)
+        except ValueError as e:
+            raise InvalidTaskInput(f"task arguments must be JSON a record can hold: {where}: {e}") from None
         if depth > limits.max_depth:
             raise ArgumentsTooDeep(where, limits.max_depth)
         floor += size
@@ -123,12 +160,19 @@ def check_tags(tags: list[str]) -> None:
     for tag in tags:
         if not isinstance(tag, str) or not 0 < len(tag) <= MAX_TAG_CHARS:
             raise InvalidTaskInput(f"a tag is a string of 1 to {MAX_TAG_CHARS} characters, got {tag!r:.120}")
+        try:
+            check_text(tag)
+        except ValueError as e:
+            raise InvalidTaskInput(f"a tag must be text: {e}") from None
 
 
 def encode_result(result: Any, limits: Limits) -> None:
     """Check that a task's result can be stored: JSON, at most ``max_depth`` deep and at most
     ``max_result_bytes`` long. Raises ``ResultNotSerializable`` or ``ResultTooLarge``."""
-    depth, floor = shape_of(result, limits.max_depth, limits.max_result_bytes)
+    try:
+        depth, floor = shape_of(result, limits.max_depth, limits.max_result_bytes)
+    except ValueError as e:
+        raise ResultNotSerializable(f"the result is not JSON a record can hold: {e}") from None
     if depth > limits.max_depth:
         raise ResultNotSerializable(
             f"the result nests {depth} or more levels deep, over the limit of {limits.max_depth} (RAYLANE_MAX_DEPTH)"
@@ -143,11 +187,21 @@ def encode_result(result: Any, limits: Limits) -> None:
         raise ResultTooLarge(size, limits.max_result_bytes)
 
 
+def writable(text: str) -> str:
+    """``text`` as a record can hold it: each lone surrogate (see ``check_text``) written as its
+    escape, ``\\ud800``. For text a task made (its exception's name and message), which is its
+    record's data, not input to refuse."""
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode()
+
+
 def clip_text(text: str | None, limit: int = ERROR_TEXT_CHARS) -> str | None:
-    """``text`` cut to ``limit`` characters, keeping its end (where a traceback says the most)."""
-    if text is None or len(text) <= limit:
-        return text
-    return f"[{len(text) - limit} characters cut] " + text[-limit:]
+    """``text`` cut to ``limit`` characters, keeping its end (where a traceback says the most),
+    and made ``writable``."""
+    if text is None:
+        return None
+    if len(text) > limit:
+        text = f"[{len(text) - limit} characters cut] " + text[-limit:]
+    return writable(text)
 
 
 def check_placeable(num_cpus: float, num_gpus: float, memory_mb: int | None, nodes: list[dict[str, float]]) -> None:

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from raylane.errors import InvalidTaskInput
+from raylane.limits import check_text
 
 SEND_EVERY_S = 0.2  # a worker sends one task's progress at most this often
 FLUSH_EVERY_S = 0.3  # an executor writes what its tasks said at most this often
@@ -93,6 +94,10 @@ def progress(fraction: float, message: str | None = None) -> bool:
         raise InvalidTaskInput(f"progress must be a number from 0.0 to 1.0, got {fraction!r}")  # NaN too
     if message is not None and not isinstance(message, str):
         raise InvalidTaskInput(f"a progress message must be text, got {type(message).__name__}")
+    try:
+        check_text(message or "")
+    except ValueError as e:
+        raise InvalidTaskInput(f"a progress message must be text: {e}") from None
     reporter = _current
     if reporter is None:
         return False

@@ -97,6 +97,9 @@ def _nothing_written(rl, stack, queue: str) -> None:
             InvalidTaskInput,
             "the most a task may be delayed",
         ),
+        # JSON the store cannot hold: a lone surrogate, an integer longer than 1,000 characters.
+        (lambda q: typed.options(queue=q).submit(1, "bad \ud800"), InvalidTaskInput, "lone surrogate"),
+        (lambda q: typed.options(queue=q).submit(10**1000, "x"), InvalidTaskInput, "999 digits"),
         # Options given by name are checked in the RequestHandler, as the other options are.
         (lambda q: raylane.submit("test.typed", 1, "x", queue=q, priority=99), InvalidTaskInput, "priority"),
     ],
@@ -116,6 +119,8 @@ def _nothing_written(rl, stack, queue: str) -> None:
         "expires-before-1970",
         "expires-past-the-calendar",
         "eta-over-a-year-ahead",
+        "lone-surrogate",
+        "integer-of-1001-digits",
         "option-by-name-out-of-range",
     ],
 )

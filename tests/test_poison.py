@@ -47,6 +47,10 @@ def make(kind: str) -> object:
         raise ValueError("e" * (8 << 20))
     if kind == "unprintable":
         raise _Unprintable()
+    if kind == "long-integer":
+        return 10**1000  # JSON, but longer than the 1,000 characters OpenSearch reads in a number
+    if kind == "surrogate":
+        raise ValueError("half of a pair: \ud800")
     return kind
 
 
@@ -106,6 +110,8 @@ def test_poison_results_fail_alone_and_ordinary_tasks_go_on(rl):
         "nan": "ResultNotSerializable",
         "loud": "ValueError",
         "unprintable": "_Unprintable",
+        "long-integer": "ResultNotSerializable",
+        "surrogate": "ValueError",  # its own error, the surrogate written as \ud800
     }
     handles = {}
     ordinary = []
@@ -123,6 +129,7 @@ def test_poison_results_fail_alone_and_ordinary_tasks_go_on(rl):
         assert rec.error_type == error_type, (kind, rec.error_type, (rec.error or "")[:200])
         assert len(rec.error or "") < 64 * 1024 and len(rec.traceback or "") < 64 * 1024
     assert "RAYLANE_MAX_RESULT_BYTES" in handles["huge"].record().error
+    assert handles["surrogate"].record().error == "half of a pair: \\ud800"
     # Afterwards, nothing is left poisoned: plain submits and writes go through.
     later = make.submit_many([(f"later-{i}",) for i in range(100)])
     assert [h.result(timeout=30) for h in later] == [f"later-{i}" for i in range(100)]
