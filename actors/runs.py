@@ -27,6 +27,7 @@ from raylane.limits import Limits, clip_text
 from raylane.models import TaskMessage, TaskRecord
 from raylane.protocol import Reply
 from raylane.states import TaskState
+from raylane.text import without_colours
 
 log = logging.getLogger("raylane.executor")
 
@@ -206,11 +207,10 @@ class Runs:
         """The reply of a run whose worker ended without one. It was killed by a cancel or timeout
         (whose terminal write already won), or it died: with this incarnation's lease lapsed, it
         ended itself (fenced), and is lost as a sweep elsewhere would record it."""
+        said = clip_text(without_colours(str(e)))
         if time.monotonic() >= self._lease.until - FENCE_MARGIN_S:
-            return Reply.lost(
-                "WorkerLost", f"the lease of this executor lapsed and the worker ended itself: {clip_text(str(e))}"
-            )
-        return Reply.lost(type(e).__name__, f"Ray task ended abnormally: {clip_text(str(e))}")
+            return Reply.lost("WorkerLost", f"the lease of this executor lapsed and the worker ended itself: {said}")
+        return Reply.lost(type(e).__name__, f"Ray task ended abnormally: {said}")
 
     async def _finish(self, running: TaskRecord, ref: ray.ObjectRef) -> None:
         await self._settle(running, await self._reply(running.id, ref))

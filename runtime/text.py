@@ -27,3 +27,13 @@ def printable(text: str, one_line: bool = False) -> str:
     if one_line:
         text = text.replace("\n", "\\n")
     return _UNSHOWABLE.sub(_escape, text)
+
+
+# Select Graphic Rendition: the colours Ray puts in the errors it formats (``ray::f()`` in cyan).
+_COLOURS = re.compile("\x1b\\[[0-9;]*m")
+
+
+def without_colours(text: str) -> str:
+    """``text`` without the terminal colour codes of a message formatted for a terminal (Ray's
+    errors): a record keeps the words, not how one terminal showed them."""
+    return _COLOURS.sub("", text)

@@ -215,3 +215,15 @@ def test_a_groups_first_grant_is_sized_by_how_long_members_of_its_name_took(monk
         await _settle()
 
     asyncio.run(scenario())
+
+
+def test_a_lost_run_says_what_ray_said_without_its_colours():
+    """Ray formats a task's error for a terminal (``ray::f()`` in cyan); the record keeps its words."""
+    from ray.exceptions import RayError
+
+    runs = _runs(Counter())
+    runs._lease = SimpleNamespace(until=float("inf"))
+    reply = runs._lost(RayError("\x1b[36mray::raylane:t:1()\x1b[39m (pid=7) was cancelled"))
+    assert reply.error == "Ray task ended abnormally: ray::raylane:t:1() (pid=7) was cancelled"
+    runs._lease = SimpleNamespace(until=0.0)
+    assert "\x1b" not in runs._lost(RayError("\x1b[31mgone\x1b[0m")).error
