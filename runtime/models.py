@@ -33,6 +33,12 @@ MAX_DELAY_S = 366 * 24 * 3600.0  # a task may be delayed up to a year
 # 64-bit count): no record can hold a time outside it.
 STORE_FIRST = datetime(1970, 1, 1, tzinfo=UTC)
 STORE_LAST = datetime(2262, 4, 11, tzinfo=UTC)
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"  # printable ASCII without spaces
+SCHEDULE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
+CONCURRENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
+RATE_LIMIT_PATTERN = r"^[1-9][0-9]{0,5}/[smh]$"  # starts per second, minute or hour
+MAX_PRIORITY = 9
+MAX_CONCURRENCY = 100_000
 
 
 def _storable(value: datetime) -> datetime:
@@ -46,12 +52,6 @@ def _storable(value: datetime) -> datetime:
 
 StorableTime = Annotated[AwareDatetime, AfterValidator(_storable)]
 """A time given by a caller (an eta, an expiry): with a zone, and one a record can hold."""
-IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"  # printable ASCII without spaces
-SCHEDULE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
-CONCURRENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
-RATE_LIMIT_PATTERN = r"^[1-9][0-9]{0,5}/[smh]$"  # starts per second, minute or hour
-MAX_PRIORITY = 9
-MAX_CONCURRENCY = 100_000
 
 
 DURATION_PATTERN = r"^[1-9][0-9]{0,5}[smhdw]$"  # 90s, 30m, 12h, 7d, 2w
@@ -665,7 +665,6 @@ class SubmitRequest(BaseModel):
     rate_limit: str | None = Field(
         None, pattern=RATE_LIMIT_PATTERN, description='starts per key, e.g. "100/s", "30/m", "5/h"'
     )
-
     # From raylane.submit(name, ..., delay=5): keyword arguments named like options, which are
     # options unless the task has parameters of those names (only the cluster knows).
     named_options: dict[str, Any] | None = None

@@ -184,7 +184,12 @@ class Schedule(BaseModel):
 
     def upcoming(self) -> datetime | None:
         """When the next tick falls (None while paused, or if it never falls)."""
-        if self.paused or self.never_due():
+        from croniter import CroniterBadDateError
+
+        if self.paused:
             return None
         now = utcnow()
-        return self.next_tick(max(self.last_tick or now, now))
+        try:
+            return self.next_tick(max(self.last_tick or now, now))
+        except CroniterBadDateError:  # a rule no date matches (see ``never_due``)
+            return None
