@@ -139,7 +139,14 @@ class Executor:
         # (id, attempt) of the claims on their way to the keepers, until judged
         self._claiming: Counter[tuple[str, int]] = Counter()
         self._recovery = Recovery(
-            self._store, queue, self._lease, self._finisher, self.stats, holds=self._holds, signer=config.signer()
+            self._store,
+            queue,
+            self._lease,
+            self._finisher,
+            self.stats,
+            holds=self._holds,
+            signer=config.signer(),
+            check_every_s=config.recovery_check_s,
         )
         self._cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._runs = Runs(

@@ -28,7 +28,7 @@ log = logging.getLogger("raylane.executor")
 
 SWEEP_INTERVAL_S = 5.0
 REQUEUE_AFTER_S = 300.0  # a PENDING task this old may have lost its queue message
-REQUEUE_CHECK_S = 30.0
+REQUEUE_CHECK_S = 30.0  # the default of ``recovery_check_s``: how often the slower searches run
 RETRY_OVERDUE_S = 30.0  # a retry not carried on this long after it was due is carried on by the sweep
 # A claim of this incarnation written this long ago that it neither runs nor is still deciding on
 # was left behind (see ``Recovery._close_unheld``).
@@ -129,9 +129,11 @@ class Recovery:
         stats: Counter,
         holds: Callable[[str, int], bool],
         signer: Signer,
+        check_every_s: float = REQUEUE_CHECK_S,
     ):
         self._store = store
         self._signer = signer
+        self._check_every_s = check_every_s
         self._holds = holds
         self._queue = queue
         self._lease = lease
@@ -154,7 +156,7 @@ class Recovery:
 
     async def sweep(self, limit: int = 500) -> int:
         """Recover RUNNING tasks whose executor's lease lapsed (a new attempt if retries remain,
-        else FAILED as lost) and, every ``REQUEUE_CHECK_S``, this executor's claims that nothing
+        else FAILED as lost) and, every ``check_every_s``, this executor's claims that nothing
         runs and PENDING tasks that may have lost their queue message. Returns how many tasks
         this call recovered."""
         healthy = self._lease.healthy_since
@@ -164,7 +166,7 @@ class Recovery:
             return 0
         recovered = await self._recover_lapsed(limit)
         requeued = 0
-        if time.monotonic() - self._last_requeue >= REQUEUE_CHECK_S:
+        if time.monotonic() - self._last_requeue >= self._check_every_s:
             self._last_requeue = time.monotonic()
             # A claim left behind is a minute old at least: a search every 5 s would find no more.
             recovered += await self._close_unheld(limit)

@@ -206,6 +206,7 @@ def _actor_config(settings: Settings, endpoints: Endpoints):
         consumers=settings.consumers,
         keepers=settings.keepers,
         executors=settings.executors,
+        recovery_check_s=settings.recovery_check_s,
         secret=settings.cluster_secret(),
     )
 

@@ -348,6 +348,13 @@ class Settings(BaseSettings):
         description="Executor actors per deployment (default: one on each Ray node with CPUs when raylane "
         "deploys, each with the QueueConsumers of its node beside it).",
     )
+    recovery_check_s: float = Field(
+        30.0,
+        ge=1.0,
+        le=3600.0,
+        description="How often each executor searches for tasks to carry on: PENDING tasks that may have lost "
+        "their queue message, retries overdue, claims of its own that nothing runs. Each look is a few searches.",
+    )
     index_alias: str = Field("raylane-tasks", description="OpenSearch alias of the status index.")
     topic_prefix: str = Field("raylane.tasks.", description="Prefix of the per-queue Kafka topics.")
     dlq_topic: str = Field("raylane.dlq", description="Kafka topic for malformed task messages.")

@@ -193,6 +193,7 @@ class ActorConfig(BaseModel):
     # sits beside executor i mod executors); empty: Ray places them.
     executor_nodes: list[str] = []
     keepers: int = 1
+    recovery_check_s: float = 30.0  # how often an executor looks for lost messages and claims left behind
     consumer_group: str = "raylane-workers"
     secret: SecretStr  # the cluster secret: signs queue messages and kept task definitions
 

@@ -18,6 +18,11 @@ from raylane.config import Settings
 from raylane.stack import LocalStack
 from raylane.store import OpenSearchStore
 
+# The tests of lost messages and claims left behind wait for an executor's next look: every 5 s
+# in the session's deployment (and the drivers it starts) rather than the default 30 s, which
+# would spend minutes of the run's time budget waiting.
+os.environ.setdefault("RAYLANE_RECOVERY_CHECK_S", "5")
+
 # Fixtures that need the real stack; a test using none of them belongs to the unit tier.
 _SERVICE_FIXTURES = {"stack", "rl", "store", "http_api"}
 _UNIT_DIR = Path(__file__).parent / "unit"
