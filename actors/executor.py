@@ -32,6 +32,7 @@ from raylane.actors.common import Background, PrioritySlots
 from raylane.actors.fencing import FENCE_MARGIN_S, HEARTBEAT_EVERY_S, LEASE_TTL_S
 from raylane.actors.finishing import Finisher, own_claim
 from raylane.actors.grouping import plan, wait_allowance
+from raylane.actors.handover import ChannelAddress, ChannelServer
 from raylane.actors.keepers import Gate, Keepers
 from raylane.actors.recovery import OwnLease, Recovery
 from raylane.actors.runs import Runs
@@ -148,6 +149,8 @@ class Executor:
             signer=config.signer(),
             check_every_s=config.recovery_check_s,
         )
+        # The consumers of this node hand tasks over by socket (see raylane.actors.handover).
+        self._channel = ChannelServer(self.start_many, node_id, self._lease.incarnation)
         self._cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._runs = Runs(
             actor=ray.get_runtime_context().current_actor,
@@ -176,6 +179,16 @@ class Executor:
         if self._restarted:
             await self.warm_workers()
         return self._lease.incarnation
+
+    async def local_channel(self) -> ChannelAddress | None:
+        """Where the consumers of this executor's node hand tasks over by socket, with the token
+        they present; None if the socket cannot be made here (they use this actor's calls)."""
+        await self.ensure_running()
+        try:
+            return await self._channel.start()
+        except OSError as e:
+            log.warning("no hand-over socket (consumers call the actor instead): %r", e)
+            return None
 
     async def warm_workers(self) -> None:
         """Start the warm-up of this node's Ray workers (``WARM_PER_CPU`` per CPU) unless begun,

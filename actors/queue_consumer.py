@@ -12,18 +12,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable
 
 import ray
 from pydantic import ValidationError
 from ray.exceptions import RayActorError
 
 from raylane import registry
+from raylane.actors.handover import ChannelClient, ChannelClosed
 from raylane.actors.keepers import Keepers
 from raylane.actors.metrics import ConsumerMetrics
 from raylane.errors import InvalidSignature, RaylaneError, ServiceUnavailable, UnknownTaskName
 from raylane.models import TaskMessage
-from raylane.protocol import ActorConfig, HandOff
+from raylane.protocol import ActorConfig, HandOff, HandOffResult
 from raylane.queue import Consumed, QueueReader, topics_of
 from raylane.retrying import backoff_s
 from raylane.states import TaskState
@@ -41,6 +42,7 @@ _URGENT_ROOM = 32  # messages a consumer takes past its full window when a highe
 # How long the next poll waits for a hand-over to send its batch to the executor. A poll run
 # beside the send shares the interpreter with it and held it back by about 2 ms a message.
 _SEND_FIRST_S = 0.05
+_CONNECT_EVERY_S = 5.0  # how often a consumer without a hand-over socket tries to connect to one
 
 
 def _key(item: Consumed) -> tuple[str, int, int]:
@@ -104,7 +106,19 @@ class QueueConsumer:
         self._pause_generation = 0
         self.metrics = ConsumerMetrics(index)
         self._reported = 0.0
-        self.stats = {"consumed": 0, "dead_lettered": 0, "started": 0, "skipped": 0, "errors": 0, "commits": 0}
+        self.stats = {
+            "consumed": 0,
+            "dead_lettered": 0,
+            "started": 0,
+            "skipped": 0,
+            "errors": 0,
+            "commits": 0,
+            "handed_by_socket": 0,
+        }
+        self._node = ray.get_runtime_context().get_node_id()
+        self._channel: ChannelClient | None = None
+        self._connecting: asyncio.Task | None = None
+        self._connect_tried = -_CONNECT_EVERY_S
 
     async def ensure_running(self, members: int | None = None) -> bool:
         """Start the poll loop if it is not running (idempotent); True when it runs. With ``members``,
@@ -119,6 +133,7 @@ class QueueConsumer:
             self._pauses_task = asyncio.create_task(self._read_pauses())
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.create_task(self._run())
+        self._connect_soon()
         return True
 
     async def _run(self) -> None:
@@ -142,6 +157,7 @@ class QueueConsumer:
                 await asyncio.sleep(backoff_s(3, cap_s=1.0))
 
     async def _step(self) -> None:
+        self._connect_soon()  # again after the executor restarted, say
         window = self.config.max_in_flight
         room = window - len(self._held) + min(len(self._parked), window)
         if room <= 0 and self._reader is not None and await asyncio.to_thread(self._reader.urgent):
@@ -419,12 +435,12 @@ class QueueConsumer:
         self, good: list[tuple[Consumed, TaskMessage]], read_at: float, sent: asyncio.Event
     ) -> None:
         # The messages as read: parsing the JSON again costs the executor less than a dump and a validation.
-        payload = [item.value for item, _ in good]
+        payload = [item.value or b"" for item, _ in good]  # each one parsed: never None
         poison_tries = 0
         outage = 0
         while True:
             try:
-                answer: Any = self._executor.start_many.remote(payload, read_at)
+                answer = self._send(payload, read_at)
                 sent.set()
                 outcomes = await answer
                 for (item, msg), (outcome, reason) in zip(good, outcomes, strict=True):
@@ -458,6 +474,52 @@ class QueueConsumer:
             await self._dead_letter(
                 item, f"the executor failed to take task {msg.id} {max(poison_tries, outage)} times", msg
             )
+
+    def _send(self, payload: list[bytes], read_at: float) -> Awaitable[list[HandOffResult]]:
+        """Send a batch to the executor now, by its socket when connected (see
+        raylane.actors.handover), else by an actor call; the answer is to be awaited."""
+        channel = self._channel
+        if channel is not None and not channel.closed:
+            with contextlib.suppress(ChannelClosed):
+                answer = channel.send(payload, read_at)
+                self.stats["handed_by_socket"] += len(payload)
+                return self._socket_answer(answer, payload, read_at)
+        self._connect_soon()
+        return self._executor.start_many.remote(payload, read_at)
+
+    async def _socket_answer(
+        self, answer: Awaitable[list[HandOffResult]], payload: list[bytes], read_at: float
+    ) -> list[HandOffResult]:
+        try:
+            return await answer
+        except ChannelClosed:
+            # Whether the executor took the batch is unknown; the actor call hands it over again
+            # (a message handed twice is claimed at most once) and says whether the executor is gone.
+            self._connect_soon()
+            return await self._executor.start_many.remote(payload, read_at)
+
+    def _connect_soon(self) -> None:
+        """Connect to the executor's hand-over socket in the background, unless connected, being
+        connected, or tried within ``_CONNECT_EVERY_S``."""
+        if self._channel is not None and not self._channel.closed:
+            return
+        if self._connecting is not None and not self._connecting.done():
+            return
+        if time.monotonic() - self._connect_tried < _CONNECT_EVERY_S:
+            return
+        self._connect_tried = time.monotonic()
+        self._connecting = asyncio.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            address = await self._executor.local_channel.remote()
+            if address is None or address.node != self._node:
+                return  # an executor on another node is called
+            old, self._channel = self._channel, await ChannelClient.connect(address)
+            if old is not None:
+                await old.close()
+        except Exception as e:  # the actor call serves meanwhile
+            log.info("consumer %d: no hand-over socket to the executor yet: %r", self.index, e)
 
     async def _dead_letter(
         self, item: Consumed, reason: str, msg: TaskMessage | None = None, error_type: str = "DeadLettered"
@@ -508,8 +570,11 @@ class QueueConsumer:
             progress.settle(item.offset)
 
     async def get_stats(self) -> dict:
-        """Counters: consumed, dead-lettered, started, skipped, errors, commits, and messages in flight."""
-        return dict(self.stats, in_flight=len(self._held))
+        """Counters: consumed, dead-lettered, started, skipped, errors, commits, handed by socket;
+        and now: messages in flight, and how batches go to the executor (``hand_over``: "socket"
+        or "actor call")."""
+        by_socket = self._channel is not None and not self._channel.closed
+        return dict(self.stats, in_flight=len(self._held), hand_over="socket" if by_socket else "actor call")
 
     async def partitions(self) -> list[dict]:
         """The partitions this consumer reads: topic, partition, position, end, lag, paused."""

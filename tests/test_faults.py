@@ -175,6 +175,12 @@ def test_actor_killed_mid_run(rl, store, tmp_path, actor):
     if actor == "Executor":  # restarted, it warms its node's workers as a deployed one does
         warm = WARM_PER_CPU * int(ray.cluster_resources()["CPU"])
         wait_until(lambda: actor_stats("raylane")["Executor"]["workers_warmed"] == warm, what="the warm-up")
+        # The consumer hands its batches over by the restarted executor's socket again.
+        consumer = lambda: actor_stats("raylane")["QueueConsumer-0"]  # noqa: E731
+        wait_until(lambda: consumer()["hand_over"] == "socket", what="the consumer to reach the new socket")
+        before = consumer()["handed_by_socket"]
+        assert work.submit(str(tmp_path), 1001, 0.0).result(timeout=60) == 1001
+        assert consumer()["handed_by_socket"] > before
 
 
 def test_workers_killed_mid_run(rl, store, tmp_path):

@@ -79,7 +79,8 @@ DRIVER = textwrap.dedent('''
     records = [h.wait(timeout=300) for h in handles]
     print(json.dumps({"records": [{"id": r.id, "state": r.state.value, "attempt": r.attempt,
                                    "executor": r.lease_owner,
-                                   "result": r.result, "errors": [a.error_type for a in r.attempts]}
+                                   "result": r.result, "errors": [a.error_type for a in r.attempts],
+                                   "error": r.error}
                                   for r in records]}), flush=True)
 ''')
 
@@ -312,6 +313,7 @@ def test_three_nodes_place_their_own_actors_and_survive_losing_one(stack, store,
     assert {"Executor", "Executor-1", "QueueConsumer-0", "QueueConsumer-1"} <= set(first), first
     assert not {"Executor-2", "QueueConsumer-2", f"RequestHandler@{late}"} & set(first), first
     assert placement["Executor-2"] == placement["QueueConsumer-2"] == placement[f"RequestHandler@{late}"] == late
+    assert all(r["executor"] for r in records), [(r["state"], r["error"]) for r in records if not r["executor"]][:3]
     owners = {r["executor"].split("/", 1)[0] for r in records}
     assert "Executor-2" in owners and len(owners) >= 2, f"tasks ran under {owners} only"
     on_workers = sorted(a for a, node in placement.items() if node != head_node)
