@@ -52,6 +52,16 @@ async def _served(executor: FakeExecutor) -> tuple[ChannelServer, ChannelAddress
     return server, await server.start()
 
 
+async def _being_taken(executor: FakeExecutor, messages: list[bytes]):
+    """A server, a client, and the answer of ``messages`` sent, once the executor has them."""
+    server, address = await _served(executor)
+    client = await ChannelClient.connect(address)
+    answer = client.send(messages, None)
+    while not executor.calls:
+        await asyncio.sleep(0.01)
+    return server, client, answer
+
+
 def test_a_batch_and_its_outcomes_cross_unchanged():
     executor = FakeExecutor()
     messages = [b'{"id": "a", "args": ["\\u00e9t\\u00e9 \xc3\xa9"]}', b"refuse-me"]
@@ -159,11 +169,7 @@ def test_an_unanswered_batch_fails_as_closed_when_the_executor_goes():
     executor.delays = {b"never": 60.0}
 
     async def main():
-        server, address = await _served(executor)
-        client = await ChannelClient.connect(address)
-        answer = client.send([b"never"], None)
-        while not executor.calls:
-            await asyncio.sleep(0.01)
+        server, client, answer = await _being_taken(executor, [b"never"])
         await server.close()
         try:
             await answer
@@ -225,11 +231,7 @@ def test_a_batch_being_taken_is_taken_to_the_end_when_its_consumer_goes():
     executor.delays = {b"slow": 0.3}
 
     async def main():
-        server, address = await _served(executor)
-        client = await ChannelClient.connect(address)
-        answer = client.send([b"slow"], None)
-        while not executor.calls:
-            await asyncio.sleep(0.01)
+        server, client, answer = await _being_taken(executor, [b"slow"])
         await client.close()
         with pytest.raises(ChannelClosed):
             await answer
