@@ -133,7 +133,6 @@ class QueueConsumer:
             self._pauses_task = asyncio.create_task(self._read_pauses())
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.create_task(self._run())
-        self._connect_soon()
         return True
 
     async def _run(self) -> None:
@@ -157,7 +156,7 @@ class QueueConsumer:
                 await asyncio.sleep(backoff_s(3, cap_s=1.0))
 
     async def _step(self) -> None:
-        self._connect_soon()  # again after the executor restarted, say
+        self._connect_soon()  # at start, and again after the executor restarted, say
         window = self.config.max_in_flight
         room = window - len(self._held) + min(len(self._parked), window)
         if room <= 0 and self._reader is not None and await asyncio.to_thread(self._reader.urgent):
@@ -478,13 +477,11 @@ class QueueConsumer:
     def _send(self, payload: list[bytes], read_at: float) -> Awaitable[list[HandOffResult]]:
         """Send a batch to the executor now, by its socket when connected (see
         raylane.actors.handover), else by an actor call; the answer is to be awaited."""
-        channel = self._channel
-        if channel is not None and not channel.closed:
+        if self._channel is not None and self._connected():
             with contextlib.suppress(ChannelClosed):
-                answer = channel.send(payload, read_at)
+                answer = self._channel.send(payload, read_at)
                 self.stats["handed_by_socket"] += len(payload)
                 return self._socket_answer(answer, payload, read_at)
-        self._connect_soon()
         return self._executor.start_many.remote(payload, read_at)
 
     async def _socket_answer(
@@ -495,13 +492,12 @@ class QueueConsumer:
         except ChannelClosed:
             # Whether the executor took the batch is unknown; the actor call hands it over again
             # (a message handed twice is claimed at most once) and says whether the executor is gone.
-            self._connect_soon()
             return await self._executor.start_many.remote(payload, read_at)
 
     def _connect_soon(self) -> None:
         """Connect to the executor's hand-over socket in the background, unless connected, being
         connected, or tried within ``_CONNECT_EVERY_S``."""
-        if self._channel is not None and not self._channel.closed:
+        if self._connected():
             return
         if self._connecting is not None and not self._connecting.done():
             return
@@ -509,6 +505,10 @@ class QueueConsumer:
             return
         self._connect_tried = time.monotonic()
         self._connecting = asyncio.create_task(self._connect())
+
+    def _connected(self) -> bool:
+        """Whether batches go to the executor by its socket."""
+        return self._channel is not None and not self._channel.closed
 
     async def _connect(self) -> None:
         try:
@@ -573,8 +573,8 @@ class QueueConsumer:
         """Counters: consumed, dead-lettered, started, skipped, errors, commits, handed by socket;
         and now: messages in flight, and how batches go to the executor (``hand_over``: "socket"
         or "actor call")."""
-        by_socket = self._channel is not None and not self._channel.closed
-        return dict(self.stats, in_flight=len(self._held), hand_over="socket" if by_socket else "actor call")
+        hand_over = "socket" if self._connected() else "actor call"
+        return dict(self.stats, in_flight=len(self._held), hand_over=hand_over)
 
     async def partitions(self) -> list[dict]:
         """The partitions this consumer reads: topic, partition, position, end, lag, paused."""
