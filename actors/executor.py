@@ -28,15 +28,16 @@ from datetime import timedelta
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from raylane.actors.channel import ChannelAddress, ChannelServer, Method
 from raylane.actors.common import Background, PrioritySlots
 from raylane.actors.fencing import FENCE_MARGIN_S, HEARTBEAT_EVERY_S, LEASE_TTL_S
 from raylane.actors.finishing import Finisher, own_claim
 from raylane.actors.grouping import plan, wait_allowance
-from raylane.actors.handover import ChannelAddress, ChannelServer
+from raylane.actors.handover import START_MANY, serving
 from raylane.actors.keepers import Gate, Keepers
 from raylane.actors.recovery import OwnLease, Recovery
 from raylane.actors.runs import Runs
-from raylane.actors.worker import MemberEnd, remote_warm
+from raylane.actors.worker import CLAIM_ANSWER, MemberEnd, asked_attempt, remote_warm
 from raylane.models import PackedRecord, Progress, TaskMessage, TaskRecord, WriteOutcome, utcnow
 from raylane.progress_reports import FLUSH_EVERY_S
 from raylane.protocol import PER_CPU_RUNNING, UNRECORDED, ActorConfig, HandOff, HandOffResult
@@ -96,9 +97,11 @@ def _node_cpus(node_id: str) -> int:
 
 async def _accepted(gate: Gate) -> bool:
     """Whether the claim behind ``gate`` was accepted, as its worker will find it."""
-    [answer], place, _ = gate
+    answers, place, _, _ = gate
+    if not answers:
+        return False  # its worker asks the executor, which says no when the call failed
     try:
-        return (await answer)[place].accepted
+        return (await answers[0])[place].accepted
     except Exception:  # that keeper's call failed: its worker does not start the function
         return False
 
@@ -123,7 +126,7 @@ class Executor:
         self._gated: dict[tuple[str, int], asyncio.Future] = {}
         # (id, attempt) -> when its message was read and handed here, for its record's hops; bounded
         self._arrivals: dict[tuple[str, int], tuple[float | None, float]] = {}
-        self._keepers = Keepers(config.namespace, config.keepers)
+        self._keepers = Keepers(config.namespace, config.keepers, node=node_id)
         self._store = config.store()
         self._said: dict[str, Progress] = {}  # progress not yet written, by task id
         self._saying: asyncio.Task | None = None
@@ -150,7 +153,11 @@ class Executor:
             check_every_s=config.recovery_check_s,
         )
         # The consumers of this node hand tasks over by socket (see raylane.actors.handover).
-        self._channel = ChannelServer(self.start_many, node_id, self._lease.incarnation)
+        self._channel = ChannelServer(
+            {START_MANY: serving(self.start_many), CLAIM_ANSWER: Method(asked_attempt, self._answer_of)},
+            node_id,
+            self._lease.incarnation,
+        )
         self._cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._runs = Runs(
             actor=ray.get_runtime_context().current_actor,
@@ -176,19 +183,35 @@ class Executor:
                 asyncio.create_task(self._lease.heartbeat_loop()),
                 asyncio.create_task(self._recovery.loop()),
             ]
+        await self._open_channel()
         if self._restarted:
             await self.warm_workers()
         return self._lease.incarnation
+
+    async def claim_answer(self, task_id: str, attempt: int) -> bool:
+        """Whether the claim of ``task_id``'s attempt, whose Ray task started ahead of it, was
+        accepted; answered once the keeper has. The worker of a claim sent over a keeper's
+        channel waits for this (by this executor's socket when on its node), where it would wait
+        for the keeper's reply to a Ray call."""
+        return await self._runs.claim_answer(task_id, attempt)
+
+    async def _answer_of(self, attempt: tuple[str, int]) -> bool:
+        return await self._runs.claim_answer(*attempt)
 
     async def local_channel(self) -> ChannelAddress | None:
         """Where the consumers of this executor's node hand tasks over by socket, with the token
         they present; None if the socket cannot be made here (they use this actor's calls)."""
         await self.ensure_running()
+        return await self._open_channel()
+
+    async def _open_channel(self) -> ChannelAddress | None:
+        """Listen on this executor's socket (idempotent); its address, which the workers of this
+        node also use to ask for their claims' answers."""
         try:
-            return await self._channel.start()
+            self._runs.channel = await self._channel.start()
         except OSError as e:
-            log.warning("no hand-over socket (consumers call the actor instead): %r", e)
-            return None
+            log.warning("no channel socket (consumers and workers call the actor instead): %r", e)
+        return self._runs.channel
 
     async def warm_workers(self) -> None:
         """Start the warm-up of this node's Ray workers (``WARM_PER_CPU`` per CPU) unless begun,
@@ -442,7 +465,7 @@ class Executor:
             key = (unit[0].id, unit[0].attempt)
             if len(unit) == 1 and not self._started_here(unit[0]) and key not in self._gated:
                 self._gated[key] = asyncio.get_running_loop().create_future()
-                decisions[u] = self._runs.launch_gated(unit[0], records[u][0], gates[u])
+                decisions[u] = self._runs.launch_gated(unit[0], records[u][0], gates[u], self._gated[key])
         self.stats["ahead"] += len(decisions)
         return decisions
 

@@ -2,7 +2,9 @@
 that owns its task (``keeper_of``), and answers come back in the order asked.
 
 With ``RAYLANE_KEEPERS`` = K, no single keeper is on every task's path: each writes, times out
-and answers waits for about 1/K of the tasks.
+and answers waits for about 1/K of the tasks. A caller that names its node sends its claims and
+writes to the keepers of that node over their channels (``raylane.actors.channel``), and to the
+others by Ray calls.
 """
 
 from __future__ import annotations
@@ -14,21 +16,101 @@ from typing import Any
 
 import ray
 
+from raylane.actors.channel import ChannelClosed, Link, Method
 from raylane.actors.taskbook import WaitAnswer
+from raylane.actors.worker import ATTEMPT_OPEN, Gate, asked_attempt
 from raylane.models import PackedRecord, TaskRecord, WriteOutcome
 from raylane.protocol import keeper_name, keeper_of
+from raylane.states import TaskState
 
-# A claim's answer as a worker waits for it: a keeper's answer to a claim call (its reference,
-# alone in a list), the place of the worker's task in it, and that keeper (see ``worker.invoke``).
-Gate = tuple[list, int, Any]
+CLAIM, WRITE = "claim", "write"
+_CONNECT_EVERY_S = 5.0  # how often a caller without a channel to a keeper of its node tries again
+# The types of a packed record's fields, in order, as they cross a channel.
+_FIELDS: tuple[type | tuple[type, ...], ...] = (
+    str,
+    int,
+    str,
+    int,
+    bool,
+    str,
+    str,
+    (float, int, type(None)),
+    str,
+    (str, type(None)),
+    (float, int),
+    bool,
+    (str, type(None)),
+)
+
+
+def _row(p: PackedRecord) -> list:
+    return [
+        p.id,
+        p.version,
+        p.state.value,
+        p.attempt,
+        p.will_retry,
+        p.name,
+        p.queue,
+        p.timeout_s,
+        p.doc.decode(),
+        p.lease_owner,
+        p.wait_s,
+        p.in_workflow,
+        p.tenant,
+    ]
+
+
+def _records(body: Any) -> list[PackedRecord]:
+    """The packed records of a channel request (``TypeError``/``ValueError`` for what no caller sends)."""
+    if not isinstance(body, list):
+        raise TypeError("a keeper's channel takes a list of records")
+    out = []
+    for row in body:
+        if not isinstance(row, list) or len(row) != len(_FIELDS):
+            raise TypeError("a record crosses as a list of its fields")
+        if not all(isinstance(v, t) for v, t in zip(row, _FIELDS, strict=True)):
+            raise TypeError("a record's field is of the wrong type")
+        out.append(PackedRecord._make([*row[:2], TaskState(row[2]), *row[3:8], row[8].encode(), *row[9:]]))
+    return out
+
+
+def keeper_methods(keeper: Any) -> dict[str, Method]:
+    """The channel methods of a StatusKeeper: its ``claim`` and ``write`` (answering outcomes as
+    lists), and ``attempt_open``, which gated workers of its node ask."""
+
+    def answering(run: Any) -> Any:
+        async def answered(records: list[PackedRecord]) -> list[list]:
+            return [list(o) for o in await run(records)]
+
+        return answered
+
+    async def attempt_open(attempt: tuple[str, int]) -> bool:
+        return keeper.attempt_open(*attempt)
+
+    return {
+        CLAIM: Method(_records, answering(keeper.claim)),
+        WRITE: Method(_records, answering(keeper.write)),
+        ATTEMPT_OPEN: Method(asked_attempt, attempt_open),
+    }
+
+
+def _channel_of(keeper: Any) -> Any:
+    return lambda: keeper.local_channel.remote()
 
 
 class Keepers:
     """Routes writes, claims and waits to the keepers that own the tasks."""
 
-    def __init__(self, namespace: str, keepers: int):
+    def __init__(self, namespace: str, keepers: int, node: str | None = None):
         self.count = keepers
         self.handles: list[Any] = [ray.get_actor(keeper_name(i), namespace=namespace) for i in range(keepers)]
+        # With ``node``, the keepers on it are called over their channels.
+        self._links = (
+            [Link(_channel_of(h), node, keeper_name(i), _CONNECT_EVERY_S) for i, h in enumerate(self.handles)]
+            if node
+            else None
+        )
 
     def of(self, task_id: str) -> Any:
         """The handle of the keeper that owns ``task_id``."""
@@ -43,11 +125,33 @@ class Keepers:
 
     def _send(self, method: str, records: Sequence[TaskRecord | PackedRecord]) -> tuple[dict[int, list[int]], list]:
         """Call ``method`` of each owning keeper with its records: the positions sent to each, and
-        the calls' references in the same order."""
+        the calls' answers (Ray references, or awaitables of a channel's) in the same order."""
         packed = [PackedRecord.of(r) for r in records]
         by = {0: list(range(len(packed)))} if self.count == 1 else self._split([p.id for p in packed])
-        refs = [getattr(self.handles[k], method).remote([packed[i] for i in idx]) for k, idx in by.items()]
-        return by, refs
+        return by, [self._call(k, method, [packed[i] for i in idx]) for k, idx in by.items()]
+
+    def _call(self, k: int, method: str, records: list[PackedRecord]) -> Any:
+        """Send ``records`` to keeper ``k``'s ``method`` now: over its channel if open, else by Ray."""
+        client = self._links[k].client() if self._links else None
+        if client is not None:
+            with contextlib.suppress(ChannelClosed):
+                return self._by_channel(client.call(method, [_row(r) for r in records]), k, method, records)
+        return getattr(self.handles[k], method).remote(records)
+
+    async def _by_channel(
+        self, sent: asyncio.Future, k: int, method: str, records: list[PackedRecord]
+    ) -> list[WriteOutcome]:
+        try:
+            return [WriteOutcome(*row) for row in await sent]
+        except ChannelClosed:
+            # Whether the keeper took them is unknown; a versioned write made twice is taken at
+            # most once, and the Ray call says whether the keeper is gone.
+            return await getattr(self.handles[k], method).remote(records)
+
+    async def close(self) -> None:
+        """End the channels to this node's keepers."""
+        for link in self._links or []:
+            await link.close()
 
     @staticmethod
     async def _gathered(by: dict[int, list[int]], refs: list) -> list[WriteOutcome]:
@@ -63,12 +167,12 @@ class Keepers:
 
     async def write(self, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
         """Versioned writes through the owning keepers; one outcome per record, in order."""
-        return await self._routed("write", records)
+        return await self._routed(WRITE, records)
 
     def write_sent(self, records: Sequence[TaskRecord | PackedRecord]) -> asyncio.Task[list[WriteOutcome]]:
         """``write``, with the calls sent before this returns: what the caller does next (a produce)
         starts after the writes are on their way to the keepers."""
-        by, refs = self._send("write", records)
+        by, refs = self._send(WRITE, records)
         return asyncio.ensure_future(self._gathered(by, refs))
 
     def claim_gated(
@@ -77,13 +181,15 @@ class Keepers:
         """RUNNING writes through the owning keepers (which then watch each task's deadline), sent
         now: for each record, the gate a worker may wait on (the reference of its keeper's answer,
         and the record's place in it), and the answers, to be awaited."""
-        by, refs = self._send("claim", records)
-        gates: list[Gate] = [([], 0, None)] * len(records)
-        for (k, idx), ref in zip(by.items(), refs, strict=True):
+        by, answers = self._send(CLAIM, records)
+        gates: list[Gate] = [([], 0, None, None)] * len(records)
+        for (k, idx), answer in zip(by.items(), answers, strict=True):
+            # The reference in a list, so that Ray does not wait for it before the task starts.
+            ref = [answer] if isinstance(answer, ray.ObjectRef) else []
+            address = self._links[k].address if self._links else None
             for place, i in enumerate(idx):
-                # The reference in a list, so that Ray does not wait for it before the task starts.
-                gates[i] = ([ref], place, self.handles[k])
-        return gates, self._gathered(by, refs)
+                gates[i] = (ref, place, self.handles[k], address)
+        return gates, self._gathered(by, answers)
 
     async def wait_any(
         self, task_ids: list[str], timeout_s: float, tenant: str | None = None, unknown_first: bool = False

@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from ray.exceptions import RayActorError
 
 from raylane import registry
-from raylane.actors.handover import ChannelClient, ChannelClosed
+from raylane.actors.channel import ChannelClosed, Link
+from raylane.actors.handover import hand_over
 from raylane.actors.keepers import Keepers
 from raylane.actors.metrics import ConsumerMetrics
 from raylane.errors import InvalidSignature, RaylaneError, ServiceUnavailable, UnknownTaskName
@@ -115,10 +116,13 @@ class QueueConsumer:
             "commits": 0,
             "handed_by_socket": 0,
         }
-        self._node = ray.get_runtime_context().get_node_id()
-        self._channel: ChannelClient | None = None
-        self._connecting: asyncio.Task | None = None
-        self._connect_tried = -_CONNECT_EVERY_S
+        # The executor of this node is handed batches by its socket (see raylane.actors.handover).
+        self._link = Link(
+            lambda: self._executor.local_channel.remote(),
+            ray.get_runtime_context().get_node_id(),
+            f"the executor of consumer {index}",
+            _CONNECT_EVERY_S,
+        )
 
     async def ensure_running(self, members: int | None = None) -> bool:
         """Start the poll loop if it is not running (idempotent); True when it runs. With ``members``,
@@ -156,7 +160,7 @@ class QueueConsumer:
                 await asyncio.sleep(backoff_s(3, cap_s=1.0))
 
     async def _step(self) -> None:
-        self._connect_soon()  # at start, and again after the executor restarted, say
+        self._link.client()  # connects at start, and again after the executor restarted, say
         window = self.config.max_in_flight
         room = window - len(self._held) + min(len(self._parked), window)
         if room <= 0 and self._reader is not None and await asyncio.to_thread(self._reader.urgent):
@@ -477,9 +481,10 @@ class QueueConsumer:
     def _send(self, payload: list[bytes], read_at: float) -> Awaitable[list[HandOffResult]]:
         """Send a batch to the executor now, by its socket when connected (see
         raylane.actors.handover), else by an actor call; the answer is to be awaited."""
-        if self._channel is not None and self._connected():
+        client = self._link.client()
+        if client is not None:
             with contextlib.suppress(ChannelClosed):
-                answer = self._channel.send(payload, read_at)
+                answer = hand_over(client, payload, read_at)
                 self.stats["handed_by_socket"] += len(payload)
                 return self._socket_answer(answer, payload, read_at)
         return self._executor.start_many.remote(payload, read_at)
@@ -493,33 +498,6 @@ class QueueConsumer:
             # Whether the executor took the batch is unknown; the actor call hands it over again
             # (a message handed twice is claimed at most once) and says whether the executor is gone.
             return await self._executor.start_many.remote(payload, read_at)
-
-    def _connect_soon(self) -> None:
-        """Connect to the executor's hand-over socket in the background, unless connected, being
-        connected, or tried within ``_CONNECT_EVERY_S``."""
-        if self._connected():
-            return
-        if self._connecting is not None and not self._connecting.done():
-            return
-        if time.monotonic() - self._connect_tried < _CONNECT_EVERY_S:
-            return
-        self._connect_tried = time.monotonic()
-        self._connecting = asyncio.create_task(self._connect())
-
-    def _connected(self) -> bool:
-        """Whether batches go to the executor by its socket."""
-        return self._channel is not None and not self._channel.closed
-
-    async def _connect(self) -> None:
-        try:
-            address = await self._executor.local_channel.remote()
-            if address is None or address.node != self._node:
-                return  # an executor on another node is called
-            old, self._channel = self._channel, await ChannelClient.connect(address)
-            if old is not None:
-                await old.close()
-        except Exception as e:  # the actor call serves meanwhile
-            log.info("consumer %d: no hand-over socket to the executor yet: %r", self.index, e)
 
     async def _dead_letter(
         self, item: Consumed, reason: str, msg: TaskMessage | None = None, error_type: str = "DeadLettered"
@@ -573,8 +551,8 @@ class QueueConsumer:
         """Counters: consumed, dead-lettered, started, skipped, errors, commits, handed by socket;
         and now: messages in flight, and how batches go to the executor (``hand_over``: "socket"
         or "actor call")."""
-        hand_over = "socket" if self._connected() else "actor call"
-        return dict(self.stats, in_flight=len(self._held), hand_over=hand_over)
+        way = "socket" if self._link.connected else "actor call"
+        return dict(self.stats, in_flight=len(self._held), hand_over=way)
 
     async def partitions(self) -> list[dict]:
         """The partitions this consumer reads: topic, partition, position, end, lag, paused."""

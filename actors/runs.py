@@ -16,6 +16,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayError
 
+from raylane.actors.channel import ChannelAddress
 from raylane.actors.common import Background, PrioritySlots
 from raylane.actors.fencing import FENCE_MARGIN_S
 from raylane.actors.finishing import Finisher
@@ -74,6 +75,11 @@ class Runs:
         # (id, attempt) of lone Ray tasks started ahead of their claim whose executor has not yet
         # judged the claim: their workers hold the function back, and they run only if judged ours.
         self._undecided: set[tuple[str, int]] = set()
+        # (id, attempt) of those Ray tasks -> whether their claim was accepted, as the executor
+        # judges it, for workers whose claim went by a keeper's channel (they ask for it; see
+        # ``worker.invoke``). Kept until the Ray task ends.
+        self._answers: dict[tuple[str, int], asyncio.Future] = {}
+        self.channel: ChannelAddress | None = None  # the executor's socket, once it listens
         self._member_times = MemberTimes()  # sizes each group's first grant
 
     def running_now(self) -> int:
@@ -110,33 +116,44 @@ class Runs:
                 self._groups[msg.id] = group
             self._background.spawn(self._run_group(group))
 
-    def launch_gated(self, msg: TaskMessage, running: TaskRecord, gate: Gate) -> asyncio.Future:
+    def launch_gated(self, msg: TaskMessage, running: TaskRecord, gate: Gate, answer: asyncio.Future) -> asyncio.Future:
         """Start ``msg``'s task alone in a run slot (already taken) while its claim is in flight: the
-        worker runs the function only once the claim is accepted (``gate``). Returns the future
-        the executor resolves once it has judged the claim: with the RUNNING record if the task is
-        this executor's to run, with None if not."""
+        worker runs the function only once the claim is accepted (``gate``, or ``answer``, which
+        the executor resolves with whether it was). Returns the future the executor resolves once
+        it has judged the claim: with the RUNNING record if the task is this executor's to run,
+        with None if not."""
         decided: asyncio.Future = asyncio.get_running_loop().create_future()
         key = (msg.id, msg.attempt)
         self._undecided.add(key)
         decided.add_done_callback(lambda _: self._undecided.discard(key))
+        self._answers[key] = answer
         ref = self._submit(msg, gate)
         if isinstance(ref, Exception):
-            self._background.spawn(self._fail_gated(ref, decided))
+            self._background.spawn(self._fail_gated(key, ref, decided))
         else:
             self._background.spawn(self._finish_gated(msg, ref, decided))
         return decided
 
-    async def _fail_gated(self, error: Exception, decided: asyncio.Future) -> None:
+    async def claim_answer(self, task_id: str, attempt: int) -> bool:
+        """Whether the claim of ``task_id``'s attempt, started ahead of it, was accepted: what its
+        worker waits for. False for an attempt not started so here (its worker, if any, does
+        not run the function, and the executor decides what follows)."""
+        answer = self._answers.get((task_id, attempt))
+        return answer is not None and bool(await asyncio.shield(answer))
+
+    async def _fail_gated(self, key: tuple[str, int], error: Exception, decided: asyncio.Future) -> None:
         # Ray refused the task: if the claim is ours, the task fails as a refused launch does.
         try:
             claimed = await decided
             if claimed is not None:
                 await self._record_launch_failure(claimed, error)
         finally:
+            self._answers.pop(key, None)
             self._slots.release()
 
     async def _finish_gated(self, msg: TaskMessage, ref: ray.ObjectRef, decided: asyncio.Future) -> None:
         reply = await self._reply(msg.id, ref)
+        self._answers.pop((msg.id, msg.attempt), None)  # its worker asked already, if it ever will
         claimed = await decided
         if claimed is None:  # not this executor's: its worker did not start the function
             self._slots.release()
@@ -165,6 +182,7 @@ class Runs:
                 msg.soft_timeout_s,
                 (self._actor, msg.id, msg.attempt),
                 gate,
+                self.channel if gate is not None else None,
             )
         except Exception as e:  # e.g. resources Ray refuses
             return e

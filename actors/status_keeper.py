@@ -18,10 +18,11 @@ from typing import Any
 
 import ray
 
+from raylane.actors.channel import ChannelAddress, ChannelServer
 from raylane.actors.common import Background, GroupCommit
 from raylane.actors.fencing import HEARTBEAT_EVERY_S, LeaseObserver
 from raylane.actors.gates import Gates
-from raylane.actors.keepers import Keepers
+from raylane.actors.keepers import Keepers, keeper_methods
 from raylane.actors.metrics import KeeperMetrics
 from raylane.actors.scheduler import Scheduler
 from raylane.actors.taskbook import TaskBook, WaitAnswer, Waiter
@@ -104,6 +105,21 @@ class StatusKeeper:
             "forged": 0,  # SCHEDULED records found at a start without the cluster's seal, ended
         }
         self.metrics = KeeperMetrics()
+        # The executors of this node send claims and ends by socket (see raylane.actors.channel);
+        # it is made when first asked for.
+        self._channel: ChannelServer | None = None
+
+    async def local_channel(self) -> ChannelAddress | None:
+        """Where the executors of this keeper's node send claims and writes by socket, with the
+        token they present; None if the socket cannot be made here (they call this actor)."""
+        if self._channel is None:
+            node = ray.get_runtime_context().get_node_id()
+            self._channel = ChannelServer(keeper_methods(self), node, f"StatusKeeper-{self.index}")
+        try:
+            return await self._channel.start()
+        except OSError as e:
+            log.warning("no channel socket (executors call the actor instead): %r", e)
+            return None
 
     def _ensure_loops(self) -> None:
         if self._deadline_task is None or self._deadline_task.done():

@@ -15,12 +15,13 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import ray
 
 from raylane import progress_reports, registry
+from raylane.actors.channel import ChannelAddress, ChannelClosed, call_once
 from raylane.actors.fencing import LeaseLapsed, worker_fence
 from raylane.actors.grouping import MOVE_AFTER_S, next_grant
 from raylane.actors.interrupts import wakeable
@@ -46,6 +47,13 @@ NOT_CLAIMED = Reply.failure("NotClaimed", "the claim was not accepted; the task 
 # The reply of an attempt whose claim was accepted but which its keeper had ended (cancelled,
 # timed out, or superseded) by the time its worker came to start it: the function did not run.
 ENDED_UNSTARTED = Reply.failure("TaskCancelledError", "the attempt ended before its worker could start it")
+CLAIM_ANSWER = "claim_answer"  # the executor's channel method a gated worker asks
+ATTEMPT_OPEN = "attempt_open"  # ... and the keeper's
+# A claim's answer as a worker waits for it: a keeper's answer to a claim call (its reference,
+# alone in a list), the place of the worker's task in it, that keeper, and the keeper's socket
+# if the executor reached it by one (see ``Keepers.claim_gated``). A claim sent over the keeper's
+# socket has no reference (an empty list): its worker asks its executor, which passes it on.
+Gate = tuple[list, int, Any, "ChannelAddress | None"]
 # A worker that waited this long for its claim's answer heard it late (its executor was slow to
 # pass it on, or frozen), and asks the task's keeper whether the attempt is still open.
 GATE_LATE_S = 1.0
@@ -83,10 +91,15 @@ def off_main_get(refs: Any) -> Any:
     often in a new worker process: under load, a worker waiting for its claim's answer or a
     group's grant would crowd its node with workers. Waiting here holds the CPU (the wait is
     short), and a cancel's interrupt still reaches the main thread."""
+    return _getter_pool().submit(ray.get, refs).result()
+
+
+def _getter_pool() -> ThreadPoolExecutor:
+    """The threads a worker waits in, off its main thread (see ``off_main_get``)."""
     global _getter
     if _getter is None:
         _getter = ThreadPoolExecutor(max_workers=2, thread_name_prefix="raylane-get")
-    return _getter.submit(ray.get, refs).result()
+    return _getter
 
 
 def invoke(
@@ -97,7 +110,8 @@ def invoke(
     lease: Lease | None = None,
     soft_timeout_s: float | None = None,
     task: tuple[Any, str, int] | None = None,
-    gate: tuple[list, int, Any] | None = None,
+    gate: Gate | None = None,
+    channel: ChannelAddress | None = None,
 ) -> Reply:
     """Run a registered task in this Ray worker; the reply holds the result or the error.
     A result that cannot be stored (not JSON, too deep, over ``limits.max_result_bytes``) fails
@@ -106,10 +120,11 @@ def invoke(
     with ``soft_timeout_s``, ``SoftTimeLimitExceeded`` is raised in it after that long. With
     ``task`` (its executor, id and attempt), ``raylane.progress`` reports to that executor.
     With ``gate`` (see ``Keepers.claim_gated``), the Ray task was started while its claim was in
-    flight: the function runs only once that claim is accepted, else ``NOT_CLAIMED`` comes back."""
+    flight: the function runs only once that claim is accepted, else ``NOT_CLAIMED`` comes back.
+    ``channel``: the executor's socket, where a worker on its node asks for that answer."""
     limits = limits or Limits()
     if gate is not None:
-        reply = _pass_gate(gate, task)
+        reply = _pass_gate(gate, task, channel)
         return reply or invoke(name, args, kwargs, limits, lease, soft_timeout_s, task)
     if lease is not None:
         try:
@@ -158,7 +173,7 @@ def warm() -> None:
 remote_warm = ray.remote(num_cpus=0, max_retries=0)(warm)
 
 
-def _pass_gate(gate: tuple[list, int, Any], task: tuple[Any, str, int] | None) -> Reply | None:
+def _pass_gate(gate: Gate, task: tuple[Any, str, int] | None, channel: ChannelAddress | None = None) -> Reply | None:
     """Wait for the answer to the claim of this worker's task: None if the function may start,
     else the reply that says why not.
 
@@ -166,33 +181,83 @@ def _pass_gate(gate: tuple[list, int, Any], task: tuple[Any, str, int] | None) -
     cancel was written (it waited for a CPU while its executor was frozen or slow) could hear
     the answer before its executor gets to the kill. So the task's keeper, which wrote the
     cancel, is asked too, beside the answer (no wait added); and again after it if the answer
-    came late (``GATE_LATE_S``), since a cancel may have been written in between."""
-    [answer], place, keeper = gate
+    came late (``GATE_LATE_S``), since a cancel may have been written in between. Both are
+    asked by socket when their actor is on this worker's node (``channel`` is the executor's,
+    the gate's last field the keeper's)."""
+    answers, place, keeper, keeper_channel = gate
     asked = time.monotonic()
-    opened = _attempt_open(keeper, task)
+    opened = _attempt_open(keeper, keeper_channel, task)
     try:
-        accepted = off_main_get(answer)[place].accepted
+        if answers:
+            accepted = off_main_get(answers[0])[place].accepted
+        else:  # the claim went by the keeper's channel: the executor passes its answer on
+            accepted = _getter_pool().submit(_answer_from_executor, task, channel).result()
     except Exception:  # the claim's call failed: whether it was written is not known here
         accepted = False
     if not accepted:
         return NOT_CLAIMED
     if opened is not None and time.monotonic() - asked >= GATE_LATE_S:
-        opened = _attempt_open(keeper, task)
+        opened = _attempt_open(keeper, keeper_channel, task)
     if opened is None or _is_open(opened):
         return None
     return ENDED_UNSTARTED
 
 
-def _attempt_open(keeper: Any, task: tuple[Any, str, int] | None) -> ray.ObjectRef | None:
+def asked_attempt(body: Any) -> tuple[str, int]:
+    """What a gated worker's question over a channel names: a task id and its attempt (``TypeError``
+    for anything else)."""
+    task_id, attempt = body
+    if not isinstance(task_id, str) or not isinstance(attempt, int):
+        raise TypeError("an attempt is named by its task id and number")
+    return task_id, attempt
+
+
+def _local(channel: ChannelAddress | None) -> bool:
+    """Whether ``channel`` is an actor's socket on this worker's node."""
+    global _node
+    if channel is None:
+        return False
+    if _node is None:
+        _node = ray.get_runtime_context().get_node_id()
+    return channel.node == _node
+
+
+_node: str | None = None
+
+
+def _answer_from_executor(task: tuple[Any, str, int] | None, channel: ChannelAddress | None) -> bool:
+    """The executor's word on whether this worker's claim was accepted: by its socket when this
+    worker is on its node (and the socket answers), else by a Ray call."""
+    if task is None:
+        return False
+    executor, task_id, attempt = task
+    if _local(channel):
+        assert channel is not None
+        with contextlib.suppress(ChannelClosed):  # the executor restarted, say: its Ray call says
+            return bool(call_once(channel, CLAIM_ANSWER, [task_id, attempt]))
+    return bool(ray.get(executor.claim_answer.remote(task_id, attempt)))
+
+
+def _attempt_open(
+    keeper: Any, keeper_channel: ChannelAddress | None, task: tuple[Any, str, int] | None
+) -> Future | None:
+    """Ask the task's keeper, in the background, whether its attempt may still start."""
     if keeper is None or task is None:
         return None
-    _, task_id, attempt = task
-    return keeper.attempt_open.remote(task_id, attempt)
+    return _getter_pool().submit(_ask_open, keeper, keeper_channel, task[1], task[2])
 
 
-def _is_open(opened: ray.ObjectRef) -> bool:
+def _ask_open(keeper: Any, keeper_channel: ChannelAddress | None, task_id: str, attempt: int) -> bool:
+    if _local(keeper_channel):
+        assert keeper_channel is not None
+        with contextlib.suppress(ChannelClosed):
+            return bool(call_once(keeper_channel, ATTEMPT_OPEN, [task_id, attempt]))
+    return bool(ray.get(keeper.attempt_open.remote(task_id, attempt)))
+
+
+def _is_open(opened: Future) -> bool:
     try:
-        return bool(off_main_get(opened))
+        return bool(opened.result())
     except Exception:  # the keeper cannot say: the claim's answer stands, and the fence still holds
         return True
 

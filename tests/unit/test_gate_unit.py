@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from raylane.actors import worker
-from raylane.actors.worker import ENDED_UNSTARTED, GATE_LATE_S, NOT_CLAIMED, _pass_gate
+from raylane.actors.channel import ChannelAddress, ChannelClosed
+from raylane.actors.worker import ATTEMPT_OPEN, CLAIM_ANSWER, ENDED_UNSTARTED, GATE_LATE_S, NOT_CLAIMED, _pass_gate
 
 
 class _Keeper:
@@ -39,8 +40,8 @@ def fake_ray(monkeypatch):
     return clock
 
 
-def _gate(accepted: bool, keeper: _Keeper | None) -> tuple[list, int, object]:
-    return ([[SimpleNamespace(accepted=accepted)]], 0, keeper)
+def _gate(accepted: bool, keeper: _Keeper | None) -> tuple[list, int, object, None]:
+    return ([[SimpleNamespace(accepted=accepted)]], 0, keeper, None)
 
 
 TASK = (object(), "t" * 32, 0)
@@ -71,3 +72,74 @@ def test_an_answer_heard_late_is_checked_again(fake_ray):
 
 def test_a_gate_without_a_keeper_follows_the_claim_alone(fake_ray):
     assert _pass_gate(_gate(True, None), TASK) is None
+
+
+class _Executor:
+    """An executor whose word on a claim is ``accepted`` (``executor.claim_answer.remote(...)``)."""
+
+    def __init__(self, accepted: bool):
+        self.accepted, self.asked = accepted, 0
+        self.claim_answer = self
+
+    def remote(self, task_id: str, attempt: int) -> bool:
+        self.asked += 1
+        return self.accepted
+
+
+@pytest.mark.parametrize("accepted", [True, False])
+def test_a_claim_sent_by_a_keepers_channel_is_answered_by_the_executor(fake_ray, accepted):
+    executor, keeper = _Executor(accepted), _Keeper(open_for=1)
+    task = (executor, "t" * 32, 0)
+    assert _pass_gate(([], 0, keeper, None), task) == (None if accepted else NOT_CLAIMED)
+    assert executor.asked == 1
+
+
+@pytest.fixture
+def sockets(monkeypatch):
+    """``call_once`` replaced: what was asked of which socket, answered from ``answers``; a socket
+    named in ``closed`` is closed."""
+    asked: list[tuple[str, str, list]] = []
+    state = SimpleNamespace(asked=asked, answers={CLAIM_ANSWER: True, ATTEMPT_OPEN: True}, closed=set())
+
+    def call_once(address, method, body):
+        asked.append((address.path, method, body))
+        if address.path in state.closed:
+            raise ChannelClosed("closed")
+        return state.answers[method]
+
+    monkeypatch.setattr(worker, "call_once", call_once)
+    monkeypatch.setattr(worker, "_node", "node-1")
+    return state
+
+
+EXECUTOR_SOCKET = ChannelAddress("node-1", "/executor.sock", "x")
+KEEPER_SOCKET = ChannelAddress("node-1", "/keeper.sock", "y")
+
+
+def test_a_worker_on_the_node_of_its_executor_and_keeper_asks_both_by_socket(fake_ray, sockets):
+    executor, keeper = _Executor(False), _Keeper(open_for=0)  # their Ray calls would say no
+    task = (executor, "t" * 32, 3)
+    assert _pass_gate(([], 0, keeper, KEEPER_SOCKET), task, EXECUTOR_SOCKET) is None
+    assert sorted(sockets.asked) == [
+        ("/executor.sock", CLAIM_ANSWER, ["t" * 32, 3]),
+        ("/keeper.sock", ATTEMPT_OPEN, ["t" * 32, 3]),
+    ]
+    assert executor.asked == keeper.asked == 0
+
+
+def test_the_sockets_words_stop_the_function_as_the_ray_calls_would(fake_ray, sockets):
+    task = (_Executor(True), "t" * 32, 3)
+    sockets.answers[ATTEMPT_OPEN] = False
+    assert _pass_gate(([], 0, _Keeper(open_for=1), KEEPER_SOCKET), task, EXECUTOR_SOCKET) == ENDED_UNSTARTED
+    sockets.answers[CLAIM_ANSWER] = False
+    assert _pass_gate(([], 0, _Keeper(open_for=1), KEEPER_SOCKET), task, EXECUTOR_SOCKET) == NOT_CLAIMED
+
+
+def test_a_closed_socket_or_one_on_another_node_leaves_the_question_to_ray(fake_ray, sockets):
+    executor, keeper = _Executor(True), _Keeper(open_for=0)
+    task = (executor, "t" * 32, 3)
+    sockets.closed = {"/executor.sock"}
+    elsewhere = KEEPER_SOCKET._replace(node="node-2")
+    assert _pass_gate(([], 0, keeper, elsewhere), task, EXECUTOR_SOCKET) == ENDED_UNSTARTED
+    assert executor.asked == keeper.asked == 1
+    assert [method for _, method, _ in sockets.asked] == [CLAIM_ANSWER]

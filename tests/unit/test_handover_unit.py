@@ -10,14 +10,15 @@ import stat
 import pytest
 from ray.exceptions import ActorUnavailableError, RayActorError
 
-from raylane.actors.handover import (
+from raylane.actors.channel import (
     ChannelAddress,
+    ChannelCallFailed,
     ChannelClient,
     ChannelClosed,
     ChannelServer,
-    HandOverFailed,
     socket_dir,
 )
+from raylane.actors.handover import START_MANY, hand_over, serving
 from raylane.errors import ServiceUnavailable
 from raylane.protocol import HandOff, HandOffResult
 
@@ -48,7 +49,7 @@ def _run(coro):
 
 
 async def _served(executor: FakeExecutor) -> tuple[ChannelServer, ChannelAddress]:
-    server = ChannelServer(executor.start_many, "node-1", f"Executor-0/{os.urandom(4).hex()}")
+    server = ChannelServer({START_MANY: serving(executor.start_many)}, "node-1", f"Executor-0/{os.urandom(4).hex()}")
     return server, await server.start()
 
 
@@ -56,7 +57,7 @@ async def _being_taken(executor: FakeExecutor, messages: list[bytes]):
     """A server, a client, and the answer of ``messages`` sent, once the executor has them."""
     server, address = await _served(executor)
     client = await ChannelClient.connect(address)
-    answer = client.send(messages, None)
+    answer = asyncio.ensure_future(hand_over(client, messages, None))
     while not executor.calls:
         await asyncio.sleep(0.01)
     return server, client, answer
@@ -70,7 +71,7 @@ def test_a_batch_and_its_outcomes_cross_unchanged():
         server, address = await _served(executor)
         client = await ChannelClient.connect(address)
         try:
-            return await client.send(messages, 1234.5)
+            return await hand_over(client, messages, 1234.5)
         finally:
             await client.close()
             await server.close()
@@ -88,8 +89,8 @@ def test_batches_in_flight_together_get_their_own_answers():
         server, address = await _served(executor)
         client = await ChannelClient.connect(address)
         try:
-            slow = client.send([b"slow"], None)
-            fast = client.send([b"refuse-fast", b"fast"], None)
+            slow = asyncio.ensure_future(hand_over(client, [b"slow"], None))
+            fast = asyncio.ensure_future(hand_over(client, [b"refuse-fast", b"fast"], None))
             first = await asyncio.wait({slow, fast}, return_when=asyncio.FIRST_COMPLETED)
             return first[0], fast, await slow, await fast
         finally:
@@ -108,7 +109,7 @@ def test_batches_in_flight_together_get_their_own_answers():
         (ServiceUnavailable("OpenSearch is away"), ServiceUnavailable),
         # A keeper the executor called is down: waited out as an outage, not counted against the batch.
         (ActorUnavailableError("keeper StatusKeeper-2 is away", b"0" * 16), RayActorError),
-        (KeyError("boom"), HandOverFailed),
+        (KeyError("boom"), ChannelCallFailed),
     ],
 )
 def test_a_failure_at_the_executor_is_raised_to_the_consumer(raised, expected):
@@ -116,7 +117,7 @@ def test_a_failure_at_the_executor_is_raised_to_the_consumer(raised, expected):
         server, address = await _served(FakeExecutor(fail=raised))
         client = await ChannelClient.connect(address)
         try:
-            await client.send([b"x"], None)
+            await hand_over(client, [b"x"], None)
         finally:
             await client.close()
             await server.close()
@@ -133,10 +134,10 @@ def test_a_connection_without_the_token_is_closed_and_runs_nothing():
         client = await ChannelClient.connect(address._replace(token="0" * 32))
         try:
             with pytest.raises(ChannelClosed):
-                await client.send([b"x"], None)
+                await hand_over(client, [b"x"], None)
             # Whatever it sends, nothing reaches the executor, and later sends fail at once.
             with pytest.raises(ChannelClosed):
-                client.send([b"y"], None)
+                hand_over(client, [b"y"], None)
         finally:
             await client.close()
             await server.close()
@@ -151,7 +152,10 @@ def test_a_malformed_request_ends_the_connection_and_runs_nothing():
     async def main():
         server, address = await _served(executor)
         reader, writer = await asyncio.open_unix_connection(address.path)
-        for frame in ({"token": address.token}, {"id": 1, "read_at": None, "messages": [1, 2]}):
+        for frame in (
+            {"token": address.token},
+            {"id": 1, "method": START_MANY, "body": {"read_at": None, "messages": [1, 2]}},
+        ):
             body = json.dumps(frame).encode()
             writer.write(len(body).to_bytes(4, "big") + body)
         try:
@@ -189,7 +193,7 @@ def test_a_large_batch_crosses_whole():
         server, address = await _served(executor)
         client = await ChannelClient.connect(address)
         try:
-            return await client.send(messages, None)
+            return await hand_over(client, messages, None)
         finally:
             await client.close()
             await server.close()
