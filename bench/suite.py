@@ -366,25 +366,29 @@ def hop_breakdown(records: dict, got: dict[str, float] | None = None) -> dict[st
 
 
 PATH = (
-    "SDK -> RequestHandler, queue, QueueConsumer -> Executor, the longer of the claim (a call to "
-    "the StatusKeeper with its status write, and its answer on to the waiting worker) and the Ray task, "
-    "Executor -> StatusKeeper, the end's status write, StatusKeeper -> SDK"
+    "SDK -> RequestHandler, queue, QueueConsumer -> Executor (socket), the longer of the claim (a socket "
+    "call to the StatusKeeper with its status write, its answer on to the waiting worker by socket, and the "
+    "worker's reply) and the Ray task, Executor -> StatusKeeper (socket), the end's status write, "
+    "StatusKeeper -> SDK"
 )
 FLOOR_GAP_S = 0.005  # each step on the path follows an idle moment of its actor, not a busy loop
 
 
-def floor_ms(actor_call_ms: float, status_write_ms: float, queue_ms: float, ray_task_ms: float) -> float:
+def floor_ms(
+    actor_call_ms: float, status_write_ms: float, queue_ms: float, ray_task_ms: float, socket_call_ms: float
+) -> float:
     """The least a round trip can take under raylane's design, from its steps each measured
-    alone (an actor message is half a call). One after another on a task's way: the submit
-    (SDK -> RequestHandler); the queue, with the PENDING write beside it; the hand-over
-    (QueueConsumer -> Executor); then the claim and the Ray task side by side (the gated
-    launch), the longer of the two: the claim is a call to the StatusKeeper with its status
-    write, and its answer reaches the worker that waits for it, which then returns its reply
-    (two calls); last, the end (Executor -> StatusKeeper, a status write) and its answer to the
-    SDK's wait, held at that keeper."""
-    half = actor_call_ms / 2
-    claim = 2 * actor_call_ms + status_write_ms
-    return half + queue_ms + half + max(claim, ray_task_ms) + half + status_write_ms + half
+    alone (a message is half a call). One after another on a task's way: the submit (SDK ->
+    RequestHandler, a Ray call); the queue, with the PENDING write beside it; the hand-over
+    (QueueConsumer -> Executor, by the executor's socket); then the claim and the Ray task side
+    by side (the gated launch), the longer of the two: the claim is a socket call to the
+    StatusKeeper with its status write, its answer goes on to the worker that waits for it (by
+    the executor's socket), and the worker's reply comes back as Ray returns it; last, the end
+    (Executor -> StatusKeeper by socket, a status write) and its answer to the SDK's wait,
+    held at that keeper (a Ray call's answer). The actors share a node, as on the local stack."""
+    half, socket_half = actor_call_ms / 2, socket_call_ms / 2
+    claim = socket_call_ms + status_write_ms + socket_half + half
+    return half + queue_ms + socket_half + max(claim, ray_task_ms) + socket_half + status_write_ms + half
 
 
 def _median_ms(step: Callable[[], float | None], n: int, gap_s: float) -> float:
@@ -411,6 +415,7 @@ def bench_floor(n: int) -> dict:
     import ray
     from kafka import KafkaConsumer
 
+    from raylane.actors.channel import ChannelAddress, ChannelServer, Method, call_once
     from raylane.client import _connection
     from raylane.models import PackedRecord, TaskMessage, TaskRecord, new_task_id, utcnow
     from raylane.queue import KafkaTaskQueue
@@ -424,10 +429,21 @@ def bench_floor(n: int) -> dict:
         async def ping(self) -> None:
             return None
 
+        async def channel(self) -> ChannelAddress:
+            async def echo(body: Any) -> Any:
+                return body
+
+            node = ray.get_runtime_context().get_node_id()
+            self.server = ChannelServer({"echo": Method(lambda body: body, echo)}, node, "bench-floor-echo")
+            return await self.server.start()
+
     echo = Echo.remote()  # type: ignore[attr-defined]  # a Ray actor class
     ray.get(echo.ping.remote())
     out["actor_call_ms"] = _r(_median_ms(lambda: ray.get(echo.ping.remote()), n, FLOOR_GAP_S), 2)
     out["actor_call_busy_ms"] = _r(_median_ms(lambda: ray.get(echo.ping.remote()), n, 0), 2)  # back to back
+    # A call by the actor's socket, on a connection of its own each time (as a worker asks it).
+    address = ray.get(echo.channel.remote())
+    out["socket_call_ms"] = _r(_median_ms(lambda: call_once(address, "echo", None), n, FLOOR_GAP_S), 2)
     ray.kill(echo)
 
     @ray.remote
@@ -505,7 +521,8 @@ def bench_floor(n: int) -> dict:
         _delete_topic(topic)
 
     out["path"] = PATH
-    out["floor_ms"] = _r(floor_ms(out["actor_call_ms"], out["status_write_ms"], out["queue_ms"], out["ray_task_ms"]), 1)
+    steps = ("actor_call_ms", "status_write_ms", "queue_ms", "ray_task_ms", "socket_call_ms")
+    out["floor_ms"] = _r(floor_ms(*(out[step] for step in steps)), 1)
     return out
 
 

@@ -8,17 +8,18 @@ from raylane.bench.suite import floor_ms
 
 
 def test_the_claim_and_the_ray_task_overlap_and_the_longer_counts():
-    # submit, hand-over, end and answer: four messages of half a call; the queue; the end's write
-    base = 4 * 1.0 + 3.0 + 5.0
-    # the claim (two calls and a write: 9 ms) is longer than the Ray task (4 ms)
-    assert floor_ms(actor_call_ms=2.0, status_write_ms=5.0, queue_ms=3.0, ray_task_ms=4.0) == pytest.approx(base + 9.0)
+    # submit and answer: two Ray messages of half a call; hand-over and end: two socket messages;
+    # the queue; the end's write
+    base = 2 * 1.0 + 2 * 0.25 + 3.0 + 5.0
+    # the claim (a socket call, a write, a socket message and a Ray message: 7.25 ms) is longer
+    # than the Ray task (4 ms)
+    claim = 0.5 + 5.0 + 0.25 + 1.0
+    assert floor_ms(2.0, 5.0, 3.0, ray_task_ms=4.0, socket_call_ms=0.5) == pytest.approx(base + claim)
     # a Ray task longer than the claim takes its place
-    assert floor_ms(actor_call_ms=2.0, status_write_ms=5.0, queue_ms=3.0, ray_task_ms=12.0) == pytest.approx(
-        base + 12.0
-    )
+    assert floor_ms(2.0, 5.0, 3.0, ray_task_ms=12.0, socket_call_ms=0.5) == pytest.approx(base + 12.0)
 
 
 def test_the_pending_write_is_not_on_the_path():
     # The PENDING write runs beside the queue: only the claim's and the end's writes count.
-    slower_writes = floor_ms(actor_call_ms=2.0, status_write_ms=6.0, queue_ms=3.0, ray_task_ms=4.0)
-    assert slower_writes - floor_ms(2.0, 5.0, 3.0, 4.0) == pytest.approx(2.0)
+    slower_writes = floor_ms(2.0, 6.0, 3.0, 4.0, 0.5)
+    assert slower_writes - floor_ms(2.0, 5.0, 3.0, 4.0, 0.5) == pytest.approx(2.0)
