@@ -8,6 +8,7 @@ has the Executor kill the Ray task of a task that timed out or was cancelled whi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import time
@@ -42,6 +43,9 @@ _PURGE_FIRST_S = 60.0  # after a start, before the first purge (the cluster is b
 _PURGE_EVERY_S = 24 * 3600.0
 CREATED = 201  # the store's status for a write that made its document
 _CLOSE_TRIES = 10
+# How long a claim that made its task's record waits for that task's PENDING write, which was
+# sent before the task's message but may arrive after its claim.
+_OVERTAKEN_GRACE_S = 2.0
 _KILL_STATES = (TaskState.CANCELLED, TaskState.TIMED_OUT)
 
 
@@ -102,12 +106,15 @@ class StatusKeeper:
             "released": 0,
             "purged": 0,
             "unrecorded": 0,  # claims refused because their task had no record
+            "overtaken": 0,  # first PENDING writes that came after their task's claim (it ran)
             "forged": 0,  # SCHEDULED records found at a start without the cluster's seal, ended
         }
         self.metrics = KeeperMetrics()
         # The executors of this node send claims and ends by socket (see raylane.actors.channel);
         # it is made when first asked for.
         self._channel: ChannelServer | None = None
+        # Task ids whose claim made their record, while this keeper waits for their PENDING write.
+        self._made_by_claim: dict[str, asyncio.Event] = {}
 
     async def local_channel(self) -> ChannelAddress | None:
         """Where the executors of this keeper's node send claims and writes by socket, with the
@@ -232,7 +239,24 @@ class StatusKeeper:
     async def write(self, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
         """Versioned writes of whole records (packed or not); one outcome per record, in order."""
         self._ensure_loops()
-        return await self._writes.submit_many([PackedRecord.of(r) for r in records])
+        packed = [PackedRecord.of(r) for r in records]
+        outcomes = await self._writes.submit_many(packed)
+        return self._overtaken(packed, outcomes) if self._made_by_claim else outcomes
+
+    def _overtaken(self, packed: list[PackedRecord], outcomes: list[WriteOutcome]) -> list[WriteOutcome]:
+        """``outcomes``, with a first PENDING write that lost to its own task's claim, which made the
+        record moments before (see ``_refuse_unrecorded``), counted as accepted: the task is on
+        record, and runs."""
+        out = list(outcomes)
+        for i, (p, o) in enumerate(zip(packed, outcomes, strict=True)):
+            overtaken = self._made_by_claim.get(p.id)
+            if overtaken is None or o.accepted or o.reason != "conflict":
+                continue
+            if p.state is TaskState.PENDING and p.attempt == 0:
+                overtaken.set()
+                self.stats["overtaken"] += 1
+                out[i] = o._replace(accepted=True, reason=None, status=200)
+        return out
 
     async def _flush(self, records: list[PackedRecord]) -> list[WriteOutcome]:
         began = time.perf_counter()
@@ -308,11 +332,15 @@ class StatusKeeper:
     async def _refuse_unrecorded(self, packed: list[PackedRecord], outcomes: list[WriteOutcome]) -> list[WriteOutcome]:
         """Refuse the claims that made their task's record rather than moved it on: the task had
         no record. Its submit failed after its message was sent (the PENDING write and the produce
-        run side by side), or its record was removed; it must not run. The records made so are
-        closed at once, FAILED, in one write, so that no RUNNING record is left that nothing
+        run side by side), or its record was removed; it must not run. (A claim that merely
+        overtook its task's PENDING write is not refused: see ``_not_overtaken``.) The records
+        made so are closed, FAILED, in one write, so that no RUNNING record is left that nothing
         runs, and a PENDING write still on its way loses to it; the claim's answer names the
         reason, so the message is dead-lettered."""
         made = [i for i, o in enumerate(outcomes) if o.accepted and o.status == CREATED]
+        made = await self._not_overtaken([packed[i].id for i in made], made)
+        if not made:
+            return outcomes
         closed = [
             packed[i].unpack().moved_to(TaskState.FAILED, error_type="NotEnqueued", error=UNRECORDED) for i in made
         ]
@@ -331,6 +359,21 @@ class StatusKeeper:
         for i in made:
             out[i] = WriteOutcome(packed[i].id, packed[i].version, accepted=False, reason=UNRECORDED, status=404)
         return out
+
+    async def _not_overtaken(self, ids: list[str], made: list[int]) -> list[int]:
+        """Those of ``made`` (places of claims that made their task's record, ids ``ids``) whose
+        PENDING write does not come within ``_OVERTAKEN_GRACE_S``. The PENDING write runs beside
+        the produce, so a claim whose message came by fast ways (sockets, an idle queue) may
+        reach this keeper before the write does; the write then loses to the claim, which is
+        the task's own (``_overtaken``)."""
+        events = {task_id: self._made_by_claim.setdefault(task_id, asyncio.Event()) for task_id in ids}
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events.values())), _OVERTAKEN_GRACE_S)
+        finally:
+            for task_id in ids:
+                self._made_by_claim.pop(task_id, None)
+        return [i for i, task_id in zip(made, ids, strict=True) if not events[task_id].is_set()]
 
     def attempt_open(self, task_id: str, attempt: int) -> bool:
         """Whether attempt ``attempt`` of ``task_id`` may still start, as far as this keeper knows:

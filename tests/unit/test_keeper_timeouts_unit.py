@@ -8,8 +8,10 @@ from datetime import UTC, datetime
 
 import ray
 
+from raylane.actors import status_keeper
 from raylane.actors.status_keeper import StatusKeeper, _Running
 from raylane.models import PackedRecord, TaskMessage, TaskRecord, new_task_id
+from raylane.protocol import UNRECORDED
 from raylane.states import TaskState
 from tests.memory_actors import NoMetrics, memory_config
 
@@ -198,3 +200,38 @@ def test_a_member_whose_clock_restarts_elsewhere_has_no_begin_until_it_begins_ag
 
     # The restart is when its clock began again, not when it began: no hop claims otherwise.
     assert "began" not in (stored.hops or {})
+
+
+def test_a_claim_that_overtook_its_tasks_pending_write_runs_and_the_submit_stands(monkeypatch):
+    # The PENDING write runs beside the produce: the claim, on fast ways, may reach the keeper first.
+    keeper, _, _ = _keeper(monkeypatch, "claim-overtakes")
+    pending = _pending()
+    running = pending.moved_to(TaskState.RUNNING, lease_owner=OWNER)
+
+    async def main():
+        claim = asyncio.create_task(keeper.claim([running]))
+        while keeper.store.get(running.id) is None:  # the claim made the record
+            await asyncio.sleep(0.001)
+        [written] = await keeper.write([pending])
+        [claimed] = await claim
+        return written, claimed
+
+    written, claimed = asyncio.run(main())
+    assert written.accepted and claimed.accepted
+    stored = keeper.store.get(running.id)
+    assert stored.state is TaskState.RUNNING and stored.version == running.version
+    assert (keeper.stats["unrecorded"], keeper.stats["overtaken"]) == (0, 1)
+
+
+def test_a_claim_whose_task_never_had_a_record_is_refused_and_closed(monkeypatch):
+    keeper, _, _ = _keeper(monkeypatch, "claim-unrecorded")
+    monkeypatch.setattr(status_keeper, "_OVERTAKEN_GRACE_S", 0.05)
+    pending = _pending()
+    running = pending.moved_to(TaskState.RUNNING, lease_owner=OWNER)
+    [claimed] = asyncio.run(keeper.claim([running]))
+    assert not claimed.accepted and claimed.reason == UNRECORDED
+    stored = keeper.store.get(running.id)
+    assert (stored.state, stored.error_type) == (TaskState.FAILED, "NotEnqueued")
+    # A PENDING write coming after the grace loses, as the submit's answer says.
+    [late] = asyncio.run(keeper.write([pending]))
+    assert not late.accepted
