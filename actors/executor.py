@@ -603,8 +603,9 @@ class Executor:
         return self._runs.running_of(task_ids)
 
     async def get_stats(self) -> dict:
-        """Counters: started, skipped (claim rejected), succeeded, failed, discarded results, killed;
-        and now: tasks running, and the Ray tasks they run in (at most ``max_running``)."""
+        """Counters: started, skipped (claim rejected), succeeded, failed, discarded results, killed,
+        claims and ends sent to keepers by socket (``written_by_socket``); and now: tasks running,
+        the Ray tasks they run in (at most ``max_running``), and the keepers reached by socket."""
         return dict(
             self.stats,
             running=self._runs.running_now(),
@@ -613,4 +614,6 @@ class Executor:
             lease_left_s=round(self._lease.remaining(), 3),
             lease_age_s=round(LEASE_TTL_S - self._lease.remaining(), 3),  # since its last renewal began
             max_running=self._max_running,
+            written_by_socket=self._keepers.sent_by_socket,
+            keeper_sockets=self._keepers.sockets,
         )

@@ -105,6 +105,7 @@ class Keepers:
     def __init__(self, namespace: str, keepers: int, node: str | None = None):
         self.count = keepers
         self.handles: list[Any] = [ray.get_actor(keeper_name(i), namespace=namespace) for i in range(keepers)]
+        self.sent_by_socket = 0  # records sent over a keeper's channel
         # With ``node``, the keepers on it are called over their channels.
         self._links = (
             [Link(_channel_of(h), node, keeper_name(i), _CONNECT_EVERY_S) for i, h in enumerate(self.handles)]
@@ -135,7 +136,9 @@ class Keepers:
         client = self._links[k].client() if self._links else None
         if client is not None:
             with contextlib.suppress(ChannelClosed):
-                return self._by_channel(client.call(method, [_row(r) for r in records]), k, method, records)
+                sent = client.call(method, [_row(r) for r in records])
+                self.sent_by_socket += len(records)
+                return self._by_channel(sent, k, method, records)
         return getattr(self.handles[k], method).remote(records)
 
     async def _by_channel(
@@ -147,6 +150,11 @@ class Keepers:
             # Whether the keeper took them is unknown; a versioned write made twice is taken at
             # most once, and the Ray call says whether the keeper is gone.
             return await getattr(self.handles[k], method).remote(records)
+
+    @property
+    def sockets(self) -> int:
+        """How many keepers are called over their channels now."""
+        return sum(link.connected for link in self._links or [])
 
     async def close(self) -> None:
         """End the channels to this node's keepers."""

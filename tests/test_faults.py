@@ -181,6 +181,13 @@ def test_actor_killed_mid_run(rl, store, tmp_path, actor):
         before = consumer()["handed_by_socket"]
         assert work.submit(str(tmp_path), 1001, 0.0).result(timeout=60) == 1001
         assert consumer()["handed_by_socket"] > before
+    if actor == "StatusKeeper":
+        # The executor sends its claims and ends by the restarted keeper's socket again.
+        executor = lambda: actor_stats("raylane")["Executor"]  # noqa: E731
+        wait_until(lambda: executor()["keeper_sockets"] == 1, what="the executor to reach the new keeper socket")
+        before = executor()["written_by_socket"]
+        assert work.submit(str(tmp_path), 1001, 0.0).result(timeout=60) == 1001
+        assert executor()["written_by_socket"] >= before + 2  # its claim and its end
 
 
 def test_workers_killed_mid_run(rl, store, tmp_path):
