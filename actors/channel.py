@@ -32,13 +32,15 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from ray.exceptions import RayActorError
 
 from raylane.errors import QueueUnavailable, ServiceUnavailable, StoreUnavailable
 
 log = logging.getLogger("raylane.channel")
+
+T = TypeVar("T")
 
 _HEADER = struct.Struct(">I")
 _HELLO_MAX_BYTES = 1024  # the first frame holds the token alone: nothing larger is read before it
@@ -279,6 +281,16 @@ class ChannelClient:
         for future in waiting.values():
             if not future.done():
                 future.set_exception(ChannelClosed("the channel closed before the answer"))
+
+
+async def or_by_ray(sent: Awaitable[T], by_ray: Callable[[], Awaitable[T]]) -> T:
+    """The answer of a call sent over a channel; if the connection ended first (whether the call
+    was carried out is unknown), that of the same call made again by Ray, which also says
+    whether the actor is gone. Only for calls that may be made twice."""
+    try:
+        return await sent
+    except ChannelClosed:
+        return await by_ray()
 
 
 def call_once(address: ChannelAddress, method: str, body: Any) -> Any:

@@ -154,7 +154,10 @@ class Executor:
         )
         # The consumers of this node hand tasks over by socket (see raylane.actors.handover).
         self._channel = ChannelServer(
-            {START_MANY: serving(self.start_many), CLAIM_ANSWER: Method(asked_attempt, self._answer_of)},
+            {
+                START_MANY: serving(self.start_many),
+                CLAIM_ANSWER: Method(asked_attempt, lambda a: self._runs.claim_answer(*a)),
+            },
             node_id,
             self._lease.incarnation,
         )
@@ -183,7 +186,7 @@ class Executor:
                 asyncio.create_task(self._lease.heartbeat_loop()),
                 asyncio.create_task(self._recovery.loop()),
             ]
-        await self._open_channel()
+            await self._open_channel()
         if self._restarted:
             await self.warm_workers()
         return self._lease.incarnation
@@ -194,9 +197,6 @@ class Executor:
         channel waits for this (by this executor's socket when on its node), where it would wait
         for the keeper's reply to a Ray call."""
         return await self._runs.claim_answer(task_id, attempt)
-
-    async def _answer_of(self, attempt: tuple[str, int]) -> bool:
-        return await self._runs.claim_answer(*attempt)
 
     async def local_channel(self) -> ChannelAddress | None:
         """Where the consumers of this executor's node hand tasks over by socket, with the token

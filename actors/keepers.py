@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any
 
 import ray
 
-from raylane.actors.channel import ChannelClosed, Link, Method
+from raylane.actors.channel import ChannelClosed, Link, Method, or_by_ray
 from raylane.actors.taskbook import WaitAnswer
 from raylane.actors.worker import ATTEMPT_OPEN, Gate, asked_attempt
 from raylane.models import PackedRecord, TaskRecord, WriteOutcome
@@ -95,6 +95,10 @@ def keeper_methods(keeper: Any) -> dict[str, Method]:
     }
 
 
+async def _outcomes(sent: Awaitable[list[list]]) -> list[WriteOutcome]:
+    return [WriteOutcome(*row) for row in await sent]
+
+
 def _channel_of(keeper: Any) -> Any:
     return lambda: keeper.local_channel.remote()
 
@@ -132,24 +136,17 @@ class Keepers:
         return by, [self._call(k, method, [packed[i] for i in idx]) for k, idx in by.items()]
 
     def _call(self, k: int, method: str, records: list[PackedRecord]) -> Any:
-        """Send ``records`` to keeper ``k``'s ``method`` now: over its channel if open, else by Ray."""
+        """Send ``records`` to keeper ``k``'s ``method`` now: over its channel if open, else by Ray
+        (also when the connection ends before the answer: a versioned write made twice is taken
+        at most once)."""
+        by_ray = lambda: getattr(self.handles[k], method).remote(records)  # noqa: E731
         client = self._links[k].client() if self._links else None
         if client is not None:
             with contextlib.suppress(ChannelClosed):
                 sent = client.call(method, [_row(r) for r in records])
                 self.sent_by_socket += len(records)
-                return self._by_channel(sent, k, method, records)
-        return getattr(self.handles[k], method).remote(records)
-
-    async def _by_channel(
-        self, sent: asyncio.Future, k: int, method: str, records: list[PackedRecord]
-    ) -> list[WriteOutcome]:
-        try:
-            return [WriteOutcome(*row) for row in await sent]
-        except ChannelClosed:
-            # Whether the keeper took them is unknown; a versioned write made twice is taken at
-            # most once, and the Ray call says whether the keeper is gone.
-            return await getattr(self.handles[k], method).remote(records)
+                return or_by_ray(_outcomes(sent), by_ray)
+        return by_ray()
 
     @property
     def sockets(self) -> int:

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from ray.exceptions import RayActorError
 
 from raylane import registry
-from raylane.actors.channel import ChannelClosed, Link
+from raylane.actors.channel import ChannelClosed, Link, or_by_ray
 from raylane.actors.handover import hand_over
 from raylane.actors.keepers import Keepers
 from raylane.actors.metrics import ConsumerMetrics
@@ -480,24 +480,17 @@ class QueueConsumer:
 
     def _send(self, payload: list[bytes], read_at: float) -> Awaitable[list[HandOffResult]]:
         """Send a batch to the executor now, by its socket when connected (see
-        raylane.actors.handover), else by an actor call; the answer is to be awaited."""
+        raylane.actors.handover), else by an actor call; the answer is to be awaited. A batch
+        whose connection ends before its answer is handed over again by the actor call (a
+        message handed twice is claimed at most once)."""
+        by_ray = lambda: self._executor.start_many.remote(payload, read_at)  # noqa: E731
         client = self._link.client()
         if client is not None:
             with contextlib.suppress(ChannelClosed):
                 answer = hand_over(client, payload, read_at)
                 self.stats["handed_by_socket"] += len(payload)
-                return self._socket_answer(answer, payload, read_at)
-        return self._executor.start_many.remote(payload, read_at)
-
-    async def _socket_answer(
-        self, answer: Awaitable[list[HandOffResult]], payload: list[bytes], read_at: float
-    ) -> list[HandOffResult]:
-        try:
-            return await answer
-        except ChannelClosed:
-            # Whether the executor took the batch is unknown; the actor call hands it over again
-            # (a message handed twice is claimed at most once) and says whether the executor is gone.
-            return await self._executor.start_many.remote(payload, read_at)
+                return or_by_ray(answer, by_ray)
+        return by_ray()
 
     async def _dead_letter(
         self, item: Consumed, reason: str, msg: TaskMessage | None = None, error_type: str = "DeadLettered"

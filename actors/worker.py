@@ -191,7 +191,9 @@ def _pass_gate(gate: Gate, task: tuple[Any, str, int] | None, channel: ChannelAd
         if answers:
             accepted = off_main_get(answers[0])[place].accepted
         else:  # the claim went by the keeper's channel: the executor passes its answer on
-            accepted = _getter_pool().submit(_answer_from_executor, task, channel).result()
+            accepted = (
+                task is not None and _getter_pool().submit(_ask, task[0], channel, CLAIM_ANSWER, *task[1:]).result()
+            )
     except Exception:  # the claim's call failed: whether it was written is not known here
         accepted = False
     if not accepted:
@@ -212,11 +214,9 @@ def asked_attempt(body: Any) -> tuple[str, int]:
     return task_id, attempt
 
 
-def _local(channel: ChannelAddress | None) -> bool:
+def _local(channel: ChannelAddress) -> bool:
     """Whether ``channel`` is an actor's socket on this worker's node."""
     global _node
-    if channel is None:
-        return False
     if _node is None:
         _node = ray.get_runtime_context().get_node_id()
     return channel.node == _node
@@ -225,17 +225,14 @@ def _local(channel: ChannelAddress | None) -> bool:
 _node: str | None = None
 
 
-def _answer_from_executor(task: tuple[Any, str, int] | None, channel: ChannelAddress | None) -> bool:
-    """The executor's word on whether this worker's claim was accepted: by its socket when this
-    worker is on its node (and the socket answers), else by a Ray call."""
-    if task is None:
-        return False
-    executor, task_id, attempt = task
-    if _local(channel):
-        assert channel is not None
-        with contextlib.suppress(ChannelClosed):  # the executor restarted, say: its Ray call says
-            return bool(call_once(channel, CLAIM_ANSWER, [task_id, attempt]))
-    return bool(ray.get(executor.claim_answer.remote(task_id, attempt)))
+def _ask(actor: Any, channel: ChannelAddress | None, method: str, task_id: str, attempt: int) -> bool:
+    """Ask ``actor``'s ``method`` (``CLAIM_ANSWER`` or ``ATTEMPT_OPEN``, named alike on its channel
+    and as a Ray method) about this worker's attempt: by its socket when on this worker's node
+    and the socket answers (an actor restarted meanwhile has a new one), else by a Ray call."""
+    if channel is not None and _local(channel):
+        with contextlib.suppress(ChannelClosed):
+            return bool(call_once(channel, method, [task_id, attempt]))
+    return bool(ray.get(getattr(actor, method).remote(task_id, attempt)))
 
 
 def _attempt_open(
@@ -244,15 +241,7 @@ def _attempt_open(
     """Ask the task's keeper, in the background, whether its attempt may still start."""
     if keeper is None or task is None:
         return None
-    return _getter_pool().submit(_ask_open, keeper, keeper_channel, task[1], task[2])
-
-
-def _ask_open(keeper: Any, keeper_channel: ChannelAddress | None, task_id: str, attempt: int) -> bool:
-    if _local(keeper_channel):
-        assert keeper_channel is not None
-        with contextlib.suppress(ChannelClosed):
-            return bool(call_once(keeper_channel, ATTEMPT_OPEN, [task_id, attempt]))
-    return bool(ray.get(keeper.attempt_open.remote(task_id, attempt)))
+    return _getter_pool().submit(_ask, keeper, keeper_channel, ATTEMPT_OPEN, task[1], task[2])
 
 
 def _is_open(opened: Future) -> bool:
