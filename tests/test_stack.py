@@ -34,11 +34,19 @@ def private_stack(settings: Settings, tmp_path_factory):
             ray_dashboard_port=27265,
             ray_metrics_port=27080,
             opensearch_root_dir=settings.opensearch_root_dir.parent / f"{settings.opensearch_root_dir.name}-test",
+            # The smallest heap the settings accept must start: Kafka sizes buffers from it.
+            kafka_heap_mb=_least("kafka_heap_mb"),
         )
     )
     st = LocalStack(private, quiet=True)
     yield st
     st.down(grace_s=10)
+
+
+def _least(field: str) -> int:
+    """The lower bound the settings put on a numeric field."""
+    (bound,) = [m.ge for m in Settings.model_fields[field].metadata if hasattr(m, "ge")]
+    return bound
 
 
 def _stack_processes(st: LocalStack) -> dict[str, list[int]]:

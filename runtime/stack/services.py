@@ -234,6 +234,11 @@ class Kafka(Service):
                     f"share.coordinator.state.topic.min.isr={min_isr}",
                     "group.initial.rebalance.delay.ms=0",
                     "log.retention.hours=168",
+                    # The log cleaner allocates its whole dedupe buffer in the heap at start-up,
+                    # 128 MiB unless told: a broker with a small heap died of it before it listened.
+                    # An eighth of the heap still holds the keys of a few hundred thousand records
+                    # per pass, far more than the compacted offsets topic keeps here.
+                    f"log.cleaner.dedupe.buffer.size={s.kafka_heap_mb * 1024 * 1024 // 8}",
                     "",
                 ]
             )
