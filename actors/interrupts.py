@@ -22,6 +22,10 @@ the signal is ignored.
 
 Where the process already has a wake-up file or a handler for SIGURG of its own (the task's code
 set one), the relay stands aside and the executor's kill after its grace remains the fallback.
+
+A ``KeyboardInterrupt`` is also what a task's own code may raise. The relay's SIGINT handler
+counts the interrupts it turns into one, so ``interrupt_mark`` and ``raised_by_code`` tell the two
+apart: an interrupt that no signal made is the task's own error, recorded as any other.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class _Relay:
         self.main = threading.main_thread().ident
         self.tasks = 0  # tasks running in the main thread (calls may nest: a task calling another)
         self.woken = 0  # wake-ups sent, for tests and stats
+        self.interrupts = 0  # SIGINTs (real or simulated) turned into KeyboardInterrupt by _on_interrupt
         threading.Thread(target=self._relay, daemon=True, name="raylane-interrupt-relay").start()
 
     def _relay(self) -> None:
@@ -90,11 +95,34 @@ def _armed() -> _Relay | None:
         # Ray node started that way passes it on to every worker. Python drops a simulated
         # interrupt while SIGINT is ignored, so each cancel and timeout would end in a kill. The
         # handler is Python's usual one, as Ray expects; Ray's workers block the real signal.
-        if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL):
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        # Ours counts each interrupt before raising it as Python's would (see ``raised_by_code``).
+        if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, signal.default_int_handler):
+            signal.signal(signal.SIGINT, _on_interrupt)
         signal.signal(WAKE_SIGNAL, _ignore)
         _relay = _Relay()
     return _relay if _relay.claim() else None
+
+
+def _on_interrupt(signum: int, frame: object) -> None:
+    """SIGINT's handler in a task's process: Python's usual one, counted."""
+    if _relay is not None:
+        _relay.interrupts += 1
+    raise KeyboardInterrupt
+
+
+def interrupt_mark() -> int | None:
+    """The count of interrupts this process has taken, to pass to ``raised_by_code`` later;
+    None where SIGINT's handler is not ours (nothing is known of where an interrupt came from)."""
+    if _relay is None or signal.getsignal(signal.SIGINT) is not _on_interrupt:
+        return None
+    return _relay.interrupts
+
+
+def raised_by_code(mark: int | None) -> bool:
+    """Whether a ``KeyboardInterrupt`` caught since ``interrupt_mark`` returned ``mark`` was raised by
+    the task's code rather than by an interrupt (a cancel, a timeout, a group's stop): no SIGINT
+    came in between. Unknown counts as an interrupt, as Ray takes every one."""
+    return mark is not None and interrupt_mark() == mark
 
 
 class wakeable:  # lower case: it reads as a function, ``with wakeable():``
@@ -104,10 +132,12 @@ class wakeable:  # lower case: it reads as a function, ``with wakeable():``
 
     __slots__ = ("_relay",)
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> int | None:
+        """Arm the relay; the ``interrupt_mark`` of the body's start."""
         self._relay = _armed()
         if self._relay is not None:
             self._relay.tasks += 1
+        return interrupt_mark()
 
     def __exit__(self, *exc: object) -> None:
         if self._relay is not None:

@@ -24,7 +24,7 @@ from raylane import progress_reports, registry
 from raylane.actors.channel import ChannelAddress, ChannelClosed, call_once
 from raylane.actors.fencing import LeaseLapsed, worker_fence
 from raylane.actors.grouping import MOVE_AFTER_S, next_grant
-from raylane.actors.interrupts import wakeable
+from raylane.actors.interrupts import raised_by_code, wakeable
 from raylane.errors import SoftTimeLimitExceeded
 from raylane.limits import Limits, clip_text, encode_result, writable
 from raylane.models import NOT_STARTED
@@ -142,16 +142,22 @@ def invoke(
         finally:
             progress_reports.ended()
     began = time.time()
+    mark = None
     try:
         defn = registry.load(name)
         args, kwargs = registry.typed_arguments(defn.fn, args, kwargs)
-        with soft_time_limit(soft_timeout_s), wakeable():
+        with soft_time_limit(soft_timeout_s), wakeable() as mark:
             result = call(defn.fn, args, kwargs)
         returned = time.time()
         result = registry.jsonable(result)
         encode_result(result, limits)
         return Reply(True, result, began=began, returned=returned)
-    except Exception as e:  # the task's own error is data for its record
+    except BaseException as e:
+        # The task's own error is data for its record, ``SystemExit`` and a ``KeyboardInterrupt``
+        # it raised itself included: either would otherwise end the worker's process or be taken
+        # by Ray for a cancel. An interrupt that a cancel or timeout sent goes on up.
+        if isinstance(e, KeyboardInterrupt) and not raised_by_code(mark):
+            raise
         returned = time.time()
         try:
             message = str(e)

@@ -4,6 +4,7 @@ typed error, and never stalls or fails the tasks around it."""
 from __future__ import annotations
 
 import concurrent.futures
+import sys
 import time
 import uuid
 
@@ -51,6 +52,10 @@ def make(kind: str) -> object:
         return 10**1000  # JSON, but longer than the 1,000 characters OpenSearch reads in a number
     if kind == "surrogate":
         raise ValueError("half of a pair: \ud800")
+    if kind == "interrupt":
+        raise KeyboardInterrupt("the task's own")  # not a cancel: nobody cancelled it
+    if kind == "exit":
+        sys.exit(3)  # ends the task, not the worker's process
     return kind
 
 
@@ -112,6 +117,8 @@ def test_poison_results_fail_alone_and_ordinary_tasks_go_on(rl):
         "unprintable": "_Unprintable",
         "long-integer": "ResultNotSerializable",
         "surrogate": "ValueError",  # its own error, the surrogate written as \ud800
+        "interrupt": "KeyboardInterrupt",
+        "exit": "SystemExit",
     }
     handles = {}
     ordinary = []
@@ -130,6 +137,7 @@ def test_poison_results_fail_alone_and_ordinary_tasks_go_on(rl):
         assert len(rec.error or "") < 64 * 1024 and len(rec.traceback or "") < 64 * 1024
     assert "RAYLANE_MAX_RESULT_BYTES" in handles["huge"].record().error
     assert handles["surrogate"].record().error == "half of a pair: \\ud800"
+    assert handles["interrupt"].record().state.value == "FAILED"  # not CANCELLED, nor retried as lost
     # Afterwards, nothing is left poisoned: plain submits and writes go through.
     later = make.submit_many([(f"later-{i}",) for i in range(100)])
     assert [h.result(timeout=30) for h in later] == [f"later-{i}" for i in range(100)]
