@@ -282,6 +282,7 @@ _MIGRATION_MARGIN = timedelta(minutes=10)  # writes made this long before a migr
 _MIGRATION_WAIT_S = 600.0  # how long a process waits for another's migration to finish
 
 
+POOL_CONNECTIONS = 8  # connections to OpenSearch a store keeps open for calls made side by side
 SCHEDULE_PAGE = 5000  # control documents read per search when listing schedules
 
 
@@ -371,6 +372,10 @@ class OpenSearchStore(StatusStore):
             max_retries=2,
             retry_on_timeout=True,
             http_compress=False,
+            # Connections kept for reuse. urllib3 keeps one unless told, so each call made beside
+            # another (a keeper's claim beside its writes, a search beside both) opened a new
+            # connection, a TLS handshake on a secure store, and dropped it after.
+            pool_maxsize=POOL_CONNECTIONS,
         )
         self._control_mapped = False
 

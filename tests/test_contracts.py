@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from datetime import UTC, datetime
 
@@ -71,6 +72,27 @@ def test_more_schedules_than_one_search_returns_are_all_listed(opensearch_store)
     listed = store.list_schedules("many")
     assert [s.id for s in listed] == [s.id for s in made]
     assert listed[-1].last_tick == datetime.fromtimestamp(5000 / 1000, UTC)
+
+
+def test_calls_made_side_by_side_keep_their_connections(opensearch_store, caplog):
+    """A keeper searches, reads and writes at once: its store keeps a connection for each call in
+    flight. urllib3 keeps one unless told, so a call beside another opened a connection of its
+    own (a TLS handshake, on a secure store) and dropped it after."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from raylane.store import POOL_CONNECTIONS
+
+    store = opensearch_store
+    pool = store.client.transport.connection_pool.connection.pool  # urllib3's, which counts its connections
+    before = pool.num_connections
+    with (
+        caplog.at_level(logging.WARNING, logger="urllib3.connectionpool"),
+        ThreadPoolExecutor(POOL_CONNECTIONS) as threads,
+    ):
+        found = list(threads.map(lambda i: store.get_many([f"missing-{i}"]), range(40 * POOL_CONNECTIONS)))
+    assert found == [{}] * (40 * POOL_CONNECTIONS)
+    assert pool.num_connections - before <= POOL_CONNECTIONS
+    assert not [r for r in caplog.records if "discarding connection" in r.getMessage()]
 
 
 class TestOpenSearchStore(StoreContract):
