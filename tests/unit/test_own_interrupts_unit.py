@@ -16,6 +16,9 @@ from raylane import registry
 from raylane.actors import worker
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
+async def coroutine_task(kind):
+    raise KeyboardInterrupt("the task's own, from its event loop")
+
 def task(kind):
     if kind == "interrupt":
         raise KeyboardInterrupt("the task's own")
@@ -25,13 +28,13 @@ def task(kind):
         time.sleep(8)
     return kind
 
-registry.load = lambda name: registry.TaskDefinition(name="t.own", fn=task)
+registry.load = lambda name: registry.TaskDefinition(name=name, fn=coroutine_task if name == "t.async" else task)
 out = []
 for kind in KINDS:
     if kind == "sleep":  # a cancel's interrupt, as ray.cancel(force=False) sends it
         threading.Timer(0.2, _thread.interrupt_main).start()
     try:
-        reply = worker.invoke("t.own", [kind], {})
+        reply = worker.invoke("t.async" if kind == "async-interrupt" else "t.own", [kind], {})
         out.append([reply.ok, reply.error_type, list(reply.error_types)])
     except KeyboardInterrupt:
         out.append("interrupted")
@@ -50,6 +53,11 @@ def test_a_keyboard_interrupt_the_task_raised_is_its_failure():
     out = _invoked("interrupt", "ok", "interrupt")
     own = [False, "KeyboardInterrupt", ["builtins:KeyboardInterrupt", "builtins:BaseException"]]
     assert out == [own, [True, None, []], own]
+
+
+def test_a_keyboard_interrupt_raised_in_an_async_task_is_its_failure():
+    own = [False, "KeyboardInterrupt", ["builtins:KeyboardInterrupt", "builtins:BaseException"]]
+    assert _invoked("ok", "async-interrupt", "ok") == [[True, None, []], own, [True, None, []]]
 
 
 def test_system_exit_is_the_tasks_failure_and_the_process_goes_on():
