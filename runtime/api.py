@@ -213,6 +213,10 @@ class Health(BaseModel):
 
 
 def _responses(*codes: int) -> dict:
+    """The documented error answers of an operation. One that takes a token (401) is held to its
+    token's request rate, so it may answer 429 too, whatever else it does."""
+    if 401 in codes and 429 not in codes:
+        codes = (*codes, 429)
     text = {
         400: "invalid input",
         401: "missing or invalid token",
