@@ -520,10 +520,18 @@ class KafkaQueueReader(QueueReader):
         a connection's requests in order, and the reader's own connection has a fetch waiting
         there (up to 500 ms when there is nothing to read)."""
         from kafka import KafkaConsumer
+        from kafka.errors import KafkaError
 
         if self._offsets is None:
             self._offsets = KafkaConsumer(**self._options)
-        return self._offsets.end_offsets(partitions)
+        try:
+            return self._offsets.end_offsets(partitions)
+        except (KafkaError, KeyError) as e:
+            # kafka-python raises KeyError for a partition whose end the broker did not say (its
+            # topic being deleted, its leader moving). The ends are unknown for this pass, so no
+            # priority is held back for them; failing the poll instead held up every queue.
+            log.info("log-end offsets of %d partition(s) unknown this pass: %r", len(partitions), e)
+            return {}
 
     def _refresh_assignment(self) -> None:
         from kafka.structs import TopicPartition

@@ -86,3 +86,27 @@ def test_a_topic_check_gives_up_when_the_broker_stays_away(monkeypatch):
     with pytest.raises(QueueUnavailable, match="No node_id provided"):
         _queue().queue_exists("there")
     assert _BlippingAdmin.asked > 1
+
+
+class _ConsumerMissingAnEnd:
+    """Stands in for KafkaConsumer when the broker leaves a partition out of its log-end offsets
+    (its topic being deleted, its leader moving): kafka-python then raises KeyError."""
+
+    def __init__(self, **options):
+        pass
+
+    def end_offsets(self, partitions):
+        raise KeyError(partitions[0])
+
+
+def test_a_partition_whose_end_is_not_told_holds_no_priority_back(monkeypatch):
+    """The reader asks the ends of the partitions of higher priorities to decide which to hold
+    back. A KeyError from kafka-python there failed the whole poll, and the consumer stopped
+    reading every queue for a second; now those ends count as unknown for the pass."""
+    from kafka.structs import TopicPartition
+
+    from raylane.queue import KafkaQueueReader
+
+    monkeypatch.setattr(kafka, "KafkaConsumer", _ConsumerMissingAnEnd)
+    reader = KafkaQueueReader("127.0.0.1:9", prefix="raylane.tasks", group="g", max_message=1024)
+    assert reader._ends([TopicPartition("raylane.tasks-p5.default", 3)]) == {}
