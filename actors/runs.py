@@ -66,6 +66,9 @@ class Runs:
         self._refs: dict[str, ray.ObjectRef] = {}
         self._attempt_of: dict[str, int] = {}  # task id -> attempt of the lone Ray task running it
         self._groups: dict[str, Group] = {}  # task id -> the group running it
+        # Gated attempts whose Ray tasks run, each with the future its worker's ``task_end``
+        # resolves: whichever comes first, that or the Ray task's return, settles the attempt.
+        self._told: dict[tuple[str, int], asyncio.Future] = {}
         self._group_by_key: dict[str, Group] = {}  # Group.key -> that group, while it runs
         # Members claimed here that wait for a run slot between two Ray tasks (their group was
         # stopped, or they were moved out of it): task id -> attempt. A kill for one is noted,
@@ -151,8 +154,30 @@ class Runs:
             self._answers.pop(key, None)
             self._slots.release()
 
+    async def task_end(self, task_id: str, attempt: int, reply: Reply) -> None:
+        """How a gated attempt running here ended, as its worker tells it the moment it is known;
+        an attempt not awaited here (settled already, or not this incarnation's) is ignored."""
+        told = self._told.get((task_id, attempt))
+        if told is not None and not told.done():
+            told.set_result(reply)
+
+    async def _first_reply(self, msg: TaskMessage, ref: ray.ObjectRef) -> Reply:
+        """The reply of a gated attempt: its worker's ``task_end``, or its Ray task's return,
+        whichever comes first. The return is still awaited, in the background, for its bookkeeping."""
+        key = (msg.id, msg.attempt)
+        told = self._told[key] = asyncio.get_running_loop().create_future()
+        returned = self._background.spawn(self._reply(msg.id, ref))
+        try:
+            await asyncio.wait({told, returned}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._told.pop(key, None)
+        if told.done():
+            return told.result()
+        told.cancel()
+        return returned.result()
+
     async def _finish_gated(self, msg: TaskMessage, ref: ray.ObjectRef, decided: asyncio.Future) -> None:
-        reply = await self._reply(msg.id, ref)
+        reply = await self._first_reply(msg, ref)
         self._answers.pop((msg.id, msg.attempt), None)  # its worker asked already, if it ever will
         claimed = await decided
         if claimed is None:  # not this executor's: its worker did not start the function
@@ -217,8 +242,11 @@ class Runs:
         except (RayError, asyncio.CancelledError) as e:
             reply = self._lost(e)
         finally:
-            self._refs.pop(task_id, None)
-            self._attempt_of.pop(task_id, None)
+            # Only if still this run's: one settled by its worker's word may have been tried
+            # again, and that next attempt launched here, before this return came.
+            if self._refs.get(task_id) is ref:
+                del self._refs[task_id]
+                self._attempt_of.pop(task_id, None)
         return reply
 
     def _lost(self, e: BaseException) -> Reply:

@@ -48,6 +48,7 @@ NOT_CLAIMED = Reply.failure("NotClaimed", "the claim was not accepted; the task 
 # timed out, or superseded) by the time its worker came to start it: the function did not run.
 ENDED_UNSTARTED = Reply.failure("TaskCancelledError", "the attempt ended before its worker could start it")
 CLAIM_ANSWER = "claim_answer"  # the executor's channel method a gated worker asks
+TASK_END = "task_end"  # ... and the one it tells its run's end
 ATTEMPT_OPEN = "attempt_open"  # ... and the keeper's
 # A claim's answer as a worker waits for it: a keeper's answer to a claim call (its reference,
 # alone in a list), the place of the worker's task in it, that keeper, and the keeper's socket
@@ -121,11 +122,16 @@ def invoke(
     ``task`` (its executor, id and attempt), ``raylane.progress`` reports to that executor.
     With ``gate`` (see ``Keepers.claim_gated``), the Ray task was started while its claim was in
     flight: the function runs only once that claim is accepted, else ``NOT_CLAIMED`` comes back.
-    ``channel``: the executor's socket, where a worker on its node asks for that answer."""
+    ``channel``: the executor's socket, where a worker on its node asks for that answer, and
+    tells the run's end the moment it is known (``TASK_END``)."""
     limits = limits or Limits()
     if gate is not None:
-        reply = _pass_gate(gate, task, channel)
-        return reply or invoke(name, args, kwargs, limits, lease, soft_timeout_s, task)
+        refused = _pass_gate(gate, task, channel)
+        if refused is not None:
+            return refused
+        reply = invoke(name, args, kwargs, limits, lease, soft_timeout_s, task)
+        _tell_end(channel, task, reply)
+        return reply
     if lease is not None:
         try:
             worker_fence().arm(*lease)
@@ -209,6 +215,45 @@ def _pass_gate(gate: Gate, task: tuple[Any, str, int] | None, channel: ChannelAd
     if opened is None or _is_open(opened):
         return None
     return ENDED_UNSTARTED
+
+
+def _tell_end(channel: ChannelAddress | None, task: tuple[Any, str, int] | None, reply: Reply) -> None:
+    """Tell the executor on this worker's node how its attempt ended, over its socket: it settles
+    the task from this message, not from the Ray task's return, which reaches it a millisecond or
+    more later. Should the socket fail, the return still carries the same reply."""
+    if channel is None or task is None or not _local(channel):
+        return
+    with contextlib.suppress(Exception):
+        call_once(channel, TASK_END, [task[1], task[2], list(reply)])
+
+
+_REPLY_TYPES = (
+    (bool,),  # ok
+    (object,),  # result: JSON already (encode_result)
+    (str, type(None)),  # error_type
+    (str, type(None)),  # error
+    (str, type(None)),  # traceback
+    (list,),  # error_types
+    (float, int, type(None)),  # began
+    (float, int, type(None)),  # returned
+    (bool,),  # abnormal
+)
+
+
+def told_end(body: Any) -> tuple[str, int, Reply]:
+    """What a worker's ``TASK_END`` over a channel names: its task id, attempt and reply, each
+    field of the reply of its type (``TypeError`` or ``ValueError`` for anything else)."""
+    task_id, attempt, fields = body
+    task_id, attempt = asked_attempt([task_id, attempt])
+    if not isinstance(fields, list) or len(fields) != len(_REPLY_TYPES):
+        raise TypeError("a reply has its nine fields")
+    for value, types in zip(fields, _REPLY_TYPES, strict=True):
+        if not isinstance(value, types):
+            raise TypeError(f"a reply field of type {type(value).__name__} is not one of {types}")
+    if not all(isinstance(t, str) for t in fields[5]):
+        raise TypeError("error types are strings")
+    reply = Reply(*fields)
+    return task_id, attempt, reply._replace(error_types=tuple(reply.error_types))
 
 
 def asked_attempt(body: Any) -> tuple[str, int]:

@@ -3,6 +3,7 @@ only if the claim was accepted and the task's keeper has not ended the attempt s
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -143,3 +144,21 @@ def test_a_closed_socket_or_one_on_another_node_leaves_the_question_to_ray(fake_
     assert _pass_gate(([], 0, keeper, elsewhere), task, EXECUTOR_SOCKET) == ENDED_UNSTARTED
     assert executor.asked == keeper.asked == 1
     assert [method for _, method, _ in sockets.asked] == [CLAIM_ANSWER]
+
+
+def test_a_told_end_is_read_field_by_field_and_anything_else_is_refused():
+    from raylane.actors.worker import told_end
+    from raylane.protocol import Reply
+
+    reply = Reply(False, None, "ValueError", "bad", "Traceback ...", ("builtins:ValueError",), 1.0, 2, False)
+    sent = json.loads(json.dumps(list(reply)))  # as it crosses the socket
+    assert told_end(["a" * 32, 0, sent]) == ("a" * 32, 0, reply)
+    for body in (
+        ["a" * 32, "0", sent],  # an attempt that is not a number
+        ["a" * 32, 0, sent[:8]],  # a field short
+        ["a" * 32, 0, ["yes", *sent[1:]]],  # ok that is not a bool
+        ["a" * 32, 0, [*sent[:5], [1], *sent[6:]]],  # an error type that is not a string
+        ["a" * 32, 0, [*sent[:6], "soon", *sent[7:]]],  # a time that is not a number
+    ):
+        with pytest.raises(TypeError):
+            told_end(body)

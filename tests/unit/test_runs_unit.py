@@ -227,3 +227,78 @@ def test_a_lost_run_says_what_ray_said_without_its_colours():
     assert reply.error == "Ray task ended abnormally: ray::raylane:t:1() (pid=7) was cancelled"
     runs._lease = SimpleNamespace(until=0.0)
     assert "\x1b" not in runs._lost(RayError("\x1b[31mgone\x1b[0m")).error
+
+
+class _HeldInvoke:
+    """Stands in for ``remote_invoke``: each lone task's Ray task returns only when told."""
+
+    def __init__(self):
+        self.refs: list[asyncio.Future] = []
+
+    def options(self, **_):
+        return self
+
+    def remote(self, *args):
+        self.refs.append(asyncio.get_running_loop().create_future())
+        return self.refs[-1]
+
+
+async def _launched_gated(runs: Runs, msg: TaskMessage, record: TaskRecord) -> None:
+    """Launch ``msg``'s task ahead of its claim, in a slot of its own, and accept the claim."""
+    answer = asyncio.get_running_loop().create_future()
+    await runs._slots.acquire()
+    decided = runs.launch_gated(msg, record, ([], 0, None, None), answer)
+    answer.set_result(True)
+    decided.set_result(record)
+    await _settle()
+
+
+def test_a_gated_attempt_is_settled_by_its_workers_word_before_its_ray_task_returns(monkeypatch):
+    """A gated worker tells its executor's socket how the attempt ended the moment it knows
+    (``TASK_END``); the Ray task's return comes a millisecond or more later. The first settles
+    the attempt, once; the later return does not take the place of the task's next attempt."""
+    held = _HeldInvoke()
+    monkeypatch.setattr(runs_module, "remote_invoke", held)
+
+    async def scenario() -> None:
+        stats = Counter()
+        runs = _runs(stats)
+        finisher = runs._finisher
+        msg, record = _member("f" * 32, 0)
+        await _launched_gated(runs, msg, record)
+        # Told by its worker for another attempt, or another task: nothing is settled.
+        await runs.task_end(msg.id, 1, Reply(True, "other attempt"))
+        await runs.task_end("8" * 32, 0, Reply(True, "other task"))
+        await _settle()
+        assert finisher.settled == []
+        await runs.task_end(msg.id, 0, Reply(True, "told"))
+        await _settle()
+        assert [reply.result for _, reply in finisher.settled] == ["told"]
+        # The next attempt starts here before the first one's Ray task returns.
+        nxt, nxt_record = _member(msg.id, 1)
+        runs.launch([(nxt, nxt_record)])
+        await _settle()
+        held.refs[0].set_result(Reply(True, "returned"))
+        await _settle()
+        assert [reply.result for _, reply in finisher.settled] == ["told"]  # settled once
+        assert runs.running_attempt(msg.id) == 1 and runs.holds(msg.id, 1)
+
+    asyncio.run(scenario())
+
+
+def test_a_gated_attempt_whose_worker_does_not_tell_is_settled_by_its_return(monkeypatch):
+    held = _HeldInvoke()
+    monkeypatch.setattr(runs_module, "remote_invoke", held)
+
+    async def scenario() -> None:
+        runs = _runs(Counter())
+        msg, record = _member("9" * 32, 0)
+        await _launched_gated(runs, msg, record)
+        held.refs[0].set_result(Reply(True, "returned"))
+        await _settle()
+        assert [reply.result for _, reply in runs._finisher.settled] == ["returned"]
+        await runs.task_end(msg.id, 0, Reply(True, "told too late"))  # nothing waits for it now
+        await _settle()
+        assert len(runs._finisher.settled) == 1 and runs._told == {}
+
+    asyncio.run(scenario())
