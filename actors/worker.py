@@ -48,8 +48,8 @@ NOT_CLAIMED = Reply.failure("NotClaimed", "the claim was not accepted; the task 
 # timed out, or superseded) by the time its worker came to start it: the function did not run.
 ENDED_UNSTARTED = Reply.failure("TaskCancelledError", "the attempt ended before its worker could start it")
 CLAIM_ANSWER = "claim_answer"  # the executor's channel method a gated worker asks
-TASK_END = "task_end"  # ... and the one it tells its run's end
 ATTEMPT_OPEN = "attempt_open"  # ... and the keeper's
+TASK_END = "task_end"  # the executor's channel method a gated worker tells its run's end
 # A claim's answer as a worker waits for it: a keeper's answer to a claim call (its reference,
 # alone in a list), the place of the worker's task in it, that keeper, and the keeper's socket
 # if the executor reached it by one (see ``Keepers.claim_gated``). A claim sent over the keeper's
