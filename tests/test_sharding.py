@@ -30,7 +30,10 @@ def test_three_keepers_share_the_work_and_keep_every_promise(stack, rl, unique):
     accepted = {name: s["accepted"] for name, s in keepers.items()}
     total = sum(accepted.values())
     # 308 tasks, each with at least three accepted writes, split by task id: none idle, none with most.
-    assert total >= 3 * 308
+    # A task whose claim made its record before its PENDING write came has two in the store; the
+    # keeper counts its PENDING write as overtaken instead.
+    overtaken = sum(s["overtaken"] for s in keepers.values())
+    assert total + overtaken >= 3 * 308, (accepted, overtaken)
     assert all(0.2 * total < n < 0.5 * total for n in accepted.values()), accepted
     assert sum(s["timeouts"] for s in keepers.values()) == 4
     # Each kill (4 timeouts, 4 cancels) went to the one executor holding the task's lease, not to both.
