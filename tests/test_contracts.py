@@ -13,7 +13,7 @@ from conftest import wait_until
 from raylane.queue import KafkaQueueReader, KafkaTaskQueue
 from raylane.store import OpenSearchStore
 
-from contracts import QueueContract, SchemaContract, StoreContract, VersionProperties, schedule
+from contracts import QueueContract, SchemaContract, StoreContract, VersionProperties, drain, message, schedule
 
 
 @pytest.fixture
@@ -159,3 +159,23 @@ class TestKafkaQueue(QueueContract):
         yield make
         for r in readers:
             r.close()
+
+    def test_a_large_produce_wakes_the_sender_a_few_times_and_fills_every_partition(
+        self, contract_queue, contract_reader
+    ):
+        msgs = [message(queue="a") for _ in range(2000)]
+        contract_queue.produce_many(msgs[:1])  # the producer made, and the topic known
+        sender = contract_queue._get_producer()._sender
+        woken = []
+        wakeup = sender.wakeup
+        sender.wakeup = lambda: (woken.append(1), wakeup())[1]
+        try:
+            contract_queue.produce_many(msgs[1:])
+        finally:
+            sender.wakeup = wakeup
+        # A batch per partition and the flush: not one wake-up per message added (1,900 of them
+        # with the client's 16 KiB batches).
+        assert len(woken) <= 20, len(woken)
+        got = drain(contract_reader(), len(msgs))
+        assert sorted(c.key for c in got) == sorted(m.id.encode() for m in msgs)
+        assert {c.partition for c in got} == {0, 1}

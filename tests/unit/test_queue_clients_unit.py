@@ -110,3 +110,30 @@ def test_a_partition_whose_end_is_not_told_holds_no_priority_back(monkeypatch):
     monkeypatch.setattr(kafka, "KafkaConsumer", _ConsumerMissingAnEnd)
     reader = KafkaQueueReader("127.0.0.1:9", prefix="raylane.tasks", group="g", max_message=1024)
     assert reader._ends([TopicPartition("raylane.tasks-p5.default", 3)]) == {}
+
+
+class _PlacingProducer:
+    """Stands in for KafkaProducer's ``send``: knows partitions 0 and 1 only, as its metadata would."""
+
+    def __init__(self) -> None:
+        self.sent: list[int | None] = []
+
+    def send(self, topic, key, value, headers, partition=None):
+        if partition is not None and partition not in (0, 1):
+            raise ValueError(f"Unrecognized partition {partition} for topic {topic}")
+        self.sent.append(partition)
+        return partition
+
+
+def test_a_record_is_placed_by_its_key_and_left_to_the_client_when_its_partition_is_gone():
+    from raylane.queue import _send
+
+    producer = _PlacingProducer()
+    keys = [f"{i:032x}".encode() for i in range(40)]
+    placed = [_send(producer, "t", k, b"{}", [], [0, 1]) for k in keys]
+    assert set(placed) == {0, 1}
+    assert placed == [_send(producer, "t", k, b"{}", [], [0, 1]) for k in keys]  # the same key, the same place
+    # Read before the topic shrank to two partitions: the client places what no longer fits.
+    again = [_send(producer, "t", k, b"{}", [], [0, 1, 2, 3]) for k in keys]
+    assert None in again and all(p in (0, 1, None) for p in again)
+    assert _send(producer, "t", keys[0], b"{}", [], []) is None  # partitions not known: the client's choice
