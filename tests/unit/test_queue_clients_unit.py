@@ -113,15 +113,12 @@ def test_a_partition_whose_end_is_not_told_holds_no_priority_back(monkeypatch):
 
 
 class _PlacingProducer:
-    """Stands in for KafkaProducer's ``send``: knows partitions 0 and 1 only, as its metadata would."""
-
-    def __init__(self) -> None:
-        self.sent: list[int | None] = []
+    """Stands in for KafkaProducer's ``send``: knows partitions 0 and 1 only, as its metadata
+    would, and answers with the partition it was given."""
 
     def send(self, topic, key, value, headers, partition=None):
         if partition is not None and partition not in (0, 1):
             raise ValueError(f"Unrecognized partition {partition} for topic {topic}")
-        self.sent.append(partition)
         return partition
 
 
