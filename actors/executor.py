@@ -29,7 +29,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raylane.actors.channel import ChannelAddress, ChannelServer, Method
-from raylane.actors.common import Background, PrioritySlots
+from raylane.actors.common import Background, PrioritySlots, settle_collector
 from raylane.actors.fencing import FENCE_MARGIN_S, HEARTBEAT_EVERY_S, LEASE_TTL_S
 from raylane.actors.finishing import Finisher, own_claim
 from raylane.actors.grouping import plan, wait_allowance
@@ -175,6 +175,7 @@ class Executor:
             stats=self.stats,
             background=self._background,
         )
+        settle_collector()
 
     async def ensure_running(self) -> str:
         """Start the heartbeat and the sweep for lost tasks if not running (idempotent); returns the incarnation."""

@@ -20,6 +20,7 @@ from ray.exceptions import RayActorError
 
 from raylane import registry
 from raylane.actors.channel import ChannelClosed, Link, or_by_ray
+from raylane.actors.common import settle_collector
 from raylane.actors.handover import hand_over
 from raylane.actors.keepers import Keepers
 from raylane.actors.metrics import ConsumerMetrics
@@ -123,6 +124,7 @@ class QueueConsumer:
             f"the executor of consumer {index}",
             _CONNECT_EVERY_S,
         )
+        settle_collector()
 
     async def ensure_running(self, members: int | None = None) -> bool:
         """Start the poll loop if it is not running (idempotent); True when it runs. With ``members``,

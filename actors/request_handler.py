@@ -20,6 +20,7 @@ from typing import Any
 import ray
 
 from raylane import registry
+from raylane.actors.common import settle_collector
 from raylane.actors.keepers import Keepers
 from raylane.errors import (
     InvalidTaskInput,
@@ -133,6 +134,7 @@ class RequestHandler:
         self._nodes: list[dict[str, float]] = []  # each alive node's total resources
         self._nodes_read = float("-inf")
         self._fits: set[tuple[float, float, int | None]] = set()  # requests known to fit those nodes
+        settle_collector()
 
     def _read_nodes(self) -> None:
         try:

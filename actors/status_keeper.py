@@ -20,7 +20,7 @@ from typing import Any
 import ray
 
 from raylane.actors.channel import ChannelAddress, ChannelServer
-from raylane.actors.common import Background, GroupCommit
+from raylane.actors.common import Background, GroupCommit, settle_collector
 from raylane.actors.fencing import HEARTBEAT_EVERY_S, LeaseObserver
 from raylane.actors.gates import Gates
 from raylane.actors.keepers import Keepers, keeper_methods
@@ -115,6 +115,7 @@ class StatusKeeper:
         self._channel: ChannelServer | None = None
         # Task ids whose claim made their record, while this keeper waits for their PENDING write.
         self._made_by_claim: dict[str, asyncio.Event] = {}
+        settle_collector()
 
     async def local_channel(self) -> ChannelAddress | None:
         """Where the executors of this keeper's node send claims and writes by socket, with the

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 import uuid
 import zlib
 from datetime import UTC, datetime
@@ -160,6 +162,29 @@ def test_group_commit_splits_a_large_call_across_batches_and_keeps_each_callers_
     assert after == [-30] and empty == []
     assert batches[:3] == [[1], [10, 11, 12, 13], [14, 15, 7, 8]]
     assert batches[3:] == [[20, 21, 22, 23], [24, 30]]
+
+
+def test_a_settled_collector_scans_startup_objects_no_more_and_still_collects_later_cycles():
+    # In a process of its own: the tuning is process-wide, and this one runs the other tests.
+    probe = """
+import gc, weakref
+from raylane.actors.common import YOUNG_COLLECTION_EVERY, settle_collector
+before = gc.get_freeze_count()
+settle_collector()
+print(before, gc.get_freeze_count(), gc.get_threshold()[0] >= YOUNG_COLLECTION_EVERY)
+class Node: pass
+a, b = Node(), Node()
+a.other, b.other = b, a
+gone = weakref.ref(a)
+del a, b
+gc.collect()
+print(gone() is None)
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    before, frozen, raised, cycle_collected = out
+    assert before == "0" and int(frozen) > 1000  # the modules imported were set aside
+    assert raised == "True"
+    assert cycle_collected == "True"
 
 
 def test_owner_of_splits_partitions_round_robin_from_a_topic_dependent_start():
