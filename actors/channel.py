@@ -4,11 +4,14 @@ Between two actors of one node, a Ray actor call took this machine about 3 ms on
 of it the caller's own submission) and a Unix socket about 0.2 ms. The calls on every task's
 path between actors that the design keeps apart (each visible in the dashboard and restarted on
 its own) therefore go over a socket when caller and callee share a node: a consumer's hand-over
-to its executor (``raylane.actors.handover``), and an executor's claims and ends to the
-StatusKeepers (``raylane.actors.keepers``). The Ray call stays the way to an actor elsewhere,
-and the way round an outage: a call whose connection breaks is made again by Ray, which says
-whether the actor is gone. Every method served here is one that may be called twice (a
-hand-over, a versioned write).
+to its executor (``raylane.actors.handover``), an executor's claims and ends to the
+StatusKeepers (``raylane.actors.keepers``), and a driver's submit of one task to its node's
+RequestHandler and its wait to the task's keeper (``raylane.client``). The Ray call stays the
+way to an actor elsewhere, and the way round an outage: a call whose connection breaks is made
+again by Ray, which says whether the actor is gone. Every method served here is one that may be
+called twice (a hand-over, a versioned write, a wait), but the submit: a submit whose connection
+breaks after it was sent is reported to its caller as the Ray call's failure is, never repeated.
+The blocking side of these calls (a driver's, a worker's) is ``raylane.sockets``.
 
 What crosses the socket is JSON. The socket sits in a directory only its user may enter, and a
 connection is served only once it presents the serving actor's token, which the caller learns
@@ -27,7 +30,6 @@ import logging
 import os
 import secrets
 import socket
-import struct
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -37,21 +39,40 @@ from typing import Any, NamedTuple, TypeVar
 from ray.exceptions import RayActorError
 
 from raylane.errors import QueueUnavailable, ServiceUnavailable, StoreUnavailable
+from raylane.sockets import (
+    FRAME_MAX_BYTES,
+    HEADER,
+    HELLO_MAX_BYTES,
+    BlockingClient,
+    ChannelAddress,
+    ChannelCallFailed,
+    ChannelClosed,
+    ChannelUnreachable,
+    NodeChannels,
+    call_once,
+    frame,
+    raised,
+)
+
+__all__ = [
+    "BlockingClient",
+    "ChannelAddress",
+    "ChannelCallFailed",
+    "ChannelClient",
+    "ChannelClosed",
+    "ChannelServer",
+    "ChannelUnreachable",
+    "Link",
+    "Method",
+    "NodeChannels",
+    "call_once",
+    "or_by_ray",
+    "socket_dir",
+]
 
 log = logging.getLogger("raylane.channel")
 
 T = TypeVar("T")
-
-_HEADER = struct.Struct(">I")
-_HELLO_MAX_BYTES = 1024  # the first frame holds the token alone: nothing larger is read before it
-_FRAME_MAX_BYTES = 1 << 30  # a whole window of the largest messages fits
-# The failures a caller meets as it would have met them from the Ray call: outages it waits out.
-_RAISED_AS: dict[str, Callable[[str], BaseException]] = {
-    "StoreUnavailable": StoreUnavailable,
-    "QueueUnavailable": QueueUnavailable,
-    "ServiceUnavailable": ServiceUnavailable,
-    "RayActorError": lambda message: RayActorError(error_msg=message),
-}
 
 
 class Method(NamedTuple):
@@ -61,24 +82,6 @@ class Method(NamedTuple):
 
     parse: Callable[[Any], Any]
     run: Callable[[Any], Awaitable[Any]]
-
-
-class ChannelAddress(NamedTuple):
-    """Where an actor takes calls by socket: its node, the socket's path, and the token a
-    connection presents first."""
-
-    node: str
-    path: str
-    token: str
-
-
-class ChannelClosed(ConnectionError):
-    """The connection ended before the answer came: whether the call was carried out is unknown,
-    so it is made again (by Ray)."""
-
-
-class ChannelCallFailed(RuntimeError):
-    """The called actor failed the call for a reason other than an outage."""
 
 
 def socket_dir() -> Path:
@@ -107,15 +110,10 @@ def _remove_stale(directory: Path) -> None:
 
 
 async def _read_frame(reader: asyncio.StreamReader, limit: int) -> Any:
-    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+    (size,) = HEADER.unpack(await reader.readexactly(HEADER.size))
     if size > limit:
         raise ValueError(f"a frame of {size} bytes is over the limit of {limit}")
     return json.loads(await reader.readexactly(size))
-
-
-def _frame(value: Any) -> bytes:
-    body = json.dumps(value, separators=(",", ":")).encode()
-    return _HEADER.pack(len(body)) + body
 
 
 def _failure(e: BaseException) -> tuple[str, str]:
@@ -175,13 +173,13 @@ class ChannelServer:
         if current is not None:
             self._connections.add(current)
         try:
-            hello = await _read_frame(reader, _HELLO_MAX_BYTES)
+            hello = await _read_frame(reader, HELLO_MAX_BYTES)
             token = hello.get("token") if isinstance(hello, dict) else None
             if not isinstance(token, str) or not hmac.compare_digest(token, self._token):
                 log.warning("a connection to %s's socket did not present its token; closed", self._name)
                 return
             while True:
-                request = await _read_frame(reader, _FRAME_MAX_BYTES)
+                request = await _read_frame(reader, FRAME_MAX_BYTES)
                 try:
                     rid, method = request["id"], self._methods[request["method"]]
                     if not isinstance(rid, int):
@@ -212,7 +210,7 @@ class ChannelServer:
             kind, message = _failure(e)
             answer = {"id": rid, "error": kind, "message": message}
         if not writer.is_closing():
-            writer.write(_frame(answer))
+            writer.write(frame(answer))
 
 
 class ChannelClient:
@@ -231,7 +229,7 @@ class ChannelClient:
     async def connect(cls, address: ChannelAddress) -> ChannelClient:
         """Connect to the socket at ``address`` and present its token."""
         reader, writer = await asyncio.open_unix_connection(address.path)
-        writer.write(_frame({"token": address.token}))
+        writer.write(frame({"token": address.token}))
         return cls(reader, writer)
 
     @property
@@ -248,7 +246,7 @@ class ChannelClient:
         self._next_id += 1
         answer = asyncio.get_running_loop().create_future()
         self._waiting[self._next_id] = answer
-        self._writer.write(_frame({"id": self._next_id, "method": method, "body": body}))
+        self._writer.write(frame({"id": self._next_id, "method": method, "body": body}))
         return answer
 
     async def close(self) -> None:
@@ -261,15 +259,14 @@ class ChannelClient:
     async def _read_answers(self) -> None:
         try:
             while True:
-                answer = await _read_frame(self._reader, _FRAME_MAX_BYTES)
+                answer = await _read_frame(self._reader, FRAME_MAX_BYTES)
                 future = self._waiting.pop(answer["id"], None)
                 if future is None or future.done():
                     continue
                 if "ok" in answer:
                     future.set_result(answer["ok"])
                 else:
-                    raised = _RAISED_AS.get(answer["error"])
-                    future.set_exception(raised(answer["message"]) if raised else ChannelCallFailed(answer["message"]))
+                    future.set_exception(raised(answer["error"], answer["message"]))
         except (asyncio.IncompleteReadError, ConnectionError, ValueError, KeyError, TypeError):
             pass
         finally:
@@ -291,30 +288,6 @@ async def or_by_ray(sent: Awaitable[T], by_ray: Callable[[], Awaitable[T]]) -> T
         return await sent
     except ChannelClosed:
         return await by_ray()
-
-
-def call_once(address: ChannelAddress, method: str, body: Any) -> Any:
-    """Call ``method`` at ``address`` from code without an event loop (a Ray task's worker), over a
-    connection of its own; blocks until the answer, raising as ``ChannelClient.call`` does."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        try:
-            conn.connect(address.path)
-            conn.sendall(_frame({"token": address.token}) + _frame({"id": 1, "method": method, "body": body}))
-            with conn.makefile("rb") as reader:
-                header = reader.read(_HEADER.size)
-                if len(header) < _HEADER.size:
-                    raise ChannelClosed("the channel closed before the answer")
-                (size,) = _HEADER.unpack(header)
-                data = reader.read(size)
-        except OSError as e:
-            raise ChannelClosed(f"the channel is not open: {e!r}") from e
-    if len(data) < size:
-        raise ChannelClosed("the channel closed before the answer")
-    answer = json.loads(data)
-    if "ok" in answer:
-        return answer["ok"]
-    raised = _RAISED_AS.get(answer["error"])
-    raise raised(answer["message"]) if raised else ChannelCallFailed(answer["message"])
 
 
 class Link:

@@ -17,67 +17,36 @@ from typing import Any
 import ray
 
 from raylane.actors.channel import ChannelClosed, Link, Method, or_by_ray
-from raylane.actors.taskbook import WaitAnswer
 from raylane.actors.worker import ATTEMPT_OPEN, Gate, asked_attempt
 from raylane.models import PackedRecord, TaskRecord, WriteOutcome
-from raylane.protocol import keeper_name, keeper_of
-from raylane.states import TaskState
+from raylane.protocol import WaitAnswer, keeper_name, keeper_of
+from raylane.sockets import WAIT, record_row, records_from
 
 CLAIM, WRITE = "claim", "write"
+WAIT_IDS_MAX = 20_000  # task ids one wait by socket names at most
+WAIT_S_MAX = 3600.0  # the longest one wait by socket is held
 _CONNECT_EVERY_S = 5.0  # how often a caller without a channel to a keeper of its node tries again
-# The types of a packed record's fields, in order, as they cross a channel.
-_FIELDS: tuple[type | tuple[type, ...], ...] = (
-    str,
-    int,
-    str,
-    int,
-    bool,
-    str,
-    str,
-    (float, int, type(None)),
-    str,
-    (str, type(None)),
-    (float, int),
-    bool,
-    (str, type(None)),
-)
 
 
-def _row(p: PackedRecord) -> list:
-    return [
-        p.id,
-        p.version,
-        p.state.value,
-        p.attempt,
-        p.will_retry,
-        p.name,
-        p.queue,
-        p.timeout_s,
-        p.doc.decode(),
-        p.lease_owner,
-        p.wait_s,
-        p.in_workflow,
-        p.tenant,
-    ]
-
-
-def _records(body: Any) -> list[PackedRecord]:
-    """The packed records of a channel request (``TypeError``/``ValueError`` for what no caller sends)."""
-    if not isinstance(body, list):
-        raise TypeError("a keeper's channel takes a list of records")
-    out = []
-    for row in body:
-        if not isinstance(row, list) or len(row) != len(_FIELDS):
-            raise TypeError("a record crosses as a list of its fields")
-        if not all(isinstance(v, t) for v, t in zip(row, _FIELDS, strict=True)):
-            raise TypeError("a record's field is of the wrong type")
-        out.append(PackedRecord._make([*row[:2], TaskState(row[2]), *row[3:8], row[8].encode(), *row[9:]]))
-    return out
+def _wait_body(body: Any) -> tuple[list[str], float, bool]:
+    """The task ids, seconds and ``unknown_first`` of a wait sent by socket (``TypeError`` or
+    ``ValueError`` for what no caller sends)."""
+    if not isinstance(body, list) or len(body) != 3:
+        raise TypeError("a wait crosses as [task ids, seconds, unknown first]")
+    ids, timeout_s, unknown_first = body
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or len(ids) > WAIT_IDS_MAX:
+        raise TypeError(f"a wait names a list of at most {WAIT_IDS_MAX} task ids")
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 <= timeout_s <= WAIT_S_MAX:
+        raise ValueError(f"a wait is held 0 to {WAIT_S_MAX:g} seconds")
+    if not isinstance(unknown_first, bool):
+        raise TypeError("unknown_first is true or false")
+    return ids, float(timeout_s), unknown_first
 
 
 def keeper_methods(keeper: Any) -> dict[str, Method]:
     """The channel methods of a StatusKeeper: its ``claim`` and ``write`` (answering outcomes as
-    lists), and ``attempt_open``, which gated workers of its node ask."""
+    lists), ``attempt_open``, which gated workers of its node ask, and ``wait_any``, which
+    drivers of its node call to wait for their tasks (as their own, never a tenant's)."""
 
     def answering(run: Any) -> Any:
         async def answered(records: list[PackedRecord]) -> list[list]:
@@ -88,10 +57,16 @@ def keeper_methods(keeper: Any) -> dict[str, Method]:
     async def attempt_open(attempt: tuple[str, int]) -> bool:
         return keeper.attempt_open(*attempt)
 
+    async def wait_any(asked: tuple[list[str], float, bool]) -> dict:
+        ids, timeout_s, unknown_first = asked
+        answer = await keeper.wait_any(ids, timeout_s, unknown_first=unknown_first)
+        return {"records": [record_row(p) for p in answer.records], "unread": answer.unread, "unknown": answer.unknown}
+
     return {
-        CLAIM: Method(_records, answering(keeper.claim)),
-        WRITE: Method(_records, answering(keeper.write)),
+        CLAIM: Method(records_from, answering(keeper.claim)),
+        WRITE: Method(records_from, answering(keeper.write)),
         ATTEMPT_OPEN: Method(asked_attempt, attempt_open),
+        WAIT: Method(_wait_body, wait_any),
     }
 
 
@@ -143,7 +118,7 @@ class Keepers:
         client = self._links[k].client() if self._links else None
         if client is not None:
             with contextlib.suppress(ChannelClosed):
-                sent = client.call(method, [_row(r) for r in records])
+                sent = client.call(method, [record_row(r) for r in records])
                 self.sent_by_socket += len(records)
                 return or_by_ray(_outcomes(sent), by_ray)
         return by_ray()

@@ -20,6 +20,7 @@ from typing import Any
 import ray
 
 from raylane import registry
+from raylane.actors.channel import ChannelAddress, ChannelServer, Method
 from raylane.actors.common import settle_collector
 from raylane.actors.keepers import Keepers
 from raylane.errors import (
@@ -58,11 +59,13 @@ from raylane.protocol import (
     keeper_of_key,
     live_members,
     replies_errors,
+    reply_as_json,
     routed_id,
     unwrap,
 )
 from raylane.queue import queue_of
 from raylane.schedules import SCHEDULE_ID_PATTERN, Schedule
+from raylane.sockets import SUBMIT
 from raylane.states import TaskState
 from raylane.store import TaskEnd, TaskQuery, finished_states
 
@@ -115,6 +118,14 @@ def _cancelled(record: TaskRecord) -> TaskRecord:
     )
 
 
+def _submit_body(body: Any) -> dict:
+    """The request of a submit sent by socket (``TypeError`` for what no caller sends); it is
+    validated as a Ray call's is."""
+    if not isinstance(body, dict):
+        raise TypeError("a submit crosses as its request")
+    return body
+
+
 def _request(raw: dict | SubmitRequest) -> SubmitRequest:
     return validated(SubmitRequest, raw, "submit request")
 
@@ -134,6 +145,8 @@ class RequestHandler:
         self._nodes: list[dict[str, float]] = []  # each alive node's total resources
         self._nodes_read = float("-inf")
         self._fits: set[tuple[float, float, int | None]] = set()  # requests known to fit those nodes
+        # Drivers of this node submit by socket (see raylane.actors.channel); made when first asked for.
+        self._channel: ChannelServer | None = None
         settle_collector()
 
     def _read_nodes(self) -> None:
@@ -298,6 +311,21 @@ class RequestHandler:
                 for r in records
             ]
         )
+
+    async def local_channel(self) -> ChannelAddress | None:
+        """Where the drivers of this handler's node submit single tasks by socket, with the token
+        they present; None if the socket cannot be made here (they call this actor)."""
+        if self._channel is None:
+            node = ray.get_runtime_context().get_node_id()
+            self._channel = ChannelServer({SUBMIT: Method(_submit_body, self._submit_json)}, node, "RequestHandler")
+        try:
+            return await self._channel.start()
+        except OSError as e:
+            log.warning("no channel socket (drivers call the actor instead): %r", e)
+            return None
+
+    async def _submit_json(self, request: dict) -> dict:
+        return reply_as_json(await self.submit(request))
 
     @replies_errors
     async def submit(self, request: dict) -> str:

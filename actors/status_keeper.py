@@ -110,16 +110,17 @@ class StatusKeeper:
             "forged": 0,  # SCHEDULED records found at a start without the cluster's seal, ended
         }
         self.metrics = KeeperMetrics()
-        # The executors of this node send claims and ends by socket (see raylane.actors.channel);
-        # it is made when first asked for.
+        # The executors of this node send claims and ends by socket, and drivers their waits (see
+        # raylane.actors.channel); it is made when first asked for.
         self._channel: ChannelServer | None = None
         # Task ids whose claim made their record, while this keeper waits for their PENDING write.
         self._made_by_claim: dict[str, asyncio.Event] = {}
         settle_collector()
 
     async def local_channel(self) -> ChannelAddress | None:
-        """Where the executors of this keeper's node send claims and writes by socket, with the
-        token they present; None if the socket cannot be made here (they call this actor)."""
+        """Where the executors of this keeper's node send claims and writes by socket, and its
+        drivers their waits, with the token they present; None if the socket cannot be made here
+        (they call this actor)."""
         if self._channel is None:
             node = ray.get_runtime_context().get_node_id()
             self._channel = ChannelServer(keeper_methods(self), node, f"StatusKeeper-{self.index}")

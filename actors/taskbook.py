@@ -16,9 +16,9 @@ import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from raylane.models import PackedRecord
+from raylane.protocol import WaitAnswer
 from raylane.states import TaskState
 
 # What the book holds at most, about 120 MiB in all when full: beyond it, waits on the oldest
@@ -33,9 +33,9 @@ class Waiter:
     what else arrives in the next ``gather_s`` too, so a busy keeper answers in batches. Once
     every task it waits for has arrived there is nothing to gather: it answers at once.
 
-    Waits run on the keeper's ``waits`` event loop, writes on its default one (each Ray
-    concurrency group has a loop of its own, on a thread of its own): ``deliver`` is called
-    from the writes' loop and hands the record over to the waiter's."""
+    Waits by Ray run on the keeper's ``waits`` event loop, writes (and waits by socket) on its
+    default one (each Ray concurrency group has a loop of its own, on a thread of its own):
+    ``deliver`` is called from the writes' loop and hands the record over to the waiter's."""
 
     def __init__(self, gather_s: float, expected: int):
         self.records: list[PackedRecord] = []
@@ -65,15 +65,6 @@ class Waiter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.complete.wait(), self.gather_s)
         return self.records
-
-
-class WaitAnswer(NamedTuple):
-    """A keeper's answer to a wait (see ``StatusKeeper.wait_any``). The records travel packed:
-    the keeper parses none of them, and the caller each once."""
-
-    records: list[PackedRecord]  # final records of tasks that ended
-    unread: list[str]  # tasks that ended, whose records the book no longer holds: read from the store
-    unknown: list[str]  # tasks not known open here (or not the asking tenant's): looked up in the store
 
 
 class TaskBook:

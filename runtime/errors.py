@@ -16,6 +16,15 @@ def _rebuild(cls: type, message: str, attrs: dict) -> RaylaneError:
     return err
 
 
+def error_named(name: Any, message: Any, attrs: Any) -> RaylaneError:
+    """The raylane error of class ``name`` with ``message`` and ``attrs``, as it came in JSON from
+    an actor: only a class of this module is made, by name; any other name gives a ``RaylaneError``."""
+    kind = globals().get(name) if isinstance(name, str) else None
+    if not (isinstance(kind, type) and issubclass(kind, RaylaneError) and kind.__module__ == __name__):
+        kind = RaylaneError
+    return _rebuild(kind, str(message), attrs if isinstance(attrs, dict) else {})
+
+
 class RaylaneError(Exception):
     """Base class of every raylane error."""
 

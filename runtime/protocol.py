@@ -8,6 +8,7 @@ for these.
 from __future__ import annotations
 
 import functools
+import json
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, SecretStr, SerializationInfo, field_
 
 from raylane.backends import open_queue, open_reader, open_store
 from raylane.config import MAX_CONSUMERS, KafkaConnection, OpenSearchConnection, reveal_secret
-from raylane.errors import RaylaneError
+from raylane.errors import RaylaneError, error_named
 from raylane.limits import Limits
+from raylane.models import PackedRecord
 from raylane.queue import QueueReader, TaskQueue
 from raylane.signing import Signer
 from raylane.store import StatusStore
@@ -252,6 +254,15 @@ class ActorConfig(BaseModel):
         )
 
 
+class WaitAnswer(NamedTuple):
+    """A keeper's answer to a wait (see ``StatusKeeper.wait_any``). The records travel packed:
+    the keeper parses none of them, and the caller each once."""
+
+    records: list[PackedRecord]  # final records of tasks that ended
+    unread: list[str]  # tasks that ended, whose records the book no longer holds: read from the store
+    unknown: list[str]  # tasks not known open here (or not the asking tenant's): looked up in the store
+
+
 @dataclass(frozen=True)
 class ErrorReply:
     """A raylane error returned (not raised) by an actor method, so callers see it without Ray's wrapping."""
@@ -277,3 +288,35 @@ def unwrap(value: Any) -> Any:
     if isinstance(value, ErrorReply):
         raise value.error
     return value
+
+
+def reply_as_json(value: Any) -> dict:
+    """An actor reply as it crosses a channel (JSON): ``{"value": ...}``, or for an ``ErrorReply``
+    its error's class name (the most specific of ``raylane.errors``: an error Ray wrapped on its
+    way from another actor crosses as the error it wraps), message and JSON attributes (see
+    ``unwrap_json``)."""
+    if not isinstance(value, ErrorReply):
+        return {"value": value}
+    error = value.error
+    kind = next(c for c in type(error).__mro__ if c.__module__ == RaylaneError.__module__)
+    cause = getattr(error, "cause", None)
+    found = {**error.__dict__, **(cause.__dict__ if isinstance(cause, RaylaneError) else {})}
+    attrs = {}
+    for name, attr in found.items():
+        try:
+            json.dumps(attr, allow_nan=False)
+        except (TypeError, ValueError, RecursionError):
+            continue  # not JSON: left behind rather than failing the whole answer
+        attrs[name] = attr
+    return {"raised": [kind.__name__, str(error), attrs]}
+
+
+def unwrap_json(answer: Any) -> Any:
+    """The value of a reply from ``reply_as_json``, raising the raylane error it carries (see
+    ``raylane.errors.error_named``)."""
+    if not isinstance(answer, dict):
+        raise RaylaneError(f"an actor answered {type(answer).__name__}, not a reply")
+    if "raised" not in answer:
+        return answer.get("value")
+    name, message, attrs = answer["raised"]
+    raise error_named(name, message, attrs)

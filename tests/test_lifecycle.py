@@ -14,11 +14,12 @@ import ray
 from conftest import running_anywhere, wait_until
 
 import raylane
+from raylane import client
 from raylane.actors.deploy import actor_stats
 from raylane.actors.executor import WARM_PER_CPU
 from raylane.bench.processes import role_of
-from raylane.errors import TaskAlreadyFinished, TaskCancelled, TaskFailed, TaskTimedOut
-from raylane.models import HOPS
+from raylane.errors import TaskAlreadyFinished, TaskCancelled, TaskFailed, TaskTimedOut, UnknownTaskName
+from raylane.models import HOPS, SubmitRequest
 from raylane.stack import proc
 from raylane.states import TaskState, version_of
 
@@ -80,6 +81,21 @@ def test_submit_to_result_with_versions(rl, store, unique):
     assert hops == sorted(hops) and hops[0] > 0
     run_started = (rec.started_at - rec.created_at).total_seconds()
     assert hops[HOPS.index("handed")] <= run_started <= hops[HOPS.index("claimed")]
+
+
+def test_a_driver_on_the_actors_node_submits_and_waits_by_socket(rl, store):
+    """On the node of the RequestHandler and of the task's keeper, a single submit and the wait
+    for its end go over their sockets, with the id, record and typed errors a Ray call gives."""
+    conn = client._connection()
+    before = conn.by_socket
+    handle = add.submit(20, 22)
+    assert handle.result(timeout=60) == 42
+    assert conn.by_socket - before == 2  # the submit, then the wait
+    assert store.get(handle.id).state is TaskState.SUCCEEDED
+    with pytest.raises(UnknownTaskName, match=r"no task named 'no\.such\.task'") as e:
+        client.submit_requests([SubmitRequest(name="no.such.task")])
+    assert e.value.name == "no.such.task"
+    assert conn.by_socket - before == 3
 
 
 def test_running_state_and_version_observed(rl, store, tmp_path):

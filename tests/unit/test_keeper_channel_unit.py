@@ -13,10 +13,11 @@ import ray
 
 from raylane.actors import keepers as keepers_module
 from raylane.actors.channel import ChannelClient, ChannelServer
-from raylane.actors.keepers import CLAIM, Keepers, _row, keeper_methods
+from raylane.actors.keepers import CLAIM, Keepers, keeper_methods
 from raylane.actors.status_keeper import StatusKeeper
 from raylane.actors.worker import ATTEMPT_OPEN
 from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, new_task_id
+from raylane.sockets import record_row
 from raylane.states import TaskState
 from tests.memory_actors import NoMetrics, memory_config
 
@@ -150,7 +151,7 @@ def test_a_write_whose_socket_closes_is_made_again_by_ray(monkeypatch):
 def test_a_malformed_record_ends_the_connection_and_writes_nothing(monkeypatch):
     keeper = _keeper(monkeypatch, "channel-malformed")
     record = _pending()
-    good = _row(PackedRecord.of(record))
+    good = record_row(PackedRecord.of(record))
     bad_state = [*good[:2], "EXPLODED", *good[3:]]
     bad_type = [*good[:3], "1", *good[4:]]  # an attempt as a string
 
