@@ -20,6 +20,7 @@ from raylane.actors.executor import WARM_PER_CPU
 from raylane.bench.processes import role_of
 from raylane.errors import TaskAlreadyFinished, TaskCancelled, TaskFailed, TaskTimedOut, UnknownTaskName
 from raylane.models import HOPS, SubmitRequest
+from raylane.protocol import find_request_handler
 from raylane.stack import proc
 from raylane.states import TaskState, version_of
 
@@ -96,6 +97,17 @@ def test_a_driver_on_the_actors_node_submits_and_waits_by_socket(rl, store):
         client.submit_requests([SubmitRequest(name="no.such.task")])
     assert e.value.name == "no.such.task"
     assert conn.by_socket - before == 3
+
+
+def test_a_handlers_writes_go_to_the_keeper_of_its_node_by_socket(rl):
+    """The RequestHandler sends a submit's PENDING write to a keeper on its node over that keeper's
+    socket, as the executors send their claims and ends."""
+    handler = find_request_handler("raylane")
+    add.submit(1, 2).result(timeout=60)  # the handler connects to the keeper's socket meanwhile
+    wait_until(lambda: ray.get(handler.get_stats.remote())["keeper_sockets"] == 1, timeout=30)
+    before = ray.get(handler.get_stats.remote())["written_by_socket"]
+    assert add.submit(2, 3).result(timeout=60) == 5
+    assert ray.get(handler.get_stats.remote())["written_by_socket"] > before
 
 
 def test_running_state_and_version_observed(rl, store, tmp_path):
