@@ -62,6 +62,9 @@ _WAIT_IDS = 20_000  # task ids in one bulk wait call
 _TASK_ID = re.compile(r"^[0-9a-f]{32}$")
 _KEEPERS_AGAIN_S = 10.0  # how long a connection that could not find the keepers waits before looking again
 _SOCKET_SLACK_S = 60.0  # how long past its own time a call by socket waits for its answer
+# How long the driver waits for an actor to say where its socket is: a busy actor's answer is not
+# waited out (its calls go by Ray meanwhile, and the socket is asked for again later).
+_ASK_SOCKET_S = 5.0
 _UNSENT = object()  # a call by socket that was not made
 _lock = threading.RLock()
 _conn: _Connection | None = None
@@ -133,7 +136,7 @@ class _Connection:
         made twice: one whose answer is lost is made again by Ray."""
         import ray
 
-        client = self._channels.client(label, lambda: ray.get(actor.local_channel.remote(), timeout=_SOCKET_SLACK_S))
+        client = self._channels.client(label, lambda: ray.get(actor.local_channel.remote(), timeout=_ASK_SOCKET_S))
         if client is None:
             return _UNSENT
         try:
@@ -156,7 +159,7 @@ class _Connection:
             exact = False
         handler = self.handler
         client = (
-            self._channels.client("handler", lambda: ray.get(handler.local_channel.remote(), timeout=_SOCKET_SLACK_S))
+            self._channels.client("handler", lambda: ray.get(handler.local_channel.remote(), timeout=_ASK_SOCKET_S))
             if exact
             else None
         )

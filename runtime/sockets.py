@@ -61,7 +61,7 @@ class ChannelAddress(NamedTuple):
 
 class ChannelClosed(ConnectionError):
     """The connection ended before the answer came: whether the call was carried out is unknown,
-    so it is made again (by Ray)."""
+    so a call that may be made twice is made again (by Ray), and any other is reported failed."""
 
 
 class ChannelCallFailed(RuntimeError):

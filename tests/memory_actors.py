@@ -1,9 +1,11 @@
 """Actors of raylane built outside Ray for the unit tier: their config on the in-memory twins of
-the store and the queue, and metrics that record nothing."""
+the store and the queue, metrics that record nothing, and a StatusKeeper built so."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import ray
 
 from raylane.config import KafkaConnection, OpenSearchConnection
 from raylane.protocol import ActorConfig
@@ -33,3 +35,15 @@ def memory_config(name: str, **overrides: Any) -> ActorConfig:
         secret="unit-secret-of-32-bytes-and-more",
     )
     return ActorConfig(**(fields | overrides))
+
+
+def memory_keeper(monkeypatch: Any, name: str) -> Any:
+    """A StatusKeeper on the in-memory twins named ``name``, outside Ray: no metrics, no background
+    loops (a test drives its writes, claims and waits itself), other actors looked up as stand-ins."""
+    from raylane.actors.status_keeper import StatusKeeper
+
+    monkeypatch.setattr(ray, "get_actor", lambda *args, **kwargs: object())
+    keeper = StatusKeeper(memory_config(name))
+    keeper.metrics = NoMetrics()  # type: ignore[assignment]
+    monkeypatch.setattr(keeper, "_ensure_loops", lambda: None)
+    return keeper

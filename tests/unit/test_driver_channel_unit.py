@@ -39,7 +39,7 @@ from raylane.sockets import (
     wait_answer,
 )
 from raylane.states import TaskState
-from tests.memory_actors import NoMetrics, memory_config
+from tests.memory_actors import memory_keeper
 
 NODE = "node-1"
 OWNER = "Executor/0123456789abcdef"
@@ -126,14 +126,6 @@ def test_a_call_that_could_not_be_sent_says_so(loop, tmp_path):
         loop.run(server.close())
 
 
-def _keeper(monkeypatch, name: str) -> StatusKeeper:
-    monkeypatch.setattr(ray, "get_actor", lambda *args, **kwargs: object())
-    keeper = StatusKeeper(memory_config(name))
-    keeper.metrics = NoMetrics()  # type: ignore[assignment]
-    monkeypatch.setattr(keeper, "_ensure_loops", lambda: None)
-    return keeper
-
-
 def _running() -> tuple[TaskRecord, TaskRecord]:
     msg = TaskMessage(id=new_task_id(), name="unit.echo", queue="default", created_at=datetime.now(UTC))
     pending = TaskRecord.pending(msg)
@@ -141,7 +133,7 @@ def _running() -> tuple[TaskRecord, TaskRecord]:
 
 
 def test_a_keeper_answers_a_wait_by_socket_as_its_end_is_written(monkeypatch, loop):
-    keeper = _keeper(monkeypatch, "driver-wait")
+    keeper = memory_keeper(monkeypatch, "driver-wait")
     pending, running = _running()
     loop.run(keeper.write([pending]))
     loop.run(keeper.claim([running]))

@@ -9,8 +9,6 @@ import json
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
-import ray
-
 from raylane.actors import keepers as keepers_module
 from raylane.actors.channel import ChannelClient, ChannelServer
 from raylane.actors.keepers import CLAIM, Keepers, keeper_methods
@@ -19,7 +17,7 @@ from raylane.actors.worker import ATTEMPT_OPEN
 from raylane.models import PackedRecord, TaskMessage, TaskRecord, WriteOutcome, new_task_id
 from raylane.sockets import record_row
 from raylane.states import TaskState
-from tests.memory_actors import NoMetrics, memory_config
+from tests.memory_actors import memory_keeper
 
 NODE = "node-1"
 OWNER = "Executor/0123456789abcdef"
@@ -54,14 +52,6 @@ class _Handle:
         self.local_channel = SimpleNamespace(remote=address)
 
 
-def _keeper(monkeypatch, name: str) -> StatusKeeper:
-    monkeypatch.setattr(ray, "get_actor", lambda *args, **kwargs: object())
-    keeper = StatusKeeper(memory_config(name))
-    keeper.metrics = NoMetrics()  # type: ignore[assignment]
-    monkeypatch.setattr(keeper, "_ensure_loops", lambda: None)
-    return keeper
-
-
 def _routed(monkeypatch, keeper: StatusKeeper, keeper_node: str) -> tuple[Keepers, _Handle, ChannelServer]:
     server = ChannelServer(keeper_methods(keeper), keeper_node, "StatusKeeper-0")
     handle = _Handle(keeper, server, keeper_node)
@@ -76,7 +66,7 @@ async def _connected(keepers: Keepers) -> None:
 
 
 def test_claims_and_ends_cross_the_socket_with_the_answers_ray_would_give(monkeypatch):
-    keeper = _keeper(monkeypatch, "channel-answers")
+    keeper = memory_keeper(monkeypatch, "channel-answers")
     pending = [_pending() for _ in range(3)]
     running = [p.moved_to(TaskState.RUNNING, lease_owner=OWNER) for p in pending]
 
@@ -108,7 +98,7 @@ def test_claims_and_ends_cross_the_socket_with_the_answers_ray_would_give(monkey
 
 
 def test_a_keeper_on_another_node_is_called_by_ray(monkeypatch):
-    keeper = _keeper(monkeypatch, "channel-elsewhere")
+    keeper = memory_keeper(monkeypatch, "channel-elsewhere")
 
     async def main():
         keepers, handle, server = _routed(monkeypatch, keeper, "node-2")
@@ -128,7 +118,7 @@ def test_a_keeper_on_another_node_is_called_by_ray(monkeypatch):
 
 
 def test_a_write_whose_socket_closes_is_made_again_by_ray(monkeypatch):
-    keeper = _keeper(monkeypatch, "channel-closed")
+    keeper = memory_keeper(monkeypatch, "channel-closed")
     record = _pending()
 
     async def main():
@@ -149,7 +139,7 @@ def test_a_write_whose_socket_closes_is_made_again_by_ray(monkeypatch):
 
 
 def test_a_malformed_record_ends_the_connection_and_writes_nothing(monkeypatch):
-    keeper = _keeper(monkeypatch, "channel-malformed")
+    keeper = memory_keeper(monkeypatch, "channel-malformed")
     record = _pending()
     good = record_row(PackedRecord.of(record))
     bad_state = [*good[:2], "EXPLODED", *good[3:]]
@@ -176,7 +166,7 @@ def test_a_malformed_record_ends_the_connection_and_writes_nothing(monkeypatch):
 
 
 def test_a_worker_asks_the_keepers_socket_whether_its_attempt_is_open(monkeypatch):
-    keeper = _keeper(monkeypatch, "channel-open")
+    keeper = memory_keeper(monkeypatch, "channel-open")
     kills: list[str] = []
     monkeypatch.setattr(keeper, "_kill", lambda task_id, *args, **kwargs: kills.append(task_id))
     pending = _pending()
