@@ -104,8 +104,9 @@ class _Connection:
     def wait(self, task_id: str, timeout_s: float) -> TaskRecord:
         """``task_id``'s record once it is terminal, or its current record after ``timeout_s``.
         The keeper that owns the task holds the wait and answers it as the end is written, one
-        actor message from here. The RequestHandler is asked where that keeper cannot tell
-        (it does not know the task open, or no longer holds its end) or cannot be reached."""
+        message from here (on its socket when it is on this node). The RequestHandler is asked
+        where that keeper cannot tell (it does not know the task open, or no longer holds its
+        end) or cannot be reached."""
         import ray
         from ray.exceptions import RayActorError
 
