@@ -154,6 +154,15 @@ class ChannelServer:
         assert self._path is not None
         return ChannelAddress(self._node, str(self._path), self._token)
 
+    async def listen(self) -> ChannelAddress | None:
+        """``start``, or None if the socket cannot be made here (logged): the actor's callers then
+        use its Ray calls."""
+        try:
+            return await self.start()
+        except OSError as e:
+            log.warning("no channel socket for %s (its callers use its Ray calls): %r", self._name, e)
+            return None
+
     async def close(self) -> None:
         """Stop listening, end every connection and remove the socket."""
         if self._server is None:

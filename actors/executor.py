@@ -209,10 +209,9 @@ class Executor:
     async def _open_channel(self) -> ChannelAddress | None:
         """Listen on this executor's socket (idempotent); its address, which the workers of this
         node also use to ask for their claims' answers."""
-        try:
-            self._runs.channel = await self._channel.start()
-        except OSError as e:
-            log.warning("no channel socket (consumers and workers call the actor instead): %r", e)
+        address = await self._channel.listen()
+        if address is not None:
+            self._runs.channel = address
         return self._runs.channel
 
     async def warm_workers(self) -> None:

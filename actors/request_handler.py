@@ -321,11 +321,7 @@ class RequestHandler:
         if self._channel is None:
             node = ray.get_runtime_context().get_node_id()
             self._channel = ChannelServer({SUBMIT: Method(_submit_body, self._submit_json)}, node, "RequestHandler")
-        try:
-            return await self._channel.start()
-        except OSError as e:
-            log.warning("no channel socket (drivers call the actor instead): %r", e)
-            return None
+        return await self._channel.listen()
 
     async def _submit_json(self, request: dict) -> dict:
         self._submitted_by_socket += 1

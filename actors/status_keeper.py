@@ -124,11 +124,7 @@ class StatusKeeper:
         if self._channel is None:
             node = ray.get_runtime_context().get_node_id()
             self._channel = ChannelServer(keeper_methods(self), node, f"StatusKeeper-{self.index}")
-        try:
-            return await self._channel.start()
-        except OSError as e:
-            log.warning("no channel socket (executors call the actor instead): %r", e)
-            return None
+        return await self._channel.listen()
 
     def _ensure_loops(self) -> None:
         if self._deadline_task is None or self._deadline_task.done():

@@ -40,7 +40,7 @@ from raylane.protocol import ActorConfig, find_request_handler, keeper_handles, 
 from raylane.registry import TaskDefinition, jsonable, typed_result
 from raylane.retrying import backoff_s
 from raylane.schedules import Schedule
-from raylane.sockets import SUBMIT, WAIT, ChannelClosed, ChannelUnreachable, NodeChannels, wait_answer
+from raylane.sockets import SUBMIT, WAIT, BlockingClient, ChannelClosed, ChannelUnreachable, NodeChannels, wait_answer
 from raylane.states import TaskState
 
 log = logging.getLogger("raylane")
@@ -135,9 +135,7 @@ class _Connection:
         """The answer of ``method`` of ``actor`` called over its socket, when it is on this node;
         ``_UNSENT`` if the call was not made (the caller calls by Ray). Only for calls that may be
         made twice: one whose answer is lost is made again by Ray."""
-        import ray
-
-        client = self._channels.client(label, lambda: ray.get(actor.local_channel.remote(), timeout=_ASK_SOCKET_S))
+        client = self._socket(label, actor)
         if client is None:
             return _UNSENT
         try:
@@ -148,22 +146,21 @@ class _Connection:
         self.by_socket += 1
         return answer
 
+    def _socket(self, label: str, actor: Any) -> BlockingClient | None:
+        """This thread's connection to ``actor``'s socket, if it has one on this node."""
+        import ray
+
+        return self._channels.client(label, lambda: ray.get(actor.local_channel.remote(), timeout=_ASK_SOCKET_S))
+
     def _submit_by_socket(self, request: dict) -> Any:
         """The task id of ``request`` submitted over the socket of this node's RequestHandler;
         ``_UNSENT`` if it was not sent (no socket, or arguments that JSON would change: those the
         handler judges as they are). A submit whose answer is lost is reported, not repeated."""
-        import ray
-
         try:
             exact = json.loads(json.dumps(request, allow_nan=False)) == request
         except (TypeError, ValueError, RecursionError):
             exact = False
-        handler = self.handler
-        client = (
-            self._channels.client("handler", lambda: ray.get(handler.local_channel.remote(), timeout=_ASK_SOCKET_S))
-            if exact
-            else None
-        )
+        client = self._socket("handler", self.handler) if exact else None
         if client is None:
             return _UNSENT
         try:

@@ -140,10 +140,10 @@ def test_a_keeper_answers_a_wait_by_socket_as_its_end_is_written(monkeypatch, lo
     server, address = _serve(loop, keeper_methods(keeper), "StatusKeeper-0")
     conn = BlockingClient(address)
     try:
-        waited = loop.loop.call_soon_threadsafe  # the end is written while the wait is held
-        waited(lambda: asyncio.ensure_future(_end_soon(keeper, running)))
+        ending = asyncio.run_coroutine_threadsafe(_end_soon(keeper, running), loop.loop)
         answer = wait_answer(conn.call(WAIT, [[running.id], 10.0, True]))
         assert answer.unread == [] and answer.unknown == []
+        ending.result(5)
         [record] = [p.unpack() for p in answer.records]
         assert (record.id, record.state, record.result) == (running.id, TaskState.SUCCEEDED, 5)
         # Not known open to this keeper: the caller is told to look in the store.
@@ -157,7 +157,8 @@ def test_a_keeper_answers_a_wait_by_socket_as_its_end_is_written(monkeypatch, lo
 
 
 async def _end_soon(keeper: StatusKeeper, running: TaskRecord) -> None:
-    await asyncio.sleep(0.1)
+    while not keeper._book.waited_for():  # the end is written once the wait is held
+        await asyncio.sleep(0.005)
     await keeper.write([running.moved_to(TaskState.SUCCEEDED, result=5)])
 
 
