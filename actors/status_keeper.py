@@ -259,7 +259,7 @@ class StatusKeeper:
     async def _flush(self, records: list[PackedRecord]) -> list[WriteOutcome]:
         began = time.perf_counter()
         try:
-            outcomes = await asyncio.to_thread(self.store.write_many, records)
+            outcomes = await self.store.write_many_async(records)
         except StoreUnavailable:
             raise
         except Exception as e:  # report anything else as the store failing, so writers retry
@@ -635,4 +635,5 @@ class StatusKeeper:
             scheduler_reads=self._scheduler.stats["reads"],
             **{f"workflow_{k}": v for k, v in self._flows.stats.items()},
             **{f"limited_{k}": v for k, v in self._gates.counts().items()},
+            **self.store.bulk_stats(),
         )

@@ -8,6 +8,7 @@ higher than the stored one, and says so per write. Writes never read first.
 from __future__ import annotations
 
 import abc
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -20,6 +21,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from raylane.asyncbulk import BulkConnection, NotAnswered
 from raylane.config import OpenSearchConnection
 from raylane.errors import InvalidTaskInput, StoreUnavailable
 from raylane.limits import MAX_SEARCH_TEXT_CHARS, MAX_TAGS
@@ -127,6 +129,15 @@ class StatusStore(abc.ABC):
     @abc.abstractmethod
     def write_many(self, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
         """Versioned writes, one outcome per record, in order."""
+
+    async def write_many_async(self, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
+        """``write_many`` for a caller on an event loop, which goes on with other work meanwhile
+        (here on a thread of its own; a store may do better)."""
+        return await asyncio.to_thread(self.write_many, records)
+
+    def bulk_stats(self) -> dict[str, int]:
+        """Counters of how this store's writes went out, where it has any to tell."""
+        return {}
 
     @abc.abstractmethod
     def get(self, task_id: str) -> TaskRecord | None:
@@ -341,6 +352,35 @@ def _mappings() -> dict:
     }
 
 
+# What a bulk write's answer is read for: a full answer per write is about ten times as long to make and parse.
+_WRITE_ANSWER = "items.*.status,items.*.error"
+_WRITE_QUERY = "filter_path=" + _WRITE_ANSWER
+
+
+def _outcomes(records: Sequence[TaskRecord | PackedRecord], items: list) -> list[WriteOutcome]:
+    """The outcomes of versioned writes of ``records`` from a bulk answer's ``items`` (in order)."""
+    out = []
+    for r, item in zip(records, items, strict=False):
+        res = item["index"]
+        status = res.get("status", 500)
+        if status in (200, 201):
+            out.append(WriteOutcome(task_id=r.id, version=r.version, accepted=True, status=status))
+        elif status == 409:
+            out.append(WriteOutcome(task_id=r.id, version=r.version, accepted=False, reason="conflict", status=409))
+        else:
+            err = res.get("error", {})
+            out.append(
+                WriteOutcome(
+                    task_id=r.id,
+                    version=r.version,
+                    accepted=False,
+                    status=status,
+                    reason=f"{err.get('type', status)}: {err.get('reason', '')}",
+                )
+            )
+    return out
+
+
 def _end_of(doc: dict) -> TaskEnd:
     def at(v: str | None) -> datetime | None:
         return datetime.fromisoformat(v) if v else None
@@ -378,6 +418,7 @@ class OpenSearchStore(StatusStore):
             pool_maxsize=POOL_CONNECTIONS,
         )
         self._control_mapped = False
+        self._bulk_connection = BulkConnection(conn, timeout_s) if BulkConnection.possible(conn) else None
 
     @property
     def client(self):
@@ -528,14 +569,7 @@ class OpenSearchStore(StatusStore):
     def write_many(self, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
         if not records:
             return []
-        index = json.dumps(self.alias)
-        lines = [
-            f'{{"index":{{"_index":{index},"_id":{json.dumps(r.id)},"version":{r.version},'
-            f'"version_type":"external"}}}}\n'.encode()
-            + PackedRecord.of(r).doc
-            + b"\n"
-            for r in records
-        ]
+        lines = self._lines(records)
         outcomes = self._write_lines(records, lines, list(range(len(lines))))
         # Writes turned away for now are tried again here, for a while, so that no writer takes an
         # overloaded or briefly write-blocked index (a migration's last step) for a refusal.
@@ -554,6 +588,56 @@ class OpenSearchStore(StatusStore):
             time.sleep(min(2.0, 0.05 * 2**tries))
             for i, outcome in zip(again, self._write_lines(records, lines, again), strict=True):
                 outcomes[i] = outcome
+
+    def _lines(self, records: Sequence[TaskRecord | PackedRecord]) -> list[bytes]:
+        """The bulk request's lines of ``records``: per record, its versioned ``index`` and its document."""
+        index = json.dumps(self.alias)
+        return [
+            f'{{"index":{{"_index":{index},"_id":{json.dumps(r.id)},"version":{r.version},'
+            f'"version_type":"external"}}}}\n'.encode()
+            + PackedRecord.of(r).doc
+            + b"\n"
+            for r in records
+        ]
+
+    async def write_many_async(self, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
+        """``write_many`` from the caller's event loop, on a connection of the loop's own
+        (``raylane.asyncbulk``), without a thread's wake-ups or the client's layers; through the
+        client, on a thread, what that connection cannot do: a signed store, a request too
+        large for one bulk, one made beside another, one that got no answer there. Writes the
+        store turned away for now are tried again through the client, as ``write_many`` would."""
+        if not records:
+            return []
+        lines = self._lines(records)
+        fast = self._bulk_connection
+        if fast is None or fast.busy() or sum(map(len, lines)) > self.max_bulk_bytes:
+            return await asyncio.to_thread(self.write_many, records)
+        try:
+            answer = json.loads(await fast.bulk(b"".join(lines), _WRITE_QUERY))
+            outcomes = _outcomes(records, answer["items"])
+            if len(outcomes) != len(records):
+                raise NotAnswered(f"{len(outcomes)} answers to {len(records)} writes")
+        except (NotAnswered, ValueError, KeyError, TypeError, AttributeError) as e:
+            # As opensearch-py's own retry would, the request goes again: a write that was carried
+            # out comes back a conflict, as after any retry of a request whose answer was lost.
+            log.debug("bulk write on the loop's connection got no answer (%r); through the client", e)
+            return await asyncio.to_thread(self.write_many, records)
+        again = [i for i, o in enumerate(outcomes) if o.transient]
+        if again:
+            try:
+                retried = await asyncio.to_thread(self.write_many, [records[i] for i in again])
+            except StoreUnavailable:
+                if len(again) == len(outcomes):
+                    raise
+                retried = [outcomes[i] for i in again]  # the others were written: they are not sent again
+            for i, outcome in zip(again, retried, strict=True):
+                outcomes[i] = outcome
+        return outcomes
+
+    def bulk_stats(self) -> dict[str, int]:
+        """Bulk writes answered on event loops' own connections, and those left to the client."""
+        fast = self._bulk_connection
+        return {"loop_bulks": fast.requests, "loop_bulks_not_answered": fast.not_answered} if fast else {}
 
     def _write_lines(
         self, records: Sequence[TaskRecord | PackedRecord], lines: list[bytes], which: list[int]
@@ -578,10 +662,7 @@ class OpenSearchStore(StatusStore):
         """One bulk request for the records at ``chunk``; a request the store finds too large is
         split, down to the one record that is, which alone is refused."""
         try:
-            # Only what is read back: a full answer per write is about ten times as long to make and parse.
-            resp = self._call(
-                self._client.bulk, body=b"".join(lines[i] for i in chunk), filter_path="items.*.status,items.*.error"
-            )
+            resp = self._call(self._client.bulk, body=b"".join(lines[i] for i in chunk), filter_path=_WRITE_ANSWER)
         except StoreUnavailable as e:
             if e.status != 413:
                 raise
@@ -598,27 +679,7 @@ class OpenSearchStore(StatusStore):
                     reason=f"request_entity_too_large: the record is {len(lines[chunk[0]])} bytes",
                 )
             ]
-        out = []
-        for i, item in zip(chunk, resp["items"], strict=False):
-            r = records[i]
-            res = item["index"]
-            status = res.get("status", 500)
-            if status in (200, 201):
-                out.append(WriteOutcome(task_id=r.id, version=r.version, accepted=True, status=status))
-            elif status == 409:
-                out.append(WriteOutcome(task_id=r.id, version=r.version, accepted=False, reason="conflict", status=409))
-            else:
-                err = res.get("error", {})
-                out.append(
-                    WriteOutcome(
-                        task_id=r.id,
-                        version=r.version,
-                        accepted=False,
-                        status=status,
-                        reason=f"{err.get('type', status)}: {err.get('reason', '')}",
-                    )
-                )
-        return out
+        return _outcomes([records[i] for i in chunk], resp["items"])
 
     def get(self, task_id: str) -> TaskRecord | None:
         from opensearchpy.exceptions import NotFoundError
@@ -1137,7 +1198,7 @@ class OpenSearchStore(StatusStore):
                 + b"\n"
                 for h in page
             )
-            resp = self._call(self._client.bulk, body=body, filter_path="items.*.status,items.*.error")
+            resp = self._call(self._client.bulk, body=body, filter_path=_WRITE_ANSWER)
             for item in resp.get("items", []):
                 status = item["index"]["status"]
                 if status in (200, 201):
@@ -1152,3 +1213,5 @@ class OpenSearchStore(StatusStore):
 
     def close(self) -> None:
         self._client.close()
+        if self._bulk_connection is not None:
+            self._bulk_connection.close()

@@ -8,6 +8,7 @@ tests/test_contracts.py on OpenSearch and Kafka.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -85,6 +86,20 @@ class StoreContract:
         outcomes = contract_store.write_many([a, b, b.moved_to(TaskState.RUNNING), PackedRecord.of(b)])
         assert [(o.task_id, o.accepted) for o in outcomes] == [(a.id, False), (b.id, True), (b.id, True), (b.id, False)]
         assert [o.version for o in outcomes] == [1, 1, 2, 1]
+
+    def test_writes_from_an_event_loop_have_the_same_outcomes(self, contract_store: StatusStore):
+        a, b = pending(), pending()
+        contract_store.write_many([a.moved_to(TaskState.RUNNING)])
+        batch = [a, b, b.moved_to(TaskState.RUNNING), PackedRecord.of(b)]
+        outcomes = asyncio.run(contract_store.write_many_async(batch))
+        assert [(o.task_id, o.accepted, o.status) for o in outcomes] == [
+            (a.id, False, 409),
+            (b.id, True, 201),
+            (b.id, True, 200),
+            (b.id, False, 409),
+        ]
+        assert contract_store.get(b.id).state is TaskState.RUNNING
+        assert asyncio.run(contract_store.write_many_async([])) == []
 
     def test_a_level_never_goes_back_and_one_terminal_write_of_an_attempt_wins(self, contract_store: StatusStore):
         rec = pending()

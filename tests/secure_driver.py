@@ -10,9 +10,12 @@ import statistics
 import sys
 import time
 
+import ray
+
 import raylane
 from raylane.bench.scale import remove_deployment
 from raylane.client import _connection, _endpoints
+from raylane.protocol import keeper_handles
 
 PREFIX = "secure-result: "
 
@@ -74,6 +77,10 @@ def main() -> int:
             "opensearch_url": endpoints.opensearch.url,
             **timings(),
         }
+        # The keepers' writes went out on their loops' own TLS connections, with basic auth.
+        stats = [ray.get(k.get_stats.remote()) for k in keeper_handles(settings.namespace)]
+        out["loop_bulks"] = sum(s["loop_bulks"] for s in stats)
+        out["loop_bulks_not_answered"] = sum(s["loop_bulks_not_answered"] for s in stats)
         print(PREFIX + json.dumps(out), flush=True)
     finally:
         remove_deployment(settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -10,10 +11,22 @@ from datetime import UTC, datetime
 import pytest
 from conftest import wait_until
 
+from raylane.asyncbulk import BulkConnection
+from raylane.config import OpenSearchConnection
 from raylane.queue import KafkaQueueReader, KafkaTaskQueue
+from raylane.states import TaskState
 from raylane.store import OpenSearchStore
 
-from contracts import QueueContract, SchemaContract, StoreContract, VersionProperties, drain, message, schedule
+from contracts import (
+    QueueContract,
+    SchemaContract,
+    StoreContract,
+    VersionProperties,
+    drain,
+    message,
+    pending,
+    schedule,
+)
 
 
 @pytest.fixture
@@ -93,6 +106,34 @@ def test_calls_made_side_by_side_keep_their_connections(opensearch_store, caplog
     assert found == [{}] * (40 * POOL_CONNECTIONS)
     assert pool.num_connections - before <= POOL_CONNECTIONS
     assert not [r for r in caplog.records if "discarding connection" in r.getMessage()]
+
+
+def test_writes_from_an_event_loop_go_out_on_its_own_connection(opensearch_store):
+    # Given a store on the local OpenSearch (plain HTTP, no signing)
+    store = opensearch_store
+    records = [pending() for _ in range(3)]
+
+    async def write_twice():
+        first = await store.write_many_async(records)
+        again = await store.write_many_async([r.moved_to(TaskState.RUNNING) for r in records])
+        return first, again
+
+    # When a loop writes twice, both requests go out on the loop's kept connection, not the client's
+    first, again = asyncio.run(write_twice())
+    assert all(o.accepted for o in first + again)
+    assert store.bulk_stats() == {"loop_bulks": 2, "loop_bulks_not_answered": 0}
+    assert {store.get(r.id).state for r in records} == {TaskState.RUNNING}
+
+
+def test_a_write_the_loops_connection_cannot_make_goes_through_the_client(opensearch_store, stack):
+    # Given a store whose loop connection leads nowhere (nothing listens on port 9)
+    store = opensearch_store
+    store._bulk_connection = BulkConnection(OpenSearchConnection(url="http://127.0.0.1:9"), timeout_s=5)
+    rec = pending()
+    # When a loop writes, the write is made all the same, through the client, and counted as not answered
+    [outcome] = asyncio.run(store.write_many_async([rec]))
+    assert outcome.accepted and store.get(rec.id).state is TaskState.PENDING
+    assert store.bulk_stats() == {"loop_bulks": 0, "loop_bulks_not_answered": 1}
 
 
 class TestOpenSearchStore(StoreContract):

@@ -20,7 +20,7 @@ from raylane.actors.executor import WARM_PER_CPU
 from raylane.bench.processes import role_of
 from raylane.errors import TaskAlreadyFinished, TaskCancelled, TaskFailed, TaskTimedOut, UnknownTaskName
 from raylane.models import HOPS, SubmitRequest
-from raylane.protocol import find_request_handler
+from raylane.protocol import find_request_handler, keeper_handles
 from raylane.stack import proc
 from raylane.states import TaskState, version_of
 
@@ -108,6 +108,17 @@ def test_a_handlers_writes_go_to_the_keeper_of_its_node_by_socket(rl):
     before = ray.get(handler.get_stats.remote())["written_by_socket"]
     assert add.submit(2, 3).result(timeout=60) == 5
     assert ray.get(handler.get_stats.remote())["written_by_socket"] > before
+
+
+def test_a_keepers_writes_go_out_on_its_loops_own_connection(rl):
+    """A StatusKeeper makes its bulk writes from its event loop on a kept connection of its own,
+    not through the OpenSearch client on a thread: a task's writes are answered there."""
+    keepers = keeper_handles("raylane")
+    before = [ray.get(k.get_stats.remote()) for k in keepers]
+    assert add.submit(3, 4).result(timeout=60) == 7
+    after = [ray.get(k.get_stats.remote()) for k in keepers]
+    assert sum(a["loop_bulks"] - b["loop_bulks"] for a, b in zip(after, before, strict=True)) >= 2  # claim, end
+    assert [a["loop_bulks_not_answered"] for a in after] == [b["loop_bulks_not_answered"] for b in before]
 
 
 def test_running_state_and_version_observed(rl, store, tmp_path):

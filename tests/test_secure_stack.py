@@ -91,6 +91,7 @@ def test_the_lifecycle_runs_on_the_secure_stack(secure_stack, rl, unique):
     assert out["failed"] == ["FAILED", "ValueError"] and out["timed_out"] == "TIMED_OUT"
     assert out["cancelled"] == out["cancelled_after"] == "CANCELLED"
     assert out["found"] >= 20 and out["counts"] == {"FAILED": 1}
+    assert out["loop_bulks"] > 0 and out["loop_bulks_not_answered"] == 0
     # The same figures on the plain stack, in the same run, for the comparison.
     from secure_driver import timings
 
