@@ -199,15 +199,17 @@ class Runs:
         try:
             lease = self._lease_for(f"attempt {msg.attempt} of task {msg.id}")
             ref = remote_invoke.options(**opts).remote(
-                msg.name,
-                msg.args,
-                msg.kwargs,
-                self._limits,
-                lease,
-                msg.soft_timeout_s,
-                (self._actor, msg.id, msg.attempt),
-                gate,
-                self.channel if gate is not None else None,
+                (
+                    msg.name,
+                    msg.args,
+                    msg.kwargs,
+                    self._limits,
+                    lease,
+                    msg.soft_timeout_s,
+                    (self._actor, msg.id, msg.attempt),
+                    gate,
+                    self.channel if gate is not None else None,
+                )
             )
         except Exception as e:  # e.g. resources Ray refuses
             return e
@@ -282,7 +284,7 @@ class Runs:
             grant = first_grant(self._member_times.mean(first.name))
             group.gen = remote_group.options(
                 name=f"raylane:{first.name}:group-of-{len(msgs)}:{first.id}", num_cpus=first.resources.num_cpus
-            ).remote(items, [signal], self._actor, group.key, self._limits, lease, grant)
+            ).remote((items, [signal], self._actor, group.key, self._limits, lease, grant))
         except Exception as e:  # Ray refused to start it: each member fails as a lone launch would
             self._group_by_key.pop(group.key, None)
             for m in msgs:

@@ -45,7 +45,8 @@ class _RemoteGroup:
     def options(self, **_):
         return self
 
-    def remote(self, items, _signal_box, _executor, key, _limits, _lease, first_grant):
+    def remote(self, call):
+        items, _signal_box, _executor, key, _limits, _lease, first_grant = call
         stream = _Stream()
         self.launched.append(([(i[0], i[1]) for i in items], key, stream))
         self.first_grants.append(first_grant)
@@ -62,8 +63,8 @@ class _RemoteInvoke:
     def options(self, **_):
         return self
 
-    def remote(self, *args):
-        self.launched.append(args)
+    def remote(self, call):
+        self.launched.append(call)
         ref = asyncio.get_running_loop().create_future()
         if len(self.launched) > 1:
             ref.set_result(Reply(True, None))
@@ -238,7 +239,7 @@ class _HeldInvoke:
     def options(self, **_):
         return self
 
-    def remote(self, *args):
+    def remote(self, call):
         self.refs.append(asyncio.get_running_loop().create_future())
         return self.refs[-1]
 
