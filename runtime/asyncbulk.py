@@ -19,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import ssl
+import weakref
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -34,9 +35,26 @@ class NotAnswered(Exception):
     through the store's client."""
 
 
+class _Link:
+    """One loop's kept connection, and the lock that keeps it to one request at a time."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    def drop(self) -> None:
+        writer, self.reader, self.writer = self.writer, None, None
+        if writer is not None:
+            # From another thread or after its loop closed, closing the transport may raise; the
+            # socket goes with it either way.
+            with contextlib.suppress(RuntimeError):
+                writer.close()
+
+
 class BulkConnection:
-    """One kept HTTP/1.1 connection to OpenSearch for bulk requests, used by one event loop,
-    one request at a time. Not thread-safe; a caller on another loop gets a connection of its own."""
+    """Kept HTTP/1.1 connections to OpenSearch for bulk requests: one per event loop that makes
+    them (a connection belongs to the loop that opened it), one request at a time on each."""
 
     def __init__(self, conn: OpenSearchConnection, timeout_s: float = 30.0):
         parts = urlsplit(conn.url)
@@ -52,10 +70,7 @@ class BulkConnection:
             token = base64.b64encode(f"{conn.username}:{password}".encode()).decode()
             head.append(f"Authorization: Basic {token}")
         self._head = "\r\n".join(head)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock: asyncio.Lock | None = None
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._links: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Link] = weakref.WeakKeyDictionary()
         self.requests = 0  # answered here
         self.not_answered = 0  # left to the client
 
@@ -75,38 +90,35 @@ class BulkConnection:
         return ctx
 
     def busy(self) -> bool:
-        """Whether a request is under way on this loop's connection (the caller should not wait
-        for it: the client serves requests side by side)."""
-        return self._lock is not None and self._loop is asyncio.get_running_loop() and self._lock.locked()
+        """Whether a request is under way on the calling loop's connection (the caller should
+        not wait for it: the client serves requests side by side)."""
+        link = self._links.get(asyncio.get_running_loop())
+        return link is not None and link.lock.locked()
 
     async def bulk(self, body: bytes, query: str) -> bytes:
         """The body of OpenSearch's 200 answer to ``POST /_bulk?<query>`` with ``body``;
         ``NotAnswered`` otherwise (the request may or may not have been carried out)."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            self._drop()  # a connection belongs to the loop that opened it
-            self._loop, self._lock = loop, asyncio.Lock()
-        assert self._lock is not None
-        async with self._lock:
+        link = self._links.setdefault(asyncio.get_running_loop(), _Link())
+        async with link.lock:
             try:
-                answer = await asyncio.wait_for(self._exchange(body, query), self._timeout_s)
+                answer = await asyncio.wait_for(self._exchange(link, body, query), self._timeout_s)
             except NotAnswered:
-                self._drop()
+                link.drop()
                 self.not_answered += 1
                 raise
             except (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError) as e:
-                self._drop()
+                link.drop()
                 self.not_answered += 1
                 raise NotAnswered(repr(e)) from e
         self.requests += 1
         return answer
 
-    async def _exchange(self, body: bytes, query: str) -> bytes:
-        if self._writer is None or self._writer.is_closing():
-            self._reader, self._writer = await asyncio.open_connection(
+    async def _exchange(self, link: _Link, body: bytes, query: str) -> bytes:
+        if link.writer is None or link.writer.is_closing():
+            link.reader, link.writer = await asyncio.open_connection(
                 self._host, self._port, ssl=self._ssl, limit=_HEAD_MAX
             )
-        reader, writer = self._reader, self._writer
+        reader, writer = link.reader, link.writer
         assert reader is not None
         request = f"POST {self._prefix}/_bulk?{query} HTTP/1.1\r\n{self._head}\r\nContent-Length: {len(body)}\r\n\r\n"
         writer.write(request.encode() + body)
@@ -118,22 +130,15 @@ class BulkConnection:
             raise NotAnswered("an answer without a length")
         answer = await reader.readexactly(int(length))
         if headers.get("connection", "").lower() == "close":
-            self._drop()
+            link.drop()
         if status != 200:
             raise NotAnswered(f"HTTP {status}")
         return answer
 
-    def _drop(self) -> None:
-        writer, self._reader, self._writer = self._writer, None, None
-        if writer is not None:
-            # From another thread or after its loop closed, closing the transport may raise; the
-            # socket goes with it either way.
-            with contextlib.suppress(RuntimeError):
-                writer.close()
-
     def close(self) -> None:
-        """Close the connection (a later request opens another)."""
-        self._drop()
+        """Close every loop's connection (a later request opens another)."""
+        for link in list(self._links.values()):
+            link.drop()
 
 
 def _head(head: bytes) -> tuple[int, dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 
 import pytest
 
@@ -120,3 +121,47 @@ def test_a_signed_store_makes_no_loop_connection():
     signed = OpenSearchConnection(url="https://search.example:443", auth="aws", aws_region="eu-west-1")
     assert not BulkConnection.possible(signed)
     assert BulkConnection.possible(OpenSearchConnection(url="https://search.example:443", username="u", password="p"))
+
+
+def test_a_second_loop_does_not_take_over_the_connection_of_a_loop_mid_request():
+    # Given a server in a thread of its own that holds its answer to "slow" until released
+    got_slow, release = threading.Event(), threading.Event()
+    loop = asyncio.new_event_loop()
+    connections = []
+
+    async def serve(reader, writer):
+        connections.append((writer, asyncio.current_task()))
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            body = await reader.readexactly(int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]))
+            if body == b"slow\n":
+                got_slow.set()
+                await asyncio.to_thread(release.wait, 10)
+            writer.write(ok(body))
+
+    server = loop.run_until_complete(asyncio.start_server(serve, "127.0.0.1", 0))
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    conn = connection(server.sockets[0].getsockname()[1])
+    slow: list = []
+    held = threading.Thread(target=lambda: slow.append(asyncio.run(conn.bulk(b"slow\n", ""))))
+    held.start()
+    assert got_slow.wait(10)
+    # When another loop makes a request while the first one's is under way
+    fast = asyncio.run(conn.bulk(b"fast\n", ""))
+    release.set()
+    held.join(10)
+    # Then both are answered, each on its own loop's connection
+    assert fast == b"fast\n" and slow == [b"slow\n"]
+    assert len(connections) == 2 and conn.requests == 2 and conn.not_answered == 0
+
+    async def shut():
+        server.close()
+        for writer, _ in connections:
+            writer.close()
+        await asyncio.gather(*(task for _, task in connections))
+
+    asyncio.run_coroutine_threadsafe(shut(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
