@@ -43,7 +43,12 @@ from raylane.models import TaskMessage, TaskRecord
 GROUP_MAX = 64  # tasks in one Ray task at most
 GRANT_MAX = 32  # members one grant covers at most
 GRANT_SPAN_S = 0.02  # the members' work one grant aims to cover
-MOVE_AFTER_S = 0.5  # a member that has run this long has the siblings behind it moved on
+# A member that has run this long has the siblings behind it moved on. Stalled members next to
+# one another in a group (tasks submitted together) start this far apart, one after the other;
+# a move costs a Ray task's start, a few milliseconds, small beside this. The main job, whose
+# five stalled tasks end it, ran at a median of 545 tasks/s with 0.2 s and 489 with 0.5 s (six
+# runs each, alternating).
+MOVE_AFTER_S = 0.2
 
 
 def groupable(msg: TaskMessage) -> bool:
