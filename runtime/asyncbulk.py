@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from raylane.config import OpenSearchConnection
 
 _HEAD_MAX = 64 * 1024  # the answer's status line and headers, at most
+# What a connection that broke, or an answer that did not come whole or in time, raises.
+_BROKEN = (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError)
 
 
 class NotAnswered(Exception):
@@ -102,13 +104,11 @@ class BulkConnection:
         async with link.lock:
             try:
                 answer = await asyncio.wait_for(self._exchange(link, body, query), self._timeout_s)
-            except NotAnswered:
+            except (NotAnswered, *_BROKEN) as e:
                 link.drop()
                 self.not_answered += 1
-                raise
-            except (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError) as e:
-                link.drop()
-                self.not_answered += 1
+                if isinstance(e, NotAnswered):
+                    raise
                 raise NotAnswered(repr(e)) from e
         self.requests += 1
         return answer

@@ -569,10 +569,18 @@ class OpenSearchStore(StatusStore):
     def write_many(self, records: Sequence[TaskRecord | PackedRecord]) -> list[WriteOutcome]:
         if not records:
             return []
-        lines = self._lines(records)
-        outcomes = self._write_lines(records, lines, list(range(len(lines))))
-        # Writes turned away for now are tried again here, for a while, so that no writer takes an
-        # overloaded or briefly write-blocked index (a migration's last step) for a refusal.
+        return self._write_built(records, self._lines(records))
+
+    def _write_built(self, records: Sequence[TaskRecord | PackedRecord], lines: list[bytes]) -> list[WriteOutcome]:
+        """``write_many`` of ``records`` whose bulk lines (``_lines``) are made already."""
+        return self._settled(records, lines, self._write_lines(records, lines, list(range(len(lines)))))
+
+    def _settled(
+        self, records: Sequence[TaskRecord | PackedRecord], lines: list[bytes], outcomes: list[WriteOutcome]
+    ) -> list[WriteOutcome]:
+        """``outcomes`` of a first try, with the writes the store turned away for now tried again,
+        for a while, so that no writer takes an overloaded or briefly write-blocked index (a
+        migration's last step) for a refusal."""
         deadline = time.monotonic() + TRANSIENT_RETRY_S
         tries = 0
         while True:
@@ -611,7 +619,7 @@ class OpenSearchStore(StatusStore):
         lines = self._lines(records)
         fast = self._bulk_connection
         if fast is None or fast.busy() or sum(map(len, lines)) > self.max_bulk_bytes:
-            return await asyncio.to_thread(self.write_many, records)
+            return await asyncio.to_thread(self._write_built, records, lines)
         try:
             answer = json.loads(await fast.bulk(b"".join(lines), _WRITE_QUERY))
             outcomes = _outcomes(records, answer["items"])
@@ -621,17 +629,9 @@ class OpenSearchStore(StatusStore):
             # As opensearch-py's own retry would, the request goes again: a write that was carried
             # out comes back a conflict, as after any retry of a request whose answer was lost.
             log.debug("bulk write on the loop's connection got no answer (%r); through the client", e)
-            return await asyncio.to_thread(self.write_many, records)
-        again = [i for i, o in enumerate(outcomes) if o.transient]
-        if again:
-            try:
-                retried = await asyncio.to_thread(self.write_many, [records[i] for i in again])
-            except StoreUnavailable:
-                if len(again) == len(outcomes):
-                    raise
-                retried = [outcomes[i] for i in again]  # the others were written: they are not sent again
-            for i, outcome in zip(again, retried, strict=True):
-                outcomes[i] = outcome
+            return await asyncio.to_thread(self._write_built, records, lines)
+        if any(o.transient for o in outcomes):
+            return await asyncio.to_thread(self._settled, records, lines, outcomes)
         return outcomes
 
     def bulk_stats(self) -> dict[str, int]:

@@ -125,7 +125,7 @@ def test_writes_from_an_event_loop_go_out_on_its_own_connection(opensearch_store
     assert {store.get(r.id).state for r in records} == {TaskState.RUNNING}
 
 
-def test_a_write_the_loops_connection_cannot_make_goes_through_the_client(opensearch_store, stack):
+def test_a_write_the_loops_connection_cannot_make_goes_through_the_client(opensearch_store):
     # Given a store whose loop connection leads nowhere (nothing listens on port 9)
     store = opensearch_store
     store._bulk_connection = BulkConnection(OpenSearchConnection(url="http://127.0.0.1:9"), timeout_s=5)
