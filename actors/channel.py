@@ -49,7 +49,7 @@ from raylane.sockets import (
     ChannelClosed,
     ChannelUnreachable,
     NodeChannels,
-    call_once,
+    call_kept,
     frame,
     raised,
 )
@@ -65,7 +65,7 @@ __all__ = [
     "Link",
     "Method",
     "NodeChannels",
-    "call_once",
+    "call_kept",
     "or_by_ray",
     "socket_dir",
 ]

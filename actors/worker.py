@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import ray
 
 from raylane import progress_reports, registry
-from raylane.actors.channel import ChannelAddress, ChannelClosed, call_once
+from raylane.actors.channel import ChannelAddress, ChannelClosed, call_kept
 from raylane.actors.fencing import LeaseLapsed, worker_fence
 from raylane.actors.grouping import MOVE_AFTER_S, next_grant
 from raylane.actors.interrupts import raised_by_code, wakeable
@@ -231,7 +231,7 @@ def _tell_end(channel: ChannelAddress | None, task: tuple[Any, str, int] | None,
     if channel is None or task is None or not _local(channel):
         return
     with contextlib.suppress(Exception):
-        call_once(channel, TASK_END, [task[1], task[2], list(reply)])
+        call_kept(channel, TASK_END, [task[1], task[2], list(reply)])
 
 
 _REPLY_TYPES = (
@@ -289,7 +289,7 @@ def _ask(actor: Any, channel: ChannelAddress | None, method: str, task_id: str, 
     and the socket answers (an actor restarted meanwhile has a new one), else by a Ray call."""
     if channel is not None and _local(channel):
         with contextlib.suppress(ChannelClosed):
-            return bool(call_once(channel, method, [task_id, attempt]))
+            return bool(call_kept(channel, method, [task_id, attempt]))
     return bool(ray.get(getattr(actor, method).remote(task_id, attempt)))
 
 

@@ -368,34 +368,26 @@ def hop_breakdown(records: dict, got: dict[str, float] | None = None) -> dict[st
 PATH = (
     "SDK -> RequestHandler (socket), queue, QueueConsumer -> Executor (socket), the longer of the claim (a socket "
     "call to the StatusKeeper with its status write, its answer on to the waiting worker by socket, and the "
-    "worker's reply) and the Ray task, Executor -> StatusKeeper (socket), the end's status write, "
+    "worker's end by socket) and the Ray task, Executor -> StatusKeeper (socket), the end's status write, "
     "StatusKeeper -> SDK (socket)"
 )
 FLOOR_GAP_S = 0.005  # each step on the path follows an idle moment of its actor, not a busy loop
 
 
-def floor_ms(
-    actor_call_ms: float,
-    status_write_ms: float,
-    queue_ms: float,
-    ray_task_ms: float,
-    socket_call_ms: float,
-    driver_call_ms: float,
-) -> float:
+def floor_ms(status_write_ms: float, queue_ms: float, ray_task_ms: float, socket_call_ms: float) -> float:
     """The least a round trip can take under raylane's design, from its steps each measured
-    alone (a message is half a call). One after another on a task's way: the submit (SDK ->
-    RequestHandler, by the handler's socket on a connection the driver keeps:
-    ``driver_call_ms``); the queue, with the PENDING write beside it; the hand-over
-    (QueueConsumer -> Executor, by the executor's socket); then the claim and the Ray task side
-    by side (the gated launch), the longer of the two: the claim is a socket call to the
-    StatusKeeper with its status write, its answer goes on to the worker that waits for it (by
-    the executor's socket), and the worker's reply comes back as Ray returns it; last, the end
-    (Executor -> StatusKeeper by socket, a status write) and its answer to the SDK's wait,
-    held at that keeper (by its socket, on a kept connection). The actors and the driver share a
-    node, as on the local stack."""
-    half, socket_half, driver_half = actor_call_ms / 2, socket_call_ms / 2, driver_call_ms / 2
-    claim = socket_call_ms + status_write_ms + socket_half + half
-    return driver_half + queue_ms + socket_half + max(claim, ray_task_ms) + socket_half + status_write_ms + driver_half
+    alone (a message is half a call on a kept socket). One after another on a task's way: the
+    submit (SDK -> RequestHandler, by the handler's socket); the queue, with the PENDING write
+    beside it; the hand-over (QueueConsumer -> Executor, by the executor's socket); then the
+    claim and the Ray task side by side (the gated launch), the longer of the two: the claim is
+    a socket call to the StatusKeeper with its status write, its answer goes on to the worker
+    that waits for it, and the worker tells its end (both by the executor's socket); last, the
+    end (Executor -> StatusKeeper by socket, a status write) and its answer to the SDK's wait,
+    held at that keeper (by its socket). Every socket call is on a kept connection; the actors
+    and the driver share a node, as on the local stack."""
+    half = socket_call_ms / 2
+    claim = socket_call_ms + status_write_ms + half + half
+    return half + queue_ms + half + max(claim, ray_task_ms) + half + status_write_ms + half
 
 
 def _median_ms(step: Callable[[], float | None], n: int, gap_s: float) -> float:
@@ -422,7 +414,7 @@ def bench_floor(n: int) -> dict:
     import ray
     from kafka import KafkaConsumer
 
-    from raylane.actors.channel import BlockingClient, ChannelAddress, ChannelServer, Method, call_once
+    from raylane.actors.channel import BlockingClient, ChannelAddress, ChannelServer, Method
     from raylane.client import _connection
     from raylane.models import PackedRecord, TaskMessage, TaskRecord, new_task_id, utcnow
     from raylane.queue import KafkaTaskQueue
@@ -448,13 +440,11 @@ def bench_floor(n: int) -> dict:
     ray.get(echo.ping.remote())
     out["actor_call_ms"] = _r(_median_ms(lambda: ray.get(echo.ping.remote()), n, FLOOR_GAP_S), 2)
     out["actor_call_busy_ms"] = _r(_median_ms(lambda: ray.get(echo.ping.remote()), n, 0), 2)  # back to back
-    # A call by the actor's socket, on a connection of its own each time (as a worker asks it).
-    address = ray.get(echo.channel.remote())
-    out["socket_call_ms"] = _r(_median_ms(lambda: call_once(address, "echo", None), n, FLOOR_GAP_S), 2)
-    # On a connection kept between calls, as a driver submits and waits.
-    kept = BlockingClient(address)
+    # A call by the actor's socket on a connection kept between calls, as a driver submits and
+    # waits and a worker asks its executor and keeper.
+    kept = BlockingClient(ray.get(echo.channel.remote()))
     try:
-        out["driver_call_ms"] = _r(_median_ms(lambda: kept.call("echo", None), n, FLOOR_GAP_S), 2)
+        out["socket_call_ms"] = _r(_median_ms(lambda: kept.call("echo", None), n, FLOOR_GAP_S), 2)
     finally:
         kept.close()
     ray.kill(echo)
@@ -534,7 +524,7 @@ def bench_floor(n: int) -> dict:
         _delete_topic(topic)
 
     out["path"] = PATH
-    steps = ("actor_call_ms", "status_write_ms", "queue_ms", "ray_task_ms", "socket_call_ms", "driver_call_ms")
+    steps = ("status_write_ms", "queue_ms", "ray_task_ms", "socket_call_ms")
     out["floor_ms"] = _r(floor_ms(*(out[step] for step in steps)), 1)
     return out
 

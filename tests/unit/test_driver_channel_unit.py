@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -36,6 +37,7 @@ from raylane.sockets import (
     ChannelAddress,
     ChannelClosed,
     ChannelUnreachable,
+    call_kept,
     wait_answer,
 )
 from raylane.states import TaskState
@@ -124,6 +126,42 @@ def test_a_call_that_could_not_be_sent_says_so(loop, tmp_path):
         assert not isinstance(e.value, ChannelUnreachable)
     finally:
         loop.run(server.close())
+
+
+def test_a_workers_calls_keep_one_connection_per_thread_and_channel(loop):
+    server, address = _serve(loop, ECHO)
+    try:
+        assert [call_kept(address, "echo", [i, 0]) for i in range(3)] == [[0, 0], [1, 0], [2, 0]]
+        assert len(server._connections) == 1
+        called, done = threading.Event(), threading.Event()
+
+        def another_thread() -> None:
+            call_kept(address, "echo", ["other", 0])
+            called.set()
+            done.wait(5)  # its connection lasts as long as the thread
+
+        other = threading.Thread(target=another_thread)
+        other.start()
+        assert called.wait(5)
+        assert len(server._connections) == 2
+        done.set()
+        other.join(5)
+        # The actor ends the connections (it stopped, say): the next call, never sent on its kept
+        # one, goes on a new one.
+        for connection in list(server._connections):
+            loop.loop.call_soon_threadsafe(connection.cancel)
+        _until(lambda: not server._connections)
+        assert call_kept(address, "echo", ["again", 0]) == ["again", 0]
+        assert len(server._connections) == 1
+    finally:
+        loop.run(server.close())
+
+
+def _until(done, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.01)
 
 
 def _running() -> tuple[TaskRecord, TaskRecord]:

@@ -97,18 +97,18 @@ def test_a_claim_sent_by_a_keepers_channel_is_answered_by_the_executor(fake_ray,
 
 @pytest.fixture
 def sockets(monkeypatch):
-    """``call_once`` replaced: what was asked of which socket, answered from ``answers``; a socket
+    """``call_kept`` replaced: what was asked of which socket, answered from ``answers``; a socket
     named in ``closed`` is closed."""
     asked: list[tuple[str, str, list]] = []
     state = SimpleNamespace(asked=asked, answers={CLAIM_ANSWER: True, ATTEMPT_OPEN: True}, closed=set())
 
-    def call_once(address, method, body):
+    def call_kept(address, method, body):
         asked.append((address.path, method, body))
         if address.path in state.closed:
             raise ChannelClosed("closed")
         return state.answers[method]
 
-    monkeypatch.setattr(worker, "call_once", call_once)
+    monkeypatch.setattr(worker, "call_kept", call_kept)
     monkeypatch.setattr(worker, "_node", "node-1")
     yield state
     # A question a gate did not wait for (the keeper's, beside a claim refused) is answered
