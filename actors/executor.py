@@ -37,7 +37,16 @@ from raylane.actors.handover import START_MANY, serving
 from raylane.actors.keepers import Gate, Keepers
 from raylane.actors.recovery import OwnLease, Recovery
 from raylane.actors.runs import Runs
-from raylane.actors.worker import CLAIM_ANSWER, TASK_END, MemberEnd, asked_attempt, remote_warm, told_end
+from raylane.actors.worker import (
+    CLAIM_ANSWER,
+    GROUP_ADVANCE,
+    TASK_END,
+    MemberEnd,
+    asked_advance,
+    asked_attempt,
+    remote_warm,
+    told_end,
+)
 from raylane.models import PackedRecord, Progress, TaskMessage, TaskRecord, WriteOutcome, utcnow
 from raylane.progress_reports import FLUSH_EVERY_S
 from raylane.protocol import PER_CPU_RUNNING, UNRECORDED, ActorConfig, HandOff, HandOffResult
@@ -158,6 +167,7 @@ class Executor:
                 START_MANY: serving(self.start_many),
                 CLAIM_ANSWER: Method(asked_attempt, lambda a: self._runs.claim_answer(*a)),
                 TASK_END: Method(told_end, lambda e: self._runs.task_end(*e)),
+                GROUP_ADVANCE: Method(asked_advance, lambda a: self.group_advance(*a)),
             },
             node_id,
             self._lease.incarnation,

@@ -284,7 +284,7 @@ class Runs:
             grant = first_grant(self._member_times.mean(first.name))
             group.gen = remote_group.options(
                 name=f"raylane:{first.name}:group-of-{len(msgs)}:{first.id}", num_cpus=first.resources.num_cpus
-            ).remote((items, [signal], self._actor, group.key, self._limits, lease, grant))
+            ).remote((items, [signal], self._actor, group.key, self._limits, lease, grant, self.channel))
         except Exception as e:  # Ray refused to start it: each member fails as a lone launch would
             self._group_by_key.pop(group.key, None)
             for m in msgs:
@@ -414,7 +414,8 @@ class Runs:
         group = self._group_by_key.get(key)
         if group is None:
             return 0
-        self._take_report(group, ends)
+        # A request whose socket broke after it was sent comes again by Ray: its ends are taken once.
+        self._take_report(group, [e for e in ends if e.task_id not in group.reported])
         if group.signal.is_set():
             return 0
         group.granted = max(group.granted, min(upto, group.kept))

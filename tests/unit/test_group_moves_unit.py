@@ -3,12 +3,17 @@ members after it, and the executor's side moves exactly those on."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import UTC, datetime
 
+import pytest
+
 from raylane.actors import worker
+from raylane.actors.channel import ChannelAddress
 from raylane.actors.grouping import Group
+from raylane.actors.worker import MemberEnd
 from raylane.models import TaskMessage
 from raylane.protocol import Reply
 
@@ -44,7 +49,11 @@ class _Executor:
 
 
 def _control(
-    monkeypatch, executor: _Executor, seconds: dict[str, float], first_grant: int = 1
+    monkeypatch,
+    executor: _Executor,
+    seconds: dict[str, float],
+    first_grant: int = 1,
+    channel: ChannelAddress | None = None,
 ) -> worker._MemberControl:
     never = threading.Event()
     monkeypatch.setattr(worker.ray, "get", lambda ref: never.wait() or [])  # no cancel signal comes
@@ -61,7 +70,7 @@ def _control(
         return Reply(True, task[1])
 
     monkeypatch.setattr(worker, "invoke", invoke)
-    return worker._MemberControl(None, executor, "t0", worker.Limits(), first_grant)  # type: ignore[arg-type]
+    return worker._MemberControl(None, executor, "t0", worker.Limits(), first_grant, channel)  # type: ignore[arg-type]
 
 
 def test_a_long_member_gives_back_the_leave_to_start_those_after_it(monkeypatch):
@@ -115,3 +124,61 @@ def test_the_first_grant_is_the_executors_size_then_grows_from_there(monkeypatch
     assert [r.result for r in replies if r] == [f"t{i}" for i in range(30)]
     # One message for the first 8 members, not four (1, 2, 4, 8), then grants that double.
     assert [args[2] for name, args in executor.calls if name == "group_advance"] == [8, 24, 56]
+
+
+def _socket(monkeypatch, executor: _Executor, broken: bool = False) -> list:
+    """The executor's socket on the worker's node: each request crosses as JSON, and is answered
+    by ``executor`` as its Ray method would (or the connection breaks after it was sent)."""
+    asked: list = []
+
+    def call_kept(address, method, body):
+        asked.append(method)
+        if broken:
+            raise worker.ChannelClosed("broke after the request was sent")
+        return executor._advance(*worker.asked_advance(json.loads(json.dumps(body))))
+
+    monkeypatch.setattr(worker, "call_kept", call_kept)
+    monkeypatch.setattr(worker, "_node", "node-1")
+    return asked
+
+
+EXECUTOR_SOCKET = ChannelAddress("node-1", "/executor.sock", "x")
+
+
+def test_a_groups_worker_asks_for_leave_by_its_executors_socket(monkeypatch):
+    executor = _Executor()
+    asked = _socket(monkeypatch, executor)
+    control = _control(monkeypatch, executor, {}, channel=EXECUTOR_SOCKET)
+    done = Reply(True, {"n": 1}, began=1.0, returned=2.0)
+    assert control._advance([MemberEnd("t0", True, done), MemberEnd("t1", False)], 3) == 3
+    assert asked == [worker.GROUP_ADVANCE] and executor.calls == []  # nothing by Ray
+    # What the executor reads is what the worker sent.
+    body = worker.advance_body("t0", [MemberEnd("t0", True, done), MemberEnd("t1", False)], 3)
+    assert worker.asked_advance(json.loads(json.dumps(body))) == (
+        "t0",
+        [MemberEnd("t0", True, done), MemberEnd("t1", False)],
+        3,
+    )
+    for bad in (["t0", [], True], ["t0", [["t1", 1, None]], 2], [0, [], 2], ["t0", [["t1", True, [1]]], 2]):
+        with pytest.raises((TypeError, ValueError)):
+            worker.asked_advance(bad)
+
+
+def test_a_request_for_leave_whose_socket_breaks_is_made_by_ray(monkeypatch):
+    executor = _Executor()
+    asked = _socket(monkeypatch, executor, broken=True)
+    control = _control(monkeypatch, executor, {}, channel=EXECUTOR_SOCKET)
+    ended = [MemberEnd("t0", True, Reply(True, None))]
+    assert control._advance(ended, 2) == 2
+    assert asked == [worker.GROUP_ADVANCE]
+    assert [(name, args) for name, args in executor.calls if name == "group_advance"] == [
+        ("group_advance", ("t0", ended, 2))
+    ]
+
+
+def test_a_groups_worker_on_another_node_asks_by_ray(monkeypatch):
+    executor = _Executor()
+    asked = _socket(monkeypatch, executor)
+    control = _control(monkeypatch, executor, {}, channel=EXECUTOR_SOCKET._replace(node="node-2"))
+    assert control._advance([], 1) == 1
+    assert asked == [] and [name for name, _ in executor.calls if name == "group_advance"] == ["group_advance"]

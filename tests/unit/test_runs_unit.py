@@ -46,7 +46,7 @@ class _RemoteGroup:
         return self
 
     def remote(self, call):
-        items, _signal_box, _executor, key, _limits, _lease, first_grant = call
+        items, _signal_box, _executor, key, _limits, _lease, first_grant, _channel = call
         stream = _Stream()
         self.launched.append(([(i[0], i[1]) for i in items], key, stream))
         self.first_grants.append(first_grant)
@@ -213,6 +213,28 @@ def test_a_groups_first_grant_is_sized_by_how_long_members_of_its_name_took(monk
         await _settle()
         assert remote.first_grants == [1, 20]
         remote.launched[1][2].over.set()
+        await _settle()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_for_leave_made_twice_settles_its_ends_once(monkeypatch):
+    # A request whose socket broke after it was sent is made again by Ray.
+    remote = _RemoteGroup()
+    monkeypatch.setattr(runs_module, "remote_group", remote)
+
+    async def scenario() -> None:
+        runs = _runs(Counter())
+        ids = ["a" * 32, "b" * 32, "c" * 32]
+        runs.launch([_member(i, 0) for i in ids])
+        await _settle()
+        _, key, stream = remote.launched[0]
+        ends = [MemberEnd(ids[0], True, Reply(True, "a"))]
+        assert runs.group_advance(key, ends, 2) == 2
+        assert runs.group_advance(key, ends, 2) == 2
+        await _settle()
+        assert [reply.result for _, reply in runs._finisher.settled] == ["a"]
+        stream.over.set()
         await _settle()
 
     asyncio.run(scenario())
