@@ -17,16 +17,25 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 def _text_of(browser, element_id: str) -> str:
     """The text of the element ``element_id`` ("" if there is none). The page redraws itself as
     tasks change: an element found may be replaced before its text is read; then the new one is."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
 
     for _ in range(10):
         try:
             found = browser.find_elements(By.ID, element_id)
             return found[0].text if found else ""
-        except StaleElementReferenceException:
-            continue
+        except WebDriverException as e:
+            if not _replaced(e):
+                raise
     return ""
+
+
+def _replaced(e: Exception) -> bool:
+    """Whether ``e`` says an element was replaced as it was read: Selenium's stale element, or
+    the inspector error Chrome gives for some such reads (a node no longer in the document)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    return isinstance(e, StaleElementReferenceException) or "does not belong to the document" in str(e)
 
 
 @pytest.fixture
@@ -200,12 +209,14 @@ def test_the_operator_views_in_the_browser(browser, http_api, unique, rl):
         return _text_of(browser, element_id)
 
     def cell(queue: str, column: str) -> str:
-        from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.common.exceptions import WebDriverException
 
         try:
             rows = browser.find_elements(By.CSS_SELECTOR, f'tr.queue[data-queue="{queue}"] td.{column}')
             return rows[0].text if rows else ""
-        except StaleElementReferenceException:
+        except WebDriverException as e:
+            if not _replaced(e):
+                raise
             return ""
 
     tenant = f"op-{unique}"
