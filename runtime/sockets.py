@@ -151,7 +151,7 @@ class BlockingClient:
 
 
 class _KeptClients(threading.local):
-    """A thread's connections for ``call_kept``, by channel, the one used last at the end."""
+    """A thread's kept connections, by channel, the one used last at the end."""
 
     def __init__(self) -> None:
         self.clients: dict[ChannelAddress, BlockingClient] = {}
@@ -164,27 +164,32 @@ _kept = _KeptClients()
 KEPT_MAX = 8
 
 
-def call_kept(address: ChannelAddress, method: str, body: Any) -> Any:
-    """Call ``method`` at ``address`` from code without an event loop (a Ray task's worker) on this
-    thread's connection to that channel, kept for the thread's next call there; blocks until the
-    answer, raising as ``BlockingClient.call`` does.
-
-    A new connection costs both ends more than the call: the actor accepts it, starts a reader
-    and checks the token (0.12 ms of its CPU per call on a new connection, 0.05 ms on a kept one,
-    and 0.08 against 0.03 ms of the caller's, measured against a StatusKeeper). A kept
-    connection that ended meanwhile (its actor stopped) takes no request: the call then goes on
-    a new one, since the first was never sent."""
+def kept_client(address: ChannelAddress) -> BlockingClient:
+    """This thread's connection to the channel at ``address``, kept between its calls (a driver's
+    and a Ray worker's alike; see ``call_kept``)."""
     if _kept.pid != os.getpid():
         # A process forked from this thread shares its connections: its calls go on its own.
         _kept.clients, _kept.pid = {}, os.getpid()
     clients = _kept.clients
-    client = clients.pop(address, None)
-    reused = client is not None and client.connected
-    if client is None:
-        client = BlockingClient(address)
+    client = clients.pop(address, None) or BlockingClient(address)
     clients[address] = client
     while len(clients) > KEPT_MAX:
         clients.pop(next(iter(clients))).close()
+    return client
+
+
+def call_kept(address: ChannelAddress, method: str, body: Any) -> Any:
+    """Call ``method`` at ``address`` from code without an event loop (a Ray task's worker) on this
+    thread's kept connection to that channel (``kept_client``); blocks until the answer, raising
+    as ``BlockingClient.call`` does.
+
+    A new connection costs both ends more than the call: the actor accepts it, starts a reader
+    and checks the token (about 0.12 ms of its CPU per call on a new connection, 0.05-0.09 ms on
+    a kept one, and 0.08 against 0.03-0.05 ms of the caller's, measured against a StatusKeeper).
+    A kept connection that ended meanwhile (its actor stopped) takes no request: the call then
+    goes on a new one, since the first was never sent."""
+    client = kept_client(address)
+    reused = client.connected
     try:
         return client.call(method, body)
     except ChannelUnreachable:
@@ -195,7 +200,7 @@ def call_kept(address: ChannelAddress, method: str, body: Any) -> Any:
 
 class NodeChannels:
     """A driver's connections to the channels of the actors on its node, one per thread and actor,
-    kept between calls. An actor's address is asked of it by Ray once, and again after a failure
+    kept between calls (``kept_client``). An actor's address is asked of it by Ray once, and again after a failure
     (at most every ``every_s``); an actor on another node, or one without a channel, has no client
     here, and its caller calls it by Ray."""
 
@@ -204,7 +209,6 @@ class NodeChannels:
         self._every_s = every_s
         self._addresses: dict[str, ChannelAddress] = {}
         self._asked: dict[str, float] = {}
-        self._threads = threading.local()
 
     def client(self, label: str, ask: Callable[[], ChannelAddress | None]) -> BlockingClient | None:
         """This thread's client of the actor ``label``, whose address ``ask`` gets by Ray; None if
@@ -225,13 +229,7 @@ class NodeChannels:
             if not isinstance(address, ChannelAddress) or address.node != self._node:
                 return None
             self._addresses[label] = address
-        clients: dict[str, BlockingClient] = self._threads.__dict__.setdefault("clients", {})
-        client = clients.get(label)
-        if client is None or client.address != address:
-            if client is not None:
-                client.close()
-            client = clients[label] = BlockingClient(address)
-        return client
+        return kept_client(address)
 
     def failed(self, label: str) -> None:
         """A call to ``label`` found no one answering: its address is asked again (the actor may

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -41,6 +40,7 @@ from raylane.sockets import (
     wait_answer,
 )
 from raylane.states import TaskState
+from tests.conftest import wait_until
 from tests.memory_actors import memory_keeper
 
 NODE = "node-1"
@@ -150,18 +150,11 @@ def test_a_workers_calls_keep_one_connection_per_thread_and_channel(loop):
         # one, goes on a new one.
         for connection in list(server._connections):
             loop.loop.call_soon_threadsafe(connection.cancel)
-        _until(lambda: not server._connections)
+        wait_until(lambda: not server._connections, timeout=5, what="the connections to end")
         assert call_kept(address, "echo", ["again", 0]) == ["again", 0]
         assert len(server._connections) == 1
     finally:
         loop.run(server.close())
-
-
-def _until(done, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, "not reached in time"
-        time.sleep(0.01)
 
 
 def _running() -> tuple[TaskRecord, TaskRecord]:
