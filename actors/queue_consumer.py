@@ -44,7 +44,12 @@ _URGENT_ROOM = 32  # messages a consumer takes past its full window when a highe
 # How long the next poll waits for a hand-over to send its batch to the executor. A poll run
 # beside the send shares the interpreter with it and held it back by about 2 ms a message.
 _SEND_FIRST_S = 0.05
-_CONNECT_EVERY_S = 5.0  # how often a consumer without a hand-over socket tries to connect to one
+_CONNECT_EVERY_S = 5.0
+# How often settled offsets are committed. A commit is a Kafka request for the consumer and the
+# broker both: made after every hand-over, it was a third of Kafka's requests for tasks submitted
+# one at a time. A crash re-delivers at most this much more; the claims of tasks already claimed
+# are refused, and they do not run again.
+_COMMIT_EVERY_S = 0.25  # how often a consumer without a hand-over socket tries to connect to one
 
 
 def _key(item: Consumed) -> tuple[str, int, int]:
@@ -89,6 +94,7 @@ class QueueConsumer:
         self._signer = config.signer()
         self._progress: dict[tuple[str, int], _PartitionProgress] = {}
         self._committed: dict[tuple[str, int], int] = {}
+        self._commit_at = 0.0  # when offsets were last committed (monotonic)
         self._in_flight: set[asyncio.Task] = set()
         self._held: set[tuple[str, int, int]] = set()  # messages polled and not yet settled
         # Held messages whose task has no definition yet: up to a window's worth of them do not
@@ -133,6 +139,9 @@ class QueueConsumer:
             self._members = members
             # Compared with the reader's own count: a reader opened while the count changed has the old one.
             if self._reader is not None and self._reader_members != members:
+                # What was settled is committed first: the partitions that move are read by
+                # their new consumer from their committed offsets.
+                await self._commit(at_once=True)
                 await asyncio.to_thread(self._reader.resize, members)
                 self._reader_members = members
         if self._pauses_task is None or self._pauses_task.done():
@@ -231,13 +240,18 @@ class QueueConsumer:
             self._reader = self.config.reader(self.index, self._reader_members)
         return self._reader
 
-    async def _commit(self) -> None:
+    async def _commit(self, at_once: bool = False) -> None:
+        """Commit the offsets settled since the last commit, at most every ``_COMMIT_EVERY_S``
+        unless ``at_once``."""
+        if not at_once and time.monotonic() - self._commit_at < _COMMIT_EVERY_S:
+            return
         offsets = {
             tp: p.committable
             for tp, p in self._progress.items()
             if p.committable is not None and self._committed.get(tp) != p.committable
         }
         if offsets:
+            self._commit_at = time.monotonic()
             gone = await asyncio.to_thread(self._open_reader().commit, offsets)
             for tp in gone:  # its topic was deleted: nothing of it is left to commit
                 self._progress.pop(tp, None)

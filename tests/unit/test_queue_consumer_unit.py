@@ -246,3 +246,23 @@ def test_a_message_whose_definition_is_being_loaded_does_not_wait_for_one_waitin
 
     _drive(consumer, handed)
     assert events == [("handed", "unit.loading")]
+
+
+def test_offsets_settled_one_at_a_time_share_commits(monkeypatch):
+    """Each commit is a Kafka request for the consumer and the broker: tasks that come one at a
+    time, each settled before the next is read, used to commit once each."""
+    name = f"consumer-{uuid.uuid4().hex}"
+    consumer = _consumer(monkeypatch, name, max_in_flight=4)
+    topic = consumer._producer.ensure_queue("default")
+    broker = memory_broker(name)
+    n = 8
+
+    async def one_at_a_time() -> None:
+        for k in range(n):
+            broker.append(topic, f"k{k}".encode(), b"not json", None)
+            assert await _until(lambda k=k: len(consumer._producer.dead_letters(n)) == k + 1, timeout_s=10)
+        assert await _until(lambda: broker.committed.get(("raylane-workers", topic, 0)) == n, timeout_s=5)
+        commits = (await consumer.get_stats())["commits"]
+        assert 1 <= commits < n / 2, f"{commits} commits for {n} messages settled one after another"
+
+    _drive(consumer, one_at_a_time)
