@@ -40,10 +40,12 @@ from raylane.actors.runs import Runs
 from raylane.actors.worker import (
     CLAIM_ANSWER,
     GROUP_ADVANCE,
+    GROUP_SIGNAL,
     TASK_END,
     MemberEnd,
     asked_advance,
     asked_attempt,
+    asked_signal,
     remote_warm,
     told_end,
 )
@@ -168,6 +170,7 @@ class Executor:
                 CLAIM_ANSWER: Method(asked_attempt, lambda a: self._runs.claim_answer(*a)),
                 TASK_END: Method(told_end, lambda e: self._runs.task_end(*e)),
                 GROUP_ADVANCE: Method(asked_advance, lambda a: self.group_advance(*a)),
+                GROUP_SIGNAL: Method(asked_signal, self.group_signal),
             },
             node_id,
             self._lease.incarnation,

@@ -279,12 +279,11 @@ class Runs:
         self._stats["grouped"] += len(msgs)
         items = [(m.id, m.attempt, m.name, m.args, m.kwargs, m.timeout_s) for m in msgs]
         try:
-            signal = self._actor.group_signal.remote(group.key)
             lease = self._lease_for(f"a group of {len(msgs)} tasks from {first.id}")
             grant = first_grant(self._member_times.mean(first.name))
             group.gen = remote_group.options(
                 name=f"raylane:{first.name}:group-of-{len(msgs)}:{first.id}", num_cpus=first.resources.num_cpus
-            ).remote((items, [signal], self._actor, group.key, self._limits, lease, grant, self.channel))
+            ).remote((items, self._actor, group.key, self._limits, lease, grant, self.channel))
         except Exception as e:  # Ray refused to start it: each member fails as a lone launch would
             self._group_by_key.pop(group.key, None)
             for m in msgs:

@@ -49,6 +49,7 @@ NOT_CLAIMED = Reply.failure("NotClaimed", "the claim was not accepted; the task 
 ENDED_UNSTARTED = Reply.failure("TaskCancelledError", "the attempt ended before its worker could start it")
 CLAIM_ANSWER = "claim_answer"  # the executor's channel method a gated worker asks
 GROUP_ADVANCE = "group_advance"  # ... and the one a group's worker asks for leave (``group_advance``)
+GROUP_SIGNAL = "group_signal"  # ... and the one it waits on for its group's cancels (``group_signal``)
 ATTEMPT_OPEN = "attempt_open"  # ... and the keeper's
 TASK_END = "task_end"  # the executor's channel method a gated worker tells its run's end
 # A claim's answer as a worker waits for it: a keeper's answer to a claim call (its reference,
@@ -289,6 +290,14 @@ def asked_advance(body: Any) -> tuple[str, list[MemberEnd], int]:
     return key, out, upto
 
 
+def asked_signal(body: Any) -> str:
+    """What a group's worker's ``GROUP_SIGNAL`` over a channel names: its group's key
+    (``TypeError`` for anything else)."""
+    if not isinstance(body, str):
+        raise TypeError("a group is named by its key")
+    return body
+
+
 def asked_attempt(body: Any) -> tuple[str, int]:
     """What a gated worker's question over a channel names: a task id and its attempt (``TypeError``
     for anything else)."""
@@ -386,7 +395,6 @@ class _MemberControl:
 
     def __init__(
         self,
-        signal: ray.ObjectRef,
         executor,
         group_key: str,
         limits: Limits,
@@ -411,13 +419,23 @@ class _MemberControl:
         self._gave_back_for: str | None = None  # the long member whose followers were given back
         self._giving_back: ray.ObjectRef | None = None  # that message, until the executor has taken it
         self._executor, self._key = executor, group_key
-        threading.Thread(target=self._watch, args=(signal,), daemon=True, name="raylane-group-signal").start()
+        threading.Thread(target=self._watch, daemon=True, name="raylane-group-signal").start()
         self._sender = threading.Thread(target=self._send_held, daemon=True, name="raylane-group-report")
         self._sender.start()
 
-    def _watch(self, signal: ray.ObjectRef) -> None:
+    def _signal(self) -> list[str]:
+        """The executor's ``group_signal`` for this group, once it comes: by its socket when on
+        this worker's node, else, or should the socket fail, by Ray. A reference the executor
+        made for each group, passed with its arguments, cost the executor a call to itself and
+        the worker a tenth of its time in a burst of no-op tasks (taking in a borrowed reference)."""
+        if self._channel is not None and _local(self._channel):
+            with contextlib.suppress(ChannelClosed):
+                return list(call_kept(self._channel, GROUP_SIGNAL, self._key))
+        return list(ray.get(self._executor.group_signal.remote(self._key)))
+
+    def _watch(self) -> None:
         try:
-            cancelled = frozenset(ray.get(signal))
+            cancelled = frozenset(self._signal())
         except Exception:  # the executor is gone: start nothing more
             cancelled = frozenset()
         with self._lock:
@@ -533,7 +551,6 @@ class _MemberControl:
 
 def invoke_group(
     items: list[tuple[str, int, str, list, dict, float | None]],
-    signal_box: list,
     executor,
     group_key: str,
     limits: Limits | None = None,
@@ -547,18 +564,17 @@ def invoke_group(
     that runs longer than ``HELD_REPORT_S`` go to the executor's ``group_report`` instead. A
     member starts only under a grant of the executor's (``_MemberControl._ask_leave``, which
     carries the ends not yet reported; the first covers ``first_grant`` members), so that the
-    executor knows which members may have run. Once the executor's signal (a reference in
-    ``signal_box``) says members were cancelled, no further member starts and the rest are
-    reported not started, for the executor to start again without the cancelled ones.
-    ``channel``: the executor's socket, where a worker on its node asks for leave."""
-    [signal] = signal_box
+    executor knows which members may have run. Once the executor's signal (its ``group_signal``)
+    says members were cancelled, no further member starts and the rest are reported not
+    started, for the executor to start again without the cancelled ones. ``channel``: the
+    executor's socket, where a worker on its node asks for leave and waits for the signal."""
     if lease is not None:
         try:
             worker_fence().arm(*lease)
         except LeaseLapsed as e:
             yield [MemberEnd(task_id, True, _not_started(e)) for task_id, *_ in items]
             return
-    control = _MemberControl(signal, executor, group_key, limits or Limits(), first_grant, channel)
+    control = _MemberControl(executor, group_key, limits or Limits(), first_grant, channel)
     reported = time.monotonic()
     try:
         for i, (task_id, attempt, name, args, kwargs, timeout_s) in enumerate(items):

@@ -16,6 +16,7 @@ from raylane.actors.grouping import Group
 from raylane.actors.worker import MemberEnd
 from raylane.models import TaskMessage
 from raylane.protocol import Reply
+from tests.conftest import wait_until
 
 
 class _Method:
@@ -37,7 +38,7 @@ class _Executor:
         self.kept: int | None = None
         self.group_advance = _Method(self.calls, "group_advance", self._advance)
         self.group_long = _Method(self.calls, "group_long", self._long)
-        for name in ("group_report", "group_began", "group_running"):
+        for name in ("group_report", "group_began", "group_running", "group_signal"):
             setattr(self, name, _Method(self.calls, name))
 
     def _advance(self, key, ends, upto):
@@ -70,7 +71,7 @@ def _control(
         return Reply(True, task[1])
 
     monkeypatch.setattr(worker, "invoke", invoke)
-    return worker._MemberControl(None, executor, "t0", worker.Limits(), first_grant, channel)  # type: ignore[arg-type]
+    return worker._MemberControl(executor, "t0", worker.Limits(), first_grant, channel)
 
 
 def test_a_long_member_gives_back_the_leave_to_start_those_after_it(monkeypatch):
@@ -126,12 +127,21 @@ def test_the_first_grant_is_the_executors_size_then_grows_from_there(monkeypatch
     assert [args[2] for name, args in executor.calls if name == "group_advance"] == [8, 24, 56]
 
 
-def _socket(monkeypatch, executor: _Executor, broken: bool = False) -> list:
+def _socket(monkeypatch, executor: _Executor, broken: bool = False, signal=None) -> list:
     """The executor's socket on the worker's node: each request crosses as JSON, and is answered
-    by ``executor`` as its Ray method would (or the connection breaks after it was sent)."""
+    by ``executor`` as its Ray method would (or the connection breaks after it was sent). Requests
+    for leave are noted in the list returned; waits for the group's signal, in ``executor.signals``,
+    are answered by ``signal(key)`` (by default, never)."""
     asked: list = []
+    executor.signals = []
 
     def call_kept(address, method, body):
+        if method == worker.GROUP_SIGNAL:
+            key = worker.asked_signal(json.loads(json.dumps(body)))
+            executor.signals.append(key)
+            if broken:
+                raise worker.ChannelClosed("broke after the request was sent")
+            return json.loads(json.dumps((signal or (lambda _: threading.Event().wait()))(key)))
         asked.append(method)
         if broken:
             raise worker.ChannelClosed("broke after the request was sent")
@@ -162,6 +172,35 @@ def test_a_groups_worker_asks_for_leave_by_its_executors_socket(monkeypatch):
     for bad in (["t0", [], True], ["t0", [["t1", 1, None]], 2], [0, [], 2], ["t0", [["t1", True, [1]]], 2]):
         with pytest.raises((TypeError, ValueError)):
             worker.asked_advance(bad)
+
+
+def test_a_groups_worker_waits_for_its_signal_on_its_executors_socket(monkeypatch):
+    """The signal was a reference the executor made for each group by a Ray call to itself, and
+    passed with the group's arguments."""
+    executor = _Executor()
+    cancel = threading.Event()
+    _socket(monkeypatch, executor, signal=lambda key: cancel.wait(10) and ["t1", "t2"])
+    control = _control(monkeypatch, executor, {}, channel=EXECUTOR_SOCKET)
+    assert control.run(0, "t0", 0, "n", [], {}, None) == Reply(True, "t0")
+    cancel.set()
+    wait_until(lambda: control.cancelled is not None, what="the signal taken")
+    assert control.cancelled == frozenset({"t1", "t2"})
+    assert control.run(1, "t1", 0, "n", [], {}, None) is None  # no member starts after the signal
+    control.close()
+    assert executor.signals == ["t0"]  # the group's key, asked once
+    assert "group_signal" not in [name for name, _ in executor.calls]  # nothing by Ray
+    for bad in (None, 3, ["t0"]):
+        with pytest.raises(TypeError):
+            worker.asked_signal(bad)
+
+
+def test_a_wait_for_the_signal_whose_socket_breaks_is_made_by_ray(monkeypatch):
+    executor = _Executor()
+    _socket(monkeypatch, executor, broken=True)
+    control = _control(monkeypatch, executor, {}, channel=EXECUTOR_SOCKET)
+    wait_until(lambda: ("group_signal", ("t0",)) in executor.calls, what="the signal asked for by Ray")
+    assert executor.signals == ["t0"]
+    control.close()
 
 
 def test_a_request_for_leave_whose_socket_breaks_is_made_by_ray(monkeypatch):

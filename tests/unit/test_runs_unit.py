@@ -46,7 +46,7 @@ class _RemoteGroup:
         return self
 
     def remote(self, call):
-        items, _signal_box, _executor, key, _limits, _lease, first_grant, _channel = call
+        items, _executor, key, _limits, _lease, first_grant, _channel = call
         stream = _Stream()
         self.launched.append(([(i[0], i[1]) for i in items], key, stream))
         self.first_grants.append(first_grant)
@@ -91,7 +91,7 @@ async def _settle() -> None:
 
 def _runs(stats: Counter) -> Runs:
     return Runs(
-        actor=SimpleNamespace(group_signal=SimpleNamespace(remote=lambda key: None)),
+        actor=SimpleNamespace(),  # a group's worker asks for its signal itself; the executor makes none
         node_id="node",
         lease=SimpleNamespace(until=0.0),
         limits=Limits(),
