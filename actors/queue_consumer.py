@@ -44,12 +44,12 @@ _URGENT_ROOM = 32  # messages a consumer takes past its full window when a highe
 # How long the next poll waits for a hand-over to send its batch to the executor. A poll run
 # beside the send shares the interpreter with it and held it back by about 2 ms a message.
 _SEND_FIRST_S = 0.05
-_CONNECT_EVERY_S = 5.0
+_CONNECT_EVERY_S = 5.0  # how often a consumer without a hand-over socket tries to connect to one
 # How often settled offsets are committed. A commit is a Kafka request for the consumer and the
 # broker both: made after every hand-over, it was a third of Kafka's requests for tasks submitted
 # one at a time. A crash re-delivers at most this much more; the claims of tasks already claimed
 # are refused, and they do not run again.
-_COMMIT_EVERY_S = 0.25  # how often a consumer without a hand-over socket tries to connect to one
+_COMMIT_EVERY_S = 0.25
 
 
 def _key(item: Consumed) -> tuple[str, int, int]:

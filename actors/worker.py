@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
 
@@ -318,14 +318,26 @@ def _local(channel: ChannelAddress) -> bool:
 _node: str | None = None
 
 
+def _by_socket_or_ray(channel: ChannelAddress | None, method: str, body: Any, by_ray: Callable[[], Any]) -> Any:
+    """The answer of ``method`` at the actor's ``channel`` when that is on this worker's node and
+    answers (an actor restarted meanwhile has a new one), else ``by_ray()``, the same call made
+    by Ray. Only for calls that may be made twice: one whose connection broke after it was sent
+    may have been carried out."""
+    if channel is not None and _local(channel):
+        with contextlib.suppress(ChannelClosed):
+            return call_kept(channel, method, body)
+    return by_ray()
+
+
 def _ask(actor: Any, channel: ChannelAddress | None, method: str, task_id: str, attempt: int) -> bool:
     """Ask ``actor``'s ``method`` (``CLAIM_ANSWER`` or ``ATTEMPT_OPEN``, named alike on its channel
     and as a Ray method) about this worker's attempt: by its socket when on this worker's node
     and the socket answers (an actor restarted meanwhile has a new one), else by a Ray call."""
-    if channel is not None and _local(channel):
-        with contextlib.suppress(ChannelClosed):
-            return bool(call_kept(channel, method, [task_id, attempt]))
-    return bool(ray.get(getattr(actor, method).remote(task_id, attempt)))
+    return bool(
+        _by_socket_or_ray(
+            channel, method, [task_id, attempt], lambda: ray.get(getattr(actor, method).remote(task_id, attempt))
+        )
+    )
 
 
 def _attempt_open(
@@ -428,10 +440,11 @@ class _MemberControl:
         this worker's node, else, or should the socket fail, by Ray. A reference the executor
         made for each group, passed with its arguments, cost the executor a call to itself and
         the worker a tenth of its time in a burst of no-op tasks (taking in a borrowed reference)."""
-        if self._channel is not None and _local(self._channel):
-            with contextlib.suppress(ChannelClosed):
-                return list(call_kept(self._channel, GROUP_SIGNAL, self._key))
-        return list(ray.get(self._executor.group_signal.remote(self._key)))
+        return list(
+            _by_socket_or_ray(
+                self._channel, GROUP_SIGNAL, self._key, lambda: ray.get(self._executor.group_signal.remote(self._key))
+            )
+        )
 
     def _watch(self) -> None:
         try:
@@ -504,10 +517,14 @@ class _MemberControl:
         """The executor's ``group_advance``: by its socket when on this worker's node (a Ray
         actor call cost the worker about a fifth of its CPU in a burst of no-op tasks), else, or
         should the socket fail, by Ray. Asked twice, it takes the ends once and grants the same."""
-        if self._channel is not None and _local(self._channel):
-            with contextlib.suppress(ChannelClosed):
-                return int(call_kept(self._channel, GROUP_ADVANCE, advance_body(self._key, ends, upto)))
-        return int(off_main_get(self._executor.group_advance.remote(self._key, ends, upto)))
+        return int(
+            _by_socket_or_ray(
+                self._channel,
+                GROUP_ADVANCE,
+                advance_body(self._key, ends, upto),
+                lambda: off_main_get(self._executor.group_advance.remote(self._key, ends, upto)),
+            )
+        )
 
     def add(self, end: MemberEnd) -> None:
         with self._lock:
