@@ -84,6 +84,7 @@ _STATS = (
     "ahead",  # Ray tasks started beside their claim, behind its gate
     "held_back",  # ... whose claim was not accepted: the function did not start
     "workers_warmed",  # warm-up tasks run at this executor's start: each in a worker started for it, or idle
+    "lent",  # groups started on the CPU of a member blocked in a call (see ``grouping``)
 )
 
 
@@ -574,11 +575,17 @@ class Executor:
         (epoch seconds) and still runs; its keeper starts its clock from then."""
         self._runs.group_began(key, member, began)
 
-    async def group_long(self, key: str, member: str, started: int) -> None:
+    async def group_long(self, key: str, member: str, started: int, blocked: bool = False) -> None:
         """From the worker of the group ``key``: member ``member`` has run long, and the
         worker, having started ``started`` members, starts no more without asking; those after
-        it move to other Ray tasks (see ``grouping``)."""
-        self._runs.group_long(key, member, started)
+        it move to other Ray tasks, on the member's CPU if it is ``blocked`` in a call (see
+        ``grouping``)."""
+        self._runs.group_long(key, member, started, blocked)
+
+    async def group_busy(self, key: str, member: str) -> None:
+        """From the worker of the group ``key``: member ``member``, said blocked, uses its CPU
+        again, which this executor takes back (see ``grouping``)."""
+        self._runs.group_busy(key, member)
 
     async def progress(self, task_id: str, attempt: int, fraction: float, message: str | None, at: float) -> None:
         """From the worker of ``task_id``: how far its attempt ``attempt`` has got (see

@@ -15,12 +15,13 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raylane.actors.channel import ChannelAddress
 from raylane.actors.common import Background, PrioritySlots
 from raylane.actors.fencing import FENCE_MARGIN_S
 from raylane.actors.finishing import Finisher
-from raylane.actors.grouping import Group, MemberTimes, chunks, first_grant, group_size, wait_allowance
+from raylane.actors.grouping import GROUP_MAX, Group, MemberTimes, chunks, first_grant, group_size, wait_allowance
 from raylane.actors.keepers import Gate, Keepers
 from raylane.actors.recovery import OwnLease
 from raylane.actors.worker import NOT_CLAIMED, MemberEnd, remote_group, remote_invoke
@@ -84,6 +85,7 @@ class Runs:
         self._answers: dict[tuple[str, int], asyncio.Future] = {}
         self.channel: ChannelAddress | None = None  # the executor's socket, once it listens
         self._member_times = MemberTimes()  # sizes each group's first grant
+        self._on_loan = 0  # groups running here on CPUs lent by blocked members (see ``grouping``)
 
     def running_now(self) -> int:
         """Tasks running here: lone Ray tasks, tasks in groups, and claimed tasks waiting for a
@@ -107,13 +109,21 @@ class Runs:
 
     # --- launching ------------------------------------------------------------------------------
 
-    def launch(self, members: list[tuple[TaskMessage, TaskRecord]], grouped: bool = False) -> None:
+    def launch(
+        self, members: list[tuple[TaskMessage, TaskRecord]], grouped: bool = False, lender: Group | None = None
+    ) -> None:
         """Start claimed tasks in one run slot (already taken): alone, or as a group (``grouped``:
-        even one task, whose clock then starts when its worker says it began)."""
+        even one task, whose clock then starts when its worker says it began); with ``lender``, as
+        a group on the CPU of that group's blocked member."""
         if len(members) == 1 and not grouped:
             self._launch_one(*members[0])
         else:
             group = Group(members)
+            if lender is not None:
+                group.on_loan = True
+                lender.borrowers.append(group)
+                self._on_loan += 1
+                self._stats["lent"] += 1
             self._group_by_key[group.key] = group
             for msg, _ in members:  # registered at once, so a kill arriving before it starts finds it
                 self._groups[msg.id] = group
@@ -278,13 +288,18 @@ class Runs:
         self._stats["groups"] += 1
         self._stats["grouped"] += len(msgs)
         items = [(m.id, m.attempt, m.name, m.args, m.kwargs, m.timeout_s) for m in msgs]
+        opts: dict[str, Any] = {"num_cpus": first.resources.num_cpus}
+        if group.on_loan:  # the CPU is a blocked member's, on this node
+            opts = {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(self._node_id, soft=True)}
         try:
             lease = self._lease_for(f"a group of {len(msgs)} tasks from {first.id}")
             grant = first_grant(self._member_times.mean(first.name))
-            group.gen = remote_group.options(
-                name=f"raylane:{first.name}:group-of-{len(msgs)}:{first.id}", num_cpus=first.resources.num_cpus
-            ).remote((items, self._actor, group.key, self._limits, lease, grant, self.channel))
+            name = f"raylane:{first.name}:group-of-{len(msgs)}:{first.id}"
+            group.gen = remote_group.options(name=name, **opts).remote(
+                (items, self._actor, group.key, self._limits, lease, grant, self.channel)
+            )
         except Exception as e:  # Ray refused to start it: each member fails as a lone launch would
+            self._group_over(group)
             self._group_by_key.pop(group.key, None)
             for m in msgs:
                 self._groups.pop(m.id, None)
@@ -303,12 +318,21 @@ class Runs:
             crash = e
         finally:
             group.signal.set()  # lets the pending group_signal call return
+            self._group_over(group)
             self._group_by_key.pop(group.key, None)
             for m in msgs:
                 if self._groups.get(m.id) is group:  # a member moved on belongs to its new group
                     del self._groups[m.id]
             self._slots.release()
         await self._after_group(group, crash)
+
+    def _group_over(self, group: Group) -> None:
+        """A group's Ray task ended (or never started): the CPU it lent is taken back, the one it
+        borrowed returned."""
+        self._recall(group)
+        if group.on_loan:
+            group.on_loan = False
+            self._on_loan -= 1
 
     async def _after_group(self, group: Group, crash: BaseException | None) -> None:
         """Settle the members a group did not report. If its worker died, those it had leave to
@@ -328,17 +352,26 @@ class Runs:
                 again.append((msg, running))
         await self._start_again(again)
 
-    async def _start_again(self, members: list[tuple[TaskMessage, TaskRecord]], moved: bool = False) -> None:
+    async def _start_again(
+        self, members: list[tuple[TaskMessage, TaskRecord]], moved: bool = False, lender: Group | None = None
+    ) -> None:
         """Start claimed members that never started in new Ray tasks, each unit once it has a run
         slot; those a kill came for meanwhile (a cancel or timeout already written) are not.
 
         Members of a stopped group start with their clocks restarted. Members ``moved`` from a
         group that still runs keep the deadline their claim gave them, which allows for the
         wait behind every sibling, and run as groups (even alone), so that each one's clock
-        starts when its worker says it began, however long the new Ray task waits for a CPU."""
+        starts when its worker says it began, however long the new Ray task waits for a CPU.
+        With ``lender``, the first of those groups takes as many as a group may and runs on the
+        CPU of ``lender``'s blocked member, if it still lends it and this executor may lend one
+        more by then."""
         for msg, _ in members:
             self._between[msg.id] = msg.attempt
-        for chunk in chunks(members, group_size(len(members), self._cpus)):
+        units = chunks(members, group_size(len(members), self._cpus))
+        if lender is not None:  # one CPU waits for them, the blocked member's: as many as a group takes
+            rest = members[GROUP_MAX:]
+            units = [members[:GROUP_MAX], *chunks(rest, group_size(len(rest), self._cpus))]
+        for chunk in units:
             await self._slots.acquire(chunk[0][0].priority)
             for msg, _ in chunk:
                 self._between.pop(msg.id, None)
@@ -349,7 +382,9 @@ class Runs:
                 self._slots.release()
                 continue
             if moved:
-                self.launch(chunk, grouped=True)
+                lent = lender if lender is not None and lender.lending and self._on_loan < self._cpus else None
+                self.launch(chunk, grouped=True, lender=lent)
+                lender = None
                 continue
             self._stats["restarted_unstarted"] += len(chunk)
             self._restart_clocks(chunk)
@@ -386,22 +421,48 @@ class Runs:
         if group is not None and member in group.index and member not in group.reported:
             self._keepers.of(member).began.remote(member, group.attempt_of(member), began)
 
-    def group_long(self, key: str, member: str, started: int) -> None:
+    def group_long(self, key: str, member: str, started: int, blocked: bool = False) -> None:
         """Member ``member`` of the group ``key`` has run ``MOVE_AFTER_S``, and its worker,
         having started ``started`` members, gave back its leave to start any more: the members
         after it move to new Ray tasks, unless the group is over or stopping, or the member has
-        ended meanwhile (then the worker asks for leave again, and gets it)."""
+        ended meanwhile (then the worker asks for leave again, and gets it). ``blocked``: the
+        member waits in a call, and the first of those Ray tasks may run on its CPU."""
         group = self._group_by_key.get(key)
         if group is None or group.signal.is_set() or member in group.reported:
             return
+        if blocked and self._on_loan < self._cpus:
+            group.lending = member
+        self._move_on(group, started, lender=group if group.lending else None)
+
+    def group_busy(self, key: str, member: str) -> None:
+        """Member ``member`` of the group ``key``, said blocked, uses its CPU again: the groups
+        that borrowed it start no member past their grants; the rest move on to Ray tasks of
+        their own."""
+        group = self._group_by_key.get(key)
+        if group is not None and group.lending == member:
+            self._recall(group)
+
+    def _recall(self, lender: Group) -> None:
+        """Take back the CPU ``lender``'s member lent (it ended, or works again): see ``group_busy``."""
+        lender.lending = None
+        borrowers, lender.borrowers = lender.borrowers, []
+        for group in borrowers:
+            if group.key in self._group_by_key and not group.signal.is_set():
+                self._move_on(group, group.granted)
+
+    def _move_on(self, group: Group, started: int, lender: Group | None = None) -> None:
+        """Move the members of ``group`` from index ``started`` on that its worker has no leave to
+        start to new Ray tasks (see ``Group.take_waiting``)."""
         waiting = group.take_waiting(started)
         if not waiting:
+            if lender is not None:
+                lender.lending = None
             return
         for msg, _ in waiting:
             if self._groups.get(msg.id) is group:
                 del self._groups[msg.id]
         self._stats["moved_waiting"] += len(waiting)
-        self._background.spawn(self._start_again(waiting, moved=True))
+        self._background.spawn(self._start_again(waiting, moved=True, lender=lender))
 
     def group_advance(self, key: str, ends: list[MemberEnd], upto: int) -> int:
         """The worker of the group ``key`` reports ``ends`` and asks leave to start its
@@ -428,6 +489,8 @@ class Runs:
                 group.ran.add(end.task_id)
                 running = group.members[group.index[end.task_id]][1]
                 ended.append((running, end.reply))
+                if end.task_id == group.lending:
+                    self._recall(group)
                 if end.reply.began is not None and end.reply.returned is not None:
                     self._member_times.add(running.name, end.reply.returned - end.reply.began)
         if ended:

@@ -10,6 +10,7 @@ import _thread
 import asyncio
 import contextlib
 import inspect
+import os
 import signal
 import threading
 import time
@@ -23,7 +24,7 @@ import ray
 from raylane import progress_reports, registry
 from raylane.actors.channel import ChannelAddress, ChannelClosed, call_kept
 from raylane.actors.fencing import LeaseLapsed, worker_fence
-from raylane.actors.grouping import MOVE_AFTER_S, next_grant
+from raylane.actors.grouping import LEND_BELOW, MOVE_AFTER_S, next_grant
 from raylane.actors.interrupts import raised_by_code, wakeable
 from raylane.errors import SoftTimeLimitExceeded
 from raylane.limits import Limits, clip_text, encode_result, writable
@@ -386,6 +387,26 @@ def soft_time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+def _cpu_used() -> float:
+    """CPU seconds this process has used, all its threads."""
+    return time.process_time()
+
+
+def _has_children() -> bool:
+    """Whether this process has child processes (work of its task's that its CPU time does not
+    count); True where that cannot be told (no ``/proc``), so that nothing is lent on a guess."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+        return any(_read(f"/proc/self/task/{t}/children").strip() for t in tasks)
+    except OSError:
+        return True
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
 class _MemberControl:
     """The executor's side of a group's worker, run by two threads beside the members.
 
@@ -403,7 +424,13 @@ class _MemberControl:
     after it and tells the executor (``group_long``), which moves them to other Ray tasks. The
     leave is given back, and the message sent, under the lock that the main thread holds to start
     a member: so the main thread either started that member before (and the executor hears it
-    did), or asks for new leave only once the executor has taken that message."""
+    did), or asks for new leave only once the executor has taken that message.
+
+    With that message goes whether the member is blocked: whether this process used less than
+    ``LEND_BELOW`` of a CPU while the sender watched it, and has no child process. The executor
+    may then run the members moved on beside it on the CPU it does not use (see ``grouping``).
+    Should the member use the CPU again, the sender says so once (``group_busy``), and the
+    executor takes that CPU back."""
 
     def __init__(
         self,
@@ -430,6 +457,12 @@ class _MemberControl:
         self._started_count = 0  # members started so far
         self._gave_back_for: str | None = None  # the long member whose followers were given back
         self._giving_back: ray.ObjectRef | None = None  # that message, until the executor has taken it
+        # This process's CPU seconds and the monotonic time when the sender first saw the current
+        # member run (with its id), and at its last turn: what tells a member blocked in a call
+        # from one at work.
+        self._first_look: tuple[str | None, float, float] = (None, 0.0, 0.0)
+        self._last_look: tuple[float, float] = (0.0, 0.0)
+        self._lending: str | None = None  # the member said to be blocked, until it ends or is said busy
         self._executor, self._key = executor, group_key
         threading.Thread(target=self._watch, daemon=True, name="raylane-group-signal").start()
         self._sender = threading.Thread(target=self._send_held, daemon=True, name="raylane-group-report")
@@ -463,6 +496,8 @@ class _MemberControl:
     def _send_held(self) -> None:
         while not self._over.wait(HELD_REPORT_S):
             with self._lock:
+                since_first, since_last = self._look()
+                busy = self._busy_again(since_last)
                 long_running = time.monotonic() - self._started >= HELD_REPORT_S
                 held = self._pending if self._pending and long_running else []
                 if held:
@@ -470,22 +505,50 @@ class _MemberControl:
                 began = self._current if self._untold and long_running else None
                 if began is not None:
                     self._untold = False
-                self._give_back_if_long()
+                self._give_back_if_long(since_first)
             if held:
                 self._sent.append(self._executor.group_report.remote(self._key, held))
             if began is not None:
                 self._sent.append(self._executor.group_began.remote(self._key, began, self._began))
+            if busy is not None:
+                self._sent.append(self._executor.group_busy.remote(self._key, busy))
 
-    def _give_back_if_long(self) -> None:
+    def _look(self) -> tuple[float | None, float | None]:
+        """With the lock held, once a turn of the sender: the share of a CPU this process used
+        since the sender first saw the current member run, and since its last turn; None for
+        both when no member runs or this one was not seen before (it is watched from now)."""
+        member, cpu, now = self._current, _cpu_used(), time.monotonic()
+        (first, first_cpu, first_at), (last_cpu, last_at) = self._first_look, self._last_look
+        self._last_look = (cpu, now)
+        if member is None or member != first:
+            self._first_look = (member, cpu, now)
+            return None, None
+        return (cpu - first_cpu) / max(now - first_at, 1e-6), (cpu - last_cpu) / max(now - last_at, 1e-6)
+
+    def _give_back_if_long(self, share: float | None) -> None:
         """With the lock held: if the member running has run ``MOVE_AFTER_S``, give back the leave
-        to start any member after it, and tell the executor, once per member."""
+        to start any member after it, and tell the executor, once per member, whether the member
+        is blocked (``share``: of a CPU used since the sender first saw it run)."""
         member = self._current
         if member is None or member == self._gave_back_for or time.monotonic() - self._started < MOVE_AFTER_S:
             return
         self._gave_back_for = member
         self._granted = min(self._granted, self._started_count)
-        self._giving_back = self._executor.group_long.remote(self._key, member, self._started_count)
+        blocked = share is not None and share < LEND_BELOW and not _has_children()
+        self._lending = member if blocked else None
+        self._giving_back = self._executor.group_long.remote(self._key, member, self._started_count, blocked)
         self._sent.append(self._giving_back)
+
+    def _busy_again(self, share: float | None) -> str | None:
+        """With the lock held: the member said blocked, if it still runs and used ``LEND_BELOW`` of
+        a CPU or more since the sender's last turn (``share``), for the executor to take back the
+        CPU it lent; once. A member said blocked that ended needs no word: the executor hears its end."""
+        if self._lending != self._current:
+            self._lending = None
+        if self._lending is None or share is None or share < LEND_BELOW:
+            return None
+        member, self._lending = self._lending, None
+        return member
 
     def take(self) -> list[MemberEnd]:
         """The ends not yet reported, which the caller now reports."""

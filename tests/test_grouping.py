@@ -22,6 +22,17 @@ def mark(runs_dir: str, key: int, seconds: float) -> int:
     return key * 2
 
 
+@raylane.task(name="test.group.work")
+def work(runs_dir: str, key: int, seconds: float) -> int:
+    """``mark``, but at work on the CPU for ``seconds`` rather than asleep (a sleeping member
+    lends its CPU to the siblings behind it, which then do not wait)."""
+    Path(runs_dir, f"{key}.{uuid.uuid4().hex}").touch()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        sum(range(1000))
+    return key * 2
+
+
 @raylane.task(name="test.group.die_once", max_retries=1, retry_backoff=0.05)
 def die_once(runs_dir: str, key: int, dying: int = 0) -> int:
     Path(runs_dir, f"{key}.{uuid.uuid4().hex}").touch()
@@ -180,6 +191,29 @@ def nap(seconds: float) -> float:
     return seconds
 
 
+def test_members_blocked_on_every_cpu_lend_them_to_the_siblings_behind(rl, settings, tmp_path, unique):
+    # As many groups as the cluster has CPUs, each led by a member that sleeps for a minute: every
+    # CPU is held by a member that does not use it. The quick members behind them still run, on
+    # the CPUs the sleeping ones lend, and end while those sleep on.
+    import ray
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    size = 8
+    assert _group_members(settings, size * cpus) == size
+    before = executor_stats()
+    items = [(str(tmp_path), g * size + i, 60.0 if i == 0 else 0.0) for g in range(cpus) for i in range(size)]
+    handles = submit_held(rl, settings, mark, f"gb-{unique}", items)
+    sleepers = handles[::size]
+    quick = [h for h in handles if h not in sleepers]
+    for h in quick:
+        assert h.wait(timeout=30).state.value == "SUCCEEDED"
+    assert [h.record().state.value for h in sleepers] == ["RUNNING"] * cpus
+    assert executor_stats()["lent"] >= before.get("lent", 0) + cpus
+    assert runs(tmp_path) == {i: 1 for i in range(size * cpus)}
+    raylane.cancel_many([h.id for h in sleepers])
+    wait_until(lambda: not running_anywhere(handles), timeout=30, what="the cancelled sleepers' groups to end")
+
+
 def test_a_quick_task_ends_while_its_slow_sibling_runs(rl, settings, unique):
     # Two groups of eight; in the second, seven tasks that take microseconds, then a slow one.
     # The quick ones' ends are reported while the slow one still runs, not after it.
@@ -220,7 +254,7 @@ def test_a_timed_member_waiting_behind_its_siblings_is_not_timed_out(rl, setting
     n = 4 * max(1, int(ray.cluster_resources().get("CPU", 1)))
     assert _group_members(settings, n) >= 4
     items = [(str(tmp_path), i, 1.0) for i in range(n)]
-    handles = submit_held(rl, settings, mark.options(timeout=2.5), f"gtw-{unique}", items)
+    handles = submit_held(rl, settings, work.options(timeout=2.5), f"gtw-{unique}", items)
     records = [h.wait(timeout=120) for h in handles]
     # On failure, where each member's time went (seconds after its submit).
     assert [r.state.value for r in records] == ["SUCCEEDED"] * n, [(r.state.value, r.error, r.hops) for r in records]

@@ -38,13 +38,13 @@ class _Executor:
         self.kept: int | None = None
         self.group_advance = _Method(self.calls, "group_advance", self._advance)
         self.group_long = _Method(self.calls, "group_long", self._long)
-        for name in ("group_report", "group_began", "group_running", "group_signal"):
+        for name in ("group_report", "group_began", "group_running", "group_signal", "group_busy"):
             setattr(self, name, _Method(self.calls, name))
 
     def _advance(self, key, ends, upto):
         return upto if self.kept is None else min(upto, self.kept)
 
-    def _long(self, key, member, started):
+    def _long(self, key, member, started, blocked):
         self.kept = started
         return "moved"  # what the worker waits for before it asks for leave again
 
@@ -55,6 +55,7 @@ def _control(
     seconds: dict[str, float],
     first_grant: int = 1,
     channel: ChannelAddress | None = None,
+    work: dict | None = None,
 ) -> worker._MemberControl:
     never = threading.Event()
     monkeypatch.setattr(worker.ray, "get", lambda ref: never.wait() or [])  # no cancel signal comes
@@ -68,6 +69,7 @@ def _control(
 
     def invoke(name, args, kwargs, limits, task):
         time.sleep(seconds.get(task[1], 0.0))
+        (work or {}).get(task[1], lambda: None)()
         return Reply(True, task[1])
 
     monkeypatch.setattr(worker, "invoke", invoke)
@@ -83,11 +85,54 @@ def test_a_long_member_gives_back_the_leave_to_start_those_after_it(monkeypatch)
     # leave for t4 to t6 was given back, and the executor moved t4 to t7 on: none ran here.
     assert [r.result if r else None for r in replies] == ["t0", "t1", "t2", "t3", None, None, None, None]
     assert [args[2] for name, args in executor.calls if name == "group_advance"][:3] == [1, 3, 7]
-    assert ("group_long", ("t0", "t3", 4)) in executor.calls
+    assert ("group_long", ("t0", "t3", 4, True)) in executor.calls  # blocked: it sleeps
     # The next request for leave was made only once the executor had taken the message that gave
     # it back (whatever order Ray would deliver them in), and got none.
     last_request = max(i for i, (name, _) in enumerate(executor.calls) if name == "group_advance")
     assert executor.calls.index(("waited", ("moved",))) < last_request
+
+
+def _spin(seconds: float) -> None:
+    """Work on the CPU for ``seconds``."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        sum(range(1000))
+
+
+def test_a_long_member_at_work_is_not_said_blocked(monkeypatch):
+    executor = _Executor()
+    control = _control(monkeypatch, executor, {}, work={"t1": lambda: _spin(0.6)})
+    replies = [control.run(i, f"t{i}", 0, "n", [], {}, None) for i in range(3)]
+    control.close()
+    assert [r.result if r else None for r in replies] == ["t0", "t1", None]
+    assert [args for name, args in executor.calls if name == "group_long"] == [("t0", "t1", 2, False)]
+    assert all(name != "group_busy" for name, _ in executor.calls)
+
+
+def test_a_blocked_member_that_works_again_says_so_once(monkeypatch):
+    executor = _Executor()
+    control = _control(monkeypatch, executor, {"t1": 0.4}, work={"t1": lambda: _spin(0.4)})
+    replies = [control.run(i, f"t{i}", 0, "n", [], {}, None) for i in range(3)]
+    control.close()
+    assert [r.result if r else None for r in replies] == ["t0", "t1", None]
+    assert [args for name, args in executor.calls if name == "group_long"] == [("t0", "t1", 2, True)]
+    assert [args for name, args in executor.calls if name == "group_busy"] == [("t0", "t1")]
+
+
+def test_a_member_waiting_on_a_child_process_is_not_said_blocked(monkeypatch):
+    import subprocess
+    import sys
+
+    executor = _Executor()
+
+    def child() -> None:  # the child may be the one at work: its CPU is not this process's
+        subprocess.run([sys.executable, "-c", "import time; time.sleep(0.6)"], check=True)
+
+    control = _control(monkeypatch, executor, {}, work={"t1": child})
+    replies = [control.run(i, f"t{i}", 0, "n", [], {}, None) for i in range(3)]
+    control.close()
+    assert [r.result if r else None for r in replies] == ["t0", "t1", None]
+    assert [args for name, args in executor.calls if name == "group_long"] == [("t0", "t1", 2, False)]
 
 
 def test_a_group_of_quick_members_gives_nothing_back(monkeypatch):

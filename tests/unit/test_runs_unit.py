@@ -41,8 +41,10 @@ class _RemoteGroup:
     def __init__(self):
         self.launched: list[tuple[list[tuple[str, int]], str, _Stream]] = []
         self.first_grants: list[int] = []
+        self.cpus: list[float] = []  # the CPUs each group asked Ray for
 
-    def options(self, **_):
+    def options(self, **opts):
+        self.cpus.append(opts["num_cpus"])
         return self
 
     def remote(self, call):
@@ -89,10 +91,21 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
+async def _end_all(runs: Runs, remote: _RemoteGroup) -> None:
+    """Have every group still running report its members done, and end; and those that start
+    meanwhile (members that waited for a run slot), until none runs."""
+    while runs._group_by_key:
+        for members, key, stream in remote.launched:
+            if key in runs._group_by_key:
+                runs.group_report(key, [MemberEnd(task_id, True, Reply(True, None)) for task_id, _ in members])
+                stream.over.set()
+        await _settle()
+
+
 def _runs(stats: Counter) -> Runs:
     return Runs(
         actor=SimpleNamespace(),  # a group's worker asks for its signal itself; the executor makes none
-        node_id="node",
+        node_id="0" * 56,  # as Ray names a node
         lease=SimpleNamespace(until=0.0),
         limits=Limits(),
         slots=PrioritySlots(8),
@@ -214,6 +227,75 @@ def test_a_groups_first_grant_is_sized_by_how_long_members_of_its_name_took(monk
         assert remote.first_grants == [1, 20]
         remote.launched[1][2].over.set()
         await _settle()
+
+    asyncio.run(scenario())
+
+
+def test_a_blocked_member_lends_its_cpu_until_it_ends(monkeypatch):
+    remote = _RemoteGroup()
+    monkeypatch.setattr(runs_module, "remote_group", remote)
+    done = Reply(True, "done")
+
+    async def scenario() -> Counter:
+        stats: Counter = Counter()
+        runs = _runs(stats)  # a node of 2 CPUs
+        ids = [f"{i:032x}" for i in range(7)]
+        runs.launch([_member(i, 0) for i in ids])
+        await _settle()
+        _, lender, lender_stream = remote.launched[0]
+        assert runs.group_advance(lender, [], 1) == 1
+        # Its first member waits in a call: the six behind it move on, to a group on its CPU.
+        runs.group_long(lender, ids[0], 1, True)
+        await _settle()
+        assert [m for m, _ in remote.launched[1][0]] == ids[1:]
+        assert remote.cpus == [1.0, 0]
+        assert stats["lent"] == 1
+        _, borrower, borrower_stream = remote.launched[1]
+        assert runs.group_advance(borrower, [], 2) == 2
+        # The blocked member ends: the borrowing group starts no member past its grant; the rest
+        # move on to a group that asks Ray for a CPU.
+        runs.group_report(lender, [MemberEnd(ids[0], True, done)])
+        await _settle()
+        assert [m for members, _, _ in remote.launched[2:] for m, _ in members] == ids[3:]
+        assert remote.cpus[2:] == [1.0, 1.0]
+        assert runs.group_advance(borrower, [MemberEnd(i, True, done) for i in ids[1:3]], 4) == 2
+        for stream in (lender_stream, borrower_stream):
+            stream.over.set()
+        await _settle()
+        assert runs._on_loan == 0
+        await _end_all(runs, remote)
+        return stats
+
+    stats = asyncio.run(scenario())
+    assert stats["moved_waiting"] == 10  # six behind the blocked member, then four behind the grant
+
+
+def test_an_executor_lends_at_most_its_nodes_cpus_and_takes_a_cpu_back_when_asked(monkeypatch):
+    remote = _RemoteGroup()
+    monkeypatch.setattr(runs_module, "remote_group", remote)
+
+    async def scenario() -> None:
+        runs = _runs(Counter())  # a node of 2 CPUs
+        lenders = []
+        for g in range(3):
+            ids = [f"{g}{i:031x}" for i in range(3)]
+            runs.launch([_member(i, 0) for i in ids])
+            await _settle()
+            key = remote.launched[-1][1]
+            assert runs.group_advance(key, [], 1) == 1
+            runs.group_long(key, ids[0], 1, True)
+            await _settle()
+            lenders.append((key, ids))
+        # Three blocked members; the third group's followers get a CPU of their own.
+        assert remote.cpus == [1.0, 0, 1.0, 0, 1.0, 1.0]
+        # The first blocked member works again: its borrower may start nothing more.
+        (key, ids), borrower = lenders[0], remote.launched[1][1]
+        runs.group_busy(key, ids[0])
+        await _settle()
+        assert runs.group_advance(borrower, [], 2) == 0
+        assert [m for m, _ in remote.launched[-1][0]] == ids[1:] and remote.cpus[-1] == 1.0
+        await _end_all(runs, remote)
+        assert runs._on_loan == 0
 
     asyncio.run(scenario())
 
