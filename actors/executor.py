@@ -184,6 +184,7 @@ class Executor:
             limits=config.limits(),
             slots=self._slots,
             cpus=self._cpus,
+            node_cpus=max(1, self._node_cpu_count),
             finisher=self._finisher,
             keepers=self._keepers,
             stats=self.stats,

@@ -49,6 +49,7 @@ class Runs:
         limits: Limits,
         slots: PrioritySlots,
         cpus: int,
+        node_cpus: int,
         finisher: Finisher,
         keepers: Keepers,
         stats: Counter,
@@ -85,6 +86,7 @@ class Runs:
         self._answers: dict[tuple[str, int], asyncio.Future] = {}
         self.channel: ChannelAddress | None = None  # the executor's socket, once it listens
         self._member_times = MemberTimes()  # sizes each group's first grant
+        self._node_cpus = node_cpus
         self._on_loan = 0  # groups running here on CPUs lent by blocked members (see ``grouping``)
 
     def running_now(self) -> int:
@@ -382,7 +384,7 @@ class Runs:
                 self._slots.release()
                 continue
             if moved:
-                lent = lender if lender is not None and lender.lending and self._on_loan < self._cpus else None
+                lent = lender if lender is not None and lender.lending and self._on_loan < self._node_cpus else None
                 self.launch(chunk, grouped=True, lender=lent)
                 lender = None
                 continue
@@ -430,7 +432,7 @@ class Runs:
         group = self._group_by_key.get(key)
         if group is None or group.signal.is_set() or member in group.reported:
             return
-        if blocked and self._on_loan < self._cpus:
+        if blocked and self._on_loan < self._node_cpus:
             group.lending = member
         self._move_on(group, started, lender=group if group.lending else None)
 

@@ -102,14 +102,15 @@ async def _end_all(runs: Runs, remote: _RemoteGroup) -> None:
         await _settle()
 
 
-def _runs(stats: Counter) -> Runs:
+def _runs(stats: Counter, cpus: int = 2, node_cpus: int = 2) -> Runs:
     return Runs(
         actor=SimpleNamespace(),  # a group's worker asks for its signal itself; the executor makes none
         node_id="0" * 56,  # as Ray names a node
         lease=SimpleNamespace(until=0.0),
         limits=Limits(),
         slots=PrioritySlots(8),
-        cpus=2,
+        cpus=cpus,
+        node_cpus=node_cpus,
         finisher=_Finisher(),
         keepers=None,
         stats=stats,
@@ -275,7 +276,7 @@ def test_an_executor_lends_at_most_its_nodes_cpus_and_takes_a_cpu_back_when_aske
     monkeypatch.setattr(runs_module, "remote_group", remote)
 
     async def scenario() -> None:
-        runs = _runs(Counter())  # a node of 2 CPUs
+        runs = _runs(Counter(), cpus=6)  # a node of 2 CPUs, in a cluster of 6
         lenders = []
         for g in range(3):
             ids = [f"{g}{i:031x}" for i in range(3)]
