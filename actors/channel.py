@@ -336,16 +336,23 @@ class Link:
         return None
 
     async def _connect(self) -> None:
-        try:
-            address = await self._ask()
-            if address is None or address.node != self._node:
-                return  # an actor on another node is called by Ray
-            old, self._client = self._client, await ChannelClient.connect(address)
-            self._address = address
-            if old is not None:
-                await old.close()
-        except Exception as e:  # the Ray call serves meanwhile
-            log.info("no socket to %s yet: %r", self._label, e)
+        # Tried again every ``every_s`` until it holds, not only when a call finds it missing: an
+        # actor asked while Ray restarts it refuses, and the calls that would have tried again
+        # may all have been made by then (a batch that ended): the link would stay on Ray.
+        while True:
+            try:
+                address = await self._ask()
+                if address is None or address.node != self._node:
+                    return  # an actor on another node is called by Ray
+                old, self._client = self._client, await ChannelClient.connect(address)
+                self._address = address
+                if old is not None:
+                    await old.close()
+                return
+            except Exception as e:  # the Ray call serves meanwhile
+                log.info("no socket to %s yet: %r", self._label, e)
+            await asyncio.sleep(self._every_s)
+            self._tried = time.monotonic()
 
     async def close(self) -> None:
         """End the connection (calls go by Ray until the next ``client``)."""

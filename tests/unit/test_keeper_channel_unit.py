@@ -188,3 +188,31 @@ def test_a_worker_asks_the_keepers_socket_whether_its_attempt_is_open(monkeypatc
 
     assert _run(main()) == (True, False)
     assert kills == [running.id]
+
+
+def test_a_link_refused_while_its_actor_restarts_connects_without_another_call():
+    # The keeper refused while Ray restarted it, and the calls that found the link missing were
+    # all made by then: the link still comes back by itself, not only at the next call.
+    from raylane.actors.channel import Link
+
+    async def scenario() -> None:
+        server = ChannelServer({}, NODE, "StatusKeeper-0")
+        address = await server.start()
+        asked = []
+
+        async def ask():
+            asked.append(1)
+            if len(asked) == 1:
+                raise RuntimeError("The actor is temporarily unavailable: the actor is restarting")
+            return address
+
+        link = Link(ask, NODE, "StatusKeeper-0", every_s=0.05)
+        assert link.client() is None  # the only call made: it sets the connection going
+        for _ in range(200):
+            if link.connected:
+                break
+            await asyncio.sleep(0.01)
+        assert link.connected and len(asked) == 2
+        await link.close()
+
+    _run(scenario())
