@@ -17,6 +17,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import ray
@@ -387,24 +388,14 @@ def soft_time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _cpu_used() -> float:
-    """CPU seconds this process has used, all its threads."""
-    return time.process_time()
-
-
 def _has_children() -> bool:
     """Whether this process has child processes (work of its task's that its CPU time does not
     count); True where that cannot be told (no ``/proc``), so that nothing is lent on a guess."""
     try:
         tasks = os.listdir("/proc/self/task")
-        return any(_read(f"/proc/self/task/{t}/children").strip() for t in tasks)
+        return any(Path(f"/proc/self/task/{t}/children").read_text().strip() for t in tasks)
     except OSError:
         return True
-
-
-def _read(path: str) -> str:
-    with open(path) as f:
-        return f.read()
 
 
 class _MemberControl:
@@ -517,7 +508,7 @@ class _MemberControl:
         """With the lock held, once a turn of the sender: the share of a CPU this process used
         since the sender first saw the current member run, and since its last turn; None for
         both when no member runs or this one was not seen before (it is watched from now)."""
-        member, cpu, now = self._current, _cpu_used(), time.monotonic()
+        member, cpu, now = self._current, time.process_time(), time.monotonic()  # CPU of all its threads
         (first, first_cpu, first_at), (last_cpu, last_at) = self._first_look, self._last_look
         self._last_look = (cpu, now)
         if member is None or member != first:
