@@ -15,8 +15,8 @@ members done keep their results, members not yet started run again in another Ra
 A member starts only once its executor knows it may have: the worker asks for leave to start
 the next few members (a grant), and the executor notes it before it answers. So when a group's
 worker dies, the executor knows which members may have run: those granted whose end it has not
-heard. Each of them ends as a lone task whose worker died would (a retry is a new attempt); the
-rest never started and run again under the same attempt. Grants are sized to about
+heard (fewer, by the worker's count, below). Each of them ends as a lone task whose worker died
+would (a retry is a new attempt); the rest never started and run again under the same attempt. Grants are sized to about
 ``GRANT_SPAN_S`` of the members' work, so a group of quick tasks asks a few times, not once a
 member, and a worker that dies takes at most one grant of unknown members with it. The first
 member waits for a grant too: a group's worker may start long after its launch (an executor
@@ -24,6 +24,14 @@ frozen meanwhile), and a grant is refused once a cancel of a member has reached 
 The first grant's size comes from the executor (``first_grant``): from how long members of that
 task name took in its earlier groups, or one member for a name it has not seen run. Every ask
 is a message each way, and most groups run tasks of a name that ran before.
+
+A grant of several members would make a dying member take its siblings granted behind it along:
+each would fail (or be retried) though it never ran. So a worker also keeps a count of the
+members it started in a small file of its node's (``StartCount``): written before each member
+starts, and locked for the worker's life. Once the worker is dead its lock is gone, and an
+executor on the same node reads how many started (``started_when_dead``); a lock still held
+(the process lives on, or left a child holding the file) or no file (another node) leaves the
+grant as the bound. The count costs one write per member.
 
 A member that has run ``MOVE_AFTER_S`` no longer holds back its siblings: its worker gives back
 the leave to start the members after it, and those move to other Ray tasks (as groups, so a
@@ -47,6 +55,10 @@ the one at work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
+import tempfile
 import uuid
 from typing import Any
 
@@ -157,6 +169,71 @@ def plan(msgs: list[TaskMessage], cpus: int) -> list[list[int]]:
     return sorted(units)
 
 
+def _count_path(key: str) -> str:
+    """Where the worker of the group ``key`` keeps its count of members started: in memory
+    (``/dev/shm``) where the node has it."""
+    where = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    return os.path.join(where, f"raylane-started-{key}")
+
+
+class StartCount:
+    """A group's worker's count of the members it started, kept in a file locked while the
+    worker lives, for its executor to read should the worker die (``started_when_dead``).
+    Without the file (it could not be made) it counts nothing, and the grant stays the bound."""
+
+    def __init__(self, key: str):
+        self._path = _count_path(key)
+        self._fd: int | None = None
+        try:
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: no one else holds it
+        except OSError:
+            os.close(fd)
+            return
+        self._fd = fd
+
+    def starting(self, count: int) -> None:
+        """Member ``count - 1`` is about to start: ``count`` members started."""
+        if self._fd is not None:
+            os.pwrite(self._fd, count.to_bytes(4, "little"), 0)
+
+    def close(self) -> None:
+        """The group ended in order: the executor heard every member's end, and needs no count."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._path)
+            os.close(self._fd)
+            self._fd = None
+
+
+async def started_when_dead(key: str, tries: int = 10, every_s: float = 0.02) -> int | None:
+    """How many members the dead worker of the group ``key`` started, by its ``StartCount``;
+    the file is removed. None if there is no count on this node, or its lock is still held
+    after ``tries`` (a process holding it still lives: it could start one more)."""
+    path = _count_path(key)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        for i in range(tries):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:  # the process may still be on its way out
+                if i == tries - 1:
+                    return None
+                await asyncio.sleep(every_s)
+        return int.from_bytes(os.pread(fd, 4, 0).ljust(4, b"\0"), "little")
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
 class Group:
     """A Ray task running several claimed tasks in turn, as its executor tracks it."""
 
@@ -202,6 +279,11 @@ class Group:
         self.kept = self.granted
         self.moved.update(msg.id for msg, _ in waiting)
         return waiting
+
+    def note_started(self, started: int | None) -> None:
+        """The worker started ``started`` members at most (None: it is not known), and starts no more."""
+        if started is not None:
+            self.started = started if self.started is None else min(self.started, started)
 
     def possibly_started(self) -> list[str]:
         """The members that may have run and whose end has not been heard: those the worker had

@@ -21,7 +21,16 @@ from raylane.actors.channel import ChannelAddress
 from raylane.actors.common import Background, PrioritySlots
 from raylane.actors.fencing import FENCE_MARGIN_S
 from raylane.actors.finishing import Finisher
-from raylane.actors.grouping import GROUP_MAX, Group, MemberTimes, chunks, first_grant, group_size, wait_allowance
+from raylane.actors.grouping import (
+    GROUP_MAX,
+    Group,
+    MemberTimes,
+    chunks,
+    first_grant,
+    group_size,
+    started_when_dead,
+    wait_allowance,
+)
 from raylane.actors.keepers import Gate, Keepers
 from raylane.actors.recovery import OwnLease
 from raylane.actors.worker import NOT_CLAIMED, MemberEnd, remote_group, remote_invoke
@@ -338,8 +347,11 @@ class Runs:
 
     async def _after_group(self, group: Group, crash: BaseException | None) -> None:
         """Settle the members a group did not report. If its worker died, those it had leave to
-        start may have run: each ends as a lone task whose worker died would. The rest never
-        started and run again, still claimed here, unless a cancel came for them meanwhile."""
+        start, and had started by its count where this node holds it, may have run: each ends as
+        a lone task whose worker died would. The rest never started and run again, still claimed
+        here, unless a cancel came for them meanwhile."""
+        if crash is not None:
+            group.note_started(await started_when_dead(group.key))
         unknown = set(group.possibly_started()) if crash is not None else set()
         again = []
         for msg, running in group.members:
@@ -520,7 +532,7 @@ class Runs:
         group = self._group_by_key.get(key)
         if group is not None:
             group.running = running
-            group.started = started
+            group.note_started(started)
             if interrupted and running is not None:
                 group.interrupted.add(running)
 

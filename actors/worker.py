@@ -25,7 +25,7 @@ import ray
 from raylane import progress_reports, registry
 from raylane.actors.channel import ChannelAddress, ChannelClosed, call_kept
 from raylane.actors.fencing import LeaseLapsed, worker_fence
-from raylane.actors.grouping import LEND_BELOW, MOVE_AFTER_S, next_grant
+from raylane.actors.grouping import LEND_BELOW, MOVE_AFTER_S, StartCount, next_grant
 from raylane.actors.interrupts import raised_by_code, wakeable
 from raylane.errors import SoftTimeLimitExceeded
 from raylane.limits import Limits, clip_text, encode_result, writable
@@ -446,6 +446,7 @@ class _MemberControl:
         self._granted = self._grant = 0  # members before _granted may start; the last grant's size
         self._spent = 0.0  # seconds the members so far took
         self._started_count = 0  # members started so far
+        self._count = StartCount(group_key)  # ... as the executor may read it, should this worker die
         self._gave_back_for: str | None = None  # the long member whose followers were given back
         self._giving_back: ray.ObjectRef | None = None  # that message, until the executor has taken it
         # This process's CPU seconds and the monotonic time when the sender first saw the current
@@ -592,6 +593,7 @@ class _MemberControl:
         # The executor may be gone; its successor recovers the tasks from their records.
         with contextlib.suppress(Exception):
             off_main_get(self._sent)
+        self._count.close()
 
     def run(
         self, position: int, task_id: str, attempt: int, name: str, args: list, kwargs: dict, timeout_s: float | None
@@ -605,6 +607,7 @@ class _MemberControl:
                 if position < self._granted:
                     self._current, self._started, self._began = task_id, time.monotonic(), time.time()
                     self._started_count += 1
+                    self._count.starting(self._started_count)
                     self._untold = timeout_s is not None
                     break
             if not self._ask_leave(position):

@@ -158,6 +158,24 @@ def test_a_worker_dying_in_a_group_retries_only_its_task(rl, settings, tmp_path,
     assert all(h.record().attempt == 0 for h in handles[1:])
 
 
+def test_a_worker_dying_under_a_wide_grant_fails_no_sibling_it_never_started(rl, settings, tmp_path, unique):
+    # Once its executor knows the task name to be quick, a group's worker gets leave to start
+    # several members at once. The first dies: the siblings it had leave for but never started
+    # run again as the same attempt, not as a retry of one that failed.
+    warm = tmp_path / "warm"
+    warm.mkdir()
+    for n in range(2):
+        handles = submit_held(rl, settings, die_once, f"gw{n}-{unique}", [(str(warm), i, -1) for i in range(8)])
+        assert [h.result(timeout=120) for h in handles] == list(range(8))
+    dying = tmp_path / "dying"
+    dying.mkdir()
+    handles = submit_held(rl, settings, die_once, f"gx-{unique}", [(str(dying), i) for i in range(8)])
+    assert [h.result(timeout=120) for h in handles] == list(range(8))
+    assert handles[0].record().attempt == 1
+    assert runs(dying) == {0: 2, **{i: 1 for i in range(1, 8)}}
+    assert [h.record().attempt for h in handles[1:]] == [0] * 7
+
+
 def test_a_worker_dying_just_after_its_siblings_ended_runs_no_attempt_twice(rl, settings, tmp_path, unique):
     # The last member of the first group kills its worker an instant after its siblings ended,
     # before a report of their ends would have been due. None of them may run again as the

@@ -10,13 +10,19 @@ from datetime import UTC, datetime
 
 import pytest
 
-from raylane.actors import worker
+from raylane.actors import grouping, worker
 from raylane.actors.channel import ChannelAddress
 from raylane.actors.grouping import Group
 from raylane.actors.worker import MemberEnd
 from raylane.models import TaskMessage
 from raylane.protocol import Reply
 from tests.conftest import wait_until
+
+
+@pytest.fixture(autouse=True)
+def _counts_here(monkeypatch, tmp_path):
+    """Each control's count of members started goes to the test's directory, not the node's."""
+    monkeypatch.setattr(grouping, "_count_path", lambda key: str(tmp_path / key))
 
 
 class _Method:
@@ -266,3 +272,18 @@ def test_a_groups_worker_on_another_node_asks_by_ray(monkeypatch):
     control = _control(monkeypatch, executor, {}, channel=EXECUTOR_SOCKET._replace(node="node-2"))
     assert control._advance([], 1) == 1
     assert asked == [] and [name for name, _ in executor.calls if name == "group_advance"] == ["group_advance"]
+
+
+def test_a_groups_worker_counts_each_member_before_it_starts(monkeypatch, tmp_path):
+    counted: list[int] = []
+
+    def count_now():
+        counted.append(int.from_bytes((tmp_path / "t0").read_bytes(), "little"))
+
+    executor = _Executor()
+    control = _control(monkeypatch, executor, {}, first_grant=4, work={f"t{i}": count_now for i in range(3)})
+    for i in range(3):
+        control.run(i, f"t{i}", 0, "n", [], {}, None)
+    assert counted == [1, 2, 3]  # as each ran, the count already held it
+    control.close()
+    assert not (tmp_path / "t0").exists()  # ended in order: nothing for the executor to read

@@ -19,11 +19,13 @@ from raylane.actors.grouping import (
     STOP_ALLOWANCE_S,
     Group,
     MemberTimes,
+    StartCount,
     first_grant,
     group_size,
     groupable,
     next_grant,
     plan,
+    started_when_dead,
     wait_allowance,
 )
 from raylane.apicore import ApiProblem, decode_cursor
@@ -106,6 +108,55 @@ def test_the_members_whose_fate_a_dead_worker_leaves_unknown_are_those_granted_u
     assert group.possibly_started() == ids[2:4]
     group.started = 3  # signalled, the worker said it had started three: the fourth never will
     assert group.possibly_started() == ids[2:3]
+    group.note_started(None)  # a count that could not be read bounds nothing
+    assert group.possibly_started() == ids[2:3]
+    group.note_started(4)  # a higher count does not undo a lower one
+    assert group.possibly_started() == ids[2:3]
+
+
+_DIE_AFTER_STARTING = """
+import os, sys
+from raylane.actors.grouping import StartCount
+count = StartCount(sys.argv[1])
+for n in range(1, int(sys.argv[2]) + 1):
+    count.starting(n)
+print("counted", flush=True)
+if sys.argv[3] == "die":
+    os._exit(1)
+sys.stdin.read()  # lives, holding its count's lock, until told to go
+"""
+
+
+def test_a_dead_workers_count_says_how_many_members_it_started():
+    key = uuid.uuid4().hex
+    subprocess.run([sys.executable, "-c", _DIE_AFTER_STARTING, key, "3", "die"], check=False)
+    assert asyncio.run(started_when_dead(key)) == 3
+    assert asyncio.run(started_when_dead(key)) is None  # read once, the file is gone
+
+
+def test_a_count_whose_worker_lives_on_bounds_nothing():
+    key = uuid.uuid4().hex
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DIE_AFTER_STARTING, key, "2", "live"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"counted\n"
+        # The process could still start another member: its count is no bound.
+        assert asyncio.run(started_when_dead(key, tries=3, every_s=0.01)) is None
+    finally:
+        proc.communicate(b"")
+    assert asyncio.run(started_when_dead(key)) is None  # the file went with the read
+
+
+def test_a_group_ended_in_order_leaves_no_count():
+    key = uuid.uuid4().hex
+    count = StartCount(key)
+    count.starting(1)
+    count.close()
+    assert asyncio.run(started_when_dead(key)) is None
+    # A worker that died before it started a member started none.
+    subprocess.run([sys.executable, "-c", _DIE_AFTER_STARTING, key, "0", "die"], check=False)
+    assert asyncio.run(started_when_dead(key)) == 0
 
 
 def test_group_commit_batches_concurrent_callers_and_fails_a_whole_batch():
