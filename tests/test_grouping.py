@@ -96,13 +96,35 @@ def test_a_burst_runs_grouped_each_task_once(rl, settings, tmp_path, unique):
     assert {rl.get(h.id).version for h in handles} == {3}
 
 
+@raylane.task(name="test.group.gated")
+def gated(runs_dir: str, key: int, gate: str) -> int:
+    """``mark``, but asleep until the file ``gate`` exists (a minute at most)."""
+    Path(runs_dir, f"{key}.{uuid.uuid4().hex}").touch()
+    end = time.monotonic() + 60
+    while not Path(gate).exists() and time.monotonic() < end:
+        time.sleep(0.02)
+    return key * 2
+
+
 def test_cancel_a_task_waiting_in_its_group(rl, settings, tmp_path, unique):
+    # The members ahead of the target sleep until the test opens their gate. Asleep, each lends
+    # its CPU to the siblings behind it, but an executor lends no more CPUs than its node has: a
+    # chain of sleepers soon holds every CPU and every loan, so the target cannot start before the
+    # gate opens, however long its cancel takes.
+    import ray
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     before = executor_stats()
-    items = [(str(tmp_path), i, 0.3) for i in range(24)]
-    handles = submit_held(rl, settings, mark, f"gw-{unique}", items)
-    target = handles[-1]  # the last member of the last group: it waits behind five others
+    gate = tmp_path.parent / f"{tmp_path.name}.gate"
+    items = [(str(tmp_path), i, str(gate)) for i in range(24)]
+    assert _group_members(settings, 24) >= 3 and cpus <= 8
+    handles = submit_held(rl, settings, gated, f"gw-{unique}", items)
+    target = handles[-1]  # the last member of the last group: it waits behind the others
     wait_until(lambda: rl.get(target.id).state.value == "RUNNING", timeout=60, what="the claim of the target")
-    assert target.cancel().state.value == "CANCELLED"
+    try:
+        assert target.cancel().state.value == "CANCELLED"
+    finally:
+        gate.touch()
     for h in handles[:-1]:
         assert h.wait(timeout=120).state.value == "SUCCEEDED"
     assert target.wait(timeout=10).state.value == "CANCELLED"
