@@ -32,7 +32,7 @@ from raylane.actors.channel import ChannelAddress, ChannelServer, Method
 from raylane.actors.common import Background, PrioritySlots, settle_collector
 from raylane.actors.fencing import FENCE_MARGIN_S, HEARTBEAT_EVERY_S, LEASE_TTL_S
 from raylane.actors.finishing import Finisher, own_claim
-from raylane.actors.grouping import plan, wait_allowance
+from raylane.actors.grouping import plan, sweep_counts, wait_allowance
 from raylane.actors.handover import START_MANY, serving
 from raylane.actors.keepers import Gate, Keepers
 from raylane.actors.recovery import OwnLease, Recovery
@@ -231,11 +231,13 @@ class Executor:
 
     async def warm_workers(self) -> None:
         """Start the warm-up of this node's Ray workers (``WARM_PER_CPU`` per CPU) unless begun,
-        and return at once. The deployment calls it once every actor is placed: an actor created
-        meanwhile would wait behind these workers' starts. An executor Ray restarted starts it
-        itself, in ``ensure_running``."""
+        and the sweep of counts left on it (``sweep_counts``), and return at once. The deployment
+        calls it once every actor is placed: an actor created meanwhile would wait behind these
+        workers' starts. An executor Ray restarted starts it itself, in ``ensure_running``."""
         if self._warming is None and self._node_cpu_count:  # a node without CPUs runs no task
             self._warming = asyncio.create_task(self._warm_workers(WARM_PER_CPU * self._node_cpu_count))
+            # Counts of members started that an executor ended before it read them (see grouping).
+            self._background.spawn(asyncio.to_thread(sweep_counts))
 
     async def _warm_workers(self, count: int) -> None:
         """Have Ray start ``count`` worker processes on this node before the first tasks come, as a

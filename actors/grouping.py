@@ -59,6 +59,7 @@ import contextlib
 import fcntl
 import os
 import tempfile
+import time
 import uuid
 from typing import Any
 
@@ -197,8 +198,16 @@ class StartCount:
 
     def starting(self, count: int) -> None:
         """Member ``count - 1`` is about to start: ``count`` members started."""
-        if self._fd is not None:
+        if self._fd is None:
+            return
+        try:
             os.pwrite(self._fd, count.to_bytes(4, "little"), 0)
+        except OSError:
+            # A count left short would say a member never started that did: the file goes, and
+            # the grant stays the bound. Should it not go, this member does not start.
+            os.unlink(self._path)
+            os.close(self._fd)
+            self._fd = None
 
     def close(self) -> None:
         """The group ended in order: the executor heard every member's end, and needs no count."""
@@ -207,6 +216,39 @@ class StartCount:
                 os.unlink(self._path)
             os.close(self._fd)
             self._fd = None
+
+
+# A count whose worker is gone is read by its executor at once; one older than this, unlocked, was
+# left by an executor that ended before it could read it.
+COUNT_KEPT_S = 60.0
+
+
+def sweep_counts(older_than_s: float = COUNT_KEPT_S) -> int:
+    """Remove this node's counts (``StartCount``) that no live process holds, older than
+    ``older_than_s``: those of groups whose executor ended with their worker. How many went."""
+    where = os.path.dirname(_count_path("x"))
+    gone = 0
+    try:
+        names = [n for n in os.listdir(where) if n.startswith("raylane-started-")]
+    except OSError:
+        return 0
+    for name in names:
+        path = os.path.join(where, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            if time.time() - os.fstat(fd).st_mtime < older_than_s:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # raises while a worker holds it
+            os.unlink(path)
+            gone += 1
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return gone
 
 
 async def started_when_dead(key: str, tries: int = 10, every_s: float = 0.02) -> int | None:

@@ -26,6 +26,7 @@ from raylane.actors.grouping import (
     next_grant,
     plan,
     started_when_dead,
+    sweep_counts,
     wait_allowance,
 )
 from raylane.apicore import ApiProblem, decode_cursor
@@ -146,6 +147,45 @@ def test_a_count_whose_worker_lives_on_bounds_nothing():
     finally:
         proc.communicate(b"")
     assert asyncio.run(started_when_dead(key)) is None  # the file went with the read
+
+
+def test_a_count_that_cannot_be_written_is_no_bound(monkeypatch):
+    # Say /dev/shm is full: the count would stay short of the members started.
+    import os
+
+    key = uuid.uuid4().hex
+    count = StartCount(key)
+    count.starting(1)
+
+    def full(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    count.starting(2)  # the member still starts
+    count.starting(3)
+    count.close()
+    assert asyncio.run(started_when_dead(key)) is None  # no file: the grant bounds what started
+
+
+def test_a_sweep_removes_only_old_counts_no_live_worker_holds(monkeypatch, tmp_path):
+    import fcntl
+    import os
+
+    from raylane.actors import grouping
+
+    monkeypatch.setattr(grouping, "_count_path", lambda key: str(tmp_path / f"raylane-started-{key}"))
+    left, young, held = (tmp_path / f"raylane-started-{k}" for k in ("left", "young", "held"))
+    for path in (left, young, held):
+        path.write_bytes((3).to_bytes(4, "little"))
+    for path in (left, held):
+        os.utime(path, (0, 0))  # long ago
+    holder = os.open(held, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # a worker alive, in a member that runs long
+    try:
+        assert sweep_counts(older_than_s=60) == 1
+    finally:
+        os.close(holder)
+    assert not left.exists() and young.exists() and held.exists()
 
 
 def test_a_group_ended_in_order_leaves_no_count():
