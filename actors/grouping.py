@@ -16,9 +16,10 @@ A member starts only once its executor knows it may have: the worker asks for le
 the next few members (a grant), and the executor notes it before it answers. So when a group's
 worker dies, the executor knows which members may have run: those granted whose end it has not
 heard (fewer, by the worker's count, below). Each of them ends as a lone task whose worker died
-would (a retry is a new attempt); the rest never started and run again under the same attempt. Grants are sized to about
-``GRANT_SPAN_S`` of the members' work, so a group of quick tasks asks a few times, not once a
-member, and a worker that dies takes at most one grant of unknown members with it. The first
+would (a retry is a new attempt); the rest never started and run again under the same attempt.
+Grants are sized to about ``GRANT_SPAN_S`` of the members' work, so a group of quick tasks asks
+a few times, not once a member, and a worker that dies takes at most one grant of unknown
+members with it. The first
 member waits for a grant too: a group's worker may start long after its launch (an executor
 frozen meanwhile), and a grant is refused once a cancel of a member has reached the executor.
 The first grant's size comes from the executor (``first_grant``): from how long members of that
@@ -41,8 +42,9 @@ up to ``GROUP_MAX`` quick ones waiting.
 
 A long member blocked in a call (a sleep, a socket read, a lock) lends its CPU to the members
 moved on behind it: its worker says whether its process used less than ``LEND_BELOW`` of a CPU
-while it ran, and the executor then starts the first group of them as a Ray task that asks Ray
-for no CPU, on its own node, beside the blocked one. Otherwise they would wait for a CPU that
+while it ran (and its thread does not wait for a CPU, as one at work on a busy machine does),
+and the executor then starts the first group of them as a Ray task that asks Ray for no CPU,
+on its own node, beside the blocked one. Otherwise they would wait for a CPU that
 nothing uses: a few tasks stalled until their timeout held every CPU of a node, and the quick
 tasks behind them waited that long. The loan ends with the member that lent it: once it ends,
 or its worker says it uses the CPU again, the borrowing group starts no member past its grant,
@@ -57,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import tempfile
 import time
@@ -170,11 +173,16 @@ def plan(msgs: list[TaskMessage], cpus: int) -> list[list[int]]:
     return sorted(units)
 
 
+@functools.cache
+def _count_dir() -> str:
+    """Where this node's counts of members started go: in memory (``/dev/shm``) where the node
+    has it. Looked up once a process: a worker makes a count for every group it runs."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
 def _count_path(key: str) -> str:
-    """Where the worker of the group ``key`` keeps its count of members started: in memory
-    (``/dev/shm``) where the node has it."""
-    where = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-    return os.path.join(where, f"raylane-started-{key}")
+    """Where the worker of the group ``key`` keeps its count of members started."""
+    return os.path.join(_count_dir(), f"raylane-started-{key}")
 
 
 class StartCount:

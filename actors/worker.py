@@ -398,6 +398,19 @@ def _has_children() -> bool:
         return True
 
 
+def _runnable(tid: int | None) -> bool:
+    """Whether thread ``tid`` of this process is on a CPU or waiting for one (``R`` in ``/proc``):
+    a member at work on a machine too busy to give it its share of a CPU, not one blocked in a
+    call. False where that cannot be told."""
+    if tid is None:
+        return False
+    try:
+        stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["R"]
+
+
 class _MemberControl:
     """The executor's side of a group's worker, run by two threads beside the members.
 
@@ -418,10 +431,10 @@ class _MemberControl:
     did), or asks for new leave only once the executor has taken that message.
 
     With that message goes whether the member is blocked: whether this process used less than
-    ``LEND_BELOW`` of a CPU while the sender watched it, and has no child process. The executor
-    may then run the members moved on beside it on the CPU it does not use (see ``grouping``).
-    Should the member use the CPU again, the sender says so once (``group_busy``), and the
-    executor takes that CPU back."""
+    ``LEND_BELOW`` of a CPU while the sender watched it, has no child process, and the member's
+    thread is not waiting for a CPU. The executor may then run the members moved on beside it
+    on the CPU it does not use (see ``grouping``). Should the member use the CPU again (or wait
+    for one), the sender says so once (``group_busy``), and the executor takes that CPU back."""
 
     def __init__(
         self,
@@ -455,6 +468,7 @@ class _MemberControl:
         self._first_look: tuple[str | None, float, float] = (None, 0.0, 0.0)
         self._last_look: tuple[float, float] = (0.0, 0.0)
         self._lending: str | None = None  # the member said to be blocked, until it ends or is said busy
+        self._member_thread: int | None = None  # the thread running the members (its native id)
         self._executor, self._key = executor, group_key
         threading.Thread(target=self._watch, daemon=True, name="raylane-group-signal").start()
         self._sender = threading.Thread(target=self._send_held, daemon=True, name="raylane-group-report")
@@ -526,7 +540,11 @@ class _MemberControl:
             return
         self._gave_back_for = member
         self._granted = min(self._granted, self._started_count)
-        blocked = share is not None and share < LEND_BELOW and not _has_children()
+        # A member whose thread waits for a CPU is at work however little of one the machine
+        # gives it: lending its CPU would load a machine already short of them.
+        blocked = (
+            share is not None and share < LEND_BELOW and not _has_children() and not _runnable(self._member_thread)
+        )
         self._lending = member if blocked else None
         self._giving_back = self._executor.group_long.remote(self._key, member, self._started_count, blocked)
         self._sent.append(self._giving_back)
@@ -537,7 +555,9 @@ class _MemberControl:
         CPU it lent; once. A member said blocked that ended needs no word: the executor hears its end."""
         if self._lending != self._current:
             self._lending = None
-        if self._lending is None or share is None or share < LEND_BELOW:
+        if self._lending is None or share is None:
+            return None
+        if share < LEND_BELOW and not _runnable(self._member_thread):
             return None
         member, self._lending = self._lending, None
         return member
@@ -606,6 +626,7 @@ class _MemberControl:
                     return None
                 if position < self._granted:
                     self._current, self._started, self._began = task_id, time.monotonic(), time.time()
+                    self._member_thread = threading.get_native_id()
                     self._started_count += 1
                     self._count.starting(self._started_count)
                     self._untold = timeout_s is not None

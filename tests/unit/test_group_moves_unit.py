@@ -115,6 +115,38 @@ def test_a_long_member_at_work_is_not_said_blocked(monkeypatch):
     assert all(name != "group_busy" for name, _ in executor.calls)
 
 
+def test_a_long_member_at_work_on_a_cpu_it_must_share_is_not_said_blocked(monkeypatch):
+    # On a machine with more work than CPUs, a member at work may get less than LEND_BELOW of
+    # one; its thread waits for a CPU, and lending its CPU would load the machine further. (Here
+    # the process's CPU clock stands still, as it nearly does for a member starved of a CPU.)
+    executor = _Executor()
+    control = _control(monkeypatch, executor, {}, work={"t1": lambda: _spin(0.6)})
+    monkeypatch.setattr(worker.time, "process_time", lambda: 0.0)
+    replies = [control.run(i, f"t{i}", 0, "n", [], {}, None) for i in range(3)]
+    control.close()
+    assert [r.result if r else None for r in replies] == ["t0", "t1", None]
+    assert [args for name, args in executor.calls if name == "group_long"] == [("t0", "t1", 2, False)]
+
+
+def test_a_thread_is_runnable_at_work_and_not_while_it_waits():
+    assert worker._runnable(threading.get_native_id())  # this thread, reading its own state
+    main = threading.get_native_id()
+    seen_waiting = threading.Event()
+
+    def look() -> None:  # the main thread waits for this one
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not seen_waiting.is_set():
+            if not worker._runnable(main):
+                seen_waiting.set()
+            time.sleep(0.01)
+
+    t = threading.Thread(target=look)
+    t.start()
+    assert seen_waiting.wait(15)
+    t.join()
+    assert not worker._runnable(None) and not worker._runnable(2**31 - 1)
+
+
 def test_a_blocked_member_that_works_again_says_so_once(monkeypatch):
     executor = _Executor()
     control = _control(monkeypatch, executor, {"t1": 0.4}, work={"t1": lambda: _spin(0.4)})
