@@ -327,6 +327,10 @@ class Runs:
             # The worker died or was killed (or its report could not be read): the member it ran
             # ends as a lone task would, the rest run again.
             crash = e
+            if not isinstance(e, asyncio.CancelledError):
+                # Read while the members are still held here: a recovery sweep meanwhile must not
+                # close the claims of those that never started, which run again.
+                group.note_started(await started_when_dead(group.key))
         finally:
             group.signal.set()  # lets the pending group_signal call return
             self._group_over(group)
@@ -347,11 +351,9 @@ class Runs:
 
     async def _after_group(self, group: Group, crash: BaseException | None) -> None:
         """Settle the members a group did not report. If its worker died, those it had leave to
-        start, and had started by its count where this node holds it, may have run: each ends as
-        a lone task whose worker died would. The rest never started and run again, still claimed
-        here, unless a cancel came for them meanwhile."""
-        if crash is not None:
-            group.note_started(await started_when_dead(group.key))
+        start, and had started by its count where this node holds it (read in ``_run_group``),
+        may have run: each ends as a lone task whose worker died would. The rest never started
+        and run again, still claimed here, unless a cancel came for them meanwhile."""
         unknown = set(group.possibly_started()) if crash is not None else set()
         again = []
         for msg, running in group.members:

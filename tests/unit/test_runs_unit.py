@@ -26,12 +26,15 @@ class _Stream:
 
     def __init__(self):
         self.over = asyncio.Event()
+        self.died = False  # set with ``over``: the stream fails, as when the group's worker dies
 
     def __aiter__(self):
         return self
 
     async def __anext__(self):
         await self.over.wait()
+        if self.died:
+            raise RuntimeError("the worker died")
         raise StopAsyncIteration
 
 
@@ -321,6 +324,43 @@ def test_a_request_for_leave_made_twice_settles_its_ends_once(monkeypatch):
         await _settle()
 
     asyncio.run(scenario())
+
+
+def test_the_members_of_a_dead_workers_group_stay_held_while_its_count_is_read(monkeypatch):
+    # The executor's recovery sweep ends the claims it does not hold: while the count of members
+    # started is read, those that never started (which run again, still claimed) must be held.
+    remote = _RemoteGroup()
+    monkeypatch.setattr(runs_module, "remote_group", remote)
+    ids = ["a" * 32, "b" * 32, "c" * 32]
+    held_while_read: list[list[bool]] = []
+
+    async def scenario() -> tuple[Runs, list[str]]:
+        runs = _runs(Counter())
+
+        async def count_read(key: str) -> int:
+            held_while_read.append([runs.holds(i, 0) for i in ids])
+            await asyncio.sleep(0.01)
+            return 1  # the worker started the first member only
+
+        monkeypatch.setattr(runs_module, "started_when_dead", count_read)
+        runs.launch([_member(i, 0) for i in ids])
+        await _settle()
+        _, key, stream = remote.launched[0]
+        assert runs.group_advance(key, [], 2) == 2  # leave for two; the worker dies in the first
+        stream.died = True
+        stream.over.set()
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+        relaunched = [m for m, _ in remote.launched[-1][0]]
+        await _end_all(runs, remote)
+        return runs, relaunched
+
+    runs, relaunched = asyncio.run(scenario())
+    assert held_while_read == [[True, True, True]]
+    # The first member ends as a lone task whose worker died would; the other two run again.
+    [(first, lost), *_] = runs._finisher.settled
+    assert first.id == ids[0] and not lost.ok
+    assert relaunched == ids[1:]
 
 
 def test_a_lost_run_says_what_ray_said_without_its_colours():
