@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -142,6 +143,9 @@ def test_ticks_missed_while_nothing_ran_follow_catch_up(rl, store, unique, polic
     """A schedule whose last three hourly ticks were missed (as after a long outage of every
     scheduler): "none" skips them, "last" runs the newest once, "all" runs the three."""
     sid = f"{policy}-{unique}"
+    # Hourly ticks fall on the hour: one that comes while the test runs is on time, not missed,
+    # and fires under every policy. The test starts well clear of the next one.
+    wait_until(lambda: 3600 - time.time() % 3600 > 45, 60, 1.0, "45 s clear of the next hourly tick")
     raylane.schedule(sid, task=tick, args=[policy], every=3600, catch_up=policy, paused=True)
     saved = store.get_schedule(f"-:{sid}")
     store.delete_schedule(saved.key)
