@@ -19,9 +19,9 @@ heard (fewer, by the worker's count, below). Each of them ends as a lone task wh
 would (a retry is a new attempt); the rest never started and run again under the same attempt.
 Grants are sized to about ``GRANT_SPAN_S`` of the members' work, so a group of quick tasks asks
 a few times, not once a member, and a worker that dies takes at most one grant of unknown
-members with it. The first
-member waits for a grant too: a group's worker may start long after its launch (an executor
-frozen meanwhile), and a grant is refused once a cancel of a member has reached the executor.
+members with it. The first member waits for a grant too: a group's worker may start long after
+its launch (an executor frozen meanwhile), and a grant is refused once a cancel of a member has
+reached the executor.
 The first grant's size comes from the executor (``first_grant``): from how long members of that
 task name took in its earlier groups, or one member for a name it has not seen run. Every ask
 is a message each way, and most groups run tasks of a name that ran before.
@@ -234,7 +234,7 @@ COUNT_KEPT_S = 60.0
 def sweep_counts(older_than_s: float = COUNT_KEPT_S) -> int:
     """Remove this node's counts (``StartCount``) that no live process holds, older than
     ``older_than_s``: those of groups whose executor ended with their worker. How many went."""
-    where = os.path.dirname(_count_path("x"))
+    where = _count_dir()
     gone = 0
     try:
         names = [n for n in os.listdir(where) if n.startswith("raylane-started-")]

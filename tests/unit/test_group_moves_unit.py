@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ from tests.conftest import wait_until
 @pytest.fixture(autouse=True)
 def _counts_here(monkeypatch, tmp_path):
     """Each control's count of members started goes to the test's directory, not the node's."""
-    monkeypatch.setattr(grouping, "_count_path", lambda key: str(tmp_path / key))
+    monkeypatch.setattr(grouping, "_count_dir", lambda: str(tmp_path))
 
 
 class _Method:
@@ -308,9 +309,10 @@ def test_a_groups_worker_on_another_node_asks_by_ray(monkeypatch):
 
 def test_a_groups_worker_counts_each_member_before_it_starts(monkeypatch, tmp_path):
     counted: list[int] = []
+    path = Path(grouping._count_path("t0"))  # the group's key is "t0"
 
     def count_now():
-        counted.append(int.from_bytes((tmp_path / "t0").read_bytes(), "little"))
+        counted.append(int.from_bytes(path.read_bytes(), "little"))
 
     executor = _Executor()
     control = _control(monkeypatch, executor, {}, first_grant=4, work={f"t{i}": count_now for i in range(3)})
@@ -318,4 +320,4 @@ def test_a_groups_worker_counts_each_member_before_it_starts(monkeypatch, tmp_pa
         control.run(i, f"t{i}", 0, "n", [], {}, None)
     assert counted == [1, 2, 3]  # as each ran, the count already held it
     control.close()
-    assert not (tmp_path / "t0").exists()  # ended in order: nothing for the executor to read
+    assert path.parent == tmp_path and not path.exists()  # ended in order: nothing for the executor to read

@@ -173,7 +173,7 @@ def test_a_sweep_removes_only_old_counts_no_live_worker_holds(monkeypatch, tmp_p
 
     from raylane.actors import grouping
 
-    monkeypatch.setattr(grouping, "_count_path", lambda key: str(tmp_path / f"raylane-started-{key}"))
+    monkeypatch.setattr(grouping, "_count_dir", lambda: str(tmp_path))
     left, young, held = (tmp_path / f"raylane-started-{k}" for k in ("left", "young", "held"))
     for path in (left, young, held):
         path.write_bytes((3).to_bytes(4, "little"))

@@ -349,8 +349,12 @@ def test_the_members_of_a_dead_workers_group_stay_held_while_its_count_is_read(m
         assert runs.group_advance(key, [], 2) == 2  # leave for two; the worker dies in the first
         stream.died = True
         stream.over.set()
-        for _ in range(20):
-            await asyncio.sleep(0.005)
+
+        async def relaunch() -> None:
+            while len(remote.launched) < 2:
+                await asyncio.sleep(0.001)
+
+        await asyncio.wait_for(relaunch(), 5)  # the two never started, in a group of their own
         relaunched = [m for m, _ in remote.launched[-1][0]]
         await _end_all(runs, remote)
         return runs, relaunched
