@@ -196,4 +196,3 @@ def write(r: dict, out_dir: Path) -> None:
     (out_dir / "latest.json").write_text(json.dumps(r, indent=2) + "\n")
     (out_dir / "latest.md").write_text(markdown(r))
     plot(r, out_dir / "latest.png")
-    print((out_dir / "latest.md").read_text())

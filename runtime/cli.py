@@ -108,8 +108,13 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"raylane: error: --rounds must be at least 1, got {args.rounds}", file=sys.stderr)
         return 2
     results = run(quick=args.quick, parts=parts, out_dir=Path(args.out) if args.out else None, rounds=args.rounds)
+    # stdout holds one form only, so that ``--json`` can be piped to a parser.
     if args.json:
         print(json.dumps(results, default=str))
+    else:
+        from raylane.bench.report import markdown
+
+        print(markdown(results))
     return 0
 
 

@@ -86,3 +86,27 @@ def test_a_task_failure_says_what_the_task_said_as_escapes():
     err = TaskFailed("a" * 32, "Bad\x1b[8m", HOSTILE, None)
     assert not _acted_on(str(err)) and "\\x1b]0;owned" in str(err)
     assert err.message == HOSTILE and err.error_type == "Bad\x1b[8m"  # kept as the task said it
+
+
+def test_bench_with_json_prints_json_alone(monkeypatch, capsys, tmp_path):
+    import json
+
+    import raylane.bench.suite as suite
+    from raylane.bench.report import write
+
+    def run(quick, parts, out_dir, rounds):
+        machine = {"cpus": 2, "python": "3.11", "ray": "2"}
+        results = {"mode": "quick", "started_at": "2026-12-06T05:53:41", "machine": machine, "rtt": {"p50_ms": 20.8}}
+        results.update(suite.headline(results))
+        write(results, tmp_path)
+        return results
+
+    monkeypatch.setattr(suite, "run", run)
+    from raylane.cli import _bench
+
+    args = build_parser().parse_args(["bench", "--quick", "--only", "rtt", "--json"])
+    assert _bench(args) == 0
+    assert json.loads(capsys.readouterr().out)["rtt_p50_ms"] == 20.8
+    args = build_parser().parse_args(["bench", "--quick", "--only", "rtt"])
+    assert _bench(args) == 0
+    assert "| `rtt_p50_ms` | 20.8 |" in capsys.readouterr().out
