@@ -187,6 +187,7 @@ def _redis_and_workers(worker_argv: list[str]) -> Iterator[str | None]:
     try:
         redis_argv = [redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         procs.append(subprocess.Popen([*redis_argv, "--dir", str(work)], **quiet))  # type: ignore[call-overload]
+        _await_listening(port, procs[0])  # a client or worker that comes first is refused
         procs.append(subprocess.Popen([sys.executable, "-m", *worker_argv], env=env, **quiet))  # type: ignore[call-overload]
         os.environ["RAYLANE_BENCH_REDIS"] = url
         yield url
@@ -200,6 +201,24 @@ def _redis_and_workers(worker_argv: list[str]) -> Iterator[str | None]:
                 p.kill()
         os.environ.pop("RAYLANE_BENCH_REDIS", None)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _await_listening(port: int, proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    """Return once something accepts connections on ``port`` of this host; raise if ``proc``
+    (which is to listen there) exits first, or nothing does within ``timeout_s``."""
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited ({proc.returncode}) before it listened on {port}") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not listen on {port} within {timeout_s:g} s") from None
+            time.sleep(0.02)
 
 
 _NO_REDIS = {"skipped": "redis-server is not installed (./dev bench installs Debian's redis-server)"}

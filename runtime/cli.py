@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from datetime import UTC, datetime, timedelta
@@ -107,8 +108,17 @@ def _bench(args: argparse.Namespace) -> int:
     if args.rounds < 1:
         print(f"raylane: error: --rounds must be at least 1, got {args.rounds}", file=sys.stderr)
         return 2
-    results = run(quick=args.quick, parts=parts, out_dir=Path(args.out) if args.out else None, rounds=args.rounds)
-    # stdout holds one form only, so that ``--json`` can be piped to a parser.
+    # stdout holds one form only, so that ``--json`` can be piped to a parser: what Ray forwards
+    # from its workers and raylets while the suite runs goes to stderr then.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        try:
+            results = run(
+                quick=args.quick, parts=parts, out_dir=Path(args.out) if args.out else None, rounds=args.rounds
+            )
+        finally:
+            import raylane
+
+            raylane.shutdown()  # Ray forwards lines until its driver disconnects
     if args.json:
         print(json.dumps(results, default=str))
     else:

@@ -66,3 +66,31 @@ def test_cpu_above_rest_takes_out_what_the_machine_spends_idle_over_the_same_tim
     assert above_rest_ms(18_000.0, 0.4, 20.0, 5_000) == 2.0
     # Never below nothing, should the machine have been busier at rest than in the burst.
     assert above_rest_ms(1_000.0, 0.5, 10.0, 100) == 0.0
+
+
+def test_a_peer_broker_is_used_only_once_it_listens():
+    import socket
+    import subprocess
+    import sys
+
+    import pytest
+
+    from raylane.bench.suite import _await_listening, _free_port
+
+    # A process that listens only after a moment, as redis-server does once started.
+    port = _free_port()
+    late = (
+        "import socket, time; time.sleep(0.3); s = socket.socket(); "
+        f"s.bind(('127.0.0.1', {port})); s.listen(); c, _ = s.accept(); c.close()"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", late])
+    try:
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()  # not yet
+        _await_listening(port, proc)
+    finally:
+        proc.wait(timeout=10)
+    # One that exits without listening is reported, not waited for.
+    gone = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(RuntimeError, match="exited"):
+        _await_listening(_free_port(), gone)

@@ -95,6 +95,7 @@ def test_bench_with_json_prints_json_alone(monkeypatch, capsys, tmp_path):
     from raylane.bench.report import write
 
     def run(quick, parts, out_dir, rounds):
+        print("(raylet) WARNING: what Ray forwards from its workers")
         machine = {"cpus": 2, "python": "3.11", "ray": "2"}
         results = {"mode": "quick", "started_at": "2026-12-06T05:53:41", "machine": machine, "rtt": {"p50_ms": 20.8}}
         results.update(suite.headline(results))
