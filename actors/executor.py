@@ -621,6 +621,12 @@ class Executor:
         self.stats["kill_requests"] += 1
         return self._runs.kill(task_id, attempt)
 
+    async def ends_held(self, attempts: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Those of ``attempts`` (task id, attempt) whose end this executor has from its worker
+        and has not yet had written (see ``Finisher.held``): a keeper asks before it writes
+        TIMED_OUT, since such an end came first."""
+        return self._finisher.held([(task_id, attempt) for task_id, attempt in attempts])
+
     async def running_of(self, task_ids: list[str]) -> list[str]:
         """Those of ``task_ids`` that run here now (alone, in a group, or claimed between two Ray
         tasks): a task killed here is off this list once its Ray task has ended."""

@@ -91,7 +91,12 @@ def own_claim(stored: TaskRecord | None, mine: TaskRecord | PackedRecord) -> boo
 
 
 class Finisher:
-    """Writes ends and starts retries for one executor, through the tasks' StatusKeepers."""
+    """Writes ends and starts retries for one executor, through the tasks' StatusKeepers.
+
+    Ends are coalesced: while one write is on its way to the keepers, those that come meanwhile
+    wait and go as the next batch. Behind a slow write (a busy store) an end may so reach its
+    keeper after its task's deadline, which it beat: the keeper asks this executor which ends
+    it holds (``held``) before it writes TIMED_OUT, and leaves those to be written."""
 
     def __init__(self, keepers: Keepers, queue: TaskQueue, stats: Counter, tracer: TaskTracer | None = None):
         self._keepers = keepers
@@ -99,9 +104,15 @@ class Finisher:
         self._queue = queue
         self._finals = GroupCommit(self._write_finals)
         self._stats = stats
+        self._held: Counter[tuple[str, int]] = Counter()  # ends received, not yet answered by their keeper
 
     async def _write_finals(self, records: list[TaskRecord | PackedRecord]) -> list:
         return await self._keepers.write(records)
+
+    def held(self, attempts: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Those of ``attempts`` (task id, attempt) whose end this executor has received from its
+        worker and not yet had answered by its keeper: on its way there, or to be sent again."""
+        return [a for a in attempts if self._held[(a[0], a[1])]]
 
     async def record(self, record: TaskRecord) -> WriteOutcome:
         """Write one record through the keeper (see ``record_many``)."""
@@ -131,9 +142,17 @@ class Finisher:
 
     async def settle_many(self, ended: list[tuple[TaskRecord, Reply]]) -> None:
         """Write the ends of tasks from their replies, in one batch, and start the retries their policies ask for."""
+        attempts = [(running.id, running.attempt) for running, _ in ended]
+        self._held.update(attempts)
         try:
             finals = [final_record(running, reply) for running, reply in ended]
-            outcomes = await self.record_many([packed for _, packed in finals])
+            try:
+                outcomes = await self.record_many([packed for _, packed in finals])
+            finally:
+                self._held.subtract(attempts)
+                for a in attempts:
+                    if self._held[a] <= 0:
+                        del self._held[a]
             for (final, _), outcome in zip(finals, outcomes, strict=True):
                 await self._after_end(final, outcome)
         except Exception:

@@ -47,6 +47,11 @@ _CLOSE_TRIES = 10
 # sent before the task's message but may arrive after its claim.
 _OVERTAKEN_GRACE_S = 2.0
 _KILL_STATES = (TaskState.CANCELLED, TaskState.TIMED_OUT)
+# Before a TIMED_OUT, the task's executor is asked whether it holds the task's end, not yet
+# written; one that does not answer within this long (frozen) is taken to hold none.
+_ASK_HELD_S = 1.0
+_HELD_LOOK_S = 0.5  # how soon a deadline whose end is held is looked at again
+_HELD_AT_MOST_S = 120.0  # how long a held end keeps its task from a TIMED_OUT, at most
 
 
 @dataclass
@@ -54,6 +59,7 @@ class _Running:
     record: PackedRecord
     deadline: float | None  # monotonic
     began: float | None = None  # epoch seconds, when a group's worker said this member began
+    held_since: float | None = None  # monotonic, when its executor first said it held its end
 
 
 class StatusKeeper:
@@ -95,6 +101,7 @@ class StatusKeeper:
         self._executors: dict[str, Any] = {}  # handles by name, looked up as kills need them
         self._leases = LeaseObserver()
         self._observed = 0.0
+        self._observing: asyncio.Task | None = None  # the look at the heartbeats under way, if one is
         self._reported = 0.0
         self.stats = {
             "writes": 0,
@@ -102,6 +109,7 @@ class StatusKeeper:
             "rejected": 0,
             "bulk_requests": 0,
             "timeouts": 0,
+            "ends_awaited": 0,  # deadline looks put off: the executor held the end
             "kills": 0,
             "released": 0,
             "purged": 0,
@@ -498,12 +506,11 @@ class StatusKeeper:
                 self.metrics.running(len(self._running))
             if now - self._observed >= HEARTBEAT_EVERY_S and self._deadlines:
                 # Executors' leases are judged by their heartbeats seen changing, so they are looked
-                # at regularly while a deadline is watched, not only once one passes.
+                # at regularly while a deadline is watched, not only once one passes. Beside the
+                # loop: while a stalled store holds the read, deadlines still pass.
                 self._observed = now
-                try:
-                    self._leases.observe(await asyncio.to_thread(self.store.heartbeats))
-                except Exception as e:
-                    log.warning("reading executors' heartbeats failed: %r", e)
+                if self._observing is None or self._observing.done():
+                    self._observing = self._background.spawn(self._observe_heartbeats())
             if ((self._due and self._due[0][0] <= now) or self._gates.waiting) and (
                 self._releasing is None or self._releasing.done()
             ):
@@ -513,6 +520,12 @@ class StatusKeeper:
                 # Beside the loop: under load a write waits for the bulk before it, and deadlines
                 # that pass meanwhile must not wait for it too.
                 self._background.spawn(self._time_out(expired, now))
+
+    async def _observe_heartbeats(self) -> None:
+        try:
+            self._leases.observe(await asyncio.to_thread(self.store.heartbeats))
+        except Exception as e:
+            log.warning("reading executors' heartbeats failed: %r", e)
 
     async def _time_out(self, expired: list[_Running], now: float) -> None:
         """Write TIMED_OUT for tasks past their deadline whose executor is alive. A task whose
@@ -529,8 +542,11 @@ class StatusKeeper:
                 self._observed = time.monotonic()
                 self._leases.observe(await asyncio.to_thread(self.store.heartbeats))
             records = [r.record.unpack() for r in expired]
+            held = await self._ends_held([rec for rec in records if self._leases.renewed(rec.lease_owner)])
             due = []
             for r, rec in zip(expired, records, strict=False):
+                if (rec.id, rec.attempt) in held and self._wait_for_end(r):
+                    continue
                 if self._leases.renewed(rec.lease_owner):
                     due.append(
                         rec.moved_to(
@@ -563,6 +579,40 @@ class StatusKeeper:
                 self._set_deadline(r, now + 1.0)
             return
         self.stats["timeouts"] += sum(o.accepted for o in outcomes)
+
+    async def _ends_held(self, records: list[TaskRecord]) -> set[tuple[str, int]]:
+        """Of ``records``, running tasks past their deadlines, the (id, attempt) of those whose
+        executor holds their end, not yet written: it came back before the deadline and waits
+        behind other writes (a slow store), so it is what the task's record is to say."""
+        by_owner: dict[str, list[tuple[str, int]]] = {}
+        for rec in records:
+            if rec.lease_owner and "/" in rec.lease_owner:
+                by_owner.setdefault(rec.lease_owner.rsplit("/", 1)[0], []).append((rec.id, rec.attempt))
+
+        async def ask(name: str, attempts: list[tuple[str, int]]) -> list[tuple[str, int]]:
+            executor = self._executor(name)
+            if executor is None:
+                return []
+            try:
+                return await asyncio.wait_for(executor.ends_held.remote(attempts), _ASK_HELD_S)
+            except Exception as e:  # a frozen or gone executor holds nothing it can write soon
+                log.info("executor %s did not say which ends it holds: %r", name, e)
+                return []
+
+        answers = await asyncio.gather(*(ask(name, attempts) for name, attempts in by_owner.items()))
+        return {(task_id, attempt) for answer in answers for task_id, attempt in answer}
+
+    def _wait_for_end(self, r: _Running) -> bool:
+        """Look at ``r``'s deadline again shortly, since its executor holds its end; False once
+        it has held it for ``_HELD_AT_MOST_S`` (its writes keep failing): time it out."""
+        now = time.monotonic()
+        if r.held_since is None:
+            r.held_since = now
+        elif now - r.held_since >= _HELD_AT_MOST_S:
+            return False
+        self.stats["ends_awaited"] += 1
+        self._set_deadline(r, now + _HELD_LOOK_S)
+        return True
 
     def _kill(self, task_id: str, attempt: int | None = None, owner: str | None = None) -> None:
         """Have the task's Ray task stopped: by the executor whose incarnation ``owner`` holds its

@@ -239,6 +239,32 @@ def test_opensearch_outage_mid_run(rl, store, stack, settings, tmp_path):
     assert not Path(tmp_path, "999.runs").exists()
 
 
+def test_an_end_held_up_by_a_stalled_store_beats_its_timeout(rl, stack, tmp_path):
+    # Given two tasks running on one executor: one ends first, the other 1 s before its 3.5 s
+    # timeout runs out
+    import signal
+
+    first = work.submit(str(tmp_path), 1, 1.5)
+    wait_until(lambda: (tmp_path / "1.runs").exists(), what="the first task to start")
+    second = work.options(timeout=3.5).submit(str(tmp_path), 2, 2.5)
+    wait_until(lambda: (tmp_path / "2.runs").exists(), what="the second task to start")
+    # When OpenSearch stalls from before the first end until past the second's deadline (within
+    # the executor's lease): the first end's write hangs, and the second ends behind it
+    pid = stack.opensearch.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(4.5)  # the stall itself
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # Then both end SUCCEEDED: the second's end was back at its executor before its deadline,
+    # waiting behind the first's write, and its keeper, asking there before a TIMED_OUT, left
+    # the task to it
+    assert first.wait(timeout=60).state is TaskState.SUCCEEDED
+    rec = second.wait(timeout=60)
+    assert rec.state is TaskState.SUCCEEDED, (rec.state.value, rec.error, rec.hops)
+
+
 def test_kafka_outage_mid_run(rl, store, stack, tmp_path):
     handles, watch = _running_batch(store, tmp_path, n=40, seconds=0.3, started=5)
     fault_at = time.monotonic()

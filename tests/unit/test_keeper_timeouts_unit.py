@@ -235,3 +235,142 @@ def test_a_claim_whose_task_never_had_a_record_is_refused_and_closed(monkeypatch
     # A PENDING write coming after the grace loses, as the submit's answer says.
     [late] = asyncio.run(keeper.write([pending]))
     assert not late.accepted
+
+
+def test_an_end_that_reaches_the_keeper_before_the_deadline_wins_however_slow_the_store(monkeypatch):
+    keeper, _, _ = _keeper(monkeypatch, "timeout-after-end")
+    keeper._leases.observe({OWNER: 1})
+    keeper._leases.observe({OWNER: 2})
+    records: list[TaskRecord] = []
+
+    async def scenario() -> None:
+        records.append(await _claimed(keeper))
+        write_many = keeper.store.write_many_async
+        held = asyncio.Event()
+
+        async def slow(batch):
+            await held.wait()  # the store takes longer over this bulk than the task had left
+            return await write_many(batch)
+
+        monkeypatch.setattr(keeper.store, "write_many_async", slow)
+        busy = asyncio.create_task(keeper.write([_pending()]))  # the bulk in flight
+        done = records[0].moved_to(TaskState.SUCCEEDED, result=1)
+        end = asyncio.create_task(keeper.write([done]))  # the task's end comes, and waits
+        for _ in range(5):
+            await asyncio.sleep(0)
+        # Its deadline passes while the end waits behind the bulk: the TIMED_OUT comes after it.
+        timeout = asyncio.create_task(keeper._time_out([keeper._running[done.id]], time.monotonic()))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        held.set()
+        await asyncio.gather(busy, end, timeout)
+
+    asyncio.run(scenario())
+    stored = keeper.store.get(records[0].id)
+    assert stored is not None and stored.state is TaskState.SUCCEEDED
+    assert keeper.stats["timeouts"] == 0
+
+
+def test_deadlines_pass_while_a_look_at_the_heartbeats_hangs(monkeypatch):
+    import threading
+
+    keeper, _, _ = _keeper(monkeypatch, "timeout-beside-heartbeats")
+    keeper._leases.observe({OWNER: 1})
+    keeper._leases.observe({OWNER: 2})  # seen renewing: its timeouts need no look of their own
+    release = threading.Event()
+    looks: list[int] = []
+
+    def heartbeats():
+        looks.append(1)
+        release.wait(10)  # the store holds the read, as a stalled one does
+        return {OWNER: 3}
+
+    monkeypatch.setattr(keeper.store, "heartbeats", heartbeats)
+    record = _running()
+    seen: list[TaskState | None] = []
+
+    async def scenario() -> None:
+        keeper._watch(_Running(PackedRecord.of(record), time.monotonic() + 0.3))
+        loop = asyncio.create_task(keeper._deadline_loop())
+        try:
+            for _ in range(250):  # up to 5 s
+                stored = keeper.store.get(record.id)
+                if stored is not None:
+                    seen.append(stored.state)
+                    return
+                await asyncio.sleep(0.02)
+        finally:
+            release.set()
+            loop.cancel()
+
+    asyncio.run(scenario())
+    assert looks  # the loop looked at the heartbeats (its first pass), and the look hung
+    assert seen == [TaskState.TIMED_OUT]
+
+
+class _Executor:
+    """An executor as a keeper reaches it: it answers ``ends_held`` with ``held``, or never."""
+
+    def __init__(self, held: list[tuple[str, int]] | None) -> None:
+        self.asked: list[list[tuple[str, int]]] = []
+        outer = self
+
+        class _Method:
+            def remote(self, attempts):
+                outer.asked.append(attempts)
+                return outer._answer(attempts)
+
+        self.ends_held = _Method()
+        self._held = held
+
+    async def _answer(self, attempts):
+        if self._held is None:
+            await asyncio.Event().wait()  # frozen
+        return [a for a in attempts if a in self._held]
+
+
+def _renewing(monkeypatch, name: str, executor: _Executor) -> StatusKeeper:
+    keeper, _, _ = _keeper(monkeypatch, name)
+    keeper._leases.observe({OWNER: 1})
+    keeper._leases.observe({OWNER: 2})
+    monkeypatch.setattr(keeper, "_executor", lambda name: executor if name == OWNER.split("/")[0] else None)
+    return keeper
+
+
+def test_a_timeout_waits_for_the_end_its_executor_holds(monkeypatch):
+    record = _running()
+    executor = _Executor(held=[(record.id, record.attempt)])
+    keeper = _renewing(monkeypatch, "timeout-end-held", executor)
+
+    running = _time_out(keeper, record)
+
+    # The end came back before the deadline and waits behind other writes at the executor:
+    # nothing is written, and the deadline is looked at again shortly.
+    assert executor.asked == [[(record.id, record.attempt)]]
+    assert keeper.store.get(record.id) is None
+    assert running.deadline is not None and running.deadline - time.monotonic() <= status_keeper._HELD_LOOK_S
+    assert keeper.stats["ends_awaited"] == 1 and keeper.stats["timeouts"] == 0
+
+
+def test_an_end_held_too_long_no_longer_keeps_the_timeout_off(monkeypatch):
+    record = _running()
+    executor = _Executor(held=[(record.id, record.attempt)])
+    keeper = _renewing(monkeypatch, "timeout-end-held-long", executor)
+    running = _Running(PackedRecord.of(record), time.monotonic())
+    running.held_since = time.monotonic() - status_keeper._HELD_AT_MOST_S  # its writes kept failing
+    keeper._running[record.id] = running
+
+    stored = _timed_out_now(keeper, record)
+
+    assert stored.attempt == record.attempt and keeper.stats["timeouts"] == 1
+
+
+def test_a_frozen_executor_is_taken_to_hold_no_end(monkeypatch):
+    monkeypatch.setattr(status_keeper, "_ASK_HELD_S", 0.2)
+    record = _running()
+    executor = _Executor(held=None)  # never answers
+    keeper = _renewing(monkeypatch, "timeout-executor-frozen", executor)
+
+    _timed_out_now(keeper, record)
+
+    assert executor.asked == [[(record.id, record.attempt)]]
