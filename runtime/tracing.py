@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from typing import Any
 
 from raylane.models import HOPS, TaskRecord
@@ -71,8 +72,38 @@ class _TaskIds:
         self._local.trace_id = trace_id
 
 
+# Spans made and not yet through the exporter, at most: a trace that would go beyond is not
+# made. The OTLP exporter retries a collector that is down for a while, and the processor
+# beside it would drop each span that finds its queue full, logging a warning for each.
+MAX_SPANS_WAITING = 2048
+SPANS_PER_TRACE = 1 + len(STEPS)
+NOT_MADE_REPORT_S = 60.0  # how often traces not made are reported, at most
+
+
+class _CountedExporter:
+    """An exporter that counts the spans it has been handed, whatever became of them."""
+
+    def __init__(self, exporter: Any) -> None:
+        self._exporter = exporter
+        self.handled = 0
+
+    def export(self, spans: Any) -> Any:
+        try:
+            return self._exporter.export(spans)
+        finally:
+            self.handled += len(spans)
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
+
+
 class TaskTracer:
-    """Makes one trace per finished task and exports it in the background."""
+    """Makes one trace per finished task and exports it in the background. While the exporter
+    is behind (a collector down or slow) by ``MAX_SPANS_WAITING`` spans, traces are not made,
+    and how many were not is logged once a minute."""
 
     def __init__(self, endpoint: str | None = None, exporter: Any = None):
         from opentelemetry.sdk.resources import Resource
@@ -83,18 +114,48 @@ class TaskTracer:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             exporter = OTLPSpanExporter(endpoint=f"{(endpoint or '').rstrip('/')}/v1/traces")
+        self._endpoint = endpoint
         self._ids = _TaskIds()
         self._provider = TracerProvider(resource=Resource.create({"service.name": "raylane"}), id_generator=self._ids)  # type: ignore[arg-type]
-        self._provider.add_span_processor(BatchSpanProcessor(exporter))
+        self._exporter = _CountedExporter(exporter)
+        # Its queue holds what may wait, so that it never drops a span of a trace that was made.
+        processor = BatchSpanProcessor(self._exporter, max_queue_size=MAX_SPANS_WAITING + SPANS_PER_TRACE)  # type: ignore[arg-type]
+        self._provider.add_span_processor(processor)
         self._tracer = self._provider.get_tracer("raylane")
         self._lock = threading.Lock()
+        self._made = 0  # spans made
+        self.not_made = 0  # traces not made while the exporter was behind
+        self._untold = 0  # of those, not yet reported
+        self._told_at = -NOT_MADE_REPORT_S
+
+    def _behind(self) -> bool:
+        """Whether a trace made now could find the exporter's queue full; reports, at most once
+        a minute, the traces not made so."""
+        if self._made - self._exporter.handled + SPANS_PER_TRACE <= MAX_SPANS_WAITING:
+            return False
+        self.not_made += 1
+        self._untold += 1
+        now = time.monotonic()
+        if now - self._told_at >= NOT_MADE_REPORT_S:
+            log.warning(
+                "traces of %d task(s) not made: the OTLP exporter (%s) is %d spans behind",
+                self._untold,
+                self._endpoint or "given",
+                self._made - self._exporter.handled,
+            )
+            self._told_at, self._untold = now, 0
+        return True
 
     def record(self, rec: TaskRecord) -> None:
         """The trace of ``rec``'s attempt: a span ``raylane.task`` from submit to the reply, and
-        one child span per step it has both marks of."""
+        one child span per step it has both marks of (none while the exporter is behind)."""
         from opentelemetry import trace
 
+        if self._behind():
+            return
         at = marks(rec)
+        steps = [(name, at[a], at[b]) for name, (a, b) in STEPS.items() if a in at and b in at]
+        self._made += 1 + len(steps)
         end = at.get("replied", max(at.values()))
         attributes = {
             "raylane.task.id": rec.id,
@@ -110,10 +171,9 @@ class TaskTracer:
             finally:
                 self._ids.set(None)
         context = trace.set_span_in_context(root)
-        for name, (a, b) in STEPS.items():
-            if a in at and b in at:
-                span = self._tracer.start_span(name, context=context, start_time=_ns(at[a]))
-                span.end(end_time=_ns(max(at[a], at[b])))
+        for name, a_at, b_at in steps:
+            span = self._tracer.start_span(name, context=context, start_time=_ns(a_at))
+            span.end(end_time=_ns(max(a_at, b_at)))
         if rec.error_type:
             root.set_attribute("raylane.task.error_type", rec.error_type)
         root.end(end_time=_ns(end))

@@ -63,3 +63,40 @@ def test_a_task_ended_before_it_ran_has_only_the_steps_it_passed():
 
 def test_no_endpoint_no_tracer():
     assert tracer_for(None) is None and tracer_for("") is None
+
+
+def test_while_the_exporter_is_behind_traces_are_not_made_and_that_is_said_once(caplog):
+    import logging
+    import threading
+
+    from raylane import tracing
+
+    class _Stuck(InMemorySpanExporter):
+        """A collector that does not answer until ``answer`` is set."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.answer = threading.Event()
+
+        def export(self, spans):
+            self.answer.wait(30)
+            return super().export(spans)
+
+    exporter = _Stuck()
+    tracer = TaskTracer(exporter=exporter)
+    caplog.set_level(logging.WARNING)
+    for _ in range(1000):  # 8,000 spans: about four times what may wait
+        tracer.record(_finished())
+    made = tracing.MAX_SPANS_WAITING // tracing.SPANS_PER_TRACE
+    assert tracer.not_made == 1000 - made
+    # Nothing was dropped by the processor, and one line says what was not made.
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [f"traces of 1 task(s) not made: the OTLP exporter (given) is {made * 8} spans behind"]
+    exporter.answer.set()
+    assert tracer.flush()
+    assert len(exporter.get_finished_spans()) == made * tracing.SPANS_PER_TRACE
+    # Once the exporter has caught up, traces are made again.
+    tracer.record(_finished())
+    assert tracer.flush() and len(exporter.get_finished_spans()) == (made + 1) * tracing.SPANS_PER_TRACE
+    assert tracer.not_made == 1000 - made
+    tracer.close()
