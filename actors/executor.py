@@ -625,7 +625,7 @@ class Executor:
         """Those of ``attempts`` (task id, attempt) whose end this executor has from its worker
         and has not yet had written (see ``Finisher.held``): a keeper asks before it writes
         TIMED_OUT, since such an end came first."""
-        return self._finisher.held([(task_id, attempt) for task_id, attempt in attempts])
+        return self._finisher.held(attempts)
 
     async def running_of(self, task_ids: list[str]) -> list[str]:
         """Those of ``task_ids`` that run here now (alone, in a group, or claimed between two Ray

@@ -112,7 +112,7 @@ class Finisher:
     def held(self, attempts: list[tuple[str, int]]) -> list[tuple[str, int]]:
         """Those of ``attempts`` (task id, attempt) whose end this executor has received from its
         worker and not yet had answered by its keeper: on its way there, or to be sent again."""
-        return [a for a in attempts if self._held[(a[0], a[1])]]
+        return [(task_id, attempt) for task_id, attempt in attempts if self._held[(task_id, attempt)]]
 
     async def record(self, record: TaskRecord) -> WriteOutcome:
         """Write one record through the keeper (see ``record_many``)."""
@@ -142,17 +142,14 @@ class Finisher:
 
     async def settle_many(self, ended: list[tuple[TaskRecord, Reply]]) -> None:
         """Write the ends of tasks from their replies, in one batch, and start the retries their policies ask for."""
-        attempts = [(running.id, running.attempt) for running, _ in ended]
-        self._held.update(attempts)
+        attempts = Counter((running.id, running.attempt) for running, _ in ended)
+        self._held += attempts
         try:
             finals = [final_record(running, reply) for running, reply in ended]
             try:
                 outcomes = await self.record_many([packed for _, packed in finals])
             finally:
-                self._held.subtract(attempts)
-                for a in attempts:
-                    if self._held[a] <= 0:
-                        del self._held[a]
+                self._held -= attempts  # keeps only the attempts still counted
             for (final, _), outcome in zip(finals, outcomes, strict=True):
                 await self._after_end(final, outcome)
         except Exception:

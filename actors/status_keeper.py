@@ -54,6 +54,12 @@ _HELD_LOOK_S = 0.5  # how soon a deadline whose end is held is looked at again
 _HELD_AT_MOST_S = 120.0  # how long a held end keeps its task from a TIMED_OUT, at most
 
 
+def _executor_name(owner: str | None) -> str | None:
+    """The name of the executor whose incarnation ``owner`` (a lease owner, "name/incarnation")
+    is; None if it names none."""
+    return owner.rsplit("/", 1)[0] if owner and "/" in owner else None
+
+
 @dataclass
 class _Running:
     record: PackedRecord
@@ -586,8 +592,9 @@ class StatusKeeper:
         behind other writes (a slow store), so it is what the task's record is to say."""
         by_owner: dict[str, list[tuple[str, int]]] = {}
         for rec in records:
-            if rec.lease_owner and "/" in rec.lease_owner:
-                by_owner.setdefault(rec.lease_owner.rsplit("/", 1)[0], []).append((rec.id, rec.attempt))
+            name = _executor_name(rec.lease_owner)
+            if name is not None:
+                by_owner.setdefault(name, []).append((rec.id, rec.attempt))
 
         async def ask(name: str, attempts: list[tuple[str, int]]) -> list[tuple[str, int]]:
             executor = self._executor(name)
@@ -619,7 +626,8 @@ class StatusKeeper:
         lease (it is named in the incarnation), which stops it or, with its claim still in
         flight, does not launch it; by every executor when the owner is not known."""
         self.stats["kills"] += 1
-        target = self._executor(owner.rsplit("/", 1)[0]) if owner and "/" in owner else None
+        name = _executor_name(owner)
+        target = self._executor(name) if name is not None else None
         if target is not None:
             target.kill.remote(task_id, attempt)
             return

@@ -312,18 +312,14 @@ class _Executor:
     """An executor as a keeper reaches it: it answers ``ends_held`` with ``held``, or never."""
 
     def __init__(self, held: list[tuple[str, int]] | None) -> None:
+        from types import SimpleNamespace
+
         self.asked: list[list[tuple[str, int]]] = []
-        outer = self
-
-        class _Method:
-            def remote(self, attempts):
-                outer.asked.append(attempts)
-                return outer._answer(attempts)
-
-        self.ends_held = _Method()
+        self.ends_held = SimpleNamespace(remote=self._answer)
         self._held = held
 
     async def _answer(self, attempts):
+        self.asked.append(attempts)
         if self._held is None:
             await asyncio.Event().wait()  # frozen
         return [a for a in attempts if a in self._held]
