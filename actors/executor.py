@@ -85,6 +85,7 @@ _STATS = (
     "held_back",  # ... whose claim was not accepted: the function did not start
     "workers_warmed",  # warm-up tasks run at this executor's start: each in a worker started for it, or idle
     "lent",  # groups started on the CPU of a member blocked in a call (see ``grouping``)
+    "loans_passed_on",  # groups waiting for a CPU whose members moved to a loan no group used
 )
 
 

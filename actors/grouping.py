@@ -48,10 +48,13 @@ on its own node, beside the blocked one. Otherwise they would wait for a CPU tha
 nothing uses: a few tasks stalled until their timeout held every CPU of a node, and the quick
 tasks behind them waited that long. The loan ends with the member that lent it: once it ends,
 or its worker says it uses the CPU again, the borrowing group starts no member past its grant,
-and the rest move on to Ray tasks that ask for a CPU again. An executor lends at most as many
-CPUs as its node has, so a node runs at most twice its CPUs' worth of groups, and only while
-half of them wait. A member whose process has a child process lends nothing: the child may be
-the one at work.
+and the rest move on to Ray tasks that ask for a CPU again. Every loan has a blocked lender, so
+the groups at work on a node never outnumber its CPUs; what loans cost is a worker process each
+(Ray starts one for a Ray task that asks for no CPU, a second or so of a CPU). An executor
+lends at most ``LOANS_PER_CPU`` CPUs per CPU of its node: as many as a node's CPUs were too few,
+since a few sleepers then held every CPU and every loan, and every quick task behind them waited
+for the first timeout. A member whose process has a child process lends nothing: the child may
+be the one at work.
 """
 
 from __future__ import annotations
@@ -81,6 +84,11 @@ MOVE_AFTER_S = 0.2
 # lends its CPU. A member at work uses all of one; a blocked one's process, about a hundredth
 # (Ray's threads and the worker's own).
 LEND_BELOW = 0.25
+# Loans an executor makes at most, per CPU of its node. The main job (five tasks that sleep past
+# their timeout among 3,000 quick ones, on 2 CPUs) saw its quick tasks wait for the first
+# timeout in about one run in three with one loan per CPU: four sleepers held both CPUs and
+# both loans.
+LOANS_PER_CPU = 4
 
 
 def groupable(msg: TaskMessage) -> bool:
@@ -311,6 +319,7 @@ class Group:
         self.lending: str | None = None  # the member blocked in a call whose CPU others borrow
         self.borrowers: list[Group] = []  # the groups that run on that CPU
         self.on_loan = False  # this group runs on a CPU lent by a blocked member, not one of its own
+        self.lender: Group | None = None  # ... that member's group
 
     def attempt_of(self, task_id: str) -> int:
         """The attempt of member ``task_id`` this group runs."""

@@ -23,6 +23,7 @@ from raylane.actors.fencing import FENCE_MARGIN_S
 from raylane.actors.finishing import Finisher
 from raylane.actors.grouping import (
     GROUP_MAX,
+    LOANS_PER_CPU,
     Group,
     MemberTimes,
     chunks,
@@ -95,8 +96,11 @@ class Runs:
         self._answers: dict[tuple[str, int], asyncio.Future] = {}
         self.channel: ChannelAddress | None = None  # the executor's socket, once it listens
         self._member_times = MemberTimes()  # sizes each group's first grant
-        self._node_cpus = node_cpus
+        self._loans_max = LOANS_PER_CPU * node_cpus
         self._on_loan = 0  # groups running here on CPUs lent by blocked members (see ``grouping``)
+        # Groups whose blocked member lends a CPU that no group uses now, by key: the next group
+        # launched runs on it.
+        self._idle_lenders: dict[str, Group] = {}
 
     def running_now(self) -> int:
         """Tasks running here: lone Ray tasks, tasks in groups, and claimed tasks waiting for a
@@ -130,8 +134,10 @@ class Runs:
             self._launch_one(*members[0])
         else:
             group = Group(members)
+            lender = lender or self._idle_lender()
             if lender is not None:
                 group.on_loan = True
+                group.lender = lender
                 lender.borrowers.append(group)
                 self._on_loan += 1
                 self._stats["lent"] += 1
@@ -339,7 +345,48 @@ class Runs:
                 if self._groups.get(m.id) is group:  # a member moved on belongs to its new group
                     del self._groups[m.id]
             self._slots.release()
+            self._loan_over(group)
         await self._after_group(group, crash)
+
+    def _loan_over(self, group: Group) -> None:
+        """``group``, which ran on a loan, is over: while its lender's member is still blocked, the
+        CPU goes on to the members of a group that waits for a CPU of its own."""
+        lender, group.lender = group.lender, None
+        if lender is not None and group in lender.borrowers:
+            lender.borrowers.remove(group)
+            if lender.lending is not None and not lender.borrowers:
+                self._lend_on(lender)
+
+    def _lend_on(self, lender: Group) -> None:
+        """Give the CPU ``lender``'s blocked member lends, which no group uses, to the members of
+        the oldest group whose worker has not asked for leave yet (its Ray task waits for a CPU,
+        most likely behind blocked members): they move to a group on the loan, and the Ray task
+        they leave, once it starts, gets leave for none and ends. Without such a group, the
+        next group launched here takes the loan."""
+        for group in self._group_by_key.values():
+            if (
+                group is not lender
+                and not group.on_loan
+                and group.granted == 0
+                and group.kept > 0
+                and not group.reported
+                and not group.signal.is_set()
+            ):
+                self._stats["loans_passed_on"] += 1
+                self._move_on(group, 0, lender=lender)
+                return
+        self._idle_lenders[lender.key] = lender
+
+    def _idle_lender(self) -> Group | None:
+        """A group whose blocked member lends a CPU no group uses, if this executor may lend one
+        more; None otherwise."""
+        if self._on_loan >= self._loans_max:
+            return None
+        while self._idle_lenders:
+            _, lender = self._idle_lenders.popitem()
+            if lender.lending is not None and not lender.borrowers and lender.key in self._group_by_key:
+                return lender
+        return None
 
     def _group_over(self, group: Group) -> None:
         """A group's Ray task ended (or never started): the CPU it lent is taken back, the one it
@@ -398,7 +445,7 @@ class Runs:
                 self._slots.release()
                 continue
             if moved:
-                lent = lender if lender is not None and lender.lending and self._on_loan < self._node_cpus else None
+                lent = lender if lender is not None and lender.lending and self._on_loan < self._loans_max else None
                 self.launch(chunk, grouped=True, lender=lent)
                 lender = None
                 continue
@@ -446,7 +493,7 @@ class Runs:
         group = self._group_by_key.get(key)
         if group is None or group.signal.is_set() or member in group.reported:
             return
-        if blocked and self._on_loan < self._node_cpus:
+        if blocked and self._on_loan < self._loans_max:
             group.lending = member
         self._move_on(group, started, lender=group if group.lending else None)
 
@@ -471,8 +518,10 @@ class Runs:
         start to new Ray tasks (see ``Group.take_waiting``)."""
         waiting = group.take_waiting(started)
         if not waiting:
-            if lender is not None:
-                lender.lending = None
+            if lender is group:  # no sibling waits behind the blocked member: another group may use its CPU
+                self._lend_on(lender)
+            elif lender is not None:
+                self._idle_lenders[lender.key] = lender
             return
         for msg, _ in waiting:
             if self._groups.get(msg.id) is group:

@@ -108,16 +108,20 @@ def gated(runs_dir: str, key: int, gate: str) -> int:
 
 def test_cancel_a_task_waiting_in_its_group(rl, settings, tmp_path, unique):
     # The members ahead of the target sleep until the test opens their gate. Asleep, each lends
-    # its CPU to the siblings behind it, but an executor lends no more CPUs than its node has: a
-    # chain of sleepers soon holds every CPU and every loan, so the target cannot start before the
-    # gate opens, however long its cancel takes.
+    # its CPU to the siblings behind it, but an executor lends at most LOANS_PER_CPU per CPU of
+    # its node: the chain of sleepers ahead of the target, in its group, is longer than the node
+    # has CPUs and loans, so the target cannot start before the gate opens, however long its
+    # cancel takes.
     import ray
 
+    from raylane.actors.grouping import LOANS_PER_CPU
+
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    n = cpus * (cpus * (1 + LOANS_PER_CPU) + 2)
     before = executor_stats()
     gate = tmp_path.parent / f"{tmp_path.name}.gate"
-    items = [(str(tmp_path), i, str(gate)) for i in range(24)]
-    assert _group_members(settings, 24) >= 3 and cpus <= 8
+    items = [(str(tmp_path), i, str(gate)) for i in range(n)]
+    assert _group_members(settings, n) > cpus * (1 + LOANS_PER_CPU) + 1
     handles = submit_held(rl, settings, gated, f"gw-{unique}", items)
     target = handles[-1]  # the last member of the last group: it waits behind the others
     wait_until(lambda: rl.get(target.id).state.value == "RUNNING", timeout=60, what="the claim of the target")
@@ -129,8 +133,8 @@ def test_cancel_a_task_waiting_in_its_group(rl, settings, tmp_path, unique):
         assert h.wait(timeout=120).state.value == "SUCCEEDED"
     assert target.wait(timeout=10).state.value == "CANCELLED"
     seen = runs(tmp_path)
-    assert 23 not in seen, "a task cancelled while waiting in its group ran"
-    assert seen == {i: 1 for i in range(23)}
+    assert n - 1 not in seen, "a task cancelled while waiting in its group ran"
+    assert seen == {i: 1 for i in range(n - 1)}
     after = executor_stats()
     assert after["grouped"] - before["grouped"] >= 20
     assert after["restarted_unstarted"] > before["restarted_unstarted"]  # siblings not yet started ran elsewhere
@@ -251,6 +255,34 @@ def test_members_blocked_on_every_cpu_lend_them_to_the_siblings_behind(rl, setti
     assert executor_stats()["lent"] >= before.get("lent", 0) + cpus
     assert runs(tmp_path) == {i: 1 for i in range(size * cpus)}
     raylane.cancel_many([h.id for h in sleepers])
+    wait_until(lambda: not running_anywhere(handles), timeout=30, what="the cancelled sleepers' groups to end")
+
+
+def test_a_group_waiting_for_a_cpu_that_sleepers_hold_runs_on_their_loan(rl, settings, tmp_path, unique):
+    # A full group per CPU, each led by a member that sleeps for a minute, and one more group of
+    # quick tasks, which Ray holds until a CPU is free. Once the sleepers' siblings are done on
+    # the CPUs the sleepers lend, a lent CPU goes on to the waiting group: every quick task ends
+    # while the sleepers sleep on.
+    import ray
+
+    from raylane.actors.grouping import GROUP_MAX
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    n = GROUP_MAX * cpus + GROUP_MAX // 2  # one handover: a batch of the consumer's
+    assert _group_members(settings, n) == GROUP_MAX
+    before = executor_stats()
+    items = [(str(tmp_path), i, 60.0 if i < GROUP_MAX * cpus and i % GROUP_MAX == 0 else 0.0) for i in range(n)]
+    handles = submit_held(rl, settings, mark, f"gl-{unique}", items)
+    sleepers = [h for h, item in zip(handles, items, strict=True) if item[2]]
+    quick = [h for h in handles if h not in sleepers]
+    try:
+        for h in quick:
+            assert h.wait(timeout=40).state.value == "SUCCEEDED"
+        assert [h.record().state.value for h in sleepers] == ["RUNNING"] * cpus
+        assert executor_stats()["loans_passed_on"] >= before.get("loans_passed_on", 0) + 1
+        assert runs(tmp_path) == {i: 1 for i in range(n)}  # the sleepers too: they mark as they start
+    finally:
+        raylane.cancel_many([h.id for h in sleepers])
     wait_until(lambda: not running_anywhere(handles), timeout=30, what="the cancelled sleepers' groups to end")
 
 

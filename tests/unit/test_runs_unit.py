@@ -274,12 +274,13 @@ def test_a_blocked_member_lends_its_cpu_until_it_ends(monkeypatch):
     assert stats["moved_waiting"] == 10  # six behind the blocked member, then four behind the grant
 
 
-def test_an_executor_lends_at_most_its_nodes_cpus_and_takes_a_cpu_back_when_asked(monkeypatch):
+def test_an_executor_lends_at_most_loans_per_cpu_and_takes_a_cpu_back_when_asked(monkeypatch):
     remote = _RemoteGroup()
     monkeypatch.setattr(runs_module, "remote_group", remote)
+    monkeypatch.setattr(runs_module, "LOANS_PER_CPU", 2)
 
     async def scenario() -> None:
-        runs = _runs(Counter(), cpus=6)  # a node of 2 CPUs, in a cluster of 6
+        runs = _runs(Counter(), cpus=6, node_cpus=1)  # a node of 1 CPU, in a cluster of 6: 2 loans
         lenders = []
         for g in range(3):
             ids = [f"{g}{i:031x}" for i in range(3)]
@@ -298,6 +299,76 @@ def test_an_executor_lends_at_most_its_nodes_cpus_and_takes_a_cpu_back_when_aske
         await _settle()
         assert runs.group_advance(borrower, [], 2) == 0
         assert [m for m, _ in remote.launched[-1][0]] == ids[1:] and remote.cpus[-1] == 1.0
+        await _end_all(runs, remote)
+        assert runs._on_loan == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_loan_its_group_is_done_with_passes_to_a_group_waiting_for_a_cpu(monkeypatch):
+    # Groups already handed to Ray wait for a CPU that blocked members hold: a loan that only
+    # served the blocked member's own siblings left them waiting for its end.
+    remote = _RemoteGroup()
+    monkeypatch.setattr(runs_module, "remote_group", remote)
+    done = Reply(True, "done")
+
+    async def scenario() -> None:
+        stats: Counter = Counter()
+        runs = _runs(stats)
+        lender_ids = [f"a{i:031x}" for i in range(3)]
+        waiting_ids = [f"b{i:031x}" for i in range(3)]
+        runs.launch([_member(i, 0) for i in lender_ids])
+        runs.launch([_member(i, 0) for i in waiting_ids])  # its worker has not asked for leave yet
+        await _settle()
+        (_, lender, _), (_, waiting, _) = remote.launched
+        assert runs.group_advance(lender, [], 1) == 1
+        runs.group_long(lender, lender_ids[0], 1, True)
+        await _settle()
+        members, borrower, borrower_stream = remote.launched[2]
+        assert [m for m, _ in members] == lender_ids[1:] and remote.cpus[2] == 0
+        # The borrowing group is done while the member that lent its CPU still waits in its call.
+        assert runs.group_advance(borrower, [], 2) == 2
+        runs.group_report(borrower, [MemberEnd(i, True, done) for i in lender_ids[1:]])
+        borrower_stream.over.set()
+        await _settle()
+        # The waiting group's members run on that CPU; its own Ray task gets leave for none.
+        members, second_borrower, _ = remote.launched[3]
+        assert [m for m, _ in members] == waiting_ids and remote.cpus[3] == 0
+        assert runs.group_advance(waiting, [], 1) == 0
+        assert runs.group_advance(second_borrower, [], 3) == 3
+        assert stats["loans_passed_on"] == 1 and stats["lent"] == 2
+        await _end_all(runs, remote)
+        assert runs._on_loan == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_blocked_member_with_no_sibling_behind_lends_to_the_next_group_launched(monkeypatch):
+    remote = _RemoteGroup()
+    monkeypatch.setattr(runs_module, "remote_group", remote)
+    done = Reply(True, "done")
+
+    async def scenario() -> None:
+        stats: Counter = Counter()
+        runs = _runs(stats)
+        alone = "a" * 32
+        runs.launch([_member(alone, 0)], grouped=True)
+        await _settle()
+        _, lender, _ = remote.launched[0]
+        assert runs.group_advance(lender, [], 1) == 1
+        runs.group_long(lender, alone, 1, True)  # nothing behind it, and no group waits
+        await _settle()
+        assert len(remote.launched) == 1 and stats["lent"] == 0
+        later = [f"b{i:031x}" for i in range(3)]
+        runs.launch([_member(i, 0) for i in later])
+        await _settle()
+        _, borrower, _ = remote.launched[1]
+        assert remote.cpus == [1.0, 0] and stats["lent"] == 1
+        # The lender ends: the borrower starts no member past its grant; the rest ask for a CPU.
+        assert runs.group_advance(borrower, [], 1) == 1
+        runs.group_report(lender, [MemberEnd(alone, True, done)])
+        await _settle()
+        assert [m for m, _ in remote.launched[2][0]] == later[1:] and remote.cpus[2] == 1.0
         await _end_all(runs, remote)
         assert runs._on_loan == 0
 
