@@ -74,12 +74,18 @@ from raylane.models import TaskMessage, TaskRecord
 GROUP_MAX = 64  # tasks in one Ray task at most
 GRANT_MAX = 32  # members one grant covers at most
 GRANT_SPAN_S = 0.02  # the members' work one grant aims to cover
-# A member that has run this long has the siblings behind it moved on. Stalled members next to
-# one another in a group (tasks submitted together) start this far apart, one after the other;
-# a move costs a Ray task's start, a few milliseconds, small beside this. The main job, whose
-# five stalled tasks end it, ran at a median of 545 tasks/s with 0.2 s and 489 with 0.5 s (six
-# runs each, alternating).
+# A member that has run this long has the siblings behind it moved on (at most; a name whose
+# members are quick moves them sooner, see ``move_after``). Stalled members next to one another
+# in a group (tasks submitted together) start this far apart, one after the other; a move costs
+# a Ray task's start, a few milliseconds, small beside this. The main job, whose five stalled
+# tasks end it, ran at a median of 545 tasks/s with 0.2 s and 489 with 0.5 s (six runs each,
+# alternating).
 MOVE_AFTER_S = 0.2
+# ... and at least this long: one turn of its worker's sender (``worker.HELD_REPORT_S``), over
+# which it sees whether the member is blocked.
+MOVE_AFTER_MIN_S = 0.05
+# A member that has run this many times the average of its name's members is past the rest.
+MOVE_AFTER_MEANS = 100
 # A long member whose process used less than this share of a CPU while it ran is blocked, and
 # lends its CPU. A member at work uses all of one; a blocked one's process, about a hundredth
 # (Ray's threads and the worker's own).
@@ -122,6 +128,16 @@ def next_grant(last: int, mean_s: float) -> int:
     ``GRANT_MAX``."""
     fit = int(GRANT_SPAN_S / mean_s) if mean_s > 0 else GRANT_MAX
     return max(1, min(GRANT_MAX, 2 * last, fit))
+
+
+def move_after(mean_s: float | None) -> float:
+    """How long a member runs before the siblings behind it move on, when members of its task
+    name took ``mean_s`` on average (None: none has run yet): ``MOVE_AFTER_MEANS`` times that,
+    between ``MOVE_AFTER_MIN_S`` and ``MOVE_AFTER_S``. Stalled members next to one another start
+    that far apart; a member of a quick name that ran 50 ms is far past its siblings already."""
+    if mean_s is None:
+        return MOVE_AFTER_S
+    return min(MOVE_AFTER_S, max(MOVE_AFTER_MIN_S, MOVE_AFTER_MEANS * mean_s))
 
 
 def first_grant(mean_s: float | None) -> int:

@@ -29,6 +29,7 @@ from raylane.actors.grouping import (
     chunks,
     first_grant,
     group_size,
+    move_after,
     started_when_dead,
     wait_allowance,
 )
@@ -310,10 +311,19 @@ class Runs:
             opts = {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(self._node_id, soft=True)}
         try:
             lease = self._lease_for(f"a group of {len(msgs)} tasks from {first.id}")
-            grant = first_grant(self._member_times.mean(first.name))
+            mean_s = self._member_times.mean(first.name)
             name = f"raylane:{first.name}:group-of-{len(msgs)}:{first.id}"
             group.gen = remote_group.options(name=name, **opts).remote(
-                (items, self._actor, group.key, self._limits, lease, grant, self.channel)
+                (
+                    items,
+                    self._actor,
+                    group.key,
+                    self._limits,
+                    lease,
+                    first_grant(mean_s),
+                    self.channel,
+                    move_after(mean_s),
+                )
             )
         except Exception as e:  # Ray refused to start it: each member fails as a lone launch would
             self._group_over(group)
@@ -485,7 +495,7 @@ class Runs:
             self._keepers.of(member).began.remote(member, group.attempt_of(member), began)
 
     def group_long(self, key: str, member: str, started: int, blocked: bool = False) -> None:
-        """Member ``member`` of the group ``key`` has run ``MOVE_AFTER_S``, and its worker,
+        """Member ``member`` of the group ``key`` has run long (``grouping.move_after``), and its worker,
         having started ``started`` members, gave back its leave to start any more: the members
         after it move to new Ray tasks, unless the group is over or stopping, or the member has
         ended meanwhile (then the worker asks for leave again, and gets it). ``blocked``: the

@@ -424,7 +424,8 @@ class _MemberControl:
     with a timeout that has run ``HELD_REPORT_S`` began, so that its clock starts then. The
     main thread asks for the executor's grant before a member past the last one starts.
 
-    Once a member has run ``MOVE_AFTER_S``, the sender gives back the leave to start the members
+    Once a member has run ``move_after_s`` (the executor's ``grouping.move_after`` for its task
+    name; ``MOVE_AFTER_S`` by default), the sender gives back the leave to start the members
     after it and tells the executor (``group_long``), which moves them to other Ray tasks. The
     leave is given back, and the message sent, under the lock that the main thread holds to start
     a member: so the main thread either started that member before (and the executor hears it
@@ -443,7 +444,9 @@ class _MemberControl:
         limits: Limits,
         first_grant: int = 1,
         channel: ChannelAddress | None = None,
+        move_after_s: float | None = None,
     ):
+        self._move_after_s = MOVE_AFTER_S if move_after_s is None else move_after_s
         self._limits = limits
         self._channel = channel
         self._first_grant = first_grant
@@ -532,11 +535,13 @@ class _MemberControl:
         return (cpu - first_cpu) / max(now - first_at, 1e-6), (cpu - last_cpu) / max(now - last_at, 1e-6)
 
     def _give_back_if_long(self, share: float | None) -> None:
-        """With the lock held: if the member running has run ``MOVE_AFTER_S``, give back the leave
+        """With the lock held: if the member running has run ``move_after_s``, give back the leave
         to start any member after it, and tell the executor, once per member, whether the member
         is blocked (``share``: of a CPU used since the sender first saw it run)."""
         member = self._current
-        if member is None or member == self._gave_back_for or time.monotonic() - self._started < MOVE_AFTER_S:
+        if member is None or member == self._gave_back_for or time.monotonic() - self._started < self._move_after_s:
+            return
+        if share is None:  # first seen at this turn: the next one tells whether it is blocked
             return
         self._gave_back_for = member
         self._granted = min(self._granted, self._started_count)
@@ -652,6 +657,7 @@ def invoke_group(
     lease: Lease | None = None,
     first_grant: int = 1,
     channel: ChannelAddress | None = None,
+    move_after_s: float | None = None,
 ) -> Iterator[list[MemberEnd]]:
     """Run several tasks (id, attempt, name, args, kwargs, timeout) one after another in this Ray worker,
     yielding lists of ``MemberEnd`` as they end: a report at most every ``FLUSH_S`` (each report
@@ -662,14 +668,16 @@ def invoke_group(
     executor knows which members may have run. Once the executor's signal (its ``group_signal``)
     says members were cancelled, no further member starts and the rest are reported not
     started, for the executor to start again without the cancelled ones. ``channel``: the
-    executor's socket, where a worker on its node asks for leave and waits for the signal."""
+    executor's socket, where a worker on its node asks for leave and waits for the signal.
+    ``move_after_s``: how long a member runs before the members after it move on (see
+    ``_MemberControl``)."""
     if lease is not None:
         try:
             worker_fence().arm(*lease)
         except LeaseLapsed as e:
             yield [MemberEnd(task_id, True, _not_started(e)) for task_id, *_ in items]
             return
-    control = _MemberControl(executor, group_key, limits or Limits(), first_grant, channel)
+    control = _MemberControl(executor, group_key, limits or Limits(), first_grant, channel, move_after_s)
     reported = time.monotonic()
     try:
         for i, (task_id, attempt, name, args, kwargs, timeout_s) in enumerate(items):

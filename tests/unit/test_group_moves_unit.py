@@ -63,6 +63,7 @@ def _control(
     first_grant: int = 1,
     channel: ChannelAddress | None = None,
     work: dict | None = None,
+    move_after_s: float | None = None,
 ) -> worker._MemberControl:
     never = threading.Event()
     monkeypatch.setattr(worker.ray, "get", lambda ref: never.wait() or [])  # no cancel signal comes
@@ -80,7 +81,7 @@ def _control(
         return Reply(True, task[1])
 
     monkeypatch.setattr(worker, "invoke", invoke)
-    return worker._MemberControl(executor, "t0", worker.Limits(), first_grant, channel)
+    return worker._MemberControl(executor, "t0", worker.Limits(), first_grant, channel, move_after_s)
 
 
 def test_a_long_member_gives_back_the_leave_to_start_those_after_it(monkeypatch):
@@ -97,6 +98,19 @@ def test_a_long_member_gives_back_the_leave_to_start_those_after_it(monkeypatch)
     # it back (whatever order Ray would deliver them in), and got none.
     last_request = max(i for i, (name, _) in enumerate(executor.calls) if name == "group_advance")
     assert executor.calls.index(("waited", ("moved",))) < last_request
+
+
+def test_members_behind_one_move_on_after_the_executors_move_after(monkeypatch):
+    # t1 sleeps 0.15 s: short of the most a member may hold back its siblings (0.2 s here), and
+    # long past what the executor gave this group, whose name's members are quick.
+    for move_after_s, moved in ((None, False), (0.05, True)):
+        executor = _Executor()
+        control = _control(monkeypatch, executor, {"t1": 0.15}, move_after_s=move_after_s)
+        replies = [control.run(i, f"t{i}", 0, "n", [], {}, None) for i in range(3)]
+        control.close()
+        longs = [args for name, args in executor.calls if name == "group_long"]
+        assert longs == ([("t0", "t1", 2, True)] if moved else []), move_after_s
+        assert [r.result if r else None for r in replies] == ["t0", "t1", None if moved else "t2"]
 
 
 def _spin(seconds: float) -> None:

@@ -16,6 +16,8 @@ from raylane.actors.common import Background, GroupCommit
 from raylane.actors.grouping import (
     GRANT_MAX,
     GROUP_MAX,
+    MOVE_AFTER_MIN_S,
+    MOVE_AFTER_S,
     STOP_ALLOWANCE_S,
     Group,
     MemberTimes,
@@ -23,6 +25,7 @@ from raylane.actors.grouping import (
     first_grant,
     group_size,
     groupable,
+    move_after,
     next_grant,
     plan,
     started_when_dead,
@@ -83,6 +86,13 @@ def test_grants_cover_about_a_span_of_work_grow_step_by_step_and_shrink_at_once(
     assert next_grant(GRANT_MAX, 0.005) == 4  # 20 ms of 5 ms members
     assert next_grant(GRANT_MAX, 1.0) == 1  # slow members: one at a time
     assert next_grant(3, 0.0) == 6
+
+
+def test_members_behind_a_long_one_move_on_sooner_for_a_quick_name():
+    assert move_after(None) == MOVE_AFTER_S  # a name not seen run
+    assert move_after(0.0001) == MOVE_AFTER_MIN_S  # 0.1 ms members: at the sender's first look
+    assert move_after(0.001) == pytest.approx(0.1)
+    assert move_after(0.5) == MOVE_AFTER_S
 
 
 def test_a_first_grant_covers_a_span_of_work_by_what_ran_before():

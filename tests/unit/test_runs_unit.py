@@ -11,9 +11,12 @@ from collections import Counter
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
+import pytest
+
 from raylane.actors import runs as runs_module
 from raylane.actors.common import Background, PrioritySlots
 from raylane.actors.executor import Executor
+from raylane.actors.grouping import MOVE_AFTER_S
 from raylane.actors.runs import Runs
 from raylane.actors.worker import MemberEnd
 from raylane.limits import Limits
@@ -44,6 +47,7 @@ class _RemoteGroup:
     def __init__(self):
         self.launched: list[tuple[list[tuple[str, int]], str, _Stream]] = []
         self.first_grants: list[int] = []
+        self.move_after: list[float] = []  # how long a member of each group runs before those behind it move
         self.cpus: list[float] = []  # the CPUs each group asked Ray for
 
     def options(self, **opts):
@@ -51,10 +55,11 @@ class _RemoteGroup:
         return self
 
     def remote(self, call):
-        items, _executor, key, _limits, _lease, first_grant, _channel = call
+        items, _executor, key, _limits, _lease, first_grant, _channel, move_after_s = call
         stream = _Stream()
         self.launched.append(([(i[0], i[1]) for i in items], key, stream))
         self.first_grants.append(first_grant)
+        self.move_after.append(move_after_s)
         return stream
 
 
@@ -208,7 +213,7 @@ def test_a_message_handed_over_again_does_not_start_an_attempt_that_runs_here(mo
     asyncio.run(scenario())
 
 
-def test_a_groups_first_grant_is_sized_by_how_long_members_of_its_name_took(monkeypatch):
+def test_a_groups_first_grant_and_move_after_come_from_how_long_members_of_its_name_took(monkeypatch):
     remote = _RemoteGroup()
     monkeypatch.setattr(runs_module, "remote_group", remote)
 
@@ -218,17 +223,19 @@ def test_a_groups_first_grant_is_sized_by_how_long_members_of_its_name_took(monk
         runs.launch([_member(i, 0) for i in ids[:2]])
         await _settle()
         _, key, stream = remote.launched[0]
-        # Nothing of this name has run here yet: the worker asks for one member first.
-        assert remote.first_grants == [1]
+        # Nothing of this name has run here yet: the worker asks for one member first, and moves
+        # the members behind one that runs long after the most a member may hold them back.
+        assert remote.first_grants == [1] and remote.move_after == [MOVE_AFTER_S]
         # Its members took 1 ms each (20 ms of work is 20 members)...
         ends = [MemberEnd(i, True, Reply(True, None, began=0.0, returned=0.001)) for i in ids[:2]]
         assert runs.group_advance(key, ends, 2) == 2
         stream.over.set()
         await _settle()
-        # ... so the next group of that name may start about 20 ms of them at once.
+        # ... so the next group of that name may start about 20 ms of them at once, and one of
+        # them that has run 100 ms is far past the rest.
         runs.launch([_member(i, 0) for i in ids[2:]])
         await _settle()
-        assert remote.first_grants == [1, 20]
+        assert remote.first_grants == [1, 20] and remote.move_after == [MOVE_AFTER_S, pytest.approx(0.1)]
         remote.launched[1][2].over.set()
         await _settle()
 
