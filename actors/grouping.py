@@ -34,7 +34,8 @@ executor on the same node reads how many started (``started_when_dead``); a lock
 (the process lives on, or left a child holding the file) or no file (another node) leaves the
 grant as the bound. The count costs one write per member.
 
-A member that has run ``MOVE_AFTER_S`` no longer holds back its siblings: its worker gives back
+A member that has run long (``move_after``: 100 times its name's average, between 0.05 and
+0.2 s) no longer holds back its siblings: its worker gives back
 the leave to start the members after it, and those move to other Ray tasks (as groups, so a
 timed one's clock still starts when it begins); the worker then gets no leave for them. One
 task that hangs until its timeout, or an untimed one that takes minutes, would otherwise keep
@@ -50,10 +51,15 @@ tasks behind them waited that long. The loan ends with the member that lent it: 
 or its worker says it uses the CPU again, the borrowing group starts no member past its grant,
 and the rest move on to Ray tasks that ask for a CPU again. Every loan has a blocked lender, so
 the groups at work on a node never outnumber its CPUs; what loans cost is a worker process each
-(Ray starts one for a Ray task that asks for no CPU, a second or so of a CPU). An executor
-lends at most ``LOANS_PER_CPU`` CPUs per CPU of its node: as many as a node's CPUs were too few,
-since a few sleepers then held every CPU and every loan, and every quick task behind them waited
-for the first timeout. A member whose process has a child process lends nothing: the child may
+(Ray starts one for a Ray task that asks for no CPU when none is idle, a second or so of a CPU).
+An executor lends at most ``LOANS_PER_CPU`` CPUs per CPU of its node. A loan stands while its
+lender blocks: once the group on it is done, or if no sibling waited behind the lender, the CPU
+goes on to the oldest group whose worker has not asked for leave yet (its Ray task waits for a
+CPU, likely one a blocked member holds); its members move to a group on the loan, and the Ray
+task they leave gets leave for none. With no such group, the next group launched takes it.
+Loans that served only the blocked member's own siblings left the groups Ray held for a CPU
+waiting for the first timeout: in the main job, a third of its tasks in about one run in three.
+A member whose process has a child process lends nothing: the child may
 be the one at work.
 """
 
@@ -90,11 +96,12 @@ MOVE_AFTER_MEANS = 100
 # lends its CPU. A member at work uses all of one; a blocked one's process, about a hundredth
 # (Ray's threads and the worker's own).
 LEND_BELOW = 0.25
-# Loans an executor makes at most, per CPU of its node. The main job (five tasks that sleep past
-# their timeout among 3,000 quick ones, on 2 CPUs) saw its quick tasks wait for the first
-# timeout in about one run in three with one loan per CPU: four sleepers held both CPUs and
-# both loans.
-LOANS_PER_CPU = 4
+# Loans an executor makes at most, per CPU of its node: each costs a worker process, and with
+# one, a node runs at most twice its CPUs' worth of groups, as many processes as an executor
+# warms (``executor.WARM_PER_CPU``). Four made no difference to the main job beside one once
+# loans pass on to the groups that wait for a CPU: Ray started 2-7 workers in its runs either
+# way.
+LOANS_PER_CPU = 1
 
 
 def groupable(msg: TaskMessage) -> bool:
