@@ -110,6 +110,14 @@ async def _end_all(runs: Runs, remote: _RemoteGroup) -> None:
         await _settle()
 
 
+async def _block_first(runs: Runs, key: str, member: str) -> None:
+    """The worker of the group ``key`` starts ``member``, its first, which then blocks in a call
+    past the time its siblings move on."""
+    assert runs.group_advance(key, [], 1) == 1
+    runs.group_long(key, member, 1, True)
+    await _settle()
+
+
 def _runs(stats: Counter, cpus: int = 2, node_cpus: int = 2) -> Runs:
     return Runs(
         actor=SimpleNamespace(),  # a group's worker asks for its signal itself; the executor makes none
@@ -254,10 +262,8 @@ def test_a_blocked_member_lends_its_cpu_until_it_ends(monkeypatch):
         runs.launch([_member(i, 0) for i in ids])
         await _settle()
         _, lender, lender_stream = remote.launched[0]
-        assert runs.group_advance(lender, [], 1) == 1
         # Its first member waits in a call: the six behind it move on, to a group on its CPU.
-        runs.group_long(lender, ids[0], 1, True)
-        await _settle()
+        await _block_first(runs, lender, ids[0])
         assert [m for m, _ in remote.launched[1][0]] == ids[1:]
         assert remote.cpus == [1.0, 0]
         assert stats["lent"] == 1
@@ -294,9 +300,7 @@ def test_an_executor_lends_at_most_loans_per_cpu_and_takes_a_cpu_back_when_asked
             runs.launch([_member(i, 0) for i in ids])
             await _settle()
             key = remote.launched[-1][1]
-            assert runs.group_advance(key, [], 1) == 1
-            runs.group_long(key, ids[0], 1, True)
-            await _settle()
+            await _block_first(runs, key, ids[0])
             lenders.append((key, ids))
         # Three blocked members; the third group's followers get a CPU of their own.
         assert remote.cpus == [1.0, 0, 1.0, 0, 1.0, 1.0]
@@ -328,9 +332,7 @@ def test_a_loan_its_group_is_done_with_passes_to_a_group_waiting_for_a_cpu(monke
         runs.launch([_member(i, 0) for i in waiting_ids])  # its worker has not asked for leave yet
         await _settle()
         (_, lender, _), (_, waiting, _) = remote.launched
-        assert runs.group_advance(lender, [], 1) == 1
-        runs.group_long(lender, lender_ids[0], 1, True)
-        await _settle()
+        await _block_first(runs, lender, lender_ids[0])
         members, borrower, borrower_stream = remote.launched[2]
         assert [m for m, _ in members] == lender_ids[1:] and remote.cpus[2] == 0
         # The borrowing group is done while the member that lent its CPU still waits in its call.
@@ -362,9 +364,7 @@ def test_a_blocked_member_with_no_sibling_behind_lends_to_the_next_group_launche
         runs.launch([_member(alone, 0)], grouped=True)
         await _settle()
         _, lender, _ = remote.launched[0]
-        assert runs.group_advance(lender, [], 1) == 1
-        runs.group_long(lender, alone, 1, True)  # nothing behind it, and no group waits
-        await _settle()
+        await _block_first(runs, lender, alone)  # nothing behind it, and no group waits
         assert len(remote.launched) == 1 and stats["lent"] == 0
         later = [f"b{i:031x}" for i in range(3)]
         runs.launch([_member(i, 0) for i in later])
