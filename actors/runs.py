@@ -100,7 +100,7 @@ class Runs:
         self._loans_max = LOANS_PER_CPU * node_cpus
         self._on_loan = 0  # groups running here on CPUs lent by blocked members (see ``grouping``)
         # Groups whose blocked member lends a CPU that no group uses now, by key: the next group
-        # launched runs on it.
+        # launched runs on it. A lender leaves it when its loan is taken back (``_recall``).
         self._idle_lenders: dict[str, Group] = {}
 
     def running_now(self) -> int:
@@ -390,13 +390,9 @@ class Runs:
     def _idle_lender(self) -> Group | None:
         """A group whose blocked member lends a CPU no group uses, if this executor may lend one
         more; None otherwise."""
-        if self._on_loan >= self._loans_max:
+        if self._on_loan >= self._loans_max or not self._idle_lenders:
             return None
-        while self._idle_lenders:
-            _, lender = self._idle_lenders.popitem()
-            if lender.lending is not None and not lender.borrowers and lender.key in self._group_by_key:
-                return lender
-        return None
+        return self._idle_lenders.popitem()[1]
 
     def _group_over(self, group: Group) -> None:
         """A group's Ray task ended (or never started): the CPU it lent is taken back, the one it
@@ -456,6 +452,8 @@ class Runs:
                 continue
             if moved:
                 lent = lender if lender is not None and lender.lending and self._on_loan < self._loans_max else None
+                if lender is not None and lender.lending and lent is None:
+                    self._idle_lenders[lender.key] = lender  # no loan free now: a later group takes it
                 self.launch(chunk, grouped=True, lender=lent)
                 lender = None
                 continue
@@ -503,7 +501,7 @@ class Runs:
         group = self._group_by_key.get(key)
         if group is None or group.signal.is_set() or member in group.reported:
             return
-        if blocked and self._on_loan < self._loans_max:
+        if blocked:  # whether a loan is free is judged where the CPU is taken (``_start_again``)
             group.lending = member
         self._move_on(group, started, lender=group if group.lending else None)
 
@@ -518,6 +516,7 @@ class Runs:
     def _recall(self, lender: Group) -> None:
         """Take back the CPU ``lender``'s member lent (it ended, or works again): see ``group_busy``."""
         lender.lending = None
+        self._idle_lenders.pop(lender.key, None)
         borrowers, lender.borrowers = lender.borrowers, []
         for group in borrowers:
             if group.key in self._group_by_key and not group.signal.is_set():

@@ -352,6 +352,39 @@ def test_a_loan_its_group_is_done_with_passes_to_a_group_waiting_for_a_cpu(monke
     asyncio.run(scenario())
 
 
+def test_a_cpu_lent_while_no_loan_was_free_is_taken_by_a_later_group(monkeypatch):
+    remote = _RemoteGroup()
+    monkeypatch.setattr(runs_module, "remote_group", remote)
+    done = Reply(True, "done")
+
+    async def scenario() -> None:
+        runs = _runs(Counter(), node_cpus=1)  # one loan at most
+        a, b = ["a" * 32, "a" * 31 + "1"], ["b" * 32, "b" * 31 + "1"]
+        runs.launch([_member(i, 0) for i in a])
+        runs.launch([_member(i, 0) for i in b])
+        await _settle()
+        (_, group_a, _), (_, group_b, _) = remote.launched
+        await _block_first(runs, group_a, a[0])  # a[1] runs on its CPU
+        await _block_first(runs, group_b, b[0])  # no loan is free: b[1] asks Ray for a CPU
+        assert remote.cpus == [1.0, 1.0, 0, 1.0]
+        (_, borrower, borrower_stream), (_, b_rest, _) = remote.launched[2:]
+        assert runs.group_advance(b_rest, [], 1) == 1
+        # a[1] is done, then a[0]: the loan is free again, and a's CPU is taken back.
+        assert runs.group_advance(borrower, [MemberEnd(a[1], True, done)], 1) == 1
+        borrower_stream.over.set()
+        await _settle()
+        runs.group_report(group_a, [MemberEnd(a[0], True, done)])
+        await _settle()
+        # b[0] still sleeps: the next group launched runs on its CPU.
+        runs.launch([_member(c * 32, 0) for c in "cd"])
+        await _settle()
+        assert remote.cpus[-1] == 0
+        await _end_all(runs, remote)
+        assert runs._on_loan == 0
+
+    asyncio.run(scenario())
+
+
 def test_a_blocked_member_with_no_sibling_behind_lends_to_the_next_group_launched(monkeypatch):
     remote = _RemoteGroup()
     monkeypatch.setattr(runs_module, "remote_group", remote)
