@@ -60,8 +60,9 @@ log = logging.getLogger("raylane.executor")
 _LAUNCHED_KEPT = 100_000
 _OLD_MESSAGE_S = 3600.0  # a message this old is run only if its task has a record
 _WARM_TIMEOUT_S = 120.0  # how long the warm-up of the node's workers may take before it is let go
-# Ray workers started per CPU of the node at an executor's start: as many as raylane's stack keeps
-# idle (num_workers_soft_limit); a cluster that keeps fewer ends the rest after its idle threshold.
+# Ray workers started per CPU of the node at an executor's start: a node runs at most two groups
+# per CPU at once (one on the CPU, one on a loan its blocked member made: grouping.LOANS_PER_CPU).
+# A cluster whose idle threshold is short ends those beyond its free CPUs soon after.
 WARM_PER_CPU = 2
 _STATS = (
     "started",
@@ -83,7 +84,7 @@ _STATS = (
     "workers_killed",  # Ray tasks killed with their worker process: what they ran ignored the interrupt
     "ahead",  # Ray tasks started beside their claim, behind its gate
     "held_back",  # ... whose claim was not accepted: the function did not start
-    "workers_warmed",  # warm-up tasks run at this executor's start: each in a worker started for it, or idle
+    "workers_warmed",  # worker processes the warm-up at this executor's start held at once: started for it, or idle
     "lent",  # groups started on the CPU of a member blocked in a call (see ``grouping``)
     "loans_passed_on",  # groups waiting for a CPU whose members moved to a loan no group used
 )
@@ -131,6 +132,8 @@ class Executor:
         self._node_cpu_count = _node_cpus(node_id)
         self._max_running = config.max_running or PER_CPU_RUNNING * max(1, self._node_cpu_count)
         self._warming: asyncio.Task | None = None
+        self._warm_waiting = 0  # warm-up tasks begun, each holding its worker until all have
+        self._warm_all_begun = asyncio.Event()
         # Ray restarted this actor (on a new node, say): no deployment will ask it to warm up.
         self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self._slots = PrioritySlots(self._max_running)
@@ -250,13 +253,26 @@ class Executor:
         242-280 with the pool warmed so. Where workers are idle already, Ray uses them."""
         strategy = NodeAffinitySchedulingStrategy(self._node_id, soft=True)
         warm = remote_warm.options(name="raylane:warm-up", scheduling_strategy=strategy)
-        refs = [warm.remote() for _ in range(count)]
+        self._warm_waiting = -count  # reaches 0 once every one of them has begun
+        me = ray.get_runtime_context().current_actor
+        refs = [warm.remote(me) for _ in range(count)]
         try:
-            await asyncio.wait_for(asyncio.gather(*refs), _WARM_TIMEOUT_S)
+            pids = await asyncio.wait_for(asyncio.gather(*refs), _WARM_TIMEOUT_S)
         except Exception as e:  # only a head start is lost: Ray starts workers on demand
             log.warning("warming %d Ray workers failed: %r", count, e)
             return
-        self.stats["workers_warmed"] += count
+        finally:
+            self._warm_all_begun.set()  # none waits on after the warm-up ends, however it ended
+        self.stats["workers_warmed"] += len(set(pids))
+
+    async def warm_begun(self) -> None:
+        """Called by each warm-up task as it begins; returns once all of them have begun. A task
+        that returned at once would leave its worker free for the next one, and Ray would start
+        fewer processes than asked: it reuses a worker its owner holds before it starts one."""
+        self._warm_waiting += 1
+        if self._warm_waiting >= 0:
+            self._warm_all_begun.set()
+        await self._warm_all_begun.wait()
 
     async def node(self) -> str:
         """The Ray node this executor runs on."""

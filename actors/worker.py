@@ -188,9 +188,12 @@ def invoke_call(call: tuple) -> Reply:
 remote_invoke = ray.remote(max_retries=0, retry_exceptions=False)(invoke_call)
 
 
-def warm() -> None:
-    """Nothing: a Ray task of it starts a worker process, which imports this module, ahead of the
-    first real task (``Executor`` warms its node's pool so)."""
+def warm(executor: Any) -> int:
+    """Hold this worker process until every warm-up task of ``executor`` has begun, each in a
+    process of its own, and return its pid: a Ray task of it starts a worker, which imports this
+    module, ahead of the first real task (``Executor`` warms its node's pool so)."""
+    ray.get(executor.warm_begun.remote())
+    return os.getpid()
 
 
 remote_warm = ray.remote(num_cpus=0, max_retries=0)(warm)

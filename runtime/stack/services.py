@@ -592,12 +592,16 @@ class RayHead(Service):
             f"--temp-dir={self.temp_dir}",
             "--disable-usage-stats",
             # Keep idle workers warm: raylane's executor runs many short tasks, and a worker
-            # started per task would cost far more than the task itself.
+            # started per task would cost far more than the task itself. Ray keeps idle as many
+            # workers as the node has CPUs free, and ends the others once idle this long (an
+            # hour, not a second). Ray's worker soft limit is left alone: set, it also becomes
+            # the number of idle workers Ray starts more to keep while tasks queue, which with
+            # 2 per CPU started a worker process per CPU in use, each a second of CPU, in every
+            # busy minute (mostly never given a task).
             "--system-config="
             + json.dumps(
                 {
-                    "idle_worker_killing_time_threshold_ms": 300_000,
-                    "num_workers_soft_limit": 2 * s.ray_num_cpus,
+                    "idle_worker_killing_time_threshold_ms": 3_600_000,
                     # metrics reach the Prometheus endpoint within seconds
                     "metrics_report_interval_ms": 2000,
                 }
