@@ -115,8 +115,18 @@ def per_task(by_role: dict[str, float], machine_ms: float, n: int) -> dict[str, 
     return {k: round(v / n, 4) for k, v in sorted(rows.items(), key=lambda kv: -kv[1])}
 
 
+def keeper_cpu_ms(by_role: dict[str, float]) -> list[float]:
+    """Each StatusKeeper's CPU milliseconds, in keeper order (empty without keepers)."""
+    keepers = sorted((k for k in by_role if k.startswith("StatusKeeper")), key=lambda k: (len(k), k))
+    return [by_role[k] for k in keepers]
+
+
+def shares(values: list[float]) -> list[float]:
+    """Each value's share of their sum (empty when the sum is 0)."""
+    total = sum(values)
+    return [round(v / total, 3) for v in values] if total else []
+
+
 def keeper_shares(by_role: dict[str, float]) -> list[float]:
     """Each StatusKeeper's share of all keepers' CPU, in keeper order (empty without keepers)."""
-    keepers = sorted((k for k in by_role if k.startswith("StatusKeeper")), key=lambda k: (len(k), k))
-    total = sum(by_role[k] for k in keepers)
-    return [round(by_role[k] / total, 3) for k in keepers] if total else []
+    return shares(keeper_cpu_ms(by_role))

@@ -807,7 +807,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="run ray, dramatiq, burst and timed_burst this many times in turn and report the median "
-        "of the ratios taken within each round, with their range (default 1)",
+        "of the ratios taken within each round, with their range; and the keepers' burst this many "
+        "times, their shares taken of the CPU of all rounds (default 1)",
     )
     sp.set_defaults(func=_bench)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from raylane.bench import suite
 from raylane.bench.report import markdown
-from raylane.bench.suite import above_rest_ms, combine_rounds, headline, run
+from raylane.bench.suite import above_rest_ms, bench_keepers, combine_rounds, headline, run
 
 
 def _runs(**per_part: list[float]) -> dict[str, list[dict]]:
@@ -52,6 +53,29 @@ def test_the_report_shows_every_round():
     text = markdown(r)
     assert "## rounds (2, each ratio taken within one round)" in text
     assert "| `ray_ratio` | 0.85 | 0.8 | 0.9 | 0.8, 0.9 |" in text
+
+
+def test_the_keepers_shares_are_of_their_cpu_over_every_round(monkeypatch):
+    # Round 2 catches keeper 1 in a pause: 0.442 of that round, but a fifth more over all three.
+    rows = iter(
+        [
+            {"tasks_per_s": 2200.0, "keeper_cpu_ms": [250.0, 250.0, 250.0], "keeper_cpu_shares": [0.333] * 3},
+            {"tasks_per_s": 2100.0, "keeper_cpu_ms": [250.0, 420.0, 280.0], "keeper_cpu_shares": [0.263, 0.442, 0.295]},
+            {"tasks_per_s": 2300.0, "keeper_cpu_ms": [260.0, 250.0, 260.0], "keeper_cpu_shares": [0.338, 0.325, 0.338]},
+        ]
+    )
+    monkeypatch.setattr(suite, "_child_burst", lambda env, n: next(rows))
+    row = bench_keepers(3, 10_000, rounds=3)
+    assert row["keeper_cpu_ms"] == [760.0, 920.0, 790.0]
+    assert row["keeper_cpu_shares"] == [0.308, 0.372, 0.32]
+    assert row["busiest_keeper_share"] == 0.372 and row["busiest_keeper_target"] == 0.433
+    assert row["rounds_keeper_cpu_shares"][1] == [0.263, 0.442, 0.295]  # every round is shown
+    assert row["tasks_per_s"] == 2200.0 and row["rounds_tasks_per_s"] == [2200.0, 2100.0, 2300.0]
+
+
+def test_a_failed_keepers_round_is_reported_as_such(monkeypatch):
+    monkeypatch.setattr(suite, "_child_burst", lambda env, n: {"error": "the deployment did not start"})
+    assert bench_keepers(3, 10_000, rounds=3) == {"keepers": 3, "error": "the deployment did not start"}
 
 
 def test_rounds_below_one_are_refused_before_anything_runs():
