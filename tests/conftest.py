@@ -360,6 +360,17 @@ def restart_keeper() -> None:
     wait_until(resumed, timeout=60, what="the restarted StatusKeeper to take up running tasks")
 
 
+def own_deployment(name: str) -> dict[str, str]:
+    """The RAYLANE_* settings of a deployment of its own called ``name``: its namespace, queue
+    topics, status index and dead letter topic."""
+    return {
+        "RAYLANE_NAMESPACE": name,
+        "RAYLANE_TOPIC_PREFIX": f"{name}.",
+        "RAYLANE_INDEX_ALIAS": name,
+        "RAYLANE_DLQ_TOPIC": f"{name}.dlq",
+    }
+
+
 def run_driver(script: str, env: dict[str, str], timeout: float) -> dict:
     """Run ``tests/<script>`` in a process of its own with ``env`` added to this one's; return the
     JSON it printed last on a line starting with ``<stem>-result: `` (the test fails with the

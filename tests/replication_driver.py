@@ -12,9 +12,10 @@ import signal
 import sys
 import time
 
+from drivers import run_in_own_deployment
+
 import raylane
-from raylane.bench.scale import remove_deployment
-from raylane.client import _connection
+from raylane.config import Settings
 
 PREFIX = "replication-result: "
 
@@ -37,41 +38,37 @@ def _topic_layout(settings, topic: str) -> tuple[dict, str]:
         admin.close()
 
 
-def main() -> int:
+def main(settings: Settings) -> dict:
+    """Submit a batch in chunks, kill the leader of partition 0 a third of the way through, and
+    report what became of the batch."""
     pids = {int(k): v for k, v in json.loads(os.environ["REPLICATION_BROKER_PIDS"]).items()}
-    raylane.init()
-    settings = _connection().settings
-    try:
-        chunks, per_chunk = 12, 100
-        handles = []
-        killed = None
-        started = time.monotonic()
-        for c in range(chunks):
-            handles += square.submit_many([(c * per_chunk + i,) for i in range(per_chunk)])
-            if c == chunks // 3:
-                described, _ = _topic_layout(settings, f"{settings.topic_prefix}{settings.default_queue}")
-                killed = next(p["leader_id"] for p in described["partitions"] if p["partition_index"] == 0)
-                os.kill(pids[killed], signal.SIGKILL)
-        records = raylane.wait_all(handles, timeout=300)
-        took = time.monotonic() - started
-        described, min_isr = _topic_layout(settings, f"{settings.topic_prefix}{settings.default_queue}")
-        states: dict[str, int] = {}
-        for r in records:
-            states[r.state.value] = states.get(r.state.value, 0) + 1
-        out = {
-            "submitted": len(handles),
-            "states": states,
-            "results_ok": [r.result for r in records] == [i * i for i in range(len(handles))],
-            "killed_broker": killed,
-            "copies": sorted({len(p["replica_nodes"]) for p in described["partitions"]}),
-            "min_insync_replicas": min_isr,
-            "seconds": round(took, 1),
-        }
-        print(PREFIX + json.dumps(out), flush=True)
-    finally:
-        remove_deployment(settings)
-    return 0
+    chunks, per_chunk = 12, 100
+    handles = []
+    killed = None
+    started = time.monotonic()
+    for c in range(chunks):
+        handles += square.submit_many([(c * per_chunk + i,) for i in range(per_chunk)])
+        if c == chunks // 3:
+            described, _ = _topic_layout(settings, f"{settings.topic_prefix}{settings.default_queue}")
+            killed = next(p["leader_id"] for p in described["partitions"] if p["partition_index"] == 0)
+            os.kill(pids[killed], signal.SIGKILL)
+    records = raylane.wait_all(handles, timeout=300)
+    took = time.monotonic() - started
+    described, min_isr = _topic_layout(settings, f"{settings.topic_prefix}{settings.default_queue}")
+    states: dict[str, int] = {}
+    for r in records:
+        states[r.state.value] = states.get(r.state.value, 0) + 1
+    out = {
+        "submitted": len(handles),
+        "states": states,
+        "results_ok": [r.result for r in records] == [i * i for i in range(len(handles))],
+        "killed_broker": killed,
+        "copies": sorted({len(p["replica_nodes"]) for p in described["partitions"]}),
+        "min_insync_replicas": min_isr,
+        "seconds": round(took, 1),
+    }
+    return out
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_in_own_deployment(PREFIX, main))

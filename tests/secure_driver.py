@@ -5,16 +5,16 @@ deployment, its index and its topics are removed at the end. Run by tests/test_s
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
 
 import ray
+from drivers import run_in_own_deployment
 
 import raylane
-from raylane.bench.scale import remove_deployment
-from raylane.client import _connection, _endpoints
+from raylane.client import _endpoints
+from raylane.config import Settings
 from raylane.protocol import keeper_handles
 
 PREFIX = "secure-result: "
@@ -51,41 +51,36 @@ def timings(rtt_n: int = 30, burst_n: int = 2000) -> dict:
     return {"rtt_p50_ms": round(statistics.median(lat), 1), "burst_tasks_per_s": round(burst_n / took)}
 
 
-def main() -> int:
-    raylane.init()
-    settings = _connection().settings
+def main(settings: Settings) -> dict:
+    """Use the secured deployment as a user would; what each call gave, and the keepers' TLS counters."""
     endpoints = _endpoints(settings, start_missing=False)
-    try:
-        queue = "secure-paused"
-        raylane.pause(queue)
-        waiting = echo.options(queue=queue).submit(7)
-        cancelled = waiting.cancel().state.value
-        raylane.resume(queue)
-        ok = echo.submit_many([(i,) for i in range(20)])
-        failed, timed_out = boom.submit(), stall.submit()
-        records = raylane.wait_all([*ok, failed, timed_out], timeout=120)
-        raylane.refresh()
-        out = {
-            "results": [r.result for r in records[:20]],
-            "failed": [records[20].state.value, records[20].error_type],
-            "timed_out": records[21].state.value,
-            "cancelled": cancelled,
-            "cancelled_after": raylane.get(waiting.id).state.value,
-            "found": len(raylane.search(name="secure.echo", limit=100)),
-            "counts": raylane.counts(name="secure.boom"),
-            "kafka_protocol": endpoints.kafka.security_protocol,
-            "opensearch_url": endpoints.opensearch.url,
-            **timings(),
-        }
-        # The keepers' writes went out on their loops' own TLS connections, with basic auth.
-        stats = [ray.get(k.get_stats.remote()) for k in keeper_handles(settings.namespace)]
-        out["loop_bulks"] = sum(s["loop_bulks"] for s in stats)
-        out["loop_bulks_not_answered"] = sum(s["loop_bulks_not_answered"] for s in stats)
-        print(PREFIX + json.dumps(out), flush=True)
-    finally:
-        remove_deployment(settings)
-    return 0
+    queue = "secure-paused"
+    raylane.pause(queue)
+    waiting = echo.options(queue=queue).submit(7)
+    cancelled = waiting.cancel().state.value
+    raylane.resume(queue)
+    ok = echo.submit_many([(i,) for i in range(20)])
+    failed, timed_out = boom.submit(), stall.submit()
+    records = raylane.wait_all([*ok, failed, timed_out], timeout=120)
+    raylane.refresh()
+    out = {
+        "results": [r.result for r in records[:20]],
+        "failed": [records[20].state.value, records[20].error_type],
+        "timed_out": records[21].state.value,
+        "cancelled": cancelled,
+        "cancelled_after": raylane.get(waiting.id).state.value,
+        "found": len(raylane.search(name="secure.echo", limit=100)),
+        "counts": raylane.counts(name="secure.boom"),
+        "kafka_protocol": endpoints.kafka.security_protocol,
+        "opensearch_url": endpoints.opensearch.url,
+        **timings(),
+    }
+    # The keepers' writes went out on their loops' own TLS connections, with basic auth.
+    stats = [ray.get(k.get_stats.remote()) for k in keeper_handles(settings.namespace)]
+    out["loop_bulks"] = sum(s["loop_bulks"] for s in stats)
+    out["loop_bulks_not_answered"] = sum(s["loop_bulks_not_answered"] for s in stats)
+    return out
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_in_own_deployment(PREFIX, main))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_driver
+from conftest import own_deployment, run_driver
 
 from raylane.config import Settings
 from raylane.stack.services import Kafka
@@ -40,10 +40,7 @@ def three_brokers(stack, settings: Settings, tmp_path_factory):
 def test_a_batch_loses_nothing_when_a_broker_is_killed(three_brokers, unique):
     env = {
         "RAYLANE_KAFKA_BOOTSTRAP": ",".join(k.address for k in three_brokers),
-        "RAYLANE_NAMESPACE": f"repl-{unique}",
-        "RAYLANE_TOPIC_PREFIX": f"repl-{unique}.",
-        "RAYLANE_INDEX_ALIAS": f"repl-{unique}",
-        "RAYLANE_DLQ_TOPIC": f"repl-{unique}.dlq",
+        **own_deployment(f"repl-{unique}"),
         "REPLICATION_BROKER_PIDS": json.dumps({k.node: k.pid() for k in three_brokers}),
     }
     out = run_driver("replication_driver.py", env, timeout=540)

@@ -5,19 +5,12 @@ the one that holds the task's lease."""
 from __future__ import annotations
 
 import pytest
-from conftest import run_driver, wait_until
+from conftest import own_deployment, run_driver, wait_until
 
 
 @pytest.mark.timeout(900)
 def test_three_keepers_share_the_work_and_keep_every_promise(stack, rl, unique):
-    env = {
-        "RAYLANE_KEEPERS": "3",
-        "RAYLANE_EXECUTORS": "2",
-        "RAYLANE_NAMESPACE": f"raylane-shard-{unique}",
-        "RAYLANE_TOPIC_PREFIX": f"raylane-shard-{unique}.",
-        "RAYLANE_INDEX_ALIAS": f"raylane-shard-{unique}",
-        "RAYLANE_DLQ_TOPIC": f"raylane-shard-{unique}.dlq",
-    }
+    env = {"RAYLANE_KEEPERS": "3", "RAYLANE_EXECUTORS": "2", **own_deployment(f"raylane-shard-{unique}")}
     result = run_driver("sharded_driver.py", env, timeout=840)
     assert result["states"] == {
         "quick": ["SUCCEEDED"] * 300,
