@@ -87,6 +87,7 @@ _STATS = (
     "workers_warmed",  # worker processes the warm-up at this executor's start held at once: started for it, or idle
     "lent",  # groups started on the CPU of a member blocked in a call (see ``grouping``)
     "loans_passed_on",  # groups waiting for a CPU whose members moved to a loan no group used
+    "traced",  # finished tasks whose trace was made for export (RAYLANE_OTLP_ENDPOINT, ..._SAMPLE_RATIO)
 )
 
 
@@ -155,7 +156,9 @@ class Executor:
         # It starts with the actor's name, so that a keeper sends a kill to this executor alone.
         name = ray.get_runtime_context().get_actor_name() or "Executor"
         self._lease = OwnLease(self._store, f"{name}/{uuid.uuid4().hex[:16]}")
-        self._finisher = Finisher(self._keepers, queue, self.stats, tracer_for(config.otlp_endpoint))
+        self._finisher = Finisher(
+            self._keepers, queue, self.stats, tracer_for(config.otlp_endpoint, config.otlp_sample_ratio)
+        )
         # (id, attempt) of the claims on their way to the keepers, until judged
         self._claiming: Counter[tuple[str, int]] = Counter()
         self._recovery = Recovery(

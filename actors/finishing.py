@@ -170,7 +170,8 @@ class Finisher:
             outcome = await self.record(final)
         if outcome.accepted and self._tracer is not None:
             try:
-                self._tracer.record(final)
+                if self._tracer.record(final):
+                    self._stats["traced"] += 1
             except Exception:  # a trace is never worth a task's end
                 log.exception("tracing task %s failed", final.id)
         if not outcome.accepted:

@@ -276,6 +276,7 @@ def _actor_config(settings: Settings, endpoints: Endpoints):
         replication=settings.replication,
         retention_s=duration_s(settings.retention) if settings.retention else None,
         otlp_endpoint=settings.otlp_endpoint,
+        otlp_sample_ratio=settings.otlp_sample_ratio,
         max_payload_bytes=settings.max_payload_bytes,
         max_result_bytes=settings.max_result_bytes,
         max_depth=settings.max_depth,

@@ -292,6 +292,13 @@ class Settings(BaseSettings):
         description="OTLP/HTTP endpoint (e.g. http://collector:4318) to which executors export one "
         "OpenTelemetry trace per finished task, its trace id the task id (needs the otel extra).",
     )
+    otlp_sample_ratio: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of finished tasks whose trace is made and exported (0 to 1), chosen by a hash "
+        "of the task id, so every process picks the same tasks.",
+    )
     retention: str | None = Field(
         None,
         pattern=r"^[1-9][0-9]{0,5}[smhdw]$",

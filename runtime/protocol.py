@@ -183,6 +183,7 @@ class ActorConfig(BaseModel):
     replication: int | None = None  # copies of each partition and shard (None: derived from the cluster)
     retention_s: float | None = None  # finished records older than this are purged daily (None: kept)
     otlp_endpoint: str | None = None  # where executors export a trace per finished task
+    otlp_sample_ratio: float = 1.0  # of finished tasks, the share traced (by task id)
     max_payload_bytes: int
     max_result_bytes: int = 1 << 20
     max_depth: int = 16

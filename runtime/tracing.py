@@ -9,6 +9,7 @@ a task's trace is found by its id. Exporting needs the ``otel`` extra
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -61,6 +62,17 @@ SPANS_PER_TRACE = 1 + len(STEPS)
 NOT_MADE_REPORT_S = 60.0  # how often traces not made are reported, at most
 
 
+def sampled(task_id: str, ratio: float) -> bool:
+    """Whether the task ``task_id`` is traced at ``ratio``: by a hash of its id, so that every
+    process picks the same tasks. (Not by the id's low 64 bits, as OpenTelemetry's trace id
+    ratio sampler does: in a UUID4 the top two of those are fixed, so that rule picks none of
+    raylane's ids below one half and all of them from three quarters.)"""
+    if ratio >= 1.0:
+        return True
+    h = int.from_bytes(hashlib.blake2b(task_id.encode(), digest_size=8).digest(), "big")
+    return h < round(ratio * (1 << 64))
+
+
 class _CountedExporter:
     """An exporter that counts the spans it has been handed, whatever became of them."""
 
@@ -90,7 +102,7 @@ class TaskTracer:
     finished spans: every span of a trace is known at once, so none is opened and ended
     through a tracer (its sampler, context and locks cost about six times as much)."""
 
-    def __init__(self, endpoint: str | None = None, exporter: Any = None):
+    def __init__(self, endpoint: str | None = None, exporter: Any = None, sample_ratio: float = 1.0):
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -100,7 +112,11 @@ class TaskTracer:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             exporter = OTLPSpanExporter(endpoint=f"{(endpoint or '').rstrip('/')}/v1/traces")
+        if not 0.0 <= sample_ratio <= 1.0:
+            raise ValueError(f"sample_ratio must be between 0 and 1, got {sample_ratio}")
         self._endpoint = endpoint
+        self._sample_ratio = sample_ratio
+        self.not_sampled = 0  # finished tasks left out by the sample ratio
         self._resource = Resource.create({"service.name": "raylane"})
         self._scope = InstrumentationScope("raylane")
         self._sampled = TraceFlags(TraceFlags.SAMPLED)
@@ -130,15 +146,18 @@ class TaskTracer:
             self._told_at, self._untold = now, 0
         return True
 
-    def record(self, rec: TaskRecord) -> None:
-        """The trace of ``rec``'s attempt: a span ``raylane.task`` from submit to the reply, and
-        one child span per step it has both marks of (none while the exporter is behind). Its
-        trace id is the task's id."""
+    def record(self, rec: TaskRecord) -> bool:
+        """Make the trace of ``rec``'s attempt: a span ``raylane.task`` from submit to the reply,
+        and one child span per step it has both marks of; its trace id is the task's id. Whether
+        it was made: not for a task the sample ratio leaves out, nor while the exporter is behind."""
         from opentelemetry.sdk.trace import ReadableSpan
         from opentelemetry.trace import SpanContext
 
+        if not sampled(rec.id, self._sample_ratio):
+            self.not_sampled += 1
+            return False
         if self._behind():
-            return
+            return False
         at = marks(rec)
         steps = [(name, at[a], at[b]) for name, (a, b) in STEPS.items() if a in at and b in at]
         self._made += 1 + len(steps)
@@ -178,6 +197,7 @@ class TaskTracer:
                 instrumentation_scope=self._scope,
             )
         )
+        return True
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Export what is made so far; True if it all went."""
@@ -188,12 +208,13 @@ class TaskTracer:
         self._processor.shutdown()
 
 
-def tracer_for(endpoint: str | None) -> TaskTracer | None:
-    """A tracer exporting to ``endpoint``, or None when there is none or the exporter is not installed."""
-    if not endpoint:
+def tracer_for(endpoint: str | None, sample_ratio: float = 1.0) -> TaskTracer | None:
+    """A tracer exporting to ``endpoint`` the traces of ``sample_ratio`` of the tasks, or None
+    when there is no endpoint, the ratio is 0, or the exporter is not installed."""
+    if not endpoint or sample_ratio <= 0.0:
         return None
     try:
-        return TaskTracer(endpoint)
+        return TaskTracer(endpoint, sample_ratio=sample_ratio)
     except ImportError as e:
         log.warning("RAYLANE_OTLP_ENDPOINT is set, but OTLP export needs raylane[otel]: %s; no traces", e)
         return None

@@ -3,10 +3,11 @@ with a span per step of its way (queue, hand-off, slot, claim, launch, run, repl
 
 from __future__ import annotations
 
-from conftest import wait_until
+import pytest
+from conftest import own_deployment, run_driver, wait_until
 
 import raylane
-from raylane.tracing import STEPS
+from raylane.tracing import STEPS, sampled
 
 
 @raylane.task(name="test.tracing.add")
@@ -37,3 +38,13 @@ def test_a_finished_task_exports_its_trace(rl, otlp):
     assert root.start_time_unix_nano == int(record.created_at.timestamp() * 1e9)
     assert root.end_time_unix_nano == int(record.finished_at.timestamp() * 1e9)
     assert by_name["run"].start_time_unix_nano <= by_name["run"].end_time_unix_nano
+
+
+@pytest.mark.timeout(300)
+def test_a_deployment_with_a_sample_ratio_traces_the_tasks_it_picks_by_id(rl, unique):
+    env = {"RAYLANE_OTLP_SAMPLE_RATIO": "0.5", **own_deployment(f"raylane-sampled-{unique}")}
+    result = run_driver("sampled_driver.py", env, timeout=280)
+    assert result["states"] == ["SUCCEEDED"] and result["ratio"] == 0.5
+    picked = sum(sampled(i, 0.5) for i in result["ids"])
+    assert 0 < picked < len(result["ids"])  # 60 ids: all or none at one half would be a 2^-59 chance
+    assert result["traced"] == picked

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from raylane.models import TaskRecord
 from raylane.states import TaskState
-from raylane.tracing import MARKS, STEPS, TaskTracer, marks, tracer_for
+from raylane.tracing import MARKS, STEPS, TaskTracer, marks, sampled, tracer_for
 
 from contracts import message
 
@@ -63,6 +64,45 @@ def test_a_task_ended_before_it_ran_has_only_the_steps_it_passed():
 
 def test_no_endpoint_no_tracer():
     assert tracer_for(None) is None and tracer_for("") is None
+    assert tracer_for("http://collector:4318", 0.0) is None  # nothing would be sampled
+
+
+def test_the_sample_ratio_picks_that_share_of_tasks_the_same_way_every_time():
+    import uuid
+
+    ids = [uuid.uuid4().hex for _ in range(20_000)]
+    odd = [f"job-{n}" for n in range(20_000)]  # ids need not be hex
+    for ratio in (0.0, 0.01, 0.1, 0.5, 0.9, 1.0):
+        for some in (ids, odd):
+            picked = [sampled(i, ratio) for i in some]
+            assert abs(sum(picked) / len(some) - ratio) < 0.015, ratio
+    assert [sampled(i, 0.5) for i in ids[:1000]] == [sampled(i, 0.5) for i in ids[:1000]]
+
+
+def test_a_tracer_with_a_sample_ratio_traces_the_sampled_tasks_only():
+    exporter = InMemorySpanExporter()
+    tracer = TaskTracer(exporter=exporter, sample_ratio=0.5)
+    records = [_finished() for _ in range(40)]
+    made = [tracer.record(rec) for rec in records]
+    assert made == [sampled(rec.id, 0.5) for rec in records] and 0 < sum(made) < 40
+    assert tracer.flush()
+    traced = {s.context.trace_id for s in exporter.get_finished_spans()}
+    assert traced == {int(rec.id, 16) for rec, m in zip(records, made, strict=True) if m}
+    assert tracer.not_sampled == 40 - sum(made)
+    tracer.close()
+
+
+@pytest.mark.parametrize("ratio", ["1.5", "-0.1", "half"])
+def test_a_sample_ratio_outside_0_to_1_is_refused(monkeypatch, ratio):
+    from pydantic import ValidationError
+
+    from raylane.config import Settings
+
+    monkeypatch.setenv("RAYLANE_OTLP_SAMPLE_RATIO", ratio)
+    with pytest.raises(ValidationError, match="otlp_sample_ratio"):
+        Settings()
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        TaskTracer(exporter=InMemorySpanExporter(), sample_ratio=float(ratio) if ratio != "half" else 2.0)
 
 
 def test_while_the_exporter_is_behind_traces_are_not_made_and_that_is_said_once(caplog):
