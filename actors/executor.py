@@ -133,7 +133,7 @@ class Executor:
         self._node_cpu_count = _node_cpus(node_id)
         self._max_running = config.max_running or PER_CPU_RUNNING * max(1, self._node_cpu_count)
         self._warming: asyncio.Task | None = None
-        self._warm_waiting = 0  # warm-up tasks begun, each holding its worker until all have
+        self._warm_left = 0  # warm-up tasks not begun yet; each begun one holds its worker until none is left
         self._warm_all_begun = asyncio.Event()
         # Ray restarted this actor (on a new node, say): no deployment will ask it to warm up.
         self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
@@ -256,7 +256,7 @@ class Executor:
         242-280 with the pool warmed so. Where workers are idle already, Ray uses them."""
         strategy = NodeAffinitySchedulingStrategy(self._node_id, soft=True)
         warm = remote_warm.options(name="raylane:warm-up", scheduling_strategy=strategy)
-        self._warm_waiting = -count  # reaches 0 once every one of them has begun
+        self._warm_left = count
         me = ray.get_runtime_context().current_actor
         refs = [warm.remote(me) for _ in range(count)]
         try:
@@ -272,8 +272,8 @@ class Executor:
         """Called by each warm-up task as it begins; returns once all of them have begun. A task
         that returned at once would leave its worker free for the next one, and Ray would start
         fewer processes than asked: it reuses a worker its owner holds before it starts one."""
-        self._warm_waiting += 1
-        if self._warm_waiting >= 0:
+        self._warm_left -= 1
+        if self._warm_left <= 0:
             self._warm_all_begun.set()
         await self._warm_all_begun.wait()
 

@@ -108,12 +108,12 @@ class TaskTracer:
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
         from opentelemetry.trace import TraceFlags
 
+        if not 0.0 <= sample_ratio <= 1.0:
+            raise ValueError(f"sample_ratio must be between 0 and 1, got {sample_ratio}")
         if exporter is None:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             exporter = OTLPSpanExporter(endpoint=f"{(endpoint or '').rstrip('/')}/v1/traces")
-        if not 0.0 <= sample_ratio <= 1.0:
-            raise ValueError(f"sample_ratio must be between 0 and 1, got {sample_ratio}")
         self._endpoint = endpoint
         self._sample_ratio = sample_ratio
         self.not_sampled = 0  # finished tasks left out by the sample ratio
